@@ -1,0 +1,1 @@
+"""Byte-exact formats and constants from AMD's specifications; no behaviour, no sevsim imports."""

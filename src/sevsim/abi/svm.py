@@ -1,0 +1,62 @@
+"""AMD SVM exit codes and exit-information encodings (AMD APM vol. 2, Linux uapi/asm/svm.h),
+plus the hypercall and port numbers sevsim's guests and VMM agree on."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """VMCB EXITCODE values for the intercepts sevsim models."""
+
+    EXCP_UD = 0x46
+    CPUID = 0x72
+    HLT = 0x78
+    IOIO = 0x7B
+    MSR = 0x7C
+    SHUTDOWN = 0x7F
+    VMMCALL = 0x81
+    NPF = 0x400
+
+
+# EXITINFO1 of an IOIO intercept.
+IOIO_TYPE_IN = 1 << 0
+IOIO_STR = 1 << 2
+IOIO_REP = 1 << 3
+IOIO_SZ8 = 1 << 4
+IOIO_SZ16 = 1 << 5
+IOIO_SZ32 = 1 << 6
+IOIO_PORT_SHIFT = 16
+
+
+def ioio_info(port: int, size: int, is_in: bool) -> int:
+    """EXITINFO1 for a non-string IN/OUT of `size` bytes."""
+    size_bit = {1: IOIO_SZ8, 2: IOIO_SZ16, 4: IOIO_SZ32}[size]
+    return port << IOIO_PORT_SHIFT | size_bit | (IOIO_TYPE_IN if is_in else 0)
+
+
+def ioio_decode(info1: int) -> tuple[int, int, bool]:
+    """(port, size, is_in) from EXITINFO1."""
+    size = 1 if info1 & IOIO_SZ8 else 2 if info1 & IOIO_SZ16 else 4
+    return info1 >> IOIO_PORT_SHIFT & 0xFFFF, size, bool(info1 & IOIO_TYPE_IN)
+
+
+# EXITINFO1 of an NPF intercept (page-fault error code bits).
+NPF_PRESENT = 1 << 0
+NPF_WRITE = 1 << 1
+NPF_USER = 1 << 2
+NPF_FETCH = 1 << 4
+
+# EXITINFO1 of an MSR intercept.
+MSR_READ = 0
+MSR_WRITE = 1
+
+# KVM hypercalls (VMMCALL, number in RAX, arguments in RBX, RCX, RDX, RSI).
+KVM_HC_MAP_GPA_RANGE = 12
+KVM_MAP_GPA_RANGE_ENCRYPTED = 1 << 4
+# sevsim's own: start an application processor (index, rip, rsp, rdi, rsi in RBX..RSI, R8).
+SEVSIM_HC_START_VCPU = 0x5E5000
+
+# Ports of the VMM's devices.
+SERIAL_PORT = 0x3F8
+DEBUG_EXIT_PORT = 0x501  # a 32-bit OUT here ends the VM with that exit code

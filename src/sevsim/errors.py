@@ -1,0 +1,45 @@
+"""The exception hierarchy: every bad input gets a typed error that says what was wrong."""
+
+from __future__ import annotations
+
+
+class SevsimError(Exception):
+    """Base of every sevsim error."""
+
+
+class ConfigError(SevsimError, ValueError):
+    """A bad argument: unknown chip, malformed size, impossible VM shape."""
+
+
+class FirmwareError(SevsimError):
+    """The Secure Processor refused a command with one of AMD's status codes."""
+
+    def __init__(self, status: int, message: str) -> None:
+        from sevsim.abi.status import SevStatus
+
+        self.status = SevStatus(status)
+        super().__init__(f"{self.status.name} (0x{int(self.status):02X}): {message}")
+
+
+class ResourceExhausted(SevsimError):
+    """The host ran out of something finite: ASIDs or physical frames."""
+
+
+class MemoryAccessError(SevsimError):
+    """A host-physical or guest-physical access outside what exists or is mapped."""
+
+
+class ImageError(SevsimError):
+    """A guest image (ELF) that cannot be loaded: malformed, wrong machine, does not fit."""
+
+
+class GuestFault(SevsimError):
+    """The guest crashed: an exception it could not handle, or an access the hypervisor refused."""
+
+
+class GuestTimeout(SevsimError):
+    """The guest did not stop within its time limit."""
+
+
+class VmStateError(SevsimError):
+    """A VM operation issued in the wrong lifecycle state (e.g. run before launch)."""

@@ -1,0 +1,1 @@
+"""The AMD Secure Processor: keys, launch, measurement. Secrets stay inside this package."""

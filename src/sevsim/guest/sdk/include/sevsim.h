@@ -1,0 +1,308 @@
+/*
+ * sevsim.h - the guest SDK for sevsim confidential-VM programs.
+ *
+ * Guest programs are freestanding x86-64 C: flat 64-bit long mode, ring 0,
+ * identity mapped, no paging, interrupts off, no libc.  This single header
+ * gives them the guest kernel's system-call ABI, wrappers for the
+ * instructions that exit to the hypervisor, and the few runtime routines
+ * implemented in libsev.c (string functions and a small printf).
+ *
+ * System-call ABI: `syscall` with RAX = number, arguments in RDI, RSI, RDX,
+ * R10, R8; the result comes back in RAX (negative errno on failure).  The
+ * instruction clobbers RCX and R11.
+ */
+#ifndef SEVSIM_H
+#define SEVSIM_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Constants                                                                 */
+/* ------------------------------------------------------------------------ */
+
+#define SEV_PAGE_SIZE 4096UL
+#define SEV_ALIGNED(n) __attribute__((aligned(n)))
+#define SEV_PAGE_ALIGNED SEV_ALIGNED(SEV_PAGE_SIZE)
+#define SEV_NORETURN __attribute__((noreturn))
+
+/* System-call numbers (the guest kernel's ABI; do not renumber). */
+#define SYS_WRITE 1
+#define SYS_EXIT 60
+#define SYS_SET_SHARED 100
+#define SYS_SET_PRIVATE 101
+#define SYS_SEV_STATUS 102
+#define SYS_VCPU_INFO 103
+#define SYS_VCPU_START 104
+#define SYS_VCPU_HALT 105
+
+/* Error numbers returned (negated) by system calls. */
+#define SEV_EINVAL 22
+
+/* SEV_STATUS MSR and its bits as the guest reads them. */
+#define SEV_MSR_SEV_STATUS 0xC0010131U
+#define SEV_MSR_GHCB 0xC0010130U
+#define SEV_SEV_STATUS_SEV (1ULL << 0)
+#define SEV_SEV_STATUS_ES (1ULL << 1)
+#define SEV_SEV_STATUS_SNP (1ULL << 2)
+
+/* CPUID leaf describing memory encryption; EBX[5:0] is the C-bit position. */
+#define SEV_CPUID_MEM_ENCRYPT 0x8000001FU
+
+/* The COM1 serial port, for programs that talk to the "UART" directly. */
+#define SEV_SERIAL_PORT 0x3F8
+
+/* ------------------------------------------------------------------------ */
+/* Boot information page                                                     */
+/* ------------------------------------------------------------------------ */
+
+#define SEV_BOOTINFO_MAGIC "SEVSIMBI"
+
+/* Guest memory mode, as in sev_bootinfo.mode. */
+#define SEV_MODE_NONE 0
+#define SEV_MODE_SEV 1
+#define SEV_MODE_SEV_ES 2
+#define SEV_MODE_SNP 3
+
+/* Filled in by the guest kernel at guest address 0x1000; treat as read-only. */
+struct sev_bootinfo {
+    char magic[8];       /* "SEVSIMBI", not NUL terminated */
+    uint64_t ram_size;   /* bytes of guest RAM */
+    uint64_t nvcpus;     /* number of vCPUs */
+    uint64_t heap_start; /* first free byte after the image (page aligned) */
+    uint64_t heap_end;   /* end of the free region */
+    uint64_t mode;       /* SEV_MODE_* */
+};
+
+#define SEV_BOOTINFO ((const volatile struct sev_bootinfo *)0x1000)
+
+/* Linker-script symbols: end of .bss, page aligned (the heap starts here). */
+extern char _end[];
+
+/* ------------------------------------------------------------------------ */
+/* Raw system calls                                                          */
+/* ------------------------------------------------------------------------ */
+
+static inline long sev_syscall0(long nr)
+{
+    long ret;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"(nr) : "rcx", "r11", "memory");
+    return ret;
+}
+
+static inline long sev_syscall1(long nr, long a0)
+{
+    long ret;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a0) : "rcx", "r11", "memory");
+    return ret;
+}
+
+static inline long sev_syscall2(long nr, long a0, long a1)
+{
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(nr), "D"(a0), "S"(a1)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
+static inline long sev_syscall5(long nr, long a0, long a1, long a2, long a3, long a4)
+{
+    long ret;
+    register long r10 __asm__("r10") = a3;
+    register long r8 __asm__("r8") = a4;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(nr), "D"(a0), "S"(a1), "d"(a2), "r"(r10), "r"(r8)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
+/* ------------------------------------------------------------------------ */
+/* System-call wrappers                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* Write len bytes to the console; returns len or a negative errno. */
+static inline long sev_write(const void *buf, size_t len)
+{
+    return sev_syscall2(SYS_WRITE, (long)buf, (long)len);
+}
+
+/* Terminate the whole guest with an exit code. */
+static inline SEV_NORETURN void sev_exit(int code)
+{
+    sev_syscall1(SYS_EXIT, code);
+    __builtin_unreachable();
+}
+
+/* Make npages pages at addr (page aligned) shared with the hypervisor.
+ * Their contents are undefined afterwards: write them again. */
+static inline long sev_set_shared(void *addr, size_t npages)
+{
+    return sev_syscall2(SYS_SET_SHARED, (long)addr, (long)npages);
+}
+
+/* Make npages shared pages at addr private again; contents undefined afterwards. */
+static inline long sev_set_private(void *addr, size_t npages)
+{
+    return sev_syscall2(SYS_SET_PRIVATE, (long)addr, (long)npages);
+}
+
+/* The SEV_STATUS MSR as the guest kernel read it (SEV_SEV_STATUS_* bits). */
+static inline uint64_t sev_status(void)
+{
+    return (uint64_t)sev_syscall0(SYS_SEV_STATUS);
+}
+
+static inline unsigned sev_vcpu_index(void)
+{
+    return (unsigned)((uint64_t)sev_syscall0(SYS_VCPU_INFO) & 0xFFFFFFFFU);
+}
+
+static inline unsigned sev_vcpu_count(void)
+{
+    return (unsigned)((uint64_t)sev_syscall0(SYS_VCPU_INFO) >> 32);
+}
+
+/* Defined in crt0.S: entered with RDI = arg, RSI = fn; calls fn(arg), then halts. */
+void __sev_ap_trampoline(void);
+
+/* Start application processor `index` running fn(arg) on the stack whose top
+ * is stack_top.  When fn returns the vCPU halts.  Returns 0 or -SEV_EINVAL. */
+static inline long sev_vcpu_start(unsigned index, void (*fn)(void *), void *arg,
+                                  void *stack_top)
+{
+    return sev_syscall5(SYS_VCPU_START, (long)index, (long)&__sev_ap_trampoline, (long)arg,
+                        (long)fn, (long)stack_top);
+}
+
+/* Stop the calling vCPU for good. */
+static inline SEV_NORETURN void sev_vcpu_halt(void)
+{
+    sev_syscall0(SYS_VCPU_HALT);
+    __builtin_unreachable();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Instructions that exit to the hypervisor                                  */
+/* ------------------------------------------------------------------------ */
+
+/* regs[0..3] = EAX, EBX, ECX, EDX. */
+static inline void sev_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t regs[4])
+{
+    uint32_t a, b, c, d;
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(leaf), "c"(subleaf));
+    regs[0] = a;
+    regs[1] = b;
+    regs[2] = c;
+    regs[3] = d;
+}
+
+static inline uint8_t sev_inb(uint16_t port)
+{
+    uint8_t v;
+    __asm__ volatile("inb %w1, %b0" : "=a"(v) : "Nd"(port) : "memory");
+    return v;
+}
+
+static inline void sev_outb(uint16_t port, uint8_t v)
+{
+    __asm__ volatile("outb %b0, %w1" : : "a"(v), "Nd"(port) : "memory");
+}
+
+static inline uint16_t sev_inw(uint16_t port)
+{
+    uint16_t v;
+    __asm__ volatile("inw %w1, %w0" : "=a"(v) : "Nd"(port) : "memory");
+    return v;
+}
+
+static inline void sev_outw(uint16_t port, uint16_t v)
+{
+    __asm__ volatile("outw %w0, %w1" : : "a"(v), "Nd"(port) : "memory");
+}
+
+static inline uint32_t sev_inl(uint16_t port)
+{
+    uint32_t v;
+    __asm__ volatile("inl %w1, %0" : "=a"(v) : "Nd"(port) : "memory");
+    return v;
+}
+
+static inline void sev_outl(uint16_t port, uint32_t v)
+{
+    __asm__ volatile("outl %0, %w1" : : "a"(v), "Nd"(port) : "memory");
+}
+
+static inline uint64_t sev_rdmsr(uint32_t msr)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr) : "memory");
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static inline void sev_wrmsr(uint32_t msr, uint64_t v)
+{
+    __asm__ volatile("wrmsr"
+                     :
+                     : "c"(msr), "a"((uint32_t)v), "d"((uint32_t)(v >> 32))
+                     : "memory");
+}
+
+/* Hypercall: RAX = nr, RBX/RCX/RDX = arguments, result in RAX.  RBX is
+ * callee-saved, so it is an in/out operand: the compiler then saves and
+ * restores it around the call instead of us clobbering it behind its back. */
+static inline uint64_t sev_vmmcall(uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2)
+{
+    uint64_t ret = nr;
+    __asm__ volatile("vmmcall" : "+a"(ret), "+b"(a0), "+c"(a1), "+d"(a2) : : "memory");
+    return ret;
+}
+
+static inline void sev_hlt(void)
+{
+    __asm__ volatile("hlt" : : : "memory");
+}
+
+static inline void sev_pause(void)
+{
+    __builtin_ia32_pause();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Runtime (libsev.c)                                                        */
+/* ------------------------------------------------------------------------ */
+
+/* gcc emits calls to these even in freestanding code, so libsev provides them. */
+void *memcpy(void *dst, const void *src, size_t n);
+void *memmove(void *dst, const void *src, size_t n);
+void *memset(void *dst, int c, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+size_t strlen(const char *s);
+
+/* Console output.  Formats: %s %c %d %i %u %x %X %p %% with optional '-',
+ * '0' flags, a width, and the length modifiers l, ll, z (e.g. %08x, %16llx).
+ * Return the number of characters produced. */
+int sev_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int sev_vprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+/* Like snprintf: always NUL-terminates when size > 0, returns the full length. */
+int sev_snprintf(char *buf, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int sev_vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+/* Write s followed by a newline. */
+int sev_puts(const char *s);
+/* Write s without a newline. */
+int sev_print(const char *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SEVSIM_H */

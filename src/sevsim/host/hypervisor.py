@@ -1,0 +1,338 @@
+"""A KVM-like hypervisor: frames, ASIDs, nested page tables, vCPUs and the run loop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sevsim.abi.cpuid import SevFeatures
+from sevsim.abi.svm import (
+    KVM_HC_MAP_GPA_RANGE,
+    KVM_MAP_GPA_RANGE_ENCRYPTED,
+    MSR_WRITE,
+    SEVSIM_HC_START_VCPU,
+    ExitCode,
+    ioio_decode,
+)
+from sevsim.errors import (
+    ConfigError,
+    GuestFault,
+    GuestTimeout,
+    MemoryAccessError,
+    ResourceExhausted,
+    VmStateError,
+)
+from sevsim.firmware.sev import SevFirmware
+from sevsim.hw.chips import ChipPreset, GuestMode
+from sevsim.hw.cpu import Vcpu, VcpuState, VmExit
+from sevsim.hw.engine import PAGE
+from sevsim.hw.memory import RAW, MemoryController
+from sevsim.hw.mmu import GuestAddressSpace
+from sevsim.hw.npt import NestedPageTable
+
+_RESERVED_FRAMES = 256  # the host kernel's own first MiB
+_QUANTUM_S = 0.005
+_GUEST_MSRS = {0x10: 0, 0x1B: 0xFEE0_0900, 0xC000_0080: 0x500, 0xC001_0130: 0}
+
+IoHandler = Callable[["HvVm", int, int, bool, int], int | None]
+HypercallHandler = Callable[["HvVm", int, tuple[int, ...]], int | None]
+NpfHandler = Callable[["HvVm", Vcpu, int, int], bool]
+
+
+@dataclass
+class HvVm:
+    """The hypervisor's record of one VM."""
+
+    vm_id: int
+    mode: GuestMode
+    asid: int
+    memory_size: int
+    npt: NestedPageTable
+    space: GuestAddressSpace
+    frames: np.ndarray
+    vcpus: list[Vcpu] = field(default_factory=list)
+    firmware_handle: int = 0
+    io_handler: IoHandler | None = None
+    hypercall_handler: HypercallHandler | None = None
+    npf_handler: NpfHandler | None = None
+    shared_gpns: set[int] = field(default_factory=set)
+    msrs: dict[int, int] = field(default_factory=lambda: dict(_GUEST_MSRS))
+    stopped: bool = False
+    destroyed: bool = False
+
+
+class Hypervisor:
+    """Owns host memory allocation and every VM's NPT; runs vCPUs; handles their exits."""
+
+    def __init__(self, chip: ChipPreset, memory: MemoryController, firmware: SevFirmware) -> None:
+        self.chip = chip
+        self.memory = memory
+        self.firmware = firmware
+        self.vms: dict[int, HvVm] = {}
+        self._next_vm = 1
+        self._frame_used = np.zeros(memory.nframes, dtype=bool)
+        self._frame_used[:_RESERVED_FRAMES] = True
+        self._asids_in_use: set[int] = set()
+        self._asids_to_flush: set[int] = set()
+        self._plain_asid = chip.max_asid + 1  # unencrypted guests still get a TLB tag
+
+    # -- VM lifecycle -----------------------------------------------------------------------
+    def create_vm(self, mode: GuestMode, memory_size: int, vcpus: int) -> HvVm:
+        if mode not in self.chip.modes:
+            raise ConfigError(f"chip {self.chip.name} does not support mode {mode.value}; "
+                              f"it supports {', '.join(m.value for m in self.chip.modes)}")
+        if mode in (GuestMode.SEV_ES, GuestMode.SNP):
+            raise ConfigError(f"mode {mode.value} is not available yet")
+        if memory_size < 1 << 20 or memory_size % PAGE:
+            raise ConfigError(f"VM memory {memory_size} must be a multiple of 4 KiB, >= 1 MiB")
+        if not 1 <= vcpus <= 64:
+            raise ConfigError(f"vCPU count {vcpus} outside 1..64")
+        frames = self._allocate_frames(memory_size // PAGE)
+        try:
+            asid = self._allocate_asid(mode)
+        except ResourceExhausted:
+            self._frame_used[frames] = False
+            raise
+        npt = NestedPageTable(memory_size + (1 << 30))
+        space = GuestAddressSpace(self.memory, npt, asid, mode.encrypted)
+        vm = HvVm(self._next_vm, mode, asid, memory_size, npt, space, frames)
+        self._next_vm += 1
+        self._map_ram(vm)
+        for index in range(vcpus):
+            vm.vcpus.append(Vcpu(index, space, mode, self.chip, asid, self._on_exit(vm)))
+        self.vms[vm.vm_id] = vm
+        return vm
+
+    def destroy_vm(self, vm: HvVm) -> None:
+        """Tear down: stop vCPUs, release the key (DEACTIVATE/DECOMMISSION), free everything."""
+        if vm.destroyed:
+            return
+        for vcpu in vm.vcpus:
+            vcpu.state = VcpuState.STOPPED
+        vm.space.detach_all()
+        if vm.firmware_handle:
+            if self.firmware.guest_status(vm.firmware_handle).asid:
+                self.firmware.deactivate(vm.firmware_handle)
+            self.firmware.decommission(vm.firmware_handle)
+            vm.firmware_handle = 0
+        if vm.mode.encrypted:
+            self._asids_in_use.discard(vm.asid)
+            self._asids_to_flush.add(vm.asid)
+        self._frame_used[vm.frames] = False
+        vm.destroyed = True
+        del self.vms[vm.vm_id]
+
+    def _allocate_frames(self, count: int) -> np.ndarray:
+        free = np.flatnonzero(~self._frame_used)
+        if free.size < count:
+            raise ResourceExhausted(f"host memory exhausted: {count} frames wanted, "
+                                    f"{free.size} free")
+        runs = np.flatnonzero(np.diff(free) != 1) + 1
+        for run in np.split(free, runs):
+            if run.size >= count:
+                frames = run[:count]
+                break
+        else:
+            frames = free[:count]
+        self._frame_used[frames] = True
+        self.memory.fill(frames, RAW)  # KVM hands out zeroed pages
+        return frames
+
+    def _allocate_asid(self, mode: GuestMode) -> int:
+        if not mode.encrypted:
+            self._plain_asid += 1
+            return self._plain_asid - 1
+        span = self.chip.asid_range(mode)
+        for attempt in range(2):
+            for asid in span:
+                if asid not in self._asids_in_use and asid not in self._asids_to_flush:
+                    self._asids_in_use.add(asid)
+                    return asid
+            if attempt == 0 and self._asids_to_flush & set(span):
+                self.firmware.df_flush()  # recycle deactivated ASIDs, as KVM does
+                self._asids_to_flush.clear()
+        raise ResourceExhausted(
+            f"no free {mode.value} ASID: chip {self.chip.name} has {len(span)} "
+            f"({span.start}..{span.stop - 1}), all in use")
+
+    def _map_ram(self, vm: HvVm) -> None:
+        runs = np.flatnonzero(np.diff(vm.frames) != 1) + 1
+        gpn = 0
+        for run in np.split(vm.frames, runs):
+            vm.npt.map(gpn * PAGE, int(run[0]), run.size)
+            gpn += run.size
+
+    # -- what the host can touch --------------------------------------------------------------
+    def read_spa(self, spa: int, length: int) -> bytes:
+        return self.memory.read(spa, length)
+
+    def write_spa(self, spa: int, data: bytes) -> None:
+        self.memory.write(spa, data)
+
+    def gpa_to_spa(self, vm: HvVm, gpa: int) -> int:
+        spa = vm.npt.lookup(gpa)
+        if spa is None:
+            raise MemoryAccessError(f"VM {vm.vm_id}: GPA 0x{gpa:x} is not mapped")
+        return spa
+
+    def read_gpa(self, vm: HvVm, gpa: int, length: int) -> bytes:
+        """Guest memory as the hypervisor reads it: through its NPT, outside the key domain."""
+        out = bytearray()
+        while length > 0:
+            chunk = min(length, PAGE - gpa % PAGE)
+            first = self.gpa_to_spa(vm, gpa)
+            # extend over physically contiguous pages in one engine call
+            while chunk < length and vm.npt.lookup(gpa + chunk) == first + chunk:
+                chunk = min(length, chunk + PAGE)
+            out += self.memory.read(first, chunk)
+            gpa, length = gpa + chunk, length - chunk
+        return bytes(out)
+
+    def write_gpa(self, vm: HvVm, gpa: int, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            chunk = min(len(data) - pos, PAGE - (gpa + pos) % PAGE)
+            self.memory.write(self.gpa_to_spa(vm, gpa + pos), data[pos:pos + chunk])
+            pos += chunk
+
+    def npt_map(self, vm: HvVm, gpa: int, spa: int, npages: int = 1) -> None:
+        if spa % PAGE:
+            raise MemoryAccessError(f"SPA 0x{spa:x} is not page aligned")
+        self.memory.check_range(spa, npages * PAGE)
+        vm.npt.map(gpa, spa // PAGE, npages)
+
+    def npt_unmap(self, vm: HvVm, gpa: int, npages: int = 1) -> None:
+        vm.npt.unmap(gpa, npages)
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, vm: HvVm, timeout: float) -> None:
+        """Round-robin the VM's vCPUs until they all stop; typed errors on fault or timeout."""
+        if vm.destroyed:
+            raise VmStateError(f"VM {vm.vm_id} was destroyed")
+        deadline = time.monotonic() + timeout
+        while not vm.stopped:
+            runnable = [v for v in vm.vcpus if v.state is VcpuState.RUNNABLE]
+            if not runnable:
+                break
+            for vcpu in runnable:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.stop(vm)
+                    raise GuestTimeout(f"VM {vm.vm_id} still running after {timeout:g} s")
+                quantum = remaining if len(runnable) == 1 else min(_QUANTUM_S, remaining)
+                try:
+                    vcpu.run(quantum)
+                except GuestFault:
+                    self.stop(vm)
+                    raise
+                if vm.stopped:
+                    break
+
+    def stop(self, vm: HvVm) -> None:
+        vm.stopped = True
+        for vcpu in vm.vcpus:
+            vcpu.state = VcpuState.STOPPED
+
+    # -- exits --------------------------------------------------------------------------------
+    def _on_exit(self, vm: HvVm) -> Callable[[Vcpu, VmExit], bool]:
+        def handle(vcpu: Vcpu, exit: VmExit) -> bool:
+            return self.handle_exit(vm, vcpu, exit)
+        return handle
+
+    def handle_exit(self, vm: HvVm, vcpu: Vcpu, exit: VmExit) -> bool:
+        """KVM's exit dispatch; False stops the vCPU."""
+        vmcb = vcpu.vmcb
+        if exit.code is ExitCode.IOIO:
+            port, size, is_in = ioio_decode(exit.info1)
+            value = vmcb.read("rax") & ((1 << 8 * size) - 1)
+            result = vm.io_handler(vm, port, size, is_in, value) if vm.io_handler else 0xFF
+            if result is None:
+                self.stop(vm)
+                return False
+            if is_in:
+                vmcb.write("rax", result)
+            return True
+        if exit.code is ExitCode.CPUID:
+            regs = self.cpuid(vm, vmcb.read("rax") & 0xFFFF_FFFF, vmcb.read("rcx") & 0xFFFF_FFFF)
+            for name, value in zip(("rax", "rbx", "rcx", "rdx"), regs, strict=True):
+                vmcb.write(name, value)
+            return True
+        if exit.code is ExitCode.MSR:
+            return self._msr(vm, vcpu, exit.info1 == MSR_WRITE)
+        if exit.code is ExitCode.VMMCALL:
+            vmcb.write("rax", self._hypercall(vm, vmcb.read("rax"),
+                                              tuple(vmcb.read(r) for r in ("rbx", "rcx", "rdx",
+                                                                           "rsi", "r8"))))
+            return True
+        if exit.code is ExitCode.HLT:
+            if all(v.state is not VcpuState.RUNNABLE for v in vm.vcpus):
+                vm.stopped = True
+            return False
+        if exit.code is ExitCode.NPF:
+            return bool(vm.npf_handler and vm.npf_handler(vm, vcpu, exit.info2, exit.info1))
+        return False
+
+    def cpuid(self, vm: HvVm, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        """The CPUID table the VMM configured: the chip's, with SEV bits for the VM's mode."""
+        del subleaf
+        vendor = b"AuthenticAMD"
+        ebx, edx, ecx = (int.from_bytes(vendor[i:i + 4], "little") for i in (0, 4, 8))
+        if leaf == 0:
+            return 0xD, ebx, ecx, edx
+        if leaf == 1:
+            return self.chip.signature, 0, 1 << 31, 0  # ECX bit 31: running under a hypervisor
+        if leaf == 0x4000_0000:
+            kvm = b"KVMKVMKVM\0\0\0"
+            return (0x4000_0001, *(int.from_bytes(kvm[i:i + 4], "little") for i in (0, 4, 8)))
+        if leaf == 0x8000_0000:
+            return 0x8000_001F, ebx, ecx, edx
+        if leaf == 0x8000_001F:
+            if not vm.mode.encrypted:
+                return 0, 0, 0, 0
+            leaf_regs = self.chip.leaf_8000001f()
+            features = SevFeatures.SEV
+            if vm.mode in (GuestMode.SEV_ES, GuestMode.SNP):
+                features |= SevFeatures.SEV_ES
+            if vm.mode is GuestMode.SNP:
+                features |= SevFeatures.SEV_SNP
+            return int(features), leaf_regs.ebx, 0, 0
+        return 0, 0, 0, 0
+
+    def _msr(self, vm: HvVm, vcpu: Vcpu, write: bool) -> bool:
+        vmcb = vcpu.vmcb
+        msr = vmcb.read("rcx") & 0xFFFF_FFFF
+        if msr not in vm.msrs:
+            raise GuestFault(f"#GP: {'WRMSR' if write else 'RDMSR'} of unknown MSR 0x{msr:x}")
+        if write:
+            vm.msrs[msr] = (vmcb.read("rdx") & 0xFFFF_FFFF) << 32 | vmcb.read("rax") & 0xFFFF_FFFF
+        else:
+            vmcb.write("rax", vm.msrs[msr] & 0xFFFF_FFFF)
+            vmcb.write("rdx", vm.msrs[msr] >> 32)
+        return True
+
+    def _hypercall(self, vm: HvVm, nr: int, args: tuple[int, ...]) -> int:
+        if nr == KVM_HC_MAP_GPA_RANGE:
+            gpa, npages, attrs = args[:3]
+            gpns = range(gpa // PAGE, gpa // PAGE + npages)
+            if attrs & KVM_MAP_GPA_RANGE_ENCRYPTED:
+                vm.shared_gpns.difference_update(gpns)
+            else:
+                vm.shared_gpns.update(gpns)
+            return 0
+        if nr == SEVSIM_HC_START_VCPU:
+            index, rip, rsp, rdi, rsi = args
+            if not 0 < index < len(vm.vcpus):
+                return (1 << 64) - 1
+            try:
+                vm.vcpus[index].start(rip, rsp, rdi, rsi)
+            except VmStateError:
+                return (1 << 64) - 1
+            return 0
+        if vm.hypercall_handler:
+            result = vm.hypercall_handler(vm, nr, args)
+            if result is not None:
+                return result
+        return (1 << 64) - 1000  # -KVM_ENOSYS

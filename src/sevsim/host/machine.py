@@ -1,0 +1,52 @@
+"""A whole simulated EPYC host: DRAM and engine, Secure Processor, hypervisor."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from sevsim.errors import ConfigError
+from sevsim.firmware.sev import SevFirmware
+from sevsim.hw.chips import DEFAULT_CHIP, ChipPreset, GuestMode, chip_preset
+from sevsim.hw.engine import EncryptionEngine
+from sevsim.hw.memory import MemoryController
+from sevsim.host.hypervisor import Hypervisor
+from sevsim.host.vmm import VirtualMachine
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(size: int | str) -> int:
+    """'64M', '1G', '4096K' or a byte count."""
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", size, re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"cannot read size {size!r}; use e.g. 64M or 1G")
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+class Host:
+    """`Host(chip="milan")`: the machine a cloud provider runs, untrusted software included."""
+
+    def __init__(self, chip: str | ChipPreset = DEFAULT_CHIP, memory: int | str = "512M") -> None:
+        self.chip = chip_preset(chip)
+        self.memory = MemoryController(parse_size(memory), EncryptionEngine(self.chip.tweak))
+        self.firmware = SevFirmware(self.chip, self.memory)
+        self.firmware.init()  # the kernel's ccp driver initialises the platform at load
+        self.hypervisor = Hypervisor(self.chip, self.memory, self.firmware)
+
+    def create_vm(self, mode: str | GuestMode = "sev", memory: int | str = "64M",
+                  vcpus: int = 1) -> VirtualMachine:
+        try:
+            guest_mode = GuestMode(mode)
+        except ValueError:
+            raise ConfigError(f"unknown mode {mode!r}; choose one of "
+                              f"{', '.join(m.value for m in GuestMode)}") from None
+        return VirtualMachine(self.hypervisor,
+                              self.hypervisor.create_vm(guest_mode, parse_size(memory), vcpus))
+
+    def dram_dump(self) -> np.ndarray:
+        """What a physical attacker reading the DIMMs gets."""
+        return self.memory.dram_dump()

@@ -1,0 +1,191 @@
+"""Host physical memory behind the memory controller.
+
+Each 4 KiB frame has a storage domain: 0 means the cells hold exactly what DRAM holds
+(hypervisor pages, shared pages, plain VMs); an ASID means the cells hold the plaintext the
+SoC sees through that ASID's key, and DRAM is its encryption. vCPUs map those cells
+directly, so guest code runs at full speed on plaintext, while every observer outside the
+key domain (hypervisor, DMA, a DRAM dump, another ASID) gets the ciphertext computed by the
+engine. Changing a frame's domain never changes what DRAM holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import numpy as np
+
+from sevsim.errors import MemoryAccessError
+from sevsim.hw.engine import BLOCK, PAGE, EncryptionEngine
+
+RAW = 0  # storage domain of frames whose cells hold the DRAM bytes themselves
+
+OWNER_HYPERVISOR = 0
+OWNER_FIRMWARE = -1
+
+
+def frame_runs(values: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """(start, stop, value) for each run of equal values in a 1-D array."""
+    if values.size == 0:
+        return
+    edges = np.flatnonzero(values[1:] != values[:-1]) + 1
+    starts = np.concatenate(([0], edges))
+    stops = np.concatenate((edges, [values.size]))
+    for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
+        yield start, stop, int(values[start])
+
+
+class FrameMapper(Protocol):
+    """Something that maps frames' cells directly (a VM's vCPUs) and can let go of them."""
+
+    def release(self, first: int, stop: int) -> Callable[[], None]:
+        """Unmap frames [first, stop); the returned call maps them again."""
+        ...
+
+
+class MemoryController:
+    """DRAM, the per-frame storage domains and the encryption engine in front of them."""
+
+    def __init__(self, size: int, engine: EncryptionEngine) -> None:
+        if size <= 0 or size % PAGE:
+            raise MemoryAccessError(f"host memory size {size} is not a positive multiple of 4 KiB")
+        self.size = size
+        self.nframes = size // PAGE
+        self.engine = engine
+        self.cells = np.zeros(size, dtype=np.uint8)
+        self.domain = np.zeros(self.nframes, dtype=np.int32)
+        self.owner = np.zeros(self.nframes, dtype=np.int32)
+        self.pins = np.zeros(self.nframes, dtype=np.int32)
+        self.write_listeners: list[Callable[[int, int], None]] = []
+        self.mappers: list[FrameMapper] = []
+
+    # -- addresses -------------------------------------------------------------------------
+    def check_range(self, spa: int, length: int) -> None:
+        if spa < 0 or length < 0 or spa + length > self.size:
+            raise MemoryAccessError(
+                f"host physical range 0x{spa:x}+0x{length:x} outside DRAM (0x{self.size:x} bytes)")
+
+    def frame_address(self, frame: int) -> int:
+        """Where a frame's cells live in this process, for mapping into a vCPU."""
+        return self.cells.ctypes.data + frame * PAGE
+
+    # -- the view from outside the key domain -------------------------------------------------
+    def read(self, spa: int, length: int) -> bytes:
+        """What the bus returns to the hypervisor, DMA or a physical probe: DRAM bytes."""
+        self.check_range(spa, length)
+        if length == 0:
+            return b""
+        lo, hi = spa & ~(BLOCK - 1), (spa + length + BLOCK - 1) & ~(BLOCK - 1)
+        return self._dram_bytes(lo, hi)[spa - lo:spa - lo + length].tobytes()
+
+    def write(self, spa: int, data: bytes) -> None:
+        """A write of DRAM bytes from outside: the owner later decrypts whatever lands here."""
+        length = len(data)
+        self.check_range(spa, length)
+        if length == 0:
+            return
+        lo, hi = spa & ~(BLOCK - 1), (spa + length + BLOCK - 1) & ~(BLOCK - 1)
+        dram = self._dram_bytes(lo, hi)
+        dram[spa - lo:spa - lo + length] = np.frombuffer(data, dtype=np.uint8)
+        self._store_dram(lo, dram)
+        for listener in self.write_listeners:
+            listener(spa, length)
+
+    def dram_dump(self, out: np.ndarray | None = None) -> np.ndarray:
+        """Every byte of DRAM as a physical attacker reading the modules would see it."""
+        if out is None:
+            out = np.empty(self.size, dtype=np.uint8)
+        for start, stop, dom in frame_runs(self.domain):
+            lo, hi = start * PAGE, stop * PAGE
+            if dom == RAW:
+                out[lo:hi] = self.cells[lo:hi]
+            else:
+                self.engine.encrypt_pages(dom, start, self.cells[lo:hi], out[lo:hi])
+        return out
+
+    # -- inside the SoC ----------------------------------------------------------------------
+    @contextmanager
+    def exclusive(self, first: int, stop: int) -> Iterator[None]:
+        """Frames [first, stop) with no vCPU mapping them directly, for the duration."""
+        if not self.pins[first:stop].any():
+            yield
+            return
+        remaps = [mapper.release(first, stop) for mapper in self.mappers]
+        try:
+            yield
+        finally:
+            for remap in remaps:
+                remap()
+
+    def convert_domain(self, first: int, count: int, domain: int) -> None:
+        """Re-express frames for another key domain; what DRAM holds stays the same."""
+        with self.exclusive(first, first + count):
+            self._convert(first, count, domain)
+
+    def _convert(self, first: int, count: int, domain: int) -> None:
+        for start, stop, dom in frame_runs(self.domain[first:first + count]):
+            if dom == domain:
+                continue
+            f0, f1 = first + start, first + stop
+            cells = self.cells[f0 * PAGE:f1 * PAGE]
+            if dom != RAW:
+                self.engine.encrypt_pages(dom, f0, cells, cells)
+            if domain != RAW:
+                self.engine.decrypt_pages(domain, f0, cells, cells)
+            self.domain[f0:f1] = domain
+
+    def encrypt_in_place(self, spa: int, length: int, domain: int) -> None:
+        """Firmware LAUNCH_UPDATE: the plaintext in [spa, spa+length) becomes the domain's."""
+        self.check_range(spa, length)
+        first, stop = spa // PAGE, (spa + length - 1) // PAGE + 1
+        if (self.domain[first:stop] != RAW).any():
+            raise MemoryAccessError(f"range 0x{spa:x}+0x{length:x} is already encrypted")
+        data = self.cells[spa:spa + length].copy()
+        with self.exclusive(first, stop):
+            self._convert(first, stop - first, domain)
+            self.cells[spa:spa + length] = data
+
+    def fill(self, frames: np.ndarray, domain: int) -> None:
+        """Frames overwritten with zeros through `domain`'s view (no need to decrypt first)."""
+        for start, stop in _consecutive(np.sort(frames)):
+            self.domain[start:stop] = domain
+            self.cells[start * PAGE:stop * PAGE] = 0
+
+    def unload_domain(self, domain: int) -> None:
+        """Before a key leaves its slot, its frames fall back to the DRAM bytes they hold."""
+        for run_start, run_stop in _consecutive(np.flatnonzero(self.domain == domain)):
+            cells = self.cells[run_start * PAGE:run_stop * PAGE]
+            self.engine.encrypt_pages(domain, run_start, cells, cells)
+            self.domain[run_start:run_stop] = RAW
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _dram_bytes(self, lo: int, hi: int) -> np.ndarray:
+        out = np.empty(hi - lo, dtype=np.uint8)
+        f_lo, f_hi = lo // PAGE, (hi - 1) // PAGE + 1
+        for start, stop, dom in frame_runs(self.domain[f_lo:f_hi]):
+            a = max(lo, (f_lo + start) * PAGE)
+            b = min(hi, (f_lo + stop) * PAGE)
+            if dom == RAW:
+                out[a - lo:b - lo] = self.cells[a:b]
+            else:
+                out[a - lo:b - lo] = self.engine.encrypt_blocks(dom, a, self.cells[a:b])
+        return out
+
+    def _store_dram(self, lo: int, dram: np.ndarray) -> None:
+        hi = lo + dram.size
+        f_lo, f_hi = lo // PAGE, (hi - 1) // PAGE + 1
+        for start, stop, dom in frame_runs(self.domain[f_lo:f_hi]):
+            a = max(lo, (f_lo + start) * PAGE)
+            b = min(hi, (f_lo + stop) * PAGE)
+            part = dram[a - lo:b - lo]
+            self.cells[a:b] = part if dom == RAW else self.engine.decrypt_blocks(dom, a, part)
+
+
+def _consecutive(frames: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Runs of consecutive frame numbers as (start, stop)."""
+    if frames.size == 0:
+        return
+    breaks = np.flatnonzero(np.diff(frames) != 1) + 1
+    for part in np.split(frames, breaks):
+        yield int(part[0]), int(part[-1]) + 1

@@ -1,0 +1,177 @@
+"""A VM's guest-physical address space as its vCPUs see it: NPT walk plus the guest's C-bits.
+
+A guest page whose frame is stored in the domain the access needs (the VM's ASID for a
+private page of an encrypted VM, raw otherwise) is mapped straight onto the frame's cells.
+A page whose frame belongs to another key domain still in use elsewhere (the hypervisor
+mapped another VM's page here, say) goes through the engine on every access, so the guest
+reads the decryption of that DRAM under its own key, exactly the garbage hardware returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from unicorn import UC_PROT_ALL, Uc
+
+from sevsim.hw.engine import BLOCK, PAGE
+from sevsim.hw.memory import RAW, MemoryController
+from sevsim.hw.npt import NOT_PRESENT, NestedPageTable
+
+_DIRECT, _TRANSLATED = 1, 2
+
+
+class GuestAddressSpace:
+    """Keeps every vCPU engine of one VM mapped to what its NPT and C-bits say."""
+
+    def __init__(self, memory: MemoryController, npt: NestedPageTable, asid: int,
+                 encrypted: bool) -> None:
+        self.memory = memory
+        self.npt = npt
+        self.asid = asid
+        self.encrypted = encrypted
+        self.c_bit = np.zeros(npt.limit_pages, dtype=bool)
+        self.engines: list[Uc] = []
+        self._regions: dict[int, tuple[int, int]] = {}  # start gpn -> (stop gpn, kind)
+        self._mapped_frame = np.full(npt.limit_pages, NOT_PRESENT, dtype=np.int64)
+        self._frame_gpn: dict[int, int] = {}
+        npt.listeners.append(self.refresh)
+        memory.write_listeners.append(self._host_wrote)
+        memory.mappers.append(self)
+
+    # -- what the guest controls -------------------------------------------------------------
+    def accessor_domain(self, gpn: int) -> int:
+        return self.asid if self.encrypted and self.c_bit[gpn] else RAW
+
+    def set_c_bit(self, first: int, stop: int, private: bool, zero: bool = False) -> None:
+        """The guest's page tables mark pages private or shared; `zero` also clears them."""
+        self.c_bit[first:stop] = private
+        self._unmap_span(first, stop)
+        if zero:
+            frames = self.npt.entries[first:stop]
+            frames = frames[frames != NOT_PRESENT]
+            self.memory.fill(frames[self.memory.pins[frames] == 0],
+                             self.asid if self.encrypted and private else RAW)
+        self.refresh(first, stop)
+
+    # -- engines -----------------------------------------------------------------------------
+    def attach(self, uc: Uc) -> None:
+        self.engines.append(uc)
+        for start, (stop, kind) in sorted(self._regions.items()):
+            self._map_into(uc, start, stop, kind)
+
+    def detach_all(self) -> None:
+        """Unmap everything and release the pins (the VM is going away)."""
+        self._unmap_span(0, self.npt.limit_pages)
+        self.engines.clear()
+        self.npt.listeners.remove(self.refresh)
+        self.memory.write_listeners.remove(self._host_wrote)
+        self.memory.mappers.remove(self)
+
+    def release(self, first: int, stop: int) -> Callable[[], None]:
+        """Let go of directly mapped frames [first, stop) until the returned call."""
+        gpns = sorted(g for f, g in self._frame_gpn.items() if first <= f < stop)
+        spans = [self._unmap_span(g, g + 1) for g in gpns]
+
+        def remap() -> None:
+            for lo, hi in spans:
+                self.refresh(lo, hi)
+        return remap
+
+    def refresh(self, first: int, stop: int) -> None:
+        """Re-derive the mappings of [first, stop) after an NPT or C-bit change."""
+        first, stop = self._unmap_span(first, stop)
+        frames = self.npt.entries[first:stop]
+        present = frames != NOT_PRESENT
+        if not present.any():
+            return
+        safe = np.where(present, frames, 0)
+        wanted = np.where(self.encrypted & self.c_bit[first:stop], self.asid, RAW)
+        current = self.memory.domain[safe]
+        free = self.memory.pins[safe] == 0
+        keyed = (wanted == RAW) | self.memory.engine.has_key(self.asid)
+        todo = np.flatnonzero(present & (current != wanted) & free & keyed)
+        if todo.size:
+            cut = np.flatnonzero((np.diff(todo) != 1) | (np.diff(frames[todo]) != 1)
+                                 | (np.diff(wanted[todo]) != 0)) + 1
+            for run in np.split(todo, cut):
+                self.memory.convert_domain(int(frames[run[0]]), run.size, int(wanted[run[0]]))
+        direct = present & (self.memory.domain[safe] == wanted)
+        kind = np.where(direct, _DIRECT, np.where(present, _TRANSLATED, 0))
+        breaks = np.flatnonzero(
+            (kind[1:] != kind[:-1]) | (direct[1:] & (frames[1:] != frames[:-1] + 1))) + 1
+        for lo, hi in zip(np.concatenate(([0], breaks)).tolist(),
+                          np.concatenate((breaks, [kind.size])).tolist(), strict=True):
+            if kind[lo]:
+                self._add_region(first + lo, first + hi, int(kind[lo]))
+
+    # -- internals ---------------------------------------------------------------------------
+    def _add_region(self, start: int, stop: int, kind: int) -> None:
+        self._regions[start] = (stop, kind)
+        if kind == _DIRECT:
+            frames = self.npt.entries[start:stop]
+            self.memory.pins[frames] += 1
+            self._mapped_frame[start:stop] = frames
+            for gpn, frame in zip(range(start, stop), frames.tolist(), strict=True):
+                self._frame_gpn[frame] = gpn
+        for uc in self.engines:
+            self._map_into(uc, start, stop, kind)
+
+    def _map_into(self, uc: Uc, start: int, stop: int, kind: int) -> None:
+        if kind == _DIRECT:
+            frame = int(self.npt.entries[start])
+            uc.mem_map_ptr(start * PAGE, (stop - start) * PAGE, UC_PROT_ALL,
+                           self.memory.frame_address(frame))
+        else:
+            base = start * PAGE
+            uc.mmio_map(base, (stop - start) * PAGE, self._mmio_read, base,
+                        self._mmio_write, base)
+
+    def _unmap_span(self, first: int, stop: int) -> tuple[int, int]:
+        """Drop every region touching [first, stop); return the widened span."""
+        lo, hi = first, stop
+        for start in [s for s, (e, _) in self._regions.items() if s < stop and e > first]:
+            end, kind = self._regions.pop(start)
+            lo, hi = min(lo, start), max(hi, end)
+            for uc in self.engines:
+                uc.mem_unmap(start * PAGE, (end - start) * PAGE)
+            if kind == _DIRECT:
+                frames = self._mapped_frame[start:end]
+                self.memory.pins[frames] -= 1
+                for frame in frames.tolist():
+                    self._frame_gpn.pop(frame, None)
+                self._mapped_frame[start:end] = NOT_PRESENT
+        return lo, hi
+
+    def _host_wrote(self, spa: int, length: int) -> None:
+        """Host writes change cells under the vCPUs: drop any code translated from them."""
+        for frame in range(spa // PAGE, (spa + length - 1) // PAGE + 1):
+            gpn = self._frame_gpn.get(frame)
+            if gpn is not None:
+                for uc in self.engines:
+                    uc.ctl_remove_cache(gpn * PAGE, (gpn + 1) * PAGE)
+
+    # -- translated access: the engine between the guest and a foreign frame -----------------
+    def _block_view(self, gpa: int, length: int) -> tuple[int, int, bytearray]:
+        lo = gpa & ~(BLOCK - 1)
+        hi = (gpa + length + BLOCK - 1) & ~(BLOCK - 1)
+        spa = self.npt.lookup(lo)
+        assert spa is not None and (hi - 1) // PAGE == lo // PAGE
+        dram = np.frombuffer(self.memory.read(spa, hi - lo), dtype=np.uint8)
+        dom = self.accessor_domain(lo // PAGE)
+        plain = dram if dom == RAW else self.memory.engine.decrypt_blocks(dom, spa, dram)
+        return lo, spa, bytearray(plain.tobytes())
+
+    def _mmio_read(self, uc: Uc, offset: int, size: int, base: int) -> int:
+        gpa = base + offset
+        lo, _, plain = self._block_view(gpa, size)
+        return int.from_bytes(plain[gpa - lo:gpa - lo + size], "little")
+
+    def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, base: int) -> None:
+        gpa = base + offset
+        lo, spa, plain = self._block_view(gpa, size)
+        plain[gpa - lo:gpa - lo + size] = value.to_bytes(size, "little")
+        dom = self.accessor_domain(lo // PAGE)
+        data = np.frombuffer(bytes(plain), dtype=np.uint8)
+        dram = data if dom == RAW else self.memory.engine.encrypt_blocks(dom, spa, data)
+        self.memory.write(spa, dram.tobytes())
