@@ -58,6 +58,15 @@ class BootInfo:
         page[_KERNEL_ID_OFFSET:_KERNEL_ID_OFFSET + 48] = self.kernel_id
         return bytes(page)
 
+    def launched_pages(self) -> list[int]:
+        """Guest page numbers the VMM launch-updates: the boot info and every page holding
+        file bytes. Pages that are only .bss are not measured; the kernel zeroes them."""
+        pages = {BOOTINFO_GPA // 4096}
+        for seg in self.segments:
+            if seg.filesz:
+                pages.update(range(seg.gpa // 4096, (seg.gpa + seg.filesz - 1) // 4096 + 1))
+        return sorted(pages)
+
     @classmethod
     def from_bytes(cls, page: bytes) -> BootInfo:
         magic, ram, nvcpus, heap_start, heap_end, mode = _HEAD.unpack_from(page)

@@ -41,6 +41,17 @@ def kernel_identity() -> bytes:
     return hashlib.sha384(Path(__file__).read_bytes()).digest()
 
 
+def _runs(gpns: list[int]) -> list[tuple[int, int]]:
+    """Sorted page numbers as (first, stop) runs."""
+    runs: list[tuple[int, int]] = []
+    for gpn in gpns:
+        if runs and runs[-1][1] == gpn:
+            runs[-1] = (runs[-1][0], gpn + 1)
+        else:
+            runs.append((gpn, gpn + 1))
+    return runs
+
+
 class GuestKernel:
     """One kernel instance per VM, shared by its vCPUs."""
 
@@ -57,20 +68,20 @@ class GuestKernel:
         if boot.kernel_id != kernel_identity():
             raise GuestFault("guest kernel: boot info names another kernel")
         self.boot = boot
-        image = sorted({gpn for seg in boot.segments
-                        for gpn in range(seg.gpa // PAGE, (seg.gpa + seg.memsz - 1) // PAGE + 1)}
-                       | {BOOTINFO_GPA // PAGE})
+        image = boot.launched_pages()
         # Launched pages keep their contents; everything else is accepted as zeroed memory.
         cursor = 0
-        for gpn in [*image, boot.ram_size // PAGE]:
-            if gpn > cursor:
-                cpu.set_c_bit(cursor * PAGE, gpn - cursor, private=True, zero=True)
-            cursor = gpn + 1
-        for gpn in image:
-            cpu.set_c_bit(gpn * PAGE, 1, private=True)
+        for first, stop in [*_runs(image), (boot.ram_size // PAGE, 0)]:
+            if first > cursor:
+                cpu.set_c_bit(cursor * PAGE, first - cursor, private=True, zero=True)
+            cursor = stop
+        for first, stop in _runs(image):
+            cpu.set_c_bit(first * PAGE, stop - first, private=True)
         for seg in boot.segments:
-            if seg.memsz > seg.filesz:
-                cpu.write(seg.gpa + seg.filesz, bytes(seg.memsz - seg.filesz))
+            tail = seg.gpa + seg.filesz
+            tail_end = min(seg.gpa + seg.memsz, -(-tail // PAGE) * PAGE)
+            if seg.filesz and tail_end > tail:  # .bss sharing a page with file bytes
+                cpu.write(tail, bytes(tail_end - tail))
             if seg.executable:
                 cpu.mark_executable(seg.gpa, seg.filesz)
         for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rbp", "r8", "r9", "r10", "r11",
@@ -109,7 +120,7 @@ class GuestKernel:
 
     def _pages(self, addr: int, npages: int) -> bool:
         assert self.boot is not None
-        return (addr % PAGE == 0 and 0 < npages and addr >= 2 * PAGE
+        return (addr % PAGE == 0 and npages > 0 and addr >= 2 * PAGE
                 and addr + npages * PAGE <= self.boot.ram_size)
 
     def _set_shared(self, cpu: GuestCpu, addr: int, npages: int, *_: int) -> int:

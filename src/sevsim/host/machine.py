@@ -8,11 +8,11 @@ import numpy as np
 
 from sevsim.errors import ConfigError
 from sevsim.firmware.sev import SevFirmware
+from sevsim.host.hypervisor import Hypervisor
+from sevsim.host.vmm import VirtualMachine
 from sevsim.hw.chips import DEFAULT_CHIP, ChipPreset, GuestMode, chip_preset
 from sevsim.hw.engine import EncryptionEngine
 from sevsim.hw.memory import MemoryController
-from sevsim.host.hypervisor import Hypervisor
-from sevsim.host.vmm import VirtualMachine
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 

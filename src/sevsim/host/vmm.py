@@ -11,9 +11,9 @@ from sevsim.abi.svm import DEBUG_EXIT_PORT, SERIAL_PORT
 from sevsim.errors import ImageError, VmStateError
 from sevsim.firmware.sev import LaunchMeasurement
 from sevsim.guest.kernel import GuestKernel, kernel_identity
-from sevsim.hw.engine import PAGE
 from sevsim.host.elf import GuestImage, parse_elf
 from sevsim.host.hypervisor import HvVm, Hypervisor
+from sevsim.hw.engine import PAGE
 
 BSP_STACK_SIZE = 256 * 1024
 DEFAULT_POLICY = int(PolicyFlags.NODBG)  # QEMU's default sev-guest policy
@@ -75,11 +75,9 @@ class VirtualMachine:
                         tuple(Segment(s.gpa, len(s.data), s.memsz, s.flags)
                               for s in parsed.segments), kernel_identity())
         self.hypervisor.write_gpa(self.hv, BOOTINFO_GPA, boot.to_bytes())
-        pages = {BOOTINFO_GPA // PAGE}
         for seg in parsed.segments:
             self.hypervisor.write_gpa(self.hv, seg.gpa, seg.data)
-            pages.update(range(seg.gpa // PAGE, (seg.gpa + seg.memsz - 1) // PAGE + 1))
-        self._measured_pages = sorted(pages)
+        self._measured_pages = boot.launched_pages()
         kernel = GuestKernel()
         for vcpu in self.hv.vcpus:
             vcpu.attach_guest(kernel)

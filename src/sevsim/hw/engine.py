@@ -26,7 +26,7 @@ _CHUNK_PAGES = 64  # 256 KiB: the working set of one pass stays in L2
 class _KeySlot:
     """One loaded key: the AES contexts only; the raw key is never kept outside the cipher."""
 
-    __slots__ = ("encryptor", "decryptor")
+    __slots__ = ("decryptor", "encryptor")
 
     def __init__(self, key: bytes) -> None:
         cipher = Cipher(algorithms.AES(key), modes.ECB())

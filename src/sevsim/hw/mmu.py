@@ -46,13 +46,13 @@ class GuestAddressSpace:
     def set_c_bit(self, first: int, stop: int, private: bool, zero: bool = False) -> None:
         """The guest's page tables mark pages private or shared; `zero` also clears them."""
         self.c_bit[first:stop] = private
-        self._unmap_span(first, stop)
+        lo, hi = self._unmap_span(first, stop)
         if zero:
             frames = self.npt.entries[first:stop]
             frames = frames[frames != NOT_PRESENT]
             self.memory.fill(frames[self.memory.pins[frames] == 0],
                              self.asid if self.encrypted and private else RAW)
-        self.refresh(first, stop)
+        self.refresh(lo, hi)
 
     # -- engines -----------------------------------------------------------------------------
     def attach(self, uc: Uc) -> None:
@@ -70,13 +70,11 @@ class GuestAddressSpace:
 
     def release(self, first: int, stop: int) -> Callable[[], None]:
         """Let go of directly mapped frames [first, stop) until the returned call."""
-        gpns = sorted(g for f, g in self._frame_gpn.items() if first <= f < stop)
-        spans = [self._unmap_span(g, g + 1) for g in gpns]
-
-        def remap() -> None:
-            for lo, hi in spans:
-                self.refresh(lo, hi)
-        return remap
+        gpns = [g for f, g in self._frame_gpn.items() if first <= f < stop]
+        if not gpns:
+            return lambda: None
+        lo, hi = self._unmap_span(min(gpns), max(gpns) + 1)
+        return lambda: self.refresh(lo, hi)
 
     def refresh(self, first: int, stop: int) -> None:
         """Re-derive the mappings of [first, stop) after an NPT or C-bit change."""
@@ -128,9 +126,10 @@ class GuestAddressSpace:
                         self._mmio_write, base)
 
     def _unmap_span(self, first: int, stop: int) -> tuple[int, int]:
-        """Drop every region touching [first, stop); return the widened span."""
+        """Drop every region overlapping or adjoining [first, stop); return the widened span
+        (so the refresh that follows can merge neighbours into one Unicorn region)."""
         lo, hi = first, stop
-        for start in [s for s, (e, _) in self._regions.items() if s < stop and e > first]:
+        for start in [s for s, (e, _) in self._regions.items() if s <= stop and e >= first]:
             end, kind = self._regions.pop(start)
             lo, hi = min(lo, start), max(hi, end)
             for uc in self.engines:
