@@ -222,7 +222,8 @@ class Hypervisor:
                 if remaining <= 0:
                     self.stop(vm)
                     raise GuestTimeout(f"VM {vm.vm_id} still running after {timeout:g} s")
-                quantum = remaining if len(runnable) == 1 else min(_QUANTUM_S, remaining)
+                # a lone vCPU keeps the CPU; siblings (even ones not started yet) share it
+                quantum = remaining if len(vm.vcpus) == 1 else min(_QUANTUM_S, remaining)
                 try:
                     vcpu.run(quantum)
                 except GuestFault:
