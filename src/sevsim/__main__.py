@@ -1,0 +1,5 @@
+"""`python -m sevsim`."""
+
+from sevsim.cli.main import main
+
+main()

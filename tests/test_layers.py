@@ -1,0 +1,65 @@
+"""DESIGN.md's import direction: abi <- hw <- firmware <- host; guest uses abi and the CPU's
+guest view; attest uses abi only. Checked on the source, so a new import cannot sneak in."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "sevsim"
+
+ALLOWED: dict[str, set[str]] = {
+    "abi": {"abi"},
+    "hw": {"abi", "hw", "errors"},
+    "firmware": {"abi", "hw", "firmware", "errors"},
+    "guest": {"abi", "guest", "errors", "hw.cpu"},
+    "host": {"abi", "hw", "firmware", "host", "errors", "guest.kernel"},
+    "attest": {"abi", "attest", "errors"},
+    "kbs": {"abi", "attest", "kbs", "errors"},
+}
+
+
+def sevsim_imports(path: Path) -> set[str]:
+    """Every sevsim module a file imports, as dotted names below `sevsim.`."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sevsim"):
+            found.add(node.module.removeprefix("sevsim").lstrip("."))
+        elif isinstance(node, ast.Import):
+            found.update(a.name.removeprefix("sevsim.") for a in node.names
+                         if a.name.startswith("sevsim."))
+    return found
+
+
+def allowed(imported: str, rules: set[str]) -> bool:
+    return any(imported == rule or imported.startswith(rule + ".") for rule in rules)
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_import_direction(layer: str) -> None:
+    files = list((PACKAGE / layer).rglob("*.py"))
+    if layer in ("abi", "hw", "firmware", "guest", "host"):
+        assert files, f"layer {layer} is missing"
+    violations = [f"{path.relative_to(PACKAGE)} imports sevsim.{name}"
+                  for path in files for name in sevsim_imports(path)
+                  if not allowed(name, ALLOWED[layer])]
+    assert not violations, "\n".join(violations)
+
+
+def test_abi_imports_nothing_but_the_standard_library() -> None:
+    for path in (PACKAGE / "abi").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                assert node.module.split(".")[0] in {"__future__", "dataclasses", "enum",
+                                                     "struct", "typing"}, (path, node.module)
+
+
+def test_the_rule_checker_catches_a_violation(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from sevsim.host.hypervisor import Hypervisor\nimport sevsim.firmware.sev\n")
+    found = sevsim_imports(bad)
+    assert found == {"host.hypervisor", "firmware.sev"}
+    assert not allowed("host.hypervisor", ALLOWED["guest"])
+    assert allowed("hw.cpu", ALLOWED["guest"]) and not allowed("hw.memory", ALLOWED["guest"])
