@@ -6,8 +6,8 @@ import re
 
 import numpy as np
 import pytest
-from conftest import blocks_found, fnv1a64, secret_bytes, symbol
 
+from conftest import blocks_found, fnv1a64, secret_bytes, symbol
 from sevsim import Host
 from sevsim.abi.svm import ExitCode
 from sevsim.errors import (
@@ -84,6 +84,7 @@ def test_host_ciphertext_writes_decrypt_under_the_guest_key(chip: str, build) ->
     assert _blocks(original) == [b"BLOCK-ZERO-16-B!", b"BLOCK-ONE--16-B!"]
 
     def rerun(write: bytes) -> list[bytes]:
+        """A fresh VM of the same image; the host writes `write` (or moves block 1 onto 0)."""
         vm2 = host.create_vm(mode="sev", memory="8M")
         vm2.load(build("blocks"))
         vm2.launch()
@@ -93,14 +94,14 @@ def test_host_ciphertext_writes_decrypt_under_the_guest_key(chip: str, build) ->
         host.hypervisor.write_spa(spa, write or cipher[16:32] + cipher[16:32])
         blocks = _blocks(vm2.run(timeout=10).console)
         vm2.destroy()
-        return blocks, cipher
+        return blocks
 
     # Replaying block 1's ciphertext into block 0 (another SPA) decrypts to garbage for XEX...
-    moved, cipher = rerun(b"")
+    moved = rerun(b"")
     assert moved[1] == b"BLOCK-ONE--16-B!"
     assert moved[0] not in (b"BLOCK-ZERO-16-B!", b"BLOCK-ONE--16-B!")
     # and writing arbitrary bytes gives the guest their decryption, a whole random block
-    garbage, _ = rerun(bytes(16))
+    garbage = rerun(bytes(16))
     assert garbage[0] != bytes(16) and garbage[1] == b"BLOCK-ONE--16-B!"
 
 
@@ -273,7 +274,7 @@ def test_guest_that_never_halts_times_out(build) -> None:
     vm = host.create_vm(mode="sev", memory="8M")
     vm.load(build("crash", "-DCRASH=3"))
     vm.launch()
-    with pytest.raises(GuestTimeout, match="0.3 s"):
+    with pytest.raises(GuestTimeout, match=r"0\.3 s"):
         vm.run(timeout=0.3)
     assert vm.hv.stopped
 
@@ -283,7 +284,7 @@ def test_asids_run_out_with_a_clear_error_and_recycle() -> None:
     vms = [host.create_vm(mode="sev", memory="1M") for _ in range(15)]
     assert sorted(vm.asid for vm in vms) == list(range(1, 16))
     frames_before = int(host.hypervisor._frame_used.sum())
-    with pytest.raises(ResourceExhausted, match="no free sev ASID.*15"):
+    with pytest.raises(ResourceExhausted, match=r"no free sev ASID.*15"):
         host.create_vm(mode="sev", memory="1M")
     assert int(host.hypervisor._frame_used.sum()) == frames_before  # nothing leaked
     vms[3].destroy()

@@ -1,4 +1,7 @@
-"""CPUID Fn8000_001F, the CPUID signature and the SEV_STATUS MSR (Linux cpufeatures.h, msr-index.h)."""
+"""CPUID Fn8000_001F, the CPUID signature and the SEV_STATUS MSR.
+
+Sources: Linux cpufeatures.h and msr-index.h (spec-formats.md §8).
+"""
 
 from __future__ import annotations
 

@@ -18,13 +18,14 @@ class PolicyFlags(IntFlag):
 
 
 _RESERVED_BITS = 0x0000FFC0
+NO_FLAGS = PolicyFlags(0)
 
 
 @dataclass(frozen=True)
 class SevPolicy:
     """A decoded guest policy; `from_int` refuses reserved bits."""
 
-    flags: PolicyFlags = PolicyFlags(0)
+    flags: PolicyFlags = NO_FLAGS
     api_major: int = 0
     api_minor: int = 0
 

@@ -184,7 +184,7 @@ class SevFirmware:
             self._memory.check_range(spa, length)
         except MemoryAccessError as err:
             raise FirmwareError(SevStatus.INVALID_ADDRESS, str(err)) from None
-        plaintext = self._memory.cells[spa:spa + length].tobytes()
+        plaintext = self._memory.read(spa, length)  # what DRAM holds is what gets encrypted
         try:
             self._memory.encrypt_in_place(spa, length, ctx.asid)
         except MemoryAccessError as err:
@@ -227,7 +227,8 @@ class SevFirmware:
                                 f"{command}: the platform is not initialised")
         ctx = self._guests.get(handle)
         if ctx is None:
-            raise FirmwareError(SevStatus.INVALID_GUEST, f"{command}: no guest with handle {handle}")
+            raise FirmwareError(SevStatus.INVALID_GUEST,
+                                f"{command}: no guest with handle {handle}")
         if state is not None and ctx.state is not state:
             raise FirmwareError(SevStatus.INVALID_GUEST_STATE,
                                 f"{command} needs guest state {state.name}, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from itertools import pairwise
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -63,7 +64,7 @@ def parse_elf(blob: bytes) -> GuestImage:
     if len(segments) > MAX_SEGMENTS:
         raise ImageError(f"ELF has {len(segments)} loadable segments, at most {MAX_SEGMENTS}")
     segments.sort(key=lambda s: s.gpa)
-    for low, high in zip(segments, segments[1:], strict=False):
+    for low, high in pairwise(segments):
         if low.gpa + low.memsz > high.gpa:
             raise ImageError(f"segments at 0x{low.gpa:x} and 0x{high.gpa:x} overlap")
     if segments[0].gpa < LOWEST_LOAD_ADDRESS:

@@ -69,7 +69,8 @@ class VirtualMachine:
         heap_start = -(-parsed.end // PAGE) * PAGE
         if heap_start > stack_top - BSP_STACK_SIZE:
             raise ImageError(f"image ends at 0x{parsed.end:x}; it does not fit in "
-                             f"{self.memory_size >> 20} MiB with a {BSP_STACK_SIZE >> 10} KiB stack")
+                             f"{self.memory_size >> 20} MiB with a "
+                             f"{BSP_STACK_SIZE >> 10} KiB stack")
         boot = BootInfo(self.memory_size, len(self.hv.vcpus), heap_start,
                         stack_top - BSP_STACK_SIZE, self.mode, parsed.entry, stack_top,
                         tuple(Segment(s.gpa, len(s.data), s.memsz, s.flags)

@@ -102,7 +102,8 @@ class Vmcb:
 
     def _check(self, name: str) -> int:
         if not self.save_area_readable:
-            raise VmStateError(f"{self._vcpu.mode.value}: guest registers are in the encrypted VMSA")
+            raise VmStateError(
+                f"{self._vcpu.mode.value}: guest registers are in the encrypted VMSA")
         try:
             return REGISTERS[name]
         except KeyError:
@@ -179,7 +180,7 @@ class Vcpu:
             self.uc.emu_start(rip, _UNTIL, timeout=max(1, int(budget_s * 1e6)))
         except UcError as err:
             if self._pending is None:
-                self._pending = self._fault(f"{err} at RIP 0x{self.uc.reg_read(REGISTERS['rip']):x}")
+                self._pending = self._fault(f"{err} at RIP 0x{self._rip():x}")
         if self._pending is not None:
             pending, self._pending = self._pending, None
             raise pending
@@ -194,9 +195,10 @@ class Vcpu:
     def watch_msr_instructions(self, gpa: int, code: bytes) -> None:
         """Trap RDMSR/WRMSR in an executable range (Unicorn has no MSR hook of its own)."""
         for pos in range(len(code) - 1):
-            if code[pos] == 0x0F and code[pos + 1] in (0x30, 0x32) and gpa + pos not in self._msr_sites:
-                self._msr_sites.add(gpa + pos)
-                self.uc.hook_add(UC_HOOK_CODE, self._on_msr_site, None, gpa + pos, gpa + pos)
+            site = gpa + pos
+            if code[pos] == 0x0F and code[pos + 1] in (0x30, 0x32) and site not in self._msr_sites:
+                self._msr_sites.add(site)
+                self.uc.hook_add(UC_HOOK_CODE, self._on_msr_site, None, site, site)
 
     # -- exits -----------------------------------------------------------------------------
     def _exit(self, exit: VmExit) -> bool:

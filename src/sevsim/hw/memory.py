@@ -136,12 +136,15 @@ class MemoryController:
             self.domain[f0:f1] = domain
 
     def encrypt_in_place(self, spa: int, length: int, domain: int) -> None:
-        """Firmware LAUNCH_UPDATE: the plaintext in [spa, spa+length) becomes the domain's."""
+        """Firmware LAUNCH_UPDATE: the DRAM bytes in [spa, spa+length) become the domain's
+        plaintext (whatever domain the frames were in: the firmware encrypts what DRAM holds,
+        so a second update of the same page, or of its other half, works as on hardware)."""
         self.check_range(spa, length)
+        if length == 0:
+            return
         first, stop = spa // PAGE, (spa + length - 1) // PAGE + 1
-        if (self.domain[first:stop] != RAW).any():
-            raise MemoryAccessError(f"range 0x{spa:x}+0x{length:x} is already encrypted")
-        data = self.cells[spa:spa + length].copy()
+        lo, hi = spa & ~(BLOCK - 1), (spa + length + BLOCK - 1) & ~(BLOCK - 1)
+        data = self._dram_bytes(lo, hi)[spa - lo:spa - lo + length]
         with self.exclusive(first, stop):
             self._convert(first, stop - first, domain)
             self.cells[spa:spa + length] = data
