@@ -330,3 +330,33 @@ def test_exit_handler_sees_vmcb_exit_info(build) -> None:
     codes = {e.code for e in seen}
     assert {ExitCode.IOIO, ExitCode.CPUID, ExitCode.HLT} <= codes
     assert np.count_nonzero([e.code is ExitCode.IOIO for e in seen]) >= len(vm.console)
+
+
+def test_many_vms_share_the_host_and_a_crash_stays_contained(build) -> None:
+    host = Host(memory="256M")
+    vms = [host.create_vm(mode=mode, memory="16M", vcpus=vcpus)
+           for mode, vcpus in (("sev", 1), ("none", 1), ("sev", 2), ("sev", 1))]
+    programs = [build("secret"), build("secret"), build("smp"), build("crash", "-DCRASH=2")]
+    for vm, elf in zip(vms, programs, strict=True):
+        vm.load(elf)
+        vm.launch()
+    results = host.run(vms, timeout=60)
+    secret, plain, smp, crashed = (results[vm.hv.vm_id] for vm in vms)
+    assert secret.error is None and plain.error is None and smp.error is None
+    assert secret.console == plain.console and "secret digest" in secret.console
+    assert "vcpus 2 sum" in smp.console
+    assert isinstance(crashed.error, GuestFault) and "#UD" in str(crashed.error)
+    assert len({vm.asid for vm in vms}) == 4
+
+
+def test_a_spinning_vm_times_out_while_the_others_finish(build) -> None:
+    host = Host(memory="128M")
+    quick, spinner = host.create_vm(memory="8M"), host.create_vm(memory="8M")
+    quick.load(build("hello"))
+    spinner.load(build("crash", "-DCRASH=3"))
+    for vm in (quick, spinner):
+        vm.launch()
+    results = host.run([quick, spinner], timeout=1.0)
+    assert results[quick.hv.vm_id].error is None
+    assert "Hello from a sevsim guest!" in results[quick.hv.vm_id].console
+    assert isinstance(results[spinner.hv.vm_id].error, GuestTimeout)

@@ -23,6 +23,7 @@ from sevsim.errors import (
     GuestTimeout,
     MemoryAccessError,
     ResourceExhausted,
+    SevsimError,
     VmStateError,
 )
 from sevsim.firmware.sev import SevFirmware
@@ -209,28 +210,46 @@ class Hypervisor:
 
     # -- running ------------------------------------------------------------------------------
     def run(self, vm: HvVm, timeout: float) -> None:
-        """Round-robin the VM's vCPUs until they all stop; typed errors on fault or timeout."""
-        if vm.destroyed:
-            raise VmStateError(f"VM {vm.vm_id} was destroyed")
+        """Run one VM until its vCPUs all stop; its fault or timeout is raised."""
+        error = self.run_all([vm], timeout)[vm.vm_id]
+        if error is not None:
+            raise error
+
+    def run_all(self, vms: list[HvVm], timeout: float) -> dict[int, SevsimError | None]:
+        """Round-robin every vCPU of several VMs in time quanta until all have stopped.
+
+        A VM that faults or outlives the timeout is stopped on its own; the others go on.
+        Returns each VM's error (GuestFault, GuestTimeout) or None.
+        """
+        for vm in vms:
+            if vm.destroyed:
+                raise VmStateError(f"VM {vm.vm_id} was destroyed")
+        errors: dict[int, SevsimError | None] = {vm.vm_id: None for vm in vms}
         deadline = time.monotonic() + timeout
-        while not vm.stopped:
-            runnable = [v for v in vm.vcpus if v.state is VcpuState.RUNNABLE]
+        alone = len(vms) == 1 and len(vms[0].vcpus) == 1
+        while True:
+            runnable = [(vm, v) for vm in vms if not vm.stopped
+                        for v in vm.vcpus if v.state is VcpuState.RUNNABLE]
             if not runnable:
-                break
-            for vcpu in runnable:
+                return errors
+            for vm, vcpu in runnable:
+                if vm.stopped:
+                    continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self.stop(vm)
-                    raise GuestTimeout(f"VM {vm.vm_id} still running after {timeout:g} s")
-                # a lone vCPU keeps the CPU; siblings (even ones not started yet) share it
-                quantum = remaining if len(vm.vcpus) == 1 else min(_QUANTUM_S, remaining)
+                    for late in vms:
+                        if not late.stopped:
+                            self.stop(late)
+                            errors[late.vm_id] = GuestTimeout(
+                                f"VM {late.vm_id} still running after {timeout:g} s")
+                    return errors
+                # a lone vCPU keeps the CPU; otherwise everyone (even APs not yet started) shares
+                quantum = remaining if alone else min(_QUANTUM_S, remaining)
                 try:
                     vcpu.run(quantum)
-                except GuestFault:
+                except GuestFault as fault:
                     self.stop(vm)
-                    raise
-                if vm.stopped:
-                    break
+                    errors[vm.vm_id] = fault
 
     def stop(self, vm: HvVm) -> None:
         vm.stopped = True

@@ -9,7 +9,7 @@ import numpy as np
 from sevsim.errors import ConfigError
 from sevsim.firmware.sev import SevFirmware
 from sevsim.host.hypervisor import Hypervisor
-from sevsim.host.vmm import VirtualMachine
+from sevsim.host.vmm import RunResult, VirtualMachine
 from sevsim.hw.chips import DEFAULT_CHIP, ChipPreset, GuestMode, chip_preset
 from sevsim.hw.engine import EncryptionEngine
 from sevsim.hw.memory import MemoryController
@@ -46,6 +46,17 @@ class Host:
                               f"{', '.join(m.value for m in GuestMode)}") from None
         return VirtualMachine(self.hypervisor,
                               self.hypervisor.create_vm(guest_mode, parse_size(memory), vcpus))
+
+    def run(self, vms: list[VirtualMachine], timeout: float = 60.0) -> dict[int, RunResult]:
+        """Run several VMs at once, sharing the host's CPU in time quanta.
+
+        Returns each VM's result by `vm.hv.vm_id`; a VM that faulted or timed out has its error
+        as `error` in its result and the others are unaffected.
+        """
+        for vm in vms:
+            vm.check_runnable()
+        errors = self.hypervisor.run_all([vm.hv for vm in vms], timeout)
+        return {vm.hv.vm_id: vm.result(errors[vm.hv.vm_id]) for vm in vms}
 
     def dram_dump(self) -> np.ndarray:
         """What a physical attacker reading the DIMMs gets."""

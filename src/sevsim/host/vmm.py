@@ -8,7 +8,7 @@ from pathlib import Path
 from sevsim.abi.bootinfo import BOOTINFO_GPA, BootInfo, Segment
 from sevsim.abi.policy import PolicyFlags
 from sevsim.abi.svm import DEBUG_EXIT_PORT, SERIAL_PORT
-from sevsim.errors import ImageError, VmStateError
+from sevsim.errors import ImageError, SevsimError, VmStateError
 from sevsim.firmware.sev import LaunchMeasurement
 from sevsim.guest.kernel import GuestKernel, kernel_identity
 from sevsim.host.elf import GuestImage, parse_elf
@@ -25,6 +25,7 @@ _LSR_IDLE = 0x60  # transmitter empty: the guest may always write
 class RunResult:
     exit_code: int
     console: str
+    error: SevsimError | None = None  # set by Host.run for a VM that faulted or timed out
 
 
 class VirtualMachine:
@@ -114,11 +115,18 @@ class VirtualMachine:
         return runs
 
     def run(self, timeout: float = 60.0) -> RunResult:
+        """Run until the guest exits or halts; GuestFault / GuestTimeout stop it and raise."""
+        self.check_runnable()
+        self.hypervisor.run(self.hv, timeout)
+        return self.result()
+
+    def check_runnable(self) -> None:
         if not self.launched:
             raise VmStateError("launch the VM before running it")
-        self.hypervisor.run(self.hv, timeout)
+
+    def result(self, error: SevsimError | None = None) -> RunResult:
         code = self.exit_code if self.exit_code is not None else 0
-        return RunResult(code, self.console)
+        return RunResult(code, self.console, error)
 
     def destroy(self) -> None:
         self.hypervisor.destroy_vm(self.hv)

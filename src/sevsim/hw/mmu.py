@@ -70,10 +70,12 @@ class GuestAddressSpace:
 
     def release(self, first: int, stop: int) -> Callable[[], None]:
         """Let go of directly mapped frames [first, stop) until the returned call."""
-        gpns = [g for f, g in self._frame_gpn.items() if first <= f < stop]
-        if not gpns:
+        # _mapped_frame, not _frame_gpn: a frame mapped at several GPAs has one _frame_gpn
+        # entry, lost when any alias goes, and a mapping left behind would see other cells.
+        gpns = np.flatnonzero((self._mapped_frame >= first) & (self._mapped_frame < stop))
+        if not gpns.size:
             return lambda: None
-        lo, hi = self._unmap_span(min(gpns), max(gpns) + 1)
+        lo, hi = self._unmap_span(int(gpns[0]), int(gpns[-1]) + 1)
         return lambda: self.refresh(lo, hi)
 
     def refresh(self, first: int, stop: int) -> None:
