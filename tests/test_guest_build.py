@@ -44,12 +44,11 @@ from unicorn.x86_const import (
     UC_X86_REG_RSP,
 )
 
+from conftest import EXAMPLES, MASK64, secret_bytes
 from sevsim.guest.build import GuestBuildError, build_guest, sdk_dir
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PAGE = 0x1000
 IMAGE_BASE = 0x400000
-MASK64 = (1 << 64) - 1
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
 
@@ -185,17 +184,6 @@ class BareHarness:
 def _build_example(tmp_path_factory: pytest.TempPathFactory, name: str, *cflags: str) -> Path:
     out = tmp_path_factory.mktemp("guest") / f"{name}.elf"
     return build_guest([EXAMPLES / f"{name}.c"], out, cflags=list(cflags))
-
-
-def secret_bytes() -> bytes:
-    """The 4096 secret bytes secret.c generates (xorshift64*, little-endian words)."""
-    x, words = 0x5EC12E75EED0F00D, []
-    for _ in range(512):
-        x ^= x >> 12
-        x ^= (x << 25) & MASK64
-        x ^= x >> 27
-        words.append((x * 0x2545F4914F6CDD1D) & MASK64)
-    return struct.pack("<512Q", *words)
 
 
 def fnv1a64(data: bytes) -> int:
