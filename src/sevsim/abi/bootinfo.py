@@ -45,6 +45,11 @@ class BootInfo:
     kernel_id: bytes  # SHA-384 of the guest kernel the VMM booted; part of the measurement
 
     def to_bytes(self) -> bytes:
+        if len(self.segments) > MAX_SEGMENTS:
+            raise ValueError(f"{len(self.segments)} segments, a boot-info page holds "
+                             f"{MAX_SEGMENTS}")
+        if len(self.kernel_id) != 48:
+            raise ValueError(f"kernel identity is {len(self.kernel_id)} bytes, not 48 (SHA-384)")
         page = bytearray(4096)
         page[:_HEAD.size] = _HEAD.pack(MAGIC, self.ram_size, self.nvcpus, self.heap_start,
                                        self.heap_end, MODES.index(self.mode))
@@ -69,6 +74,8 @@ class BootInfo:
 
     @classmethod
     def from_bytes(cls, page: bytes) -> BootInfo:
+        if len(page) < _KERNEL_ID_OFFSET + 48:
+            raise ValueError(f"boot-info page of {len(page)} bytes is truncated")
         magic, ram, nvcpus, heap_start, heap_end, mode = _HEAD.unpack_from(page)
         if magic != MAGIC or mode >= len(MODES):
             raise ValueError("not a sevsim boot-info page")

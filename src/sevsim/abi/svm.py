@@ -31,7 +31,9 @@ IOIO_PORT_SHIFT = 16
 
 def ioio_info(port: int, size: int, is_in: bool) -> int:
     """EXITINFO1 for a non-string IN/OUT of `size` bytes."""
-    size_bit = {1: IOIO_SZ8, 2: IOIO_SZ16, 4: IOIO_SZ32}[size]
+    size_bit = {1: IOIO_SZ8, 2: IOIO_SZ16, 4: IOIO_SZ32}.get(size)
+    if size_bit is None:
+        raise ValueError(f"IN/OUT operand size {size} is not 1, 2 or 4 bytes")
     return port << IOIO_PORT_SHIFT | size_bit | (IOIO_TYPE_IN if is_in else 0)
 
 
