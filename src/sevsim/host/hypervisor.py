@@ -32,7 +32,7 @@ from sevsim.hw.cpu import Vcpu, VcpuState, VmExit
 from sevsim.hw.engine import PAGE
 from sevsim.hw.memory import RAW, MemoryController
 from sevsim.hw.mmu import GuestAddressSpace
-from sevsim.hw.npt import NestedPageTable
+from sevsim.hw.npt import NOT_PRESENT, NestedPageTable
 
 _RESERVED_FRAMES = 256  # the host kernel's own first MiB
 _QUANTUM_S = 0.005
@@ -179,25 +179,34 @@ class Hypervisor:
             raise MemoryAccessError(f"VM {vm.vm_id}: GPA 0x{gpa:x} is not mapped")
         return spa
 
+    def _spa_runs(self, vm: HvVm, gpa: int, length: int) -> list[tuple[int, int, int]]:
+        """(offset, SPA, length) pieces of a GPA range, merging physically contiguous pages."""
+        if length <= 0:
+            return []
+        first, last = gpa // PAGE, (gpa + length - 1) // PAGE
+        if gpa < 0 or last >= vm.npt.limit_pages:
+            raise MemoryAccessError(f"VM {vm.vm_id}: GPA range 0x{gpa:x}+0x{length:x} "
+                                    "is outside the guest address space")
+        frames = vm.npt.entries[first:last + 1]
+        missing = np.flatnonzero(frames == NOT_PRESENT)
+        if missing.size:
+            raise MemoryAccessError(
+                f"VM {vm.vm_id}: GPA 0x{(first + int(missing[0])) * PAGE:x} is not mapped")
+        cuts = (np.flatnonzero(np.diff(frames) != 1) + 1).tolist()
+        runs = []
+        for a, b in zip([0, *cuts], [*cuts, frames.size], strict=True):
+            lo = max(gpa, (first + a) * PAGE)
+            hi = min(gpa + length, (first + b) * PAGE)
+            runs.append((lo - gpa, int(frames[a]) * PAGE + lo - (first + a) * PAGE, hi - lo))
+        return runs
+
     def read_gpa(self, vm: HvVm, gpa: int, length: int) -> bytes:
         """Guest memory as the hypervisor reads it: through its NPT, outside the key domain."""
-        out = bytearray()
-        while length > 0:
-            chunk = min(length, PAGE - gpa % PAGE)
-            first = self.gpa_to_spa(vm, gpa)
-            # extend over physically contiguous pages in one engine call
-            while chunk < length and vm.npt.lookup(gpa + chunk) == first + chunk:
-                chunk = min(length, chunk + PAGE)
-            out += self.memory.read(first, chunk)
-            gpa, length = gpa + chunk, length - chunk
-        return bytes(out)
+        return b"".join(self.memory.read(spa, n) for _, spa, n in self._spa_runs(vm, gpa, length))
 
     def write_gpa(self, vm: HvVm, gpa: int, data: bytes) -> None:
-        pos = 0
-        while pos < len(data):
-            chunk = min(len(data) - pos, PAGE - (gpa + pos) % PAGE)
-            self.memory.write(self.gpa_to_spa(vm, gpa + pos), data[pos:pos + chunk])
-            pos += chunk
+        for offset, spa, n in self._spa_runs(vm, gpa, len(data)):
+            self.memory.write(spa, data[offset:offset + n])
 
     def npt_map(self, vm: HvVm, gpa: int, spa: int, npages: int = 1) -> None:
         if spa % PAGE:

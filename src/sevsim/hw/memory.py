@@ -158,9 +158,7 @@ class MemoryController:
     def unload_domain(self, domain: int) -> None:
         """Before a key leaves its slot, its frames fall back to the DRAM bytes they hold."""
         for run_start, run_stop in _consecutive(np.flatnonzero(self.domain == domain)):
-            cells = self.cells[run_start * PAGE:run_stop * PAGE]
-            self.engine.encrypt_pages(domain, run_start, cells, cells)
-            self.domain[run_start:run_stop] = RAW
+            self.convert_domain(run_start, run_stop - run_start, RAW)
 
     # -- helpers ----------------------------------------------------------------------------
     def _dram_bytes(self, lo: int, hi: int) -> np.ndarray:

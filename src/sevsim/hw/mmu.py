@@ -34,7 +34,6 @@ class GuestAddressSpace:
         self.engines: list[Uc] = []
         self._regions: dict[int, tuple[int, int]] = {}  # start gpn -> (stop gpn, kind)
         self._mapped_frame = np.full(npt.limit_pages, NOT_PRESENT, dtype=np.int64)
-        self._frame_gpn: dict[int, int] = {}
         npt.listeners.append(self.refresh)
         memory.write_listeners.append(self._host_wrote)
         memory.mappers.append(self)
@@ -70,8 +69,8 @@ class GuestAddressSpace:
 
     def release(self, first: int, stop: int) -> Callable[[], None]:
         """Let go of directly mapped frames [first, stop) until the returned call."""
-        # _mapped_frame, not _frame_gpn: a frame mapped at several GPAs has one _frame_gpn
-        # entry, lost when any alias goes, and a mapping left behind would see other cells.
+        # every GPA counts: a frame may be mapped at several (aliases), and a mapping left
+        # behind would keep seeing cells whose domain is about to change.
         gpns = np.flatnonzero((self._mapped_frame >= first) & (self._mapped_frame < stop))
         if not gpns.size:
             return lambda: None
@@ -112,8 +111,6 @@ class GuestAddressSpace:
             frames = self.npt.entries[start:stop]
             self.memory.pins[frames] += 1
             self._mapped_frame[start:stop] = frames
-            for gpn, frame in zip(range(start, stop), frames.tolist(), strict=True):
-                self._frame_gpn[frame] = gpn
         for uc in self.engines:
             self._map_into(uc, start, stop, kind)
 
@@ -139,18 +136,17 @@ class GuestAddressSpace:
             if kind == _DIRECT:
                 frames = self._mapped_frame[start:end]
                 self.memory.pins[frames] -= 1
-                for frame in frames.tolist():
-                    self._frame_gpn.pop(frame, None)
                 self._mapped_frame[start:end] = NOT_PRESENT
         return lo, hi
 
     def _host_wrote(self, spa: int, length: int) -> None:
         """Host writes change cells under the vCPUs: drop any code translated from them."""
-        for frame in range(spa // PAGE, (spa + length - 1) // PAGE + 1):
-            gpn = self._frame_gpn.get(frame)
-            if gpn is not None:
-                for uc in self.engines:
-                    uc.ctl_remove_cache(gpn * PAGE, (gpn + 1) * PAGE)
+        frames = np.arange(spa // PAGE, (spa + length - 1) // PAGE + 1)
+        if not self.engines or not self.memory.pins[frames].any():
+            return
+        for gpn in np.flatnonzero(np.isin(self._mapped_frame, frames)).tolist():
+            for uc in self.engines:
+                uc.ctl_remove_cache(gpn * PAGE, (gpn + 1) * PAGE)
 
     # -- translated access: the engine between the guest and a foreign frame -----------------
     def _block_view(self, gpa: int, length: int) -> tuple[int, int, bytearray]:
