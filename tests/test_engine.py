@@ -279,9 +279,18 @@ def test_vectorised_tweaks_agree_with_the_scalar_tweak(spa, nblocks):
     for i in range(nblocks):
         assert table[i].tobytes() == tweak(spa + i * BLOCK)
     frame = spa // PAGE
-    pages = tweak.pages(frame, 2).reshape(-1, 2)
-    assert pages[5].tobytes() == tweak(frame * PAGE + 5 * BLOCK)
-    assert pages[256 + 17].tobytes() == tweak((frame + 1) * PAGE + 17 * BLOCK)
+    pages = tweak.frame_range(frame, 2)
+    assert (pages[0] ^ tweak.page_offsets[5]).tobytes() == tweak(frame * PAGE + 5 * BLOCK)
+    assert (pages[1] ^ tweak.page_offsets[17]).tobytes() == tweak((frame + 1) * PAGE + 17 * BLOCK)
+
+
+@settings(max_examples=50, deadline=None)
+@given(first=st.integers(0, 1 << 40) | st.integers(2, 40).map(lambda b: (1 << b) - 3),
+       count=st.integers(1, 5000))
+def test_frame_range_by_linearity_matches_the_tweak_of_each_frame(first, count):
+    tweak = TweakFunction.weak(7)
+    frames = np.arange(first, first + count, dtype=np.uint64)
+    assert np.array_equal(tweak.frame_range(first, count), tweak.frames(frames))
 
 
 def test_strong_tweak_is_fresh_per_boot_and_weak_tweak_follows_its_seed():

@@ -57,7 +57,7 @@ def parse_elf(blob: bytes) -> GuestImage:
                 raise ImageError("a PT_LOAD segment runs past the end of the file")
             segments.append(LoadSegment(seg["p_paddr"] or seg["p_vaddr"], data, seg["p_memsz"],
                                         seg["p_flags"]))
-    except (ELFError, ValueError, OSError) as err:
+    except (ELFError, ValueError, OSError, OverflowError) as err:  # offsets past any file
         raise ImageError(f"malformed ELF: {err}") from None
     if not segments:
         raise ImageError("ELF has no loadable segment")

@@ -6,9 +6,10 @@ from Zen 2 on. T is linear, an XOR of one 128-bit constant per address bit (bits
 which is the property SEVurity-style attacks exploit. AMD does not publish the constants;
 sevsim draws them per boot (Zen 1 from a 32-bit seed, as weak as the real ones).
 
-Speed: `cryptography` holds the GIL and there is no XEX mode with this tweak in OpenSSL, so a
-run costs one AES-ECB call plus numpy XOR passes per chunk; what is left to optimise is how many
-passes touch memory and where the data sits when they do (see `EncryptionEngine._run`).
+The cipher loop is `sevsim.hw._xex`, a small C extension over OpenSSL's AES-128 (libcrypto):
+OpenSSL has no mode with this tweak, and whitening in numpy passes around an ECB call moves
+every byte through memory several times. Page runs go to C as whole frames with one tweak per
+frame; large runs are split across the host's cores (the C loop releases the GIL).
 benchmarks/engine_throughput.py compares the result with `openssl speed`.
 """
 
@@ -16,33 +17,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from sevsim.hw._xex import Key
 from sevsim.hw.chips import TweakMode
 
 PAGE = 4096
 BLOCK = 16
 _BLOCKS_PER_PAGE = PAGE // BLOCK
 _ADDRESS_WIDTH = 64  # SPAs are 64-bit: tweak constants beyond bit 63 are never used
-# Bytes per pass of the run loop, a power of two. The chunk's working set (cached tweak table,
-# tweaks, whitened input, source and destination slices) stays in L2, and ~5 calls per chunk
-# keep Python overhead small. Measured on a 256 MiB dump: 32 KiB 2.6, 64 KiB 3.1, 128 KiB 3.5,
-# 256 KiB 3.2, 1 MiB 2.3 GB/s.
-_CHUNK = 128 * 1024
-_BLOCK16 = np.dtype("V16")  # one 16-byte tweak as an opaque value, for fills
-
-
-class _KeySlot:
-    """One loaded key: the AES contexts only; the raw key is never kept outside the cipher."""
-
-    __slots__ = ("decryptor", "encryptor")
-
-    def __init__(self, key: bytes) -> None:
-        cipher = Cipher(algorithms.AES(key), modes.ECB())
-        self.encryptor = cipher.encryptor()
-        self.decryptor = cipher.decryptor()
+_PARALLEL_PAGES = 1024  # runs of 4 MiB and more are shared out between the host's cores
+_WORKERS = min(os.cpu_count() or 1, 8)
+_POOL = ThreadPoolExecutor(_WORKERS, thread_name_prefix="sevsim-engine") if _WORKERS > 1 else None
+_ZERO_TWEAK = np.zeros(2, dtype=np.uint64)
 
 
 class TweakFunction:
@@ -59,7 +49,7 @@ class TweakFunction:
         self._byte_table = _byte_tables(constants).reshape(-1, 2)
         self._byte_rows = np.arange(0, self._byte_table.shape[0], 256)[:, None]  # byte j: 256 j
         offs = np.arange(_BLOCKS_PER_PAGE, dtype=np.uint64) << np.uint64(4)
-        self._page_offsets = self.of(offs)  # (256, 2)
+        self.page_offsets = self.of(offs)  # (256, 2)
 
     @classmethod
     def weak(cls, seed: int, address_bits: int = 52) -> TweakFunction:
@@ -86,10 +76,20 @@ class TweakFunction:
         """The page part of the tweak for each frame number: shape (n, 2)."""
         return self.of(frames.astype(np.uint64) << np.uint64(12))
 
-    def pages(self, first_frame: int, count: int) -> np.ndarray:
-        """Tweaks of every block of `count` consecutive frames: shape (count, 256, 2)."""
-        frames = np.arange(first_frame, first_frame + count, dtype=np.uint64)
-        return self._page_offsets[None, :, :] ^ self.frames(frames)[:, None, :]
+    def frame_range(self, first: int, count: int) -> np.ndarray:
+        """Page tweaks of consecutive frames, by linearity: inside an aligned block of 2^k
+        frames, T(base + i) = T(base) ^ T(i), and T(i) for all i < 2^k doubles up one
+        constant at a time. With 2^k >= count the range touches at most two such blocks."""
+        k = count.bit_length()
+        low = np.zeros((1, 2), dtype=np.uint64)
+        for bit in range(12, 12 + k):
+            constant = self.constants[bit] if bit < self.constants.shape[0] else _ZERO_TWEAK
+            low = np.concatenate((low, low ^ constant))
+        size, stop = 1 << k, first + count
+        bases = np.arange(first >> k << k, stop, size, dtype=np.uint64)
+        parts = [low[max(first - b, 0):min(stop - b, size)] ^ t
+                 for b, t in zip(bases.tolist(), self.frames(bases), strict=True)]
+        return np.concatenate(parts)
 
     def blocks(self, spa: int, nblocks: int) -> np.ndarray:
         """Tweaks of `nblocks` consecutive blocks from a 16-byte aligned SPA: shape (n, 2)."""
@@ -120,13 +120,8 @@ def _expand(seed: bytes, address_bits: int) -> np.ndarray:
 
 
 class EncryptionEngine:
-    """AES-128 per ASID with the SPA tweak. Keys go in through `load_key` and never come out.
-
-    Runs are processed in `_CHUNK`-aligned chunks of SPA space. Because T is linear and a chunk
-    base B has no bits in common with an offset inside the chunk, T(B + off) = T(B) ^ T(off):
-    each chunk's tweaks are one cached table of T(off) XOR one 16-byte constant, instead of a
-    table built from the address bits for every chunk.
-    """
+    """AES-128 per ASID with the SPA tweak. Keys go in through `load_key` and never come out:
+    each slot is a `_xex.Key`, which keeps the key in C memory and wipes it when dropped."""
 
     def __init__(self, mode: TweakMode, tweak: TweakFunction | None = None) -> None:
         self.mode = mode
@@ -134,29 +129,10 @@ class EncryptionEngine:
             tweak = (TweakFunction.weak(int.from_bytes(os.urandom(4), "little"))
                      if mode is TweakMode.XE_WEAK else TweakFunction.strong())
         self.tweak = tweak
-        self._slots: dict[int, _KeySlot] = {}
-        # Scratch reused by every chunk, so no pass allocates (or page-faults) memory.
-        self._tweaks = np.empty(_CHUNK // 8, dtype=np.uint64)
-        self._fill = np.empty(_CHUNK // 8, dtype=np.uint64)
-        self._staged = np.empty(_CHUNK + BLOCK, dtype=np.uint8)  # AES wants len(in) + 15
-
-    @property
-    def tweak(self) -> TweakFunction:
-        return self._tweak
-
-    @tweak.setter
-    def tweak(self, tweak: TweakFunction) -> None:
-        self._tweak = tweak
-        # T(off) for every block offset inside a chunk, flat uint64: the cached part.
-        self._local = tweak.blocks(0, _CHUNK // BLOCK).reshape(-1)
-        # T(_CHUNK) repeated: an odd chunk's tweaks are the even chunk before it XOR this.
-        self._carry = np.empty_like(self._local)
-        np.copyto(self._carry.view(_BLOCK16), tweak.blocks(_CHUNK, 1).view(_BLOCK16)[0])
+        self._slots: dict[int, Key] = {}
 
     def load_key(self, asid: int, key: bytes) -> None:
-        if len(key) != 16:
-            raise ValueError("the memory encryption key is AES-128")
-        self._slots[asid] = _KeySlot(key)
+        self._slots[asid] = Key(key)
 
     def unload_key(self, asid: int) -> None:
         self._slots.pop(asid, None)
@@ -181,7 +157,7 @@ class EncryptionEngine:
     def decrypt_blocks(self, asid: int, spa: int, src: np.ndarray) -> np.ndarray:
         return self._blocks(asid, spa, src, encrypt=False)
 
-    def _slot(self, asid: int) -> _KeySlot:
+    def _slot(self, asid: int) -> Key:
         try:
             return self._slots[asid]
         except KeyError:
@@ -205,62 +181,33 @@ class EncryptionEngine:
         self._run(slot, spa, src, out, encrypt)
         return out
 
-    def _run(self, slot: _KeySlot, spa: int, src: np.ndarray, dst: np.ndarray,
-             encrypt: bool) -> None:
-        """Transform `src` (DRAM bytes or plaintext of [spa, spa + n)) into `dst`.
+    def _run(self, slot: Key, spa: int, src: np.ndarray, dst: np.ndarray, encrypt: bool) -> None:
+        """Transform `src` (plaintext or DRAM bytes of [spa, spa + n)) into `dst` (may be src).
 
-        Per chunk:
-        1. tweaks = cached T(off) ^ T(base), built in L2-resident scratch (the 16-byte T(base)
-           is filled as a V16 value, because numpy broadcasts over a length-2 axis ~10x slower
-           than it streams); an odd chunk right after a whole one just XORs in T(_CHUNK);
-        2. whiten the input into scratch (XE decryption skips this: AES reads `src` directly);
-        3. AES-ECB straight into `dst`. For big runs `dst` is DRAM-sized memory; writing it
-           once from AES and then whitening it in place while it is still in cache beat
-           AES into scratch plus a whitening pass out to `dst` (that costs a DRAM round trip);
-        4. whiten `dst` in place (XEX, and XE decryption).
-        AES gets 16 spare bytes of `dst` (its output-size rule) but writes exactly the chunk,
-        which the assert checks. `dst` may be `src` (in-place conversion): each chunk is read
-        before any of it is written.
+        Whole frames go to C with the in-page offset tweaks as the unit table and one frame
+        tweak each; a partial first or last frame goes block by block, each block's full tweak
+        as its base and a zero unit table.
         """
         n = src.nbytes
-        if n == 0:
-            return
         xex = self.mode is TweakMode.XEX_STRONG
-        whiten_in, whiten_out = encrypt or xex, xex or not encrypt
-        aes = slot.encryptor if encrypt else slot.decryptor
-        src_bytes, dst_bytes = memoryview(src), memoryview(dst)
-        src64, dst64 = src.view(np.uint64), dst.view(np.uint64)
-        staged, staged64 = memoryview(self._staged), self._staged.view(np.uint64)
-        first_base = spa - spa % _CHUNK
-        bases = np.arange(first_base, spa + n, _CHUNK, dtype=np.uint64)
-        base_tweaks = self._tweak.of(bases).view(_BLOCK16)  # (chunks, 1): one T(base) each
-        follows_full = False  # self._tweaks holds a whole chunk's tweaks from the last pass
-        for i, base in enumerate(range(first_base, spa + n, _CHUNK)):
-            lo, hi = max(spa, base) - spa, min(spa + n, base + _CHUNK) - spa  # bytes in src
-            w_lo, w_hi, words = lo // 8, hi // 8, (hi - lo) // 8
-            off = (spa + lo - base) // 8
-            tweaks = self._tweaks[:words]
-            if follows_full and (base // _CHUNK) % 2:
-                # base = previous base + _CHUNK flips only the chunk-size bit: one XOR pass
-                np.bitwise_xor(tweaks, self._carry[:words], out=tweaks)
-            else:
-                fill = self._fill[:words]
-                np.copyto(fill.view(_BLOCK16), base_tweaks[i])
-                np.bitwise_xor(self._local[off:off + words], fill, out=tweaks)
-            follows_full = words == _CHUNK // 8
-            if whiten_in:
-                np.bitwise_xor(src64[w_lo:w_hi], tweaks, out=staged64[:words])
-                aes_in = staged[:hi - lo]
-            else:
-                aes_in = src_bytes[lo:hi]
-            if hi + BLOCK <= n:  # room after the chunk for AES's output-size rule
-                written = aes.update_into(aes_in, dst_bytes[lo:hi + BLOCK])
-                if whiten_out:
-                    np.bitwise_xor(dst64[w_lo:w_hi], tweaks, out=dst64[w_lo:w_hi])
-            else:  # the run's last chunk: AES into scratch, then out to dst
-                written = aes.update_into(aes_in, staged)
-                if whiten_out:
-                    np.bitwise_xor(staged64[:words], tweaks, out=dst64[w_lo:w_hi])
-                else:
-                    dst[lo:hi] = self._staged[:hi - lo]
-            assert written == hi - lo  # ECB without padding: no block held back
+        flags = (encrypt, encrypt or xex, xex or not encrypt)
+        head = min(n, -spa % PAGE)
+        pages = (n - head) // PAGE
+        body_end = head + pages * PAGE
+        for lo, hi in ((0, head), (body_end, n)):
+            if hi > lo:
+                slot.transform(*flags, src[lo:hi], dst[lo:hi], _ZERO_TWEAK,
+                               self.tweak.blocks(spa + lo, (hi - lo) // BLOCK))
+        if not pages:
+            return
+        frames = self.tweak.frame_range((spa + head) // PAGE, pages)
+        unit = self.tweak.page_offsets
+        if _POOL is None or pages < _PARALLEL_PAGES:
+            slot.transform(*flags, src[head:body_end], dst[head:body_end], unit, frames)
+            return
+        cuts = np.linspace(0, pages, _WORKERS + 1, dtype=np.int64).tolist()
+        jobs = [_POOL.submit(slot.transform, *flags, src[head + a * PAGE:head + b * PAGE],
+                                  dst[head + a * PAGE:head + b * PAGE], unit, frames[a:b])
+                for a, b in pairwise(cuts)]
+        for job in jobs:
+            job.result()
