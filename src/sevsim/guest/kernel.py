@@ -8,6 +8,7 @@ which pages are shared, the exit code) it hands over through exits, as a real gu
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 from sevsim.abi.bootinfo import BOOTINFO_GPA, BootInfo
@@ -95,12 +96,13 @@ class GuestKernel:
     def on_syscall(self, cpu: GuestCpu) -> None:
         nr = cpu.reg("rax")
         args = [cpu.reg(r) for r in ("rdi", "rsi", "rdx", "r10", "r8")]
-        handler = {
+        handlers: dict[int, Callable[..., int | None]] = {
             SYS_WRITE: self._write, SYS_EXIT: self._exit, SYS_SET_SHARED: self._set_shared,
             SYS_SET_PRIVATE: self._set_private, SYS_SEV_STATUS: self._sev_status,
             SYS_VCPU_INFO: self._vcpu_info, SYS_VCPU_START: self._vcpu_start,
             SYS_VCPU_HALT: self._vcpu_halt,
-        }.get(nr)
+        }
+        handler = handlers.get(nr)
         result = handler(cpu, *args) if handler else -ENOSYS
         if result is not None:
             cpu.set_reg("rax", result)

@@ -315,7 +315,8 @@ class Hypervisor:
             return self.chip.signature, 0, 1 << 31, 0  # ECX bit 31: running under a hypervisor
         if leaf == 0x4000_0000:
             kvm = b"KVMKVMKVM\0\0\0"
-            return (0x4000_0001, *(int.from_bytes(kvm[i:i + 4], "little") for i in (0, 4, 8)))
+            b, c, d = (int.from_bytes(kvm[i:i + 4], "little") for i in (0, 4, 8))
+            return 0x4000_0001, b, c, d
         if leaf == 0x8000_0000:
             return 0x8000_001F, ebx, ecx, edx
         if leaf == 0x8000_001F:

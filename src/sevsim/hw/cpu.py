@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from unicorn import (
     UC_ARCH_X86,
@@ -75,6 +75,7 @@ class VmExit:
 
 
 ExitHandler = Callable[["Vcpu", VmExit], bool]
+_T = TypeVar("_T")
 
 
 class GuestSoftware(Protocol):
@@ -212,7 +213,7 @@ class Vcpu:
         self.vmcb.exit_code = ExitCode.SHUTDOWN
         return GuestFault(f"vCPU {self.index}: {what}")
 
-    def _guarded(self, action: Callable[[], object]) -> object:
+    def _guarded(self, action: Callable[[], _T]) -> _T | None:
         try:
             return action()
         except BaseException as err:  # carried out of Unicorn and re-raised by run()

@@ -190,24 +190,26 @@ class EncryptionEngine:
         """
         n = src.nbytes
         xex = self.mode is TweakMode.XEX_STRONG
-        flags = (encrypt, encrypt or xex, xex or not encrypt)
+        pre, post = encrypt or xex, xex or not encrypt
         head = min(n, -spa % PAGE)
         pages = (n - head) // PAGE
         body_end = head + pages * PAGE
         for lo, hi in ((0, head), (body_end, n)):
             if hi > lo:
-                slot.transform(*flags, src[lo:hi], dst[lo:hi], _ZERO_TWEAK,
+                slot.transform(encrypt, pre, post, src[lo:hi], dst[lo:hi], _ZERO_TWEAK,
                                self.tweak.blocks(spa + lo, (hi - lo) // BLOCK))
         if not pages:
             return
         frames = self.tweak.frame_range((spa + head) // PAGE, pages)
         unit = self.tweak.page_offsets
         if _POOL is None or pages < _PARALLEL_PAGES:
-            slot.transform(*flags, src[head:body_end], dst[head:body_end], unit, frames)
+            slot.transform(encrypt, pre, post, src[head:body_end], dst[head:body_end], unit,
+                           frames)
             return
         cuts = np.linspace(0, pages, _WORKERS + 1, dtype=np.int64).tolist()
-        jobs = [_POOL.submit(slot.transform, *flags, src[head + a * PAGE:head + b * PAGE],
-                                  dst[head + a * PAGE:head + b * PAGE], unit, frames[a:b])
+        jobs = [_POOL.submit(slot.transform, encrypt, pre, post,
+                             src[head + a * PAGE:head + b * PAGE],
+                             dst[head + a * PAGE:head + b * PAGE], unit, frames[a:b])
                 for a, b in pairwise(cuts)]
         for job in jobs:
             job.result()
