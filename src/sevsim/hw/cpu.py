@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, TypeVar
 
+import numpy as np
 from unicorn import (
     UC_ARCH_X86,
     UC_HOOK_CODE,
@@ -194,10 +195,14 @@ class Vcpu:
         self._exit(VmExit(ExitCode.HLT, 0, rip))
 
     def watch_msr_instructions(self, gpa: int, code: bytes) -> None:
-        """Trap RDMSR/WRMSR in an executable range (Unicorn has no MSR hook of its own)."""
-        for pos in range(len(code) - 1):
-            site = gpa + pos
-            if code[pos] == 0x0F and code[pos + 1] in (0x30, 0x32) and site not in self._msr_sites:
+        """Trap RDMSR/WRMSR in an executable range (Unicorn has no MSR hook of its own).
+
+        Every 0F 30 / 0F 32 byte pair gets a one-address code hook; a pair that is not an
+        instruction start never executes there, so a false match costs nothing."""
+        octets = np.frombuffer(code, dtype=np.uint8)
+        pairs = (octets[:-1] == 0x0F) & ((octets[1:] == 0x30) | (octets[1:] == 0x32))
+        for site in (gpa + np.flatnonzero(pairs)).tolist():
+            if site not in self._msr_sites:
                 self._msr_sites.add(site)
                 self.uc.hook_add(UC_HOOK_CODE, self._on_msr_site, None, site, site)
 
