@@ -1,0 +1,109 @@
+"""State and checks shared by every part of the Secure Processor's SEV command set.
+
+The commands live in mixins by area (sev.py: platform and launch; pki.py: the platform's
+certificate chain; es.py: SEV-ES; transport.py: debug and migration), all on this state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+
+from sevsim.abi.policy import SevPolicy
+from sevsim.abi.status import GuestState, PlatformState, SevStatus
+from sevsim.errors import FirmwareError
+from sevsim.hw.chips import ChipPreset
+from sevsim.hw.memory import MemoryController
+
+
+@dataclass(frozen=True)
+class PlatformStatus:
+    """PLATFORM_STATUS output, 12 bytes as sev-tool's sev_platform_status."""
+
+    api_major: int
+    api_minor: int
+    state: PlatformState
+    owner: int
+    config: int
+    build: int
+    guest_count: int
+
+    def to_bytes(self) -> bytes:
+        return struct.pack("<BBBBHBBI", self.api_major, self.api_minor, self.state, self.owner,
+                           self.config, 0, self.build, self.guest_count)
+
+
+@dataclass(frozen=True)
+class GuestStatus:
+    """GUEST_STATUS output: handle's policy, ASID and state (16 bytes)."""
+
+    handle: int
+    policy: int
+    asid: int
+    state: GuestState
+
+    def to_bytes(self) -> bytes:
+        return struct.pack("<IIIB3x", self.handle, self.policy, self.asid, self.state)
+
+
+@dataclass(frozen=True)
+class LaunchMeasurement:
+    """LAUNCH_MEASURE output: HMAC over the launch digest, and the nonce in it (48 bytes)."""
+
+    measure: bytes
+    mnonce: bytes
+
+    def to_bytes(self) -> bytes:
+        return self.measure + self.mnonce
+
+
+@dataclass
+class GuestContext:
+    """One guest as the firmware keeps it; its keys never leave the firmware."""
+
+    handle: int
+    policy: SevPolicy
+    vek: bytes = field(repr=False)
+    tek: bytes = field(repr=False)
+    tik: bytes = field(repr=False)
+    state: GuestState = GuestState.LUPDATE
+    asid: int = 0
+    launch_digest: hashlib._Hash = field(default_factory=hashlib.sha256, repr=False)
+
+
+class FirmwareCore:
+    """Platform state, guest contexts and ASID bookkeeping of one Secure Processor."""
+
+    def __init__(self, chip: ChipPreset, memory: MemoryController) -> None:
+        self.chip = chip
+        self._memory = memory
+        self._state = PlatformState.UNINIT
+        self._guests: dict[int, GuestContext] = {}
+        self._next_handle = 1
+        self._asid_owner: dict[int, int] = {}  # ASID -> handle of the guest activated on it
+        self._asid_dirty: set[int] = set()  # deactivated, caches not flushed (DF_FLUSH)
+
+    # -- checks -----------------------------------------------------------------------------
+    def _require_platform(self, allowed: PlatformState | tuple[PlatformState, ...],
+                          command: str) -> None:
+        allowed = allowed if isinstance(allowed, tuple) else (allowed,)
+        if self._state not in allowed:
+            raise FirmwareError(SevStatus.INVALID_PLATFORM_STATE,
+                                f"{command} needs platform state "
+                                f"{'/'.join(s.name for s in allowed)}, it is {self._state.name}")
+
+    def _guest(self, handle: int, command: str,
+               state: GuestState | None = None) -> GuestContext:
+        if self._state is PlatformState.UNINIT:
+            raise FirmwareError(SevStatus.INVALID_PLATFORM_STATE,
+                                f"{command}: the platform is not initialised")
+        ctx = self._guests.get(handle)
+        if ctx is None:
+            raise FirmwareError(SevStatus.INVALID_GUEST,
+                                f"{command}: no guest with handle {handle}")
+        if state is not None and ctx.state is not state:
+            raise FirmwareError(SevStatus.INVALID_GUEST_STATE,
+                                f"{command} needs guest state {state.name}, "
+                                f"guest {handle} is {ctx.state.name}")
+        return ctx
