@@ -6,12 +6,10 @@ it was: checks run first, effects after.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
-import struct
 
 from sevsim.abi.policy import PolicyFlags, SevPolicy
+from sevsim.abi.sev_session import measurement
 from sevsim.abi.status import GuestState, PlatformState, SevStatus
 from sevsim.errors import FirmwareError, MemoryAccessError
 from sevsim.firmware.core import (
@@ -148,11 +146,8 @@ class SevFirmware(PlatformPki, EsLaunch, GuestTransport, FirmwareCore):
         return LaunchMeasurement(measure, mnonce)
 
     def measurement_mac(self, tik: bytes, policy: int, digest: bytes, mnonce: bytes) -> bytes:
-        prefix = b""
-        if (self.chip.api_major, self.chip.api_minor) >= (0, 17):
-            prefix = bytes((0x04, self.chip.api_major, self.chip.api_minor, self.chip.build))
-        message = prefix + struct.pack("<I", policy) + digest + mnonce
-        return hmac.new(tik, message, hashlib.sha256).digest()
+        return measurement(tik, (self.chip.api_major, self.chip.api_minor), self.chip.build,
+                           policy, digest, mnonce)
 
     def launch_finish(self, handle: int) -> None:
         ctx = self._guest(handle, "LAUNCH_FINISH", GuestState.LSECRET)
