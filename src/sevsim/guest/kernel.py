@@ -60,15 +60,25 @@ class GuestKernel:
         self.boot: BootInfo | None = None
 
     # -- boot ---------------------------------------------------------------------------------
-    def on_reset(self, cpu: GuestCpu) -> None:
-        cpu.set_c_bit(BOOTINFO_GPA, 1, private=True)
+    def _read_boot_info(self, cpu: GuestCpu) -> BootInfo:
         try:
             boot = BootInfo.from_bytes(cpu.read(BOOTINFO_GPA, PAGE))
         except ValueError as err:
             raise GuestFault(f"guest kernel: {err}") from None
         if boot.kernel_id != kernel_identity():
             raise GuestFault("guest kernel: boot info names another kernel")
-        self.boot = boot
+        return boot
+
+    def boot_info(self, cpu: GuestCpu) -> BootInfo:
+        """The boot info; read from guest memory on first use when this kernel resumes a VM it
+        did not boot (after a migration, everything it knows is in the guest's memory)."""
+        if self.boot is None:
+            self.boot = self._read_boot_info(cpu)
+        return self.boot
+
+    def on_reset(self, cpu: GuestCpu) -> None:
+        cpu.set_c_bit(BOOTINFO_GPA, 1, private=True)
+        boot = self.boot = self._read_boot_info(cpu)
         image = boot.launched_pages()
         # Launched pages keep their contents; everything else is accepted as zeroed memory.
         cursor = 0
@@ -126,14 +136,14 @@ class GuestKernel:
                 and addr + npages * PAGE <= self.boot.ram_size)
 
     def _set_shared(self, cpu: GuestCpu, addr: int, npages: int, *_: int) -> int:
-        if not self._pages(addr, npages):
+        if not self._pages(cpu, addr, npages):
             return -EINVAL
         cpu.set_c_bit(addr, npages, private=False)
         cpu.vmmcall(KVM_HC_MAP_GPA_RANGE, addr, npages, 0)
         return 0
 
     def _set_private(self, cpu: GuestCpu, addr: int, npages: int, *_: int) -> int:
-        if not self._pages(addr, npages):
+        if not self._pages(cpu, addr, npages):
             return -EINVAL
         cpu.vmmcall(KVM_HC_MAP_GPA_RANGE, addr, npages, KVM_MAP_GPA_RANGE_ENCRYPTED)
         cpu.set_c_bit(addr, npages, private=True)
@@ -143,13 +153,11 @@ class GuestKernel:
         return cpu.sev_status()
 
     def _vcpu_info(self, cpu: GuestCpu, *_: int) -> int:
-        assert self.boot is not None
-        return cpu.index | self.boot.nvcpus << 32
+        return cpu.index | self.boot_info(cpu).nvcpus << 32
 
     def _vcpu_start(self, cpu: GuestCpu, index: int, entry: int, arg0: int, arg1: int,
                     stack_top: int) -> int:
-        assert self.boot is not None
-        if not 0 < index < self.boot.nvcpus:
+        if not 0 < index < self.boot_info(cpu).nvcpus:
             return -EINVAL
         status = cpu.vmmcall(SEVSIM_HC_START_VCPU, index, entry, stack_top, arg0, arg1)
         return 0 if status == 0 else -EINVAL

@@ -224,11 +224,13 @@ class Hypervisor:
         if error is not None:
             raise error
 
-    def run_all(self, vms: list[HvVm], timeout: float) -> dict[int, SevsimError | None]:
+    def run_all(self, vms: list[HvVm], timeout: float,
+                pause_at_timeout: bool = False) -> dict[int, SevsimError | None]:
         """Round-robin every vCPU of several VMs in time quanta until all have stopped.
 
         A VM that faults or outlives the timeout is stopped on its own; the others go on.
-        Returns each VM's error (GuestFault, GuestTimeout) or None.
+        Returns each VM's error (GuestFault, GuestTimeout) or None. With `pause_at_timeout`
+        the VMs still running are only paused (no error): run them again later, or migrate.
         """
         for vm in vms:
             if vm.destroyed:
@@ -246,6 +248,8 @@ class Hypervisor:
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if pause_at_timeout:
+                        return errors
                     for late in vms:
                         if not late.stopped:
                             self.stop(late)

@@ -13,6 +13,7 @@ from sevsim.firmware.sev import LaunchMeasurement
 from sevsim.guest.kernel import GuestKernel, kernel_identity
 from sevsim.host.elf import GuestImage, parse_elf
 from sevsim.host.hypervisor import HvVm, Hypervisor
+from sevsim.hw.cpu import VcpuState
 from sevsim.hw.engine import PAGE
 
 BSP_STACK_SIZE = 256 * 1024
@@ -98,10 +99,15 @@ class VirtualMachine:
             fw.activate(handle, self.asid)
             for gpa, length in self._spa_runs():
                 fw.launch_update_data(handle, gpa, length)
+            self._launch_vmsas(handle)
             self.measurement = fw.launch_measure(handle)
             fw.launch_finish(handle)
         self.launched = True
         return self.measurement
+
+    def _launch_vmsas(self, handle: int) -> None:
+        """SEV-ES: LAUNCH_UPDATE_VMSA for every vCPU (plain SEV has no VMSA to measure)."""
+        del handle
 
     def _spa_runs(self) -> list[tuple[int, int]]:
         """The measured pages as (SPA, length) runs, in guest-physical order."""
@@ -119,6 +125,19 @@ class VirtualMachine:
         self.check_runnable()
         self.hypervisor.run(self.hv, timeout)
         return self.result()
+
+    def run_for(self, seconds: float) -> bool:
+        """Run for at most `seconds`, then pause; True once the guest has stopped by itself."""
+        self.check_runnable()
+        error = self.hypervisor.run_all([self.hv], seconds, pause_at_timeout=True)[self.hv.vm_id]
+        if error is not None:
+            raise error
+        return self.finished
+
+    @property
+    def finished(self) -> bool:
+        """The guest exited or all its vCPUs halted."""
+        return self.hv.stopped or not any(v.state is VcpuState.RUNNABLE for v in self.hv.vcpus)
 
     def check_runnable(self) -> None:
         if not self.launched:
