@@ -130,10 +130,9 @@ class GuestKernel:
         cpu.out(DEBUG_EXIT_PORT, code & 0xFFFF_FFFF, 4)
         cpu.halt()
 
-    def _pages(self, addr: int, npages: int) -> bool:
-        assert self.boot is not None
+    def _pages(self, cpu: GuestCpu, addr: int, npages: int) -> bool:
         return (addr % PAGE == 0 and npages > 0 and addr >= 2 * PAGE
-                and addr + npages * PAGE <= self.boot.ram_size)
+                and addr + npages * PAGE <= self.boot_info(cpu).ram_size)
 
     def _set_shared(self, cpu: GuestCpu, addr: int, npages: int, *_: int) -> int:
         if not self._pages(cpu, addr, npages):
