@@ -37,9 +37,30 @@ class GuestFault(SevsimError):
     """The guest crashed: an exception it could not handle, or an access the hypervisor refused."""
 
 
+class VmrunError(GuestFault):
+    """VMRUN refused the guest state (SVM_EXIT_ERR): under SEV-ES, a VMSA that fails the
+    hardware's integrity check. The VM cannot run again."""
+
+
 class GuestTimeout(SevsimError):
     """The guest did not stop within its time limit."""
 
 
 class VmStateError(SevsimError):
     """A VM operation issued in the wrong lifecycle state (e.g. run before launch)."""
+
+
+class AttestationError(SevsimError):
+    """The guest owner's checks failed: it must not trust this platform or this guest."""
+
+
+class CertificateError(AttestationError, ValueError):
+    """A certificate chain does not verify; `link` names the one that failed (e.g. "ASK -> CEK")."""
+
+    def __init__(self, link: str, message: str) -> None:
+        self.link = link
+        super().__init__(f"{link}: {message}")
+
+
+class MeasurementError(AttestationError):
+    """LAUNCH_MEASURE does not match the launch the owner expected: no secret for this guest."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass
 from enum import IntEnum
 
 
@@ -99,3 +101,33 @@ class GuestState(IntEnum):
     SUPDATE = 4
     RUPDATE = 5
     SENT = 6
+
+
+_PLATFORM_STATUS = struct.Struct("<BBBBHBBI")
+
+
+@dataclass(frozen=True)
+class PlatformStatus:
+    """PLATFORM_STATUS output, 12 bytes as sev-tool's sev_platform_status. A guest owner reads
+    the API version and build from it: they enter the launch measurement."""
+
+    api_major: int
+    api_minor: int
+    state: PlatformState
+    owner: int  # bit 0: externally owned (an owner's OCA signed the PEK)
+    config: int  # bit 0: SEV-ES initialised
+    build: int
+    guest_count: int
+
+    def to_bytes(self) -> bytes:
+        return _PLATFORM_STATUS.pack(self.api_major, self.api_minor, self.state, self.owner,
+                                     self.config, 0, self.build, self.guest_count)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> PlatformStatus:
+        if len(blob) != _PLATFORM_STATUS.size:
+            raise ValueError(f"PLATFORM_STATUS is {_PLATFORM_STATUS.size} bytes, not {len(blob)}")
+        major, minor, state, owner, config, _, build, count = _PLATFORM_STATUS.unpack(blob)
+        if state not in PlatformState.__members__.values():
+            raise ValueError(f"platform state {state} is not one AMD defines")
+        return cls(major, minor, PlatformState(state), owner, config, build, count)

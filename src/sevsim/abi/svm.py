@@ -17,6 +17,8 @@ class ExitCode(IntEnum):
     SHUTDOWN = 0x7F
     VMMCALL = 0x81
     NPF = 0x400
+    VMGEXIT = 0x403
+    INVALID = -1  # SVM_EXIT_ERR: VMRUN refused the guest state (e.g. a VMSA failing its check)
 
 
 # EXITINFO1 of an IOIO intercept.
@@ -53,10 +55,17 @@ NPF_FETCH = 1 << 4
 MSR_READ = 0
 MSR_WRITE = 1
 
+# EVENTINJ / EXITINTINFO: an event to deliver to the guest.
+EVTINJ_VECTOR_MASK = 0xFF
+EVTINJ_TYPE_EXCEPTION = 3 << 8
+EVTINJ_VALID = 1 << 31
+VECTOR_GP = 13
+
 # KVM hypercalls (VMMCALL, number in RAX, arguments in RBX, RCX, RDX, RSI).
 KVM_HC_MAP_GPA_RANGE = 12
 KVM_MAP_GPA_RANGE_ENCRYPTED = 1 << 4
-# sevsim's own: start an application processor (index, rip, rsp, rdi, rsi in RBX..RSI, R8).
+# sevsim's own: INIT-SIPI the application processor whose index is in RBX. The AP starts from
+# its reset state; its guest kernel finds what to run in guest memory, where the BSP put it.
 SEVSIM_HC_START_VCPU = 0x5E5000
 
 # Ports of the VMM's devices.

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from sevsim.errors import GuestTimeout, SevsimError
+from sevsim.cli.debug import debug_app
+from sevsim.cli.owner import owner_app
+from sevsim.errors import ConfigError, GuestTimeout, SevsimError
 from sevsim.hw.chips import DEFAULT_CHIP, PRESETS, GuestMode
+
+if TYPE_CHECKING:
+    from sevsim.attest.sev_owner import GuestOwner
+    from sevsim.host.vmm import VirtualMachine
 
 EXIT_TIMEOUT = 124  # as timeout(1)
 EXIT_ERROR = 125  # sevsim itself failed: bad input, firmware refusal, guest fault
@@ -20,6 +26,8 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 guest_app = typer.Typer(help="Guest programs: build C sources against the sevsim SDK.",
                         no_args_is_help=True)
 app.add_typer(guest_app, name="guest")
+app.add_typer(debug_app, name="debug")
+app.add_typer(owner_app, name="owner")
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -55,25 +63,46 @@ def run(
     timeout: Annotated[float, typer.Option(help="Seconds before the VM is stopped.")] = 60.0,
     dump_host_view: Annotated[Path | None, typer.Option(
         help="Write guest memory as the hypervisor reads it after the guest stops.")] = None,
+    secret: Annotated[Path | None, typer.Option(
+        help="SEV: a guest owner verifies the platform and the launch measurement, then "
+             "injects this file's bytes with LAUNCH_SECRET (the guest reads sev_secret()).")
+    ] = None,
+    policy: Annotated[str | None, typer.Option(
+        help="Guest policy, hex (default 0x1, NODBG; with --secret the owner's 0x3).")] = None,
+    seed: Annotated[str | None, typer.Option(
+        help="Chip seed: a reproducible platform identity (CEK, PEK, PDH, IDs).")] = None,
 ) -> None:
     """Run a guest program; its console goes to stdout and its exit code becomes ours."""
     from sevsim.host.machine import Host, parse_size
 
     try:
         image = elf.read_bytes()
+        secret_bytes = secret.read_bytes() if secret is not None else None
     except OSError as error:
-        err.print(f"[bold red]sevsim:[/] cannot read {elf}: {error.strerror}", highlight=False)
+        err.print(f"[bold red]sevsim:[/] cannot read {error.filename}: {error.strerror}",
+                  highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
     try:
-        host = Host(chip=chip, memory=parse_size(memory) + (64 << 20))
+        launch_policy = None if policy is None else int(policy, 16)
+    except ValueError:
+        raise typer.BadParameter(f"policy {policy!r} is not hex (e.g. 0x3)") from None
+    try:
+        host = Host(chip=chip, memory=parse_size(memory) + (64 << 20),
+                    seed=None if seed is None else seed.encode())
         vm = host.create_vm(mode=mode, memory=memory, vcpus=vcpus)
         err.print(f"sevsim: mode={vm.mode} chip={host.chip.name} asid={vm.asid}"
                   f"{'' if vm.hv.mode.encrypted else ' (unencrypted)'} memory={memory} "
                   f"vcpus={vcpus}", highlight=False)
         vm.load(image)
-        measurement = vm.launch()
+        owner = None if secret_bytes is None else _owner(vm, image, secret_bytes, launch_policy)
+        measurement = vm.launch(policy=launch_policy, owner=owner)
         if measurement is not None:
             err.print(f"sevsim: launch measurement {measurement.measure.hex()}", highlight=False)
+        if owner is not None and owner.chain is not None:
+            err.print(f"sevsim: owner verified the chain to sevsim's simulated "
+                      f"{owner.chain.product.capitalize()} ARK and the measurement against "
+                      f"{owner.expected_digest.hex()}; injected a {len(secret_bytes or b'')}-byte "
+                      "secret", highlight=False)
         try:
             result = vm.run(timeout=timeout)
         finally:
@@ -84,6 +113,25 @@ def run(
     except SevsimError as error:
         raise _fail(error) from None
     raise typer.Exit(result.exit_code & 0xFF)
+
+
+def _owner(vm: VirtualMachine, image: bytes, secret: bytes, policy: int | None) -> GuestOwner:
+    """A guest owner in this process, who computed the launch digest from the ELF itself and
+    trusts only sevsim's simulated AMD root for this chip's product."""
+    from sevsim.attest.sev_owner import DEFAULT_POLICY, GuestOwner, expected_launch_digest
+    from sevsim.guest.kernel import kernel_identity
+    from sevsim.host.elf import parse_elf
+
+    if vm.mode != "sev":
+        raise ConfigError(f"--secret needs --mode sev (a {vm.mode} launch digest also covers "
+                          "state sevsim's owner does not compute yet)")
+    try:
+        expected = expected_launch_digest(parse_elf(image), vm.memory_size, len(vm.hv.vcpus),
+                                          kernel_identity(), vm.mode)
+        return GuestOwner(secret, expected, DEFAULT_POLICY if policy is None else policy,
+                          trust="sevsim", product=vm.hypervisor.chip.product.lower())
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 @app.command()

@@ -18,23 +18,6 @@ from sevsim.hw.memory import MemoryController
 
 
 @dataclass(frozen=True)
-class PlatformStatus:
-    """PLATFORM_STATUS output, 12 bytes as sev-tool's sev_platform_status."""
-
-    api_major: int
-    api_minor: int
-    state: PlatformState
-    owner: int
-    config: int
-    build: int
-    guest_count: int
-
-    def to_bytes(self) -> bytes:
-        return struct.pack("<BBBBHBBI", self.api_major, self.api_minor, self.state, self.owner,
-                           self.config, 0, self.build, self.guest_count)
-
-
-@dataclass(frozen=True)
 class GuestStatus:
     """GUEST_STATUS output: handle's policy, ASID and state (16 bytes)."""
 
@@ -70,13 +53,18 @@ class GuestContext:
     state: GuestState = GuestState.LUPDATE
     asid: int = 0
     launch_digest: hashlib._Hash = field(default_factory=hashlib.sha256, repr=False)
+    measure: bytes = field(default=b"", repr=False)  # LAUNCH_MEASURE's, for LAUNCH_SECRET
 
 
 class FirmwareCore:
     """Platform state, guest contexts and ASID bookkeeping of one Secure Processor."""
 
-    def __init__(self, chip: ChipPreset, memory: MemoryController) -> None:
+    def __init__(self, chip: ChipPreset, memory: MemoryController, *,
+                 vulnerable_cve_2019_9836: bool = False) -> None:
         self.chip = chip
+        # Firmware before the fix for CVE-2019-9836 (0.17 build 11 and earlier) did not
+        # check that the owner's ECDH point lies on the curve.
+        self.vulnerable_cve_2019_9836 = vulnerable_cve_2019_9836
         self._memory = memory
         self._state = PlatformState.UNINIT
         self._guests: dict[int, GuestContext] = {}

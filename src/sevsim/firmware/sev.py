@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import os
 
+from sevsim.abi.cpuid import SevFeatures
 from sevsim.abi.policy import PolicyFlags, SevPolicy
-from sevsim.abi.sev_session import measurement
-from sevsim.abi.status import GuestState, PlatformState, SevStatus
+from sevsim.abi.sev_cert import Algo, Curve, EcPublicKey
+from sevsim.abi.sev_session import (
+    MEASUREMENT_API_PREFIX,
+    PACKET_HEADER_SIZE,
+    SESSION_SIZE,
+    PacketHeader,
+    Session,
+    TransportKeys,
+    measurement,
+    open_packet,
+)
+from sevsim.abi.status import GuestState, PlatformState, PlatformStatus, SevStatus
 from sevsim.errors import FirmwareError, MemoryAccessError
 from sevsim.firmware.core import (
     FirmwareCore,
     GuestContext,
     GuestStatus,
     LaunchMeasurement,
-    PlatformStatus,
 )
 from sevsim.firmware.es import EsLaunch
 from sevsim.firmware.pki import PlatformPki
@@ -47,8 +57,8 @@ class SevFirmware(PlatformPki, EsLaunch, GuestTransport, FirmwareCore):
         self._state = PlatformState.UNINIT
 
     def platform_status(self) -> PlatformStatus:
-        return PlatformStatus(self.chip.api_major, self.chip.api_minor, self._state, 0, 0,
-                              self.chip.build, len(self._guests))
+        return PlatformStatus(self.chip.api_major, self.chip.api_minor, self._state,
+                              int(self.externally_owned), 0, self.chip.build, len(self._guests))
 
     def df_flush(self) -> None:
         """Flush the data fabric write buffers so deactivated ASIDs may be reused."""
@@ -56,8 +66,12 @@ class SevFirmware(PlatformPki, EsLaunch, GuestTransport, FirmwareCore):
         self._asid_dirty.clear()
 
     # -- guest launch -----------------------------------------------------------------------
-    def launch_start(self, policy: int) -> int:
-        """A new guest context with a fresh VM encryption key; returns its handle."""
+    def launch_start(self, policy: int, gdh_cert: bytes | None = None,
+                     session: bytes | None = None) -> int:
+        """A new guest context with a fresh VM encryption key; returns its handle.
+
+        With the guest owner's GODH certificate and session buffer (spec-formats.md §9.5) the
+        TEK and TIK are the owner's, unwrapped with ECDH(PDH, GODH); without, random ones."""
         self._require_platform((PlatformState.INIT, PlatformState.WORKING), "LAUNCH_START")
         try:
             decoded = SevPolicy.from_int(policy)
@@ -67,15 +81,38 @@ class SevFirmware(PlatformPki, EsLaunch, GuestTransport, FirmwareCore):
             raise FirmwareError(SevStatus.POLICY_FAILURE,
                                 f"policy needs API {decoded.api_major}.{decoded.api_minor}, "
                                 f"firmware is {self.chip.api_major}.{self.chip.api_minor}")
-        if PolicyFlags.ES in decoded.flags:
+        if PolicyFlags.ES in decoded.flags and SevFeatures.SEV_ES not in self.chip.features:
             raise FirmwareError(SevStatus.POLICY_FAILURE,
-                                "policy requires SEV-ES; launch it with LAUNCH_UPDATE_VMSA")
+                                f"policy requires SEV-ES, which {self.chip.product} lacks")
+        if gdh_cert is None and session is None:
+            keys = TransportKeys(os.urandom(16), os.urandom(16))
+        elif gdh_cert is not None and session is not None:
+            keys = self._open_session(policy, gdh_cert, session)
+        else:
+            raise FirmwareError(SevStatus.INVALID_PARAM,
+                                "a session needs both the GODH certificate and the session buffer")
         handle = self._next_handle
         self._next_handle += 1
-        self._guests[handle] = GuestContext(handle, decoded, os.urandom(16), os.urandom(16),
-                                             os.urandom(16))
+        self._guests[handle] = GuestContext(handle, decoded, os.urandom(16), keys.tek, keys.tik)
         self._state = PlatformState.WORKING
         return handle
+
+    def _open_session(self, policy: int, gdh_cert: bytes, session: bytes) -> TransportKeys:
+        """ECDH with the owner's point, then the session's MACs: the wrapped keys are for
+        this PDH, and the policy is the one the owner chose."""
+        if len(session) != SESSION_SIZE:
+            raise FirmwareError(SevStatus.INVALID_LENGTH,
+                                f"session buffer of {len(session)} bytes, not {SESSION_SIZE}")
+        godh = self._parse(gdh_cert, "GODH")
+        if (godh.algo not in (Algo.ECDH_SHA256, Algo.ECDH_SHA384)
+                or not isinstance(godh.key, EcPublicKey) or godh.key.curve is not Curve.P384):
+            raise FirmwareError(SevStatus.INVALID_CERTIFICATE,
+                                "the GODH certificate is not a P-384 ECDH key")
+        shared_x = self._pdh_shared_x(godh.key)
+        try:
+            return Session.from_bytes(session).open(shared_x, policy)
+        except ValueError as err:
+            raise FirmwareError(SevStatus.BAD_MEASUREMENT, str(err)) from None
 
     def activate(self, handle: int, asid: int) -> None:
         """Bind a guest to an ASID: its key goes into the memory controller's slot."""
@@ -140,14 +177,45 @@ class SevFirmware(PlatformPki, EsLaunch, GuestTransport, FirmwareCore):
         """HMAC-SHA256 under the TIK over the launch digest (spec-formats.md §9.6)."""
         ctx = self._guest(handle, "LAUNCH_MEASURE", GuestState.LUPDATE)
         mnonce = os.urandom(16)
-        measure = self.measurement_mac(ctx.tik, ctx.policy.to_int(),
-                                       ctx.launch_digest.digest(), mnonce)
+        ctx.measure = self.measurement_mac(ctx.tik, ctx.policy.to_int(),
+                                           ctx.launch_digest.digest(), mnonce)
         ctx.state = GuestState.LSECRET
-        return LaunchMeasurement(measure, mnonce)
+        return LaunchMeasurement(ctx.measure, mnonce)
 
     def measurement_mac(self, tik: bytes, policy: int, digest: bytes, mnonce: bytes) -> bytes:
         return measurement(tik, (self.chip.api_major, self.chip.api_minor), self.chip.build,
                            policy, digest, mnonce)
+
+    def launch_secret(self, handle: int, header: bytes, guest_paddr: int,
+                      ciphertext: bytes) -> None:
+        """Inject the owner's secret: check the packet's MAC under the TIK (over the
+        measurement too, from API 0.17), decrypt it with the TEK and write the plaintext at
+        guest_paddr (a host physical address in the guest's memory) under the VM's key."""
+        ctx = self._guest(handle, "LAUNCH_SECRET", GuestState.LSECRET)
+        if not ctx.asid:
+            raise FirmwareError(SevStatus.INACTIVE, "ACTIVATE the guest before LAUNCH_SECRET")
+        if len(header) != PACKET_HEADER_SIZE:
+            raise FirmwareError(SevStatus.INVALID_LENGTH,
+                                f"packet header of {len(header)} bytes, not {PACKET_HEADER_SIZE}")
+        parsed = PacketHeader.from_bytes(header)
+        if parsed.flags:
+            raise FirmwareError(SevStatus.INVALID_PARAM,
+                                f"packet flags 0x{parsed.flags:x}: compression is not supported")
+        if not ciphertext or len(ciphertext) % BLOCK or guest_paddr % BLOCK:
+            raise FirmwareError(SevStatus.INVALID_LENGTH,
+                                f"0x{guest_paddr:x}+0x{len(ciphertext):x} is not 16-byte aligned "
+                                "and non-empty")
+        try:
+            self._memory.check_range(guest_paddr, len(ciphertext))
+        except MemoryAccessError as err:
+            raise FirmwareError(SevStatus.INVALID_ADDRESS, str(err)) from None
+        api = (self.chip.api_major, self.chip.api_minor)
+        try:
+            plaintext = open_packet(TransportKeys(ctx.tek, ctx.tik), parsed, ciphertext,
+                                    ctx.measure if api >= MEASUREMENT_API_PREFIX else b"")
+        except ValueError as err:
+            raise FirmwareError(SevStatus.BAD_MEASUREMENT, str(err)) from None
+        self._memory.write_domain(guest_paddr, plaintext, ctx.asid)
 
     def launch_finish(self, handle: int) -> None:
         ctx = self._guest(handle, "LAUNCH_FINISH", GuestState.LSECRET)

@@ -9,11 +9,35 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sevsim.abi.cpuid import SevFeatures
+from sevsim.abi.ghcb import (
+    DEFAULT_USAGE,
+    PROTOCOL_MAX,
+    PROTOCOL_MIN,
+    RESULT_ERROR,
+    RESULT_EXCEPTION,
+    RESULT_OK,
+    SHARED_BUFFER_OFFSET,
+    SHARED_BUFFER_SIZE,
+    Ghcb,
+    GhcbError,
+    MsrCode,
+    cpuid_response,
+    msr_code,
+    msr_gfn,
+    parse_cpuid_request,
+    parse_term_request,
+    reg_gpa_response,
+    sev_info,
+)
 from sevsim.abi.svm import (
+    EVTINJ_TYPE_EXCEPTION,
+    EVTINJ_VALID,
+    IOIO_STR,
     KVM_HC_MAP_GPA_RANGE,
     KVM_MAP_GPA_RANGE_ENCRYPTED,
     MSR_WRITE,
     SEVSIM_HC_START_VCPU,
+    VECTOR_GP,
     ExitCode,
     ioio_decode,
 )
@@ -61,6 +85,9 @@ class HvVm:
     npf_handler: NpfHandler | None = None
     shared_gpns: set[int] = field(default_factory=set)
     msrs: dict[int, int] = field(default_factory=lambda: dict(_GUEST_MSRS))
+    vmsa_frames: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    ghcb_gpas: dict[int, int] = field(default_factory=dict)  # vCPU index -> registered GHCB
+    termination: tuple[int, int] | None = None  # (reason set, code) the guest asked to stop with
     stopped: bool = False
     destroyed: bool = False
 
@@ -85,13 +112,14 @@ class Hypervisor:
         if mode not in self.chip.modes:
             raise ConfigError(f"chip {self.chip.name} does not support mode {mode.value}; "
                               f"it supports {', '.join(m.value for m in self.chip.modes)}")
-        if mode in (GuestMode.SEV_ES, GuestMode.SNP):
+        if mode is GuestMode.SNP:
             raise ConfigError(f"mode {mode.value} is not available yet")
         if memory_size < 1 << 20 or memory_size % PAGE:
             raise ConfigError(f"VM memory {memory_size} must be a multiple of 4 KiB, >= 1 MiB")
         if not 1 <= vcpus <= 64:
             raise ConfigError(f"vCPU count {vcpus} outside 1..64")
-        frames = self._allocate_frames(memory_size // PAGE)
+        es = mode is GuestMode.SEV_ES
+        frames = self._allocate_frames(memory_size // PAGE + (vcpus if es else 0))
         try:
             asid = self._allocate_asid(mode)
         except ResourceExhausted:
@@ -99,11 +127,15 @@ class Hypervisor:
             raise
         npt = NestedPageTable(memory_size + (1 << 30))
         space = GuestAddressSpace(self.memory, npt, asid, mode.encrypted)
-        vm = HvVm(self._next_vm, mode, asid, memory_size, npt, space, frames)
+        ram, vmsas = np.split(frames, [memory_size // PAGE])  # VMSAs: outside the guest's RAM
+        vm = HvVm(self._next_vm, mode, asid, memory_size, npt, space, ram, vmsa_frames=vmsas)
         self._next_vm += 1
         self._map_ram(vm)
         for index in range(vcpus):
-            vm.vcpus.append(Vcpu(index, space, mode, self.chip, asid, self._on_exit(vm)))
+            vcpu = Vcpu(index, space, mode, self.chip, asid, self._on_exit(vm))
+            if es:
+                vcpu.vmsa_spa = int(vmsas[index]) * PAGE
+            vm.vcpus.append(vcpu)
         self.vms[vm.vm_id] = vm
         return vm
 
@@ -123,6 +155,7 @@ class Hypervisor:
             self._asids_in_use.discard(vm.asid)
             self._asids_to_flush.add(vm.asid)
         self._frame_used[vm.frames] = False
+        self._frame_used[vm.vmsa_frames] = False
         vm.destroyed = True
         del self.vms[vm.vm_id]
 
@@ -280,10 +313,8 @@ class Hypervisor:
         vmcb = vcpu.vmcb
         if exit.code is ExitCode.IOIO:
             port, size, is_in = ioio_decode(exit.info1)
-            value = vmcb.read("rax") & ((1 << 8 * size) - 1)
-            result = vm.io_handler(vm, port, size, is_in, value) if vm.io_handler else 0xFF
+            result = self._io(vm, port, size, is_in, vmcb.read("rax"))
             if result is None:
-                self.stop(vm)
                 return False
             if is_in:
                 vmcb.write("rax", result)
@@ -294,12 +325,23 @@ class Hypervisor:
                 vmcb.write(name, value)
             return True
         if exit.code is ExitCode.MSR:
-            return self._msr(vm, vcpu, exit.info1 == MSR_WRITE)
+            msr = vmcb.read("rcx") & 0xFFFF_FFFF
+            write = exit.info1 == MSR_WRITE
+            edx_eax = (vmcb.read("rdx") & 0xFFFF_FFFF) << 32 | vmcb.read("rax") & 0xFFFF_FFFF
+            msr_value = self._msr(vm, msr, write, edx_eax)
+            if msr_value is None:
+                raise GuestFault(f"#GP: {'WRMSR' if write else 'RDMSR'} of unknown MSR 0x{msr:x}")
+            if not write:
+                vmcb.write("rax", msr_value & 0xFFFF_FFFF)
+                vmcb.write("rdx", msr_value >> 32)
+            return True
         if exit.code is ExitCode.VMMCALL:
             vmcb.write("rax", self._hypercall(vm, vmcb.read("rax"),
                                               tuple(vmcb.read(r) for r in ("rbx", "rcx", "rdx",
                                                                            "rsi", "r8"))))
             return True
+        if exit.code is ExitCode.VMGEXIT:
+            return self._vmgexit(vm, vcpu)
         if exit.code is ExitCode.HLT:
             if all(v.state is not VcpuState.RUNNABLE for v in vm.vcpus):
                 vm.stopped = True
@@ -307,6 +349,14 @@ class Hypervisor:
         if exit.code is ExitCode.NPF:
             return bool(vm.npf_handler and vm.npf_handler(vm, vcpu, exit.info2, exit.info1))
         return False
+
+    def _io(self, vm: HvVm, port: int, size: int, is_in: bool, rax: int) -> int | None:
+        """A port access through the VMM's devices; None stops the VM."""
+        value = rax & ((1 << 8 * size) - 1)
+        result = vm.io_handler(vm, port, size, is_in, value) if vm.io_handler else 0xFF
+        if result is None:
+            self.stop(vm)
+        return result
 
     def cpuid(self, vm: HvVm, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
         """The CPUID table the VMM configured: the chip's, with SEV bits for the VM's mode."""
@@ -335,17 +385,13 @@ class Hypervisor:
             return int(features), leaf_regs.ebx, 0, 0
         return 0, 0, 0, 0
 
-    def _msr(self, vm: HvVm, vcpu: Vcpu, write: bool) -> bool:
-        vmcb = vcpu.vmcb
-        msr = vmcb.read("rcx") & 0xFFFF_FFFF
+    def _msr(self, vm: HvVm, msr: int, write: bool, value: int) -> int | None:
+        """RDMSR result or WRMSR effect on the MSRs KVM emulates; None for #GP."""
         if msr not in vm.msrs:
-            raise GuestFault(f"#GP: {'WRMSR' if write else 'RDMSR'} of unknown MSR 0x{msr:x}")
+            return None
         if write:
-            vm.msrs[msr] = (vmcb.read("rdx") & 0xFFFF_FFFF) << 32 | vmcb.read("rax") & 0xFFFF_FFFF
-        else:
-            vmcb.write("rax", vm.msrs[msr] & 0xFFFF_FFFF)
-            vmcb.write("rdx", vm.msrs[msr] >> 32)
-        return True
+            vm.msrs[msr] = value
+        return vm.msrs[msr]
 
     def _hypercall(self, vm: HvVm, nr: int, args: tuple[int, ...]) -> int:
         if nr == KVM_HC_MAP_GPA_RANGE:
@@ -357,11 +403,11 @@ class Hypervisor:
                 vm.shared_gpns.update(gpns)
             return 0
         if nr == SEVSIM_HC_START_VCPU:
-            index, rip, rsp, rdi, rsi = args
+            index = args[0]
             if not 0 < index < len(vm.vcpus):
                 return (1 << 64) - 1
             try:
-                vm.vcpus[index].start(rip, rsp, rdi, rsi)
+                vm.vcpus[index].start()
             except VmStateError:
                 return (1 << 64) - 1
             return 0
@@ -370,3 +416,104 @@ class Hypervisor:
             if result is not None:
                 return result
         return (1 << 64) - 1000  # -KVM_ENOSYS
+
+    # -- SEV-ES: VMGEXIT --------------------------------------------------------------------
+    def _vmgexit(self, vm: HvVm, vcpu: Vcpu) -> bool:
+        """KVM's sev_handle_vmgexit. The guest's registers are out of reach: the hypervisor
+        has the GHCB MSR value (in the VMCB) and whatever the guest wrote into its GHCB."""
+        msr = vcpu.vmcb.ghcb_gpa
+        if msr_code(msr):
+            return self._ghcb_msr_protocol(vm, vcpu, msr)
+        registered = vm.ghcb_gpas.get(vcpu.index)
+        if registered is not None and registered != msr:
+            raise GuestFault(f"vCPU {vcpu.index}: VMGEXIT with a GHCB at 0x{msr:x}, "
+                             f"registered 0x{registered:x}")
+        try:
+            ghcb = Ghcb.from_bytes(self.read_gpa(vm, msr, PAGE))
+        except MemoryAccessError as err:
+            raise GuestFault(f"vCPU {vcpu.index}: VMGEXIT with an unusable GHCB: {err}") from None
+        reply = self._ghcb_request(vm, msr, ghcb)
+        if reply is None:
+            return False
+        self.write_gpa(vm, msr, Ghcb(reply, ghcb.shared_buffer, ghcb.protocol_version,
+                                     ghcb.usage).to_bytes())
+        return True
+
+    def _ghcb_msr_protocol(self, vm: HvVm, vcpu: Vcpu, msr: int) -> bool:
+        """GHCB MSR protocol requests; an unknown one comes back unchanged, as from KVM."""
+        code = msr_code(msr)
+        if code == MsrCode.SEV_INFO_REQ:
+            msr = sev_info(PROTOCOL_MAX, PROTOCOL_MIN, self.chip.c_bit)
+        elif code == MsrCode.CPUID_REQ:
+            function, reg = parse_cpuid_request(msr)
+            msr = cpuid_response(self.cpuid(vm, function, 0)[reg])
+        elif code == MsrCode.REG_GPA_REQ:
+            vm.ghcb_gpas[vcpu.index] = msr_gfn(msr) * PAGE
+            msr = reg_gpa_response(msr_gfn(msr))
+        elif code == MsrCode.TERM_REQ:
+            vm.termination = parse_term_request(msr)
+            self.stop(vm)
+            return False
+        vcpu.vmcb.ghcb_gpa = msr
+        return True
+
+    def _ghcb_request(self, vm: HvVm, gpa: int, ghcb: Ghcb) -> dict[str, int] | None:
+        """The fields the answer to a full-GHCB request sets (KVM's sev_es_validate_vmgexit,
+        the exit handler, sev_es_sync_to_ghcb); None when the request stopped the VM."""
+        save = ghcb.save
+
+        def error(code: GhcbError) -> dict[str, int]:
+            return {"sw_exit_info_1": RESULT_ERROR, "sw_exit_info_2": code}
+
+        if ghcb.usage != DEFAULT_USAGE:
+            return error(GhcbError.INVALID_USAGE)
+        if not {"sw_exit_code", "sw_exit_info_1", "sw_exit_info_2"} <= save.keys():
+            return error(GhcbError.MISSING_INPUT)
+        code, info1, info2 = save["sw_exit_code"], save["sw_exit_info_1"], save["sw_exit_info_2"]
+        out: dict[str, int] = {}
+        if code == ExitCode.IOIO:
+            port, size, is_in = ioio_decode(info1)
+            if info1 & IOIO_STR:
+                if is_in or "sw_scratch" not in save:
+                    return error(GhcbError.INVALID_INPUT)
+                start = save["sw_scratch"] - gpa - SHARED_BUFFER_OFFSET
+                if not 0 <= start <= start + info2 * size <= SHARED_BUFFER_SIZE:
+                    return error(GhcbError.INVALID_SCRATCH_AREA)
+                data = ghcb.shared_buffer[start:start + info2 * size]
+                for unit in range(info2):
+                    value = int.from_bytes(data[unit * size:(unit + 1) * size], "little")
+                    if self._io(vm, port, size, False, value) is None:
+                        return None
+            else:
+                if not is_in and "rax" not in save:
+                    return error(GhcbError.MISSING_INPUT)
+                result = self._io(vm, port, size, is_in, save.get("rax", 0))
+                if result is None:
+                    return None
+                if is_in:
+                    out["rax"] = result
+        elif code == ExitCode.CPUID:
+            if not {"rax", "rcx"} <= save.keys():
+                return error(GhcbError.MISSING_INPUT)
+            regs = self.cpuid(vm, save["rax"] & 0xFFFF_FFFF, save["rcx"] & 0xFFFF_FFFF)
+            out.update(zip(("rax", "rbx", "rcx", "rdx"), regs, strict=True))
+        elif code == ExitCode.MSR:
+            write = info1 == MSR_WRITE
+            if "rcx" not in save or (write and not {"rax", "rdx"} <= save.keys()):
+                return error(GhcbError.MISSING_INPUT)
+            msr_value = self._msr(vm, save["rcx"] & 0xFFFF_FFFF, write,
+                                  (save.get("rdx", 0) & 0xFFFF_FFFF) << 32
+                                  | save.get("rax", 0) & 0xFFFF_FFFF)
+            if msr_value is None:  # KVM injects #GP into the guest through the GHCB
+                return {"sw_exit_info_1": RESULT_EXCEPTION,
+                        "sw_exit_info_2": VECTOR_GP | EVTINJ_TYPE_EXCEPTION | EVTINJ_VALID}
+            if not write:
+                out.update(rax=msr_value & 0xFFFF_FFFF, rdx=msr_value >> 32)
+        elif code == ExitCode.VMMCALL:
+            if not {"rax", "cpl"} <= save.keys():
+                return error(GhcbError.MISSING_INPUT)
+            args = tuple(save.get(name, 0) for name in ("rbx", "rcx", "rdx", "rsi"))
+            out["rax"] = self._hypercall(vm, save["rax"], (*args, 0))
+        else:
+            return error(GhcbError.INVALID_EVENT)
+        return {**out, "sw_exit_info_1": RESULT_OK, "sw_exit_info_2": 0}

@@ -30,10 +30,15 @@ def parse_size(size: int | str) -> int:
 class Host:
     """`Host(chip="milan")`: the machine a cloud provider runs, untrusted software included."""
 
-    def __init__(self, chip: str | ChipPreset = DEFAULT_CHIP, memory: int | str = "512M") -> None:
+    def __init__(self, chip: str | ChipPreset = DEFAULT_CHIP, memory: int | str = "512M", *,
+                 seed: bytes | None = None, vulnerable_cve_2019_9836: bool = False) -> None:
+        """`seed` makes the chip's secret, hence its CEK, PEK, PDH and IDs, the same on every
+        run (a reproducible platform; VM keys stay random). `vulnerable_cve_2019_9836` runs
+        firmware that does not check the owner's ECDH point (0.17 build 11 and earlier)."""
         self.chip = chip_preset(chip)
         self.memory = MemoryController(parse_size(memory), EncryptionEngine(self.chip.tweak))
-        self.firmware = SevFirmware(self.chip, self.memory)
+        self.firmware = SevFirmware(self.chip, self.memory, seed=seed,
+                                    vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
         self.firmware.init()  # the kernel's ccp driver initialises the platform at load
         self.hypervisor = Hypervisor(self.chip, self.memory, self.firmware)
 

@@ -4,22 +4,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from sevsim.abi.bootinfo import BOOTINFO_GPA, BootInfo, Segment
+from sevsim.abi.bootinfo import SECRET_GPA, Segment, boot_info_for, launch_image
 from sevsim.abi.policy import PolicyFlags
 from sevsim.abi.svm import DEBUG_EXIT_PORT, SERIAL_PORT
+from sevsim.abi.vmsa import reset_state
 from sevsim.errors import ImageError, SevsimError, VmStateError
 from sevsim.firmware.sev import LaunchMeasurement
 from sevsim.guest.kernel import GuestKernel, kernel_identity
 from sevsim.host.elf import GuestImage, parse_elf
 from sevsim.host.hypervisor import HvVm, Hypervisor
+from sevsim.hw.chips import GuestMode
 from sevsim.hw.cpu import VcpuState
 from sevsim.hw.engine import PAGE
 
-BSP_STACK_SIZE = 256 * 1024
 DEFAULT_POLICY = int(PolicyFlags.NODBG)  # QEMU's default sev-guest policy
 _LINE_STATUS = SERIAL_PORT + 5
 _LSR_IDLE = 0x60  # transmitter empty: the guest may always write
+
+
+class LaunchOwner(Protocol):
+    """The guest owner as the VMM talks to it: bytes in, bytes out, over an untrusted channel
+    (sevsim.attest.sev_owner.GuestOwner is one)."""
+
+    @property
+    def policy(self) -> int: ...
+
+    def start(self, pdh_cert: bytes, cert_chain: bytes) -> tuple[bytes, bytes]:
+        """Verify the platform's chain; return the GODH certificate and session buffer."""
+        ...
+
+    def secret_packet(self, launch_measure: bytes, platform_status: bytes
+                      ) -> tuple[bytes, bytes]:
+        """Check LAUNCH_MEASURE; return the LAUNCH_SECRET header and encrypted payload."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -67,47 +86,78 @@ class VirtualMachine:
             raise VmStateError("an image is already loaded")
         blob = Path(image).read_bytes() if isinstance(image, (str, Path)) else image
         parsed = parse_elf(blob)
-        stack_top = self.memory_size
-        heap_start = -(-parsed.end // PAGE) * PAGE
-        if heap_start > stack_top - BSP_STACK_SIZE:
-            raise ImageError(f"image ends at 0x{parsed.end:x}; it does not fit in "
-                             f"{self.memory_size >> 20} MiB with a "
-                             f"{BSP_STACK_SIZE >> 10} KiB stack")
-        boot = BootInfo(self.memory_size, len(self.hv.vcpus), heap_start,
-                        stack_top - BSP_STACK_SIZE, self.mode, parsed.entry, stack_top,
-                        tuple(Segment(s.gpa, len(s.data), s.memsz, s.flags)
-                              for s in parsed.segments), kernel_identity())
-        self.hypervisor.write_gpa(self.hv, BOOTINFO_GPA, boot.to_bytes())
-        for seg in parsed.segments:
-            self.hypervisor.write_gpa(self.hv, seg.gpa, seg.data)
-        self._measured_pages = boot.launched_pages()
+        try:
+            boot = boot_info_for(parsed.entry, [Segment(s.gpa, len(s.data), s.memsz, s.flags)
+                                                for s in parsed.segments],
+                                 self.memory_size, len(self.hv.vcpus), self.mode,
+                                 kernel_identity())
+        except ValueError as err:
+            raise ImageError(str(err)) from None
+        pages = launch_image(boot, [s.data for s in parsed.segments])
+        run: list[tuple[int, bytes]] = []
+        for gpn, page in [*pages, (-1, b"")]:  # write runs of consecutive pages at once
+            if run and gpn != run[-1][0] + 1:
+                self.hypervisor.write_gpa(self.hv, run[0][0] * PAGE, b"".join(p for _, p in run))
+                run = []
+            run.append((gpn, page))
+        self._measured_pages = [gpn for gpn, _ in pages]
         kernel = GuestKernel()
         for vcpu in self.hv.vcpus:
             vcpu.attach_guest(kernel)
         self.image = parsed
 
-    def launch(self, policy: int = DEFAULT_POLICY) -> LaunchMeasurement | None:
-        """SEV: LAUNCH_START, ACTIVATE, LAUNCH_UPDATE_DATA over the image, MEASURE, FINISH."""
+    def launch(self, policy: int | None = None,
+               owner: LaunchOwner | None = None) -> LaunchMeasurement | None:
+        """SEV: LAUNCH_START, ACTIVATE, LAUNCH_UPDATE_DATA over the image, MEASURE, FINISH.
+
+        With a guest owner: it verifies the platform's chain (PDH_CERT_EXPORT) and opens a
+        session for LAUNCH_START, checks LAUNCH_MEASURE, and its secret goes in with
+        LAUNCH_SECRET at the secret page before LAUNCH_FINISH. The policy is the owner's
+        unless given (a different one fails the session's policy MAC)."""
         if self.image is None:
             raise VmStateError("load an image before launching")
         if self.launched:
             raise VmStateError("the VM is already launched")
+        if owner is not None and not self.hv.mode.encrypted:
+            raise VmStateError("a plain VM has no launch for a guest owner to attest")
+        if policy is None:
+            policy = owner.policy if owner is not None else DEFAULT_POLICY
+            if owner is None and self.hv.mode is GuestMode.SEV_ES:
+                policy |= PolicyFlags.ES  # QEMU's sev-es default: the policy's ES bit
         if self.hv.mode.encrypted:
             fw = self.hypervisor.firmware
-            handle = fw.launch_start(policy)
+            if owner is None:
+                handle = fw.launch_start(policy)
+            else:
+                pdh, chain = fw.pdh_cert_export()
+                godh, session = owner.start(pdh.to_bytes(), chain.to_bytes())
+                handle = fw.launch_start(policy, godh, session)
             self.hv.firmware_handle = handle
             fw.activate(handle, self.asid)
             for gpa, length in self._spa_runs():
                 fw.launch_update_data(handle, gpa, length)
             self._launch_vmsas(handle)
             self.measurement = fw.launch_measure(handle)
+            if owner is not None:
+                header, packet = owner.secret_packet(self.measurement.to_bytes(),
+                                                     fw.platform_status().to_bytes())
+                fw.launch_secret(handle, header,
+                                 self.hypervisor.gpa_to_spa(self.hv, SECRET_GPA), packet)
             fw.launch_finish(handle)
         self.launched = True
         return self.measurement
 
     def _launch_vmsas(self, handle: int) -> None:
-        """SEV-ES: LAUNCH_UPDATE_VMSA for every vCPU (plain SEV has no VMSA to measure)."""
-        del handle
+        """SEV-ES: every vCPU's reset state goes into its VMSA page, which LAUNCH_UPDATE_VMSA
+        encrypts, appends to the launch digest and seals (plain SEV has no VMSA to measure)."""
+        if self.hv.mode is not GuestMode.SEV_ES:
+            return
+        page = reset_state().to_bytes()
+        for vcpu in self.hv.vcpus:
+            if vcpu.vmsa_spa is None:
+                raise VmStateError(f"vCPU {vcpu.index} has no VMSA page")
+            self.hypervisor.write_spa(vcpu.vmsa_spa, page)
+            self.hypervisor.firmware.launch_update_vmsa(handle, vcpu.vmsa_spa)
 
     def _spa_runs(self) -> list[tuple[int, int]]:
         """The measured pages as (SPA, length) runs, in guest-physical order."""

@@ -4,14 +4,24 @@ Intercepted instructions leave the guest through `exit_handler` (the hypervisor'
 path), which sees and changes guest registers only through the VMCB. Events that stay
 inside the VM (system calls from guest programs) go to the guest's own software, the guest
 kernel, through a `GuestCpu` view that only the guest holds.
+
+Under SEV-ES the register state is not the hypervisor's to see. At every exit the vCPU writes
+it into its VMSA page, encrypted under the VM key, and records an integrity value no software
+can reach; VMRUN checks the page against that value before the guest runs again and refuses a
+page the host changed. The instructions that would have exited (IOIO, CPUID, MSR, VMMCALL)
+raise #VC in the guest instead: the guest kernel decides what to put in the GHCB, a page it
+shares, and leaves with VMGEXIT. Only HLT, #NPF, VMGEXIT and the end of a time slice still
+exit on their own.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, TypeVar
+from weakref import WeakKeyDictionary
 
 import numpy as np
 from unicorn import (
@@ -32,7 +42,7 @@ from unicorn import (
 )
 from unicorn import x86_const as x86
 
-from sevsim.abi.cpuid import MSR_SEV_STATUS, SevStatusMsr
+from sevsim.abi.cpuid import MSR_GHCB, MSR_SEV_STATUS, SevStatusMsr
 from sevsim.abi.svm import (
     MSR_READ,
     MSR_WRITE,
@@ -41,9 +51,11 @@ from sevsim.abi.svm import (
     ExitCode,
     ioio_info,
 )
-from sevsim.errors import GuestFault, VmStateError
+from sevsim.abi.vmsa import GPRS, Segment, Vmsa
+from sevsim.errors import GuestFault, VmrunError, VmStateError
 from sevsim.hw.chips import ChipPreset, GuestMode
 from sevsim.hw.engine import PAGE
+from sevsim.hw.memory import MemoryController
 from sevsim.hw.mmu import GuestAddressSpace
 
 REGISTERS: dict[str, int] = {
@@ -53,6 +65,16 @@ REGISTERS: dict[str, int] = {
                  "fs_base", "gs_base")
 }
 _UNTIL = 0xFFFF_FFFF_FFFF_F000
+_MSR_EFER = 0xC000_0080
+# What a world switch moves between the engine and the VMSA (names as in abi.vmsa).
+_SAVED = (*GPRS, "rip", "rflags", "cr0", "cr2", "cr3", "cr4", "dr7", "mxcsr")
+_SAVED_IDS = tuple(getattr(x86, f"UC_X86_REG_{n.upper()}") for n in _SAVED)
+_X87 = {"x87_fcw": x86.UC_X86_REG_FPCW, "x87_fsw": x86.UC_X86_REG_FPSW}
+_SELECTORS = {n: getattr(x86, f"UC_X86_REG_{n.upper()}") for n in ("es", "cs", "ss", "ds",
+                                                                    "fs", "gs")}
+_BASES = {"fs": x86.UC_X86_REG_FS_BASE, "gs": x86.UC_X86_REG_GS_BASE}
+_XMM_IDS = tuple(getattr(x86, f"UC_X86_REG_XMM{i}") for i in range(16))
+_CONTROL = ("cr0", "cr3", "cr4", "efer")  # the mode the engine runs in; VMRUN cannot change it
 _EXCEPTIONS = {0: "#DE divide error", 1: "#DB", 3: "#BP breakpoint", 4: "#OF overflow",
                5: "#BR", 6: "#UD invalid opcode", 7: "#NM", 8: "#DF double fault",
                13: "#GP general protection", 14: "#PF page fault", 16: "#MF", 17: "#AC",
@@ -86,6 +108,39 @@ class GuestSoftware(Protocol):
 
     def on_syscall(self, cpu: GuestCpu) -> None: ...
 
+    def on_vc(self, cpu: GuestCpu, code: ExitCode, info1: int) -> bool:
+        """#VC (SEV-ES): emulate the instruction that would have exited. `info1` is what the
+        handler's instruction decoder finds (EXITINFO1: the IOIO operand, MSR read/write);
+        the vCPU then moves past the instruction. False stops the vCPU."""
+        ...
+
+
+class VmsaSeals:
+    """Integrity values of VMSA pages, in storage only the SoC reaches (the Secure Processor
+    writes one at LAUNCH_UPDATE_VMSA, the CPU at every #VMEXIT, VMRUN compares)."""
+
+    def __init__(self) -> None:
+        self._seals: dict[int, bytes] = {}
+
+    def seal(self, asid: int, spa: int, page: bytes) -> None:
+        self._seals[spa] = self._value(asid, spa, page)
+
+    def check(self, asid: int, spa: int, page: bytes) -> bool:
+        return self._seals.get(spa) == self._value(asid, spa, page)
+
+    @staticmethod
+    def _value(asid: int, spa: int, page: bytes) -> bytes:
+        return hashlib.sha256(asid.to_bytes(4, "little") + spa.to_bytes(8, "little")
+                              + page).digest()
+
+
+_SEALS: WeakKeyDictionary[MemoryController, VmsaSeals] = WeakKeyDictionary()
+
+
+def vmsa_seals(memory: MemoryController) -> VmsaSeals:
+    """The VMSA seal store of the SoC this memory controller belongs to."""
+    return _SEALS.setdefault(memory, VmsaSeals())
+
 
 class Vmcb:
     """The VMCB: control fields for the hypervisor, and the save area while it is readable."""
@@ -96,6 +151,7 @@ class Vmcb:
         self.exit_code: int = 0
         self.exit_info1: int = 0
         self.exit_info2: int = 0
+        self.ghcb_gpa: int = 0  # SEV-ES: the guest's GHCB MSR at VMGEXIT, loaded back at VMRUN
 
     @property
     def save_area_readable(self) -> bool:
@@ -132,10 +188,16 @@ class Vcpu:
         self.vmcb = Vmcb(self, asid)
         self.state = VcpuState.RUNNABLE if index == 0 else VcpuState.WAIT_FOR_SIPI
         self.guest: GuestSoftware | None = None
+        self.es = mode in (GuestMode.SEV_ES, GuestMode.SNP)
+        self.vmsa_spa: int | None = None  # SEV-ES: the VMCB's VMSA pointer, set by the host
         self._needs_reset = index == 0
         self._stop_requested = False
         self._pending: BaseException | None = None
         self._msr_sites: set[int] = set()
+        self._ghcb_msr = 0
+        self._vmsa_loaded = False  # the launch VMSA has been loaded by a first VMRUN
+        self._sev_features = 0
+        self._seals = vmsa_seals(space.memory)
         self._view = GuestCpu(self)
         space.attach(self.uc)
         self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, x86.UC_X86_INS_IN)
@@ -151,12 +213,12 @@ class Vcpu:
     def attach_guest(self, guest: GuestSoftware) -> None:
         self.guest = guest
 
-    def start(self, rip: int, rsp: int, rdi: int = 0, rsi: int = 0) -> None:
-        """INIT-SIPI: bring an application processor up at `rip`."""
+    def start(self) -> None:
+        """INIT-SIPI: bring an application processor up from its reset state. The hypervisor
+        sets no registers (under SEV-ES it cannot): the AP's guest kernel takes over."""
         if self.state is not VcpuState.WAIT_FOR_SIPI:
             raise VmStateError(f"vCPU {self.index} is {self.state.value}, not waiting for SIPI")
-        for name, value in (("rip", rip), ("rsp", rsp), ("rdi", rdi), ("rsi", rsi)):
-            self.uc.reg_write(REGISTERS[name], value)
+        self._needs_reset = True
         self.state = VcpuState.RUNNABLE
 
     def stop(self) -> None:
@@ -166,9 +228,11 @@ class Vcpu:
         self.uc.emu_stop()
 
     def run(self, budget_s: float) -> None:
-        """Run until the quantum ends, the vCPU halts, or an exit stops it."""
+        """VMRUN: run until the quantum ends, the vCPU halts, or an exit stops it."""
         if self.state is not VcpuState.RUNNABLE:
             return
+        if self.es:
+            self._vmrun()
         if self._needs_reset:
             self._needs_reset = False
             if self.guest is not None:
@@ -187,6 +251,8 @@ class Vcpu:
             pending, self._pending = self._pending, None
             raise pending
         if self._stop_requested or self.uc.query(UC_QUERY_TIMEOUT):
+            if self.es and self.state is VcpuState.RUNNABLE:
+                self._save_vmsa()  # the timer's exit: the next quantum's VMRUN checks it
             return
         rip = self.uc.reg_read(x86.UC_X86_REG_RIP)
         if rip == _UNTIL:
@@ -208,9 +274,24 @@ class Vcpu:
 
     # -- exits -----------------------------------------------------------------------------
     def _exit(self, exit: VmExit) -> bool:
+        """#VMEXIT to the hypervisor, and VMRUN when it resumes the vCPU (True)."""
         self.vmcb.exit_code, self.vmcb.exit_info1, self.vmcb.exit_info2 = (
             exit.code, exit.info1, exit.info2)
-        return self.exit_handler(self, exit)
+        if not self.es:
+            return self.exit_handler(self, exit)
+        self._save_vmsa()
+        self.vmcb.ghcb_gpa = self._ghcb_msr
+        keep = self.exit_handler(self, exit)
+        if keep:
+            self._vmrun()
+            self._ghcb_msr = self.vmcb.ghcb_gpa & (1 << 64) - 1
+        return keep
+
+    def _vc(self, code: ExitCode, info1: int) -> bool:
+        """SEV-ES: an intercepted instruction raises #VC in the guest instead of exiting."""
+        if self.guest is None:
+            raise self._fault(f"#VC ({code.name}) with no guest kernel")
+        return self.guest.on_vc(self._view, code, info1)
 
     def _fault(self, what: str) -> GuestFault:
         """An exception the guest cannot take: triple fault, SHUTDOWN intercept, VM stops."""
@@ -230,21 +311,113 @@ class Vcpu:
     def _rip(self) -> int:
         return int(self.uc.reg_read(x86.UC_X86_REG_RIP))
 
+    # -- SEV-ES world switch -----------------------------------------------------------------
+    def _save_vmsa(self) -> None:
+        """#VMEXIT under SEV-ES: registers into the VMSA under the VM key, and a new seal."""
+        spa = self._vmsa_page()
+        uc = self.uc
+        values = {name: uc.reg_read(reg) for name, reg in zip(_SAVED, _SAVED_IDS, strict=True)}
+        values["efer"] = uc.reg_read(x86.UC_X86_REG_MSR, _MSR_EFER)
+        values["sev_features"] = self._sev_features
+        values.update({name: uc.reg_read(reg) for name, reg in _X87.items()})
+        segments = {name: Segment(selector=uc.reg_read(reg),
+                                  base=uc.reg_read(_BASES[name]) if name in _BASES else 0)
+                    for name, reg in _SELECTORS.items()}
+        xmm = b"".join(int(uc.reg_read(reg)).to_bytes(16, "little") for reg in _XMM_IDS)
+        page = Vmsa({k: int(v) for k, v in values.items() if v}, segments,
+                    fpreg_xmm=xmm).to_bytes()
+        self._write_vmsa(spa, page)
+        self._seals.seal(self.vmcb.asid, spa, page)
+
+    def _vmrun(self) -> None:
+        """VMRUN under SEV-ES: the VMSA must carry the seal the hardware last gave it. The
+        first VMRUN loads the launch VMSA into the engine; later ones find in it exactly the
+        state the engine kept, so there is nothing to load."""
+        spa = self._vmsa_page()
+        page = self._read_vmsa(spa)
+        if not self._seals.check(self.vmcb.asid, spa, page):
+            raise self._refuse(f"the VMSA at SPA 0x{spa:x} fails its integrity check")
+        if not self._vmsa_loaded:
+            self._load_vmsa(Vmsa.from_bytes(page))
+            self._vmsa_loaded = True
+
+    def _load_vmsa(self, vmsa: Vmsa) -> None:
+        regs = vmsa.regs
+        current = {name: int(self.uc.reg_read(REGISTERS[name])) for name in _CONTROL[:3]}
+        current["efer"] = int(self.uc.reg_read(x86.UC_X86_REG_MSR, _MSR_EFER))
+        for name in _CONTROL:
+            if regs.get(name, 0) != current[name]:
+                raise self._refuse(f"VMSA {name}=0x{regs.get(name, 0):x}: this vCPU runs "
+                                   f"only in flat 64-bit mode ({name}=0x{current[name]:x})")
+        loaded = [(reg, regs.get(name, 0)) for name, reg in zip(_SAVED, _SAVED_IDS, strict=True)
+                  if name not in _CONTROL]
+        loaded += [(reg, regs.get(name, 0)) for name, reg in _X87.items()]
+        loaded += [(reg, vmsa.segments.get(name, Segment()).base)
+                   for name, reg in _BASES.items()]
+        loaded += [(reg, int.from_bytes(vmsa.fpreg_xmm[16 * i:16 * i + 16], "little"))
+                   for i, reg in enumerate(_XMM_IDS)]
+        for reg, value in loaded:
+            self.uc.reg_write(reg, value)
+        self._sev_features = regs.get("sev_features", 0)
+
+    def _refuse(self, why: str) -> VmrunError:
+        """VMRUN fails with SVM_EXIT_ERR: the vCPU never runs again."""
+        self.state = VcpuState.STOPPED
+        self.vmcb.exit_code = ExitCode.INVALID
+        return VmrunError(f"vCPU {self.index}: VMRUN refused: {why}")
+
+    def _vmsa_page(self) -> int:
+        spa = self.vmsa_spa
+        memory = self.space.memory
+        if spa is None or spa % PAGE or not 0 <= spa < memory.size:
+            raise self._refuse(f"no valid VMSA page (VMSA pointer {spa})")
+        return spa
+
+    def _read_vmsa(self, spa: int) -> bytes:
+        """The VMSA page as the SoC sees it through the VM's key."""
+        memory, asid = self.space.memory, self.vmcb.asid
+        if memory.domain[spa // PAGE] == asid:
+            return memory.cells[spa:spa + PAGE].tobytes()
+        if not memory.engine.has_key(asid):
+            raise self._refuse(f"ASID {asid} has no key loaded")
+        dram = np.frombuffer(memory.read(spa, PAGE), dtype=np.uint8)
+        return memory.engine.decrypt_blocks(asid, spa, dram).tobytes()
+
+    def _write_vmsa(self, spa: int, page: bytes) -> None:
+        memory, asid = self.space.memory, self.vmcb.asid
+        if memory.domain[spa // PAGE] == asid:
+            memory.cells[spa:spa + PAGE] = np.frombuffer(page, dtype=np.uint8)
+            return
+        plain = np.frombuffer(page, dtype=np.uint8)
+        memory.write(spa, memory.engine.encrypt_blocks(asid, spa, plain).tobytes())
+
+    # -- intercepted instructions ------------------------------------------------------------
     def _on_in(self, uc: Uc, port: int, size: int, _ud: object) -> int:
         def handle() -> int:
-            self._exit(VmExit(ExitCode.IOIO, ioio_info(port, size, True), self._rip() + 1))
+            info = ioio_info(port, size, True)
+            keep = (self._vc(ExitCode.IOIO, info) if self.es
+                    else self._exit(VmExit(ExitCode.IOIO, info, self._rip() + 1)))
+            if not keep:
+                self.stop()
             return int(uc.reg_read(x86.UC_X86_REG_RAX)) & ((1 << (8 * size)) - 1)
         return int(self._guarded(handle) or 0)
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _ud: object) -> None:
         def handle() -> None:
-            if not self._exit(VmExit(ExitCode.IOIO, ioio_info(port, size, False),
-                                     self._rip() + 1)):
+            info = ioio_info(port, size, False)
+            keep = (self._vc(ExitCode.IOIO, info) if self.es
+                    else self._exit(VmExit(ExitCode.IOIO, info, self._rip() + 1)))
+            if not keep:
                 self.stop()
         self._guarded(handle)
 
     def _on_cpuid(self, uc: Uc, _ud: object) -> int:
-        self._guarded(lambda: self._exit(VmExit(ExitCode.CPUID, 0, self._rip() + 2)))
+        def handle() -> None:
+            keep = (self._vc(ExitCode.CPUID, 0) if self.es
+                    else self._exit(VmExit(ExitCode.CPUID, 0, self._rip() + 2)))
+            if not keep:
+                self.stop()
+        self._guarded(handle)
         return 1
 
     def _on_syscall(self, uc: Uc, _ud: object) -> None:
@@ -261,20 +434,34 @@ class Vcpu:
             return
 
         def handle() -> None:
-            self._msr(op[1] == 0x30)
-            uc.reg_write(x86.UC_X86_REG_RIP, address + 2)
+            if self._msr(op[1] == 0x30):
+                uc.reg_write(x86.UC_X86_REG_RIP, address + 2)
+            else:
+                self.stop()
         self._guarded(handle)
 
-    def _msr(self, write: bool) -> None:
+    def _msr(self, write: bool) -> bool:
+        """RDMSR/WRMSR: the MSRs the hardware answers itself, else an intercept (#VC under
+        SEV-ES). False stops the vCPU."""
         msr = int(self.uc.reg_read(x86.UC_X86_REG_RCX)) & 0xFFFF_FFFF
         if msr == MSR_SEV_STATUS and not write:
-            value = self.sev_status()
-            self.uc.reg_write(x86.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
-            self.uc.reg_write(x86.UC_X86_REG_RDX, value >> 32)
-            return
-        if not self._exit(VmExit(ExitCode.MSR, MSR_WRITE if write else MSR_READ,
-                                 self._rip() + 2)):
-            self.stop()
+            self._set_edx_eax(self.sev_status())
+            return True
+        if not self.es:
+            return self._exit(VmExit(ExitCode.MSR, MSR_WRITE if write else MSR_READ,
+                                     self._rip() + 2))
+        if msr == MSR_GHCB:
+            if write:
+                self._ghcb_msr = (int(self.uc.reg_read(x86.UC_X86_REG_RDX)) & 0xFFFF_FFFF) << 32 \
+                    | int(self.uc.reg_read(x86.UC_X86_REG_RAX)) & 0xFFFF_FFFF
+            else:
+                self._set_edx_eax(self._ghcb_msr)
+            return True
+        return self._vc(ExitCode.MSR, MSR_WRITE if write else MSR_READ)
+
+    def _set_edx_eax(self, value: int) -> None:
+        self.uc.reg_write(x86.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
+        self.uc.reg_write(x86.UC_X86_REG_RDX, value >> 32)
 
     def sev_status(self) -> int:
         """SEV_STATUS as the hardware reports it to this guest; no hypervisor can change it."""
@@ -291,7 +478,9 @@ class Vcpu:
             op = b""
         if op == b"\x0f\x01\xd9":  # VMMCALL
             def handle() -> None:
-                if self._exit(VmExit(ExitCode.VMMCALL, 0, rip + 3)):
+                keep = (self._vc(ExitCode.VMMCALL, 0) if self.es
+                        else self._exit(VmExit(ExitCode.VMMCALL, 0, rip + 3)))
+                if keep:
                     uc.reg_write(x86.UC_X86_REG_RIP, rip + 3)
                 else:
                     self.stop()
@@ -362,28 +551,47 @@ class GuestCpu:
         """RDMSR 0xC0010131, which the hardware answers without an intercept."""
         return self._vcpu.sev_status()
 
+    def read_ghcb_msr(self) -> int:
+        """RDMSR 0xC0010130 under SEV-ES: the hardware's GHCB MSR, no intercept."""
+        return self._vcpu._ghcb_msr
+
+    def write_ghcb_msr(self, value: int) -> None:
+        self._vcpu._ghcb_msr = value & (1 << 64) - 1
+
     def out(self, port: int, value: int, size: int = 1) -> bool:
-        """Execute OUT: the hypervisor sees the port and RAX. False if it stopped the vCPU."""
-        saved = self.reg("rax"), self.reg("rdx")
-        self.set_reg("rax", value)
-        self.set_reg("rdx", port)
-        keep = self._vcpu._exit(VmExit(ExitCode.IOIO, ioio_info(port, size, False), 0))
-        self.set_reg("rax", saved[0])
-        self.set_reg("rdx", saved[1])
-        return keep
+        """Execute OUT: the hypervisor sees the port and RAX (under SEV-ES: #VC, and the
+        guest kernel decides). False if the vCPU was stopped."""
+        info = ioio_info(port, size, False)
+        return self._execute({"rax": value, "rdx": port}, ExitCode.IOIO, info)
 
     def vmmcall(self, nr: int, *args: int) -> int:
-        """Execute VMMCALL with KVM's convention: RAX=nr, RBX, RCX, RDX, RSI, R8; result RAX."""
-        names = ("rbx", "rcx", "rdx", "rsi", "r8")
-        saved = {n: self.reg(n) for n in ("rax", *names)}
-        self.set_reg("rax", nr)
-        for name, value in zip(names, args, strict=False):
+        """Execute VMMCALL with KVM's convention: RAX=nr, RBX, RCX, RDX, RSI; result RAX."""
+        regs = dict(zip(("rax", "rbx", "rcx", "rdx", "rsi"), (nr, *args), strict=False))
+        result: list[int] = []
+        self._execute(regs, ExitCode.VMMCALL, 0, result)
+        return result[0]
+
+    def _execute(self, regs: dict[str, int], code: ExitCode, info1: int,
+                 result: list[int] | None = None) -> bool:
+        """Run an intercepted instruction on behalf of the kernel with `regs` loaded, then
+        restore them; RAX after the instruction goes to `result`."""
+        saved = {name: self.reg(name) for name in regs}
+        for name, value in regs.items():
             self.set_reg(name, value)
-        self._vcpu._exit(VmExit(ExitCode.VMMCALL, 0, 0))
-        result = self.reg("rax")
+        vcpu = self._vcpu
+        keep = vcpu._vc(code, info1) if vcpu.es else vcpu._exit(VmExit(code, info1, 0))
+        if result is not None:
+            result.append(self.reg("rax"))
         for name, value in saved.items():
             self.set_reg(name, value)
-        return result
+        return keep
+
+    def vmgexit(self) -> bool:
+        """VMGEXIT (SEV-ES): exit to the hypervisor, which reads the GHCB MSR and the GHCB.
+        False if the hypervisor stopped the vCPU."""
+        if not self._vcpu.es:
+            raise GuestFault(f"vCPU {self.index}: VMGEXIT outside SEV-ES")
+        return self._vcpu._exit(VmExit(ExitCode.VMGEXIT, 0, 0))
 
     def halt(self) -> None:
         """HLT with interrupts off: this vCPU is done."""

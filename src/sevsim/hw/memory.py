@@ -149,6 +149,21 @@ class MemoryController:
             self._convert(first, stop - first, domain)
             self.cells[spa:spa + length] = data
 
+    def write_domain(self, spa: int, data: bytes, domain: int) -> None:
+        """The Secure Processor writing with a guest's key (LAUNCH_SECRET): the frames join
+        the domain (the rest of their DRAM bytes unchanged) and `data` becomes the domain's
+        plaintext at [spa, spa+len), so DRAM only ever holds its encryption."""
+        length = len(data)
+        self.check_range(spa, length)
+        if length == 0:
+            return
+        first, stop = spa // PAGE, (spa + length - 1) // PAGE + 1
+        with self.exclusive(first, stop):
+            self._convert(first, stop - first, domain)
+            self.cells[spa:spa + length] = np.frombuffer(data, dtype=np.uint8)
+        for listener in self.write_listeners:
+            listener(spa, length)
+
     def fill(self, frames: np.ndarray, domain: int) -> None:
         """Frames overwritten with zeros through `domain`'s view (no need to decrypt first)."""
         for start, stop in _consecutive(np.sort(frames)):

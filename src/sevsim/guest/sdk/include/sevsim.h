@@ -69,17 +69,41 @@ extern "C" {
 #define SEV_MODE_SEV_ES 2
 #define SEV_MODE_SNP 3
 
-/* Filled in by the guest kernel at guest address 0x1000; treat as read-only. */
+/* Filled in by the VMM at guest address 0x1000 and measured at launch; read-only. */
 struct sev_bootinfo {
-    char magic[8];       /* "SEVSIMBI", not NUL terminated */
-    uint64_t ram_size;   /* bytes of guest RAM */
-    uint64_t nvcpus;     /* number of vCPUs */
-    uint64_t heap_start; /* first free byte after the image (page aligned) */
-    uint64_t heap_end;   /* end of the free region */
-    uint64_t mode;       /* SEV_MODE_* */
+    char magic[8];        /* "SEVSIMBI", not NUL terminated */
+    uint64_t ram_size;    /* bytes of guest RAM */
+    uint64_t nvcpus;      /* number of vCPUs */
+    uint64_t heap_start;  /* first free byte after the image (page aligned) */
+    uint64_t heap_end;    /* end of the free region */
+    uint64_t mode;        /* SEV_MODE_* */
+    uint64_t secret_gpa;  /* the launch-secret page (private, measured), or 0 */
+    uint64_t secret_size; /* its size in bytes, or 0 */
 };
 
+_Static_assert(offsetof(struct sev_bootinfo, secret_gpa) == 0x30, "boot-info layout");
+_Static_assert(sizeof(struct sev_bootinfo) == 0x40, "boot-info layout");
+
 #define SEV_BOOTINFO ((const volatile struct sev_bootinfo *)0x1000)
+
+/* The guest owner's secret, which the Secure Processor wrote into the secret page with
+ * LAUNCH_SECRET after the owner checked the launch measurement.  The page holds a
+ * little-endian u32 length and then the data.  Returns the data and sets *len, or
+ * returns NULL with *len = 0 when no secret was injected.  The page is private: the
+ * hypervisor only ever sees its ciphertext. */
+static inline const void *sev_secret(size_t *len)
+{
+    const volatile struct sev_bootinfo *bi = SEV_BOOTINFO;
+    const volatile uint32_t *page = (const volatile uint32_t *)(uintptr_t)bi->secret_gpa;
+    size_t n = page && bi->secret_size >= 4 ? page[0] : 0;
+
+    if (n == 0 || n > bi->secret_size - 4) {
+        *len = 0;
+        return NULL;
+    }
+    *len = n;
+    return (const void *)(page + 1);
+}
 
 /* Linker-script symbols: end of .bss, page aligned (the heap starts here). */
 extern char _end[];

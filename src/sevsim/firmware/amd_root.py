@@ -1,0 +1,228 @@
+"""sevsim's simulated AMD: the ARK and ASK that every simulated chip of a product chains to.
+
+These are NOT AMD's keys. They are derived from a fixed, published seed per product, so every
+simulated chip of a product chains to the same root and anyone can re-derive them: a chain
+that verifies to them proves only that sevsim's firmware made it (their key ids read
+"sevsimARK-<product>" and "sevsimASK-<product>"). The prime search runs in pure Python and
+takes seconds for a 4096-bit key, so the derived keys ship as package data
+(`simulated_amd/<product>/{ark,ask}.pem`); `python -m sevsim.firmware.amd_root` derives them
+again, with the matching certificates for the verifier's trust store, and the tests check
+that the shipped files are exactly what the derivation gives.
+
+Signatures use RSA-PSS with a salt derived from the key and the message (still a valid PSS
+signature), so a certificate is the same bytes on every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sevsim.abi.sev_cert import AmdCert, Usage
+
+SEED = b"sevsim simulated AMD root key: not AMD's, public, for simulation only"
+PRODUCTS = ("naples", "rome", "milan", "genoa", "turin")
+EXPONENT = 65537
+ROLES = {"ark": Usage.ARK, "ask": Usage.ASK}
+_SMALL_PRIMES = [p for p in range(3, 1 << 14, 2)
+                 if all(p % d for d in range(3, math.isqrt(p) + 1, 2))]
+_MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+
+
+def key_bits(product: str) -> int:
+    """Naples' AMD keys are 2048-bit, Rome's and later 4096-bit."""
+    return 2048 if product == "naples" else 4096
+
+
+def key_id(product: str, role: str) -> bytes:
+    return f"sevsim{role.upper()}-{product}".encode().ljust(16, b"\0")
+
+
+# -- deterministic key derivation ---------------------------------------------------------------
+
+
+def _stream(label: bytes) -> Callable[[int], bytes]:
+    """An HMAC-SHA256 counter-mode byte stream: the same label, the same bytes."""
+    counter = 0
+
+    def take(n: int) -> bytes:
+        nonlocal counter
+        out = b""
+        while len(out) < n:
+            counter += 1
+            out += hmac.new(SEED, label + counter.to_bytes(8, "big"), hashlib.sha256).digest()
+        return out[:n]
+
+    return take
+
+
+def _probable_prime(n: int) -> bool:
+    """Miller-Rabin with fixed bases: enough for random candidates (not adversarial ones)."""
+    d, r = n - 1, 0
+    while not d & 1:
+        d, r = d >> 1, r + 1
+    for base in _MR_BASES:
+        x = pow(base, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def _prime(take: Callable[[int], bytes], bits: int) -> int:
+    """A prime of exactly `bits` bits with the top two set (so p*q has 2*bits bits), found by
+    sieving a window above a derived start and testing the survivors in order."""
+    window = 1 << 13  # odd candidates per window
+    while True:
+        start = (int.from_bytes(take(bits // 8), "big") | 3 << (bits - 2) | 1) & ((1 << bits) - 1)
+        composite = bytearray(window)
+        for p in _SMALL_PRIMES:
+            first = (-start * pow(2, -1, p)) % p  # start + 2*first is divisible by p
+            composite[first::p] = b"\x01" * len(range(first, window, p))
+        for i in range(window):
+            candidate = start + 2 * i
+            if candidate.bit_length() != bits:
+                break
+            if (not composite[i] and math.gcd(EXPONENT, candidate - 1) == 1
+                    and _probable_prime(candidate)):
+                return candidate
+
+
+def derive_key(product: str, role: str) -> rsa.RSAPrivateKey:
+    """The simulated ARK or ASK key of a product, from SEED alone (seconds for 4096 bits)."""
+    take = _stream(f"{product}/{role}".encode())
+    half = key_bits(product) // 2
+    p = _prime(take, half)
+    q = _prime(take, half)
+    while q == p:
+        q = _prime(take, half)
+    d = pow(EXPONENT, -1, (p - 1) * (q - 1))
+    return rsa.RSAPrivateNumbers(
+        p, q, d, rsa.rsa_crt_dmp1(d, p), rsa.rsa_crt_dmq1(d, q), rsa.rsa_crt_iqmp(p, q),
+        rsa.RSAPublicNumbers(EXPONENT, p * q)).private_key()
+
+
+# -- deterministic RSA-PSS ---------------------------------------------------------------------
+
+
+def _mgf1(seed: bytes, length: int, name: str) -> bytes:
+    out = b""
+    counter = 0
+    while len(out) < length:
+        out += hashlib.new(name, seed + counter.to_bytes(4, "big")).digest()
+        counter += 1
+    return out[:length]
+
+
+def pss_sign(key: rsa.RSAPrivateKey, message: bytes, hash_name: str) -> bytes:
+    """RSASSA-PSS (RFC 8017 §8.1, MGF1 with the same hash, salt as long as the hash) with the
+    salt derived from the private key and the message; big-endian, one modulus long."""
+    numbers = key.private_numbers()
+    n = numbers.public_numbers.n
+    mod_bits = n.bit_length()
+    em_bits = mod_bits - 1
+    em_len = -(-em_bits // 8)
+    m_hash = hashlib.new(hash_name, message).digest()
+    h_len = len(m_hash)
+    salt = hashlib.new(hash_name, numbers.d.to_bytes(mod_bits // 8, "big") + message).digest()
+    h = hashlib.new(hash_name, bytes(8) + m_hash + salt).digest()
+    db = bytes(em_len - 2 * h_len - 2) + b"\x01" + salt
+    masked = bytearray(a ^ b for a, b in zip(db, _mgf1(h, em_len - h_len - 1, hash_name),
+                                              strict=True))
+    masked[0] &= 0xFF >> (8 * em_len - em_bits)
+    m = int.from_bytes(bytes(masked) + h + b"\xbc", "big")
+    s1 = pow(m, numbers.dmp1, numbers.p)  # CRT
+    s2 = pow(m, numbers.dmq1, numbers.q)
+    s = s2 + numbers.q * (numbers.iqmp * (s1 - s2) % numbers.p)
+    return s.to_bytes(mod_bits // 8, "big")
+
+
+def pss_hash_name(bits: int) -> str:
+    return "sha256" if bits == 2048 else "sha384"
+
+
+def amd_cert(product: str, role: str, key: rsa.RSAPublicKey, signer: rsa.RSAPrivateKey,
+             signer_role: str) -> AmdCert:
+    """An ARK or ASK certificate in AMD's format, signed by `signer`."""
+    bits = key.key_size
+    unsigned = AmdCert(key_id(product, role), key_id(product, signer_role), ROLES[role], bits,
+                       bits, key.public_numbers().e, key.public_numbers().n, bytes(bits // 8))
+    signature = pss_sign(signer, unsigned.signed_bytes(), pss_hash_name(bits))
+    return AmdCert(unsigned.key_id, unsigned.certifying_id, unsigned.usage, bits, bits,
+                   unsigned.exponent, unsigned.modulus, signature[::-1])
+
+
+# -- what the firmware uses ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimulatedRoot:
+    """One product's simulated AMD signing keys and their certificates."""
+
+    product: str
+    ark_key: rsa.RSAPrivateKey
+    ask_key: rsa.RSAPrivateKey
+    ark: AmdCert
+    ask: AmdCert
+
+
+def build_root(product: str, ark_key: rsa.RSAPrivateKey, ask_key: rsa.RSAPrivateKey
+               ) -> SimulatedRoot:
+    return SimulatedRoot(product, ark_key, ask_key,
+                         amd_cert(product, "ark", ark_key.public_key(), ark_key, "ark"),
+                         amd_cert(product, "ask", ask_key.public_key(), ark_key, "ark"))
+
+
+def _shipped_key(product: str, role: str) -> rsa.RSAPrivateKey:
+    pem = resources.files("sevsim.firmware").joinpath(
+        "simulated_amd", product, f"{role}.pem").read_bytes()
+    key = serialization.load_pem_private_key(pem, None, unsafe_skip_rsa_key_validation=True)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
+
+
+@cache
+def simulated_root(product: str) -> SimulatedRoot:
+    """The shipped simulated root of a product (Naples, Rome, Milan, Genoa, Turin)."""
+    product = product.lower()
+    if product not in PRODUCTS:
+        raise ValueError(f"no simulated AMD root for product {product!r}")
+    return build_root(product, _shipped_key(product, "ark"), _shipped_key(product, "ask"))
+
+
+def regenerate(firmware_dir: Path, trust_dir: Path, products: tuple[str, ...] = PRODUCTS) -> None:
+    """Derive every product's keys from SEED; write the keys (firmware package data) and the
+    ARK/ASK certificates (the verifier's sevsim trust store)."""
+    for product in products:
+        keys = {role: derive_key(product, role) for role in ROLES}
+        root = build_root(product, keys["ark"], keys["ask"])
+        (firmware_dir / product).mkdir(parents=True, exist_ok=True)
+        (trust_dir / product).mkdir(parents=True, exist_ok=True)
+        for role, key in keys.items():
+            (firmware_dir / product / f"{role}.pem").write_bytes(key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()))
+            cert = root.ark if role == "ark" else root.ask
+            (trust_dir / product / f"{role}.cert").write_bytes(cert.to_bytes())
+
+
+if __name__ == "__main__":
+    package = Path(__file__).resolve().parent.parent
+    regenerate(package / "firmware" / "simulated_amd",
+               package / "attest" / "roots" / "sevsim" / "sev",
+               tuple(sys.argv[1:]) or PRODUCTS)
