@@ -88,9 +88,11 @@ def test_status_codes_are_amds(name, code):
 # -- boot info ---------------------------------------------------------------------------------
 
 segments = st.builds(Segment, u64, u64, u64, st.integers(0, 2**64 - 1))
+pages = st.integers(0, 2**52 - 1).map(lambda n: n * 4096)
 boot_infos = st.builds(
     BootInfo, u64, u64, u64, u64, st.sampled_from(MODES), u64, u64,
-    st.lists(segments, max_size=MAX_SEGMENTS).map(tuple), st.binary(min_size=48, max_size=48))
+    st.lists(segments, max_size=MAX_SEGMENTS).map(tuple), st.binary(min_size=48, max_size=48),
+    pages, pages)
 
 
 @settings(max_examples=150, deadline=None)
@@ -107,8 +109,9 @@ def test_boot_info_layout(info):
     """The head is what guest programs read through struct sev_bootinfo."""
     page = info.to_bytes()
     assert page[:8] == MAGIC == b"SEVSIMBI"
-    assert struct.unpack_from("<5Q", page, 8) == (
-        info.ram_size, info.nvcpus, info.heap_start, info.heap_end, MODES.index(info.mode))
+    assert struct.unpack_from("<7Q", page, 8) == (
+        info.ram_size, info.nvcpus, info.heap_start, info.heap_end, MODES.index(info.mode),
+        info.secret_gpa, info.secret_size)
     assert struct.unpack_from("<3Q", page, 0x100) == (
         info.entry, info.stack_top, len(info.segments))
     for i, seg in enumerate(info.segments):

@@ -262,14 +262,15 @@ def undump(text: str) -> tuple[int, bytes]:
     return int(rows[0][:16], 16), data
 
 
-def test_cli_debug_read_dumps_a_debuggable_guest(build):
+@pytest.mark.parametrize("mode, policy", [("sev", "0x0"), ("sev-es", "0x4")])
+def test_cli_debug_read_dumps_a_debuggable_guest(mode: str, policy: str, build):
     elf = build("secret")
     page = symbol(elf, "secret_page")
-    ran = sevsim("debug", "read", elf, hex(page), "64", "--memory", "16M")
+    ran = sevsim("debug", "read", elf, hex(page), "64", "--memory", "16M", "--mode", mode)
     assert ran.returncode == 0, ran.stderr
     assert undump(ran.stdout) == (page, SECRET[:64])
     assert "secret digest: 0x" in ran.stderr  # the guest ran to the end first
-    assert "policy=0x0" in ran.stderr
+    assert f"mode={mode} " in ran.stderr and f"policy={policy}" in ran.stderr
 
 
 def test_cli_debug_read_refuses_a_nodbg_policy(build):

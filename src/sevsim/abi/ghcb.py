@@ -37,8 +37,10 @@ _LAYOUT: tuple[tuple[str, int], ...] = (
     ("reserved_0x3b0", 56), ("xcr0", 8), ("valid_bitmap", 16), ("x87_state_gpa", 8),
 )
 OFFSETS = layout_offsets(_LAYOUT, SAVE_AREA_SIZE)
+# Fields the valid bitmap covers (x87_state_gpa, past its 128 bits, has no valid bit).
 FIELDS: tuple[str, ...] = tuple(
-    name for name, _ in _LAYOUT if not name.startswith("reserved_") and name != "valid_bitmap")
+    name for name, _ in _LAYOUT
+    if not name.startswith("reserved_") and OFFSETS[name][0] < OFFSETS["valid_bitmap"][0])
 _VALID_BITMAP = OFFSETS["valid_bitmap"][0]
 
 

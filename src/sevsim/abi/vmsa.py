@@ -51,11 +51,11 @@ def layout_offsets(layout: tuple[tuple[str, int], ...], size: int) -> dict[str, 
     table, offset = {}, 0
     for name, length in layout:
         if name.startswith("reserved_") and int(name.removeprefix("reserved_"), 16) != offset:
-            raise AssertionError(f"{name} lands at 0x{offset:x}")
+            raise ValueError(f"layout: {name} lands at 0x{offset:x}")
         table[name] = (offset, length)
         offset += length
     if offset != size:
-        raise AssertionError(f"layout is 0x{offset:x} bytes, not 0x{size:x}")
+        raise ValueError(f"layout is 0x{offset:x} bytes, not 0x{size:x}")
     return table
 
 

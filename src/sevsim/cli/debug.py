@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from sevsim.abi.policy import PolicyFlags
 from sevsim.hw.chips import DEFAULT_CHIP, PRESETS
 
 debug_app = typer.Typer(help="Debug your own VM: read its memory through the firmware "
@@ -41,10 +42,10 @@ def read(
     elf: Annotated[Path, typer.Argument(help="Guest ELF built with `sevsim guest build`.")],
     gpa: Annotated[str, typer.Argument(help="Guest-physical address, e.g. 0x404000.")],
     length: Annotated[str, typer.Argument(help="Bytes to read, e.g. 64 or 0x1000.")],
-    mode: Annotated[str, typer.Option(help="none | sev")] = "sev",
-    policy: Annotated[str, typer.Option(
-        help="Guest policy (hex). The default 0 allows debugging; NODBG (bit 0) forbids it, "
-             "as `sevsim run`'s default 0x1 does.")] = "0x0",
+    mode: Annotated[str, typer.Option(help="none | sev | sev-es")] = "sev",
+    policy: Annotated[str | None, typer.Option(
+        help="Guest policy, hex. The default (0x0; 0x4, ES, for sev-es) allows debugging; "
+             "NODBG (bit 0) forbids it, as `sevsim run`'s default 0x1 does.")] = None,
     chip: Annotated[str, typer.Option(help=f"{' | '.join(PRESETS)}")] = DEFAULT_CHIP,
     memory: Annotated[str, typer.Option(help="Guest memory, e.g. 64M or 1G.")] = "64M",
     timeout: Annotated[float, typer.Option(help="Seconds before the VM is stopped.")] = 60.0,
@@ -60,9 +61,14 @@ def read(
     from sevsim.host.debug import debug_read
     from sevsim.host.machine import Host, parse_size
 
-    address, count, policy_value = _number(gpa), _number(length), _number(policy)
+    address, count = _number(gpa), _number(length)
     if count <= 0:
         raise typer.BadParameter(f"length {count} must be positive")
+    try:
+        policy_value = (int(PolicyFlags.ES) if mode == "sev-es" else 0) if policy is None \
+            else int(policy, 16)
+    except ValueError:
+        raise typer.BadParameter(f"policy {policy!r} is not hex (e.g. 0x4)") from None
     try:
         image = elf.read_bytes()
     except OSError as error:

@@ -34,8 +34,6 @@ SEED = b"sevsim simulated AMD root key: not AMD's, public, for simulation only"
 PRODUCTS = ("naples", "rome", "milan", "genoa", "turin")
 EXPONENT = 65537
 ROLES = {"ark": Usage.ARK, "ask": Usage.ASK}
-_SMALL_PRIMES = [p for p in range(3, 1 << 14, 2)
-                 if all(p % d for d in range(3, math.isqrt(p) + 1, 2))]
 _MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
 
 
@@ -66,6 +64,17 @@ def _stream(label: bytes) -> Callable[[int], bytes]:
     return take
 
 
+@cache
+def _small_primes(limit: int = 1 << 17) -> list[int]:
+    """Odd primes below `limit`, for sieving. They only skip composites: the keys found do
+    not depend on how many there are, only the time taken."""
+    sieve = bytearray([1]) * limit
+    for p in range(2, math.isqrt(limit) + 1):
+        if sieve[p]:
+            sieve[p * p::p] = bytes(len(range(p * p, limit, p)))
+    return [p for p in range(3, limit) if sieve[p]]
+
+
 def _probable_prime(n: int) -> bool:
     """Miller-Rabin with fixed bases: enough for random candidates (not adversarial ones)."""
     d, r = n - 1, 0
@@ -91,7 +100,7 @@ def _prime(take: Callable[[int], bytes], bits: int) -> int:
     while True:
         start = (int.from_bytes(take(bits // 8), "big") | 3 << (bits - 2) | 1) & ((1 << bits) - 1)
         composite = bytearray(window)
-        for p in _SMALL_PRIMES:
+        for p in _small_primes():
             first = (-start * pow(2, -1, p)) % p  # start + 2*first is divisible by p
             composite[first::p] = b"\x01" * len(range(first, window, p))
         for i in range(window):

@@ -70,12 +70,18 @@ class PlatformPki(FirmwareCore):
         self._oca = self._derive_key(f"OCA {self._pek_generation}")
         self._owner_oca = None
         self._pek_oca_sig = None
+        self._forget(Usage.PEK, Usage.OCA)
         self._new_pdh()
 
     def _new_pdh(self) -> None:
         self._pdh_generation += 1
         self._pdh = self._derive_key(f"PDH {self._pdh_generation}")
-        self._certs.clear()
+        self._forget(Usage.PDH)
+
+    def _forget(self, *usages: Usage) -> None:
+        """Drop certificates whose keys or signers changed (the CEK's never does)."""
+        for usage in usages:
+            self._certs.pop(usage, None)
 
     # -- certificates ------------------------------------------------------------------------------
     def _unsigned(self, usage: Usage, algo: Algo, key: ec.EllipticCurvePrivateKey) -> SevCert:
@@ -156,7 +162,7 @@ class PlatformPki(FirmwareCore):
         self._check(pek, Usage.OCA, oca)
         self._owner_oca = oca
         self._pek_oca_sig = next(s for s in pek.signatures if s.usage is Usage.OCA)
-        self._certs.clear()
+        self._forget(Usage.PEK, Usage.OCA)
 
     @staticmethod
     def _parse(blob: bytes, what: str) -> SevCert:

@@ -49,6 +49,7 @@ from sevsim.errors import FirmwareError, MemoryAccessError
 from sevsim.firmware.amd_root import PRODUCTS, simulated_root
 from sevsim.firmware.core import FirmwareCore, GuestContext
 from sevsim.hw.chips import GuestMode
+from sevsim.hw.cpu import vmsa_seals
 from sevsim.hw.engine import BLOCK, PAGE
 
 MEASURE_SIZE = 32
@@ -157,7 +158,8 @@ class GuestTransport(FirmwareCore):
         return self._send(handle, "SEND_UPDATE_DATA", spa, length)
 
     def send_update_vmsa(self, handle: int, spa: int, length: int) -> TransportPacket:
-        """An SEV-ES vCPU's save area (one encrypted page of guest memory) as a packet."""
+        """An SEV-ES vCPU's save area (one encrypted page of guest memory) as a packet; a page
+        the host changed since the CPU last sealed it is refused (SECURE_DATA_INVALID)."""
         return self._send(handle, "SEND_UPDATE_VMSA", spa, length, vmsa=True)
 
     def send_finish(self, handle: int) -> bytes:
@@ -179,8 +181,11 @@ class GuestTransport(FirmwareCore):
         ctx = self._guest(handle, command, GuestState.SUPDATE)
         self._check_buffer(ctx, command, spa, length, vmsa)
         transfer = self._transfers[handle]
-        header, data = seal_packet(transfer.keys, os.urandom(16),
-                                   self._read_with_key(ctx, spa, length), b"")
+        plaintext = self._read_with_key(ctx, spa, length)
+        if vmsa and not vmsa_seals(self._memory).check(ctx.asid, spa, plaintext):
+            raise FirmwareError(SevStatus.SECURE_DATA_INVALID,
+                                f"{command}: the VMSA at 0x{spa:x} fails its integrity check")
+        header, data = seal_packet(transfer.keys, os.urandom(16), plaintext, b"")
         transfer.macs.update(header.mac)
         return TransportPacket(header.to_bytes(), data)
 
@@ -271,7 +276,8 @@ class GuestTransport(FirmwareCore):
         self._receive(handle, "RECEIVE_UPDATE_DATA", packet, spa)
 
     def receive_update_vmsa(self, handle: int, packet: TransportPacket, spa: int) -> None:
-        """An SEV-ES vCPU's save area, into its page of guest memory under the VM key."""
+        """An SEV-ES vCPU's save area, into its page of guest memory under the VM key, sealed
+        for the vCPU's next VMRUN."""
         self._receive(handle, "RECEIVE_UPDATE_VMSA", packet, spa, vmsa=True)
 
     def receive_finish(self, handle: int, measure: bytes) -> None:
@@ -306,6 +312,8 @@ class GuestTransport(FirmwareCore):
         except ValueError as err:
             raise FirmwareError(SevStatus.BAD_MEASUREMENT, f"{command}: {err}") from None
         self._memory.write_domain(spa, plaintext, ctx.asid)
+        if vmsa:  # the CPU's first VMRUN of the vCPU checks the page against this
+            vmsa_seals(self._memory).seal(ctx.asid, spa, plaintext)
         transfer.macs.update(header.mac)
 
     # -- shared -----------------------------------------------------------------------------

@@ -228,8 +228,10 @@ class GuestKernel:
         if not 0 < index < self.boot_info(cpu).nvcpus or not entry:
             return -EINVAL
         slot = _AP_SLOTS_GPA + index * _AP_START.size
+        if any(cpu.read(slot, _AP_START.size)):  # a request the AP has not taken yet
+            return -EINVAL
         cpu.write(slot, _AP_START.pack(entry, stack_top, arg0, arg1))
-        if cpu.vmmcall(SEVSIM_HC_START_VCPU, index) != 0:
+        if cpu.vmmcall(SEVSIM_HC_START_VCPU, index) != 0:  # it is running already
             cpu.write(slot, bytes(_AP_START.size))
             return -EINVAL
         return 0
@@ -254,8 +256,8 @@ class GuestKernel:
             leaf, subleaf = cpu.reg("rax") & 0xFFFF_FFFF, cpu.reg("rcx") & 0xFFFF_FFFF
             answer = self.ghcb.call(cpu, code, 0, 0, {"rax": leaf, "rcx": subleaf},
                                     ("rax", "rbx", "rcx", "rdx"), f"CPUID 0x{leaf:x}")
-            for name in ("rax", "rbx", "rcx", "rdx"):
-                if answer is not None:
+            if answer is not None:
+                for name in ("rax", "rbx", "rcx", "rdx"):
                     cpu.set_reg(name, answer[name] & 0xFFFF_FFFF)
         elif code is ExitCode.MSR:
             msr, write = cpu.reg("rcx") & 0xFFFF_FFFF, info1 == MSR_WRITE
@@ -270,7 +272,7 @@ class GuestKernel:
         elif code is ExitCode.VMMCALL:
             inputs = {name: cpu.reg(name) for name in ("rax", "rbx", "rcx", "rdx", "rsi")}
             answer = self.ghcb.call(cpu, code, 0, 0, {**inputs, "cpl": 0}, ("rax",),
-                                    f"hypercall {inputs['rax']}")
+                                    f"hypercall 0x{inputs['rax']:x}")
             if answer is not None:
                 cpu.set_reg("rax", answer["rax"])
         else:

@@ -217,6 +217,10 @@ class Hypervisor:
         if length <= 0:
             return []
         first, last = gpa // PAGE, (gpa + length - 1) // PAGE
+        if first == last and 0 <= first < vm.npt.limit_pages:  # one page: the GHCB's case
+            frame = int(vm.npt.entries[first])
+            if frame != NOT_PRESENT:
+                return [(0, frame * PAGE + gpa % PAGE, length)]
         if gpa < 0 or last >= vm.npt.limit_pages:
             raise MemoryAccessError(f"VM {vm.vm_id}: GPA range 0x{gpa:x}+0x{length:x} "
                                     "is outside the guest address space")

@@ -1,11 +1,14 @@
 """Migrating a paused VM to another host: both hypervisors and VMMs, as KVM and QEMU do it.
 
-The source streams the guest through its firmware (SEND_START to the target's PDH, then
-SEND_UPDATE_DATA over every private page the NPT maps, SEND_FINISH); the target creates a VM
-of the same shape, receives (RECEIVE_START, RECEIVE_UPDATE_DATA into the pages its own NPT
-maps, RECEIVE_FINISH) and runs it on. Private pages cross the wire as ciphertext under the
-transport key; pages the guest shares, the vCPU registers of a plain SEV guest (its VMCB
-save area is the hypervisor's to read) and the devices go as the host sees them, as in KVM.
+The source streams the guest through its firmware: SEND_START to the target's PDH, then
+SEND_UPDATE_DATA over every private page its NPT maps (and SEND_UPDATE_VMSA over each vCPU's
+save area under SEV-ES), SEND_FINISH. The target creates a VM of the same shape and receives
+it: RECEIVE_START, RECEIVE_UPDATE_DATA into the host frames of the VM's memory slots (its
+NPT maps them only once the whole guest is there, as KVM fills its NPT on first touch),
+RECEIVE_FINISH; then the VM runs on. Private pages and SEV-ES registers cross the wire as
+ciphertext under the transport key; pages the guest shares, the registers of a plain SEV
+guest (its VMCB save area is the hypervisor's to read) and the devices go as the host sees
+them, as in KVM.
 
 The stream is a sequence of records (kind u8, length u32, payload) that the caller may watch
 or change through `tap`. `migrate` pipes one host into the other record by record: a record
@@ -20,12 +23,13 @@ import ctypes
 import struct
 from collections.abc import Callable, Iterator
 from enum import IntEnum
+from functools import partial
 
 import numpy as np
 
-from sevsim.abi.sev_session import SESSION_SIZE
+from sevsim.abi.sev_session import PACKET_HEADER_SIZE, SESSION_SIZE
 from sevsim.abi.status import GuestState
-from sevsim.errors import ConfigError, SevsimError, VmStateError
+from sevsim.errors import SevsimError, VmStateError
 from sevsim.firmware.transport import MEASURE_SIZE, TransportPacket
 from sevsim.guest.kernel import GuestKernel
 from sevsim.host.machine import Host
@@ -38,9 +42,9 @@ CHUNK_PAGES = 512  # packets never cross a 2 MiB guest-physical boundary (a huge
 _RECORD = struct.Struct("<BI")
 _START = struct.Struct("<16sQII")  # mode, memory size, vCPUs, policy; then PDH and session
 _PAGES = struct.Struct("<Q")  # GPA; then the packet header and its data, or plain bytes
-_VCPU = struct.Struct("<IB?I")  # index, state, reset pending, MSR sites; then sites, context
-_DEVICES = struct.Struct("<?qII")  # stopped, exit code (-1: none), MSRs, shared pages
-_HEADER = 52
+_VCPU = struct.Struct("<IB?QI")  # index, state, reset pending, GHCB MSR, MSR intercept sites
+_DEVICES = struct.Struct("<?qIII")  # stopped, exit code (-1: none), counts of MSRs, shared
+#                                     pages and GHCBs; then those, then the console bytes
 _STATES = tuple(VcpuState)
 
 
@@ -55,12 +59,18 @@ class Record(IntEnum):
     C_BITS = 2  # the guest page tables' C-bits (on hardware they travel in its memory)
     PAGES = 3  # SEV: a packet of private pages, ciphertext under the TEK
     PLAIN = 4  # pages as the host reads them: shared pages, or all of a plain VM
-    VCPU = 5  # one vCPU's registers from the VMCB save area (plain SEV, no SEV-ES)
-    DEVICES = 6  # serial console so far, exit code, MSRs, shared-page list
-    FINISH = 7  # SEV: SEND_FINISH's measure
+    VCPU = 5  # one vCPU's registers from the VMCB save area (none, sev)
+    VMSA = 6  # SEV-ES: one vCPU's save area, ciphertext under the TEK (SEND_UPDATE_VMSA)
+    DEVICES = 7  # console so far, exit code, MSRs, shared pages, registered GHCBs
+    FINISH = 8  # SEV: SEND_FINISH's measure
 
 
 Tap = Callable[[bytes], bytes]
+# What may come after each stage of the stream (the receiver's `expected`).
+_FOLLOWS = {Record.START: (Record.START,), Record.C_BITS: (Record.C_BITS,),
+            Record.PAGES: (Record.PAGES, Record.PLAIN, Record.VCPU, Record.VMSA),
+            Record.VCPU: (Record.VCPU, Record.VMSA, Record.DEVICES),
+            Record.DEVICES: (Record.DEVICES,), Record.FINISH: (Record.FINISH,)}
 
 
 def migrate(vm: VirtualMachine, target: Host, *, tap: Tap | None = None) -> VirtualMachine:
@@ -110,9 +120,6 @@ class _Sender:
             raise VmStateError("only a launched VM can be migrated")
         if vm.hv.destroyed:
             raise VmStateError(f"VM {vm.hv.vm_id} was destroyed")
-        if vm.hv.vcpus and not vm.hv.vcpus[0].vmcb.save_area_readable:
-            raise ConfigError(f"migrating {vm.mode} guests needs SEND_UPDATE_VMSA for their "
-                              "encrypted register state; only none and sev are supported")
         self.vm = vm
         self.target = target
         self.hypervisor = vm.hypervisor
@@ -135,7 +142,12 @@ class _Sender:
                 yield _record(Record.PLAIN, _PAGES.pack(gpa),
                               self.hypervisor.read_gpa(self.vm.hv, gpa, count * PAGE))
         for vcpu in self.vm.hv.vcpus:
-            yield _record(Record.VCPU, _save_vcpu(vcpu))
+            if vcpu.vmcb.save_area_readable:
+                yield _record(Record.VCPU, _vcpu_header(vcpu), bytes(vcpu.uc.context_save()))
+            else:  # SEV-ES: the registers are in the VMSA, which only the firmware may move
+                assert vcpu.vmsa_spa is not None  # the hypervisor gives every ES vCPU one
+                packet = self.firmware.send_update_vmsa(self.handle, vcpu.vmsa_spa, PAGE)
+                yield _record(Record.VMSA, _vcpu_header(vcpu), packet.header, packet.data)
         yield self._devices()
         measure = self.firmware.send_finish(self.handle) if self.encrypted else b""
         yield _record(Record.FINISH, measure)
@@ -168,20 +180,28 @@ class _Sender:
             yield int(run[0]), int(run.size), bool(private[run[0]])
 
     def _devices(self) -> bytes:
+        """What KVM and QEMU keep of the VM besides memory and registers."""
         vm = self.vm
-        msrs = sorted(vm.hv.msrs.items())
+        msrs, ghcbs = sorted(vm.hv.msrs.items()), sorted(vm.hv.ghcb_gpas.items())
         shared = sorted(vm.hv.shared_gpns)
         return _record(Record.DEVICES,
                        _DEVICES.pack(vm.hv.stopped, -1 if vm.exit_code is None else vm.exit_code,
-                                     len(msrs), len(shared)),
+                                     len(msrs), len(shared), len(ghcbs)),
                        struct.pack(f"<{2 * len(msrs)}Q", *(v for kv in msrs for v in kv)),
-                       struct.pack(f"<{len(shared)}Q", *shared), bytes(vm.console_bytes))
+                       struct.pack(f"<{len(shared)}Q", *shared),
+                       struct.pack(f"<{2 * len(ghcbs)}Q", *(v for kv in ghcbs for v in kv)),
+                       bytes(vm.console_bytes))
 
     def cancel(self) -> None:
-        """SEND_CANCEL if the send had started and not finished: the VM may run here again."""
-        if self.encrypted and not self.vm.hv.destroyed and (
-                self.firmware.guest_status(self.handle).state is GuestState.SUPDATE):
+        """After a refusal: SEND_CANCEL if the send had not finished, and the VM may run here
+        again; after SEND_FINISH the guest is SENT and this host stops it for good."""
+        if not self.encrypted or self.vm.hv.destroyed:
+            return
+        state = self.firmware.guest_status(self.handle).state
+        if state is GuestState.SUPDATE:
             self.firmware.send_cancel(self.handle)
+        elif state is GuestState.SENT:
+            self.hypervisor.stop(self.vm.hv)
 
 
 # -- the target: hypervisor and VMM ----------------------------------------------------------
@@ -195,23 +215,22 @@ class _Receiver:
         self.vm: VirtualMachine | None = None
         self.handle = 0
         self.expected = Record.START
+        self.restored: set[int] = set()  # vCPUs whose registers came
         self.done = False
 
     def take(self, record: bytes) -> None:
         kind, payload = _split(record)
-        allowed = {Record.START: (Record.START,),
-                   Record.C_BITS: (Record.C_BITS,),
-                   Record.PAGES: (Record.PAGES, Record.PLAIN, Record.VCPU),
-                   Record.VCPU: (Record.VCPU, Record.DEVICES),
-                   Record.DEVICES: (Record.DEVICES,),
-                   Record.FINISH: (Record.FINISH,)}[self.expected]
-        if kind not in allowed or self.done:
+        if kind not in _FOLLOWS[self.expected] or self.done:
             raise MigrationError(f"a {kind.name} record where {self.expected.name} belongs")
-        handlers = {Record.START: self._start, Record.C_BITS: self._c_bits,
-                    Record.PAGES: self._pages, Record.PLAIN: self._plain,
-                    Record.VCPU: self._vcpu, Record.DEVICES: self._devices,
-                    Record.FINISH: self._finish}
-        handlers[kind](payload)
+        handlers: dict[Record, Callable[[bytes], None]] = {
+            Record.START: self._start, Record.C_BITS: self._c_bits, Record.PAGES: self._pages,
+            Record.PLAIN: self._plain, Record.VCPU: partial(self._vcpu, kind=Record.VCPU),
+            Record.VMSA: partial(self._vcpu, kind=Record.VMSA), Record.DEVICES: self._devices,
+            Record.FINISH: self._finish}
+        try:
+            handlers[kind](payload)
+        except struct.error as err:
+            raise MigrationError(f"malformed {kind.name} record: {err}") from None
 
     def _vm(self) -> VirtualMachine:
         assert self.vm is not None  # the record order guarantees it
@@ -245,11 +264,11 @@ class _Receiver:
 
     def _pages(self, payload: bytes) -> None:
         vm = self._vm()
-        if not vm.hv.mode.encrypted or len(payload) < _PAGES.size + _HEADER:
+        if not vm.hv.mode.encrypted or len(payload) < _PAGES.size + PACKET_HEADER_SIZE:
             raise MigrationError("a PAGES record for a plain VM, or truncated")
         (gpa,) = _PAGES.unpack_from(payload)
-        data = payload[_PAGES.size + _HEADER:]
-        packet = TransportPacket(payload[_PAGES.size:_PAGES.size + _HEADER], data)
+        data = payload[_PAGES.size + PACKET_HEADER_SIZE:]
+        packet = TransportPacket(payload[_PAGES.size:_PAGES.size + PACKET_HEADER_SIZE], data)
         self.firmware.receive_update_data(self.handle, packet, self._spa(gpa, len(data)))
 
     def _plain(self, payload: bytes) -> None:
@@ -271,20 +290,46 @@ class _Receiver:
             raise MigrationError(f"GPA 0x{gpa:x}+0x{length:x} is not contiguous on this host")
         return int(frames[0]) * PAGE
 
-    def _vcpu(self, payload: bytes) -> None:
-        _restore_vcpu(self._vm().hv.vcpus, payload)
+    def _vcpu(self, payload: bytes, kind: Record) -> None:
+        """A vCPU's run state, then its registers: the engine context from the VMCB save area
+        (plain SEV), or the VMSA packet into the vCPU's VMSA page (SEV-ES), which its first
+        VMRUN here loads."""
+        vm = self._vm()
+        vcpu, body = _restore_vcpu(vm.hv.vcpus, payload, self.restored)
+        if (kind is Record.VMSA) == vcpu.vmcb.save_area_readable:
+            raise MigrationError(f"a {kind.name} record for a {vm.mode} vCPU")
+        if kind is Record.VCPU:
+            context = vcpu.uc.context_save()
+            if len(body) != context.size:
+                raise MigrationError(f"vCPU context of {len(body)} bytes, this engine's is "
+                                     f"{context.size}")
+            ctypes.memmove(context.context, body, context.size)
+            vcpu.uc.context_restore(context)
+        else:
+            assert vcpu.vmsa_spa is not None
+            packet = TransportPacket(body[:PACKET_HEADER_SIZE], body[PACKET_HEADER_SIZE:])
+            self.firmware.receive_update_vmsa(self.handle, packet, vcpu.vmsa_spa)
+        self.restored.add(vcpu.index)
         self.expected = Record.VCPU
 
     def _devices(self, payload: bytes) -> None:
         vm = self._vm()
-        stopped, exit_code, nmsrs, nshared = _DEVICES.unpack_from(payload)
+        if len(self.restored) != len(vm.hv.vcpus):
+            raise MigrationError(f"registers of {len(self.restored)} of "
+                                 f"{len(vm.hv.vcpus)} vCPUs came")
+        if len(payload) < _DEVICES.size:
+            raise MigrationError("truncated DEVICES record")
+        stopped, exit_code, nmsrs, nshared, nghcbs = _DEVICES.unpack_from(payload)
         pos = _DEVICES.size
-        values = struct.unpack_from(f"<{2 * nmsrs}Q", payload, pos)
+        msrs = struct.unpack_from(f"<{2 * nmsrs}Q", payload, pos)
         pos += 16 * nmsrs
         shared = struct.unpack_from(f"<{nshared}Q", payload, pos)
         pos += 8 * nshared
-        vm.hv.msrs = dict(zip(values[::2], values[1::2], strict=True))
+        ghcbs = struct.unpack_from(f"<{2 * nghcbs}Q", payload, pos)
+        pos += 16 * nghcbs
+        vm.hv.msrs = dict(zip(msrs[::2], msrs[1::2], strict=True))
         vm.hv.shared_gpns = set(shared)
+        vm.hv.ghcb_gpas = dict(zip(ghcbs[::2], ghcbs[1::2], strict=True))
         vm.hv.stopped = stopped
         vm.exit_code = None if exit_code < 0 else exit_code
         vm.console_bytes[:] = payload[pos:]
@@ -317,34 +362,30 @@ class _Receiver:
             self.vm.destroy()
 
 
-# -- vCPU registers: what KVM_GET/SET_REGS, SREGS, FPU, XSAVE and MSRS carry -----------------
+# -- vCPU state: what KVM_GET/SET_REGS, SREGS, FPU, XSAVE, MSRS and the VMCB carry --------------
 
 
-def _save_vcpu(vcpu: Vcpu) -> bytes:
-    """The whole register file from the readable VMCB save area (the engine's context: GPRs,
-    segments and their bases, control registers, x87/SSE state), the run state, and the
-    addresses where the MSR intercept is armed."""
+def _vcpu_header(vcpu: Vcpu) -> bytes:
+    """A vCPU's run state, its GHCB MSR (SEV-ES; the VMCB keeps it for the host) and the
+    addresses where the MSR intercept is armed; its registers follow."""
     sites = sorted(vcpu._msr_sites)
-    return (_VCPU.pack(vcpu.index, _STATES.index(vcpu.state), vcpu._needs_reset, len(sites))
-            + struct.pack(f"<{len(sites)}Q", *sites) + bytes(vcpu.uc.context_save()))
+    return (_VCPU.pack(vcpu.index, _STATES.index(vcpu.state), vcpu._needs_reset,
+                       vcpu._ghcb_msr, len(sites))
+            + struct.pack(f"<{len(sites)}Q", *sites))
 
 
-def _restore_vcpu(vcpus: list[Vcpu], payload: bytes) -> None:
+def _restore_vcpu(vcpus: list[Vcpu], payload: bytes, done: set[int]) -> tuple[Vcpu, bytes]:
+    """Apply a vCPU header to its vCPU; returns the vCPU and the register bytes after it."""
     if len(payload) < _VCPU.size:
-        raise MigrationError("truncated VCPU record")
-    index, state, reset, nsites = _VCPU.unpack_from(payload)
-    if index >= len(vcpus) or state >= len(_STATES):
-        raise MigrationError(f"VCPU record for vCPU {index} in state {state}")
+        raise MigrationError("truncated vCPU record")
+    index, state, reset, ghcb, nsites = _VCPU.unpack_from(payload)
+    if index >= len(vcpus) or index in done or state >= len(_STATES):
+        raise MigrationError(f"vCPU record for vCPU {index} in state {state}")
     vcpu = vcpus[index]
     sites = struct.unpack_from(f"<{nsites}Q", payload, _VCPU.size)
-    blob = payload[_VCPU.size + 8 * nsites:]
-    context = vcpu.uc.context_save()
-    if len(blob) != context.size:
-        raise MigrationError(f"vCPU context of {len(blob)} bytes, this engine's is "
-                             f"{context.size}")
-    ctypes.memmove(context.context, blob, context.size)
-    vcpu.uc.context_restore(context)
     vcpu.state = _STATES[state]
     vcpu._needs_reset = reset
+    vcpu._ghcb_msr = vcpu.vmcb.ghcb_gpa = ghcb
     for site in sites:  # the intercept sits on the RDMSR/WRMSR at each address
         vcpu.watch_msr_instructions(site, b"\x0f\x32")
+    return vcpu, payload[_VCPU.size + 8 * nsites:]

@@ -300,6 +300,9 @@ class Vcpu:
         return GuestFault(f"vCPU {self.index}: {what}")
 
     def _guarded(self, action: Callable[[], _T]) -> _T | None:
+        if self._pending is not None:  # the vCPU is already leaving: nothing more executes
+            self.uc.emu_stop()
+            return None
         try:
             return action()
         except BaseException as err:  # carried out of Unicorn and re-raised by run()

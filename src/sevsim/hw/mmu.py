@@ -140,13 +140,22 @@ class GuestAddressSpace:
         return lo, hi
 
     def _host_wrote(self, spa: int, length: int) -> None:
-        """Host writes change cells under the vCPUs: drop any code translated from them."""
-        frames = np.arange(spa // PAGE, (spa + length - 1) // PAGE + 1)
-        if not self.engines or not self.memory.pins[frames].any():
+        """Host writes change cells under the vCPUs: drop any code translated from them.
+
+        A direct region maps consecutive frames, so finding the GPAs of the written frames
+        takes one comparison per region, not a search of every guest page (hypervisors write
+        shared pages such as the GHCB on every exit)."""
+        first, stop = spa // PAGE, (spa + length - 1) // PAGE + 1
+        if not self.engines or not self.memory.pins[first:stop].any():
             return
-        for gpn in np.flatnonzero(np.isin(self._mapped_frame, frames)).tolist():
-            for uc in self.engines:
-                uc.ctl_remove_cache(gpn * PAGE, (gpn + 1) * PAGE)
+        for start, (end, kind) in self._regions.items():
+            if kind != _DIRECT:
+                continue
+            frame = int(self._mapped_frame[start])
+            lo, hi = max(first, frame), min(stop, frame + end - start)
+            if lo < hi:
+                for uc in self.engines:
+                    uc.ctl_remove_cache((start + lo - frame) * PAGE, (start + hi - frame) * PAGE)
 
     # -- translated access: the engine between the guest and a foreign frame -----------------
     def _block_view(self, gpa: int, length: int) -> tuple[int, int, bytearray]:
