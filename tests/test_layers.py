@@ -21,11 +21,17 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 
-def sevsim_imports(path: Path) -> set[str]:
-    """Every sevsim module a file imports, as dotted names below `sevsim.`."""
+def sevsim_imports(path: Path, root: Path = PACKAGE) -> set[str]:
+    """Every sevsim module a file imports, as dotted names below `sevsim.` (relative imports
+    resolved against the file's own package)."""
     found = set()
+    package = list(path.relative_to(root).parent.parts) if path.is_relative_to(root) else []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sevsim"):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - node.level + 1]
+            found.add(".".join([*base, *([node.module] if node.module else [])]))
+        elif (isinstance(node, ast.ImportFrom) and node.module
+              and node.module.startswith("sevsim")):
             found.add(node.module.removeprefix("sevsim").lstrip("."))
         elif isinstance(node, ast.Import):
             found.update(a.name.removeprefix("sevsim.") for a in node.names
@@ -63,9 +69,11 @@ def test_abi_imports_only_the_standard_library_and_cryptography() -> None:
 
 
 def test_the_rule_checker_catches_a_violation(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.py"
-    bad.write_text("from sevsim.host.hypervisor import Hypervisor\nimport sevsim.firmware.sev\n")
-    found = sevsim_imports(bad)
-    assert found == {"host.hypervisor", "firmware.sev"}
+    bad = tmp_path / "guest" / "bad.py"
+    bad.parent.mkdir()
+    bad.write_text("from sevsim.host.hypervisor import Hypervisor\nimport sevsim.firmware.sev\n"
+                   "from ..host import vmm\nfrom .kernel import GuestKernel\n")
+    found = sevsim_imports(bad, tmp_path)
+    assert found == {"host.hypervisor", "firmware.sev", "host", "guest.kernel"}
     assert not allowed("host.hypervisor", ALLOWED["guest"])
     assert allowed("hw.cpu", ALLOWED["guest"]) and not allowed("hw.memory", ALLOWED["guest"])
