@@ -178,7 +178,7 @@ def test_simulated_roots_are_marked_and_match_the_firmware() -> None:
 def test_shipped_simulated_keys_are_derived_from_the_published_seed(product: str,
                                                                    tmp_path: Path) -> None:
     """A 2048-bit and a 4096-bit product (the derivation takes seconds for 4096 bits; the
-    others use the same code with another label: `python -m sevsim.firmware.amd_root`
+    others use the same code with another label: `tools/derive_simulated_amd_roots.py`
     rewrites every shipped file, and git shows no change)."""
     amd_root.regenerate(tmp_path / "keys", tmp_path / "certs", (product,))
     shipped = Path(amd_root.__file__).parent / "simulated_amd" / product

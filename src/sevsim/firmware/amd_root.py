@@ -5,7 +5,7 @@ simulated chip of a product chains to the same root and anyone can re-derive the
 that verifies to them proves only that sevsim's firmware made it (their key ids read
 "sevsimARK-<product>" and "sevsimASK-<product>"). The prime search runs in pure Python and
 takes seconds for a 4096-bit key, so the derived keys ship as package data
-(`simulated_amd/<product>/{ark,ask}.pem`); `python -m sevsim.firmware.amd_root` derives them
+(`simulated_amd/<product>/{ark,ask}.pem`); `tools/derive_simulated_amd_roots.py` derives them
 again, with the matching certificates for the verifier's trust store, and the tests check
 that the shipped files are exactly what the derivation gives.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -229,9 +228,3 @@ def regenerate(firmware_dir: Path, trust_dir: Path, products: tuple[str, ...] = 
             cert = root.ark if role == "ark" else root.ask
             (trust_dir / product / f"{role}.cert").write_bytes(cert.to_bytes())
 
-
-if __name__ == "__main__":
-    package = Path(__file__).resolve().parent.parent
-    regenerate(package / "firmware" / "simulated_amd",
-               package / "attest" / "roots" / "sevsim" / "sev",
-               tuple(sys.argv[1:]) or PRODUCTS)
