@@ -232,12 +232,15 @@ def test_pki_commands_follow_the_platform_state_machine(state: PlatformState,
 
 
 def launch_with_owner(build, secret: bytes, chip: str = "milan", memory: str = "16M",
-                      image: bytes | None = None, **owner_args: object):
+                      image: bytes | None = None, mode: str = "sev", **owner_args: object):
     host = Host(chip=chip, memory="64M")
-    vm = host.create_vm(mode="sev", memory=memory)
+    vm = host.create_vm(mode=mode, memory=memory)
     elf = build("secret_consumer").read_bytes()
     vm.load(image or elf)
-    digest = expected_launch_digest(parse_elf(elf), vm.memory_size, 1, kernel_identity())
+    digest = expected_launch_digest(parse_elf(elf), vm.memory_size, 1, kernel_identity(), mode)
+    if mode == "sev-es":
+        owner_args.setdefault("policy", int(PolicyFlags.NODBG | PolicyFlags.NOKS
+                                            | PolicyFlags.ES))
     owner = GuestOwner(secret, digest, **{"trust": "sevsim", **owner_args})  # type: ignore
     return host, vm, owner
 
@@ -257,10 +260,12 @@ def test_the_expected_digest_is_what_the_firmware_measured(build, memory: str,
                                               kernel_identity())
 
 
-@pytest.mark.parametrize("chip", ["naples", "rome", "milan"])
-def test_the_secret_reaches_the_measured_guest_and_never_the_host(build, chip: str) -> None:
+@pytest.mark.parametrize(("chip", "mode"), [("naples", "sev"), ("rome", "sev"), ("milan", "sev"),
+                                           ("rome", "sev-es"), ("milan", "sev-es")])
+def test_the_secret_reaches_the_measured_guest_and_never_the_host(build, chip: str,
+                                                                  mode: str) -> None:
     secret = os.urandom(4092)
-    host, vm, owner = launch_with_owner(build, secret, chip=chip)
+    host, vm, owner = launch_with_owner(build, secret, chip=chip, mode=mode)
     vm.launch(owner=owner)
     assert owner.chain is not None and owner.chain.product == chip
     result = vm.run(timeout=20)
@@ -432,4 +437,4 @@ def test_run_with_a_secret_end_to_end(build, tmp_path: Path) -> None:
     plain = subprocess.run([sys.executable, "-m", "sevsim", "run", build("secret_consumer"),
                             "--mode", "none", "--memory", "16M", "--secret", secret],
                            capture_output=True, text=True, timeout=120, check=False)
-    assert plain.returncode == 125 and "--secret needs --mode sev" in plain.stderr
+    assert plain.returncode == 125 and "--secret is the legacy SEV owner flow" in plain.stderr

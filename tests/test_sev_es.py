@@ -430,8 +430,8 @@ def test_launch_measure_covers_each_vmsa_in_order(monkeypatch) -> None:
 
 
 def test_the_guest_owner_measures_the_vmsas_of_an_es_launch(build) -> None:
-    """An owner who expects the VMM's reset-state VMSAs gets the ES launch; one who leaves
-    them out refuses it: the register state is part of what the owner attests."""
+    """An owner who expects the VMM's reset-state VMSAs (the default for sev-es) gets the ES
+    launch; one who expects other register state refuses it: the registers are attested."""
     from sevsim.attest.sev_owner import GuestOwner, expected_launch_digest
     from sevsim.errors import MeasurementError
     from sevsim.guest.kernel import kernel_identity
@@ -441,7 +441,11 @@ def test_the_guest_owner_measures_the_vmsas_of_an_es_launch(build) -> None:
     vmsas = [reset_state().to_bytes()] * 2
     policy = int(PolicyFlags.NODBG | PolicyFlags.NOKS | PolicyFlags.ES)
     good = expected_launch_digest(image, 8 << 20, 2, kernel_identity(), "sev-es", vmsas)
-    bad = expected_launch_digest(image, 8 << 20, 2, kernel_identity(), "sev-es")
+    assert good == expected_launch_digest(image, 8 << 20, 2, kernel_identity(), "sev-es")
+    other = bytearray(vmsas[0])
+    other[0x178] ^= 1  # another entry RIP
+    bad = expected_launch_digest(image, 8 << 20, 2, kernel_identity(), "sev-es",
+                                 [bytes(other), vmsas[1]])
     host = Host()
     for digest, ok in ((good, True), (bad, False)):
         vm = host.create_vm(mode="sev-es", memory="8M", vcpus=2)

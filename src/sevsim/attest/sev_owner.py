@@ -38,6 +38,7 @@ from sevsim.abi.sev_session import (
     seal_packet,
 )
 from sevsim.abi.status import PlatformStatus
+from sevsim.abi.vmsa import reset_state
 from sevsim.attest.sev_chain import PlatformChain, Trust, VerifiedChain, verify
 from sevsim.errors import AttestationError, CertificateError, MeasurementError
 
@@ -71,8 +72,11 @@ class GuestImage(Protocol):
 def expected_launch_digest(image: GuestImage, memory_size: int, vcpus: int, kernel_id: bytes,
                            mode: str = "sev", vmsas: Sequence[bytes] = ()) -> bytes:
     """SHA-256 over exactly what sevsim's VMM passes to LAUNCH_UPDATE_DATA, in order (then
-    each VMSA for SEV-ES): computed from the image and the VM's shape, nothing run.
+    each VMSA for SEV-ES: every vCPU starts from the architectural reset state unless
+    `vmsas` says otherwise): computed from the image and the VM's shape, nothing run.
     `kernel_id` is the guest kernel's identity (sevsim.guest.kernel.kernel_identity())."""
+    if mode == "sev-es" and not vmsas:
+        vmsas = [reset_state().to_bytes()] * vcpus
     boot = boot_info_for(image.entry, [Segment(s.gpa, len(s.data), s.memsz, s.flags)
                                        for s in image.segments],
                          memory_size, vcpus, mode, kernel_id)

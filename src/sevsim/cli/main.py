@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sevsim.abi.policy import PolicyFlags
 from sevsim.cli.debug import debug_app
 from sevsim.cli.owner import owner_app
 from sevsim.errors import ConfigError, GuestTimeout, SevsimError
@@ -122,14 +123,16 @@ def _owner(vm: VirtualMachine, image: bytes, secret: bytes, policy: int | None) 
     from sevsim.guest.kernel import kernel_identity
     from sevsim.host.elf import parse_elf
 
-    if vm.mode != "sev":
-        raise ConfigError(f"--secret needs --mode sev (a {vm.mode} launch digest also covers "
-                          "state sevsim's owner does not compute yet)")
+    if vm.mode not in ("sev", "sev-es"):
+        raise ConfigError(f"--secret is the legacy SEV owner flow: --mode sev or sev-es, "
+                          f"not {vm.mode}")
+    if policy is None:
+        policy = DEFAULT_POLICY | (int(PolicyFlags.ES) if vm.mode == "sev-es" else 0)
     try:
         expected = expected_launch_digest(parse_elf(image), vm.memory_size, len(vm.hv.vcpus),
                                           kernel_identity(), vm.mode)
-        return GuestOwner(secret, expected, DEFAULT_POLICY if policy is None else policy,
-                          trust="sevsim", product=vm.hypervisor.chip.product.lower())
+        return GuestOwner(secret, expected, policy, trust="sevsim",
+                          product=vm.hypervisor.chip.product.lower())
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
