@@ -384,3 +384,41 @@ def test_vulnerable_firmware_still_serves_honest_owners() -> None:
     header, data = verified.seal_secret(b"an honest owner's secret")
     fw.launch_secret(handle, header.to_bytes(), SECRET_SPA, data)
     assert PacketHeader.from_bytes(header.to_bytes()) == header
+
+
+def test_key_sharing_needs_both_policies_without_noks() -> None:
+    """LAUNCH_START's HANDLE: a guest may take another's VM key unless either policy has NOKS.
+    Shared keys show as equal ciphertext of equal plaintext at one SPA under both ASIDs."""
+    import numpy as np
+
+    from sevsim.abi.policy import PolicyFlags
+    from sevsim.abi.status import SevStatus
+    from sevsim.errors import FirmwareError
+    from sevsim.firmware.sev import SevFirmware
+    from sevsim.hw.chips import PRESETS
+    from sevsim.hw.engine import EncryptionEngine
+    from sevsim.hw.memory import MemoryController
+
+    memory = MemoryController(1 << 20, EncryptionEngine(PRESETS["milan"].tweak))
+    fw = SevFirmware(PRESETS["milan"], memory)
+    fw.init()
+    first = fw.launch_start(0)
+    fw.activate(first, 100)
+    sharing = fw.launch_start(0, share_with=first)
+    fw.activate(sharing, 101)
+    loner = fw.launch_start(0)
+    fw.activate(loner, 102)
+    block = np.frombuffer(b"sixteen bytes!!!", dtype=np.uint8)
+    first_ct, shared_ct, loner_ct = (memory.engine.encrypt_blocks(asid, 0x4000, block).tobytes()
+                                     for asid in (100, 101, 102))
+    assert first_ct == shared_ct != loner_ct
+    noks = fw.launch_start(int(PolicyFlags.NOKS))
+    before = fw.platform_status()
+    for policy, other in ((0, noks), (int(PolicyFlags.NOKS), first)):
+        with pytest.raises(FirmwareError) as refused:
+            fw.launch_start(policy, share_with=other)
+        assert refused.value.status is SevStatus.POLICY_FAILURE
+    assert fw.platform_status() == before
+    with pytest.raises(FirmwareError) as unknown:
+        fw.launch_start(0, share_with=999)
+    assert unknown.value.status is SevStatus.INVALID_GUEST

@@ -67,11 +67,13 @@ class SevFirmware(PlatformPki, EsLaunch, GuestTransport, FirmwareCore):
 
     # -- guest launch -----------------------------------------------------------------------
     def launch_start(self, policy: int, gdh_cert: bytes | None = None,
-                     session: bytes | None = None) -> int:
+                     session: bytes | None = None, share_with: int = 0) -> int:
         """A new guest context with a fresh VM encryption key; returns its handle.
 
         With the guest owner's GODH certificate and session buffer (spec-formats.md §9.5) the
-        TEK and TIK are the owner's, unwrapped with ECDH(PDH, GODH); without, random ones."""
+        TEK and TIK are the owner's, unwrapped with ECDH(PDH, GODH); without, random ones.
+        `share_with` is LAUNCH_START's HANDLE field: the new guest takes that guest's VM key
+        instead, which both policies must allow (no NOKS)."""
         self._require_platform((PlatformState.INIT, PlatformState.WORKING), "LAUNCH_START")
         try:
             decoded = SevPolicy.from_int(policy)
@@ -84,6 +86,13 @@ class SevFirmware(PlatformPki, EsLaunch, GuestTransport, FirmwareCore):
         if PolicyFlags.ES in decoded.flags and SevFeatures.SEV_ES not in self.chip.features:
             raise FirmwareError(SevStatus.POLICY_FAILURE,
                                 f"policy requires SEV-ES, which {self.chip.product} lacks")
+        vek = os.urandom(16)
+        if share_with:
+            other = self._guest(share_with, "LAUNCH_START")
+            if PolicyFlags.NOKS in other.policy.flags | decoded.flags:
+                raise FirmwareError(SevStatus.POLICY_FAILURE,
+                                    f"key sharing with guest {share_with}: a policy sets NOKS")
+            vek = other.vek
         if gdh_cert is None and session is None:
             keys = TransportKeys(os.urandom(16), os.urandom(16))
         elif gdh_cert is not None and session is not None:
@@ -93,7 +102,7 @@ class SevFirmware(PlatformPki, EsLaunch, GuestTransport, FirmwareCore):
                                 "a session needs both the GODH certificate and the session buffer")
         handle = self._next_handle
         self._next_handle += 1
-        self._guests[handle] = GuestContext(handle, decoded, os.urandom(16), keys.tek, keys.tik)
+        self._guests[handle] = GuestContext(handle, decoded, vek, keys.tek, keys.tik)
         self._state = PlatformState.WORKING
         return handle
 
