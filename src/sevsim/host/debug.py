@@ -80,10 +80,10 @@ def _blocks(lo: int, hi: int) -> tuple[int, int]:
 @contextmanager
 def _bounce_page(hv: Hypervisor) -> Iterator[int]:
     """A page of host memory for the firmware's plaintext, wiped and freed afterwards."""
-    frames = hv._allocate_frames(1)
+    frames = hv.allocate_host_pages(1)
     spa = int(frames[0]) * PAGE
     try:
         yield spa
     finally:
         hv.write_spa(spa, bytes(PAGE))
-        hv._frame_used[frames] = False
+        hv.free_host_pages(frames)

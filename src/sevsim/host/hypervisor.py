@@ -119,7 +119,7 @@ class Hypervisor:
         if not 1 <= vcpus <= 64:
             raise ConfigError(f"vCPU count {vcpus} outside 1..64")
         es = mode is GuestMode.SEV_ES
-        frames = self._allocate_frames(memory_size // PAGE + (vcpus if es else 0))
+        frames = self.allocate_host_pages(memory_size // PAGE + (vcpus if es else 0))
         try:
             asid = self._allocate_asid(mode)
         except ResourceExhausted:
@@ -159,7 +159,8 @@ class Hypervisor:
         vm.destroyed = True
         del self.vms[vm.vm_id]
 
-    def _allocate_frames(self, count: int) -> np.ndarray:
+    def allocate_host_pages(self, count: int) -> np.ndarray:
+        """Zeroed frames for the host's own use (VM memory, VMSAs, bounce buffers)."""
         free = np.flatnonzero(~self._frame_used)
         if free.size < count:
             raise ResourceExhausted(f"host memory exhausted: {count} frames wanted, "
@@ -174,6 +175,9 @@ class Hypervisor:
         self._frame_used[frames] = True
         self.memory.fill(frames, RAW)  # KVM hands out zeroed pages
         return frames
+
+    def free_host_pages(self, frames: np.ndarray) -> None:
+        self._frame_used[frames] = False
 
     def _allocate_asid(self, mode: GuestMode) -> int:
         if not mode.encrypted:

@@ -34,7 +34,7 @@ from sevsim.firmware.transport import MEASURE_SIZE, TransportPacket
 from sevsim.guest.kernel import GuestKernel
 from sevsim.host.machine import Host
 from sevsim.host.vmm import VirtualMachine
-from sevsim.hw.cpu import Vcpu, VcpuState
+from sevsim.hw.cpu import Vcpu, VcpuRunState, VcpuState
 from sevsim.hw.engine import PAGE
 from sevsim.hw.npt import NOT_PRESENT
 
@@ -368,9 +368,10 @@ class _Receiver:
 def _vcpu_header(vcpu: Vcpu) -> bytes:
     """A vCPU's run state, its GHCB MSR (SEV-ES; the VMCB keeps it for the host) and the
     addresses where the MSR intercept is armed; its registers follow."""
-    sites = sorted(vcpu._msr_sites)
-    return (_VCPU.pack(vcpu.index, _STATES.index(vcpu.state), vcpu._needs_reset,
-                       vcpu._ghcb_msr, len(sites))
+    saved = vcpu.run_state()
+    sites = saved.msr_sites
+    return (_VCPU.pack(vcpu.index, _STATES.index(saved.state), saved.needs_reset,
+                       saved.ghcb_msr, len(sites))
             + struct.pack(f"<{len(sites)}Q", *sites))
 
 
@@ -383,9 +384,5 @@ def _restore_vcpu(vcpus: list[Vcpu], payload: bytes, done: set[int]) -> tuple[Vc
         raise MigrationError(f"vCPU record for vCPU {index} in state {state}")
     vcpu = vcpus[index]
     sites = struct.unpack_from(f"<{nsites}Q", payload, _VCPU.size)
-    vcpu.state = _STATES[state]
-    vcpu._needs_reset = reset
-    vcpu._ghcb_msr = vcpu.vmcb.ghcb_gpa = ghcb
-    for site in sites:  # the intercept sits on the RDMSR/WRMSR at each address
-        vcpu.watch_msr_instructions(site, b"\x0f\x32")
+    vcpu.restore_run_state(VcpuRunState(_STATES[state], bool(reset), ghcb, sites))
     return vcpu, payload[_VCPU.size + 8 * nsites:]

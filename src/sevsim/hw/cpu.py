@@ -174,6 +174,16 @@ class Vmcb:
         self._vcpu.uc.reg_write(self._check(name), value & (1 << 64) - 1)
 
 
+@dataclass(frozen=True)
+class VcpuRunState:
+    """A vCPU's scheduling state, its GHCB MSR and where its MSR intercepts are armed."""
+
+    state: VcpuState
+    needs_reset: bool
+    ghcb_msr: int
+    msr_sites: tuple[int, ...]
+
+
 class Vcpu:
     """One virtual CPU: a Unicorn engine over the VM's address space."""
 
@@ -212,6 +222,18 @@ class Vcpu:
     # -- the hypervisor's controls ---------------------------------------------------------------
     def attach_guest(self, guest: GuestSoftware) -> None:
         self.guest = guest
+
+    def run_state(self) -> VcpuRunState:
+        """What the hypervisor keeps about a vCPU besides its registers (for migration)."""
+        return VcpuRunState(self.state, self._needs_reset, self._ghcb_msr,
+                            tuple(sorted(self._msr_sites)))
+
+    def restore_run_state(self, saved: VcpuRunState) -> None:
+        self.state = saved.state
+        self._needs_reset = saved.needs_reset
+        self._ghcb_msr = self.vmcb.ghcb_gpa = saved.ghcb_msr
+        for site in saved.msr_sites:  # re-arm the intercept on each RDMSR/WRMSR
+            self.watch_msr_instructions(site, b"\x0f\x32")
 
     def start(self) -> None:
         """INIT-SIPI: bring an application processor up from its reset state. The hypervisor
