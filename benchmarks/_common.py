@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,3 +75,17 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print(line(row))
+
+
+def spread_row(label: str, values: Sequence[float], digits: int = 3) -> list[str]:
+    """A table row: label, then the median, minimum and maximum of the repetitions."""
+    return [label, *(f"{v:.{digits}f}" for v in (median(values), min(values), max(values)))]
+
+
+def run(main: Callable[[], int]) -> None:
+    """Exit with main's status; a BenchmarkError is printed and exits 2."""
+    try:
+        sys.exit(main())
+    except BenchmarkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

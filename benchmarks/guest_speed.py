@@ -12,7 +12,6 @@ and SYS_EXIT as the guest kernel's ABI defines them, and times `emu_start`. Runs
 from __future__ import annotations
 
 import io
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ from _common import (
     median,
     parse_args,
     print_table,
+    run,
+    spread_row,
     verdict,
 )
 from sevsim.guest.kernel import ENOSYS, SYS_EXIT, SYS_WRITE
@@ -126,7 +127,7 @@ def main() -> int:
             times[name].append(elapsed)
 
     print_table("seconds (lower is better)", ["", "median", "min", "max"], [
-        [label, f"{median(times[key]):.3f}", f"{min(times[key]):.3f}", f"{max(times[key]):.3f}"]
+        spread_row(label, times[key])
         for label, key in (("sevsim VM (mode none), vm.run()", "sevsim"),
                            ("bare Unicorn, emu_start()", "bare"))])
     ratio = median(times["bare"]) / median(times["sevsim"])
@@ -137,8 +138,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchmarkError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

@@ -22,14 +22,13 @@ AES-CTR and two HMAC-SHA256 passes, which every SEV migration pays whatever the 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import BenchmarkError, build_bench, checksum_line, median, parse_args, print_table
+from _common import BenchmarkError, build_bench, checksum_line, median, parse_args, print_table, run
 from engine_throughput import make_memory, timed
 from sevsim.abi.sev_session import TransportKeys, open_packet, seal_packet
 from sevsim.host.machine import Host
@@ -136,8 +135,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchmarkError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

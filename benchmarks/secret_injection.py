@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import REPO, BenchmarkError, median, parse_args, print_table
+from _common import REPO, BenchmarkError, median, parse_args, print_table, run, spread_row
 from sevsim.attest.sev_chain import PlatformChain, verify
 from sevsim.attest.sev_owner import GuestOwner, expected_launch_digest, make_session
 from sevsim.guest.build import build_guest
@@ -90,10 +89,8 @@ def main() -> int:
         ("owner: verify the chain", lambda: verify(chain, "sevsim", "milan")),
         ("owner: open a session (ECDH)", lambda: make_session(pdh)),
     ]
-    rows = [["launch without owner", f"{median(plain) * 1e3:.2f}", f"{min(plain) * 1e3:.2f}",
-             f"{max(plain) * 1e3:.2f}"],
-            ["launch with owner and secret", f"{median(owned) * 1e3:.2f}",
-             f"{min(owned) * 1e3:.2f}", f"{max(owned) * 1e3:.2f}"]]
+    rows = [spread_row("launch without owner", [t * 1e3 for t in plain], 2),
+            spread_row("launch with owner and secret", [t * 1e3 for t in owned], 2)]
     rows += [[name, f"{timed(step, args.reps) * 1e3:.2f}", "", ""] for name, step in steps]
     print_table("milliseconds (lower is better): median, min, max", ["", "median", "min", "max"],
                 rows)
@@ -103,8 +100,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchmarkError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

@@ -9,7 +9,6 @@ destroys it. Both must print the same checksum. The ratio is SEV time over plain
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ from _common import (
     median,
     parse_args,
     print_table,
+    run,
+    spread_row,
     verdict,
 )
 from sevsim.host.machine import Host
@@ -71,8 +72,7 @@ def main() -> int:
     rows = []
     for label, mode in (("SEV VM", "sev"), ("plain VM", "none")):
         rows.append([label, f"{median(setup[mode]):.4f}", f"{median(run[mode]):.3f}",
-                     f"{median(total[mode]):.3f}", f"{min(total[mode]):.3f}",
-                     f"{max(total[mode]):.3f}"])
+                     *spread_row("", total[mode])[1:]])
     print_table("seconds (lower is better): medians, then the spread of load+launch+run",
                 ["", "load+launch", "run", "load+launch+run", "min", "max"], rows)
     for what, values in (("load+launch+run", total), ("run alone", run)):
@@ -84,8 +84,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchmarkError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run(main)
