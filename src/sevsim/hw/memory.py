@@ -21,6 +21,7 @@ from sevsim.hw.engine import BLOCK, PAGE, EncryptionEngine
 
 RAW = 0  # storage domain of frames whose cells hold the DRAM bytes themselves
 
+_FILL_CHUNK = 1 << 20  # zero DRAM a MiB at a time, skipping what is already zero
 OWNER_HYPERVISOR = 0
 OWNER_FIRMWARE = -1
 
@@ -168,7 +169,10 @@ class MemoryController:
         """Frames overwritten with zeros through `domain`'s view (no need to decrypt first)."""
         for start, stop in _consecutive(np.sort(frames)):
             self.domain[start:stop] = domain
-            self.cells[start * PAGE:stop * PAGE] = 0
+            for lo in range(start * PAGE, stop * PAGE, _FILL_CHUNK):
+                cells = self.cells[lo:min(lo + _FILL_CHUNK, stop * PAGE)]
+                if cells.any():  # reading untouched memory is cheap; writing it allocates it
+                    cells[:] = 0
 
     def unload_domain(self, domain: int) -> None:
         """Before a key leaves its slot, its frames fall back to the DRAM bytes they hold."""
