@@ -64,3 +64,23 @@ class CertificateError(AttestationError, ValueError):
 
 class MeasurementError(AttestationError):
     """LAUNCH_MEASURE does not match the launch the owner expected: no secret for this guest."""
+
+
+class RmpViolation(MemoryAccessError):
+    """SEV-SNP: a host write to a frame the RMP assigns to a guest or to the firmware. Nothing
+    was written."""
+
+
+class RmpInstructionError(SevsimError):
+    """RMPUPDATE, PSMASH, PVALIDATE or RMPADJUST failed; `code` is the value the instruction
+    returns in EAX (FAIL_INPUT 1, FAIL_PERMISSION 2, FAIL_INUSE 3, FAIL_OVERLAP 4,
+    FAIL_SIZEMISMATCH 6)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        super().__init__(f"RMP instruction failed with {code}: {message}")
+
+
+class PageNotValidated(GuestFault):
+    """SEV-SNP: the guest touched a private page it has not validated. Hardware raises #VC
+    (page not validated); the guest kernel treats it as an attack and stops, as Linux does."""

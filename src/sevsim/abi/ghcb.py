@@ -215,3 +215,74 @@ def term_request(reason_set: int, reason: int) -> int:
 def parse_term_request(value: int) -> tuple[int, int]:
     """(reason set, reason code) of a termination request."""
     return value >> 12 & 0xF, value >> 16 & 0xFF
+
+
+# -- page state change (SEV-SNP): MSR request and the NAE buffer (sev-common.h) ----------------
+
+PSC_PRIVATE = 1
+PSC_SHARED = 2
+PSC_PSMASH = 3  # NAE buffer only
+PSC_UNSMASH = 4  # NAE buffer only
+PSC_MAX_ENTRIES = 253
+_PSC_HEAD = struct.Struct("<HHI")  # cur_entry, end_entry, reserved
+_GFN_MASK = (1 << 40) - 1
+
+
+def psc_request(gfn: int, operation: int) -> int:
+    """PSC MSR request: GFN in [51:12], operation in [55:52]."""
+    return (operation & 0xF) << 52 | (gfn & _GFN_MASK) << 12 | MsrCode.PSC_REQ
+
+
+def parse_psc_request(value: int) -> tuple[int, int]:
+    """(GFN, operation) of a PSC MSR request."""
+    return value >> 12 & _GFN_MASK, value >> 52 & 0xF
+
+
+def psc_response(error: int) -> int:
+    """PSC MSR response: error code in [63:32], 0 on success."""
+    return (error & 0xFFFF_FFFF) << 32 | MsrCode.PSC_RESP
+
+
+@dataclass(frozen=True)
+class PscEntry:
+    """One entry of the PSC NAE buffer: cur_page[11:0], GFN[51:12], op[55:52], size[56]."""
+
+    gfn: int
+    operation: int
+    huge: bool = False
+    cur_page: int = 0
+
+    def to_int(self) -> int:
+        return (self.cur_page & 0xFFF | (self.gfn & _GFN_MASK) << 12
+                | (self.operation & 0xF) << 52 | int(self.huge) << 56)
+
+    @classmethod
+    def from_int(cls, value: int) -> PscEntry:
+        return cls(value >> 12 & _GFN_MASK, value >> 52 & 0xF, bool(value >> 56 & 1),
+                   value & 0xFFF)
+
+
+def pack_psc(cur_entry: int, end_entry: int, entries: list[PscEntry]) -> bytes:
+    """The PSC descriptor the guest puts in the GHCB shared buffer."""
+    if not entries or len(entries) > PSC_MAX_ENTRIES:
+        raise ValueError(f"a PSC request holds 1..{PSC_MAX_ENTRIES} entries, not {len(entries)}")
+    return _PSC_HEAD.pack(cur_entry, end_entry, 0) + b"".join(
+        e.to_int().to_bytes(8, "little") for e in entries)
+
+
+def unpack_psc(buffer: bytes) -> tuple[int, int, list[PscEntry]]:
+    """(cur_entry, end_entry, entries up to end_entry) of a PSC descriptor."""
+    if len(buffer) < _PSC_HEAD.size:
+        raise ValueError("PSC descriptor shorter than its header")
+    cur, end, _ = _PSC_HEAD.unpack_from(buffer)
+    if end >= PSC_MAX_ENTRIES or len(buffer) < _PSC_HEAD.size + 8 * (end + 1):
+        raise ValueError(f"PSC end_entry {end} beyond the buffer")
+    entries = [PscEntry.from_int(int.from_bytes(
+        buffer[_PSC_HEAD.size + 8 * i:_PSC_HEAD.size + 8 * i + 8], "little"))
+        for i in range(end + 1)]
+    return cur, end, entries
+
+
+def psc_set_cur_entry(buffer: bytes, cur_entry: int) -> bytes:
+    """The descriptor with cur_entry advanced (the hypervisor's progress report)."""
+    return struct.pack("<H", cur_entry) + buffer[2:]

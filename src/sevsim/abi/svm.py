@@ -50,6 +50,7 @@ NPF_PRESENT = 1 << 0
 NPF_WRITE = 1 << 1
 NPF_USER = 1 << 2
 NPF_FETCH = 1 << 4
+NPF_RMP = 1 << 31  # SEV-SNP: the RMP check failed, not the NPT walk
 
 # EXITINFO1 of an MSR intercept.
 MSR_READ = 0

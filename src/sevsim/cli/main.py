@@ -57,7 +57,7 @@ def guest_build(
 @app.command()
 def run(
     elf: Annotated[Path, typer.Argument(help="Guest ELF built with `sevsim guest build`.")],
-    mode: Annotated[str, typer.Option(help="none | sev")] = "sev",
+    mode: Annotated[str, typer.Option(help="none | sev | sev-es | snp")] = "sev",
     chip: Annotated[str, typer.Option(help=f"{' | '.join(PRESETS)}")] = DEFAULT_CHIP,
     memory: Annotated[str, typer.Option(help="Guest memory, e.g. 64M or 1G.")] = "64M",
     vcpus: Annotated[int, typer.Option(help="Number of vCPUs.")] = 1,

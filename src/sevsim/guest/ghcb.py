@@ -19,6 +19,7 @@ from sevsim.abi.ghcb import (
     PAGE_SIZE,
     PROTOCOL_MAX,
     PROTOCOL_MIN,
+    PSC_MAX_ENTRIES,
     RESULT_ERROR,
     RESULT_EXCEPTION,
     RESULT_OK,
@@ -33,18 +34,31 @@ from sevsim.abi.ghcb import (
     Ghcb,
     GhcbError,
     MsrCode,
+    PscEntry,
+    VmgexitEvent,
     cpuid_request,
     msr_code,
     msr_gfn,
+    pack_psc,
     parse_sev_info,
+    psc_request,
     reg_gpa_request,
     term_request,
+    unpack_psc,
 )
 from sevsim.abi.svm import EVTINJ_VALID, EVTINJ_VECTOR_MASK, VECTOR_GP
 from sevsim.errors import GuestFault
 from sevsim.hw.cpu import GuestCpu
 
 CPUID_MEM_ENCRYPT = 0x8000_001F
+
+
+TERM_PSC = 1  # GHCB_TERM_PSC in the general reason set (sev-common.h)
+
+
+def snp_active(cpu: GuestCpu) -> bool:
+    """SEV-SNP, as SEV_STATUS says."""
+    return bool(cpu.sev_status() & SevStatusMsr.SNP)
 
 
 def encrypted_state(cpu: GuestCpu) -> bool:
@@ -119,6 +133,34 @@ class GhcbClient:
         cpu.write_ghcb_msr(term_request(reason_set, reason))
         cpu.vmgexit()
         raise GuestFault(f"vCPU {cpu.index}: guest kernel terminated the VM: {why}")
+
+    # -- page state changes (SEV-SNP) --------------------------------------------------------
+    def psc_msr(self, cpu: GuestCpu, gfn: int, operation: int) -> None:
+        """One page's state change through the MSR protocol (before the GHCB is usable)."""
+        answer = self.msr_protocol(cpu, psc_request(gfn, operation), MsrCode.PSC_RESP)
+        if answer >> 32:
+            self.terminate(cpu, TERM_SET_GENERAL, TERM_PSC,
+                           f"hypervisor refused the state change of GFN 0x{gfn:x}: "
+                           f"error 0x{answer >> 32:x}")
+
+    def psc(self, cpu: GuestCpu, first_gfn: int, npages: int, operation: int) -> None:
+        """State changes through the PSC NAE event, up to 253 pages a request; the
+        hypervisor must report every entry done."""
+        for start in range(first_gfn, first_gfn + npages, PSC_MAX_ENTRIES):
+            stop = min(start + PSC_MAX_ENTRIES, first_gfn + npages)
+            entries = [PscEntry(gfn, operation) for gfn in range(start, stop)]
+            scratch, _ = self.scratch(cpu)
+            desc = pack_psc(0, len(entries) - 1, entries)
+            answer = self.call(cpu, VmgexitEvent.PSC, 0, 0, {"sw_scratch": scratch}, (),
+                               f"page state change of {len(entries)} pages", shared=desc)
+            if answer is None:
+                raise GuestFault(f"vCPU {cpu.index}: the hypervisor stopped the VM at a "
+                                 "page state change")
+            cur, _, _ = unpack_psc(cpu.read(scratch, len(desc)))
+            if answer.get("sw_exit_info_2", 0) or cur != len(entries):
+                self.terminate(cpu, TERM_SET_GENERAL, TERM_PSC,
+                               f"hypervisor did {cur} of {len(entries)} page state changes "
+                               f"(error 0x{answer.get('sw_exit_info_2', 0):x})")
 
     # -- full-page requests ------------------------------------------------------------------
     def call(self, cpu: GuestCpu, exit_code: int, info1: int, info2: int,

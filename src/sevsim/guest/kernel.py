@@ -19,7 +19,8 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-from sevsim.abi.bootinfo import BOOTINFO_GPA, BootInfo
+from sevsim.abi.bootinfo import BOOTINFO_GPA, SNP_SECRETS_GPA, BootInfo
+from sevsim.abi.ghcb import PSC_PRIVATE, PSC_SHARED, TERM_SET_GENERAL
 from sevsim.abi.svm import (
     DEBUG_EXIT_PORT,
     IOIO_REP,
@@ -33,8 +34,8 @@ from sevsim.abi.svm import (
     ioio_decode,
     ioio_info,
 )
-from sevsim.errors import GuestFault
-from sevsim.guest.ghcb import GhcbClient, encrypted_state
+from sevsim.errors import GuestFault, RmpInstructionError
+from sevsim.guest.ghcb import TERM_PSC, GhcbClient, encrypted_state, snp_active
 from sevsim.hw.cpu import GuestCpu
 
 PAGE = 4096
@@ -113,11 +114,17 @@ class GuestKernel:
         boot = self.boot = self._read_boot_info(cpu)
         if boot.nvcpus > MAX_VCPUS:
             raise GuestFault(f"guest kernel: {boot.nvcpus} vCPUs, it supports {MAX_VCPUS}")
+        snp = snp_active(cpu)
         image = boot.launched_pages()
-        # Launched pages keep their contents; everything else is accepted as zeroed memory.
+        if snp:  # the firmware launched (and validated) the secrets page too
+            image = sorted({*image, SNP_SECRETS_GPA // PAGE})
+        # Launched pages keep their contents; everything else is accepted as zeroed memory
+        # (under SNP validated first: the hypervisor assigned it, nobody validated it).
         cursor = 0
         for first, stop in [*_runs(image), (boot.ram_size // PAGE, 0)]:
             if first > cursor:
+                if snp:
+                    self._validate(cpu, cursor * PAGE, first - cursor, True)
                 cpu.set_c_bit(cursor * PAGE, first - cursor, private=True, zero=True)
             cursor = stop
         for first, stop in _runs(image):
@@ -131,6 +138,10 @@ class GuestKernel:
                 cpu.mark_executable(seg.gpa, seg.filesz)
         if encrypted_state(cpu):
             self.ghcb.negotiate(cpu)
+            if snp:  # before there is a GHCB: rescind, then the MSR protocol, page by page
+                self._validate(cpu, GHCB_GPA, boot.nvcpus, False)
+                for gfn in range(GHCB_GPA // PAGE, GHCB_GPA // PAGE + boot.nvcpus):
+                    self.ghcb.psc_msr(cpu, gfn, PSC_SHARED)
             cpu.set_c_bit(GHCB_GPA, boot.nvcpus, private=False, zero=True)
             self.ghcb.register(cpu)
             cpu.vmmcall(KVM_HC_MAP_GPA_RANGE, GHCB_GPA, boot.nvcpus, 0)
@@ -203,9 +214,26 @@ class GuestKernel:
         return (addr % PAGE == 0 and npages > 0 and addr >= KERNEL_END
                 and addr + npages * PAGE <= self.boot_info(cpu).ram_size)
 
+    def _validate(self, cpu: GuestCpu, gpa: int, npages: int, validate: bool) -> None:
+        """PVALIDATE a range; a page already in that state means someone (the hypervisor)
+        played with the RMP behind the kernel's back: terminate, as Linux does."""
+        try:
+            unchanged = cpu.pvalidate(gpa, npages, validate)
+        except RmpInstructionError as err:
+            self.ghcb.terminate(cpu, TERM_SET_GENERAL, TERM_PSC,
+                                f"PVALIDATE of 0x{gpa:x}+{npages} pages: {err}")
+        if unchanged.any():
+            bad = gpa + int(unchanged.argmax()) * PAGE
+            self.ghcb.terminate(cpu, TERM_SET_GENERAL, TERM_PSC,
+                                f"PVALIDATE: page 0x{bad:x} was already "
+                                f"{'validated' if validate else 'invalid'}")
+
     def _set_shared(self, cpu: GuestCpu, addr: int, npages: int, *_: int) -> int:
         if not self._pages(cpu, addr, npages):
             return -EINVAL
+        if snp_active(cpu):
+            self._validate(cpu, addr, npages, False)
+            self.ghcb.psc(cpu, addr // PAGE, npages, PSC_SHARED)
         cpu.set_c_bit(addr, npages, private=False)
         cpu.vmmcall(KVM_HC_MAP_GPA_RANGE, addr, npages, 0)
         return 0
@@ -214,6 +242,9 @@ class GuestKernel:
         if not self._pages(cpu, addr, npages):
             return -EINVAL
         cpu.vmmcall(KVM_HC_MAP_GPA_RANGE, addr, npages, KVM_MAP_GPA_RANGE_ENCRYPTED)
+        if snp_active(cpu):
+            self.ghcb.psc(cpu, addr // PAGE, npages, PSC_PRIVATE)
+            self._validate(cpu, addr, npages, True)
         cpu.set_c_bit(addr, npages, private=True)
         return 0
 

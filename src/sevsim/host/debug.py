@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from sevsim.errors import VmStateError
 from sevsim.host.hypervisor import Hypervisor
 from sevsim.host.vmm import VirtualMachine
+from sevsim.hw.chips import GuestMode
 from sevsim.hw.engine import BLOCK, PAGE
 
 
@@ -60,6 +61,8 @@ def debug_write(vm: VirtualMachine, gpa: int, data: bytes) -> None:
 def _handle(vm: VirtualMachine) -> int:
     if not vm.hv.firmware_handle:
         raise VmStateError("the VM has no firmware context yet: launch it first")
+    if vm.hv.mode is GuestMode.SNP:
+        raise VmStateError("SNP_DBG_DECRYPT/ENCRYPT are not modelled yet")
     return vm.hv.firmware_handle
 
 

@@ -13,6 +13,9 @@ from sevsim.abi.ghcb import (
     DEFAULT_USAGE,
     PROTOCOL_MAX,
     PROTOCOL_MIN,
+    PSC_PRIVATE,
+    PSC_PSMASH,
+    PSC_SHARED,
     RESULT_ERROR,
     RESULT_EXCEPTION,
     RESULT_OK,
@@ -21,13 +24,18 @@ from sevsim.abi.ghcb import (
     Ghcb,
     GhcbError,
     MsrCode,
+    VmgexitEvent,
     cpuid_response,
     msr_code,
     msr_gfn,
     parse_cpuid_request,
+    parse_psc_request,
     parse_term_request,
+    psc_response,
+    psc_set_cur_entry,
     reg_gpa_response,
     sev_info,
+    unpack_psc,
 )
 from sevsim.abi.svm import (
     EVTINJ_TYPE_EXCEPTION,
@@ -47,6 +55,8 @@ from sevsim.errors import (
     GuestTimeout,
     MemoryAccessError,
     ResourceExhausted,
+    RmpInstructionError,
+    RmpViolation,
     SevsimError,
     VmStateError,
 )
@@ -60,6 +70,7 @@ from sevsim.hw.npt import NOT_PRESENT, NestedPageTable
 
 _RESERVED_FRAMES = 256  # the host kernel's own first MiB
 _QUANTUM_S = 0.005
+_PSC_INVALID = 1  # a PSC for a page the hypervisor will not change (no such page, bad op)
 _GUEST_MSRS = {0x10: 0, 0x1B: 0xFEE0_0900, 0xC000_0080: 0x500, 0xC001_0130: 0}
 
 IoHandler = Callable[["HvVm", int, int, bool, int], int | None]
@@ -86,6 +97,7 @@ class HvVm:
     shared_gpns: set[int] = field(default_factory=set)
     msrs: dict[int, int] = field(default_factory=lambda: dict(_GUEST_MSRS))
     vmsa_frames: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    gctx_frame: int = -1  # SEV-SNP: the page the firmware holds the guest context in
     ghcb_gpas: dict[int, int] = field(default_factory=dict)  # vCPU index -> registered GHCB
     termination: tuple[int, int] | None = None  # (reason set, code) the guest asked to stop with
     stopped: bool = False
@@ -112,13 +124,13 @@ class Hypervisor:
         if mode not in self.chip.modes:
             raise ConfigError(f"chip {self.chip.name} does not support mode {mode.value}; "
                               f"it supports {', '.join(m.value for m in self.chip.modes)}")
-        if mode is GuestMode.SNP:
-            raise ConfigError(f"mode {mode.value} is not available yet")
         if memory_size < 1 << 20 or memory_size % PAGE:
             raise ConfigError(f"VM memory {memory_size} must be a multiple of 4 KiB, >= 1 MiB")
         if not 1 <= vcpus <= 64:
             raise ConfigError(f"vCPU count {vcpus} outside 1..64")
-        es = mode is GuestMode.SEV_ES
+        es = mode in (GuestMode.SEV_ES, GuestMode.SNP)
+        if mode is GuestMode.SNP and not self.firmware.snp_initialized:
+            self.firmware.snp_init()  # KVM initialises SNP when its first SNP guest needs it
         frames = self.allocate_host_pages(memory_size // PAGE + (vcpus if es else 0))
         try:
             asid = self._allocate_asid(mode)
@@ -126,7 +138,8 @@ class Hypervisor:
             self._frame_used[frames] = False
             raise
         npt = NestedPageTable(memory_size + (1 << 30))
-        space = GuestAddressSpace(self.memory, npt, asid, mode.encrypted)
+        space = GuestAddressSpace(self.memory, npt, asid, mode.encrypted,
+                                  snp=mode is GuestMode.SNP)
         ram, vmsas = np.split(frames, [memory_size // PAGE])  # VMSAs: outside the guest's RAM
         vm = HvVm(self._next_vm, mode, asid, memory_size, npt, space, ram, vmsa_frames=vmsas)
         self._next_vm += 1
@@ -146,7 +159,9 @@ class Hypervisor:
         for vcpu in vm.vcpus:
             vcpu.state = VcpuState.STOPPED
         vm.space.detach_all()
-        if vm.firmware_handle:
+        if vm.mode is GuestMode.SNP:
+            self._decommission_snp(vm)
+        elif vm.firmware_handle:
             if self.firmware.guest_status(vm.firmware_handle).asid:
                 self.firmware.deactivate(vm.firmware_handle)
             self.firmware.decommission(vm.firmware_handle)
@@ -158,6 +173,32 @@ class Hypervisor:
         self._frame_used[vm.vmsa_frames] = False
         vm.destroyed = True
         del self.vms[vm.vm_id]
+
+    def _decommission_snp(self, vm: HvVm) -> None:
+        """SNP_DECOMMISSION, then take every page back: PAGE_RECLAIM for the firmware's and
+        the immutable ones (GCTX, VMSAs), RMPUPDATE for the rest."""
+        if vm.firmware_handle:
+            self.firmware.snp_decommission(vm.firmware_handle)
+            vm.firmware_handle = 0
+        rmp = self.memory.rmp
+        frames = np.concatenate((vm.frames, vm.vmsa_frames)).astype(np.int64)
+        if vm.gctx_frame >= 0:
+            frames = np.append(frames, vm.gctx_frame)
+        held = frames[rmp.immutable[frames]]
+        for frame in held.tolist():
+            self.firmware.snp_page_reclaim(frame * PAGE)
+        rmp.rmpupdate(frames[rmp.assigned[frames]])
+        if vm.gctx_frame >= 0:
+            self._frame_used[vm.gctx_frame] = False
+
+    def rmp_assign(self, vm: HvVm, first: int, npages: int) -> None:
+        """RMPUPDATE guest pages [first, first+npages) to the VM, unvalidated (KVM's
+        rmp_make_private): the guest validates them before use."""
+        frames = vm.npt.entries[first:first + npages]
+        if (frames == NOT_PRESENT).any():
+            raise MemoryAccessError(f"VM {vm.vm_id}: GPA 0x{first * PAGE:x}+{npages} pages "
+                                    "are not all mapped")
+        self.memory.rmp.rmpupdate(frames, vm.asid, np.arange(first, first + npages))
 
     def allocate_host_pages(self, count: int) -> np.ndarray:
         """Zeroed frames for the host's own use (VM memory, VMSAs, bounce buffers)."""
@@ -443,8 +484,12 @@ class Hypervisor:
         reply = self._ghcb_request(vm, msr, ghcb)
         if reply is None:
             return False
-        self.write_gpa(vm, msr, Ghcb(reply, ghcb.shared_buffer, ghcb.protocol_version,
-                                     ghcb.usage).to_bytes())
+        try:
+            self.write_gpa(vm, msr, Ghcb(reply, ghcb.shared_buffer, ghcb.protocol_version,
+                                         ghcb.usage).to_bytes())
+        except RmpViolation as err:  # SNP: the guest named a private page as its GHCB
+            raise GuestFault(f"vCPU {vcpu.index}: VMGEXIT with a GHCB the hypervisor may "
+                             f"not write: {err}") from None
         return True
 
     def _ghcb_msr_protocol(self, vm: HvVm, vcpu: Vcpu, msr: int) -> bool:
@@ -458,6 +503,12 @@ class Hypervisor:
         elif code == MsrCode.REG_GPA_REQ:
             vm.ghcb_gpas[vcpu.index] = msr_gfn(msr) * PAGE
             msr = reg_gpa_response(msr_gfn(msr))
+        elif code == MsrCode.PSC_REQ and vm.mode is GuestMode.SNP:
+            gfn, operation = parse_psc_request(msr)
+            if operation in (PSC_PRIVATE, PSC_SHARED):
+                msr = psc_response(self.page_state_change(vm, gfn, operation))
+            else:  # PSMASH and UNSMASH only come in the NAE buffer
+                msr = psc_response(_PSC_INVALID)
         elif code == MsrCode.TERM_REQ:
             vm.termination = parse_term_request(msr)
             self.stop(vm)
@@ -522,6 +573,49 @@ class Hypervisor:
                 return error(GhcbError.MISSING_INPUT)
             args = tuple(save.get(name, 0) for name in ("rbx", "rcx", "rdx", "rsi"))
             out["rax"] = self._hypercall(vm, save["rax"], (*args, 0))
+        elif code == VmgexitEvent.PSC and vm.mode is GuestMode.SNP:
+            return self._psc_buffer(vm, gpa, ghcb)
         else:
             return error(GhcbError.INVALID_EVENT)
         return {**out, "sw_exit_info_1": RESULT_OK, "sw_exit_info_2": 0}
+
+    # -- SEV-SNP: page state changes --------------------------------------------------------
+    def page_state_change(self, vm: HvVm, gfn: int, operation: int) -> int:
+        """KVM's PSC for one 4 KiB page: RMPUPDATE to the guest (private) or back to the
+        hypervisor (shared); PSMASH splits a 2 MiB entry. Returns 0 or an error code."""
+        frame = vm.npt.entries[gfn] if 0 <= gfn < vm.npt.limit_pages else NOT_PRESENT
+        if frame == NOT_PRESENT or gfn >= vm.memory_size // PAGE:
+            return _PSC_INVALID
+        try:
+            if operation == PSC_PRIVATE:
+                self.rmp_assign(vm, gfn, 1)
+            elif operation == PSC_SHARED:
+                self.memory.rmp.rmpupdate(np.array([frame]))
+            elif operation == PSC_PSMASH:
+                self.memory.rmp.psmash(int(frame))
+            else:
+                return _PSC_INVALID
+        except RmpInstructionError as err:
+            return err.code
+        return 0
+
+    def _psc_buffer(self, vm: HvVm, gpa: int, ghcb: Ghcb) -> dict[str, int]:
+        """The PSC NAE event: the descriptor in the shared buffer, processed from cur_entry to
+        end_entry; cur_entry goes back advanced, SW_EXITINFO2 carries the first error."""
+        scratch = ghcb.save.get("sw_scratch", 0) - gpa - SHARED_BUFFER_OFFSET
+        if scratch != 0:
+            return {"sw_exit_info_1": RESULT_ERROR,
+                    "sw_exit_info_2": GhcbError.INVALID_SCRATCH_AREA}
+        try:
+            cur, end, entries = unpack_psc(ghcb.shared_buffer)
+        except ValueError:
+            return {"sw_exit_info_1": RESULT_ERROR, "sw_exit_info_2": GhcbError.INVALID_INPUT}
+        failure = 0
+        while cur <= end and not failure:
+            entry = entries[cur]
+            failure = (_PSC_INVALID if entry.huge
+                       else self.page_state_change(vm, entry.gfn, entry.operation))
+            if not failure:
+                cur += 1
+        ghcb.shared_buffer = psc_set_cur_entry(ghcb.shared_buffer, cur)
+        return {"sw_exit_info_1": RESULT_OK, "sw_exit_info_2": failure}

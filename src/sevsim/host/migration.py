@@ -34,6 +34,7 @@ from sevsim.firmware.transport import MEASURE_SIZE, TransportPacket
 from sevsim.guest.kernel import GuestKernel
 from sevsim.host.machine import Host
 from sevsim.host.vmm import VirtualMachine
+from sevsim.hw.chips import GuestMode
 from sevsim.hw.cpu import Vcpu, VcpuRunState, VcpuState
 from sevsim.hw.engine import PAGE
 from sevsim.hw.npt import NOT_PRESENT
@@ -118,6 +119,9 @@ class _Sender:
     def __init__(self, vm: VirtualMachine, target: Host) -> None:
         if not vm.launched:
             raise VmStateError("only a launched VM can be migrated")
+        if vm.hv.mode is GuestMode.SNP:
+            raise VmStateError("SNP migration (migration agent, SNP_PAGE_MOVE) is not "
+                               "modelled yet")
         if vm.hv.destroyed:
             raise VmStateError(f"VM {vm.hv.vm_id} was destroyed")
         self.vm = vm

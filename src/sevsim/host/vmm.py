@@ -6,12 +6,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from sevsim.abi.bootinfo import SECRET_GPA, Segment, boot_info_for, launch_image
+import numpy as np
+
+from sevsim.abi.bootinfo import (
+    SECRET_GPA,
+    SNP_SECRETS_GPA,
+    Segment,
+    boot_info_for,
+    launch_image,
+)
 from sevsim.abi.policy import PolicyFlags
+from sevsim.abi.snp_launch import VMSA_GPA, PageType
 from sevsim.abi.svm import DEBUG_EXIT_PORT, SERIAL_PORT
 from sevsim.abi.vmsa import reset_state
 from sevsim.errors import ImageError, SevsimError, VmStateError
 from sevsim.firmware.sev import LaunchMeasurement
+from sevsim.firmware.snp import SEV_FEATURES_SNP
 from sevsim.guest.kernel import GuestKernel, kernel_identity
 from sevsim.host.elf import GuestImage, parse_elf
 from sevsim.host.hypervisor import HvVm, Hypervisor
@@ -20,6 +30,7 @@ from sevsim.hw.cpu import VcpuState
 from sevsim.hw.engine import PAGE
 
 DEFAULT_POLICY = int(PolicyFlags.NODBG)  # QEMU's default sev-guest policy
+DEFAULT_SNP_POLICY = 0x30000  # QEMU's sev-snp-guest default: SMT allowed, reserved bit 17
 _LINE_STATUS = SERIAL_PORT + 5
 _LSR_IDLE = 0x60  # transmitter empty: the guest may always write
 
@@ -120,6 +131,12 @@ class VirtualMachine:
             raise VmStateError("the VM is already launched")
         if owner is not None and not self.hv.mode.encrypted:
             raise VmStateError("a plain VM has no launch for a guest owner to attest")
+        if self.hv.mode is GuestMode.SNP:
+            if owner is not None:
+                raise VmStateError("SNP guests attest with reports, not the legacy owner flow")
+            self._launch_snp(DEFAULT_SNP_POLICY if policy is None else policy)
+            self.launched = True
+            return None
         if policy is None:
             policy = owner.policy if owner is not None else DEFAULT_POLICY
             if owner is None and self.hv.mode is GuestMode.SEV_ES:
@@ -158,6 +175,35 @@ class VirtualMachine:
                 raise VmStateError(f"vCPU {vcpu.index} has no VMSA page")
             self.hypervisor.write_spa(vcpu.vmsa_spa, page)
             self.hypervisor.firmware.launch_update_vmsa(handle, vcpu.vmsa_spa)
+
+    def _launch_snp(self, policy: int) -> None:
+        """SEV-SNP as QEMU and KVM do it: a GCTX page, SNP_LAUNCH_START and SNP_ACTIVATE; all
+        RAM assigned to the guest (RMPUPDATE, unvalidated: the guest validates what it uses);
+        SNP_LAUNCH_UPDATE for the image (NORMAL), the secrets page and each vCPU's VMSA;
+        SNP_LAUNCH_FINISH."""
+        hv, vm = self.hypervisor, self.hv
+        fw = hv.firmware
+        vm.gctx_frame = int(hv.allocate_host_pages(1)[0])
+        gctx = vm.gctx_frame * PAGE
+        fw.snp_gctx_create(gctx)
+        vm.firmware_handle = gctx
+        fw.snp_launch_start(gctx, policy)
+        fw.snp_activate(gctx, self.asid)
+        hv.rmp_assign(vm, 0, self.memory_size // PAGE)
+        for gpn in self._measured_pages:
+            fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, gpn * PAGE), PageType.NORMAL)
+        fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, SNP_SECRETS_GPA), PageType.SECRETS)
+        vmsa = reset_state()
+        vmsa.regs["sev_features"] = SEV_FEATURES_SNP
+        page = vmsa.to_bytes()
+        for vcpu in vm.vcpus:
+            if vcpu.vmsa_spa is None:
+                raise VmStateError(f"vCPU {vcpu.index} has no VMSA page")
+            hv.write_spa(vcpu.vmsa_spa, page)
+            hv.memory.rmp.rmpupdate(np.array([vcpu.vmsa_spa // PAGE]), self.asid,
+                                    np.array([VMSA_GPA // PAGE]))
+            fw.snp_launch_update(gctx, vcpu.vmsa_spa, PageType.VMSA)
+        fw.snp_launch_finish(gctx)
 
     def _spa_runs(self) -> list[tuple[int, int]]:
         """The measured pages as (SPA, length) runs, in guest-physical order."""

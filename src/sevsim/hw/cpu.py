@@ -47,16 +47,17 @@ from sevsim.abi.svm import (
     MSR_READ,
     MSR_WRITE,
     NPF_FETCH,
+    NPF_RMP,
     NPF_WRITE,
     ExitCode,
     ioio_info,
 )
 from sevsim.abi.vmsa import GPRS, Segment, Vmsa
-from sevsim.errors import GuestFault, VmrunError, VmStateError
+from sevsim.errors import GuestFault, PageNotValidated, VmrunError, VmStateError
 from sevsim.hw.chips import ChipPreset, GuestMode
 from sevsim.hw.engine import PAGE
 from sevsim.hw.memory import MemoryController
-from sevsim.hw.mmu import GuestAddressSpace
+from sevsim.hw.mmu import RMP_NOT_VALIDATED, RMP_NPF, GuestAddressSpace
 
 REGISTERS: dict[str, int] = {
     name: getattr(x86, f"UC_X86_REG_{name.upper()}")
@@ -359,6 +360,11 @@ class Vcpu:
         first VMRUN loads the launch VMSA into the engine; later ones find in it exactly the
         state the engine kept, so there is nothing to load."""
         spa = self._vmsa_page()
+        rmp, frame = self.space.memory.rmp, spa // PAGE
+        if self.mode is GuestMode.SNP and not (
+                rmp.vmsa[frame] and rmp.asid[frame] == self.vmcb.asid):
+            raise self._refuse(f"the RMP does not tag SPA 0x{spa:x} as a VMSA of "
+                               f"ASID {self.vmcb.asid}")
         page = self._read_vmsa(spa)
         if not self._seals.check(self.vmcb.asid, spa, page):
             raise self._refuse(f"the VMSA at SPA 0x{spa:x} fails its integrity check")
@@ -414,7 +420,7 @@ class Vcpu:
             memory.cells[spa:spa + PAGE] = np.frombuffer(page, dtype=np.uint8)
             return
         plain = np.frombuffer(page, dtype=np.uint8)
-        memory.write(spa, memory.engine.encrypt_blocks(asid, spa, plain).tobytes())
+        memory.write_soc(spa, memory.engine.encrypt_blocks(asid, spa, plain).tobytes())
 
     # -- intercepted instructions ------------------------------------------------------------
     def _on_in(self, uc: Uc, port: int, size: int, _ud: object) -> int:
@@ -525,6 +531,16 @@ class Vcpu:
                      _ud: object) -> bool:
         info1 = (NPF_WRITE if access == UC_MEM_WRITE_UNMAPPED else 0) | (
             NPF_FETCH if access == UC_MEM_FETCH_UNMAPPED else 0)
+        rmp = self.space.rmp_fault(address)
+        if rmp == RMP_NOT_VALIDATED:
+            self.state = VcpuState.STOPPED
+            self._pending = self._pending or PageNotValidated(
+                f"vCPU {self.index}: #VC page not validated at GPA 0x{address:x} "
+                f"(RIP 0x{self._rip():x})")
+            uc.emu_stop()
+            return False
+        if rmp == RMP_NPF:
+            info1 |= NPF_RMP
 
         def handle() -> bool:
             if self._exit(VmExit(ExitCode.NPF, info1, address)):
@@ -567,6 +583,24 @@ class GuestCpu:
         """Mark pages private (C=1) or shared in the guest page tables."""
         first = gpa // PAGE
         self._vcpu.space.set_c_bit(first, first + npages, private, zero)
+
+    def pvalidate(self, gpa: int, npages: int, validate: bool) -> np.ndarray:
+        """PVALIDATE each 4 KiB page from `gpa` (SEV-SNP). Returns rFLAGS.CF per page: set
+        where the page already was in that state (double validation); the kernel decides
+        what that means. Raises RmpInstructionError (FAIL_INPUT) for a page that is not
+        this guest's at that GPA."""
+        vcpu = self._vcpu
+        if vcpu.mode is not GuestMode.SNP:
+            raise GuestFault(f"vCPU {self.index}: #UD: PVALIDATE outside SEV-SNP")
+        if gpa % PAGE or npages < 1 or gpa // PAGE + npages > vcpu.space.npt.limit_pages:
+            raise GuestFault(f"vCPU {self.index}: PVALIDATE of 0x{gpa:x}+{npages} pages")
+        frames = vcpu.space.own_frames(gpa // PAGE, gpa // PAGE + npages)
+        return vcpu.space.memory.rmp.pvalidate(frames, validate)
+
+    def rmpadjust(self, gpa: int, target_vmpl: int, perms: int) -> None:
+        """RMPADJUST from VMPL0 (the only VMPL sevsim guests run at so far)."""
+        frames = self._vcpu.space.own_frames(gpa // PAGE, gpa // PAGE + 1)
+        self._vcpu.space.memory.rmp.rmpadjust(int(frames[0]), 0, target_vmpl, perms)
 
     def mark_executable(self, gpa: int, length: int) -> None:
         """Guest page tables say this range holds code (the CPU decodes it)."""

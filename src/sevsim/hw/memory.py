@@ -16,8 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
-from sevsim.errors import MemoryAccessError
+from sevsim.errors import MemoryAccessError, RmpViolation
 from sevsim.hw.engine import BLOCK, PAGE, EncryptionEngine
+from sevsim.hw.rmp import Rmp
 
 RAW = 0  # storage domain of frames whose cells hold the DRAM bytes themselves
 
@@ -60,6 +61,7 @@ class MemoryController:
         self.pins = np.zeros(self.nframes, dtype=np.int32)
         self.write_listeners: list[Callable[[int, int], None]] = []
         self.mappers: list[FrameMapper] = []
+        self.rmp = Rmp(self.nframes)
 
     # -- addresses -------------------------------------------------------------------------
     def check_range(self, spa: int, length: int) -> None:
@@ -81,7 +83,24 @@ class MemoryController:
         return self._dram_bytes(lo, hi)[spa - lo:spa - lo + length].tobytes()
 
     def write(self, spa: int, data: bytes) -> None:
-        """A write of DRAM bytes from outside: the owner later decrypts whatever lands here."""
+        """A write of DRAM bytes from outside: the owner later decrypts whatever lands here.
+        Under SNP the RMP refuses it on guest or firmware frames, and nothing changes."""
+        length = len(data)
+        self.check_range(spa, length)
+        if length and self.rmp.enabled:
+            frames = np.arange(spa // PAGE, (spa + length - 1) // PAGE + 1)
+            owned = self.rmp.guest_owned(frames)
+            if owned.any():
+                frame = int(frames[owned][0])
+                asid = int(self.rmp.asid[frame])
+                raise RmpViolation(f"RMP violation: host write to SPA 0x{spa:x}+0x{length:x}: "
+                                   f"frame 0x{frame:x} belongs to "
+                                   f"{f'ASID {asid}' if asid else 'the firmware'}")
+        self.write_soc(spa, data)
+
+    def write_soc(self, spa: int, data: bytes) -> None:
+        """A write of DRAM bytes from inside the SoC (the CPU storing a VMSA, a guest's access
+        through the engine): the RMP was checked where the access was allowed."""
         length = len(data)
         self.check_range(spa, length)
         if length == 0:

@@ -5,6 +5,12 @@ private page of an encrypted VM, raw otherwise) is mapped straight onto the fram
 A page whose frame belongs to another key domain still in use elsewhere (the hypervisor
 mapped another VM's page here, say) goes through the engine on every access, so the guest
 reads the decryption of that DRAM under its own key, exactly the garbage hardware returns.
+
+Under SEV-SNP a page is mapped only if the RMP allows it too: a private page's frame must be
+assigned to this ASID at this very GPA and validated, a shared page's frame must be the
+hypervisor's. Pages that fail stay unmapped, so the guest's first touch exits (#NPF with the
+RMP bit, or #VC for a page not validated); pages that pass are mapped directly as in every
+other mode. NPT changes, C-bit changes and RMP changes re-run the check for what they touch.
 """
 
 from __future__ import annotations
@@ -17,19 +23,22 @@ from unicorn import UC_PROT_ALL, Uc
 from sevsim.hw.engine import BLOCK, PAGE
 from sevsim.hw.memory import RAW, MemoryController
 from sevsim.hw.npt import NOT_PRESENT, NestedPageTable
+from sevsim.hw.rmp import RmpResult, rmp_failure
 
 _DIRECT, _TRANSLATED = 1, 2
+RMP_OK, RMP_NPF, RMP_NOT_VALIDATED = 0, 1, 2
 
 
 class GuestAddressSpace:
     """Keeps every vCPU engine of one VM mapped to what its NPT and C-bits say."""
 
     def __init__(self, memory: MemoryController, npt: NestedPageTable, asid: int,
-                 encrypted: bool) -> None:
+                 encrypted: bool, snp: bool = False) -> None:
         self.memory = memory
         self.npt = npt
         self.asid = asid
         self.encrypted = encrypted
+        self.snp = snp
         self.c_bit = np.zeros(npt.limit_pages, dtype=bool)
         self.engines: list[Uc] = []
         self._regions: dict[int, tuple[int, int]] = {}  # start gpn -> (stop gpn, kind)
@@ -37,6 +46,8 @@ class GuestAddressSpace:
         npt.listeners.append(self.refresh)
         memory.write_listeners.append(self._host_wrote)
         memory.mappers.append(self)
+        if snp:
+            memory.rmp.listeners.append(self._rmp_changed)
 
     # -- what the guest controls -------------------------------------------------------------
     def accessor_domain(self, gpn: int) -> int:
@@ -66,6 +77,8 @@ class GuestAddressSpace:
         self.npt.listeners.remove(self.refresh)
         self.memory.write_listeners.remove(self._host_wrote)
         self.memory.mappers.remove(self)
+        if self.snp:
+            self.memory.rmp.listeners.remove(self._rmp_changed)
 
     def release(self, first: int, stop: int) -> Callable[[], None]:
         """Let go of directly mapped frames [first, stop) until the returned call."""
@@ -82,6 +95,8 @@ class GuestAddressSpace:
         first, stop = self._unmap_span(first, stop)
         frames = self.npt.entries[first:stop]
         present = frames != NOT_PRESENT
+        if self.snp:
+            present &= self._rmp_check(first, stop) == RMP_OK
         if not present.any():
             return
         safe = np.where(present, frames, 0)
@@ -103,6 +118,49 @@ class GuestAddressSpace:
                           np.concatenate((breaks, [kind.size])).tolist(), strict=True):
             if kind[lo]:
                 self._add_region(first + lo, first + hi, int(kind[lo]))
+
+    # -- SEV-SNP ------------------------------------------------------------------------------
+    def _rmp_check(self, first: int, stop: int) -> np.ndarray:
+        """RMP_OK, RMP_NPF or RMP_NOT_VALIDATED per guest page of [first, stop) (present
+        pages only are meaningful)."""
+        rmp = self.memory.rmp
+        frames = np.maximum(self.npt.entries[first:stop], 0)
+        assigned = rmp.assigned[frames]
+        own = (assigned & (rmp.asid[frames] == self.asid) & ~rmp.vmsa[frames]
+               & (rmp.gpn[frames] == np.arange(first, stop)))
+        private = self.c_bit[first:stop]
+        return np.where(private, np.where(own, np.where(rmp.validated[frames], RMP_OK,
+                                                        RMP_NOT_VALIDATED), RMP_NPF),
+                        np.where(assigned, RMP_NPF, RMP_OK))
+
+    def rmp_fault(self, gpa: int) -> int:
+        """Why an access to a present page was not mapped (RMP_OK: it was not the RMP)."""
+        gpn = gpa // PAGE
+        if not self.snp or self.npt.lookup(gpa) is None:
+            return RMP_OK
+        return int(self._rmp_check(gpn, gpn + 1)[0])
+
+    def own_frames(self, first: int, stop: int) -> np.ndarray:
+        """The frames behind guest pages [first, stop) for PVALIDATE's nested walk; raises
+        (FAIL_INPUT) unless every page is present and assigned to this guest at that GPA."""
+        frames = self.npt.entries[first:stop]
+        rmp = self.memory.rmp
+        safe = np.maximum(frames, 0)
+        ok = ((frames != NOT_PRESENT) & rmp.assigned[safe] & (rmp.asid[safe] == self.asid)
+              & (rmp.gpn[safe] == np.arange(first, stop)) & ~rmp.vmsa[safe])
+        if not ok.all():
+            bad = first + int(np.flatnonzero(~ok)[0])
+            raise rmp_failure(RmpResult.FAIL_INPUT,
+                              f"GPA 0x{bad * PAGE:x} is not this guest's page there")
+        return frames
+
+    def _rmp_changed(self, frames: np.ndarray) -> None:
+        """RMP entries changed: re-check the guest pages mapped to those frames."""
+        lo, hi = int(frames.min()), int(frames.max()) + 1
+        entries = self.npt.entries
+        gpns = np.flatnonzero((entries >= lo) & (entries < hi))
+        if gpns.size:
+            self.refresh(int(gpns[0]), int(gpns[-1]) + 1)
 
     # -- internals ---------------------------------------------------------------------------
     def _add_region(self, start: int, stop: int, kind: int) -> None:
@@ -180,4 +238,4 @@ class GuestAddressSpace:
         dom = self.accessor_domain(lo // PAGE)
         data = np.frombuffer(bytes(plain), dtype=np.uint8)
         dram = data if dom == RAW else self.memory.engine.encrypt_blocks(dom, spa, data)
-        self.memory.write(spa, dram.tobytes())
+        self.memory.write_soc(spa, dram.tobytes())

@@ -1,0 +1,396 @@
+"""The SEV-SNP command set: platform init, guest contexts, the SNP launch, decommission.
+
+An SNP guest is named by its guest context page (GCTX), a host page the firmware takes over
+(the RMP makes it a firmware page). Launched pages must have been assigned to the guest by the
+hypervisor (RMPUPDATE, unvalidated) at the GPA the firmware reads from the RMP; SNP_LAUNCH_UPDATE
+encrypts them, validates them and chains PAGE_INFO into the launch digest
+(spec-formats.md §6.1, abi/snp_launch.py). SNP_LAUNCH_FINISH checks an optional ID block
+and its ID_AUTH_INFO signatures. As everywhere in the firmware, checks run first and a refused
+command (FirmwareError with AMD's status) changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+
+from sevsim.abi.cpuid import SevFeatures
+from sevsim.abi.snp_errors import LaunchFormatError, TcbFormatError
+from sevsim.abi.snp_launch import (
+    DIGEST_SIZE,
+    INITIAL_DIGEST,
+    VMSA_GPA,
+    IdAuthInfo,
+    IdBlock,
+    PageType,
+    update_digest,
+    verify_id_block,
+)
+from sevsim.abi.snp_tcb import PolicyFlags, SnpPolicy
+from sevsim.abi.status import SevStatus
+from sevsim.abi.vmsa import Vmsa
+from sevsim.errors import FirmwareError, MemoryAccessError
+from sevsim.firmware.core import FirmwareCore
+from sevsim.hw.cpu import vmsa_seals
+from sevsim.hw.engine import PAGE
+from sevsim.hw.rmp import PAGE_4K
+
+SECRETS_VERSION = 2  # the layout of spec-formats.md §7.3
+VMPCK_SIZE = 32
+_VMPCK_OFFSET = 0x20
+_GOSVW_OFFSET = 0x10
+SEV_FEATURES_SNP = 1  # VMSA SEV_FEATURES bit 0: SNP active
+# The SNP CPUID page (Linux struct snp_cpuid_table): count, reserved, then 0x30-byte entries
+# {eax_in, ecx_in, xcr0_in u64, xss_in u64, eax, ebx, ecx, edx, reserved u64}.
+CPUID_MAX_ENTRIES = 64
+_CPUID_HEAD = struct.Struct("<II8x")
+_CPUID_ENTRY = struct.Struct("<IIQQIIII8x")
+_SNP_STATUS = struct.Struct("<BBBBIIIQQ")
+
+
+class SnpPlatformState(IntEnum):
+    UNINIT = 0
+    INIT = 1
+
+
+class SnpGuestState(IntEnum):
+    INIT = 0
+    LAUNCH = 1
+    RUNNING = 2
+
+
+@dataclass(frozen=True)
+class SnpPlatformStatus:
+    """SNP_PLATFORM_STATUS output (0x20 bytes, Linux sev_user_data_snp_status). The TCB
+    fields stay zero until TCB versions are modelled."""
+
+    api_major: int
+    api_minor: int
+    state: SnpPlatformState
+    rmp_initialized: bool
+    build: int
+    guest_count: int
+    current_tcb: int = 0
+    reported_tcb: int = 0
+
+    def to_bytes(self) -> bytes:
+        return _SNP_STATUS.pack(self.api_major, self.api_minor, self.state,
+                                int(self.rmp_initialized), self.build, 0, self.guest_count,
+                                self.current_tcb, self.reported_tcb)
+
+
+@dataclass(frozen=True)
+class SnpGuestStatus:
+    """SNP_GUEST_STATUS output: the guest's policy, ASID and state."""
+
+    policy: int
+    asid: int
+    state: SnpGuestState
+
+
+@dataclass
+class SnpGuestContext:
+    """One SNP guest as the firmware keeps it (in its GCTX page, out of everyone's reach)."""
+
+    gctx: int
+    state: SnpGuestState = SnpGuestState.INIT
+    policy: SnpPolicy = field(default_factory=SnpPolicy)
+    vek: bytes = field(default=b"", repr=False)
+    vmpcks: tuple[bytes, ...] = field(default=(), repr=False)
+    gosvw: bytes = bytes(16)
+    asid: int = 0
+    launch_digest: bytes = INITIAL_DIGEST
+    host_data: bytes = bytes(32)
+    # from SNP_LAUNCH_FINISH's ID block, for the reports: zero without one
+    id_block: IdBlock | None = None
+    id_key_digest: bytes = bytes(DIGEST_SIZE)
+    author_key_digest: bytes = bytes(DIGEST_SIZE)
+
+
+class SnpFirmware(FirmwareCore):
+    """SNP platform and launch commands."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._snp_state = SnpPlatformState.UNINIT
+        self._snp_guests: dict[int, SnpGuestContext] = {}
+        self.smt_enabled = True  # the platform's configuration, as a guest policy sees it
+        self.sockets = 1
+
+    # -- platform ---------------------------------------------------------------------------
+    def snp_init(self) -> None:
+        """Initialise SNP: from here on the RMP is checked."""
+        if SevFeatures.SEV_SNP not in self.chip.features:
+            raise FirmwareError(SevStatus.UNSUPPORTED, f"{self.chip.product} has no SEV-SNP")
+        if self._snp_state is not SnpPlatformState.UNINIT:
+            raise FirmwareError(SevStatus.INVALID_PLATFORM_STATE, "SNP is already initialised")
+        self._snp_state = SnpPlatformState.INIT
+        self._memory.rmp.enabled = True
+
+    @property
+    def snp_initialized(self) -> bool:
+        return self._snp_state is SnpPlatformState.INIT
+
+    def snp_platform_status(self) -> SnpPlatformStatus:
+        return SnpPlatformStatus(self.chip.api_major, self.chip.api_minor, self._snp_state,
+                                 self._memory.rmp.enabled, self.chip.build,
+                                 len(self._snp_guests))
+
+    # -- guest contexts ---------------------------------------------------------------------
+    def snp_gctx_create(self, gctx: int) -> None:
+        """The page at `gctx` (a hypervisor page) becomes this guest's context page."""
+        self._require_snp("SNP_GCTX_CREATE")
+        frame = self._page_frame(gctx, "SNP_GCTX_CREATE")
+        if self._memory.rmp.assigned[frame]:
+            raise FirmwareError(SevStatus.INVALID_PAGE_STATE,
+                                f"SNP_GCTX_CREATE: page 0x{gctx:x} is not a hypervisor page")
+        self._memory.rmp.set_firmware_page(frame)
+        self._snp_guests[gctx] = SnpGuestContext(gctx)
+
+    def snp_context(self, gctx: int, command: str = "SNP command",
+                    state: SnpGuestState | None = None) -> SnpGuestContext:
+        """The context a GCTX page address names, in `state` if given."""
+        self._require_snp(command)
+        ctx = self._snp_guests.get(gctx)
+        if ctx is None:
+            raise FirmwareError(SevStatus.INVALID_GUEST, f"{command}: no guest context at "
+                                f"0x{gctx:x}")
+        if state is not None and ctx.state is not state:
+            raise FirmwareError(SevStatus.INVALID_GUEST_STATE,
+                                f"{command} needs guest state {state.name}, it is "
+                                f"{ctx.state.name}")
+        return ctx
+
+    def snp_launch_start(self, gctx: int, policy: int, gosvw: bytes = bytes(16),
+                         migration_agent: int = 0) -> None:
+        """Check the guest policy against this platform; a fresh VEK and VMPCK0-3."""
+        ctx = self.snp_context(gctx, "SNP_LAUNCH_START", SnpGuestState.INIT)
+        try:
+            decoded = SnpPolicy.from_int(policy)
+        except TcbFormatError as err:
+            raise FirmwareError(SevStatus.INVALID_PARAM, str(err)) from None
+        if len(gosvw) != 16:
+            raise FirmwareError(SevStatus.INVALID_LENGTH, "GOSVW is 16 bytes")
+        refusal = self._policy_refusal(decoded, migration_agent)
+        if refusal:
+            raise FirmwareError(SevStatus.POLICY_FAILURE, f"SNP_LAUNCH_START: {refusal}")
+        if migration_agent:
+            self.snp_context(migration_agent, "SNP_LAUNCH_START (migration agent)",
+                             SnpGuestState.RUNNING)
+        ctx.policy, ctx.gosvw = decoded, gosvw
+        ctx.vek = os.urandom(16)
+        ctx.vmpcks = tuple(os.urandom(VMPCK_SIZE) for _ in range(4))
+        ctx.state = SnpGuestState.LAUNCH
+
+    def _policy_refusal(self, policy: SnpPolicy, migration_agent: int) -> str:
+        flags = policy.flags
+        if (policy.abi_major, policy.abi_minor) > (self.chip.api_major, self.chip.api_minor):
+            return (f"policy needs ABI {policy.abi_major}.{policy.abi_minor}, firmware is "
+                    f"{self.chip.api_major}.{self.chip.api_minor}")
+        if PolicyFlags.SMT not in flags and self.smt_enabled:
+            return "policy forbids SMT, which is enabled on this host"
+        if PolicyFlags.SINGLE_SOCKET in flags and self.sockets > 1:
+            return f"policy requires a single socket, this host has {self.sockets}"
+        if PolicyFlags.MEM_AES_256_XTS in flags and not self.chip.xts256:
+            return f"policy requires AES-256-XTS, which {self.chip.product} lacks"
+        if PolicyFlags.RAPL_DIS in flags:
+            return "policy requires RAPL disabled; this platform keeps it enabled"
+        if PolicyFlags.CIPHERTEXT_HIDING in flags:
+            return "policy requires ciphertext hiding, which this platform has not enabled"
+        if migration_agent and PolicyFlags.MIGRATE_MA not in flags:
+            return "a migration agent was given, the policy does not allow one"
+        return ""
+
+    def snp_activate(self, gctx: int, asid: int) -> None:
+        """Bind the guest to an ASID from the SEV-ES/SNP range and load its key."""
+        ctx = self.snp_context(gctx, "SNP_ACTIVATE")
+        if ctx.state is SnpGuestState.INIT:
+            raise FirmwareError(SevStatus.INVALID_GUEST_STATE,
+                                "SNP_ACTIVATE before SNP_LAUNCH_START")
+        if ctx.asid:
+            raise FirmwareError(SevStatus.ACTIVE, f"guest is already on ASID {ctx.asid}")
+        if asid not in range(1, self.chip.min_sev_asid):
+            raise FirmwareError(SevStatus.INVALID_ASID, f"ASID {asid} outside the SEV-ES/SNP "
+                                f"range 1..{self.chip.min_sev_asid - 1}")
+        if asid in self._asid_owner:
+            raise FirmwareError(SevStatus.ASID_OWNED, f"ASID {asid} is in use")
+        if asid in self._asid_dirty:
+            raise FirmwareError(SevStatus.DF_FLUSH_REQUIRED,
+                                f"ASID {asid} was decommissioned; DF_FLUSH before reuse")
+        self._memory.engine.load_key(asid, ctx.vek)
+        ctx.asid = asid
+        self._asid_owner[asid] = gctx
+
+    # -- launch ------------------------------------------------------------------------------
+    def snp_launch_update(self, gctx: int, spa: int, page_type: PageType) -> None:
+        """Launch one page the hypervisor assigned to the guest (RMPUPDATE): encrypt it as its
+        type says, validate it in the RMP and extend the launch digest with its PAGE_INFO."""
+        ctx = self.snp_context(gctx, "SNP_LAUNCH_UPDATE", SnpGuestState.LAUNCH)
+        if not ctx.asid:
+            raise FirmwareError(SevStatus.INACTIVE, "SNP_ACTIVATE before SNP_LAUNCH_UPDATE")
+        try:
+            page_type = PageType(page_type)
+        except ValueError:
+            raise FirmwareError(SevStatus.INVALID_PARAM,
+                                f"page type {page_type} is not one AMD defines") from None
+        frame = self._page_frame(spa, "SNP_LAUNCH_UPDATE")
+        rmp = self._memory.rmp
+        if not (rmp.assigned[frame] and rmp.asid[frame] == ctx.asid) or (
+                rmp.validated[frame] or rmp.immutable[frame] or rmp.vmsa[frame]
+                or rmp.page_size[frame] != PAGE_4K):
+            raise FirmwareError(SevStatus.INVALID_PAGE_STATE,
+                                f"page 0x{spa:x} is not an unvalidated 4 KiB page assigned "
+                                f"to ASID {ctx.asid}")
+        plaintext = self._memory.read(spa, PAGE)  # what the hypervisor put in DRAM
+        gpa = VMSA_GPA if page_type is PageType.VMSA else int(rmp.gpn[frame]) * PAGE
+        if page_type is PageType.VMSA:
+            self._check_vmsa(plaintext)
+        elif page_type is PageType.CPUID:
+            self._check_cpuid_page(plaintext)
+        try:
+            digest = update_digest(ctx.launch_digest, page_type, gpa, plaintext)
+        except LaunchFormatError as err:
+            raise FirmwareError(SevStatus.INVALID_ADDRESS, f"SNP_LAUNCH_UPDATE: {err}") from None
+        # checks done: from here on the command succeeds
+        if page_type is PageType.ZERO:
+            self._memory.write_domain(spa, bytes(PAGE), ctx.asid)
+        elif page_type is PageType.SECRETS:
+            self._memory.write_domain(spa, self._secrets_page(ctx), ctx.asid)
+        else:
+            self._memory.encrypt_in_place(spa, PAGE, ctx.asid)
+        if page_type is PageType.VMSA:
+            vmsa_seals(self._memory).seal(ctx.asid, spa, plaintext)
+        ctx.launch_digest = digest
+        vmsa = page_type is PageType.VMSA
+        rmp.set_guest_page(frame, ctx.asid, int(rmp.gpn[frame]), vmsa=vmsa, immutable=vmsa)
+
+    def snp_launch_finish(self, gctx: int, host_data: bytes = bytes(32),
+                          id_block: bytes | None = None, id_auth: bytes | None = None,
+                          author_key_en: bool = False) -> None:
+        """End the launch: the guest may run. With an ID block (and its ID_AUTH_INFO) the
+        author's expected launch digest and policy must be this guest's and the ID key's
+        (and with AUTHOR_KEY_EN the author key's) ECDSA P-384 signature must verify."""
+        ctx = self.snp_context(gctx, "SNP_LAUNCH_FINISH", SnpGuestState.LAUNCH)
+        if len(host_data) != 32:
+            raise FirmwareError(SevStatus.INVALID_LENGTH, "HOST_DATA is 32 bytes")
+        if not ctx.asid:
+            raise FirmwareError(SevStatus.INACTIVE, "SNP_ACTIVATE before SNP_LAUNCH_FINISH")
+        block, digests = None, None
+        if id_block is not None or id_auth is not None or author_key_en:
+            if id_block is None or id_auth is None:
+                raise FirmwareError(SevStatus.INVALID_PARAM,
+                                    "an ID block comes with its ID_AUTH_INFO")
+            try:
+                block = IdBlock.from_bytes(id_block)
+                auth = IdAuthInfo.from_bytes(id_auth)
+            except LaunchFormatError as err:
+                raise FirmwareError(SevStatus.INVALID_PARAM, str(err)) from None
+            if block.ld != ctx.launch_digest:
+                raise FirmwareError(SevStatus.BAD_MEASUREMENT,
+                                    "the ID block expects another launch digest")
+            if block.policy != ctx.policy.to_int():
+                raise FirmwareError(SevStatus.POLICY_FAILURE,
+                                    f"the ID block names policy 0x{block.policy:x}, the "
+                                    f"guest has 0x{ctx.policy.to_int():x}")
+            try:
+                digests = verify_id_block(block, auth, author_key_en)
+            except LaunchFormatError as err:
+                raise FirmwareError(SevStatus.INVALID_PARAM, str(err)) from None
+            except InvalidSignature as err:
+                raise FirmwareError(SevStatus.BAD_SIGNATURE,
+                                    f"ID_AUTH_INFO: {err or 'signature does not verify'}"
+                                    ) from None
+        ctx.host_data = host_data
+        if block is not None and digests is not None:
+            ctx.id_block = block
+            ctx.id_key_digest, ctx.author_key_digest = (digests.id_key_digest,
+                                                        digests.author_key_digest)
+        ctx.state = SnpGuestState.RUNNING
+
+    def snp_guest_status(self, gctx: int) -> SnpGuestStatus:
+        ctx = self.snp_context(gctx, "SNP_GUEST_STATUS")
+        return SnpGuestStatus(ctx.policy.to_int(), ctx.asid, ctx.state)
+
+    # -- teardown ----------------------------------------------------------------------------
+    def snp_decommission(self, gctx: int) -> None:
+        """Destroy the guest: its key leaves the slot, the ASID needs DF_FLUSH, and its pages
+        (and the GCTX page) stay as the RMP says until the hypervisor reclaims them."""
+        ctx = self.snp_context(gctx, "SNP_DECOMMISSION")
+        if ctx.asid:
+            self._memory.unload_domain(ctx.asid)
+            self._memory.engine.unload_key(ctx.asid)
+            del self._asid_owner[ctx.asid]
+            self._asid_dirty.add(ctx.asid)
+        del self._snp_guests[gctx]
+
+    def snp_page_reclaim(self, spa: int) -> None:
+        """Hand a firmware page (a decommissioned guest's GCTX) or an immutable page of a
+        decommissioned guest (its VMSA) back to the hypervisor."""
+        frame = self._page_frame(spa, "SNP_PAGE_RECLAIM")
+        rmp = self._memory.rmp
+        if self._snp_state is not SnpPlatformState.INIT:
+            raise FirmwareError(SevStatus.INVALID_PLATFORM_STATE, "SNP is not initialised")
+        if rmp.is_firmware(frame):
+            if spa in self._snp_guests:
+                raise FirmwareError(SevStatus.INVALID_PAGE_STATE, f"page 0x{spa:x} holds a "
+                                    "live guest context; SNP_DECOMMISSION first")
+        elif not (rmp.assigned[frame] and rmp.immutable[frame]) or (
+                int(rmp.asid[frame]) in self._asid_owner):
+            raise FirmwareError(SevStatus.INVALID_PAGE_STATE, f"page 0x{spa:x} is not a "
+                                "firmware page or an immutable page of a decommissioned guest")
+        rmp.reclaim(frame)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _require_snp(self, command: str) -> None:
+        if self._snp_state is not SnpPlatformState.INIT:
+            raise FirmwareError(SevStatus.INVALID_PLATFORM_STATE,
+                                f"{command}: SNP_INIT has not run")
+
+    def _page_frame(self, spa: int, command: str) -> int:
+        if spa % PAGE:
+            raise FirmwareError(SevStatus.INVALID_ADDRESS,
+                                f"{command}: 0x{spa:x} is not page aligned")
+        try:
+            self._memory.check_range(spa, PAGE)
+        except MemoryAccessError as err:
+            raise FirmwareError(SevStatus.INVALID_ADDRESS, f"{command}: {err}") from None
+        return spa // PAGE
+
+    def _secrets_page(self, ctx: SnpGuestContext) -> bytes:
+        """The secrets page (spec-formats.md §7.3): version, FMS, GOSVW and VMPCK0-3."""
+        page = bytearray(PAGE)
+        struct.pack_into("<III", page, 0, SECRETS_VERSION, 0, self.chip.signature)
+        page[_GOSVW_OFFSET:_GOSVW_OFFSET + 16] = ctx.gosvw
+        page[_VMPCK_OFFSET:_VMPCK_OFFSET + 4 * VMPCK_SIZE] = b"".join(ctx.vmpcks)
+        return bytes(page)
+
+    @staticmethod
+    def _check_vmsa(page: bytes) -> None:
+        if not Vmsa.from_bytes(page).regs.get("sev_features", 0) & SEV_FEATURES_SNP:
+            raise FirmwareError(SevStatus.INVALID_PARAM,
+                                "the VMSA's SEV_FEATURES does not enable SNP")
+
+    def _check_cpuid_page(self, page: bytes) -> None:
+        """Minimal model of the firmware's CPUID check: the page may not claim SEV features
+        (Fn8000_001F EAX) the chip lacks, nor another family/model/stepping (Fn0000_0001
+        EAX). Other leaves pass."""
+        count, _ = _CPUID_HEAD.unpack_from(page)
+        if count > CPUID_MAX_ENTRIES:
+            raise FirmwareError(SevStatus.INVALID_PARAM,
+                                f"CPUID page with {count} entries, at most {CPUID_MAX_ENTRIES}")
+        for index in range(count):
+            leaf, _, _, _, eax, _, _, _ = _CPUID_ENTRY.unpack_from(
+                page, _CPUID_HEAD.size + index * _CPUID_ENTRY.size)
+            if leaf == 0x8000_001F and eax & ~int(self.chip.features):
+                raise FirmwareError(SevStatus.INVALID_PARAM,
+                                    f"CPUID page claims Fn8000_001F EAX 0x{eax:x}, the chip "
+                                    f"has 0x{int(self.chip.features):x}")
+            if leaf == 1 and eax != self.chip.signature:
+                raise FirmwareError(SevStatus.INVALID_PARAM,
+                                    f"CPUID page claims signature 0x{eax:x}, the chip is "
+                                    f"0x{self.chip.signature:x}")

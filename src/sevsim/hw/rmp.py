@@ -1,0 +1,189 @@
+"""The SEV-SNP Reverse Map Table: who owns each 4 KiB frame and at which guest address.
+
+One entry per frame (DESIGN.md, attacks.md §4.1): assigned, ASID, GPA, validated, VMSA,
+immutable, page size and the VMPL1-3 permission masks. A frame that is assigned with ASID 0
+belongs to the firmware (a guest context page). The entries live in arrays the memory
+controller checks on host writes and the vCPUs check at nested-translation time; the
+instructions below are the only ways software changes them. Every change tells the
+listeners (each SNP VM's address space), which re-derive their mappings for those frames.
+
+Checks are off until SNP_INIT turns the table on, so SEV, SEV-ES and plain VMs never pay for
+it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import IntEnum
+
+import numpy as np
+
+from sevsim.errors import RmpInstructionError
+
+PAGE_4K, PAGE_2M = 0, 1
+FRAMES_2M = 512
+# VMPL permission mask bits (RMPADJUST): read, write, execute user, execute supervisor.
+PERM_READ, PERM_WRITE, PERM_EXEC_USER, PERM_EXEC_SUPER = 1, 2, 4, 8
+PERM_ALL = PERM_READ | PERM_WRITE | PERM_EXEC_USER | PERM_EXEC_SUPER
+VMPLS = 4
+
+
+class RmpResult(IntEnum):
+    """What RMPUPDATE, PSMASH, PVALIDATE and RMPADJUST return in EAX."""
+
+    SUCCESS = 0
+    FAIL_INPUT = 1
+    FAIL_PERMISSION = 2
+    FAIL_INUSE = 3
+    FAIL_OVERLAP = 4
+    FAIL_SIZEMISMATCH = 6
+
+
+def rmp_failure(code: RmpResult, message: str) -> RmpInstructionError:
+    """The typed error for an RMP instruction returning `code`."""
+    return RmpInstructionError(code, f"{code.name}: {message}")
+
+
+class Rmp:
+    """The table, indexed by frame number."""
+
+    def __init__(self, nframes: int) -> None:
+        self.nframes = nframes
+        self.enabled = False  # SNP_INIT sets it; no check runs before
+        self.assigned = np.zeros(nframes, dtype=bool)
+        self.asid = np.zeros(nframes, dtype=np.int32)
+        self.gpn = np.zeros(nframes, dtype=np.int64)
+        self.validated = np.zeros(nframes, dtype=bool)
+        self.vmsa = np.zeros(nframes, dtype=bool)
+        self.immutable = np.zeros(nframes, dtype=bool)
+        self.page_size = np.zeros(nframes, dtype=np.uint8)
+        self.perms = np.zeros((nframes, VMPLS), dtype=np.uint8)
+        self.listeners: list[Callable[[np.ndarray], None]] = []
+
+    # -- queries ------------------------------------------------------------------------------
+    def guest_owned(self, frames: np.ndarray) -> np.ndarray:
+        """Frames a host write may not touch: assigned to a guest or to the firmware."""
+        return self.assigned[frames]
+
+    def is_firmware(self, frame: int) -> bool:
+        return bool(self.assigned[frame] and self.asid[frame] == 0)
+
+    # -- RMPUPDATE (hypervisor) ---------------------------------------------------------------
+    def rmpupdate(self, frames: np.ndarray, asid: int = 0, gpns: np.ndarray | None = None,
+                  page_size: int = PAGE_4K) -> None:
+        """Assign frames to `asid` at `gpns` (unvalidated), or with asid 0 give them back to
+        the hypervisor. All or nothing: immutable frames (firmware-held) refuse with
+        FAIL_PERMISSION, VMSA frames with FAIL_INUSE, 2 MiB entries need 512 aligned frames."""
+        frames = np.asarray(frames, dtype=np.int64)
+        self._check_frames(frames)
+        if self.immutable[frames].any():
+            raise rmp_failure(RmpResult.FAIL_PERMISSION,
+                        f"frame 0x{int(frames[self.immutable[frames]][0]):x} is immutable")
+        if self.vmsa[frames].any():
+            raise rmp_failure(RmpResult.FAIL_INUSE,
+                        f"frame 0x{int(frames[self.vmsa[frames]][0]):x} is a VMSA")
+        if asid < 0:
+            raise rmp_failure(RmpResult.FAIL_INPUT, f"ASID {asid}")
+        if asid:
+            if gpns is None or len(gpns) != len(frames):
+                raise rmp_failure(RmpResult.FAIL_INPUT, "an assigned frame needs its guest page")
+            gpns = np.asarray(gpns, dtype=np.int64)
+        if page_size == PAGE_2M:
+            self._check_2m(frames, gpns)
+        elif page_size != PAGE_4K:
+            raise rmp_failure(RmpResult.FAIL_INPUT, f"page size {page_size}")
+        self.assigned[frames] = asid != 0
+        self.asid[frames] = asid
+        self.gpn[frames] = gpns if gpns is not None else 0
+        self.page_size[frames] = page_size
+        self._clear_guest_state(frames)
+        self.changed(frames)
+
+    def psmash(self, frame: int) -> None:
+        """Split a 2 MiB entry into 512 4 KiB entries with the same state."""
+        if frame % FRAMES_2M or not 0 <= frame < self.nframes:
+            raise rmp_failure(RmpResult.FAIL_INPUT, f"frame 0x{frame:x} is not 2 MiB aligned")
+        span = np.arange(frame, frame + FRAMES_2M)
+        if self.page_size[frame] != PAGE_2M:
+            raise rmp_failure(RmpResult.FAIL_SIZEMISMATCH,
+                              f"frame 0x{frame:x} is not a 2 MiB entry")
+        self.page_size[span] = PAGE_4K
+        self.changed(span)
+
+    # -- PVALIDATE and RMPADJUST (guest) ------------------------------------------------------
+    def pvalidate(self, frames: np.ndarray, validate: bool) -> np.ndarray:
+        """Set or clear `validated` on frames the caller has already checked are its own at
+        those GPAs (the nested walk does that). Returns rFLAGS.CF per frame: set where the
+        entry already had that state and nothing changed (double validation)."""
+        frames = np.asarray(frames, dtype=np.int64)
+        if (self.page_size[frames] != PAGE_4K).any():
+            raise rmp_failure(RmpResult.FAIL_SIZEMISMATCH, "4 KiB PVALIDATE of a 2 MiB entry")
+        unchanged = self.validated[frames] == validate
+        self.validated[frames] = validate
+        self.perms[frames, 0] = PERM_ALL if validate else 0
+        self.changed(frames[~unchanged])
+        return unchanged
+
+    def rmpadjust(self, frame: int, caller_vmpl: int, target_vmpl: int, perms: int) -> None:
+        """A VMPL gives a less privileged VMPL permissions on one of its validated pages
+        (minimal model: permissions are recorded, VMPL enforcement is not modelled yet)."""
+        if not 0 <= perms <= PERM_ALL or not 0 < target_vmpl < VMPLS:
+            raise rmp_failure(RmpResult.FAIL_INPUT, f"VMPL {target_vmpl} permissions 0x{perms:x}")
+        if target_vmpl <= caller_vmpl:
+            raise rmp_failure(RmpResult.FAIL_PERMISSION,
+                        f"VMPL{caller_vmpl} cannot set permissions of VMPL{target_vmpl}")
+        if not self.validated[frame] or self.vmsa[frame]:
+            raise rmp_failure(RmpResult.FAIL_INPUT, f"frame 0x{frame:x} is not a validated page")
+        self.perms[frame, target_vmpl] = perms
+
+    # -- firmware ----------------------------------------------------------------------------
+    def set_guest_page(self, frame: int, asid: int, gpn: int, *, vmsa: bool = False,
+                       immutable: bool = False) -> None:
+        """SNP_LAUNCH_UPDATE: the firmware validates a launched page (and tags a VMSA)."""
+        self.assigned[frame], self.asid[frame], self.gpn[frame] = True, asid, gpn
+        self.validated[frame], self.vmsa[frame], self.immutable[frame] = True, vmsa, immutable
+        self.perms[frame] = (PERM_ALL, 0, 0, 0)
+        self.changed(np.array([frame]))
+
+    def set_firmware_page(self, frame: int) -> None:
+        """A page the firmware keeps (a guest context): assigned to ASID 0, immutable."""
+        self.assigned[frame], self.asid[frame], self.gpn[frame] = True, 0, 0
+        self.page_size[frame] = PAGE_4K
+        self.immutable[frame] = True
+        self._clear_guest_state(np.array([frame]))
+        self.changed(np.array([frame]))
+
+    def reclaim(self, frame: int) -> None:
+        """SNP_PAGE_RECLAIM: the frame becomes an ordinary hypervisor page again."""
+        self.assigned[frame], self.asid[frame], self.gpn[frame] = False, 0, 0
+        self.immutable[frame] = False
+        self.vmsa[frame] = False
+        self._clear_guest_state(np.array([frame]))
+        self.changed(np.array([frame]))
+
+    def changed(self, frames: np.ndarray) -> None:
+        if frames.size:
+            for listener in self.listeners:
+                listener(frames)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _clear_guest_state(self, frames: np.ndarray) -> None:
+        self.validated[frames] = False
+        self.vmsa[frames] = False
+        self.perms[frames] = 0
+
+    def _check_frames(self, frames: np.ndarray) -> None:
+        if frames.size and (frames.min() < 0 or frames.max() >= self.nframes):
+            raise rmp_failure(RmpResult.FAIL_INPUT, "frame outside DRAM")
+
+    @staticmethod
+    def _check_2m(frames: np.ndarray, gpns: np.ndarray | None) -> None:
+        ok = (frames.size > 0 and frames.size % FRAMES_2M == 0
+              and bool((frames[::FRAMES_2M] % FRAMES_2M == 0).all())
+              and bool((np.diff(frames) == 1).all()))
+        if ok and gpns is not None:
+            ok = bool((gpns[::FRAMES_2M] % FRAMES_2M == 0).all()) and bool(
+                (np.diff(gpns) == 1).all())
+        if not ok:
+            raise rmp_failure(RmpResult.FAIL_INPUT, "a 2 MiB entry needs 512 aligned, consecutive "
+                        "frames and guest pages")
