@@ -1,0 +1,101 @@
+"""The SNP platform identity: CHIP_ID, VCEK per TCB, the simulated X.509 root, report signing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sevsim.abi.snp_cert import SnpCertificate
+from sevsim.abi.snp_report import AttestationReport, verify_report
+from sevsim.abi.snp_tcb import TcbVersion
+from sevsim.firmware.snp_pki import SnpPki, snp_ca_chain
+from sevsim.hw.chips import PRESETS
+from sevsim.hw.engine import EncryptionEngine
+from sevsim.hw.memory import MemoryController
+
+MILAN_TCB = TcbVersion(3, 0, 8, 0x73)
+TURIN_TCB = TcbVersion(1, 0, 3, 0x48, fmc=2)
+
+
+def platform(chip: str = "milan", seed: bytes | None = b"chip-1") -> SnpPki:
+    preset = PRESETS[chip]
+    return SnpPki(preset, MemoryController(1 << 20, EncryptionEngine(preset.tweak)), seed=seed)
+
+
+def test_same_chip_and_tcb_same_vcek_other_tcb_or_chip_another() -> None:
+    a, again, other = platform(), platform(), platform(seed=b"chip-2")
+    key = a.vcek_key(MILAN_TCB).public_key().public_numbers()
+    assert key == again.vcek_key(MILAN_TCB).public_key().public_numbers()
+    assert a.chip_id() == again.chip_id() != other.chip_id()
+    assert key != other.vcek_key(MILAN_TCB).public_key().public_numbers()
+    newer = TcbVersion(3, 0, 9, 0x73)  # an SNP firmware update: a new VCEK
+    assert key != a.vcek_key(newer).public_key().public_numbers()
+
+
+@pytest.mark.parametrize(("chip", "tcb", "hwid"), [("milan", MILAN_TCB, 64),
+                                                    ("genoa", MILAN_TCB, 64),
+                                                    ("turin", TURIN_TCB, 8)])
+def test_vcek_certificate_carries_the_tcb_and_chip_and_chains_to_the_simulated_ask(
+        chip: str, tcb: TcbVersion, hwid: int) -> None:
+    fw = platform(chip)
+    cert = SnpCertificate.from_der(fw.vcek_certificate(tcb))  # strict: KDS's exact layout
+    product = fw.chip.product
+    ask_key = snp_ca_chain(product)[0].public_key()
+    assert isinstance(ask_key, rsa.RSAPublicKey)
+    cert.verify(ask_key)
+    assert cert.tbs.serial == 0 and not cert.is_vlek
+    assert cert.tbs.public_key().public_numbers() == fw.vcek_key(tcb).public_key().public_numbers()
+    assert cert.amd.tcb == tcb and cert.amd.hw_id == fw.chip_id()[:hwid]
+    assert cert.amd.struct_version == (1 if chip == "turin" else 0)
+    assert fw.chip_id()[hwid:] == bytes(64 - hwid)
+    other_root = snp_ca_chain("Genoa" if product != "Genoa" else "Milan")[0].public_key()
+    assert isinstance(other_root, rsa.RSAPublicKey)
+    with pytest.raises(InvalidSignature):
+        cert.verify(other_root)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_openssl_verify_accepts_ark_ask_vcek(tmp_path: Path) -> None:
+    fw = platform("milan")
+    ask, ark = snp_ca_chain("Milan")
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ark.pem").write_bytes(ark.public_bytes(pem))
+    (tmp_path / "ask.pem").write_bytes(ask.public_bytes(pem))
+    der = fw.vcek_certificate(MILAN_TCB)
+    (tmp_path / "vcek.der").write_bytes(der)
+    subprocess.run(["openssl", "x509", "-inform", "DER", "-in", tmp_path / "vcek.der",
+                    "-out", tmp_path / "vcek.pem"], check=True)
+    ok = subprocess.run(["openssl", "verify", "-CAfile", tmp_path / "ark.pem", "-untrusted",
+                         tmp_path / "ask.pem", tmp_path / "vcek.pem"], capture_output=True,
+                        text=True, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    forged = bytearray(der)
+    forged[-10] ^= 1  # inside the signature
+    (tmp_path / "forged.der").write_bytes(bytes(forged))
+    subprocess.run(["openssl", "x509", "-inform", "DER", "-in", tmp_path / "forged.der",
+                    "-out", tmp_path / "forged.pem"], check=True)
+    bad = subprocess.run(["openssl", "verify", "-CAfile", tmp_path / "ark.pem", "-untrusted",
+                          tmp_path / "ask.pem", tmp_path / "forged.pem"], capture_output=True,
+                         check=False)
+    assert bad.returncode != 0
+
+
+def test_signed_report_verifies_with_the_vcek_of_its_reported_tcb() -> None:
+    fw = platform()
+    report = AttestationReport(report_data=b"nonce".ljust(64, b"\0"),
+                               reported_tcb=MILAN_TCB.to_int(), chip_id=fw.chip_id(),
+                               cpuid_fam_id=0x19, cpuid_mod_id=0x01, cpuid_step=1)
+    signed = fw.sign_report(report, MILAN_TCB).to_bytes()
+    verify_report(signed, fw.vcek_key(MILAN_TCB).public_key())
+    with pytest.raises(InvalidSignature):
+        verify_report(signed, fw.vcek_key(TcbVersion(3, 0, 9, 0x73)).public_key())
+    tampered = bytearray(signed)
+    tampered[0x50] ^= 1  # REPORT_DATA
+    with pytest.raises(InvalidSignature):
+        verify_report(bytes(tampered), fw.vcek_key(MILAN_TCB).public_key())
