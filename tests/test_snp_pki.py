@@ -34,6 +34,7 @@ def test_same_chip_and_tcb_same_vcek_other_tcb_or_chip_another() -> None:
     assert key == again.vcek_key(MILAN_TCB).public_key().public_numbers()
     assert a.chip_id() == again.chip_id() != other.chip_id()
     assert key != other.vcek_key(MILAN_TCB).public_key().public_numbers()
+    assert a.vcek_certificate(MILAN_TCB) == again.vcek_certificate(MILAN_TCB)  # as KDS serves
     newer = TcbVersion(3, 0, 9, 0x73)  # an SNP firmware update: a new VCEK
     assert key != a.vcek_key(newer).public_key().public_numbers()
 

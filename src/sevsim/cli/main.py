@@ -12,6 +12,7 @@ from rich.table import Table
 
 from sevsim.abi.policy import PolicyFlags
 from sevsim.cli.debug import debug_app
+from sevsim.cli.kds import kds_app
 from sevsim.cli.owner import owner_app
 from sevsim.errors import ConfigError, GuestTimeout, SevsimError
 from sevsim.hw.chips import DEFAULT_CHIP, PRESETS, GuestMode
@@ -29,6 +30,7 @@ guest_app = typer.Typer(help="Guest programs: build C sources against the sevsim
 app.add_typer(guest_app, name="guest")
 app.add_typer(debug_app, name="debug")
 app.add_typer(owner_app, name="owner")
+app.add_typer(kds_app, name="kds")
 err = Console(stderr=True, soft_wrap=True)
 
 

@@ -18,13 +18,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from sevsim.abi.sev_session import kdf
-from sevsim.abi.snp_cert import AmdExtensions, CertTime, issue, vcek_tbs
+from sevsim.abi.snp_cert import AmdExtensions, CertTime, SnpCertificate, vcek_tbs
 from sevsim.abi.snp_report import AttestationReport
 from sevsim.abi.snp_tcb import Generation, TcbVersion
-from sevsim.firmware.amd_root import simulated_root
+from sevsim.firmware.amd_root import pss_sign, simulated_root
 from sevsim.firmware.pki import P384_ORDER, PlatformPki
 
-_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+AMD_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)  # AMD: salt 48
 _SERIALS = {"Milan": (0x10000, 0x10001), "Genoa": (0x20000, 0x20002), "Turin": (0x30000, 0x30001)}
 _NOT_BEFORE = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
 _KDS = "https://kdsintf.amd.com/vcek/v1"
@@ -64,7 +64,7 @@ def snp_ca_chain(product: str) -> tuple[x509.Certificate, x509.Certificate]:
                                         False), critical=True)
            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
            .add_extension(crl, critical=False)
-           .sign(root.ark_key, hashes.SHA384(), rsa_padding=_PSS))
+           .sign(root.ark_key, hashes.SHA384(), rsa_padding=AMD_PSS))
     ask = (builder(ask_name, ark_name, ask_serial, root.ask_key.public_key())
            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ark_public),
                           critical=False)
@@ -72,7 +72,7 @@ def snp_ca_chain(product: str) -> tuple[x509.Certificate, x509.Certificate]:
            .add_extension(x509.KeyUsage(False, False, False, False, False, True, False, False,
                                         False), critical=True)
            .add_extension(crl, critical=False)
-           .sign(root.ark_key, hashes.SHA384(), rsa_padding=_PSS))
+           .sign(root.ark_key, hashes.SHA384(), rsa_padding=AMD_PSS))
     return ask, ark
 
 
@@ -104,7 +104,9 @@ class SnpPki(PlatformPki):
                             struct_version=1 if generation.turin_layout else 0)
         tbs = vcek_tbs(self.vcek_key(tcb).public_key(), amd, f"SEV-{generation.value}",
                        CertTime.utc(2024, 1, 1))
-        return issue(tbs, simulated_root(generation.value.lower()).ask_key).to_der()
+        # deterministic PSS salt: the same chip and TCB give the same bytes, as KDS serves
+        ask = simulated_root(generation.value.lower()).ask_key
+        return SnpCertificate(tbs, pss_sign(ask, tbs.to_der(), "sha384")).to_der()
 
     def sign_report(self, report: AttestationReport, tcb: TcbVersion) -> AttestationReport:
         """ECDSA P-384 over SHA-384 of the report's signed part, with the VCEK of `tcb`."""

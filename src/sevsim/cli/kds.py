@@ -1,0 +1,49 @@
+"""`sevsim kds serve`: AMD KDS's URL scheme for sevsim's simulated chips."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+kds_app = typer.Typer(help="A key distribution server (AMD KDS's URLs) for simulated chips.",
+                      no_args_is_help=True)
+
+
+@kds_app.command("serve")
+def serve(
+    seed: Annotated[list[str], typer.Option(
+        help="Seed of a simulated chip (as Host(seed=...) / --seed), repeatable.")],
+    chip: Annotated[str, typer.Option(help="milan | genoa | turin")] = "milan",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8080,
+    rate_limit: Annotated[float | None, typer.Option(
+        help="Requests per second before HTTP 429, like AMD's KDS.")] = None,
+) -> None:
+    """Serve VCEKs (/vcek/v1/{product}/{hwid}?blSPL=..), cert_chain and crl until Ctrl-C."""
+    from sevsim.firmware.kds import KeyDistribution, make_server
+    from sevsim.firmware.snp_pki import SnpPki
+    from sevsim.hw.chips import chip_preset
+    from sevsim.hw.engine import EncryptionEngine
+    from sevsim.hw.memory import MemoryController
+
+    preset = chip_preset(chip)
+    kds = KeyDistribution()
+    memory = MemoryController(4096, EncryptionEngine(preset.tweak))
+    platforms = [SnpPki(preset, memory, seed=s.encode()) for s in seed]
+    kds.register(platforms)
+    server = make_server(kds, host, port, rate_limit)
+    out = Console(stderr=True, soft_wrap=True)
+    address, bound = str(server.server_address[0]), server.server_address[1]
+    out.print(f"sevsim kds: http://{address}:{bound}/vcek/v1/{preset.product}/ ...",
+              highlight=False)
+    for platform in platforms:
+        hwid = platform.chip_id()[:platform.generation.hwid_size].hex()
+        out.print(f"  chip {hwid}", highlight=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,147 @@
+"""A key distribution server on AMD KDS's URL scheme, for sevsim's simulated chips.
+
+AMD's KDS can issue any chip's VCEK because AMD knows every chip secret; sevsim's plays that
+part for the chips it is told about (by the seed of their `Host`). Paths, as the real one:
+
+    /vcek/v1/{Milan|Genoa|Turin}/{hwid hex}?blSPL=..&teeSPL=..&snpSPL=..&ucodeSPL=..[&fmcSPL=..]
+    /vcek/v1/{product}/cert_chain          PEM: ASK then ARK
+    /vcek/v1/{product}/crl                 DER CRL signed by the ARK
+
+A VCEK is DER (application/pkix-cert). Optional rate limiting answers HTTP 429 with
+Retry-After, as AMD's does, so clients' backoff can be tested.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from sevsim.abi.snp_tcb import Generation, TcbFormatError, TcbVersion
+from sevsim.firmware.amd_root import simulated_root
+from sevsim.firmware.snp_pki import AMD_PSS, SnpPki, snp_ca_chain
+
+_SPLS = ("blSPL", "teeSPL", "snpSPL", "ucodeSPL")
+
+
+class KdsError(Exception):
+    """A request KDS answers with an HTTP error: (status, reason)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass
+class KeyDistribution:
+    """The registry and the answers, independent of HTTP."""
+
+    chips: dict[tuple[str, str], SnpPki] = field(default_factory=dict)
+
+    def register(self, platforms: Iterable[SnpPki]) -> None:
+        for platform in platforms:
+            hwid = platform.chip_id()[:platform.generation.hwid_size].hex()
+            self.chips[(platform.generation.value, hwid)] = platform
+
+    def answer(self, path: str, query: str) -> tuple[str, bytes]:
+        """(content type, body) for a KDS path; KdsError otherwise."""
+        parts = [p for p in path.split("/") if p]
+        if len(parts) != 4 or parts[:2] != ["vcek", "v1"]:
+            raise KdsError(404, f"no such KDS path: {path}")
+        try:
+            generation = Generation(parts[2])
+        except ValueError:
+            raise KdsError(404, f"unknown product {parts[2]!r} (Milan, Genoa, Turin)") from None
+        if parts[3] == "cert_chain":
+            ask, ark = snp_ca_chain(generation.value)
+            pem = serialization.Encoding.PEM
+            return "application/x-pem-file", ask.public_bytes(pem) + ark.public_bytes(pem)
+        if parts[3] == "crl":
+            return "application/pkix-crl", _crl(generation.value)
+        platform = self.chips.get((generation.value, parts[3].lower()))
+        if platform is None:
+            raise KdsError(404, f"no {generation.value} chip with hwID {parts[3]}")
+        return "application/pkix-cert", platform.vcek_certificate(_tcb(query, generation))
+
+
+def _tcb(query: str, generation: Generation) -> TcbVersion:
+    params = parse_qs(query)
+    names = ("fmcSPL", *_SPLS) if generation.turin_layout else _SPLS
+    try:
+        values = [int(params[name][0]) for name in names]
+        if set(params) - set(names):
+            raise KdsError(400, f"unexpected parameters {sorted(set(params) - set(names))}")
+        bootloader, tee, snp, microcode = values[-4:]
+        fmc = values[0] if generation.turin_layout else None
+        return TcbVersion(bootloader, tee, snp, microcode, fmc=fmc)
+    except (KeyError, ValueError, TcbFormatError) as err:
+        raise KdsError(400, f"the TCB needs {', '.join(names)} as 0..255: {err}") from None
+
+
+def _crl(product: str) -> bytes:
+    """An empty CRL (no VCEK revoked) signed by the simulated ARK."""
+    ark_key = simulated_root(product.lower()).ark_key
+    ark = snp_ca_chain(product)[1]
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(ark.subject)
+           .last_update(now).next_update(now + datetime.timedelta(days=7))
+           .sign(ark_key, hashes.SHA384(), rsa_padding=AMD_PSS))
+    return crl.public_bytes(serialization.Encoding.DER)
+
+
+class _RateLimit:
+    """At most `per_second` requests a second, else 429 with Retry-After."""
+
+    def __init__(self, per_second: float) -> None:
+        self.interval = 1.0 / per_second
+        self.next_allowed = 0.0
+        self.lock = threading.Lock()
+
+    def wait_for(self) -> float:
+        """0 if the request may go now, else the seconds to wait."""
+        with self.lock:
+            now = time.monotonic()
+            if now >= self.next_allowed:
+                self.next_allowed = now + self.interval
+                return 0.0
+            return self.next_allowed - now
+
+
+def make_server(kds: KeyDistribution, host: str = "127.0.0.1", port: int = 0,
+                rate_limit: float | None = None) -> ThreadingHTTPServer:
+    """An HTTP server for `kds` (serve with `serve_forever()`; port 0 picks a free one)."""
+    limiter = _RateLimit(rate_limit) if rate_limit else None
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "sevsim-kds"
+
+        def do_GET(self) -> None:
+            wait = limiter.wait_for() if limiter else 0.0
+            if wait:
+                self.send_response(429, "Too Many Requests")
+                self.send_header("Retry-After", str(max(1, round(wait))))
+                self.end_headers()
+                return
+            url = urlsplit(self.path)
+            try:
+                content_type, body = kds.answer(url.path, url.query)
+            except KdsError as err:
+                self.send_error(err.status, str(err))
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            del format, args  # quiet by default: the CLI prints what it serves
+
+    return ThreadingHTTPServer((host, port), Handler)
