@@ -1,0 +1,141 @@
+"""SNP_GUEST_REQUEST at the firmware: sealed messages, sequence numbers, reports, derived keys.
+
+The guest contexts here are made directly (the launch itself is tested in test_snp_launch.py);
+what is under test is the message protocol and what the firmware answers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+
+from sevsim.abi.snp_guest_msg import (
+    GuestFieldSelect,
+    KeyRequest,
+    KeyResponse,
+    MsgType,
+    ReportRequest,
+    RootKey,
+    open_message,
+    seal_message,
+)
+from sevsim.abi.snp_report import ReportResponse, verify_report
+from sevsim.abi.snp_tcb import SnpPolicy
+from sevsim.abi.status import SevStatus
+from sevsim.errors import FirmwareError
+from sevsim.firmware.snp import SnpGuestContext, SnpGuestState
+from sevsim.firmware.snp_guest import SnpGuestRequests
+from sevsim.hw.chips import PRESETS
+from sevsim.hw.engine import EncryptionEngine
+from sevsim.hw.memory import MemoryController
+
+GCTX = 0x5000
+
+
+def firmware(chip: str = "milan", measurement: bytes | None = None,
+             seed: bytes = b"chip") -> tuple[SnpGuestRequests, SnpGuestContext]:
+    preset = PRESETS[chip]
+    fw = SnpGuestRequests(preset, MemoryController(1 << 20, EncryptionEngine(preset.tweak)),
+                          seed=seed)
+    fw.snp_init()
+    ctx = SnpGuestContext(GCTX, SnpGuestState.RUNNING, SnpPolicy(), os.urandom(16),
+                          tuple(os.urandom(32) for _ in range(4)),
+                          launch_digest=measurement or os.urandom(48), asid=1)
+    fw._snp_guests[GCTX] = ctx  # a launched guest, as SNP_LAUNCH_FINISH leaves it
+    return fw, ctx
+
+
+def ask(fw: SnpGuestRequests, ctx: SnpGuestContext, msg_type: MsgType, payload: bytes,
+        seqno: int, vmpck: int = 0) -> bytes:
+    response = fw.snp_guest_request(GCTX, seal_message(ctx.vmpcks[vmpck], msg_type, seqno,
+                                                       payload, vmpck=vmpck))
+    header, plain = open_message(ctx.vmpcks[vmpck], response)
+    assert header.seqno == seqno + 1 and header.msg_type is msg_type.response
+    return plain
+
+
+@pytest.mark.parametrize(("chip", "version"), [("milan", 3), ("genoa", 3), ("turin", 5)])
+def test_report_carries_the_launch_and_verifies_with_the_vcek(chip: str, version: int) -> None:
+    fw, ctx = firmware(chip)
+    nonce = os.urandom(64)
+    plain = ask(fw, ctx, MsgType.REPORT_REQ, ReportRequest(nonce, vmpl=0).to_bytes(), 1)
+    response = ReportResponse.from_bytes(plain)
+    assert response.status == 0
+    report = verify_report(response.report, fw.vcek_key(fw.tcb).public_key())
+    assert report.version == version and report.report_data == nonce
+    assert report.measurement == ctx.launch_digest and report.chip_id == fw.chip_id()
+    assert report.reported_tcb == fw.tcb.to_int() and report.vmpl == 0
+    assert report.policy == ctx.policy.to_int()
+    with pytest.raises(InvalidSignature):
+        verify_report(response.report, firmware(chip, seed=b"other")[0].vcek_key(fw.tcb)
+                      .public_key())
+
+
+def test_sequence_numbers_stop_replays_and_skips() -> None:
+    fw, ctx = firmware()
+    request = seal_message(ctx.vmpcks[0], MsgType.REPORT_REQ, 1, ReportRequest().to_bytes())
+    fw.snp_guest_request(GCTX, request)
+    for replay in (request,  # the same message again
+                   seal_message(ctx.vmpcks[0], MsgType.REPORT_REQ, 2,
+                                ReportRequest().to_bytes()),  # the response's number
+                   seal_message(ctx.vmpcks[0], MsgType.REPORT_REQ, 5,
+                                ReportRequest().to_bytes())):  # a skip
+        with pytest.raises(FirmwareError) as refused:
+            fw.snp_guest_request(GCTX, replay)
+        assert refused.value.status is SevStatus.INVALID_PARAM
+    ask(fw, ctx, MsgType.REPORT_REQ, ReportRequest().to_bytes(), 3)  # the next one works
+
+
+def test_tampered_or_foreign_messages_are_refused_and_change_nothing() -> None:
+    fw, ctx = firmware()
+    request = bytearray(seal_message(ctx.vmpcks[0], MsgType.REPORT_REQ, 1,
+                                     ReportRequest().to_bytes()))
+    for position in (0, 0x20, 0x34, 0x60, len(request) - 1):  # tag, seqno, type, payload
+        bad = bytearray(request)
+        bad[position] ^= 1
+        with pytest.raises(FirmwareError) as refused:
+            fw.snp_guest_request(GCTX, bytes(bad))
+        assert refused.value.status is SevStatus.INVALID_PARAM
+    wrong_key = seal_message(os.urandom(32), MsgType.REPORT_REQ, 1, ReportRequest().to_bytes())
+    with pytest.raises(FirmwareError):
+        fw.snp_guest_request(GCTX, wrong_key)
+    ask(fw, ctx, MsgType.REPORT_REQ, ReportRequest().to_bytes(), 1)  # number 1 still unused
+    with pytest.raises(FirmwareError) as unknown:
+        fw.snp_guest_request(0x9000, bytes(request))
+    assert unknown.value.status is SevStatus.INVALID_GUEST
+
+
+def test_report_for_a_lower_vmpl_than_the_callers_is_refused() -> None:
+    fw, ctx = firmware()
+    response = fw.snp_guest_request(GCTX, seal_message(
+        ctx.vmpcks[2], MsgType.REPORT_REQ, 1, ReportRequest(vmpl=1).to_bytes(), vmpck=2),
+        caller_vmpl=2)
+    assert ReportResponse.from_bytes(open_message(ctx.vmpcks[2], response)[1]).status == 0x16
+    with pytest.raises(FirmwareError):  # VMPCK0 belongs to VMPL 0, not to a VMPL 2 caller
+        fw.snp_guest_request(GCTX, seal_message(ctx.vmpcks[0], MsgType.REPORT_REQ, 1,
+                                                ReportRequest(vmpl=2).to_bytes()), caller_vmpl=2)
+
+
+def test_derived_keys_match_across_identical_launches_and_differ_otherwise() -> None:
+    measurement = os.urandom(48)
+    request = KeyRequest(RootKey.VCEK, GuestFieldSelect.MEASUREMENT | GuestFieldSelect
+                         .GUEST_POLICY).to_bytes()
+
+    def key(fw: SnpGuestRequests, ctx: SnpGuestContext, req: bytes = request) -> bytes:
+        response = KeyResponse.from_bytes(ask(fw, ctx, MsgType.KEY_REQ, req, 1))
+        assert response.status == 0
+        return response.derived_key
+
+    same = key(*firmware(measurement=measurement))
+    assert same == key(*firmware(measurement=measurement))  # same chip, same launch
+    assert same != key(*firmware())  # another measurement
+    assert same != key(*firmware(measurement=measurement, seed=b"other chip"))
+    no_fields = KeyRequest(RootKey.VCEK).to_bytes()
+    assert key(*firmware(measurement=measurement), no_fields) == key(*firmware(), no_fields)
+    vmrk = KeyRequest(RootKey.VMRK).to_bytes()
+    assert key(*firmware(), vmrk) != key(*firmware(), vmrk)  # per-VM root: per launch
+    fw, ctx = firmware()
+    future = KeyRequest(RootKey.VCEK, tcb_version=0xFF00_0000_0000_0003).to_bytes()
+    refused = KeyResponse.from_bytes(ask(fw, ctx, MsgType.KEY_REQ, future, 1))
+    assert refused.status == 0x16
