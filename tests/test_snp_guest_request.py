@@ -139,3 +139,31 @@ def test_derived_keys_match_across_identical_launches_and_differ_otherwise() -> 
     future = KeyRequest(RootKey.VCEK, tcb_version=0xFF00_0000_0000_0003).to_bytes()
     refused = KeyResponse.from_bytes(ask(fw, ctx, MsgType.KEY_REQ, future, 1))
     assert refused.status == 0x16
+
+
+def test_tcb_update_changes_the_vcek_and_a_rollback_shows_in_the_report() -> None:
+    from sevsim.abi.snp_tcb import TcbVersion
+
+    fw, ctx = firmware()
+    old = fw.current_tcb
+    newer = TcbVersion(old.bootloader, old.tee, old.snp + 1, old.microcode)
+    fw.install_firmware(newer)
+    fw.snp_commit()
+
+    def report(seqno: int):
+        plain = ask(fw, ctx, MsgType.REPORT_REQ, ReportRequest().to_bytes(), seqno)
+        return ReportResponse.from_bytes(plain).report
+
+    updated = verify_report(report(1), fw.vcek_key(newer).public_key())
+    assert updated.reported_tcb == updated.current_tcb == updated.committed_tcb \
+        == newer.to_int()
+    with pytest.raises(InvalidSignature):  # the old VCEK no longer signs
+        verify_report(report(3), fw.vcek_key(old).public_key())
+    fw.snp_config(old)  # the host reports the old TCB: visible, not hidden
+    rolled = verify_report(report(5), fw.vcek_key(old).public_key())
+    assert rolled.reported_tcb == old.to_int() < rolled.current_tcb == newer.to_int()
+    for refused in (lambda: fw.install_firmware(old),  # below the committed TCB
+                    lambda: fw.snp_config(TcbVersion(9, 9, 99, 255))):  # above current
+        with pytest.raises(FirmwareError):
+            refused()
+    assert fw.current_tcb == newer

@@ -100,3 +100,20 @@ def test_signed_report_verifies_with_the_vcek_of_its_reported_tcb() -> None:
     tampered[0x50] ^= 1  # REPORT_DATA
     with pytest.raises(InvalidSignature):
         verify_report(bytes(tampered), fw.vcek_key(MILAN_TCB).public_key())
+
+
+def test_certificate_table_holds_vcek_ask_ark_in_amds_guid_format() -> None:
+    from cryptography import x509
+
+    from sevsim.abi.snp_report import GUID_ARK, GUID_ASK, GUID_VCEK, parse_cert_table
+
+    fw = platform("genoa")
+    entries = dict(parse_cert_table(fw.certificate_table(MILAN_TCB)))
+    assert set(entries) == {GUID_VCEK, GUID_ASK, GUID_ARK}
+    assert entries[GUID_VCEK] == fw.vcek_certificate(MILAN_TCB)
+    ask = x509.load_der_x509_certificate(entries[GUID_ASK])
+    ark = x509.load_der_x509_certificate(entries[GUID_ARK])
+    assert ask.issuer == ark.subject
+    ask_key = ask.public_key()
+    assert isinstance(ask_key, rsa.RSAPublicKey)
+    SnpCertificate.from_der(entries[GUID_VCEK]).verify(ask_key)

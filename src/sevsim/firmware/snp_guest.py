@@ -43,12 +43,37 @@ REPORT_VERSION = {Generation.MILAN: 3, Generation.GENOA: 3, Generation.TURIN: 5}
 
 
 class SnpGuestRequests(SnpPki, SnpFirmware):
-    """MSG_REPORT_REQ and MSG_KEY_REQ, with per-VMPCK sequence numbers."""
+    """MSG_REPORT_REQ and MSG_KEY_REQ, with per-VMPCK sequence numbers, and the platform's
+    three TCBs: CURRENT (the firmware installed), COMMITTED (the floor a rollback may not go
+    below, raised by SNP_COMMIT) and REPORTED (what SNP_CONFIG says reports carry and which
+    VCEK signs them; at most CURRENT, so a host can hide an update, not invent one)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.tcb = DEFAULT_TCB[Generation(self.chip.product)]
+        self.current_tcb = self.committed_tcb = self.tcb = DEFAULT_TCB[
+            Generation(self.chip.product)]
         self._next_seqno: dict[tuple[int, int], int] = {}  # (gctx, vmpck) -> next request
+
+    # -- TCB ---------------------------------------------------------------------------------
+    def install_firmware(self, tcb: TcbVersion) -> None:
+        """DOWNLOAD_FIRMWARE(_EX): a new CURRENT TCB, never below COMMITTED (anti-rollback);
+        REPORTED follows CURRENT."""
+        if _above(self.committed_tcb, tcb):
+            raise FirmwareError(SevStatus.INVALID_CONFIG,
+                                f"firmware TCB {tcb} is below the committed {self.committed_tcb}")
+        self.current_tcb = self.tcb = tcb
+
+    def snp_commit(self) -> None:
+        """SNP_COMMIT: the current TCB becomes the floor."""
+        self.committed_tcb = self.current_tcb
+
+    def snp_config(self, reported_tcb: TcbVersion) -> None:
+        """SNP_CONFIG: the TCB reports carry (and whose VCEK signs them), at most CURRENT."""
+        if _above(reported_tcb, self.current_tcb):
+            raise FirmwareError(SevStatus.INVALID_PARAM,
+                                f"reported TCB {reported_tcb} is above the current "
+                                f"{self.current_tcb}")
+        self.tcb = reported_tcb
 
     def snp_guest_request(self, gctx: int, request: bytes, caller_vmpl: int = 0) -> bytes:
         """Open a guest's message, act on it, and return the sealed response message."""
@@ -86,7 +111,7 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
                            vmpl: int) -> AttestationReport:
         """The signed ATTESTATION_REPORT of a guest, as MSG_REPORT_REQ returns it."""
         generation = Generation(self.chip.product)
-        tcb = self.tcb.to_int()
+        tcb, current = self.tcb.to_int(), self.current_tcb.to_int()
         block = ctx.id_block
         report = AttestationReport(
             version=REPORT_VERSION[generation],
@@ -95,7 +120,7 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
             family_id=block.family_id if block else bytes(16),
             image_id=block.image_id if block else bytes(16),
             vmpl=vmpl,
-            current_tcb=tcb,
+            current_tcb=current,
             platform_info=int(PlatformInfo.SMT_EN) if self.smt_enabled else 0,
             signer_info=SignerInfo(author_key_en=any(ctx.author_key_digest)),
             report_data=report_data,
@@ -109,12 +134,12 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
             cpuid_mod_id=self.chip.model,
             cpuid_step=self.chip.stepping,
             chip_id=self.chip_id(),
-            committed_tcb=tcb,
+            committed_tcb=self.committed_tcb.to_int(),
             current_build=self.chip.build, current_minor=self.chip.api_minor,
             current_major=self.chip.api_major,
             committed_build=self.chip.build, committed_minor=self.chip.api_minor,
             committed_major=self.chip.api_major,
-            launch_tcb=tcb,
+            launch_tcb=current,
         )
         return self.sign_report(report, self.tcb)
 

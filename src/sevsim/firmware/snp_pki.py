@@ -13,13 +13,19 @@ import datetime
 from functools import cache
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from sevsim.abi.sev_session import kdf
 from sevsim.abi.snp_cert import AmdExtensions, CertTime, SnpCertificate, vcek_tbs
-from sevsim.abi.snp_report import AttestationReport
+from sevsim.abi.snp_report import (
+    GUID_ARK,
+    GUID_ASK,
+    GUID_VCEK,
+    AttestationReport,
+    build_cert_table,
+)
 from sevsim.abi.snp_tcb import Generation, TcbVersion
 from sevsim.firmware.amd_root import pss_sign, simulated_root
 from sevsim.firmware.pki import P384_ORDER, PlatformPki
@@ -107,6 +113,15 @@ class SnpPki(PlatformPki):
         # deterministic PSS salt: the same chip and TCB give the same bytes, as KDS serves
         ask = simulated_root(generation.value.lower()).ask_key
         return SnpCertificate(tbs, pss_sign(ask, tbs.to_der(), "sha384")).to_der()
+
+    def certificate_table(self, tcb: TcbVersion) -> bytes:
+        """What the extended guest request returns beside the report (the GUID table of
+        spec-formats.md §1.3): the VCEK for `tcb`, then the ASK and ARK, DER each."""
+        ask, ark = snp_ca_chain(self.generation.value)
+        der = serialization.Encoding.DER
+        return build_cert_table([(GUID_VCEK, self.vcek_certificate(tcb)),
+                                 (GUID_ASK, ask.public_bytes(der)),
+                                 (GUID_ARK, ark.public_bytes(der))])
 
     def sign_report(self, report: AttestationReport, tcb: TcbVersion) -> AttestationReport:
         """ECDSA P-384 over SHA-384 of the report's signed part, with the VCEK of `tcb`."""
