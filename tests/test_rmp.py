@@ -9,7 +9,13 @@ from conftest import blocks_found, secret_bytes, symbol
 from sevsim import Host
 from sevsim.abi.bootinfo import BOOTINFO_GPA, MAGIC
 from sevsim.abi.svm import NPF_RMP
-from sevsim.errors import GuestFault, PageNotValidated, RmpInstructionError, RmpViolation
+from sevsim.errors import (
+    FirmwareError,
+    GuestFault,
+    PageNotValidated,
+    RmpInstructionError,
+    RmpViolation,
+)
 from sevsim.guest.kernel import GHCB_GPA, KERNEL_END
 from sevsim.host.hypervisor import HvVm
 from sevsim.host.vmm import VirtualMachine
@@ -119,6 +125,8 @@ def test_a_psc_the_hypervisor_only_pretends_to_do_leaves_the_ghcb_unusable(build
     with pytest.raises(GuestFault, match="guest write of 0x11000"):
         vm.run(timeout=10)
     assert host.memory.rmp.assigned[frame_of(vm, GHCB_GPA)]
+    # the guest's zeroing of its "shared" GHCB did not reach the frame the RMP still gives it
+    assert host.hypervisor.read_spa(frame_of(vm, GHCB_GPA) * PAGE, 16) != bytes(16)
 
 
 # -- nested translation ---------------------------------------------------------------------
@@ -171,6 +179,8 @@ def test_pvalidate_reports_double_validation_and_checks_ownership(build) -> None
     assert cpu.pvalidate(heap, 2, True).tolist() == [False, False]
     with pytest.raises(RmpInstructionError, match="FAIL_INPUT"):
         cpu.pvalidate(GHCB_GPA, 1, True)  # a shared page: the hypervisor's
+    cpu.rmpadjust(heap, 1, PERM_READ)
+    assert host.memory.rmp.perms[frame_of(vm, heap)].tolist() == [15, PERM_READ, 0, 0]
     with pytest.raises(GuestFault, match="outside SEV-SNP"):
         GuestCpu(launched(host, build("hello"), "sev-es").hv.vcpus[0]).pvalidate(heap, 1, True)
 
@@ -239,3 +249,20 @@ def test_destroying_an_snp_vm_gives_every_page_back(build) -> None:
     assert host.firmware.snp_platform_status().guest_count == 0
     again = launched(host, build("secret"), memory="32M")
     assert again.run(timeout=20).exit_code == 0
+
+
+def test_legacy_sev_commands_cannot_be_aimed_at_snp_or_firmware_pages(build) -> None:
+    host = Host()
+    snp = launched(host, build("hello"))
+    fw = host.firmware
+    handle = fw.launch_start(0x5)  # a legacy SEV-ES guest, still in LUPDATE
+    fw.activate(handle, 2)
+    victims = [frame_of(snp, BOOTINFO_GPA) * PAGE, snp.hv.firmware_handle,
+               snp.hv.vcpus[0].vmsa_spa]
+    before = host.dram_dump().tobytes()
+    for spa in victims:
+        for command in (fw.launch_update_data, fw.launch_update_vmsa):
+            with pytest.raises(FirmwareError, match=r"INVALID_ADDRESS.*RMP violation"):
+                command(handle, spa, PAGE)
+    assert host.dram_dump().tobytes() == before
+    assert snp.run(timeout=10).exit_code == 0

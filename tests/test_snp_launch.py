@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import blocks_found, secret_bytes
 from sevsim import Host
-from sevsim.abi.bootinfo import SNP_SECRETS_GPA, Segment, boot_info_for, launch_image
+from sevsim.abi.bootinfo import SNP_CPUID_GPA, SNP_SECRETS_GPA, Segment, boot_info_for, launch_image
 from sevsim.abi.cpuid import SevFeatures
 from sevsim.abi.snp_launch import IdAuthInfo, IdBlock, SnpPublicKey
 from sevsim.abi.status import SevStatus
@@ -24,6 +24,7 @@ from sevsim.errors import FirmwareError, RmpViolation, VmStateError
 from sevsim.guest.kernel import kernel_identity
 from sevsim.host.debug import debug_read
 from sevsim.host.elf import parse_elf
+from sevsim.host.hypervisor import HvVm
 from sevsim.host.migration import migrate
 from sevsim.hw.cpu import GuestCpu
 from sevsim.hw.engine import PAGE
@@ -110,7 +111,7 @@ def test_the_vmm_launch_digest_covers_image_secrets_and_vmsas(build) -> None:
     vmsa.regs["sev_features"] = 1
     pages = [(1, gpn * PAGE, page) for gpn, page in
              launch_image(boot, [s.data for s in parsed.segments])]
-    pages.append((5, SNP_SECRETS_GPA, None))
+    pages += [(5, SNP_SECRETS_GPA, None), (6, SNP_CPUID_GPA, None)]
     pages += [(2, 0xFFFF_FFFF_F000, vmsa.to_bytes())] * 2
     fw = host.firmware
     assert fw.snp_context(vm.hv.firmware_handle).launch_digest == independent_digest(pages)
@@ -357,3 +358,35 @@ def test_a_refused_vmm_launch_can_be_torn_down(build) -> None:
     vm.destroy()
     assert not host.memory.rmp.assigned[gctx]
     assert host.firmware.snp_platform_status().guest_count == 0
+
+
+def test_an_snp_guest_takes_cpuid_from_the_checked_page_not_the_hypervisor(build) -> None:
+    host = Host()
+    honest = host.hypervisor.cpuid
+
+    def lying(vm: HvVm, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        regs = honest(vm, leaf, subleaf)
+        return (0x2, *regs[1:]) if leaf == 0x8000_001F else regs  # "SEV only"
+
+    consoles = {}
+    for mode in ("sev-es", "snp"):
+        vm = host.create_vm(mode=mode, memory="16M")
+        vm.load(build("hello"))
+        vm.launch()
+        host.hypervisor.cpuid = lying  # type: ignore[method-assign]
+        consoles[mode] = vm.run(timeout=10).console
+        host.hypervisor.cpuid = honest  # type: ignore[method-assign]
+    assert "cpuid 8000001f: eax=0x00000002" in consoles["sev-es"]
+    assert "cpuid 8000001f: eax=0x0000001a" in consoles["snp"]
+
+
+def test_a_vmm_with_a_lying_cpuid_table_cannot_launch(build) -> None:
+    host = Host(chip="milan")
+    honest = host.hypervisor.cpuid
+    host.hypervisor.cpuid = (  # type: ignore[method-assign]
+        lambda vm, leaf, sub: (int(SevFeatures.SEV_SNP | SevFeatures.SECURE_TSC), 0, 0, 0)
+        if leaf == 0x8000_001F else honest(vm, leaf, sub))
+    vm = host.create_vm(mode="snp", memory="16M")
+    vm.load(build("hello"))
+    with pytest.raises(FirmwareError, match=r"INVALID_PARAM.*Fn8000_001F"):
+        vm.launch()

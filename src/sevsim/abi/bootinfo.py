@@ -18,6 +18,7 @@ BOOTINFO_GPA = 0x1000
 SECRET_GPA = 0x2000
 SECRET_SIZE = PAGE
 SNP_SECRETS_GPA = 0x3000  # SEV-SNP: the firmware's secrets page (VMPCKs), launched by the VMM
+SNP_CPUID_GPA = 0x4000  # SEV-SNP: the CPUID page the firmware checked, launched by the VMM
 BSP_STACK_SIZE = 256 * 1024
 MAGIC = b"SEVSIMBI"
 MAX_SEGMENTS = 16

@@ -1,10 +1,12 @@
-"""CPUID Fn8000_001F, the CPUID signature and the SEV_STATUS MSR.
+"""CPUID Fn8000_001F, the CPUID signature, the SEV_STATUS MSR and the SNP CPUID page.
 
-Sources: Linux cpufeatures.h and msr-index.h (spec-formats.md §8).
+Sources: Linux cpufeatures.h and msr-index.h (spec-formats.md §8); the CPUID page is Linux's
+struct snp_cpuid_table (arch/x86/include/asm/sev.h).
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import IntFlag
 
@@ -81,3 +83,47 @@ def cpuid_signature(family: int, model: int, stepping: int) -> int:
         | (model >> 4) << 16
         | ext_family << 20
     )
+
+
+# -- the SEV-SNP CPUID page: count u32, reserved, then 0x30-byte entries ------------------------
+
+CPUID_PAGE_MAX_ENTRIES = 64
+_CPUID_HEAD = struct.Struct("<II8x")
+_CPUID_ENTRY = struct.Struct("<IIQQIIII8x")  # eax_in, ecx_in, xcr0_in, xss_in, eax..edx
+
+
+@dataclass(frozen=True)
+class CpuidEntry:
+    """One leaf of the CPUID page (XCR0/XSS inputs are zero: no XSAVE leaves here)."""
+
+    leaf: int
+    subleaf: int
+    eax: int
+    ebx: int
+    ecx: int
+    edx: int
+
+    @property
+    def registers(self) -> tuple[int, int, int, int]:
+        return self.eax, self.ebx, self.ecx, self.edx
+
+
+def pack_cpuid_page(entries: list[CpuidEntry]) -> bytes:
+    """The 4 KiB CPUID page a VMM launches with SNP_LAUNCH_UPDATE (type CPUID)."""
+    if len(entries) > CPUID_PAGE_MAX_ENTRIES:
+        raise ValueError(f"a CPUID page holds at most {CPUID_PAGE_MAX_ENTRIES} entries")
+    body = b"".join(_CPUID_ENTRY.pack(e.leaf, e.subleaf, 0, 0, *e.registers) for e in entries)
+    return (_CPUID_HEAD.pack(len(entries), 0) + body).ljust(4096, b"\0")
+
+
+def parse_cpuid_page(page: bytes) -> list[CpuidEntry]:
+    """The entries of a CPUID page; ValueError for a count beyond 64."""
+    count, _ = _CPUID_HEAD.unpack_from(page)
+    if count > CPUID_PAGE_MAX_ENTRIES:
+        raise ValueError(f"CPUID page with {count} entries, at most {CPUID_PAGE_MAX_ENTRIES}")
+    entries = []
+    for index in range(count):
+        leaf, subleaf, _, _, eax, ebx, ecx, edx = _CPUID_ENTRY.unpack_from(
+            page, _CPUID_HEAD.size + index * _CPUID_ENTRY.size)
+        entries.append(CpuidEntry(leaf, subleaf, eax, ebx, ecx, edx))
+    return entries

@@ -39,6 +39,9 @@ class EsLaunch(FirmwareCore):
         except MemoryAccessError as err:
             raise FirmwareError(SevStatus.INVALID_ADDRESS, str(err)) from None
         page = self._memory.read(spa, PAGE)  # what DRAM holds is what gets encrypted
-        self._memory.encrypt_in_place(spa, PAGE, ctx.asid)
+        try:
+            self._memory.encrypt_in_place(spa, PAGE, ctx.asid)
+        except MemoryAccessError as err:  # SNP: the RMP gives the frame to someone else
+            raise FirmwareError(SevStatus.INVALID_ADDRESS, str(err)) from None
         ctx.launch_digest.update(page)
         vmsa_seals(self._memory).seal(ctx.asid, spa, page)

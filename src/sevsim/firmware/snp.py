@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
-from sevsim.abi.cpuid import SevFeatures
+from sevsim.abi.cpuid import SevFeatures, parse_cpuid_page
 from sevsim.abi.snp_errors import LaunchFormatError, TcbFormatError
 from sevsim.abi.snp_launch import (
     DIGEST_SIZE,
@@ -45,11 +45,6 @@ VMPCK_SIZE = 32
 _VMPCK_OFFSET = 0x20
 _GOSVW_OFFSET = 0x10
 SEV_FEATURES_SNP = 1  # VMSA SEV_FEATURES bit 0: SNP active
-# The SNP CPUID page (Linux struct snp_cpuid_table): count, reserved, then 0x30-byte entries
-# {eax_in, ecx_in, xcr0_in u64, xss_in u64, eax, ebx, ecx, edx, reserved u64}.
-CPUID_MAX_ENTRIES = 64
-_CPUID_HEAD = struct.Struct("<II8x")
-_CPUID_ENTRY = struct.Struct("<IIQQIIII8x")
 _SNP_STATUS = struct.Struct("<BBBBIIIQQ")
 
 
@@ -379,13 +374,12 @@ class SnpFirmware(FirmwareCore):
         """Minimal model of the firmware's CPUID check: the page may not claim SEV features
         (Fn8000_001F EAX) the chip lacks, nor another family/model/stepping (Fn0000_0001
         EAX). Other leaves pass."""
-        count, _ = _CPUID_HEAD.unpack_from(page)
-        if count > CPUID_MAX_ENTRIES:
-            raise FirmwareError(SevStatus.INVALID_PARAM,
-                                f"CPUID page with {count} entries, at most {CPUID_MAX_ENTRIES}")
-        for index in range(count):
-            leaf, _, _, _, eax, _, _, _ = _CPUID_ENTRY.unpack_from(
-                page, _CPUID_HEAD.size + index * _CPUID_ENTRY.size)
+        try:
+            entries = parse_cpuid_page(page)
+        except ValueError as err:
+            raise FirmwareError(SevStatus.INVALID_PARAM, str(err)) from None
+        for entry in entries:
+            leaf, eax = entry.leaf, entry.eax
             if leaf == 0x8000_001F and eax & ~int(self.chip.features):
                 raise FirmwareError(SevStatus.INVALID_PARAM,
                                     f"CPUID page claims Fn8000_001F EAX 0x{eax:x}, the chip "

@@ -19,7 +19,8 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-from sevsim.abi.bootinfo import BOOTINFO_GPA, SNP_SECRETS_GPA, BootInfo
+from sevsim.abi.bootinfo import BOOTINFO_GPA, SNP_CPUID_GPA, SNP_SECRETS_GPA, BootInfo
+from sevsim.abi.cpuid import parse_cpuid_page
 from sevsim.abi.ghcb import PSC_PRIVATE, PSC_SHARED, TERM_SET_GENERAL
 from sevsim.abi.svm import (
     DEBUG_EXIT_PORT,
@@ -116,8 +117,8 @@ class GuestKernel:
             raise GuestFault(f"guest kernel: {boot.nvcpus} vCPUs, it supports {MAX_VCPUS}")
         snp = snp_active(cpu)
         image = boot.launched_pages()
-        if snp:  # the firmware launched (and validated) the secrets page too
-            image = sorted({*image, SNP_SECRETS_GPA // PAGE})
+        if snp:  # the firmware launched (and validated) the secrets and CPUID pages too
+            image = sorted({*image, SNP_SECRETS_GPA // PAGE, SNP_CPUID_GPA // PAGE})
         # Launched pages keep their contents; everything else is accepted as zeroed memory
         # (under SNP validated first: the hypervisor assigned it, nobody validated it).
         cursor = 0
@@ -270,6 +271,18 @@ class GuestKernel:
     def _vcpu_halt(self, cpu: GuestCpu, *_: int) -> None:
         cpu.halt()
 
+    @staticmethod
+    def _cpuid_page_entry(cpu: GuestCpu, leaf: int) -> tuple[int, int, int, int] | None:
+        """Under SNP, a leaf's registers from the launched CPUID page (the firmware refused
+        a page claiming what the chip lacks), or None to ask the hypervisor. sevsim's page
+        holds only leaves without subleaves."""
+        if not snp_active(cpu):
+            return None
+        for entry in parse_cpuid_page(cpu.read(SNP_CPUID_GPA, PAGE)):
+            if entry.leaf == leaf:
+                return entry.registers
+        return None
+
     # -- #VC (SEV-ES) --------------------------------------------------------------------------
     def on_vc(self, cpu: GuestCpu, code: ExitCode, info1: int) -> bool:
         """Emulate an intercepted instruction through the GHCB, copying in only what the
@@ -285,6 +298,11 @@ class GuestKernel:
                 cpu.set_reg("rax", rax & ~mask | answer["rax"] & mask)
         elif code is ExitCode.CPUID:
             leaf, subleaf = cpu.reg("rax") & 0xFFFF_FFFF, cpu.reg("rcx") & 0xFFFF_FFFF
+            checked = self._cpuid_page_entry(cpu, leaf)
+            if checked is not None:  # SNP: the firmware-checked answer, no hypervisor asked
+                for name, value in zip(("rax", "rbx", "rcx", "rdx"), checked, strict=True):
+                    cpu.set_reg(name, value)
+                return True
             answer = self.ghcb.call(cpu, code, 0, 0, {"rax": leaf, "rcx": subleaf},
                                     ("rax", "rbx", "rcx", "rdx"), f"CPUID 0x{leaf:x}")
             if answer is not None:

@@ -10,11 +10,13 @@ import numpy as np
 
 from sevsim.abi.bootinfo import (
     SECRET_GPA,
+    SNP_CPUID_GPA,
     SNP_SECRETS_GPA,
     Segment,
     boot_info_for,
     launch_image,
 )
+from sevsim.abi.cpuid import CpuidEntry, pack_cpuid_page
 from sevsim.abi.policy import PolicyFlags
 from sevsim.abi.snp_launch import VMSA_GPA, PageType
 from sevsim.abi.svm import DEBUG_EXIT_PORT, SERIAL_PORT
@@ -30,6 +32,7 @@ from sevsim.hw.cpu import VcpuState
 from sevsim.hw.engine import PAGE
 
 DEFAULT_POLICY = int(PolicyFlags.NODBG)  # QEMU's default sev-guest policy
+SNP_CPUID_LEAVES = (0x0, 0x1, 0x4000_0000, 0x8000_0000, 0x8000_001F)
 DEFAULT_SNP_POLICY = 0x30000  # QEMU's sev-snp-guest default: SMT allowed, reserved bit 17
 _LINE_STATUS = SERIAL_PORT + 5
 _LSR_IDLE = 0x60  # transmitter empty: the guest may always write
@@ -179,8 +182,9 @@ class VirtualMachine:
     def _launch_snp(self, policy: int) -> None:
         """SEV-SNP as QEMU and KVM do it: a GCTX page, SNP_LAUNCH_START and SNP_ACTIVATE; all
         RAM assigned to the guest (RMPUPDATE, unvalidated: the guest validates what it uses);
-        SNP_LAUNCH_UPDATE for the image (NORMAL), the secrets page and each vCPU's VMSA;
-        SNP_LAUNCH_FINISH."""
+        SNP_LAUNCH_UPDATE for the image (NORMAL), the secrets page, the CPUID page (the
+        hypervisor's CPUID table, which the firmware checks against the chip) and each vCPU's
+        VMSA; SNP_LAUNCH_FINISH."""
         hv, vm = self.hypervisor, self.hv
         fw = hv.firmware
         vm.gctx_frame = int(hv.allocate_host_pages(1)[0])
@@ -189,10 +193,13 @@ class VirtualMachine:
         vm.firmware_handle = gctx
         fw.snp_launch_start(gctx, policy)
         fw.snp_activate(gctx, self.asid)
+        cpuid = [CpuidEntry(leaf, 0, *hv.cpuid(vm, leaf, 0)) for leaf in SNP_CPUID_LEAVES]
+        hv.write_gpa(vm, SNP_CPUID_GPA, pack_cpuid_page(cpuid))
         hv.rmp_assign(vm, 0, self.memory_size // PAGE)
         for gpn in self._measured_pages:
             fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, gpn * PAGE), PageType.NORMAL)
         fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, SNP_SECRETS_GPA), PageType.SECRETS)
+        fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, SNP_CPUID_GPA), PageType.CPUID)
         vmsa = reset_state()
         vmsa.regs["sev_features"] = SEV_FEATURES_SNP
         page = vmsa.to_bytes()

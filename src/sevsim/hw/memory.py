@@ -92,10 +92,8 @@ class MemoryController:
             owned = self.rmp.guest_owned(frames)
             if owned.any():
                 frame = int(frames[owned][0])
-                asid = int(self.rmp.asid[frame])
                 raise RmpViolation(f"RMP violation: host write to SPA 0x{spa:x}+0x{length:x}: "
-                                   f"frame 0x{frame:x} belongs to "
-                                   f"{f'ASID {asid}' if asid else 'the firmware'}")
+                                   f"frame 0x{frame:x} belongs to {self._rmp_owner(frame)}")
         self.write_soc(spa, data)
 
     def write_soc(self, spa: int, data: bytes) -> None:
@@ -163,6 +161,7 @@ class MemoryController:
         if length == 0:
             return
         first, stop = spa // PAGE, (spa + length - 1) // PAGE + 1
+        self._check_keyed_write(first, stop, domain)
         lo, hi = spa & ~(BLOCK - 1), (spa + length + BLOCK - 1) & ~(BLOCK - 1)
         data = self._dram_bytes(lo, hi)[spa - lo:spa - lo + length]
         with self.exclusive(first, stop):
@@ -178,6 +177,7 @@ class MemoryController:
         if length == 0:
             return
         first, stop = spa // PAGE, (spa + length - 1) // PAGE + 1
+        self._check_keyed_write(first, stop, domain)
         with self.exclusive(first, stop):
             self._convert(first, stop - first, domain)
             self.cells[spa:spa + length] = np.frombuffer(data, dtype=np.uint8)
@@ -199,6 +199,23 @@ class MemoryController:
             self.convert_domain(run_start, run_stop - run_start, RAW)
 
     # -- helpers ----------------------------------------------------------------------------
+    def _check_keyed_write(self, first: int, stop: int, domain: int) -> None:
+        """Under SNP the Secure Processor obeys the RMP too: it writes with an ASID's key only
+        frames that are the hypervisor's or assigned to that ASID (so a legacy SEV command
+        cannot be aimed at an SNP guest's pages or at a firmware page)."""
+        if not self.rmp.enabled:
+            return
+        frames = np.arange(first, stop)
+        foreign = self.rmp.assigned[frames] & (self.rmp.asid[frames] != domain)
+        if foreign.any():
+            frame = int(frames[foreign][0])
+            raise RmpViolation(f"RMP violation: a write with ASID {domain}'s key to frame "
+                               f"0x{frame:x}, which belongs to {self._rmp_owner(frame)}")
+
+    def _rmp_owner(self, frame: int) -> str:
+        asid = int(self.rmp.asid[frame])
+        return f"ASID {asid}" if asid else "the firmware"
+
     def _dram_bytes(self, lo: int, hi: int) -> np.ndarray:
         out = np.empty(hi - lo, dtype=np.uint8)
         f_lo, f_hi = lo // PAGE, (hi - 1) // PAGE + 1

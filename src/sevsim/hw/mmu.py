@@ -54,12 +54,16 @@ class GuestAddressSpace:
         return self.asid if self.encrypted and self.c_bit[gpn] else RAW
 
     def set_c_bit(self, first: int, stop: int, private: bool, zero: bool = False) -> None:
-        """The guest's page tables mark pages private or shared; `zero` also clears them."""
+        """The guest's page tables mark pages private or shared; `zero` also clears them
+        (under SNP only the pages the RMP lets the guest write)."""
         self.c_bit[first:stop] = private
         lo, hi = self._unmap_span(first, stop)
         if zero:
             frames = self.npt.entries[first:stop]
-            frames = frames[frames != NOT_PRESENT]
+            writable = frames != NOT_PRESENT
+            if self.snp:
+                writable &= self._rmp_check(first, stop) == RMP_OK
+            frames = frames[writable]
             self.memory.fill(frames[self.memory.pins[frames] == 0],
                              self.asid if self.encrypted and private else RAW)
         self.refresh(lo, hi)
