@@ -30,15 +30,14 @@ from sevsim.firmware.core import (
     LaunchMeasurement,
 )
 from sevsim.firmware.es import EsLaunch
-from sevsim.firmware.pki import PlatformPki
-from sevsim.firmware.snp import SnpFirmware
+from sevsim.firmware.snp_guest import SnpGuestRequests
 from sevsim.firmware.transport import GuestTransport
 from sevsim.hw.engine import BLOCK
 
 __all__ = ["GuestStatus", "LaunchMeasurement", "PlatformStatus", "SevFirmware"]
 
 
-class SevFirmware(PlatformPki, EsLaunch, GuestTransport, SnpFirmware, FirmwareCore):
+class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
     """The legacy SEV command set of one Secure Processor."""
 
     # -- platform ---------------------------------------------------------------------------

@@ -50,8 +50,10 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.current_tcb = self.committed_tcb = self.tcb = DEFAULT_TCB[
-            Generation(self.chip.product)]
+        # chips without SNP (Naples, Rome) keep an all-zero TCB nothing ever reports
+        generation = _generation(self.chip.product)
+        self.current_tcb = self.committed_tcb = self.tcb = (
+            DEFAULT_TCB[generation] if generation else TcbVersion(0, 0, 0, 0))
         self._next_seqno: dict[tuple[int, int], int] = {}  # (gctx, vmpck) -> next request
 
     # -- TCB ---------------------------------------------------------------------------------
@@ -177,6 +179,13 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
                 fields.append(value)
         key = hmac.new(root, b"sevsim derived key\0" + b"".join(fields), hashlib.sha384)
         return KeyResponse(0, key.digest()[:32]).to_bytes()
+
+
+def _generation(product: str) -> Generation | None:
+    try:
+        return Generation(product)
+    except ValueError:
+        return None
 
 
 def _above(asked: TcbVersion, current: TcbVersion) -> bool:

@@ -27,6 +27,8 @@ from sevsim.abi.snp_report import (
     build_cert_table,
 )
 from sevsim.abi.snp_tcb import Generation, TcbVersion
+from sevsim.abi.status import SevStatus
+from sevsim.errors import FirmwareError
 from sevsim.firmware.amd_root import pss_sign, simulated_root
 from sevsim.firmware.pki import P384_ORDER, PlatformPki
 
@@ -87,7 +89,12 @@ class SnpPki(PlatformPki):
 
     @property
     def generation(self) -> Generation:
-        return Generation(self.chip.product)
+        """The SNP generation; chips before Milan have no SNP identity."""
+        try:
+            return Generation(self.chip.product)
+        except ValueError:
+            raise FirmwareError(SevStatus.UNSUPPORTED,
+                                f"{self.chip.product} has no SEV-SNP (no VCEK)") from None
 
     def chip_id(self) -> bytes:
         """The 64-byte CHIP_ID; Turin identifies a chip with its first 8 bytes only."""
