@@ -92,7 +92,7 @@ def test_signed_report_verifies_with_the_vcek_of_its_reported_tcb() -> None:
     report = AttestationReport(report_data=b"nonce".ljust(64, b"\0"),
                                reported_tcb=MILAN_TCB.to_int(), chip_id=fw.chip_id(),
                                cpuid_fam_id=0x19, cpuid_mod_id=0x01, cpuid_step=1)
-    signed = fw.sign_report(report, MILAN_TCB).to_bytes()
+    signed = fw.sign_report(report.to_bytes(), MILAN_TCB)
     verify_report(signed, fw.vcek_key(MILAN_TCB).public_key())
     with pytest.raises(InvalidSignature):
         verify_report(signed, fw.vcek_key(TcbVersion(3, 0, 9, 0x73)).public_key())

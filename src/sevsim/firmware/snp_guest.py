@@ -28,7 +28,7 @@ from sevsim.abi.snp_guest_msg import (
     open_message,
     seal_message,
 )
-from sevsim.abi.snp_report import AttestationReport, ReportResponse, SignerInfo
+from sevsim.abi.snp_report import OFFSETS, AttestationReport, ReportResponse, SignerInfo
 from sevsim.abi.snp_tcb import Generation, PlatformInfo, TcbVersion
 from sevsim.abi.status import SevStatus
 from sevsim.errors import FirmwareError
@@ -55,6 +55,7 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
         self.current_tcb = self.committed_tcb = self.tcb = (
             DEFAULT_TCB[generation] if generation else TcbVersion(0, 0, 0, 0))
         self._next_seqno: dict[tuple[int, int], int] = {}  # (gctx, vmpck) -> next request
+        self._templates: dict[tuple[object, ...], bytes] = {}  # unsigned reports
 
     # -- TCB ---------------------------------------------------------------------------------
     def install_firmware(self, tcb: TcbVersion) -> None:
@@ -109,23 +110,33 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
                             vmpck=header.vmpck, msg_version=header.msg_version)
 
     # -- reports -----------------------------------------------------------------------------
-    def attestation_report(self, ctx: SnpGuestContext, report_data: bytes,
-                           vmpl: int) -> AttestationReport:
-        """The signed ATTESTATION_REPORT of a guest, as MSG_REPORT_REQ returns it."""
+    def attestation_report(self, ctx: SnpGuestContext, report_data: bytes, vmpl: int) -> bytes:
+        """The signed ATTESTATION_REPORT of a guest (0x4A0 bytes), as MSG_REPORT_REQ returns
+        it: the guest's fixed report, with this request's REPORT_DATA and VMPL, signed."""
+        state = (ctx.gctx, self.tcb, self.current_tcb, self.committed_tcb, self.smt_enabled)
+        if state not in self._templates:  # built and checked once per guest and TCB state
+            self._templates[state] = self._unsigned_report(ctx).to_bytes()
+        blob = bytearray(self._templates[state])
+        for name, value in (("report_data", report_data), ("vmpl", vmpl.to_bytes(4, "little"))):
+            offset, size = OFFSETS[name]
+            if len(value) != size:
+                raise FirmwareError(SevStatus.INVALID_PARAM, f"{name} is not {size} bytes")
+            blob[offset:offset + size] = value
+        return self.sign_report(blob, self.tcb)
+
+    def _unsigned_report(self, ctx: SnpGuestContext) -> AttestationReport:
         generation = Generation(self.chip.product)
         tcb, current = self.tcb.to_int(), self.current_tcb.to_int()
         block = ctx.id_block
-        report = AttestationReport(
+        return AttestationReport(
             version=REPORT_VERSION[generation],
             guest_svn=block.guest_svn if block else 0,
             policy=ctx.policy.to_int(),
             family_id=block.family_id if block else bytes(16),
             image_id=block.image_id if block else bytes(16),
-            vmpl=vmpl,
             current_tcb=current,
             platform_info=int(PlatformInfo.SMT_EN) if self.smt_enabled else 0,
             signer_info=SignerInfo(author_key_en=any(ctx.author_key_digest)),
-            report_data=report_data,
             measurement=ctx.launch_digest,
             host_data=ctx.host_data,
             id_key_digest=ctx.id_key_digest,
@@ -143,13 +154,12 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
             committed_major=self.chip.api_major,
             launch_tcb=current,
         )
-        return self.sign_report(report, self.tcb)
 
     def _report(self, ctx: SnpGuestContext, request: ReportRequest, caller_vmpl: int) -> bytes:
         if request.vmpl < caller_vmpl:
             return ReportResponse(int(SevStatus.INVALID_PARAM)).to_bytes()
         report = self.attestation_report(ctx, request.report_data, request.vmpl)
-        return ReportResponse(0, report.to_bytes()).to_bytes()
+        return ReportResponse(0, report).to_bytes()
 
     # -- derived keys ------------------------------------------------------------------------
     def _derived_key(self, ctx: SnpGuestContext, request: KeyRequest, caller_vmpl: int) -> bytes:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import datetime
 from functools import cache
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from sevsim.abi.sev_session import kdf
@@ -23,7 +25,8 @@ from sevsim.abi.snp_report import (
     GUID_ARK,
     GUID_ASK,
     GUID_VCEK,
-    AttestationReport,
+    OFFSETS,
+    SIGNED_SIZE,
     build_cert_table,
 )
 from sevsim.abi.snp_tcb import Generation, TcbVersion
@@ -87,6 +90,11 @@ def snp_ca_chain(product: str) -> tuple[x509.Certificate, x509.Certificate]:
 class SnpPki(PlatformPki):
     """CHIP_ID, the VCEK for a TCB and its certificate, and signing reports with it."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._vceks: dict[TcbVersion, ec.EllipticCurvePrivateKey] = {}
+        self._chip_id: bytes | None = None
+
     @property
     def generation(self) -> Generation:
         """The SNP generation; chips before Milan have no SNP identity."""
@@ -98,14 +106,21 @@ class SnpPki(PlatformPki):
 
     def chip_id(self) -> bytes:
         """The 64-byte CHIP_ID; Turin identifies a chip with its first 8 bytes only."""
-        unique = kdf(self._chip_secret, b"sevsim CHIP_ID", b"", 64)
-        size = self.generation.hwid_size
-        return unique[:size] + bytes(64 - size)
+        if self._chip_id is None:
+            unique = kdf(self._chip_secret, b"sevsim CHIP_ID", b"", 64)
+            size = self.generation.hwid_size
+            self._chip_id = unique[:size] + bytes(64 - size)
+        return self._chip_id
 
     def vcek_key(self, tcb: TcbVersion) -> ec.EllipticCurvePrivateKey:
-        """The VCEK for a TCB: a deterministic function of the chip secret and the TCB."""
-        scalar = int.from_bytes(kdf(self._chip_secret, b"sevsim VCEK", tcb.to_bytes(), 64), "big")
-        return ec.derive_private_key(scalar % (P384_ORDER - 1) + 1, ec.SECP384R1())
+        """The VCEK for a TCB: a deterministic function of the chip secret and the TCB (kept
+        once derived, as the chip keeps the VCEK of its reported TCB)."""
+        if tcb not in self._vceks:
+            scalar = int.from_bytes(kdf(self._chip_secret, b"sevsim VCEK", tcb.to_bytes(), 64),
+                                    "big")
+            self._vceks[tcb] = ec.derive_private_key(scalar % (P384_ORDER - 1) + 1,
+                                                     ec.SECP384R1())
+        return self._vceks[tcb]
 
     def vcek_certificate(self, tcb: TcbVersion) -> bytes:
         """The VCEK's X.509 certificate (DER, serial 0) signed by the simulated ASK, with AMD's
@@ -130,6 +145,13 @@ class SnpPki(PlatformPki):
                                  (GUID_ASK, ask.public_bytes(der)),
                                  (GUID_ARK, ark.public_bytes(der))])
 
-    def sign_report(self, report: AttestationReport, tcb: TcbVersion) -> AttestationReport:
-        """ECDSA P-384 over SHA-384 of the report's signed part, with the VCEK of `tcb`."""
-        return report.sign(self.vcek_key(tcb))
+    def sign_report(self, unsigned: bytes | bytearray, tcb: TcbVersion) -> bytes:
+        """A report's 0x4A0 bytes signed with the VCEK of `tcb`: ECDSA P-384 over SHA-384 of
+        bytes 0x000-0x29F, R and S little-endian in their 72-byte fields."""
+        blob = bytearray(unsigned)
+        der = self.vcek_key(tcb).sign(bytes(blob[:SIGNED_SIZE]), ec.ECDSA(hashes.SHA384()))
+        for value, name in zip(decode_dss_signature(der), ("signature_r", "signature_s"),
+                               strict=True):
+            offset, size = OFFSETS[name]
+            blob[offset:offset + size] = value.to_bytes(size, "little")
+        return bytes(blob)
