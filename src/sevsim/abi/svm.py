@@ -68,6 +68,11 @@ KVM_MAP_GPA_RANGE_ENCRYPTED = 1 << 4
 # sevsim's own: INIT-SIPI the application processor whose index is in RBX. The AP starts from
 # its reset state; its guest kernel finds what to run in guest memory, where the BSP put it.
 SEVSIM_HC_START_VCPU = 0x5E5000
+# sevsim's host channel: the VMM copies up to RCX bytes of its input to the shared page at RBX
+# (RAX = bytes copied), or takes RCX bytes from it as output, RDX = 1 while more of the same
+# blob follows. Untrusted both ways: only public bytes (nonces, reports) belong on it.
+SEVSIM_HC_HOST_INPUT = 0x5E5001
+SEVSIM_HC_HOST_OUTPUT = 0x5E5002
 
 # Ports of the VMM's devices.
 SERIAL_PORT = 0x3F8

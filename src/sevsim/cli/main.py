@@ -14,7 +14,7 @@ from sevsim.abi.policy import PolicyFlags
 from sevsim.cli.debug import debug_app
 from sevsim.cli.kds import kds_app
 from sevsim.cli.owner import owner_app
-from sevsim.errors import ConfigError, GuestTimeout, SevsimError
+from sevsim.errors import ConfigError, GuestTimeout, SevsimError, VmStateError
 from sevsim.hw.chips import DEFAULT_CHIP, PRESETS, GuestMode
 
 if TYPE_CHECKING:
@@ -74,6 +74,15 @@ def run(
         help="Guest policy, hex (default 0x1, NODBG; with --secret the owner's 0x3).")] = None,
     seed: Annotated[str | None, typer.Option(
         help="Chip seed: a reproducible platform identity (CEK, PEK, PDH, IDs).")] = None,
+    report_data: Annotated[str | None, typer.Option(
+        help="SNP: up to 64 bytes, hex, offered to the guest as host input "
+             "(sev_host_input(); examples/report.c puts them in REPORT_DATA).")] = None,
+    report_out: Annotated[Path | None, typer.Option(
+        help="SNP: write the guest's first host-output blob (its 0x4A0-byte attestation "
+             "report) here.")] = None,
+    certs_out: Annotated[Path | None, typer.Option(
+        help="SNP: write the certificate table the guest output second as vcek.pem, "
+             "ask.pem and ark.pem into this directory.")] = None,
 ) -> None:
     """Run a guest program; its console goes to stdout and its exit code becomes ours."""
     from sevsim.host.machine import Host, parse_size
@@ -90,6 +99,12 @@ def run(
     except ValueError:
         raise typer.BadParameter(f"policy {policy!r} is not hex (e.g. 0x3)") from None
     try:
+        host_input = bytes.fromhex(report_data.removeprefix("0x")) if report_data else b""
+    except ValueError:
+        raise typer.BadParameter(f"report data {report_data!r} is not hex") from None
+    if len(host_input) > 64:
+        raise typer.BadParameter(f"report data is {len(host_input)} bytes; at most 64")
+    try:
         host = Host(chip=chip, memory=parse_size(memory) + (64 << 20),
                     seed=None if seed is None else seed.encode())
         vm = host.create_vm(mode=mode, memory=memory, vcpus=vcpus)
@@ -97,10 +112,14 @@ def run(
                   f"{'' if vm.hv.mode.encrypted else ' (unencrypted)'} memory={memory} "
                   f"vcpus={vcpus}", highlight=False)
         vm.load(image)
+        vm.host_input = host_input.ljust(64, b"\0") if host_input else b""
         owner = None if secret_bytes is None else _owner(vm, image, secret_bytes, launch_policy)
         measurement = vm.launch(policy=launch_policy, owner=owner)
         if measurement is not None:
             err.print(f"sevsim: launch measurement {measurement.measure.hex()}", highlight=False)
+        if vm.hv.mode is GuestMode.SNP:
+            digest = vm.hypervisor.firmware.snp_context(vm.hv.firmware_handle).launch_digest
+            err.print(f"sevsim: SNP launch digest {digest.hex()}", highlight=False)
         if owner is not None and owner.chain is not None:
             err.print(f"sevsim: owner verified the chain to sevsim's simulated "
                       f"{owner.chain.product.capitalize()} ARK and the measurement against "
@@ -113,9 +132,42 @@ def run(
             sys.stdout.flush()
             if dump_host_view is not None:
                 dump_host_view.write_bytes(vm.host_view())
+        _write_outputs(vm.outputs, report_out, certs_out)
     except SevsimError as error:
         raise _fail(error) from None
+    except OSError as error:
+        err.print(f"[bold red]sevsim:[/] cannot write {error.filename}: {error.strerror}",
+                  highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
     raise typer.Exit(result.exit_code & 0xFF)
+
+
+def _write_outputs(outputs: list[bytes], report_out: Path | None,
+                   certs_out: Path | None) -> None:
+    """The report (first blob) and the certificate table (second) as snpguest names the
+    files; only the table's framing is checked here, the verifier checks the chain."""
+    import ssl
+
+    from sevsim.abi.snp_errors import SnpFormatError
+    from sevsim.abi.snp_report import GUID_ARK, GUID_ASK, GUID_VCEK, parse_cert_table
+
+    wanted = 2 if certs_out is not None else int(report_out is not None)
+    if len(outputs) < wanted:
+        raise VmStateError(f"the guest handed over {len(outputs)} blob(s) through host output; "
+                           "a report (and a certificate table) were expected")
+    if report_out is not None:
+        report_out.write_bytes(outputs[0])
+    if certs_out is None:
+        return
+    try:
+        entries = dict(parse_cert_table(outputs[1]))
+    except SnpFormatError as error:
+        raise VmStateError(f"the guest's second output is not a certificate table: {error}"
+                           ) from None
+    certs_out.mkdir(parents=True, exist_ok=True)
+    for guid, name in ((GUID_VCEK, "vcek.pem"), (GUID_ASK, "ask.pem"), (GUID_ARK, "ark.pem")):
+        if guid in entries:
+            (certs_out / name).write_text(ssl.DER_cert_to_PEM_cert(entries[guid]))
 
 
 def _owner(vm: VirtualMachine, image: bytes, secret: bytes, policy: int | None) -> GuestOwner:

@@ -6,10 +6,12 @@ which pages are shared, the exit code) it hands over through exits, as a real gu
 under SEV-ES through the GHCB, from its #VC handler (ghcb.py).
 
 Below the program it keeps a state page (application-processor start requests, the GHCB
-protocol version) and one GHCB page per vCPU. Application processors start from their reset
-state in every mode: the boot vCPU writes what an AP should run into the state page and asks
-the hypervisor only to kick it, so a hypervisor that cannot set registers (SEV-ES) can still
-start one, and one that kicks an AP nobody asked for finds it halting at once.
+protocol version), one GHCB page per vCPU, and the shared pages it talks to the Secure
+Processor (SNP guest messages) and the VMM's host channel through, made shared on first use.
+Application processors start from their reset state in every mode: the boot vCPU writes
+what an AP should run into the state page and asks the hypervisor only to kick it, so a
+hypervisor that cannot set registers (SEV-ES) can still start one, and one that kicks an AP
+nobody asked for finds it halting at once.
 """
 
 from __future__ import annotations
@@ -21,7 +23,20 @@ from pathlib import Path
 
 from sevsim.abi.bootinfo import BOOTINFO_GPA, SNP_CPUID_GPA, SNP_SECRETS_GPA, BootInfo
 from sevsim.abi.cpuid import parse_cpuid_page
-from sevsim.abi.ghcb import PSC_PRIVATE, PSC_SHARED, TERM_SET_GENERAL
+from sevsim.abi.ghcb import PSC_PRIVATE, PSC_SHARED, TERM_SET_GENERAL, VmgexitEvent
+from sevsim.abi.snp_errors import SnpFormatError
+from sevsim.abi.snp_guest_msg import (
+    KEY_REQ_SIZE,
+    VMPCK_SIZE,
+    KeyRequest,
+    KeyResponse,
+    MsgType,
+    ReportRequest,
+    SecretsPage,
+    open_message,
+    seal_message,
+)
+from sevsim.abi.snp_report import REPORT_SIZE, ReportResponse, parse_cert_table
 from sevsim.abi.svm import (
     DEBUG_EXIT_PORT,
     IOIO_REP,
@@ -30,6 +45,8 @@ from sevsim.abi.svm import (
     KVM_MAP_GPA_RANGE_ENCRYPTED,
     MSR_WRITE,
     SERIAL_PORT,
+    SEVSIM_HC_HOST_INPUT,
+    SEVSIM_HC_HOST_OUTPUT,
     SEVSIM_HC_START_VCPU,
     ExitCode,
     ioio_decode,
@@ -43,12 +60,25 @@ PAGE = 4096
 MAX_VCPUS = 64
 STATE_GPA = 0x10000  # the kernel's state page (private), clear of the VMM's launched pages
 GHCB_GPA = 0x11000  # GHCB of vCPU i at GHCB_GPA + i * PAGE (shared under SEV-ES)
-KERNEL_END = GHCB_GPA + MAX_VCPUS * PAGE  # programs may share or unshare pages from here
+MSG_REQ_GPA = GHCB_GPA + MAX_VCPUS * PAGE  # SNP guest request page (shared)
+MSG_RSP_GPA = MSG_REQ_GPA + PAGE  # SNP guest response page (shared)
+CERTS_GPA = MSG_RSP_GPA + PAGE  # extended request: the hypervisor's certificate table (shared)
+CERTS_PAGES = 4
+HOST_IO_GPA = CERTS_GPA + CERTS_PAGES * PAGE  # the host channel's bounce page (shared)
+KERNEL_END = HOST_IO_GPA + PAGE  # programs may share or unshare pages from here
 _VERSION_GPA = STATE_GPA  # u64: negotiated GHCB protocol version
+_SHARED_FLAGS_GPA = STATE_GPA + 8  # u64: which of the kernel's shared areas are shared yet
+_MSG_SHARED, _HOST_IO_SHARED = 1, 2
 _AP_START = struct.Struct("<QQQQ")  # entry, stack top, RDI, RSI; entry 0: no request
 _AP_SLOTS_GPA = STATE_GPA + 0x100
+EIO = 5
+ENODEV = 19
 EINVAL = 22
+ENOSPC = 28
 ENOSYS = 38
+_VMM_INVALID_LEN = 1 << 32  # SW_EXITINFO2: too few certificate pages, RBX says how many
+_VMPCK0_OFFSET = 0x20  # in the secrets page (Linux struct snp_secrets_page)
+_CERT_ENTRY = struct.Struct("<16sII")  # certificate table entry: GUID, offset, length
 
 SYS_WRITE = 1
 SYS_EXIT = 60
@@ -58,6 +88,11 @@ SYS_SEV_STATUS = 102
 SYS_VCPU_INFO = 103
 SYS_VCPU_START = 104
 SYS_VCPU_HALT = 105
+SYS_SNP_REPORT = 106
+SYS_SNP_EXT_REPORT = 107
+SYS_SNP_DERIVED_KEY = 108
+SYS_HOST_INPUT = 109
+SYS_HOST_OUTPUT = 110
 _MAX_WRITE = 1 << 20
 
 
@@ -178,7 +213,9 @@ class GuestKernel:
             SYS_WRITE: self._write, SYS_EXIT: self._exit, SYS_SET_SHARED: self._set_shared,
             SYS_SET_PRIVATE: self._set_private, SYS_SEV_STATUS: self._sev_status,
             SYS_VCPU_INFO: self._vcpu_info, SYS_VCPU_START: self._vcpu_start,
-            SYS_VCPU_HALT: self._vcpu_halt,
+            SYS_VCPU_HALT: self._vcpu_halt, SYS_SNP_REPORT: self._snp_report,
+            SYS_SNP_EXT_REPORT: self._snp_ext_report, SYS_SNP_DERIVED_KEY: self._snp_derived_key,
+            SYS_HOST_INPUT: self._host_input, SYS_HOST_OUTPUT: self._host_output,
         }
         handler = handlers.get(nr)
         result = handler(cpu, *args) if handler else -ENOSYS
@@ -232,12 +269,15 @@ class GuestKernel:
     def _set_shared(self, cpu: GuestCpu, addr: int, npages: int, *_: int) -> int:
         if not self._pages(cpu, addr, npages):
             return -EINVAL
+        self._share(cpu, addr, npages)
+        return 0
+
+    def _share(self, cpu: GuestCpu, addr: int, npages: int) -> None:
         if snp_active(cpu):
             self._validate(cpu, addr, npages, False)
             self.ghcb.psc(cpu, addr // PAGE, npages, PSC_SHARED)
         cpu.set_c_bit(addr, npages, private=False)
         cpu.vmmcall(KVM_HC_MAP_GPA_RANGE, addr, npages, 0)
-        return 0
 
     def _set_private(self, cpu: GuestCpu, addr: int, npages: int, *_: int) -> int:
         if not self._pages(cpu, addr, npages):
@@ -270,6 +310,162 @@ class GuestKernel:
 
     def _vcpu_halt(self, cpu: GuestCpu, *_: int) -> None:
         cpu.halt()
+
+    def _kernel_shared(self, cpu: GuestCpu, flag: int, gpa: int, npages: int) -> None:
+        """Share one of the kernel's own areas the first time it is needed; the flag lives
+        in the state page, so a kernel resuming a migrated VM knows too."""
+        flags = struct.unpack("<Q", cpu.read(_SHARED_FLAGS_GPA, 8))[0]
+        if not flags & flag:
+            self._share(cpu, gpa, npages)
+            cpu.write(_SHARED_FLAGS_GPA, struct.pack("<Q", flags | flag))
+
+    # -- the host channel ----------------------------------------------------------------------
+    def _host_input(self, cpu: GuestCpu, buf: int, length: int, *_: int) -> int:
+        """Up to one page of what the VMM offers; untrusted, as anything from the host."""
+        if length > _MAX_WRITE:
+            return -EINVAL
+        self._kernel_shared(cpu, _HOST_IO_SHARED, HOST_IO_GPA, 1)
+        got = cpu.vmmcall(SEVSIM_HC_HOST_INPUT, HOST_IO_GPA, min(length, PAGE))
+        if not 0 <= got <= min(length, PAGE):
+            return -EIO
+        cpu.write(buf, cpu.read(HOST_IO_GPA, got))
+        return got
+
+    def _host_output(self, cpu: GuestCpu, buf: int, length: int, *_: int) -> int:
+        """Hand the VMM one blob, a page at a time through the bounce page."""
+        if length > _MAX_WRITE:
+            return -EINVAL
+        self._kernel_shared(cpu, _HOST_IO_SHARED, HOST_IO_GPA, 1)
+        data = cpu.read(buf, length)
+        for start in range(0, max(length, 1), PAGE):
+            chunk = data[start:start + PAGE]
+            cpu.write(HOST_IO_GPA, chunk)
+            if cpu.vmmcall(SEVSIM_HC_HOST_OUTPUT, HOST_IO_GPA, len(chunk),
+                           int(start + PAGE < length)) != 0:
+                return -EIO
+        return length
+
+    # -- SEV-SNP guest requests ----------------------------------------------------------------
+    def _guest_request(self, cpu: GuestCpu, msg_type: MsgType, payload: bytes,
+                       cert_pages: int | None = None) -> tuple[bytes, int] | int:
+        """One message to the Secure Processor with VMPCK0, as Linux's sev-guest driver: seal
+        with the next sequence number, carry it through the hypervisor, open the answer and
+        insist on the response type and sequence number + 1. Any failure (the firmware
+        refused, the hypervisor replayed or altered something) leaves the counters out of
+        step for good, so the key is wiped from the secrets page and never used again.
+        Returns the response payload and, for an extended request with too few certificate
+        pages, the pages needed (the request is then finished without certificates, as Linux
+        does, so the sequence number moves on); or -EIO."""
+        secrets = SecretsPage.from_bytes(cpu.read(SNP_SECRETS_GPA, PAGE))
+        key, offset = secrets.vmpck[0], SecretsPage.seqno_offset(0)
+        if not any(key) or secrets.msg_seqno[0] + 2 > 0xFFFF_FFFF:  # wiped, or worn out
+            return -EIO
+        self._kernel_shared(cpu, _MSG_SHARED, MSG_REQ_GPA, 2 + CERTS_PAGES)
+        seqno = secrets.msg_seqno[0] + 1
+        request = seal_message(key, msg_type, seqno, payload)
+        cpu.write(MSG_REQ_GPA, request.ljust(PAGE, b"\0"))
+        cpu.write(MSG_RSP_GPA, bytes(PAGE))
+        answer = self._issue(cpu, cert_pages)
+        needed = 0
+        if cert_pages is not None and answer.get("sw_exit_info_2") == _VMM_INVALID_LEN:
+            needed = max(answer.get("rbx", 0), cert_pages + 1)
+            answer = self._issue(cpu, None)  # the same sealed message, without certificates
+        try:
+            if answer.get("sw_exit_info_2", 0):
+                raise SnpFormatError("SW_EXITINFO2",
+                                     f"request refused: 0x{answer['sw_exit_info_2']:x}")
+            header, plain = open_message(key, cpu.read(MSG_RSP_GPA, PAGE))
+            if header.seqno != seqno + 1 or header.msg_type is not msg_type.response \
+                    or header.vmpck != 0:
+                raise SnpFormatError("MSG_SEQNO", f"{header.msg_type.name} #{header.seqno} "
+                                     f"answers {msg_type.name} #{seqno}")
+        except SnpFormatError:
+            cpu.write(SNP_SECRETS_GPA + _VMPCK0_OFFSET, bytes(VMPCK_SIZE))
+            return -EIO
+        cpu.write(SNP_SECRETS_GPA + offset, struct.pack("<I", seqno + 1))
+        return plain, needed
+
+    def _issue(self, cpu: GuestCpu, cert_pages: int | None) -> dict[str, int]:
+        event, inputs = ((VmgexitEvent.GUEST_REQUEST, {}) if cert_pages is None else
+                         (VmgexitEvent.EXT_GUEST_REQUEST, {"rax": CERTS_GPA, "rbx": cert_pages}))
+        answer = self.ghcb.call(cpu, event, MSG_REQ_GPA, MSG_RSP_GPA, inputs, (),
+                                "an SNP guest request")
+        if answer is None:
+            raise GuestFault(f"vCPU {cpu.index}: the hypervisor stopped the VM at an SNP "
+                             "guest request")
+        return answer
+
+    def _report(self, cpu: GuestCpu, data_ptr: int, out_ptr: int,
+                cert_pages: int | None) -> int:
+        """MSG_REPORT_REQ for VMPL0; the report reaches the user only if its status is 0.
+        Returns 0, -EIO, or the certificate pages needed as a positive count."""
+        payload = ReportRequest(cpu.read(data_ptr, 64), 0).to_bytes()
+        answer = self._guest_request(cpu, MsgType.REPORT_REQ, payload, cert_pages)
+        if isinstance(answer, int):
+            return answer
+        plain, needed = answer
+        if needed:
+            return needed
+        try:
+            response = ReportResponse.from_bytes(plain)
+        except SnpFormatError:
+            return -EIO
+        if response.status or len(response.report) != REPORT_SIZE:
+            return -EIO
+        cpu.write(out_ptr, response.report)
+        return 0
+
+    def _snp_report(self, cpu: GuestCpu, data_ptr: int, out_ptr: int, *_: int) -> int:
+        if not snp_active(cpu):
+            return -ENODEV
+        return self._report(cpu, data_ptr, out_ptr, None)
+
+    def _snp_ext_report(self, cpu: GuestCpu, data_ptr: int, out_ptr: int, certs_ptr: int,
+                        len_ptr: int, *_: int) -> int:
+        """The report and the hypervisor's certificate table (untrusted: a verifier checks
+        the chain). `*len_ptr` is the buffer size in, the table size out; -ENOSPC and the
+        size needed when the buffer is too small."""
+        if not snp_active(cpu):
+            return -ENODEV
+        capacity = struct.unpack("<Q", cpu.read(len_ptr, 8))[0]
+        result = self._report(cpu, data_ptr, out_ptr, min(capacity // PAGE, CERTS_PAGES))
+        if result > 0:
+            cpu.write(len_ptr, struct.pack("<Q", result * PAGE))
+            return -ENOSPC
+        if result:
+            return result
+        table = cpu.read(CERTS_GPA, min(capacity, CERTS_PAGES * PAGE) // PAGE * PAGE)
+        try:
+            count = len(parse_cert_table(table))
+        except SnpFormatError:
+            return -EIO
+        size = max([_CERT_ENTRY.size * (count + 1)]  # the header, then the furthest blob
+                   + [offset + length for _, offset, length in
+                      (_CERT_ENTRY.unpack_from(table, i * _CERT_ENTRY.size)
+                       for i in range(count))])
+        cpu.write(certs_ptr, table[:size])
+        cpu.write(len_ptr, struct.pack("<Q", size))
+        return size
+
+    def _snp_derived_key(self, cpu: GuestCpu, req_ptr: int, out_ptr: int, *_: int) -> int:
+        """MSG_KEY_REQ: a key only this launch (or this chip) can derive again."""
+        if not snp_active(cpu):
+            return -ENODEV
+        try:
+            payload = KeyRequest.from_bytes(cpu.read(req_ptr, KEY_REQ_SIZE)).to_bytes()
+        except SnpFormatError:
+            return -EINVAL
+        answer = self._guest_request(cpu, MsgType.KEY_REQ, payload)
+        if isinstance(answer, int):
+            return answer
+        try:
+            response = KeyResponse.from_bytes(answer[0])
+        except SnpFormatError:
+            return -EIO
+        if response.status:
+            return -EIO
+        cpu.write(out_ptr, response.derived_key)
+        return 0
 
     @staticmethod
     def _cpuid_page_entry(cpu: GuestCpu, leaf: int) -> tuple[int, int, int, int] | None:

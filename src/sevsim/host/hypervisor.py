@@ -51,6 +51,7 @@ from sevsim.abi.svm import (
 )
 from sevsim.errors import (
     ConfigError,
+    FirmwareError,
     GuestFault,
     GuestTimeout,
     MemoryAccessError,
@@ -71,6 +72,7 @@ from sevsim.hw.npt import NOT_PRESENT, NestedPageTable
 _RESERVED_FRAMES = 256  # the host kernel's own first MiB
 _QUANTUM_S = 0.005
 _PSC_INVALID = 1  # a PSC for a page the hypervisor will not change (no such page, bad op)
+_VMM_INVALID_LEN = 1 << 32  # SW_EXITINFO2 high half: the data pages are too few (spec §7.4)
 _GUEST_MSRS = {0x10: 0, 0x1B: 0xFEE0_0900, 0xC000_0080: 0x500, 0xC001_0130: 0}
 
 IoHandler = Callable[["HvVm", int, int, bool, int], int | None]
@@ -575,6 +577,16 @@ class Hypervisor:
             out["rax"] = self._hypercall(vm, save["rax"], (*args, 0))
         elif code == VmgexitEvent.PSC and vm.mode is GuestMode.SNP:
             return self._psc_buffer(vm, gpa, ghcb)
+        elif (code in (VmgexitEvent.GUEST_REQUEST, VmgexitEvent.EXT_GUEST_REQUEST)
+              and vm.mode is GuestMode.SNP):
+            extended = code == VmgexitEvent.EXT_GUEST_REQUEST
+            if extended and not {"rax", "rbx"} <= save.keys():
+                return error(GhcbError.MISSING_INPUT)
+            pages = (save["rax"], save["rbx"]) if extended else None
+            try:
+                return self.guest_request(vm, info1, info2, pages)
+            except (MemoryAccessError, RmpViolation):
+                return error(GhcbError.INVALID_INPUT)
         else:
             return error(GhcbError.INVALID_EVENT)
         return {**out, "sw_exit_info_1": RESULT_OK, "sw_exit_info_2": 0}
@@ -619,3 +631,30 @@ class Hypervisor:
                 cur += 1
         ghcb.shared_buffer = psc_set_cur_entry(ghcb.shared_buffer, cur)
         return {"sw_exit_info_1": RESULT_OK, "sw_exit_info_2": failure}
+
+    # -- SEV-SNP: guest requests --------------------------------------------------------------
+    def guest_request(self, vm: HvVm, request_gpa: int, response_gpa: int,
+                      data: tuple[int, int] | None = None) -> dict[str, int]:
+        """The (extended) guest request NAE event, as KVM's snp_handle_guest_req: carry the
+        sealed request page to SNP_GUEST_REQUEST and the sealed answer back. A firmware error
+        goes back in SW_EXITINFO2's low half and nothing is written. `data` (extended: the
+        data pages' GPA and count) gets the certificate table; too few pages and the request
+        is not issued at all: INVALID_LEN, RBX = the pages needed. Hypervisor reads and
+        writes go through the NPT, so a private page named here raises RmpViolation."""
+        ok = {"sw_exit_info_1": RESULT_OK, "sw_exit_info_2": 0}
+        certs = b""
+        if data is not None:
+            certs = self.firmware.certificate_table(self.firmware.tcb)
+            needed = -(-len(certs) // PAGE)
+            if data[1] < needed:
+                return {**ok, "sw_exit_info_2": _VMM_INVALID_LEN, "rbx": needed}
+        request = self.read_gpa(vm, request_gpa, PAGE)
+        try:
+            response = self.firmware.snp_guest_request(vm.firmware_handle, request,
+                                                       caller_vmpl=0)
+        except FirmwareError as err:
+            return {**ok, "sw_exit_info_2": int(err.status) & 0xFFFF_FFFF}
+        self.write_gpa(vm, response_gpa, response.ljust(PAGE, b"\0"))
+        if data is not None:
+            self.write_gpa(vm, data[0], certs)
+        return ok

@@ -19,9 +19,20 @@ from sevsim.abi.bootinfo import (
 from sevsim.abi.cpuid import CpuidEntry, pack_cpuid_page
 from sevsim.abi.policy import PolicyFlags
 from sevsim.abi.snp_launch import VMSA_GPA, PageType
-from sevsim.abi.svm import DEBUG_EXIT_PORT, SERIAL_PORT
+from sevsim.abi.svm import (
+    DEBUG_EXIT_PORT,
+    SERIAL_PORT,
+    SEVSIM_HC_HOST_INPUT,
+    SEVSIM_HC_HOST_OUTPUT,
+)
 from sevsim.abi.vmsa import reset_state
-from sevsim.errors import ImageError, SevsimError, VmStateError
+from sevsim.errors import (
+    ImageError,
+    MemoryAccessError,
+    RmpViolation,
+    SevsimError,
+    VmStateError,
+)
 from sevsim.firmware.sev import LaunchMeasurement
 from sevsim.firmware.snp import SEV_FEATURES_SNP
 from sevsim.guest.kernel import GuestKernel, kernel_identity
@@ -36,6 +47,7 @@ SNP_CPUID_LEAVES = (0x0, 0x1, 0x4000_0000, 0x8000_0000, 0x8000_001F)
 DEFAULT_SNP_POLICY = 0x30000  # QEMU's sev-snp-guest default: SMT allowed, reserved bit 17
 _LINE_STATUS = SERIAL_PORT + 5
 _LSR_IDLE = 0x60  # transmitter empty: the guest may always write
+_HC_ERROR = (1 << 64) - 1  # a host-channel hypercall the VMM refused
 
 
 class LaunchOwner(Protocol):
@@ -74,7 +86,11 @@ class VirtualMachine:
         self.image: GuestImage | None = None
         self.launched = False
         self._measured_pages: list[int] = []
+        self.host_input = b""  # what the guest's sev_host_input() reads, consumed in order
+        self.outputs: list[bytes] = []  # blobs the guest handed over with sev_host_output()
+        self._output_part = bytearray()
         vm.io_handler = self._io
+        vm.hypercall_handler = self._hypercall
 
     # -- facts ---------------------------------------------------------------------------------
     @property
@@ -279,4 +295,25 @@ class VirtualMachine:
             return _LSR_IDLE
         elif is_in:
             return (1 << 8 * size) - 1  # nothing answers: the bus floats high
+        return 0
+
+    def _hypercall(self, vm: HvVm, nr: int, args: tuple[int, ...]) -> int | None:
+        """The host channel: input into, output out of, the guest's shared bounce page."""
+        gpa, length = args[0], args[1]
+        if nr not in (SEVSIM_HC_HOST_INPUT, SEVSIM_HC_HOST_OUTPUT):
+            return None
+        try:
+            if nr == SEVSIM_HC_HOST_INPUT:
+                data = self.host_input[:min(length, PAGE)]
+                self.write_gpa(gpa, data)
+                self.host_input = self.host_input[len(data):]
+                return len(data)
+            if length > PAGE:
+                return _HC_ERROR
+            self._output_part += self.read_gpa(gpa, length)
+        except (MemoryAccessError, RmpViolation):  # a page the host may not touch
+            return _HC_ERROR
+        if not args[2]:  # the blob's last piece
+            self.outputs.append(bytes(self._output_part))
+            self._output_part.clear()
         return 0

@@ -40,9 +40,23 @@ extern "C" {
 #define SYS_VCPU_INFO 103
 #define SYS_VCPU_START 104
 #define SYS_VCPU_HALT 105
+#define SYS_SNP_REPORT 106
+#define SYS_SNP_EXT_REPORT 107
+#define SYS_SNP_DERIVED_KEY 108
+#define SYS_HOST_INPUT 109
+#define SYS_HOST_OUTPUT 110
 
 /* Error numbers returned (negated) by system calls. */
+#define SEV_EIO 5
+#define SEV_ENODEV 19
 #define SEV_EINVAL 22
+#define SEV_ENOSPC 28
+
+/* SEV-SNP guest requests: sizes of what the Secure Processor answers. */
+#define SEV_SNP_REPORT_DATA_SIZE 64
+#define SEV_SNP_REPORT_SIZE 0x4A0
+#define SEV_SNP_KEY_REQ_SIZE 0x28
+#define SEV_SNP_KEY_SIZE 32
 
 /* SEV_STATUS MSR and its bits as the guest reads them. */
 #define SEV_MSR_SEV_STATUS 0xC0010131U
@@ -204,6 +218,43 @@ static inline long sev_vcpu_start(unsigned index, void (*fn)(void *), void *arg,
 {
     return sev_syscall5(SYS_VCPU_START, (long)index, (long)&__sev_ap_trampoline, (long)arg,
                         (long)fn, (long)stack_top);
+}
+
+/* SEV-SNP: an ATTESTATION_REPORT (SEV_SNP_REPORT_SIZE bytes into `report`) for VMPL0
+ * carrying the 64 bytes at `report_data`, signed by the chip's VCEK.  Returns 0,
+ * -SEV_ENODEV outside SNP, or -SEV_EIO (after which the kernel stops using VMPCK0). */
+static inline long sev_snp_report(const void *report_data, void *report)
+{
+    return sev_syscall2(SYS_SNP_REPORT, (long)report_data, (long)report);
+}
+
+/* The same, plus the host's certificate table (VCEK, ASK, ARK) into `certs`, whose
+ * size is *certs_len.  Returns the table's size (also in *certs_len), or -SEV_ENOSPC
+ * with the size needed in *certs_len, -SEV_ENODEV or -SEV_EIO. */
+static inline long sev_snp_ext_report(const void *report_data, void *report, void *certs,
+                                      uint64_t *certs_len)
+{
+    return sev_syscall5(SYS_SNP_EXT_REPORT, (long)report_data, (long)report, (long)certs,
+                        (long)certs_len, 0);
+}
+
+/* A key derived by the Secure Processor from the MSG_KEY_REQ at `key_request`
+ * (SEV_SNP_KEY_REQ_SIZE bytes) into `key` (SEV_SNP_KEY_SIZE bytes).  0 or -errno. */
+static inline long sev_snp_derived_key(const void *key_request, void *key)
+{
+    return sev_syscall2(SYS_SNP_DERIVED_KEY, (long)key_request, (long)key);
+}
+
+/* Up to len bytes (at most a page) the VMM offers as input; untrusted.  Returns the count. */
+static inline long sev_host_input(void *buf, size_t len)
+{
+    return sev_syscall2(SYS_HOST_INPUT, (long)buf, (long)len);
+}
+
+/* Hand the VMM one public blob (it collects them in order).  Returns len or -errno. */
+static inline long sev_host_output(const void *buf, size_t len)
+{
+    return sev_syscall2(SYS_HOST_OUTPUT, (long)buf, (long)len);
 }
 
 /* Stop the calling vCPU for good. */
