@@ -32,7 +32,6 @@ PRODUCTS = ("naples", "rome", "milan", "genoa", "turin")
 Trust = Literal["amd", "sevsim"]
 TRUSTS: tuple[Trust, ...] = ("amd", "sevsim")
 CHAIN_FILES = ("pdh", "pek", "oca", "cek")  # sevctl's file names, `.cert` appended
-CA_FILES = ("ask", "ark")
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,6 @@ from sevsim.hw.rmp import Rmp
 RAW = 0  # storage domain of frames whose cells hold the DRAM bytes themselves
 
 _FILL_CHUNK = 1 << 20  # zero DRAM a MiB at a time, skipping what is already zero
-OWNER_HYPERVISOR = 0
-OWNER_FIRMWARE = -1
 
 
 def frame_runs(values: np.ndarray) -> Iterator[tuple[int, int, int]]:
@@ -57,7 +55,6 @@ class MemoryController:
         self.engine = engine
         self.cells = np.zeros(size, dtype=np.uint8)
         self.domain = np.zeros(self.nframes, dtype=np.int32)
-        self.owner = np.zeros(self.nframes, dtype=np.int32)
         self.pins = np.zeros(self.nframes, dtype=np.int32)
         self.write_listeners: list[Callable[[int, int], None]] = []
         self.mappers: list[FrameMapper] = []
