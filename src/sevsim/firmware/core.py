@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from sevsim.abi.policy import SevPolicy
 from sevsim.abi.status import GuestState, PlatformState, SevStatus
-from sevsim.errors import FirmwareError
+from sevsim.errors import FirmwareError, MemoryAccessError
 from sevsim.hw.chips import ChipPreset
 from sevsim.hw.memory import MemoryController
 
@@ -71,6 +71,18 @@ class FirmwareCore:
         self._next_handle = 1
         self._asid_owner: dict[int, int] = {}  # ASID -> handle of the guest activated on it
         self._asid_dirty: set[int] = set()  # deactivated, caches not flushed (DF_FLUSH)
+
+    def _encrypt_in_place(self, ctx: GuestContext, spa: int, length: int) -> bytes:
+        """LAUNCH_UPDATE_*: encrypt [spa, spa+length) under the guest's key; returns what DRAM
+        held (what gets measured). INVALID_ADDRESS outside DRAM, or where the RMP gives the
+        frame to someone else."""
+        try:
+            self._memory.check_range(spa, length)
+            plaintext = self._memory.read(spa, length)
+            self._memory.encrypt_in_place(spa, length, ctx.asid)
+        except MemoryAccessError as err:
+            raise FirmwareError(SevStatus.INVALID_ADDRESS, str(err)) from None
+        return plaintext
 
     # -- checks -----------------------------------------------------------------------------
     def _require_platform(self, allowed: PlatformState | tuple[PlatformState, ...],

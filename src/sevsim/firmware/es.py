@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sevsim.abi.policy import PolicyFlags
 from sevsim.abi.status import GuestState, SevStatus
-from sevsim.errors import FirmwareError, MemoryAccessError
+from sevsim.errors import FirmwareError
 from sevsim.firmware.core import FirmwareCore
 from sevsim.hw.cpu import vmsa_seals
 from sevsim.hw.engine import PAGE
@@ -34,14 +34,6 @@ class EsLaunch(FirmwareCore):
         if spa % PAGE:
             raise FirmwareError(SevStatus.INVALID_ADDRESS,
                                 f"VMSA address 0x{spa:x} is not page aligned")
-        try:
-            self._memory.check_range(spa, PAGE)
-        except MemoryAccessError as err:
-            raise FirmwareError(SevStatus.INVALID_ADDRESS, str(err)) from None
-        page = self._memory.read(spa, PAGE)  # what DRAM holds is what gets encrypted
-        try:
-            self._memory.encrypt_in_place(spa, PAGE, ctx.asid)
-        except MemoryAccessError as err:  # SNP: the RMP gives the frame to someone else
-            raise FirmwareError(SevStatus.INVALID_ADDRESS, str(err)) from None
+        page = self._encrypt_in_place(ctx, spa, PAGE)
         ctx.launch_digest.update(page)
         vmsa_seals(self._memory).seal(ctx.asid, spa, page)

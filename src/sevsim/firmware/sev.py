@@ -171,16 +171,7 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
         if length <= 0 or length % BLOCK or spa % BLOCK:
             raise FirmwareError(SevStatus.INVALID_LENGTH,
                                 f"0x{spa:x}+0x{length:x} is not 16-byte aligned and non-empty")
-        try:
-            self._memory.check_range(spa, length)
-        except MemoryAccessError as err:
-            raise FirmwareError(SevStatus.INVALID_ADDRESS, str(err)) from None
-        plaintext = self._memory.read(spa, length)  # what DRAM holds is what gets encrypted
-        try:
-            self._memory.encrypt_in_place(spa, length, ctx.asid)
-        except MemoryAccessError as err:
-            raise FirmwareError(SevStatus.INVALID_ADDRESS, str(err)) from None
-        ctx.launch_digest.update(plaintext)
+        ctx.launch_digest.update(self._encrypt_in_place(ctx, spa, length))
 
     def launch_measure(self, handle: int) -> LaunchMeasurement:
         """HMAC-SHA256 under the TIK over the launch digest (spec-formats.md §9.6)."""
