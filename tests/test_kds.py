@@ -105,3 +105,11 @@ def test_rate_limit_answers_429_with_retry_after() -> None:
         limited.value.close()
         assert limited.value.code == 429
         assert int(limited.value.headers["Retry-After"]) >= 1
+
+
+def test_vlek_chain_is_asvk_then_ark(url: str) -> None:
+    asvk, ark = x509.load_pem_x509_certificates(get(f"{url}/vlek/v1/Turin/cert_chain"))
+    assert asvk.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value \
+        == "SEV-VLEK-Turin"
+    assert asvk.issuer == ark.subject
+    assert status_of(f"{url}/vlek/v1/Turin/{'00' * 8}?blSPL=1") == 404

@@ -187,6 +187,9 @@ def test_shipped_simulated_keys_are_derived_from_the_published_seed(product: str
             shipped / f"{role}.pem").read_bytes()
         assert (tmp_path / "certs" / product / f"{role}.cert").read_bytes() == getattr(
             trusted_roots(product, "sevsim"), role).to_bytes()
+    if product in amd_root.SNP_PRODUCTS:  # and the ASVK that signs VLEKs
+        assert (tmp_path / "keys" / product / "asvk.pem").read_bytes() == (
+            shipped / "asvk.pem").read_bytes()
 
 
 @settings(max_examples=20, deadline=None)

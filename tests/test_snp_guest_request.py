@@ -167,3 +167,35 @@ def test_tcb_update_changes_the_vcek_and_a_rollback_shows_in_the_report() -> Non
         with pytest.raises(FirmwareError):
             refused()
     assert fw.current_tcb == newer
+
+
+def test_a_loaded_vlek_signs_reports_and_names_no_chip() -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from sevsim.abi.snp_cert import SnpCertificate
+    from sevsim.abi.snp_report import GUID_ARK, GUID_ASK, GUID_VLEK, parse_cert_table
+    from sevsim.abi.snp_tcb import SigningKey
+    from sevsim.firmware.snp_pki import snp_vlek_ca_chain
+
+    fw, ctx = firmware()
+    registry_copy, _ = firmware()  # KDS's view of the same chip (same seed)
+    hashstick = registry_copy.seal_hashstick("cc-us-east-2.example", fw.tcb)
+    other_chip, _ = firmware(seed=b"another chip")
+    with pytest.raises(FirmwareError) as refused:
+        other_chip.snp_vlek_load(hashstick)  # bound to the chip it was wrapped for
+    assert refused.value.status is SevStatus.BAD_SIGNATURE and not other_chip.vlek_loaded
+    with pytest.raises(FirmwareError):
+        fw.snp_vlek_load(hashstick[:-1] + bytes([hashstick[-1] ^ 1]))
+    fw.snp_vlek_load(hashstick)
+    entries = dict(parse_cert_table(fw.certificate_table(fw.tcb)))
+    assert set(entries) == {GUID_VLEK, GUID_ASK, GUID_ARK}
+    vlek = SnpCertificate.from_der(entries[GUID_VLEK])
+    assert vlek.is_vlek and vlek.amd.csp_id == "CN=cc-us-east-2.example"
+    asvk = snp_vlek_ca_chain("Milan")[0].public_key()
+    assert isinstance(asvk, rsa.RSAPublicKey)
+    vlek.verify(asvk)
+    plain = ask(fw, ctx, MsgType.REPORT_REQ, ReportRequest().to_bytes(), 1)
+    report = verify_report(ReportResponse.from_bytes(plain).report, vlek.tbs.public_key())
+    assert report.signer_info.signing_key is SigningKey.VLEK and report.chip_id == bytes(64)
+    with pytest.raises(InvalidSignature):
+        verify_report(ReportResponse.from_bytes(plain).report, fw.vcek_key(fw.tcb).public_key())

@@ -31,6 +31,7 @@ from sevsim.abi.sev_cert import AmdCert, Usage
 
 SEED = b"sevsim simulated AMD root key: not AMD's, public, for simulation only"
 PRODUCTS = ("naples", "rome", "milan", "genoa", "turin")
+SNP_PRODUCTS = ("milan", "genoa", "turin")  # these also have an ASVK, which signs VLEKs
 EXPONENT = 65537
 ROLES = {"ark": Usage.ARK, "ask": Usage.ASK}
 _MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
@@ -205,6 +206,15 @@ def _shipped_key(product: str, role: str) -> rsa.RSAPrivateKey:
 
 
 @cache
+def simulated_asvk(product: str) -> rsa.RSAPrivateKey:
+    """The simulated ASVK of an SNP product: the key that signs VLEKs."""
+    product = product.lower()
+    if product not in SNP_PRODUCTS:
+        raise ValueError(f"no simulated ASVK for product {product!r}")
+    return _shipped_key(product, "asvk")
+
+
+@cache
 def simulated_root(product: str) -> SimulatedRoot:
     """The shipped simulated root of a product (Naples, Rome, Milan, Genoa, Turin)."""
     product = product.lower()
@@ -222,9 +232,15 @@ def regenerate(firmware_dir: Path, trust_dir: Path, products: tuple[str, ...] = 
         (firmware_dir / product).mkdir(parents=True, exist_ok=True)
         (trust_dir / product).mkdir(parents=True, exist_ok=True)
         for role, key in keys.items():
-            (firmware_dir / product / f"{role}.pem").write_bytes(key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption()))
+            _write_key(firmware_dir / product / f"{role}.pem", key)
             cert = root.ark if role == "ark" else root.ask
             (trust_dir / product / f"{role}.cert").write_bytes(cert.to_bytes())
+        if product in SNP_PRODUCTS:
+            _write_key(firmware_dir / product / "asvk.pem", derive_key(product, "asvk"))
+
+
+def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
 

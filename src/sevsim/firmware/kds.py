@@ -6,6 +6,8 @@ part for the chips it is told about (by the seed of their `Host`). Paths, as the
     /vcek/v1/{Milan|Genoa|Turin}/{hwid hex}?blSPL=..&teeSPL=..&snpSPL=..&ucodeSPL=..[&fmcSPL=..]
     /vcek/v1/{product}/cert_chain          PEM: ASK then ARK
     /vcek/v1/{product}/crl                 DER CRL signed by the ARK
+    /vlek/v1/{product}/cert_chain          PEM: ASVK then ARK (VLEKs reach cloud providers
+                                           as hashsticks: `SnpPki.seal_hashstick`)
 
 A VCEK is DER (application/pkix-cert). Optional rate limiting answers HTTP 429 with
 Retry-After, as AMD's does, so clients' backoff can be tested.
@@ -26,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from sevsim.abi.snp_tcb import Generation, TcbFormatError, TcbVersion
 from sevsim.firmware.amd_root import simulated_root
-from sevsim.firmware.snp_pki import AMD_PSS, SnpPki, snp_ca_chain
+from sevsim.firmware.snp_pki import AMD_PSS, SnpPki, snp_ca_chain, snp_vlek_ca_chain
 
 _SPLS = ("blSPL", "teeSPL", "snpSPL", "ucodeSPL")
 
@@ -53,18 +55,21 @@ class KeyDistribution:
     def answer(self, path: str, query: str) -> tuple[str, bytes]:
         """(content type, body) for a KDS path; KdsError otherwise."""
         parts = [p for p in path.split("/") if p]
-        if len(parts) != 4 or parts[:2] != ["vcek", "v1"]:
+        if len(parts) != 4 or parts[0] not in ("vcek", "vlek") or parts[1] != "v1":
             raise KdsError(404, f"no such KDS path: {path}")
         try:
             generation = Generation(parts[2])
         except ValueError:
             raise KdsError(404, f"unknown product {parts[2]!r} (Milan, Genoa, Turin)") from None
+        vlek = parts[0] == "vlek"
         if parts[3] == "cert_chain":
-            ask, ark = snp_ca_chain(generation.value)
+            signer, ark = (snp_vlek_ca_chain if vlek else snp_ca_chain)(generation.value)
             pem = serialization.Encoding.PEM
-            return "application/x-pem-file", ask.public_bytes(pem) + ark.public_bytes(pem)
+            return "application/x-pem-file", signer.public_bytes(pem) + ark.public_bytes(pem)
         if parts[3] == "crl":
             return "application/pkix-crl", _crl(generation.value)
+        if vlek:  # VLEKs go to cloud providers as hashsticks, not over this public path
+            raise KdsError(404, "VLEKs are issued to cloud providers, not fetched here")
         platform = self.chips.get((generation.value, parts[3].lower()))
         if platform is None:
             raise KdsError(404, f"no {generation.value} chip with hwID {parts[3]}")

@@ -29,7 +29,7 @@ from sevsim.abi.snp_guest_msg import (
     seal_message,
 )
 from sevsim.abi.snp_report import OFFSETS, AttestationReport, ReportResponse, SignerInfo
-from sevsim.abi.snp_tcb import Generation, PlatformInfo, TcbVersion
+from sevsim.abi.snp_tcb import Generation, PlatformInfo, SigningKey, TcbVersion
 from sevsim.abi.status import SevStatus
 from sevsim.errors import FirmwareError
 from sevsim.firmware.snp import SnpFirmware, SnpGuestContext, SnpGuestState
@@ -113,7 +113,8 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
     def attestation_report(self, ctx: SnpGuestContext, report_data: bytes, vmpl: int) -> bytes:
         """The signed ATTESTATION_REPORT of a guest (0x4A0 bytes), as MSG_REPORT_REQ returns
         it: the guest's fixed report, with this request's REPORT_DATA and VMPL, signed."""
-        state = (ctx.gctx, self.tcb, self.current_tcb, self.committed_tcb, self.smt_enabled)
+        state = (ctx.gctx, self.tcb, self.current_tcb, self.committed_tcb, self.smt_enabled,
+                 self.vlek_loaded)
         if state not in self._templates:  # built and checked once per guest and TCB state
             self._templates[state] = self._unsigned_report(ctx).to_bytes()
         blob = bytearray(self._templates[state])
@@ -136,7 +137,9 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
             image_id=block.image_id if block else bytes(16),
             current_tcb=current,
             platform_info=int(PlatformInfo.SMT_EN) if self.smt_enabled else 0,
-            signer_info=SignerInfo(author_key_en=any(ctx.author_key_digest)),
+            signer_info=SignerInfo(author_key_en=any(ctx.author_key_digest),
+                                   signing_key=SigningKey.VLEK if self.vlek_loaded
+                                   else SigningKey.VCEK),
             measurement=ctx.launch_digest,
             host_data=ctx.host_data,
             id_key_digest=ctx.id_key_digest,
@@ -146,7 +149,7 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
             cpuid_fam_id=self.chip.family,
             cpuid_mod_id=self.chip.model,
             cpuid_step=self.chip.stepping,
-            chip_id=self.chip_id(),
+            chip_id=bytes(64) if self.vlek_loaded else self.chip_id(),  # a VLEK names no chip
             committed_tcb=self.committed_tcb.to_int(),
             current_build=self.chip.build, current_minor=self.chip.api_minor,
             current_major=self.chip.api_major,

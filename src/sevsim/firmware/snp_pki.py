@@ -10,13 +10,16 @@ RSA-4096 keys (firmware/amd_root.py) in AMD's X.509 form: RSASSA-PSS SHA-384, sa
 from __future__ import annotations
 
 import datetime
+import os
 from functools import cache
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
 from sevsim.abi.sev_session import kdf
@@ -25,6 +28,7 @@ from sevsim.abi.snp_report import (
     GUID_ARK,
     GUID_ASK,
     GUID_VCEK,
+    GUID_VLEK,
     OFFSETS,
     SIGNED_SIZE,
     build_cert_table,
@@ -32,13 +36,16 @@ from sevsim.abi.snp_report import (
 from sevsim.abi.snp_tcb import Generation, TcbVersion
 from sevsim.abi.status import SevStatus
 from sevsim.errors import FirmwareError
-from sevsim.firmware.amd_root import pss_sign, simulated_root
+from sevsim.firmware.amd_root import SEED as AMD_SEED
+from sevsim.firmware.amd_root import pss_sign, simulated_asvk, simulated_root
 from sevsim.firmware.pki import P384_ORDER, PlatformPki
 
 AMD_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)  # AMD: salt 48
 _SERIALS = {"Milan": (0x10000, 0x10001), "Genoa": (0x20000, 0x20002), "Turin": (0x30000, 0x30001)}
+_HASHSTICK_AAD = b"sevsim VLEK hashstick v1"
+_ASVK_SERIALS = {"Milan": 0x10101, "Genoa": 0x20101, "Turin": 0x30101}
 _NOT_BEFORE = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
-_KDS = "https://kdsintf.amd.com/vcek/v1"
+_KDS_HOST = "https://kdsintf.amd.com"
 
 
 def _amd_name(common_name: str) -> x509.Name:
@@ -53,38 +60,76 @@ def _amd_name(common_name: str) -> x509.Name:
     ])
 
 
+def _ca(subject: x509.Name, issuer: x509.Name, serial: int, key: rsa.RSAPublicKey,
+        crl_path: str) -> x509.CertificateBuilder:
+    crl = x509.CRLDistributionPoints([x509.DistributionPoint(
+        [x509.UniformResourceIdentifier(f"{_KDS_HOST}/{crl_path}")], None, None, None)])
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+            .serial_number(serial).public_key(key).not_valid_before(_NOT_BEFORE)
+            .not_valid_after(_NOT_BEFORE.replace(year=_NOT_BEFORE.year + 25))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
+            .add_extension(crl, critical=False))
+
+
+def _signing_ca(builder: x509.CertificateBuilder, ark: x509.Certificate,
+                ark_key: rsa.RSAPrivateKey) -> x509.Certificate:
+    """An ASK or ASVK: CA with path length 0, keyCertSign, under the ARK."""
+    ark_public = ark.public_key()
+    assert isinstance(ark_public, rsa.RSAPublicKey)
+    return (builder
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ark_public),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, False, False,
+                                         False), critical=True)
+            .sign(ark_key, hashes.SHA384(), rsa_padding=AMD_PSS))
+
+
 @cache
 def snp_ca_chain(product: str) -> tuple[x509.Certificate, x509.Certificate]:
     """(ASK, ARK) of sevsim's simulated root for a product, X.509 as KDS serves them."""
     root = simulated_root(product.lower())
     ark_serial, ask_serial = _SERIALS[product]
-    ark_name, ask_name = _amd_name(f"ARK-{product}"), _amd_name(f"SEV-{product}")
-    crl = x509.CRLDistributionPoints([x509.DistributionPoint(
-        [x509.UniformResourceIdentifier(f"{_KDS}/{product}/crl")], None, None, None)])
-
-    def builder(subject: x509.Name, issuer: x509.Name, serial: int,
-                key: rsa.RSAPublicKey) -> x509.CertificateBuilder:
-        return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-                .serial_number(serial).public_key(key).not_valid_before(_NOT_BEFORE)
-                .not_valid_after(_NOT_BEFORE.replace(year=_NOT_BEFORE.year + 25))
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False))
-
-    ark_public = root.ark_key.public_key()
-    ark = (builder(ark_name, ark_name, ark_serial, ark_public)
+    ark_name = _amd_name(f"ARK-{product}")
+    ark = (_ca(ark_name, ark_name, ark_serial, root.ark_key.public_key(),
+               f"vcek/v1/{product}/crl")
            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
                                         False), critical=True)
            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-           .add_extension(crl, critical=False)
            .sign(root.ark_key, hashes.SHA384(), rsa_padding=AMD_PSS))
-    ask = (builder(ask_name, ark_name, ask_serial, root.ask_key.public_key())
-           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ark_public),
-                          critical=False)
-           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-           .add_extension(x509.KeyUsage(False, False, False, False, False, True, False, False,
-                                        False), critical=True)
-           .add_extension(crl, critical=False)
-           .sign(root.ark_key, hashes.SHA384(), rsa_padding=AMD_PSS))
+    ask = _signing_ca(_ca(_amd_name(f"SEV-{product}"), ark_name, ask_serial,
+                          root.ask_key.public_key(), f"vcek/v1/{product}/crl"),
+                      ark, root.ark_key)
     return ask, ark
+
+
+@cache
+def snp_vlek_ca_chain(product: str) -> tuple[x509.Certificate, x509.Certificate]:
+    """(ASVK, ARK): the ASVK signs VLEKs, which KDS issues to cloud providers."""
+    ark = snp_ca_chain(product)[1]
+    asvk = _signing_ca(_ca(_amd_name(f"SEV-VLEK-{product}"), ark.subject,
+                           _ASVK_SERIALS[product], simulated_asvk(product).public_key(),
+                           f"vlek/v1/{product}/crl"),
+                       ark, simulated_root(product.lower()).ark_key)
+    return asvk, ark
+
+
+def vlek_key(product: str, csp_id: str, tcb: TcbVersion) -> ec.EllipticCurvePrivateKey:
+    """A cloud provider's VLEK for a product and TCB: AMD's (here sevsim's simulated AMD's)
+    derivation, known to KDS and to nobody else until a chip loads it."""
+    material = kdf(AMD_SEED, b"sevsim VLEK", f"{product}/{csp_id}".encode() + tcb.to_bytes(), 64)
+    return ec.derive_private_key(int.from_bytes(material, "big") % (P384_ORDER - 1) + 1,
+                                 ec.SECP384R1())
+
+
+def vlek_certificate(product: str, csp_id: str, tcb: TcbVersion) -> bytes:
+    """The VLEK's X.509 certificate (serial 0, cspId instead of hwID) signed by the ASVK."""
+    generation = Generation(product)
+    amd = AmdExtensions(tcb, generation.value, csp_id=f"CN={csp_id}")
+    tbs = vcek_tbs(vlek_key(product, csp_id, tcb).public_key(), amd,
+                   f"SEV-VLEK-{generation.value}", CertTime.utc(2024, 1, 1), years=1)
+    return SnpCertificate(tbs, pss_sign(simulated_asvk(product.lower()), tbs.to_der(),
+                                        "sha384")).to_der()
 
 
 class SnpPki(PlatformPki):
@@ -94,6 +139,36 @@ class SnpPki(PlatformPki):
         super().__init__(*args, **kwargs)
         self._vceks: dict[TcbVersion, ec.EllipticCurvePrivateKey] = {}
         self._chip_id: bytes | None = None
+        self._vlek: tuple[ec.EllipticCurvePrivateKey, bytes] | None = None  # key, certificate
+
+    # -- VLEK: a cloud provider's key, loaded into each of its chips ------------------------------
+    def _hashstick_key(self) -> AESGCM:
+        return AESGCM(kdf(self._chip_secret, b"sevsim VLEK hashstick", b"", 32))
+
+    def seal_hashstick(self, csp_id: str, tcb: TcbVersion) -> bytes:
+        """KDS's side: the cloud provider's VLEK wrapped so only this chip can load it."""
+        product = self.generation.value
+        scalar = vlek_key(product, csp_id, tcb).private_numbers().private_value
+        nonce = os.urandom(12)
+        plain = scalar.to_bytes(48, "big") + tcb.to_bytes() + csp_id.encode()
+        return nonce + self._hashstick_key().encrypt(nonce, plain, _HASHSTICK_AAD)
+
+    def snp_vlek_load(self, hashstick: bytes) -> None:
+        """SNP_VLEK_LOAD: from now on reports are signed with the VLEK (SIGNING_KEY 1)."""
+        try:
+            plain = self._hashstick_key().decrypt(hashstick[:12], hashstick[12:], _HASHSTICK_AAD)
+        except (InvalidTag, ValueError):
+            raise FirmwareError(SevStatus.BAD_SIGNATURE,
+                                "SNP_VLEK_LOAD: the hashstick is not for this chip or was "
+                                "altered") from None
+        tcb = TcbVersion.from_int(int.from_bytes(plain[48:56], "little"), self.generation)
+        csp_id = plain[56:].decode()
+        key = ec.derive_private_key(int.from_bytes(plain[:48], "big"), ec.SECP384R1())
+        self._vlek = (key, vlek_certificate(self.generation.value, csp_id, tcb))
+
+    @property
+    def vlek_loaded(self) -> bool:
+        return self._vlek is not None
 
     @property
     def generation(self) -> Generation:
@@ -139,17 +214,23 @@ class SnpPki(PlatformPki):
     def certificate_table(self, tcb: TcbVersion) -> bytes:
         """What the extended guest request returns beside the report (the GUID table of
         spec-formats.md §1.3): the VCEK for `tcb`, then the ASK and ARK, DER each."""
-        ask, ark = snp_ca_chain(self.generation.value)
         der = serialization.Encoding.DER
+        if self._vlek is not None:  # the VLEK, its ASVK (under the ASK's GUID) and the ARK
+            asvk, ark = snp_vlek_ca_chain(self.generation.value)
+            return build_cert_table([(GUID_VLEK, self._vlek[1]), (GUID_ASK, asvk.public_bytes(der)),
+                                     (GUID_ARK, ark.public_bytes(der))])
+        ask, ark = snp_ca_chain(self.generation.value)
         return build_cert_table([(GUID_VCEK, self.vcek_certificate(tcb)),
                                  (GUID_ASK, ask.public_bytes(der)),
                                  (GUID_ARK, ark.public_bytes(der))])
 
     def sign_report(self, unsigned: bytes | bytearray, tcb: TcbVersion) -> bytes:
-        """A report's 0x4A0 bytes signed with the VCEK of `tcb`: ECDSA P-384 over SHA-384 of
-        bytes 0x000-0x29F, R and S little-endian in their 72-byte fields."""
+        """A report's 0x4A0 bytes signed with the VLEK once one is loaded, else the VCEK of
+        `tcb`: ECDSA P-384 over SHA-384 of bytes 0x000-0x29F, R and S little-endian in their
+        72-byte fields."""
         blob = bytearray(unsigned)
-        der = self.vcek_key(tcb).sign(bytes(blob[:SIGNED_SIZE]), ec.ECDSA(hashes.SHA384()))
+        key = self._vlek[0] if self._vlek is not None else self.vcek_key(tcb)
+        der = key.sign(bytes(blob[:SIGNED_SIZE]), ec.ECDSA(hashes.SHA384()))
         for value, name in zip(decode_dss_signature(der), ("signature_r", "signature_s"),
                                strict=True):
             offset, size = OFFSETS[name]
