@@ -62,14 +62,13 @@ def test_report_carries_the_launch_and_verifies_with_the_vcek(chip: str, version
     plain = ask(fw, ctx, MsgType.REPORT_REQ, ReportRequest(nonce, vmpl=0).to_bytes(), 1)
     response = ReportResponse.from_bytes(plain)
     assert response.status == 0
-    report = verify_report(response.report, fw.vcek_key(fw.tcb).public_key())
+    report = verify_report(response.report, fw.vcek_public_key(fw.tcb))
     assert report.version == version and report.report_data == nonce
     assert report.measurement == ctx.launch_digest and report.chip_id == fw.chip_id()
     assert report.reported_tcb == fw.tcb.to_int() and report.vmpl == 0
     assert report.policy == ctx.policy.to_int()
     with pytest.raises(InvalidSignature):
-        verify_report(response.report, firmware(chip, seed=b"other")[0].vcek_key(fw.tcb)
-                      .public_key())
+        verify_report(response.report, firmware(chip, seed=b"other")[0].vcek_public_key(fw.tcb))
 
 
 def test_sequence_numbers_stop_replays_and_skips() -> None:
@@ -154,13 +153,13 @@ def test_tcb_update_changes_the_vcek_and_a_rollback_shows_in_the_report() -> Non
         plain = ask(fw, ctx, MsgType.REPORT_REQ, ReportRequest().to_bytes(), seqno)
         return ReportResponse.from_bytes(plain).report
 
-    updated = verify_report(report(1), fw.vcek_key(newer).public_key())
+    updated = verify_report(report(1), fw.vcek_public_key(newer))
     assert updated.reported_tcb == updated.current_tcb == updated.committed_tcb \
         == newer.to_int()
     with pytest.raises(InvalidSignature):  # the old VCEK no longer signs
-        verify_report(report(3), fw.vcek_key(old).public_key())
+        verify_report(report(3), fw.vcek_public_key(old))
     fw.snp_config(old)  # the host reports the old TCB: visible, not hidden
-    rolled = verify_report(report(5), fw.vcek_key(old).public_key())
+    rolled = verify_report(report(5), fw.vcek_public_key(old))
     assert rolled.reported_tcb == old.to_int() < rolled.current_tcb == newer.to_int()
     for refused in (lambda: fw.install_firmware(old),  # below the committed TCB
                     lambda: fw.snp_config(TcbVersion(9, 9, 99, 255))):  # above current
@@ -198,4 +197,4 @@ def test_a_loaded_vlek_signs_reports_and_names_no_chip() -> None:
     report = verify_report(ReportResponse.from_bytes(plain).report, vlek.tbs.public_key())
     assert report.signer_info.signing_key is SigningKey.VLEK and report.chip_id == bytes(64)
     with pytest.raises(InvalidSignature):
-        verify_report(ReportResponse.from_bytes(plain).report, fw.vcek_key(fw.tcb).public_key())
+        verify_report(ReportResponse.from_bytes(plain).report, fw.vcek_public_key(fw.tcb))

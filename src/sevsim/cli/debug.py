@@ -56,7 +56,7 @@ def read(
     out is still read: its memory is what you want to see.
     """
     from sevsim.abi.status import SevStatus
-    from sevsim.cli.main import EXIT_ERROR, _fail, err
+    from sevsim.cli.common import err, fail, read_input
     from sevsim.errors import FirmwareError, GuestFault, GuestTimeout, SevsimError
     from sevsim.host.debug import debug_read
     from sevsim.host.machine import Host, parse_size
@@ -69,11 +69,7 @@ def read(
             else int(policy, 16)
     except ValueError:
         raise typer.BadParameter(f"policy {policy!r} is not hex (e.g. 0x4)") from None
-    try:
-        image = elf.read_bytes()
-    except OSError as error:
-        err.print(f"[bold red]sevsim:[/] cannot read {elf}: {error.strerror}", highlight=False)
-        raise typer.Exit(EXIT_ERROR) from None
+    image = read_input(elf)
     try:
         host = Host(chip=chip, memory=parse_size(memory) + (64 << 20))
         vm = host.create_vm(mode=mode, memory=memory)
@@ -93,5 +89,5 @@ def read(
         if isinstance(error, FirmwareError) and error.status is SevStatus.POLICY_FAILURE:
             err.print(f"sevsim: policy 0x{policy_value:x} forbids debugging (NODBG, bit 0); "
                       "launch with a policy without it, e.g. --policy 0", highlight=False)
-        raise _fail(error) from None
+        raise fail(error) from None
     sys.stdout.write(hexdump(data, address) + "\n")

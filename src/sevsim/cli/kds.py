@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from sevsim.cli.common import err
 
 kds_app = typer.Typer(help="A key distribution server (AMD KDS's URLs) for simulated chips.",
                       no_args_is_help=True)
@@ -34,13 +35,12 @@ def serve(
     platforms = [SnpPki(preset, memory, seed=s.encode()) for s in seed]
     kds.register(platforms)
     server = make_server(kds, host, port, rate_limit)
-    out = Console(stderr=True, soft_wrap=True)
     address, bound = str(server.server_address[0]), server.server_address[1]
-    out.print(f"sevsim kds: http://{address}:{bound}/vcek/v1/{preset.product}/ ...",
+    err.print(f"sevsim kds: http://{address}:{bound}/vcek/v1/{preset.product}/ ...",
               highlight=False)
     for platform in platforms:
         hwid = platform.chip_id()[:platform.generation.hwid_size].hex()
-        out.print(f"  chip {hwid}", highlight=False)
+        err.print(f"  chip {hwid}", highlight=False)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -11,18 +11,16 @@ from rich.console import Console
 from rich.table import Table
 
 from sevsim.abi.policy import PolicyFlags
+from sevsim.cli.common import EXIT_ERROR, err, fail, read_input
 from sevsim.cli.debug import debug_app
 from sevsim.cli.kds import kds_app
 from sevsim.cli.owner import owner_app
-from sevsim.errors import ConfigError, GuestTimeout, SevsimError, VmStateError
+from sevsim.errors import ConfigError, SevsimError, VmStateError
 from sevsim.hw.chips import DEFAULT_CHIP, PRESETS, GuestMode
 
 if TYPE_CHECKING:
     from sevsim.attest.sev_owner import GuestOwner
     from sevsim.host.vmm import VirtualMachine
-
-EXIT_TIMEOUT = 124  # as timeout(1)
-EXIT_ERROR = 125  # sevsim itself failed: bad input, firmware refusal, guest fault
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 guest_app = typer.Typer(help="Guest programs: build C sources against the sevsim SDK.",
@@ -31,12 +29,6 @@ app.add_typer(guest_app, name="guest")
 app.add_typer(debug_app, name="debug")
 app.add_typer(owner_app, name="owner")
 app.add_typer(kds_app, name="kds")
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(error: SevsimError) -> typer.Exit:
-    err.print(f"[bold red]sevsim:[/] {type(error).__name__}: {error}", highlight=False)
-    return typer.Exit(EXIT_TIMEOUT if isinstance(error, GuestTimeout) else EXIT_ERROR)
 
 
 @guest_app.command("build")
@@ -52,7 +44,7 @@ def guest_build(
     try:
         built = build_guest(sources, output, cflags=cflag or [])
     except SevsimError as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     err.print(f"built {built}", highlight=False)
 
 
@@ -87,13 +79,8 @@ def run(
     """Run a guest program; its console goes to stdout and its exit code becomes ours."""
     from sevsim.host.machine import Host, parse_size
 
-    try:
-        image = elf.read_bytes()
-        secret_bytes = secret.read_bytes() if secret is not None else None
-    except OSError as error:
-        err.print(f"[bold red]sevsim:[/] cannot read {error.filename}: {error.strerror}",
-                  highlight=False)
-        raise typer.Exit(EXIT_ERROR) from None
+    image = read_input(elf)
+    secret_bytes = read_input(secret) if secret is not None else None
     try:
         launch_policy = None if policy is None else int(policy, 16)
     except ValueError:
@@ -134,7 +121,7 @@ def run(
                 dump_host_view.write_bytes(vm.host_view())
         _write_outputs(vm.outputs, report_out, certs_out)
     except SevsimError as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     except OSError as error:
         err.print(f"[bold red]sevsim:[/] cannot write {error.filename}: {error.strerror}",
                   highlight=False)

@@ -16,32 +16,27 @@ from typing import Annotated, cast
 import typer
 from rich.console import Console
 
+from sevsim.cli.common import EXIT_ERROR, err, fail, read_input
 from sevsim.errors import AttestationError, SevsimError
 from sevsim.hw.chips import DEFAULT_CHIP, PRESETS
 
 EXIT_UNTRUSTED = 1
-EXIT_ERROR = 125
 TEK_TIK_FILE = "tek_tik.bin"  # TEK (16 bytes) || TIK (16 bytes); keep it to yourself
 
 owner_app = typer.Typer(help="The guest owner's side: verify a platform, open a launch "
                         "session, compute the expected measurement, package a secret.",
                         no_args_is_help=True)
 out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(error: Exception) -> typer.Exit:
-    err.print(f"[bold red]sevsim owner:[/] {type(error).__name__}: {error}", highlight=False)
-    return typer.Exit(EXIT_UNTRUSTED if isinstance(error, AttestationError) else EXIT_ERROR)
+    """A chain or measurement that does not verify exits 1, anything else 125."""
+    return fail(error, "sevsim owner",
+                EXIT_UNTRUSTED if isinstance(error, AttestationError) else EXIT_ERROR)
 
 
 def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        err.print(f"[bold red]sevsim owner:[/] cannot read {path}: {error.strerror}",
-                  highlight=False)
-        raise typer.Exit(EXIT_ERROR) from None
+    return read_input(path, "sevsim owner")
 
 
 def _hex(text: str, size: int, what: str) -> bytes:

@@ -72,6 +72,29 @@ class FirmwareCore:
         self._asid_owner: dict[int, int] = {}  # ASID -> handle of the guest activated on it
         self._asid_dirty: set[int] = set()  # deactivated, caches not flushed (DF_FLUSH)
 
+    def _bind_asid(self, asid: int, asids: range, key: bytes, owner: int) -> None:
+        """ACTIVATE / SNP_ACTIVATE: the key goes into the ASID's slot, if the ASID is in the
+        range the guest type may use, nobody holds it and its caches were flushed since."""
+        if asid not in asids:
+            raise FirmwareError(SevStatus.INVALID_ASID,
+                                f"ASID {asid} outside {asids.start}..{asids.stop - 1}")
+        if asid in self._asid_owner:
+            raise FirmwareError(SevStatus.ASID_OWNED,
+                                f"ASID {asid} belongs to guest {self._asid_owner[asid]}")
+        if asid in self._asid_dirty:
+            raise FirmwareError(SevStatus.DF_FLUSH_REQUIRED,
+                                f"ASID {asid} was released; DF_FLUSH before reuse")
+        self._memory.engine.load_key(asid, key)
+        self._asid_owner[asid] = owner
+
+    def _release_asid(self, asid: int) -> None:
+        """DEACTIVATE / SNP_DECOMMISSION: the key leaves its slot (the frames fall back to the
+        DRAM bytes they hold) and the ASID waits for DF_FLUSH."""
+        self._memory.unload_domain(asid)
+        self._memory.engine.unload_key(asid)
+        del self._asid_owner[asid]
+        self._asid_dirty.add(asid)
+
     def _encrypt_in_place(self, ctx: GuestContext, spa: int, length: int) -> bytes:
         """LAUNCH_UPDATE_*: encrypt [spa, spa+length) under the guest's key; returns what DRAM
         held (what gets measured). INVALID_ADDRESS outside DRAM, or where the RMP gives the

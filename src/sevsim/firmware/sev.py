@@ -128,27 +128,14 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
         ctx = self._guest(handle, "ACTIVATE")
         if ctx.asid:
             raise FirmwareError(SevStatus.ACTIVE, f"guest {handle} is already on ASID {ctx.asid}")
-        if asid not in range(1, self.chip.max_asid + 1):
-            raise FirmwareError(SevStatus.INVALID_ASID,
-                                f"ASID {asid} outside 1..{self.chip.max_asid}")
-        if asid in self._asid_owner:
-            raise FirmwareError(SevStatus.ASID_OWNED,
-                                f"ASID {asid} belongs to guest {self._asid_owner[asid]}")
-        if asid in self._asid_dirty:
-            raise FirmwareError(SevStatus.DF_FLUSH_REQUIRED,
-                                f"ASID {asid} was deactivated; DF_FLUSH before reuse")
-        self._memory.engine.load_key(asid, ctx.vek)
+        self._bind_asid(asid, range(1, self.chip.max_asid + 1), ctx.vek, handle)
         ctx.asid = asid
-        self._asid_owner[asid] = handle
 
     def deactivate(self, handle: int) -> None:
         ctx = self._guest(handle, "DEACTIVATE")
         if not ctx.asid:
             raise FirmwareError(SevStatus.INACTIVE, f"guest {handle} is not active")
-        self._memory.unload_domain(ctx.asid)
-        self._memory.engine.unload_key(ctx.asid)
-        del self._asid_owner[ctx.asid]
-        self._asid_dirty.add(ctx.asid)
+        self._release_asid(ctx.asid)
         ctx.asid = 0
 
     def decommission(self, handle: int) -> None:

@@ -209,17 +209,8 @@ class SnpFirmware(FirmwareCore):
                                 "SNP_ACTIVATE before SNP_LAUNCH_START")
         if ctx.asid:
             raise FirmwareError(SevStatus.ACTIVE, f"guest is already on ASID {ctx.asid}")
-        if asid not in range(1, self.chip.min_sev_asid):
-            raise FirmwareError(SevStatus.INVALID_ASID, f"ASID {asid} outside the SEV-ES/SNP "
-                                f"range 1..{self.chip.min_sev_asid - 1}")
-        if asid in self._asid_owner:
-            raise FirmwareError(SevStatus.ASID_OWNED, f"ASID {asid} is in use")
-        if asid in self._asid_dirty:
-            raise FirmwareError(SevStatus.DF_FLUSH_REQUIRED,
-                                f"ASID {asid} was decommissioned; DF_FLUSH before reuse")
-        self._memory.engine.load_key(asid, ctx.vek)
+        self._bind_asid(asid, range(1, self.chip.min_sev_asid), ctx.vek, gctx)  # SEV-ES/SNP
         ctx.asid = asid
-        self._asid_owner[asid] = gctx
 
     # -- launch ------------------------------------------------------------------------------
     def snp_launch_update(self, gctx: int, spa: int, page_type: PageType) -> None:
@@ -317,10 +308,7 @@ class SnpFirmware(FirmwareCore):
         (and the GCTX page) stay as the RMP says until the hypervisor reclaims them."""
         ctx = self.snp_context(gctx, "SNP_DECOMMISSION")
         if ctx.asid:
-            self._memory.unload_domain(ctx.asid)
-            self._memory.engine.unload_key(ctx.asid)
-            del self._asid_owner[ctx.asid]
-            self._asid_dirty.add(ctx.asid)
+            self._release_asid(ctx.asid)
         del self._snp_guests[gctx]
 
     def snp_page_reclaim(self, spa: int) -> None:

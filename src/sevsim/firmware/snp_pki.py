@@ -114,7 +114,7 @@ def snp_vlek_ca_chain(product: str) -> tuple[x509.Certificate, x509.Certificate]
     return asvk, ark
 
 
-def vlek_key(product: str, csp_id: str, tcb: TcbVersion) -> ec.EllipticCurvePrivateKey:
+def _vlek_key(product: str, csp_id: str, tcb: TcbVersion) -> ec.EllipticCurvePrivateKey:
     """A cloud provider's VLEK for a product and TCB: AMD's (here sevsim's simulated AMD's)
     derivation, known to KDS and to nobody else until a chip loads it."""
     material = kdf(AMD_SEED, b"sevsim VLEK", f"{product}/{csp_id}".encode() + tcb.to_bytes(), 64)
@@ -126,7 +126,7 @@ def vlek_certificate(product: str, csp_id: str, tcb: TcbVersion) -> bytes:
     """The VLEK's X.509 certificate (serial 0, cspId instead of hwID) signed by the ASVK."""
     generation = Generation(product)
     amd = AmdExtensions(tcb, generation.value, csp_id=f"CN={csp_id}")
-    tbs = vcek_tbs(vlek_key(product, csp_id, tcb).public_key(), amd,
+    tbs = vcek_tbs(_vlek_key(product, csp_id, tcb).public_key(), amd,
                    f"SEV-VLEK-{generation.value}", CertTime.utc(2024, 1, 1), years=1)
     return SnpCertificate(tbs, pss_sign(simulated_asvk(product.lower()), tbs.to_der(),
                                         "sha384")).to_der()
@@ -148,7 +148,7 @@ class SnpPki(PlatformPki):
     def seal_hashstick(self, csp_id: str, tcb: TcbVersion) -> bytes:
         """KDS's side: the cloud provider's VLEK wrapped so only this chip can load it."""
         product = self.generation.value
-        scalar = vlek_key(product, csp_id, tcb).private_numbers().private_value
+        scalar = _vlek_key(product, csp_id, tcb).private_numbers().private_value
         nonce = os.urandom(12)
         plain = scalar.to_bytes(48, "big") + tcb.to_bytes() + csp_id.encode()
         return nonce + self._hashstick_key().encrypt(nonce, plain, _HASHSTICK_AAD)
@@ -187,7 +187,11 @@ class SnpPki(PlatformPki):
             self._chip_id = unique[:size] + bytes(64 - size)
         return self._chip_id
 
-    def vcek_key(self, tcb: TcbVersion) -> ec.EllipticCurvePrivateKey:
+    def vcek_public_key(self, tcb: TcbVersion) -> ec.EllipticCurvePublicKey:
+        """The VCEK's public half (its private half never leaves the firmware)."""
+        return self._vcek_key(tcb).public_key()
+
+    def _vcek_key(self, tcb: TcbVersion) -> ec.EllipticCurvePrivateKey:
         """The VCEK for a TCB: a deterministic function of the chip secret and the TCB (kept
         once derived, as the chip keeps the VCEK of its reported TCB)."""
         if tcb not in self._vceks:
@@ -205,7 +209,7 @@ class SnpPki(PlatformPki):
                         else generation.value)  # as real VCEKs name them
         amd = AmdExtensions(tcb, product_name, hw_id=self.chip_id()[:generation.hwid_size],
                             struct_version=1 if generation.turin_layout else 0)
-        tbs = vcek_tbs(self.vcek_key(tcb).public_key(), amd, f"SEV-{generation.value}",
+        tbs = vcek_tbs(self.vcek_public_key(tcb), amd, f"SEV-{generation.value}",
                        CertTime.utc(2024, 1, 1))
         # deterministic PSS salt: the same chip and TCB give the same bytes, as KDS serves
         ask = simulated_root(generation.value.lower()).ask_key
@@ -229,7 +233,7 @@ class SnpPki(PlatformPki):
         `tcb`: ECDSA P-384 over SHA-384 of bytes 0x000-0x29F, R and S little-endian in their
         72-byte fields."""
         blob = bytearray(unsigned)
-        key = self._vlek[0] if self._vlek is not None else self.vcek_key(tcb)
+        key = self._vlek[0] if self._vlek is not None else self._vcek_key(tcb)
         der = key.sign(bytes(blob[:SIGNED_SIZE]), ec.ECDSA(hashes.SHA384()))
         for value, name in zip(decode_dss_signature(der), ("signature_r", "signature_s"),
                                strict=True):
