@@ -18,8 +18,12 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import sevsim.hw.engine as engine_module
+from conftest import blocks_found, secret_bytes
+from sevsim import Host
+from sevsim.errors import ConfigError
 from sevsim.hw.chips import TweakMode
-from sevsim.hw.engine import BLOCK, PAGE, EncryptionEngine, TweakFunction
+from sevsim.hw.engine import BLOCK, PAGE, EncryptionEngine, SlotCipher, TweakFunction
 
 MODES = [TweakMode.XE_WEAK, TweakMode.XEX_STRONG]
 ADDRESS_BITS = 52
@@ -415,9 +419,10 @@ def test_the_reachability_search_finds_a_planted_key():
     assert not any(holds(obj, key) for obj in reachable(planted))
 
 
+@pytest.mark.parametrize("key_bytes", [16, 64], ids=["aes128", "xts256"])
 @pytest.mark.parametrize("mode", MODES)
-def test_no_loaded_key_is_reachable_from_the_engine(mode):
-    keys = {asid: os.urandom(16) for asid in (1, 2, 9)}
+def test_no_loaded_key_is_reachable_from_the_engine(mode, key_bytes):
+    keys = {asid: os.urandom(key_bytes) for asid in (1, 2, 9)}
     engine = EncryptionEngine(mode)
     for asid, key in keys.items():
         assert engine.load_key(asid, key) is None
@@ -473,3 +478,178 @@ def test_bad_keys_and_misaligned_runs_are_refused():
         engine.encrypt_blocks(1, 0, np.zeros(24, np.uint8))
     with pytest.raises(ValueError):
         engine.encrypt_pages(1, 0, np.zeros(PAGE + 16, np.uint8))
+
+
+# -- AES-256-XTS (SNP policy MEM_AES_256_XTS on Genoa and Turin) ------------------------------
+
+
+def xts_key() -> bytes:
+    return os.urandom(64)  # K1 || K2; equal halves have probability 2**-256
+
+
+def xts_reference(key: bytes, spa: int, data: bytes, encrypt: bool = True) -> bytes:
+    """`cryptography`'s AES-256-XTS, one 16-byte data unit per block, tweak = the block's SPA
+    as a 64-bit little-endian number in the 16-byte IV."""
+    out = b""
+    for i in range(0, len(data), BLOCK):
+        cipher = Cipher(algorithms.AES(key), modes.XTS((spa + i).to_bytes(16, "little")))
+        ctx = cipher.encryptor() if encrypt else cipher.decryptor()
+        out += ctx.update(data[i:i + BLOCK]) + ctx.finalize()
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+@settings(max_examples=30, deadline=None)
+@given(spa=block_spa, nblocks=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+def test_xts_blocks_match_cryptography_xts(mode, spa, nblocks, seed):
+    """The chip's tweak mode does not matter to an XTS slot: the SPA is the XTS tweak."""
+    key = xts_key()
+    engine = make_engine(mode, keys={4: key})
+    assert engine.cipher(4) is SlotCipher.AES256_XTS
+    plain = rand(nblocks * BLOCK, seed)
+    cipher = engine.encrypt_blocks(4, spa, plain)
+    assert cipher.tobytes() == xts_reference(key, spa, plain.tobytes())
+    assert engine.decrypt_blocks(4, spa, cipher).tobytes() == plain.tobytes()
+    assert xts_reference(key, spa, cipher.tobytes(), encrypt=False) == plain.tobytes()
+
+
+@settings(max_examples=15, deadline=None)
+@given(frame=st.integers(0, (1 << 40) - 1), npages=st.integers(1, 3), seed=st.integers(0, 2**32))
+def test_xts_pages_match_cryptography_xts_and_round_trip(frame, npages, seed):
+    key = xts_key()
+    engine = make_engine(TweakMode.XEX_STRONG, keys={1: key, 2: os.urandom(16)})
+    plain = rand(npages * PAGE, seed)
+    cipher = engine.encrypt_pages(1, frame, plain)
+    assert cipher.tobytes() == xts_reference(key, frame * PAGE, plain.tobytes())
+    assert np.array_equal(cipher, engine.encrypt_blocks(1, frame * PAGE, plain))
+    assert np.array_equal(engine.decrypt_pages(1, frame, cipher), plain)
+    buf = cipher.copy()  # in place, through `out`, as the memory controller uses it
+    engine.decrypt_pages(1, frame, buf, buf)
+    assert np.array_equal(buf, plain)
+    # the AES-128 slot next to it is unaffected and differs
+    assert not np.array_equal(engine.encrypt_pages(2, frame, plain), cipher)
+
+
+@settings(max_examples=20, deadline=None)
+@given(spa=low_spa, nblocks=st.integers(1, 600), seed=st.integers(0, 2**32 - 1))
+def test_xts_block_runs_round_trip_across_page_boundaries(spa, nblocks, seed):
+    engine = make_engine(TweakMode.XEX_STRONG, keys={3: xts_key()})
+    plain = rand(nblocks * BLOCK, seed)
+    cipher = engine.encrypt_blocks(3, spa, plain)
+    assert np.array_equal(engine.decrypt_blocks(3, spa, cipher), plain)
+    # each block is its own data unit: the run is the concatenation of its blocks
+    for i in {0, nblocks // 2, nblocks - 1}:
+        one = engine.encrypt_blocks(3, spa + i * BLOCK, plain[i * BLOCK:(i + 1) * BLOCK])
+        assert np.array_equal(one, cipher[i * BLOCK:(i + 1) * BLOCK])
+
+
+def test_xts_large_runs_shared_between_cores_match_one_core(monkeypatch):
+    """Past _PARALLEL_PAGES the run is cut between threads; every piece keeps its own SPAs."""
+    key = xts_key()
+    engine = make_engine(TweakMode.XEX_STRONG, keys={1: key})
+    npages = engine_module._PARALLEL_PAGES + 37
+    frame = 0x12345
+    plain = rand(npages * PAGE, 9)
+    shared = engine.encrypt_pages(1, frame, plain)
+    with monkeypatch.context() as patch:
+        patch.setattr(engine_module, "_POOL", None)
+        alone = engine.encrypt_pages(1, frame, plain)
+    assert np.array_equal(shared, alone)
+    for i in (0, npages // 3, npages - 1):
+        lo = i * PAGE
+        expected = xts_reference(key, (frame + i) * PAGE, plain[lo:lo + PAGE].tobytes())
+        assert shared[lo:lo + PAGE].tobytes() == expected
+    assert np.array_equal(engine.decrypt_pages(1, frame, shared), plain)
+    assert np.array_equal(engine.decrypt_blocks(1, frame * PAGE, shared), plain)
+
+
+@settings(max_examples=30, deadline=None)
+@given(a=block_spa, b=block_spa, block=st.binary(min_size=16, max_size=16))
+def test_xts_ciphertext_is_bound_to_the_spa_and_moving_it_garbles_it(a, b, block):
+    engine = make_engine(TweakMode.XEX_STRONG, keys={1: xts_key()})
+    cipher = enc(engine, 1, a, block)
+    assert cipher != block
+    if a == b:
+        assert enc(engine, 1, b, block) == cipher
+        return
+    assert enc(engine, 1, b, block) != cipher
+    # ciphertext copied from a to b decrypts there to garbage, not the plaintext
+    assert dec(engine, 1, b, cipher) != block
+
+
+def test_identical_blocks_on_one_xts_page_encrypt_differently():
+    engine = make_engine(TweakMode.XEX_STRONG, keys={1: xts_key()})
+    cipher = engine.encrypt_pages(1, 0x1234, np.zeros(PAGE, dtype=np.uint8)).reshape(-1, BLOCK)
+    assert len({bytes(row) for row in cipher}) == PAGE // BLOCK
+
+
+def test_xts_slot_is_bound_to_its_key_and_differs_from_aes128_with_the_same_bytes():
+    key = xts_key()
+    engine = make_engine(TweakMode.XEX_STRONG, keys={1: key, 2: key, 3: xts_key(),
+                                                     4: key[:16]})
+    block = arr(b"0123456789abcdef")
+    assert np.array_equal(engine.encrypt_blocks(1, 0x40, block),
+                          engine.encrypt_blocks(2, 0x40, block))
+    assert not np.array_equal(engine.encrypt_blocks(1, 0x40, block),
+                              engine.encrypt_blocks(3, 0x40, block))
+    assert not np.array_equal(engine.encrypt_blocks(1, 0x40, block),
+                              engine.encrypt_blocks(4, 0x40, block))
+    assert engine.cipher(4) is SlotCipher.AES128_TWEAK
+
+
+def test_reloading_a_slot_switches_its_cipher():
+    engine = make_engine(TweakMode.XEX_STRONG)
+    block = arr(b"fedcba9876543210")
+    assert engine.cipher(1) is SlotCipher.AES128_TWEAK
+    key = xts_key()
+    engine.load_key(1, key)
+    assert engine.cipher(1) is SlotCipher.AES256_XTS
+    assert enc(engine, 1, 0x80, block.tobytes()) == xts_reference(key, 0x80, block.tobytes())
+    aes = os.urandom(16)
+    engine.load_key(1, aes)
+    assert engine.cipher(1) is SlotCipher.AES128_TWEAK
+    t = engine.tweak(0x80)
+    expected = xor(Cipher(algorithms.AES(aes), modes.ECB()).encryptor().update(
+        xor(block.tobytes(), t)), t)
+    assert enc(engine, 1, 0x80, block.tobytes()) == expected
+    with pytest.raises(KeyError):
+        engine.cipher(99)
+
+
+@pytest.mark.parametrize("bad", [b"", bytes(15), bytes(17), bytes(24), bytes(32), bytes(48),
+                                 bytes(63), bytes(65), bytes(128)], ids=len)
+def test_wrong_key_sizes_raise_a_config_error_and_change_nothing(bad):
+    key = xts_key()
+    engine = make_engine(TweakMode.XEX_STRONG, keys={1: key})
+    block = arr(bytes(range(16)))
+    before = engine.encrypt_blocks(1, 0x100, block).copy()
+    with pytest.raises(ConfigError, match=r"16 bytes .* or 64 bytes"):
+        engine.load_key(1, bad)
+    with pytest.raises(ConfigError):
+        engine.load_key(7, bad)
+    assert not engine.has_key(7)
+    assert engine.cipher(1) is SlotCipher.AES256_XTS
+    assert np.array_equal(engine.encrypt_blocks(1, 0x100, block), before)
+
+
+def test_xts_key_with_equal_halves_is_refused():
+    engine = make_engine(TweakMode.XEX_STRONG)
+    half = os.urandom(32)
+    with pytest.raises(ConfigError, match="differ"):
+        engine.load_key(1, half + half)
+    assert engine.cipher(1) is SlotCipher.AES128_TWEAK  # the old key is still there
+
+
+def test_an_snp_guest_whose_policy_asks_for_xts_runs_under_an_xts_key(build) -> None:
+    host = Host(chip="genoa")
+    vm = host.create_vm(mode="snp", memory="16M")
+    vm.load(build("secret"))
+    vm.launch(policy=0x30000 | 1 << 22)  # SMT allowed, reserved bit 17, MEM_AES_256_XTS
+    assert host.memory.engine.cipher(vm.hv.asid) is SlotCipher.AES256_XTS
+    result = vm.run(timeout=20)
+    assert result.exit_code == 0, result.console
+    assert blocks_found(host.dram_dump(), secret_bytes()) == 0
+    plain = host.create_vm(mode="snp", memory="16M")
+    plain.load(build("secret"))
+    plain.launch()
+    assert host.memory.engine.cipher(plain.hv.asid) is SlotCipher.AES128_TWEAK

@@ -8,6 +8,7 @@ import pytest
 from conftest import blocks_found, secret_bytes, symbol
 from sevsim import Host
 from sevsim.abi.bootinfo import BOOTINFO_GPA, MAGIC
+from sevsim.abi.rmp import FRAMES_2M, PAGE_2M, PERM_READ, RmpResult
 from sevsim.abi.svm import NPF_RMP
 from sevsim.errors import (
     FirmwareError,
@@ -21,7 +22,6 @@ from sevsim.host.hypervisor import HvVm
 from sevsim.host.vmm import VirtualMachine
 from sevsim.hw.cpu import GuestCpu, Vcpu
 from sevsim.hw.engine import PAGE
-from sevsim.hw.rmp import FRAMES_2M, PAGE_2M, PERM_READ, RmpResult
 
 SECRET = secret_bytes()
 

@@ -105,15 +105,27 @@ def test_tampered_or_foreign_messages_are_refused_and_change_nothing() -> None:
     assert unknown.value.status is SevStatus.INVALID_GUEST
 
 
-def test_report_for_a_lower_vmpl_than_the_callers_is_refused() -> None:
+def test_the_vmpck_sets_the_lowest_vmpl_a_request_may_name() -> None:
+    """The firmware knows a sender only by its key: VMPCK2 speaks for VMPL2."""
     fw, ctx = firmware()
-    response = fw.snp_guest_request(GCTX, seal_message(
-        ctx.vmpcks[2], MsgType.REPORT_REQ, 1, ReportRequest(vmpl=1).to_bytes(), vmpck=2),
-        caller_vmpl=2)
-    assert ReportResponse.from_bytes(open_message(ctx.vmpcks[2], response)[1]).status == 0x16
-    with pytest.raises(FirmwareError):  # VMPCK0 belongs to VMPL 0, not to a VMPL 2 caller
-        fw.snp_guest_request(GCTX, seal_message(ctx.vmpcks[0], MsgType.REPORT_REQ, 1,
-                                                ReportRequest(vmpl=2).to_bytes()), caller_vmpl=2)
+    plain = ask(fw, ctx, MsgType.REPORT_REQ, ReportRequest(vmpl=1).to_bytes(), 1, vmpck=2)
+    assert ReportResponse.from_bytes(plain).status == SevStatus.INVALID_PARAM
+    plain = ask(fw, ctx, MsgType.REPORT_REQ, ReportRequest(vmpl=3).to_bytes(), 3, vmpck=2)
+    report = verify_report(ReportResponse.from_bytes(plain).report, fw.vcek_public_key(fw.tcb))
+    assert report.vmpl == 3
+    key = ask(fw, ctx, MsgType.KEY_REQ, KeyRequest(vmpl=1).to_bytes(), 5, vmpck=2)
+    assert KeyResponse.from_bytes(key).status == SevStatus.INVALID_PARAM
+    own = KeyResponse.from_bytes(ask(fw, ctx, MsgType.KEY_REQ, KeyRequest(vmpl=2).to_bytes(),
+                                     7, vmpck=2))
+    vmpl0 = KeyResponse.from_bytes(ask(fw, ctx, MsgType.KEY_REQ, KeyRequest(vmpl=0).to_bytes(),
+                                       1, vmpck=0))
+    assert own.status == vmpl0.status == 0 and own.derived_key != vmpl0.derived_key
+    beyond = bytearray(seal_message(ctx.vmpcks[0], MsgType.REPORT_REQ, 3,
+                                    ReportRequest().to_bytes()))
+    beyond[0x3C] = 4  # MSG_VMPCK: a key no guest has
+    with pytest.raises(FirmwareError) as refused:
+        fw.snp_guest_request(GCTX, bytes(beyond))
+    assert refused.value.status is SevStatus.INVALID_PARAM
 
 
 def test_derived_keys_match_across_identical_launches_and_differ_otherwise() -> None:

@@ -18,6 +18,7 @@ from sevsim import Host
 from sevsim.abi.bootinfo import SNP_CPUID_GPA, SNP_SECRETS_GPA, Segment, boot_info_for, launch_image
 from sevsim.abi.cpuid import SevFeatures
 from sevsim.abi.snp_launch import IdAuthInfo, IdBlock, SnpPublicKey
+from sevsim.abi.snp_report import AttestationReport
 from sevsim.abi.status import SevStatus
 from sevsim.abi.vmsa import reset_state
 from sevsim.errors import FirmwareError, RmpViolation, VmStateError
@@ -301,7 +302,7 @@ def test_what_snp_does_not_model_yet_says_so(build) -> None:
     with pytest.raises(VmStateError, match="legacy owner flow"):
         vm.launch(owner=object())  # type: ignore[arg-type]
     vm.launch()
-    with pytest.raises(VmStateError, match="SNP_DBG_DECRYPT"):
+    with pytest.raises(FirmwareError, match="POLICY_FAILURE"):  # the default has no DEBUG
         debug_read(vm, 0x1000, 16)
     with pytest.raises(VmStateError, match="SNP migration"):
         migrate(vm, Host())
@@ -390,3 +391,36 @@ def test_a_vmm_with_a_lying_cpuid_table_cannot_launch(build) -> None:
     vm.load(build("hello"))
     with pytest.raises(FirmwareError, match=r"INVALID_PARAM.*Fn8000_001F"):
         vm.launch()
+
+
+def test_the_vmm_passes_the_owners_id_block_and_host_data(build, tmp_path: Path) -> None:
+    """The owner signs an ID block for the digest it expects; reports then carry its family
+    and image IDs, SVN, key digests and the VMM's HOST_DATA. Another digest: no launch."""
+    elf = build("report")
+    probe = Host(chip="milan")
+    vm = probe.create_vm(mode="snp", memory="16M")
+    vm.load(elf)
+    vm.launch()
+    digest = probe.firmware.snp_context(vm.hv.firmware_handle).launch_digest
+    id_key, author = (ec.generate_private_key(ec.SECP384R1()) for _ in range(2))
+    block = IdBlock(digest, b"F" * 16, b"I" * 16, guest_svn=3, policy=POLICY)
+    auth = IdAuthInfo.create(block, id_key, author).to_bytes()
+    (tmp_path / "id_block.bin").write_bytes(block.to_bytes())
+    (tmp_path / "id_auth.bin").write_bytes(auth)
+    ran = subprocess.run([sys.executable, "-m", "sevsim", "run", elf, "--mode", "snp",
+                          "--chip", "milan", "--memory", "16M", "--host-data", "ab" * 32,
+                          "--id-block", tmp_path / "id_block.bin", "--id-auth",
+                          tmp_path / "id_auth.bin", "--report-out", tmp_path / "report.bin"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert ran.returncode == 0, ran.stderr
+    report = AttestationReport.from_bytes((tmp_path / "report.bin").read_bytes())
+    assert (report.family_id, report.image_id, report.guest_svn) == (b"F" * 16, b"I" * 16, 3)
+    assert report.host_data == b"\xab" * 32 and report.measurement == digest
+    assert report.id_key_digest == SnpPublicKey.from_key(id_key.public_key()).digest()
+    assert report.author_key_digest == SnpPublicKey.from_key(author.public_key()).digest()
+    assert report.signer_info.author_key_en
+    other = Host(chip="milan").create_vm(mode="snp", memory="16M")
+    other.load(build("hello"))  # another image, another digest: the ID block does not fit
+    with pytest.raises(FirmwareError, match="BAD_MEASUREMENT"):
+        other.launch(id_block=block.to_bytes(), id_auth=auth)
+    other.destroy()

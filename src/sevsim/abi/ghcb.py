@@ -113,6 +113,14 @@ RESULT_EXCEPTION = 1  # SW_EXITINFO2 holds an event to inject (EVENTINJ format)
 RESULT_ERROR = 2  # SW_EXITINFO2 holds a GhcbError
 
 
+# SW_EXITINFO2[63:32] of a guest request the hypervisor did not pass on (SNP_GUEST_VMM_ERR_*).
+VMM_ERR_INVALID_LEN = 1 << 32  # too few certificate pages: RBX says how many are needed
+VMM_ERR_BUSY = 2 << 32  # the hypervisor is throttling requests: send the same message again
+
+# SW_EXITINFO1[31:0] of the AP creation event (SVM_VMGEXIT_AP_*); [63:32] is the APIC ID.
+AP_CREATE_ON_INIT, AP_CREATE, AP_DESTROY = 0, 1, 2
+
+
 class VmgexitEvent(IntEnum):
     """Software-defined VMGEXIT exit codes (SVM_VMGEXIT_*) beside the SVM exit codes."""
 

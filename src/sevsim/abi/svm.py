@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     VMMCALL = 0x81
     NPF = 0x400
     VMGEXIT = 0x403
+    PAGE_NOT_VALIDATED = 0x404  # a #VC error code only (APM vol. 2, 15.36.10), never an exit
     INVALID = -1  # SVM_EXIT_ERR: VMRUN refused the guest state (e.g. a VMSA failing its check)
 
 
@@ -51,6 +52,7 @@ NPF_WRITE = 1 << 1
 NPF_USER = 1 << 2
 NPF_FETCH = 1 << 4
 NPF_RMP = 1 << 31  # SEV-SNP: the RMP check failed, not the NPT walk
+NPF_VMPL = 1 << 36  # SEV-SNP: ... because of the VMPL permission masks (PFERR_GUEST_VMPL)
 
 # EXITINFO1 of an MSR intercept.
 MSR_READ = 0

@@ -12,6 +12,7 @@ import struct
 from dataclasses import dataclass, field
 
 PAGE_SIZE = 0x1000
+SEV_FEATURES_SNP = 1  # SEV_FEATURES bit 0: SNP active
 SAVE_AREA_SIZE = 0x670
 
 SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs", "gdtr", "ldtr", "idtr", "tr")

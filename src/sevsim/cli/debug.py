@@ -1,4 +1,5 @@
-"""`sevsim debug`: look inside your own debuggable VM through the firmware's DBG_DECRYPT."""
+"""`sevsim debug`: look inside your own debuggable VM through the firmware's DBG_DECRYPT
+(SNP_DBG_DECRYPT for an SNP guest)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ from typing import Annotated
 import typer
 
 from sevsim.abi.policy import PolicyFlags
+from sevsim.abi.snp_tcb import PolicyFlags as SnpPolicyFlags
 from sevsim.hw.chips import DEFAULT_CHIP, PRESETS
 
 debug_app = typer.Typer(help="Debug your own VM: read its memory through the firmware "
                         "(DBG_DECRYPT), which the guest policy must allow.",
                         no_args_is_help=True)
+
+# `sevsim run`'s SNP policy (SMT, reserved bit 17) with DEBUG (bit 19): 0xb0000
+SNP_DEBUG_POLICY = int(SnpPolicyFlags.SMT | SnpPolicyFlags.RESERVED_MBO | SnpPolicyFlags.DEBUG)
 
 
 def _number(text: str) -> int:
@@ -42,10 +47,12 @@ def read(
     elf: Annotated[Path, typer.Argument(help="Guest ELF built with `sevsim guest build`.")],
     gpa: Annotated[str, typer.Argument(help="Guest-physical address, e.g. 0x404000.")],
     length: Annotated[str, typer.Argument(help="Bytes to read, e.g. 64 or 0x1000.")],
-    mode: Annotated[str, typer.Option(help="none | sev | sev-es")] = "sev",
+    mode: Annotated[str, typer.Option(help="none | sev | sev-es | snp")] = "sev",
     policy: Annotated[str | None, typer.Option(
-        help="Guest policy, hex. The default (0x0; 0x4, ES, for sev-es) allows debugging; "
-             "NODBG (bit 0) forbids it, as `sevsim run`'s default 0x1 does.")] = None,
+        help="Guest policy, hex. The default (0x0; 0x4, ES, for sev-es; 0xb0000, DEBUG, for "
+             "snp) allows debugging; NODBG (bit 0) forbids it, as `sevsim run`'s default 0x1 "
+             "does, and so does an SNP policy without DEBUG (bit 19), such as 0x30000.")
+    ] = None,
     chip: Annotated[str, typer.Option(help=f"{' | '.join(PRESETS)}")] = DEFAULT_CHIP,
     memory: Annotated[str, typer.Option(help="Guest memory, e.g. 64M or 1G.")] = "64M",
     timeout: Annotated[float, typer.Option(help="Seconds before the VM is stopped.")] = 60.0,
@@ -65,8 +72,7 @@ def read(
     if count <= 0:
         raise typer.BadParameter(f"length {count} must be positive")
     try:
-        policy_value = (int(PolicyFlags.ES) if mode == "sev-es" else 0) if policy is None \
-            else int(policy, 16)
+        policy_value = _default_policy(mode) if policy is None else int(policy, 16)
     except ValueError:
         raise typer.BadParameter(f"policy {policy!r} is not hex (e.g. 0x4)") from None
     image = read_input(elf)
@@ -87,7 +93,17 @@ def read(
         data = debug_read(vm, address, count)
     except SevsimError as error:
         if isinstance(error, FirmwareError) and error.status is SevStatus.POLICY_FAILURE:
-            err.print(f"sevsim: policy 0x{policy_value:x} forbids debugging (NODBG, bit 0); "
-                      "launch with a policy without it, e.g. --policy 0", highlight=False)
+            hint = (f"lacks DEBUG (bit 19); launch with it, e.g. --policy 0x{SNP_DEBUG_POLICY:x}"
+                    if mode == "snp" else
+                    "forbids debugging (NODBG, bit 0); launch with a policy without it, "
+                    "e.g. --policy 0")
+            err.print(f"sevsim: policy 0x{policy_value:x} {hint}", highlight=False)
         raise fail(error) from None
     sys.stdout.write(hexdump(data, address) + "\n")
+
+
+def _default_policy(mode: str) -> int:
+    """A policy that allows debugging in `mode` and that the launch accepts."""
+    if mode == "snp":
+        return SNP_DEBUG_POLICY
+    return int(PolicyFlags.ES) if mode == "sev-es" else 0

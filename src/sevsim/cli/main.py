@@ -75,6 +75,13 @@ def run(
     certs_out: Annotated[Path | None, typer.Option(
         help="SNP: write the certificate table the guest output second as vcek.pem, "
              "ask.pem and ark.pem into this directory.")] = None,
+    host_data: Annotated[str | None, typer.Option(
+        help="SNP: 32 bytes, hex, for SNP_LAUNCH_FINISH's HOST_DATA (reports carry them).")
+    ] = None,
+    id_block: Annotated[Path | None, typer.Option(
+        help="SNP: the owner's 0x60-byte ID block for SNP_LAUNCH_FINISH.")] = None,
+    id_auth: Annotated[Path | None, typer.Option(
+        help="SNP: the 0x1000-byte ID_AUTH_INFO signing the ID block.")] = None,
 ) -> None:
     """Run a guest program; its console goes to stdout and its exit code becomes ours."""
     from sevsim.host.machine import Host, parse_size
@@ -92,6 +99,17 @@ def run(
     if len(host_input) > 64:
         raise typer.BadParameter(f"report data is {len(host_input)} bytes; at most 64")
     try:
+        launch_host_data = bytes.fromhex(host_data.removeprefix("0x")) if host_data else bytes(32)
+    except ValueError:
+        raise typer.BadParameter(f"host data {host_data!r} is not hex") from None
+    if len(launch_host_data) != 32:
+        raise typer.BadParameter(f"host data is {len(launch_host_data)} bytes, not 32")
+    snp_inputs = (host_data, id_block, id_auth)
+    if mode != "snp" and any(x is not None for x in snp_inputs):
+        raise typer.BadParameter("--host-data, --id-block and --id-auth need --mode snp")
+    block = read_input(id_block) if id_block is not None else None
+    auth = read_input(id_auth) if id_auth is not None else None
+    try:
         host = Host(chip=chip, memory=parse_size(memory) + (64 << 20),
                     seed=None if seed is None else seed.encode())
         vm = host.create_vm(mode=mode, memory=memory, vcpus=vcpus)
@@ -101,7 +119,8 @@ def run(
         vm.load(image)
         vm.host_input = host_input.ljust(64, b"\0") if host_input else b""
         owner = None if secret_bytes is None else _owner(vm, image, secret_bytes, launch_policy)
-        measurement = vm.launch(policy=launch_policy, owner=owner)
+        measurement = vm.launch(policy=launch_policy, owner=owner, host_data=launch_host_data,
+                                id_block=block, id_auth=auth)
         if measurement is not None:
             err.print(f"sevsim: launch measurement {measurement.measure.hex()}", highlight=False)
         if vm.hv.mode is GuestMode.SNP:

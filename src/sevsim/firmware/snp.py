@@ -5,8 +5,10 @@ An SNP guest is named by its guest context page (GCTX), a host page the firmware
 hypervisor (RMPUPDATE, unvalidated) at the GPA the firmware reads from the RMP; SNP_LAUNCH_UPDATE
 encrypts them, validates them and chains PAGE_INFO into the launch digest
 (spec-formats.md §6.1, abi/snp_launch.py). SNP_LAUNCH_FINISH checks an optional ID block
-and its ID_AUTH_INFO signatures. As everywhere in the firmware, checks run first and a refused
-command (FirmwareError with AMD's status) changes nothing.
+and its ID_AUTH_INFO signatures. SNP_DBG_DECRYPT / SNP_DBG_ENCRYPT move one page between a
+guest and the hypervisor through the guest's key when its policy has DEBUG; SNP_SHUTDOWN(_EX)
+returns the platform to UNINIT once no guest context is left. As everywhere in the firmware,
+checks run first and a refused command (FirmwareError with AMD's status) changes nothing.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 from typing import Any
 
+import numpy as np
 from cryptography.exceptions import InvalidSignature
 
 from sevsim.abi.cpuid import SevFeatures, parse_cpuid_page
+from sevsim.abi.rmp import PAGE_4K
 from sevsim.abi.snp_errors import LaunchFormatError, TcbFormatError
 from sevsim.abi.snp_launch import (
     DIGEST_SIZE,
@@ -31,14 +35,13 @@ from sevsim.abi.snp_launch import (
     update_digest,
     verify_id_block,
 )
-from sevsim.abi.snp_tcb import PolicyFlags, SnpPolicy
+from sevsim.abi.snp_tcb import PolicyFlags, SnpPolicy, TcbVersion
 from sevsim.abi.status import SevStatus
 from sevsim.abi.vmsa import Vmsa
 from sevsim.errors import FirmwareError, MemoryAccessError
 from sevsim.firmware.core import FirmwareCore
 from sevsim.hw.cpu import vmsa_seals
 from sevsim.hw.engine import PAGE
-from sevsim.hw.rmp import PAGE_4K
 
 SECRETS_VERSION = 2  # the layout of spec-formats.md §7.3
 VMPCK_SIZE = 32
@@ -59,10 +62,39 @@ class SnpGuestState(IntEnum):
     RUNNING = 2
 
 
+class SnpStatusFlags(IntFlag):
+    """The u32 at offset 0x08 of SNP_PLATFORM_STATUS (Linux sev_user_data_snp_status)."""
+
+    MASK_CHIP_ID = 1 << 0  # SNP_CONFIG: reports carry no CHIP_ID
+    MASK_CHIP_KEY = 1 << 1  # SNP_CONFIG: reports are not signed
+    VLEK_EN = 1 << 2  # a VLEK hashstick is loaded (SNP_VLEK_LOAD)
+    FEATURE_INFO = 1 << 3  # SNP_FEATURE_INFO is available
+    RAPL_DIS = 1 << 4
+    CIPHERTEXT_HIDING_CAP = 1 << 5
+    CIPHERTEXT_HIDING_EN = 1 << 6
+
+
+_STATUS_FLAGS_MASK = 0x7F
+NO_STATUS_FLAGS = SnpStatusFlags(0)
+
+
 @dataclass(frozen=True)
 class SnpPlatformStatus:
-    """SNP_PLATFORM_STATUS output (0x20 bytes, Linux sev_user_data_snp_status). The TCB
-    fields stay zero until TCB versions are modelled."""
+    """SNP_PLATFORM_STATUS output, 0x20 bytes as Linux's sev_user_data_snp_status:
+
+    | off | size | field |
+    |---|---|---|
+    | 0x00 | 1 | API_MAJOR |
+    | 0x01 | 1 | API_MINOR |
+    | 0x02 | 1 | STATE (0 UNINIT, 1 INIT) |
+    | 0x03 | 1 | bit 0: IS_RMP_INITIALIZED (bits 7:1 reserved) |
+    | 0x04 | 4 | BUILD_ID |
+    | 0x08 | 4 | flags (SnpStatusFlags; bits 31:7 reserved) |
+    | 0x0C | 4 | GUEST_COUNT |
+    | 0x10 | 8 | CURRENT_TCB_VERSION |
+    | 0x18 | 8 | REPORTED_TCB_VERSION |
+
+    A host tool reads the TCBs here to fetch the VCEK its guests' reports are signed with."""
 
     api_major: int
     api_minor: int
@@ -72,11 +104,28 @@ class SnpPlatformStatus:
     guest_count: int
     current_tcb: int = 0
     reported_tcb: int = 0
+    flags: SnpStatusFlags = NO_STATUS_FLAGS
+
+    SIZE = _SNP_STATUS.size
 
     def to_bytes(self) -> bytes:
         return _SNP_STATUS.pack(self.api_major, self.api_minor, self.state,
-                                int(self.rmp_initialized), self.build, 0, self.guest_count,
-                                self.current_tcb, self.reported_tcb)
+                                int(self.rmp_initialized), self.build, int(self.flags),
+                                self.guest_count, self.current_tcb, self.reported_tcb)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> SnpPlatformStatus:
+        """Strict: the length, a known state and clear reserved bits."""
+        if len(blob) != _SNP_STATUS.size:
+            raise ValueError(f"SNP_PLATFORM_STATUS is {_SNP_STATUS.size} bytes, not {len(blob)}")
+        (major, minor, state, rmp, build, flags, count, current,
+         reported) = _SNP_STATUS.unpack(blob)
+        if state not in SnpPlatformState.__members__.values():
+            raise ValueError(f"SNP platform state {state} is not one AMD defines")
+        if rmp & ~1 or flags & ~_STATUS_FLAGS_MASK:
+            raise ValueError("SNP_PLATFORM_STATUS sets reserved bits")
+        return cls(major, minor, SnpPlatformState(state), bool(rmp), build, count, current,
+                   reported, SnpStatusFlags(flags))
 
 
 @dataclass(frozen=True)
@@ -105,36 +154,95 @@ class SnpGuestContext:
     id_block: IdBlock | None = None
     id_key_digest: bytes = bytes(DIGEST_SIZE)
     author_key_digest: bytes = bytes(DIGEST_SIZE)
+    # the next sequence number each VMPCK's request must carry (AMD's MSG_COUNT0-3)
+    next_seqno: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
+    # unsigned reports by platform TCB state, built and checked once each
+    report_templates: dict[tuple[object, ...], bytes] = field(default_factory=dict, repr=False)
 
 
 class SnpFirmware(FirmwareCore):
     """SNP platform and launch commands."""
 
+    # The platform's TCBs (CURRENT, and REPORTED as SNP_CONFIG sets it), kept by
+    # SnpGuestRequests, the mixin that composes this one (firmware/snp_guest.py).
+    current_tcb: TcbVersion
+    tcb: TcbVersion
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._snp_state = SnpPlatformState.UNINIT
+        self._rmp_initialized = False  # SNP_INIT sets up the RMP once; only a reset clears it
         self._snp_guests: dict[int, SnpGuestContext] = {}
         self.smt_enabled = True  # the platform's configuration, as a guest policy sees it
         self.sockets = 1
 
     # -- platform ---------------------------------------------------------------------------
     def snp_init(self) -> None:
-        """Initialise SNP: from here on the RMP is checked."""
+        """Initialise SNP: from here on the RMP is checked. After a plain SNP_SHUTDOWN the
+        table, enforced all along, carries on as it is."""
         if SevFeatures.SEV_SNP not in self.chip.features:
             raise FirmwareError(SevStatus.UNSUPPORTED, f"{self.chip.product} has no SEV-SNP")
         if self._snp_state is not SnpPlatformState.UNINIT:
             raise FirmwareError(SevStatus.INVALID_PLATFORM_STATE, "SNP is already initialised")
         self._snp_state = SnpPlatformState.INIT
+        self._rmp_initialized = True
         self._memory.rmp.enabled = True
+
+    def snp_shutdown(self) -> None:
+        """SNP_SHUTDOWN (0x82): SNP INIT back to UNINIT. As on hardware (Linux's
+        __sev_snp_shutdown_locked) this does not switch the RMP off: SYSCFG.SNPEn stays set
+        until a reset, so host writes to guest and firmware pages keep faulting, and
+        SNP_INIT works again without setting the table up anew."""
+        self.snp_shutdown_ex()
+
+    def snp_shutdown_ex(self, iommu_snp_shutdown: bool = False,
+                        x86_snp_shutdown: bool = False) -> None:
+        """SNP_SHUTDOWN_EX (0x86). Refused with INVALID_PLATFORM_STATE outside INIT or while
+        any guest context exists (SNP_DECOMMISSION them first: a shutdown must not take
+        guests' keys away under them), DF_FLUSH_REQUIRED while a decommissioned SNP ASID
+        waits for SNP_DF_FLUSH (Linux flushes and retries). IOMMU_SNP_SHUTDOWN is accepted
+        with nothing to do (no IOMMU is modelled); X86_SNP_SHUTDOWN also disables SNP on
+        the cores: RMP checks stop and the table's contents are void (sevsim clears it, as
+        the host kernel zeroes it before SNP is enabled again)."""
+        command = "SNP_SHUTDOWN_EX" if (iommu_snp_shutdown or x86_snp_shutdown) \
+            else "SNP_SHUTDOWN"
+        self._require_snp(command)
+        if self._snp_guests:
+            raise FirmwareError(SevStatus.INVALID_PLATFORM_STATE,
+                                f"{command}: {len(self._snp_guests)} guest context(s) remain; "
+                                "SNP_DECOMMISSION them first")
+        dirty = sorted(self._asid_dirty & set(range(1, self.chip.min_sev_asid)))
+        if dirty:
+            raise FirmwareError(SevStatus.DF_FLUSH_REQUIRED,
+                                f"{command}: ASID {dirty[0]} was released; SNP_DF_FLUSH first")
+        self._snp_state = SnpPlatformState.UNINIT
+        if x86_snp_shutdown:
+            rmp = self._memory.rmp
+            rmp.enabled = False
+            rmp.page_size[:] = PAGE_4K
+            for frame in np.flatnonzero(rmp.assigned).tolist():
+                rmp.reclaim(frame)
+            self._rmp_initialized = False
+
+    def snp_df_flush(self) -> None:
+        """SNP_DF_FLUSH (0x84): flush the data fabric so released ASIDs may be reused."""
+        self._require_snp("SNP_DF_FLUSH")
+        self._asid_dirty.clear()
 
     @property
     def snp_initialized(self) -> bool:
         return self._snp_state is SnpPlatformState.INIT
 
     def snp_platform_status(self) -> SnpPlatformStatus:
+        """SNP_PLATFORM_STATUS (0x83), allowed in any state: the firmware's version, state,
+        guest count and the CURRENT and REPORTED TCBs."""
+        flags = NO_STATUS_FLAGS
+        if getattr(self, "vlek_loaded", False):  # SnpPki's, in the composed firmware
+            flags |= SnpStatusFlags.VLEK_EN
         return SnpPlatformStatus(self.chip.api_major, self.chip.api_minor, self._snp_state,
-                                 self._memory.rmp.enabled, self.chip.build,
-                                 len(self._snp_guests))
+                                 self._rmp_initialized, self.chip.build,
+                                 len(self._snp_guests), self.current_tcb.to_int(),
+                                 self.tcb.to_int(), flags)
 
     # -- guest contexts ---------------------------------------------------------------------
     def snp_gctx_create(self, gctx: int) -> None:
@@ -178,7 +286,8 @@ class SnpFirmware(FirmwareCore):
             self.snp_context(migration_agent, "SNP_LAUNCH_START (migration agent)",
                              SnpGuestState.RUNNING)
         ctx.policy, ctx.gosvw = decoded, gosvw
-        ctx.vek = os.urandom(16)
+        # AES-256-XTS takes two 256-bit keys; otherwise AES-128 with the address tweak
+        ctx.vek = os.urandom(64 if PolicyFlags.MEM_AES_256_XTS in decoded.flags else 16)
         ctx.vmpcks = tuple(os.urandom(VMPCK_SIZE) for _ in range(4))
         ctx.state = SnpGuestState.LAUNCH
 
@@ -301,6 +410,67 @@ class SnpFirmware(FirmwareCore):
     def snp_guest_status(self, gctx: int) -> SnpGuestStatus:
         ctx = self.snp_context(gctx, "SNP_GUEST_STATUS")
         return SnpGuestStatus(ctx.policy.to_int(), ctx.asid, ctx.state)
+
+    # -- debug -------------------------------------------------------------------------------
+    def snp_dbg_decrypt(self, gctx: int, src_spa: int, dst_spa: int) -> None:
+        """SNP_DBG_DECRYPT (0xB0): the guest's 4 KiB page at `src_spa` (assigned to it in the
+        RMP, a VMSA included) decrypted with its VEK into the hypervisor page at `dst_spa`."""
+        command = "SNP_DBG_DECRYPT"
+        ctx = self._snp_debuggable(gctx, command)
+        src = self._page_frame(src_spa, command)
+        dst = self._page_frame(dst_spa, command)
+        self._check_guest_page(ctx, src, command, write=False)
+        self._check_hypervisor_page(dst, command)
+        self._memory.write(dst_spa, self._read_page_with_key(ctx.asid, src_spa))
+
+    def snp_dbg_encrypt(self, gctx: int, src_spa: int, dst_spa: int) -> None:
+        """SNP_DBG_ENCRYPT (0xB1): the hypervisor page at `src_spa` encrypted with the guest's
+        VEK into its 4 KiB page at `dst_spa`, which must be the guest's and writable by the
+        firmware (not a VMSA, not immutable)."""
+        command = "SNP_DBG_ENCRYPT"
+        ctx = self._snp_debuggable(gctx, command)
+        src = self._page_frame(src_spa, command)
+        dst = self._page_frame(dst_spa, command)
+        self._check_hypervisor_page(src, command)
+        self._check_guest_page(ctx, dst, command, write=True)
+        self._memory.write_domain(dst_spa, self._memory.read(src_spa, PAGE), ctx.asid)
+
+    def _snp_debuggable(self, gctx: int, command: str) -> SnpGuestContext:
+        """The checks both debug commands share: the policy's DEBUG bit, and the VEK in the
+        memory controller (SNP_ACTIVATE). The launch state does not matter."""
+        ctx = self.snp_context(gctx, command)
+        if PolicyFlags.DEBUG not in ctx.policy.flags:
+            raise FirmwareError(SevStatus.POLICY_FAILURE,
+                                f"{command}: policy 0x{ctx.policy.to_int():x} does not allow "
+                                "debugging (DEBUG, bit 19)")
+        if not ctx.asid:
+            raise FirmwareError(SevStatus.INACTIVE, f"{command}: the guest is not activated")
+        return ctx
+
+    def _check_guest_page(self, ctx: SnpGuestContext, frame: int, command: str,
+                          write: bool) -> None:
+        rmp = self._memory.rmp
+        if not rmp.assigned[frame] or int(rmp.asid[frame]) != ctx.asid:
+            raise FirmwareError(SevStatus.INVALID_PAGE_STATE,
+                                f"{command}: page 0x{frame * PAGE:x} is not assigned to the "
+                                f"guest's ASID {ctx.asid} in the RMP")
+        if write and (rmp.vmsa[frame] or rmp.immutable[frame]):
+            raise FirmwareError(SevStatus.INVALID_PAGE_STATE,
+                                f"{command}: page 0x{frame * PAGE:x} is a VMSA or immutable")
+
+    def _check_hypervisor_page(self, frame: int, command: str) -> None:
+        if self._memory.rmp.assigned[frame]:
+            raise FirmwareError(SevStatus.INVALID_PAGE_STATE,
+                                f"{command}: page 0x{frame * PAGE:x} is not a hypervisor page")
+
+    def _read_page_with_key(self, asid: int, spa: int) -> bytes:
+        """A page as the guest's key decrypts it: a frame in the key domain holds that
+        plaintext on the SoC side already; any other frame is DRAM decrypted under the key."""
+        memory = self._memory
+        if memory.domain[spa // PAGE] == asid:
+            return memory.cells[spa:spa + PAGE].tobytes()
+        dram = np.frombuffer(memory.read(spa, PAGE), dtype=np.uint8)
+        return memory.engine.decrypt_blocks(asid, spa, dram).tobytes()
 
     # -- teardown ----------------------------------------------------------------------------
     def snp_decommission(self, gctx: int) -> None:

@@ -54,8 +54,6 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
         generation = _generation(self.chip.product)
         self.current_tcb = self.committed_tcb = self.tcb = (
             DEFAULT_TCB[generation] if generation else TcbVersion(0, 0, 0, 0))
-        self._next_seqno: dict[tuple[int, int], int] = {}  # (gctx, vmpck) -> next request
-        self._templates: dict[tuple[object, ...], bytes] = {}  # unsigned reports
 
     # -- TCB ---------------------------------------------------------------------------------
     def install_firmware(self, tcb: TcbVersion) -> None:
@@ -78,34 +76,35 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
                                 f"{self.current_tcb}")
         self.tcb = reported_tcb
 
-    def snp_guest_request(self, gctx: int, request: bytes, caller_vmpl: int = 0) -> bytes:
-        """Open a guest's message, act on it, and return the sealed response message."""
+    def snp_guest_request(self, gctx: int, request: bytes) -> bytes:
+        """Open a guest's message, act on it, and return the sealed response message. The
+        firmware knows the sender's VMPL only by its key: VMPCKn speaks for VMPL n, so a
+        report or key it asks for may name VMPL n or a less privileged one, never VMPL < n."""
         ctx = self.snp_context(gctx, "SNP_GUEST_REQUEST", SnpGuestState.RUNNING)
         try:
             header = MessageHeader.from_bytes(request)
-            if header.vmpck >= len(ctx.vmpcks) or header.vmpck < caller_vmpl:
-                raise FirmwareError(SevStatus.INVALID_PARAM,
-                                    f"VMPCK{header.vmpck} is not for VMPL {caller_vmpl}")
+            if header.vmpck >= len(ctx.vmpcks):
+                raise FirmwareError(SevStatus.INVALID_PARAM, f"no VMPCK{header.vmpck}")
             key = ctx.vmpcks[header.vmpck]
             header, payload = open_message(key, request)
         except SnpFormatError as err:
             raise FirmwareError(SevStatus.INVALID_PARAM, f"guest message: {err}") from None
-        expected = self._next_seqno.get((gctx, header.vmpck), 1)
+        expected = ctx.next_seqno[header.vmpck]
         if header.seqno != expected:
             raise FirmwareError(SevStatus.INVALID_PARAM,
                                 f"sequence number {header.seqno}, expected {expected}: a replay "
                                 "or a lost message")
         try:
             if header.msg_type is MsgType.REPORT_REQ:
-                answer = self._report(ctx, ReportRequest.from_bytes(payload), caller_vmpl)
+                answer = self._report(ctx, ReportRequest.from_bytes(payload), header.vmpck)
             elif header.msg_type is MsgType.KEY_REQ:
-                answer = self._derived_key(ctx, KeyRequest.from_bytes(payload), caller_vmpl)
+                answer = self._derived_key(ctx, KeyRequest.from_bytes(payload), header.vmpck)
             else:
                 raise FirmwareError(SevStatus.INVALID_PARAM,
                                     f"{header.msg_type.name} is not a request sevsim serves")
         except SnpFormatError as err:
             raise FirmwareError(SevStatus.INVALID_PARAM, f"guest message: {err}") from None
-        self._next_seqno[(gctx, header.vmpck)] = header.seqno + 2  # the response used +1
+        ctx.next_seqno[header.vmpck] = header.seqno + 2  # the response used +1
         return seal_message(key, header.msg_type.response, header.seqno + 1, answer,
                             vmpck=header.vmpck, msg_version=header.msg_version)
 
@@ -113,11 +112,12 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
     def attestation_report(self, ctx: SnpGuestContext, report_data: bytes, vmpl: int) -> bytes:
         """The signed ATTESTATION_REPORT of a guest (0x4A0 bytes), as MSG_REPORT_REQ returns
         it: the guest's fixed report, with this request's REPORT_DATA and VMPL, signed."""
-        state = (ctx.gctx, self.tcb, self.current_tcb, self.committed_tcb, self.smt_enabled,
+        state = (self.tcb, self.current_tcb, self.committed_tcb, self.smt_enabled,
                  self.vlek_loaded)
-        if state not in self._templates:  # built and checked once per guest and TCB state
-            self._templates[state] = self._unsigned_report(ctx).to_bytes()
-        blob = bytearray(self._templates[state])
+        templates = ctx.report_templates
+        if state not in templates:
+            templates[state] = self._unsigned_report(ctx).to_bytes()
+        blob = bytearray(templates[state])
         for name, value in (("report_data", report_data), ("vmpl", vmpl.to_bytes(4, "little"))):
             offset, size = OFFSETS[name]
             if len(value) != size:

@@ -128,11 +128,12 @@ class GhcbClient:
                            f"with 0x{response:x}")
         return response
 
-    def terminate(self, cpu: GuestCpu, reason_set: int, reason: int, why: str) -> NoReturn:
+    def terminate(self, cpu: GuestCpu, reason_set: int, reason: int, why: str,
+                  error: type[GuestFault] = GuestFault) -> NoReturn:
         """Ask the hypervisor to end the VM, then stop this vCPU with the reason."""
         cpu.write_ghcb_msr(term_request(reason_set, reason))
         cpu.vmgexit()
-        raise GuestFault(f"vCPU {cpu.index}: guest kernel terminated the VM: {why}")
+        raise error(f"vCPU {cpu.index}: guest kernel terminated the VM: {why}")
 
     # -- page state changes (SEV-SNP) --------------------------------------------------------
     def psc_msr(self, cpu: GuestCpu, gfn: int, operation: int) -> None:

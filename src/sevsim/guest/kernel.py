@@ -12,18 +12,35 @@ Application processors start from their reset state in every mode: the boot vCPU
 what an AP should run into the state page and asks the hypervisor only to kick it, so a
 hypervisor that cannot set registers (SEV-ES) can still start one, and one that kicks an AP
 nobody asked for finds it halting at once.
+
+Under SEV-SNP the kernel is also the VMPL0 monitor (as an SVSM is): it can start code at a
+lower VMPL on a vCPU of its own, from a VMSA it builds and tags with RMPADJUST, after giving
+that VMPL the pages it may use and a copy of the secrets page without the VMPCKs of the more
+privileged levels. System calls from a lower VMPL are served at that VMPL: with its VMPCK
+for guest requests, through its own permissions, and never PVALIDATE or starting vCPUs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from sevsim.abi.bootinfo import BOOTINFO_GPA, SNP_CPUID_GPA, SNP_SECRETS_GPA, BootInfo
 from sevsim.abi.cpuid import parse_cpuid_page
-from sevsim.abi.ghcb import PSC_PRIVATE, PSC_SHARED, TERM_SET_GENERAL, VmgexitEvent
+from sevsim.abi.ghcb import (
+    AP_CREATE,
+    PSC_PRIVATE,
+    PSC_SHARED,
+    TERM_SET_GENERAL,
+    VMM_ERR_BUSY,
+    VMM_ERR_INVALID_LEN,
+    VmgexitEvent,
+)
+from sevsim.abi.rmp import PERM_READ, PERM_WRITE, VMPLS
 from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_guest_msg import (
     KEY_REQ_SIZE,
@@ -52,8 +69,16 @@ from sevsim.abi.svm import (
     ioio_decode,
     ioio_info,
 )
-from sevsim.errors import GuestFault, RmpInstructionError
-from sevsim.guest.ghcb import TERM_PSC, GhcbClient, encrypted_state, snp_active
+from sevsim.abi.vmsa import SEV_FEATURES_SNP, Vmsa
+from sevsim.errors import GuestFault, PageNotValidated, RmpInstructionError
+from sevsim.guest import tsm
+from sevsim.guest.ghcb import (
+    TERM_GENERAL_REQUEST,
+    TERM_PSC,
+    GhcbClient,
+    encrypted_state,
+    snp_active,
+)
 from sevsim.hw.cpu import GuestCpu
 
 PAGE = 4096
@@ -65,18 +90,23 @@ MSG_RSP_GPA = MSG_REQ_GPA + PAGE  # SNP guest response page (shared)
 CERTS_GPA = MSG_RSP_GPA + PAGE  # extended request: the hypervisor's certificate table (shared)
 CERTS_PAGES = 4
 HOST_IO_GPA = CERTS_GPA + CERTS_PAGES * PAGE  # the host channel's bounce page (shared)
-KERNEL_END = HOST_IO_GPA + PAGE  # programs may share or unshare pages from here
+VMSAS_GPA = HOST_IO_GPA + PAGE  # SNP: the VMSA of lower-VMPL vCPU i at VMSAS_GPA + i * PAGE
+VMPL_SECRETS_GPA = VMSAS_GPA + MAX_VCPUS * PAGE  # ... and its copy of the secrets page
+TSM_GPA = VMPL_SECRETS_GPA + MAX_VCPUS * PAGE  # configfs-tsm report entries of VMPL v at
+TSM_AREA = tsm.SLOTS * tsm.SLOT_SIZE  # ... TSM_GPA + v * TSM_AREA (private)
+KERNEL_END = TSM_GPA + VMPLS * TSM_AREA  # programs may share or unshare from here
 _VERSION_GPA = STATE_GPA  # u64: negotiated GHCB protocol version
 _SHARED_FLAGS_GPA = STATE_GPA + 8  # u64: which of the kernel's shared areas are shared yet
 _MSG_SHARED, _HOST_IO_SHARED = 1, 2
 _AP_START = struct.Struct("<QQQQ")  # entry, stack top, RDI, RSI; entry 0: no request
 _AP_SLOTS_GPA = STATE_GPA + 0x100
+_CONTEXTS_GPA = STATE_GPA + 16  # u64: vCPUs started at a lower VMPL so far
+EPERM = 1
 EIO = 5
 ENODEV = 19
 EINVAL = 22
 ENOSPC = 28
 ENOSYS = 38
-_VMM_INVALID_LEN = 1 << 32  # SW_EXITINFO2: too few certificate pages, RBX says how many
 _VMPCK0_OFFSET = 0x20  # in the secrets page (Linux struct snp_secrets_page)
 _CERT_ENTRY = struct.Struct("<16sII")  # certificate table entry: GUID, offset, length
 
@@ -93,6 +123,15 @@ SYS_SNP_EXT_REPORT = 107
 SYS_SNP_DERIVED_KEY = 108
 SYS_HOST_INPUT = 109
 SYS_HOST_OUTPUT = 110
+SYS_VMPL_START = 111
+SYS_RMPADJUST = 112
+SYS_TSM_MKDIR = 113
+SYS_TSM_RMDIR = 114
+SYS_TSM_WRITE = 115
+SYS_TSM_READ = 116
+_VMPL0_ONLY = {SYS_SET_SHARED, SYS_SET_PRIVATE, SYS_VCPU_START, SYS_VMPL_START}
+_BUSY_RETRY_S = 0.01  # Linux: SNP_REQ_RETRY_DELAY, while the hypervisor says BUSY ...
+_BUSY_GIVE_UP_S = 60.0  # ... for at most SNP_REQ_MAX_RETRY_DURATION
 _MAX_WRITE = 1 << 20
 
 
@@ -100,7 +139,7 @@ def kernel_identity() -> bytes:
     """SHA-384 of this kernel's sources: what the launch measurement binds the guest to."""
     here = Path(__file__).parent
     return hashlib.sha384(b"".join((here / name).read_bytes()
-                                   for name in ("kernel.py", "ghcb.py"))).digest()
+                                   for name in ("kernel.py", "ghcb.py", "tsm.py"))).digest()
 
 
 def _runs(gpns: list[int]) -> list[tuple[int, int]]:
@@ -139,9 +178,12 @@ class GuestKernel:
         return self.boot
 
     def on_reset(self, cpu: GuestCpu) -> None:
-        """A vCPU leaves reset: the boot vCPU sets the VM up, an AP runs what it was asked to."""
+        """A vCPU leaves reset: the boot vCPU sets the VM up, an AP runs what it was asked to,
+        a vCPU started from a VMSA of the kernel's making registers its GHCB and runs on."""
         if cpu.index == 0:
             self._boot(cpu)
+        elif cpu.index >= self.boot_info(cpu).nvcpus:
+            self.ghcb.register(cpu)
         else:
             self._start_ap(cpu)
 
@@ -217,8 +259,14 @@ class GuestKernel:
             SYS_SNP_EXT_REPORT: self._snp_ext_report, SYS_SNP_DERIVED_KEY: self._snp_derived_key,
             SYS_HOST_INPUT: self._host_input, SYS_HOST_OUTPUT: self._host_output,
         }
+        handlers.update({SYS_VMPL_START: self._vmpl_start, SYS_RMPADJUST: self._rmpadjust,
+                         SYS_TSM_MKDIR: self._tsm_mkdir, SYS_TSM_RMDIR: self._tsm_rmdir,
+                         SYS_TSM_WRITE: self._tsm_write, SYS_TSM_READ: self._tsm_read})
         handler = handlers.get(nr)
-        result = handler(cpu, *args) if handler else -ENOSYS
+        if handler and cpu.vmpl and nr in _VMPL0_ONLY:
+            result: int | None = -EPERM
+        else:
+            result = handler(cpu, *args) if handler else -ENOSYS
         if result is not None:
             cpu.set_reg("rax", result)
 
@@ -293,7 +341,7 @@ class GuestKernel:
         return cpu.sev_status()
 
     def _vcpu_info(self, cpu: GuestCpu, *_: int) -> int:
-        return cpu.index | self.boot_info(cpu).nvcpus << 32
+        return cpu.index | cpu.vmpl << 16 | self.boot_info(cpu).nvcpus << 32
 
     def _vcpu_start(self, cpu: GuestCpu, index: int, entry: int, arg0: int, arg1: int,
                     stack_top: int) -> int:
@@ -310,6 +358,62 @@ class GuestKernel:
 
     def _vcpu_halt(self, cpu: GuestCpu, *_: int) -> None:
         cpu.halt()
+
+    # -- SEV-SNP: lower VMPLs ------------------------------------------------------------------
+    def _rmpadjust(self, cpu: GuestCpu, addr: int, npages: int, vmpl: int, perms: int,
+                   *_: int) -> int:
+        """Give a lower VMPL `perms` (RMP mask bits) on the program's pages [addr, +npages)."""
+        if not snp_active(cpu):
+            return -ENODEV
+        if not self._pages(cpu, addr, npages):
+            return -EINVAL
+        try:
+            for gpa in range(addr, addr + npages * PAGE, PAGE):
+                cpu.rmpadjust(gpa, vmpl, perms)
+        except RmpInstructionError:
+            return -EPERM
+        return 0
+
+    def _vmpl_start(self, cpu: GuestCpu, vmpl: int, entry: int, arg0: int, arg1: int,
+                    stack_top: int) -> int:
+        """Start entry(RDI=arg0, RSI=arg1) at `vmpl` on a new vCPU, as an SVSM starts the
+        OS below it: a shared GHCB, a secrets page without the higher VMPLs' keys, read
+        access to the boot info and kernel state, then a VMSA tagged with RMPADJUST and the
+        AP creation event. Returns the new vCPU's index."""
+        if not snp_active(cpu):
+            return -ENODEV
+        if not 0 < vmpl < VMPLS or not entry:
+            return -EINVAL
+        index = self.boot_info(cpu).nvcpus + struct.unpack("<Q", cpu.read(_CONTEXTS_GPA, 8))[0]
+        if index >= MAX_VCPUS:
+            return -ENOSPC
+        self._share(cpu, GHCB_GPA + index * PAGE, 1)
+        self._kernel_shared(cpu, _MSG_SHARED, MSG_REQ_GPA, 2 + CERTS_PAGES)
+        self._kernel_shared(cpu, _HOST_IO_SHARED, HOST_IO_GPA, 1)
+        secrets = SecretsPage.from_bytes(cpu.read(SNP_SECRETS_GPA, PAGE))
+        wiped = bytes(VMPCK_SIZE)
+        k0, k1, k2, k3 = (k if level >= vmpl else wiped for level, k in enumerate(secrets.vmpck))
+        n0, n1, n2, n3 = (n if level >= vmpl else 0 for level, n in enumerate(secrets.msg_seqno))
+        copy = replace(secrets, vmpck=(k0, k1, k2, k3), msg_seqno=(n0, n1, n2, n3))
+        secrets_gpa, vmsa_gpa = VMPL_SECRETS_GPA + index * PAGE, VMSAS_GPA + index * PAGE
+        cpu.write(secrets_gpa, copy.to_bytes())
+        cpu.rmpadjust(secrets_gpa, vmpl, PERM_READ | PERM_WRITE)
+        for gpa in (BOOTINFO_GPA, STATE_GPA):
+            cpu.rmpadjust(gpa, vmpl, PERM_READ)
+        for gpa in range(TSM_GPA + vmpl * TSM_AREA, TSM_GPA + (vmpl + 1) * TSM_AREA, PAGE):
+            cpu.rmpadjust(gpa, vmpl, PERM_READ | PERM_WRITE)  # its own report entries only
+        regs = {**cpu.control_registers(), "rip": entry, "rsp": stack_top, "rdi": arg0,
+                "rsi": arg1, "rflags": 2, "vmpl": vmpl, "sev_features": SEV_FEATURES_SNP}
+        cpu.write(vmsa_gpa, Vmsa(regs).to_bytes())
+        cpu.rmpadjust(vmsa_gpa, 1, 0, vmsa=True)
+        answer = self.ghcb.call(cpu, VmgexitEvent.AP_CREATION, index << 32 | AP_CREATE,
+                                vmsa_gpa, {"rax": SEV_FEATURES_SNP}, (),
+                                f"AP creation at VMPL{vmpl}")
+        if answer is None or answer.get("sw_exit_info_2", 0):
+            cpu.rmpadjust(vmsa_gpa, 1, 0, vmsa=False)  # never leave a VMSA nobody runs
+            return -EIO
+        cpu.write(_CONTEXTS_GPA, struct.pack("<Q", index - self.boot_info(cpu).nvcpus + 1))
+        return index
 
     def _kernel_shared(self, cpu: GuestCpu, flag: int, gpa: int, npages: int) -> None:
         """Share one of the kernel's own areas the first time it is needed; the flag lives
@@ -346,28 +450,35 @@ class GuestKernel:
         return length
 
     # -- SEV-SNP guest requests ----------------------------------------------------------------
+    @staticmethod
+    def _secrets_gpa(cpu: GuestCpu) -> int:
+        """The secrets page this VMPL reads its VMPCK from (below VMPL0: the kernel's copy)."""
+        return VMPL_SECRETS_GPA + cpu.index * PAGE if cpu.vmpl else SNP_SECRETS_GPA
+
     def _guest_request(self, cpu: GuestCpu, msg_type: MsgType, payload: bytes,
                        cert_pages: int | None = None) -> tuple[bytes, int] | int:
-        """One message to the Secure Processor with VMPCK0, as Linux's sev-guest driver: seal
-        with the next sequence number, carry it through the hypervisor, open the answer and
-        insist on the response type and sequence number + 1. Any failure (the firmware
-        refused, the hypervisor replayed or altered something) leaves the counters out of
-        step for good, so the key is wiped from the secrets page and never used again.
-        Returns the response payload and, for an extended request with too few certificate
-        pages, the pages needed (the request is then finished without certificates, as Linux
-        does, so the sequence number moves on); or -EIO."""
-        secrets = SecretsPage.from_bytes(cpu.read(SNP_SECRETS_GPA, PAGE))
-        key, offset = secrets.vmpck[0], SecretsPage.seqno_offset(0)
-        if not any(key) or secrets.msg_seqno[0] + 2 > 0xFFFF_FFFF:  # wiped, or worn out
+        """One message to the Secure Processor with the VMPCK of this vCPU's VMPL, as Linux's
+        sev-guest driver: seal with the next sequence number, carry it through the hypervisor
+        (the same message again while it answers BUSY), open the answer and insist on the
+        response type and sequence number + 1. Any failure (the firmware refused, the
+        hypervisor replayed or altered something) leaves the counters out of step for good,
+        so the key is wiped from the secrets page and never used again. Returns the response
+        payload and, for an extended request with too few certificate pages, the pages
+        needed (the request is then finished without certificates, as Linux does, so the
+        sequence number moves on); or -EIO."""
+        vmpl, secrets_gpa = cpu.vmpl, self._secrets_gpa(cpu)
+        secrets = SecretsPage.from_bytes(cpu.read(secrets_gpa, PAGE))
+        key, offset = secrets.vmpck[vmpl], SecretsPage.seqno_offset(vmpl)
+        if not any(key) or secrets.msg_seqno[vmpl] + 2 > 0xFFFF_FFFF:  # wiped, or worn out
             return -EIO
         self._kernel_shared(cpu, _MSG_SHARED, MSG_REQ_GPA, 2 + CERTS_PAGES)
-        seqno = secrets.msg_seqno[0] + 1
-        request = seal_message(key, msg_type, seqno, payload)
+        seqno = secrets.msg_seqno[vmpl] + 1
+        request = seal_message(key, msg_type, seqno, payload, vmpck=vmpl)
         cpu.write(MSG_REQ_GPA, request.ljust(PAGE, b"\0"))
         cpu.write(MSG_RSP_GPA, bytes(PAGE))
         answer = self._issue(cpu, cert_pages)
         needed = 0
-        if cert_pages is not None and answer.get("sw_exit_info_2") == _VMM_INVALID_LEN:
+        if cert_pages is not None and answer.get("sw_exit_info_2") == VMM_ERR_INVALID_LEN:
             needed = max(answer.get("rbx", 0), cert_pages + 1)
             answer = self._issue(cpu, None)  # the same sealed message, without certificates
         try:
@@ -376,30 +487,38 @@ class GuestKernel:
                                      f"request refused: 0x{answer['sw_exit_info_2']:x}")
             header, plain = open_message(key, cpu.read(MSG_RSP_GPA, PAGE))
             if header.seqno != seqno + 1 or header.msg_type is not msg_type.response \
-                    or header.vmpck != 0:
+                    or header.vmpck != vmpl:
                 raise SnpFormatError("MSG_SEQNO", f"{header.msg_type.name} #{header.seqno} "
                                      f"answers {msg_type.name} #{seqno}")
         except SnpFormatError:
-            cpu.write(SNP_SECRETS_GPA + _VMPCK0_OFFSET, bytes(VMPCK_SIZE))
+            cpu.write(secrets_gpa + _VMPCK0_OFFSET + vmpl * VMPCK_SIZE, bytes(VMPCK_SIZE))
             return -EIO
-        cpu.write(SNP_SECRETS_GPA + offset, struct.pack("<I", seqno + 1))
+        cpu.write(secrets_gpa + offset, struct.pack("<I", seqno + 1))
         return plain, needed
 
     def _issue(self, cpu: GuestCpu, cert_pages: int | None) -> dict[str, int]:
+        """The (extended) guest request event, again while the hypervisor answers BUSY: the
+        firmware never saw the message, so the very same one goes again."""
         event, inputs = ((VmgexitEvent.GUEST_REQUEST, {}) if cert_pages is None else
                          (VmgexitEvent.EXT_GUEST_REQUEST, {"rax": CERTS_GPA, "rbx": cert_pages}))
-        answer = self.ghcb.call(cpu, event, MSG_REQ_GPA, MSG_RSP_GPA, inputs, (),
-                                "an SNP guest request")
-        if answer is None:
-            raise GuestFault(f"vCPU {cpu.index}: the hypervisor stopped the VM at an SNP "
-                             "guest request")
-        return answer
+        give_up = time.monotonic() + _BUSY_GIVE_UP_S
+        while True:
+            answer = self.ghcb.call(cpu, event, MSG_REQ_GPA, MSG_RSP_GPA, inputs, (),
+                                    "an SNP guest request")
+            if answer is None:
+                raise GuestFault(f"vCPU {cpu.index}: the hypervisor stopped the VM at an SNP "
+                                 "guest request")
+            if answer.get("sw_exit_info_2") != VMM_ERR_BUSY or time.monotonic() > give_up:
+                return answer
+            time.sleep(_BUSY_RETRY_S)
 
-    def _report(self, cpu: GuestCpu, data_ptr: int, out_ptr: int,
-                cert_pages: int | None) -> int:
-        """MSG_REPORT_REQ for VMPL0; the report reaches the user only if its status is 0.
-        Returns 0, -EIO, or the certificate pages needed as a positive count."""
-        payload = ReportRequest(cpu.read(data_ptr, 64), 0).to_bytes()
+    def _report(self, cpu: GuestCpu, data: bytes, vmpl: int,
+                cert_pages: int | None) -> bytes | int:
+        """MSG_REPORT_REQ carrying `data` as REPORT_DATA for `vmpl` (the firmware refuses
+        one more privileged than the caller's); the report reaches the user only if its
+        status is 0. Returns the report, -EIO, or the certificate pages needed as a
+        positive count."""
+        payload = ReportRequest(data, vmpl).to_bytes()
         answer = self._guest_request(cpu, MsgType.REPORT_REQ, payload, cert_pages)
         if isinstance(answer, int):
             return answer
@@ -412,13 +531,16 @@ class GuestKernel:
             return -EIO
         if response.status or len(response.report) != REPORT_SIZE:
             return -EIO
-        cpu.write(out_ptr, response.report)
-        return 0
+        return response.report
 
     def _snp_report(self, cpu: GuestCpu, data_ptr: int, out_ptr: int, *_: int) -> int:
         if not snp_active(cpu):
             return -ENODEV
-        return self._report(cpu, data_ptr, out_ptr, None)
+        result = self._report(cpu, cpu.read(data_ptr, 64), cpu.vmpl, None)
+        if isinstance(result, int):
+            return result
+        cpu.write(out_ptr, result)
+        return 0
 
     def _snp_ext_report(self, cpu: GuestCpu, data_ptr: int, out_ptr: int, certs_ptr: int,
                         len_ptr: int, *_: int) -> int:
@@ -428,24 +550,35 @@ class GuestKernel:
         if not snp_active(cpu):
             return -ENODEV
         capacity = struct.unpack("<Q", cpu.read(len_ptr, 8))[0]
-        result = self._report(cpu, data_ptr, out_ptr, min(capacity // PAGE, CERTS_PAGES))
-        if result > 0:
+        result = self._report(cpu, cpu.read(data_ptr, 64), cpu.vmpl,
+                              min(capacity // PAGE, CERTS_PAGES))
+        if isinstance(result, int) and result > 0:
             cpu.write(len_ptr, struct.pack("<Q", result * PAGE))
             return -ENOSPC
-        if result:
+        if isinstance(result, int):
             return result
-        table = cpu.read(CERTS_GPA, min(capacity, CERTS_PAGES * PAGE) // PAGE * PAGE)
+        cpu.write(out_ptr, result)
+        table = self._cert_table(cpu, min(capacity, CERTS_PAGES * PAGE) // PAGE)
+        if table is None:
+            return -EIO
+        cpu.write(certs_ptr, table)
+        cpu.write(len_ptr, struct.pack("<Q", len(table)))
+        return len(table)
+
+    @staticmethod
+    def _cert_table(cpu: GuestCpu, pages: int) -> bytes | None:
+        """The certificate table the hypervisor left in the first `pages` certificate pages,
+        cut after the furthest certificate; None if it does not parse."""
+        table = cpu.read(CERTS_GPA, pages * PAGE)
         try:
             count = len(parse_cert_table(table))
         except SnpFormatError:
-            return -EIO
+            return None
         size = max([_CERT_ENTRY.size * (count + 1)]  # the header, then the furthest blob
                    + [offset + length for _, offset, length in
                       (_CERT_ENTRY.unpack_from(table, i * _CERT_ENTRY.size)
                        for i in range(count))])
-        cpu.write(certs_ptr, table[:size])
-        cpu.write(len_ptr, struct.pack("<Q", size))
-        return size
+        return table[:size]
 
     def _snp_derived_key(self, cpu: GuestCpu, req_ptr: int, out_ptr: int, *_: int) -> int:
         """MSG_KEY_REQ: a key only this launch (or this chip) can derive again."""
@@ -466,6 +599,91 @@ class GuestKernel:
             return -EIO
         cpu.write(out_ptr, response.derived_key)
         return 0
+
+    # -- configfs-tsm reports ------------------------------------------------------------------
+    @staticmethod
+    def _tsm_reports(cpu: GuestCpu) -> tsm.TsmReports:
+        """The report entries of this vCPU's VMPL, kept in its private TSM area; the floor
+        is that VMPL, and only SNP has a provider."""
+        base = TSM_GPA + cpu.vmpl * TSM_AREA
+
+        def load(slot: int) -> bytes:
+            return cpu.read(base + slot * tsm.SLOT_SIZE, tsm.SLOT_SIZE)
+
+        def store(slot: int, data: bytes) -> None:
+            cpu.write(base + slot * tsm.SLOT_SIZE, data.ljust(tsm.SLOT_SIZE, b"\0"))
+
+        return tsm.TsmReports(load, store, cpu.vmpl, snp_active(cpu))
+
+    @staticmethod
+    def _path(cpu: GuestCpu, ptr: int) -> bytes | int:
+        """A NUL-terminated path from the program, read a page at a time (never past the
+        NUL); -ENAMETOOLONG without one in PATH_MAX bytes."""
+        path = b""
+        while len(path) < tsm.PATH_MAX:
+            chunk = cpu.read(ptr + len(path), min(PAGE - (ptr + len(path)) % PAGE,
+                                                  tsm.PATH_MAX - len(path)))
+            end = chunk.find(b"\0")
+            if end >= 0:
+                return path + chunk[:end]
+            path += chunk
+        return -tsm.ENAMETOOLONG
+
+    def _tsm_call(self, cpu: GuestCpu, path_ptr: int,
+                  action: Callable[[tsm.TsmReports, bytes], int]) -> int:
+        path = self._path(cpu, path_ptr)
+        if isinstance(path, int):
+            return path
+        try:
+            return action(self._tsm_reports(cpu), path)
+        except tsm.TsmError as err:
+            return -err.errno
+
+    def _tsm_mkdir(self, cpu: GuestCpu, path_ptr: int, *_: int) -> int:
+        """mkdir(2) of a report entry: /sys/kernel/config/tsm/report/NAME."""
+        def mkdir(reports: tsm.TsmReports, path: bytes) -> int:
+            reports.mkdir(path)
+            return 0
+
+        return self._tsm_call(cpu, path_ptr, mkdir)
+
+    def _tsm_rmdir(self, cpu: GuestCpu, path_ptr: int, *_: int) -> int:
+        def rmdir(reports: tsm.TsmReports, path: bytes) -> int:
+            reports.rmdir(path)
+            return 0
+
+        return self._tsm_call(cpu, path_ptr, rmdir)
+
+    def _tsm_write(self, cpu: GuestCpu, path_ptr: int, buf: int, length: int, *_: int) -> int:
+        """write(2) of a whole attribute (inblob, privlevel); returns length."""
+        if length > PAGE:  # neither attribute takes more; configfs buffers one page
+            return -tsm.EFBIG
+        data = cpu.read(buf, length)
+
+        def write(reports: tsm.TsmReports, path: bytes) -> int:
+            reports.write(path, data)
+            return length
+
+        return self._tsm_call(cpu, path_ptr, write)
+
+    def _tsm_read(self, cpu: GuestCpu, path_ptr: int, buf: int, length: int, *_: int) -> int:
+        """read(2) of an attribute from its start: the first `length` bytes into buf, the
+        count returned. outblob/auxblob ask the Secure Processor only if an input changed."""
+        def read(reports: tsm.TsmReports, path: bytes) -> int:
+            data = reports.read(path, lambda inblob, vmpl: self._tsm_report(cpu, inblob, vmpl))
+            cpu.write(buf, data[:length])
+            return min(length, len(data))
+
+        return self._tsm_call(cpu, path_ptr, read)
+
+    def _tsm_report(self, cpu: GuestCpu, data: bytes, vmpl: int) -> tuple[bytes, bytes] | int:
+        """outblob and auxblob for a report entry: an extended request for `vmpl`, as
+        Linux's sev-guest provider makes, with all the certificate pages there are."""
+        result = self._report(cpu, data, vmpl, CERTS_PAGES)
+        if isinstance(result, int):
+            return -ENOSPC if result > 0 else result
+        table = self._cert_table(cpu, CERTS_PAGES)
+        return -EIO if table is None else (result, table)
 
     @staticmethod
     def _cpuid_page_entry(cpu: GuestCpu, leaf: int) -> tuple[int, int, int, int] | None:
@@ -520,6 +738,9 @@ class GuestKernel:
                                     f"hypercall 0x{inputs['rax']:x}")
             if answer is not None:
                 cpu.set_reg("rax", answer["rax"])
+        elif code is ExitCode.PAGE_NOT_VALIDATED:  # Linux has no way back either
+            self.ghcb.terminate(cpu, TERM_SET_GENERAL, TERM_GENERAL_REQUEST,
+                                f"#VC page not validated at GPA 0x{info1:x}", PageNotValidated)
         else:
             raise GuestFault(f"vCPU {cpu.index}: #VC for exit code {code!r} the guest kernel "
                              "does not handle")

@@ -1,10 +1,12 @@
 """Debug access to guest memory through the firmware, as QEMU's gdbstub and monitor do under SEV.
 
 The hypervisor cannot decrypt a private guest page; the firmware can, with the VM key, and
-does so only when the guest owner's policy allows debugging (no NODBG): DBG_DECRYPT and
-DBG_ENCRYPT, 16-byte blocks at a time, through a bounce page of host memory as KVM's
-`sev_dbg_crypt` does. Pages the guest shares with the host are plaintext already and are
-accessed directly; a plain VM needs no firmware at all.
+does so only when the guest owner's policy allows debugging: SEV and SEV-ES policies without
+NODBG (DBG_DECRYPT / DBG_ENCRYPT, 16-byte blocks at a time), SNP policies with DEBUG
+(SNP_DBG_DECRYPT / SNP_DBG_ENCRYPT, one whole 4 KiB page at a time, the guest's side checked
+against the RMP). Either way the plaintext passes through a bounce page of host memory, wiped
+afterwards, as KVM's `sev_dbg_crypt` does. Pages the guest shares with the host are plaintext
+already and are accessed directly; a plain VM needs no firmware at all.
 """
 
 from __future__ import annotations
@@ -20,50 +22,74 @@ from sevsim.hw.engine import BLOCK, PAGE
 
 
 def debug_read(vm: VirtualMachine, gpa: int, length: int) -> bytes:
-    """Guest memory in plaintext; FirmwareError POLICY_FAILURE if the policy has NODBG."""
+    """Guest memory in plaintext; FirmwareError POLICY_FAILURE if the policy forbids debugging
+    (NODBG under SEV/SEV-ES, no DEBUG under SNP)."""
     if not vm.hv.mode.encrypted:
         return vm.read_gpa(gpa, length)
     handle = _handle(vm)
     hv = vm.hypervisor
+    unit = _unit(vm)
     out = bytearray()
     with _bounce_page(hv) as bounce:
         for lo, hi in _page_pieces(gpa, length):
             if lo // PAGE in vm.hv.shared_gpns:
                 out += vm.read_gpa(lo, hi - lo)
                 continue
-            start, stop = _blocks(lo, hi)
-            hv.firmware.dbg_decrypt(handle, hv.gpa_to_spa(vm.hv, start), bounce, stop - start)
+            start, stop = _span(lo, hi, unit)
+            _decrypt(vm, handle, hv.gpa_to_spa(vm.hv, start), bounce, stop - start)
             out += hv.read_spa(bounce + lo - start, hi - lo)
     return bytes(out)
 
 
 def debug_write(vm: VirtualMachine, gpa: int, data: bytes) -> None:
-    """Write plaintext into guest memory; partial blocks are read, patched and re-encrypted."""
+    """Write plaintext into guest memory; what the firmware's unit (a 16-byte block, an SNP
+    page) covers beyond the data is read, patched and encrypted again."""
     if not vm.hv.mode.encrypted:
         vm.write_gpa(gpa, data)
         return
     handle = _handle(vm)
     hv = vm.hypervisor
+    unit = _unit(vm)
     with _bounce_page(hv) as bounce:
         for lo, hi in _page_pieces(gpa, len(data)):
             piece = data[lo - gpa:hi - gpa]
             if lo // PAGE in vm.hv.shared_gpns:
                 vm.write_gpa(lo, piece)
                 continue
-            start, stop = _blocks(lo, hi)
+            start, stop = _span(lo, hi, unit)
             spa = hv.gpa_to_spa(vm.hv, start)
             if (start, stop) != (lo, hi):
-                hv.firmware.dbg_decrypt(handle, spa, bounce, stop - start)
+                _decrypt(vm, handle, spa, bounce, stop - start)
             hv.write_spa(bounce + lo - start, piece)
-            hv.firmware.dbg_encrypt(handle, bounce, spa, stop - start)
+            _encrypt(vm, handle, bounce, spa, stop - start)
+
+
+def _decrypt(vm: VirtualMachine, handle: int, src: int, dst: int, length: int) -> None:
+    fw = vm.hypervisor.firmware
+    if vm.hv.mode is GuestMode.SNP:
+        fw.snp_dbg_decrypt(handle, src, dst)  # always one page
+    else:
+        fw.dbg_decrypt(handle, src, dst, length)
+
+
+def _encrypt(vm: VirtualMachine, handle: int, src: int, dst: int, length: int) -> None:
+    fw = vm.hypervisor.firmware
+    if vm.hv.mode is GuestMode.SNP:
+        fw.snp_dbg_encrypt(handle, src, dst)
+    else:
+        fw.dbg_encrypt(handle, src, dst, length)
 
 
 def _handle(vm: VirtualMachine) -> int:
+    """The firmware's name for the guest: its handle, or under SNP its GCTX page address."""
     if not vm.hv.firmware_handle:
         raise VmStateError("the VM has no firmware context yet: launch it first")
-    if vm.hv.mode is GuestMode.SNP:
-        raise VmStateError("SNP_DBG_DECRYPT/ENCRYPT are not modelled yet")
     return vm.hv.firmware_handle
+
+
+def _unit(vm: VirtualMachine) -> int:
+    """What one firmware debug command covers: SNP's commands take whole pages."""
+    return PAGE if vm.hv.mode is GuestMode.SNP else BLOCK
 
 
 def _page_pieces(gpa: int, length: int) -> Iterator[tuple[int, int]]:
@@ -75,9 +101,9 @@ def _page_pieces(gpa: int, length: int) -> Iterator[tuple[int, int]]:
         lo = hi
 
 
-def _blocks(lo: int, hi: int) -> tuple[int, int]:
-    """The 16-byte blocks covering [lo, hi): the firmware works on whole blocks."""
-    return lo & ~(BLOCK - 1), (hi + BLOCK - 1) & ~(BLOCK - 1)
+def _span(lo: int, hi: int, unit: int) -> tuple[int, int]:
+    """The whole units (16-byte blocks or pages) covering [lo, hi)."""
+    return lo & ~(unit - 1), (hi + unit - 1) & ~(unit - 1)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ import numpy as np
 
 from sevsim.abi.cpuid import SevFeatures
 from sevsim.abi.ghcb import (
+    AP_CREATE,
     DEFAULT_USAGE,
     PROTOCOL_MAX,
     PROTOCOL_MIN,
@@ -21,6 +22,8 @@ from sevsim.abi.ghcb import (
     RESULT_OK,
     SHARED_BUFFER_OFFSET,
     SHARED_BUFFER_SIZE,
+    VMM_ERR_BUSY,
+    VMM_ERR_INVALID_LEN,
     Ghcb,
     GhcbError,
     MsrCode,
@@ -71,8 +74,9 @@ from sevsim.hw.npt import NOT_PRESENT, NestedPageTable
 
 _RESERVED_FRAMES = 256  # the host kernel's own first MiB
 _QUANTUM_S = 0.005
+_MAX_VCPUS = 64
+_ALONE_QUANTUM_S = 0.5  # a lone vCPU still comes back now and then: it may start another
 _PSC_INVALID = 1  # a PSC for a page the hypervisor will not change (no such page, bad op)
-_VMM_INVALID_LEN = 1 << 32  # SW_EXITINFO2 high half: the data pages are too few (spec §7.4)
 _GUEST_MSRS = {0x10: 0, 0x1B: 0xFEE0_0900, 0xC000_0080: 0x500, 0xC001_0130: 0}
 
 IoHandler = Callable[["HvVm", int, int, bool, int], int | None]
@@ -102,6 +106,9 @@ class HvVm:
     gctx_frame: int = -1  # SEV-SNP: the page the firmware holds the guest context in
     ghcb_gpas: dict[int, int] = field(default_factory=dict)  # vCPU index -> registered GHCB
     termination: tuple[int, int] | None = None  # (reason set, code) the guest asked to stop with
+    request_tokens: float = 0.0  # guest-request throttling: what the VM may still send now
+    request_clock: float = 0.0
+    busy_answers: int = 0  # guest requests answered BUSY
     stopped: bool = False
     destroyed: bool = False
 
@@ -120,6 +127,7 @@ class Hypervisor:
         self._asids_in_use: set[int] = set()
         self._asids_to_flush: set[int] = set()
         self._plain_asid = chip.max_asid + 1  # unencrypted guests still get a TLB tag
+        self.request_rate: tuple[float, int] | None = None  # guest requests per s, burst
 
     # -- VM lifecycle -----------------------------------------------------------------------
     def create_vm(self, mode: GuestMode, memory_size: int, vcpus: int) -> HvVm:
@@ -128,8 +136,8 @@ class Hypervisor:
                               f"it supports {', '.join(m.value for m in self.chip.modes)}")
         if memory_size < 1 << 20 or memory_size % PAGE:
             raise ConfigError(f"VM memory {memory_size} must be a multiple of 4 KiB, >= 1 MiB")
-        if not 1 <= vcpus <= 64:
-            raise ConfigError(f"vCPU count {vcpus} outside 1..64")
+        if not 1 <= vcpus <= _MAX_VCPUS:
+            raise ConfigError(f"vCPU count {vcpus} outside 1..{_MAX_VCPUS}")
         es = mode in (GuestMode.SEV_ES, GuestMode.SNP)
         if mode is GuestMode.SNP and not self.firmware.snp_initialized:
             self.firmware.snp_init()  # KVM initialises SNP when its first SNP guest needs it
@@ -186,7 +194,7 @@ class Hypervisor:
         frames = np.concatenate((vm.frames, vm.vmsa_frames)).astype(np.int64)
         if vm.gctx_frame >= 0:
             frames = np.append(frames, vm.gctx_frame)
-        held = frames[rmp.immutable[frames]]
+        held = frames[rmp.immutable[frames] | rmp.vmsa[frames]]
         for frame in held.tolist():
             self.firmware.snp_page_reclaim(frame * PAGE)
         rmp.rmpupdate(frames[rmp.assigned[frames]])
@@ -321,8 +329,8 @@ class Hypervisor:
                 raise VmStateError(f"VM {vm.vm_id} was destroyed")
         errors: dict[int, SevsimError | None] = {vm.vm_id: None for vm in vms}
         deadline = time.monotonic() + timeout
-        alone = len(vms) == 1 and len(vms[0].vcpus) == 1
         while True:
+            alone = len(vms) == 1 and len(vms[0].vcpus) == 1
             runnable = [(vm, v) for vm in vms if not vm.stopped
                         for v in vm.vcpus if v.state is VcpuState.RUNNABLE]
             if not runnable:
@@ -341,7 +349,7 @@ class Hypervisor:
                                 f"VM {late.vm_id} still running after {timeout:g} s")
                     return errors
                 # a lone vCPU keeps the CPU; otherwise everyone (even APs not yet started) shares
-                quantum = remaining if alone else min(_QUANTUM_S, remaining)
+                quantum = min(_ALONE_QUANTUM_S if alone else _QUANTUM_S, remaining)
                 try:
                     vcpu.run(quantum)
                 except GuestFault as fault:
@@ -577,6 +585,9 @@ class Hypervisor:
             out["rax"] = self._hypercall(vm, save["rax"], (*args, 0))
         elif code == VmgexitEvent.PSC and vm.mode is GuestMode.SNP:
             return self._psc_buffer(vm, gpa, ghcb)
+        elif code == VmgexitEvent.AP_CREATION and vm.mode is GuestMode.SNP:
+            if not self.create_ap(vm, info1, info2):
+                return error(GhcbError.INVALID_INPUT)
         elif (code in (VmgexitEvent.GUEST_REQUEST, VmgexitEvent.EXT_GUEST_REQUEST)
               and vm.mode is GuestMode.SNP):
             extended = code == VmgexitEvent.EXT_GUEST_REQUEST
@@ -590,6 +601,28 @@ class Hypervisor:
         else:
             return error(GhcbError.INVALID_EVENT)
         return {**out, "sw_exit_info_1": RESULT_OK, "sw_exit_info_2": 0}
+
+    # -- SEV-SNP: vCPUs the guest builds --------------------------------------------------------
+    def create_ap(self, vm: HvVm, info1: int, vmsa_gpa: int) -> bool:
+        """The AP creation event (CREATE): run a vCPU from a VMSA the guest built in its
+        own memory and tagged in the RMP (VMRUN checks that; the hypervisor cannot read the
+        page). A new APIC ID gets a vCPU of its own, which is how sevsim runs a lower VMPL
+        beside VMPL0; an AP still waiting for SIPI can start from it too."""
+        request, apic_id = info1 & 0xFFFF_FFFF, info1 >> 32
+        if request != AP_CREATE or vmsa_gpa % PAGE or vm.npt.lookup(vmsa_gpa) is None:
+            return False
+        if apic_id == len(vm.vcpus) < _MAX_VCPUS:
+            vcpu = Vcpu(apic_id, vm.space, vm.mode, self.chip, vm.asid, self._on_exit(vm))
+            if vm.vcpus[0].guest is not None:
+                vcpu.attach_guest(vm.vcpus[0].guest)
+            vm.vcpus.append(vcpu)
+        elif apic_id < len(vm.vcpus) and vm.vcpus[apic_id].state is VcpuState.WAIT_FOR_SIPI:
+            vcpu = vm.vcpus[apic_id]
+        else:
+            return False
+        vcpu.vmsa_spa = self.gpa_to_spa(vm, vmsa_gpa)
+        vcpu.start()
+        return True
 
     # -- SEV-SNP: page state changes --------------------------------------------------------
     def page_state_change(self, vm: HvVm, gfn: int, operation: int) -> int:
@@ -642,19 +675,37 @@ class Hypervisor:
         is not issued at all: INVALID_LEN, RBX = the pages needed. Hypervisor reads and
         writes go through the NPT, so a private page named here raises RmpViolation."""
         ok = {"sw_exit_info_1": RESULT_OK, "sw_exit_info_2": 0}
+        if not self._request_allowed(vm):
+            vm.busy_answers += 1
+            return {**ok, "sw_exit_info_2": VMM_ERR_BUSY}
         certs = b""
         if data is not None:
             certs = self.firmware.certificate_table(self.firmware.tcb)
             needed = -(-len(certs) // PAGE)
             if data[1] < needed:
-                return {**ok, "sw_exit_info_2": _VMM_INVALID_LEN, "rbx": needed}
+                return {**ok, "sw_exit_info_2": VMM_ERR_INVALID_LEN, "rbx": needed}
         request = self.read_gpa(vm, request_gpa, PAGE)
         try:
-            response = self.firmware.snp_guest_request(vm.firmware_handle, request,
-                                                       caller_vmpl=0)
+            response = self.firmware.snp_guest_request(vm.firmware_handle, request)
         except FirmwareError as err:
             return {**ok, "sw_exit_info_2": int(err.status) & 0xFFFF_FFFF}
         self.write_gpa(vm, response_gpa, response.ljust(PAGE, b"\0"))
         if data is not None:
             self.write_gpa(vm, data[0], certs)
         return ok
+
+    def _request_allowed(self, vm: HvVm) -> bool:
+        """A token bucket per VM when `request_rate` is set (KVM may throttle guest requests
+        to share the Secure Processor between guests; the guest retries on BUSY)."""
+        if self.request_rate is None:
+            return True
+        rate, burst = self.request_rate
+        now = time.monotonic()
+        if not vm.request_clock:
+            vm.request_tokens, vm.request_clock = float(burst), now
+        vm.request_tokens = min(float(burst), vm.request_tokens + (now - vm.request_clock) * rate)
+        vm.request_clock = now
+        if vm.request_tokens < 1:
+            return False
+        vm.request_tokens -= 1
+        return True

@@ -18,14 +18,15 @@ from sevsim.abi.bootinfo import (
 )
 from sevsim.abi.cpuid import CpuidEntry, pack_cpuid_page
 from sevsim.abi.policy import PolicyFlags
-from sevsim.abi.snp_launch import VMSA_GPA, PageType
+from sevsim.abi.snp_errors import SnpFormatError
+from sevsim.abi.snp_launch import VMSA_GPA, IdAuthInfo, PageType
 from sevsim.abi.svm import (
     DEBUG_EXIT_PORT,
     SERIAL_PORT,
     SEVSIM_HC_HOST_INPUT,
     SEVSIM_HC_HOST_OUTPUT,
 )
-from sevsim.abi.vmsa import reset_state
+from sevsim.abi.vmsa import SEV_FEATURES_SNP, reset_state
 from sevsim.errors import (
     ImageError,
     MemoryAccessError,
@@ -34,7 +35,6 @@ from sevsim.errors import (
     VmStateError,
 )
 from sevsim.firmware.sev import LaunchMeasurement
-from sevsim.firmware.snp import SEV_FEATURES_SNP
 from sevsim.guest.kernel import GuestKernel, kernel_identity
 from sevsim.host.elf import GuestImage, parse_elf
 from sevsim.host.hypervisor import HvVm, Hypervisor
@@ -136,14 +136,17 @@ class VirtualMachine:
             vcpu.attach_guest(kernel)
         self.image = parsed
 
-    def launch(self, policy: int | None = None,
-               owner: LaunchOwner | None = None) -> LaunchMeasurement | None:
+    def launch(self, policy: int | None = None, owner: LaunchOwner | None = None, *,
+               host_data: bytes = bytes(32), id_block: bytes | None = None,
+               id_auth: bytes | None = None) -> LaunchMeasurement | None:
         """SEV: LAUNCH_START, ACTIVATE, LAUNCH_UPDATE_DATA over the image, MEASURE, FINISH.
 
         With a guest owner: it verifies the platform's chain (PDH_CERT_EXPORT) and opens a
         session for LAUNCH_START, checks LAUNCH_MEASURE, and its secret goes in with
         LAUNCH_SECRET at the secret page before LAUNCH_FINISH. The policy is the owner's
-        unless given (a different one fails the session's policy MAC)."""
+        unless given (a different one fails the session's policy MAC). SEV-SNP passes
+        `host_data` and the owner's ID block and ID_AUTH_INFO (bytes as the firmware takes
+        them) to SNP_LAUNCH_FINISH, as QEMU's sev-snp-guest object does."""
         if self.image is None:
             raise VmStateError("load an image before launching")
         if self.launched:
@@ -153,7 +156,8 @@ class VirtualMachine:
         if self.hv.mode is GuestMode.SNP:
             if owner is not None:
                 raise VmStateError("SNP guests attest with reports, not the legacy owner flow")
-            self._launch_snp(DEFAULT_SNP_POLICY if policy is None else policy)
+            self._launch_snp(DEFAULT_SNP_POLICY if policy is None else policy, host_data,
+                             id_block, id_auth)
             self.launched = True
             return None
         if policy is None:
@@ -195,7 +199,8 @@ class VirtualMachine:
             self.hypervisor.write_spa(vcpu.vmsa_spa, page)
             self.hypervisor.firmware.launch_update_vmsa(handle, vcpu.vmsa_spa)
 
-    def _launch_snp(self, policy: int) -> None:
+    def _launch_snp(self, policy: int, host_data: bytes, id_block: bytes | None,
+                    id_auth: bytes | None) -> None:
         """SEV-SNP as QEMU and KVM do it: a GCTX page, SNP_LAUNCH_START and SNP_ACTIVATE; all
         RAM assigned to the guest (RMPUPDATE, unvalidated: the guest validates what it uses);
         SNP_LAUNCH_UPDATE for the image (NORMAL), the secrets page, the CPUID page (the
@@ -226,7 +231,8 @@ class VirtualMachine:
             hv.memory.rmp.rmpupdate(np.array([vcpu.vmsa_spa // PAGE]), self.asid,
                                     np.array([VMSA_GPA // PAGE]))
             fw.snp_launch_update(gctx, vcpu.vmsa_spa, PageType.VMSA)
-        fw.snp_launch_finish(gctx)
+        fw.snp_launch_finish(gctx, host_data, id_block, id_auth,
+                             author_key_en=_has_author_key(id_auth))
 
     def _spa_runs(self) -> list[tuple[int, int]]:
         """The measured pages as (SPA, length) runs, in guest-physical order."""
@@ -317,3 +323,12 @@ class VirtualMachine:
             self.outputs.append(bytes(self._output_part))
             self._output_part.clear()
         return 0
+
+
+def _has_author_key(id_auth: bytes | None) -> bool:
+    """AUTHOR_KEY_EN as QEMU sets it: the ID_AUTH_INFO carries an author key (a malformed
+    one says no here; the firmware refuses it anyway)."""
+    try:
+        return id_auth is not None and IdAuthInfo.from_bytes(id_auth).author_key is not None
+    except SnpFormatError:
+        return False

@@ -1,6 +1,7 @@
 /*
- * The memory encryption engine's inner loop: AES-128 (OpenSSL's EVP, AES-NI where the CPU
- * has it) with address tweaks whitening each 16-byte block before and/or after the cipher.
+ * The memory encryption engine's inner loops: AES-128 (OpenSSL's EVP, AES-NI where the CPU
+ * has it) with address tweaks whitening each 16-byte block before and/or after the cipher,
+ * and AES-256-XTS with one data unit per 16-byte block (SNP guests on Genoa and later).
  *
  * Why C: OpenSSL has no mode with this linear tweak, and doing the whitening as numpy passes
  * around an ECB call streams every chunk through memory four times (about half of OpenSSL's
@@ -13,6 +14,13 @@
  *   (the tweak is linear, so T(unit base + offset) = T(base) ^ T(offset)).
  *   pre: whiten before AES; post: whiten after (XEX: both; XE: pre to encrypt, post to decrypt).
  * The raw key stays in this object's C memory and is wiped when the object goes away.
+ *
+ * XtsKey(k1 || k2).transform(encrypt, src, dst, spa)
+ *   AES-256-XTS with every 16-byte block its own data unit, tweak value i = the block's SPA
+ *   (spa + 16 j, 64-bit little-endian in a 16-byte IV): T = E_k2(i), c = E_k1(m ^ T) ^ T.
+ *   Per 4 KiB piece: the 256 tweak values are encrypted in one ECB call under k2, then the
+ *   piece is whitened, put through one ECB call under k1 and whitened again, all in L1. One
+ *   EVP aes-256-xts call per block would pay a cipher re-initialisation per 16 bytes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -21,6 +29,7 @@
 #include <stdint.h>
 
 #define KEY_BYTES 16
+#define XTS_KEY_BYTES 64 /* two AES-256 keys: k1 (data) || k2 (tweak) */
 #define PIECE_WORDS 512 /* 4 KiB: the scratch buffer and one OpenSSL call */
 
 typedef struct {
@@ -142,17 +151,173 @@ static PyTypeObject KeyType = {
     .tp_methods = key_methods,
 };
 
+/* ---- AES-256-XTS, one data unit per 16-byte block ------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    unsigned char key[XTS_KEY_BYTES];
+} XtsKey;
+
+static int xts_key_init(XtsKey *self, PyObject *args, PyObject *kwargs)
+{
+    Py_buffer key;
+    if (!PyArg_ParseTuple(args, "y*", &key))
+        return -1;
+    if (key.len != XTS_KEY_BYTES) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_ValueError,
+                        "the AES-256-XTS memory encryption key is k1 || k2 (64 bytes)");
+        return -1;
+    }
+    if (CRYPTO_memcmp(key.buf, (const unsigned char *)key.buf + 32, 32) == 0) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_ValueError, "AES-256-XTS key halves k1 and k2 must differ");
+        return -1;
+    }
+    memcpy(self->key, key.buf, XTS_KEY_BYTES);
+    PyBuffer_Release(&key);
+    return 0;
+}
+
+static void xts_key_dealloc(XtsKey *self)
+{
+    OPENSSL_cleanse(self->key, XTS_KEY_BYTES);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static inline uint64_t to_le64(uint64_t v)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return __builtin_bswap64(v);
+#else
+    return v;
+#endif
+}
+
+static EVP_CIPHER_CTX *ecb256(const unsigned char *key, int encrypt)
+{
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    if (!ctx || !EVP_CipherInit_ex(ctx, EVP_aes_256_ecb(), NULL, key, NULL, encrypt)
+        || !EVP_CIPHER_CTX_set_padding(ctx, 0)) {
+        EVP_CIPHER_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+static int ecb_update(EVP_CIPHER_CTX *ctx, void *out, const void *in, size_t bytes)
+{
+    int written = 0;
+    return EVP_CipherUpdate(ctx, out, &written, in, (int)bytes) && (size_t)written == bytes;
+}
+
+/* Two AES-256 passes per block leave the whitening loops a quarter of the time at 16-byte
+ * vectors: where gcc can, build an AVX2 clone as well, picked at load time (~10% faster in
+ * cache, a few % over DRAM). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+/* Encrypt or decrypt `words` / 2 blocks from `spa` on; returns 0 on success. No GIL. */
+VECTOR_CLONES
+static int run_xts(const unsigned char *key, int encrypt, const uint64_t *src, uint64_t *dst,
+                   size_t words, uint64_t spa)
+{
+    EVP_CIPHER_CTX *data = ecb256(key, encrypt), *tweak = ecb256(key + 32, 1);
+    _Alignas(64) uint64_t t[PIECE_WORDS];
+    _Alignas(64) uint64_t scratch[PIECE_WORDS];
+    int ok = data && tweak;
+    for (size_t at = 0; at < words && ok; at += PIECE_WORDS) {
+        const size_t n = words - at < PIECE_WORDS ? words - at : PIECE_WORDS;
+        const uint64_t *in = src + at;
+        uint64_t *out = dst + at;
+        for (size_t i = 0; i < n; i += 2) {
+            t[i] = to_le64(spa + (uint64_t)(at + i) * 8);
+            t[i + 1] = 0;
+        }
+        ok = ecb_update(tweak, t, t, n * 8);
+        for (size_t i = 0; i < n; i += 2) {
+            scratch[i] = in[i] ^ t[i];
+            scratch[i + 1] = in[i + 1] ^ t[i + 1];
+        }
+        /* straight into dst and whitened there: 25% faster over DRAM than via scratch */
+        ok = ok && ecb_update(data, out, scratch, n * 8);
+        for (size_t i = 0; i < n; i += 2) {
+            out[i] ^= t[i];
+            out[i + 1] ^= t[i + 1];
+        }
+    }
+    const size_t used = (words < PIECE_WORDS ? words : PIECE_WORDS) * 8;
+    OPENSSL_cleanse(t, used); /* tweaks and whitened data are key-derived: leave none behind */
+    OPENSSL_cleanse(scratch, used);
+    EVP_CIPHER_CTX_free(data);
+    EVP_CIPHER_CTX_free(tweak);
+    return ok ? 0 : -1;
+}
+
+static PyObject *xts_key_transform(XtsKey *self, PyObject *args)
+{
+    int encrypt;
+    unsigned long long spa;
+    Py_buffer src, dst;
+    if (!PyArg_ParseTuple(args, "py*w*K", &encrypt, &src, &dst, &spa))
+        return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t n = src.len;
+    if (dst.len != n || n % 16 || spa % 16) {
+        PyErr_SetString(PyExc_ValueError,
+                        "transform: dst must match src, which must be whole 16-byte blocks "
+                        "from a 16-byte aligned SPA");
+        goto done;
+    }
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = run_xts(self->key, encrypt, src.buf, dst.buf, (size_t)n / 8, (uint64_t)spa);
+    Py_END_ALLOW_THREADS
+    if (status) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL AES-256-ECB failed");
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
+static PyMethodDef xts_key_methods[] = {
+    {"transform", (PyCFunction)xts_key_transform, METH_VARARGS,
+     "transform(encrypt, src, dst, spa)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject XtsKeyType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sevsim.hw._xex.XtsKey",
+    .tp_doc = "An AES-256-XTS key slot (k1 || k2) of the memory controller; the key never "
+              "leaves it.",
+    .tp_basicsize = sizeof(XtsKey),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)xts_key_init,
+    .tp_dealloc = (destructor)xts_key_dealloc,
+    .tp_methods = xts_key_methods,
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_xex", "AES-128 with address-tweak whitening over OpenSSL.", -1,
+    PyModuleDef_HEAD_INIT, "_xex", "AES-128 with address-tweak whitening, and AES-256-XTS, over OpenSSL.", -1,
     NULL, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__xex(void)
 {
-    if (PyType_Ready(&KeyType) < 0)
+    if (PyType_Ready(&KeyType) < 0 || PyType_Ready(&XtsKeyType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddObjectRef(m, "Key", (PyObject *)&KeyType) < 0) {
+    if (m && (PyModule_AddObjectRef(m, "Key", (PyObject *)&KeyType) < 0
+              || PyModule_AddObjectRef(m, "XtsKey", (PyObject *)&XtsKeyType) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -31,9 +31,12 @@ from unicorn import (
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
     UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_PROT,
     UC_HOOK_MEM_READ_UNMAPPED,
     UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_MEM_FETCH_PROT,
     UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_WRITE_PROT,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
     UC_QUERY_TIMEOUT,
@@ -43,17 +46,20 @@ from unicorn import (
 from unicorn import x86_const as x86
 
 from sevsim.abi.cpuid import MSR_GHCB, MSR_SEV_STATUS, SevStatusMsr
+from sevsim.abi.rmp import PERM_READ, PERM_WRITE
 from sevsim.abi.svm import (
     MSR_READ,
     MSR_WRITE,
     NPF_FETCH,
+    NPF_PRESENT,
     NPF_RMP,
+    NPF_VMPL,
     NPF_WRITE,
     ExitCode,
     ioio_info,
 )
 from sevsim.abi.vmsa import GPRS, Segment, Vmsa
-from sevsim.errors import GuestFault, PageNotValidated, VmrunError, VmStateError
+from sevsim.errors import GuestFault, VmrunError, VmStateError
 from sevsim.hw.chips import ChipPreset, GuestMode
 from sevsim.hw.engine import PAGE
 from sevsim.hw.memory import MemoryController
@@ -201,6 +207,7 @@ class Vcpu:
         self.guest: GuestSoftware | None = None
         self.es = mode in (GuestMode.SEV_ES, GuestMode.SNP)
         self.vmsa_spa: int | None = None  # SEV-ES: the VMCB's VMSA pointer, set by the host
+        self.vmpl = 0  # SEV-SNP: the VMPL of the VMSA this vCPU runs (set by VMRUN)
         self._needs_reset = index == 0
         self._stop_requested = False
         self._pending: BaseException | None = None
@@ -219,6 +226,7 @@ class Vcpu:
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED
                          | UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped)
+        self.uc.hook_add(UC_HOOK_MEM_PROT, self._on_protection)
 
     # -- the hypervisor's controls ---------------------------------------------------------------
     def attach_guest(self, guest: GuestSoftware) -> None:
@@ -345,6 +353,7 @@ class Vcpu:
         values = {name: uc.reg_read(reg) for name, reg in zip(_SAVED, _SAVED_IDS, strict=True)}
         values["efer"] = uc.reg_read(x86.UC_X86_REG_MSR, _MSR_EFER)
         values["sev_features"] = self._sev_features
+        values["vmpl"] = self.vmpl
         values.update({name: uc.reg_read(reg) for name, reg in _X87.items()})
         segments = {name: Segment(selector=uc.reg_read(reg),
                                   base=uc.reg_read(_BASES[name]) if name in _BASES else 0)
@@ -358,7 +367,9 @@ class Vcpu:
     def _vmrun(self) -> None:
         """VMRUN under SEV-ES: the VMSA must carry the seal the hardware last gave it. The
         first VMRUN loads the launch VMSA into the engine; later ones find in it exactly the
-        state the engine kept, so there is nothing to load."""
+        state the engine kept, so there is nothing to load. Under SEV-SNP the RMP is the
+        integrity: the page must be tagged as a VMSA of this guest, which no host write can
+        change (so a VMSA the guest built itself, tagged with RMPADJUST, runs too)."""
         spa = self._vmsa_page()
         rmp, frame = self.space.memory.rmp, spa // PAGE
         if self.mode is GuestMode.SNP and not (
@@ -366,7 +377,7 @@ class Vcpu:
             raise self._refuse(f"the RMP does not tag SPA 0x{spa:x} as a VMSA of "
                                f"ASID {self.vmcb.asid}")
         page = self._read_vmsa(spa)
-        if not self._seals.check(self.vmcb.asid, spa, page):
+        if self.mode is not GuestMode.SNP and not self._seals.check(self.vmcb.asid, spa, page):
             raise self._refuse(f"the VMSA at SPA 0x{spa:x} fails its integrity check")
         if not self._vmsa_loaded:
             self._load_vmsa(Vmsa.from_bytes(page))
@@ -390,6 +401,8 @@ class Vcpu:
         for reg, value in loaded:
             self.uc.reg_write(reg, value)
         self._sev_features = regs.get("sev_features", 0)
+        self.vmpl = regs.get("vmpl", 0)
+        self.space.set_vmpl(self.uc, self.vmpl)
 
     def _refuse(self, why: str) -> VmrunError:
         """VMRUN fails with SVM_EXIT_ERR: the vCPU never runs again."""
@@ -532,21 +545,29 @@ class Vcpu:
         info1 = (NPF_WRITE if access == UC_MEM_WRITE_UNMAPPED else 0) | (
             NPF_FETCH if access == UC_MEM_FETCH_UNMAPPED else 0)
         rmp = self.space.rmp_fault(address)
-        if rmp == RMP_NOT_VALIDATED:
-            self.state = VcpuState.STOPPED
-            self._pending = self._pending or PageNotValidated(
-                f"vCPU {self.index}: #VC page not validated at GPA 0x{address:x} "
-                f"(RIP 0x{self._rip():x})")
-            uc.emu_stop()
+        if rmp == RMP_NOT_VALIDATED:  # #VC in the guest, which cannot resume the access
+            self._guarded(lambda: self._vc(ExitCode.PAGE_NOT_VALIDATED, address))
+            self._pending = self._pending or self._fault(
+                f"#VC page not validated at GPA 0x{address:x} (RIP 0x{self._rip():x})")
             return False
         if rmp == RMP_NPF:
             info1 |= NPF_RMP
+        return self._nested_fault(info1, address, "nested page fault")
 
+    def _on_protection(self, uc: Uc, access: int, address: int, size: int, value: int,
+                       _ud: object) -> bool:
+        """The access needs a permission this VMPL was not given: #NPF (RMP, VMPL)."""
+        info1 = NPF_PRESENT | NPF_RMP | NPF_VMPL | (
+            NPF_WRITE if access == UC_MEM_WRITE_PROT else 0) | (
+            NPF_FETCH if access == UC_MEM_FETCH_PROT else 0)
+        return self._nested_fault(info1, address, f"VMPL{self.vmpl} permission fault")
+
+    def _nested_fault(self, info1: int, address: int, what: str) -> bool:
         def handle() -> bool:
             if self._exit(VmExit(ExitCode.NPF, info1, address)):
                 return True
-            raise self._fault(f"nested page fault at GPA 0x{address:x} the hypervisor "
-                              f"did not resolve (RIP 0x{self._rip():x})")
+            raise self._fault(f"{what} at GPA 0x{address:x} the hypervisor did not resolve "
+                              f"(RIP 0x{self._rip():x})")
         return bool(self._guarded(handle))
 
 
@@ -560,6 +581,18 @@ class GuestCpu:
     def index(self) -> int:
         return self._vcpu.index
 
+    @property
+    def vmpl(self) -> int:
+        """The VMPL this vCPU runs at (SEV-SNP; 0 otherwise)."""
+        return self._vcpu.vmpl
+
+    def control_registers(self) -> dict[str, int]:
+        """CR0, CR3, CR4 and EFER: what a VMSA for another VMPL or vCPU must repeat."""
+        uc = self._vcpu.uc
+        regs = {name: int(uc.reg_read(REGISTERS[name])) for name in ("cr0", "cr3", "cr4")}
+        regs["efer"] = int(uc.reg_read(x86.UC_X86_REG_MSR, _MSR_EFER))
+        return regs
+
     def reg(self, name: str) -> int:
         return int(self._vcpu.uc.reg_read(REGISTERS[name]))
 
@@ -567,17 +600,35 @@ class GuestCpu:
         self._vcpu.uc.reg_write(REGISTERS[name], value & (1 << 64) - 1)
 
     def read(self, gpa: int, length: int) -> bytes:
-        """Guest-physical read through this VM's own mapping (private pages in plaintext)."""
+        """Guest-physical read through this VM's own mapping (private pages in plaintext),
+        with this VMPL's permissions."""
+        self._check_vmpl(gpa, length, PERM_READ)
         try:
             return bytes(self._vcpu.uc.mem_read(gpa, length))
         except UcError as err:
             raise GuestFault(f"guest read of 0x{gpa:x}+{length}: {err}") from None
 
     def write(self, gpa: int, data: bytes) -> None:
+        self._check_vmpl(gpa, len(data), PERM_WRITE)
         try:
             self._vcpu.uc.mem_write(gpa, data)
         except UcError as err:
             raise GuestFault(f"guest write of 0x{gpa:x}+{len(data)}: {err}") from None
+
+    def _check_vmpl(self, gpa: int, length: int, needed: int) -> None:
+        """Unicorn's own reads and writes ignore page protections: check the masks here."""
+        vcpu = self._vcpu
+        if not vcpu.vmpl or length <= 0:
+            return
+        first, stop = gpa // PAGE, (gpa + length - 1) // PAGE + 1
+        if stop > vcpu.space.npt.limit_pages:
+            return  # beyond guest memory: the access itself fails
+        perms = vcpu.space.vmpl_permissions(first, stop, vcpu.vmpl)
+        if (perms & needed != needed).any():
+            bad = first + int(np.flatnonzero(perms & needed != needed)[0])
+            raise GuestFault(f"vCPU {self.index}: #NPF: VMPL{vcpu.vmpl} may not "
+                             f"{'write' if needed == PERM_WRITE else 'read'} GPA "
+                             f"0x{bad * PAGE:x}")
 
     def set_c_bit(self, gpa: int, npages: int, private: bool, zero: bool = False) -> None:
         """Mark pages private (C=1) or shared in the guest page tables."""
@@ -592,15 +643,21 @@ class GuestCpu:
         vcpu = self._vcpu
         if vcpu.mode is not GuestMode.SNP:
             raise GuestFault(f"vCPU {self.index}: #UD: PVALIDATE outside SEV-SNP")
+        if vcpu.vmpl:  # why an OS below an SVSM asks the SVSM to validate for it
+            raise GuestFault(f"vCPU {self.index}: #GP: PVALIDATE at VMPL{vcpu.vmpl}")
         if gpa % PAGE or npages < 1 or gpa // PAGE + npages > vcpu.space.npt.limit_pages:
             raise GuestFault(f"vCPU {self.index}: PVALIDATE of 0x{gpa:x}+{npages} pages")
         frames = vcpu.space.own_frames(gpa // PAGE, gpa // PAGE + npages)
         return vcpu.space.memory.rmp.pvalidate(frames, validate)
 
-    def rmpadjust(self, gpa: int, target_vmpl: int, perms: int) -> None:
-        """RMPADJUST from VMPL0 (the only VMPL sevsim guests run at so far)."""
-        frames = self._vcpu.space.own_frames(gpa // PAGE, gpa // PAGE + 1)
-        self._vcpu.space.memory.rmp.rmpadjust(int(frames[0]), 0, target_vmpl, perms)
+    def rmpadjust(self, gpa: int, target_vmpl: int, perms: int, vmsa: bool = False) -> None:
+        """RMPADJUST one 4 KiB page from this vCPU's VMPL: give `target_vmpl` `perms`, and
+        (VMPL0 only) tag the page as a VMSA or untag it."""
+        vcpu = self._vcpu
+        if vcpu.mode is not GuestMode.SNP:
+            raise GuestFault(f"vCPU {self.index}: #UD: RMPADJUST outside SEV-SNP")
+        frame = int(vcpu.space.own_frames(gpa // PAGE, gpa // PAGE + 1, vmsa_too=vmsa)[0])
+        vcpu.space.memory.rmp.rmpadjust(frame, vcpu.vmpl, target_vmpl, perms, vmsa)
 
     def mark_executable(self, gpa: int, length: int) -> None:
         """Guest page tables say this range holds code (the CPU decodes it)."""

@@ -1,5 +1,9 @@
 """The memory encryption engine: per-ASID AES key slots and the SPA tweak, vectorised.
 
+A slot holds one of two ciphers, chosen by the key's length at `load_key`: a 16-byte key is
+AES-128 with the chip's SPA tweak (below, every SEV generation); a 64-byte key K1 || K2 is
+AES-256-XTS, which Genoa and Turin give SNP guests whose policy sets MEM_AES_256_XTS.
+
 Every aligned 16-byte block is encrypted on its own under the key of the ASID that owns it,
 tweaked by its host physical address: XE (c = E(m ^ T)) on Zen 1, XEX (c = E(m ^ T) ^ T)
 from Zen 2 on. T is linear, an XOR of one 128-bit constant per address bit (bits 4 and up),
@@ -11,6 +15,15 @@ OpenSSL has no mode with this tweak, and whitening in numpy passes around an ECB
 every byte through memory several times. Page runs go to C as whole frames with one tweak per
 frame; large runs are split across the host's cores (the C loop releases the GIL).
 benchmarks/engine_throughput.py compares the result with `openssl speed`.
+
+AES-256-XTS treats each aligned 16-byte block as its own data unit, with tweak value i = the
+block's SPA (64-bit little-endian in the 16-byte IV, as OpenSSL's XTS takes it):
+T = AES-256_K2(i), c = AES-256_K1(m ^ T) ^ T. AMD does not publish how its XTS tweak is derived
+from the address; this choice keeps what matters: the same plaintext at another address gives
+other ciphertext, and ciphertext moved to another address decrypts to garbage, but the tweak is
+no longer linear, so the SEVurity-style tweak attacks do not apply. In C too (`_xex.XtsKey`):
+per 4 KiB piece one ECB pass under K2 turns the addresses into tweaks, one under K1 does the
+data, with the whitening in L1 (one EVP aes-256-xts call per block runs about 15x slower).
 """
 
 from __future__ import annotations
@@ -18,11 +31,13 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
 from itertools import pairwise
 
 import numpy as np
 
-from sevsim.hw._xex import Key
+from sevsim.errors import ConfigError
+from sevsim.hw._xex import Key, XtsKey
 from sevsim.hw.chips import TweakMode
 
 PAGE = 4096
@@ -33,6 +48,17 @@ _PARALLEL_PAGES = 1024  # runs of 4 MiB and more are shared out between the host
 _WORKERS = min(os.cpu_count() or 1, 8)
 _POOL = ThreadPoolExecutor(_WORKERS, thread_name_prefix="sevsim-engine") if _WORKERS > 1 else None
 _ZERO_TWEAK = np.zeros(2, dtype=np.uint64)
+AES128_KEY_BYTES = 16  # AES-128 with the chip's SPA tweak (XE or XEX)
+XTS256_KEY_BYTES = 64  # AES-256-XTS: K1 (data key) || K2 (tweak key)
+
+Slot = Key | XtsKey
+
+
+class SlotCipher(Enum):
+    """What a loaded key slot does to memory, fixed by the key's length when it is loaded."""
+
+    AES128_TWEAK = "aes-128"  # the chip's XE/XEX SPA tweak (TweakMode)
+    AES256_XTS = "aes-256-xts"  # SNP policy MEM_AES_256_XTS, Genoa and later
 
 
 class TweakFunction:
@@ -120,8 +146,9 @@ def _expand(seed: bytes, address_bits: int) -> np.ndarray:
 
 
 class EncryptionEngine:
-    """AES-128 per ASID with the SPA tweak. Keys go in through `load_key` and never come out:
-    each slot is a `_xex.Key`, which keeps the key in C memory and wipes it when dropped."""
+    """AES-128 with the SPA tweak, or AES-256-XTS, per ASID. Keys go in through `load_key` and
+    never come out: each slot is a `_xex.Key` or `_xex.XtsKey`, which keeps the key in C memory
+    and wipes it when dropped."""
 
     def __init__(self, mode: TweakMode, tweak: TweakFunction | None = None) -> None:
         self.mode = mode
@@ -129,16 +156,35 @@ class EncryptionEngine:
             tweak = (TweakFunction.weak(int.from_bytes(os.urandom(4), "little"))
                      if mode is TweakMode.XE_WEAK else TweakFunction.strong())
         self.tweak = tweak
-        self._slots: dict[int, Key] = {}
+        self._slots: dict[int, Slot] = {}
 
     def load_key(self, asid: int, key: bytes) -> None:
-        self._slots[asid] = Key(key)
+        """Install `key` in the ASID's slot: 16 bytes for AES-128 with the chip's SPA tweak,
+        64 bytes (K1 || K2, distinct halves) for AES-256-XTS. A bad key leaves the slot as
+        it was (ConfigError)."""
+        size = len(key)
+        if size == AES128_KEY_BYTES:
+            slot: Slot = Key(key)
+        elif size == XTS256_KEY_BYTES:
+            if key[:32] == key[32:]:
+                raise ConfigError("AES-256-XTS key halves K1 and K2 must differ (IEEE 1619)")
+            slot = XtsKey(key)
+        else:
+            raise ConfigError(f"a memory encryption key is {AES128_KEY_BYTES} bytes (AES-128, "
+                              f"SPA tweak) or {XTS256_KEY_BYTES} bytes (AES-256-XTS, K1 || K2), "
+                              f"not {size}")
+        self._slots[asid] = slot
 
     def unload_key(self, asid: int) -> None:
         self._slots.pop(asid, None)
 
     def has_key(self, asid: int) -> bool:
         return asid in self._slots
+
+    def cipher(self, asid: int) -> SlotCipher:
+        """The cipher of the ASID's loaded key (KeyError if none is loaded)."""
+        return (SlotCipher.AES256_XTS if isinstance(self._slot(asid), XtsKey)
+                else SlotCipher.AES128_TWEAK)
 
     def encrypt_pages(self, asid: int, first_frame: int, src: np.ndarray,
                       out: np.ndarray | None = None) -> np.ndarray:
@@ -157,7 +203,7 @@ class EncryptionEngine:
     def decrypt_blocks(self, asid: int, spa: int, src: np.ndarray) -> np.ndarray:
         return self._blocks(asid, spa, src, encrypt=False)
 
-    def _slot(self, asid: int) -> Key:
+    def _slot(self, asid: int) -> Slot:
         try:
             return self._slots[asid]
         except KeyError:
@@ -181,7 +227,7 @@ class EncryptionEngine:
         self._run(slot, spa, src, out, encrypt)
         return out
 
-    def _run(self, slot: Key, spa: int, src: np.ndarray, dst: np.ndarray, encrypt: bool) -> None:
+    def _run(self, slot: Slot, spa: int, src: np.ndarray, dst: np.ndarray, encrypt: bool) -> None:
         """Transform `src` (plaintext or DRAM bytes of [spa, spa + n)) into `dst` (may be src).
 
         Whole frames go to C with the in-page offset tweaks as the unit table and one frame
@@ -189,6 +235,9 @@ class EncryptionEngine:
         as its base and a zero unit table.
         """
         n = src.nbytes
+        if isinstance(slot, XtsKey):
+            self._run_xts(slot, spa, src, dst, encrypt)
+            return
         xex = self.mode is TweakMode.XEX_STRONG
         pre, post = encrypt or xex, xex or not encrypt
         head = min(n, -spa % PAGE)
@@ -210,6 +259,22 @@ class EncryptionEngine:
         jobs = [_POOL.submit(slot.transform, encrypt, pre, post,
                              src[head + a * PAGE:head + b * PAGE],
                              dst[head + a * PAGE:head + b * PAGE], unit, frames[a:b])
+                for a, b in pairwise(cuts)]
+        for job in jobs:
+            job.result()
+
+    @staticmethod
+    def _run_xts(slot: XtsKey, spa: int, src: np.ndarray, dst: np.ndarray,
+                 encrypt: bool) -> None:
+        """XTS needs no tweak tables: C derives each block's tweak from its SPA. Large runs are
+        cut at page boundaries and shared out between the cores like the AES-128 path."""
+        pages = src.nbytes // PAGE
+        if _POOL is None or pages < _PARALLEL_PAGES:
+            slot.transform(encrypt, src, dst, spa)
+            return
+        cuts = [a * PAGE for a in np.linspace(0, pages, _WORKERS + 1, dtype=np.int64).tolist()]
+        cuts[-1] = src.nbytes
+        jobs = [_POOL.submit(slot.transform, encrypt, src[a:b], dst[a:b], spa + a)
                 for a, b in pairwise(cuts)]
         for job in jobs:
             job.result()

@@ -11,6 +11,11 @@ assigned to this ASID at this very GPA and validated, a shared page's frame must
 hypervisor's. Pages that fail stay unmapped, so the guest's first touch exits (#NPF with the
 RMP bit, or #VC for a page not validated); pages that pass are mapped directly as in every
 other mode. NPT changes, C-bit changes and RMP changes re-run the check for what they touch.
+
+A vCPU running below VMPL0 sees the same mappings narrowed, page by page, to the permissions
+VMPL0 gave its VMPL with RMPADJUST (Unicorn page protections on its engine only): reading,
+writing or executing beyond them stops at the engine, and the vCPU exits with #NPF (RMP and
+VMPL bits). Shared pages belong to no VMPL and stay open to all.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from unicorn import UC_PROT_ALL, Uc
+from unicorn import UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc
 
+from sevsim.abi.rmp import PERM_ALL, PERM_EXEC_SUPER, PERM_READ, PERM_WRITE, RmpResult
 from sevsim.hw.engine import BLOCK, PAGE
 from sevsim.hw.memory import RAW, MemoryController
 from sevsim.hw.npt import NOT_PRESENT, NestedPageTable
-from sevsim.hw.rmp import RmpResult, rmp_failure
+from sevsim.hw.rmp import rmp_failure
 
 _DIRECT, _TRANSLATED = 1, 2
 RMP_OK, RMP_NPF, RMP_NOT_VALIDATED = 0, 1, 2
@@ -41,6 +47,7 @@ class GuestAddressSpace:
         self.snp = snp
         self.c_bit = np.zeros(npt.limit_pages, dtype=bool)
         self.engines: list[Uc] = []
+        self._vmpl: dict[int, int] = {}  # id(engine) -> the VMPL its vCPU runs at
         self._regions: dict[int, tuple[int, int]] = {}  # start gpn -> (stop gpn, kind)
         self._mapped_frame = np.full(npt.limit_pages, NOT_PRESENT, dtype=np.int64)
         npt.listeners.append(self.refresh)
@@ -69,15 +76,35 @@ class GuestAddressSpace:
         self.refresh(lo, hi)
 
     # -- engines -----------------------------------------------------------------------------
-    def attach(self, uc: Uc) -> None:
+    def attach(self, uc: Uc, vmpl: int = 0) -> None:
         self.engines.append(uc)
+        self._vmpl[id(uc)] = vmpl
         for start, (stop, kind) in sorted(self._regions.items()):
             self._map_into(uc, start, stop, kind)
+
+    def set_vmpl(self, uc: Uc, vmpl: int) -> None:
+        """VMRUN loaded a VMSA of another VMPL into this engine: re-derive its protections."""
+        if self._vmpl.get(id(uc)) == vmpl:
+            return
+        self._vmpl[id(uc)] = vmpl
+        for start, (stop, kind) in sorted(self._regions.items()):
+            if kind == _DIRECT:
+                self._protect(uc, start, stop, everything=True)
+
+    def vmpl_permissions(self, first: int, stop: int, vmpl: int) -> np.ndarray:
+        """The RMP permission mask of `vmpl` on each guest page of [first, stop) (shared
+        pages and VMPL0: all)."""
+        if not self.snp or vmpl == 0:
+            return np.full(stop - first, PERM_ALL, dtype=np.uint8)
+        frames = np.maximum(self.npt.entries[first:stop], 0)
+        private = self.c_bit[first:stop] & self.memory.rmp.assigned[frames]
+        return np.where(private, self.memory.rmp.perms[frames, vmpl], PERM_ALL).astype(np.uint8)
 
     def detach_all(self) -> None:
         """Unmap everything and release the pins (the VM is going away)."""
         self._unmap_span(0, self.npt.limit_pages)
         self.engines.clear()
+        self._vmpl.clear()
         self.npt.listeners.remove(self.refresh)
         self.memory.write_listeners.remove(self._host_wrote)
         self.memory.mappers.remove(self)
@@ -144,14 +171,15 @@ class GuestAddressSpace:
             return RMP_OK
         return int(self._rmp_check(gpn, gpn + 1)[0])
 
-    def own_frames(self, first: int, stop: int) -> np.ndarray:
-        """The frames behind guest pages [first, stop) for PVALIDATE's nested walk; raises
-        (FAIL_INPUT) unless every page is present and assigned to this guest at that GPA."""
+    def own_frames(self, first: int, stop: int, vmsa_too: bool = False) -> np.ndarray:
+        """The frames behind guest pages [first, stop) for PVALIDATE's and RMPADJUST's
+        nested walk; raises (FAIL_INPUT) unless every page is present and assigned to this
+        guest at that GPA (and not a VMSA, unless `vmsa_too`: RMPADJUST may untag one)."""
         frames = self.npt.entries[first:stop]
         rmp = self.memory.rmp
         safe = np.maximum(frames, 0)
         ok = ((frames != NOT_PRESENT) & rmp.assigned[safe] & (rmp.asid[safe] == self.asid)
-              & (rmp.gpn[safe] == np.arange(first, stop)) & ~rmp.vmsa[safe])
+              & (rmp.gpn[safe] == np.arange(first, stop)) & (vmsa_too | ~rmp.vmsa[safe]))
         if not ok.all():
             bad = first + int(np.flatnonzero(~ok)[0])
             raise rmp_failure(RmpResult.FAIL_INPUT,
@@ -181,10 +209,23 @@ class GuestAddressSpace:
             frame = int(self.npt.entries[start])
             uc.mem_map_ptr(start * PAGE, (stop - start) * PAGE, UC_PROT_ALL,
                            self.memory.frame_address(frame))
+            if self._vmpl[id(uc)]:
+                self._protect(uc, start, stop)
         else:
             base = start * PAGE
             uc.mmio_map(base, (stop - start) * PAGE, self._mmio_read, base,
                         self._mmio_write, base)
+
+    def _protect(self, uc: Uc, start: int, stop: int, everything: bool = False) -> None:
+        """Narrow a direct region of one engine to its VMPL's permissions, a run of equal
+        masks at a time (`everything`: also re-open runs with every permission)."""
+        perms = self.vmpl_permissions(start, stop, self._vmpl[id(uc)])
+        cuts = np.flatnonzero(perms[1:] != perms[:-1]) + 1
+        for lo, hi in zip(np.concatenate(([0], cuts)).tolist(),
+                          np.concatenate((cuts, [perms.size])).tolist(), strict=True):
+            mask = int(perms[lo])
+            if mask != PERM_ALL or everything:
+                uc.mem_protect((start + lo) * PAGE, (hi - lo) * PAGE, _unicorn_protection(mask))
 
     def _unmap_span(self, first: int, stop: int) -> tuple[int, int]:
         """Drop every region overlapping or adjoining [first, stop); return the widened span
@@ -243,3 +284,10 @@ class GuestAddressSpace:
         data = np.frombuffer(bytes(plain), dtype=np.uint8)
         dram = data if dom == RAW else self.memory.engine.encrypt_blocks(dom, spa, data)
         self.memory.write_soc(spa, dram.tobytes())
+
+
+def _unicorn_protection(mask: int) -> int:
+    """An RMP permission mask as Unicorn page protection. sevsim's guests run at CPL 0, so
+    supervisor execute is what lets them fetch."""
+    return ((UC_PROT_READ if mask & PERM_READ else 0) | (UC_PROT_WRITE if mask & PERM_WRITE else 0)
+            | (UC_PROT_EXEC if mask & PERM_EXEC_SUPER else 0))

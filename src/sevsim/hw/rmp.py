@@ -1,7 +1,8 @@
 """The SEV-SNP Reverse Map Table: who owns each 4 KiB frame and at which guest address.
 
 One entry per frame (DESIGN.md, attacks.md §4.1): assigned, ASID, GPA, validated, VMSA,
-immutable, page size and the VMPL1-3 permission masks. A frame that is assigned with ASID 0
+immutable, page size and the permission masks of VMPL0-3 (VMPL0 holds every permission on
+a validated page and gives lower VMPLs theirs with RMPADJUST). A frame assigned with ASID 0
 belongs to the firmware (a guest context page). The entries live in arrays the memory
 controller checks on host writes and the vCPUs check at nested-translation time; the
 instructions below are the only ways software changes them. Every change tells the
@@ -14,29 +15,18 @@ it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import IntEnum
 
 import numpy as np
 
+from sevsim.abi.rmp import (
+    FRAMES_2M,
+    PAGE_2M,
+    PAGE_4K,
+    PERM_ALL,
+    VMPLS,
+    RmpResult,
+)
 from sevsim.errors import RmpInstructionError
-
-PAGE_4K, PAGE_2M = 0, 1
-FRAMES_2M = 512
-# VMPL permission mask bits (RMPADJUST): read, write, execute user, execute supervisor.
-PERM_READ, PERM_WRITE, PERM_EXEC_USER, PERM_EXEC_SUPER = 1, 2, 4, 8
-PERM_ALL = PERM_READ | PERM_WRITE | PERM_EXEC_USER | PERM_EXEC_SUPER
-VMPLS = 4
-
-
-class RmpResult(IntEnum):
-    """What RMPUPDATE, PSMASH, PVALIDATE and RMPADJUST return in EAX."""
-
-    SUCCESS = 0
-    FAIL_INPUT = 1
-    FAIL_PERMISSION = 2
-    FAIL_INUSE = 3
-    FAIL_OVERLAP = 4
-    FAIL_SIZEMISMATCH = 6
 
 
 def rmp_failure(code: RmpResult, message: str) -> RmpInstructionError:
@@ -120,21 +110,31 @@ class Rmp:
             raise rmp_failure(RmpResult.FAIL_SIZEMISMATCH, "4 KiB PVALIDATE of a 2 MiB entry")
         unchanged = self.validated[frames] == validate
         self.validated[frames] = validate
-        self.perms[frames, 0] = PERM_ALL if validate else 0
+        self.perms[frames] = (PERM_ALL, 0, 0, 0) if validate else 0
         self.changed(frames[~unchanged])
         return unchanged
 
-    def rmpadjust(self, frame: int, caller_vmpl: int, target_vmpl: int, perms: int) -> None:
-        """A VMPL gives a less privileged VMPL permissions on one of its validated pages
-        (minimal model: permissions are recorded, VMPL enforcement is not modelled yet)."""
+    def rmpadjust(self, frame: int, caller_vmpl: int, target_vmpl: int, perms: int,
+                  vmsa: bool = False) -> None:
+        """A VMPL sets a less privileged VMPL's permissions on one of its validated pages
+        (APM RMPADJUST): never more than the caller holds itself; only VMPL0 may turn a page
+        into (or back from) a VMSA, which takes the page away from every VMPL's access."""
         if not 0 <= perms <= PERM_ALL or not 0 < target_vmpl < VMPLS:
             raise rmp_failure(RmpResult.FAIL_INPUT, f"VMPL {target_vmpl} permissions 0x{perms:x}")
         if target_vmpl <= caller_vmpl:
             raise rmp_failure(RmpResult.FAIL_PERMISSION,
-                        f"VMPL{caller_vmpl} cannot set permissions of VMPL{target_vmpl}")
-        if not self.validated[frame] or self.vmsa[frame]:
+                              f"VMPL{caller_vmpl} cannot set permissions of VMPL{target_vmpl}")
+        if not self.validated[frame]:
             raise rmp_failure(RmpResult.FAIL_INPUT, f"frame 0x{frame:x} is not a validated page")
+        held = int(self.perms[frame, caller_vmpl])
+        if perms & ~held or ((self.vmsa[frame] or vmsa) and caller_vmpl):
+            raise rmp_failure(RmpResult.FAIL_PERMISSION,
+                              f"VMPL{caller_vmpl} holds permissions 0x{held:x} on frame "
+                              f"0x{frame:x}; it asked to give 0x{perms:x}"
+                              + (" and a VMSA" if vmsa else ""))
         self.perms[frame, target_vmpl] = perms
+        self.vmsa[frame] = vmsa
+        self.changed(np.array([frame]))
 
     # -- firmware ----------------------------------------------------------------------------
     def set_guest_page(self, frame: int, asid: int, gpn: int, *, vmsa: bool = False,

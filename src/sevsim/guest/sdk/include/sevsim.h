@@ -45,12 +45,29 @@ extern "C" {
 #define SYS_SNP_DERIVED_KEY 108
 #define SYS_HOST_INPUT 109
 #define SYS_HOST_OUTPUT 110
+#define SYS_VMPL_START 111
+#define SYS_RMPADJUST 112
+#define SYS_TSM_MKDIR 113
+#define SYS_TSM_RMDIR 114
+#define SYS_TSM_WRITE 115
+#define SYS_TSM_READ 116
 
 /* Error numbers returned (negated) by system calls. */
+#define SEV_EPERM 1
+#define SEV_ENOENT 2
 #define SEV_EIO 5
+#define SEV_ENXIO 6
+#define SEV_EACCES 13
+#define SEV_EBUSY 16
+#define SEV_EEXIST 17
 #define SEV_ENODEV 19
+#define SEV_ENOTDIR 20
+#define SEV_EISDIR 21
 #define SEV_EINVAL 22
+#define SEV_EFBIG 27
 #define SEV_ENOSPC 28
+#define SEV_ERANGE 34
+#define SEV_ENAMETOOLONG 36
 
 /* SEV-SNP guest requests: sizes of what the Secure Processor answers. */
 #define SEV_SNP_REPORT_DATA_SIZE 64
@@ -150,6 +167,16 @@ static inline long sev_syscall2(long nr, long a0, long a1)
     return ret;
 }
 
+static inline long sev_syscall3(long nr, long a0, long a1, long a2)
+{
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(nr), "D"(a0), "S"(a1), "d"(a2)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
 static inline long sev_syscall5(long nr, long a0, long a1, long a2, long a3, long a4)
 {
     long ret;
@@ -200,7 +227,13 @@ static inline uint64_t sev_status(void)
 
 static inline unsigned sev_vcpu_index(void)
 {
-    return (unsigned)((uint64_t)sev_syscall0(SYS_VCPU_INFO) & 0xFFFFFFFFU);
+    return (unsigned)((uint64_t)sev_syscall0(SYS_VCPU_INFO) & 0xFFFFU);
+}
+
+/* SEV-SNP: the VMPL this vCPU runs at (0 for every vCPU the VM booted with). */
+static inline unsigned sev_vmpl(void)
+{
+    return (unsigned)(((uint64_t)sev_syscall0(SYS_VCPU_INFO) >> 16) & 0xFFU);
 }
 
 static inline unsigned sev_vcpu_count(void)
@@ -220,9 +253,34 @@ static inline long sev_vcpu_start(unsigned index, void (*fn)(void *), void *arg,
                         (long)fn, (long)stack_top);
 }
 
-/* SEV-SNP: an ATTESTATION_REPORT (SEV_SNP_REPORT_SIZE bytes into `report`) for VMPL0
- * carrying the 64 bytes at `report_data`, signed by the chip's VCEK.  Returns 0,
- * -SEV_ENODEV outside SNP, or -SEV_EIO (after which the kernel stops using VMPCK0). */
+/* RMP permission bits a VMPL gives a less privileged VMPL (RMPADJUST). */
+#define SEV_RMP_READ 1U
+#define SEV_RMP_WRITE 2U
+#define SEV_RMP_EXEC_USER 4U
+#define SEV_RMP_EXEC_SUPER 8U /* sevsim's guests run at CPL 0: what lets them fetch */
+
+/* SEV-SNP: give VMPL `vmpl` (below the caller's) `perms` on the npages pages at
+ * page-aligned `addr` (the program's own memory); never more than the caller
+ * holds.  Returns 0, -SEV_EINVAL, -SEV_EPERM or -SEV_ENODEV outside SNP. */
+static inline long sev_rmpadjust(void *addr, size_t npages, unsigned vmpl, unsigned perms)
+{
+    return sev_syscall5(SYS_RMPADJUST, (long)addr, (long)npages, (long)vmpl, (long)perms, 0);
+}
+
+/* SEV-SNP, VMPL0 only: run fn(arg) at VMPL `vmpl` (1-3) on a new vCPU, on the stack
+ * whose top is stack_top, as an SVSM starts the OS below it.  That VMPL sees only
+ * the pages given to it with sev_rmpadjust (its code and stack included) and asks
+ * for reports with its own VMPCK.  Returns the new vCPU's index or -SEV_E*. */
+static inline long sev_vmpl_start(unsigned vmpl, void (*fn)(void *), void *arg,
+                                  void *stack_top)
+{
+    return sev_syscall5(SYS_VMPL_START, (long)vmpl, (long)&__sev_ap_trampoline, (long)arg,
+                        (long)fn, (long)stack_top);
+}
+
+/* SEV-SNP: an ATTESTATION_REPORT (SEV_SNP_REPORT_SIZE bytes into `report`) for the
+ * caller's VMPL carrying the 64 bytes at `report_data`, signed by the chip's VCEK.  Returns 0,
+ * -SEV_ENODEV outside SNP, or -SEV_EIO (after which the kernel stops using that VMPCK). */
 static inline long sev_snp_report(const void *report_data, void *report)
 {
     return sev_syscall2(SYS_SNP_REPORT, (long)report_data, (long)report);
@@ -243,6 +301,48 @@ static inline long sev_snp_ext_report(const void *report_data, void *report, voi
 static inline long sev_snp_derived_key(const void *key_request, void *key)
 {
     return sev_syscall2(SYS_SNP_DERIVED_KEY, (long)key_request, (long)key);
+}
+
+/* configfs-tsm attestation reports, shaped as Linux's /sys/kernel/config/tsm/report
+ * (Documentation/ABI/testing/configfs-tsm).  Make an entry with
+ * sev_tsm_mkdir(SEV_TSM_REPORT_DIR "/r0"), write up to 64 bytes of REPORT_DATA to its
+ * "inblob" and optionally a VMPL ("0".."3", no lower than "privlevel_floor") to its
+ * "privlevel", then read "outblob" (the SEV_SNP_REPORT_SIZE-byte report) and "auxblob"
+ * (the host's certificate table).  Every write bumps "generation"; reading the blobs asks
+ * the Secure Processor again only if an input changed since the last report, so read
+ * "generation" before and after to be sure nobody wrote in between.  Read-only attributes:
+ * outblob, auxblob, generation, provider ("sev_guest\n"), privlevel_floor (the caller's
+ * VMPL); write-only: inblob, privlevel.  Each VMPL has its own entries, at most 4.
+ * Paths are absolute and canonical.  Errors (negated): ENOENT (no such entry, attribute
+ * or path), EEXIST (mkdir twice), EACCES (reading a write-only attribute or the reverse),
+ * EFBIG (inblob over 64 bytes), EINVAL (privlevel out of range or below the floor, blobs
+ * read before inblob was written, a non-canonical path), ENXIO (mkdir outside SEV-SNP),
+ * ENOSPC (no free entry), EIO (the report request failed). */
+#define SEV_TSM_REPORT_DIR "/sys/kernel/config/tsm/report"
+
+/* mkdir(2) of a report entry; 0 or -errno. */
+static inline long sev_tsm_mkdir(const char *path)
+{
+    return sev_syscall1(SYS_TSM_MKDIR, (long)path);
+}
+
+/* rmdir(2) of a report entry; 0 or -errno. */
+static inline long sev_tsm_rmdir(const char *path)
+{
+    return sev_syscall1(SYS_TSM_RMDIR, (long)path);
+}
+
+/* Write an attribute whole (inblob, privlevel).  Returns len or -errno. */
+static inline long sev_tsm_write(const char *path, const void *buf, size_t len)
+{
+    return sev_syscall3(SYS_TSM_WRITE, (long)path, (long)buf, (long)len);
+}
+
+/* Read an attribute from its start: up to len bytes into buf.  Returns the bytes read
+ * (fewer than len only at the attribute's end) or -errno. */
+static inline long sev_tsm_read(const char *path, void *buf, size_t len)
+{
+    return sev_syscall3(SYS_TSM_READ, (long)path, (long)buf, (long)len);
 }
 
 /* Up to len bytes (at most a page) the VMM offers as input; untrusted.  Returns the count. */
