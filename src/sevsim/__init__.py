@@ -1,7 +1,22 @@
 """sevsim: AMD SEV confidential VMs in software."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from sevsim.errors import SevsimError
-from sevsim.host.machine import Host
+
+if TYPE_CHECKING:
+    from sevsim.host.machine import Host
 
 __all__ = ["Host", "SevsimError"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """`sevsim.Host` loads the simulated machine only when asked for: the relying party's
+    tools (`sevsim.attest`, `sevsim measure`) start without numpy, Unicorn or the firmware."""
+    if name == "Host":
+        from sevsim.host.machine import Host
+        return Host
+    raise AttributeError(f"module 'sevsim' has no attribute {name!r}")

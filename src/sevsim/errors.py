@@ -84,3 +84,43 @@ class RmpInstructionError(SevsimError):
 class PageNotValidated(GuestFault):
     """SEV-SNP: the guest touched a private page it has not validated. Hardware raises #VC
     (page not validated); the guest kernel treats it as an attack and stops, as Linux does."""
+
+
+class SnpVerificationError(AttestationError):
+    """An SNP report did not verify; `failures` holds (check name, reason) for every check that
+    failed, so a caller can say which one (signature, ASK, VCEK, TCB, chip id, CRL...)."""
+
+    def __init__(self, failures: list[tuple[str, str]]) -> None:
+        self.failures = failures
+        super().__init__("; ".join(f"{name}: {reason}" for name, reason in failures))
+
+
+class KdsFetchError(AttestationError):
+    """A certificate or CRL could not be fetched from a KDS (HTTP error, network failure, or
+    still rate limited after every retry); `status` is the HTTP status when there was one."""
+
+    def __init__(self, url: str, message: str, status: int | None = None) -> None:
+        self.url = url
+        self.status = status
+        super().__init__(f"{url}: {message}")
+
+
+class PolicyError(SevsimError, ValueError):
+    """A relying party's validation policy that does not parse or says something impossible;
+    `key` is the TOML path of the culprit (e.g. "guest.measurements[0]"). Nothing in a policy
+    is ignored, so a typo cannot silently switch a check off."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+class IdBlockError(SevsimError, ValueError):
+    """An ID block cannot be made from these inputs: a key that is not a plain PEM ECDSA
+    P-384 private key, a measurement or ID of the wrong size."""
+
+
+class OvmfError(SevsimError, ValueError):
+    """An OVMF firmware image whose launch cannot be measured: no footer GUID table, no SEV
+    metadata, a malformed section, or a launch the image does not support (APs without an
+    SEV-ES reset block, a kernel without a hashes table)."""

@@ -11,10 +11,15 @@ from rich.console import Console
 from rich.table import Table
 
 from sevsim.abi.policy import PolicyFlags
+from sevsim.cli.attest import show as attest_show
+from sevsim.cli.attest import verify as attest_verify
 from sevsim.cli.common import EXIT_ERROR, err, fail, read_input
 from sevsim.cli.debug import debug_app
 from sevsim.cli.kds import kds_app
+from sevsim.cli.measure import measure as measure_command
 from sevsim.cli.owner import owner_app
+from sevsim.cli.validate import idblock as idblock_command
+from sevsim.cli.validate import validate as validate_command
 from sevsim.errors import ConfigError, SevsimError, VmStateError
 from sevsim.hw.chips import DEFAULT_CHIP, PRESETS, GuestMode
 
@@ -29,6 +34,11 @@ app.add_typer(guest_app, name="guest")
 app.add_typer(debug_app, name="debug")
 app.add_typer(owner_app, name="owner")
 app.add_typer(kds_app, name="kds")
+app.command("show")(attest_show)
+app.command("verify")(attest_verify)
+app.command("measure")(measure_command)
+app.command("validate")(validate_command)
+app.command("idblock")(idblock_command)
 
 
 @guest_app.command("build")

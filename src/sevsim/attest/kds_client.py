@@ -1,0 +1,140 @@
+"""A client for AMD's Key Distribution Service (or `sevsim kds serve`, which speaks the same
+URLs): VCEKs by chip and TCB, the ASK/ASVK + ARK chain, the CRL (spec-formats.md §5.3).
+
+AMD rate-limits KDS and answers HTTP 429 with Retry-After, so every answer is cached on disk
+(a VCEK for a chip and TCB never changes; a CRL is reused until its nextUpdate) and 429 is
+retried with exponential backoff that honours Retry-After.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import hashlib
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+
+from sevsim.abi.snp_tcb import Generation, TcbVersion
+from sevsim.errors import KdsFetchError
+
+AMD_KDS = "https://kdsintf.amd.com"
+
+
+def vcek_path(generation: Generation, chip_id: bytes, tcb: TcbVersion) -> str:
+    """/vcek/v1/{product}/{hwid}?...: Turin names a chip by 8 bytes and adds fmcSPL first."""
+    hwid = chip_id[:generation.hwid_size].hex()
+    spls = [("blSPL", tcb.bootloader), ("teeSPL", tcb.tee), ("snpSPL", tcb.snp),
+            ("ucodeSPL", tcb.microcode)]
+    if generation.turin_layout:
+        spls.insert(0, ("fmcSPL", tcb.fmc or 0))
+    query = "&".join(f"{name}={value}" for name, value in spls)
+    return f"/vcek/v1/{generation.value}/{hwid}?{query}"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date); None when absent or invalid."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
+
+
+@dataclass
+class KdsClient:
+    """Fetches from `base_url` through an optional on-disk cache. `requests` counts the HTTP
+    requests actually sent (429s included), so callers and tests can see the cache work."""
+
+    base_url: str = AMD_KDS
+    cache_dir: Path | None = None
+    retries: int = 6
+    backoff: float = 1.0  # first wait without Retry-After; doubles each time
+    max_wait: float = 60.0
+    timeout: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+    requests: int = field(default=0, init=False)
+
+    def _cache_file(self, path: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = hashlib.sha256((self.base_url.rstrip("/") + path).encode()).hexdigest()[:32]
+        name = path.strip("/").split("?")[0].replace("/", "_")
+        return self.cache_dir / f"{name}-{key}"
+
+    def get(self, path: str, *, cacheable: Callable[[bytes], bool] = lambda _: True) -> bytes:
+        """The body at base_url + path; from the cache when it holds an answer still good."""
+        cached = self._cache_file(path)
+        if cached is not None and cached.is_file():
+            body = cached.read_bytes()
+            if cacheable(body):
+                return body
+        body = self._fetch(self.base_url.rstrip("/") + path)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            tmp.write_bytes(body)
+            tmp.replace(cached)  # atomic: a concurrent reader never sees half a certificate
+        return body
+
+    def _fetch(self, url: str) -> bytes:
+        wait = self.backoff
+        for attempt in range(self.retries + 1):
+            self.requests += 1
+            try:
+                with urllib.request.urlopen(url, timeout=self.timeout) as answer:
+                    return bytes(answer.read())
+            except urllib.error.HTTPError as error:
+                error.close()  # it holds the connection
+                if error.code != 429:
+                    raise KdsFetchError(url, f"HTTP {error.code} {error.reason}",
+                                        error.code) from None
+                if attempt == self.retries:
+                    raise KdsFetchError(url, f"still rate limited (HTTP 429) after "
+                                        f"{self.retries} retries", 429) from None
+                delay = _retry_after(error.headers.get("Retry-After"))
+                self.sleep(min(self.max_wait, max(delay or 0.0, wait)))
+                wait = min(self.max_wait, wait * 2)
+            except (urllib.error.URLError, OSError) as error:
+                reason = getattr(error, "reason", error)
+                raise KdsFetchError(url, f"cannot connect: {reason}") from None
+        raise AssertionError("unreachable")
+
+    def vcek(self, generation: Generation, chip_id: bytes, tcb: TcbVersion) -> bytes:
+        """The DER VCEK of a chip at a TCB."""
+        return self.get(vcek_path(generation, chip_id, tcb))
+
+    def cert_chain(self, generation: Generation, vlek: bool = False
+                   ) -> tuple[x509.Certificate, x509.Certificate]:
+        """(ASK, ARK), or (ASVK, ARK) for VLEKs, from the PEM bundle."""
+        path = f"/{'vlek' if vlek else 'vcek'}/v1/{generation.value}/cert_chain"
+        body = self.get(path)
+        try:
+            certs = x509.load_pem_x509_certificates(body)
+        except ValueError:
+            raise KdsFetchError(path, "cert_chain is not a PEM bundle") from None
+        if len(certs) != 2:
+            raise KdsFetchError(path, f"cert_chain holds {len(certs)} certificates, not 2")
+        return certs[0], certs[1]
+
+    def crl(self, generation: Generation, vlek: bool = False) -> bytes:
+        """The DER CRL; a cached one is reused until its nextUpdate."""
+        def fresh(body: bytes) -> bool:
+            try:
+                next_update = x509.load_der_x509_crl(body).next_update_utc
+            except ValueError:
+                return False
+            return next_update is not None and next_update > datetime.datetime.now(
+                datetime.UTC)
+
+        return self.get(f"/{'vlek' if vlek else 'vcek'}/v1/{generation.value}/crl",
+                        cacheable=fresh)

@@ -1,0 +1,122 @@
+"""`sevsim show` and `sevsim verify`: read and verify SNP attestation reports, from real AMD
+machines or from sevsim's simulated platform.
+
+Exit status: 0 when shown / when every check holds; 1 when a verification check fails (each
+one named on stderr); 125 on input that cannot be read at all.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, cast
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sevsim.cli.common import EXIT_ERROR, err, fail, read_input
+
+EXIT_UNVERIFIED = 1
+out = Console(soft_wrap=True)
+
+
+def show(
+    report: Annotated[Path, typer.Argument(help="The report: 0x4A0 bytes, or hex text.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")
+                       ] = False,
+    product: Annotated[str | None, typer.Option(
+        help="milan | genoa | turin: how to decode TCBs (default: the report's CPUID; a v2 "
+             "report is taken as Milan/Genoa unless its chip id is Turin's 8 bytes).")] = None,
+) -> None:
+    """Print every field of an SNP attestation report (v2, v3, v5), decoded."""
+    from sevsim.abi.snp_errors import SnpFormatError
+    from sevsim.abi.snp_report import AttestationReport
+    from sevsim.attest.snp_show import flatten, report_fields
+    from sevsim.attest.snp_verify import _generation, load_report
+
+    blob = load_report(read_input(report, "sevsim show"))
+    try:
+        parsed = AttestationReport.from_bytes(blob)
+        fields = report_fields(parsed, None if product is None else _generation(product))
+    except (SnpFormatError, ValueError) as error:
+        raise fail(error, "sevsim show") from None
+    if as_json:
+        print(json.dumps(fields, indent=2))
+        return
+    table = Table("field", "value", title=f"SNP attestation report v{parsed.version} "
+                  f"({fields['product']})")
+    for name, value in flatten(fields):
+        table.add_row(name, value)
+    Console(width=max(140, out.width)).print(table)
+
+
+def verify(
+    report: Annotated[Path, typer.Argument(help="The report: 0x4A0 bytes, or hex text.")],
+    certs: Annotated[Path | None, typer.Option(
+        help="A directory (vcek.pem/vcek.der or vlek.*, ask.pem/asvk.pem, ark.pem, "
+             "cert_chain.pem) or an extended report's certificate table file.")] = None,
+    product: Annotated[str | None, typer.Option(
+        help="milan | genoa | turin (default: from the report's CPUID; needed for some v2 "
+             "reports).")] = None,
+    trust: Annotated[str, typer.Option(
+        help="amd: AMD's real roots (default). sevsim: sevsim's simulated roots, for reports "
+             "from sevsim's platform.")] = "amd",
+    kds: Annotated[str | None, typer.Option(
+        help="KDS base URL to fetch missing certificates and the CRL from, e.g. "
+             "https://kdsintf.amd.com or a `sevsim kds serve` URL.")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        help="Directory caching KDS answers (a second run makes no request).")] = None,
+    crl: Annotated[bool, typer.Option(
+        "--crl", help="Check the CRL (from --crl-file, or fetched from --kds).")] = False,
+    crl_file: Annotated[Path | None, typer.Option(
+        help="A CRL (DER or PEM) to check against; implies --crl.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")
+                       ] = False,
+) -> None:
+    """Verify an SNP report: signature, VCEK/VLEK -> ASK/ASVK -> ARK, TCB, chip id, CRL."""
+    from sevsim.abi.snp_errors import SnpFormatError
+    from sevsim.attest.kds_client import KdsClient
+    from sevsim.attest.snp_verify import (
+        TRUSTS,
+        CertBundle,
+        Trust,
+        load_report,
+        verify_report_chain,
+    )
+
+    if trust not in TRUSTS:
+        raise typer.BadParameter(f"--trust must be one of {', '.join(TRUSTS)}")
+    if certs is None and kds is None:
+        raise typer.BadParameter("give --certs DIR|FILE, --kds URL, or both")
+    blob = load_report(read_input(report, "sevsim verify"))
+    crl_bytes = read_input(crl_file, "sevsim verify") if crl_file is not None else None
+    try:
+        bundle = CertBundle.load(certs) if certs is not None else CertBundle()
+    except SnpFormatError as error:
+        raise fail(error, "sevsim verify") from None
+    except OSError as error:
+        err.print(f"[bold red]sevsim verify:[/] cannot read {certs}: {error.strerror}",
+                  highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    client = None if kds is None else KdsClient(kds, cache_dir=cache)
+    result = verify_report_chain(blob, bundle, trust=cast(Trust, trust), product=product,
+                                 kds=client, crl=crl_bytes, check_revocation=crl)
+    if as_json:
+        print(json.dumps({"ok": result.ok, "trust": result.trust,
+                          "product": result.generation.value if result.generation else None,
+                          "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail}
+                                     for c in result.checks]}, indent=2))
+    else:
+        for check in result.checks:
+            mark = "[green]ok[/]  " if check.passed else "[red]FAIL[/]"
+            out.print(f"{mark} {check.name:<13} {check.detail}", highlight=False)
+    for check in result.failures:
+        err.print(f"[bold red]sevsim verify:[/] {check.name}: {check.detail}", highlight=False)
+    if not result.ok:
+        raise typer.Exit(EXIT_UNVERIFIED)
+    if not as_json:
+        out.print(f"verified: report v{result.report.version if result.report else '?'} "
+                  f"to {'AMD' if trust == 'amd' else 'sevsim simulated'} "
+                  f"{result.generation.value if result.generation else ''} ARK",
+                  highlight=False)

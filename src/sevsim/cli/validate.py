@@ -1,0 +1,136 @@
+"""`sevsim validate` (a report's claims against a TOML policy) and `sevsim idblock` (the guest
+author's signed ID block and ID_AUTH_INFO).
+
+validate exits 0 when every configured check passes, 1 when one fails (each failing check is
+printed on its own line, by its stable name), 125 on bad input: a report that does not parse,
+a policy with an unknown key, a wrong type or malformed hex.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sevsim.abi.snp_errors import SnpFormatError
+from sevsim.abi.snp_report import REPORT_SIZE
+from sevsim.cli.common import EXIT_ERROR, err, fail, read_input
+from sevsim.errors import SevsimError
+
+EXIT_UNTRUSTED = 1
+out = Console(soft_wrap=True, highlight=False)
+
+
+def read_report(path: Path, command: str) -> bytes:
+    """A report file: the raw 0x4A0 bytes, or the same as hex text (as some tools save it)."""
+    blob = read_input(path, command)
+    if len(blob) == REPORT_SIZE:
+        return blob
+    try:
+        decoded = bytes.fromhex(blob.decode("ascii").strip().removeprefix("0x"))
+    except (UnicodeDecodeError, ValueError):
+        return blob  # let the strict parser say what is wrong with the bytes
+    return decoded if len(decoded) == REPORT_SIZE else blob
+
+
+def validate(
+    report: Annotated[Path, typer.Argument(help="The attestation report (0x4A0 bytes or hex).")],
+    policy: Annotated[Path, typer.Option("--policy", "-p",
+                                         help="The validation policy (TOML).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Every check as JSON on stdout.")
+                       ] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="Print passing checks too.")
+                        ] = False,
+) -> None:
+    """Check a report's claims (measurement, identity, TCB, firmware, guest policy, platform,
+    chip, version, signing key) against a policy. The signature is `sevsim verify`'s job."""
+    from sevsim.attest.snp_policy import Policy, validate_report
+
+    command = "sevsim validate"
+    blob = read_report(report, command)
+    text = read_input(policy, command)
+    try:
+        result = validate_report(blob, Policy.from_toml(text.decode("utf-8")))
+    except UnicodeDecodeError as error:
+        raise fail(ValueError(f"{policy}: not UTF-8 text ({error.reason})"), command) from None
+    except (SevsimError, SnpFormatError) as error:
+        raise fail(error, command) from None
+    if as_json:
+        out.print(result.to_json(), markup=False)
+    else:
+        for check in result.checks:
+            if not check.passed:
+                out.print(f"FAIL {check.name}: expected {check.expected}; report has "
+                          f"{check.actual}", markup=False)
+            elif show_all:
+                out.print(f"pass {check.name}: {check.actual}", markup=False)
+        if result.ok:
+            err.print(f"{command}: all {len(result.checks)} checks passed", highlight=False)
+        else:
+            err.print(f"{command}: {len(result.failed)} of {len(result.checks)} checks "
+                      "failed", highlight=False)
+    raise typer.Exit(0 if result.ok else EXIT_UNTRUSTED)
+
+
+def _hex_option(name: str, value: str, size: int) -> bytes:
+    try:
+        raw = bytes.fromhex(value.removeprefix("0x"))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not hex", param_hint=name) from None
+    if len(raw) != size:
+        raise typer.BadParameter(f"is {len(raw)} bytes, not {size}", param_hint=name)
+    return raw
+
+
+def idblock(
+    measurement: Annotated[str, typer.Option(help="The expected launch digest, 48 bytes hex.")],
+    id_key: Annotated[Path, typer.Option(help="ID key: plain PEM ECDSA P-384 private key.")],
+    output: Annotated[Path, typer.Option("-o", "--output",
+                                         help="Directory for id_block.bin and id_auth.bin.")],
+    author_key: Annotated[Path | None, typer.Option(
+        help="Author key (PEM ECDSA P-384): signs the ID key; reports then carry its "
+             "digest and AUTHOR_KEY_EN.")] = None,
+    family_id: Annotated[str, typer.Option(help="FAMILY_ID, 16 bytes hex.")] = "00" * 16,
+    image_id: Annotated[str, typer.Option(help="IMAGE_ID, 16 bytes hex.")] = "00" * 16,
+    svn: Annotated[int, typer.Option(help="GUEST_SVN.", min=0, max=0xFFFFFFFF)] = 0,
+    policy: Annotated[str, typer.Option(help="The guest policy the launch must use, hex.")
+                      ] = "0x30000",
+) -> None:
+    """Sign an ID block and ID_AUTH_INFO for SNP_LAUNCH_FINISH; print them as base64 for
+    QEMU's sev-snp-guest id-block/id-auth properties."""
+    from sevsim.attest.idblock import load_signing_key, make_id_block
+
+    command = "sevsim idblock"
+    digest = _hex_option("--measurement", measurement, 48)
+    family = _hex_option("--family-id", family_id, 16)
+    image = _hex_option("--image-id", image_id, 16)
+    try:
+        guest_policy = int(policy, 16)
+    except ValueError:
+        raise typer.BadParameter(f"{policy!r} is not hex", param_hint="--policy") from None
+    try:
+        key = load_signing_key(read_input(id_key, command), "ID key")
+        author = (load_signing_key(read_input(author_key, command), "author key")
+                  if author_key is not None else None)
+        bundle = make_id_block(digest, key, author, family_id=family, image_id=image, svn=svn,
+                               policy=guest_policy)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "id_block.bin").write_bytes(bundle.id_block_bytes)
+        (output / "id_auth.bin").write_bytes(bundle.id_auth_bytes)
+    except SevsimError as error:
+        raise fail(error, command) from None
+    except OSError as error:
+        err.print(f"[bold red]{command}:[/] cannot write {error.filename}: {error.strerror}",
+                  highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    out.print(f"id-block: {bundle.id_block_b64}", markup=False)
+    out.print(f"id-auth: {bundle.id_auth_b64}", markup=False)
+    out.print(f"author-key-enabled: {'on' if bundle.author_key_enabled else 'off'}",
+              markup=False)
+    out.print(f"id-key-digest: {bundle.id_key_digest.hex()}", markup=False)
+    out.print(f"author-key-digest: {bundle.author_key_digest.hex()}", markup=False)
+    err.print(f"{command}: wrote {output / 'id_block.bin'} and {output / 'id_auth.bin'}",
+              highlight=False)
+
