@@ -32,7 +32,7 @@ from sevsim.abi.snp_report import SIGNED_SIZE, AttestationReport
 from sevsim.attest.snp_verify import CertBundle, ChainCache, verify_report_chain
 
 TARGET = 0.7
-VECTOR = REPO.parent / "shared" / "data" / "vectors" / "snp" / "milan-v2-a"
+VECTOR = REPO / "tests" / "data" / "snp" / "milan-v2-a"
 
 
 def main() -> int:

@@ -43,7 +43,7 @@ from sevsim.abi.snp_report import (
 )
 from sevsim.abi.snp_tcb import Generation, PlatformInfo, SnpPolicy, TcbVersion
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "data" / "vectors" / "snp"
+VECTORS = Path(__file__).resolve().parent / "data" / "snp"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100000"))
 
 

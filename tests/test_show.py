@@ -23,7 +23,7 @@ from sevsim.abi.snp_tcb import (
 from sevsim.attest.snp_show import report_fields
 from sevsim.attest.snp_verify import load_report
 
-VECTORS = Path("/work/shared/data/vectors/snp")
+VECTORS = Path(__file__).resolve().parent / "data" / "snp"
 KEY = ec.generate_private_key(ec.SECP384R1())
 
 

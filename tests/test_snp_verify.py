@@ -36,8 +36,8 @@ from sevsim.firmware.amd_root import simulated_root
 from sevsim.firmware.kds import KeyDistribution, make_server
 from sevsim.firmware.snp_pki import AMD_PSS, snp_ca_chain, snp_vlek_ca_chain
 
-VECTORS = Path("/work/shared/data/vectors/snp")
-AMD_BUNDLES = Path("/work/shared/data/amd-roots/snp")
+VECTORS = Path(__file__).resolve().parent / "data" / "snp"
+AMD_BUNDLES = Path(__file__).resolve().parent / "data" / "snp" / "roots"
 NONCE = bytes(range(0x40, 0x80))
 DER = serialization.Encoding.DER
 

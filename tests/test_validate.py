@@ -30,7 +30,7 @@ from sevsim.attest.snp_policy import (
 from sevsim.cli.main import app
 from sevsim.errors import PolicyError
 
-VECTORS = Path("/work/shared/data/vectors/snp")
+VECTORS = Path(__file__).resolve().parent / "data" / "snp"
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 
