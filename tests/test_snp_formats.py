@@ -383,6 +383,7 @@ def test_secrets_page_layout() -> None:
     assert len(blob) == 4096
     for i in range(4):
         assert blob[0x20 + 32 * i:0x40 + 32 * i] == keys[i]
+        assert SecretsPage.vmpck_offset(i) == 0x20 + 32 * i
         assert struct.unpack_from("<I", blob, SecretsPage.seqno_offset(i))[0] == i + 1
     assert struct.unpack_from("<I", blob, 8)[0] == 0xA00F11
     assert blob[0x15C] == 1 and struct.unpack_from("<I", blob, 0x160)[0] == 7
@@ -394,6 +395,8 @@ def test_secrets_page_layout() -> None:
         SecretsPage.from_bytes(blob[:-1])
     with pytest.raises(GuestMessageError):
         SecretsPage.seqno_offset(4)
+    with pytest.raises(GuestMessageError):
+        SecretsPage.vmpck_offset(4)
 
 
 PARSERS: list[tuple[Any, int, type[Exception]]] = [

@@ -344,6 +344,13 @@ class SecretsPage:
                    usage, tweak, base, size, caa, max_version, vmpl, tsc)
 
     @staticmethod
+    def vmpck_offset(vmpck: int) -> int:
+        """Where VMPCK `vmpck` lives in the page (0x20 + 32n): a guest wipes it there."""
+        if not 0 <= vmpck <= 3:
+            raise GuestMessageError("MSG_VMPCK", f"{vmpck} is not 0-3")
+        return 0x20 + VMPCK_SIZE * vmpck
+
+    @staticmethod
     def seqno_offset(vmpck: int) -> int:
         """Where the guest's counter for VMPCK `vmpck` lives in the page (0xA0 + 4n)."""
         if not 0 <= vmpck <= 3:

@@ -107,7 +107,6 @@ ENODEV = 19
 EINVAL = 22
 ENOSPC = 28
 ENOSYS = 38
-_VMPCK0_OFFSET = 0x20  # in the secrets page (Linux struct snp_secrets_page)
 _CERT_ENTRY = struct.Struct("<16sII")  # certificate table entry: GUID, offset, length
 
 SYS_WRITE = 1
@@ -491,7 +490,7 @@ class GuestKernel:
                 raise SnpFormatError("MSG_SEQNO", f"{header.msg_type.name} #{header.seqno} "
                                      f"answers {msg_type.name} #{seqno}")
         except SnpFormatError:
-            cpu.write(secrets_gpa + _VMPCK0_OFFSET + vmpl * VMPCK_SIZE, bytes(VMPCK_SIZE))
+            cpu.write(secrets_gpa + SecretsPage.vmpck_offset(vmpl), bytes(VMPCK_SIZE))
             return -EIO
         cpu.write(secrets_gpa + offset, struct.pack("<I", seqno + 1))
         return plain, needed
