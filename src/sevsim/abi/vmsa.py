@@ -144,11 +144,13 @@ class Vmsa:
         return cls(regs, {k: v for k, v in segments.items() if v != Segment()}, x87, xmm, ymm)
 
 
-def reset_state() -> Vmsa:
+def reset_state(sev_features: int = 0) -> Vmsa:
     """The save area every sevsim vCPU starts from: flat 64-bit mode, registers clear, at the
-    guest kernel's entry. The VMM hands it to LAUNCH_UPDATE_VMSA for each vCPU, so it is part
-    of an SEV-ES launch measurement, and a guest owner recomputes it to predict that digest."""
+    guest kernel's entry (SEV-SNP: with SEV_FEATURES_SNP). The VMM hands it to
+    LAUNCH_UPDATE_VMSA (SNP_LAUNCH_UPDATE) for each vCPU, so it is part of the launch
+    measurement, and a guest owner recomputes it to predict that digest."""
     return Vmsa(regs={
+        "sev_features": sev_features,
         "efer": EFER_LME | EFER_LMA,
         "cr0": CR0_PE | CR0_ET,
         "cr4": CR4_OSFXSR | CR4_FSGSBASE | CR4_OSXSAVE,

@@ -499,9 +499,7 @@ def snp_guest_digest(image: GuestImage, memory_size: int, vcpus: int,
         digest = update_digest(digest, PageType.NORMAL, gpn * PAGE_SIZE, page)
     digest = update_digest(digest, PageType.SECRETS, SNP_SECRETS_GPA)
     digest = update_digest(digest, PageType.CPUID, SNP_CPUID_GPA)
-    vmsa = reset_state()
-    vmsa.regs["sev_features"] = SEV_FEATURES_SNP
-    page = vmsa.to_bytes()
+    page = reset_state(SEV_FEATURES_SNP).to_bytes()
     for _ in range(vcpus):
         digest = update_digest(digest, PageType.VMSA, VMSA_GPA, page)
     return digest

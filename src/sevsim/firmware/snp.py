@@ -37,7 +37,7 @@ from sevsim.abi.snp_launch import (
 )
 from sevsim.abi.snp_tcb import PolicyFlags, SnpPolicy, TcbVersion
 from sevsim.abi.status import SevStatus
-from sevsim.abi.vmsa import Vmsa
+from sevsim.abi.vmsa import SEV_FEATURES_SNP, Vmsa
 from sevsim.errors import FirmwareError, MemoryAccessError
 from sevsim.firmware.core import FirmwareCore
 from sevsim.hw.cpu import vmsa_seals
@@ -47,7 +47,6 @@ SECRETS_VERSION = 2  # the layout of spec-formats.md §7.3
 VMPCK_SIZE = 32
 _VMPCK_OFFSET = 0x20
 _GOSVW_OFFSET = 0x10
-SEV_FEATURES_SNP = 1  # VMSA SEV_FEATURES bit 0: SNP active
 _SNP_STATUS = struct.Struct("<BBBBIIIQQ")
 
 

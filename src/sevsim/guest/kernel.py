@@ -158,6 +158,17 @@ class GuestKernel:
     def __init__(self) -> None:
         self.boot: BootInfo | None = None
         self.ghcb = GhcbClient(GHCB_GPA, _VERSION_GPA)
+        self._handlers: dict[int, Callable[..., int | None]] = {
+            SYS_WRITE: self._write, SYS_EXIT: self._exit, SYS_SET_SHARED: self._set_shared,
+            SYS_SET_PRIVATE: self._set_private, SYS_SEV_STATUS: self._sev_status,
+            SYS_VCPU_INFO: self._vcpu_info, SYS_VCPU_START: self._vcpu_start,
+            SYS_VCPU_HALT: self._vcpu_halt, SYS_SNP_REPORT: self._snp_report,
+            SYS_SNP_EXT_REPORT: self._snp_ext_report, SYS_SNP_DERIVED_KEY: self._snp_derived_key,
+            SYS_HOST_INPUT: self._host_input, SYS_HOST_OUTPUT: self._host_output,
+            SYS_VMPL_START: self._vmpl_start, SYS_RMPADJUST: self._rmpadjust,
+            SYS_TSM_MKDIR: self._tsm_mkdir, SYS_TSM_RMDIR: self._tsm_rmdir,
+            SYS_TSM_WRITE: self._tsm_write, SYS_TSM_READ: self._tsm_read,
+        }
 
     # -- boot ---------------------------------------------------------------------------------
     def _read_boot_info(self, cpu: GuestCpu) -> BootInfo:
@@ -250,18 +261,7 @@ class GuestKernel:
     def on_syscall(self, cpu: GuestCpu) -> None:
         nr = cpu.reg("rax")
         args = [cpu.reg(r) for r in ("rdi", "rsi", "rdx", "r10", "r8")]
-        handlers: dict[int, Callable[..., int | None]] = {
-            SYS_WRITE: self._write, SYS_EXIT: self._exit, SYS_SET_SHARED: self._set_shared,
-            SYS_SET_PRIVATE: self._set_private, SYS_SEV_STATUS: self._sev_status,
-            SYS_VCPU_INFO: self._vcpu_info, SYS_VCPU_START: self._vcpu_start,
-            SYS_VCPU_HALT: self._vcpu_halt, SYS_SNP_REPORT: self._snp_report,
-            SYS_SNP_EXT_REPORT: self._snp_ext_report, SYS_SNP_DERIVED_KEY: self._snp_derived_key,
-            SYS_HOST_INPUT: self._host_input, SYS_HOST_OUTPUT: self._host_output,
-        }
-        handlers.update({SYS_VMPL_START: self._vmpl_start, SYS_RMPADJUST: self._rmpadjust,
-                         SYS_TSM_MKDIR: self._tsm_mkdir, SYS_TSM_RMDIR: self._tsm_rmdir,
-                         SYS_TSM_WRITE: self._tsm_write, SYS_TSM_READ: self._tsm_read})
-        handler = handlers.get(nr)
+        handler = self._handlers.get(nr)
         if handler and cpu.vmpl and nr in _VMPL0_ONLY:
             result: int | None = -EPERM
         else:

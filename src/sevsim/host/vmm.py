@@ -221,9 +221,7 @@ class VirtualMachine:
             fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, gpn * PAGE), PageType.NORMAL)
         fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, SNP_SECRETS_GPA), PageType.SECRETS)
         fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, SNP_CPUID_GPA), PageType.CPUID)
-        vmsa = reset_state()
-        vmsa.regs["sev_features"] = SEV_FEATURES_SNP
-        page = vmsa.to_bytes()
+        page = reset_state(SEV_FEATURES_SNP).to_bytes()
         for vcpu in vm.vcpus:
             if vcpu.vmsa_spa is None:
                 raise VmStateError(f"vCPU {vcpu.index} has no VMSA page")
