@@ -21,10 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from sevsim.abi import ovmf
+from sevsim.abi.ovmf import OvmfError
 from sevsim.attest import measure as m
 from sevsim.cli.common import EXIT_ERROR
 from sevsim.cli.main import app
-from sevsim.errors import ConfigError, OvmfError
+from sevsim.errors import ConfigError
 from sevsim.guest.kernel import kernel_identity
 from sevsim.host.elf import parse_elf
 from sevsim.host.machine import Host
@@ -61,11 +63,11 @@ def make_ovmf(sections: list[tuple[int, int, int]], *, hash_table_gpa: int = 0,
     meta = struct.pack("<4sIII", b"ASEV", 16 + 12 * len(sections), 1, len(sections))
     meta += b"".join(struct.pack("<III", *s) for s in sections)
     image[size - 0x1000:size - 0x1000 + len(meta)] = meta
-    body = _entry(m.SEV_ES_RESET_BLOCK_GUID, struct.pack("<I", reset_eip))
-    body += _entry(m.SEV_HASH_TABLE_RV_GUID, struct.pack("<II", hash_table_gpa, 0x400))
+    body = _entry(ovmf.SEV_ES_RESET_BLOCK_GUID, struct.pack("<I", reset_eip))
+    body += _entry(ovmf.SEV_HASH_TABLE_RV_GUID, struct.pack("<II", hash_table_gpa, 0x400))
     if metadata:
-        body += _entry(m.SEV_METADATA_GUID, struct.pack("<I", 0x1000))
-    table = body + struct.pack("<H", len(body) + 18) + m.FOOTER_TABLE_GUID.bytes_le
+        body += _entry(ovmf.SEV_METADATA_GUID, struct.pack("<I", 0x1000))
+    table = body + struct.pack("<H", len(body) + 18) + ovmf.FOOTER_TABLE_GUID.bytes_le
     image[size - 32 - len(table):size - 32] = table
     image[size - 16:size - 13] = b"\x90\xe9\x00"  # something in the reset vector
     return bytes(image)
@@ -104,14 +106,14 @@ def test_ovmf_digest_equals_sev_snp_measure(ref: ModuleType, ovmf_path: Path, mo
         assert len(ours) == (48 if mode == "snp" else 32)
 
 
-@pytest.mark.parametrize("vcpu_type", sorted(m.VCPU_SIGNATURES))
+@pytest.mark.parametrize("vcpu_type", sorted(ovmf.VCPU_SIGNATURES))
 def test_every_vcpu_type_equals_sev_snp_measure(ref: ModuleType, ovmf_path: Path,
                                                 vcpu_type: str) -> None:
     from sevsnpmeasure.vcpu_types import CPU_SIGS
 
     if vcpu_type not in CPU_SIGS:
         pytest.skip(f"{vcpu_type} is not in this sev-snp-measure version")
-    assert m.vcpu_signature(vcpu_type) == CPU_SIGS[vcpu_type]
+    assert ovmf.vcpu_signature(vcpu_type) == CPU_SIGS[vcpu_type]
     data = ovmf_path.read_bytes()
     for mode in ("snp", "seves"):
         assert m.ovmf_digest(mode, data, 2, vcpu_type) == _reference(
@@ -119,12 +121,12 @@ def test_every_vcpu_type_equals_sev_snp_measure(ref: ModuleType, ovmf_path: Path
 
 
 def test_signatures_are_the_cpuid_values_of_the_real_parts() -> None:
-    assert m.vcpu_signature("epyc") == 0x00800F12
-    assert m.vcpu_signature("EPYC-Rome") == 0x00830F10
-    assert m.vcpu_signature("EPYC-Milan") == 0x00A00F11
-    assert m.vcpu_signature("EPYC-Genoa") == 0x00A10F10
-    assert m.vcpu_signature("EPYC-Turin") == 0x00B00F00
-    assert m.cpu_signature(25, 1, 1) == m.vcpu_signature("EPYC-Milan")
+    assert ovmf.vcpu_signature("epyc") == 0x00800F12
+    assert ovmf.vcpu_signature("EPYC-Rome") == 0x00830F10
+    assert ovmf.vcpu_signature("EPYC-Milan") == 0x00A00F11
+    assert ovmf.vcpu_signature("EPYC-Genoa") == 0x00A10F10
+    assert ovmf.vcpu_signature("EPYC-Turin") == 0x00B00F00
+    assert ovmf.cpu_signature(25, 1, 1) == ovmf.vcpu_signature("EPYC-Milan")
 
 
 def test_explicit_signature_and_guest_features(ref: ModuleType, ovmf_path: Path) -> None:
@@ -144,7 +146,7 @@ def test_ec2_and_gce_need_no_vcpu_type(ref: ModuleType, ovmf_path: Path) -> None
     for vmm in ("ec2", "gce"):
         assert m.snp_ovmf_digest(data, 2, vmm_type=vmm) == _reference(
             ref, "snp", ovmf_path, 2, None, vmm)
-    with pytest.raises(ConfigError, match="vCPU type"):
+    with pytest.raises(OvmfError, match="vCPU type"):
         m.snp_ovmf_digest(data, 2)
 
 
@@ -157,10 +159,11 @@ def test_a_changed_image_byte_changes_every_digest(ovmf_path: Path) -> None:
 
 
 def test_debian_ovmf_metadata_is_parsed(ovmf_path: Path) -> None:
-    image = m.OvmfImage.parse(ovmf_path.read_bytes())
+    image = ovmf.OvmfImage.parse(ovmf_path.read_bytes())
     assert image.has_sev_metadata and image.reset_eip
     kinds = {s.type for s in image.sections}
-    assert {m.SectionType.SNP_SEC_MEM, m.SectionType.SNP_SECRETS, m.SectionType.CPUID} <= kinds
+    section = ovmf.SectionType
+    assert {section.SNP_SEC_MEM, section.SNP_SECRETS, section.CPUID} <= kinds
     assert image.gpa + len(image.data) == 1 << 32
 
 
@@ -199,10 +202,11 @@ def test_kernel_hashes_equal_sev_snp_measure(ref: ModuleType, direct_boot: tuple
 
 
 def test_the_hashes_table_is_qemus_layout() -> None:
-    table = m.KernelHashes.of(b"k", b"i", "c").table()
+    table = ovmf.KernelHashes.of(b"k", b"i", "c").table()
     assert len(table) == 0xB0 and struct.unpack_from("<H", table, 16)[0] == 0xA8
-    assert table[:16] == m.HASH_TABLE_HEADER_GUID.bytes_le
-    assert m.KernelHashes.of(b"k", None, None).cmdline == m.KernelHashes.of(b"k", b"", "").cmdline
+    assert table[:16] == ovmf.HASH_TABLE_HEADER_GUID.bytes_le
+    hashes = ovmf.KernelHashes
+    assert hashes.of(b"k", None, None).cmdline == hashes.of(b"k", b"", "").cmdline
 
 
 # -- sevsim's own guests: the digest the simulated firmware computes ----------------------------
@@ -313,10 +317,10 @@ def test_bad_images_are_typed_errors() -> None:
     good = make_ovmf(AMDSEV_SECTIONS)
     assert m.snp_ovmf_digest(good, 2, "EPYC")
     with pytest.raises(OvmfError, match="whole 4 KiB pages"):
-        m.OvmfImage.parse(good[:-1])
+        ovmf.OvmfImage.parse(good[:-1])
     with pytest.raises(OvmfError, match="footer"):
-        m.OvmfImage.parse(bytes(len(good)))
-    no_meta = m.OvmfImage.parse(make_ovmf([], metadata=False))
+        ovmf.OvmfImage.parse(bytes(len(good)))
+    no_meta = ovmf.OvmfImage.parse(make_ovmf([], metadata=False))
     assert not no_meta.has_sev_metadata
     assert m.sev_ovmf_digest(no_meta)  # plain SEV needs no metadata
     with pytest.raises(OvmfError, match="no SEV metadata"):
@@ -324,11 +328,11 @@ def test_bad_images_are_typed_errors() -> None:
     bad_sig = bytearray(good)
     bad_sig[len(good) - 0x1000] ^= 0xFF
     with pytest.raises(OvmfError, match="ASEV"):
-        m.OvmfImage.parse(bytes(bad_sig))
+        ovmf.OvmfImage.parse(bytes(bad_sig))
     with pytest.raises(OvmfError, match="unknown type 9"):
-        m.OvmfImage.parse(make_ovmf([(0x800000, 0x1000, 9)]))
+        ovmf.OvmfImage.parse(make_ovmf([(0x800000, 0x1000, 9)]))
     with pytest.raises(OvmfError, match="whole pages"):
-        m.OvmfImage.parse(make_ovmf([(0x800010, 0x1000, 1)]))
+        ovmf.OvmfImage.parse(make_ovmf([(0x800010, 0x1000, 1)]))
     with pytest.raises(OvmfError, match="reset block"):
         m.snp_ovmf_digest(make_ovmf(AMDSEV_SECTIONS, reset_eip=0), 2, "EPYC")
     assert m.snp_ovmf_digest(make_ovmf(AMDSEV_SECTIONS, reset_eip=0), 1, "EPYC")
@@ -339,7 +343,7 @@ def test_bad_images_are_typed_errors() -> None:
         m.seves_ovmf_digest(make_ovmf(AMDSEV_SECTIONS), 1, "EPYC", kernel=b"k")
     with pytest.raises(ConfigError, match="only with a kernel"):
         m.sev_ovmf_digest(good, initrd=b"i")
-    with pytest.raises(ConfigError, match="not both"):
+    with pytest.raises(OvmfError, match="not both"):
         m.snp_ovmf_digest(good, 1, "EPYC", vcpu_sig=1)
 
 

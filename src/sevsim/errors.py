@@ -118,9 +118,3 @@ class PolicyError(SevsimError, ValueError):
 class IdBlockError(SevsimError, ValueError):
     """An ID block cannot be made from these inputs: a key that is not a plain PEM ECDSA
     P-384 private key, a measurement or ID of the wrong size."""
-
-
-class OvmfError(SevsimError, ValueError):
-    """An OVMF firmware image whose launch cannot be measured: no footer GUID table, no SEV
-    metadata, a malformed section, or a launch the image does not support (APs without an
-    SEV-ES reset block, a kernel without a hashes table)."""

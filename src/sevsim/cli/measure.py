@@ -42,6 +42,7 @@ def measure(
 ) -> None:
     """Print the expected launch digest: of an OVMF image (--ovmf) as QEMU, EC2 or GCE
     launch it, or of a sevsim guest ELF as `sevsim run` launches it."""
+    from sevsim.abi.ovmf import OvmfError
     from sevsim.cli.common import fail, read_input
     from sevsim.errors import SevsimError
 
@@ -60,7 +61,7 @@ def measure(
                                          "--initrd, --append and --guest-features are for "
                                          "--ovmf")
             digest = _elf(read_input(elf, COMMAND), mode, vcpus, memory)
-    except SevsimError as error:
+    except (SevsimError, OvmfError) as error:
         raise fail(error, COMMAND) from None
     typer.echo(digest.hex())
 
