@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -71,3 +72,21 @@ def symbol(elf: Path, name: str) -> int:
         for sym in ELFFile(fh).get_section_by_name(".symtab").get_symbol_by_name(name) or []:
             return int(sym["st_value"])
     raise KeyError(name)
+
+
+OVMF_CANDIDATES = (Path("/usr/share/ovmf/OVMF.fd"), Path("/usr/share/OVMF/OVMF.fd"))
+
+
+@pytest.fixture(scope="session")
+def ovmf_path() -> Path:
+    """Debian's OVMF.fd (package ovmf, which .ci/run installs)."""
+    for path in OVMF_CANDIDATES:
+        if path.exists():
+            return path
+    pytest.skip("Debian's ovmf package is not installed")
+
+
+@pytest.fixture(scope="session")
+def snp_measure() -> ModuleType:
+    """sev-snp-measure's calculation (a test-only dependency): the independent reference."""
+    return pytest.importorskip("sevsnpmeasure.guest")

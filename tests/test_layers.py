@@ -15,7 +15,7 @@ ALLOWED: dict[str, set[str]] = {
     "hw": {"abi", "hw", "errors"},
     "firmware": {"abi", "hw", "firmware", "errors"},
     "guest": {"abi", "guest", "errors", "hw.cpu"},
-    "host": {"abi", "hw", "firmware", "host", "errors", "guest.kernel"},
+    "host": {"abi", "hw", "firmware", "host", "errors", "guest.kernel", "guest.standin"},
     "attest": {"abi", "attest", "errors"},
     "kbs": {"abi", "attest", "kbs", "errors"},
 }

@@ -11,7 +11,6 @@ import itertools
 import struct
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from ovmf_images import AMDSEV_SECTIONS, make_ovmf
 from sevsim.abi import ovmf
 from sevsim.abi.ovmf import OvmfError
 from sevsim.attest import measure as m
@@ -31,54 +31,10 @@ from sevsim.guest.kernel import kernel_identity
 from sevsim.host.elf import parse_elf
 from sevsim.host.machine import Host
 
-OVMF_CANDIDATES = (Path("/usr/share/ovmf/OVMF.fd"), Path("/usr/share/OVMF/OVMF.fd"))
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def ref() -> ModuleType:
-    """sev-snp-measure's calculation (a test-only dependency)."""
-    return pytest.importorskip("sevsnpmeasure.guest")
-
-
-@pytest.fixture(scope="module")
-def ovmf_path() -> Path:
-    for path in OVMF_CANDIDATES:
-        if path.exists():
-            return path
-    pytest.skip("Debian's ovmf package is not installed")
-
-
-# -- a synthetic OVMF image, built from the format description, for kernel hashes ----------------
-
-def _entry(guid: uuid.UUID, data: bytes) -> bytes:
-    return data + struct.pack("<H", len(data) + 18) + guid.bytes_le
-
-
-def make_ovmf(sections: list[tuple[int, int, int]], *, hash_table_gpa: int = 0,
-              reset_eip: int = 0x80B004, size: int = 0x40000, metadata: bool = True) -> bytes:
-    """An image of `size` bytes whose footer table names a reset block, a hash table and SEV
-    metadata (at 0x1000 from the end) listing `sections` as (gpa, size, type)."""
-    image = bytearray(size)
-    meta = struct.pack("<4sIII", b"ASEV", 16 + 12 * len(sections), 1, len(sections))
-    meta += b"".join(struct.pack("<III", *s) for s in sections)
-    image[size - 0x1000:size - 0x1000 + len(meta)] = meta
-    body = _entry(ovmf.SEV_ES_RESET_BLOCK_GUID, struct.pack("<I", reset_eip))
-    body += _entry(ovmf.SEV_HASH_TABLE_RV_GUID, struct.pack("<II", hash_table_gpa, 0x400))
-    if metadata:
-        body += _entry(ovmf.SEV_METADATA_GUID, struct.pack("<I", 0x1000))
-    table = body + struct.pack("<H", len(body) + 18) + ovmf.FOOTER_TABLE_GUID.bytes_le
-    image[size - 32 - len(table):size - 32] = table
-    image[size - 16:size - 13] = b"\x90\xe9\x00"  # something in the reset vector
-    return bytes(image)
-
-
-AMDSEV_SECTIONS = [(0x800000, 0x9000, 1), (0x80A000, 0x3000, 1), (0x80D000, 0x1000, 2),
-                   (0x80E000, 0x1000, 3), (0x80F000, 0x1000, 0x10), (0x810000, 0x2000, 4),
-                   (0x812000, 0x10000, 1)]
-
-
-def _reference(ref: ModuleType, mode: str, path: Path, vcpus: int, vcpu_type: str | None,
+def _reference(snp_measure: ModuleType, mode: str, path: Path, vcpus: int, vcpu_type: str | None,
                vmm: str, kernel: Path | None = None, initrd: Path | None = None,
                append: str | None = None, features: int = 1) -> bytes:
     from sevsnpmeasure.sev_mode import SevMode
@@ -87,7 +43,7 @@ def _reference(ref: ModuleType, mode: str, path: Path, vcpus: int, vcpu_type: st
 
     sig = CPU_SIGS[vcpu_type] if vcpu_type else 0
     vmm_type = {"qemu": VMMType.QEMU, "ec2": VMMType.ec2, "gce": VMMType.gce}[vmm]
-    digest: bytes = ref.calc_launch_digest(
+    digest: bytes = snp_measure.calc_launch_digest(
         SevMode.from_str(mode), vcpus, sig, str(path), str(kernel) if kernel else None,
         str(initrd) if initrd else None, append, features, vmm_type=vmm_type)
     return digest
@@ -97,17 +53,17 @@ def _reference(ref: ModuleType, mode: str, path: Path, vcpus: int, vcpu_type: st
 
 @pytest.mark.parametrize(("mode", "vcpus", "vmm"), itertools.product(
     ("snp", "seves", "sev"), (1, 2, 4), ("qemu", "ec2", "gce")))
-def test_ovmf_digest_equals_sev_snp_measure(ref: ModuleType, ovmf_path: Path, mode: str,
+def test_ovmf_digest_equals_sev_snp_measure(snp_measure: ModuleType, ovmf_path: Path, mode: str,
                                             vcpus: int, vmm: str) -> None:
     data = ovmf_path.read_bytes()
     for vcpu_type in ("EPYC-v4", "EPYC-Milan", "EPYC-Genoa"):
         ours = m.ovmf_digest(mode, data, vcpus, vcpu_type, vmm_type=vmm)
-        assert ours == _reference(ref, mode, ovmf_path, vcpus, vcpu_type, vmm)
+        assert ours == _reference(snp_measure, mode, ovmf_path, vcpus, vcpu_type, vmm)
         assert len(ours) == (48 if mode == "snp" else 32)
 
 
 @pytest.mark.parametrize("vcpu_type", sorted(ovmf.VCPU_SIGNATURES))
-def test_every_vcpu_type_equals_sev_snp_measure(ref: ModuleType, ovmf_path: Path,
+def test_every_vcpu_type_equals_sev_snp_measure(snp_measure: ModuleType, ovmf_path: Path,
                                                 vcpu_type: str) -> None:
     from sevsnpmeasure.vcpu_types import CPU_SIGS
 
@@ -117,7 +73,7 @@ def test_every_vcpu_type_equals_sev_snp_measure(ref: ModuleType, ovmf_path: Path
     data = ovmf_path.read_bytes()
     for mode in ("snp", "seves"):
         assert m.ovmf_digest(mode, data, 2, vcpu_type) == _reference(
-            ref, mode, ovmf_path, 2, vcpu_type, "qemu")
+            snp_measure, mode, ovmf_path, 2, vcpu_type, "qemu")
 
 
 def test_signatures_are_the_cpuid_values_of_the_real_parts() -> None:
@@ -129,23 +85,23 @@ def test_signatures_are_the_cpuid_values_of_the_real_parts() -> None:
     assert ovmf.cpu_signature(25, 1, 1) == ovmf.vcpu_signature("EPYC-Milan")
 
 
-def test_explicit_signature_and_guest_features(ref: ModuleType, ovmf_path: Path) -> None:
+def test_explicit_signature_and_guest_features(snp_measure: ModuleType, ovmf_path: Path) -> None:
     data = ovmf_path.read_bytes()
     milan = m.snp_ovmf_digest(data, 2, "EPYC-Milan")
     assert m.snp_ovmf_digest(data, 2, vcpu_sig=0x00A00F11) == milan
     assert m.snp_ovmf_digest(data, 2, vcpu_sig=0x00A00F12) != milan
     for features in (0x1, 0x21, 0x41):
         ours = m.snp_ovmf_digest(data, 2, "EPYC-Milan", guest_features=features)
-        assert ours == _reference(ref, "snp", ovmf_path, 2, "EPYC-Milan", "qemu",
+        assert ours == _reference(snp_measure, "snp", ovmf_path, 2, "EPYC-Milan", "qemu",
                                   features=features)
     assert m.snp_ovmf_digest(data, 2, "EPYC-Milan", guest_features=0x21) != milan
 
 
-def test_ec2_and_gce_need_no_vcpu_type(ref: ModuleType, ovmf_path: Path) -> None:
+def test_ec2_and_gce_need_no_vcpu_type(snp_measure: ModuleType, ovmf_path: Path) -> None:
     data = ovmf_path.read_bytes()
     for vmm in ("ec2", "gce"):
         assert m.snp_ovmf_digest(data, 2, vmm_type=vmm) == _reference(
-            ref, "snp", ovmf_path, 2, None, vmm)
+            snp_measure, "snp", ovmf_path, 2, None, vmm)
     with pytest.raises(OvmfError, match="vCPU type"):
         m.snp_ovmf_digest(data, 2)
 
@@ -187,18 +143,18 @@ def direct_boot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     ("sev", 1, "qemu", True, "console=ttyS0"),
     ("sev", 1, "qemu", False, None),
 ])
-def test_kernel_hashes_equal_sev_snp_measure(ref: ModuleType, direct_boot: tuple[Path, ...],
+def test_kernel_hashes_equal_sev_snp_measure(snp_measure: ModuleType, direct_boot: tuple[Path, ...],
                                              mode: str, vcpus: int, vmm: str,
                                              with_initrd: bool, append: str | None) -> None:
     ovmf, kernel, initrd = direct_boot
     ours = m.ovmf_digest(mode, ovmf.read_bytes(), vcpus, "EPYC-Genoa", vmm_type=vmm,
                          kernel=kernel.read_bytes(),
                          initrd=initrd.read_bytes() if with_initrd else None, append=append)
-    assert ours == _reference(ref, mode, ovmf, vcpus, "EPYC-Genoa", vmm, kernel,
+    assert ours == _reference(snp_measure, mode, ovmf, vcpus, "EPYC-Genoa", vmm, kernel,
                               initrd if with_initrd else None, append)
     without = m.ovmf_digest(mode, ovmf.read_bytes(), vcpus, "EPYC-Genoa", vmm_type=vmm)
     assert without != ours
-    assert without == _reference(ref, mode, ovmf, vcpus, "EPYC-Genoa", vmm)
+    assert without == _reference(snp_measure, mode, ovmf, vcpus, "EPYC-Genoa", vmm)
 
 
 def test_the_hashes_table_is_qemus_layout() -> None:
@@ -358,3 +314,113 @@ def test_fuzzed_footers_fail_only_with_ovmf_error(data: st.DataObject) -> None:
     with contextlib.suppress(OvmfError):  # anything else (a crash) fails the test
         m.ovmf_digest(data.draw(st.sampled_from(["snp", "sev-es", "sev"])), bytes(image), 2,
                       "EPYC")
+
+
+# -- the fast path: `sevsim` runs `measure` before importing Typer --------------------------------
+
+def _fast(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+          args: list[str]) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of `sevsim measure ARGS` through the entry point."""
+    from sevsim.cli import fast
+
+    monkeypatch.setattr(sys, "argv", ["sevsim", "measure", *args])
+    with pytest.raises(SystemExit) as exited:
+        fast.main()
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+@pytest.mark.parametrize("args", [
+    ["--mode", "snp", "--vcpus", "4", "--vcpu-type", "EPYC-Milan"],
+    ["--mode", "seves", "--vcpus", "2", "--vcpu-type", "EPYC-Rome"],
+    ["--mode", "sev"],
+    ["--vmm-type", "ec2", "--vcpus", "2"],
+    ["--vmm-type=gce", "--guest-features", "0x21"],
+    ["--vcpu-sig", "0xa00f11", "--mode", "sev-es"],
+    ["--vcpu-type", "EPYC", "--kernel", "{kernel}", "--initrd", "{initrd}", "--append", "ro"],
+])
+def test_fast_path_prints_the_typer_commands_digest(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        direct_boot: tuple[Path, Path, Path], args: list[str]) -> None:
+    image, kernel, initrd = direct_boot
+    argv = ["--ovmf", str(image), *(a.format(kernel=kernel, initrd=initrd) for a in args)]
+    status, out, err = _fast(monkeypatch, capsys, argv)
+    typer_result = runner.invoke(app, ["measure", *argv])
+    assert (status, err) == (0, "") and typer_result.exit_code == 0
+    assert out == typer_result.stdout and len(bytes.fromhex(out.strip())) in (32, 48)
+
+
+def test_fast_path_measures_a_sevsim_guest(monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str],
+                                           build: Any) -> None:
+    argv = [str(build("hello")), "--mode", "sev-es", "--vcpus", "2", "--memory", "16M"]
+    status, out, _ = _fast(monkeypatch, capsys, argv)
+    assert status == 0 and out == runner.invoke(app, ["measure", *argv]).stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--ovmf", "{garbage}", "--vcpu-type", "EPYC"], "OvmfError: "),
+    (["--ovmf", "{ovmf}", "--vcpu-type", "EPYC-Nope"], "OvmfError: unknown vCPU type"),
+    (["--ovmf", "{ovmf}", "--mode", "tdx"], "ConfigError: unknown mode 'tdx'"),
+    (["--ovmf", "{missing}"], "cannot read {missing}: No such file or directory"),
+    (["--ovmf", "{ovmf}", "--vcpu-type", "EPYC", "--kernel", "{missing}"], "cannot read"),
+])
+def test_fast_path_bad_input_is_the_same_typed_error(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        args: list[str], message: str) -> None:
+    files = {"ovmf": tmp_path / "ovmf.fd", "garbage": tmp_path / "garbage",
+             "missing": tmp_path / "missing"}
+    files["ovmf"].write_bytes(make_ovmf(AMDSEV_SECTIONS[:4]))
+    files["garbage"].write_bytes(bytes(0x10000))
+    argv = [a.format(**files) for a in args]
+    status, out, err = _fast(monkeypatch, capsys, argv)
+    assert (status, out) == (EXIT_ERROR, "")
+    assert err.startswith("sevsim measure: " + message.format(**files)), err
+    assert err == runner.invoke(app, ["measure", *argv]).stderr
+
+
+@pytest.mark.parametrize(("args", "status"), [
+    (["{ovmf}", "--ovmf", "{ovmf}"], 2),  # both inputs
+    (["--mode", "snp"], 2),  # neither
+    (["{ovmf}", "--vcpu-type", "EPYC"], 2),  # an OVMF option for an ELF
+    (["--ovmf", "{ovmf}", "--bogus"], 2),
+    (["--ovmf", "{ovmf}", "--vcpu"], 2),  # no abbreviations, as in Typer
+    (["--ovmf", "{ovmf}", "--vcpus", "x"], 2),
+    (["--ovmf", "{ovmf}", "--vcpu-sig", "zz"], 2),
+    (["--help"], 0),
+])
+def test_fast_path_hands_usage_errors_and_help_to_typer(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        args: list[str], status: int) -> None:
+    image = tmp_path / "ovmf.fd"
+    image.write_bytes(make_ovmf(AMDSEV_SECTIONS[:4]))
+    argv = [a.format(ovmf=image) for a in args]
+    code, out, err = _fast(monkeypatch, capsys, argv)
+    assert code == status == runner.invoke(app, ["measure", *argv]).exit_code
+    assert "measure [OPTIONS] [elf]" in out + err and "Traceback" not in err
+
+
+def test_typer_command_documents_every_fast_option() -> None:
+    from sevsim.cli import common, fast
+
+    assert fast.EXIT_ERROR == common.EXIT_ERROR
+    shown = runner.invoke(app, ["measure", "--help"], terminal_width=200).stdout
+    for option in fast.OPTIONS:
+        flag = option.name if option.positional else "--" + option.name.replace("_", "-")
+        assert flag in shown and option.help.split()[-1] in shown
+
+
+def test_fast_path_imports_neither_typer_nor_the_simulator(tmp_path: Path) -> None:
+    image = tmp_path / "ovmf.fd"
+    image.write_bytes(make_ovmf(AMDSEV_SECTIONS))
+    heavy = ("typer", "click", "rich", "numpy", "unicorn", "sevsim.host", "sevsim.firmware")
+    code = ("import atexit, sys\n"
+            f"atexit.register(lambda: print([m for m in sys.modules if m.startswith({heavy})]))\n"
+            "from sevsim.cli.fast import main\n"
+            "sys.argv[0] = 'sevsim'\n"
+            "main()")
+    done = subprocess.run([sys.executable, "-c", code, "measure", "--ovmf", str(image),
+                           "--vcpu-type", "EPYC-Milan"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    digest, imported = done.stdout.splitlines()
+    assert len(digest) == 96 and imported == "[]"

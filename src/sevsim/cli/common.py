@@ -29,3 +29,40 @@ def read_input(path: Path, command: str = "sevsim") -> bytes:
         err.print(f"[bold red]{command}:[/] cannot read {path}: {error.strerror}",
                   highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
+
+
+def hex_bytes(text: str | None, what: str, size: int | None = None,
+              at_most: int | None = None) -> bytes:
+    """A hex option's bytes ('0x' allowed; none given: b''), exactly `size` or at most
+    `at_most` long."""
+    if text is None:
+        return b""
+    try:
+        value = bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        raise typer.BadParameter(f"{what} {text!r} is not hex") from None
+    if size is not None and len(value) != size:
+        raise typer.BadParameter(f"{what} is {len(value)} bytes, not {size}")
+    if at_most is not None and len(value) > at_most:
+        raise typer.BadParameter(f"{what} is {len(value)} bytes; at most {at_most}")
+    return value
+
+
+def write_cert_table(table: bytes, directory: Path) -> list[Path]:
+    """The certificates of an extended report's GUID table as PEM files named as snpguest
+    and `sevsim verify --certs` expect (vcek/vlek, ask or asvk, ark); the files written."""
+    import ssl
+
+    from sevsim.abi.snp_report import GUID_ARK, GUID_ASK, GUID_VCEK, GUID_VLEK, parse_cert_table
+
+    entries = dict(parse_cert_table(table))
+    names = [(GUID_VCEK, "vcek.pem"), (GUID_VLEK, "vlek.pem"),
+             (GUID_ASK, "asvk.pem" if GUID_VLEK in entries else "ask.pem"), (GUID_ARK, "ark.pem")]
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for guid, name in names:
+        if guid in entries:
+            path = directory / name
+            path.write_text(ssl.DER_cert_to_PEM_cert(entries[guid]))
+            written.append(path)
+    return written

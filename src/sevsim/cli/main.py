@@ -18,6 +18,7 @@ from sevsim.cli.debug import debug_app
 from sevsim.cli.kds import kds_app
 from sevsim.cli.measure import measure as measure_command
 from sevsim.cli.owner import owner_app
+from sevsim.cli.report import report as report_command
 from sevsim.cli.validate import idblock as idblock_command
 from sevsim.cli.validate import validate as validate_command
 from sevsim.errors import ConfigError, SevsimError, VmStateError
@@ -37,6 +38,7 @@ app.add_typer(kds_app, name="kds")
 app.command("show")(attest_show)
 app.command("verify")(attest_verify)
 app.command("measure")(measure_command)
+app.command("report")(report_command)
 app.command("validate")(validate_command)
 app.command("idblock")(idblock_command)
 

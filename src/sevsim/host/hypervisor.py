@@ -103,6 +103,7 @@ class HvVm:
     shared_gpns: set[int] = field(default_factory=set)
     msrs: dict[int, int] = field(default_factory=lambda: dict(_GUEST_MSRS))
     vmsa_frames: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    rom_frames: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # flash
     gctx_frame: int = -1  # SEV-SNP: the page the firmware holds the guest context in
     ghcb_gpas: dict[int, int] = field(default_factory=dict)  # vCPU index -> registered GHCB
     termination: tuple[int, int] | None = None  # (reason set, code) the guest asked to stop with
@@ -130,7 +131,10 @@ class Hypervisor:
         self.request_rate: tuple[float, int] | None = None  # guest requests per s, burst
 
     # -- VM lifecycle -----------------------------------------------------------------------
-    def create_vm(self, mode: GuestMode, memory_size: int, vcpus: int) -> HvVm:
+    def create_vm(self, mode: GuestMode, memory_size: int, vcpus: int,
+                  gpa_limit: int = 0) -> HvVm:
+        """A VM with `memory_size` bytes of RAM from GPA 0; its address space reaches 1 GiB
+        beyond RAM, or `gpa_limit` if that is more (firmware flash just below 4 GiB)."""
         if mode not in self.chip.modes:
             raise ConfigError(f"chip {self.chip.name} does not support mode {mode.value}; "
                               f"it supports {', '.join(m.value for m in self.chip.modes)}")
@@ -147,13 +151,13 @@ class Hypervisor:
         except ResourceExhausted:
             self._frame_used[frames] = False
             raise
-        npt = NestedPageTable(memory_size + (1 << 30))
+        npt = NestedPageTable(max(memory_size + (1 << 30), gpa_limit))
         space = GuestAddressSpace(self.memory, npt, asid, mode.encrypted,
                                   snp=mode is GuestMode.SNP)
         ram, vmsas = np.split(frames, [memory_size // PAGE])  # VMSAs: outside the guest's RAM
         vm = HvVm(self._next_vm, mode, asid, memory_size, npt, space, ram, vmsa_frames=vmsas)
         self._next_vm += 1
-        self._map_ram(vm)
+        self._map_frames(vm, 0, vm.frames)
         for index in range(vcpus):
             vcpu = Vcpu(index, space, mode, self.chip, asid, self._on_exit(vm))
             if es:
@@ -181,6 +185,7 @@ class Hypervisor:
             self._asids_to_flush.add(vm.asid)
         self._frame_used[vm.frames] = False
         self._frame_used[vm.vmsa_frames] = False
+        self._frame_used[vm.rom_frames] = False
         vm.destroyed = True
         del self.vms[vm.vm_id]
 
@@ -191,7 +196,7 @@ class Hypervisor:
             self.firmware.snp_decommission(vm.firmware_handle)
             vm.firmware_handle = 0
         rmp = self.memory.rmp
-        frames = np.concatenate((vm.frames, vm.vmsa_frames)).astype(np.int64)
+        frames = np.concatenate((vm.frames, vm.vmsa_frames, vm.rom_frames)).astype(np.int64)
         if vm.gctx_frame >= 0:
             frames = np.append(frames, vm.gctx_frame)
         held = frames[rmp.immutable[frames] | rmp.vmsa[frames]]
@@ -209,6 +214,19 @@ class Hypervisor:
             raise MemoryAccessError(f"VM {vm.vm_id}: GPA 0x{first * PAGE:x}+{npages} pages "
                                     "are not all mapped")
         self.memory.rmp.rmpupdate(frames, vm.asid, np.arange(first, first + npages))
+
+    def map_rom(self, vm: HvVm, gpa: int, npages: int) -> np.ndarray:
+        """Back `npages` guest pages from `gpa` beyond RAM (QEMU's pflash below 4 GiB) with
+        fresh host pages; they go with the VM."""
+        if gpa < vm.memory_size:
+            raise MemoryAccessError(f"VM {vm.vm_id}: flash at GPA 0x{gpa:x} overlaps RAM")
+        if not 0 <= gpa // PAGE <= vm.npt.limit_pages - npages or gpa % PAGE:
+            raise MemoryAccessError(f"VM {vm.vm_id}: flash at GPA 0x{gpa:x}+{npages} pages is "
+                                    "outside its address space")
+        frames = self.allocate_host_pages(npages)
+        self._map_frames(vm, gpa, frames)
+        vm.rom_frames = np.concatenate((vm.rom_frames, frames)).astype(np.int64)
+        return frames
 
     def allocate_host_pages(self, count: int) -> np.ndarray:
         """Zeroed frames for the host's own use (VM memory, VMSAs, bounce buffers)."""
@@ -247,12 +265,13 @@ class Hypervisor:
             f"no free {mode.value} ASID: chip {self.chip.name} has {len(span)} "
             f"({span.start}..{span.stop - 1}), all in use")
 
-    def _map_ram(self, vm: HvVm) -> None:
-        runs = np.flatnonzero(np.diff(vm.frames) != 1) + 1
-        gpn = 0
-        for run in np.split(vm.frames, runs):
-            vm.npt.map(gpn * PAGE, int(run[0]), run.size)
-            gpn += run.size
+    @staticmethod
+    def _map_frames(vm: HvVm, gpa: int, frames: np.ndarray) -> None:
+        """Map consecutive guest pages from `gpa` to `frames`, a run of frames at a time."""
+        runs = np.flatnonzero(np.diff(frames) != 1) + 1
+        for run in np.split(frames, runs):
+            vm.npt.map(gpa, int(run[0]), run.size)
+            gpa += run.size * PAGE
 
     # -- what the host can touch --------------------------------------------------------------
     def read_spa(self, spa: int, length: int) -> bytes:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
+from sevsim.abi.ovmf import FOUR_GIB, OvmfImage
 from sevsim.errors import ConfigError
 from sevsim.firmware.sev import SevFirmware
 from sevsim.host.hypervisor import Hypervisor
+from sevsim.host.ovmf import OvmfGuest, launch_ovmf
 from sevsim.host.vmm import RunResult, VirtualMachine
 from sevsim.hw.chips import DEFAULT_CHIP, ChipPreset, GuestMode, chip_preset
 from sevsim.hw.engine import EncryptionEngine
@@ -51,6 +54,19 @@ class Host:
                               f"{', '.join(m.value for m in GuestMode)}") from None
         return VirtualMachine(self.hypervisor,
                               self.hypervisor.create_vm(guest_mode, parse_size(memory), vcpus))
+
+    def launch_ovmf(self, ovmf: bytes | OvmfImage, vcpus: int = 1, memory: int | str = "64M",
+                    **options: Any) -> OvmfGuest:
+        """An SNP VM with `ovmf` launched as measured content (not executed), as a VMM
+        would launch it; `options` are `sevsim.host.ovmf.launch_ovmf`'s (vcpu_type, vmm_type,
+        kernel_hashes, policy, host_data, ...). A refused launch leaves nothing behind."""
+        vm = VirtualMachine(self.hypervisor, self.hypervisor.create_vm(
+            GuestMode.SNP, parse_size(memory), vcpus, gpa_limit=FOUR_GIB))
+        try:
+            return launch_ovmf(vm, ovmf, **options)
+        except BaseException:
+            vm.destroy()
+            raise
 
     def run(self, vms: list[VirtualMachine], timeout: float = 60.0) -> dict[int, RunResult]:
         """Run several VMs at once, sharing the host's CPU in time quanta.

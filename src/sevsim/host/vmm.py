@@ -208,29 +208,46 @@ class VirtualMachine:
         VMSA; SNP_LAUNCH_FINISH."""
         hv, vm = self.hypervisor, self.hv
         fw = hv.firmware
-        vm.gctx_frame = int(hv.allocate_host_pages(1)[0])
-        gctx = vm.gctx_frame * PAGE
-        fw.snp_gctx_create(gctx)
-        vm.firmware_handle = gctx
-        fw.snp_launch_start(gctx, policy)
-        fw.snp_activate(gctx, self.asid)
-        cpuid = [CpuidEntry(leaf, 0, *hv.cpuid(vm, leaf, 0)) for leaf in SNP_CPUID_LEAVES]
-        hv.write_gpa(vm, SNP_CPUID_GPA, pack_cpuid_page(cpuid))
+        hv.write_gpa(vm, SNP_CPUID_GPA, self.snp_cpuid_page())
+        gctx = self.snp_launch_start(policy)
         hv.rmp_assign(vm, 0, self.memory_size // PAGE)
         for gpn in self._measured_pages:
             fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, gpn * PAGE), PageType.NORMAL)
         fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, SNP_SECRETS_GPA), PageType.SECRETS)
         fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, SNP_CPUID_GPA), PageType.CPUID)
-        page = reset_state(SEV_FEATURES_SNP).to_bytes()
-        for vcpu in vm.vcpus:
+        self.snp_launch_vmsas(gctx, [reset_state(SEV_FEATURES_SNP).to_bytes()] * len(vm.vcpus))
+        fw.snp_launch_finish(gctx, host_data, id_block, id_auth,
+                             author_key_en=has_author_key(id_auth))
+
+    def snp_cpuid_page(self) -> bytes:
+        """The CPUID page the VMM offers an SNP guest: its hypervisor's answers, which the
+        firmware checks against the chip at SNP_LAUNCH_UPDATE."""
+        hv = self.hypervisor
+        return pack_cpuid_page([CpuidEntry(leaf, 0, *hv.cpuid(self.hv, leaf, 0))
+                                for leaf in SNP_CPUID_LEAVES])
+
+    def snp_launch_start(self, policy: int) -> int:
+        """A GCTX page, SNP_LAUNCH_START and SNP_ACTIVATE; the guest context's address."""
+        hv, vm = self.hypervisor, self.hv
+        vm.gctx_frame = int(hv.allocate_host_pages(1)[0])
+        gctx = vm.gctx_frame * PAGE
+        hv.firmware.snp_gctx_create(gctx)
+        vm.firmware_handle = gctx
+        hv.firmware.snp_launch_start(gctx, policy)
+        hv.firmware.snp_activate(gctx, self.asid)
+        return gctx
+
+    def snp_launch_vmsas(self, gctx: int, pages: list[bytes]) -> None:
+        """Each vCPU's VMSA (one page per vCPU, in order) into its VMSA page, assigned to the
+        guest at VMSA_GPA, and SNP_LAUNCH_UPDATE as a VMSA."""
+        hv = self.hypervisor
+        for vcpu, page in zip(self.hv.vcpus, pages, strict=True):
             if vcpu.vmsa_spa is None:
                 raise VmStateError(f"vCPU {vcpu.index} has no VMSA page")
             hv.write_spa(vcpu.vmsa_spa, page)
             hv.memory.rmp.rmpupdate(np.array([vcpu.vmsa_spa // PAGE]), self.asid,
                                     np.array([VMSA_GPA // PAGE]))
-            fw.snp_launch_update(gctx, vcpu.vmsa_spa, PageType.VMSA)
-        fw.snp_launch_finish(gctx, host_data, id_block, id_auth,
-                             author_key_en=_has_author_key(id_auth))
+            hv.firmware.snp_launch_update(gctx, vcpu.vmsa_spa, PageType.VMSA)
 
     def _spa_runs(self) -> list[tuple[int, int]]:
         """The measured pages as (SPA, length) runs, in guest-physical order."""
@@ -323,7 +340,7 @@ class VirtualMachine:
         return 0
 
 
-def _has_author_key(id_auth: bytes | None) -> bool:
+def has_author_key(id_auth: bytes | None) -> bool:
     """AUTHOR_KEY_EN as QEMU sets it: the ID_AUTH_INFO carries an author key (a malformed
     one says no here; the firmware refuses it anyway)."""
     try:

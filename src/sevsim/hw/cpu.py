@@ -244,6 +244,11 @@ class Vcpu:
         for site in saved.msr_sites:  # re-arm the intercept on each RDMSR/WRMSR
             self.watch_msr_instructions(site, b"\x0f\x32")
 
+    @property
+    def guest_view(self) -> GuestCpu:
+        """This vCPU as software inside the VM sees it, for guest code the VMM attaches."""
+        return self._view
+
     def start(self) -> None:
         """INIT-SIPI: bring an application processor up from its reset state. The hypervisor
         sets no registers (under SEV-ES it cannot): the AP's guest kernel takes over."""

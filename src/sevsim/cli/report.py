@@ -1,0 +1,105 @@
+"""`sevsim report --ovmf`: the signed report a real SNP VM of a given configuration would
+show, from sevsim's simulated platform: evidence for testing attestation services in CI.
+
+The image is launched as measured content through the simulated firmware (not executed), so
+MEASUREMENT equals what `sevsim measure` (and sev-snp-measure) compute; a guest standing in
+for the firmware asks for the report with VMPCK0 (sevsim.guest.standin). The report verifies
+with `sevsim verify --trust sevsim`, never against AMD's roots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+COMMAND = "sevsim report"
+
+
+def report(
+    ovmf: Annotated[Path, typer.Option(
+        help="An OVMF image with AMD SEV metadata (e.g. /usr/share/ovmf/OVMF.fd).")],
+    output: Annotated[Path, typer.Option("-o", "--output",
+                                         help="Where to write the 0x4A0-byte report.")],
+    report_data: Annotated[str | None, typer.Option(
+        help="Up to 64 bytes, hex, for REPORT_DATA (zero-padded).")] = None,
+    certs_out: Annotated[Path | None, typer.Option(
+        help="Write the certificate table as vcek.pem (or vlek.pem), ask.pem (asvk.pem), "
+             "ark.pem into this directory.")] = None,
+    vcpus: Annotated[int, typer.Option(help="Number of vCPUs (one VMSA each).")] = 1,
+    vcpu_type: Annotated[str | None, typer.Option(
+        help="QEMU vCPU model, as for `sevsim measure` (needed for QEMU).")] = None,
+    vcpu_sig: Annotated[str | None, typer.Option(
+        help="Explicit CPUID signature, hex (instead of --vcpu-type).")] = None,
+    vmm_type: Annotated[str, typer.Option(help="qemu | ec2 | gce")] = "qemu",
+    kernel: Annotated[Path | None, typer.Option(
+        help="Kernel booted directly; its hashes table is launched.")] = None,
+    initrd: Annotated[Path | None, typer.Option(help="Initrd (with --kernel).")] = None,
+    append: Annotated[str | None, typer.Option(help="Command line (with --kernel).")] = None,
+    guest_features: Annotated[str, typer.Option(
+        help="SEV_FEATURES of every VMSA, hex (bit 0 SNP active).")] = "0x1",
+    policy: Annotated[str, typer.Option(help="Guest policy, hex.")] = "0x30000",
+    host_data: Annotated[str | None, typer.Option(
+        help="32 bytes, hex, for SNP_LAUNCH_FINISH's HOST_DATA.")] = None,
+    id_block: Annotated[Path | None, typer.Option(
+        help="The owner's 0x60-byte ID block (`sevsim idblock`).")] = None,
+    id_auth: Annotated[Path | None, typer.Option(
+        help="The 0x1000-byte ID_AUTH_INFO signing the ID block.")] = None,
+    vmpl: Annotated[int, typer.Option(help="The VMPL the report names (0-3).")] = 0,
+    chip: Annotated[str, typer.Option(help="milan | genoa | turin")] = "milan",
+    seed: Annotated[str | None, typer.Option(
+        help="Chip seed: a reproducible platform (the same VCEK and CHIP_ID each run).")
+    ] = None,
+    vlek: Annotated[str | None, typer.Option(
+        help="Sign with a VLEK for this cloud provider name instead of the VCEK.")] = None,
+    memory: Annotated[str, typer.Option(help="Guest RAM (no effect on MEASUREMENT).")
+                      ] = "64M",
+) -> None:
+    """Launch an OVMF image on the simulated SNP platform and write the guest's report;
+    MEASUREMENT goes to stderr."""
+    from sevsim.abi.ovmf import KernelHashes, OvmfError
+    from sevsim.abi.snp_errors import SnpFormatError
+    from sevsim.cli.common import err, fail, hex_bytes, read_input, write_cert_table
+    from sevsim.errors import SevsimError
+    from sevsim.host.machine import Host, parse_size
+
+    data = hex_bytes(report_data, "report data", at_most=64).ljust(64, b"\0")
+    launch_host_data = hex_bytes(host_data, "host data", size=32) if host_data else bytes(32)
+    if (kernel is None) and (initrd is not None or append is not None):
+        raise typer.BadParameter("--initrd and --append come with --kernel")
+    hashes = None if kernel is None else KernelHashes.of(
+        read_input(kernel, COMMAND), None if initrd is None else read_input(initrd, COMMAND),
+        append)
+    image = read_input(ovmf, COMMAND)
+    block = None if id_block is None else read_input(id_block, COMMAND)
+    auth = None if id_auth is None else read_input(id_auth, COMMAND)
+    try:
+        host = Host(chip=chip, memory=parse_size(memory) + (64 << 20),
+                    seed=None if seed is None else seed.encode())
+        if vlek is not None:
+            fw = host.firmware
+            fw.snp_vlek_load(fw.seal_hashstick(vlek, fw.tcb))
+        guest = host.launch_ovmf(
+            image, vcpus, memory, vcpu_type=vcpu_type,
+            vcpu_sig=None if vcpu_sig is None else _hex_int(vcpu_sig, "vCPU signature"),
+            vmm_type=vmm_type, kernel_hashes=hashes,
+            guest_features=_hex_int(guest_features, "guest features"),
+            policy=_hex_int(policy, "policy"), host_data=launch_host_data, id_block=block,
+            id_auth=auth)
+        signed, table = guest.report(data, vmpl)
+        err.print(f"sevsim: MEASUREMENT {guest.measurement.hex()}", highlight=False)
+        output.write_bytes(signed)
+        if certs_out is not None:
+            write_cert_table(table, certs_out)
+    except (SevsimError, OvmfError, SnpFormatError) as error:
+        raise fail(error, COMMAND) from None
+    except OSError as error:
+        raise fail(error, COMMAND) from None
+
+
+def _hex_int(text: str, what: str) -> int:
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise typer.BadParameter(f"{what} {text!r} is not hex") from None

@@ -1,0 +1,104 @@
+"""The VMM launching an OVMF image on the simulated SNP platform, as QEMU, EC2 or GCE would.
+
+The image is launched as measured content and never executed: its flash sits just below
+4 GiB, its SEV metadata sections in RAM, each page goes through SNP_LAUNCH_UPDATE in the order
+and with the type `abi.ovmf.snp_launch_pages` gives (the order a real VMM uses), and the
+vCPUs' reset VMSAs are measured last. The firmware's launch digest is therefore the
+MEASUREMENT a real VM of that configuration shows, and reports the guest asks for afterwards
+(sevsim.guest.standin) carry it, signed by the simulated platform.
+"""
+
+from __future__ import annotations
+
+from sevsim.abi.ovmf import (
+    FOUR_GIB,
+    KernelHashes,
+    OvmfError,
+    OvmfImage,
+    SectionType,
+    VmmType,
+    resolve_signature,
+    snp_launch_pages,
+)
+from sevsim.abi.snp_launch import PageType
+from sevsim.abi.vmsa import SEV_FEATURES_SNP
+from sevsim.errors import VmStateError
+from sevsim.guest.standin import SCRATCH_PAGES, ReportingGuest
+from sevsim.host.vmm import DEFAULT_SNP_POLICY, VirtualMachine, has_author_key
+from sevsim.hw.chips import GuestMode
+from sevsim.hw.engine import PAGE
+
+
+def launch_ovmf(vm: VirtualMachine, ovmf: bytes | OvmfImage, *, vcpu_type: str | None = None,
+                vcpu_sig: int | None = None, vmm_type: VmmType | str = VmmType.QEMU,
+                kernel_hashes: KernelHashes | None = None,
+                guest_features: int = SEV_FEATURES_SNP, policy: int = DEFAULT_SNP_POLICY,
+                host_data: bytes = bytes(32), id_block: bytes | None = None,
+                id_auth: bytes | None = None) -> OvmfGuest:
+    """Launch `ovmf` into a fresh SNP VM whose address space reaches 4 GiB (one VMSA per
+    vCPU of the VM). Every check on the image and the arguments comes first, so a refusal
+    leaves the VM untouched."""
+    image = ovmf if isinstance(ovmf, OvmfImage) else OvmfImage.parse(ovmf)
+    hv, vm_record = vm.hypervisor, vm.hv
+    if vm_record.mode is not GuestMode.SNP:
+        raise VmStateError(f"an OVMF image launches here as an SNP guest, not {vm.mode}")
+    if vm.launched or vm.image is not None:
+        raise VmStateError("the VM already holds an image")
+    if vm_record.npt.limit_pages * PAGE < FOUR_GIB:
+        raise VmStateError("the VM's address space ends below 4 GiB, where the flash goes")
+    vmm = VmmType.parse(vmm_type)
+    sig = resolve_signature(vcpu_type, vcpu_sig, vmm)
+    pages = list(snp_launch_pages(image, len(vm_record.vcpus), sig, vmm, kernel_hashes,
+                                  guest_features))
+    low = [page for page in pages if page.type is not PageType.VMSA and page.gpa < FOUR_GIB
+           - len(image.data)]
+    top = max((page.gpa + PAGE for page in low), default=0)
+    if top > vm.memory_size - SCRATCH_PAGES * PAGE:
+        raise OvmfError(f"the image's SEV metadata sections reach GPA 0x{top:x}: the VM's "
+                        f"{vm.memory_size >> 20} MiB of RAM leave no room for the guest's "
+                        "message pages")
+    secrets = [s.gpa for s in image.sections if s.type is SectionType.SNP_SECRETS]
+    if not secrets:
+        raise OvmfError("the OVMF image has no SNP_SECRETS section: its guest would have no "
+                        "VMPCK to ask for reports with")
+
+    fw = hv.firmware
+    hv.map_rom(vm_record, image.gpa, len(image.data) // PAGE)
+    hv.write_gpa(vm_record, image.gpa, image.data)
+    for page in low:  # what the VMM writes before the pages become the guest's
+        if page.type is PageType.CPUID:
+            hv.write_gpa(vm_record, page.gpa, vm.snp_cpuid_page())
+        elif page.data is not None:  # the kernel hashes table
+            hv.write_gpa(vm_record, page.gpa, page.data)
+    gctx = vm.snp_launch_start(policy)
+    hv.rmp_assign(vm_record, 0, vm.memory_size // PAGE)
+    hv.rmp_assign(vm_record, image.gpa // PAGE, len(image.data) // PAGE)
+    for page in pages:
+        if page.type is not PageType.VMSA:
+            fw.snp_launch_update(gctx, hv.gpa_to_spa(vm_record, page.gpa), page.type)
+    vm.snp_launch_vmsas(gctx, [page.data or b"" for page in pages
+                               if page.type is PageType.VMSA])
+    fw.snp_launch_finish(gctx, host_data, id_block, id_auth,
+                         author_key_en=has_author_key(id_auth))
+    vm.launched = True
+    return OvmfGuest(vm, image, fw.snp_context(gctx).launch_digest, secrets[0])
+
+
+class OvmfGuest:
+    """An OVMF image launched on the simulated SNP platform, and a guest standing in for the
+    firmware that never runs, to ask for reports (sevsim.guest.standin)."""
+
+    def __init__(self, vm: VirtualMachine, image: OvmfImage, measurement: bytes,
+                 secrets_gpa: int) -> None:
+        self.vm = vm
+        self.image = image
+        self.measurement = measurement  # the firmware's launch digest: MEASUREMENT
+        scratch = vm.memory_size - SCRATCH_PAGES * PAGE
+        self._guest = ReportingGuest(vm.hv.vcpus[0].guest_view, secrets_gpa, scratch)
+
+    def report(self, report_data: bytes = bytes(64), vmpl: int = 0) -> tuple[bytes, bytes]:
+        """A signed ATTESTATION_REPORT and the hypervisor's certificate table beside it."""
+        return self._guest.report(report_data, vmpl)
+
+    def destroy(self) -> None:
+        self.vm.destroy()
