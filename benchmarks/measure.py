@@ -12,8 +12,10 @@ Target: median time ratio sevsim / reference at most 1.0.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,11 +24,15 @@ from _common import BenchmarkError, median, parse_args, print_table, run, spread
 TARGET = 1.0
 OVMF_CANDIDATES = (Path("/usr/share/ovmf/OVMF.fd"), Path("/usr/share/OVMF/OVMF.fd"))
 ARGS = ["--mode", "snp", "--vcpus", "4", "--vcpu-type", "EPYC-Milan"]
+# Both commands run from compiled bytecode, as after `pip install`: with PYTHONDONTWRITEBYTECODE
+# an editable sevsim would be recompiled on every run while site-packages has its .pyc files.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+ENV["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="sevsim-bench-pyc-")
 
 
 def timed(command: list[str]) -> tuple[float, str]:
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV)
     elapsed = time.perf_counter() - start
     if done.returncode:
         raise BenchmarkError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr}")

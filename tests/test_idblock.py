@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from typer.testing import CliRunner
 
-from sevsim.abi.snp_launch import IdAuthInfo, IdBlock, SnpPublicKey, verify_id_block
+from sevsim.abi.snp_idblock import IdAuthInfo, IdBlock, SnpPublicKey, verify_id_block
 from sevsim.abi.snp_report import AttestationReport
 from sevsim.attest.idblock import load_signing_key, make_id_block
 from sevsim.attest.snp_policy import Policy, validate_report

@@ -32,20 +32,16 @@ from sevsim.abi.snp_guest_msg import (
     open_message,
     seal_message,
 )
-from sevsim.abi.snp_launch import (
+from sevsim.abi.snp_idblock import (
     ID_AUTH_SIZE,
-    INITIAL_DIGEST,
     PUBKEY_SIZE,
-    VMSA_GPA,
     IdAuthInfo,
     IdBlock,
-    PageInfo,
-    PageType,
     SnpPublicKey,
     SnpSignature,
-    update_digest,
     verify_id_block,
 )
+from sevsim.abi.snp_launch import INITIAL_DIGEST, VMSA_GPA, PageInfo, PageType, update_digest
 from sevsim.abi.snp_tcb import Generation, PlatformInfo, PolicyFlags, SnpPolicy, TcbVersion
 
 ID_KEY = ec.derive_private_key(0x1D, ec.SECP384R1())

@@ -17,7 +17,7 @@ from conftest import blocks_found, secret_bytes
 from sevsim import Host
 from sevsim.abi.bootinfo import SNP_CPUID_GPA, SNP_SECRETS_GPA, Segment, boot_info_for, launch_image
 from sevsim.abi.cpuid import SevFeatures
-from sevsim.abi.snp_launch import IdAuthInfo, IdBlock, SnpPublicKey
+from sevsim.abi.snp_idblock import IdAuthInfo, IdBlock, SnpPublicKey
 from sevsim.abi.snp_report import AttestationReport
 from sevsim.abi.status import SevStatus
 from sevsim.abi.vmsa import reset_state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +15,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sevsim.abi.snp_cert import SnpCertificate
 from sevsim.abi.snp_report import AttestationReport, verify_report
 from sevsim.abi.snp_tcb import TcbVersion
-from sevsim.firmware.snp_pki import SnpPki, snp_ca_chain
+from sevsim.firmware.snp_pki import (
+    ISSUED,
+    LEAF_YEARS,
+    SnpPki,
+    snp_ca_chain,
+    snp_vlek_ca_chain,
+    vlek_certificate,
+)
 from sevsim.hw.chips import PRESETS
 from sevsim.hw.engine import EncryptionEngine
 from sevsim.hw.memory import MemoryController
@@ -117,3 +125,27 @@ def test_certificate_table_holds_vcek_ask_ark_in_amds_guid_format() -> None:
     ask_key = ask.public_key()
     assert isinstance(ask_key, rsa.RSAPublicKey)
     SnpCertificate.from_der(entries[GUID_VCEK]).verify(ask_key)
+
+
+def _bounds(der: bytes) -> tuple[str, str]:
+    tbs = SnpCertificate.from_der(der).tbs
+    return tbs.not_before.text, tbs.not_after.text
+
+
+def test_leaf_validity_is_amds_vcek_pattern_and_still_ahead() -> None:
+    """VCEK and VLEK alike: issued at one fixed instant (reproducible bytes), valid 7 years as
+    KDS issues VCEKs (the real vectors: 2022-09-24 to 2029-09-24...), inside their CAs; and the
+    end is years ahead, so verifiers do not silently start reporting them expired."""
+    fw = platform("genoa")
+    vlek = vlek_certificate("Genoa", "cc.example", MILAN_TCB)
+    assert vlek == vlek_certificate("Genoa", "cc.example", MILAN_TCB)
+    assert SnpCertificate.from_der(vlek).is_vlek
+    end = ISSUED.replace(year=ISSUED.year + LEAF_YEARS)
+    assert LEAF_YEARS == 7
+    for der in (vlek, fw.vcek_certificate(MILAN_TCB)):
+        assert _bounds(der) == (f"{ISSUED:%y%m%d%H%M%S}Z", f"{end:%y%m%d%H%M%S}Z")
+    for ca in (*snp_ca_chain("Genoa"), *snp_vlek_ca_chain("Genoa")):
+        assert ca.not_valid_before_utc == ISSUED and ca.not_valid_after_utc > end
+    now = datetime.datetime.now(datetime.UTC)
+    assert end - now > datetime.timedelta(days=365), (
+        f"sevsim's VCEKs and VLEKs expire {end:%Y-%m-%d}: move ISSUED in firmware/snp_pki.py")

@@ -34,7 +34,13 @@ from sevsim.attest.snp_verify import (
 from sevsim.errors import KdsFetchError, SnpVerificationError
 from sevsim.firmware.amd_root import simulated_root
 from sevsim.firmware.kds import KeyDistribution, make_server
-from sevsim.firmware.snp_pki import AMD_PSS, snp_ca_chain, snp_vlek_ca_chain
+from sevsim.firmware.snp_pki import (
+    AMD_PSS,
+    ISSUED,
+    LEAF_YEARS,
+    snp_ca_chain,
+    snp_vlek_ca_chain,
+)
 
 VECTORS = Path(__file__).resolve().parent / "data" / "snp"
 AMD_BUNDLES = Path(__file__).resolve().parent / "data" / "snp" / "roots"
@@ -309,7 +315,7 @@ def test_chip_id_and_tcb_mismatches_are_caught(milan: Evidence, turin: Evidence)
     assert failed(result) == {"chip id"}
 
 
-def test_vlek_signed_reports(build: Callable[..., Path]) -> None:
+def test_vlek_signed_reports(build: Callable[..., Path], tmp_path: Path) -> None:
     host = Host(chip="genoa", seed=b"verify-vlek")
     fw = host.firmware
     fw.snp_vlek_load(fw.seal_hashstick("cc-us-east-2.example", fw.tcb))
@@ -319,22 +325,30 @@ def test_vlek_signed_reports(build: Callable[..., Path]) -> None:
     vm.launch()
     assert vm.run(timeout=60).exit_code == 0
     bundle = CertBundle.from_cert_table(vm.outputs[1])
-    # sevsim's firmware issues its VLEKs for 2024 only (firmware/snp_pki.py): expired now
-    expired = verify_report_chain(vm.outputs[0], bundle, trust="sevsim")
-    assert failed(expired) == {"VLEK"} and "expired" in expired.check("VLEK").detail
-    at = datetime.datetime(2024, 6, 1, tzinfo=datetime.UTC)
-    result = verify_report_chain(vm.outputs[0], bundle, trust="sevsim", at=at)
+    # as of now: a fresh VLEK-signed report verifies (the VLEK once expired a year after issue)
+    result = verify_report_chain(vm.outputs[0], bundle, trust="sevsim")
     assert result.ok, result.failures
     assert result.check("signing key").detail == "VLEK"
     assert {"ASVK", "VLEK"} <= {c.name for c in result.checks}
+    (tmp_path / "report.bin").write_bytes(vm.outputs[0])
+    (tmp_path / "certs.bin").write_bytes(vm.outputs[1])
+    ran = sevsim("verify", tmp_path / "report.bin", "--certs", tmp_path / "certs.bin",
+                 "--trust", "sevsim")
+    assert ran.returncode == 0, ran.stderr
+    # ...and only within the VLEK's validity: from issue, for a VCEK's 7 years
+    end = ISSUED.replace(year=ISSUED.year + LEAF_YEARS)
+    assert verify_report_chain(vm.outputs[0], bundle, trust="sevsim", at=end).ok
+    late = verify_report_chain(vm.outputs[0], bundle, trust="sevsim",
+                               at=end + datetime.timedelta(seconds=1))
+    assert failed(late) == {"VLEK"} and "expired" in late.check("VLEK").detail
     # the VCEK's ASK did not sign the VLEK
     ask = snp_ca_chain("Genoa")[0].public_bytes(DER)
     assert "ASVK" in failed(verify_report_chain(vm.outputs[0], replace(bundle, ask=ask),
-                                                trust="sevsim", at=at))
+                                                trust="sevsim"))
     # a VLEK report naming a chip is refused
     report = AttestationReport.from_bytes(vm.outputs[0])
     named = fw.sign_report(replace(report, chip_id=fw.chip_id()).to_bytes(), fw.tcb)
-    assert failed(verify_report_chain(named, bundle, trust="sevsim", at=at)) == {"chip id"}
+    assert failed(verify_report_chain(named, bundle, trust="sevsim")) == {"chip id"}
 
 
 def test_chain_cache_skips_the_chain_but_not_the_report(milan: Evidence) -> None:

@@ -1,5 +1,5 @@
 """`python -m sevsim`."""
 
-from sevsim.cli.main import main
+from sevsim.cli.fast import main
 
 main()

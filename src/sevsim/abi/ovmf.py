@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum, IntEnum
+from typing import NamedTuple
 
 from .snp_launch import PAGE_SIZE, VMSA_GPA, PageType
 from .vmsa import SEV_FEATURES_SNP, Vmsa
@@ -122,8 +123,7 @@ def vcpu_signature(vcpu_type: str) -> int:
 # -- OVMF ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MetadataSection:
+class MetadataSection(NamedTuple):  # tuples: cheap, as `sevsim measure` starts in a hurry
     gpa: int
     size: int
     type: SectionType
@@ -327,8 +327,7 @@ def resolve_signature(vcpu_type: str | None, vcpu_sig: int | None,
 # -- the SNP launch --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LaunchPage:
+class LaunchPage(NamedTuple):
     """One SNP_LAUNCH_UPDATE: the page type, the GPA PAGE_INFO names (VMSA_GPA for a VMSA)
     and the contents for the types whose contents count (NORMAL, VMSA)."""
 

@@ -17,12 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sevsim.abi.snp_errors import SnpFormatError
-from sevsim.abi.snp_launch import (
-    DIGEST_SIZE,
-    IdAuthInfo,
-    IdBlock,
-    verify_id_block,
-)
+from sevsim.abi.snp_idblock import IdAuthInfo, IdBlock, verify_id_block
+from sevsim.abi.snp_launch import DIGEST_SIZE
 from sevsim.abi.snp_tcb import SnpPolicy
 from sevsim.errors import IdBlockError
 

@@ -19,14 +19,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from enum import Enum
+from typing import TYPE_CHECKING
 
-from sevsim.abi.bootinfo import (
-    SNP_CPUID_GPA,
-    SNP_SECRETS_GPA,
-    Segment,
-    boot_info_for,
-    launch_image,
-)
 from sevsim.abi.ovmf import (
     KernelHashes,
     LaunchPage,
@@ -40,8 +34,10 @@ from sevsim.abi.ovmf import (
 )
 from sevsim.abi.snp_launch import INITIAL_DIGEST, PAGE_SIZE, VMSA_GPA, PageType, update_digest
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, reset_state
-from sevsim.attest.sev_owner import GuestImage, expected_launch_digest
 from sevsim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sevsim.attest.sev_owner import GuestImage
 
 
 class Mode(Enum):
@@ -162,6 +158,14 @@ def snp_guest_digest(image: GuestImage, memory_size: int, vcpus: int,
     (NORMAL), the secrets and CPUID pages, then each vCPU's reset-state VMSA with SNP active.
     `image` is a parsed ELF (sevsim.host.elf.parse_elf), `kernel_id` the guest kernel's
     identity (sevsim.guest.kernel.kernel_identity())."""
+    from sevsim.abi.bootinfo import (  # here, not at the top: OVMF measuring skips it
+        SNP_CPUID_GPA,
+        SNP_SECRETS_GPA,
+        Segment,
+        boot_info_for,
+        launch_image,
+    )
+
     _check_guest_vcpus(vcpus)
     try:
         boot = boot_info_for(image.entry, [Segment(s.gpa, len(s.data), s.memsz, s.flags)
@@ -185,6 +189,8 @@ def guest_digest(mode: Mode | str, image: GuestImage, memory_size: int, vcpus: i
                  kernel_id: bytes, vmsas: Sequence[bytes] = ()) -> bytes:
     """The launch digest of a sevsim guest in any mode: SNP's PAGE_INFO chain, or the legacy
     SHA-256 the guest owner checks (sev_owner.expected_launch_digest)."""
+    from sevsim.attest.sev_owner import expected_launch_digest  # cryptography: not for OVMF
+
     chosen = Mode.parse(mode)
     if chosen is Mode.SNP:
         return snp_guest_digest(image, memory_size, vcpus, kernel_id)

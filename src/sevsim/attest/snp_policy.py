@@ -241,7 +241,7 @@ def _parse_report(table: dict[str, Any], kwargs: dict[str, Any]) -> None:
     if "signing_keys" in table:
         keys = set()
         for i, name in enumerate(_list("report.signing_keys", table["signing_keys"])):
-            if name not in SIGNING_KEYS:
+            if not isinstance(name, str) or name not in SIGNING_KEYS:
                 raise PolicyError(f"report.signing_keys[{i}]",
                                   f"{name!r} is not one of {', '.join(SIGNING_KEYS)}")
             keys.add(SIGNING_KEYS[name])  # type: ignore[index]

@@ -329,7 +329,7 @@ def _verify_ca(rec: _Recorder, roots: SnpRoots, vlek: bool, bundle: CertBundle,
     ark = roots.ark
     if bundle.ark is not None:
         try:
-            given = x509.load_der_x509_certificate(bundle.ark)
+            given = _load_ca(bundle.ark)
         except ValueError as error:
             rec.add("ARK", False, f"does not parse: {error}")
             return None
@@ -353,7 +353,7 @@ def _verify_ca(rec: _Recorder, roots: SnpRoots, vlek: bool, bundle: CertBundle,
     pinned = roots.asvk if vlek else roots.ask
     if bundle.ask is not None:
         try:
-            ask = x509.load_der_x509_certificate(bundle.ask)
+            ask = _load_ca(bundle.ask)
         except ValueError as error:
             rec.add(role, False, f"does not parse: {error}")
             return None
@@ -380,6 +380,17 @@ def _verify_ca(rec: _Recorder, roots: SnpRoots, vlek: bool, bundle: CertBundle,
         return None
     rec.add(role, True, f"{expected_cn}, serial 0x{ask.serial_number:x}, signed by the ARK")
     return ark, ask
+
+
+def _load_ca(der: bytes) -> x509.Certificate:
+    """A CA certificate whose names parse: cryptography reads them only when first asked,
+    and a malformed one then raises KeyError or ValueError wherever that happens."""
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
+    except KeyError as error:
+        raise ValueError(f"malformed name ({error})") from None
+    return cert
 
 
 def trust_name(trust: Trust) -> str:

@@ -13,7 +13,7 @@ from rich.table import Table
 from sevsim.abi.policy import PolicyFlags
 from sevsim.cli.attest import show as attest_show
 from sevsim.cli.attest import verify as attest_verify
-from sevsim.cli.common import EXIT_ERROR, err, fail, read_input
+from sevsim.cli.common import EXIT_ERROR, err, fail, hex_bytes, read_input, write_cert_table
 from sevsim.cli.debug import debug_app
 from sevsim.cli.kds import kds_app
 from sevsim.cli.measure import measure as measure_command
@@ -104,18 +104,8 @@ def run(
         launch_policy = None if policy is None else int(policy, 16)
     except ValueError:
         raise typer.BadParameter(f"policy {policy!r} is not hex (e.g. 0x3)") from None
-    try:
-        host_input = bytes.fromhex(report_data.removeprefix("0x")) if report_data else b""
-    except ValueError:
-        raise typer.BadParameter(f"report data {report_data!r} is not hex") from None
-    if len(host_input) > 64:
-        raise typer.BadParameter(f"report data is {len(host_input)} bytes; at most 64")
-    try:
-        launch_host_data = bytes.fromhex(host_data.removeprefix("0x")) if host_data else bytes(32)
-    except ValueError:
-        raise typer.BadParameter(f"host data {host_data!r} is not hex") from None
-    if len(launch_host_data) != 32:
-        raise typer.BadParameter(f"host data is {len(launch_host_data)} bytes, not 32")
+    host_input = hex_bytes(report_data, "report data", at_most=64)
+    launch_host_data = hex_bytes(host_data, "host data", size=32) if host_data else bytes(32)
     snp_inputs = (host_data, id_block, id_auth)
     if mode != "snp" and any(x is not None for x in snp_inputs):
         raise typer.BadParameter("--host-data, --id-block and --id-auth need --mode snp")
@@ -164,10 +154,7 @@ def _write_outputs(outputs: list[bytes], report_out: Path | None,
                    certs_out: Path | None) -> None:
     """The report (first blob) and the certificate table (second) as snpguest names the
     files; only the table's framing is checked here, the verifier checks the chain."""
-    import ssl
-
     from sevsim.abi.snp_errors import SnpFormatError
-    from sevsim.abi.snp_report import GUID_ARK, GUID_ASK, GUID_VCEK, parse_cert_table
 
     wanted = 2 if certs_out is not None else int(report_out is not None)
     if len(outputs) < wanted:
@@ -178,14 +165,10 @@ def _write_outputs(outputs: list[bytes], report_out: Path | None,
     if certs_out is None:
         return
     try:
-        entries = dict(parse_cert_table(outputs[1]))
+        write_cert_table(outputs[1], certs_out)
     except SnpFormatError as error:
         raise VmStateError(f"the guest's second output is not a certificate table: {error}"
                            ) from None
-    certs_out.mkdir(parents=True, exist_ok=True)
-    for guid, name in ((GUID_VCEK, "vcek.pem"), (GUID_ASK, "ask.pem"), (GUID_ARK, "ark.pem")):
-        if guid in entries:
-            (certs_out / name).write_text(ssl.DER_cert_to_PEM_cert(entries[guid]))
 
 
 def _owner(vm: VirtualMachine, image: bytes, secret: bytes, policy: int | None) -> GuestOwner:

@@ -44,7 +44,14 @@ AMD_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)  # AMD:
 _SERIALS = {"Milan": (0x10000, 0x10001), "Genoa": (0x20000, 0x20002), "Turin": (0x30000, 0x30001)}
 _HASHSTICK_AAD = b"sevsim VLEK hashstick v1"
 _ASVK_SERIALS = {"Milan": 0x10101, "Genoa": 0x20101, "Turin": 0x30101}
-_NOT_BEFORE = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+# Every simulated certificate is issued at one fixed instant, so the same seed gives the same
+# bytes. Lifetimes are AMD's: ARK/ASK/ASVK 25 years, VCEK 7 years from issue (KDS's real
+# certificates); VLEKs get the VCEK's 7 too, because AMD's 1-year VLEK lifetime would expire
+# a fixed-date certificate within a year and fail every verification after it.
+ISSUED = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+CA_YEARS = 25
+LEAF_YEARS = 7
+_LEAF_NOT_BEFORE = CertTime.utc(ISSUED.year, ISSUED.month, ISSUED.day)
 _KDS_HOST = "https://kdsintf.amd.com"
 
 
@@ -65,8 +72,8 @@ def _ca(subject: x509.Name, issuer: x509.Name, serial: int, key: rsa.RSAPublicKe
     crl = x509.CRLDistributionPoints([x509.DistributionPoint(
         [x509.UniformResourceIdentifier(f"{_KDS_HOST}/{crl_path}")], None, None, None)])
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-            .serial_number(serial).public_key(key).not_valid_before(_NOT_BEFORE)
-            .not_valid_after(_NOT_BEFORE.replace(year=_NOT_BEFORE.year + 25))
+            .serial_number(serial).public_key(key).not_valid_before(ISSUED)
+            .not_valid_after(ISSUED.replace(year=ISSUED.year + CA_YEARS))
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
             .add_extension(crl, critical=False))
 
@@ -127,7 +134,7 @@ def vlek_certificate(product: str, csp_id: str, tcb: TcbVersion) -> bytes:
     generation = Generation(product)
     amd = AmdExtensions(tcb, generation.value, csp_id=f"CN={csp_id}")
     tbs = vcek_tbs(_vlek_key(product, csp_id, tcb).public_key(), amd,
-                   f"SEV-VLEK-{generation.value}", CertTime.utc(2024, 1, 1), years=1)
+                   f"SEV-VLEK-{generation.value}", _LEAF_NOT_BEFORE, years=LEAF_YEARS)
     return SnpCertificate(tbs, pss_sign(simulated_asvk(product.lower()), tbs.to_der(),
                                         "sha384")).to_der()
 
@@ -210,7 +217,7 @@ class SnpPki(PlatformPki):
         amd = AmdExtensions(tcb, product_name, hw_id=self.chip_id()[:generation.hwid_size],
                             struct_version=1 if generation.turin_layout else 0)
         tbs = vcek_tbs(self.vcek_public_key(tcb), amd, f"SEV-{generation.value}",
-                       CertTime.utc(2024, 1, 1))
+                       _LEAF_NOT_BEFORE, years=LEAF_YEARS)
         # deterministic PSS salt: the same chip and TCB give the same bytes, as KDS serves
         ask = simulated_root(generation.value.lower()).ask_key
         return SnpCertificate(tbs, pss_sign(ask, tbs.to_der(), "sha384")).to_der()

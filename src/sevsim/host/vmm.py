@@ -19,7 +19,8 @@ from sevsim.abi.bootinfo import (
 from sevsim.abi.cpuid import CpuidEntry, pack_cpuid_page
 from sevsim.abi.policy import PolicyFlags
 from sevsim.abi.snp_errors import SnpFormatError
-from sevsim.abi.snp_launch import VMSA_GPA, IdAuthInfo, PageType
+from sevsim.abi.snp_idblock import IdAuthInfo
+from sevsim.abi.snp_launch import VMSA_GPA, PageType
 from sevsim.abi.svm import (
     DEBUG_EXIT_PORT,
     SERIAL_PORT,

@@ -1,0 +1,167 @@
+"""`sevsim measure` without Typer: its options, its parser and the measuring, stdlib only.
+
+`main` is the `sevsim` entry point. It runs `measure` itself before Typer and rich are
+imported (0.2 s, five times the measuring), so that a relying party gets a digest in about
+Python's start-up time, as with sev-snp-measure. Whatever this parser does not take as a
+complete command line (--help, an unknown option, a usage error) goes to Typer, which says it
+exactly as before; the Typer command (sevsim.cli.measure) is built from OPTIONS and forwards
+to `run`, so the two can never disagree on an option.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    import argparse
+
+COMMAND = "sevsim measure"
+EXIT_ERROR = 125  # sevsim.cli.common.EXIT_ERROR, which cannot be imported without rich
+
+
+@dataclass(frozen=True)
+class Option:
+    """One `sevsim measure` parameter: --name (or the positional ELF), its type and default."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    positional: bool = False
+
+
+OPTIONS = (
+    Option("elf", Path, None, "A sevsim guest ELF (instead of --ovmf): the digest sevsim's VMM "
+           "launches.", positional=True),
+    Option("mode", str, "snp", "snp | sev-es (seves) | sev"),
+    Option("ovmf", Path, None, "An OVMF image with AMD SEV metadata (e.g. "
+           "/usr/share/ovmf/OVMF.fd)."),
+    Option("vcpus", int, 1, "Number of vCPUs (one VMSA each)."),
+    Option("vcpu_type", str, None, "OVMF: QEMU vCPU model (EPYC, EPYC-v1..v4, EPYC-Rome, "
+           "EPYC-Milan, EPYC-Genoa, EPYC-Turin, ...); needed for QEMU in SEV-ES and SNP."),
+    Option("vcpu_sig", str, None, "OVMF: explicit CPUID Fn0000_0001_EAX signature, hex "
+           "(instead of --vcpu-type)."),
+    Option("vmm_type", str, "qemu", "OVMF: qemu | ec2 | gce"),
+    Option("kernel", Path, None, "OVMF: kernel booted directly; its hashes table is measured."),
+    Option("initrd", Path, None, "OVMF: initrd (with --kernel)."),
+    Option("append", str, None, "OVMF: kernel command line (with --kernel)."),
+    Option("guest_features", str, "0x1", "OVMF, SNP: SEV_FEATURES of every VMSA, hex (bit 0 SNP "
+           "active)."),
+    Option("memory", str, "64M", "ELF: guest memory, as for `sevsim run`."),
+)
+
+
+class UsageError(Exception):
+    """A command line to reject with Typer's usage message and exit status 2."""
+
+
+class Unreadable(Exception):
+    """An input file that could not be read (exit 125, naming the file, as read_input)."""
+
+
+def main() -> None:
+    """`sevsim`: `measure` here; any other command, and any measure command line this parser
+    rejects, through Typer (sevsim.cli.main)."""
+    if sys.argv[1:2] == ["measure"]:
+        try:
+            options = vars(_parser().parse_args(sys.argv[2:]))
+            sys.exit(run(**options))
+        except UsageError:
+            pass  # Typer parses again and reports it as for every other command
+    from sevsim.cli.main import main as typer_main
+
+    typer_main()
+
+
+def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise UsageError(message)
+
+    parser = Parser(prog=COMMAND, add_help=False, allow_abbrev=False)
+    for option in OPTIONS:
+        if option.positional:
+            parser.add_argument(option.name, type=option.type, nargs="?",
+                                default=option.default)
+        else:
+            parser.add_argument("--" + option.name.replace("_", "-"), dest=option.name,
+                                type=option.type, default=option.default)
+    return parser
+
+
+def run(elf: Path | None, mode: str, ovmf: Path | None, vcpus: int, vcpu_type: str | None,
+        vcpu_sig: str | None, vmm_type: str, kernel: Path | None, initrd: Path | None,
+        append: str | None, guest_features: str, memory: str) -> int:
+    """Print the digest (0) or a typed error on stderr (125); raise UsageError."""
+    from sevsim.abi.ovmf import OvmfError
+    from sevsim.errors import SevsimError
+
+    if (elf is None) == (ovmf is None):
+        raise UsageError("give either a guest ELF or --ovmf PATH")
+    try:
+        if ovmf is not None:
+            digest = _ovmf(_read(ovmf), mode, vcpus, vcpu_type, vcpu_sig, vmm_type, kernel,
+                           initrd, append, guest_features)
+        else:
+            assert elf is not None
+            ovmf_only = (vcpu_type, vcpu_sig, kernel, initrd, append)
+            if any(x is not None for x in ovmf_only) or vmm_type != "qemu" or (
+                    guest_features != "0x1"):
+                raise UsageError("--vcpu-type, --vcpu-sig, --vmm-type, --kernel, --initrd, "
+                                 "--append and --guest-features are for --ovmf")
+            digest = _elf(_read(elf), mode, vcpus, memory)
+    except (SevsimError, OvmfError) as error:
+        return _fail(f"{type(error).__name__}: {error}")
+    except Unreadable as error:
+        return _fail(str(error))
+    print(digest.hex())
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"{COMMAND}: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise Unreadable(f"cannot read {path}: {error.strerror}") from None
+
+
+def _hex_int(text: str, what: str) -> int:
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise UsageError(f"{what} {text!r} is not hex") from None
+
+
+def _ovmf(image: bytes, mode: str, vcpus: int, vcpu_type: str | None, vcpu_sig: str | None,
+          vmm_type: str, kernel: Path | None, initrd: Path | None, append: str | None,
+          guest_features: str) -> bytes:
+    from sevsim.attest.measure import ovmf_digest
+
+    return ovmf_digest(
+        mode, image, vcpus, vcpu_type,
+        vcpu_sig=None if vcpu_sig is None else _hex_int(vcpu_sig, "vCPU signature"),
+        vmm_type=vmm_type,
+        kernel=None if kernel is None else _read(kernel),
+        initrd=None if initrd is None else _read(initrd),
+        append=append, guest_features=_hex_int(guest_features, "guest features"))
+
+
+def _elf(blob: bytes, mode: str, vcpus: int, memory: str) -> bytes:
+    """A sevsim guest: the ELF is parsed as the VMM parses it (host.elf), with the guest
+    kernel's identity, and measured by attest without running anything."""
+    from sevsim.attest.measure import guest_digest
+    from sevsim.guest.kernel import kernel_identity
+    from sevsim.host.elf import parse_elf
+    from sevsim.host.machine import parse_size
+
+    return guest_digest(mode, parse_elf(blob), parse_size(memory), vcpus, kernel_identity())
