@@ -4,7 +4,6 @@ OVMF.fd lacks (a kernel hashes section, an SVSM CAA) and for bad images."""
 from __future__ import annotations
 
 import struct
-import uuid
 
 from sevsim.abi import ovmf
 
@@ -13,7 +12,7 @@ AMDSEV_SECTIONS = [(0x800000, 0x9000, 1), (0x80A000, 0x3000, 1), (0x80D000, 0x10
                    (0x812000, 0x10000, 1)]
 
 
-def _entry(guid: uuid.UUID, data: bytes) -> bytes:
+def _entry(guid: ovmf.Guid, data: bytes) -> bytes:
     return data + struct.pack("<H", len(data) + 18) + guid.bytes_le
 
 

@@ -381,13 +381,26 @@ def _ark_subject_cn(offset: int, value: int) -> bytes:
     return build_cert_table([(GUID_VCEK, VCEKS[1]), (GUID_ASK, ASK_DER), (GUID_ARK, bytes(ark))])
 
 
+def _ark_replaced(old: bytes, new: bytes) -> bytes:
+    """The Milan certificate table with the first `old` in the ARK replaced by `new`."""
+    ark = ARK_DER.replace(old, new, 1)
+    assert ark != ARK_DER
+    return build_cert_table([(GUID_VCEK, VCEKS[1]), (GUID_ASK, ASK_DER), (GUID_ARK, ark)])
+
+
 # Inputs the fuzzing found escaping untyped, replayed on every run.
 FOUND = (pytest.param("validation policy", b"[report]\nsigning_keys = [[1]]",
                       id="policy: a list in signing_keys (TypeError)"),
          pytest.param("cert bundle: certificate table", _ark_subject_cn(0, 0x00),
                       id="ARK subject CN with tag 0 (KeyError)"),
          pytest.param("cert bundle: certificate table", _ark_subject_cn(2, 0x80),
-                      id="ARK subject CN not UTF-8 (ValueError)"))
+                      id="ARK subject CN not UTF-8 (ValueError)"),
+         pytest.param("cert bundle: certificate table",
+                      _ark_replaced(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x62"),
+                      id="ARK version 99 (InvalidVersion)"),
+         pytest.param("cert bundle: certificate table",
+                      _ark_replaced(b"\x06\x03\x55\x04\x0b", b"\x06\x03\x55\x04\x06"),
+                      id="ARK OU=Engineering as a country (UserWarning)"))
 
 
 def check(name: str, blob: bytes) -> None:

@@ -424,3 +424,14 @@ def test_fast_path_imports_neither_typer_nor_the_simulator(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     digest, imported = done.stdout.splitlines()
     assert len(digest) == 96 and imported == "[]"
+
+
+def test_guids_are_stored_as_efi_does() -> None:
+    """abi.ovmf.Guid reads and writes the mixed-endian form uuid.UUID calls bytes_le."""
+    import uuid
+
+    for text in (ovmf.FOOTER_TABLE_GUID, ovmf.HASH_KERNEL_GUID,
+                 "00112233-4455-6677-8899-aabbccddeeff"):
+        guid = ovmf.Guid(text)
+        assert guid.bytes_le == uuid.UUID(text).bytes_le
+        assert ovmf.Guid.from_bytes_le(guid.bytes_le) == text

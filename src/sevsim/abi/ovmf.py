@@ -12,13 +12,10 @@ digest it expects. Facts (GUIDs, register values) follow OVMF (OvmfPkg/ResetVect
 QEMU (target/i386/sev.c) and KVM; sev-snp-measure is the independent check in the tests.
 """
 
-from __future__ import annotations
 
 import hashlib
 import struct
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import NamedTuple
 
@@ -37,16 +34,34 @@ FOUR_GIB = 1 << 32
 RESET_VECTOR_SIZE = 32  # the footer table ends this far before the end of the image
 BSP_EIP = 0xFFFFFFF0  # the architectural reset vector
 
+class Guid(str):
+    """A GUID in its canonical text form; EFI stores it mixed-endian, as
+    uuid.UUID(bytes_le=...) reads it. Not uuid.UUID: importing uuid would cost `sevsim
+    measure` a twentieth of its run."""
+
+    __slots__ = ()
+
+    @property
+    def bytes_le(self) -> bytes:
+        raw = bytes.fromhex(self.replace("-", ""))
+        return raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:]
+
+    @classmethod
+    def from_bytes_le(cls, blob: bytes) -> "Guid":
+        text = (blob[3::-1] + blob[5:3:-1] + blob[7:5:-1] + blob[8:16]).hex()
+        return cls(f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}")
+
+
 # OVMF footer table and SEV metadata GUIDs (OvmfPkg/ResetVector/Ia16/ResetVectorVtf0.asm).
-FOOTER_TABLE_GUID = uuid.UUID("96b582de-1fb2-45f7-baea-a366c55a082d")
-SEV_METADATA_GUID = uuid.UUID("dc886566-984a-4798-a75e-5585a7bf67cc")
-SEV_ES_RESET_BLOCK_GUID = uuid.UUID("00f771de-1a7e-4fcb-890e-68c77e2fb44e")
-SEV_HASH_TABLE_RV_GUID = uuid.UUID("7255371f-3a3b-4b04-927b-1da6efa8d454")
+FOOTER_TABLE_GUID = Guid("96b582de-1fb2-45f7-baea-a366c55a082d")
+SEV_METADATA_GUID = Guid("dc886566-984a-4798-a75e-5585a7bf67cc")
+SEV_ES_RESET_BLOCK_GUID = Guid("00f771de-1a7e-4fcb-890e-68c77e2fb44e")
+SEV_HASH_TABLE_RV_GUID = Guid("7255371f-3a3b-4b04-927b-1da6efa8d454")
 # QEMU's SEV hash table (target/i386/sev.c) read by OVMF's BlobVerifierLib/SevHashFinderLib.
-HASH_TABLE_HEADER_GUID = uuid.UUID("9438d606-4f22-4cc9-b479-a793d411fd21")
-HASH_CMDLINE_GUID = uuid.UUID("97d02dd8-bd20-4c94-aa78-e7714d36ab2a")
-HASH_INITRD_GUID = uuid.UUID("44baf731-3a2f-4bd7-9af1-41e29169781d")
-HASH_KERNEL_GUID = uuid.UUID("4de79437-abd2-427f-b835-d5b172d2045b")
+HASH_TABLE_HEADER_GUID = Guid("9438d606-4f22-4cc9-b479-a793d411fd21")
+HASH_CMDLINE_GUID = Guid("97d02dd8-bd20-4c94-aa78-e7714d36ab2a")
+HASH_INITRD_GUID = Guid("44baf731-3a2f-4bd7-9af1-41e29169781d")
+HASH_KERNEL_GUID = Guid("4de79437-abd2-427f-b835-d5b172d2045b")
 
 _ENTRY_TAIL = struct.Struct("<H16s")  # each footer entry ends with u16 size, GUID
 _METADATA_HEADER = struct.Struct("<4sIII")  # "ASEV", size, version, number of sections
@@ -74,7 +89,7 @@ class VmmType(Enum):
     GCE = "gce"
 
     @classmethod
-    def parse(cls, name: str | VmmType) -> VmmType:
+    def parse(cls, name: "str | VmmType") -> "VmmType":
         if isinstance(name, VmmType):
             return name
         try:
@@ -129,12 +144,11 @@ class MetadataSection(NamedTuple):  # tuples: cheap, as `sevsim measure` starts 
     type: SectionType
 
 
-@dataclass(frozen=True)
-class OvmfImage:
+class OvmfImage(NamedTuple):
     """An OVMF image and what its footer table and SEV metadata say about launching it."""
 
     data: bytes
-    table: dict[uuid.UUID, bytes]
+    table: dict[Guid, bytes]
     sections: tuple[MetadataSection, ...]
     has_sev_metadata: bool = True
 
@@ -159,7 +173,7 @@ class OvmfImage:
         return any(s.type is kind for s in self.sections)
 
     @classmethod
-    def parse(cls, data: bytes) -> OvmfImage:
+    def parse(cls, data: bytes) -> "OvmfImage":
         """Parse the footer table and the SEV metadata (SEV and SEV-ES launches need only
         the footer table, SNP needs the metadata); OvmfError for anything malformed."""
         data = bytes(data)
@@ -172,31 +186,31 @@ class OvmfImage:
         return cls(data, table, _metadata(data, table))
 
 
-def _footer_table(data: bytes) -> dict[uuid.UUID, bytes]:
+def _footer_table(data: bytes) -> dict[Guid, bytes]:
     """The footer GUID table: entries read backwards from the footer entry, each `data ||
     u16 size || GUID`, where size counts the whole entry."""
     end = len(data) - RESET_VECTOR_SIZE
     if end < _ENTRY_TAIL.size:
         raise OvmfError("image too small for an OVMF footer table")
     size, guid = _ENTRY_TAIL.unpack_from(data, end - _ENTRY_TAIL.size)
-    if uuid.UUID(bytes_le=guid) != FOOTER_TABLE_GUID:
+    if Guid.from_bytes_le(guid) != FOOTER_TABLE_GUID:
         raise OvmfError("not an OVMF image with a footer GUID table (no footer GUID "
                         f"{FOOTER_TABLE_GUID} before the reset vector)")
     if size < _ENTRY_TAIL.size or size > end:
         raise OvmfError(f"OVMF footer table size {size} is impossible")
     start, pos = end - size, end - _ENTRY_TAIL.size
-    table: dict[uuid.UUID, bytes] = {}
+    table: dict[Guid, bytes] = {}
     while pos - start >= _ENTRY_TAIL.size:
         entry_size, guid = _ENTRY_TAIL.unpack_from(data, pos - _ENTRY_TAIL.size)
         if entry_size < _ENTRY_TAIL.size or entry_size > pos - start:
-            raise OvmfError(f"OVMF footer table entry {uuid.UUID(bytes_le=guid)} has "
+            raise OvmfError(f"OVMF footer table entry {Guid.from_bytes_le(guid)} has "
                             f"impossible size {entry_size}")
-        table[uuid.UUID(bytes_le=guid)] = data[pos - entry_size:pos - _ENTRY_TAIL.size]
+        table[Guid.from_bytes_le(guid)] = data[pos - entry_size:pos - _ENTRY_TAIL.size]
         pos -= entry_size
     return table
 
 
-def _metadata(data: bytes, table: dict[uuid.UUID, bytes]) -> tuple[MetadataSection, ...]:
+def _metadata(data: bytes, table: dict[Guid, bytes]) -> tuple[MetadataSection, ...]:
     entry = table[SEV_METADATA_GUID]
     if len(entry) < 4:
         raise OvmfError("the SEV metadata footer entry is truncated")
@@ -228,8 +242,7 @@ def _metadata(data: bytes, table: dict[uuid.UUID, bytes]) -> tuple[MetadataSecti
 # -- kernel hashes -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class KernelHashes:
+class KernelHashes(NamedTuple):
     """SHA-256 of the kernel, initrd and command line QEMU boots directly (`-kernel`,
     `-initrd`, `-append`), which OVMF checks against the measured table before using them."""
 
@@ -239,7 +252,7 @@ class KernelHashes:
 
     @classmethod
     def of(cls, kernel: bytes, initrd: bytes | None = None,
-           append: str | None = None) -> KernelHashes:
+           append: str | None = None) -> "KernelHashes":
         """The command line is hashed with its terminating NUL; a missing initrd as empty."""
         return cls(hashlib.sha256(kernel).digest(), hashlib.sha256(initrd or b"").digest(),
                    hashlib.sha256((append or "").encode() + b"\0").digest())

@@ -7,12 +7,11 @@ structures SNP_LAUNCH_FINISH checks are in abi.snp_idblock; this module stays fr
 cryptography so `sevsim measure` starts fast.
 """
 
-from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from .snp_errors import LaunchFormatError
 
@@ -40,8 +39,7 @@ class PageType(IntEnum):
         return self in (PageType.NORMAL, PageType.VMSA)
 
 
-@dataclass(frozen=True)
-class PageInfo:
+class PageInfo(NamedTuple):
     """The 0x70-byte PAGE_INFO whose SHA-384 becomes the next launch digest."""
 
     digest_cur: bytes
@@ -59,7 +57,7 @@ class PageInfo:
                                self.vmpl1_perms)
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> PageInfo:
+    def from_bytes(cls, blob: bytes) -> "PageInfo":
         if len(blob) != PAGE_INFO_SIZE:
             raise LaunchFormatError("PAGE_INFO", f"is {len(blob)} bytes, not 0x70")
         cur, contents, length, ptype, imi, p3, p2, p1, rsvd, gpa = _PAGE_INFO.unpack(blob)

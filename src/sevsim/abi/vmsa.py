@@ -6,10 +6,9 @@ its size, reserved gaps named by their offset as Linux names them, and the offse
 against those names when this module loads (Linux's BUILD_BUG_RESERVED_OFFSET checks).
 """
 
-from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 PAGE_SIZE = 0x1000
 SEV_FEATURES_SNP = 1  # SEV_FEATURES bit 0: SNP active
@@ -81,8 +80,7 @@ MXCSR_RESET = 0x1F80  # all SIMD exceptions masked
 FCW_RESET = 0x37F  # all x87 exceptions masked, 64-bit precision
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     """struct vmcb_seg: a segment register as the save area holds it (16 bytes)."""
 
     selector: int = 0
@@ -91,14 +89,13 @@ class Segment:
     base: int = 0
 
 
-@dataclass
-class Vmsa:
+class Vmsa(NamedTuple):
     """A decoded save area: every scalar member by its Linux name, segments, x87/SSE blobs.
 
     `fpreg_xmm` is XMM0..XMM15, 16 little-endian bytes each, as FXSAVE stores them."""
 
-    regs: dict[str, int] = field(default_factory=dict)
-    segments: dict[str, Segment] = field(default_factory=dict)
+    regs: dict[str, int] = {}  # noqa: RUF012  (never mutated: a save area is rebuilt, not edited)
+    segments: dict[str, Segment] = {}  # noqa: RUF012
     fpreg_x87: bytes = bytes(80)
     fpreg_xmm: bytes = bytes(256)
     fpreg_ymm: bytes = bytes(256)
@@ -126,7 +123,7 @@ class Vmsa:
         return bytes(page)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Vmsa:
+    def from_bytes(cls, data: bytes) -> "Vmsa":
         """Decode a save area (the first 0x670 bytes; reserved bytes are ignored)."""
         if len(data) < SAVE_AREA_SIZE:
             raise ValueError(f"VMSA of {len(data)} bytes is shorter than the 0x670-byte "

@@ -19,6 +19,7 @@ import binascii
 import datetime
 import re
 import string
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -383,13 +384,17 @@ def _verify_ca(rec: _Recorder, roots: SnpRoots, vlek: bool, bundle: CertBundle,
 
 
 def _load_ca(der: bytes) -> x509.Certificate:
-    """A CA certificate whose names parse: cryptography reads them only when first asked,
-    and a malformed one then raises KeyError or ValueError wherever that happens."""
-    cert = x509.load_der_x509_certificate(der)
-    try:
-        cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
-    except KeyError as error:
-        raise ValueError(f"malformed name ({error})") from None
+    """A CA certificate whose version and names parse, or ValueError: cryptography raises
+    InvalidVersion for the one, and reads names only when first asked (KeyError, TypeError,
+    ValueError or a warning wherever that happens)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an attribute of a length X.509 forbids: a warning
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
+        except (KeyError, TypeError, Warning, x509.InvalidVersion) as error:
+            raise ValueError(f"malformed certificate ({type(error).__name__}: {error})"
+                             ) from None
     return cert
 
 

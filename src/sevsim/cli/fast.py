@@ -8,12 +8,10 @@ exactly as before; the Typer command (sevsim.cli.measure) is built from OPTIONS 
 to `run`, so the two can never disagree on an option.
 """
 
-from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 if TYPE_CHECKING:
     import argparse
@@ -22,8 +20,7 @@ COMMAND = "sevsim measure"
 EXIT_ERROR = 125  # sevsim.cli.common.EXIT_ERROR, which cannot be imported without rich
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """One `sevsim measure` parameter: --name (or the positional ELF), its type and default."""
 
     name: str
@@ -76,7 +73,7 @@ def main() -> None:
     typer_main()
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> "argparse.ArgumentParser":
     import argparse
 
     class Parser(argparse.ArgumentParser):
