@@ -4,6 +4,7 @@ OVMF.fd lacks (a kernel hashes section, an SVSM CAA) and for bad images."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from sevsim.abi import ovmf
 
@@ -16,18 +17,20 @@ def _entry(guid: ovmf.Guid, data: bytes) -> bytes:
     return data + struct.pack("<H", len(data) + 18) + guid.bytes_le
 
 
-def make_ovmf(sections: list[tuple[int, int, int]], *, hash_table_gpa: int = 0,
-              reset_eip: int = 0x80B004, size: int = 0x40000, metadata: bool = True) -> bytes:
-    """An image of `size` bytes whose footer table names a reset block, a hash table and SEV
-    metadata (at 0x1000 from the end) listing `sections` as (gpa, size, type)."""
+def make_ovmf(sections: Sequence[tuple[int, int, int]], *, hash_table_gpa: int = 0,
+              reset_eip: int = 0x80B004, size: int = 0x40000, metadata: bool = True,
+              metadata_at: int = 0x1000) -> bytes:
+    """An image of `size` bytes whose footer table (ending 32 bytes before the end) names a
+    reset block, a hash table and SEV metadata (`metadata_at` bytes before the end) listing
+    `sections` as (gpa, size, type)."""
     image = bytearray(size)
     meta = struct.pack("<4sIII", b"ASEV", 16 + 12 * len(sections), 1, len(sections))
     meta += b"".join(struct.pack("<III", *s) for s in sections)
-    image[size - 0x1000:size - 0x1000 + len(meta)] = meta
+    image[size - metadata_at:size - metadata_at + len(meta)] = meta
     body = _entry(ovmf.SEV_ES_RESET_BLOCK_GUID, struct.pack("<I", reset_eip))
     body += _entry(ovmf.SEV_HASH_TABLE_RV_GUID, struct.pack("<II", hash_table_gpa, 0x400))
     if metadata:
-        body += _entry(ovmf.SEV_METADATA_GUID, struct.pack("<I", 0x1000))
+        body += _entry(ovmf.SEV_METADATA_GUID, struct.pack("<I", metadata_at))
     table = body + struct.pack("<H", len(body) + 18) + ovmf.FOOTER_TABLE_GUID.bytes_le
     image[size - 32 - len(table):size - 32] = table
     image[size - 16:size - 13] = b"\x90\xe9\x00"  # something in the reset vector

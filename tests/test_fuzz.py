@@ -22,7 +22,6 @@ import datetime
 import functools
 import os
 import shutil
-import struct
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
@@ -36,11 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ovmf_images import make_ovmf
 from sevsim.abi.ovmf import (
-    FOOTER_TABLE_GUID,
-    SEV_ES_RESET_BLOCK_GUID,
-    SEV_HASH_TABLE_RV_GUID,
-    SEV_METADATA_GUID,
     OvmfError,
     OvmfImage,
     SectionType,
@@ -153,21 +149,9 @@ SECTIONS = ((0x800000, 0x3000, SectionType.SNP_SEC_MEM),
 
 def ovmf_image(sections: Sequence[tuple[int, int, int]], *, pages: int = 2,
                reset_eip: int = 0x80B004, hash_table_gpa: int = 0x805000) -> bytes:
-    """A small OVMF image: SEV metadata ("ASEV" version 1) listing `sections` as (gpa, size,
-    type) METADATA_AT bytes before the end, and the footer GUID table ending 32 bytes before
-    the end that points at it and names an SEV-ES reset block and a kernel hashes table."""
-    image = bytearray(pages * PAGE_SIZE)
-    meta = struct.pack("<4sIII", b"ASEV", 16 + 12 * len(sections), 1, len(sections))
-    meta += b"".join(struct.pack("<III", *section) for section in sections)
-    image[-METADATA_AT:len(meta) - METADATA_AT] = meta
-    entries = ((SEV_ES_RESET_BLOCK_GUID, struct.pack("<I", reset_eip)),
-               (SEV_HASH_TABLE_RV_GUID, struct.pack("<II", hash_table_gpa, 0x400)),
-               (SEV_METADATA_GUID, struct.pack("<I", METADATA_AT)))
-    body = b"".join(data + struct.pack("<H", len(data) + 18) + guid.bytes_le
-                    for guid, data in entries)
-    table = body + struct.pack("<H", len(body) + 18) + FOOTER_TABLE_GUID.bytes_le
-    image[-32 - len(table):-32] = table
-    return bytes(image)
+    """A small OVMF image: metadata METADATA_AT bytes before the end, below the footer table."""
+    return make_ovmf(sections, size=pages * PAGE_SIZE, metadata_at=METADATA_AT,
+                     reset_eip=reset_eip, hash_table_gpa=hash_table_gpa)
 
 
 _U32 = st.integers(0, 0xFFFFFFFF)
