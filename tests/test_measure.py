@@ -435,3 +435,46 @@ def test_guids_are_stored_as_efi_does() -> None:
         guid = ovmf.Guid(text)
         assert guid.bytes_le == uuid.UUID(text).bytes_le
         assert ovmf.Guid.from_bytes_le(guid.bytes_le) == text
+
+
+# -- a precomputed OVMF hash (sev-snp-measure's snp:ovmf-hash and --snp-ovmf-hash) ------------
+
+
+def test_the_ovmf_hash_finishes_to_the_full_digest(snp_measure: ModuleType,
+                                                   ovmf_path: Path) -> None:
+    data = ovmf_path.read_bytes()
+    ovmf_hash = m.snp_ovmf_hash(data)
+    assert ovmf_hash == snp_measure.calc_snp_ovmf_hash(str(ovmf_path))
+    for vmm, vcpu_type in (("qemu", "EPYC-Milan"), ("gce", None), ("ec2", None)):
+        full = m.snp_ovmf_digest(data, 2, vcpu_type, vmm_type=vmm)
+        assert m.snp_ovmf_digest(data, 2, vcpu_type, vmm_type=vmm, ovmf_hash=ovmf_hash) == full
+    other = bytes(range(48))  # what matters is the hash, not the image's own pages
+    assert m.snp_ovmf_digest(data, 4, "EPYC-Genoa", ovmf_hash=other) == _reference_from_hash(
+        snp_measure, ovmf_path, other)
+    with pytest.raises(ConfigError, match="48 bytes"):
+        m.snp_ovmf_digest(data, 1, "EPYC", ovmf_hash=b"short")
+    with pytest.raises(ConfigError, match="SNP digest"):
+        m.ovmf_digest("sev-es", data, 1, "EPYC", ovmf_hash=ovmf_hash)
+
+
+def _reference_from_hash(snp_measure: ModuleType, path: Path, ovmf_hash: bytes) -> bytes:
+    from sevsnpmeasure.sev_mode import SevMode
+    from sevsnpmeasure.vcpu_types import CPU_SIGS
+
+    digest: bytes = snp_measure.calc_launch_digest(
+        SevMode.SEV_SNP, 4, CPU_SIGS["EPYC-Genoa"], str(path), None, None, None, 1,
+        ovmf_hash.hex())
+    return digest
+
+
+def test_cli_ovmf_hash_modes(monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str], ovmf_path: Path) -> None:
+    status, out, _ = _fast(monkeypatch, capsys, ["--mode", "snp:ovmf-hash", "--ovmf",
+                                                 str(ovmf_path)])
+    assert status == 0 and out.strip() == m.snp_ovmf_hash(ovmf_path.read_bytes()).hex()
+    args = ["--ovmf", str(ovmf_path), "--vcpus", "2", "--vcpu-type", "EPYC-Milan"]
+    status, finished, _ = _fast(monkeypatch, capsys, [*args, "--snp-ovmf-hash", out.strip()])
+    assert status == 0 and finished == _fast(monkeypatch, capsys, args)[1]
+    status, _, err = _fast(monkeypatch, capsys, [*args, "--snp-ovmf-hash", "00" * 47])
+    assert status == EXIT_ERROR and "48 bytes" in err
+    assert _fast(monkeypatch, capsys, [*args, "--snp-ovmf-hash", "zz"])[0] == 2

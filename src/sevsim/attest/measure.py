@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from enum import Enum
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from sevsim.abi.ovmf import (
@@ -32,7 +33,14 @@ from sevsim.abi.ovmf import (
     resolve_signature,
     snp_launch_pages,
 )
-from sevsim.abi.snp_launch import INITIAL_DIGEST, PAGE_SIZE, VMSA_GPA, PageType, update_digest
+from sevsim.abi.snp_launch import (
+    DIGEST_SIZE,
+    INITIAL_DIGEST,
+    PAGE_SIZE,
+    VMSA_GPA,
+    PageType,
+    update_digest,
+)
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, reset_state
 from sevsim.errors import ConfigError
 
@@ -44,6 +52,7 @@ class Mode(Enum):
     SEV = "sev"
     SEV_ES = "sev-es"
     SNP = "snp"
+    SNP_OVMF_HASH = "snp:ovmf-hash"  # only the OVMF image's part of the SNP digest
 
     @classmethod
     def parse(cls, name: str | Mode) -> Mode:
@@ -52,9 +61,10 @@ class Mode(Enum):
             return name
         key = name.lower().replace("_", "-")
         aliases = {"sev": cls.SEV, "sev-es": cls.SEV_ES, "seves": cls.SEV_ES, "es": cls.SEV_ES,
-                   "snp": cls.SNP, "sev-snp": cls.SNP}
+                   "snp": cls.SNP, "sev-snp": cls.SNP, "snp:ovmf-hash": cls.SNP_OVMF_HASH}
         if key not in aliases:
-            raise ConfigError(f"unknown mode {name!r}; one of snp, sev-es (seves), sev")
+            raise ConfigError(f"unknown mode {name!r}; one of snp, sev-es (seves), sev, "
+                              "snp:ovmf-hash")
         return aliases[key]
 
 
@@ -80,15 +90,31 @@ def _kernel_hashes(kernel: bytes | None, initrd: bytes | None,
 def snp_ovmf_digest(ovmf: bytes | OvmfImage, vcpus: int, vcpu_type: str | None = None, *,
                     vcpu_sig: int | None = None, vmm_type: VmmType | str = VmmType.QEMU,
                     kernel: bytes | None = None, initrd: bytes | None = None,
-                    append: str | None = None, guest_features: int = SEV_FEATURES_SNP
-                    ) -> bytes:
+                    append: str | None = None, guest_features: int = SEV_FEATURES_SNP,
+                    ovmf_hash: bytes | None = None) -> bytes:
     """The 48-byte SNP launch digest (MEASUREMENT) of an OVMF guest: the PAGE_INFO chain
-    over every page the VMM launches (abi.ovmf.snp_launch_pages)."""
+    over every page the VMM launches (abi.ovmf.snp_launch_pages). With `ovmf_hash` (what
+    `snp_ovmf_hash` gives, as vendors publish it) the chain starts there instead of over
+    the image's own pages, whose layout the image still gives."""
     image = ovmf if isinstance(ovmf, OvmfImage) else OvmfImage.parse(ovmf)
     vmm = VmmType.parse(vmm_type)
     sig = resolve_signature(vcpu_type, vcpu_sig, vmm)
     hashes = _kernel_hashes(kernel, initrd, append)
-    return _fold(snp_launch_pages(image, vcpus, sig, vmm, hashes, guest_features))
+    pages = snp_launch_pages(image, vcpus, sig, vmm, hashes, guest_features)
+    if ovmf_hash is None:
+        return _fold(pages)
+    if len(ovmf_hash) != DIGEST_SIZE:
+        raise ConfigError(f"an OVMF hash is {DIGEST_SIZE} bytes, not {len(ovmf_hash)}")
+    return _fold(islice(pages, len(image.data) // PAGE_SIZE, None), ovmf_hash)
+
+
+def snp_ovmf_hash(ovmf: bytes | OvmfImage) -> bytes:
+    """The SNP launch digest after the image's own pages only: what sev-snp-measure calls
+    the OVMF hash (`--mode snp:ovmf-hash`), to be finished with `ovmf_hash=`."""
+    image = ovmf if isinstance(ovmf, OvmfImage) else OvmfImage.parse(ovmf)
+    return _fold(LaunchPage(PageType.NORMAL, image.gpa + offset,
+                            image.data[offset:offset + PAGE_SIZE])
+                 for offset in range(0, len(image.data), PAGE_SIZE))
 
 
 def seves_ovmf_digest(ovmf: bytes | OvmfImage, vcpus: int, vcpu_type: str | None = None, *,
@@ -129,14 +155,18 @@ def ovmf_digest(mode: Mode | str, ovmf: bytes | OvmfImage, vcpus: int = 1,
                 vcpu_type: str | None = None, *, vcpu_sig: int | None = None,
                 vmm_type: VmmType | str = VmmType.QEMU, kernel: bytes | None = None,
                 initrd: bytes | None = None, append: str | None = None,
-                guest_features: int = SEV_FEATURES_SNP) -> bytes:
+                guest_features: int = SEV_FEATURES_SNP, ovmf_hash: bytes | None = None) -> bytes:
     """The expected launch digest of an OVMF guest in any mode (what `sevsim measure
-    --ovmf` prints)."""
+    --ovmf` prints); `ovmf_hash` is for SNP only."""
     chosen = Mode.parse(mode)
+    if ovmf_hash is not None and chosen is not Mode.SNP:
+        raise ConfigError("a precomputed OVMF hash finishes an SNP digest (--mode snp)")
     if chosen is Mode.SNP:
         return snp_ovmf_digest(ovmf, vcpus, vcpu_type, vcpu_sig=vcpu_sig, vmm_type=vmm_type,
                                kernel=kernel, initrd=initrd, append=append,
-                               guest_features=guest_features)
+                               guest_features=guest_features, ovmf_hash=ovmf_hash)
+    if chosen is Mode.SNP_OVMF_HASH:
+        return snp_ovmf_hash(ovmf)
     if chosen is Mode.SEV_ES:
         return seves_ovmf_digest(ovmf, vcpus, vcpu_type, vcpu_sig=vcpu_sig, vmm_type=vmm_type,
                                  kernel=kernel, initrd=initrd, append=append)
@@ -192,6 +222,8 @@ def guest_digest(mode: Mode | str, image: GuestImage, memory_size: int, vcpus: i
     from sevsim.attest.sev_owner import expected_launch_digest  # cryptography: not for OVMF
 
     chosen = Mode.parse(mode)
+    if chosen is Mode.SNP_OVMF_HASH:
+        raise ConfigError("snp:ovmf-hash measures OVMF images (--ovmf), not sevsim guests")
     if chosen is Mode.SNP:
         return snp_guest_digest(image, memory_size, vcpus, kernel_id)
     _check_guest_vcpus(vcpus)

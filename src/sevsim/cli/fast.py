@@ -33,7 +33,8 @@ class Option(NamedTuple):
 OPTIONS = (
     Option("elf", Path, None, "A sevsim guest ELF (instead of --ovmf): the digest sevsim's VMM "
            "launches.", positional=True),
-    Option("mode", str, "snp", "snp | sev-es (seves) | sev"),
+    Option("mode", str, "snp", "snp | sev-es (seves) | sev | snp:ovmf-hash (the OVMF image's "
+           "part of the SNP digest only)"),
     Option("ovmf", Path, None, "An OVMF image with AMD SEV metadata (e.g. "
            "/usr/share/ovmf/OVMF.fd)."),
     Option("vcpus", int, 1, "Number of vCPUs (one VMSA each)."),
@@ -47,6 +48,8 @@ OPTIONS = (
     Option("append", str, None, "OVMF: kernel command line (with --kernel)."),
     Option("guest_features", str, "0x1", "OVMF, SNP: SEV_FEATURES of every VMSA, hex (bit 0 SNP "
            "active)."),
+    Option("snp_ovmf_hash", str, None, "OVMF, SNP: the image's part of the digest, hex (from "
+           "--mode snp:ovmf-hash, as vendors publish it), instead of hashing its pages."),
     Option("memory", str, "64M", "ELF: guest memory, as for `sevsim run`."),
 )
 
@@ -93,7 +96,7 @@ def _parser() -> "argparse.ArgumentParser":
 
 def run(elf: Path | None, mode: str, ovmf: Path | None, vcpus: int, vcpu_type: str | None,
         vcpu_sig: str | None, vmm_type: str, kernel: Path | None, initrd: Path | None,
-        append: str | None, guest_features: str, memory: str) -> int:
+        append: str | None, guest_features: str, snp_ovmf_hash: str | None, memory: str) -> int:
     """Print the digest (0) or a typed error on stderr (125); raise UsageError."""
     from sevsim.abi.ovmf import OvmfError
     from sevsim.errors import SevsimError
@@ -103,14 +106,15 @@ def run(elf: Path | None, mode: str, ovmf: Path | None, vcpus: int, vcpu_type: s
     try:
         if ovmf is not None:
             digest = _ovmf(_read(ovmf), mode, vcpus, vcpu_type, vcpu_sig, vmm_type, kernel,
-                           initrd, append, guest_features)
+                           initrd, append, guest_features, snp_ovmf_hash)
         else:
             assert elf is not None
-            ovmf_only = (vcpu_type, vcpu_sig, kernel, initrd, append)
+            ovmf_only = (vcpu_type, vcpu_sig, kernel, initrd, append, snp_ovmf_hash)
             if any(x is not None for x in ovmf_only) or vmm_type != "qemu" or (
                     guest_features != "0x1"):
                 raise UsageError("--vcpu-type, --vcpu-sig, --vmm-type, --kernel, --initrd, "
-                                 "--append and --guest-features are for --ovmf")
+                                 "--append, --guest-features and --snp-ovmf-hash are for "
+                                 "--ovmf")
             digest = _elf(_read(elf), mode, vcpus, memory)
     except (SevsimError, OvmfError) as error:
         return _fail(f"{type(error).__name__}: {error}")
@@ -139,9 +143,16 @@ def _hex_int(text: str, what: str) -> int:
         raise UsageError(f"{what} {text!r} is not hex") from None
 
 
+def _hex_bytes(text: str, what: str) -> bytes:
+    try:
+        return bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        raise UsageError(f"{what} {text!r} is not hex") from None
+
+
 def _ovmf(image: bytes, mode: str, vcpus: int, vcpu_type: str | None, vcpu_sig: str | None,
           vmm_type: str, kernel: Path | None, initrd: Path | None, append: str | None,
-          guest_features: str) -> bytes:
+          guest_features: str, snp_ovmf_hash: str | None) -> bytes:
     from sevsim.attest.measure import ovmf_digest
 
     return ovmf_digest(
@@ -150,7 +161,8 @@ def _ovmf(image: bytes, mode: str, vcpus: int, vcpu_type: str | None, vcpu_sig: 
         vmm_type=vmm_type,
         kernel=None if kernel is None else _read(kernel),
         initrd=None if initrd is None else _read(initrd),
-        append=append, guest_features=_hex_int(guest_features, "guest features"))
+        append=append, guest_features=_hex_int(guest_features, "guest features"),
+        ovmf_hash=None if snp_ovmf_hash is None else _hex_bytes(snp_ovmf_hash, "OVMF hash"))
 
 
 def _elf(blob: bytes, mode: str, vcpus: int, memory: str) -> bytes:
