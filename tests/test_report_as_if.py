@@ -150,7 +150,7 @@ def test_refused_launches_leave_the_host_as_it_was(host: Host, ovmf_path: Path) 
     guest.destroy()
 
 
-def test_a_vm_that_is_not_fresh_is_refused(host: Host, ovmf_path: Path) -> None:
+def test_a_vm_whose_address_space_ends_below_4_gib_is_refused(host: Host, ovmf_path: Path) -> None:
     from sevsim.host.ovmf import launch_ovmf
 
     vm = host.create_vm("snp", "16M")

@@ -96,7 +96,7 @@ class VmmType(Enum):
             return cls(name.lower())
         except ValueError:
             raise OvmfError(f"unknown VMM type {name!r}; one of "
-                              f"{', '.join(v.value for v in cls)}") from None
+                            f"{', '.join(v.value for v in cls)}") from None
 
 
 def cpu_signature(family: int, model: int, stepping: int) -> int:
@@ -132,7 +132,7 @@ def vcpu_signature(vcpu_type: str) -> int:
         return _VCPU_BY_LOWER[vcpu_type.lower()]
     except KeyError:
         raise OvmfError(f"unknown vCPU type {vcpu_type!r}; one of "
-                          f"{', '.join(VCPU_SIGNATURES)} (or give a signature)") from None
+                        f"{', '.join(VCPU_SIGNATURES)} (or give a signature)") from None
 
 
 # -- OVMF ------------------------------------------------------------------------------------
@@ -333,7 +333,7 @@ def resolve_signature(vcpu_type: str | None, vcpu_sig: int | None,
         return vcpu_signature(vcpu_type)
     if vmm is VmmType.QEMU:  # EC2 and GCE fix RDX themselves
         raise OvmfError("QEMU puts the vCPU's signature in RDX: give a vCPU type or "
-                          "signature")
+                        "signature")
     return 0
 
 
@@ -365,7 +365,7 @@ def snp_launch_pages(image: OvmfImage, vcpus: int, vcpu_sig: int, vmm_type: VmmT
         raise OvmfError("a kernel was given but the OVMF image has no SNP_KERNEL_HASHES "
                         "section to measure its hashes in")
     vmsas = list(ovmf_vmsas(image, vcpus, vcpu_sig, guest_features, vmm))  # checks first
-    yield from _pages(PageType.NORMAL, image.gpa, len(image.data), image.data)
+    yield from image_pages(image)
     for section in image.sections:
         yield from _section_pages(image, section, hashes, vmm)
     if vmm is VmmType.EC2:  # EC2 launches the CPUID page after everything else
@@ -374,6 +374,12 @@ def snp_launch_pages(image: OvmfImage, vcpus: int, vcpu_sig: int, vmm_type: VmmT
                 yield LaunchPage(PageType.CPUID, section.gpa)
     for vmsa in vmsas:
         yield LaunchPage(PageType.VMSA, VMSA_GPA, vmsa)
+
+
+def image_pages(image: OvmfImage) -> Iterator[LaunchPage]:
+    """The image itself as NORMAL pages: how every SNP launch of it begins (the digest after
+    them is the "OVMF hash" vendors publish)."""
+    return _pages(PageType.NORMAL, image.gpa, len(image.data), image.data)
 
 
 def _pages(page_type: PageType, gpa: int, length: int,

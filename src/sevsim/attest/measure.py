@@ -29,6 +29,7 @@ from sevsim.abi.ovmf import (
     OvmfImage,
     VmmType,
     check_vcpus,
+    image_pages,
     ovmf_vmsas,
     resolve_signature,
     snp_launch_pages,
@@ -68,7 +69,6 @@ class Mode(Enum):
         return aliases[key]
 
 
-
 # -- digests -------------------------------------------------------------------------------------
 
 
@@ -105,16 +105,14 @@ def snp_ovmf_digest(ovmf: bytes | OvmfImage, vcpus: int, vcpu_type: str | None =
         return _fold(pages)
     if len(ovmf_hash) != DIGEST_SIZE:
         raise ConfigError(f"an OVMF hash is {DIGEST_SIZE} bytes, not {len(ovmf_hash)}")
-    return _fold(islice(pages, len(image.data) // PAGE_SIZE, None), ovmf_hash)
+    image_page_count = len(image.data) // PAGE_SIZE  # the launch begins with them
+    return _fold(islice(pages, image_page_count, None), ovmf_hash)
 
 
 def snp_ovmf_hash(ovmf: bytes | OvmfImage) -> bytes:
     """The SNP launch digest after the image's own pages only: what sev-snp-measure calls
     the OVMF hash (`--mode snp:ovmf-hash`), to be finished with `ovmf_hash=`."""
-    image = ovmf if isinstance(ovmf, OvmfImage) else OvmfImage.parse(ovmf)
-    return _fold(LaunchPage(PageType.NORMAL, image.gpa + offset,
-                            image.data[offset:offset + PAGE_SIZE])
-                 for offset in range(0, len(image.data), PAGE_SIZE))
+    return _fold(image_pages(ovmf if isinstance(ovmf, OvmfImage) else OvmfImage.parse(ovmf)))
 
 
 def seves_ovmf_digest(ovmf: bytes | OvmfImage, vcpus: int, vcpu_type: str | None = None, *,

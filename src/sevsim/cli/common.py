@@ -48,9 +48,17 @@ def hex_bytes(text: str | None, what: str, size: int | None = None,
     return value
 
 
-def write_cert_table(table: bytes, directory: Path) -> list[Path]:
+def hex_int(text: str, what: str) -> int:
+    """A hex option's number ('0x' allowed)."""
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise typer.BadParameter(f"{what} {text!r} is not hex (e.g. 0x3)") from None
+
+
+def write_cert_table(table: bytes, directory: Path) -> None:
     """The certificates of an extended report's GUID table as PEM files named as snpguest
-    and `sevsim verify --certs` expect (vcek/vlek, ask or asvk, ark); the files written."""
+    and `sevsim verify --certs` expect (vcek/vlek, ask or asvk, ark)."""
     import ssl
 
     from sevsim.abi.snp_report import GUID_ARK, GUID_ASK, GUID_VCEK, GUID_VLEK, parse_cert_table
@@ -59,10 +67,6 @@ def write_cert_table(table: bytes, directory: Path) -> list[Path]:
     names = [(GUID_VCEK, "vcek.pem"), (GUID_VLEK, "vlek.pem"),
              (GUID_ASK, "asvk.pem" if GUID_VLEK in entries else "ask.pem"), (GUID_ARK, "ark.pem")]
     directory.mkdir(parents=True, exist_ok=True)
-    written = []
     for guid, name in names:
         if guid in entries:
-            path = directory / name
-            path.write_text(ssl.DER_cert_to_PEM_cert(entries[guid]))
-            written.append(path)
-    return written
+            (directory / name).write_text(ssl.DER_cert_to_PEM_cert(entries[guid]))

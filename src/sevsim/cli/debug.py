@@ -63,7 +63,7 @@ def read(
     out is still read: its memory is what you want to see.
     """
     from sevsim.abi.status import SevStatus
-    from sevsim.cli.common import err, fail, read_input
+    from sevsim.cli.common import err, fail, hex_int, read_input
     from sevsim.errors import FirmwareError, GuestFault, GuestTimeout, SevsimError
     from sevsim.host.debug import debug_read
     from sevsim.host.machine import Host, parse_size
@@ -71,10 +71,7 @@ def read(
     address, count = _number(gpa), _number(length)
     if count <= 0:
         raise typer.BadParameter(f"length {count} must be positive")
-    try:
-        policy_value = _default_policy(mode) if policy is None else int(policy, 16)
-    except ValueError:
-        raise typer.BadParameter(f"policy {policy!r} is not hex (e.g. 0x4)") from None
+    policy_value = _default_policy(mode) if policy is None else hex_int(policy, "policy")
     image = read_input(elf)
     try:
         host = Host(chip=chip, memory=parse_size(memory) + (64 << 20))

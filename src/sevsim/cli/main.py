@@ -13,7 +13,15 @@ from rich.table import Table
 from sevsim.abi.policy import PolicyFlags
 from sevsim.cli.attest import show as attest_show
 from sevsim.cli.attest import verify as attest_verify
-from sevsim.cli.common import EXIT_ERROR, err, fail, hex_bytes, read_input, write_cert_table
+from sevsim.cli.common import (
+    EXIT_ERROR,
+    err,
+    fail,
+    hex_bytes,
+    hex_int,
+    read_input,
+    write_cert_table,
+)
 from sevsim.cli.debug import debug_app
 from sevsim.cli.kds import kds_app
 from sevsim.cli.measure import measure as measure_command
@@ -100,10 +108,7 @@ def run(
 
     image = read_input(elf)
     secret_bytes = read_input(secret) if secret is not None else None
-    try:
-        launch_policy = None if policy is None else int(policy, 16)
-    except ValueError:
-        raise typer.BadParameter(f"policy {policy!r} is not hex (e.g. 0x3)") from None
+    launch_policy = None if policy is None else hex_int(policy, "policy")
     host_input = hex_bytes(report_data, "report data", at_most=64)
     launch_host_data = hex_bytes(host_data, "host data", size=32) if host_data else bytes(32)
     snp_inputs = (host_data, id_block, id_auth)

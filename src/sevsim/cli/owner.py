@@ -16,7 +16,7 @@ from typing import Annotated, cast
 import typer
 from rich.console import Console
 
-from sevsim.cli.common import EXIT_ERROR, err, fail, read_input
+from sevsim.cli.common import EXIT_ERROR, err, fail, hex_bytes, hex_int, read_input
 from sevsim.errors import AttestationError, SevsimError
 from sevsim.hw.chips import DEFAULT_CHIP, PRESETS
 
@@ -37,23 +37,6 @@ def _fail(error: Exception) -> typer.Exit:
 
 def _read(path: Path) -> bytes:
     return read_input(path, "sevsim owner")
-
-
-def _hex(text: str, size: int, what: str) -> bytes:
-    try:
-        value = bytes.fromhex(text)
-    except ValueError:
-        raise typer.BadParameter(f"{what} must be hex") from None
-    if len(value) != size:
-        raise typer.BadParameter(f"{what} is {size} bytes ({2 * size} hex digits)")
-    return value
-
-
-def _policy(text: str) -> int:
-    try:
-        return int(text, 16)
-    except ValueError:
-        raise typer.BadParameter(f"policy {text!r} is not hex (e.g. 0x3)") from None
 
 
 PolicyOption = Annotated[str, typer.Option(
@@ -132,7 +115,7 @@ def session(
     from sevsim.attest.sev_owner import make_session
 
     try:
-        made = make_session(SevCert.from_bytes(_read(pdh)), _policy(policy))
+        made = make_session(SevCert.from_bytes(_read(pdh)), hex_int(policy, "policy"))
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "godh.cert").write_bytes(made.godh_cert.to_bytes())
         (directory / "session.bin").write_bytes(made.session.to_bytes())
@@ -197,7 +180,7 @@ def secret(
 
     if (elf is None) == (digest is None):
         raise typer.BadParameter("give exactly one of --elf and --digest")
-    expected = _digest(elf, memory, vcpus) if elf else _hex(digest or "", 32, "--digest")
+    expected = _digest(elf, memory, vcpus) if elf else hex_bytes(digest or "", "--digest", size=32)
     preset = PRESETS.get(chip)
     if preset is None:
         raise typer.BadParameter(f"chip is one of {', '.join(PRESETS)}")
@@ -215,9 +198,9 @@ def secret(
             raise ValueError(f"{TEK_TIK_FILE} is {len(keys)} bytes, not 32")
         launch = LaunchSession(SevCert.from_bytes(_read(session_dir / "godh.cert")),
                                Session.from_bytes(_read(session_dir / "session.bin")),
-                               _policy(policy), TransportKeys(keys[:16], keys[16:]))
-        verified = verify_measurement(launch, _hex(launch_measure, 48, "--launch-measure"),
-                                      status, expected)
+                               hex_int(policy, "policy"), TransportKeys(keys[:16], keys[16:]))
+        measured = hex_bytes(launch_measure, "--launch-measure", size=48)
+        verified = verify_measurement(launch, measured, status, expected)
         header, data = verified.seal_secret(_read(secret_file))
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "secret_header.bin").write_bytes(header.to_bytes())

@@ -60,7 +60,7 @@ def report(
     MEASUREMENT goes to stderr."""
     from sevsim.abi.ovmf import KernelHashes, OvmfError
     from sevsim.abi.snp_errors import SnpFormatError
-    from sevsim.cli.common import err, fail, hex_bytes, read_input, write_cert_table
+    from sevsim.cli.common import err, fail, hex_bytes, hex_int, read_input, write_cert_table
     from sevsim.errors import SevsimError
     from sevsim.host.machine import Host, parse_size
 
@@ -82,24 +82,15 @@ def report(
             fw.snp_vlek_load(fw.seal_hashstick(vlek, fw.tcb))
         guest = host.launch_ovmf(
             image, vcpus, memory, vcpu_type=vcpu_type,
-            vcpu_sig=None if vcpu_sig is None else _hex_int(vcpu_sig, "vCPU signature"),
+            vcpu_sig=None if vcpu_sig is None else hex_int(vcpu_sig, "vCPU signature"),
             vmm_type=vmm_type, kernel_hashes=hashes,
-            guest_features=_hex_int(guest_features, "guest features"),
-            policy=_hex_int(policy, "policy"), host_data=launch_host_data, id_block=block,
+            guest_features=hex_int(guest_features, "guest features"),
+            policy=hex_int(policy, "policy"), host_data=launch_host_data, id_block=block,
             id_auth=auth)
         signed, table = guest.report(data, vmpl)
         err.print(f"sevsim: MEASUREMENT {guest.measurement.hex()}", highlight=False)
         output.write_bytes(signed)
         if certs_out is not None:
             write_cert_table(table, certs_out)
-    except (SevsimError, OvmfError, SnpFormatError) as error:
+    except (SevsimError, OvmfError, SnpFormatError, OSError) as error:
         raise fail(error, COMMAND) from None
-    except OSError as error:
-        raise fail(error, COMMAND) from None
-
-
-def _hex_int(text: str, what: str) -> int:
-    try:
-        return int(text, 16)
-    except ValueError:
-        raise typer.BadParameter(f"{what} {text!r} is not hex") from None

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_report import REPORT_SIZE
-from sevsim.cli.common import EXIT_ERROR, err, fail, read_input
+from sevsim.cli.common import EXIT_ERROR, err, fail, hex_bytes, hex_int, read_input
 from sevsim.errors import SevsimError
 
 EXIT_UNTRUSTED = 1
@@ -74,16 +74,6 @@ def validate(
     raise typer.Exit(0 if result.ok else EXIT_UNTRUSTED)
 
 
-def _hex_option(name: str, value: str, size: int) -> bytes:
-    try:
-        raw = bytes.fromhex(value.removeprefix("0x"))
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not hex", param_hint=name) from None
-    if len(raw) != size:
-        raise typer.BadParameter(f"is {len(raw)} bytes, not {size}", param_hint=name)
-    return raw
-
-
 def idblock(
     measurement: Annotated[str, typer.Option(help="The expected launch digest, 48 bytes hex.")],
     id_key: Annotated[Path, typer.Option(help="ID key: plain PEM ECDSA P-384 private key.")],
@@ -103,13 +93,10 @@ def idblock(
     from sevsim.attest.idblock import load_signing_key, make_id_block
 
     command = "sevsim idblock"
-    digest = _hex_option("--measurement", measurement, 48)
-    family = _hex_option("--family-id", family_id, 16)
-    image = _hex_option("--image-id", image_id, 16)
-    try:
-        guest_policy = int(policy, 16)
-    except ValueError:
-        raise typer.BadParameter(f"{policy!r} is not hex", param_hint="--policy") from None
+    digest = hex_bytes(measurement, "--measurement", size=48)
+    family = hex_bytes(family_id, "--family-id", size=16)
+    image = hex_bytes(image_id, "--image-id", size=16)
+    guest_policy = hex_int(policy, "--policy")
     try:
         key = load_signing_key(read_input(id_key, command), "ID key")
         author = (load_signing_key(read_input(author_key, command), "author key")

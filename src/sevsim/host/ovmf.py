@@ -50,8 +50,7 @@ def launch_ovmf(vm: VirtualMachine, ovmf: bytes | OvmfImage, *, vcpu_type: str |
     sig = resolve_signature(vcpu_type, vcpu_sig, vmm)
     pages = list(snp_launch_pages(image, len(vm_record.vcpus), sig, vmm, kernel_hashes,
                                   guest_features))
-    low = [page for page in pages if page.type is not PageType.VMSA and page.gpa < FOUR_GIB
-           - len(image.data)]
+    low = [page for page in pages if page.type is not PageType.VMSA and page.gpa < image.gpa]
     top = max((page.gpa + PAGE for page in low), default=0)
     if top > vm.memory_size - SCRATCH_PAGES * PAGE:
         raise OvmfError(f"the image's SEV metadata sections reach GPA 0x{top:x}: the VM's "
