@@ -51,8 +51,8 @@ def _reference(snp_measure: ModuleType, mode: str, path: Path, vcpus: int, vcpu_
 
 # -- OVMF.fd against sev-snp-measure ---------------------------------------------------------------
 
-@pytest.mark.parametrize(("mode", "vcpus", "vmm"), itertools.product(
-    ("snp", "seves", "sev"), (1, 2, 4), ("qemu", "ec2", "gce")))
+@pytest.mark.parametrize(("mode", "vcpus", "vmm"), list(itertools.product(
+    ("snp", "seves", "sev"), (1, 2, 4), ("qemu", "ec2", "gce"))))
 def test_ovmf_digest_equals_sev_snp_measure(snp_measure: ModuleType, ovmf_path: Path, mode: str,
                                             vcpus: int, vmm: str) -> None:
     data = ovmf_path.read_bytes()

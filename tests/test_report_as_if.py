@@ -46,7 +46,8 @@ def _reference(snp_measure: ModuleType, path: Path, vcpus: int, vcpu_type: str |
     return digest
 
 
-@pytest.mark.parametrize(("vmm", "vcpus"), itertools.product(("qemu", "ec2", "gce"), (1, 2, 4)))
+@pytest.mark.parametrize(("vmm", "vcpus"),
+                         list(itertools.product(("qemu", "ec2", "gce"), (1, 2, 4))))
 def test_the_firmware_measures_what_sev_snp_measure_predicts(
         host: Host, ovmf_path: Path, snp_measure: ModuleType, vmm: str, vcpus: int) -> None:
     vcpu_type = "EPYC-Milan" if vmm == "qemu" else None
