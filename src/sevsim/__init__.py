@@ -8,8 +8,9 @@ from sevsim.errors import SevsimError
 
 if TYPE_CHECKING:
     from sevsim.host.machine import Host
+    from sevsim.hw.quantum import Quantum
 
-__all__ = ["Host", "SevsimError"]
+__all__ = ["Host", "Quantum", "SevsimError"]
 __version__ = "0.1.0"
 
 
@@ -19,4 +20,7 @@ def __getattr__(name: str) -> Any:
     if name == "Host":
         from sevsim.host.machine import Host
         return Host
+    if name == "Quantum":
+        from sevsim.hw.quantum import Quantum
+        return Quantum
     raise AttributeError(f"module 'sevsim' has no attribute {name!r}")

@@ -71,11 +71,11 @@ from sevsim.hw.engine import PAGE
 from sevsim.hw.memory import RAW, MemoryController
 from sevsim.hw.mmu import GuestAddressSpace
 from sevsim.hw.npt import NOT_PRESENT, NestedPageTable
+from sevsim.hw.quantum import DEFAULT_QUANTUM, Quantum, now_ns
 
 _RESERVED_FRAMES = 256  # the host kernel's own first MiB
-_QUANTUM_S = 0.005
 _MAX_VCPUS = 64
-_ALONE_QUANTUM_S = 0.5  # a lone vCPU still comes back now and then: it may start another
+_MAX_TIMEOUT_S = 10.0 ** 7  # longer is no limit at all; keeps the deadline a 64-bit count
 _PSC_INVALID = 1  # a PSC for a page the hypervisor will not change (no such page, bad op)
 _GUEST_MSRS = {0x10: 0, 0x1B: 0xFEE0_0900, 0xC000_0080: 0x500, 0xC001_0130: 0}
 
@@ -129,6 +129,7 @@ class Hypervisor:
         self._asids_to_flush: set[int] = set()
         self._plain_asid = chip.max_asid + 1  # unencrypted guests still get a TLB tag
         self.request_rate: tuple[float, int] | None = None  # guest requests per s, burst
+        self.quantum: Quantum = DEFAULT_QUANTUM  # what each vCPU runs before the next one
 
     # -- VM lifecycle -----------------------------------------------------------------------
     def create_vm(self, mode: GuestMode, memory_size: int, vcpus: int,
@@ -337,28 +338,34 @@ class Hypervisor:
 
     def run_all(self, vms: list[HvVm], timeout: float,
                 pause_at_timeout: bool = False) -> dict[int, SevsimError | None]:
-        """Round-robin every vCPU of several VMs in time quanta until all have stopped.
+        """Round-robin every vCPU of several VMs, one quantum each, until all have stopped.
 
-        A VM that faults or outlives the timeout is stopped on its own; the others go on.
-        Returns each VM's error (GuestFault, GuestTimeout) or None. With `pause_at_timeout`
-        the VMs still running are only paused (no error): run them again later, or migrate.
+        The order is fixed (VMs as given, vCPUs by index) and quanta are counted in guest
+        blocks or instructions (`self.quantum`), so the same VMs interleave the same way on
+        every run, however busy the machine is. A VM that faults or outlives the timeout
+        (wall clock, time in exits and the guest kernel included) is stopped on its own; the
+        others go on. Returns each VM's error (GuestFault, GuestTimeout) or None. With
+        `pause_at_timeout` the VMs still running are only paused (no error), at an instruction
+        boundary: run them again later, or migrate.
         """
         for vm in vms:
             if vm.destroyed:
                 raise VmStateError(f"VM {vm.vm_id} was destroyed")
+        if not timeout >= 0:  # NaN too
+            raise ConfigError(f"timeout {timeout!r} must be a number of seconds >= 0")
         errors: dict[int, SevsimError | None] = {vm.vm_id: None for vm in vms}
-        deadline = time.monotonic() + timeout
+        deadline = now_ns() + int(min(timeout, _MAX_TIMEOUT_S) * 1e9)
         while True:
-            alone = len(vms) == 1 and len(vms[0].vcpus) == 1
             runnable = [(vm, v) for vm in vms if not vm.stopped
                         for v in vm.vcpus if v.state is VcpuState.RUNNABLE]
             if not runnable:
                 return errors
+            # a VM with one vCPU alone on the host keeps the CPU until it halts or times out
+            alone = len(vms) == 1 and len(vms[0].vcpus) == 1
             for vm, vcpu in runnable:
                 if vm.stopped:
                     continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if now_ns() >= deadline:
                     if pause_at_timeout:
                         return errors
                     for late in vms:
@@ -367,13 +374,16 @@ class Hypervisor:
                             errors[late.vm_id] = GuestTimeout(
                                 f"VM {late.vm_id} still running after {timeout:g} s")
                     return errors
-                # a lone vCPU keeps the CPU; otherwise everyone (even APs not yet started) shares
-                quantum = min(_ALONE_QUANTUM_S if alone else _QUANTUM_S, remaining)
                 try:
-                    vcpu.run(quantum)
+                    vcpu.run(None if alone else self.quantum, deadline,
+                             timeout=not pause_at_timeout)
                 except GuestFault as fault:
                     self.stop(vm)
                     errors[vm.vm_id] = fault
+                except GuestTimeout:
+                    self.stop(vm)
+                    errors[vm.vm_id] = GuestTimeout(
+                        f"VM {vm.vm_id} still running after {timeout:g} s")
 
     def stop(self, vm: HvVm) -> None:
         vm.stopped = True
@@ -419,7 +429,11 @@ class Hypervisor:
                                                                            "rsi", "r8"))))
             return True
         if exit.code is ExitCode.VMGEXIT:
-            return self._vmgexit(vm, vcpu)
+            vcpus = len(vm.vcpus)
+            keep = self._vmgexit(vm, vcpu)
+            if len(vm.vcpus) != vcpus:  # an AP was created: the scheduler must see it
+                vcpu.preempt()
+            return keep
         if exit.code is ExitCode.HLT:
             if all(v.state is not VcpuState.RUNNABLE for v in vm.vcpus):
                 vm.stopped = True

@@ -39,7 +39,6 @@ from unicorn import (
     UC_MEM_WRITE_PROT,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
-    UC_QUERY_TIMEOUT,
     Uc,
     UcError,
 )
@@ -59,11 +58,12 @@ from sevsim.abi.svm import (
     ioio_info,
 )
 from sevsim.abi.vmsa import GPRS, Segment, Vmsa
-from sevsim.errors import GuestFault, VmrunError, VmStateError
+from sevsim.errors import GuestFault, GuestTimeout, VmrunError, VmStateError
 from sevsim.hw.chips import ChipPreset, GuestMode
 from sevsim.hw.engine import PAGE
 from sevsim.hw.memory import MemoryController
 from sevsim.hw.mmu import RMP_NOT_VALIDATED, RMP_NPF, GuestAddressSpace
+from sevsim.hw.quantum import Quantum, SliceTimer
 
 REGISTERS: dict[str, int] = {
     name: getattr(x86, f"UC_X86_REG_{name.upper()}")
@@ -217,6 +217,7 @@ class Vcpu:
         self._sev_features = 0
         self._seals = vmsa_seals(space.memory)
         self._view = GuestCpu(self)
+        self._slice = SliceTimer(self.uc)
         space.attach(self.uc)
         self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, x86.UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, x86.UC_X86_INS_OUT)
@@ -263,8 +264,11 @@ class Vcpu:
         self._stop_requested = True
         self.uc.emu_stop()
 
-    def run(self, budget_s: float) -> None:
-        """VMRUN: run until the quantum ends, the vCPU halts, or an exit stops it."""
+    def run(self, quantum: Quantum | None, deadline_ns: int = 0, timeout: bool = False) -> None:
+        """VMRUN: run until the quantum ends (None: no quantum), the deadline passes (`now_ns`
+        clock, 0 for none), the vCPU halts, or an exit stops it. The slice always ends between
+        two instructions, so where it ends never changes what the guest computes. With
+        `timeout` the deadline is the VM's end: an exit after it raises GuestTimeout."""
         if self.state is not VcpuState.RUNNABLE:
             return
         if self.es:
@@ -277,16 +281,17 @@ class Vcpu:
                     return
         self._stop_requested = False
         self._pending = None
+        self._slice.arm(quantum, deadline_ns, hard=timeout)
         rip = self.uc.reg_read(x86.UC_X86_REG_RIP)
         try:
-            self.uc.emu_start(rip, _UNTIL, timeout=max(1, int(budget_s * 1e6)))
+            self.uc.emu_start(rip, _UNTIL)
         except UcError as err:
             if self._pending is None:
                 self._pending = self._fault(f"{err} at RIP 0x{self._rip():x}")
         if self._pending is not None:
             pending, self._pending = self._pending, None
             raise pending
-        if self._stop_requested or self.uc.query(UC_QUERY_TIMEOUT):
+        if self._stop_requested or self._slice.expired:
             if self.es and self.state is VcpuState.RUNNABLE:
                 self._save_vmsa()  # the timer's exit: the next quantum's VMRUN checks it
             return
@@ -295,6 +300,29 @@ class Vcpu:
             raise self._fault("guest jumped to the end of the address space")
         self.state = VcpuState.HALTED
         self._exit(VmExit(ExitCode.HLT, 0, rip))
+
+    def run_instructions(self, count: int) -> int:
+        """Run exactly `count` guest instructions, fewer if the vCPU halts or an exit stops
+        it; returns how many ran. The single-stepping primitive of SEV-Step-style attacks: a
+        hypervisor can always interrupt a guest this finely (APIC timer), whatever its mode."""
+        if self.state is not VcpuState.RUNNABLE:
+            return 0
+        self.run(Quantum(instructions=count))
+        return count - max(0, self._slice.instructions_left)
+
+    def step(self) -> int:
+        """Run one guest instruction (0 if the vCPU cannot run)."""
+        return self.run_instructions(1)
+
+    def preempt(self) -> None:
+        """End the current slice before the next guest instruction (from an exit handler,
+        e.g. when the exit made another vCPU runnable)."""
+        self._slice.end_soon()
+
+    @property
+    def blocks_run(self) -> int:
+        """Translation blocks this vCPU has started: deterministic progress, for tests."""
+        return self._slice.blocks
 
     def watch_msr_instructions(self, gpa: int, code: bytes) -> None:
         """Trap RDMSR/WRMSR in an executable range (Unicorn has no MSR hook of its own).
@@ -311,6 +339,8 @@ class Vcpu:
     # -- exits -----------------------------------------------------------------------------
     def _exit(self, exit: VmExit) -> bool:
         """#VMEXIT to the hypervisor, and VMRUN when it resumes the vCPU (True)."""
+        if self._slice.overdue():
+            raise GuestTimeout(f"vCPU {self.index}: still running at its deadline")
         self.vmcb.exit_code, self.vmcb.exit_info1, self.vmcb.exit_info2 = (
             exit.code, exit.info1, exit.info2)
         if not self.es:
@@ -346,6 +376,8 @@ class Vcpu:
                 self._pending = err
             self.uc.emu_stop()
             return None
+        finally:
+            self._slice.check_deadline()
 
     def _rip(self) -> int:
         return int(self.uc.reg_read(x86.UC_X86_REG_RIP))
