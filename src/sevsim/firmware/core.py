@@ -15,6 +15,7 @@ from sevsim.abi.status import GuestState, PlatformState, SevStatus
 from sevsim.errors import FirmwareError, MemoryAccessError
 from sevsim.hw.chips import ChipPreset
 from sevsim.hw.memory import MemoryController
+from sevsim.hw.trng import Trng
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,10 @@ class GuestContext:
 class FirmwareCore:
     """Platform state, guest contexts and ASID bookkeeping of one Secure Processor."""
 
-    def __init__(self, chip: ChipPreset, memory: MemoryController, *,
+    def __init__(self, chip: ChipPreset, memory: MemoryController, *, seed: bytes | None = None,
                  vulnerable_cve_2019_9836: bool = False) -> None:
         self.chip = chip
+        self._trng = Trng(seed, b"secure processor " + chip.name.encode())
         # Firmware before the fix for CVE-2019-9836 (0.17 build 11 and earlier) did not
         # check that the owner's ECDH point lies on the curve.
         self.vulnerable_cve_2019_9836 = vulnerable_cve_2019_9836

@@ -47,7 +47,8 @@ class PlatformPki(FirmwareCore):
 
     def __init__(self, chip: ChipPreset, memory: MemoryController, *, seed: bytes | None = None,
                  vulnerable_cve_2019_9836: bool = False) -> None:
-        super().__init__(chip, memory, vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
+        super().__init__(chip, memory, seed=seed,
+                         vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
         self._chip_secret = (os.urandom(32) if seed is None else hashlib.sha256(
             b"sevsim chip secret\0" + chip.name.encode() + b"\0" + seed).digest())
         self._cek = self._derive_key("CEK")

@@ -6,8 +6,6 @@ it was: checks run first, effects after.
 
 from __future__ import annotations
 
-import os
-
 from sevsim.abi.cpuid import SevFeatures
 from sevsim.abi.policy import PolicyFlags, SevPolicy
 from sevsim.abi.sev_cert import Algo, Curve, EcPublicKey
@@ -86,7 +84,7 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
         if PolicyFlags.ES in decoded.flags and SevFeatures.SEV_ES not in self.chip.features:
             raise FirmwareError(SevStatus.POLICY_FAILURE,
                                 f"policy requires SEV-ES, which {self.chip.product} lacks")
-        vek = os.urandom(16)
+        vek = self._trng.random(16)
         if share_with:
             other = self._guest(share_with, "LAUNCH_START")
             if PolicyFlags.NOKS in other.policy.flags | decoded.flags:
@@ -94,7 +92,7 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
                                     f"key sharing with guest {share_with}: a policy sets NOKS")
             vek = other.vek
         if gdh_cert is None and session is None:
-            keys = TransportKeys(os.urandom(16), os.urandom(16))
+            keys = TransportKeys(self._trng.random(16), self._trng.random(16))
         elif gdh_cert is not None and session is not None:
             keys = self._open_session(policy, gdh_cert, session)
         else:
@@ -163,7 +161,7 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
     def launch_measure(self, handle: int) -> LaunchMeasurement:
         """HMAC-SHA256 under the TIK over the launch digest (spec-formats.md §9.6)."""
         ctx = self._guest(handle, "LAUNCH_MEASURE", GuestState.LUPDATE)
-        mnonce = os.urandom(16)
+        mnonce = self._trng.random(16)
         ctx.measure = self.measurement_mac(ctx.tik, ctx.policy.to_int(),
                                            ctx.launch_digest.digest(), mnonce)
         ctx.state = GuestState.LSECRET

@@ -13,7 +13,6 @@ checks run first and a refused command (FirmwareError with AMD's status) changes
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
@@ -278,8 +277,8 @@ class SnpFirmware(FirmwareCore):
                              SnpGuestState.RUNNING)
         ctx.policy, ctx.gosvw = decoded, gosvw
         # AES-256-XTS takes two 256-bit keys; otherwise AES-128 with the address tweak
-        ctx.vek = os.urandom(64 if PolicyFlags.MEM_AES_256_XTS in decoded.flags else 16)
-        ctx.vmpcks = tuple(os.urandom(VMPCK_SIZE) for _ in range(4))
+        ctx.vek = self._trng.random(64 if PolicyFlags.MEM_AES_256_XTS in decoded.flags else 16)
+        ctx.vmpcks = tuple(self._trng.random(VMPCK_SIZE) for _ in range(4))
         ctx.state = SnpGuestState.LAUNCH
 
     def _policy_refusal(self, policy: SnpPolicy, migration_agent: int) -> str:

@@ -241,7 +241,9 @@ class SnpPki(PlatformPki):
         72-byte fields."""
         blob = bytearray(unsigned)
         key = self._vlek[0] if self._vlek is not None else self._vcek_key(tcb)
-        der = key.sign(bytes(blob[:SIGNED_SIZE]), ec.ECDSA(hashes.SHA384()))
+        # RFC 6979: a seeded host signs the same report with the same bytes
+        der = key.sign(bytes(blob[:SIGNED_SIZE]),
+                       ec.ECDSA(hashes.SHA384(), deterministic_signing=True))
         for value, name in zip(decode_dss_signature(der), ("signature_r", "signature_s"),
                                strict=True):
             offset, size = OFFSETS[name]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -145,8 +144,9 @@ class GuestTransport(FirmwareCore):
         if PolicyFlags.SEV in policy.flags:
             self._check_genuine_amd(chain.cek, amd_certs)
         shared_x = self._pdh_shared_x(pdh)
-        keys = TransportKeys(os.urandom(16), os.urandom(16))
-        session = Session.seal(shared_x, os.urandom(16), os.urandom(16), keys, policy.to_int())
+        keys = TransportKeys(self._trng.random(16), self._trng.random(16))
+        session = Session.seal(shared_x, self._trng.random(16), self._trng.random(16), keys,
+                               policy.to_int())
         self._forget_stale_transfers()
         self._transfers[handle] = _Transfer(keys)
         ctx.state = GuestState.SUPDATE
@@ -185,7 +185,7 @@ class GuestTransport(FirmwareCore):
         if vmsa and not vmsa_seals(self._memory).check(ctx.asid, spa, plaintext):
             raise FirmwareError(SevStatus.SECURE_DATA_INVALID,
                                 f"{command}: the VMSA at 0x{spa:x} fails its integrity check")
-        header, data = seal_packet(transfer.keys, os.urandom(16), plaintext, b"")
+        header, data = seal_packet(transfer.keys, self._trng.random(16), plaintext, b"")
         transfer.macs.update(header.mac)
         return TransportPacket(header.to_bytes(), data)
 
@@ -264,8 +264,8 @@ class GuestTransport(FirmwareCore):
             raise FirmwareError(SevStatus.BAD_MEASUREMENT, f"RECEIVE_START: {err}") from None
         handle = self._next_handle
         self._next_handle += 1
-        self._guests[handle] = GuestContext(handle, decoded, os.urandom(16), keys.tek, keys.tik,
-                                             state=GuestState.RUPDATE)
+        self._guests[handle] = GuestContext(handle, decoded, self._trng.random(16), keys.tek,
+                                            keys.tik, state=GuestState.RUPDATE)
         self._forget_stale_transfers()
         self._transfers[handle] = _Transfer(keys)
         self._state = PlatformState.WORKING

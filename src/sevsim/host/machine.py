@@ -17,6 +17,7 @@ from sevsim.hw.chips import DEFAULT_CHIP, ChipPreset, GuestMode, chip_preset
 from sevsim.hw.engine import EncryptionEngine
 from sevsim.hw.memory import MemoryController
 from sevsim.hw.quantum import DEFAULT_QUANTUM, Quantum
+from sevsim.hw.trng import Trng
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -37,14 +38,18 @@ class Host:
     def __init__(self, chip: str | ChipPreset = DEFAULT_CHIP, memory: int | str = "512M", *,
                  seed: bytes | None = None, vulnerable_cve_2019_9836: bool = False,
                  quantum: Quantum = DEFAULT_QUANTUM) -> None:
-        """`seed` makes the chip's secret, hence its CEK, PEK, PDH and IDs, the same on every
-        run (a reproducible platform; VM keys stay random). `vulnerable_cve_2019_9836` runs
-        firmware that does not check the owner's ECDH point (0.17 build 11 and earlier).
+        """`seed` makes the platform reproducible: the chip's secret, hence its CEK, PEK, PDH,
+        VCEK and IDs, and every key and nonce the Secure Processor and the memory controller
+        draw (VM keys, VMPCKs, tweaks), so the same VMs give the same dumps and reports.
+        `vulnerable_cve_2019_9836` runs firmware that does not check the owner's ECDH point
+        (0.17 build 11 and earlier).
         `quantum` is what each vCPU runs before the next one when several share the host
         (a lone single-vCPU VM runs until it stops); quanta always end between two
         instructions, so they change the interleaving of vCPUs, never a program's result."""
         self.chip = chip_preset(chip)
-        self.memory = MemoryController(parse_size(memory), EncryptionEngine(self.chip.tweak))
+        entropy = Trng(seed, b"memory controller " + self.chip.name.encode())
+        self.memory = MemoryController(parse_size(memory),
+                                       EncryptionEngine(self.chip.tweak, entropy=entropy))
         self.firmware = SevFirmware(self.chip, self.memory, seed=seed,
                                     vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
         self.firmware.init()  # the kernel's ccp driver initialises the platform at load

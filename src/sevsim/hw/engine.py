@@ -39,6 +39,7 @@ import numpy as np
 from sevsim.errors import ConfigError
 from sevsim.hw._xex import Key, XtsKey
 from sevsim.hw.chips import TweakMode
+from sevsim.hw.trng import Trng
 
 PAGE = 4096
 BLOCK = 16
@@ -83,9 +84,9 @@ class TweakFunction:
         return cls(_expand(seed.to_bytes(4, "little"), address_bits))
 
     @classmethod
-    def strong(cls, address_bits: int = 52) -> TweakFunction:
+    def strong(cls, address_bits: int = 52, entropy: Trng | None = None) -> TweakFunction:
         """Zen 2+: 128 bits of fresh entropy per constant, per boot."""
-        return cls(_expand(os.urandom(32), address_bits))
+        return cls(_expand((entropy or Trng()).random(32), address_bits))
 
     def of(self, addresses: np.ndarray) -> np.ndarray:
         """T of each address (bits 0..3 ignored): shape (n, 2).
@@ -150,11 +151,14 @@ class EncryptionEngine:
     never come out: each slot is a `_xex.Key` or `_xex.XtsKey`, which keeps the key in C memory
     and wipes it when dropped."""
 
-    def __init__(self, mode: TweakMode, tweak: TweakFunction | None = None) -> None:
+    def __init__(self, mode: TweakMode, tweak: TweakFunction | None = None,
+                 entropy: Trng | None = None) -> None:
+        """`entropy` draws the tweak constants at boot (unless `tweak` is given)."""
         self.mode = mode
         if tweak is None:
-            tweak = (TweakFunction.weak(int.from_bytes(os.urandom(4), "little"))
-                     if mode is TweakMode.XE_WEAK else TweakFunction.strong())
+            entropy = entropy or Trng()
+            tweak = (TweakFunction.weak(int.from_bytes(entropy.random(4), "little"))
+                     if mode is TweakMode.XE_WEAK else TweakFunction.strong(entropy=entropy))
         self.tweak = tweak
         self._slots: dict[int, Slot] = {}
 
