@@ -11,15 +11,14 @@ needs anyway.
 
 from __future__ import annotations
 
-import ctypes
 import math
 from dataclasses import dataclass
 
-from unicorn import UC_CTL_IO_WRITE, UC_CTL_TB_FLUSH, UC_HOOK_BLOCK, UC_HOOK_CODE, Uc, UcError
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn import UC_CTL_IO_WRITE, UC_CTL_TB_FLUSH, UC_HOOK_BLOCK, UC_HOOK_CODE, Uc
 
 from sevsim.errors import ConfigError
 from sevsim.hw._quantum import Budget, monotonic_ns
+from sevsim.hw.unicorn_c import add_hook, delete_hook, emu_stop_address
 
 _FOREVER = 1 << 62
 
@@ -63,9 +62,9 @@ class SliceTimer:
 
     def __init__(self, uc: Uc) -> None:
         self._uc = uc
-        self._budget = Budget(ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value or 0)
+        self._budget = Budget(emu_stop_address())
         self._block_hook, self._code_hook, self._data = self._budget.hooks()
-        self._add(UC_HOOK_BLOCK, self._block_hook)
+        add_hook(uc, UC_HOOK_BLOCK, self._block_hook, self._data)
         self._counting: int | None = None  # the code hook's handle while installed
         self._hard = False
         self._deadline_ns = 0
@@ -131,24 +130,8 @@ class SliceTimer:
         if on == (self._counting is not None):
             return
         if on:
-            self._counting = self._add(UC_HOOK_CODE, self._code_hook)
-        else:
-            status = uclib.uc_hook_del(self._handle(), self._counting)
-            if status:
-                raise UcError(status)
+            self._counting = add_hook(self._uc, UC_HOOK_CODE, self._code_hook, self._data)
+        elif self._counting is not None:
+            delete_hook(self._uc, self._counting)
             self._counting = None
         self._uc.ctl(UC_CTL_TB_FLUSH, UC_CTL_IO_WRITE)
-
-    def _add(self, kind: int, callback: int) -> int:
-        handle = ctypes.c_size_t()
-        status = uclib.uc_hook_add(self._handle(), ctypes.byref(handle), kind,
-                                   ctypes.c_void_p(callback), ctypes.c_void_p(self._data), 1, 0)
-        if status:
-            raise UcError(status)
-        return handle.value
-
-    def _handle(self) -> object:
-        """The engine's C handle: Unicorn's Python binding keeps it in `_uch` and offers no
-        public accessor; the hooks must be registered with C callbacks, which `hook_add`
-        (Python callables only) cannot do."""
-        return self._uc._uch
