@@ -22,11 +22,10 @@ from typer.testing import CliRunner
 
 from ovmf_images import AMDSEV_SECTIONS, make_ovmf
 from sevsim.abi import ovmf
-from sevsim.abi.ovmf import OvmfError
 from sevsim.attest import measure as m
 from sevsim.cli.common import EXIT_ERROR
 from sevsim.cli.main import app
-from sevsim.errors import ConfigError
+from sevsim.errors import ConfigError, OvmfError
 from sevsim.guest.kernel import kernel_identity
 from sevsim.host.elf import parse_elf
 from sevsim.host.machine import Host

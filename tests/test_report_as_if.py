@@ -15,14 +15,14 @@ import pytest
 from typer.testing import CliRunner
 
 from ovmf_images import AMDSEV_SECTIONS, make_ovmf
-from sevsim.abi.ovmf import KernelHashes, OvmfError
+from sevsim.abi.ovmf import KernelHashes
 from sevsim.abi.snp_report import AttestationReport, parse_cert_table
 from sevsim.abi.snp_tcb import SigningKey
 from sevsim.attest.measure import snp_ovmf_digest
 from sevsim.attest.snp_verify import CertBundle, verify_report_chain
 from sevsim.cli.common import EXIT_ERROR
 from sevsim.cli.main import app
-from sevsim.errors import FirmwareError, VmStateError
+from sevsim.errors import FirmwareError, OvmfError, VmStateError
 from sevsim.host.machine import Host
 
 runner = CliRunner()

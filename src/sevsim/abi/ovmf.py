@@ -19,16 +19,11 @@ from collections.abc import Iterator
 from enum import Enum, IntEnum
 from typing import NamedTuple
 
+from sevsim.errors import OvmfError
+
 from .snp_launch import PAGE_SIZE, VMSA_GPA, PageType
 from .vmsa import SEV_FEATURES_SNP, Vmsa
 from .vmsa import Segment as VmcbSegment
-
-
-class OvmfError(ValueError):
-    """An OVMF image that cannot be launched as asked: no footer GUID table, no SEV metadata,
-    a malformed section, an unknown VMM or vCPU type, or a launch the image does not support
-    (APs without an SEV-ES reset block, a kernel without a hashes table)."""
-
 
 FOUR_GIB = 1 << 32
 RESET_VECTOR_SIZE = 32  # the footer table ends this far before the end of the image

@@ -17,7 +17,7 @@ from typing import TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .snp_errors import GuestMessageError
+from sevsim.errors import GuestMessageError
 
 PAGE_SIZE = 0x1000
 HEADER_SIZE = 0x60

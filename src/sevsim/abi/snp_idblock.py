@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from .snp_errors import LaunchFormatError
+from sevsim.errors import LaunchFormatError
+
 from .snp_launch import DIGEST_SIZE
 
 # -- ECDSA P-384 keys and signatures in AMD's format -----------------------------------------

@@ -13,7 +13,7 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-from .snp_errors import LaunchFormatError
+from sevsim.errors import LaunchFormatError
 
 PAGE_SIZE = 0x1000
 DIGEST_SIZE = 48

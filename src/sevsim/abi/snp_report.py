@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from .snp_errors import ReportFormatError, SnpFormatError
+from sevsim.errors import ReportFormatError, SnpFormatError
+
 from .snp_tcb import Generation, PlatformInfo, SigningKey, SnpPolicy, TcbVersion
 
 REPORT_SIZE = 0x4A0

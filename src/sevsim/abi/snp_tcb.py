@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, IntEnum, IntFlag
 
-from .snp_errors import TcbFormatError
+from sevsim.errors import TcbFormatError
 
 U64 = (1 << 64) - 1
 

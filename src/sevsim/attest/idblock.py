@@ -16,11 +16,10 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_idblock import IdAuthInfo, IdBlock, verify_id_block
 from sevsim.abi.snp_launch import DIGEST_SIZE
 from sevsim.abi.snp_tcb import SnpPolicy
-from sevsim.errors import IdBlockError
+from sevsim.errors import IdBlockError, SnpFormatError
 
 DEFAULT_POLICY = 0x30000  # SMT allowed + reserved bit 17, as QEMU and sev-snp-measure
 

@@ -22,7 +22,6 @@ from sevsim.abi.bootinfo import Segment, boot_info_for, launch_image, pack_secre
 from sevsim.abi.policy import PolicyFlags
 from sevsim.abi.sev_cert import (
     Algo,
-    CertificateFormatError,
     Curve,
     EcPublicKey,
     SevCert,
@@ -40,7 +39,7 @@ from sevsim.abi.sev_session import (
 from sevsim.abi.status import PlatformStatus
 from sevsim.abi.vmsa import reset_state
 from sevsim.attest.sev_chain import PlatformChain, Trust, VerifiedChain, verify
-from sevsim.errors import AttestationError, CertificateError, MeasurementError
+from sevsim.errors import AttestationError, CertificateError, MeasurementError, SevCertFormatError
 
 DEFAULT_POLICY = int(PolicyFlags.NODBG | PolicyFlags.NOKS)
 LAUNCH_MEASURE_SIZE = 48  # MEASURE[32] || MNONCE[16]
@@ -181,7 +180,7 @@ class GuestOwner:
         """Verify PDH_CERT_EXPORT's chain; the GODH certificate and session for LAUNCH_START."""
         try:
             chain = PlatformChain.from_export(pdh_cert, cert_chain)
-        except CertificateFormatError as err:
+        except SevCertFormatError as err:
             raise CertificateError("PDH_CERT_EXPORT", str(err)) from None
         self.chain = verify(chain, self.trust, self.product)
         self._session = make_session(chain.pdh, self._policy)

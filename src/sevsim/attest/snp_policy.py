@@ -21,10 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_report import AttestationReport
 from sevsim.abi.snp_tcb import PlatformInfo, PolicyFlags, SigningKey, TcbVersion
-from sevsim.errors import PolicyError
+from sevsim.errors import PolicyError, SnpFormatError
 
 TCB_FIELDS = ("reported", "committed", "launch", "current")
 TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")

@@ -34,7 +34,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from sevsim.abi.snp_cert import SnpCertificate, common_name
-from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_report import (
     GUID_ARK,
     GUID_ASK,
@@ -48,7 +47,7 @@ from sevsim.abi.snp_report import (
 )
 from sevsim.abi.snp_tcb import Generation, SigningKey
 from sevsim.attest.kds_client import KdsClient
-from sevsim.errors import KdsFetchError, SnpVerificationError
+from sevsim.errors import KdsFetchError, SnpFormatError, SnpVerificationError
 
 Trust = Literal["amd", "sevsim"]
 TRUSTS: tuple[Trust, ...] = ("amd", "sevsim")

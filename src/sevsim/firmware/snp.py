@@ -24,13 +24,12 @@ from cryptography.exceptions import InvalidSignature
 
 from sevsim.abi.cpuid import SevFeatures, parse_cpuid_page
 from sevsim.abi.rmp import PAGE_4K
-from sevsim.abi.snp_errors import LaunchFormatError, TcbFormatError
 from sevsim.abi.snp_idblock import IdAuthInfo, IdBlock, verify_id_block
 from sevsim.abi.snp_launch import DIGEST_SIZE, INITIAL_DIGEST, VMSA_GPA, PageType, update_digest
 from sevsim.abi.snp_tcb import PolicyFlags, SnpPolicy, TcbVersion
 from sevsim.abi.status import SevStatus
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, Vmsa
-from sevsim.errors import FirmwareError, MemoryAccessError
+from sevsim.errors import FirmwareError, LaunchFormatError, MemoryAccessError, TcbFormatError
 from sevsim.firmware.core import FirmwareCore
 from sevsim.hw.cpu import vmsa_seals
 from sevsim.hw.engine import PAGE

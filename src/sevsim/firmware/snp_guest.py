@@ -16,7 +16,6 @@ import struct
 from typing import Any
 
 from sevsim.abi.sev_session import kdf
-from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_guest_msg import (
     GuestFieldSelect,
     KeyRequest,
@@ -31,7 +30,7 @@ from sevsim.abi.snp_guest_msg import (
 from sevsim.abi.snp_report import OFFSETS, AttestationReport, ReportResponse, SignerInfo
 from sevsim.abi.snp_tcb import Generation, PlatformInfo, SigningKey, TcbVersion
 from sevsim.abi.status import SevStatus
-from sevsim.errors import FirmwareError
+from sevsim.errors import FirmwareError, SnpFormatError
 from sevsim.firmware.snp import SnpFirmware, SnpGuestContext, SnpGuestState
 from sevsim.firmware.snp_pki import SnpPki
 

@@ -29,7 +29,6 @@ from cryptography.exceptions import InvalidSignature
 from sevsim.abi.policy import PolicyFlags, SevPolicy
 from sevsim.abi.sev_cert import (
     CertChain,
-    CertificateFormatError,
     EcPublicKey,
     SevCert,
     Usage,
@@ -45,7 +44,7 @@ from sevsim.abi.sev_session import (
     seal_packet,
 )
 from sevsim.abi.status import GuestState, PlatformState, SevStatus
-from sevsim.errors import FirmwareError, MemoryAccessError
+from sevsim.errors import FirmwareError, MemoryAccessError, SevCertFormatError
 from sevsim.firmware.amd_root import PRODUCTS, simulated_root
 from sevsim.firmware.core import FirmwareCore, GuestContext
 from sevsim.hw.chips import GuestMode
@@ -197,7 +196,7 @@ class GuestTransport(FirmwareCore):
         pdh_key = _ecdh_key(pdh, "SEND_START")
         try:
             chain = CertChain.from_bytes(plat_certs)
-        except CertificateFormatError as err:
+        except SevCertFormatError as err:
             raise FirmwareError(SevStatus.INVALID_CERTIFICATE,
                                 f"SEND_START: platform certificates: {err}") from None
         for cert, usage in ((chain.pek, Usage.PEK), (chain.oca, Usage.OCA),
