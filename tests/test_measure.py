@@ -29,6 +29,7 @@ from sevsim.errors import ConfigError, OvmfError
 from sevsim.guest.kernel import kernel_identity
 from sevsim.host.elf import parse_elf
 from sevsim.host.machine import Host
+from sevsim.testing import launch_digest
 
 runner = CliRunner()
 
@@ -187,7 +188,7 @@ def test_legacy_guest_digest_is_what_the_firmware_measured(build: Any, mode: str
     vm = host.create_vm(mode=mode, memory="16M", vcpus=2)
     vm.load(elf)
     vm.launch()
-    measured = host.firmware._guests[vm.hv.firmware_handle].launch_digest.digest()
+    measured = launch_digest(host, vm)
     image = parse_elf(elf.read_bytes())
     assert m.guest_digest(mode, image, vm.memory_size, 2, kernel_identity()) == measured
     other = "sev" if mode == "sev-es" else "sev-es"

@@ -47,7 +47,7 @@ from sevsim.abi.snp_report import (
 )
 from sevsim.abi.snp_tcb import Generation, SigningKey
 from sevsim.attest.kds_client import KdsClient
-from sevsim.errors import KdsFetchError, SnpFormatError, SnpVerificationError
+from sevsim.errors import ConfigError, KdsFetchError, SnpFormatError, SnpVerificationError
 
 Trust = Literal["amd", "sevsim"]
 TRUSTS: tuple[Trust, ...] = ("amd", "sevsim")
@@ -164,7 +164,7 @@ def trusted_roots(trust: Trust, product: str | Generation) -> SnpRoots:
     """The shipped anchors: AMD's real ones (trust="amd") or sevsim's simulated ones."""
     if trust not in TRUSTS:
         raise ValueError(f"trust must be one of {TRUSTS}, not {trust!r}")
-    generation = _generation(product)
+    generation = product_generation(product)
     base = resources.files("sevsim.attest").joinpath(
         "roots", "amd" if trust == "amd" else "sevsim", "snp", generation.value.lower())
     certs = {role: x509.load_pem_x509_certificate(base.joinpath(f"{role}.pem").read_bytes())
@@ -172,13 +172,14 @@ def trusted_roots(trust: Trust, product: str | Generation) -> SnpRoots:
     return SnpRoots(trust, generation, certs["ark"], certs["ask"], certs["asvk"])
 
 
-def _generation(product: str | Generation) -> Generation:
+def product_generation(product: str | Generation) -> Generation:
+    """The SNP generation a product name ("milan", "Genoa", ...) names; a Generation as is."""
     if isinstance(product, Generation):
         return product
     for generation in Generation:
         if generation.value.lower() == product.lower():
             return generation
-    raise ValueError(f"unknown product {product!r}: one of {', '.join(PRODUCTS)}")
+    raise ConfigError(f"unknown product {product!r}: one of {', '.join(PRODUCTS)}")
 
 
 def _spki(cert: x509.Certificate) -> bytes | None:
@@ -288,7 +289,7 @@ def _infer_generation(report: AttestationReport, product: str | Generation | Non
     for a v2 report, --product, else the certificate's productName, else Turin's 8-byte
     chip id. The chain must still verify to that product's ARK."""
     try:
-        given = None if product is None else _generation(product)
+        given = None if product is None else product_generation(product)
     except ValueError as error:
         rec.add("product", False, str(error))
         return None
@@ -642,7 +643,7 @@ def verify_certificate_chain(certs: CertBundle, product: str | Generation, *,
     """The chain alone (ARK, ASK or ASVK, and the leaf if given), without a report: for a
     certificate fetched or cached before any report arrives."""
     rec = _Recorder()
-    generation = _generation(product)
+    generation = product_generation(product)
     when = at or datetime.datetime.now(datetime.UTC)
     leaf = None
     chain = _verify_ca(rec, trusted_roots(trust, generation), vlek, certs, when)

@@ -32,13 +32,13 @@ def show(
     """Print every field of an SNP attestation report (v2, v3, v5), decoded."""
     from sevsim.abi.snp_report import AttestationReport
     from sevsim.attest.snp_show import flatten, report_fields
-    from sevsim.attest.snp_verify import _generation, load_report
+    from sevsim.attest.snp_verify import load_report, product_generation
     from sevsim.errors import SnpFormatError
 
     blob = load_report(read_input(report, "sevsim show"))
     try:
         parsed = AttestationReport.from_bytes(blob)
-        fields = report_fields(parsed, None if product is None else _generation(product))
+        fields = report_fields(parsed, None if product is None else product_generation(product))
     except (SnpFormatError, ValueError) as error:
         raise fail(error, "sevsim show") from None
     if as_json:
