@@ -13,6 +13,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sevsim.errors import FormatError
+
 PAGE = 4096
 BOOTINFO_GPA = 0x1000
 SECRET_GPA = 0x2000
@@ -59,16 +61,16 @@ class BootInfo:
 
     def _check_secret(self) -> None:
         if self.secret_gpa % PAGE or self.secret_size % PAGE:
-            raise ValueError(f"secret area 0x{self.secret_gpa:x}+0x{self.secret_size:x} is not "
+            raise FormatError(f"secret area 0x{self.secret_gpa:x}+0x{self.secret_size:x} is not "
                              "page aligned")
 
     def to_bytes(self) -> bytes:
         self._check_secret()
         if len(self.segments) > MAX_SEGMENTS:
-            raise ValueError(f"{len(self.segments)} segments, a boot-info page holds "
+            raise FormatError(f"{len(self.segments)} segments, a boot-info page holds "
                              f"{MAX_SEGMENTS}")
         if len(self.kernel_id) != 48:
-            raise ValueError(f"kernel identity is {len(self.kernel_id)} bytes, not 48 (SHA-384)")
+            raise FormatError(f"kernel identity is {len(self.kernel_id)} bytes, not 48 (SHA-384)")
         page = bytearray(4096)
         page[:_HEAD.size] = _HEAD.pack(MAGIC, self.ram_size, self.nvcpus, self.heap_start,
                                        self.heap_end, MODES.index(self.mode), self.secret_gpa,
@@ -97,14 +99,14 @@ class BootInfo:
     @classmethod
     def from_bytes(cls, page: bytes) -> BootInfo:
         if len(page) < _KERNEL_ID_OFFSET + 48:
-            raise ValueError(f"boot-info page of {len(page)} bytes is truncated")
+            raise FormatError(f"boot-info page of {len(page)} bytes is truncated")
         magic, ram, nvcpus, heap_start, heap_end, mode, secret_gpa, secret_size = (
             _HEAD.unpack_from(page))
         if magic != MAGIC or mode >= len(MODES):
-            raise ValueError("not a sevsim boot-info page")
+            raise FormatError("not a sevsim boot-info page")
         entry, stack_top, count = _IMAGE.unpack_from(page, _IMAGE_OFFSET)
         if count > MAX_SEGMENTS:
-            raise ValueError(f"boot info lists {count} segments, at most {MAX_SEGMENTS}")
+            raise FormatError(f"boot info lists {count} segments, at most {MAX_SEGMENTS}")
         segments = tuple(
             Segment(*_SEGMENT.unpack_from(page, _IMAGE_OFFSET + _IMAGE.size + i * _SEGMENT.size))
             for i in range(count))
@@ -117,11 +119,11 @@ class BootInfo:
 def boot_info_for(entry: int, segments: Sequence[Segment], ram_size: int, nvcpus: int,
                   mode: str, kernel_id: bytes) -> BootInfo:
     """The boot info sevsim's VMM gives an image: the heap from the page after the image to
-    the boot vCPU's stack at the top of RAM, and the secret page. ValueError if it does not
+    the boot vCPU's stack at the top of RAM, and the secret page. FormatError if it does not
     fit."""
     heap_start = -(-max(s.gpa + s.memsz for s in segments) // PAGE) * PAGE
     if heap_start > ram_size - BSP_STACK_SIZE:
-        raise ValueError(f"image ends at 0x{heap_start:x}; it does not fit in "
+        raise FormatError(f"image ends at 0x{heap_start:x}; it does not fit in "
                          f"{ram_size >> 20} MiB with a {BSP_STACK_SIZE >> 10} KiB stack")
     return BootInfo(ram_size, nvcpus, heap_start, ram_size - BSP_STACK_SIZE, mode, entry,
                     ram_size, tuple(segments), kernel_id, SECRET_GPA, SECRET_SIZE)
@@ -136,7 +138,7 @@ def launch_image(boot: BootInfo, contents: Sequence[bytes]) -> list[tuple[int, b
     pages[BOOTINFO_GPA // PAGE][:] = boot.to_bytes()
     for seg, data in zip(boot.segments, contents, strict=True):
         if len(data) != seg.filesz:
-            raise ValueError(f"segment at 0x{seg.gpa:x} has {len(data)} file bytes, "
+            raise FormatError(f"segment at 0x{seg.gpa:x} has {len(data)} file bytes, "
                              f"not {seg.filesz}")
         pos = 0
         while pos < len(data):
@@ -151,7 +153,7 @@ def pack_secret(data: bytes) -> bytes:
     """The secret page's payload: u32 length || data, zero-padded to 16 bytes (LAUNCH_SECRET
     writes whole blocks)."""
     if not 0 < len(data) <= SECRET_SIZE - _SECRET_LENGTH.size:
-        raise ValueError(f"a secret is 1..{SECRET_SIZE - _SECRET_LENGTH.size} bytes, "
+        raise FormatError(f"a secret is 1..{SECRET_SIZE - _SECRET_LENGTH.size} bytes, "
                          f"not {len(data)}")
     payload = _SECRET_LENGTH.pack(len(data)) + data
     return payload.ljust(-(-len(payload) // 16) * 16, b"\0")

@@ -10,6 +10,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntFlag
 
+from sevsim.errors import FormatError
+
 MSR_SEV_STATUS = 0xC0010131
 MSR_GHCB = 0xC0010130
 
@@ -111,16 +113,16 @@ class CpuidEntry:
 def pack_cpuid_page(entries: list[CpuidEntry]) -> bytes:
     """The 4 KiB CPUID page a VMM launches with SNP_LAUNCH_UPDATE (type CPUID)."""
     if len(entries) > CPUID_PAGE_MAX_ENTRIES:
-        raise ValueError(f"a CPUID page holds at most {CPUID_PAGE_MAX_ENTRIES} entries")
+        raise FormatError(f"a CPUID page holds at most {CPUID_PAGE_MAX_ENTRIES} entries")
     body = b"".join(_CPUID_ENTRY.pack(e.leaf, e.subleaf, 0, 0, *e.registers) for e in entries)
     return (_CPUID_HEAD.pack(len(entries), 0) + body).ljust(4096, b"\0")
 
 
 def parse_cpuid_page(page: bytes) -> list[CpuidEntry]:
-    """The entries of a CPUID page; ValueError for a count beyond 64."""
+    """The entries of a CPUID page; FormatError for a count beyond 64."""
     count, _ = _CPUID_HEAD.unpack_from(page)
     if count > CPUID_PAGE_MAX_ENTRIES:
-        raise ValueError(f"CPUID page with {count} entries, at most {CPUID_PAGE_MAX_ENTRIES}")
+        raise FormatError(f"CPUID page with {count} entries, at most {CPUID_PAGE_MAX_ENTRIES}")
     entries = []
     for index in range(count):
         leaf, subleaf, _, _, eax, ebx, ecx, edx = _CPUID_ENTRY.unpack_from(

@@ -14,6 +14,8 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from sevsim.errors import FormatError
+
 from .vmsa import layout_offsets  # abi modules share helpers only among themselves
 
 PAGE_SIZE = 0x1000
@@ -64,15 +66,15 @@ class Ghcb:
         bitmap = 0
         for name, value in self.save.items():
             if name not in FIELDS:
-                raise ValueError(f"no field {name!r} in the GHCB save area")
+                raise FormatError(f"no field {name!r} in the GHCB save area")
             offset, length = OFFSETS[name]
             if not 0 <= value < 1 << 8 * length:
-                raise ValueError(f"GHCB {name} 0x{value:x} does not fit in {length} bytes")
+                raise FormatError(f"GHCB {name} 0x{value:x} does not fit in {length} bytes")
             page[offset:offset + length] = value.to_bytes(length, "little")
             bitmap |= 1 << valid_bit(name)
         page[_VALID_BITMAP:_VALID_BITMAP + 16] = bitmap.to_bytes(16, "little")
         if len(self.shared_buffer) > SHARED_BUFFER_SIZE:
-            raise ValueError(f"{len(self.shared_buffer)} bytes do not fit the "
+            raise FormatError(f"{len(self.shared_buffer)} bytes do not fit the "
                              f"{SHARED_BUFFER_SIZE}-byte shared buffer")
         page[SHARED_BUFFER_OFFSET:SHARED_BUFFER_OFFSET + len(self.shared_buffer)] = (
             self.shared_buffer)
@@ -83,7 +85,7 @@ class Ghcb:
     @classmethod
     def from_bytes(cls, page: bytes) -> Ghcb:
         if len(page) != PAGE_SIZE:
-            raise ValueError(f"a GHCB is one 4 KiB page, not {len(page)} bytes")
+            raise FormatError(f"a GHCB is one 4 KiB page, not {len(page)} bytes")
         bitmap = int.from_bytes(page[_VALID_BITMAP:_VALID_BITMAP + 16], "little")
         save = {}
         for name in FIELDS:
@@ -273,7 +275,7 @@ class PscEntry:
 def pack_psc(cur_entry: int, end_entry: int, entries: list[PscEntry]) -> bytes:
     """The PSC descriptor the guest puts in the GHCB shared buffer."""
     if not entries or len(entries) > PSC_MAX_ENTRIES:
-        raise ValueError(f"a PSC request holds 1..{PSC_MAX_ENTRIES} entries, not {len(entries)}")
+        raise FormatError(f"a PSC request holds 1..{PSC_MAX_ENTRIES} entries, not {len(entries)}")
     return _PSC_HEAD.pack(cur_entry, end_entry, 0) + b"".join(
         e.to_int().to_bytes(8, "little") for e in entries)
 
@@ -281,10 +283,10 @@ def pack_psc(cur_entry: int, end_entry: int, entries: list[PscEntry]) -> bytes:
 def unpack_psc(buffer: bytes) -> tuple[int, int, list[PscEntry]]:
     """(cur_entry, end_entry, entries up to end_entry) of a PSC descriptor."""
     if len(buffer) < _PSC_HEAD.size:
-        raise ValueError("PSC descriptor shorter than its header")
+        raise FormatError("PSC descriptor shorter than its header")
     cur, end, _ = _PSC_HEAD.unpack_from(buffer)
     if end >= PSC_MAX_ENTRIES or len(buffer) < _PSC_HEAD.size + 8 * (end + 1):
-        raise ValueError(f"PSC end_entry {end} beyond the buffer")
+        raise FormatError(f"PSC end_entry {end} beyond the buffer")
     entries = [PscEntry.from_int(int.from_bytes(
         buffer[_PSC_HEAD.size + 8 * i:_PSC_HEAD.size + 8 * i + 8], "little"))
         for i in range(end + 1)]

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from sevsim.errors import ReportFormatError, SnpFormatError
+from sevsim.errors import FormatError, ReportFormatError, SnpFormatError
 
 from .snp_tcb import Generation, PlatformInfo, SigningKey, SnpPolicy, TcbVersion
 
@@ -61,10 +61,10 @@ def _check_layout() -> None:
     end = 0
     for name, offset, size in _LAYOUT:
         if offset != end:
-            raise ValueError(f"report layout: {name} at 0x{offset:x}, expected 0x{end:x}")
+            raise FormatError(f"report layout: {name} at 0x{offset:x}, expected 0x{end:x}")
         end = offset + size
     if end != REPORT_SIZE:
-        raise ValueError(f"report layout is 0x{end:x} bytes")
+        raise FormatError(f"report layout is 0x{end:x} bytes")
 
 
 _check_layout()

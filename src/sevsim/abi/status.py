@@ -6,6 +6,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from sevsim.errors import FormatError
+
 
 class SevStatus(IntEnum):
     """Status codes every SEV/SNP firmware command returns."""
@@ -126,8 +128,8 @@ class PlatformStatus:
     @classmethod
     def from_bytes(cls, blob: bytes) -> PlatformStatus:
         if len(blob) != _PLATFORM_STATUS.size:
-            raise ValueError(f"PLATFORM_STATUS is {_PLATFORM_STATUS.size} bytes, not {len(blob)}")
+            raise FormatError(f"PLATFORM_STATUS is {_PLATFORM_STATUS.size} bytes, not {len(blob)}")
         major, minor, state, owner, config, _, build, count = _PLATFORM_STATUS.unpack(blob)
         if state not in PlatformState.__members__.values():
-            raise ValueError(f"platform state {state} is not one AMD defines")
+            raise FormatError(f"platform state {state} is not one AMD defines")
         return cls(major, minor, PlatformState(state), owner, config, build, count)

@@ -39,7 +39,13 @@ from sevsim.abi.sev_session import (
 from sevsim.abi.status import PlatformStatus
 from sevsim.abi.vmsa import reset_state
 from sevsim.attest.sev_chain import PlatformChain, Trust, VerifiedChain, verify
-from sevsim.errors import AttestationError, CertificateError, MeasurementError, SevCertFormatError
+from sevsim.errors import (
+    AttestationError,
+    CertificateError,
+    ConfigError,
+    MeasurementError,
+    SevCertFormatError,
+)
 
 DEFAULT_POLICY = int(PolicyFlags.NODBG | PolicyFlags.NOKS)
 LAUNCH_MEASURE_SIZE = 48  # MEASURE[32] || MNONCE[16]
@@ -163,7 +169,7 @@ class GuestOwner:
                  trust: Trust = "amd", product: str | None = None) -> None:
         pack_secret(secret)  # refuse a secret that does not fit now, not after the launch
         if len(expected_digest) != 32:
-            raise ValueError(f"a launch digest is 32 bytes, not {len(expected_digest)}")
+            raise ConfigError(f"a launch digest is 32 bytes, not {len(expected_digest)}")
         self._secret = secret
         self.expected_digest = expected_digest
         self._policy = policy

@@ -163,7 +163,7 @@ class SnpRoots:
 def trusted_roots(trust: Trust, product: str | Generation) -> SnpRoots:
     """The shipped anchors: AMD's real ones (trust="amd") or sevsim's simulated ones."""
     if trust not in TRUSTS:
-        raise ValueError(f"trust must be one of {TRUSTS}, not {trust!r}")
+        raise ConfigError(f"trust must be one of {TRUSTS}, not {trust!r}")
     generation = product_generation(product)
     base = resources.files("sevsim.attest").joinpath(
         "roots", "amd" if trust == "amd" else "sevsim", "snp", generation.value.lower())

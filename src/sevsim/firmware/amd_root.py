@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sevsim.abi.sev_cert import AmdCert, Usage
+from sevsim.errors import ConfigError
 
 SEED = b"sevsim simulated AMD root key: not AMD's, public, for simulation only"
 PRODUCTS = ("naples", "rome", "milan", "genoa", "turin")
@@ -210,7 +211,7 @@ def simulated_asvk(product: str) -> rsa.RSAPrivateKey:
     """The simulated ASVK of an SNP product: the key that signs VLEKs."""
     product = product.lower()
     if product not in SNP_PRODUCTS:
-        raise ValueError(f"no simulated ASVK for product {product!r}")
+        raise ConfigError(f"no simulated ASVK for product {product!r}")
     return _shipped_key(product, "asvk")
 
 
@@ -219,7 +220,7 @@ def simulated_root(product: str) -> SimulatedRoot:
     """The shipped simulated root of a product (Naples, Rome, Milan, Genoa, Turin)."""
     product = product.lower()
     if product not in PRODUCTS:
-        raise ValueError(f"no simulated AMD root for product {product!r}")
+        raise ConfigError(f"no simulated AMD root for product {product!r}")
     return build_root(product, _shipped_key(product, "ark"), _shipped_key(product, "ask"))
 
 

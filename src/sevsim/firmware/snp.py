@@ -29,7 +29,13 @@ from sevsim.abi.snp_launch import DIGEST_SIZE, INITIAL_DIGEST, VMSA_GPA, PageTyp
 from sevsim.abi.snp_tcb import PolicyFlags, SnpPolicy, TcbVersion
 from sevsim.abi.status import SevStatus
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, Vmsa
-from sevsim.errors import FirmwareError, LaunchFormatError, MemoryAccessError, TcbFormatError
+from sevsim.errors import (
+    FirmwareError,
+    FormatError,
+    LaunchFormatError,
+    MemoryAccessError,
+    TcbFormatError,
+)
 from sevsim.firmware.core import FirmwareCore
 from sevsim.hw.cpu import vmsa_seals
 from sevsim.hw.engine import PAGE
@@ -107,13 +113,13 @@ class SnpPlatformStatus:
     def from_bytes(cls, blob: bytes) -> SnpPlatformStatus:
         """Strict: the length, a known state and clear reserved bits."""
         if len(blob) != _SNP_STATUS.size:
-            raise ValueError(f"SNP_PLATFORM_STATUS is {_SNP_STATUS.size} bytes, not {len(blob)}")
+            raise FormatError(f"SNP_PLATFORM_STATUS is {_SNP_STATUS.size} bytes, not {len(blob)}")
         (major, minor, state, rmp, build, flags, count, current,
          reported) = _SNP_STATUS.unpack(blob)
         if state not in SnpPlatformState.__members__.values():
-            raise ValueError(f"SNP platform state {state} is not one AMD defines")
+            raise FormatError(f"SNP platform state {state} is not one AMD defines")
         if rmp & ~1 or flags & ~_STATUS_FLAGS_MASK:
-            raise ValueError("SNP_PLATFORM_STATUS sets reserved bits")
+            raise FormatError("SNP_PLATFORM_STATUS sets reserved bits")
         return cls(major, minor, SnpPlatformState(state), bool(rmp), build, count, current,
                    reported, SnpStatusFlags(flags))
 
