@@ -35,6 +35,8 @@ MODES = ("none", "sev", "sev-es", "snp")
 
 @dataclass(frozen=True)
 class Segment:
+    """One loadable segment of the guest image as the boot-info page lists it."""
+
     gpa: int
     filesz: int
     memsz: int
@@ -42,11 +44,14 @@ class Segment:
 
     @property
     def executable(self) -> bool:
+        """Whether the ELF flags mark it executable (the kernel maps it as code)."""
         return bool(self.flags & 1)
 
 
 @dataclass(frozen=True)
 class BootInfo:
+    """The boot-info page the VMM writes at launch: what the guest kernel boots from."""
+
     ram_size: int
     nvcpus: int
     heap_start: int
@@ -65,6 +70,7 @@ class BootInfo:
                              "page aligned")
 
     def to_bytes(self) -> bytes:
+        """The 4 KiB page, as the VMM launches it."""
         self._check_secret()
         if len(self.segments) > MAX_SEGMENTS:
             raise FormatError(f"{len(self.segments)} segments, a boot-info page holds "
@@ -98,6 +104,7 @@ class BootInfo:
 
     @classmethod
     def from_bytes(cls, page: bytes) -> BootInfo:
+        """Parse a boot-info page strictly: FormatError if it is not one."""
         if len(page) < _KERNEL_ID_OFFSET + 48:
             raise FormatError(f"boot-info page of {len(page)} bytes is truncated")
         magic, ram, nvcpus, heap_start, heap_end, mode, secret_gpa, secret_size = (

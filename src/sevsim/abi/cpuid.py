@@ -55,22 +55,27 @@ class Leaf8000001F:
         cls, features: int, c_bit: int, phys_reduction: int, vmpls: int, max_asid: int,
         min_sev_asid: int,
     ) -> Leaf8000001F:
+        """The leaf from a chip's values (EBX packs C-bit, reduction, VMPLs)."""
         ebx = (c_bit & 0x3F) | (phys_reduction & 0x3F) << 6 | (vmpls & 0xF) << 12
         return cls(features, ebx, max_asid, min_sev_asid)
 
     @property
     def c_bit(self) -> int:
+        """EBX[5:0]: the C-bit position in a page table entry."""
         return self.ebx & 0x3F
 
     @property
     def phys_reduction(self) -> int:
+        """EBX[11:6]: physical address bits lost to encryption."""
         return (self.ebx >> 6) & 0x3F
 
     @property
     def vmpls(self) -> int:
+        """EBX[15:12]: the number of VMPLs."""
         return (self.ebx >> 12) & 0xF
 
     def registers(self) -> tuple[int, int, int, int]:
+        """(EAX, EBX, ECX, EDX), as CPUID returns them."""
         return self.eax, self.ebx, self.ecx, self.edx
 
 
@@ -107,6 +112,7 @@ class CpuidEntry:
 
     @property
     def registers(self) -> tuple[int, int, int, int]:
+        """(EAX, EBX, ECX, EDX) of the entry."""
         return self.eax, self.ebx, self.ecx, self.edx
 
 

@@ -32,6 +32,7 @@ def context(number: int, constructed: bool = True) -> int:
 
 
 def encode(tag: int, content: bytes) -> bytes:
+    """One DER element: tag, definite length, content."""
     length = len(content)
     if length < 0x80:
         head = bytes((length,))
@@ -82,15 +83,18 @@ def children(content: bytes) -> list[tuple[int, bytes]]:
 
 
 def sequence(*elements: bytes) -> bytes:
+    """A SEQUENCE of already encoded elements."""
     return encode(SEQUENCE, b"".join(elements))
 
 
 def integer(value: int) -> bytes:
+    """An INTEGER in the minimal two's-complement encoding DER requires."""
     size = (value if value >= 0 else ~value).bit_length() // 8 + 1  # room for the sign bit
     return encode(INTEGER, value.to_bytes(size, "big", signed=True))
 
 
 def parse_integer(content: bytes, what: str) -> int:
+    """A non-negative INTEGER's value; SnpCertFormatError names `what` otherwise."""
     if not content or (len(content) > 1 and (
             (content[0] == 0 and content[1] < 0x80) or (content[0] == 0xFF
                                                        and content[1] >= 0x80))):
@@ -99,6 +103,7 @@ def parse_integer(content: bytes, what: str) -> int:
 
 
 def oid(dotted: str) -> bytes:
+    """An OBJECT IDENTIFIER from its dotted form."""
     arcs = [int(part) for part in dotted.split(".")]
     body = bytearray((40 * arcs[0] + arcs[1],))
     for arc in arcs[2:]:
@@ -130,10 +135,12 @@ def parse_oid(content: bytes, what: str) -> str:
 
 
 def string(tag: int, text: str) -> bytes:
+    """A string element of `tag` (UTF8String, PrintableString, IA5String)."""
     return encode(tag, text.encode(STRINGS[tag]))
 
 
 def parse_string(tag: int, content: bytes, what: str) -> str:
+    """The text of a string element of `tag`; SnpCertFormatError names `what`."""
     if tag not in STRINGS:
         raise SnpCertFormatError(what, f"tag 0x{tag:02x} is not a string sevsim reads")
     try:

@@ -84,6 +84,7 @@ class Ghcb:
 
     @classmethod
     def from_bytes(cls, page: bytes) -> Ghcb:
+        """Parse a GHCB page: the fields its valid bitmap marks, and the usage."""
         if len(page) != PAGE_SIZE:
             raise FormatError(f"a GHCB is one 4 KiB page, not {len(page)} bytes")
         bitmap = int.from_bytes(page[_VALID_BITMAP:_VALID_BITMAP + 16], "little")
@@ -146,6 +147,8 @@ INFO_MASK = 0xFFF
 
 
 class MsrCode(IntEnum):
+    """GHCBData[11:0] of the GHCB MSR protocol: which request or response it is."""
+
     SEV_INFO_RESP = 0x001
     SEV_INFO_REQ = 0x002
     CPUID_REQ = 0x004
@@ -179,6 +182,7 @@ TERM_LINUX_REGISTER = 0  # GHCB GPA registration failed
 
 
 def msr_code(value: int) -> int:
+    """The request or response code of a GHCB MSR value."""
     return value & INFO_MASK
 
 
@@ -194,22 +198,27 @@ def parse_sev_info(value: int) -> tuple[int, int, int]:
 
 
 def cpuid_request(function: int, reg: CpuidReg) -> int:
+    """A CPUID request for one register of `function`."""
     return (function & 0xFFFF_FFFF) << 32 | (reg & 0x3) << 30 | MsrCode.CPUID_REQ
 
 
 def parse_cpuid_request(value: int) -> tuple[int, CpuidReg]:
+    """(function, register) of a CPUID request."""
     return value >> 32, CpuidReg(value >> 30 & 0x3)
 
 
 def cpuid_response(register_value: int) -> int:
+    """The hypervisor's answer to a CPUID request: the register in [63:32]."""
     return (register_value & 0xFFFF_FFFF) << 32 | MsrCode.CPUID_RESP
 
 
 def reg_gpa_request(gfn: int) -> int:
+    """A request to register the GHCB at guest frame `gfn`."""
     return (gfn & (1 << 52) - 1) << 12 | MsrCode.REG_GPA_REQ
 
 
 def reg_gpa_response(gfn: int) -> int:
+    """The hypervisor's acknowledgement of a GHCB registration."""
     return (gfn & (1 << 52) - 1) << 12 | MsrCode.REG_GPA_RESP
 
 
@@ -219,6 +228,7 @@ def msr_gfn(value: int) -> int:
 
 
 def term_request(reason_set: int, reason: int) -> int:
+    """A termination request with its reason set and reason code."""
     return (reason_set & 0xF) << 12 | (reason & 0xFF) << 16 | MsrCode.TERM_REQ
 
 
@@ -263,11 +273,13 @@ class PscEntry:
     cur_page: int = 0
 
     def to_int(self) -> int:
+        """The 64-bit page state change entry."""
         return (self.cur_page & 0xFFF | (self.gfn & _GFN_MASK) << 12
                 | (self.operation & 0xF) << 52 | int(self.huge) << 56)
 
     @classmethod
     def from_int(cls, value: int) -> PscEntry:
+        """Parse a 64-bit page state change entry."""
         return cls(value >> 12 & _GFN_MASK, value >> 52 & 0xF, bool(value >> 56 & 1),
                    value & 0xFFF)
 

@@ -33,6 +33,7 @@ class SevPolicy:
 
     @classmethod
     def from_int(cls, value: int) -> SevPolicy:
+        """Parse a 32-bit guest policy; FormatError for reserved bits."""
         if not 0 <= value < 1 << 32:
             raise FormatError(f"policy 0x{value:X} does not fit in 32 bits")
         if value & _RESERVED_BITS:
@@ -40,4 +41,5 @@ class SevPolicy:
         return cls(PolicyFlags(value & 0x3F), (value >> 16) & 0xFF, (value >> 24) & 0xFF)
 
     def to_int(self) -> int:
+        """The 32-bit policy LAUNCH_START takes."""
         return int(self.flags) | self.api_major << 16 | self.api_minor << 24

@@ -64,17 +64,21 @@ class Algo(IntEnum):
 
     @property
     def is_rsa(self) -> bool:
+        """Whether the algorithm is an RSA one."""
         return self in (Algo.RSA_SHA256, Algo.RSA_SHA384)
 
     @property
     def is_ec(self) -> bool:
+        """Whether the algorithm is an elliptic-curve one (ECDSA or ECDH)."""
         return self in (Algo.ECDSA_SHA256, Algo.ECDSA_SHA384, Algo.ECDH_SHA256, Algo.ECDH_SHA384)
 
     @property
     def is_ecdsa(self) -> bool:
+        """Whether the algorithm is ECDSA."""
         return self in (Algo.ECDSA_SHA256, Algo.ECDSA_SHA384)
 
     def hash(self) -> hashes.HashAlgorithm:
+        """The hash the algorithm signs with."""
         if self in (Algo.RSA_SHA256, Algo.ECDSA_SHA256, Algo.ECDH_SHA256):
             return hashes.SHA256()
         if self in (Algo.RSA_SHA384, Algo.ECDSA_SHA384, Algo.ECDH_SHA384):
@@ -83,10 +87,13 @@ class Algo(IntEnum):
 
 
 class Curve(IntEnum):
+    """The CURVE field of an EC public key."""
+
     P256 = 1
     P384 = 2
 
     def curve(self) -> ec.EllipticCurve:
+        """The `cryptography` curve for this field value."""
         return ec.SECP256R1() if self is Curve.P256 else ec.SECP384R1()
 
     @property
@@ -132,11 +139,13 @@ class EcPublicKey:
     qy: int
 
     def to_bytes(self) -> bytes:
+        """The public key field of a certificate."""
         return (struct.pack("<I", self.curve) + _to_le(self.qx, EC_COORD_SIZE, "QX")
                 + _to_le(self.qy, EC_COORD_SIZE, "QY")).ljust(PUBKEY_SIZE, b"\0")
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> EcPublicKey:
+        """Parse an EC public key field."""
         (curve,) = struct.unpack_from("<I", blob)
         _zero(blob[4 + 2 * EC_COORD_SIZE:], "padding after the EC point")
         return cls(Curve(_enum(Curve, curve, "curve")), _le(blob[4:4 + EC_COORD_SIZE]),
@@ -144,6 +153,7 @@ class EcPublicKey:
 
     @classmethod
     def from_key(cls, key: ec.EllipticCurvePublicKey) -> EcPublicKey:
+        """The field for a `cryptography` key."""
         curves = {"secp256r1": Curve.P256, "secp384r1": Curve.P384}
         if key.curve.name not in curves:
             raise SevCertFormatError(f"curve {key.curve.name} has no SEV certificate id")
@@ -164,11 +174,13 @@ class RsaPublicKey:
     modulus: int
 
     def to_bytes(self) -> bytes:
+        """The public key field of a certificate."""
         return (struct.pack("<I", self.modulus_bits) + _to_le(self.exponent, 512, "exponent")
                 + _to_le(self.modulus, 512, "modulus"))
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> RsaPublicKey:
+        """Parse an RSA public key field."""
         (bits,) = struct.unpack_from("<I", blob)
         if bits not in range(8, RSA_MAX_BITS + 1, 8):
             raise SevCertFormatError(f"RSA modulus size {bits} bits is not 8..4096")
@@ -178,6 +190,7 @@ class RsaPublicKey:
         return cls(bits, _le(blob[4:516]), modulus)
 
     def to_key(self) -> rsa.RSAPublicKey:
+        """The key for `cryptography`."""
         return rsa.RSAPublicNumbers(self.exponent, self.modulus).public_key()
 
 
@@ -200,10 +213,12 @@ class Signature:
 
     @classmethod
     def empty(cls) -> Signature:
+        """An unused signature slot."""
         return cls(Usage.INVALID, Algo.INVALID)
 
     @property
     def is_empty(self) -> bool:
+        """Whether the slot holds no signature."""
         return self.usage is Usage.INVALID
 
     @classmethod
@@ -224,13 +239,16 @@ class Signature:
         return cls(usage, algo, big_endian[::-1].ljust(SIG_SIZE, b"\0"))
 
     def rsa_big_endian(self, modulus_bits: int) -> bytes:
+        """The signature as `cryptography` checks it (big-endian, one modulus long)."""
         return self.sig[:modulus_bits // 8][::-1]
 
     def to_bytes(self) -> bytes:
+        """The signature slot's bytes."""
         return _SLOT.pack(self.usage, self.algo) + self.sig
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Signature:
+        """Parse a signature slot."""
         usage, algo = _SLOT.unpack_from(blob)
         slot = cls(Usage(_enum(Usage, usage, "signature usage")),
                    Algo(_enum(Algo, algo, "signature algorithm")), bytes(blob[8:8 + SIG_SIZE]))
@@ -266,10 +284,12 @@ class SevCert:
                            self.algo) + self.key.to_bytes())
 
     def to_bytes(self) -> bytes:
+        """The 0x824-byte certificate."""
         return self.signed_bytes() + self.sig1.to_bytes() + self.sig2.to_bytes()
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> SevCert:
+        """Parse a 0x824-byte certificate strictly."""
         if len(blob) != SEV_CERT_SIZE:
             raise SevCertFormatError(
                 f"a SEV certificate is 0x{SEV_CERT_SIZE:x} bytes, this is 0x{len(blob):x}")
@@ -293,6 +313,7 @@ class SevCert:
 
     @property
     def signatures(self) -> tuple[Signature, ...]:
+        """Both signature slots, empty ones included."""
         return tuple(s for s in (self.sig1, self.sig2) if not s.is_empty)
 
     def to_key(self) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
@@ -309,10 +330,12 @@ class CertChain:
     cek: SevCert
 
     def to_bytes(self) -> bytes:
+        """PEK, OCA and CEK, as PDH_CERT_EXPORT writes them."""
         return self.pek.to_bytes() + self.oca.to_bytes() + self.cek.to_bytes()
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> CertChain:
+        """Parse PDH_CERT_EXPORT's chain buffer."""
         if len(blob) != CERT_CHAIN_SIZE:
             raise SevCertFormatError(
                 f"a certificate chain is 0x{CERT_CHAIN_SIZE:x} bytes, this is 0x{len(blob):x}")
@@ -355,18 +378,21 @@ class AmdCert:
     version: int = 1
 
     def signed_bytes(self) -> bytes:
+        """The bytes the signature covers: header, exponent and modulus."""
         return (_AMD_HEAD.pack(self.version, self.key_id, self.certifying_id, self.usage,
                                bytes(16), self.pub_exp_bits, self.modulus_bits)
                 + _to_le(self.exponent, self.pub_exp_bits // 8, "exponent")
                 + _to_le(self.modulus, self.modulus_bits // 8, "modulus"))
 
     def to_bytes(self) -> bytes:
+        """The certificate in AMD's format."""
         if len(self.signature) != self.modulus_bits // 8:
             raise SevCertFormatError("the signature must be one modulus long")
         return self.signed_bytes() + self.signature
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> AmdCert:
+        """Parse an ARK or ASK certificate strictly."""
         if len(blob) < _AMD_HEAD.size:
             raise SevCertFormatError(f"an AMD key certificate of {len(blob)} bytes is "
                                          "truncated inside its header")
@@ -395,6 +421,7 @@ class AmdCert:
 
     @property
     def self_signed(self) -> bool:
+        """Whether the key certifies itself (an ARK)."""
         return self.key_id == self.certifying_id
 
     @property
@@ -408,4 +435,5 @@ class AmdCert:
         return Algo.RSA_SHA256 if self.modulus_bits == 2048 else Algo.RSA_SHA384
 
     def to_key(self) -> rsa.RSAPublicKey:
+        """The public key for `cryptography`."""
         return rsa.RSAPublicNumbers(self.exponent, self.modulus).public_key()

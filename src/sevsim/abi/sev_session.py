@@ -68,10 +68,12 @@ class Session:
     policy_mac: bytes
 
     def to_bytes(self) -> bytes:
+        """The session buffer LAUNCH_START takes."""
         return self.nonce + self.wrap_tk + self.wrap_iv + self.wrap_mac + self.policy_mac
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Session:
+        """Parse a session buffer; FormatError for a wrong size."""
         if len(blob) != SESSION_SIZE:
             raise FormatError(f"session buffer is {len(blob)} bytes, not {SESSION_SIZE}")
         return cls(blob[0:16], blob[16:48], blob[48:64], blob[64:96], blob[96:128])
@@ -117,10 +119,12 @@ class PacketHeader:
     mac: bytes
 
     def to_bytes(self) -> bytes:
+        """The packet header, as LAUNCH_SECRET and the transport commands take it."""
         return struct.pack("<I", self.flags) + self.iv + self.mac
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> PacketHeader:
+        """Parse a packet header; FormatError for a wrong size."""
         if len(blob) != PACKET_HEADER_SIZE:
             raise FormatError(f"packet header is {len(blob)} bytes, not {PACKET_HEADER_SIZE}")
         (flags,) = struct.unpack_from("<I", blob)

@@ -64,12 +64,14 @@ def amd_name(common_name: str) -> Name:
 
 
 def encode_name(name: Name) -> bytes:
+    """A distinguished name as DER (one attribute per RDN, as AMD's are)."""
     return der.sequence(*(der.encode(der.SET, der.sequence(der.oid(a.oid),
                                                            der.string(a.tag, a.value)))
                           for a in name))
 
 
 def parse_name(content: bytes, what: str) -> Name:
+    """Parse a distinguished name; SnpCertFormatError names `what` otherwise."""
     out = []
     for tag, rdn in der.children(content):
         atoms = der.children(rdn) if tag == der.SET else []
@@ -84,6 +86,7 @@ def parse_name(content: bytes, what: str) -> Name:
 
 
 def common_name(name: Name) -> str:
+    """The CN of a name, or "" without one."""
     for attribute in name:
         if attribute.oid == OID_CN:
             return attribute.value
@@ -110,11 +113,13 @@ class CertTime:
     @classmethod
     def utc(cls, year: int, month: int, day: int, hour: int = 0, minute: int = 0,
             second: int = 0) -> CertTime:
+        """A time in UTCTime before 2050, GeneralizedTime after, as X.509 requires."""
         rest = f"{month:02d}{day:02d}{hour:02d}{minute:02d}{second:02d}Z"
         return cls(f"{year % 100:02d}{rest}" if 1950 <= year < 2050 else f"{year:04d}{rest}")
 
     @property
     def year(self) -> int:
+        """The four-digit year."""
         if len(self.text) == 15:
             return int(self.text[:4])
         short = int(self.text[:2])
@@ -127,6 +132,7 @@ class CertTime:
                             int(tail[4:6]), int(tail[6:8]), int(tail[8:10]))
 
     def to_der(self) -> bytes:
+        """The DER element."""
         tag = der.UTC_TIME if len(self.text) == 13 else der.GENERALIZED_TIME
         return der.encode(tag, self.text.encode())
 
@@ -143,11 +149,14 @@ _SPL_ORDER_TURIN = (FMC_SPL, BL_SPL, TEE_SPL, SNP_SPL, SPL5, SPL6, SPL7, UCODE_S
 
 @dataclass(frozen=True)
 class Extension:
+    """One X.509 extension: OID, critical flag, DER value."""
+
     oid: str
     value: bytes  # the extnValue OCTET STRING's content
     critical: bool = False
 
     def to_der(self) -> bytes:
+        """The DER element."""
         crit = der.encode(der.BOOLEAN, b"\xff") if self.critical else b""
         return der.sequence(der.oid(self.oid), crit, der.encode(der.OCTET_STRING, self.value))
 
@@ -167,6 +176,7 @@ class AmdExtensions:
     struct_version: int = 0
 
     def to_extensions(self) -> tuple[Extension, ...]:
+        """AMD's extensions in KDS's order; a VCEK has a hwID, a VLEK a cspId."""
         if (self.hw_id is None) == (self.csp_id is None):
             raise SnpCertFormatError("extensions", "a VCEK has a hwID, a VLEK a cspId: one of them")
         turin = self.tcb.fmc is not None
@@ -249,9 +259,11 @@ class TbsCertificate:
 
     @property
     def signature_algorithm(self) -> bytes:
+        """The RSASSA-PSS AlgorithmIdentifier, with or without trailerField."""
         return PSS_WITH_TRAILER if self.pss_trailer else PSS_WITHOUT_TRAILER
 
     def to_der(self) -> bytes:
+        """The DER the ASK (or ASVK) signs."""
         return der.sequence(
             der.encode(der.context(0), der.integer(2)), der.integer(self.serial),
             self.signature_algorithm, encode_name(self.issuer),
@@ -261,6 +273,7 @@ class TbsCertificate:
 
     @classmethod
     def from_der(cls, blob: bytes) -> TbsCertificate:
+        """Parse the to-be-signed part strictly, as AMD issues it."""
         parts = der.children(der.read_one(blob, der.SEQUENCE, "TBSCertificate"))
         tags = tuple(tag for tag, _ in parts)
         if tags != (der.context(0), der.INTEGER, der.SEQUENCE, der.SEQUENCE, der.SEQUENCE,
@@ -319,9 +332,11 @@ class SnpCertificate:
 
     @property
     def is_vlek(self) -> bool:
+        """Whether the certificate is a VLEK (it carries a cspId)."""
         return self.amd.csp_id is not None
 
     def to_der(self) -> bytes:
+        """The certificate's DER."""
         return der.sequence(self.tbs.to_der(), self.tbs.signature_algorithm,
                             der.encode(der.BIT_STRING, b"\0" + self.signature))
 

@@ -122,11 +122,13 @@ class PlatformStatus:
     guest_count: int
 
     def to_bytes(self) -> bytes:
+        """PLATFORM_STATUS's output buffer."""
         return _PLATFORM_STATUS.pack(self.api_major, self.api_minor, self.state, self.owner,
                                      self.config, 0, self.build, self.guest_count)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> PlatformStatus:
+        """Parse PLATFORM_STATUS's output strictly."""
         if len(blob) != _PLATFORM_STATUS.size:
             raise FormatError(f"PLATFORM_STATUS is {_PLATFORM_STATUS.size} bytes, not {len(blob)}")
         major, minor, state, owner, config, _, build, count = _PLATFORM_STATUS.unpack(blob)

@@ -49,7 +49,7 @@ _LAYOUT: tuple[tuple[str, int], ...] = (
 
 
 def layout_offsets(layout: tuple[tuple[str, int], ...], size: int) -> dict[str, tuple[int, int]]:
-    """name -> (offset, size), checking each `reserved_0xNN` sits at NN and the total size."""
+    """Each name -> (offset, size), checking each `reserved_0xNN` sits at NN and the size."""
     table, offset = {}, 0
     for name, length in layout:
         if name.startswith("reserved_") and int(name.removeprefix("reserved_"), 16) != offset:

@@ -52,10 +52,12 @@ class IdBundle:
 
     @property
     def id_block_bytes(self) -> bytes:
+        """The ID block as SNP_LAUNCH_FINISH takes it."""
         return self.id_block.to_bytes()
 
     @property
     def id_auth_bytes(self) -> bytes:
+        """The ID authentication structure as SNP_LAUNCH_FINISH takes it."""
         return self.id_auth.to_bytes()
 
     @property
@@ -70,10 +72,12 @@ class IdBundle:
 
     @property
     def author_key_enabled(self) -> bool:
+        """Whether an author key signs the ID key (AUTHOR_KEY_EN)."""
         return self.id_auth.author_key is not None
 
     @property
     def id_key_digest(self) -> bytes:
+        """The ID key's digest, as reports carry it."""
         return self.id_auth.id_key.digest()
 
     @property

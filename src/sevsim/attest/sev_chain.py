@@ -69,6 +69,7 @@ class PlatformChain:
         return cls(**certs)
 
     def save(self, directory: Path) -> None:
+        """Write the certificates to `directory` under sevtool's file names."""
         directory.mkdir(parents=True, exist_ok=True)
         for name in CHAIN_FILES:
             (directory / f"{name}.cert").write_bytes(getattr(self, name).to_bytes())

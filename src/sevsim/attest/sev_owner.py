@@ -55,23 +55,35 @@ LAUNCH_MEASURE_SIZE = 48  # MEASURE[32] || MNONCE[16]
 
 
 class ImageSegment(Protocol):
+    """A loadable segment as the owner's digest needs it (sevsim.host.elf's fits)."""
+
     @property
-    def gpa(self) -> int: ...
+    def gpa(self) -> int:
+        """Where the segment loads."""
+
     @property
-    def data(self) -> bytes: ...
+    def data(self) -> bytes:
+        """The file bytes."""
+
     @property
-    def memsz(self) -> int: ...
+    def memsz(self) -> int:
+        """The size in memory (file bytes, then zeros)."""
+
     @property
-    def flags(self) -> int: ...
+    def flags(self) -> int:
+        """The ELF program header flags."""
 
 
 class GuestImage(Protocol):
     """A parsed guest ELF (sevsim.host.elf.parse_elf gives one)."""
 
     @property
-    def entry(self) -> int: ...
+    def entry(self) -> int:
+        """The entry point."""
+
     @property
-    def segments(self) -> Sequence[ImageSegment]: ...
+    def segments(self) -> Sequence[ImageSegment]:
+        """The loadable segments, in file order."""
 
 
 def expected_launch_digest(image: GuestImage, memory_size: int, vcpus: int, kernel_id: bytes,
@@ -180,6 +192,7 @@ class GuestOwner:
 
     @property
     def policy(self) -> int:
+        """The guest policy the owner launches with."""
         return self._policy
 
     def start(self, pdh_cert: bytes, cert_chain: bytes) -> tuple[bytes, bytes]:

@@ -301,6 +301,7 @@ class CheckResult:
     actual: str
 
     def to_dict(self) -> dict[str, object]:
+        """The check as JSON-ready values."""
         return {"name": self.name, "passed": self.passed, "expected": self.expected,
                 "actual": self.actual}
 
@@ -313,10 +314,12 @@ class ValidationResult:
 
     @property
     def ok(self) -> bool:
+        """Whether every check passed."""
         return all(c.passed for c in self.checks)
 
     @property
     def failed(self) -> tuple[str, ...]:
+        """The names of the checks that failed."""
         return tuple(c.name for c in self.checks if not c.passed)
 
     def __getitem__(self, name: str) -> CheckResult:
@@ -326,6 +329,7 @@ class ValidationResult:
         raise KeyError(name)
 
     def to_json(self) -> str:
+        """The result as `sevsim validate --json` prints it."""
         return json.dumps({"ok": self.ok, "failed": list(self.failed),
                            "checks": [c.to_dict() for c in self.checks]}, indent=2)
 

@@ -111,7 +111,7 @@ class CertBundle:
 
     @classmethod
     def from_directory(cls, directory: Path) -> CertBundle:
-        """snpguest's file names: vcek.{pem,der} or vlek.{pem,der}, ask/asvk.{pem,der},
+        """The files snpguest writes: vcek.{pem,der} or vlek.{pem,der}, ask/asvk.{pem,der},
         ark.{pem,der}, and KDS's cert_chain.pem (ASK or ASVK, then ARK). A file that is there
         but does not decode raises SnpFormatError naming it."""
         def first(*names: str) -> bytes | None:
@@ -214,10 +214,12 @@ class VerificationResult:
 
     @property
     def ok(self) -> bool:
+        """Whether every check passed."""
         return bool(self.checks) and all(c.passed for c in self.checks)
 
     @property
     def failures(self) -> list[Check]:
+        """The checks that failed."""
         return [c for c in self.checks if not c.passed]
 
     def check(self, name: str) -> Check:
@@ -399,10 +401,12 @@ def _load_ca(der: bytes) -> x509.Certificate:
 
 
 def trust_name(trust: Trust) -> str:
+    """Whose roots a trust setting means, for messages."""
     return "AMD's" if trust == "amd" else "sevsim's simulated"
 
 
 def common_name_x509(cert: x509.Certificate) -> str:
+    """The subject CN of a certificate, or "" without one."""
     names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return str(names[0].value) if names else ""
 

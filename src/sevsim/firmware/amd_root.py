@@ -44,6 +44,7 @@ def key_bits(product: str) -> int:
 
 
 def key_id(product: str, role: str) -> bytes:
+    """The 16-byte key id of a simulated ARK or ASK: sevsim's, never AMD's."""
     return f"sevsim{role.upper()}-{product}".encode().ljust(16, b"\0")
 
 
@@ -163,6 +164,7 @@ def pss_sign(key: rsa.RSAPrivateKey, message: bytes, hash_name: str) -> bytes:
 
 
 def pss_hash_name(bits: int) -> str:
+    """The RSA-PSS hash AMD uses with a key size: SHA-256 for 2048 bits, else SHA-384."""
     return "sha256" if bits == 2048 else "sha384"
 
 
@@ -193,6 +195,7 @@ class SimulatedRoot:
 
 def build_root(product: str, ark_key: rsa.RSAPrivateKey, ask_key: rsa.RSAPrivateKey
                ) -> SimulatedRoot:
+    """A product's simulated root: the keys and their AMD-format certificates."""
     return SimulatedRoot(product, ark_key, ask_key,
                          amd_cert(product, "ark", ark_key.public_key(), ark_key, "ark"),
                          amd_cert(product, "ask", ask_key.public_key(), ark_key, "ark"))

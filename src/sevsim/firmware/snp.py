@@ -48,11 +48,15 @@ _SNP_STATUS = struct.Struct("<BBBBIIIQQ")
 
 
 class SnpPlatformState(IntEnum):
+    """The SNP platform state SNP_PLATFORM_STATUS reports."""
+
     UNINIT = 0
     INIT = 1
 
 
 class SnpGuestState(IntEnum):
+    """An SNP guest's state: GCTX_CREATE, LAUNCH_START, LAUNCH_FINISH."""
+
     INIT = 0
     LAUNCH = 1
     RUNNING = 2
@@ -105,6 +109,7 @@ class SnpPlatformStatus:
     SIZE = _SNP_STATUS.size
 
     def to_bytes(self) -> bytes:
+        """SNP_PLATFORM_STATUS's output buffer."""
         return _SNP_STATUS.pack(self.api_major, self.api_minor, self.state,
                                 int(self.rmp_initialized), self.build, int(self.flags),
                                 self.guest_count, self.current_tcb, self.reported_tcb)
@@ -227,6 +232,7 @@ class SnpFirmware(FirmwareCore):
 
     @property
     def snp_initialized(self) -> bool:
+        """Whether SNP_INIT has run."""
         return self._snp_state is SnpPlatformState.INIT
 
     def snp_platform_status(self) -> SnpPlatformStatus:
@@ -404,6 +410,7 @@ class SnpFirmware(FirmwareCore):
         ctx.state = SnpGuestState.RUNNING
 
     def snp_guest_status(self, gctx: int) -> SnpGuestStatus:
+        """SNP_GUEST_STATUS: the guest's policy, ASID and state."""
         ctx = self.snp_context(gctx, "SNP_GUEST_STATUS")
         return SnpGuestStatus(ctx.policy.to_int(), ctx.asid, ctx.state)
 

@@ -175,6 +175,7 @@ class SnpPki(PlatformPki):
 
     @property
     def vlek_loaded(self) -> bool:
+        """Whether a hashstick loaded a VLEK (reports are then signed with it)."""
         return self._vlek is not None
 
     @property
