@@ -17,7 +17,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
@@ -39,6 +39,10 @@ from sevsim.errors import (
 from sevsim.firmware.core import FirmwareCore
 from sevsim.hw.cpu import vmsa_seals
 from sevsim.hw.engine import PAGE
+
+if TYPE_CHECKING:
+    from sevsim.hw.chips import ChipPreset
+    from sevsim.hw.memory import MemoryController
 
 SECRETS_VERSION = 2  # the layout of spec-formats.md §7.3
 VMPCK_SIZE = 32
@@ -169,8 +173,9 @@ class SnpFirmware(FirmwareCore):
     current_tcb: TcbVersion
     tcb: TcbVersion
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, chip: ChipPreset, memory: MemoryController, *,
+                 vulnerable_cve_2019_9836: bool = False) -> None:
+        super().__init__(chip, memory, vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
         self._snp_state = SnpPlatformState.UNINIT
         self._rmp_initialized = False  # SNP_INIT sets up the RMP once; only a reset clears it
         self._snp_guests: dict[int, SnpGuestContext] = {}

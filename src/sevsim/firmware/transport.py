@@ -21,7 +21,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
@@ -50,6 +50,10 @@ from sevsim.firmware.core import FirmwareCore, GuestContext
 from sevsim.hw.chips import GuestMode
 from sevsim.hw.cpu import vmsa_seals
 from sevsim.hw.engine import BLOCK, PAGE
+
+if TYPE_CHECKING:
+    from sevsim.hw.chips import ChipPreset
+    from sevsim.hw.memory import MemoryController
 
 MEASURE_SIZE = 32
 
@@ -93,8 +97,9 @@ class GuestTransport(FirmwareCore):
     _parse: Callable[[bytes, str], SevCert]
     pdh_cert_export: Callable[[], tuple[SevCert, CertChain]]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, chip: ChipPreset, memory: MemoryController, *,
+                 vulnerable_cve_2019_9836: bool = False) -> None:
+        super().__init__(chip, memory, vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
         self._transfers: dict[int, _Transfer] = {}
 
     # -- debug ------------------------------------------------------------------------------
