@@ -4,7 +4,7 @@ A leading underscore marks what a module keeps to itself; tests, benchmarks and 
 reach past it pin internals in place and see state no caller should. What they legitimately
 need to look at goes through `sevsim.testing`, the one module in src/ allowed to reach inside
 (outside the threat model, see its docstring). Python's unit of privacy is the module, so a
-name the same file defines (a class and its helper in one module) is not a violation.
+member of a class the same file defines (a class and its helper in one module) may be touched.
 """
 
 from __future__ import annotations
@@ -30,14 +30,19 @@ def is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
-def own_names(tree: ast.AST) -> set[str]:
-    """Names the file defines itself: functions, classes, variables, self/cls attributes."""
+def own_members(tree: ast.AST) -> set[str]:
+    """Members of the classes this file defines: methods, class attributes and what methods
+    assign to self/cls. Another object of such a class may be touched here (a class and its
+    helper in one module); a module-level `_name` does not make `other._name` the file's."""
     names = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names.add(node.name)
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            names.add(node.id)
+        if isinstance(node, ast.ClassDef):
+            for member in node.body:
+                if isinstance(member, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    names.add(member.name)
+                elif isinstance(member, ast.AnnAssign | ast.Assign):
+                    targets = member.targets if isinstance(member, ast.Assign) else [member.target]
+                    names.update(t.id for t in targets if isinstance(t, ast.Name))
         elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
               and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
             names.add(node.attr)
@@ -57,7 +62,7 @@ def private_module_is_local(module: str, path: Path) -> bool:
 def violations(path: Path, root: Path = REPO) -> list[str]:
     """Every touch of another module's or object's private name in one file."""
     tree = ast.parse(path.read_text(), str(path))
-    own = own_names(tree)
+    own = own_members(tree)
     found = []
 
     def flag(node: ast.AST, what: str) -> None:
@@ -121,6 +126,8 @@ def test_the_checker_catches_planted_violations(tmp_path: Path) -> None:
         "host.hypervisor._frame_used.sum()\n"
         "monkeypatch.setattr(engine, '_POOL', None)\n"
         "getattr(fw, '_pek')\n"
+        "_POOL = None\n"
+        "engine._POOL\n"
         "class Mine:\n"
         "    def __init__(self):\n"
         "        self._state = 1\n"
@@ -139,6 +146,7 @@ def test_the_checker_catches_planted_violations(tmp_path: Path) -> None:
         "host.hypervisor._frame_used",
         "setattr(..., '_POOL')",
         "getattr(..., '_pek')",
+        "engine._POOL",
     }
 
 
