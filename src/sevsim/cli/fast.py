@@ -115,7 +115,7 @@ def run(elf: Path | None, mode: str, ovmf: Path | None, vcpus: int, vcpu_type: s
                                  "--append, --guest-features and --snp-ovmf-hash are for "
                                  "--ovmf")
             digest = _elf(_read(elf), mode, vcpus, memory)
-    except UsageError:
+    except UsageError:  # a SevsimError too, but main() hands it to Typer
         raise
     except Unreadable as error:
         return _fail(str(error))
