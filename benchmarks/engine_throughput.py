@@ -20,17 +20,15 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-import sevsim.hw.engine as engine_module
 from _common import BenchmarkError, median, parse_args, print_table, run, verdict
 from sevsim.hw.chips import chip_preset
 from sevsim.hw.engine import PAGE, EncryptionEngine
 from sevsim.hw.memory import MemoryController
+from sevsim.testing import engine_on_one_core
 
 TARGET = 0.4  # engine GB/s over openssl GB/s, at least
 AIM = 0.5
@@ -106,16 +104,6 @@ def aes_context(src: np.ndarray, out: np.ndarray) -> tuple:
     return (256 << 20, in_cache), (n - PIECE, streaming), (n, copy)
 
 
-@contextmanager
-def one_core() -> Iterator[None]:
-    """The engine without its worker pool: every run on the calling thread."""
-    pool, engine_module._POOL = engine_module._POOL, None
-    try:
-        yield
-    finally:
-        engine_module._POOL = pool
-
-
 def main() -> int:
     args = parse_args(__doc__.splitlines()[0], default_reps=5)
     size = (32 if args.quick else 256) << 20
@@ -144,7 +132,7 @@ def main() -> int:
         for chip, memory in memories.items():
             results[chip].append(size / timed(lambda m=memory: m.dram_dump(out=out)) / 1e9)
             check_dump(memory, out)
-        with one_core():
+        with engine_on_one_core():
             for key, chip in (("milan_1core", "milan"), ("xts_1core", "genoa_xts")):
                 memory = memories[chip]
                 results[key].append(size / timed(lambda m=memory: m.dram_dump(out=out)) / 1e9)

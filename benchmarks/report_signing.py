@@ -27,27 +27,19 @@ from _common import (
 )
 from sevsim.abi.snp_guest_msg import MsgType, ReportRequest, open_message, seal_message
 from sevsim.abi.snp_report import ReportResponse, verify_report
-from sevsim.abi.snp_tcb import SnpPolicy
-from sevsim.firmware.snp import SnpGuestContext, SnpGuestState
+from sevsim.firmware.snp import SnpGuestContext
 from sevsim.firmware.snp_guest import SnpGuestRequests
-from sevsim.hw.chips import PRESETS
-from sevsim.hw.engine import EncryptionEngine
-from sevsim.hw.memory import MemoryController
+from sevsim.testing import GCTX, launched_snp_guest, secure_processor
 
 TARGET = 0.7
-GCTX = 0x5000
 
 
 def firmware() -> tuple[SnpGuestRequests, SnpGuestContext]:
-    """A Milan Secure Processor with one running SNP guest context."""
-    preset = PRESETS["milan"]
-    fw = SnpGuestRequests(preset, MemoryController(1 << 20, EncryptionEngine(preset.tweak)))
+    """A Milan Secure Processor with one running SNP guest context, as SNP_LAUNCH_FINISH
+    leaves it (the launch is not timed)."""
+    fw = secure_processor("milan")
     fw.snp_init()
-    ctx = SnpGuestContext(GCTX, SnpGuestState.RUNNING, SnpPolicy(), os.urandom(16),
-                          tuple(os.urandom(32) for _ in range(4)), launch_digest=os.urandom(48),
-                          asid=1)
-    fw._snp_guests[GCTX] = ctx  # what SNP_LAUNCH_FINISH leaves (the launch is not timed)
-    return fw, ctx
+    return fw, launched_snp_guest(fw, GCTX)
 
 
 def main() -> int:

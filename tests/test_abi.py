@@ -80,7 +80,7 @@ def test_policy_api_fields():
 ])
 def test_status_codes_are_amds(name, code):
     assert SevStatus[name] == code
-    err = FirmwareError(code, "because")
+    err = FirmwareError(SevStatus(code), "because")
     assert err.status is SevStatus[name]
     assert name in str(err) and f"0x{code:02X}" in str(err) and "because" in str(err)
 

@@ -24,6 +24,7 @@ from sevsim import Host
 from sevsim.errors import ConfigError
 from sevsim.hw.chips import TweakMode
 from sevsim.hw.engine import BLOCK, PAGE, EncryptionEngine, SlotCipher, TweakFunction
+from sevsim.testing import engine_on_one_core
 
 MODES = [TweakMode.XE_WEAK, TweakMode.XEX_STRONG]
 ADDRESS_BITS = 52
@@ -543,16 +544,15 @@ def test_xts_block_runs_round_trip_across_page_boundaries(spa, nblocks, seed):
         assert np.array_equal(one, cipher[i * BLOCK:(i + 1) * BLOCK])
 
 
-def test_xts_large_runs_shared_between_cores_match_one_core(monkeypatch):
-    """Past _PARALLEL_PAGES the run is cut between threads; every piece keeps its own SPAs."""
+def test_xts_large_runs_shared_between_cores_match_one_core():
+    """Past PARALLEL_PAGES the run is cut between threads; every piece keeps its own SPAs."""
     key = xts_key()
     engine = make_engine(TweakMode.XEX_STRONG, keys={1: key})
-    npages = engine_module._PARALLEL_PAGES + 37
+    npages = engine_module.PARALLEL_PAGES + 37
     frame = 0x12345
     plain = rand(npages * PAGE, 9)
     shared = engine.encrypt_pages(1, frame, plain)
-    with monkeypatch.context() as patch:
-        patch.setattr(engine_module, "_POOL", None)
+    with engine_on_one_core():
         alone = engine.encrypt_pages(1, frame, plain)
     assert np.array_equal(shared, alone)
     for i in (0, npages // 3, npages - 1):

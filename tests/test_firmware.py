@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import os
 import struct
-import sys
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -505,7 +505,9 @@ class FirmwareModel(RuleBasedStateMachine):
         return data.draw(st.integers(0, 12))
 
     def run(self, expected: SevStatus | None, command: Callable[[], object]) -> object:
-        caller = sys._getframe(1).f_code.co_name  # the rule, for the statistics
+        frame = inspect.currentframe()
+        assert frame is not None and frame.f_back is not None  # CPython keeps frames
+        caller = frame.f_back.f_code.co_name  # the rule, for the statistics
         event(f"{caller}: {'ok' if expected is None else expected.name}")
         if expected is None:
             return command()

@@ -42,7 +42,6 @@ from sevsim.abi.ovmf import (
     SectionType,
 )
 from sevsim.abi.snp_cert import SnpCertificate
-from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_guest_msg import (
     KeyRequest,
     MessageHeader,
@@ -66,7 +65,7 @@ from sevsim.abi.snp_tcb import Generation, PlatformInfo, SnpPolicy, TcbVersion
 from sevsim.attest.measure import sev_ovmf_digest, seves_ovmf_digest, snp_ovmf_digest
 from sevsim.attest.snp_policy import Policy, validate_report
 from sevsim.attest.snp_verify import CertBundle, verify_certificate_chain, verify_report_chain
-from sevsim.errors import ConfigError, PolicyError, SnpVerificationError
+from sevsim.errors import ConfigError, PolicyError, SnpFormatError, SnpVerificationError
 
 VECTORS = Path(__file__).resolve().parent / "data" / "snp"
 EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "examples" / "policy.toml"

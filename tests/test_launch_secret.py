@@ -39,6 +39,7 @@ from sevsim.firmware.sev import SevFirmware
 from sevsim.hw.chips import PRESETS, ChipPreset
 from sevsim.hw.engine import PAGE, EncryptionEngine
 from sevsim.hw.memory import MemoryController
+from sevsim.testing import platform_identity
 
 MILAN = PRESETS["milan"]
 ASID = 100
@@ -351,7 +352,7 @@ def test_vulnerable_firmware_computes_with_a_point_off_the_curve() -> None:
     two sessions an attacker can seal, exactly one opens, and which one tells the PDH private
     key's parity (the first step of the invalid-curve attack)."""
     fw, _ = platform(vulnerable=True)
-    pdh_private = fw._pdh.private_numbers().private_value  # the test's view, to check the leak
+    pdh_private = platform_identity(fw).pdh.private_numbers().private_value  # to check the leak
     x, y = order_two_point()
     opened = []
     for guess_odd, shared in ((True, x.to_bytes(48, "big")), (False, bytes(48))):

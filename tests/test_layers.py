@@ -1,5 +1,7 @@
 """DESIGN.md's import direction: abi <- hw <- firmware <- host; guest uses abi and the CPU's
-guest view; attest uses abi only. Checked on the source, so a new import cannot sneak in."""
+guest view; attest uses abi only; cli sits on top; testing sees everything and only tests and
+benchmarks import it. errors is the leaf every layer may import. Checked on the source, so a
+new import cannot sneak in."""
 
 from __future__ import annotations
 
@@ -10,14 +12,17 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "sevsim"
 
+EVERYTHING = {"abi", "hw", "firmware", "guest", "host", "attest", "errors", "cli"}
+
 ALLOWED: dict[str, set[str]] = {
-    "abi": {"abi"},
+    "abi": {"abi", "errors"},
     "hw": {"abi", "hw", "errors"},
     "firmware": {"abi", "hw", "firmware", "errors"},
     "guest": {"abi", "guest", "errors", "hw.cpu"},
     "host": {"abi", "hw", "firmware", "host", "errors", "guest.kernel", "guest.standin"},
     "attest": {"abi", "attest", "errors"},
-    "kbs": {"abi", "attest", "kbs", "errors"},
+    "cli": EVERYTHING,  # anything but testing
+    "testing": EVERYTHING | {"testing"},
 }
 
 
@@ -27,12 +32,15 @@ def sevsim_imports(path: Path, root: Path = PACKAGE) -> set[str]:
     found = set()
     package = list(path.relative_to(root).parent.parts) if path.is_relative_to(root) else []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = package[:len(package) - node.level + 1]
-            found.add(".".join([*base, *([node.module] if node.module else [])]))
-        elif (isinstance(node, ast.ImportFrom) and node.module
-              and node.module.startswith("sevsim")):
-            found.add(node.module.removeprefix("sevsim").lstrip("."))
+        if isinstance(node, ast.ImportFrom) and (node.level or (
+                node.module and node.module.split(".")[0] == "sevsim")):
+            if node.level:
+                base = package[:len(package) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = (node.module or "").removeprefix("sevsim").lstrip(".")
+            # `from sevsim import testing`: the names are the layers
+            found.update([module] if module else [a.name for a in node.names])
         elif isinstance(node, ast.Import):
             found.update(a.name.removeprefix("sevsim.") for a in node.names
                          if a.name.startswith("sevsim."))
@@ -46,20 +54,41 @@ def allowed(imported: str, rules: set[str]) -> bool:
 @pytest.mark.parametrize("layer", sorted(ALLOWED))
 def test_import_direction(layer: str) -> None:
     files = list((PACKAGE / layer).rglob("*.py"))
-    if layer in ("abi", "hw", "firmware", "guest", "host"):
-        assert files, f"layer {layer} is missing"
+    assert files, f"layer {layer} is missing"  # a row for a layer that does not exist is dead
     violations = [f"{path.relative_to(PACKAGE)} imports sevsim.{name}"
                   for path in files for name in sevsim_imports(path)
                   if not allowed(name, ALLOWED[layer])]
     assert not violations, "\n".join(violations)
 
 
+def test_every_module_has_a_layer() -> None:
+    """A new top-level package or module needs a row (or a reason to be a leaf), or its imports
+    would go unchecked."""
+    top = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
+           if (p.suffix == ".py" or (p / "__init__.py").exists())}
+    assert top - set(ALLOWED) == {"__init__", "__main__", "errors"}
+
+
+def test_errors_is_a_leaf() -> None:
+    """Every layer, abi/ included, imports sevsim.errors; it may import nothing back."""
+    assert sevsim_imports(PACKAGE / "errors.py") == set()
+
+
+def test_only_tests_and_benchmarks_import_testing() -> None:
+    """sevsim.testing reaches inside, outside the threat model: no shipped code may use it."""
+    users = [str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+             if path.relative_to(PACKAGE).parts[0] != "testing"
+             and any(allowed(name, {"testing"}) for name in sevsim_imports(path))]
+    assert not users, users
+
+
 ABI_MAY_IMPORT = {"__future__", "collections", "dataclasses", "enum", "hashlib", "hmac",
-                  "struct", "typing", "uuid", "cryptography"}
+                  "struct", "typing", "uuid", "cryptography", "sevsim"}
 
 
 def test_abi_imports_only_the_standard_library_and_cryptography() -> None:
-    """abi/ holds AMD's formats and the protocol formulas both ends compute (KDFs, MACs)."""
+    """abi/ holds AMD's formats and the protocol formulas both ends compute (KDFs, MACs); of
+    sevsim it sees only errors (test_import_direction)."""
     for path in (PACKAGE / "abi").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([node.module] if isinstance(node, ast.ImportFrom) and node.level == 0
@@ -77,3 +106,8 @@ def test_the_rule_checker_catches_a_violation(tmp_path: Path) -> None:
     assert found == {"host.hypervisor", "firmware.sev", "host", "guest.kernel"}
     assert not allowed("host.hypervisor", ALLOWED["guest"])
     assert allowed("hw.cpu", ALLOWED["guest"]) and not allowed("hw.memory", ALLOWED["guest"])
+    top = tmp_path / "cli" / "bad.py"
+    top.parent.mkdir()
+    top.write_text("from sevsim import testing, errors\nfrom .. import testing as t\n")
+    assert sevsim_imports(top, tmp_path) == {"testing", "errors"}
+    assert not allowed("testing", ALLOWED["cli"]) and allowed("host.vmm", ALLOWED["cli"])

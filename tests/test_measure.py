@@ -22,14 +22,14 @@ from typer.testing import CliRunner
 
 from ovmf_images import AMDSEV_SECTIONS, make_ovmf
 from sevsim.abi import ovmf
-from sevsim.abi.ovmf import OvmfError
 from sevsim.attest import measure as m
 from sevsim.cli.common import EXIT_ERROR
 from sevsim.cli.main import app
-from sevsim.errors import ConfigError
+from sevsim.errors import ConfigError, OvmfError
 from sevsim.guest.kernel import kernel_identity
 from sevsim.host.elf import parse_elf
 from sevsim.host.machine import Host
+from sevsim.testing import launch_digest
 
 runner = CliRunner()
 
@@ -188,7 +188,7 @@ def test_legacy_guest_digest_is_what_the_firmware_measured(build: Any, mode: str
     vm = host.create_vm(mode=mode, memory="16M", vcpus=2)
     vm.load(elf)
     vm.launch()
-    measured = host.firmware._guests[vm.hv.firmware_handle].launch_digest.digest()
+    measured = launch_digest(host, vm)
     image = parse_elf(elf.read_bytes())
     assert m.guest_digest(mode, image, vm.memory_size, 2, kernel_identity()) == measured
     other = "sev" if mode == "sev-es" else "sev-es"

@@ -38,6 +38,7 @@ from sevsim.host.elf import parse_elf
 from sevsim.hw.chips import PRESETS
 from sevsim.hw.engine import PAGE, EncryptionEngine
 from sevsim.hw.memory import MemoryController
+from sevsim.testing import launch_digest, measured_spa_runs, platform_identity
 
 MILAN = PRESETS["milan"]
 REAL_ROME = Path(__file__).resolve().parent / "data" / "sev" / "rome"
@@ -56,9 +57,10 @@ def exported(fw: SevFirmware) -> PlatformChain:
 
 def identity(fw: SevFirmware) -> tuple[object, ...]:
     """The platform identity a refused command must leave alone."""
-    keys = (fw._pek, fw._pdh, fw._oca, fw._cek)  # public halves only
-    return (fw.platform_status(), fw.get_id(), fw._owner_oca, fw._pek_oca_sig,
-            tuple(k.public_key().public_numbers() for k in keys))
+    keys = platform_identity(fw)
+    return (fw.platform_status(), fw.get_id(), keys.owner_oca, keys.pek_oca_sig,
+            tuple(k.public_key().public_numbers() for k in (keys.pek, keys.pdh, keys.oca,
+                                                              keys.cek)))
 
 
 def refused(fw: SevFirmware, status: SevStatus, command: object) -> None:
@@ -253,7 +255,7 @@ def test_the_expected_digest_is_what_the_firmware_measured(build, memory: str,
     elf = build("secret_consumer").read_bytes()
     vm.load(elf)
     vm.launch()
-    measured = host.firmware._guests[vm.hv.firmware_handle].launch_digest.digest()
+    measured = launch_digest(host, vm)
     assert measured == expected_launch_digest(parse_elf(elf), vm.memory_size, vcpus,
                                               kernel_identity())
     assert measured != expected_launch_digest(parse_elf(elf), vm.memory_size, vcpus + 1,
@@ -383,7 +385,7 @@ def test_owner_commands_end_to_end(build, tmp_path: Path) -> None:
                              (session_dir / "session.bin").read_bytes())
     vm.hv.firmware_handle = handle
     fw.activate(handle, vm.asid)
-    for spa, length in vm._spa_runs():
+    for spa, length in measured_spa_runs(vm):
         fw.launch_update_data(handle, spa, length)
     measure = fw.launch_measure(handle).to_bytes().hex()
     secret_file = tmp_path / "secret.txt"

@@ -10,20 +10,20 @@ import itertools
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from ovmf_images import AMDSEV_SECTIONS, make_ovmf
-from sevsim.abi.ovmf import KernelHashes, OvmfError
+from sevsim.abi.ovmf import KernelHashes
 from sevsim.abi.snp_report import AttestationReport, parse_cert_table
 from sevsim.abi.snp_tcb import SigningKey
 from sevsim.attest.measure import snp_ovmf_digest
 from sevsim.attest.snp_verify import CertBundle, verify_report_chain
 from sevsim.cli.common import EXIT_ERROR
 from sevsim.cli.main import app
-from sevsim.errors import FirmwareError, VmStateError
+from sevsim.errors import FirmwareError, OvmfError, VmStateError
 from sevsim.host.machine import Host
+from sevsim.testing import host_frames
 
 runner = CliRunner()
 
@@ -130,7 +130,7 @@ def test_the_vmpck_never_reaches_host_visible_bytes(host: Host, ovmf_path: Path)
 
 def test_refused_launches_leave_the_host_as_it_was(host: Host, ovmf_path: Path) -> None:
     data = ovmf_path.read_bytes()
-    free = int(np.count_nonzero(~host.hypervisor._frame_used))
+    free = host_frames(host).free
     cases: list[tuple[bytes, dict[str, object], type[Exception], str]] = [
         (data, {"vcpus": 2}, OvmfError, "signature in RDX"),
         (data, {"vcpus": 1, "vcpu_type": "EPYC-Bogus"}, OvmfError, "unknown vCPU type"),
@@ -146,7 +146,7 @@ def test_refused_launches_leave_the_host_as_it_was(host: Host, ovmf_path: Path) 
         with pytest.raises(error, match=match):
             host.launch_ovmf(image, **options)  # type: ignore[arg-type]
         assert not host.hypervisor.vms
-        assert int(np.count_nonzero(~host.hypervisor._frame_used)) == free
+        assert host_frames(host).free == free
     guest = host.launch_ovmf(data, 1, vmm_type="gce")  # and the host still launches
     guest.destroy()
 

@@ -19,7 +19,6 @@ from sevsim.abi.sev_cert import (
     Algo,
     AmdCert,
     CertChain,
-    CertificateFormatError,
     Curve,
     EcPublicKey,
     RsaPublicKey,
@@ -28,6 +27,7 @@ from sevsim.abi.sev_cert import (
     Usage,
     check_signature,
 )
+from sevsim.errors import SevCertFormatError
 
 VECTORS = Path(__file__).resolve().parent / "data" / "sev"  # real platform certificates
 ROOTS = Path(__file__).resolve().parent.parent / "src" / "sevsim" / "attest" / "roots" / "sev"
@@ -98,7 +98,7 @@ def test_chain_buffer_is_pek_oca_cek() -> None:
     assert (chain.pek, chain.oca, chain.cek) == tuple(certs)
     assert chain.to_bytes() == blob
     for bad in (blob[:-1], blob + b"\0", b""):
-        with pytest.raises(CertificateFormatError, match="chain"):
+        with pytest.raises(SevCertFormatError, match="chain"):
             CertChain.from_bytes(bad)
 
 
@@ -178,7 +178,7 @@ def test_malformed_sev_certificates_are_typed_errors(blob: bytes, message: str |
         with pytest.raises(InvalidSignature, match="after the RSA signature"):
             check_signature(cert, cert.sig1, ASK_KEY)
         return
-    with pytest.raises(CertificateFormatError, match=message):
+    with pytest.raises(SevCertFormatError, match=message):
         SevCert.from_bytes(blob)
 
 
@@ -198,7 +198,7 @@ ARK = real("rome", "ark")
 ], ids=["short", "long", "header", "version", "usage", "usage-unknown", "reserved", "size",
         "modulus"])
 def test_malformed_amd_certificates_are_typed_errors(blob: bytes, message: str) -> None:
-    with pytest.raises(CertificateFormatError, match=message):
+    with pytest.raises(SevCertFormatError, match=message):
         AmdCert.from_bytes(blob)
 
 
@@ -214,7 +214,7 @@ def test_a_changed_sev_certificate_parses_to_exactly_its_bytes_or_fails(
         blob[offset] = value
     try:
         cert = SevCert.from_bytes(bytes(blob))
-    except CertificateFormatError:
+    except SevCertFormatError:
         return
     assert cert.to_bytes() == bytes(blob)
 
@@ -227,7 +227,7 @@ def test_a_changed_amd_certificate_parses_to_exactly_its_bytes_or_fails(
     blob[offset % len(blob)] = value
     try:
         cert = AmdCert.from_bytes(bytes(blob))
-    except CertificateFormatError:
+    except SevCertFormatError:
         return
     assert cert.to_bytes() == bytes(blob)
 
@@ -238,17 +238,17 @@ def test_garbage_is_a_format_error(blob: bytes) -> None:
     for parse in (SevCert.from_bytes, AmdCert.from_bytes, CertChain.from_bytes):
         try:
             parsed = parse(blob)
-        except CertificateFormatError:
+        except SevCertFormatError:
             continue
         assert parsed.to_bytes() == blob
 
 
 def test_values_that_do_not_fit_are_refused_when_encoding() -> None:
-    with pytest.raises(CertificateFormatError, match="QX"):
+    with pytest.raises(SevCertFormatError, match="QX"):
         EcPublicKey(Curve.P384, 1 << 576, 0).to_bytes()
-    with pytest.raises(CertificateFormatError, match="modulus"):
+    with pytest.raises(SevCertFormatError, match="modulus"):
         RsaPublicKey(4096, 65537, 1 << 4096).to_bytes()
     ark = AmdCert.from_bytes(ARK)
-    with pytest.raises(CertificateFormatError, match="one modulus long"):
+    with pytest.raises(SevCertFormatError, match="one modulus long"):
         AmdCert(ark.key_id, ark.certifying_id, ark.usage, 4096, 4096, ark.exponent,
                 ark.modulus, ark.signature[:-1]).to_bytes()

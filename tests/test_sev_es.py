@@ -67,6 +67,7 @@ from sevsim.hw.chips import PRESETS
 from sevsim.hw.cpu import Vcpu, VcpuState, VmExit
 from sevsim.hw.engine import PAGE, EncryptionEngine
 from sevsim.hw.memory import MemoryController
+from sevsim.testing import ghcb_answer
 
 SECRET = secret_bytes()
 PLANTED = SECRET[:8], SECRET[8:16]  # what tests/guests/plant.c keeps in R12 and R13
@@ -525,7 +526,6 @@ def test_hypervisor_answers_a_malformed_request_with_a_ghcb_error(build) -> None
     host = Host()
     vm = launched(host, build("hello"), "sev-es", memory="8M")
     vm.run(timeout=10)
-    hypervisor = host.hypervisor
     cases = [
         (Ghcb({"sw_exit_code": ExitCode.CPUID, "sw_exit_info_1": 0, "sw_exit_info_2": 0}),
          GhcbError.MISSING_INPUT),
@@ -539,7 +539,7 @@ def test_hypervisor_answers_a_malformed_request_with_a_ghcb_error(build) -> None
                "sw_exit_info_2": 0}), GhcbError.MISSING_INPUT),
     ]
     for request, error in cases:
-        answer = hypervisor._ghcb_request(vm.hv, GHCB_GPA, request)
+        answer = ghcb_answer(host, vm, GHCB_GPA, request)
         assert answer == {"sw_exit_info_1": RESULT_ERROR, "sw_exit_info_2": error}
 
 

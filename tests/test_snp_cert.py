@@ -38,9 +38,9 @@ from sevsim.abi.snp_cert import (
     issue,
     vcek_tbs,
 )
-from sevsim.abi.snp_errors import CertFormatError
 from sevsim.abi.snp_report import AttestationReport
 from sevsim.abi.snp_tcb import Generation, TcbVersion
+from sevsim.errors import SnpCertFormatError
 
 DATA = Path(__file__).resolve().parent / "data" / "snp"
 VCEKS = {"milan-v2-a": "milan", "milan-v2-b": "milan", "turin-vcek": "turin_vcek"}
@@ -163,7 +163,7 @@ def test_tampered_real_vcek_fails(position: int, flip: int) -> None:
     assert isinstance(ask_key, rsa.RSAPublicKey)
     try:
         cert = SnpCertificate.from_der(bytes(blob))
-    except CertFormatError:
+    except SnpCertFormatError:
         return
     with pytest.raises(InvalidSignature):
         cert.verify(ask_key)
@@ -253,7 +253,7 @@ def test_openssl_verifies_a_built_chain(tmp_path: Path) -> None:
 @settings(max_examples=300)
 @given(st.binary(max_size=400))
 def test_der_garbage_raises_only_cert_format_error(blob: bytes) -> None:
-    with pytest.raises(CertFormatError):
+    with pytest.raises(SnpCertFormatError):
         SnpCertificate.from_der(blob)
 
 
@@ -262,7 +262,7 @@ def test_der_garbage_raises_only_cert_format_error(blob: bytes) -> None:
 def test_truncated_or_extended_real_vcek_is_refused(cut: int, extra: bytes) -> None:
     blob = raw("turin-vcek")
     for bad in (blob[:cut], blob + extra):
-        with pytest.raises(CertFormatError):
+        with pytest.raises(SnpCertFormatError):
             SnpCertificate.from_der(bad)
 
 
@@ -270,11 +270,11 @@ def test_non_canonical_der_is_refused() -> None:
     blob = raw("milan-v2-a")
     _, content, _ = der.read(blob)
     long_form = b"\x30\x83" + len(content).to_bytes(3, "big") + content
-    with pytest.raises(CertFormatError):
+    with pytest.raises(SnpCertFormatError):
         SnpCertificate.from_der(long_form)
-    with pytest.raises(CertFormatError):
+    with pytest.raises(SnpCertFormatError):
         der.parse_integer(b"\x00\x05", "x")
-    with pytest.raises(CertFormatError):
+    with pytest.raises(SnpCertFormatError):
         der.parse_oid(b"\x2b\x80\x01", "x")
 
 
@@ -309,7 +309,7 @@ def amd_extensions(*replace: tuple[str, Extension | None]) -> tuple[Extension, .
     amd_extensions((AMD_OID + ".2", Extension(AMD_OID + ".2", der.integer(0)))),
     (*amd_extensions(), amd_extensions()[0])])
 def test_bad_amd_extensions_are_refused(extensions: tuple[Extension, ...]) -> None:
-    with pytest.raises(CertFormatError):
+    with pytest.raises(SnpCertFormatError):
         AmdExtensions.from_extensions(extensions)
 
 
@@ -318,7 +318,7 @@ def test_extensions_out_of_kds_order_are_refused() -> None:
     tbs = real.tbs
     swapped = TbsCertificate(tbs.issuer, tbs.subject, tbs.not_before, tbs.not_after, tbs.spki,
                              tuple(reversed(tbs.extensions)), pss_trailer=True)
-    with pytest.raises(CertFormatError):
+    with pytest.raises(SnpCertFormatError):
         SnpCertificate.from_der(SnpCertificate(swapped, real.signature).to_der())
 
 
@@ -328,7 +328,7 @@ def test_extensions_out_of_kds_order_are_refused() -> None:
     AmdExtensions(TcbVersion(0, 0, 0, 0), "Milan", bytes(64), "CN=x"),
     AmdExtensions(TcbVersion(0, 0, 0, 0), "Milan")])
 def test_building_inconsistent_extensions_is_refused(amd: AmdExtensions) -> None:
-    with pytest.raises(CertFormatError):
+    with pytest.raises(SnpCertFormatError):
         amd.to_extensions()
 
 
@@ -339,7 +339,7 @@ def test_cert_times() -> None:
     assert CertTime.utc(2045, 5, 15).plus_years(7).text == "20520515000000Z"
     assert CertTime("491231235959Z").year == 2049 and CertTime("500101000000Z").year == 1950
     for bad in ("2209240055Z", "220924005528", "20290924005528Z", "22O924005528Z"):
-        with pytest.raises(CertFormatError):
+        with pytest.raises(SnpCertFormatError):
             CertTime(bad)
 
 

@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sevsim.abi.snp_errors import GuestMessageError, LaunchFormatError, TcbFormatError
 from sevsim.abi.snp_guest_msg import (
     HEADER_SIZE,
     MAX_PAYLOAD,
@@ -43,6 +42,7 @@ from sevsim.abi.snp_idblock import (
 )
 from sevsim.abi.snp_launch import INITIAL_DIGEST, VMSA_GPA, PageInfo, PageType, update_digest
 from sevsim.abi.snp_tcb import Generation, PlatformInfo, PolicyFlags, SnpPolicy, TcbVersion
+from sevsim.errors import GuestMessageError, LaunchFormatError, TcbFormatError
 
 ID_KEY = ec.derive_private_key(0x1D, ec.SECP384R1())
 AUTHOR_KEY = ec.derive_private_key(0xA7, ec.SECP384R1())

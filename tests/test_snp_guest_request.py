@@ -21,29 +21,19 @@ from sevsim.abi.snp_guest_msg import (
     seal_message,
 )
 from sevsim.abi.snp_report import ReportResponse, verify_report
-from sevsim.abi.snp_tcb import SnpPolicy
 from sevsim.abi.status import SevStatus
 from sevsim.errors import FirmwareError
-from sevsim.firmware.snp import SnpGuestContext, SnpGuestState
+from sevsim.firmware.snp import SnpGuestContext
 from sevsim.firmware.snp_guest import SnpGuestRequests
-from sevsim.hw.chips import PRESETS
-from sevsim.hw.engine import EncryptionEngine
-from sevsim.hw.memory import MemoryController
-
-GCTX = 0x5000
+from sevsim.testing import GCTX, launched_snp_guest, secure_processor
 
 
 def firmware(chip: str = "milan", measurement: bytes | None = None,
              seed: bytes = b"chip") -> tuple[SnpGuestRequests, SnpGuestContext]:
-    preset = PRESETS[chip]
-    fw = SnpGuestRequests(preset, MemoryController(1 << 20, EncryptionEngine(preset.tweak)),
-                          seed=seed)
+    """A reproducible Secure Processor with one guest context as SNP_LAUNCH_FINISH leaves it."""
+    fw = secure_processor(chip, seed=seed)
     fw.snp_init()
-    ctx = SnpGuestContext(GCTX, SnpGuestState.RUNNING, SnpPolicy(), os.urandom(16),
-                          tuple(os.urandom(32) for _ in range(4)),
-                          launch_digest=measurement or os.urandom(48), asid=1)
-    fw._snp_guests[GCTX] = ctx  # a launched guest, as SNP_LAUNCH_FINISH leaves it
-    return fw, ctx
+    return fw, launched_snp_guest(fw, GCTX, measurement=measurement)
 
 
 def ask(fw: SnpGuestRequests, ctx: SnpGuestContext, msg_type: MsgType, payload: bytes,

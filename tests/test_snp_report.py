@@ -17,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sevsim.abi.snp_cert import SnpCertificate
-from sevsim.abi.snp_errors import ReportFormatError
 from sevsim.abi.snp_report import (
     GUID_ARK,
     GUID_ASK,
@@ -35,6 +34,7 @@ from sevsim.abi.snp_report import (
     verify_report,
 )
 from sevsim.abi.snp_tcb import Generation, PlatformInfo, PolicyFlags, SigningKey, TcbVersion
+from sevsim.errors import ReportFormatError
 
 DATA = Path(__file__).resolve().parent / "data" / "snp"
 NAMES = ("milan-v2-a", "milan-v2-b")

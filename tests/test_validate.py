@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from sevsim.abi.snp_errors import ReportFormatError
 from sevsim.abi.snp_report import AttestationReport, SignerInfo
 from sevsim.abi.snp_tcb import Generation, PolicyFlags, SigningKey, TcbVersion
 from sevsim.attest.snp_policy import (
@@ -28,7 +27,7 @@ from sevsim.attest.snp_policy import (
     validate_report,
 )
 from sevsim.cli.main import app
-from sevsim.errors import PolicyError
+from sevsim.errors import PolicyError, ReportFormatError
 
 VECTORS = Path(__file__).resolve().parent / "data" / "snp"
 ROOT = Path(__file__).resolve().parent.parent

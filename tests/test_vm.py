@@ -20,6 +20,7 @@ from sevsim.errors import (
 )
 from sevsim.hw.cpu import VmExit
 from sevsim.hw.engine import PAGE
+from sevsim.testing import host_frames
 
 SECRET = secret_bytes()
 
@@ -283,10 +284,10 @@ def test_asids_run_out_with_a_clear_error_and_recycle() -> None:
     host = Host(chip="naples", memory="128M")  # Naples: 15 SEV ASIDs
     vms = [host.create_vm(mode="sev", memory="1M") for _ in range(15)]
     assert sorted(vm.asid for vm in vms) == list(range(1, 16))
-    frames_before = int(host.hypervisor._frame_used.sum())
+    frames_before = host_frames(host).used
     with pytest.raises(ResourceExhausted, match=r"no free sev ASID.*15"):
         host.create_vm(mode="sev", memory="1M")
-    assert int(host.hypervisor._frame_used.sum()) == frames_before  # nothing leaked
+    assert host_frames(host).used == frames_before  # nothing leaked
     vms[3].destroy()
     again = host.create_vm(mode="sev", memory="1M")  # needs DF_FLUSH, done by the hypervisor
     assert again.asid == vms[3].asid

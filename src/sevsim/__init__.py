@@ -1,26 +1,46 @@
-"""sevsim: AMD SEV confidential VMs in software."""
+"""sevsim: AMD SEV confidential VMs in software.
+
+The names in `__all__` are what the README's examples use. All but `SevsimError` load on first
+use: the relying party's tools (`sevsim.attest`, `sevsim measure`) start without numpy, Unicorn
+or the firmware.
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from sevsim.errors import SevsimError
 
 if TYPE_CHECKING:
+    from sevsim.guest.kernel import kernel_identity
+    from sevsim.host.debug import debug_read, debug_write
+    from sevsim.host.elf import parse_elf
     from sevsim.host.machine import Host
+    from sevsim.host.migration import Record as MigrationRecord
+    from sevsim.host.migration import migrate
     from sevsim.hw.quantum import Quantum
 
-__all__ = ["Host", "Quantum", "SevsimError"]
+# public name -> (module, name there)
+_LAZY = {
+    "Host": ("sevsim.host.machine", "Host"),
+    "MigrationRecord": ("sevsim.host.migration", "Record"),  # the kinds of a migration stream
+    "debug_read": ("sevsim.host.debug", "debug_read"),
+    "debug_write": ("sevsim.host.debug", "debug_write"),
+    "kernel_identity": ("sevsim.guest.kernel", "kernel_identity"),
+    "migrate": ("sevsim.host.migration", "migrate"),
+    "parse_elf": ("sevsim.host.elf", "parse_elf"),
+    "Quantum": ("sevsim.hw.quantum", "Quantum"),
+}
+
+__all__ = ["Host", "MigrationRecord", "Quantum", "SevsimError", "debug_read", "debug_write",
+           "kernel_identity", "migrate", "parse_elf"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    """`sevsim.Host` loads the simulated machine only when asked for: the relying party's
-    tools (`sevsim.attest`, `sevsim measure`) start without numpy, Unicorn or the firmware."""
-    if name == "Host":
-        from sevsim.host.machine import Host
-        return Host
-    if name == "Quantum":
-        from sevsim.hw.quantum import Quantum
-        return Quantum
+    """Import the module that defines `name` when it is first asked for."""
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(import_module(module), attr)
     raise AttributeError(f"module 'sevsim' has no attribute {name!r}")

@@ -1,6 +1,13 @@
-"""The exception hierarchy: every bad input gets a typed error that says what was wrong."""
+"""The exception hierarchy: every bad input gets a typed error that says what was wrong.
+
+Every exception sevsim raises derives from `SevsimError`, so a caller catches one root. This
+module imports nothing from the rest of sevsim: it is a leaf every layer (abi/ included) may
+import, which keeps the one hierarchy without bending the import direction.
+"""
 
 from __future__ import annotations
+
+from enum import IntEnum
 
 
 class SevsimError(Exception):
@@ -11,14 +18,59 @@ class ConfigError(SevsimError, ValueError):
     """A bad argument: unknown chip, malformed size, impossible VM shape."""
 
 
+class FormatError(SevsimError, ValueError):
+    """Bytes or values that are not a well-formed AMD (or sevsim) structure."""
+
+
+class SevCertFormatError(FormatError):
+    """Bytes that are not a well-formed legacy AMD certificate (0x824-byte SEV certificate or
+    AMD's RSA ARK/ASK format): the message says what is wrong."""
+
+
+class OvmfError(FormatError):
+    """An OVMF image that cannot be launched as asked: no footer GUID table, no SEV metadata,
+    a malformed section, an unknown VMM or vCPU type, or a launch the image does not support
+    (APs without an SEV-ES reset block, a kernel without a hashes table)."""
+
+
+class SnpFormatError(FormatError):
+    """Bytes or values that are not a well-formed SNP structure; `field` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class TcbFormatError(SnpFormatError):
+    """A TCB_VERSION, guest policy or PLATFORM_INFO with reserved bits set or values too big."""
+
+
+class ReportFormatError(SnpFormatError):
+    """An ATTESTATION_REPORT, MSG_REPORT_RSP or certificate table that does not parse."""
+
+
+class LaunchFormatError(SnpFormatError):
+    """A PAGE_INFO, ID block, ID auth structure, public key or signature that does not parse."""
+
+
+class GuestMessageError(SnpFormatError):
+    """A guest message that does not parse or does not authenticate under the VMPCK."""
+
+
+class SnpCertFormatError(SnpFormatError):
+    """A VCEK/VLEK certificate (or its DER) that does not parse the way AMD issues them."""
+
+
 class FirmwareError(SevsimError):
-    """The Secure Processor refused a command with one of AMD's status codes."""
+    """The Secure Processor refused a command with one of AMD's status codes.
 
-    def __init__(self, status: int, message: str) -> None:
-        from sevsim.abi.status import SevStatus
+    `status` is a member of `sevsim.abi.status.SevStatus`; taking the enum member (not an int)
+    is what lets this module stay free of imports from abi/.
+    """
 
-        self.status = SevStatus(status)
-        super().__init__(f"{self.status.name} (0x{int(self.status):02X}): {message}")
+    def __init__(self, status: IntEnum, message: str) -> None:
+        self.status = status
+        super().__init__(f"{status.name} (0x{int(status):02X}): {message}")
 
 
 class ResourceExhausted(SevsimError):

@@ -13,6 +13,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sevsim.errors import FormatError
+
 PAGE = 4096
 BOOTINFO_GPA = 0x1000
 SECRET_GPA = 0x2000
@@ -33,6 +35,8 @@ MODES = ("none", "sev", "sev-es", "snp")
 
 @dataclass(frozen=True)
 class Segment:
+    """One loadable segment of the guest image as the boot-info page lists it."""
+
     gpa: int
     filesz: int
     memsz: int
@@ -40,11 +44,14 @@ class Segment:
 
     @property
     def executable(self) -> bool:
+        """Whether the ELF flags mark it executable (the kernel maps it as code)."""
         return bool(self.flags & 1)
 
 
 @dataclass(frozen=True)
 class BootInfo:
+    """The boot-info page the VMM writes at launch: what the guest kernel boots from."""
+
     ram_size: int
     nvcpus: int
     heap_start: int
@@ -59,16 +66,17 @@ class BootInfo:
 
     def _check_secret(self) -> None:
         if self.secret_gpa % PAGE or self.secret_size % PAGE:
-            raise ValueError(f"secret area 0x{self.secret_gpa:x}+0x{self.secret_size:x} is not "
+            raise FormatError(f"secret area 0x{self.secret_gpa:x}+0x{self.secret_size:x} is not "
                              "page aligned")
 
     def to_bytes(self) -> bytes:
+        """The 4 KiB page, as the VMM launches it."""
         self._check_secret()
         if len(self.segments) > MAX_SEGMENTS:
-            raise ValueError(f"{len(self.segments)} segments, a boot-info page holds "
+            raise FormatError(f"{len(self.segments)} segments, a boot-info page holds "
                              f"{MAX_SEGMENTS}")
         if len(self.kernel_id) != 48:
-            raise ValueError(f"kernel identity is {len(self.kernel_id)} bytes, not 48 (SHA-384)")
+            raise FormatError(f"kernel identity is {len(self.kernel_id)} bytes, not 48 (SHA-384)")
         page = bytearray(4096)
         page[:_HEAD.size] = _HEAD.pack(MAGIC, self.ram_size, self.nvcpus, self.heap_start,
                                        self.heap_end, MODES.index(self.mode), self.secret_gpa,
@@ -96,15 +104,16 @@ class BootInfo:
 
     @classmethod
     def from_bytes(cls, page: bytes) -> BootInfo:
+        """Parse a boot-info page strictly: FormatError if it is not one."""
         if len(page) < _KERNEL_ID_OFFSET + 48:
-            raise ValueError(f"boot-info page of {len(page)} bytes is truncated")
+            raise FormatError(f"boot-info page of {len(page)} bytes is truncated")
         magic, ram, nvcpus, heap_start, heap_end, mode, secret_gpa, secret_size = (
             _HEAD.unpack_from(page))
         if magic != MAGIC or mode >= len(MODES):
-            raise ValueError("not a sevsim boot-info page")
+            raise FormatError("not a sevsim boot-info page")
         entry, stack_top, count = _IMAGE.unpack_from(page, _IMAGE_OFFSET)
         if count > MAX_SEGMENTS:
-            raise ValueError(f"boot info lists {count} segments, at most {MAX_SEGMENTS}")
+            raise FormatError(f"boot info lists {count} segments, at most {MAX_SEGMENTS}")
         segments = tuple(
             Segment(*_SEGMENT.unpack_from(page, _IMAGE_OFFSET + _IMAGE.size + i * _SEGMENT.size))
             for i in range(count))
@@ -117,11 +126,11 @@ class BootInfo:
 def boot_info_for(entry: int, segments: Sequence[Segment], ram_size: int, nvcpus: int,
                   mode: str, kernel_id: bytes) -> BootInfo:
     """The boot info sevsim's VMM gives an image: the heap from the page after the image to
-    the boot vCPU's stack at the top of RAM, and the secret page. ValueError if it does not
+    the boot vCPU's stack at the top of RAM, and the secret page. FormatError if it does not
     fit."""
     heap_start = -(-max(s.gpa + s.memsz for s in segments) // PAGE) * PAGE
     if heap_start > ram_size - BSP_STACK_SIZE:
-        raise ValueError(f"image ends at 0x{heap_start:x}; it does not fit in "
+        raise FormatError(f"image ends at 0x{heap_start:x}; it does not fit in "
                          f"{ram_size >> 20} MiB with a {BSP_STACK_SIZE >> 10} KiB stack")
     return BootInfo(ram_size, nvcpus, heap_start, ram_size - BSP_STACK_SIZE, mode, entry,
                     ram_size, tuple(segments), kernel_id, SECRET_GPA, SECRET_SIZE)
@@ -136,7 +145,7 @@ def launch_image(boot: BootInfo, contents: Sequence[bytes]) -> list[tuple[int, b
     pages[BOOTINFO_GPA // PAGE][:] = boot.to_bytes()
     for seg, data in zip(boot.segments, contents, strict=True):
         if len(data) != seg.filesz:
-            raise ValueError(f"segment at 0x{seg.gpa:x} has {len(data)} file bytes, "
+            raise FormatError(f"segment at 0x{seg.gpa:x} has {len(data)} file bytes, "
                              f"not {seg.filesz}")
         pos = 0
         while pos < len(data):
@@ -151,7 +160,7 @@ def pack_secret(data: bytes) -> bytes:
     """The secret page's payload: u32 length || data, zero-padded to 16 bytes (LAUNCH_SECRET
     writes whole blocks)."""
     if not 0 < len(data) <= SECRET_SIZE - _SECRET_LENGTH.size:
-        raise ValueError(f"a secret is 1..{SECRET_SIZE - _SECRET_LENGTH.size} bytes, "
+        raise FormatError(f"a secret is 1..{SECRET_SIZE - _SECRET_LENGTH.size} bytes, "
                          f"not {len(data)}")
     payload = _SECRET_LENGTH.pack(len(data)) + data
     return payload.ljust(-(-len(payload) // 16) * 16, b"\0")

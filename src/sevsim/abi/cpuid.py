@@ -10,6 +10,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntFlag
 
+from sevsim.errors import FormatError
+
 MSR_SEV_STATUS = 0xC0010131
 MSR_GHCB = 0xC0010130
 
@@ -53,22 +55,27 @@ class Leaf8000001F:
         cls, features: int, c_bit: int, phys_reduction: int, vmpls: int, max_asid: int,
         min_sev_asid: int,
     ) -> Leaf8000001F:
+        """The leaf from a chip's values (EBX packs C-bit, reduction, VMPLs)."""
         ebx = (c_bit & 0x3F) | (phys_reduction & 0x3F) << 6 | (vmpls & 0xF) << 12
         return cls(features, ebx, max_asid, min_sev_asid)
 
     @property
     def c_bit(self) -> int:
+        """EBX[5:0]: the C-bit position in a page table entry."""
         return self.ebx & 0x3F
 
     @property
     def phys_reduction(self) -> int:
+        """EBX[11:6]: physical address bits lost to encryption."""
         return (self.ebx >> 6) & 0x3F
 
     @property
     def vmpls(self) -> int:
+        """EBX[15:12]: the number of VMPLs."""
         return (self.ebx >> 12) & 0xF
 
     def registers(self) -> tuple[int, int, int, int]:
+        """(EAX, EBX, ECX, EDX), as CPUID returns them."""
         return self.eax, self.ebx, self.ecx, self.edx
 
 
@@ -105,22 +112,23 @@ class CpuidEntry:
 
     @property
     def registers(self) -> tuple[int, int, int, int]:
+        """(EAX, EBX, ECX, EDX) of the entry."""
         return self.eax, self.ebx, self.ecx, self.edx
 
 
 def pack_cpuid_page(entries: list[CpuidEntry]) -> bytes:
     """The 4 KiB CPUID page a VMM launches with SNP_LAUNCH_UPDATE (type CPUID)."""
     if len(entries) > CPUID_PAGE_MAX_ENTRIES:
-        raise ValueError(f"a CPUID page holds at most {CPUID_PAGE_MAX_ENTRIES} entries")
+        raise FormatError(f"a CPUID page holds at most {CPUID_PAGE_MAX_ENTRIES} entries")
     body = b"".join(_CPUID_ENTRY.pack(e.leaf, e.subleaf, 0, 0, *e.registers) for e in entries)
     return (_CPUID_HEAD.pack(len(entries), 0) + body).ljust(4096, b"\0")
 
 
 def parse_cpuid_page(page: bytes) -> list[CpuidEntry]:
-    """The entries of a CPUID page; ValueError for a count beyond 64."""
+    """The entries of a CPUID page; FormatError for a count beyond 64."""
     count, _ = _CPUID_HEAD.unpack_from(page)
     if count > CPUID_PAGE_MAX_ENTRIES:
-        raise ValueError(f"CPUID page with {count} entries, at most {CPUID_PAGE_MAX_ENTRIES}")
+        raise FormatError(f"CPUID page with {count} entries, at most {CPUID_PAGE_MAX_ENTRIES}")
     entries = []
     for index in range(count):
         leaf, subleaf, _, _, eax, ebx, ecx, edx = _CPUID_ENTRY.unpack_from(

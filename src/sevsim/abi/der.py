@@ -8,7 +8,7 @@ re-encodes to the same bytes proves the input was canonical DER.
 
 from __future__ import annotations
 
-from .snp_errors import CertFormatError
+from sevsim.errors import SnpCertFormatError
 
 BOOLEAN = 0x01
 INTEGER = 0x02
@@ -32,6 +32,7 @@ def context(number: int, constructed: bool = True) -> int:
 
 
 def encode(tag: int, content: bytes) -> bytes:
+    """One DER element: tag, definite length, content."""
     length = len(content)
     if length < 0x80:
         head = bytes((length,))
@@ -44,23 +45,23 @@ def encode(tag: int, content: bytes) -> bytes:
 def read(blob: bytes, pos: int = 0) -> tuple[int, bytes, int]:
     """(tag, content, position after) of the element at `pos`."""
     if pos + 2 > len(blob):
-        raise CertFormatError("DER", f"truncated element at offset {pos}")
+        raise SnpCertFormatError("DER", f"truncated element at offset {pos}")
     tag, first = blob[pos], blob[pos + 1]
     if tag & 0x1F == 0x1F:
-        raise CertFormatError("DER", f"multi-byte tag at offset {pos}")
+        raise SnpCertFormatError("DER", f"multi-byte tag at offset {pos}")
     pos += 2
     if first < 0x80:
         length = first
     else:
         size = first & 0x7F
         if size == 0 or size > 4 or pos + size > len(blob):
-            raise CertFormatError("DER", f"bad length encoding at offset {pos - 1}")
+            raise SnpCertFormatError("DER", f"bad length encoding at offset {pos - 1}")
         length = int.from_bytes(blob[pos:pos + size], "big")
         if length < 0x80 or length >> 8 * (size - 1) == 0:
-            raise CertFormatError("DER", f"non-minimal length at offset {pos - 1}")
+            raise SnpCertFormatError("DER", f"non-minimal length at offset {pos - 1}")
         pos += size
     if pos + length > len(blob):
-        raise CertFormatError("DER", f"element at offset {pos} runs past its container")
+        raise SnpCertFormatError("DER", f"element at offset {pos} runs past its container")
     return tag, bytes(blob[pos:pos + length]), pos + length
 
 
@@ -68,7 +69,7 @@ def read_one(blob: bytes, tag: int, what: str) -> bytes:
     """The content of `blob`, which must be exactly one element with `tag`."""
     got, content, end = read(blob)
     if got != tag or end != len(blob):
-        raise CertFormatError(what, f"expected one element with tag 0x{tag:02x}")
+        raise SnpCertFormatError(what, f"expected one element with tag 0x{tag:02x}")
     return content
 
 
@@ -82,23 +83,27 @@ def children(content: bytes) -> list[tuple[int, bytes]]:
 
 
 def sequence(*elements: bytes) -> bytes:
+    """A SEQUENCE of already encoded elements."""
     return encode(SEQUENCE, b"".join(elements))
 
 
 def integer(value: int) -> bytes:
+    """An INTEGER in the minimal two's-complement encoding DER requires."""
     size = (value if value >= 0 else ~value).bit_length() // 8 + 1  # room for the sign bit
     return encode(INTEGER, value.to_bytes(size, "big", signed=True))
 
 
 def parse_integer(content: bytes, what: str) -> int:
+    """A non-negative INTEGER's value; SnpCertFormatError names `what` otherwise."""
     if not content or (len(content) > 1 and (
             (content[0] == 0 and content[1] < 0x80) or (content[0] == 0xFF
                                                        and content[1] >= 0x80))):
-        raise CertFormatError(what, "INTEGER is empty or not minimally encoded")
+        raise SnpCertFormatError(what, "INTEGER is empty or not minimally encoded")
     return int.from_bytes(content, "big", signed=True)
 
 
 def oid(dotted: str) -> bytes:
+    """An OBJECT IDENTIFIER from its dotted form."""
     arcs = [int(part) for part in dotted.split(".")]
     body = bytearray((40 * arcs[0] + arcs[1],))
     for arc in arcs[2:]:
@@ -114,13 +119,13 @@ def oid(dotted: str) -> bytes:
 def parse_oid(content: bytes, what: str) -> str:
     """Decode an OID whose first two arcs share one byte (all of X.509's do)."""
     if not content or content[0] & 0x80 or content[-1] & 0x80:
-        raise CertFormatError(what, "malformed OBJECT IDENTIFIER")
+        raise SnpCertFormatError(what, "malformed OBJECT IDENTIFIER")
     first = min(content[0] // 40, 2)
     arcs = [first, content[0] - 40 * first]
     value, start = 0, True
     for byte in content[1:]:
         if start and byte == 0x80:
-            raise CertFormatError(what, "OBJECT IDENTIFIER arc not minimally encoded")
+            raise SnpCertFormatError(what, "OBJECT IDENTIFIER arc not minimally encoded")
         value = value << 7 | byte & 0x7F
         start = not byte & 0x80
         if start:
@@ -130,13 +135,15 @@ def parse_oid(content: bytes, what: str) -> str:
 
 
 def string(tag: int, text: str) -> bytes:
+    """A string element of `tag` (UTF8String, PrintableString, IA5String)."""
     return encode(tag, text.encode(STRINGS[tag]))
 
 
 def parse_string(tag: int, content: bytes, what: str) -> str:
+    """The text of a string element of `tag`; SnpCertFormatError names `what`."""
     if tag not in STRINGS:
-        raise CertFormatError(what, f"tag 0x{tag:02x} is not a string sevsim reads")
+        raise SnpCertFormatError(what, f"tag 0x{tag:02x} is not a string sevsim reads")
     try:
         return content.decode(STRINGS[tag])
     except UnicodeDecodeError:
-        raise CertFormatError(what, f"not a valid {STRINGS[tag]} string") from None
+        raise SnpCertFormatError(what, f"not a valid {STRINGS[tag]} string") from None

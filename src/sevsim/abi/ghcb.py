@@ -14,6 +14,8 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from sevsim.errors import FormatError
+
 from .vmsa import layout_offsets  # abi modules share helpers only among themselves
 
 PAGE_SIZE = 0x1000
@@ -64,15 +66,15 @@ class Ghcb:
         bitmap = 0
         for name, value in self.save.items():
             if name not in FIELDS:
-                raise ValueError(f"no field {name!r} in the GHCB save area")
+                raise FormatError(f"no field {name!r} in the GHCB save area")
             offset, length = OFFSETS[name]
             if not 0 <= value < 1 << 8 * length:
-                raise ValueError(f"GHCB {name} 0x{value:x} does not fit in {length} bytes")
+                raise FormatError(f"GHCB {name} 0x{value:x} does not fit in {length} bytes")
             page[offset:offset + length] = value.to_bytes(length, "little")
             bitmap |= 1 << valid_bit(name)
         page[_VALID_BITMAP:_VALID_BITMAP + 16] = bitmap.to_bytes(16, "little")
         if len(self.shared_buffer) > SHARED_BUFFER_SIZE:
-            raise ValueError(f"{len(self.shared_buffer)} bytes do not fit the "
+            raise FormatError(f"{len(self.shared_buffer)} bytes do not fit the "
                              f"{SHARED_BUFFER_SIZE}-byte shared buffer")
         page[SHARED_BUFFER_OFFSET:SHARED_BUFFER_OFFSET + len(self.shared_buffer)] = (
             self.shared_buffer)
@@ -82,8 +84,9 @@ class Ghcb:
 
     @classmethod
     def from_bytes(cls, page: bytes) -> Ghcb:
+        """Parse a GHCB page: the fields its valid bitmap marks, and the usage."""
         if len(page) != PAGE_SIZE:
-            raise ValueError(f"a GHCB is one 4 KiB page, not {len(page)} bytes")
+            raise FormatError(f"a GHCB is one 4 KiB page, not {len(page)} bytes")
         bitmap = int.from_bytes(page[_VALID_BITMAP:_VALID_BITMAP + 16], "little")
         save = {}
         for name in FIELDS:
@@ -144,6 +147,8 @@ INFO_MASK = 0xFFF
 
 
 class MsrCode(IntEnum):
+    """GHCBData[11:0] of the GHCB MSR protocol: which request or response it is."""
+
     SEV_INFO_RESP = 0x001
     SEV_INFO_REQ = 0x002
     CPUID_REQ = 0x004
@@ -177,6 +182,7 @@ TERM_LINUX_REGISTER = 0  # GHCB GPA registration failed
 
 
 def msr_code(value: int) -> int:
+    """The request or response code of a GHCB MSR value."""
     return value & INFO_MASK
 
 
@@ -192,22 +198,27 @@ def parse_sev_info(value: int) -> tuple[int, int, int]:
 
 
 def cpuid_request(function: int, reg: CpuidReg) -> int:
+    """A CPUID request for one register of `function`."""
     return (function & 0xFFFF_FFFF) << 32 | (reg & 0x3) << 30 | MsrCode.CPUID_REQ
 
 
 def parse_cpuid_request(value: int) -> tuple[int, CpuidReg]:
+    """(function, register) of a CPUID request."""
     return value >> 32, CpuidReg(value >> 30 & 0x3)
 
 
 def cpuid_response(register_value: int) -> int:
+    """The hypervisor's answer to a CPUID request: the register in [63:32]."""
     return (register_value & 0xFFFF_FFFF) << 32 | MsrCode.CPUID_RESP
 
 
 def reg_gpa_request(gfn: int) -> int:
+    """A request to register the GHCB at guest frame `gfn`."""
     return (gfn & (1 << 52) - 1) << 12 | MsrCode.REG_GPA_REQ
 
 
 def reg_gpa_response(gfn: int) -> int:
+    """The hypervisor's acknowledgement of a GHCB registration."""
     return (gfn & (1 << 52) - 1) << 12 | MsrCode.REG_GPA_RESP
 
 
@@ -217,6 +228,7 @@ def msr_gfn(value: int) -> int:
 
 
 def term_request(reason_set: int, reason: int) -> int:
+    """A termination request with its reason set and reason code."""
     return (reason_set & 0xF) << 12 | (reason & 0xFF) << 16 | MsrCode.TERM_REQ
 
 
@@ -261,11 +273,13 @@ class PscEntry:
     cur_page: int = 0
 
     def to_int(self) -> int:
+        """The 64-bit page state change entry."""
         return (self.cur_page & 0xFFF | (self.gfn & _GFN_MASK) << 12
                 | (self.operation & 0xF) << 52 | int(self.huge) << 56)
 
     @classmethod
     def from_int(cls, value: int) -> PscEntry:
+        """Parse a 64-bit page state change entry."""
         return cls(value >> 12 & _GFN_MASK, value >> 52 & 0xF, bool(value >> 56 & 1),
                    value & 0xFFF)
 
@@ -273,7 +287,7 @@ class PscEntry:
 def pack_psc(cur_entry: int, end_entry: int, entries: list[PscEntry]) -> bytes:
     """The PSC descriptor the guest puts in the GHCB shared buffer."""
     if not entries or len(entries) > PSC_MAX_ENTRIES:
-        raise ValueError(f"a PSC request holds 1..{PSC_MAX_ENTRIES} entries, not {len(entries)}")
+        raise FormatError(f"a PSC request holds 1..{PSC_MAX_ENTRIES} entries, not {len(entries)}")
     return _PSC_HEAD.pack(cur_entry, end_entry, 0) + b"".join(
         e.to_int().to_bytes(8, "little") for e in entries)
 
@@ -281,10 +295,10 @@ def pack_psc(cur_entry: int, end_entry: int, entries: list[PscEntry]) -> bytes:
 def unpack_psc(buffer: bytes) -> tuple[int, int, list[PscEntry]]:
     """(cur_entry, end_entry, entries up to end_entry) of a PSC descriptor."""
     if len(buffer) < _PSC_HEAD.size:
-        raise ValueError("PSC descriptor shorter than its header")
+        raise FormatError("PSC descriptor shorter than its header")
     cur, end, _ = _PSC_HEAD.unpack_from(buffer)
     if end >= PSC_MAX_ENTRIES or len(buffer) < _PSC_HEAD.size + 8 * (end + 1):
-        raise ValueError(f"PSC end_entry {end} beyond the buffer")
+        raise FormatError(f"PSC end_entry {end} beyond the buffer")
     entries = [PscEntry.from_int(int.from_bytes(
         buffer[_PSC_HEAD.size + 8 * i:_PSC_HEAD.size + 8 * i + 8], "little"))
         for i in range(end + 1)]

@@ -19,16 +19,11 @@ from collections.abc import Iterator
 from enum import Enum, IntEnum
 from typing import NamedTuple
 
+from sevsim.errors import OvmfError
+
 from .snp_launch import PAGE_SIZE, VMSA_GPA, PageType
 from .vmsa import SEV_FEATURES_SNP, Vmsa
 from .vmsa import Segment as VmcbSegment
-
-
-class OvmfError(ValueError):
-    """An OVMF image that cannot be launched as asked: no footer GUID table, no SEV metadata,
-    a malformed section, an unknown VMM or vCPU type, or a launch the image does not support
-    (APs without an SEV-ES reset block, a kernel without a hashes table)."""
-
 
 FOUR_GIB = 1 << 32
 RESET_VECTOR_SIZE = 32  # the footer table ends this far before the end of the image
@@ -43,11 +38,13 @@ class Guid(str):
 
     @property
     def bytes_le(self) -> bytes:
+        """The GUID in EFI's mixed-endian byte order, as the image stores it."""
         raw = bytes.fromhex(self.replace("-", ""))
         return raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:]
 
     @classmethod
     def from_bytes_le(cls, blob: bytes) -> "Guid":
+        """A GUID from EFI's mixed-endian bytes."""
         text = (blob[3::-1] + blob[5:3:-1] + blob[7:5:-1] + blob[8:16]).hex()
         return cls(f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}")
 
@@ -90,6 +87,7 @@ class VmmType(Enum):
 
     @classmethod
     def parse(cls, name: "str | VmmType") -> "VmmType":
+        """A VMM type from its name (case-insensitive); OvmfError for an unknown one."""
         if isinstance(name, VmmType):
             return name
         try:
@@ -139,6 +137,8 @@ def vcpu_signature(vcpu_type: str) -> int:
 
 
 class MetadataSection(NamedTuple):  # tuples: cheap, as `sevsim measure` starts in a hurry
+    """One section of OVMF's SEV metadata: where it goes and what it holds."""
+
     gpa: int
     size: int
     type: SectionType
@@ -170,6 +170,7 @@ class OvmfImage(NamedTuple):
         return struct.unpack_from("<I", entry)[0] if entry and len(entry) >= 4 else 0
 
     def has_section(self, kind: SectionType) -> bool:
+        """Whether the SEV metadata lists a section of `kind`."""
         return any(s.type is kind for s in self.sections)
 
     @classmethod
@@ -315,6 +316,7 @@ def ovmf_vmsas(image: OvmfImage, vcpus: int, vcpu_sig: int, sev_features: int,
 
 
 def check_vcpus(vcpus: int) -> None:
+    """Refuse a VM without vCPUs before anything is measured."""
     if vcpus < 1:
         raise OvmfError(f"a VM has at least one vCPU, not {vcpus}")
 

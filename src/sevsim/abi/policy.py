@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntFlag
 
+from sevsim.errors import FormatError
+
 
 class PolicyFlags(IntFlag):
     """Low policy bits; API_MAJOR sits in bits 23:16 and API_MINOR in bits 31:24."""
@@ -31,11 +33,13 @@ class SevPolicy:
 
     @classmethod
     def from_int(cls, value: int) -> SevPolicy:
+        """Parse a 32-bit guest policy; FormatError for reserved bits."""
         if not 0 <= value < 1 << 32:
-            raise ValueError(f"policy 0x{value:X} does not fit in 32 bits")
+            raise FormatError(f"policy 0x{value:X} does not fit in 32 bits")
         if value & _RESERVED_BITS:
-            raise ValueError(f"policy 0x{value:08X} sets reserved bits 15:6")
+            raise FormatError(f"policy 0x{value:08X} sets reserved bits 15:6")
         return cls(PolicyFlags(value & 0x3F), (value >> 16) & 0xFF, (value >> 24) & 0xFF)
 
     def to_int(self) -> int:
+        """The 32-bit policy LAUNCH_START takes."""
         return int(self.flags) | self.api_major << 16 | self.api_minor << 24

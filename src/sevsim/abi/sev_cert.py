@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from sevsim.errors import SevCertFormatError
+
 SEV_CERT_SIZE = 0x824
 CERT_CHAIN_SIZE = 3 * SEV_CERT_SIZE  # PDH_CERT_EXPORT's chain buffer: PEK, OCA, CEK
 SIGNED_SIZE = 0x414  # version through public key: what both signatures cover
@@ -35,10 +37,6 @@ _SLOT = struct.Struct("<II")  # signature usage, algo
 _SIG1, _SIG2 = 0x414, 0x61C
 _AMD_HEAD = struct.Struct("<I16s16sI16sII")  # version, key id, certifying id, usage, rsvd, sizes
 AMD_KEY_BITS = (2048, 4096)  # Naples; Rome and later
-
-
-class CertificateFormatError(ValueError):
-    """Bytes that are not a well-formed AMD certificate: the message says what is wrong."""
 
 
 class Usage(IntEnum):
@@ -66,29 +64,36 @@ class Algo(IntEnum):
 
     @property
     def is_rsa(self) -> bool:
+        """Whether the algorithm is an RSA one."""
         return self in (Algo.RSA_SHA256, Algo.RSA_SHA384)
 
     @property
     def is_ec(self) -> bool:
+        """Whether the algorithm is an elliptic-curve one (ECDSA or ECDH)."""
         return self in (Algo.ECDSA_SHA256, Algo.ECDSA_SHA384, Algo.ECDH_SHA256, Algo.ECDH_SHA384)
 
     @property
     def is_ecdsa(self) -> bool:
+        """Whether the algorithm is ECDSA."""
         return self in (Algo.ECDSA_SHA256, Algo.ECDSA_SHA384)
 
     def hash(self) -> hashes.HashAlgorithm:
+        """The hash the algorithm signs with."""
         if self in (Algo.RSA_SHA256, Algo.ECDSA_SHA256, Algo.ECDH_SHA256):
             return hashes.SHA256()
         if self in (Algo.RSA_SHA384, Algo.ECDSA_SHA384, Algo.ECDH_SHA384):
             return hashes.SHA384()
-        raise CertificateFormatError("the INVALID algorithm has no hash")
+        raise SevCertFormatError("the INVALID algorithm has no hash")
 
 
 class Curve(IntEnum):
+    """The CURVE field of an EC public key."""
+
     P256 = 1
     P384 = 2
 
     def curve(self) -> ec.EllipticCurve:
+        """The `cryptography` curve for this field value."""
         return ec.SECP256R1() if self is Curve.P256 else ec.SECP384R1()
 
     @property
@@ -101,7 +106,7 @@ def _enum(kind: type[IntEnum], value: int, what: str) -> int:
     try:
         return kind(value)
     except ValueError:
-        raise CertificateFormatError(f"{what} 0x{value:x} is not one AMD defines") from None
+        raise SevCertFormatError(f"{what} 0x{value:x} is not one AMD defines") from None
 
 
 def _le(blob: bytes) -> int:
@@ -110,13 +115,13 @@ def _le(blob: bytes) -> int:
 
 def _to_le(value: int, size: int, what: str) -> bytes:
     if not 0 <= value < 1 << 8 * size:
-        raise CertificateFormatError(f"{what} does not fit in {size} bytes")
+        raise SevCertFormatError(f"{what} does not fit in {size} bytes")
     return value.to_bytes(size, "little")
 
 
 def _zero(blob: bytes, what: str) -> None:
     if any(blob):
-        raise CertificateFormatError(f"{what} must be zero")
+        raise SevCertFormatError(f"{what} must be zero")
 
 
 # -- public keys ----------------------------------------------------------------------------
@@ -134,11 +139,13 @@ class EcPublicKey:
     qy: int
 
     def to_bytes(self) -> bytes:
+        """The public key field of a certificate."""
         return (struct.pack("<I", self.curve) + _to_le(self.qx, EC_COORD_SIZE, "QX")
                 + _to_le(self.qy, EC_COORD_SIZE, "QY")).ljust(PUBKEY_SIZE, b"\0")
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> EcPublicKey:
+        """Parse an EC public key field."""
         (curve,) = struct.unpack_from("<I", blob)
         _zero(blob[4 + 2 * EC_COORD_SIZE:], "padding after the EC point")
         return cls(Curve(_enum(Curve, curve, "curve")), _le(blob[4:4 + EC_COORD_SIZE]),
@@ -146,9 +153,10 @@ class EcPublicKey:
 
     @classmethod
     def from_key(cls, key: ec.EllipticCurvePublicKey) -> EcPublicKey:
+        """The field for a `cryptography` key."""
         curves = {"secp256r1": Curve.P256, "secp384r1": Curve.P384}
         if key.curve.name not in curves:
-            raise CertificateFormatError(f"curve {key.curve.name} has no SEV certificate id")
+            raise SevCertFormatError(f"curve {key.curve.name} has no SEV certificate id")
         numbers = key.public_numbers()
         return cls(curves[key.curve.name], numbers.x, numbers.y)
 
@@ -166,20 +174,23 @@ class RsaPublicKey:
     modulus: int
 
     def to_bytes(self) -> bytes:
+        """The public key field of a certificate."""
         return (struct.pack("<I", self.modulus_bits) + _to_le(self.exponent, 512, "exponent")
                 + _to_le(self.modulus, 512, "modulus"))
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> RsaPublicKey:
+        """Parse an RSA public key field."""
         (bits,) = struct.unpack_from("<I", blob)
         if bits not in range(8, RSA_MAX_BITS + 1, 8):
-            raise CertificateFormatError(f"RSA modulus size {bits} bits is not 8..4096")
+            raise SevCertFormatError(f"RSA modulus size {bits} bits is not 8..4096")
         modulus = _le(blob[516:1028])
         if modulus.bit_length() > bits:
-            raise CertificateFormatError(f"modulus is longer than its stated {bits} bits")
+            raise SevCertFormatError(f"modulus is longer than its stated {bits} bits")
         return cls(bits, _le(blob[4:516]), modulus)
 
     def to_key(self) -> rsa.RSAPublicKey:
+        """The key for `cryptography`."""
         return rsa.RSAPublicNumbers(self.exponent, self.modulus).public_key()
 
 
@@ -202,10 +213,12 @@ class Signature:
 
     @classmethod
     def empty(cls) -> Signature:
+        """An unused signature slot."""
         return cls(Usage.INVALID, Algo.INVALID)
 
     @property
     def is_empty(self) -> bool:
+        """Whether the slot holds no signature."""
         return self.usage is Usage.INVALID
 
     @classmethod
@@ -226,23 +239,26 @@ class Signature:
         return cls(usage, algo, big_endian[::-1].ljust(SIG_SIZE, b"\0"))
 
     def rsa_big_endian(self, modulus_bits: int) -> bytes:
+        """The signature as `cryptography` checks it (big-endian, one modulus long)."""
         return self.sig[:modulus_bits // 8][::-1]
 
     def to_bytes(self) -> bytes:
+        """The signature slot's bytes."""
         return _SLOT.pack(self.usage, self.algo) + self.sig
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Signature:
+        """Parse a signature slot."""
         usage, algo = _SLOT.unpack_from(blob)
         slot = cls(Usage(_enum(Usage, usage, "signature usage")),
                    Algo(_enum(Algo, algo, "signature algorithm")), bytes(blob[8:8 + SIG_SIZE]))
         if slot.usage is Usage.INVALID or slot.algo is Algo.INVALID:
             if slot != cls.empty():
-                raise CertificateFormatError("an empty signature slot must be all zero")
+                raise SevCertFormatError("an empty signature slot must be all zero")
         elif slot.algo.is_ecdsa:
             _zero(slot.sig[2 * EC_COORD_SIZE:], "padding after an ECDSA signature")
         elif not slot.algo.is_rsa:
-            raise CertificateFormatError(f"{slot.algo.name} is not a signature algorithm")
+            raise SevCertFormatError(f"{slot.algo.name} is not a signature algorithm")
         return slot
 
 
@@ -268,18 +284,20 @@ class SevCert:
                            self.algo) + self.key.to_bytes())
 
     def to_bytes(self) -> bytes:
+        """The 0x824-byte certificate."""
         return self.signed_bytes() + self.sig1.to_bytes() + self.sig2.to_bytes()
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> SevCert:
+        """Parse a 0x824-byte certificate strictly."""
         if len(blob) != SEV_CERT_SIZE:
-            raise CertificateFormatError(
+            raise SevCertFormatError(
                 f"a SEV certificate is 0x{SEV_CERT_SIZE:x} bytes, this is 0x{len(blob):x}")
         version, major, minor, reserved, usage, algo = _HEAD.unpack_from(blob)
         if version != 1:
-            raise CertificateFormatError(f"certificate version {version}, only 1 exists")
+            raise SevCertFormatError(f"certificate version {version}, only 1 exists")
         if reserved:
-            raise CertificateFormatError("reserved bytes 0x6-0x7 must be zero")
+            raise SevCertFormatError("reserved bytes 0x6-0x7 must be zero")
         usage_e = Usage(_enum(Usage, usage, "public key usage"))
         algo_e = Algo(_enum(Algo, algo, "public key algorithm"))
         pub = blob[0x10:SIGNED_SIZE]
@@ -289,12 +307,13 @@ class SevCert:
         elif algo_e.is_rsa:
             key = RsaPublicKey.from_bytes(pub)
         else:
-            raise CertificateFormatError("the public key algorithm is INVALID")
+            raise SevCertFormatError("the public key algorithm is INVALID")
         return cls(major, minor, usage_e, algo_e, key, Signature.from_bytes(blob[_SIG1:_SIG2]),
                    Signature.from_bytes(blob[_SIG2:]))
 
     @property
     def signatures(self) -> tuple[Signature, ...]:
+        """Both signature slots, empty ones included."""
         return tuple(s for s in (self.sig1, self.sig2) if not s.is_empty)
 
     def to_key(self) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
@@ -311,12 +330,14 @@ class CertChain:
     cek: SevCert
 
     def to_bytes(self) -> bytes:
+        """PEK, OCA and CEK, as PDH_CERT_EXPORT writes them."""
         return self.pek.to_bytes() + self.oca.to_bytes() + self.cek.to_bytes()
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> CertChain:
+        """Parse PDH_CERT_EXPORT's chain buffer."""
         if len(blob) != CERT_CHAIN_SIZE:
-            raise CertificateFormatError(
+            raise SevCertFormatError(
                 f"a certificate chain is 0x{CERT_CHAIN_SIZE:x} bytes, this is 0x{len(blob):x}")
         certs = [SevCert.from_bytes(blob[i:i + SEV_CERT_SIZE])
                  for i in range(0, CERT_CHAIN_SIZE, SEV_CERT_SIZE)]
@@ -357,46 +378,50 @@ class AmdCert:
     version: int = 1
 
     def signed_bytes(self) -> bytes:
+        """The bytes the signature covers: header, exponent and modulus."""
         return (_AMD_HEAD.pack(self.version, self.key_id, self.certifying_id, self.usage,
                                bytes(16), self.pub_exp_bits, self.modulus_bits)
                 + _to_le(self.exponent, self.pub_exp_bits // 8, "exponent")
                 + _to_le(self.modulus, self.modulus_bits // 8, "modulus"))
 
     def to_bytes(self) -> bytes:
+        """The certificate in AMD's format."""
         if len(self.signature) != self.modulus_bits // 8:
-            raise CertificateFormatError("the signature must be one modulus long")
+            raise SevCertFormatError("the signature must be one modulus long")
         return self.signed_bytes() + self.signature
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> AmdCert:
+        """Parse an ARK or ASK certificate strictly."""
         if len(blob) < _AMD_HEAD.size:
-            raise CertificateFormatError(f"an AMD key certificate of {len(blob)} bytes is "
+            raise SevCertFormatError(f"an AMD key certificate of {len(blob)} bytes is "
                                          "truncated inside its header")
         version, key_id, cert_id, usage, reserved, exp_bits, mod_bits = _AMD_HEAD.unpack_from(
             blob)
         if version != 1:
-            raise CertificateFormatError(f"certificate version {version}, only 1 exists")
+            raise SevCertFormatError(f"certificate version {version}, only 1 exists")
         _zero(reserved, "reserved bytes 0x28-0x37")
         usage_e = Usage(_enum(Usage, usage, "key usage"))
         if usage_e not in (Usage.ARK, Usage.ASK):
-            raise CertificateFormatError(f"key usage {usage_e.name} is not ARK or ASK")
+            raise SevCertFormatError(f"key usage {usage_e.name} is not ARK or ASK")
         if mod_bits not in AMD_KEY_BITS or exp_bits not in AMD_KEY_BITS:
-            raise CertificateFormatError(f"key sizes {exp_bits}/{mod_bits} bits; AMD uses "
+            raise SevCertFormatError(f"key sizes {exp_bits}/{mod_bits} bits; AMD uses "
                                          "2048 (Naples) or 4096 (Rome and later)")
         size = _AMD_HEAD.size + exp_bits // 8 + 2 * (mod_bits // 8)
         if len(blob) != size:
-            raise CertificateFormatError(f"an AMD {mod_bits}-bit key certificate is {size} "
+            raise SevCertFormatError(f"an AMD {mod_bits}-bit key certificate is {size} "
                                          f"bytes, this is {len(blob)}")
         exp_end = _AMD_HEAD.size + exp_bits // 8
         mod_end = exp_end + mod_bits // 8
         modulus = _le(blob[exp_end:mod_end])
         if modulus.bit_length() != mod_bits:
-            raise CertificateFormatError(f"the modulus is not a {mod_bits}-bit number")
+            raise SevCertFormatError(f"the modulus is not a {mod_bits}-bit number")
         return cls(key_id, cert_id, usage_e, exp_bits, mod_bits,
                    _le(blob[_AMD_HEAD.size:exp_end]), modulus, bytes(blob[mod_end:]), version)
 
     @property
     def self_signed(self) -> bool:
+        """Whether the key certifies itself (an ARK)."""
         return self.key_id == self.certifying_id
 
     @property
@@ -410,4 +435,5 @@ class AmdCert:
         return Algo.RSA_SHA256 if self.modulus_bits == 2048 else Algo.RSA_SHA384
 
     def to_key(self) -> rsa.RSAPublicKey:
+        """The public key for `cryptography`."""
         return rsa.RSAPublicNumbers(self.exponent, self.modulus).public_key()

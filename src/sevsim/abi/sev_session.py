@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from sevsim.errors import FormatError
+
 SESSION_SIZE = 0x80
 PACKET_HEADER_SIZE = 52  # FLAGS u32, IV[16], MAC[32]
 FLAG_COMPRESSED = 1
@@ -66,12 +68,14 @@ class Session:
     policy_mac: bytes
 
     def to_bytes(self) -> bytes:
+        """The session buffer LAUNCH_START takes."""
         return self.nonce + self.wrap_tk + self.wrap_iv + self.wrap_mac + self.policy_mac
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Session:
+        """Parse a session buffer; FormatError for a wrong size."""
         if len(blob) != SESSION_SIZE:
-            raise ValueError(f"session buffer is {len(blob)} bytes, not {SESSION_SIZE}")
+            raise FormatError(f"session buffer is {len(blob)} bytes, not {SESSION_SIZE}")
         return cls(blob[0:16], blob[16:48], blob[48:64], blob[64:96], blob[96:128])
 
     @classmethod
@@ -85,16 +89,16 @@ class Session:
         return cls(nonce, wrap_tk, wrap_iv, wrap_mac, policy_mac)
 
     def open(self, shared_x: bytes, policy: int) -> TransportKeys:
-        """The firmware's side: check both MACs, unwrap the keys. ValueError names the MAC."""
+        """The firmware's side: check both MACs, unwrap the keys. FormatError names the MAC."""
         kek, kik = key_encryption_keys(master_secret(shared_x, self.nonce))
         if not hmac.compare_digest(hmac.new(kik, self.wrap_tk, hashlib.sha256).digest(),
                                    self.wrap_mac):
-            raise ValueError("WRAP_MAC does not match: the session was not made for this PDH")
+            raise FormatError("WRAP_MAC does not match: the session was not made for this PDH")
         plain = _ctr(kek, self.wrap_iv, self.wrap_tk)
         keys = TransportKeys(plain[:16], plain[16:])
         if not hmac.compare_digest(hmac.new(keys.tik, struct.pack("<I", policy),
                                             hashlib.sha256).digest(), self.policy_mac):
-            raise ValueError("POLICY_MAC does not match the policy given to LAUNCH_START")
+            raise FormatError("POLICY_MAC does not match the policy given to LAUNCH_START")
         return keys
 
 
@@ -115,12 +119,14 @@ class PacketHeader:
     mac: bytes
 
     def to_bytes(self) -> bytes:
+        """The packet header, as LAUNCH_SECRET and the transport commands take it."""
         return struct.pack("<I", self.flags) + self.iv + self.mac
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> PacketHeader:
+        """Parse a packet header; FormatError for a wrong size."""
         if len(blob) != PACKET_HEADER_SIZE:
-            raise ValueError(f"packet header is {len(blob)} bytes, not {PACKET_HEADER_SIZE}")
+            raise FormatError(f"packet header is {len(blob)} bytes, not {PACKET_HEADER_SIZE}")
         (flags,) = struct.unpack_from("<I", blob)
         return cls(flags, blob[4:20], blob[20:52])
 
@@ -143,11 +149,11 @@ def seal_packet(keys: TransportKeys, iv: bytes, data: bytes,
 
 def open_packet(keys: TransportKeys, header: PacketHeader, ciphertext: bytes,
                 measure: bytes) -> bytes:
-    """Check the MAC, then decrypt. ValueError when the MAC fails or flags are unsupported."""
+    """Check the MAC, then decrypt. FormatError when the MAC fails or flags are unsupported."""
     if header.flags & ~FLAG_COMPRESSED or header.flags & FLAG_COMPRESSED:
-        raise ValueError(f"packet flags 0x{header.flags:x} are not supported")
+        raise FormatError(f"packet flags 0x{header.flags:x} are not supported")
     expected = packet_mac(keys.tik, header.flags, header.iv, len(ciphertext), ciphertext,
                           measure)
     if not hmac.compare_digest(expected, header.mac):
-        raise ValueError("packet MAC does not match: tampered or for another session")
+        raise FormatError("packet MAC does not match: tampered or for another session")
     return _ctr(keys.tek, header.iv, ciphertext)

@@ -16,8 +16,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from sevsim.errors import SnpCertFormatError, TcbFormatError
+
 from . import der
-from .snp_errors import CertFormatError, TcbFormatError
 from .snp_tcb import TcbVersion
 
 # -- signature algorithm ------------------------------------------------------------------
@@ -63,30 +64,33 @@ def amd_name(common_name: str) -> Name:
 
 
 def encode_name(name: Name) -> bytes:
+    """A distinguished name as DER (one attribute per RDN, as AMD's are)."""
     return der.sequence(*(der.encode(der.SET, der.sequence(der.oid(a.oid),
                                                            der.string(a.tag, a.value)))
                           for a in name))
 
 
 def parse_name(content: bytes, what: str) -> Name:
+    """Parse a distinguished name; SnpCertFormatError names `what` otherwise."""
     out = []
     for tag, rdn in der.children(content):
         atoms = der.children(rdn) if tag == der.SET else []
         if len(atoms) != 1 or atoms[0][0] != der.SEQUENCE:
-            raise CertFormatError(what, "each RDN must hold exactly one attribute")
+            raise SnpCertFormatError(what, "each RDN must hold exactly one attribute")
         parts = der.children(atoms[0][1])
         if len(parts) != 2 or parts[0][0] != der.OID:
-            raise CertFormatError(what, "an attribute is OID and value")
+            raise SnpCertFormatError(what, "an attribute is OID and value")
         out.append(Attribute(der.parse_oid(parts[0][1], what), parts[1][0],
                              der.parse_string(parts[1][0], parts[1][1], what)))
     return tuple(out)
 
 
 def common_name(name: Name) -> str:
+    """The CN of a name, or "" without one."""
     for attribute in name:
         if attribute.oid == OID_CN:
             return attribute.value
-    raise CertFormatError("name", "has no CN")
+    raise SnpCertFormatError("name", "has no CN")
 
 
 # -- validity -----------------------------------------------------------------------------
@@ -102,18 +106,20 @@ class CertTime:
     def __post_init__(self) -> None:
         if len(self.text) not in (13, 15) or not self.text[:-1].isdigit() \
                 or self.text[-1] != "Z":
-            raise CertFormatError("validity", f"{self.text!r} is not a DER UTC time")
+            raise SnpCertFormatError("validity", f"{self.text!r} is not a DER UTC time")
         if len(self.text) == 15 and 1950 <= int(self.text[:4]) < 2050:
-            raise CertFormatError("validity", f"{self.text!r}: years 1950-2049 are UTCTime")
+            raise SnpCertFormatError("validity", f"{self.text!r}: years 1950-2049 are UTCTime")
 
     @classmethod
     def utc(cls, year: int, month: int, day: int, hour: int = 0, minute: int = 0,
             second: int = 0) -> CertTime:
+        """A time in UTCTime before 2050, GeneralizedTime after, as X.509 requires."""
         rest = f"{month:02d}{day:02d}{hour:02d}{minute:02d}{second:02d}Z"
         return cls(f"{year % 100:02d}{rest}" if 1950 <= year < 2050 else f"{year:04d}{rest}")
 
     @property
     def year(self) -> int:
+        """The four-digit year."""
         if len(self.text) == 15:
             return int(self.text[:4])
         short = int(self.text[:2])
@@ -126,6 +132,7 @@ class CertTime:
                             int(tail[4:6]), int(tail[6:8]), int(tail[8:10]))
 
     def to_der(self) -> bytes:
+        """The DER element."""
         tag = der.UTC_TIME if len(self.text) == 13 else der.GENERALIZED_TIME
         return der.encode(tag, self.text.encode())
 
@@ -142,11 +149,14 @@ _SPL_ORDER_TURIN = (FMC_SPL, BL_SPL, TEE_SPL, SNP_SPL, SPL5, SPL6, SPL7, UCODE_S
 
 @dataclass(frozen=True)
 class Extension:
+    """One X.509 extension: OID, critical flag, DER value."""
+
     oid: str
     value: bytes  # the extnValue OCTET STRING's content
     critical: bool = False
 
     def to_der(self) -> bytes:
+        """The DER element."""
         crit = der.encode(der.BOOLEAN, b"\xff") if self.critical else b""
         return der.sequence(der.oid(self.oid), crit, der.encode(der.OCTET_STRING, self.value))
 
@@ -166,11 +176,12 @@ class AmdExtensions:
     struct_version: int = 0
 
     def to_extensions(self) -> tuple[Extension, ...]:
+        """AMD's extensions in KDS's order; a VCEK has a hwID, a VLEK a cspId."""
         if (self.hw_id is None) == (self.csp_id is None):
-            raise CertFormatError("extensions", "a VCEK has a hwID, a VLEK a cspId: one of them")
+            raise SnpCertFormatError("extensions", "a VCEK has a hwID, a VLEK a cspId: one of them")
         turin = self.tcb.fmc is not None
         if self.hw_id is not None and len(self.hw_id) != (8 if turin else 64):
-            raise CertFormatError("hwID", f"{len(self.hw_id)} bytes; 64 on Milan/Genoa, 8 on "
+            raise SnpCertFormatError("hwID", f"{len(self.hw_id)} bytes; 64 on Milan/Genoa, 8 on "
                                   "Turin")
         spl = {BL_SPL: self.tcb.bootloader, TEE_SPL: self.tcb.tee, SNP_SPL: self.tcb.snp,
                UCODE_SPL: self.tcb.microcode, FMC_SPL: self.tcb.fmc or 0}
@@ -192,15 +203,15 @@ class AmdExtensions:
         values: dict[str, bytes] = {}
         for ext in extensions:
             if not ext.oid.startswith(AMD_OID + ".") or ext.critical:
-                raise CertFormatError(ext.oid, "not a non-critical AMD extension")
+                raise SnpCertFormatError(ext.oid, "not a non-critical AMD extension")
             if ext.oid in values:
-                raise CertFormatError(ext.oid, "appears twice")
+                raise SnpCertFormatError(ext.oid, "appears twice")
             values[ext.oid] = ext.value
 
         def number(oid: str, required: bool = True) -> int | None:
             if oid not in values:
                 if required:
-                    raise CertFormatError(oid, "missing")
+                    raise SnpCertFormatError(oid, "missing")
                 return None
             return der.parse_integer(der.read_one(values[oid], der.INTEGER, oid), oid)
 
@@ -212,18 +223,18 @@ class AmdExtensions:
 
         for oid in (SPL4, SPL5, SPL6, SPL7):
             if number(oid, required=False):
-                raise CertFormatError(oid, "a reserved SPL must be zero")
+                raise SnpCertFormatError(oid, "a reserved SPL must be zero")
         product = text(PRODUCT_NAME)
         if product is None:
-            raise CertFormatError(PRODUCT_NAME, "missing")
+            raise SnpCertFormatError(PRODUCT_NAME, "missing")
         bl, tee, snp, ucode = (number(o) or 0 for o in (BL_SPL, TEE_SPL, SNP_SPL, UCODE_SPL))
         try:
             tcb = TcbVersion(bl, tee, snp, ucode, fmc=number(FMC_SPL, required=False))
         except TcbFormatError as err:
-            raise CertFormatError("TCB", str(err)) from None
+            raise SnpCertFormatError("TCB", str(err)) from None
         known = {STRUCT_VERSION, PRODUCT_NAME, HW_ID, CSP_ID, *_SPL_ORDER_MILAN, FMC_SPL}
         for oid in values.keys() - known:
-            raise CertFormatError(oid, "is not an extension AMD defines for a VCEK/VLEK")
+            raise SnpCertFormatError(oid, "is not an extension AMD defines for a VCEK/VLEK")
         version = number(STRUCT_VERSION)
         assert version is not None
         return cls(tcb, product, values.get(HW_ID), text(CSP_ID), version)
@@ -248,9 +259,11 @@ class TbsCertificate:
 
     @property
     def signature_algorithm(self) -> bytes:
+        """The RSASSA-PSS AlgorithmIdentifier, with or without trailerField."""
         return PSS_WITH_TRAILER if self.pss_trailer else PSS_WITHOUT_TRAILER
 
     def to_der(self) -> bytes:
+        """The DER the ASK (or ASVK) signs."""
         return der.sequence(
             der.encode(der.context(0), der.integer(2)), der.integer(self.serial),
             self.signature_algorithm, encode_name(self.issuer),
@@ -260,33 +273,34 @@ class TbsCertificate:
 
     @classmethod
     def from_der(cls, blob: bytes) -> TbsCertificate:
+        """Parse the to-be-signed part strictly, as AMD issues it."""
         parts = der.children(der.read_one(blob, der.SEQUENCE, "TBSCertificate"))
         tags = tuple(tag for tag, _ in parts)
         if tags != (der.context(0), der.INTEGER, der.SEQUENCE, der.SEQUENCE, der.SEQUENCE,
                     der.SEQUENCE, der.SEQUENCE, der.context(3)):
-            raise CertFormatError("TBSCertificate", "fields are not those of an AMD VCEK/VLEK")
+            raise SnpCertFormatError("TBSCertificate", "fields are not those of an AMD VCEK/VLEK")
         if parts[0][1] != der.integer(2):
-            raise CertFormatError("version", "must be v3")
+            raise SnpCertFormatError("version", "must be v3")
         algorithm = der.encode(der.SEQUENCE, parts[2][1])
         if algorithm not in (PSS_WITH_TRAILER, PSS_WITHOUT_TRAILER):
-            raise CertFormatError("signature", "not RSASSA-PSS SHA-384/MGF1-SHA-384/salt 48")
+            raise SnpCertFormatError("signature", "not RSASSA-PSS SHA-384/MGF1-SHA-384/salt 48")
         times = der.children(parts[4][1])
         if len(times) != 2 or any(t not in (der.UTC_TIME, der.GENERALIZED_TIME)
                                   for t, _ in times):
-            raise CertFormatError("validity", "must be two times")
+            raise SnpCertFormatError("validity", "must be two times")
         try:
             bounds = [CertTime(value.decode("ascii")) for _, value in times]
         except UnicodeDecodeError:
-            raise CertFormatError("validity", "times must be ASCII") from None
+            raise SnpCertFormatError("validity", "times must be ASCII") from None
         extensions = []
         for tag, ext in der.children(der.read_one(parts[7][1], der.SEQUENCE, "extensions")):
             items = der.children(ext) if tag == der.SEQUENCE else []
             if not 2 <= len(items) <= 3 or items[0][0] != der.OID \
                     or items[-1][0] != der.OCTET_STRING:
-                raise CertFormatError("extensions", "malformed extension")
+                raise SnpCertFormatError("extensions", "malformed extension")
             critical = len(items) == 3
             if critical and items[1] != (der.BOOLEAN, b"\xff"):
-                raise CertFormatError("extensions", "critical must be an explicit TRUE")
+                raise SnpCertFormatError("extensions", "critical must be an explicit TRUE")
             extensions.append(Extension(der.parse_oid(items[0][1], "extension"), items[-1][1],
                                         critical))
         return cls(parse_name(parts[3][1], "issuer"), parse_name(parts[5][1], "subject"),
@@ -295,13 +309,13 @@ class TbsCertificate:
                    algorithm == PSS_WITH_TRAILER)
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
-        """The certified P-384 key. CertFormatError for any other key."""
+        """The certified P-384 key. SnpCertFormatError for any other key."""
         try:
             key = serialization.load_der_public_key(self.spki)
         except ValueError:
-            raise CertFormatError("subjectPublicKeyInfo", "does not parse") from None
+            raise SnpCertFormatError("subjectPublicKeyInfo", "does not parse") from None
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
-            raise CertFormatError("subjectPublicKeyInfo", "a VCEK/VLEK key is ECDSA P-384")
+            raise SnpCertFormatError("subjectPublicKeyInfo", "a VCEK/VLEK key is ECDSA P-384")
         return key
 
 
@@ -318,9 +332,11 @@ class SnpCertificate:
 
     @property
     def is_vlek(self) -> bool:
+        """Whether the certificate is a VLEK (it carries a cspId)."""
         return self.amd.csp_id is not None
 
     def to_der(self) -> bytes:
+        """The certificate's DER."""
         return der.sequence(self.tbs.to_der(), self.tbs.signature_algorithm,
                             der.encode(der.BIT_STRING, b"\0" + self.signature))
 
@@ -329,21 +345,21 @@ class SnpCertificate:
         """Strict: the input must be exactly the DER sevsim would produce for it."""
         parts = der.children(der.read_one(blob, der.SEQUENCE, "Certificate"))
         if [tag for tag, _ in parts] != [der.SEQUENCE, der.SEQUENCE, der.BIT_STRING]:
-            raise CertFormatError("Certificate", "is not TBS, algorithm, signature")
+            raise SnpCertFormatError("Certificate", "is not TBS, algorithm, signature")
         tbs = TbsCertificate.from_der(der.encode(der.SEQUENCE, parts[0][1]))
         if der.encode(der.SEQUENCE, parts[1][1]) != tbs.signature_algorithm:
-            raise CertFormatError("signatureAlgorithm", "differs from the TBS's")
+            raise SnpCertFormatError("signatureAlgorithm", "differs from the TBS's")
         bits = parts[2][1]
         if not bits or bits[0]:
-            raise CertFormatError("signatureValue", "must be whole bytes")
+            raise SnpCertFormatError("signatureValue", "must be whole bytes")
         cert = cls(tbs, bits[1:])
         if cert.to_der() != bytes(blob):
-            raise CertFormatError("Certificate", "is not in canonical DER")
+            raise SnpCertFormatError("Certificate", "is not in canonical DER")
         # A VCEK's extensions must be exactly what KDS writes (order and encoding, verified on
         # real Milan and Turin VCEKs). The VLEK order sevsim writes is a guess (cspId where a
         # VCEK has hwID), so a real VLEK is not held to it.
         if not cert.is_vlek and tbs.extensions != cert.amd.to_extensions():
-            raise CertFormatError("extensions", "not in the order and encoding KDS uses")
+            raise SnpCertFormatError("extensions", "not in the order and encoding KDS uses")
         return cert
 
     def verify(self, issuer: rsa.RSAPublicKey) -> None:

@@ -17,7 +17,7 @@ from typing import TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .snp_errors import GuestMessageError
+from sevsim.errors import GuestMessageError
 
 PAGE_SIZE = 0x1000
 HEADER_SIZE = 0x60
@@ -56,6 +56,7 @@ class MsgType(IntEnum):
 
     @property
     def response(self) -> MsgType:
+        """The response type that answers this request type."""
         if not self % 2:
             raise GuestMessageError("MSG_TYPE", f"{self.name} is already a response")
         return MsgType(self + 1)
@@ -82,6 +83,7 @@ class MessageHeader:
     hdr_version: int = HDR_VERSION
 
     def to_bytes(self) -> bytes:
+        """The 0x60-byte header."""
         if len(self.authtag) != AUTHTAG_SIZE:
             raise GuestMessageError("AUTHTAG", f"is {len(self.authtag)} bytes, not 16")
         if not 0 <= self.vmpck <= 3:
@@ -94,10 +96,12 @@ class MessageHeader:
             raise GuestMessageError("header", f"a field does not fit: {err}") from None
 
     def aad(self) -> bytes:
+        """The header bytes the AES-GCM tag authenticates."""
         return self.to_bytes()[AAD_START:]
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> MessageHeader:
+        """Parse a message header strictly."""
         if len(blob) < HEADER_SIZE:
             raise GuestMessageError("header", f"{len(blob)} bytes is shorter than 0x60")
         (tag, seqno, rsvd1, algo, hdr_version, hdr_size, msg_type, msg_version, msg_size,
@@ -173,6 +177,7 @@ class ReportRequest:
     vmpl: int = 0
 
     def to_bytes(self) -> bytes:
+        """The MSG_REPORT_REQ payload."""
         if len(self.report_data) != 64:
             raise GuestMessageError("REPORT_DATA", f"is {len(self.report_data)} bytes, not 64")
         if not 0 <= self.vmpl <= 3:
@@ -181,6 +186,7 @@ class ReportRequest:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> ReportRequest:
+        """Parse a MSG_REPORT_REQ payload."""
         if len(blob) != REPORT_REQ_SIZE:
             raise GuestMessageError("MSG_REPORT_REQ", f"is {len(blob)} bytes, not 0x60")
         if any(blob[0x44:]):
@@ -231,6 +237,7 @@ class KeyRequest:
     launch_mit_vector: int = 0
 
     def to_bytes(self) -> bytes:
+        """The MSG_KEY_REQ payload."""
         if not 0 <= self.vmpl <= 3:
             raise GuestMessageError("VMPL", f"{self.vmpl} is not 0-3")
         try:
@@ -241,6 +248,7 @@ class KeyRequest:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> KeyRequest:
+        """Parse a MSG_KEY_REQ payload."""
         if len(blob) != KEY_REQ_SIZE:
             raise GuestMessageError("MSG_KEY_REQ", f"is {len(blob)} bytes, not 0x28")
         root, rsvd, select, vmpl, svn, tcb, mit = _KEY_REQ.unpack(blob)
@@ -264,6 +272,7 @@ class KeyResponse:
     derived_key: bytes = bytes(32)
 
     def to_bytes(self) -> bytes:
+        """The MSG_KEY_RSP payload."""
         if len(self.derived_key) != 32:
             raise GuestMessageError("DERIVED_KEY", f"is {len(self.derived_key)} bytes, not 32")
         if not 0 <= self.status <= 0xFFFFFFFF:
@@ -272,6 +281,7 @@ class KeyResponse:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> KeyResponse:
+        """Parse a MSG_KEY_RSP payload."""
         if len(blob) != KEY_RSP_SIZE:
             raise GuestMessageError("MSG_KEY_RSP", f"is {len(blob)} bytes, not 0x40")
         if any(blob[4:0x20]):
@@ -308,6 +318,7 @@ class SecretsPage:
     tsc_factor: int = 0
 
     def to_bytes(self) -> bytes:
+        """The 4 KiB secrets page SNP_LAUNCH_UPDATE fills."""
         if len(self.vmpck) != 4 or any(len(k) != VMPCK_SIZE for k in self.vmpck):
             raise GuestMessageError("VMPCK", "four 32-byte keys are needed")
         if len(self.msg_seqno) != 4:
@@ -329,6 +340,7 @@ class SecretsPage:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> SecretsPage:
+        """Parse a secrets page."""
         if len(blob) != PAGE_SIZE:
             raise GuestMessageError("secrets page", f"is {len(blob)} bytes, not 4096")
         (version, flags, fms, rsvd1, gosvw, k0, k1, k2, k3, s0, s1, s2, s3, ajt, rsvd2, usage,

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from .snp_errors import LaunchFormatError
+from sevsim.errors import LaunchFormatError
+
 from .snp_launch import DIGEST_SIZE
 
 # -- ECDSA P-384 keys and signatures in AMD's format -----------------------------------------
@@ -49,11 +50,13 @@ class SnpPublicKey:
     qy: int
 
     def to_bytes(self) -> bytes:
+        """The 0x404-byte public key structure of ID_AUTH_INFO."""
         return (struct.pack("<I", CURVE_P384) + _le72(self.qx, "QX")
                 + _le72(self.qy, "QY")).ljust(PUBKEY_SIZE, b"\0")
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> SnpPublicKey:
+        """Parse a public key structure."""
         if len(blob) != PUBKEY_SIZE:
             raise LaunchFormatError("public key", f"is {len(blob)} bytes, not 0x404")
         (curve,) = struct.unpack_from("<I", blob)
@@ -65,6 +68,7 @@ class SnpPublicKey:
 
     @classmethod
     def from_key(cls, key: ec.EllipticCurvePublicKey) -> SnpPublicKey:
+        """The structure for a `cryptography` P-384 key."""
         if key.curve.name != "secp384r1":
             raise LaunchFormatError("CURVE", f"{key.curve.name} is not P-384")
         numbers = key.public_numbers()
@@ -90,10 +94,12 @@ class SnpSignature:
     s: int
 
     def to_bytes(self) -> bytes:
+        """The 0x200-byte signature structure (R and S little-endian)."""
         return (_le72(self.r, "R") + _le72(self.s, "S")).ljust(SIGNATURE_SIZE, b"\0")
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> SnpSignature:
+        """Parse a signature structure."""
         if len(blob) != SIGNATURE_SIZE:
             raise LaunchFormatError("signature", f"is {len(blob)} bytes, not 0x200")
         if any(blob[2 * COMPONENT_SIZE:]):
@@ -102,12 +108,14 @@ class SnpSignature:
 
     @classmethod
     def from_der(cls, der: bytes) -> SnpSignature:
+        """From the DER signature `cryptography` produces."""
         try:
             return cls(*decode_dss_signature(der))
         except ValueError:
             raise LaunchFormatError("signature", "is not a DER ECDSA signature") from None
 
     def to_der(self) -> bytes:
+        """The DER signature `cryptography` checks."""
         return encode_dss_signature(self.r, self.s)
 
 
@@ -137,6 +145,7 @@ class IdBlock:
     version: int = ID_BLOCK_VERSION
 
     def to_bytes(self) -> bytes:
+        """The 0x60-byte ID block SNP_LAUNCH_FINISH takes."""
         for name, size in (("ld", 48), ("family_id", 16), ("image_id", 16)):
             if len(getattr(self, name)) != size:
                 raise LaunchFormatError(name.upper(), f"must be {size} bytes")
@@ -148,6 +157,7 @@ class IdBlock:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> IdBlock:
+        """Parse an ID block strictly."""
         if len(blob) != ID_BLOCK_SIZE:
             raise LaunchFormatError("ID_BLOCK", f"is {len(blob)} bytes, not 0x60")
         ld, family, image, version, svn, policy = _ID_BLOCK.unpack(blob)
@@ -169,6 +179,7 @@ class IdAuthInfo:
     auth_key_algo: int = ALGO_ECDSA_P384_SHA384
 
     def to_bytes(self) -> bytes:
+        """The 0x1000-byte ID authentication structure."""
         if (self.id_key_sig is None) != (self.author_key is None):
             raise LaunchFormatError("AUTHOR_KEY", "an author key comes with its signature")
         try:

@@ -13,7 +13,7 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-from .snp_errors import LaunchFormatError
+from sevsim.errors import LaunchFormatError
 
 PAGE_SIZE = 0x1000
 DIGEST_SIZE = 48
@@ -36,6 +36,7 @@ class PageType(IntEnum):
 
     @property
     def measures_contents(self) -> bool:
+        """Whether the page's contents enter the digest (not only its metadata)."""
         return self in (PageType.NORMAL, PageType.VMSA)
 
 
@@ -52,12 +53,14 @@ class PageInfo(NamedTuple):
     vmpl1_perms: int = 0
 
     def to_bytes(self) -> bytes:
+        """The 0x70-byte PAGE_INFO the launch digest hashes."""
         return _pack_page_info(self.digest_cur, self.contents, self.page_type, self.gpa,
                                self.imi_page, self.vmpl3_perms, self.vmpl2_perms,
                                self.vmpl1_perms)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> "PageInfo":
+        """Parse a PAGE_INFO strictly."""
         if len(blob) != PAGE_INFO_SIZE:
             raise LaunchFormatError("PAGE_INFO", f"is {len(blob)} bytes, not 0x70")
         cur, contents, length, ptype, imi, p3, p2, p1, rsvd, gpa = _PAGE_INFO.unpack(blob)
@@ -76,6 +79,7 @@ class PageInfo(NamedTuple):
         return info
 
     def next_digest(self) -> bytes:
+        """The launch digest after this page: SHA-384 of PAGE_INFO."""
         return hashlib.sha384(self.to_bytes()).digest()
 
 

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from .snp_errors import ReportFormatError, SnpFormatError
+from sevsim.errors import FormatError, ReportFormatError, SnpFormatError
+
 from .snp_tcb import Generation, PlatformInfo, SigningKey, SnpPolicy, TcbVersion
 
 REPORT_SIZE = 0x4A0
@@ -60,10 +61,10 @@ def _check_layout() -> None:
     end = 0
     for name, offset, size in _LAYOUT:
         if offset != end:
-            raise ValueError(f"report layout: {name} at 0x{offset:x}, expected 0x{end:x}")
+            raise FormatError(f"report layout: {name} at 0x{offset:x}, expected 0x{end:x}")
         end = offset + size
     if end != REPORT_SIZE:
-        raise ValueError(f"report layout is 0x{end:x} bytes")
+        raise FormatError(f"report layout is 0x{end:x} bytes")
 
 
 _check_layout()
@@ -78,10 +79,12 @@ class SignerInfo:
     signing_key: SigningKey = SigningKey.VCEK
 
     def to_int(self) -> int:
+        """The SIGNER_INFO field."""
         return int(self.author_key_en) | int(self.mask_chip_key) << 1 | self.signing_key << 2
 
     @classmethod
     def from_int(cls, value: int) -> SignerInfo:
+        """Parse SIGNER_INFO; ReportFormatError for reserved bits."""
         if value >> 5:
             raise ReportFormatError("signer_info", f"0x{value:x}: bits 31:5 must be zero")
         key = (value >> 2) & 7
@@ -157,6 +160,7 @@ class AttestationReport:
         return self.to_bytes()[:SIGNED_SIZE]
 
     def to_bytes(self) -> bytes:
+        """The 0x4A0-byte report."""
         self._check()
         out = bytearray(REPORT_SIZE)
         for item in fields(self):
@@ -218,10 +222,12 @@ class AttestationReport:
 
     @property
     def policy_info(self) -> SnpPolicy:
+        """The guest policy, decoded."""
         return SnpPolicy.from_int(self.policy)
 
     @property
     def platform(self) -> PlatformInfo:
+        """PLATFORM_INFO, decoded."""
         return PlatformInfo.from_int(self.platform_info)
 
     # -- signature --------------------------------------------------------------------------
@@ -277,6 +283,7 @@ class ReportResponse:
     report: bytes = b""
 
     def to_bytes(self) -> bytes:
+        """The MSG_REPORT_RSP payload."""
         if self.status == STATUS_SUCCESS and len(self.report) != REPORT_SIZE:
             raise ReportFormatError("report", f"a successful response carries 0x{REPORT_SIZE:x}"
                                     f" bytes, not 0x{len(self.report):x}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, IntEnum, IntFlag
 
-from .snp_errors import TcbFormatError
+from sevsim.errors import TcbFormatError
 
 U64 = (1 << 64) - 1
 
@@ -25,6 +25,7 @@ class Generation(Enum):
 
     @property
     def turin_layout(self) -> bool:
+        """Whether TCB_VERSION has Turin's layout (with an FMC field)."""
         return self is Generation.TURIN
 
     @property
@@ -76,15 +77,18 @@ class TcbVersion:
             _byte(self.fmc, "TCB fmc")
 
     def to_bytes(self) -> bytes:
+        """The 8-byte TCB_VERSION, little-endian."""
         if self.fmc is None:
             return bytes((self.bootloader, self.tee, 0, 0, 0, 0, self.snp, self.microcode))
         return bytes((self.fmc, self.bootloader, self.tee, self.snp, 0, 0, 0, self.microcode))
 
     def to_int(self) -> int:
+        """The 64-bit TCB_VERSION."""
         return int.from_bytes(self.to_bytes(), "little")
 
     @classmethod
     def from_int(cls, value: int, generation: Generation) -> TcbVersion:
+        """Parse a TCB_VERSION in `generation`'s layout; TcbFormatError for reserved bits."""
         if not 0 <= value <= U64:
             raise TcbFormatError("TCB_VERSION", f"0x{value:x} does not fit in 64 bits")
         b = value.to_bytes(8, "little")
@@ -143,6 +147,7 @@ class SnpPolicy:
                    (value >> 8) & 0xFF, value & 0xFF)
 
     def to_int(self) -> int:
+        """The 64-bit guest policy."""
         return int(self.flags | PolicyFlags.RESERVED_MBO) | self.abi_major << 8 | self.abi_minor
 
 
@@ -159,6 +164,7 @@ class PlatformInfo(IntFlag):
 
     @classmethod
     def from_int(cls, value: int) -> PlatformInfo:
+        """Parse PLATFORM_INFO; TcbFormatError for reserved bits."""
         if not 0 <= value <= U64 or value & ~0xBF:
             raise TcbFormatError("PLATFORM_INFO", f"0x{value:x} sets reserved bits "
                                  "(6 or 63:8)")

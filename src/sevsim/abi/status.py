@@ -6,6 +6,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from sevsim.errors import FormatError
+
 
 class SevStatus(IntEnum):
     """Status codes every SEV/SNP firmware command returns."""
@@ -120,14 +122,16 @@ class PlatformStatus:
     guest_count: int
 
     def to_bytes(self) -> bytes:
+        """PLATFORM_STATUS's output buffer."""
         return _PLATFORM_STATUS.pack(self.api_major, self.api_minor, self.state, self.owner,
                                      self.config, 0, self.build, self.guest_count)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> PlatformStatus:
+        """Parse PLATFORM_STATUS's output strictly."""
         if len(blob) != _PLATFORM_STATUS.size:
-            raise ValueError(f"PLATFORM_STATUS is {_PLATFORM_STATUS.size} bytes, not {len(blob)}")
+            raise FormatError(f"PLATFORM_STATUS is {_PLATFORM_STATUS.size} bytes, not {len(blob)}")
         major, minor, state, owner, config, _, build, count = _PLATFORM_STATUS.unpack(blob)
         if state not in PlatformState.__members__.values():
-            raise ValueError(f"platform state {state} is not one AMD defines")
+            raise FormatError(f"platform state {state} is not one AMD defines")
         return cls(major, minor, PlatformState(state), owner, config, build, count)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from sevsim.errors import FormatError
+
 
 class ExitCode(IntEnum):
     """VMCB EXITCODE values for the intercepts sevsim models."""
@@ -36,7 +38,7 @@ def ioio_info(port: int, size: int, is_in: bool) -> int:
     """EXITINFO1 for a non-string IN/OUT of `size` bytes."""
     size_bit = {1: IOIO_SZ8, 2: IOIO_SZ16, 4: IOIO_SZ32}.get(size)
     if size_bit is None:
-        raise ValueError(f"IN/OUT operand size {size} is not 1, 2 or 4 bytes")
+        raise FormatError(f"IN/OUT operand size {size} is not 1, 2 or 4 bytes")
     return port << IOIO_PORT_SHIFT | size_bit | (IOIO_TYPE_IN if is_in else 0)
 
 

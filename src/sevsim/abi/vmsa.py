@@ -10,6 +10,8 @@ against those names when this module loads (Linux's BUILD_BUG_RESERVED_OFFSET ch
 import struct
 from typing import NamedTuple
 
+from sevsim.errors import FormatError
+
 PAGE_SIZE = 0x1000
 SEV_FEATURES_SNP = 1  # SEV_FEATURES bit 0: SNP active
 SAVE_AREA_SIZE = 0x670
@@ -47,15 +49,15 @@ _LAYOUT: tuple[tuple[str, int], ...] = (
 
 
 def layout_offsets(layout: tuple[tuple[str, int], ...], size: int) -> dict[str, tuple[int, int]]:
-    """name -> (offset, size), checking each `reserved_0xNN` sits at NN and the total size."""
+    """Each name -> (offset, size), checking each `reserved_0xNN` sits at NN and the size."""
     table, offset = {}, 0
     for name, length in layout:
         if name.startswith("reserved_") and int(name.removeprefix("reserved_"), 16) != offset:
-            raise ValueError(f"layout: {name} lands at 0x{offset:x}")
+            raise FormatError(f"layout: {name} lands at 0x{offset:x}")
         table[name] = (offset, length)
         offset += length
     if offset != size:
-        raise ValueError(f"layout is 0x{offset:x} bytes, not 0x{size:x}")
+        raise FormatError(f"layout is 0x{offset:x} bytes, not 0x{size:x}")
     return table
 
 
@@ -105,20 +107,20 @@ class Vmsa(NamedTuple):
         page = bytearray(PAGE_SIZE)
         for name, value in self.regs.items():
             if name not in SCALARS:
-                raise ValueError(f"no scalar {name!r} in the VMSA")
+                raise FormatError(f"no scalar {name!r} in the VMSA")
             offset, length = OFFSETS[name]
             if not 0 <= value < 1 << 8 * length:
-                raise ValueError(f"VMSA {name} 0x{value:x} does not fit in {length} bytes")
+                raise FormatError(f"VMSA {name} 0x{value:x} does not fit in {length} bytes")
             struct.pack_into("<" + _FORMATS[length], page, offset, value)
         for name, seg in self.segments.items():
             if name not in SEGMENTS:
-                raise ValueError(f"no segment {name!r} in the VMSA")
+                raise FormatError(f"no segment {name!r} in the VMSA")
             _SEGMENT.pack_into(page, OFFSETS[name][0], seg.selector, seg.attrib, seg.limit,
                                seg.base)
         for name, length in _BLOBS.items():
             blob: bytes = getattr(self, name)
             if len(blob) != length:
-                raise ValueError(f"VMSA {name} is {len(blob)} bytes, not {length}")
+                raise FormatError(f"VMSA {name} is {len(blob)} bytes, not {length}")
             page[OFFSETS[name][0]:OFFSETS[name][0] + length] = blob
         return bytes(page)
 
@@ -126,7 +128,7 @@ class Vmsa(NamedTuple):
     def from_bytes(cls, data: bytes) -> "Vmsa":
         """Decode a save area (the first 0x670 bytes; reserved bytes are ignored)."""
         if len(data) < SAVE_AREA_SIZE:
-            raise ValueError(f"VMSA of {len(data)} bytes is shorter than the 0x670-byte "
+            raise FormatError(f"VMSA of {len(data)} bytes is shorter than the 0x670-byte "
                              "save area")
         regs = {}
         for name in SCALARS:

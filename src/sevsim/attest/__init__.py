@@ -1,5 +1,53 @@
 """The relying party: what a guest owner runs to decide whether to trust a platform and a VM.
 
 Depends only on sevsim.abi, sevsim.errors and crypto libraries, so the same code checks
-chains and measurements from real AMD hardware.
+chains and measurements from real AMD hardware. The names in `__all__` load with their module
+on first use, so `sevsim measure` does not pay for the verifier's imports.
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sevsim.attest.idblock import load_signing_key, make_id_block
+    from sevsim.attest.kds_client import KdsClient
+    from sevsim.attest.measure import snp_ovmf_digest
+    from sevsim.attest.sev_chain import PlatformChain
+    from sevsim.attest.sev_chain import verify as verify_sev_chain
+    from sevsim.attest.sev_owner import GuestOwner, expected_launch_digest
+    from sevsim.attest.snp_policy import Policy, policy_for, validate_report
+    from sevsim.attest.snp_verify import CertBundle, ChainCache, load_report, verify_report_chain
+
+# public name -> (module, name there)
+_LAZY = {
+    "CertBundle": ("snp_verify", "CertBundle"),
+    "ChainCache": ("snp_verify", "ChainCache"),
+    "GuestOwner": ("sev_owner", "GuestOwner"),
+    "KdsClient": ("kds_client", "KdsClient"),
+    "PlatformChain": ("sev_chain", "PlatformChain"),
+    "Policy": ("snp_policy", "Policy"),
+    "expected_launch_digest": ("sev_owner", "expected_launch_digest"),
+    "load_report": ("snp_verify", "load_report"),
+    "load_signing_key": ("idblock", "load_signing_key"),
+    "make_id_block": ("idblock", "make_id_block"),
+    "policy_for": ("snp_policy", "policy_for"),
+    "snp_ovmf_digest": ("measure", "snp_ovmf_digest"),
+    "validate_report": ("snp_policy", "validate_report"),
+    "verify_report_chain": ("snp_verify", "verify_report_chain"),
+    "verify_sev_chain": ("sev_chain", "verify"),  # the legacy SEV platform chain
+}
+
+__all__ = ["CertBundle", "ChainCache", "GuestOwner", "KdsClient", "PlatformChain", "Policy",
+           "expected_launch_digest", "load_report", "load_signing_key", "make_id_block",
+           "policy_for", "snp_ovmf_digest", "validate_report", "verify_report_chain",
+           "verify_sev_chain"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines `name` when it is first asked for."""
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(import_module(f"sevsim.attest.{module}"), attr)
+    raise AttributeError(f"module 'sevsim.attest' has no attribute {name!r}")

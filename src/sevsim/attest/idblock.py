@@ -16,11 +16,10 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_idblock import IdAuthInfo, IdBlock, verify_id_block
 from sevsim.abi.snp_launch import DIGEST_SIZE
 from sevsim.abi.snp_tcb import SnpPolicy
-from sevsim.errors import IdBlockError
+from sevsim.errors import IdBlockError, SnpFormatError
 
 DEFAULT_POLICY = 0x30000  # SMT allowed + reserved bit 17, as QEMU and sev-snp-measure
 
@@ -53,10 +52,12 @@ class IdBundle:
 
     @property
     def id_block_bytes(self) -> bytes:
+        """The ID block as SNP_LAUNCH_FINISH takes it."""
         return self.id_block.to_bytes()
 
     @property
     def id_auth_bytes(self) -> bytes:
+        """The ID authentication structure as SNP_LAUNCH_FINISH takes it."""
         return self.id_auth.to_bytes()
 
     @property
@@ -71,10 +72,12 @@ class IdBundle:
 
     @property
     def author_key_enabled(self) -> bool:
+        """Whether an author key signs the ID key (AUTHOR_KEY_EN)."""
         return self.id_auth.author_key is not None
 
     @property
     def id_key_digest(self) -> bytes:
+        """The ID key's digest, as reports carry it."""
         return self.id_auth.id_key.digest()
 
     @property

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 
 class Mode(Enum):
+    """What `sevsim measure` computes: a launch digest of a mode, or the OVMF hash."""
+
     SEV = "sev"
     SEV_ES = "sev-es"
     SNP = "snp"

@@ -20,13 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from sevsim.abi.sev_cert import (
     AmdCert,
     CertChain,
-    CertificateFormatError,
     SevCert,
     Signature,
     Usage,
     check_signature,
 )
-from sevsim.errors import CertificateError
+from sevsim.errors import CertificateError, SevCertFormatError
 
 PRODUCTS = ("naples", "rome", "milan", "genoa", "turin")
 Trust = Literal["amd", "sevsim"]
@@ -53,7 +52,7 @@ class PlatformChain:
 
     @classmethod
     def from_export(cls, pdh: bytes, cert_chain: bytes) -> PlatformChain:
-        """From PDH_CERT_EXPORT's two buffers; CertificateFormatError when malformed."""
+        """From PDH_CERT_EXPORT's two buffers; SevCertFormatError when malformed."""
         chain = CertChain.from_bytes(cert_chain)
         return cls(SevCert.from_bytes(pdh), chain.pek, chain.oca, chain.cek)
 
@@ -65,11 +64,12 @@ class PlatformChain:
             path = directory / f"{name}.cert"
             try:
                 certs[name] = SevCert.from_bytes(path.read_bytes())
-            except CertificateFormatError as err:
-                raise CertificateFormatError(f"{path}: {err}") from None
+            except SevCertFormatError as err:
+                raise SevCertFormatError(f"{path}: {err}") from None
         return cls(**certs)
 
     def save(self, directory: Path) -> None:
+        """Write the certificates to `directory` under sevtool's file names."""
         directory.mkdir(parents=True, exist_ok=True)
         for name in CHAIN_FILES:
             (directory / f"{name}.cert").write_bytes(getattr(self, name).to_bytes())

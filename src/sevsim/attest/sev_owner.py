@@ -22,7 +22,6 @@ from sevsim.abi.bootinfo import Segment, boot_info_for, launch_image, pack_secre
 from sevsim.abi.policy import PolicyFlags
 from sevsim.abi.sev_cert import (
     Algo,
-    CertificateFormatError,
     Curve,
     EcPublicKey,
     SevCert,
@@ -40,7 +39,13 @@ from sevsim.abi.sev_session import (
 from sevsim.abi.status import PlatformStatus
 from sevsim.abi.vmsa import reset_state
 from sevsim.attest.sev_chain import PlatformChain, Trust, VerifiedChain, verify
-from sevsim.errors import AttestationError, CertificateError, MeasurementError
+from sevsim.errors import (
+    AttestationError,
+    CertificateError,
+    ConfigError,
+    MeasurementError,
+    SevCertFormatError,
+)
 
 DEFAULT_POLICY = int(PolicyFlags.NODBG | PolicyFlags.NOKS)
 LAUNCH_MEASURE_SIZE = 48  # MEASURE[32] || MNONCE[16]
@@ -50,23 +55,35 @@ LAUNCH_MEASURE_SIZE = 48  # MEASURE[32] || MNONCE[16]
 
 
 class ImageSegment(Protocol):
+    """A loadable segment as the owner's digest needs it (sevsim.host.elf's fits)."""
+
     @property
-    def gpa(self) -> int: ...
+    def gpa(self) -> int:
+        """Where the segment loads."""
+
     @property
-    def data(self) -> bytes: ...
+    def data(self) -> bytes:
+        """The file bytes."""
+
     @property
-    def memsz(self) -> int: ...
+    def memsz(self) -> int:
+        """The size in memory (file bytes, then zeros)."""
+
     @property
-    def flags(self) -> int: ...
+    def flags(self) -> int:
+        """The ELF program header flags."""
 
 
 class GuestImage(Protocol):
     """A parsed guest ELF (sevsim.host.elf.parse_elf gives one)."""
 
     @property
-    def entry(self) -> int: ...
+    def entry(self) -> int:
+        """The entry point."""
+
     @property
-    def segments(self) -> Sequence[ImageSegment]: ...
+    def segments(self) -> Sequence[ImageSegment]:
+        """The loadable segments, in file order."""
 
 
 def expected_launch_digest(image: GuestImage, memory_size: int, vcpus: int, kernel_id: bytes,
@@ -164,7 +181,7 @@ class GuestOwner:
                  trust: Trust = "amd", product: str | None = None) -> None:
         pack_secret(secret)  # refuse a secret that does not fit now, not after the launch
         if len(expected_digest) != 32:
-            raise ValueError(f"a launch digest is 32 bytes, not {len(expected_digest)}")
+            raise ConfigError(f"a launch digest is 32 bytes, not {len(expected_digest)}")
         self._secret = secret
         self.expected_digest = expected_digest
         self._policy = policy
@@ -175,13 +192,14 @@ class GuestOwner:
 
     @property
     def policy(self) -> int:
+        """The guest policy the owner launches with."""
         return self._policy
 
     def start(self, pdh_cert: bytes, cert_chain: bytes) -> tuple[bytes, bytes]:
         """Verify PDH_CERT_EXPORT's chain; the GODH certificate and session for LAUNCH_START."""
         try:
             chain = PlatformChain.from_export(pdh_cert, cert_chain)
-        except CertificateFormatError as err:
+        except SevCertFormatError as err:
             raise CertificateError("PDH_CERT_EXPORT", str(err)) from None
         self.chain = verify(chain, self.trust, self.product)
         self._session = make_session(chain.pdh, self._policy)

@@ -21,10 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_report import AttestationReport
 from sevsim.abi.snp_tcb import PlatformInfo, PolicyFlags, SigningKey, TcbVersion
-from sevsim.errors import PolicyError
+from sevsim.errors import PolicyError, SnpFormatError
 
 TCB_FIELDS = ("reported", "committed", "launch", "current")
 TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
@@ -302,6 +301,7 @@ class CheckResult:
     actual: str
 
     def to_dict(self) -> dict[str, object]:
+        """The check as JSON-ready values."""
         return {"name": self.name, "passed": self.passed, "expected": self.expected,
                 "actual": self.actual}
 
@@ -314,10 +314,12 @@ class ValidationResult:
 
     @property
     def ok(self) -> bool:
+        """Whether every check passed."""
         return all(c.passed for c in self.checks)
 
     @property
     def failed(self) -> tuple[str, ...]:
+        """The names of the checks that failed."""
         return tuple(c.name for c in self.checks if not c.passed)
 
     def __getitem__(self, name: str) -> CheckResult:
@@ -327,6 +329,7 @@ class ValidationResult:
         raise KeyError(name)
 
     def to_json(self) -> str:
+        """The result as `sevsim validate --json` prints it."""
         return json.dumps({"ok": self.ok, "failed": list(self.failed),
                            "checks": [c.to_dict() for c in self.checks]}, indent=2)
 

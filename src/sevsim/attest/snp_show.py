@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_report import OFFSETS, AttestationReport
 from sevsim.abi.snp_tcb import Generation, PlatformInfo, PolicyFlags, TcbVersion
+from sevsim.errors import SnpFormatError
 
 TCB_FIELDS = ("current_tcb", "reported_tcb", "committed_tcb", "launch_tcb")
 

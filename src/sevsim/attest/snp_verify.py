@@ -34,7 +34,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from sevsim.abi.snp_cert import SnpCertificate, common_name
-from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_report import (
     GUID_ARK,
     GUID_ASK,
@@ -48,7 +47,7 @@ from sevsim.abi.snp_report import (
 )
 from sevsim.abi.snp_tcb import Generation, SigningKey
 from sevsim.attest.kds_client import KdsClient
-from sevsim.errors import KdsFetchError, SnpVerificationError
+from sevsim.errors import ConfigError, KdsFetchError, SnpFormatError, SnpVerificationError
 
 Trust = Literal["amd", "sevsim"]
 TRUSTS: tuple[Trust, ...] = ("amd", "sevsim")
@@ -112,7 +111,7 @@ class CertBundle:
 
     @classmethod
     def from_directory(cls, directory: Path) -> CertBundle:
-        """snpguest's file names: vcek.{pem,der} or vlek.{pem,der}, ask/asvk.{pem,der},
+        """The files snpguest writes: vcek.{pem,der} or vlek.{pem,der}, ask/asvk.{pem,der},
         ark.{pem,der}, and KDS's cert_chain.pem (ASK or ASVK, then ARK). A file that is there
         but does not decode raises SnpFormatError naming it."""
         def first(*names: str) -> bytes | None:
@@ -164,8 +163,8 @@ class SnpRoots:
 def trusted_roots(trust: Trust, product: str | Generation) -> SnpRoots:
     """The shipped anchors: AMD's real ones (trust="amd") or sevsim's simulated ones."""
     if trust not in TRUSTS:
-        raise ValueError(f"trust must be one of {TRUSTS}, not {trust!r}")
-    generation = _generation(product)
+        raise ConfigError(f"trust must be one of {TRUSTS}, not {trust!r}")
+    generation = product_generation(product)
     base = resources.files("sevsim.attest").joinpath(
         "roots", "amd" if trust == "amd" else "sevsim", "snp", generation.value.lower())
     certs = {role: x509.load_pem_x509_certificate(base.joinpath(f"{role}.pem").read_bytes())
@@ -173,13 +172,14 @@ def trusted_roots(trust: Trust, product: str | Generation) -> SnpRoots:
     return SnpRoots(trust, generation, certs["ark"], certs["ask"], certs["asvk"])
 
 
-def _generation(product: str | Generation) -> Generation:
+def product_generation(product: str | Generation) -> Generation:
+    """The SNP generation a product name ("milan", "Genoa", ...) names; a Generation as is."""
     if isinstance(product, Generation):
         return product
     for generation in Generation:
         if generation.value.lower() == product.lower():
             return generation
-    raise ValueError(f"unknown product {product!r}: one of {', '.join(PRODUCTS)}")
+    raise ConfigError(f"unknown product {product!r}: one of {', '.join(PRODUCTS)}")
 
 
 def _spki(cert: x509.Certificate) -> bytes | None:
@@ -214,10 +214,12 @@ class VerificationResult:
 
     @property
     def ok(self) -> bool:
+        """Whether every check passed."""
         return bool(self.checks) and all(c.passed for c in self.checks)
 
     @property
     def failures(self) -> list[Check]:
+        """The checks that failed."""
         return [c for c in self.checks if not c.passed]
 
     def check(self, name: str) -> Check:
@@ -289,7 +291,7 @@ def _infer_generation(report: AttestationReport, product: str | Generation | Non
     for a v2 report, --product, else the certificate's productName, else Turin's 8-byte
     chip id. The chain must still verify to that product's ARK."""
     try:
-        given = None if product is None else _generation(product)
+        given = None if product is None else product_generation(product)
     except ValueError as error:
         rec.add("product", False, str(error))
         return None
@@ -399,10 +401,12 @@ def _load_ca(der: bytes) -> x509.Certificate:
 
 
 def trust_name(trust: Trust) -> str:
+    """Whose roots a trust setting means, for messages."""
     return "AMD's" if trust == "amd" else "sevsim's simulated"
 
 
 def common_name_x509(cert: x509.Certificate) -> str:
+    """The subject CN of a certificate, or "" without one."""
     names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return str(names[0].value) if names else ""
 
@@ -643,7 +647,7 @@ def verify_certificate_chain(certs: CertBundle, product: str | Generation, *,
     """The chain alone (ARK, ASK or ASVK, and the leaf if given), without a report: for a
     certificate fetched or cached before any report arrives."""
     rec = _Recorder()
-    generation = _generation(product)
+    generation = product_generation(product)
     when = at or datetime.datetime.now(datetime.UTC)
     leaf = None
     chain = _verify_ca(rec, trusted_roots(trust, generation), vlek, certs, when)

@@ -30,15 +30,15 @@ def show(
              "report is taken as Milan/Genoa unless its chip id is Turin's 8 bytes).")] = None,
 ) -> None:
     """Print every field of an SNP attestation report (v2, v3, v5), decoded."""
-    from sevsim.abi.snp_errors import SnpFormatError
     from sevsim.abi.snp_report import AttestationReport
     from sevsim.attest.snp_show import flatten, report_fields
-    from sevsim.attest.snp_verify import _generation, load_report
+    from sevsim.attest.snp_verify import load_report, product_generation
+    from sevsim.errors import SnpFormatError
 
     blob = load_report(read_input(report, "sevsim show"))
     try:
         parsed = AttestationReport.from_bytes(blob)
-        fields = report_fields(parsed, None if product is None else _generation(product))
+        fields = report_fields(parsed, None if product is None else product_generation(product))
     except (SnpFormatError, ValueError) as error:
         raise fail(error, "sevsim show") from None
     if as_json:
@@ -75,7 +75,6 @@ def verify(
                        ] = False,
 ) -> None:
     """Verify an SNP report: signature, VCEK/VLEK -> ASK/ASVK -> ARK, TCB, chip id, CRL."""
-    from sevsim.abi.snp_errors import SnpFormatError
     from sevsim.attest.kds_client import KdsClient
     from sevsim.attest.snp_verify import (
         TRUSTS,
@@ -84,6 +83,7 @@ def verify(
         load_report,
         verify_report_chain,
     )
+    from sevsim.errors import SnpFormatError
 
     if trust not in TRUSTS:
         raise typer.BadParameter(f"--trust must be one of {', '.join(TRUSTS)}")

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
+from sevsim.errors import SevsimError
+
 if TYPE_CHECKING:
     import argparse
 
@@ -54,11 +56,11 @@ OPTIONS = (
 )
 
 
-class UsageError(Exception):
+class UsageError(SevsimError):
     """A command line to reject with Typer's usage message and exit status 2."""
 
 
-class Unreadable(Exception):
+class Unreadable(SevsimError):
     """An input file that could not be read (exit 125, naming the file, as read_input)."""
 
 
@@ -98,9 +100,6 @@ def run(elf: Path | None, mode: str, ovmf: Path | None, vcpus: int, vcpu_type: s
         vcpu_sig: str | None, vmm_type: str, kernel: Path | None, initrd: Path | None,
         append: str | None, guest_features: str, snp_ovmf_hash: str | None, memory: str) -> int:
     """Print the digest (0) or a typed error on stderr (125); raise UsageError."""
-    from sevsim.abi.ovmf import OvmfError
-    from sevsim.errors import SevsimError
-
     if (elf is None) == (ovmf is None):
         raise UsageError("give either a guest ELF or --ovmf PATH")
     try:
@@ -116,10 +115,12 @@ def run(elf: Path | None, mode: str, ovmf: Path | None, vcpus: int, vcpu_type: s
                                  "--append, --guest-features and --snp-ovmf-hash are for "
                                  "--ovmf")
             digest = _elf(_read(elf), mode, vcpus, memory)
-    except (SevsimError, OvmfError) as error:
-        return _fail(f"{type(error).__name__}: {error}")
+    except UsageError:  # a SevsimError too, but main() hands it to Typer
+        raise
     except Unreadable as error:
         return _fail(str(error))
+    except SevsimError as error:
+        return _fail(f"{type(error).__name__}: {error}")
     print(digest.hex())
     return 0
 

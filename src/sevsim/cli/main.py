@@ -159,7 +159,7 @@ def _write_outputs(outputs: list[bytes], report_out: Path | None,
                    certs_out: Path | None) -> None:
     """The report (first blob) and the certificate table (second) as snpguest names the
     files; only the table's framing is checked here, the verifier checks the chain."""
-    from sevsim.abi.snp_errors import SnpFormatError
+    from sevsim.errors import SnpFormatError
 
     wanted = 2 if certs_out is not None else int(report_out is not None)
     if len(outputs) < wanted:

@@ -81,7 +81,7 @@ def verify(
         help="amd: AMD's real roots; sevsim: sevsim's simulated ones.")] = "amd",
 ) -> None:
     """Verify ARK -> ASK -> CEK -> PEK (also signed by the OCA) -> PDH to a trusted root."""
-    from sevsim.abi.sev_cert import AmdCert, CertificateFormatError
+    from sevsim.abi.sev_cert import AmdCert
     from sevsim.attest.sev_chain import TRUSTS, CaCerts, PlatformChain, Trust
     from sevsim.attest.sev_chain import verify as verify_chain
 
@@ -93,7 +93,7 @@ def verify(
         ca = (CaCerts(*(AmdCert.from_bytes(p.read_bytes()) for p in given))
               if all(p.exists() for p in given) else None)
         verified = verify_chain(chain, cast(Trust, trust), product, ca)
-    except (SevsimError, CertificateFormatError, OSError) as error:
+    except (SevsimError, OSError) as error:
         raise _fail(error) from None
     anchor = "AMD's" if verified.trust == "amd" else "sevsim's simulated"
     for link in ("ARK (self-signed)", "ARK -> ASK", "ASK -> CEK", "OCA (self-signed)",
@@ -111,7 +111,7 @@ def session(
 ) -> None:
     """Open a launch session with a PDH: writes godh.cert and session.bin (for LAUNCH_START)
     and tek_tik.bin (the transport keys: yours only)."""
-    from sevsim.abi.sev_cert import CertificateFormatError, SevCert
+    from sevsim.abi.sev_cert import SevCert
     from sevsim.attest.sev_owner import make_session
 
     try:
@@ -122,7 +122,7 @@ def session(
         fd = os.open(directory / TEK_TIK_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as keys:
             keys.write(made.keys.tek + made.keys.tik)
-    except (SevsimError, CertificateFormatError, OSError) as error:
+    except (SevsimError, OSError) as error:
         raise _fail(error) from None
     err.print(f"session for policy 0x{made.policy:x} written to {directory}", highlight=False)
 

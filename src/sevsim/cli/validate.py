@@ -14,7 +14,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_report import REPORT_SIZE
 from sevsim.cli.common import EXIT_ERROR, err, fail, hex_bytes, hex_int, read_input
 from sevsim.errors import SevsimError
@@ -55,7 +54,7 @@ def validate(
         result = validate_report(blob, Policy.from_toml(text.decode("utf-8")))
     except UnicodeDecodeError as error:
         raise fail(ValueError(f"{policy}: not UTF-8 text ({error.reason})"), command) from None
-    except (SevsimError, SnpFormatError) as error:
+    except SevsimError as error:
         raise fail(error, command) from None
     if as_json:
         out.print(result.to_json(), markup=False)

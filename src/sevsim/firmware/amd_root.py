@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sevsim.abi.sev_cert import AmdCert, Usage
+from sevsim.errors import ConfigError
 
 SEED = b"sevsim simulated AMD root key: not AMD's, public, for simulation only"
 PRODUCTS = ("naples", "rome", "milan", "genoa", "turin")
@@ -43,6 +44,7 @@ def key_bits(product: str) -> int:
 
 
 def key_id(product: str, role: str) -> bytes:
+    """The 16-byte key id of a simulated ARK or ASK: sevsim's, never AMD's."""
     return f"sevsim{role.upper()}-{product}".encode().ljust(16, b"\0")
 
 
@@ -162,6 +164,7 @@ def pss_sign(key: rsa.RSAPrivateKey, message: bytes, hash_name: str) -> bytes:
 
 
 def pss_hash_name(bits: int) -> str:
+    """The RSA-PSS hash AMD uses with a key size: SHA-256 for 2048 bits, else SHA-384."""
     return "sha256" if bits == 2048 else "sha384"
 
 
@@ -192,6 +195,7 @@ class SimulatedRoot:
 
 def build_root(product: str, ark_key: rsa.RSAPrivateKey, ask_key: rsa.RSAPrivateKey
                ) -> SimulatedRoot:
+    """A product's simulated root: the keys and their AMD-format certificates."""
     return SimulatedRoot(product, ark_key, ask_key,
                          amd_cert(product, "ark", ark_key.public_key(), ark_key, "ark"),
                          amd_cert(product, "ask", ask_key.public_key(), ark_key, "ark"))
@@ -210,7 +214,7 @@ def simulated_asvk(product: str) -> rsa.RSAPrivateKey:
     """The simulated ASVK of an SNP product: the key that signs VLEKs."""
     product = product.lower()
     if product not in SNP_PRODUCTS:
-        raise ValueError(f"no simulated ASVK for product {product!r}")
+        raise ConfigError(f"no simulated ASVK for product {product!r}")
     return _shipped_key(product, "asvk")
 
 
@@ -219,7 +223,7 @@ def simulated_root(product: str) -> SimulatedRoot:
     """The shipped simulated root of a product (Naples, Rome, Milan, Genoa, Turin)."""
     product = product.lower()
     if product not in PRODUCTS:
-        raise ValueError(f"no simulated AMD root for product {product!r}")
+        raise ConfigError(f"no simulated AMD root for product {product!r}")
     return build_root(product, _shipped_key(product, "ark"), _shipped_key(product, "ask"))
 
 

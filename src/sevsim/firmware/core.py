@@ -28,6 +28,7 @@ class GuestStatus:
     state: GuestState
 
     def to_bytes(self) -> bytes:
+        """GUEST_STATUS's output buffer."""
         return struct.pack("<IIIB3x", self.handle, self.policy, self.asid, self.state)
 
 
@@ -39,6 +40,7 @@ class LaunchMeasurement:
     mnonce: bytes
 
     def to_bytes(self) -> bytes:
+        """LAUNCH_MEASURE's output: the measurement, then the nonce."""
         return self.measure + self.mnonce
 
 

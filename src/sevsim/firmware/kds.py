@@ -26,14 +26,15 @@ from urllib.parse import parse_qs, urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from sevsim.abi.snp_tcb import Generation, TcbFormatError, TcbVersion
+from sevsim.abi.snp_tcb import Generation, TcbVersion
+from sevsim.errors import SevsimError, TcbFormatError
 from sevsim.firmware.amd_root import simulated_root
 from sevsim.firmware.snp_pki import AMD_PSS, SnpPki, snp_ca_chain, snp_vlek_ca_chain
 
 _SPLS = ("blSPL", "teeSPL", "snpSPL", "ucodeSPL")
 
 
-class KdsError(Exception):
+class KdsError(SevsimError):
     """A request KDS answers with an HTTP error: (status, reason)."""
 
     def __init__(self, status: int, reason: str) -> None:

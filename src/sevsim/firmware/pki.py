@@ -20,7 +20,6 @@ from sevsim.abi.sev_cert import (
     SEV_CERT_SIZE,
     Algo,
     CertChain,
-    CertificateFormatError,
     EcPublicKey,
     SevCert,
     Signature,
@@ -29,7 +28,7 @@ from sevsim.abi.sev_cert import (
 )
 from sevsim.abi.sev_session import kdf
 from sevsim.abi.status import PlatformState, SevStatus
-from sevsim.errors import FirmwareError
+from sevsim.errors import FirmwareError, SevCertFormatError
 from sevsim.firmware.amd_root import pss_hash_name, pss_sign, simulated_root
 from sevsim.firmware.core import FirmwareCore
 from sevsim.hw.chips import ChipPreset
@@ -172,7 +171,7 @@ class PlatformPki(FirmwareCore):
                                 f"{what} certificate of {len(blob)} bytes, not {SEV_CERT_SIZE}")
         try:
             return SevCert.from_bytes(blob)
-        except CertificateFormatError as err:
+        except SevCertFormatError as err:
             raise FirmwareError(SevStatus.INVALID_CERTIFICATE, f"{what}: {err}") from None
 
     @staticmethod

@@ -40,10 +40,12 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
 
     # -- platform ---------------------------------------------------------------------------
     def init(self) -> None:
+        """INIT: the platform goes from UNINIT to INIT."""
         self._require_platform(PlatformState.UNINIT, "INIT")
         self._state = PlatformState.INIT
 
     def shutdown(self) -> None:
+        """SHUTDOWN: back to UNINIT; every guest and its key are dropped."""
         self._require_platform((PlatformState.INIT, PlatformState.WORKING), "SHUTDOWN")
         for ctx in list(self._guests.values()):
             if ctx.asid:
@@ -55,6 +57,7 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
         self._state = PlatformState.UNINIT
 
     def platform_status(self) -> PlatformStatus:
+        """PLATFORM_STATUS: API version, state, owner, build, guest count."""
         return PlatformStatus(self.chip.api_major, self.chip.api_minor, self._state,
                               int(self.externally_owned), 0, self.chip.build, len(self._guests))
 
@@ -130,6 +133,7 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
         ctx.asid = asid
 
     def deactivate(self, handle: int) -> None:
+        """DEACTIVATE: the guest's key leaves its ASID's slot."""
         ctx = self._guest(handle, "DEACTIVATE")
         if not ctx.asid:
             raise FirmwareError(SevStatus.INACTIVE, f"guest {handle} is not active")
@@ -137,6 +141,7 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
         ctx.asid = 0
 
     def decommission(self, handle: int) -> None:
+        """DECOMMISSION: forget the guest; refused while it is active."""
         ctx = self._guest(handle, "DECOMMISSION")
         if ctx.asid:
             raise FirmwareError(SevStatus.ACTIVE, f"guest {handle} is active; DEACTIVATE first")
@@ -145,6 +150,7 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
             self._state = PlatformState.INIT
 
     def guest_status(self, handle: int) -> GuestStatus:
+        """GUEST_STATUS: the guest's policy, ASID and state."""
         ctx = self._guest(handle, "GUEST_STATUS")
         return GuestStatus(handle, ctx.policy.to_int(), ctx.asid, ctx.state)
 
@@ -168,6 +174,7 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
         return LaunchMeasurement(ctx.measure, mnonce)
 
     def measurement_mac(self, tik: bytes, policy: int, digest: bytes, mnonce: bytes) -> bytes:
+        """LAUNCH_MEASURE's HMAC under `tik`, as this firmware computes it."""
         return measurement(tik, (self.chip.api_major, self.chip.api_minor), self.chip.build,
                            policy, digest, mnonce)
 
@@ -203,5 +210,6 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
         self._memory.write_domain(guest_paddr, plaintext, ctx.asid)
 
     def launch_finish(self, handle: int) -> None:
+        """LAUNCH_FINISH: the launch is over and the guest may run."""
         ctx = self._guest(handle, "LAUNCH_FINISH", GuestState.LSECRET)
         ctx.state = GuestState.RUNNING

@@ -16,23 +16,32 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
 
 from sevsim.abi.cpuid import SevFeatures, parse_cpuid_page
 from sevsim.abi.rmp import PAGE_4K
-from sevsim.abi.snp_errors import LaunchFormatError, TcbFormatError
 from sevsim.abi.snp_idblock import IdAuthInfo, IdBlock, verify_id_block
 from sevsim.abi.snp_launch import DIGEST_SIZE, INITIAL_DIGEST, VMSA_GPA, PageType, update_digest
 from sevsim.abi.snp_tcb import PolicyFlags, SnpPolicy, TcbVersion
 from sevsim.abi.status import SevStatus
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, Vmsa
-from sevsim.errors import FirmwareError, MemoryAccessError
+from sevsim.errors import (
+    FirmwareError,
+    FormatError,
+    LaunchFormatError,
+    MemoryAccessError,
+    TcbFormatError,
+)
 from sevsim.firmware.core import FirmwareCore
 from sevsim.hw.cpu import vmsa_seals
 from sevsim.hw.engine import PAGE
+
+if TYPE_CHECKING:
+    from sevsim.hw.chips import ChipPreset
+    from sevsim.hw.memory import MemoryController
 
 SECRETS_VERSION = 2  # the layout of spec-formats.md §7.3
 VMPCK_SIZE = 32
@@ -42,11 +51,15 @@ _SNP_STATUS = struct.Struct("<BBBBIIIQQ")
 
 
 class SnpPlatformState(IntEnum):
+    """The SNP platform state SNP_PLATFORM_STATUS reports."""
+
     UNINIT = 0
     INIT = 1
 
 
 class SnpGuestState(IntEnum):
+    """An SNP guest's state: GCTX_CREATE, LAUNCH_START, LAUNCH_FINISH."""
+
     INIT = 0
     LAUNCH = 1
     RUNNING = 2
@@ -99,6 +112,7 @@ class SnpPlatformStatus:
     SIZE = _SNP_STATUS.size
 
     def to_bytes(self) -> bytes:
+        """SNP_PLATFORM_STATUS's output buffer."""
         return _SNP_STATUS.pack(self.api_major, self.api_minor, self.state,
                                 int(self.rmp_initialized), self.build, int(self.flags),
                                 self.guest_count, self.current_tcb, self.reported_tcb)
@@ -107,13 +121,13 @@ class SnpPlatformStatus:
     def from_bytes(cls, blob: bytes) -> SnpPlatformStatus:
         """Strict: the length, a known state and clear reserved bits."""
         if len(blob) != _SNP_STATUS.size:
-            raise ValueError(f"SNP_PLATFORM_STATUS is {_SNP_STATUS.size} bytes, not {len(blob)}")
+            raise FormatError(f"SNP_PLATFORM_STATUS is {_SNP_STATUS.size} bytes, not {len(blob)}")
         (major, minor, state, rmp, build, flags, count, current,
          reported) = _SNP_STATUS.unpack(blob)
         if state not in SnpPlatformState.__members__.values():
-            raise ValueError(f"SNP platform state {state} is not one AMD defines")
+            raise FormatError(f"SNP platform state {state} is not one AMD defines")
         if rmp & ~1 or flags & ~_STATUS_FLAGS_MASK:
-            raise ValueError("SNP_PLATFORM_STATUS sets reserved bits")
+            raise FormatError("SNP_PLATFORM_STATUS sets reserved bits")
         return cls(major, minor, SnpPlatformState(state), bool(rmp), build, count, current,
                    reported, SnpStatusFlags(flags))
 
@@ -158,8 +172,9 @@ class SnpFirmware(FirmwareCore):
     current_tcb: TcbVersion
     tcb: TcbVersion
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, chip: ChipPreset, memory: MemoryController, *, seed: bytes | None = None,
+                 vulnerable_cve_2019_9836: bool = False) -> None:
+        super().__init__(chip, memory, seed=seed, vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
         self._snp_state = SnpPlatformState.UNINIT
         self._rmp_initialized = False  # SNP_INIT sets up the RMP once; only a reset clears it
         self._snp_guests: dict[int, SnpGuestContext] = {}
@@ -221,6 +236,7 @@ class SnpFirmware(FirmwareCore):
 
     @property
     def snp_initialized(self) -> bool:
+        """Whether SNP_INIT has run."""
         return self._snp_state is SnpPlatformState.INIT
 
     def snp_platform_status(self) -> SnpPlatformStatus:
@@ -398,6 +414,7 @@ class SnpFirmware(FirmwareCore):
         ctx.state = SnpGuestState.RUNNING
 
     def snp_guest_status(self, gctx: int) -> SnpGuestStatus:
+        """SNP_GUEST_STATUS: the guest's policy, ASID and state."""
         ctx = self.snp_context(gctx, "SNP_GUEST_STATUS")
         return SnpGuestStatus(ctx.policy.to_int(), ctx.asid, ctx.state)
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sevsim.abi.sev_session import kdf
-from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_guest_msg import (
     GuestFieldSelect,
     KeyRequest,
@@ -31,9 +30,13 @@ from sevsim.abi.snp_guest_msg import (
 from sevsim.abi.snp_report import OFFSETS, AttestationReport, ReportResponse, SignerInfo
 from sevsim.abi.snp_tcb import Generation, PlatformInfo, SigningKey, TcbVersion
 from sevsim.abi.status import SevStatus
-from sevsim.errors import FirmwareError
+from sevsim.errors import FirmwareError, SnpFormatError
 from sevsim.firmware.snp import SnpFirmware, SnpGuestContext, SnpGuestState
 from sevsim.firmware.snp_pki import SnpPki
+
+if TYPE_CHECKING:
+    from sevsim.hw.chips import ChipPreset
+    from sevsim.hw.memory import MemoryController
 
 # The TCB each generation reports until TCB updates are modelled (values seen on real parts).
 DEFAULT_TCB = {Generation.MILAN: TcbVersion(3, 0, 8, 115),
@@ -48,8 +51,9 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
     below, raised by SNP_COMMIT) and REPORTED (what SNP_CONFIG says reports carry and which
     VCEK signs them; at most CURRENT, so a host can hide an update, not invent one)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, chip: ChipPreset, memory: MemoryController, *, seed: bytes | None = None,
+                 vulnerable_cve_2019_9836: bool = False) -> None:
+        super().__init__(chip, memory, seed=seed, vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
         # chips without SNP (Naples, Rome) keep an all-zero TCB nothing ever reports
         generation = _generation(self.chip.product)
         self.current_tcb = self.committed_tcb = self.tcb = (

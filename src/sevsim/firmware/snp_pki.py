@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidTag
@@ -39,6 +39,10 @@ from sevsim.errors import FirmwareError
 from sevsim.firmware.amd_root import SEED as AMD_SEED
 from sevsim.firmware.amd_root import pss_sign, simulated_asvk, simulated_root
 from sevsim.firmware.pki import P384_ORDER, PlatformPki
+
+if TYPE_CHECKING:
+    from sevsim.hw.chips import ChipPreset
+    from sevsim.hw.memory import MemoryController
 
 AMD_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)  # AMD: salt 48
 _SERIALS = {"Milan": (0x10000, 0x10001), "Genoa": (0x20000, 0x20002), "Turin": (0x30000, 0x30001)}
@@ -142,8 +146,9 @@ def vlek_certificate(product: str, csp_id: str, tcb: TcbVersion) -> bytes:
 class SnpPki(PlatformPki):
     """CHIP_ID, the VCEK for a TCB and its certificate, and signing reports with it."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, chip: ChipPreset, memory: MemoryController, *, seed: bytes | None = None,
+                 vulnerable_cve_2019_9836: bool = False) -> None:
+        super().__init__(chip, memory, seed=seed, vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
         self._vceks: dict[TcbVersion, ec.EllipticCurvePrivateKey] = {}
         self._chip_id: bytes | None = None
         self._vlek: tuple[ec.EllipticCurvePrivateKey, bytes] | None = None  # key, certificate
@@ -175,6 +180,7 @@ class SnpPki(PlatformPki):
 
     @property
     def vlek_loaded(self) -> bool:
+        """Whether a hashstick loaded a VLEK (reports are then signed with it)."""
         return self._vlek is not None
 
     @property

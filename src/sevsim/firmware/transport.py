@@ -20,7 +20,7 @@ import hmac
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
@@ -28,7 +28,6 @@ from cryptography.exceptions import InvalidSignature
 from sevsim.abi.policy import PolicyFlags, SevPolicy
 from sevsim.abi.sev_cert import (
     CertChain,
-    CertificateFormatError,
     EcPublicKey,
     SevCert,
     Usage,
@@ -44,12 +43,16 @@ from sevsim.abi.sev_session import (
     seal_packet,
 )
 from sevsim.abi.status import GuestState, PlatformState, SevStatus
-from sevsim.errors import FirmwareError, MemoryAccessError
+from sevsim.errors import FirmwareError, MemoryAccessError, SevCertFormatError
 from sevsim.firmware.amd_root import PRODUCTS, simulated_root
 from sevsim.firmware.core import FirmwareCore, GuestContext
 from sevsim.hw.chips import GuestMode
 from sevsim.hw.cpu import vmsa_seals
 from sevsim.hw.engine import BLOCK, PAGE
+
+if TYPE_CHECKING:
+    from sevsim.hw.chips import ChipPreset
+    from sevsim.hw.memory import MemoryController
 
 MEASURE_SIZE = 32
 
@@ -93,8 +96,9 @@ class GuestTransport(FirmwareCore):
     _parse: Callable[[bytes, str], SevCert]
     pdh_cert_export: Callable[[], tuple[SevCert, CertChain]]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, chip: ChipPreset, memory: MemoryController, *, seed: bytes | None = None,
+                 vulnerable_cve_2019_9836: bool = False) -> None:
+        super().__init__(chip, memory, seed=seed, vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
         self._transfers: dict[int, _Transfer] = {}
 
     # -- debug ------------------------------------------------------------------------------
@@ -197,7 +201,7 @@ class GuestTransport(FirmwareCore):
         pdh_key = _ecdh_key(pdh, "SEND_START")
         try:
             chain = CertChain.from_bytes(plat_certs)
-        except CertificateFormatError as err:
+        except SevCertFormatError as err:
             raise FirmwareError(SevStatus.INVALID_CERTIFICATE,
                                 f"SEND_START: platform certificates: {err}") from None
         for cert, usage in ((chain.pek, Usage.PEK), (chain.oca, Usage.OCA),

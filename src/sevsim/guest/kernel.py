@@ -41,7 +41,6 @@ from sevsim.abi.ghcb import (
     VmgexitEvent,
 )
 from sevsim.abi.rmp import PERM_READ, PERM_WRITE, VMPLS
-from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_guest_msg import (
     KEY_REQ_SIZE,
     VMPCK_SIZE,
@@ -70,7 +69,7 @@ from sevsim.abi.svm import (
     ioio_info,
 )
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, Vmsa
-from sevsim.errors import GuestFault, PageNotValidated, RmpInstructionError
+from sevsim.errors import GuestFault, PageNotValidated, RmpInstructionError, SnpFormatError
 from sevsim.guest import tsm
 from sevsim.guest.ghcb import (
     TERM_GENERAL_REQUEST,

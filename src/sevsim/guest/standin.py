@@ -14,7 +14,6 @@ from __future__ import annotations
 import struct
 
 from sevsim.abi.ghcb import PSC_SHARED, VMM_ERR_INVALID_LEN, VmgexitEvent
-from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_guest_msg import (
     MsgType,
     ReportRequest,
@@ -23,7 +22,7 @@ from sevsim.abi.snp_guest_msg import (
     seal_message,
 )
 from sevsim.abi.snp_report import ReportResponse
-from sevsim.errors import GuestFault
+from sevsim.errors import GuestFault, SnpFormatError
 from sevsim.guest.ghcb import GhcbClient
 from sevsim.hw.cpu import GuestCpu
 

@@ -19,6 +19,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sevsim.errors import SevsimError
+
 ROOT = b"/sys/kernel/config/tsm/report"
 PROVIDER = b"sev_guest\n"  # Linux's sev-guest provider name
 INBLOB_MAX = 64  # TSM_INBLOB_MAX
@@ -60,7 +62,7 @@ _UINT = re.compile(rb"\+?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\n?")  # kstrtou
 ReportFn = Callable[[bytes, int], "tuple[bytes, bytes] | int"]
 
 
-class TsmError(Exception):
+class TsmError(SevsimError):
     """A refused configfs operation; `errno` is what the system call returns negated."""
 
     def __init__(self, errno: int, why: str) -> None:

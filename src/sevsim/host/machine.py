@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import numpy as np
 
-from sevsim.abi.ovmf import FOUR_GIB, OvmfImage
+from sevsim.abi.ovmf import FOUR_GIB, KernelHashes, OvmfImage, VmmType
+from sevsim.abi.vmsa import SEV_FEATURES_SNP
 from sevsim.errors import ConfigError
 from sevsim.firmware.sev import SevFirmware
 from sevsim.host.hypervisor import Hypervisor
 from sevsim.host.ovmf import OvmfGuest, launch_ovmf
-from sevsim.host.vmm import RunResult, VirtualMachine
+from sevsim.host.vmm import DEFAULT_SNP_POLICY, RunResult, VirtualMachine
 from sevsim.hw.chips import DEFAULT_CHIP, ChipPreset, GuestMode, chip_preset
 from sevsim.hw.engine import EncryptionEngine
 from sevsim.hw.memory import MemoryController
@@ -66,15 +66,23 @@ class Host:
         return VirtualMachine(self.hypervisor,
                               self.hypervisor.create_vm(guest_mode, parse_size(memory), vcpus))
 
-    def launch_ovmf(self, ovmf: bytes | OvmfImage, vcpus: int = 1, memory: int | str = "64M",
-                    **options: Any) -> OvmfGuest:
+    def launch_ovmf(self, ovmf: bytes | OvmfImage, vcpus: int = 1, memory: int | str = "64M", *,
+                    vcpu_type: str | None = None, vcpu_sig: int | None = None,
+                    vmm_type: VmmType | str = VmmType.QEMU,
+                    kernel_hashes: KernelHashes | None = None,
+                    guest_features: int = SEV_FEATURES_SNP, policy: int = DEFAULT_SNP_POLICY,
+                    host_data: bytes = bytes(32), id_block: bytes | None = None,
+                    id_auth: bytes | None = None) -> OvmfGuest:
         """An SNP VM with `ovmf` launched as measured content (not executed), as a VMM
-        would launch it; `options` are `sevsim.host.ovmf.launch_ovmf`'s (vcpu_type, vmm_type,
-        kernel_hashes, policy, host_data, ...). A refused launch leaves nothing behind."""
+        would launch it; the keyword arguments are `sevsim.host.ovmf.launch_ovmf`'s. A refused
+        launch leaves nothing behind."""
         vm = VirtualMachine(self.hypervisor, self.hypervisor.create_vm(
             GuestMode.SNP, parse_size(memory), vcpus, gpa_limit=FOUR_GIB))
         try:
-            return launch_ovmf(vm, ovmf, **options)
+            return launch_ovmf(vm, ovmf, vcpu_type=vcpu_type, vcpu_sig=vcpu_sig,
+                               vmm_type=vmm_type, kernel_hashes=kernel_hashes,
+                               guest_features=guest_features, policy=policy,
+                               host_data=host_data, id_block=id_block, id_auth=id_auth)
         except BaseException:
             vm.destroy()
             raise

@@ -18,7 +18,6 @@ from sevsim.abi.bootinfo import (
 )
 from sevsim.abi.cpuid import CpuidEntry, pack_cpuid_page
 from sevsim.abi.policy import PolicyFlags
-from sevsim.abi.snp_errors import SnpFormatError
 from sevsim.abi.snp_idblock import IdAuthInfo
 from sevsim.abi.snp_launch import VMSA_GPA, PageType
 from sevsim.abi.svm import (
@@ -31,8 +30,8 @@ from sevsim.abi.vmsa import SEV_FEATURES_SNP, reset_state
 from sevsim.errors import (
     ImageError,
     MemoryAccessError,
-    RmpViolation,
     SevsimError,
+    SnpFormatError,
     VmStateError,
 )
 from sevsim.firmware.sev import LaunchMeasurement
@@ -333,7 +332,7 @@ class VirtualMachine:
             if length > PAGE:
                 return _HC_ERROR
             self._output_part += self.read_gpa(gpa, length)
-        except (MemoryAccessError, RmpViolation):  # a page the host may not touch
+        except MemoryAccessError:  # a page the host may not touch (RmpViolation included)
             return _HC_ERROR
         if not args[2]:  # the blob's last piece
             self.outputs.append(bytes(self._output_part))

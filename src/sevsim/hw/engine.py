@@ -45,7 +45,7 @@ PAGE = 4096
 BLOCK = 16
 _BLOCKS_PER_PAGE = PAGE // BLOCK
 _ADDRESS_WIDTH = 64  # SPAs are 64-bit: tweak constants beyond bit 63 are never used
-_PARALLEL_PAGES = 1024  # runs of 4 MiB and more are shared out between the host's cores
+PARALLEL_PAGES = 1024  # runs of 4 MiB and more are shared out between the host's cores
 _WORKERS = min(os.cpu_count() or 1, 8)
 _POOL = ThreadPoolExecutor(_WORKERS, thread_name_prefix="sevsim-engine") if _WORKERS > 1 else None
 _ZERO_TWEAK = np.zeros(2, dtype=np.uint64)
@@ -255,7 +255,7 @@ class EncryptionEngine:
             return
         frames = self.tweak.frame_range((spa + head) // PAGE, pages)
         unit = self.tweak.page_offsets
-        if _POOL is None or pages < _PARALLEL_PAGES:
+        if _POOL is None or pages < PARALLEL_PAGES:
             slot.transform(encrypt, pre, post, src[head:body_end], dst[head:body_end], unit,
                            frames)
             return
@@ -273,7 +273,7 @@ class EncryptionEngine:
         """XTS needs no tweak tables: C derives each block's tweak from its SPA. Large runs are
         cut at page boundaries and shared out between the cores like the AES-128 path."""
         pages = src.nbytes // PAGE
-        if _POOL is None or pages < _PARALLEL_PAGES:
+        if _POOL is None or pages < PARALLEL_PAGES:
             slot.transform(encrypt, src, dst, spa)
             return
         cuts = [a * PAGE for a in np.linspace(0, pages, _WORKERS + 1, dtype=np.int64).tolist()]
