@@ -125,6 +125,7 @@ class Hypervisor:
         self._next_vm = 1
         self._frame_used = np.zeros(memory.nframes, dtype=bool)
         self._frame_used[:_RESERVED_FRAMES] = True
+        self._alloc_hint = _RESERVED_FRAMES  # next fit: where the last allocation ended
         self._asids_in_use: set[int] = set()
         self._asids_to_flush: set[int] = set()
         self._plain_asid = chip.max_asid + 1  # unencrypted guests still get a TLB tag
@@ -229,21 +230,33 @@ class Hypervisor:
         return frames
 
     def allocate_host_pages(self, count: int) -> np.ndarray:
-        """Zeroed frames for the host's own use (VM memory, VMSAs, bounce buffers)."""
-        free = np.flatnonzero(~self._frame_used)
-        if free.size < count:
-            raise ResourceExhausted(f"host memory exhausted: {count} frames wanted, "
-                                    f"{free.size} free")
-        runs = np.flatnonzero(np.diff(free) != 1) + 1
-        for run in np.split(free, runs):
-            if run.size >= count:
-                frames = run[:count]
-                break
-        else:
+        """Zeroed frames for the host's own use (VM memory, VMSAs, bounce buffers): the first
+        run of `count` free frames from where the last allocation ended (next fit, so a host
+        full of VMs searches past none of them), else any free frames."""
+        frames = self._free_run(count)
+        if frames is None:
+            free = np.flatnonzero(~self._frame_used)
+            if free.size < count:
+                raise ResourceExhausted(f"host memory exhausted: {count} frames wanted, "
+                                        f"{free.size} free")
             frames = free[:count]
         self._frame_used[frames] = True
+        self._alloc_hint = int(frames[-1]) + 1 if frames.size else self._alloc_hint
         self.memory.fill(frames, RAW)  # KVM hands out zeroed pages
         return frames
+
+    def _free_run(self, count: int) -> np.ndarray | None:
+        """`count` consecutive free frames, searched from the hint to the end, then from the
+        start; each window skips past its last used frame."""
+        used = self._frame_used
+        for lo, hi in ((self._alloc_hint, used.size), (_RESERVED_FRAMES, self._alloc_hint)):
+            pos = lo
+            while pos + count <= hi:
+                busy = np.flatnonzero(used[pos:pos + count])
+                if not busy.size:
+                    return np.arange(pos, pos + count, dtype=np.int64)
+                pos += int(busy[-1]) + 1
+        return None
 
     def free_host_pages(self, frames: np.ndarray) -> None:
         self._frame_used[frames] = False
