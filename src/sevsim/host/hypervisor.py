@@ -210,7 +210,7 @@ class Hypervisor:
     def rmp_assign(self, vm: HvVm, first: int, npages: int) -> None:
         """RMPUPDATE guest pages [first, first+npages) to the VM, unvalidated (KVM's
         rmp_make_private): the guest validates them before use."""
-        frames = vm.npt.entries[first:first + npages]
+        frames = vm.npt.frames(first, first + npages)
         if (frames == NOT_PRESENT).any():
             raise MemoryAccessError(f"VM {vm.vm_id}: GPA 0x{first * PAGE:x}+{npages} pages "
                                     "are not all mapped")
@@ -305,13 +305,13 @@ class Hypervisor:
             return []
         first, last = gpa // PAGE, (gpa + length - 1) // PAGE
         if first == last and 0 <= first < vm.npt.limit_pages:  # one page: the GHCB's case
-            frame = int(vm.npt.entries[first])
+            frame = vm.npt.frame(first)
             if frame != NOT_PRESENT:
                 return [(0, frame * PAGE + gpa % PAGE, length)]
         if gpa < 0 or last >= vm.npt.limit_pages:
             raise MemoryAccessError(f"VM {vm.vm_id}: GPA range 0x{gpa:x}+0x{length:x} "
                                     "is outside the guest address space")
-        frames = vm.npt.entries[first:last + 1]
+        frames = vm.npt.frames(first, last + 1)
         missing = np.flatnonzero(frames == NOT_PRESENT)
         if missing.size:
             raise MemoryAccessError(
@@ -660,7 +660,7 @@ class Hypervisor:
     def page_state_change(self, vm: HvVm, gfn: int, operation: int) -> int:
         """KVM's PSC for one 4 KiB page: RMPUPDATE to the guest (private) or back to the
         hypervisor (shared); PSMASH splits a 2 MiB entry. Returns 0 or an error code."""
-        frame = vm.npt.entries[gfn] if 0 <= gfn < vm.npt.limit_pages else NOT_PRESENT
+        frame = vm.npt.frame(gfn)
         if frame == NOT_PRESENT or gfn >= vm.memory_size // PAGE:
             return _PSC_INVALID
         try:

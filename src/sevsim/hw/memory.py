@@ -54,7 +54,7 @@ class MemoryController:
         self.size = size
         self.nframes = size // PAGE
         self.engine = engine
-        self.cells = _lazy_zeros(size)
+        self.cells = lazy_zeros(size)
         self.domain = np.zeros(self.nframes, dtype=np.int32)
         self.pins = np.zeros(self.nframes, dtype=np.int32)
         self.write_listeners: list[Callable[[int, int], None]] = []
@@ -236,10 +236,10 @@ class MemoryController:
             self.cells[a:b] = part if dom == RAW else self.engine.decrypt_blocks(dom, a, part)
 
 
-def _lazy_zeros(size: int) -> np.ndarray:
-    """Zeroed bytes the kernel backs only where written, 4 KiB at a time: numpy asks for
-    transparent huge pages on large arrays, which would make every guest page the host
-    touches cost 2 MiB of RAM (a host of many small VMs touches a few pages of each)."""
+def lazy_zeros(size: int) -> np.ndarray:
+    """`size` zeroed bytes the kernel backs only where written, 4 KiB at a time: numpy asks
+    for transparent huge pages on large arrays, which would make every page written cost
+    2 MiB of RAM (a host of many small VMs touches a few pages of each)."""
     region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     region.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(region, dtype=np.uint8)
