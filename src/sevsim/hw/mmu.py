@@ -51,11 +51,7 @@ class GuestAddressSpace:
         self._regions: dict[int, tuple[int, int]] = {}  # start gpn -> (stop gpn, kind)
         # frame + 1 of each directly mapped guest page, 0 if none (lazily backed, as the NPT)
         self._mapped_slot = lazy_zeros(npt.limit_pages * 8).view(np.int64)
-        npt.listeners.append(self.refresh)
-        memory.write_listeners.append(self._host_wrote)
-        memory.mappers.append(self)
-        if snp:
-            memory.rmp.listeners.append(self._rmp_changed)
+        npt.listeners.append(self.refresh)  # and the memory's reverse map finds us by frame
 
     # -- what the guest controls -------------------------------------------------------------
     def accessor_domain(self, gpn: int) -> int:
@@ -107,10 +103,7 @@ class GuestAddressSpace:
         self.engines.clear()
         self._vmpl.clear()
         self.npt.listeners.remove(self.refresh)
-        self.memory.write_listeners.remove(self._host_wrote)
-        self.memory.mappers.remove(self)
-        if self.snp:
-            self.memory.rmp.listeners.remove(self._rmp_changed)
+        self.memory.reverse_map.remove(self)
 
     def release(self, first: int, stop: int) -> Callable[[], None]:
         """Let go of directly mapped frames [first, stop) until the returned call."""
@@ -127,6 +120,7 @@ class GuestAddressSpace:
         first, stop = self._unmap_span(first, stop)
         frames = self.npt.frames(first, stop)
         present = frames != NOT_PRESENT
+        self.memory.reverse_map.add(self, frames[present])
         if self.snp:
             present &= self._rmp_check(first, stop) == RMP_OK
         if not present.any():
@@ -187,8 +181,10 @@ class GuestAddressSpace:
                               f"GPA 0x{bad * PAGE:x} is not this guest's page there")
         return frames
 
-    def _rmp_changed(self, frames: np.ndarray) -> None:
+    def rmp_changed(self, frames: np.ndarray) -> None:
         """RMP entries changed: re-check the guest pages mapped to those frames."""
+        if not self.snp:
+            return
         gpns = self.npt.gpns_of(int(frames.min()), int(frames.max()) + 1)
         if gpns.size:
             self.refresh(int(gpns[0]), int(gpns[-1]) + 1)
@@ -241,7 +237,7 @@ class GuestAddressSpace:
                 self._mapped_slot[start:end] = 0
         return lo, hi
 
-    def _host_wrote(self, spa: int, length: int) -> None:
+    def host_wrote(self, spa: int, length: int) -> None:
         """Host writes change cells under the vCPUs: drop any code translated from them.
 
         A direct region maps consecutive frames, so finding the GPAs of the written frames
