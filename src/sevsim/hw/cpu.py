@@ -207,7 +207,7 @@ class Vcpu:
         self.space = space
         self.exit_handler = exit_handler
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        self.uc.ctl_set_tcg_buffer_size(TB_CACHE_BYTES)
+        self.uc.ctl_set_tcg_buffer_size(TB_CACHE_BYTES)  # type: ignore[attr-defined]  # py2 shim
         self.vmcb = Vmcb(self, asid)
         self.state = VcpuState.RUNNABLE if index == 0 else VcpuState.WAIT_FOR_SIPI
         self.guest: GuestSoftware | None = None
