@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from sevsim.abi.cpuid import SevFeatures
 from sevsim.abi.ovmf import FOUR_GIB, OvmfImage
 from sevsim.errors import ConfigError
 from sevsim.firmware.sev import SevFirmware
@@ -30,15 +31,30 @@ def parse_size(size: int | str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2).upper()]
 
 
+def _split_asids(chip: ChipPreset, min_sev_asid: int) -> ChipPreset:
+    """The chip with its ASID space split at `min_sev_asid`; a chip without SEV-ES has
+    nothing to split off."""
+    if SevFeatures.SEV_ES not in chip.features and min_sev_asid != 1:
+        raise ConfigError(f"chip {chip.name} has no SEV-ES: its min SEV ASID is 1, "
+                          f"not {min_sev_asid}")
+    return chip.with_asids(chip.max_asid, min_sev_asid)
+
+
 class Host:
     """`Host(chip="milan")`: the machine a cloud provider runs, untrusted software included."""
 
     def __init__(self, chip: str | ChipPreset = DEFAULT_CHIP, memory: int | str = "512M", *,
-                 seed: bytes | None = None, vulnerable_cve_2019_9836: bool = False) -> None:
+                 seed: bytes | None = None, vulnerable_cve_2019_9836: bool = False,
+                 min_sev_asid: int | None = None) -> None:
         """`seed` makes the chip's secret, hence its CEK, PEK, PDH and IDs, the same on every
         run (a reproducible platform; VM keys stay random). `vulnerable_cve_2019_9836` runs
-        firmware that does not check the owner's ECDH point (0.17 build 11 and earlier)."""
+        firmware that does not check the owner's ECDH point (0.17 build 11 and earlier).
+        `min_sev_asid` is the BIOS's "SEV-ES ASID Space Limit": SEV-ES and SNP guests get
+        ASIDs 1..min_sev_asid-1, plain SEV guests min_sev_asid..max (CPUID 8000_001F EDX
+        reports it); max + 1 gives every ASID to SEV-ES and SNP (509 SNP VMs on Milan)."""
         self.chip = chip_preset(chip)
+        if min_sev_asid is not None:
+            self.chip = _split_asids(self.chip, min_sev_asid)
         self.memory = MemoryController(parse_size(memory), EncryptionEngine(self.chip.tweak))
         self.firmware = SevFirmware(self.chip, self.memory, seed=seed,
                                     vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
