@@ -111,7 +111,7 @@ class MemoryController:
         self.size = size
         self.nframes = size // PAGE
         self.engine = engine
-        self.cells = lazy_zeros(size)
+        self.cells = lazy_zeros(size, dumped=False)
         self.domain = np.zeros(self.nframes, dtype=np.int32)
         self.pins = np.zeros(self.nframes, dtype=np.int32)
         self.write_listeners: list[Callable[[int, int], None]] = []
@@ -304,12 +304,16 @@ class MemoryController:
             self.cells[a:b] = part if dom == RAW else self.engine.decrypt_blocks(dom, a, part)
 
 
-def lazy_zeros(size: int) -> np.ndarray:
+def lazy_zeros(size: int, *, dumped: bool = True) -> np.ndarray:
     """`size` zeroed bytes the kernel backs only where written, 4 KiB at a time: numpy asks
     for transparent huge pages on large arrays, which would make every page written cost
-    2 MiB of RAM (a host of many small VMs touches a few pages of each)."""
+    2 MiB of RAM (a host of many small VMs touches a few pages of each). Not `dumped`: left
+    out of core dumps (DRAM: gigabytes of guest plaintext), which also keeps it a mapping of
+    its own that /proc/self/smaps shows apart."""
     region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     region.madvise(mmap.MADV_NOHUGEPAGE)
+    if not dumped:
+        region.madvise(mmap.MADV_DONTDUMP)
     return np.frombuffer(region, dtype=np.uint8)
 
 
