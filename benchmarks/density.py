@@ -83,8 +83,9 @@ def side_sevsim(elf: bytes, count: int, batch: int) -> dict[str, object]:
     bad = [r for r in results.values()
            if r.exit_code != 0 or GREETING not in r.console or "snp=1" not in r.console]
     if bad or len(results) != count:
-        raise BenchmarkError(f"{len(bad)} of {count} SNP VMs went wrong, e.g.:\n"
-                             f"{(bad or list(results.values()))[0].console}")
+        example = (bad or list(results.values()))[0]
+        raise BenchmarkError(f"{len(bad)} of {count} SNP VMs went wrong, e.g. exit "
+                             f"{example.exit_code}, {example.error!r}:\n{example.console}")
     touched = resident_mib(host.memory.frame_address(0), host_bytes)
     return {"rates": rates, "run_s": run_s, "asids": sorted(vm.asid for vm in vms),
             "mib_per_vm": (rss_mib() - start_rss - touched) / count,
