@@ -239,7 +239,7 @@ class Hypervisor:
             if free.size < count:
                 raise ResourceExhausted(f"host memory exhausted: {count} frames wanted, "
                                         f"{free.size} free")
-            frames = free[:count]
+            frames = free[:count].copy()  # not a view that keeps the whole free list alive
         self._frame_used[frames] = True
         self._alloc_hint = int(frames[-1]) + 1 if frames.size else self._alloc_hint
         self.memory.fill(frames, RAW)  # KVM hands out zeroed pages
