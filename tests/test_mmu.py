@@ -306,4 +306,4 @@ def test_detach_all_releases_every_pin():
     assert not memory.pins[:8].any() and memory.pins[8:16].all()
     two.space.detach_all()
     assert not memory.pins.any()
-    assert memory.mappers == [] and memory.write_listeners == []
+    assert memory.mappers == [] and memory.write_listeners == [] and not memory.reverse_map

@@ -125,6 +125,7 @@ class Hypervisor:
         self._next_vm = 1
         self._frame_used = np.zeros(memory.nframes, dtype=bool)
         self._frame_used[:_RESERVED_FRAMES] = True
+        self._alloc_hint = _RESERVED_FRAMES  # next fit: where the last allocation ended
         self._asids_in_use: set[int] = set()
         self._asids_to_flush: set[int] = set()
         self._plain_asid = chip.max_asid + 1  # unencrypted guests still get a TLB tag
@@ -210,7 +211,7 @@ class Hypervisor:
     def rmp_assign(self, vm: HvVm, first: int, npages: int) -> None:
         """RMPUPDATE guest pages [first, first+npages) to the VM, unvalidated (KVM's
         rmp_make_private): the guest validates them before use."""
-        frames = vm.npt.entries[first:first + npages]
+        frames = vm.npt.frames(first, first + npages)
         if (frames == NOT_PRESENT).any():
             raise MemoryAccessError(f"VM {vm.vm_id}: GPA 0x{first * PAGE:x}+{npages} pages "
                                     "are not all mapped")
@@ -230,21 +231,33 @@ class Hypervisor:
         return frames
 
     def allocate_host_pages(self, count: int) -> np.ndarray:
-        """Zeroed frames for the host's own use (VM memory, VMSAs, bounce buffers)."""
-        free = np.flatnonzero(~self._frame_used)
-        if free.size < count:
-            raise ResourceExhausted(f"host memory exhausted: {count} frames wanted, "
-                                    f"{free.size} free")
-        runs = np.flatnonzero(np.diff(free) != 1) + 1
-        for run in np.split(free, runs):
-            if run.size >= count:
-                frames = run[:count]
-                break
-        else:
-            frames = free[:count]
+        """Zeroed frames for the host's own use (VM memory, VMSAs, bounce buffers): the first
+        run of `count` free frames from where the last allocation ended (next fit, so a host
+        full of VMs searches past none of them), else any free frames."""
+        frames = self._free_run(count)
+        if frames is None:
+            free = np.flatnonzero(~self._frame_used)
+            if free.size < count:
+                raise ResourceExhausted(f"host memory exhausted: {count} frames wanted, "
+                                        f"{free.size} free")
+            frames = free[:count].copy()  # not a view that keeps the whole free list alive
         self._frame_used[frames] = True
+        self._alloc_hint = int(frames[-1]) + 1 if frames.size else self._alloc_hint
         self.memory.fill(frames, RAW)  # KVM hands out zeroed pages
         return frames
+
+    def _free_run(self, count: int) -> np.ndarray | None:
+        """`count` consecutive free frames, searched from the hint to the end, then from the
+        start; each window skips past its last used frame."""
+        used = self._frame_used
+        for lo, hi in ((self._alloc_hint, used.size), (_RESERVED_FRAMES, self._alloc_hint)):
+            pos = lo
+            while pos + count <= hi:
+                busy = np.flatnonzero(used[pos:pos + count])
+                if not busy.size:
+                    return np.arange(pos, pos + count, dtype=np.int64)
+                pos += int(busy[-1]) + 1
+        return None
 
     def free_host_pages(self, frames: np.ndarray) -> None:
         self._frame_used[frames] = False
@@ -293,13 +306,13 @@ class Hypervisor:
             return []
         first, last = gpa // PAGE, (gpa + length - 1) // PAGE
         if first == last and 0 <= first < vm.npt.limit_pages:  # one page: the GHCB's case
-            frame = int(vm.npt.entries[first])
+            frame = vm.npt.frame(first)
             if frame != NOT_PRESENT:
                 return [(0, frame * PAGE + gpa % PAGE, length)]
         if gpa < 0 or last >= vm.npt.limit_pages:
             raise MemoryAccessError(f"VM {vm.vm_id}: GPA range 0x{gpa:x}+0x{length:x} "
                                     "is outside the guest address space")
-        frames = vm.npt.entries[first:last + 1]
+        frames = vm.npt.frames(first, last + 1)
         missing = np.flatnonzero(frames == NOT_PRESENT)
         if missing.size:
             raise MemoryAccessError(
@@ -661,7 +674,7 @@ class Hypervisor:
     def page_state_change(self, vm: HvVm, gfn: int, operation: int) -> int:
         """KVM's PSC for one 4 KiB page: RMPUPDATE to the guest (private) or back to the
         hypervisor (shared); PSMASH splits a 2 MiB entry. Returns 0 or an error code."""
-        frame = vm.npt.entries[gfn] if 0 <= gfn < vm.npt.limit_pages else NOT_PRESENT
+        frame = vm.npt.frame(gfn)
         if frame == NOT_PRESENT or gfn >= vm.memory_size // PAGE:
             return _PSC_INVALID
         try:

@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 
+from sevsim.abi.cpuid import SevFeatures
 from sevsim.abi.ovmf import FOUR_GIB, KernelHashes, OvmfImage, VmmType
 from sevsim.abi.vmsa import SEV_FEATURES_SNP
 from sevsim.errors import ConfigError
@@ -32,12 +33,21 @@ def parse_size(size: int | str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2).upper()]
 
 
+def _split_asids(chip: ChipPreset, min_sev_asid: int) -> ChipPreset:
+    """The chip with its ASID space split at `min_sev_asid`; a chip without SEV-ES has
+    nothing to split off."""
+    if SevFeatures.SEV_ES not in chip.features and min_sev_asid != 1:
+        raise ConfigError(f"chip {chip.name} has no SEV-ES: its min SEV ASID is 1, "
+                          f"not {min_sev_asid}")
+    return chip.with_asids(chip.max_asid, min_sev_asid)
+
+
 class Host:
     """`Host(chip="milan")`: the machine a cloud provider runs, untrusted software included."""
 
     def __init__(self, chip: str | ChipPreset = DEFAULT_CHIP, memory: int | str = "512M", *,
                  seed: bytes | None = None, vulnerable_cve_2019_9836: bool = False,
-                 quantum: Quantum = DEFAULT_QUANTUM) -> None:
+                 quantum: Quantum = DEFAULT_QUANTUM, min_sev_asid: int | None = None) -> None:
         """`seed` makes the platform reproducible: the chip's secret, hence its CEK, PEK, PDH,
         VCEK and IDs, and every key and nonce the Secure Processor and the memory controller
         draw (VM keys, VMPCKs, tweaks), so the same VMs give the same dumps and reports.
@@ -45,8 +55,13 @@ class Host:
         (0.17 build 11 and earlier).
         `quantum` is what each vCPU runs before the next one when several share the host
         (a lone single-vCPU VM runs until it stops); quanta always end between two
-        instructions, so they change the interleaving of vCPUs, never a program's result."""
+        instructions, so they change the interleaving of vCPUs, never a program's result.
+        `min_sev_asid` is the BIOS's "SEV-ES ASID Space Limit": SEV-ES and SNP guests get
+        ASIDs 1..min_sev_asid-1, plain SEV guests min_sev_asid..max (CPUID 8000_001F EDX
+        reports it); max + 1 gives every ASID to SEV-ES and SNP (509 SNP VMs on Milan)."""
         self.chip = chip_preset(chip)
+        if min_sev_asid is not None:
+            self.chip = _split_asids(self.chip, min_sev_asid)
         entropy = Trng(seed, b"memory controller " + self.chip.name.encode())
         self.memory = MemoryController(parse_size(memory),
                                        EncryptionEngine(self.chip.tweak, entropy=entropy))

@@ -170,7 +170,7 @@ class _Sender:
     def _runs(self, ram: int) -> Iterator[tuple[int, int, bool]]:
         """(first page, count, private) of every mapped RAM page: runs that are contiguous in
         guest and host memory, of one kind, inside one 2 MiB chunk."""
-        frames = self.vm.hv.npt.entries[:ram]
+        frames = self.vm.hv.npt.frames(0, ram)
         private = np.ones(ram, dtype=bool) if self.encrypted else np.zeros(ram, dtype=bool)
         shared = [g for g in self.vm.hv.shared_gpns if g < ram]
         private[shared] = False

@@ -73,6 +73,11 @@ REGISTERS: dict[str, int] = {
                  "fs_base", "gs_base")
 }
 _UNTIL = 0xFFFF_FFFF_FFFF_F000
+# Translated code per engine. Guests are small C programs (hello's code is a few KiB, bench's
+# inner loops fit many times over); Unicorn's default buffer is big enough for the kernel to
+# back it with a 2 MiB huge page on first use, two thirds of an idle engine's memory. A full
+# buffer is flushed and refilled, which costs time only to guests with much more hot code.
+TB_CACHE_BYTES = 1 << 20
 _MSR_EFER = 0xC000_0080
 # What a world switch moves between the engine and the VMSA (names as in abi.vmsa).
 _SAVED = (*GPRS, "rip", "rflags", "cr0", "cr2", "cr3", "cr4", "dr7", "mxcsr")
@@ -207,6 +212,7 @@ class Vcpu:
         self.space = space
         self.exit_handler = exit_handler
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc.ctl_set_tcg_buffer_size(TB_CACHE_BYTES)  # type: ignore[attr-defined]  # py2 shim
         self.vmcb = Vmcb(self, asid)
         self.state = VcpuState.RUNNABLE if index == 0 else VcpuState.WAIT_FOR_SIPI
         self.guest: GuestSoftware | None = None

@@ -10,7 +10,8 @@ engine. Changing a frame's domain never changes what DRAM holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import mmap
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -23,6 +24,7 @@ from sevsim.hw.rmp import Rmp
 RAW = 0  # storage domain of frames whose cells hold the DRAM bytes themselves
 
 _FILL_CHUNK = 1 << 20  # zero DRAM a MiB at a time, skipping what is already zero
+GRANULE = 512  # frames per entry of the reverse map (2 MiB)
 
 
 def frame_runs(values: np.ndarray) -> Iterator[tuple[int, int, int]]:
@@ -44,6 +46,62 @@ class FrameMapper(Protocol):
         ...
 
 
+class FrameWatcher(FrameMapper, Protocol):
+    """A VM's address space as the SoC reaches it: what changes to frames it maps mean."""
+
+    def host_wrote(self, spa: int, length: int) -> None:
+        """DRAM bytes at [spa, spa+length) were written from outside the vCPUs."""
+        ...
+
+    def rmp_changed(self, frames: np.ndarray) -> None:
+        """RMP entries of these frames changed."""
+        ...
+
+
+class ReverseMap:
+    """Which address spaces map frames in each 2 MiB granule of DRAM, so that a change to a
+    frame reaches the few VMs that map it, not every VM on the host: a host running hundreds
+    of VMs creates, launches and serves each one at the cost of one. Entries are added as NPTs
+    map frames and dropped when the address space goes; a granule a VM unmapped may keep it
+    as a watcher, which then finds nothing of its own there (a false hit, never a miss)."""
+
+    def __init__(self) -> None:
+        self._granules: dict[int, dict[FrameWatcher, None]] = {}  # ordered sets
+        self._held: dict[FrameWatcher, set[int]] = {}
+
+    def add(self, watcher: FrameWatcher, frames: np.ndarray) -> None:
+        held = self._held.setdefault(watcher, set())
+        for granule in np.unique(frames // GRANULE).tolist():
+            if granule not in held:
+                held.add(granule)
+                self._granules.setdefault(granule, {})[watcher] = None
+
+    def remove(self, watcher: FrameWatcher) -> None:
+        for granule in self._held.pop(watcher, ()):
+            watchers = self._granules[granule]
+            del watchers[watcher]
+            if not watchers:
+                del self._granules[granule]
+
+    def watchers(self, first: int, stop: int) -> list[FrameWatcher]:
+        """Every address space that may map a frame of [first, stop)."""
+        return self._in(range(first // GRANULE, (stop - 1) // GRANULE + 1))
+
+    def watchers_of(self, frames: np.ndarray) -> list[FrameWatcher]:
+        """Every address space that may map one of `frames`."""
+        return self._in(np.unique(frames // GRANULE).tolist())
+
+    def _in(self, granules: Iterable[int]) -> list[FrameWatcher]:
+        found: dict[FrameWatcher, None] = {}
+        for granule in granules:
+            found.update(self._granules.get(granule, {}))
+        return list(found)
+
+    def __len__(self) -> int:
+        """Address spaces with entries."""
+        return len(self._held)
+
+
 class MemoryController:
     """DRAM, the per-frame storage domains and the encryption engine in front of them."""
 
@@ -53,12 +111,14 @@ class MemoryController:
         self.size = size
         self.nframes = size // PAGE
         self.engine = engine
-        self.cells = np.zeros(size, dtype=np.uint8)
+        self.cells = lazy_zeros(size, dumped=False)
         self.domain = np.zeros(self.nframes, dtype=np.int32)
         self.pins = np.zeros(self.nframes, dtype=np.int32)
         self.write_listeners: list[Callable[[int, int], None]] = []
         self.mappers: list[FrameMapper] = []
+        self.reverse_map = ReverseMap()  # the VMs' address spaces, found by frame
         self.rmp = Rmp(self.nframes)
+        self.rmp.listeners.append(self._rmp_changed)
 
     # -- addresses -------------------------------------------------------------------------
     def check_range(self, spa: int, length: int) -> None:
@@ -104,8 +164,7 @@ class MemoryController:
         dram = self._dram_bytes(lo, hi)
         dram[spa - lo:spa - lo + length] = np.frombuffer(data, dtype=np.uint8)
         self._store_dram(lo, dram)
-        for listener in self.write_listeners:
-            listener(spa, length)
+        self._wrote(spa, length)
 
     def dram_dump(self, out: np.ndarray | None = None) -> np.ndarray:
         """Every byte of DRAM as a physical attacker reading the modules would see it."""
@@ -126,7 +185,8 @@ class MemoryController:
         if not self.pins[first:stop].any():
             yield
             return
-        remaps = [mapper.release(first, stop) for mapper in self.mappers]
+        remaps = [mapper.release(first, stop)
+                  for mapper in [*self.mappers, *self.reverse_map.watchers(first, stop)]]
         try:
             yield
         finally:
@@ -178,8 +238,7 @@ class MemoryController:
         with self.exclusive(first, stop):
             self._convert(first, stop - first, domain)
             self.cells[spa:spa + length] = np.frombuffer(data, dtype=np.uint8)
-        for listener in self.write_listeners:
-            listener(spa, length)
+        self._wrote(spa, length)
 
     def fill(self, frames: np.ndarray, domain: int) -> None:
         """Frames overwritten with zeros through `domain`'s view (no need to decrypt first)."""
@@ -196,6 +255,16 @@ class MemoryController:
             self.convert_domain(run_start, run_stop - run_start, RAW)
 
     # -- helpers ----------------------------------------------------------------------------
+    def _wrote(self, spa: int, length: int) -> None:
+        for listener in self.write_listeners:
+            listener(spa, length)
+        for watcher in self.reverse_map.watchers(spa // PAGE, (spa + length - 1) // PAGE + 1):
+            watcher.host_wrote(spa, length)
+
+    def _rmp_changed(self, frames: np.ndarray) -> None:
+        for watcher in self.reverse_map.watchers_of(frames):
+            watcher.rmp_changed(frames)
+
     def _check_keyed_write(self, first: int, stop: int, domain: int) -> None:
         """Under SNP the Secure Processor obeys the RMP too: it writes with an ASID's key only
         frames that are the hypervisor's or assigned to that ASID (so a legacy SEV command
@@ -233,6 +302,19 @@ class MemoryController:
             b = min(hi, (f_lo + stop) * PAGE)
             part = dram[a - lo:b - lo]
             self.cells[a:b] = part if dom == RAW else self.engine.decrypt_blocks(dom, a, part)
+
+
+def lazy_zeros(size: int, *, dumped: bool = True) -> np.ndarray:
+    """`size` zeroed bytes the kernel backs only where written, 4 KiB at a time: numpy asks
+    for transparent huge pages on large arrays, which would make every page written cost
+    2 MiB of RAM (a host of many small VMs touches a few pages of each). Not `dumped`: left
+    out of core dumps (DRAM: gigabytes of guest plaintext), which also keeps it a mapping of
+    its own that /proc/self/smaps shows apart."""
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    region.madvise(mmap.MADV_NOHUGEPAGE)
+    if not dumped:
+        region.madvise(mmap.MADV_DONTDUMP)
+    return np.frombuffer(region, dtype=np.uint8)
 
 
 def _consecutive(frames: np.ndarray) -> Iterator[tuple[int, int]]:

@@ -27,7 +27,7 @@ from unicorn import UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc
 
 from sevsim.abi.rmp import PERM_ALL, PERM_EXEC_SUPER, PERM_READ, PERM_WRITE, RmpResult
 from sevsim.hw.engine import BLOCK, PAGE
-from sevsim.hw.memory import RAW, MemoryController
+from sevsim.hw.memory import RAW, MemoryController, lazy_zeros
 from sevsim.hw.npt import NOT_PRESENT, NestedPageTable
 from sevsim.hw.rmp import rmp_failure
 
@@ -45,16 +45,13 @@ class GuestAddressSpace:
         self.asid = asid
         self.encrypted = encrypted
         self.snp = snp
-        self.c_bit = np.zeros(npt.limit_pages, dtype=bool)
+        self.c_bit = lazy_zeros(npt.limit_pages).view(bool)
         self.engines: list[Uc] = []
         self._vmpl: dict[int, int] = {}  # id(engine) -> the VMPL its vCPU runs at
         self._regions: dict[int, tuple[int, int]] = {}  # start gpn -> (stop gpn, kind)
-        self._mapped_frame = np.full(npt.limit_pages, NOT_PRESENT, dtype=np.int64)
-        npt.listeners.append(self.refresh)
-        memory.write_listeners.append(self._host_wrote)
-        memory.mappers.append(self)
-        if snp:
-            memory.rmp.listeners.append(self._rmp_changed)
+        # frame + 1 of each directly mapped guest page, 0 if none (lazily backed, as the NPT)
+        self._mapped_slot = lazy_zeros(npt.limit_pages * 8).view(np.int64)
+        npt.listeners.append(self.refresh)  # and the memory's reverse map finds us by frame
 
     # -- what the guest controls -------------------------------------------------------------
     def accessor_domain(self, gpn: int) -> int:
@@ -66,7 +63,7 @@ class GuestAddressSpace:
         self.c_bit[first:stop] = private
         lo, hi = self._unmap_span(first, stop)
         if zero:
-            frames = self.npt.entries[first:stop]
+            frames = self.npt.frames(first, stop)
             writable = frames != NOT_PRESENT
             if self.snp:
                 writable &= self._rmp_check(first, stop) == RMP_OK
@@ -96,7 +93,7 @@ class GuestAddressSpace:
         pages and VMPL0: all)."""
         if not self.snp or vmpl == 0:
             return np.full(stop - first, PERM_ALL, dtype=np.uint8)
-        frames = np.maximum(self.npt.entries[first:stop], 0)
+        frames = np.maximum(self.npt.frames(first, stop), 0)
         private = self.c_bit[first:stop] & self.memory.rmp.assigned[frames]
         return np.where(private, self.memory.rmp.perms[frames, vmpl], PERM_ALL).astype(np.uint8)
 
@@ -106,16 +103,13 @@ class GuestAddressSpace:
         self.engines.clear()
         self._vmpl.clear()
         self.npt.listeners.remove(self.refresh)
-        self.memory.write_listeners.remove(self._host_wrote)
-        self.memory.mappers.remove(self)
-        if self.snp:
-            self.memory.rmp.listeners.remove(self._rmp_changed)
+        self.memory.reverse_map.remove(self)
 
     def release(self, first: int, stop: int) -> Callable[[], None]:
         """Let go of directly mapped frames [first, stop) until the returned call."""
         # every GPA counts: a frame may be mapped at several (aliases), and a mapping left
         # behind would keep seeing cells whose domain is about to change.
-        gpns = np.flatnonzero((self._mapped_frame >= first) & (self._mapped_frame < stop))
+        gpns = np.flatnonzero((self._mapped_slot > first) & (self._mapped_slot <= stop))
         if not gpns.size:
             return lambda: None
         lo, hi = self._unmap_span(int(gpns[0]), int(gpns[-1]) + 1)
@@ -124,8 +118,9 @@ class GuestAddressSpace:
     def refresh(self, first: int, stop: int) -> None:
         """Re-derive the mappings of [first, stop) after an NPT or C-bit change."""
         first, stop = self._unmap_span(first, stop)
-        frames = self.npt.entries[first:stop]
+        frames = self.npt.frames(first, stop)
         present = frames != NOT_PRESENT
+        self.memory.reverse_map.add(self, frames[present])
         if self.snp:
             present &= self._rmp_check(first, stop) == RMP_OK
         if not present.any():
@@ -155,7 +150,7 @@ class GuestAddressSpace:
         """RMP_OK, RMP_NPF or RMP_NOT_VALIDATED per guest page of [first, stop) (present
         pages only are meaningful)."""
         rmp = self.memory.rmp
-        frames = np.maximum(self.npt.entries[first:stop], 0)
+        frames = np.maximum(self.npt.frames(first, stop), 0)
         assigned = rmp.assigned[frames]
         own = (assigned & (rmp.asid[frames] == self.asid) & ~rmp.vmsa[frames]
                & (rmp.gpn[frames] == np.arange(first, stop)))
@@ -175,7 +170,7 @@ class GuestAddressSpace:
         """The frames behind guest pages [first, stop) for PVALIDATE's and RMPADJUST's
         nested walk; raises (FAIL_INPUT) unless every page is present and assigned to this
         guest at that GPA (and not a VMSA, unless `vmsa_too`: RMPADJUST may untag one)."""
-        frames = self.npt.entries[first:stop]
+        frames = self.npt.frames(first, stop)
         rmp = self.memory.rmp
         safe = np.maximum(frames, 0)
         ok = ((frames != NOT_PRESENT) & rmp.assigned[safe] & (rmp.asid[safe] == self.asid)
@@ -186,11 +181,11 @@ class GuestAddressSpace:
                               f"GPA 0x{bad * PAGE:x} is not this guest's page there")
         return frames
 
-    def _rmp_changed(self, frames: np.ndarray) -> None:
+    def rmp_changed(self, frames: np.ndarray) -> None:
         """RMP entries changed: re-check the guest pages mapped to those frames."""
-        lo, hi = int(frames.min()), int(frames.max()) + 1
-        entries = self.npt.entries
-        gpns = np.flatnonzero((entries >= lo) & (entries < hi))
+        if not self.snp:
+            return
+        gpns = self.npt.gpns_of(int(frames.min()), int(frames.max()) + 1)
         if gpns.size:
             self.refresh(int(gpns[0]), int(gpns[-1]) + 1)
 
@@ -198,15 +193,15 @@ class GuestAddressSpace:
     def _add_region(self, start: int, stop: int, kind: int) -> None:
         self._regions[start] = (stop, kind)
         if kind == _DIRECT:
-            frames = self.npt.entries[start:stop]
+            frames = self.npt.frames(start, stop)
             self.memory.pins[frames] += 1
-            self._mapped_frame[start:stop] = frames
+            self._mapped_slot[start:stop] = frames + 1
         for uc in self.engines:
             self._map_into(uc, start, stop, kind)
 
     def _map_into(self, uc: Uc, start: int, stop: int, kind: int) -> None:
         if kind == _DIRECT:
-            frame = int(self.npt.entries[start])
+            frame = self.npt.frame(start)
             uc.mem_map_ptr(start * PAGE, (stop - start) * PAGE, UC_PROT_ALL,
                            self.memory.frame_address(frame))
             if self._vmpl[id(uc)]:
@@ -237,12 +232,12 @@ class GuestAddressSpace:
             for uc in self.engines:
                 uc.mem_unmap(start * PAGE, (end - start) * PAGE)
             if kind == _DIRECT:
-                frames = self._mapped_frame[start:end]
+                frames = self._mapped_slot[start:end] - 1
                 self.memory.pins[frames] -= 1
-                self._mapped_frame[start:end] = NOT_PRESENT
+                self._mapped_slot[start:end] = 0
         return lo, hi
 
-    def _host_wrote(self, spa: int, length: int) -> None:
+    def host_wrote(self, spa: int, length: int) -> None:
         """Host writes change cells under the vCPUs: drop any code translated from them.
 
         A direct region maps consecutive frames, so finding the GPAs of the written frames
@@ -254,7 +249,7 @@ class GuestAddressSpace:
         for start, (end, kind) in self._regions.items():
             if kind != _DIRECT:
                 continue
-            frame = int(self._mapped_frame[start])
+            frame = int(self._mapped_slot[start]) - 1
             lo, hi = max(first, frame), min(stop, frame + end - start)
             if lo < hi:
                 for uc in self.engines:

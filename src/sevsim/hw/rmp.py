@@ -6,7 +6,8 @@ a validated page and gives lower VMPLs theirs with RMPADJUST). A frame assigned 
 belongs to the firmware (a guest context page). The entries live in arrays the memory
 controller checks on host writes and the vCPUs check at nested-translation time; the
 instructions below are the only ways software changes them. Every change tells the
-listeners (each SNP VM's address space), which re-derive their mappings for those frames.
+listeners (the memory controller, which passes it through its reverse map to the SNP VMs
+that map those frames), which re-derive their mappings for those frames.
 
 Checks are off until SNP_INIT turns the table on, so SEV, SEV-ES and plain VMs never pay for
 it.
