@@ -180,7 +180,7 @@ def _check_vcpus(vcpus: int, most: int) -> None:
     """Refused before any work: a negative count cannot be packed, a billion VMSAs take
     hours to hash, and no launch has either."""
     if not 1 <= vcpus <= most:
-        raise ConfigError(f"vCPU count {vcpus} outside 1..{most}")
+        raise ConfigError(f"a VM has at least one vCPU and at most {most}, not {vcpus}")
 
 
 def _check_guest(memory_size: int, vcpus: int) -> None:

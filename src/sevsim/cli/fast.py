@@ -81,14 +81,11 @@ def _dispatch() -> None:
     through Typer (sevsim.cli.main)."""
     if sys.argv[1:2] == ["measure"]:
         try:
-            options = vars(_parser().parse_args(sys.argv[2:]))
+            status = run(**vars(_parser().parse_args(sys.argv[2:])))
         except UsageError:
             pass  # Typer parses again and reports it as for every other command
         else:
-            status = run(**options)
-            if status:
-                sys.exit(status)
-            return
+            sys.exit(status)
     from sevsim.cli.main import main as typer_main
 
     typer_main()
