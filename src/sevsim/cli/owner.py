@@ -196,6 +196,7 @@ def secret(
 
     if (elf is None) == (digest is None):
         raise typer.BadParameter("give exactly one of --elf and --digest")
+    payload = _read(secret_file, MAX_SECRET, "a launch secret")  # every input read up front
     expected = _digest(elf, memory, vcpus) if elf else hex_bytes(digest or "", "--digest", size=32)
     preset = PRESETS.get(chip)
     if preset is None:
@@ -219,8 +220,7 @@ def secret(
             hex_int(policy, "policy", 32), TransportKeys(keys[:16], keys[16:]))
         measured = hex_bytes(launch_measure, "--launch-measure", size=48)
         verified = verify_measurement(launch, measured, status, expected)
-        header, data = verified.seal_secret(_read(secret_file, MAX_SECRET,
-                                                          "a launch secret"))
+        header, data = verified.seal_secret(payload)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "secret_header.bin").write_bytes(header.to_bytes())
         (directory / "secret_data.bin").write_bytes(data)
