@@ -188,6 +188,11 @@ def test_the_api_refuses_what_the_cli_passes_on(build) -> None:
     image = parse_elf(build("hello").read_bytes())
     with pytest.raises(ResourceExhausted):
         Host(memory=TOO_BIG)
+    host = Host(memory="16M")
+    with pytest.raises(ResourceExhausted):
+        host.create_vm(memory=TOO_BIG)
+    with pytest.raises(ConfigError):
+        host.create_vm(memory=ABSURD)
     for size in (ABSURD, 1 << 60, -1):
         with pytest.raises(ConfigError):
             parse_size(size)

@@ -7,6 +7,7 @@ on first use), so `sevsim measure`'s fast path (sevsim.cli.fast) shares it too.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import io
@@ -160,7 +161,8 @@ class _GuardedStdout(io.TextIOBase):
     def _broken(self, error: OSError | None) -> OutputError:
         if self._stream is not None:  # at exit Python flushes again: let it find /dev/null
             devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self._stream.fileno())
+            with contextlib.suppress(OSError, ValueError):  # no descriptor: nothing to flush
+                os.dup2(devnull, self._stream.fileno())
             os.close(devnull)
             self._stream = None
         reason = "it is closed" if error is None else os.strerror(error.errno or errno.EIO)
