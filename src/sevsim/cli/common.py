@@ -96,9 +96,8 @@ def read_input(path: Path, command: str, limit: int, what: str) -> bytes:
 
     try:
         return read_bounded(path, limit, what)
-    except OSError as error:
-        err.print(f"[bold red]{command}:[/] cannot read {path}: {error.strerror}",
-                  highlight=False)
+    except OSError as error:  # plain text: a path may hold what rich takes for markup
+        print(f"{command}: cannot read {path}: {error.strerror}", file=sys.stderr)
         raise typer.Exit(EXIT_ERROR) from None
     except ConfigError as error:
         raise fail(error, command) from None
