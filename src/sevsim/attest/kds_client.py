@@ -13,6 +13,7 @@ import email.utils
 import hashlib
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 from cryptography import x509
 
 from sevsim.abi.snp_tcb import Generation, TcbVersion
-from sevsim.errors import KdsFetchError
+from sevsim.errors import ConfigError, KdsFetchError
 
 AMD_KDS = "https://kdsintf.amd.com"
 
@@ -64,6 +65,16 @@ class KdsClient:
     sleep: Callable[[float], None] = time.sleep
     requests: int = field(default=0, init=False)
 
+    def __post_init__(self) -> None:
+        """Refuse what could never fetch anything now, not at the first certificate."""
+        parts = urllib.parse.urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"KDS URL {self.base_url!r} is not an http:// or https:// URL "
+                              "with a host (e.g. https://kdsintf.amd.com)")
+        if self.cache_dir is not None and self.cache_dir.exists() and (
+                not self.cache_dir.is_dir()):
+            raise ConfigError(f"KDS cache {self.cache_dir} exists and is not a directory")
+
     def _cache_file(self, path: str) -> Path | None:
         if self.cache_dir is None:
             return None
@@ -80,10 +91,14 @@ class KdsClient:
                 return body
         body = self._fetch(self.base_url.rstrip("/") + path)
         if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
-            tmp.write_bytes(body)
-            tmp.replace(cached)  # atomic: a concurrent reader never sees half a certificate
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(".tmp")
+                tmp.write_bytes(body)
+                tmp.replace(cached)  # atomic: a concurrent reader never sees half a certificate
+            except OSError as error:
+                raise KdsFetchError(path, f"cannot cache the answer in {cached.parent}: "
+                                    f"{error.strerror}") from None
         return body
 
     def _fetch(self, url: str) -> bytes:

@@ -28,7 +28,6 @@ from sevsim.abi.ovmf import (
     OvmfError,
     OvmfImage,
     VmmType,
-    check_vcpus,
     image_pages,
     ovmf_vmsas,
     resolve_signature,
@@ -47,6 +46,10 @@ from sevsim.errors import ConfigError
 
 if TYPE_CHECKING:
     from sevsim.attest.sev_owner import GuestImage
+
+OVMF_MAX_VCPUS = 4096  # KVM_MAX_VCPUS: no VMM launches more, so no digest has more VMSAs
+GUEST_MAX_VCPUS = 64  # sevsim's guest layout: one GHCB page each (guest.kernel.MAX_VCPUS)
+MAX_MEMORY = 1 << 52  # x86-64's physical address space at its widest (MAXPHYADDR 52)
 
 
 class Mode(Enum):
@@ -98,6 +101,7 @@ def snp_ovmf_digest(ovmf: bytes | OvmfImage, vcpus: int, vcpu_type: str | None =
     over every page the VMM launches (abi.ovmf.snp_launch_pages). With `ovmf_hash` (what
     `snp_ovmf_hash` gives, as vendors publish it) the chain starts there instead of over
     the image's own pages, whose layout the image still gives."""
+    _check_vcpus(vcpus, OVMF_MAX_VCPUS)
     image = ovmf if isinstance(ovmf, OvmfImage) else OvmfImage.parse(ovmf)
     vmm = VmmType.parse(vmm_type)
     sig = resolve_signature(vcpu_type, vcpu_sig, vmm)
@@ -123,9 +127,9 @@ def seves_ovmf_digest(ovmf: bytes | OvmfImage, vcpus: int, vcpu_type: str | None
                       append: str | None = None) -> bytes:
     """The 32-byte SEV-ES launch digest: SHA-256 over the image, the kernel hashes table
     and each vCPU's VMSA (SEV_FEATURES 0), in LAUNCH_UPDATE order."""
+    _check_vcpus(vcpus, OVMF_MAX_VCPUS)
     image = ovmf if isinstance(ovmf, OvmfImage) else OvmfImage.parse(ovmf)
     vmm = VmmType.parse(vmm_type)
-    check_vcpus(vcpus)
     sig = resolve_signature(vcpu_type, vcpu_sig, vmm)
     digest = _legacy_hash(image, _kernel_hashes(kernel, initrd, append))
     for vmsa in ovmf_vmsas(image, vcpus, sig, 0, vmm):
@@ -170,13 +174,24 @@ def ovmf_digest(mode: Mode | str, ovmf: bytes | OvmfImage, vcpus: int = 1,
     if chosen is Mode.SEV_ES:
         return seves_ovmf_digest(ovmf, vcpus, vcpu_type, vcpu_sig=vcpu_sig, vmm_type=vmm_type,
                                  kernel=kernel, initrd=initrd, append=append)
-    check_vcpus(vcpus)
+    _check_vcpus(vcpus, OVMF_MAX_VCPUS)
     return sev_ovmf_digest(ovmf, kernel=kernel, initrd=initrd, append=append)
 
 
-def _check_guest_vcpus(vcpus: int) -> None:
-    if vcpus < 1:
-        raise ConfigError(f"a VM has at least one vCPU, not {vcpus}")
+def _check_vcpus(vcpus: int, most: int) -> None:
+    """Refused before any work: a negative count cannot be packed, a billion VMSAs take
+    hours to hash, and no launch has either."""
+    if not 1 <= vcpus <= most:
+        raise ConfigError(f"a VM has at least one vCPU and at most {most}, not {vcpus}")
+
+
+def _check_guest(memory_size: int, vcpus: int) -> None:
+    """A shape sevsim's VMM can launch: 1..64 vCPUs, RAM a multiple of 4 KiB from 1 MiB
+    to what an x86-64 physical address reaches."""
+    _check_vcpus(vcpus, GUEST_MAX_VCPUS)
+    if not (1 << 20 <= memory_size <= MAX_MEMORY and memory_size % PAGE_SIZE == 0):
+        raise ConfigError(f"VM memory {memory_size} must be a multiple of 4 KiB from 1 MiB "
+                          f"to 2^52 bytes")
 
 
 # -- sevsim's own guests ---------------------------------------------------------------------
@@ -196,7 +211,7 @@ def snp_guest_digest(image: GuestImage, memory_size: int, vcpus: int,
         launch_image,
     )
 
-    _check_guest_vcpus(vcpus)
+    _check_guest(memory_size, vcpus)
     try:
         boot = boot_info_for(image.entry, [Segment(s.gpa, len(s.data), s.memsz, s.flags)
                                            for s in image.segments],
@@ -226,7 +241,7 @@ def guest_digest(mode: Mode | str, image: GuestImage, memory_size: int, vcpus: i
         raise ConfigError("snp:ovmf-hash measures OVMF images (--ovmf), not sevsim guests")
     if chosen is Mode.SNP:
         return snp_guest_digest(image, memory_size, vcpus, kernel_id)
-    _check_guest_vcpus(vcpus)
+    _check_guest(memory_size, vcpus)
     try:
         return expected_launch_digest(image, memory_size, vcpus, kernel_id, chosen.value,
                                       vmsas)

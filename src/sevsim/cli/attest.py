@@ -15,7 +15,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sevsim.cli.common import EXIT_ERROR, err, fail, read_input
+from sevsim.cli.common import (
+    EXIT_ERROR,
+    MAX_CERT_FILE,
+    MAX_REPORT_FILE,
+    err,
+    fail,
+    read_bounded,
+    read_input,
+)
+from sevsim.errors import ConfigError
 
 EXIT_UNVERIFIED = 1
 out = Console(soft_wrap=True)
@@ -35,7 +44,7 @@ def show(
     from sevsim.attest.snp_verify import load_report, product_generation
     from sevsim.errors import SnpFormatError
 
-    blob = load_report(read_input(report, "sevsim show"))
+    blob = load_report(read_input(report, "sevsim show", MAX_REPORT_FILE, "a report"))
     try:
         parsed = AttestationReport.from_bytes(blob)
         fields = report_fields(parsed, None if product is None else product_generation(product))
@@ -89,17 +98,25 @@ def verify(
         raise typer.BadParameter(f"--trust must be one of {', '.join(TRUSTS)}")
     if certs is None and kds is None:
         raise typer.BadParameter("give --certs DIR|FILE, --kds URL, or both")
-    blob = load_report(read_input(report, "sevsim verify"))
-    crl_bytes = read_input(crl_file, "sevsim verify") if crl_file is not None else None
+    command = "sevsim verify"
+    blob = load_report(read_input(report, command, MAX_REPORT_FILE, "a report"))
+    crl_bytes = (read_input(crl_file, command, MAX_CERT_FILE, "a CRL")
+                 if crl_file is not None else None)
     try:
-        bundle = CertBundle.load(certs) if certs is not None else CertBundle()
-    except SnpFormatError as error:
-        raise fail(error, "sevsim verify") from None
+        client = None if kds is None else KdsClient(kds, cache_dir=cache)
+        if certs is None:
+            bundle = CertBundle()
+        elif certs.is_dir():
+            bundle = CertBundle.from_directory(certs)
+        else:
+            bundle = CertBundle.from_cert_table(
+                read_bounded(certs, MAX_CERT_FILE, "a certificate table"), str(certs))
+    except (SnpFormatError, ConfigError) as error:
+        raise fail(error, command) from None
     except OSError as error:
         err.print(f"[bold red]sevsim verify:[/] cannot read {certs}: {error.strerror}",
                   highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
-    client = None if kds is None else KdsClient(kds, cache_dir=cache)
     result = verify_report_chain(blob, bundle, trust=cast(Trust, trust), product=product,
                                  kds=client, crl=crl_bytes, check_revocation=crl)
     if as_json:

@@ -1,40 +1,114 @@
-"""What every `sevsim` command shares: exit statuses, the stderr console, reading inputs."""
+"""What every `sevsim` command shares: exit statuses, the stderr console, bounded reads of
+inputs, checked numbers, and a standard output that fails with a typed error.
+
+Importing this module costs only the standard library and sevsim.errors (Typer and rich load
+on first use), so `sevsim measure`'s fast path (sevsim.cli.fast) shares it too.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
+import io
+import math
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
-import typer
-from rich.console import Console
+from sevsim.errors import ConfigError, GuestTimeout, SevsimError
 
-from sevsim.errors import GuestTimeout
+if TYPE_CHECKING:
+    import typer
+    from rich.console import Console
 
 EXIT_TIMEOUT = 124  # as timeout(1)
 EXIT_ERROR = 125  # sevsim itself failed: bad input, firmware refusal, guest fault
 
-err = Console(stderr=True, soft_wrap=True)
+# The largest legal size of each kind of input file: a bounded read refuses anything longer
+# (an endless /dev/zero included) after reading one byte more.
+MAX_REPORT_FILE = 64 << 10  # 0x4A0 bytes, or as hex text with any whitespace
+MAX_CERT_FILE = 1 << 20  # a certificate, PEM bundle, CRL or extended report's table
+MAX_POLICY_FILE = 1 << 20  # a TOML validation policy
+MAX_KEY_FILE = 64 << 10  # a PEM private key
+MAX_SEV_CERT = 0x824  # a legacy SEV certificate (PDH, GODH)
+MAX_SESSION_FILE = 4096  # session.bin, tek_tik.bin
+MAX_SECRET = 4092  # LAUNCH_SECRET: one page less the length word
+MAX_ID_BLOCK = 0x60
+MAX_ID_AUTH = 0x1000
+MAX_OVMF = 16 << 20  # the x86 firmware window just below 4 GiB
+MAX_KERNEL = 1 << 30  # a directly booted kernel or initrd: what QEMU loads below 4 GiB
+MAX_GUEST_ELF = 256 << 20  # a sevsim guest program (loaded into the VM's RAM at 4 MiB)
+
+
+class OutputError(ConfigError):
+    """Standard output cannot be written: closed (`>&-`), full (`>/dev/full`), a broken pipe.
+    Nothing printed to it can be trusted to have arrived, so the command fails."""
+
+
+class _Stderr:
+    """The stderr console, made on first use: importing rich costs more than the whole of
+    `sevsim measure`, which shares this module."""
+
+    @functools.cached_property
+    def console(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True, soft_wrap=True)
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        self.console.print(*objects, **options)
+
+
+err = _Stderr()
+
+
+def print_error(error: Exception, command: str = "sevsim", status: int = EXIT_ERROR) -> int:
+    """Print a typed error on stderr, one line; the exit status (124 for a guest timeout)."""
+    message = " ".join(str(error).split())  # one line, whatever the message holds
+    print(f"{command}: {type(error).__name__}: {message}", file=sys.stderr)
+    return EXIT_TIMEOUT if isinstance(error, GuestTimeout) else status
 
 
 def fail(error: Exception, command: str = "sevsim", status: int = EXIT_ERROR) -> typer.Exit:
     """Print a typed error on stderr; the exit to raise (124 for a guest timeout)."""
-    err.print(f"[bold red]{command}:[/] {type(error).__name__}: {error}", highlight=False)
-    return typer.Exit(EXIT_TIMEOUT if isinstance(error, GuestTimeout) else status)
+    import typer
+
+    return typer.Exit(print_error(error, command, status))
 
 
-def read_input(path: Path, command: str = "sevsim") -> bytes:
-    """A file's bytes, or exit 125 naming the file that could not be read."""
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """A file's bytes, if it holds at most `limit` (the largest `what` there can be). Reads
+    limit + 1 bytes at most, so an endless input (/dev/zero) is refused, not read until the
+    machine runs out of memory. OSError when it cannot be read, ConfigError when too long."""
+    with path.open("rb") as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigError(f"{path} holds more than {limit} bytes, the most {what} can be")
+    return data
+
+
+def read_input(path: Path, command: str, limit: int, what: str) -> bytes:
+    """A file's bytes (read_bounded), or exit 125 naming the file and what is wrong."""
+    import typer
+
     try:
-        return path.read_bytes()
-    except OSError as error:
-        err.print(f"[bold red]{command}:[/] cannot read {path}: {error.strerror}",
-                  highlight=False)
+        return read_bounded(path, limit, what)
+    except OSError as error:  # plain text: a path may hold what rich takes for markup
+        print(f"{command}: cannot read {path}: {error.strerror}", file=sys.stderr)
         raise typer.Exit(EXIT_ERROR) from None
+    except ConfigError as error:
+        raise fail(error, command) from None
 
 
 def hex_bytes(text: str | None, what: str, size: int | None = None,
               at_most: int | None = None) -> bytes:
     """A hex option's bytes ('0x' allowed; none given: b''), exactly `size` or at most
     `at_most` long."""
+    import typer
+
     if text is None:
         return b""
     try:
@@ -48,12 +122,105 @@ def hex_bytes(text: str | None, what: str, size: int | None = None,
     return value
 
 
-def hex_int(text: str, what: str) -> int:
-    """A hex option's number ('0x' allowed)."""
+def hex_int(text: str, what: str, bits: int) -> int:
+    """A hex option's number ('0x' allowed): text that is not hex is a usage error (exit 2),
+    a number that does not fit the field's `bits` a ConfigError (exit 125)."""
+    import typer
+
     try:
-        return int(text, 16)
+        value = int(text, 16)
     except ValueError:
         raise typer.BadParameter(f"{what} {text!r} is not hex (e.g. 0x3)") from None
+    return check_range(value, what, 0, (1 << bits) - 1)
+
+
+def check_range(value: int, what: str, low: int, high: int) -> int:
+    """`value` if low <= value <= high; a ConfigError naming the range otherwise."""
+    if not low <= value <= high:
+        raise ConfigError(f"{what} {value:#x} is outside {low:#x}..{high:#x}"
+                          if high > 0xFFFF else f"{what} {value} is outside {low}..{high}")
+    return value
+
+
+def check_seconds(value: float, what: str) -> float:
+    """A time limit: positive and finite (nan would mean none at all, -1 an instant one)."""
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{what} {value} is not a positive number of seconds")
+    return value
+
+
+class _GuardedStdout(io.TextIOBase):
+    """sys.stdout that raises OutputError where the real one would raise OSError (full,
+    broken pipe) or nothing at all (closed: Python's print() then drops every line)."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def _broken(self, error: OSError | None) -> OutputError:
+        if self._stream is not None:  # at exit Python flushes again: let it find /dev/null
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            with contextlib.suppress(OSError, ValueError):  # no descriptor: nothing to flush
+                os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+            self._stream = None
+        reason = "it is closed" if error is None else os.strerror(error.errno or errno.EIO)
+        return OutputError(f"cannot write to standard output: {reason}")
+
+    def write(self, text: str) -> int:
+        if self._stream is None:
+            raise self._broken(None)
+        try:
+            return self._stream.write(text)
+        except OSError as error:
+            raise self._broken(error) from None
+
+    def flush(self) -> None:
+        if self._stream is None:
+            return
+        try:
+            self._stream.flush()
+        except OSError as error:
+            raise self._broken(error) from None
+
+    def isatty(self) -> bool:
+        return self._stream is not None and self._stream.isatty()
+
+    def fileno(self) -> int:
+        if self._stream is None:
+            raise OSError(errno.EBADF, "standard output is closed")
+        return self._stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._stream, "encoding", None) or "utf-8"
+
+
+def guard_stdout() -> None:
+    """Make writes to a closed or failing standard output raise OutputError. A closed fd 1
+    gets /dev/null, so that no file the command opens later lands on it."""
+    stream = sys.stdout
+    if stream is None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        if devnull != 1:  # not fd 1: leave the descriptors as they were
+            os.close(devnull)
+    sys.stdout = cast(TextIO, _GuardedStdout(stream))
+
+
+def run_guarded(entry: Callable[[], object]) -> NoReturn:
+    """Run a command line with a guarded stdout, flushed before exiting (a full disk is an
+    OutputError, not a warning at exit), and a last net for typed errors: whatever a command
+    did not catch is printed on one line and exits 125 (124 for a timeout), never as a
+    traceback."""
+    guard_stdout()
+    try:
+        try:
+            entry()
+        finally:
+            sys.stdout.flush()
+    except SevsimError as error:
+        sys.exit(print_error(error))
+    sys.exit(0)
 
 
 def write_cert_table(table: bytes, directory: Path) -> None:

@@ -63,17 +63,29 @@ def read(
     out is still read: its memory is what you want to see.
     """
     from sevsim.abi.status import SevStatus
-    from sevsim.cli.common import err, fail, hex_int, read_input
+    from sevsim.cli.common import (
+        MAX_GUEST_ELF,
+        check_range,
+        check_seconds,
+        err,
+        fail,
+        hex_int,
+        read_input,
+    )
     from sevsim.errors import FirmwareError, GuestFault, GuestTimeout, SevsimError
     from sevsim.host.debug import debug_read
-    from sevsim.host.machine import Host, parse_size
+    from sevsim.host.machine import MAX_SIZE, Host, parse_size
 
     address, count = _number(gpa), _number(length)
     if count <= 0:
         raise typer.BadParameter(f"length {count} must be positive")
-    policy_value = _default_policy(mode) if policy is None else hex_int(policy, "policy")
-    image = read_input(elf)
+    image = read_input(elf, "sevsim", MAX_GUEST_ELF, "a guest ELF")
     try:
+        policy_value = _default_policy(mode) if policy is None else hex_int(
+            policy, "policy", 64 if mode == "snp" else 32)
+        check_seconds(timeout, "timeout")
+        check_range(address, "GPA", 0, MAX_SIZE)
+        check_range(count, "length", 1, parse_size(memory))
         host = Host(chip=chip, memory=parse_size(memory) + (64 << 20))
         vm = host.create_vm(mode=mode, memory=memory)
         vm.load(image)

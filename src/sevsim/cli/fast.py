@@ -13,13 +13,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
+from sevsim.cli.common import (
+    EXIT_ERROR,
+    MAX_GUEST_ELF,
+    MAX_KERNEL,
+    MAX_OVMF,
+    check_range,
+    read_bounded,
+    run_guarded,
+)
 from sevsim.errors import SevsimError
 
 if TYPE_CHECKING:
     import argparse
 
 COMMAND = "sevsim measure"
-EXIT_ERROR = 125  # sevsim.cli.common.EXIT_ERROR, which cannot be imported without rich
 
 
 class Option(NamedTuple):
@@ -65,14 +73,20 @@ class Unreadable(SevsimError):
 
 
 def main() -> None:
-    """`sevsim`: `measure` here; any other command, and any measure command line this parser
-    rejects, through Typer (sevsim.cli.main)."""
+    """`sevsim`, its stdout guarded (sevsim.cli.common.run_guarded)."""
+    run_guarded(_dispatch)
+
+
+def _dispatch() -> None:
+    """`measure` here; any other command, and any measure command line this parser rejects,
+    through Typer (sevsim.cli.main)."""
     if sys.argv[1:2] == ["measure"]:
         try:
-            options = vars(_parser().parse_args(sys.argv[2:]))
-            sys.exit(run(**options))
+            status = run(**vars(_parser().parse_args(sys.argv[2:])))
         except UsageError:
             pass  # Typer parses again and reports it as for every other command
+        else:
+            sys.exit(status)
     from sevsim.cli.main import main as typer_main
 
     typer_main()
@@ -104,8 +118,9 @@ def run(elf: Path | None, mode: str, ovmf: Path | None, vcpus: int, vcpu_type: s
         raise UsageError("give either a guest ELF or --ovmf PATH")
     try:
         if ovmf is not None:
-            digest = _ovmf(_read(ovmf), mode, vcpus, vcpu_type, vcpu_sig, vmm_type, kernel,
-                           initrd, append, guest_features, snp_ovmf_hash)
+            digest = _ovmf(_read(ovmf, MAX_OVMF, "an OVMF image"), mode, vcpus, vcpu_type,
+                           vcpu_sig, vmm_type, kernel, initrd, append, guest_features,
+                           snp_ovmf_hash)
         else:
             assert elf is not None
             ovmf_only = (vcpu_type, vcpu_sig, kernel, initrd, append, snp_ovmf_hash)
@@ -114,7 +129,7 @@ def run(elf: Path | None, mode: str, ovmf: Path | None, vcpus: int, vcpu_type: s
                 raise UsageError("--vcpu-type, --vcpu-sig, --vmm-type, --kernel, --initrd, "
                                  "--append, --guest-features and --snp-ovmf-hash are for "
                                  "--ovmf")
-            digest = _elf(_read(elf), mode, vcpus, memory)
+            digest = _elf(_read(elf, MAX_GUEST_ELF, "a guest ELF"), mode, vcpus, memory)
     except UsageError:  # a SevsimError too, but main() hands it to Typer
         raise
     except Unreadable as error:
@@ -130,18 +145,20 @@ def _fail(message: str) -> int:
     return EXIT_ERROR
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, limit: int, what: str) -> bytes:
     try:
-        return path.read_bytes()
+        return read_bounded(path, limit, what)
     except OSError as error:
         raise Unreadable(f"cannot read {path}: {error.strerror}") from None
 
 
-def _hex_int(text: str, what: str) -> int:
+def _hex_int(text: str, what: str, bits: int) -> int:
+    """As common.hex_int, with this parser's usage error."""
     try:
-        return int(text, 16)
+        value = int(text, 16)
     except ValueError:
         raise UsageError(f"{what} {text!r} is not hex") from None
+    return check_range(value, what, 0, (1 << bits) - 1)
 
 
 def _hex_bytes(text: str, what: str) -> bytes:
@@ -158,11 +175,11 @@ def _ovmf(image: bytes, mode: str, vcpus: int, vcpu_type: str | None, vcpu_sig: 
 
     return ovmf_digest(
         mode, image, vcpus, vcpu_type,
-        vcpu_sig=None if vcpu_sig is None else _hex_int(vcpu_sig, "vCPU signature"),
+        vcpu_sig=None if vcpu_sig is None else _hex_int(vcpu_sig, "vCPU signature", 32),
         vmm_type=vmm_type,
-        kernel=None if kernel is None else _read(kernel),
-        initrd=None if initrd is None else _read(initrd),
-        append=append, guest_features=_hex_int(guest_features, "guest features"),
+        kernel=None if kernel is None else _read(kernel, MAX_KERNEL, "a kernel"),
+        initrd=None if initrd is None else _read(initrd, MAX_KERNEL, "an initrd"),
+        append=append, guest_features=_hex_int(guest_features, "guest features", 64),
         ovmf_hash=None if snp_ovmf_hash is None else _hex_bytes(snp_ovmf_hash, "OVMF hash"))
 
 

@@ -15,6 +15,11 @@ from sevsim.cli.attest import show as attest_show
 from sevsim.cli.attest import verify as attest_verify
 from sevsim.cli.common import (
     EXIT_ERROR,
+    MAX_GUEST_ELF,
+    MAX_ID_AUTH,
+    MAX_ID_BLOCK,
+    MAX_SECRET,
+    check_seconds,
     err,
     fail,
     hex_bytes,
@@ -106,16 +111,23 @@ def run(
     """Run a guest program; its console goes to stdout and its exit code becomes ours."""
     from sevsim.host.machine import Host, parse_size
 
-    image = read_input(elf)
-    secret_bytes = read_input(secret) if secret is not None else None
-    launch_policy = None if policy is None else hex_int(policy, "policy")
+    command = "sevsim"
+    image = read_input(elf, command, MAX_GUEST_ELF, "a guest ELF")
+    secret_bytes = (read_input(secret, command, MAX_SECRET, "a launch secret")
+                    if secret is not None else None)
+    try:  # a legacy SEV policy is 32 bits, an SNP policy 64
+        launch_policy = None if policy is None else hex_int(
+            policy, "policy", 64 if mode == "snp" else 32)
+        check_seconds(timeout, "timeout")
+    except ConfigError as error:
+        raise fail(error, command) from None
     host_input = hex_bytes(report_data, "report data", at_most=64)
     launch_host_data = hex_bytes(host_data, "host data", size=32) if host_data else bytes(32)
     snp_inputs = (host_data, id_block, id_auth)
     if mode != "snp" and any(x is not None for x in snp_inputs):
         raise typer.BadParameter("--host-data, --id-block and --id-auth need --mode snp")
-    block = read_input(id_block) if id_block is not None else None
-    auth = read_input(id_auth) if id_auth is not None else None
+    block = read_input(id_block, command, MAX_ID_BLOCK, "an ID block") if id_block else None
+    auth = read_input(id_auth, command, MAX_ID_AUTH, "an ID_AUTH_INFO") if id_auth else None
     try:
         host = Host(chip=chip, memory=parse_size(memory) + (64 << 20),
                     seed=None if seed is None else seed.encode())
@@ -211,4 +223,5 @@ def chips() -> None:
 
 
 def main() -> None:
+    """The Typer commands; `sevsim` itself is sevsim.cli.fast.main, which guards stdout."""
     app()

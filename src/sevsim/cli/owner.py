@@ -16,7 +16,20 @@ from typing import Annotated, cast
 import typer
 from rich.console import Console
 
-from sevsim.cli.common import EXIT_ERROR, err, fail, hex_bytes, hex_int, read_input
+from sevsim.cli.common import (
+    EXIT_ERROR,
+    MAX_CERT_FILE,
+    MAX_GUEST_ELF,
+    MAX_SECRET,
+    MAX_SESSION_FILE,
+    MAX_SEV_CERT,
+    err,
+    fail,
+    hex_bytes,
+    hex_int,
+    read_bounded,
+    read_input,
+)
 from sevsim.errors import AttestationError, SevsimError
 from sevsim.hw.chips import DEFAULT_CHIP, PRESETS
 
@@ -35,8 +48,8 @@ def _fail(error: Exception) -> typer.Exit:
                 EXIT_UNTRUSTED if isinstance(error, AttestationError) else EXIT_ERROR)
 
 
-def _read(path: Path) -> bytes:
-    return read_input(path, "sevsim owner")
+def _read(path: Path, limit: int, what: str) -> bytes:
+    return read_input(path, "sevsim owner", limit, what)
 
 
 PolicyOption = Annotated[str, typer.Option(
@@ -90,7 +103,8 @@ def verify(
     try:
         chain = PlatformChain.load(directory)
         given = [directory / "ark.cert", directory / "ask.cert"]
-        ca = (CaCerts(*(AmdCert.from_bytes(p.read_bytes()) for p in given))
+        ca = (CaCerts(*(AmdCert.from_bytes(read_bounded(p, MAX_CERT_FILE, "a certificate"))
+                        for p in given))
               if all(p.exists() for p in given) else None)
         verified = verify_chain(chain, cast(Trust, trust), product, ca)
     except (SevsimError, OSError) as error:
@@ -115,7 +129,8 @@ def session(
     from sevsim.attest.sev_owner import make_session
 
     try:
-        made = make_session(SevCert.from_bytes(_read(pdh)), hex_int(policy, "policy"))
+        made = make_session(SevCert.from_bytes(_read(pdh, MAX_SEV_CERT, "a PDH certificate")),
+                            hex_int(policy, "policy", 32))
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "godh.cert").write_bytes(made.godh_cert.to_bytes())
         (directory / "session.bin").write_bytes(made.session.to_bytes())
@@ -139,14 +154,15 @@ def measure(
 
 
 def _digest(elf: Path, memory: str, vcpus: int) -> bytes:
-    from sevsim.attest.sev_owner import expected_launch_digest
+    from sevsim.attest.measure import Mode, guest_digest
     from sevsim.guest.kernel import kernel_identity
     from sevsim.host.elf import parse_elf
     from sevsim.host.machine import parse_size
 
+    image = _read(elf, MAX_GUEST_ELF, "a guest ELF")
     try:
-        return expected_launch_digest(parse_elf(_read(elf)), parse_size(memory), vcpus,
-                                      kernel_identity())
+        return guest_digest(Mode.SEV, parse_elf(image), parse_size(memory), vcpus,
+                            kernel_identity())
     except (SevsimError, ValueError) as error:
         raise _fail(error) from None
 
@@ -180,6 +196,7 @@ def secret(
 
     if (elf is None) == (digest is None):
         raise typer.BadParameter("give exactly one of --elf and --digest")
+    payload = _read(secret_file, MAX_SECRET, "a launch secret")  # every input read up front
     expected = _digest(elf, memory, vcpus) if elf else hex_bytes(digest or "", "--digest", size=32)
     preset = PRESETS.get(chip)
     if preset is None:
@@ -193,15 +210,17 @@ def secret(
     status = PlatformStatus(major, minor, PlatformState.WORKING, 0, 0,
                             preset.build if build is None else build, 0)
     try:
-        keys = _read(session_dir / TEK_TIK_FILE)
+        keys = _read(session_dir / TEK_TIK_FILE, MAX_SESSION_FILE, "a key file")
         if len(keys) != 32:
             raise ValueError(f"{TEK_TIK_FILE} is {len(keys)} bytes, not 32")
-        launch = LaunchSession(SevCert.from_bytes(_read(session_dir / "godh.cert")),
-                               Session.from_bytes(_read(session_dir / "session.bin")),
-                               hex_int(policy, "policy"), TransportKeys(keys[:16], keys[16:]))
+        launch = LaunchSession(
+            SevCert.from_bytes(_read(session_dir / "godh.cert", MAX_SEV_CERT, "a certificate")),
+            Session.from_bytes(_read(session_dir / "session.bin", MAX_SESSION_FILE,
+                                     "a session")),
+            hex_int(policy, "policy", 32), TransportKeys(keys[:16], keys[16:]))
         measured = hex_bytes(launch_measure, "--launch-measure", size=48)
         verified = verify_measurement(launch, measured, status, expected)
-        header, data = verified.seal_secret(_read(secret_file))
+        header, data = verified.seal_secret(payload)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "secret_header.bin").write_bytes(header.to_bytes())
         (directory / "secret_data.bin").write_bytes(data)

@@ -59,7 +59,18 @@ def report(
     """Launch an OVMF image on the simulated SNP platform and write the guest's report;
     MEASUREMENT goes to stderr."""
     from sevsim.abi.ovmf import KernelHashes
-    from sevsim.cli.common import err, fail, hex_bytes, hex_int, read_input, write_cert_table
+    from sevsim.cli.common import (
+        MAX_ID_AUTH,
+        MAX_ID_BLOCK,
+        MAX_KERNEL,
+        MAX_OVMF,
+        err,
+        fail,
+        hex_bytes,
+        hex_int,
+        read_input,
+        write_cert_table,
+    )
     from sevsim.errors import SevsimError
     from sevsim.host.machine import Host, parse_size
 
@@ -68,11 +79,13 @@ def report(
     if (kernel is None) and (initrd is not None or append is not None):
         raise typer.BadParameter("--initrd and --append come with --kernel")
     hashes = None if kernel is None else KernelHashes.of(
-        read_input(kernel, COMMAND), None if initrd is None else read_input(initrd, COMMAND),
-        append)
-    image = read_input(ovmf, COMMAND)
-    block = None if id_block is None else read_input(id_block, COMMAND)
-    auth = None if id_auth is None else read_input(id_auth, COMMAND)
+        read_input(kernel, COMMAND, MAX_KERNEL, "a kernel"),
+        None if initrd is None else read_input(initrd, COMMAND, MAX_KERNEL, "an initrd"), append)
+    image = read_input(ovmf, COMMAND, MAX_OVMF, "an OVMF image")
+    block = None if id_block is None else read_input(id_block, COMMAND, MAX_ID_BLOCK,
+                                                     "an ID block")
+    auth = None if id_auth is None else read_input(id_auth, COMMAND, MAX_ID_AUTH,
+                                                   "an ID_AUTH_INFO")
     try:
         host = Host(chip=chip, memory=parse_size(memory) + (64 << 20),
                     seed=None if seed is None else seed.encode())
@@ -81,10 +94,10 @@ def report(
             fw.snp_vlek_load(fw.seal_hashstick(vlek, fw.tcb))
         guest = host.launch_ovmf(
             image, vcpus, memory, vcpu_type=vcpu_type,
-            vcpu_sig=None if vcpu_sig is None else hex_int(vcpu_sig, "vCPU signature"),
+            vcpu_sig=None if vcpu_sig is None else hex_int(vcpu_sig, "vCPU signature", 32),
             vmm_type=vmm_type, kernel_hashes=hashes,
-            guest_features=hex_int(guest_features, "guest features"),
-            policy=hex_int(policy, "policy"), host_data=launch_host_data, id_block=block,
+            guest_features=hex_int(guest_features, "guest features", 64),
+            policy=hex_int(policy, "policy", 64), host_data=launch_host_data, id_block=block,
             id_auth=auth)
         signed, table = guest.report(data, vmpl)
         err.print(f"sevsim: MEASUREMENT {guest.measurement.hex()}", highlight=False)

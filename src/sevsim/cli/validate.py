@@ -15,7 +15,17 @@ import typer
 from rich.console import Console
 
 from sevsim.abi.snp_report import REPORT_SIZE
-from sevsim.cli.common import EXIT_ERROR, err, fail, hex_bytes, hex_int, read_input
+from sevsim.cli.common import (
+    EXIT_ERROR,
+    MAX_KEY_FILE,
+    MAX_POLICY_FILE,
+    MAX_REPORT_FILE,
+    err,
+    fail,
+    hex_bytes,
+    hex_int,
+    read_input,
+)
 from sevsim.errors import SevsimError
 
 EXIT_UNTRUSTED = 1
@@ -24,7 +34,7 @@ out = Console(soft_wrap=True, highlight=False)
 
 def read_report(path: Path, command: str) -> bytes:
     """A report file: the raw 0x4A0 bytes, or the same as hex text (as some tools save it)."""
-    blob = read_input(path, command)
+    blob = read_input(path, command, MAX_REPORT_FILE, "a report")
     if len(blob) == REPORT_SIZE:
         return blob
     try:
@@ -49,7 +59,7 @@ def validate(
 
     command = "sevsim validate"
     blob = read_report(report, command)
-    text = read_input(policy, command)
+    text = read_input(policy, command, MAX_POLICY_FILE, "a validation policy")
     try:
         result = validate_report(blob, Policy.from_toml(text.decode("utf-8")))
     except UnicodeDecodeError as error:
@@ -95,10 +105,11 @@ def idblock(
     digest = hex_bytes(measurement, "--measurement", size=48)
     family = hex_bytes(family_id, "--family-id", size=16)
     image = hex_bytes(image_id, "--image-id", size=16)
-    guest_policy = hex_int(policy, "--policy")
     try:
-        key = load_signing_key(read_input(id_key, command), "ID key")
-        author = (load_signing_key(read_input(author_key, command), "author key")
+        guest_policy = hex_int(policy, "--policy", 64)
+        key = load_signing_key(read_input(id_key, command, MAX_KEY_FILE, "a key"), "ID key")
+        author = (load_signing_key(read_input(author_key, command, MAX_KEY_FILE, "a key"),
+                                   "author key")
                   if author_key is not None else None)
         bundle = make_id_block(digest, key, author, family_id=family, image_id=image, svn=svn,
                                policy=guest_policy)

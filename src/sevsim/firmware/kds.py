@@ -16,6 +16,7 @@ Retry-After, as AMD's does, so clients' backoff can be tested.
 from __future__ import annotations
 
 import datetime
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -27,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from sevsim.abi.snp_tcb import Generation, TcbVersion
-from sevsim.errors import SevsimError, TcbFormatError
+from sevsim.errors import ConfigError, SevsimError, TcbFormatError
 from sevsim.firmware.amd_root import simulated_root
 from sevsim.firmware.snp_pki import AMD_PSS, SnpPki, snp_ca_chain, snp_vlek_ca_chain
 
@@ -102,10 +103,16 @@ def _crl(product: str) -> bytes:
     return crl.public_bytes(serialization.Encoding.DER)
 
 
+MIN_RATE = 1 / 3600  # a request an hour: Retry-After never asks for more than an hour
+
+
 class _RateLimit:
     """At most `per_second` requests a second, else 429 with Retry-After."""
 
     def __init__(self, per_second: float) -> None:
+        if not (math.isfinite(per_second) and per_second >= MIN_RATE):
+            raise ConfigError(f"rate limit {per_second} is not a number of requests a second "
+                              f"from {MIN_RATE:.6f} (one an hour) up")
         self.interval = 1.0 / per_second
         self.next_allowed = 0.0
         self.lock = threading.Lock()
@@ -122,8 +129,12 @@ class _RateLimit:
 
 def make_server(kds: KeyDistribution, host: str = "127.0.0.1", port: int = 0,
                 rate_limit: float | None = None) -> ThreadingHTTPServer:
-    """An HTTP server for `kds` (serve with `serve_forever()`; port 0 picks a free one)."""
-    limiter = _RateLimit(rate_limit) if rate_limit else None
+    """An HTTP server for `kds` (serve with `serve_forever()`; port 0 picks a free one).
+    ConfigError for a port outside 0..65535 or an impossible rate limit; OSError when the
+    address cannot be listened on (in use, not this machine's, no such host)."""
+    if not 0 <= port <= 0xFFFF:
+        raise ConfigError(f"port {port} is outside 0..65535")
+    limiter = None if rate_limit is None else _RateLimit(rate_limit)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "sevsim-kds"
@@ -138,8 +149,8 @@ def make_server(kds: KeyDistribution, host: str = "127.0.0.1", port: int = 0,
             url = urlsplit(self.path)
             try:
                 content_type, body = kds.answer(url.path, url.query)
-            except KdsError as err:
-                self.send_error(err.status, str(err))
+            except KdsError as err:  # the reason goes in the body: a status line is latin-1
+                self.send_error(err.status, explain=str(err))  # and cannot echo any query
                 return
             self.send_response(200)
             self.send_header("Content-Type", content_type)

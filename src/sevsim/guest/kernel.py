@@ -102,6 +102,7 @@ _AP_SLOTS_GPA = STATE_GPA + 0x100
 _CONTEXTS_GPA = STATE_GPA + 16  # u64: vCPUs started at a lower VMPL so far
 EPERM = 1
 EIO = 5
+EFAULT = 14
 ENODEV = 19
 EINVAL = 22
 ENOSPC = 28
@@ -149,6 +150,11 @@ def _runs(gpns: list[int]) -> list[tuple[int, int]]:
         else:
             runs.append((gpn, gpn + 1))
     return runs
+
+
+class _BadAddress(Exception):
+    """A system call's buffer the program cannot reach: the call returns -EFAULT, as Linux's
+    copy_from_user/copy_to_user make it, and the program goes on."""
 
 
 class GuestKernel:
@@ -263,15 +269,46 @@ class GuestKernel:
         handler = self._handlers.get(nr)
         if handler and cpu.vmpl and nr in _VMPL0_ONLY:
             result: int | None = -EPERM
+        elif handler is None:
+            result = -ENOSYS
         else:
-            result = handler(cpu, *args) if handler else -ENOSYS
+            try:
+                result = handler(cpu, *args)
+            except _BadAddress:
+                result = -EFAULT
         if result is not None:
             cpu.set_reg("rax", result)
+
+    # -- the program's buffers -------------------------------------------------------------------
+    def _user_range(self, cpu: GuestCpu, ptr: int, length: int) -> None:
+        """access_ok(): [ptr, ptr + length) inside the VM's RAM, checked before any work."""
+        if not 0 <= ptr <= ptr + length <= self.boot_info(cpu).ram_size:
+            raise _BadAddress
+
+    def _from_user(self, cpu: GuestCpu, ptr: int, length: int) -> bytes:
+        """copy_from_user(): the program's bytes, or -EFAULT where it cannot read them."""
+        self._user_range(cpu, ptr, length)
+        try:
+            return cpu.read(ptr, length)
+        except PageNotValidated:
+            raise  # an attack on the guest, not a bad pointer: the kernel stops
+        except GuestFault:
+            raise _BadAddress from None
+
+    def _to_user(self, cpu: GuestCpu, ptr: int, data: bytes) -> None:
+        """copy_to_user(): into the program's buffer, or -EFAULT where it cannot write."""
+        self._user_range(cpu, ptr, len(data))
+        try:
+            cpu.write(ptr, data)
+        except PageNotValidated:
+            raise
+        except GuestFault:
+            raise _BadAddress from None
 
     def _write(self, cpu: GuestCpu, buf: int, length: int, *_: int) -> int:
         if length > _MAX_WRITE:
             return -EINVAL
-        data = cpu.read(buf, length)
+        data = self._from_user(cpu, buf, length)
         if encrypted_state(cpu):  # REP OUTSB through the GHCB's shared buffer
             size = self.ghcb.scratch(cpu)[1]
             for start in range(0, length, size):
@@ -426,19 +463,20 @@ class GuestKernel:
         """Up to one page of what the VMM offers; untrusted, as anything from the host."""
         if length > _MAX_WRITE:
             return -EINVAL
+        self._user_range(cpu, buf, min(length, PAGE))
         self._kernel_shared(cpu, _HOST_IO_SHARED, HOST_IO_GPA, 1)
         got = cpu.vmmcall(SEVSIM_HC_HOST_INPUT, HOST_IO_GPA, min(length, PAGE))
         if not 0 <= got <= min(length, PAGE):
             return -EIO
-        cpu.write(buf, cpu.read(HOST_IO_GPA, got))
+        self._to_user(cpu, buf, cpu.read(HOST_IO_GPA, got))
         return got
 
     def _host_output(self, cpu: GuestCpu, buf: int, length: int, *_: int) -> int:
         """Hand the VMM one blob, a page at a time through the bounce page."""
         if length > _MAX_WRITE:
             return -EINVAL
+        data = self._from_user(cpu, buf, length)
         self._kernel_shared(cpu, _HOST_IO_SHARED, HOST_IO_GPA, 1)
-        data = cpu.read(buf, length)
         for start in range(0, max(length, 1), PAGE):
             chunk = data[start:start + PAGE]
             cpu.write(HOST_IO_GPA, chunk)
@@ -534,10 +572,12 @@ class GuestKernel:
     def _snp_report(self, cpu: GuestCpu, data_ptr: int, out_ptr: int, *_: int) -> int:
         if not snp_active(cpu):
             return -ENODEV
-        result = self._report(cpu, cpu.read(data_ptr, 64), cpu.vmpl, None)
+        data = self._from_user(cpu, data_ptr, 64)
+        self._user_range(cpu, out_ptr, REPORT_SIZE)
+        result = self._report(cpu, data, cpu.vmpl, None)
         if isinstance(result, int):
             return result
-        cpu.write(out_ptr, result)
+        self._to_user(cpu, out_ptr, result)
         return 0
 
     def _snp_ext_report(self, cpu: GuestCpu, data_ptr: int, out_ptr: int, certs_ptr: int,
@@ -547,20 +587,22 @@ class GuestKernel:
         size needed when the buffer is too small."""
         if not snp_active(cpu):
             return -ENODEV
-        capacity = struct.unpack("<Q", cpu.read(len_ptr, 8))[0]
-        result = self._report(cpu, cpu.read(data_ptr, 64), cpu.vmpl,
-                              min(capacity // PAGE, CERTS_PAGES))
+        capacity = struct.unpack("<Q", self._from_user(cpu, len_ptr, 8))[0]
+        data = self._from_user(cpu, data_ptr, 64)
+        self._user_range(cpu, out_ptr, REPORT_SIZE)
+        self._user_range(cpu, certs_ptr, min(capacity, CERTS_PAGES * PAGE))
+        result = self._report(cpu, data, cpu.vmpl, min(capacity // PAGE, CERTS_PAGES))
         if isinstance(result, int) and result > 0:
-            cpu.write(len_ptr, struct.pack("<Q", result * PAGE))
+            self._to_user(cpu, len_ptr, struct.pack("<Q", result * PAGE))
             return -ENOSPC
         if isinstance(result, int):
             return result
-        cpu.write(out_ptr, result)
+        self._to_user(cpu, out_ptr, result)
         table = self._cert_table(cpu, min(capacity, CERTS_PAGES * PAGE) // PAGE)
         if table is None:
             return -EIO
-        cpu.write(certs_ptr, table)
-        cpu.write(len_ptr, struct.pack("<Q", len(table)))
+        self._to_user(cpu, certs_ptr, table)
+        self._to_user(cpu, len_ptr, struct.pack("<Q", len(table)))
         return len(table)
 
     @staticmethod
@@ -583,9 +625,10 @@ class GuestKernel:
         if not snp_active(cpu):
             return -ENODEV
         try:
-            payload = KeyRequest.from_bytes(cpu.read(req_ptr, KEY_REQ_SIZE)).to_bytes()
+            payload = KeyRequest.from_bytes(self._from_user(cpu, req_ptr, KEY_REQ_SIZE)).to_bytes()
         except SnpFormatError:
             return -EINVAL
+        self._user_range(cpu, out_ptr, 32)
         answer = self._guest_request(cpu, MsgType.KEY_REQ, payload)
         if isinstance(answer, int):
             return answer
@@ -595,7 +638,7 @@ class GuestKernel:
             return -EIO
         if response.status:
             return -EIO
-        cpu.write(out_ptr, response.derived_key)
+        self._to_user(cpu, out_ptr, response.derived_key)
         return 0
 
     # -- configfs-tsm reports ------------------------------------------------------------------
@@ -613,14 +656,13 @@ class GuestKernel:
 
         return tsm.TsmReports(load, store, cpu.vmpl, snp_active(cpu))
 
-    @staticmethod
-    def _path(cpu: GuestCpu, ptr: int) -> bytes | int:
+    def _path(self, cpu: GuestCpu, ptr: int) -> bytes | int:
         """A NUL-terminated path from the program, read a page at a time (never past the
         NUL); -ENAMETOOLONG without one in PATH_MAX bytes."""
         path = b""
         while len(path) < tsm.PATH_MAX:
-            chunk = cpu.read(ptr + len(path), min(PAGE - (ptr + len(path)) % PAGE,
-                                                  tsm.PATH_MAX - len(path)))
+            chunk = self._from_user(cpu, ptr + len(path), min(PAGE - (ptr + len(path)) % PAGE,
+                                                              tsm.PATH_MAX - len(path)))
             end = chunk.find(b"\0")
             if end >= 0:
                 return path + chunk[:end]
@@ -656,7 +698,7 @@ class GuestKernel:
         """write(2) of a whole attribute (inblob, privlevel); returns length."""
         if length > PAGE:  # neither attribute takes more; configfs buffers one page
             return -tsm.EFBIG
-        data = cpu.read(buf, length)
+        data = self._from_user(cpu, buf, length)
 
         def write(reports: tsm.TsmReports, path: bytes) -> int:
             reports.write(path, data)
@@ -669,7 +711,7 @@ class GuestKernel:
         count returned. outblob/auxblob ask the Secure Processor only if an input changed."""
         def read(reports: tsm.TsmReports, path: bytes) -> int:
             data = reports.read(path, lambda inblob, vmpl: self._tsm_report(cpu, inblob, vmpl))
-            cpu.write(buf, data[:length])
+            self._to_user(cpu, buf, data[:length])
             return min(length, len(data))
 
         return self._tsm_call(cpu, path_ptr, read)

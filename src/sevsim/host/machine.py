@@ -9,7 +9,7 @@ import numpy as np
 from sevsim.abi.cpuid import SevFeatures
 from sevsim.abi.ovmf import FOUR_GIB, KernelHashes, OvmfImage, VmmType
 from sevsim.abi.vmsa import SEV_FEATURES_SNP
-from sevsim.errors import ConfigError
+from sevsim.errors import ConfigError, ResourceExhausted
 from sevsim.firmware.sev import SevFirmware
 from sevsim.host.hypervisor import Hypervisor
 from sevsim.host.ovmf import OvmfGuest, launch_ovmf
@@ -21,16 +21,22 @@ from sevsim.hw.quantum import DEFAULT_QUANTUM, Quantum
 from sevsim.hw.trng import Trng
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+MAX_SIZE = 1 << 52  # x86-64's physical address space at its widest (MAXPHYADDR 52)
 
 
 def parse_size(size: int | str) -> int:
     """'64M', '1G', '4096K' or a byte count."""
     if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", size, re.IGNORECASE)
-    if not match:
-        raise ConfigError(f"cannot read size {size!r}; use e.g. 64M or 1G")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+        value = size
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", size, re.IGNORECASE)
+        if not match:
+            raise ConfigError(f"cannot read size {size!r}; use e.g. 64M or 1G")
+        value = int(match.group(1)) * _UNITS[match.group(2).upper()]
+    if not 0 <= value <= MAX_SIZE:
+        raise ConfigError(f"size {size!r} is outside 0..2^52 bytes (x86-64's widest "
+                          "physical address space)")
+    return value
 
 
 def _split_asids(chip: ChipPreset, min_sev_asid: int) -> ChipPreset:
@@ -62,9 +68,14 @@ class Host:
         self.chip = chip_preset(chip)
         if min_sev_asid is not None:
             self.chip = _split_asids(self.chip, min_sev_asid)
+        size = parse_size(memory)
         entropy = Trng(seed, b"memory controller " + self.chip.name.encode())
-        self.memory = MemoryController(parse_size(memory),
-                                       EncryptionEngine(self.chip.tweak, entropy=entropy))
+        try:
+            self.memory = MemoryController(size, EncryptionEngine(self.chip.tweak,
+                                                                  entropy=entropy))
+        except MemoryError:
+            raise ResourceExhausted(f"cannot allocate {size} bytes of host memory in this "
+                                    "process; give the host less") from None
         self.firmware = SevFirmware(self.chip, self.memory, seed=seed,
                                     vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
         self.firmware.init()  # the kernel's ccp driver initialises the platform at load

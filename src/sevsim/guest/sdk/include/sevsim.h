@@ -9,7 +9,9 @@
  *
  * System-call ABI: `syscall` with RAX = number, arguments in RDI, RSI, RDX,
  * R10, R8; the result comes back in RAX (negative errno on failure).  The
- * instruction clobbers RCX and R11.
+ * instruction clobbers RCX and R11.  A buffer the program cannot reach (outside
+ * its RAM, or not readable or writable at its VMPL) makes the call return
+ * -SEV_EFAULT, as Linux does, and the program goes on.
  */
 #ifndef SEVSIM_H
 #define SEVSIM_H
@@ -58,6 +60,7 @@ extern "C" {
 #define SEV_EIO 5
 #define SEV_ENXIO 6
 #define SEV_EACCES 13
+#define SEV_EFAULT 14
 #define SEV_EBUSY 16
 #define SEV_EEXIST 17
 #define SEV_ENODEV 19
