@@ -28,6 +28,16 @@ def test_guest_build_then_run_in_both_modes(tmp_path: Path) -> None:
         assert ("launch measurement" in ran.stderr) == (mode == "sev")
 
 
+def test_min_sev_asid_moves_the_split(build) -> None:
+    for mode, asid in (("sev", 300), ("sev-es", 1)):
+        ran = sevsim("run", build("hello"), "--mode", mode, "--memory", "8M",
+                     "--min-sev-asid", "300")
+        assert ran.returncode == 0, ran.stderr
+        assert f"mode={mode} chip=milan asid={asid} " in ran.stderr
+    bad = sevsim("run", build("hello"), "--min-sev-asid", "600")
+    assert bad.returncode == 125 and "min SEV ASID 600" in bad.stderr
+
+
 def test_dump_host_view_hides_the_secret_only_under_sev(build, tmp_path: Path) -> None:
     secret = secret_bytes()
     for mode, expected in (("sev", 0), ("none", len(secret) // 16)):

@@ -91,6 +91,9 @@ def run(
         help="Guest policy, hex (default 0x1, NODBG; with --secret the owner's 0x3).")] = None,
     seed: Annotated[str | None, typer.Option(
         help="Chip seed: a reproducible platform identity (CEK, PEK, PDH, IDs).")] = None,
+    min_sev_asid: Annotated[int | None, typer.Option(
+        help="The BIOS's SEV-ES ASID Space Limit: SEV-ES/SNP guests get ASIDs below it, SEV "
+             "guests from it (CPUID 8000_001F EDX; default: the chip preset's).")] = None,
     report_data: Annotated[str | None, typer.Option(
         help="SNP: up to 64 bytes, hex, offered to the guest as host input "
              "(sev_host_input(); examples/report.c puts them in REPORT_DATA).")] = None,
@@ -130,7 +133,7 @@ def run(
     auth = read_input(id_auth, command, MAX_ID_AUTH, "an ID_AUTH_INFO") if id_auth else None
     try:
         host = Host(chip=chip, memory=parse_size(memory) + (64 << 20),
-                    seed=None if seed is None else seed.encode())
+                    seed=None if seed is None else seed.encode(), min_sev_asid=min_sev_asid)
         vm = host.create_vm(mode=mode, memory=memory, vcpus=vcpus)
         err.print(f"sevsim: mode={vm.mode} chip={host.chip.name} asid={vm.asid}"
                   f"{'' if vm.hv.mode.encrypted else ' (unencrypted)'} memory={memory} "
