@@ -310,7 +310,10 @@ def lazy_zeros(size: int, *, dumped: bool = True) -> np.ndarray:
     2 MiB of RAM (a host of many small VMs touches a few pages of each). Not `dumped`: left
     out of core dumps (DRAM: gigabytes of guest plaintext), which also keeps it a mapping of
     its own that /proc/self/smaps shows apart."""
-    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError as error:  # ENOMEM: more than the process may map
+        raise MemoryError(f"cannot map {size} bytes: {error.strerror}") from None
     region.madvise(mmap.MADV_NOHUGEPAGE)
     if not dumped:
         region.madvise(mmap.MADV_DONTDUMP)
