@@ -69,7 +69,13 @@ from sevsim.abi.svm import (
     ioio_info,
 )
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, Vmsa
-from sevsim.errors import GuestFault, PageNotValidated, RmpInstructionError, SnpFormatError
+from sevsim.errors import (
+    GuestFault,
+    PageNotValidated,
+    RmpInstructionError,
+    SevsimError,
+    SnpFormatError,
+)
 from sevsim.guest import tsm
 from sevsim.guest.ghcb import (
     TERM_GENERAL_REQUEST,
@@ -152,7 +158,7 @@ def _runs(gpns: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-class _BadAddress(Exception):
+class _BadAddress(SevsimError):
     """A system call's buffer the program cannot reach: the call returns -EFAULT, as Linux's
     copy_from_user/copy_to_user make it, and the program goes on."""
 
