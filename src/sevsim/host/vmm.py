@@ -308,7 +308,7 @@ class VirtualMachine:
         return self.hypervisor.read_gpa(self.hv, gpa, length)
 
     def write_gpa(self, gpa: int, data: bytes) -> None:
-        """Write guest memory as the hypervisor can: a private page decrypts to garbage."""
+        """Write guest memory as the hypervisor can; private pages get the guest's decryption."""
         self.hypervisor.write_gpa(self.hv, gpa, data)
 
     def host_view(self) -> bytes:
