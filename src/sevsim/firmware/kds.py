@@ -50,6 +50,8 @@ class KeyDistribution:
     chips: dict[tuple[str, str], SnpPki] = field(default_factory=dict)
 
     def register(self, platforms: Iterable[SnpPki]) -> None:
+        """Serve these chips' certificates from now on, found by product and hardware ID as
+        KDS URLs name them."""
         for platform in platforms:
             hwid = platform.chip_id()[:platform.generation.hwid_size].hex()
             self.chips[(platform.generation.value, hwid)] = platform

@@ -109,6 +109,7 @@ class GhcbClient:
         cpu.write_ghcb_msr(self.page(cpu))
 
     def page(self, cpu: GuestCpu) -> int:
+        """GPA of this vCPU's GHCB page."""
         return self.ghcb_gpa + cpu.index * PAGE_SIZE
 
     # -- the MSR protocol --------------------------------------------------------------------
@@ -203,6 +204,8 @@ class GhcbClient:
         return answer
 
     def version(self, cpu: GuestCpu) -> int:
+        """The GHCB protocol version negotiated at boot (read back from guest memory after a
+        migration)."""
         if not self._version:
             self._version = struct.unpack("<Q", cpu.read(self.version_gpa, 8))[0]
         return self._version

@@ -270,6 +270,8 @@ class GuestKernel:
 
     # -- system calls --------------------------------------------------------------------------
     def on_syscall(self, cpu: GuestCpu) -> None:
+        """Dispatch the program's SYSCALL (number in RAX, Linux's argument registers); the result
+        goes to RAX: -ENOSYS for an unknown call, -EPERM for one only VMPL0 may make."""
         nr = cpu.reg("rax")
         args = [cpu.reg(r) for r in ("rdi", "rsi", "rdx", "r10", "r8")]
         handler = self._handlers.get(nr)
@@ -723,7 +725,7 @@ class GuestKernel:
         return self._tsm_call(cpu, path_ptr, read)
 
     def _tsm_report(self, cpu: GuestCpu, data: bytes, vmpl: int) -> tuple[bytes, bytes] | int:
-        """outblob and auxblob for a report entry: an extended request for `vmpl`, as
+        """The outblob and auxblob for a report entry: an extended request for `vmpl`, as
         Linux's sev-guest provider makes, with all the certificate pages there are."""
         result = self._report(cpu, data, vmpl, CERTS_PAGES)
         if isinstance(result, int):

@@ -83,6 +83,7 @@ class TsmEntry:
     auxblob: bytes = field(default=b"")
 
     def to_bytes(self) -> bytes:
+        """The slot's bytes: header and outblob in the first page, the auxblob after it."""
         head = _HEADER.pack(_MAGIC, len(self.name), self.name, len(self.inblob), self.inblob,
                             self.privlevel, self.write_generation, self.read_generation,
                             self.outblob is not None, len(self.outblob or b""),
@@ -148,6 +149,7 @@ class TsmReports:
         self.available = available  # a provider registered (SEV-SNP): else mkdir -ENXIO
 
     def entries(self) -> dict[bytes, tuple[int, TsmEntry]]:
+        """Every report entry in use, by name, with its slot."""
         found = {}
         for slot in range(SLOTS):
             entry = TsmEntry.from_bytes(self.load(slot))
@@ -162,6 +164,7 @@ class TsmReports:
         return found
 
     def mkdir(self, path: bytes) -> None:
+        """Make a report entry; where Linux's mkdir would fail, TsmError with its errno."""
         name, attr = parse_path(path)
         entries = self.entries()
         if name is None or (attr is None and name in entries) or (
@@ -179,6 +182,7 @@ class TsmReports:
         self.store(free[0], TsmEntry(name, privlevel=self.floor).to_bytes())
 
     def rmdir(self, path: bytes) -> None:
+        """Remove a report entry, freeing its slot; where Linux's rmdir would fail, TsmError."""
         name, attr = parse_path(path)
         if name is None:
             raise TsmError(EPERM, "the report group itself stays")
@@ -201,7 +205,7 @@ class TsmReports:
         return slot, entry, attr
 
     def write(self, path: bytes, data: bytes) -> None:
-        """inblob or privlevel; either bumps the generation (-EBUSY, as Linux, once so
+        """Write inblob or privlevel; either bumps the generation (-EBUSY, as Linux, once so
         many writes went unread that the generations would meet again)."""
         slot, entry, attr = self._attribute(path, True)
         if attr == b"inblob":

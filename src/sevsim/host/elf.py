@@ -17,6 +17,9 @@ LOWEST_LOAD_ADDRESS = 0x10000
 
 @dataclass(frozen=True)
 class LoadSegment:
+    """One PT_LOAD segment: the file's bytes for `gpa`, zero-filled up to `memsz`; `flags` are
+    the ELF p_flags."""
+
     gpa: int
     data: bytes
     memsz: int
@@ -25,11 +28,14 @@ class LoadSegment:
 
 @dataclass(frozen=True)
 class GuestImage:
+    """A parsed guest program: where it starts and what to load where."""
+
     entry: int
     segments: tuple[LoadSegment, ...]
 
     @property
     def end(self) -> int:
+        """The GPA just past the image in memory (bss included)."""
         return max(s.gpa + s.memsz for s in self.segments)
 
 

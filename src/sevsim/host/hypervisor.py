@@ -260,6 +260,7 @@ class Hypervisor:
         return None
 
     def free_host_pages(self, frames: np.ndarray) -> None:
+        """Give back frames from `allocate_host_pages`; they are zeroed when handed out again."""
         self._frame_used[frames] = False
 
     def _allocate_asid(self, mode: GuestMode) -> int:
@@ -289,12 +290,15 @@ class Hypervisor:
 
     # -- what the host can touch --------------------------------------------------------------
     def read_spa(self, spa: int, length: int) -> bytes:
+        """Host-physical bytes as the hypervisor reads them: ciphertext in guests' private pages."""
         return self.memory.read(spa, length)
 
     def write_spa(self, spa: int, data: bytes) -> None:
+        """Write host-physical bytes; under SNP the RMP refuses guest and firmware frames."""
         self.memory.write(spa, data)
 
     def gpa_to_spa(self, vm: HvVm, gpa: int) -> int:
+        """Where the VM's NPT maps a GPA (MemoryAccessError if it is unmapped)."""
         spa = vm.npt.lookup(gpa)
         if spa is None:
             raise MemoryAccessError(f"VM {vm.vm_id}: GPA 0x{gpa:x} is not mapped")
@@ -330,16 +334,21 @@ class Hypervisor:
         return b"".join(self.memory.read(spa, n) for _, spa, n in self._spa_runs(vm, gpa, length))
 
     def write_gpa(self, vm: HvVm, gpa: int, data: bytes) -> None:
+        """Write guest memory as the hypervisor can: through its NPT, outside the key domain (the
+        guest decrypts whatever lands in a private page)."""
         for offset, spa, n in self._spa_runs(vm, gpa, len(data)):
             self.memory.write(spa, data[offset:offset + n])
 
     def npt_map(self, vm: HvVm, gpa: int, spa: int, npages: int = 1) -> None:
+        """Point `npages` guest pages from `gpa` at host pages from a page-aligned `spa`: the
+        hypervisor may remap a guest's memory at any time."""
         if spa % PAGE:
             raise MemoryAccessError(f"SPA 0x{spa:x} is not page aligned")
         self.memory.check_range(spa, npages * PAGE)
         vm.npt.map(gpa, spa // PAGE, npages)
 
     def npt_unmap(self, vm: HvVm, gpa: int, npages: int = 1) -> None:
+        """Unmap guest pages; the guest's next access to them exits with #NPF."""
         vm.npt.unmap(gpa, npages)
 
     # -- running ------------------------------------------------------------------------------
@@ -399,6 +408,7 @@ class Hypervisor:
                         f"VM {vm.vm_id} still running after {timeout:g} s")
 
     def stop(self, vm: HvVm) -> None:
+        """Stop the VM's vCPUs for good; its memory and key stay until `destroy_vm`."""
         vm.stopped = True
         for vcpu in vm.vcpus:
             vcpu.state = VcpuState.STOPPED

@@ -84,6 +84,8 @@ class Host:
 
     def create_vm(self, mode: str | GuestMode = "sev", memory: int | str = "64M",
                   vcpus: int = 1) -> VirtualMachine:
+        """A new VM (`mode` none, sev, sev-es or snp; `memory` in bytes or as "64M"), ready to
+        load and launch."""
         try:
             guest_mode = GuestMode(mode)
         except ValueError:

@@ -100,4 +100,5 @@ class OvmfGuest:
         return self._guest.report(report_data, vmpl)
 
     def destroy(self) -> None:
+        """Tear the VM down: its vCPUs stop, its key is released and its memory freed."""
         self.vm.destroy()

@@ -55,7 +55,9 @@ class LaunchOwner(Protocol):
     (sevsim.attest.sev_owner.GuestOwner is one)."""
 
     @property
-    def policy(self) -> int: ...
+    def policy(self) -> int:
+        """The guest policy the owner wants; the session MACs it, so the VMM cannot change it."""
+        ...
 
     def start(self, pdh_cert: bytes, cert_chain: bytes) -> tuple[bytes, bytes]:
         """Verify the platform's chain; return the GODH certificate and session buffer."""
@@ -69,6 +71,9 @@ class LaunchOwner(Protocol):
 
 @dataclass(frozen=True)
 class RunResult:
+    """How a run ended: what the guest wrote to the debug-exit port (0 if it halted without),
+    its console output, and the fault or timeout that stopped it, if any."""
+
     exit_code: int
     console: str
     error: SevsimError | None = None  # set by Host.run for a VM that faulted or timed out
@@ -95,18 +100,22 @@ class VirtualMachine:
     # -- facts ---------------------------------------------------------------------------------
     @property
     def mode(self) -> str:
+        """The VM's protection level: "none", "sev", "sev-es" or "snp"."""
         return self.hv.mode.value
 
     @property
     def asid(self) -> int:
+        """The VM's ASID: its TLB tag and, if the VM is encrypted, its key slot."""
         return self.hv.asid
 
     @property
     def memory_size(self) -> int:
+        """Guest RAM in bytes."""
         return self.hv.memory_size
 
     @property
     def console(self) -> str:
+        """What the guest wrote to its serial port, as text (undecodable bytes replaced)."""
         return self.console_bytes.decode("utf-8", "replace")
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -280,21 +289,26 @@ class VirtualMachine:
         return self.hv.stopped or not any(v.state is VcpuState.RUNNABLE for v in self.hv.vcpus)
 
     def check_runnable(self) -> None:
+        """VmStateError unless the VM has been launched."""
         if not self.launched:
             raise VmStateError("launch the VM before running it")
 
     def result(self, error: SevsimError | None = None) -> RunResult:
+        """The VM's RunResult as it stands, carrying `error` if the run ended in one."""
         code = self.exit_code if self.exit_code is not None else 0
         return RunResult(code, self.console, error)
 
     def destroy(self) -> None:
+        """Tear the VM down: its vCPUs stop, its key is released and its memory freed."""
         self.hypervisor.destroy_vm(self.hv)
 
     # -- the hypervisor's view -------------------------------------------------------------------
     def read_gpa(self, gpa: int, length: int) -> bytes:
+        """Guest memory as the hypervisor reads it: ciphertext where the guest keeps it private."""
         return self.hypervisor.read_gpa(self.hv, gpa, length)
 
     def write_gpa(self, gpa: int, data: bytes) -> None:
+        """Write guest memory as the hypervisor can; private pages get the guest's decryption."""
         self.hypervisor.write_gpa(self.hv, gpa, data)
 
     def host_view(self) -> bytes:

@@ -26,6 +26,7 @@ class GuestMode(Enum):
 
     @property
     def encrypted(self) -> bool:
+        """Whether the VM's memory has a key of its own (every mode but NONE)."""
         return self is not GuestMode.NONE
 
 
@@ -53,10 +54,13 @@ class ChipPreset:
 
     @property
     def signature(self) -> int:
+        """CPUID Fn0000_0001 EAX: the family, model and stepping a guest reads."""
         return cpuid_signature(self.family, self.model, self.stepping)
 
     @property
     def modes(self) -> tuple[GuestMode, ...]:
+        """Guest modes this chip can launch: plain and SEV always, SEV-ES and SNP where
+        its features include them."""
         modes = [GuestMode.NONE, GuestMode.SEV]
         if SevFeatures.SEV_ES in self.features:
             modes.append(GuestMode.SEV_ES)
@@ -65,6 +69,7 @@ class ChipPreset:
         return tuple(modes)
 
     def leaf_8000001f(self) -> Leaf8000001F:
+        """CPUID 8000_001F as this chip answers it: features, C-bit position, ASID split."""
         return Leaf8000001F.compose(
             int(self.features), self.c_bit, self.phys_reduction, self.vmpls, self.max_asid,
             self.min_sev_asid,

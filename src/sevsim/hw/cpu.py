@@ -99,6 +99,9 @@ _EXCEPTIONS = {0: "#DE divide error", 1: "#DB", 3: "#BP breakpoint", 4: "#OF ove
 
 
 class VcpuState(Enum):
+    """What the scheduler knows of a vCPU: an AP waiting for its start-up IPI, runnable,
+    halted (HLT) or stopped for good."""
+
     WAIT_FOR_SIPI = "wait-for-sipi"
     RUNNABLE = "runnable"
     HALTED = "halted"
@@ -121,9 +124,13 @@ _T = TypeVar("_T")
 class GuestSoftware(Protocol):
     """What runs inside the VM besides the program: the guest kernel."""
 
-    def on_reset(self, cpu: GuestCpu) -> None: ...
+    def on_reset(self, cpu: GuestCpu) -> None:
+        """A vCPU leaves reset (the boot vCPU at launch, an AP when started): set it up."""
+        ...
 
-    def on_syscall(self, cpu: GuestCpu) -> None: ...
+    def on_syscall(self, cpu: GuestCpu) -> None:
+        """Serve the SYSCALL the program just executed (number in RAX, result back in RAX)."""
+        ...
 
     def on_vc(self, cpu: GuestCpu, code: ExitCode, info1: int) -> bool:
         """#VC (SEV-ES): emulate the instruction that would have exited. `info1` is what the
@@ -140,9 +147,11 @@ class VmsaSeals:
         self._seals: dict[int, bytes] = {}
 
     def seal(self, asid: int, spa: int, page: bytes) -> None:
+        """Record a VMSA page's integrity value as the page is now."""
         self._seals[spa] = self._value(asid, spa, page)
 
     def check(self, asid: int, spa: int, page: bytes) -> bool:
+        """Whether a VMSA page still holds what was last sealed (VMRUN refuses it otherwise)."""
         return self._seals.get(spa) == self._value(asid, spa, page)
 
     @staticmethod
@@ -185,9 +194,11 @@ class Vmcb:
             raise VmStateError(f"no register {name!r} in the VMCB save area") from None
 
     def read(self, name: str) -> int:
+        """A guest register from the save area; VmStateError under SEV-ES and SNP."""
         return int(self._vcpu.uc.reg_read(self._check(name)))
 
     def write(self, name: str, value: int) -> None:
+        """Change a guest register in the save area (refused under SEV-ES and SNP, like `read`)."""
         self._vcpu.uc.reg_write(self._check(name), value & (1 << 64) - 1)
 
 
@@ -242,6 +253,7 @@ class Vcpu:
 
     # -- the hypervisor's controls ---------------------------------------------------------------
     def attach_guest(self, guest: GuestSoftware) -> None:
+        """Install the guest software that handles this vCPU's resets, syscalls and #VC."""
         self.guest = guest
 
     def run_state(self) -> VcpuRunState:
@@ -250,6 +262,8 @@ class Vcpu:
                             tuple(sorted(self._msr_sites)))
 
     def restore_run_state(self, saved: VcpuRunState) -> None:
+        """Put back what `run_state` saved (on a migration's destination), re-arming the MSR
+        intercepts."""
         self.state = saved.state
         self._needs_reset = saved.needs_reset
         self._ghcb_msr = self.vmcb.ghcb_gpa = saved.ghcb_msr
@@ -628,6 +642,7 @@ class GuestCpu:
 
     @property
     def index(self) -> int:
+        """This vCPU's number in its VM (vCPU 0 boots it)."""
         return self._vcpu.index
 
     @property
@@ -643,9 +658,11 @@ class GuestCpu:
         return regs
 
     def reg(self, name: str) -> int:
+        """One of this vCPU's registers by name (see `REGISTERS`), as the guest itself reads it."""
         return int(self._vcpu.uc.reg_read(REGISTERS[name]))
 
     def set_reg(self, name: str, value: int) -> None:
+        """Set one of this vCPU's registers by name; the value is truncated to 64 bits."""
         self._vcpu.uc.reg_write(REGISTERS[name], value & (1 << 64) - 1)
 
     def read(self, gpa: int, length: int) -> bytes:
@@ -658,6 +675,8 @@ class GuestCpu:
             raise GuestFault(f"guest read of 0x{gpa:x}+{length}: {err}") from None
 
     def write(self, gpa: int, data: bytes) -> None:
+        """Guest-physical write through this VM's own mapping (private pages in plaintext),
+        with this VMPL's permissions."""
         self._check_vmpl(gpa, len(data), PERM_WRITE)
         try:
             self._vcpu.uc.mem_write(gpa, data)
@@ -721,6 +740,8 @@ class GuestCpu:
         return self._vcpu._ghcb_msr
 
     def write_ghcb_msr(self, value: int) -> None:
+        """WRMSR 0xC0010130 under SEV-ES: where the next VMGEXIT finds the GHCB (or an MSR
+        protocol request)."""
         self._vcpu._ghcb_msr = value & (1 << 64) - 1
 
     def out(self, port: int, value: int, size: int = 1) -> bool:

@@ -124,6 +124,7 @@ class TweakFunction:
         return self.of(addrs)
 
     def __call__(self, spa: int) -> bytes:
+        """The 16-byte tweak of the block that holds `spa`."""
         return self.blocks(spa & ~0xF, 1).tobytes()
 
 
@@ -180,9 +181,11 @@ class EncryptionEngine:
         self._slots[asid] = slot
 
     def unload_key(self, asid: int) -> None:
+        """Empty the ASID's slot, wiping the key; nothing happens if none is loaded."""
         self._slots.pop(asid, None)
 
     def has_key(self, asid: int) -> bool:
+        """Whether the ASID's slot holds a key."""
         return asid in self._slots
 
     def cipher(self, asid: int) -> SlotCipher:
@@ -205,6 +208,7 @@ class EncryptionEngine:
         return self._blocks(asid, spa, src, encrypt=True)
 
     def decrypt_blocks(self, asid: int, spa: int, src: np.ndarray) -> np.ndarray:
+        """Plaintext of whole 16-byte blocks of DRAM ciphertext at a 16-byte aligned SPA."""
         return self._blocks(asid, spa, src, encrypt=False)
 
     def _slot(self, asid: int) -> Slot:

@@ -70,6 +70,7 @@ class ReverseMap:
         self._held: dict[FrameWatcher, set[int]] = {}
 
     def add(self, watcher: FrameWatcher, frames: np.ndarray) -> None:
+        """Record that `watcher` maps `frames`; granules it already watches cost nothing."""
         held = self._held.setdefault(watcher, set())
         for granule in np.unique(frames // GRANULE).tolist():
             if granule not in held:
@@ -77,6 +78,7 @@ class ReverseMap:
                 self._granules.setdefault(granule, {})[watcher] = None
 
     def remove(self, watcher: FrameWatcher) -> None:
+        """Forget an address space that goes away, in every granule it watched."""
         for granule in self._held.pop(watcher, ()):
             watchers = self._granules[granule]
             del watchers[watcher]
@@ -122,6 +124,7 @@ class MemoryController:
 
     # -- addresses -------------------------------------------------------------------------
     def check_range(self, spa: int, length: int) -> None:
+        """MemoryAccessError unless [spa, spa+length) lies inside DRAM."""
         if spa < 0 or length < 0 or spa + length > self.size:
             raise MemoryAccessError(
                 f"host physical range 0x{spa:x}+0x{length:x} outside DRAM (0x{self.size:x} bytes)")

@@ -55,6 +55,8 @@ class GuestAddressSpace:
 
     # -- what the guest controls -------------------------------------------------------------
     def accessor_domain(self, gpn: int) -> int:
+        """The storage domain of a guest page: the VM's ASID where the guest marked it private,
+        RAW (DRAM bytes as they are) where shared or in a plain VM."""
         return self.asid if self.encrypted and self.c_bit[gpn] else RAW
 
     def set_c_bit(self, first: int, stop: int, private: bool, zero: bool = False) -> None:
@@ -74,6 +76,8 @@ class GuestAddressSpace:
 
     # -- engines -----------------------------------------------------------------------------
     def attach(self, uc: Uc, vmpl: int = 0) -> None:
+        """Map a vCPU engine (running at `vmpl`) onto what the VM maps now; it then follows
+        every change."""
         self.engines.append(uc)
         self._vmpl[id(uc)] = vmpl
         for start, (stop, kind) in sorted(self._regions.items()):

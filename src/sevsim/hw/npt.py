@@ -39,6 +39,7 @@ class NestedPageTable:
         self._changed(lo, hi)
 
     def unmap(self, gpa: int, npages: int = 1) -> None:
+        """Make `npages` guest pages from `gpa` not present; vCPUs fault on their next access."""
         lo, hi = self._range(gpa, npages)
         self._slots[lo:hi] = 0
         self._changed(lo, hi)

@@ -117,6 +117,7 @@ class SliceTimer:
 
     @property
     def instructions_left(self) -> int:
+        """Instructions the slice may still start (counted only for an instruction quantum)."""
         return self._budget.instructions_left
 
     @property

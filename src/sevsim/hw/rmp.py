@@ -57,6 +57,7 @@ class Rmp:
         return self.assigned[frames]
 
     def is_firmware(self, frame: int) -> bool:
+        """Whether the firmware holds the frame (assigned to ASID 0), e.g. a guest context."""
         return bool(self.assigned[frame] and self.asid[frame] == 0)
 
     # -- RMPUPDATE (hypervisor) ---------------------------------------------------------------
@@ -163,6 +164,8 @@ class Rmp:
         self.changed(np.array([frame]))
 
     def changed(self, frames: np.ndarray) -> None:
+        """Tell the listeners (the memory controller, hence the VMs mapping these frames) that
+        their entries changed."""
         if frames.size:
             for listener in self.listeners:
                 listener(frames)

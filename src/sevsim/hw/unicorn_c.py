@@ -38,6 +38,7 @@ def add_hook(uc: Uc, kind: int, callback: int, data: int) -> int:
 
 
 def delete_hook(uc: Uc, hook: int) -> None:
+    """uc_hook_del: remove a hook `add_hook` installed."""
     status = uclib.uc_hook_del(_handle(uc), hook)
     if status:
         raise UcError(status)
