@@ -23,6 +23,7 @@ from cryptography import x509
 
 from sevsim.abi.snp_tcb import Generation, TcbVersion
 from sevsim.errors import ConfigError, KdsFetchError
+from sevsim.inputs import MAX_CERT_FILE, read_bounded
 
 AMD_KDS = "https://kdsintf.amd.com"
 
@@ -85,8 +86,8 @@ class KdsClient:
     def get(self, path: str, *, cacheable: Callable[[bytes], bool] = lambda _: True) -> bytes:
         """The body at base_url + path; from the cache when it holds an answer still good."""
         cached = self._cache_file(path)
-        if cached is not None and cached.is_file():
-            body = cached.read_bytes()
+        if cached is not None and cached.exists() and not cached.is_dir():
+            body = self._read_cached(cached)
             if cacheable(body):
                 return body
         body = self._fetch(self.base_url.rstrip("/") + path)
@@ -100,6 +101,19 @@ class KdsClient:
                 raise KdsFetchError(path, f"cannot cache the answer in {cached.parent}: "
                                     f"{error.strerror}") from None
         return body
+
+    @staticmethod
+    def _read_cached(cached: Path) -> bytes:
+        """A cached answer, read bounded as any certificate file: the cache directory is the
+        user's, and an entry too long (a symlink to /dev/zero) or unreadable is a KdsFetchError
+        naming it, not a hang or a traceback."""
+        try:
+            return read_bounded(cached, MAX_CERT_FILE, "a cached KDS answer")
+        except ConfigError as error:
+            raise KdsFetchError(str(cached), str(error)) from None
+        except OSError as error:
+            raise KdsFetchError(str(cached), f"cannot read the cached answer: "
+                                f"{error.strerror}") from None
 
     def _fetch(self, url: str) -> bytes:
         wait = self.backoff
