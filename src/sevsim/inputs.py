@@ -10,6 +10,7 @@ well as cli/, shares the one read and the one table of limits.
 from __future__ import annotations
 
 import os
+from typing import IO
 
 from sevsim.errors import ConfigError
 
@@ -35,8 +36,13 @@ def read_bounded(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
     be read; ConfigError naming the file and the limit when too long (callers with a typed
     error of their own for a bad file re-raise it as that)."""
     with open(path, "rb") as stream:
-        data = stream.read(limit + 1)
+        return read_stream(stream, limit, what, os.fspath(path))
+
+
+def read_stream(stream: IO[bytes], limit: int, what: str, name: str) -> bytes:
+    """As read_bounded, from an open stream `name` (a KDS's HTTP answer): one too long is a
+    ConfigError, after reading one byte more than `limit`."""
+    data = stream.read(limit + 1)
     if len(data) > limit:
-        raise ConfigError(f"{os.fspath(path)} holds more than {limit} bytes, the most {what} "
-                          "can be")
+        raise ConfigError(f"{name} holds more than {limit} bytes, the most {what} can be")
     return data

@@ -23,7 +23,7 @@ from cryptography import x509
 
 from sevsim.abi.snp_tcb import Generation, TcbVersion
 from sevsim.errors import ConfigError, KdsFetchError
-from sevsim.inputs import MAX_CERT_FILE, read_bounded
+from sevsim.inputs import MAX_CERT_FILE, read_bounded, read_stream
 
 AMD_KDS = "https://kdsintf.amd.com"
 
@@ -87,7 +87,7 @@ class KdsClient:
         """The body at base_url + path; from the cache when it holds an answer still good."""
         cached = self._cache_file(path)
         if cached is not None and cached.exists() and not cached.is_dir():
-            body = self._read_cached(cached)
+            body = self._read_cached(path, cached)
             if cacheable(body):
                 return body
         body = self._fetch(self.base_url.rstrip("/") + path)
@@ -103,16 +103,16 @@ class KdsClient:
         return body
 
     @staticmethod
-    def _read_cached(cached: Path) -> bytes:
-        """A cached answer, read bounded as any certificate file: the cache directory is the
-        user's, and an entry too long (a symlink to /dev/zero) or unreadable is a KdsFetchError
-        naming it, not a hang or a traceback."""
+    def _read_cached(path: str, cached: Path) -> bytes:
+        """The cached answer for `path`, read bounded as any certificate file: the cache
+        directory is the user's, and an entry too long (a symlink to /dev/zero) or unreadable
+        is a KdsFetchError naming it, not a hang or a traceback."""
         try:
-            return read_bounded(cached, MAX_CERT_FILE, "a cached KDS answer")
+            return read_bounded(cached, MAX_CERT_FILE, "a certificate or CRL")
         except ConfigError as error:
-            raise KdsFetchError(str(cached), str(error)) from None
+            raise KdsFetchError(path, f"the cache: {error}") from None
         except OSError as error:
-            raise KdsFetchError(str(cached), f"cannot read the cached answer: "
+            raise KdsFetchError(path, f"cannot read the cached answer {cached}: "
                                 f"{error.strerror}") from None
 
     def _fetch(self, url: str) -> bytes:
@@ -121,7 +121,10 @@ class KdsClient:
             self.requests += 1
             try:
                 with urllib.request.urlopen(url, timeout=self.timeout) as answer:
-                    return bytes(answer.read())
+                    return read_stream(answer, MAX_CERT_FILE, "a certificate or CRL",
+                                       "the answer")
+            except ConfigError as error:  # a server that sends without end
+                raise KdsFetchError(url, str(error)) from None
             except urllib.error.HTTPError as error:
                 error.close()  # it holds the connection
                 if error.code != 429:
