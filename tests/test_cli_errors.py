@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import math
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from sevsim.host.machine import Host, parse_size
 from sevsim.hw.chips import chip_preset
 from sevsim.hw.engine import EncryptionEngine
 from sevsim.hw.memory import MemoryController
+from sevsim.inputs import MAX_CERT_FILE, MAX_SEV_CERT
 
 TIMEOUT = 60  # seconds: every case here finishes in a few; more means it hangs
 EXIT_ERROR = 125
@@ -148,6 +150,22 @@ def test_bad_input_is_one_typed_line(build, files: dict[str, Path], args: list[s
     elf = build("hello") if "{elf}" in args else ""
     done = sevsim(*(arg.format(elf=elf, **names) for arg in args))
     assert_typed(done, *words)
+
+
+@pytest.mark.parametrize(("name", "error", "limit"),
+                         [(f"{n}.cert", "SevCertFormatError", MAX_SEV_CERT)
+                          for n in ("pdh", "pek", "oca", "cek")]
+                         + [(f"{n}.cert", "ConfigError", MAX_CERT_FILE) for n in ("ark", "ask")])
+def test_owner_verify_refuses_an_endless_certificate(files: dict[str, Path], tmp_path: Path,
+                                                     name: str, error: str, limit: int) -> None:
+    """Every certificate `owner verify` reads from its directory is read bounded: a symlink
+    to /dev/zero is one typed line naming the file and the limit, exit 125."""
+    chain = tmp_path / "chain"
+    shutil.copytree(files["pdh"].parent, chain)
+    (chain / name).unlink()
+    (chain / name).symlink_to("/dev/zero")
+    done = sevsim("owner", "verify", chain, "--trust", "sevsim")
+    assert_typed(done, error, str(chain / name), f"more than {limit} bytes")
 
 
 def test_a_port_in_use_is_one_typed_line() -> None:

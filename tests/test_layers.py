@@ -1,7 +1,8 @@
 """DESIGN.md's import direction: abi <- hw <- firmware <- host; guest uses abi and the CPU's
 guest view; attest uses abi only; cli sits on top; testing sees everything and only tests and
-benchmarks import it. errors is the leaf every layer may import. Checked on the source, so a
-new import cannot sneak in."""
+benchmarks import it. errors is the leaf every layer may import; inputs (the bounded read of a
+user's file, and the size limits) is a leaf over errors for the layers that read users' files.
+Checked on the source, so a new import cannot sneak in."""
 
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "sevsim"
 
-EVERYTHING = {"abi", "hw", "firmware", "guest", "host", "attest", "errors", "cli"}
+EVERYTHING = {"abi", "hw", "firmware", "guest", "host", "attest", "errors", "inputs", "cli"}
 
 ALLOWED: dict[str, set[str]] = {
     "abi": {"abi", "errors"},
     "hw": {"abi", "hw", "errors"},
     "firmware": {"abi", "hw", "firmware", "errors"},
     "guest": {"abi", "guest", "errors", "hw.cpu"},
-    "host": {"abi", "hw", "firmware", "host", "errors", "guest.kernel", "guest.standin"},
-    "attest": {"abi", "attest", "errors"},
+    "host": {"abi", "hw", "firmware", "host", "errors", "inputs", "guest.kernel",
+             "guest.standin"},
+    "attest": {"abi", "attest", "errors", "inputs"},
     "cli": EVERYTHING,  # anything but testing
     "testing": EVERYTHING | {"testing"},
 }
@@ -66,12 +68,18 @@ def test_every_module_has_a_layer() -> None:
     would go unchecked."""
     top = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
            if (p.suffix == ".py" or (p / "__init__.py").exists())}
-    assert top - set(ALLOWED) == {"__init__", "__main__", "errors"}
+    assert top - set(ALLOWED) == {"__init__", "__main__", "errors", "inputs"}
 
 
 def test_errors_is_a_leaf() -> None:
     """Every layer, abi/ included, imports sevsim.errors; it may import nothing back."""
     assert sevsim_imports(PACKAGE / "errors.py") == set()
+
+
+def test_inputs_is_a_leaf_over_errors() -> None:
+    """attest/ and host/ read users' files through sevsim.inputs, so it may import nothing
+    they may not: of sevsim, only errors."""
+    assert sevsim_imports(PACKAGE / "inputs.py") == {"errors"}
 
 
 def test_only_tests_and_benchmarks_import_testing() -> None:

@@ -25,6 +25,7 @@ from sevsim.attest.sev_chain import (
 )
 from sevsim.errors import CertificateError, SevCertFormatError
 from sevsim.firmware import amd_root
+from sevsim.inputs import MAX_SEV_CERT
 
 VECTORS = Path(__file__).resolve().parent / "data" / "sev"
 FILES = ("pdh", "pek", "oca", "cek", "ask", "ark")
@@ -135,6 +136,18 @@ def test_each_broken_link_is_named() -> None:
         verify_chain(rome, CaCerts(ca.ark, trusted_roots("milan").ask))
     with pytest.raises(CertificateError, match=r"^ARK: not a self-signed ARK"):
         verify_chain(rome, CaCerts(ca.ask, ca.ask))
+
+
+@pytest.mark.parametrize("name", ["pdh", "pek", "oca", "cek"])
+def test_an_endless_file_in_the_chain_directory_is_refused(tmp_path: Path, name: str) -> None:
+    """Each certificate is read bounded by its 0x824 bytes: a symlink to /dev/zero is a
+    SevCertFormatError naming the file and the limit, raised at once."""
+    PlatformChain.load(VECTORS / "rome").save(tmp_path)
+    (tmp_path / f"{name}.cert").unlink()
+    (tmp_path / f"{name}.cert").symlink_to("/dev/zero")
+    with pytest.raises(SevCertFormatError, match=rf"{tmp_path / name}.cert holds more than "
+                       rf"{MAX_SEV_CERT} bytes"):
+        PlatformChain.load(tmp_path)
 
 
 def test_unknown_products_and_anchors_are_refused() -> None:

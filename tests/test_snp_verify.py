@@ -31,7 +31,7 @@ from sevsim.attest.snp_verify import (
     verify_certificate_chain,
     verify_report_chain,
 )
-from sevsim.errors import KdsFetchError, SnpVerificationError
+from sevsim.errors import KdsFetchError, SnpFormatError, SnpVerificationError
 from sevsim.firmware.amd_root import simulated_root
 from sevsim.firmware.kds import KeyDistribution, make_server
 from sevsim.firmware.snp_pki import (
@@ -41,6 +41,7 @@ from sevsim.firmware.snp_pki import (
     snp_ca_chain,
     snp_vlek_ca_chain,
 )
+from sevsim.inputs import MAX_CERT_FILE
 
 VECTORS = Path(__file__).resolve().parent / "data" / "snp"
 AMD_BUNDLES = Path(__file__).resolve().parent / "data" / "snp" / "roots"
@@ -521,3 +522,92 @@ def test_cert_table_file_and_bundle_directory(milan: Evidence, tmp_path: Path) -
     bad = build_cert_table([(GUID_VCEK, b"\x01\x02")])
     result = verify_report_chain(milan.report, CertBundle.from_cert_table(bad), trust="sevsim")
     assert failed(result) == {"VCEK"}
+
+
+# -- endless inputs: every file read bounded -----------------------------------------------
+
+
+def endless(path: Path) -> None:
+    """Make `path` a symlink to /dev/zero, in place of whatever was there."""
+    path.unlink(missing_ok=True)
+    path.symlink_to("/dev/zero")
+
+
+@pytest.mark.parametrize("name", ["vcek.pem", "vlek.der", "ask.pem", "asvk.der", "ark.der",
+                                  "cert_chain.pem"])
+def test_an_endless_file_in_a_bundle_directory_is_refused(tmp_path: Path, name: str) -> None:
+    """A file given in a bundle directory is read bounded, not skipped for not being a regular
+    file: a symlink to /dev/zero is an SnpFormatError naming it and the limit."""
+    endless(tmp_path / name)
+    with pytest.raises(SnpFormatError, match=rf"{tmp_path / name} holds more than "
+                       rf"{MAX_CERT_FILE} bytes"):
+        CertBundle.load(tmp_path)
+    with pytest.raises(SnpFormatError, match=rf"{tmp_path / name} holds more than"):
+        CertBundle.load(tmp_path / name)  # as an extended report's certificate table
+
+
+def test_cli_refuses_an_endless_certificate_file(milan: Evidence, tmp_path: Path) -> None:
+    (tmp_path / "report.bin").write_bytes(milan.report)
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    endless(certs / "vcek.pem")
+    done = sevsim("verify", tmp_path / "report.bin", "--certs", certs, "--trust", "sevsim")
+    assert done.returncode == 125 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines() == [
+        f"sevsim verify: SnpFormatError: size: {certs / 'vcek.pem'} holds more than "
+        f"{MAX_CERT_FILE} bytes, the most a certificate file can be"]
+
+
+def test_an_endless_kds_cache_entry_is_a_named_failure(
+        milan: Evidence, kds_server: http.server.ThreadingHTTPServer, tmp_path: Path) -> None:
+    """The cache directory is the user's: an entry replaced by a symlink to /dev/zero is a
+    KdsFetchError naming the entry and the limit (a failed VCEK check, exit 1 from the CLI),
+    not a read without end."""
+    cache = tmp_path / "cache"
+    filled = KdsClient(_url(kds_server), cache_dir=cache)
+    assert verify_report_chain(milan.report, None, trust="sevsim", kds=filled).ok
+    entries = sorted(cache.iterdir())
+    assert entries
+    for entry in entries:
+        endless(entry)
+    client = KdsClient(_url(kds_server), cache_dir=cache)
+    report = AttestationReport.from_bytes(milan.report)
+    with pytest.raises(KdsFetchError, match=rf"{cache}/.* holds more than {MAX_CERT_FILE}"):
+        client.vcek(report.generation, report.chip_id, report.tcb("reported_tcb"))
+    result = verify_report_chain(milan.report, None, trust="sevsim", kds=client)
+    assert "VCEK" in failed(result) and "holds more than" in result.check("VCEK").detail
+    assert client.requests == 0
+    (tmp_path / "report.bin").write_bytes(milan.report)
+    done = sevsim("verify", tmp_path / "report.bin", "--kds", _url(kds_server), "--cache",
+                  cache, "--trust", "sevsim")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"holds more than {MAX_CERT_FILE} bytes" in done.stderr
+
+
+class _Endless(http.server.BaseHTTPRequestHandler):
+    """A key server that answers every request with zeros until the client hangs up."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(bytes(1 << 16))
+        except OSError:  # the client read enough and closed the connection
+            pass
+
+    def log_message(self, format: str, *args: object) -> None:
+        """No access log on the test's stderr."""
+
+
+def test_an_endless_kds_answer_is_refused() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Endless)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = KdsClient(_url(server), retries=0)
+        with pytest.raises(KdsFetchError, match=rf"the answer holds more than {MAX_CERT_FILE}"):
+            client.get("/vcek/v1/Milan/cert_chain")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -23,6 +23,7 @@ from cryptography import x509
 
 from sevsim.abi.snp_tcb import Generation, TcbVersion
 from sevsim.errors import ConfigError, KdsFetchError
+from sevsim.inputs import MAX_CERT_FILE, read_bounded, read_stream
 
 AMD_KDS = "https://kdsintf.amd.com"
 
@@ -85,8 +86,8 @@ class KdsClient:
     def get(self, path: str, *, cacheable: Callable[[bytes], bool] = lambda _: True) -> bytes:
         """The body at base_url + path; from the cache when it holds an answer still good."""
         cached = self._cache_file(path)
-        if cached is not None and cached.is_file():
-            body = cached.read_bytes()
+        if cached is not None and cached.exists() and not cached.is_dir():
+            body = self._read_cached(path, cached)
             if cacheable(body):
                 return body
         body = self._fetch(self.base_url.rstrip("/") + path)
@@ -101,13 +102,29 @@ class KdsClient:
                                     f"{error.strerror}") from None
         return body
 
+    @staticmethod
+    def _read_cached(path: str, cached: Path) -> bytes:
+        """The cached answer for `path`, read bounded as any certificate file: the cache
+        directory is the user's, and an entry too long (a symlink to /dev/zero) or unreadable
+        is a KdsFetchError naming it, not a hang or a traceback."""
+        try:
+            return read_bounded(cached, MAX_CERT_FILE, "a certificate or CRL")
+        except ConfigError as error:
+            raise KdsFetchError(path, f"the cache: {error}") from None
+        except OSError as error:
+            raise KdsFetchError(path, f"cannot read the cached answer {cached}: "
+                                f"{error.strerror}") from None
+
     def _fetch(self, url: str) -> bytes:
         wait = self.backoff
         for attempt in range(self.retries + 1):
             self.requests += 1
             try:
                 with urllib.request.urlopen(url, timeout=self.timeout) as answer:
-                    return bytes(answer.read())
+                    return read_stream(answer, MAX_CERT_FILE, "a certificate or CRL",
+                                       "the answer")
+            except ConfigError as error:  # a server that sends without end
+                raise KdsFetchError(url, str(error)) from None
             except urllib.error.HTTPError as error:
                 error.close()  # it holds the connection
                 if error.code != 429:

@@ -25,7 +25,8 @@ from sevsim.abi.sev_cert import (
     Usage,
     check_signature,
 )
-from sevsim.errors import CertificateError, SevCertFormatError
+from sevsim.errors import CertificateError, ConfigError, SevCertFormatError
+from sevsim.inputs import MAX_SEV_CERT, read_bounded
 
 PRODUCTS = ("naples", "rome", "milan", "genoa", "turin")
 Trust = Literal["amd", "sevsim"]
@@ -58,12 +59,18 @@ class PlatformChain:
 
     @classmethod
     def load(cls, directory: Path) -> PlatformChain:
-        """pdh.cert, pek.cert, oca.cert and cek.cert from a directory (as sevctl exports)."""
+        """pdh.cert, pek.cert, oca.cert and cek.cert from a directory (as sevctl exports). Each
+        is read bounded by the certificate's size, so one too long (a symlink to /dev/zero) is
+        a SevCertFormatError naming it, as a malformed one is; OSError when one is unreadable."""
         certs = {}
         for name in CHAIN_FILES:
             path = directory / f"{name}.cert"
             try:
-                certs[name] = SevCert.from_bytes(path.read_bytes())
+                blob = read_bounded(path, MAX_SEV_CERT, "a legacy SEV certificate")
+            except ConfigError as err:
+                raise SevCertFormatError(str(err)) from None
+            try:
+                certs[name] = SevCert.from_bytes(blob)
             except SevCertFormatError as err:
                 raise SevCertFormatError(f"{path}: {err}") from None
         return cls(**certs)

@@ -48,6 +48,7 @@ from sevsim.abi.snp_report import (
 from sevsim.abi.snp_tcb import Generation, SigningKey
 from sevsim.attest.kds_client import KdsClient
 from sevsim.errors import ConfigError, KdsFetchError, SnpFormatError, SnpVerificationError
+from sevsim.inputs import MAX_CERT_FILE, read_bounded
 
 Trust = Literal["amd", "sevsim"]
 TRUSTS: tuple[Trust, ...] = ("amd", "sevsim")
@@ -113,13 +114,15 @@ class CertBundle:
     def from_directory(cls, directory: Path) -> CertBundle:
         """The files snpguest writes: vcek.{pem,der} or vlek.{pem,der}, ask/asvk.{pem,der},
         ark.{pem,der}, and KDS's cert_chain.pem (ASK or ASVK, then ARK). A file that is there
-        but does not decode raises SnpFormatError naming it."""
+        (a device or a symlink to one too: what is given is not skipped) but is too long or
+        does not decode raises SnpFormatError naming it."""
         def first(*names: str) -> bytes | None:
             for name in names:
                 path = directory / name
-                if path.is_file():
+                if path.exists() and not path.is_dir():
+                    blob = _read_cert_file(path)
                     try:
-                        return der_certificates(path.read_bytes())[0]
+                        return der_certificates(blob)[0]
                     except SnpFormatError as error:
                         raise SnpFormatError(str(path), str(error)) from None
             return None
@@ -127,8 +130,8 @@ class CertBundle:
         ask = first("ask.pem", "ask.der", "asvk.pem", "asvk.der")
         ark = first("ark.pem", "ark.der")
         chain_file = directory / "cert_chain.pem"
-        if chain_file.is_file() and (ask is None or ark is None):
-            chain = der_certificates(chain_file.read_bytes())
+        if chain_file.exists() and not chain_file.is_dir() and (ask is None or ark is None):
+            chain = der_certificates(_read_cert_file(chain_file))
             if len(chain) != 2:
                 raise SnpFormatError(str(chain_file), f"{len(chain)} certificates, not 2 "
                                      "(ASK or ASVK, then ARK)")
@@ -141,7 +144,16 @@ class CertBundle:
         """A directory (offline bundle) or a file (an extended report's certificate table)."""
         if path.is_dir():
             return cls.from_directory(path)
-        return cls.from_cert_table(path.read_bytes(), str(path))
+        return cls.from_cert_table(_read_cert_file(path), str(path))
+
+
+def _read_cert_file(path: Path) -> bytes:
+    """A certificate, PEM bundle or certificate table, read bounded: one too long (a symlink
+    to /dev/zero) is a malformed input like any other, an SnpFormatError naming it."""
+    try:
+        return read_bounded(path, MAX_CERT_FILE, "a certificate file")
+    except ConfigError as error:
+        raise SnpFormatError("size", str(error)) from None
 
 
 # -- trust anchors --------------------------------------------------------------------------

@@ -114,7 +114,8 @@ def verify(
     except (SnpFormatError, ConfigError) as error:
         raise fail(error, command) from None
     except OSError as error:
-        err.print(f"[bold red]sevsim verify:[/] cannot read {certs}: {error.strerror}",
+        err.print(f"[bold red]sevsim verify:[/] cannot read {error.filename or certs}: "
+                  f"{error.strerror}",
                   highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
     result = verify_report_chain(blob, bundle, trust=cast(Trust, trust), product=product,

@@ -1,8 +1,8 @@
 """What every `sevsim` command shares: exit statuses, the stderr console, bounded reads of
 inputs, checked numbers, and a standard output that fails with a typed error.
 
-Importing this module costs only the standard library and sevsim.errors (Typer and rich load
-on first use), so `sevsim measure`'s fast path (sevsim.cli.fast) shares it too.
+Importing this module costs only the standard library, sevsim.errors and sevsim.inputs (Typer
+and rich load on first use), so `sevsim measure`'s fast path (sevsim.cli.fast) shares it too.
 """
 
 from __future__ import annotations
@@ -19,6 +19,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
 from sevsim.errors import ConfigError, GuestTimeout, SevsimError
+from sevsim.inputs import (  # noqa: F401 (re-exported: the commands import them from here)
+    MAX_CERT_FILE,
+    MAX_GUEST_ELF,
+    MAX_ID_AUTH,
+    MAX_ID_BLOCK,
+    MAX_KERNEL,
+    MAX_KEY_FILE,
+    MAX_OVMF,
+    MAX_POLICY_FILE,
+    MAX_REPORT_FILE,
+    MAX_SECRET,
+    MAX_SESSION_FILE,
+    MAX_SEV_CERT,
+    read_bounded,
+)
 
 if TYPE_CHECKING:
     import typer
@@ -26,21 +41,6 @@ if TYPE_CHECKING:
 
 EXIT_TIMEOUT = 124  # as timeout(1)
 EXIT_ERROR = 125  # sevsim itself failed: bad input, firmware refusal, guest fault
-
-# The largest legal size of each kind of input file: a bounded read refuses anything longer
-# (an endless /dev/zero included) after reading one byte more.
-MAX_REPORT_FILE = 64 << 10  # 0x4A0 bytes, or as hex text with any whitespace
-MAX_CERT_FILE = 1 << 20  # a certificate, PEM bundle, CRL or extended report's table
-MAX_POLICY_FILE = 1 << 20  # a TOML validation policy
-MAX_KEY_FILE = 64 << 10  # a PEM private key
-MAX_SEV_CERT = 0x824  # a legacy SEV certificate (PDH, GODH)
-MAX_SESSION_FILE = 4096  # session.bin, tek_tik.bin
-MAX_SECRET = 4092  # LAUNCH_SECRET: one page less the length word
-MAX_ID_BLOCK = 0x60
-MAX_ID_AUTH = 0x1000
-MAX_OVMF = 16 << 20  # the x86 firmware window just below 4 GiB
-MAX_KERNEL = 1 << 30  # a directly booted kernel or initrd: what QEMU loads below 4 GiB
-MAX_GUEST_ELF = 256 << 20  # a sevsim guest program (loaded into the VM's RAM at 4 MiB)
 
 
 class OutputError(ConfigError):
@@ -77,17 +77,6 @@ def fail(error: Exception, command: str = "sevsim", status: int = EXIT_ERROR) ->
     import typer
 
     return typer.Exit(print_error(error, command, status))
-
-
-def read_bounded(path: Path, limit: int, what: str) -> bytes:
-    """A file's bytes, if it holds at most `limit` (the largest `what` there can be). Reads
-    limit + 1 bytes at most, so an endless input (/dev/zero) is refused, not read until the
-    machine runs out of memory. OSError when it cannot be read, ConfigError when too long."""
-    with path.open("rb") as stream:
-        data = stream.read(limit + 1)
-    if len(data) > limit:
-        raise ConfigError(f"{path} holds more than {limit} bytes, the most {what} can be")
-    return data
 
 
 def read_input(path: Path, command: str, limit: int, what: str) -> bytes:

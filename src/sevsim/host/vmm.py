@@ -28,6 +28,7 @@ from sevsim.abi.svm import (
 )
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, reset_state
 from sevsim.errors import (
+    ConfigError,
     ImageError,
     MemoryAccessError,
     SevsimError,
@@ -41,6 +42,7 @@ from sevsim.host.hypervisor import HvVm, Hypervisor
 from sevsim.hw.chips import GuestMode
 from sevsim.hw.cpu import VcpuState
 from sevsim.hw.engine import PAGE
+from sevsim.inputs import MAX_GUEST_ELF, read_bounded
 
 DEFAULT_POLICY = int(PolicyFlags.NODBG)  # QEMU's default sev-guest policy
 SNP_CPUID_LEAVES = (0x0, 0x1, 0x4000_0000, 0x8000_0000, 0x8000_001F)
@@ -120,10 +122,17 @@ class VirtualMachine:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def load(self, image: str | Path | bytes) -> None:
-        """Copy a guest ELF and its boot info into guest memory (still unencrypted)."""
+        """Copy a guest ELF and its boot info into guest memory (still unencrypted). A path is
+        read bounded by the largest guest there can be; ImageError when it is longer."""
         if self.image is not None:
             raise VmStateError("an image is already loaded")
-        blob = Path(image).read_bytes() if isinstance(image, (str, Path)) else image
+        if isinstance(image, (str, Path)):
+            try:
+                blob = read_bounded(image, MAX_GUEST_ELF, "a guest ELF")
+            except ConfigError as err:  # too long to be a guest (a symlink to /dev/zero)
+                raise ImageError(str(err)) from None
+        else:
+            blob = image
         parsed = parse_elf(blob)
         try:
             boot = boot_info_for(parsed.entry, [Segment(s.gpa, len(s.data), s.memsz, s.flags)
