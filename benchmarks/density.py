@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
-from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_64, UC_PROT_ALL, Uc
+from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
 from unicorn import x86_const as x86
 
 from _common import REPO, BenchmarkError, median, parse_args, print_table, run, verdict
@@ -100,7 +100,7 @@ def side_bare(elf: bytes, count: int, tb_cache: int) -> dict[str, object]:
     segments = [(seg["p_vaddr"], seg.data()) for seg in image.iter_segments()
                 if seg["p_type"] == "PT_LOAD" and seg["p_filesz"]]
     entry = image.header["e_entry"]
-    from sevsim.guest.kernel import ENOSYS, SYS_EXIT, SYS_WRITE
+    from sevsim.testing.bare_unicorn import serve_syscalls
 
     start_rss = rss_mib()
     guest = mmap.mmap(-1, count * VM_MEMORY)  # as sevsim's DRAM: 4 KiB pages, apart
@@ -117,23 +117,7 @@ def side_bare(elf: bytes, count: int, tb_cache: int) -> dict[str, object]:
         uc.mem_map_ptr(0, VM_MEMORY, UC_PROT_ALL, address)
         for vaddr, data in segments:
             uc.mem_write(vaddr, data)
-        console = bytearray()
-        exit_code: list[int] = []
-
-        def on_syscall(uc: Uc, _user: object, console: bytearray = console,
-                       exit_code: list[int] = exit_code) -> None:
-            nr = uc.reg_read(x86.UC_X86_REG_RAX)
-            if nr == SYS_WRITE:
-                buf, length = uc.reg_read(x86.UC_X86_REG_RDI), uc.reg_read(x86.UC_X86_REG_RSI)
-                console.extend(uc.mem_read(buf, length))
-                uc.reg_write(x86.UC_X86_REG_RAX, length)
-            elif nr == SYS_EXIT:
-                exit_code.append(uc.reg_read(x86.UC_X86_REG_RDI) & 0xFFFF_FFFF)
-                uc.emu_stop()
-            else:  # SEV_STATUS: no SEV here
-                uc.reg_write(x86.UC_X86_REG_RAX, -ENOSYS & (1 << 64) - 1)
-
-        uc.hook_add(UC_HOOK_INSN, on_syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
+        console, exit_code = serve_syscalls(uc)
         uc.reg_write(x86.UC_X86_REG_RSP, VM_MEMORY)
         uc.reg_write(x86.UC_X86_REG_RDI, 0)
         uc.emu_start(entry, _UNTIL, timeout=60_000_000)

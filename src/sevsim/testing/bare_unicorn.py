@@ -56,6 +56,15 @@ def load_bare(elf: bytes) -> tuple[Uc, int, bytearray, list[int]]:
             uc.mem_write(seg["p_vaddr"], seg.data())
     uc.mem_map(STACK_TOP - STACK_SIZE, STACK_SIZE, UC_PROT_ALL)
 
+    console, exit_codes = serve_syscalls(uc)
+    uc.reg_write(x86.UC_X86_REG_RSP, STACK_TOP)
+    uc.reg_write(x86.UC_X86_REG_RDI, 0)  # vCPU index, as the guest kernel passes it
+    return uc, image.header["e_entry"], console, exit_codes
+
+
+def serve_syscalls(uc: Uc) -> tuple[bytearray, list[int]]:
+    """Answer the program's system calls as the guest kernel's ABI defines SYS_WRITE and
+    SYS_EXIT (anything else: -ENOSYS): (the console it writes, its exit codes)."""
     console = bytearray()
     exit_codes: list[int] = []
 
@@ -72,9 +81,7 @@ def load_bare(elf: bytes) -> tuple[Uc, int, bytearray, list[int]]:
             uc.reg_write(x86.UC_X86_REG_RAX, -ENOSYS & (1 << 64) - 1)
 
     uc.hook_add(UC_HOOK_INSN, on_syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
-    uc.reg_write(x86.UC_X86_REG_RSP, STACK_TOP)
-    uc.reg_write(x86.UC_X86_REG_RDI, 0)  # vCPU index, as the guest kernel passes it
-    return uc, image.header["e_entry"], console, exit_codes
+    return console, exit_codes
 
 
 def run_bare(elf: bytes) -> BareRun:
