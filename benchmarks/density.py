@@ -33,7 +33,7 @@ from elftools.elf.elffile import ELFFile
 from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
 from unicorn import x86_const as x86
 
-from _common import REPO, BenchmarkError, median, parse_args, print_table, run, verdict
+from harness import REPO, BenchmarkError, median, parse_args, print_table, run, verdict
 
 MEMORY_TARGET = 1.25  # sevsim MiB per VM / bare engine MiB per engine, at most
 RATE_TARGET = 0.8  # last batch's VMs per second / first batch's, at least

@@ -24,7 +24,7 @@ import time
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from _common import BenchmarkError, median, parse_args, print_table, run, verdict
+from harness import BenchmarkError, median, parse_args, print_table, run, verdict
 from sevsim.hw.chips import chip_preset
 from sevsim.hw.engine import PAGE, EncryptionEngine
 from sevsim.hw.memory import MemoryController

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import BenchmarkError, median, parse_args, print_table, run, spread_row
+from harness import BenchmarkError, median, parse_args, print_table, run, spread_row
 from report_signing import GCTX, firmware
 from sevsim.abi.snp_guest_msg import MsgType, ReportRequest, seal_message
 from sevsim.guest.build import build_guest

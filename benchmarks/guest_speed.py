@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import (
+from harness import (
     BenchmarkError,
     build_bench,
     checksum_line,

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import BenchmarkError, median, parse_args, print_table, run, spread_row, verdict
+from harness import BenchmarkError, median, parse_args, print_table, run, spread_row, verdict
 
 TARGET = 1.0
 OVMF_CANDIDATES = (Path("/usr/share/ovmf/OVMF.fd"), Path("/usr/share/OVMF/OVMF.fd"))

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import BenchmarkError, build_bench, checksum_line, median, parse_args, print_table, run
 from engine_throughput import make_memory, timed
+from harness import BenchmarkError, build_bench, checksum_line, median, parse_args, print_table, run
 from sevsim.abi.sev_session import TransportKeys, open_packet, seal_packet
 from sevsim.host.machine import Host
 from sevsim.host.migration import CHUNK_PAGES, migrate

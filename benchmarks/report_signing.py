@@ -16,7 +16,7 @@ import time
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from _common import (
+from harness import (
     BenchmarkError,
     median,
     parse_args,

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import REPO, BenchmarkError, median, parse_args, print_table, run, spread_row
+from harness import REPO, BenchmarkError, median, parse_args, print_table, run, spread_row
 from sevsim.attest.sev_chain import PlatformChain, verify
 from sevsim.attest.sev_owner import GuestOwner, expected_launch_digest, make_session
 from sevsim.guest.build import build_guest

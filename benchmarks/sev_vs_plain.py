@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import (
+from harness import (
     BenchmarkError,
     build_bench,
     checksum_line,

@@ -74,10 +74,10 @@ class RandomRecorder:
 
     def __init__(self) -> None:
         self.drawn: list[bytes] = []
-        self._real = os.urandom
+        self.real = os.urandom
 
     def __call__(self, n: int) -> bytes:
-        value = self._real(n)
+        value = self.real(n)
         self.drawn.append(value)
         return value
 
@@ -222,7 +222,7 @@ def launch_with_known_tik(fw: SevFirmware, monkeypatch, policy: int = 0) -> tupl
     recorder = RandomRecorder()
     monkeypatch.setattr(os, "urandom", recorder)
     handle = fw.launch_start(policy)
-    monkeypatch.setattr(os, "urandom", recorder._real)
+    monkeypatch.setattr(os, "urandom", recorder.real)
     return handle, [value for value in recorder.drawn if len(value) == 16]
 
 

@@ -52,7 +52,7 @@ def own_members(tree: ast.AST) -> set[str]:
 
 
 def private_module_is_local(module: str, path: Path) -> bool:
-    """`from _common import run` or `from sevsim.hw._xex import Key`: a private module may be
+    """`from _helpers import ok` or `from sevsim.hw._xex import Key`: a private module may be
     imported by the modules next to it (its own package)."""
     parts = module.split(".")
     last_private = max(i for i, part in enumerate(parts) if is_private(part))
