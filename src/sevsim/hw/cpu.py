@@ -296,6 +296,7 @@ class Vcpu:
         `timeout` the deadline is the VM's end: an exit after it raises GuestTimeout."""
         if self.state is not VcpuState.RUNNABLE:
             return
+        self._slice.arm(quantum, deadline_ns, hard=timeout)
         if self.es:
             self._vmrun()
         if self._needs_reset:
@@ -306,7 +307,6 @@ class Vcpu:
                     return
         self._stop_requested = False
         self._pending = None
-        self._slice.arm(quantum, deadline_ns, hard=timeout)
         rip = self.uc.reg_read(x86.UC_X86_REG_RIP)
         try:
             self.uc.emu_start(rip, _UNTIL)
@@ -333,7 +333,7 @@ class Vcpu:
         if self.state is not VcpuState.RUNNABLE:
             return 0
         self.run(Quantum(instructions=count))
-        return count - max(0, self._slice.instructions_left)
+        return count - self._slice.instructions_left
 
     def step(self) -> int:
         """Run one guest instruction (0 if the vCPU cannot run)."""
@@ -343,11 +343,6 @@ class Vcpu:
         """End the current slice before the next guest instruction (from an exit handler,
         e.g. when the exit made another vCPU runnable)."""
         self._slice.end_soon()
-
-    @property
-    def blocks_run(self) -> int:
-        """Translation blocks this vCPU has started: deterministic progress, for tests."""
-        return self._slice.blocks
 
     def watch_msr_instructions(self, gpa: int, code: bytes) -> None:
         """Trap RDMSR/WRMSR in an executable range (Unicorn has no MSR hook of its own).

@@ -120,11 +120,6 @@ class SliceTimer:
         """Instructions the slice may still start (counted only for an instruction quantum)."""
         return self._budget.instructions_left
 
-    @property
-    def blocks(self) -> int:
-        """Translation blocks this engine has started, ever (a deterministic progress count)."""
-        return self._budget.blocks
-
     def _count_instructions(self, on: bool) -> None:
         """Install or remove the per-instruction hook; cached blocks were translated without
         (or with) it, so they are dropped."""
