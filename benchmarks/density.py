@@ -65,6 +65,7 @@ def resident_mib(address: int, size: int) -> float:
 
 def side_sevsim(elf: bytes, count: int, batch: int) -> dict[str, object]:
     from sevsim.host.machine import Host
+    from sevsim.testing import memory_controller
 
     host_bytes = count * (VM_MEMORY + (4 << 20)) + (64 << 20)
     start_rss = rss_mib()
@@ -86,7 +87,7 @@ def side_sevsim(elf: bytes, count: int, batch: int) -> dict[str, object]:
     bad = [f"VM {vm_id}: exit {r.exit_code}, {r.error!r}, console {r.console!r}"
            for vm_id, r in results.items()
            if r.exit_code != 0 or GREETING not in r.console or "snp=1" not in r.console]
-    touched = resident_mib(host.memory.frame_address(0), host_bytes)
+    touched = resident_mib(memory_controller(host).frame_address(0), host_bytes)
     return {"rates": rates, "run_s": run_s, "asids": sorted(vm.asid for vm in vms), "bad": bad,
             "results": len(results),
             "mib_per_vm": (rss_mib() - start_rss - touched) / count,

@@ -13,6 +13,7 @@ from sevsim.host.machine import Host
 from sevsim.hw.chips import GuestMode
 from sevsim.hw.mmu import GuestAddressSpace
 from sevsim.hw.npt import NOT_PRESENT, NestedPageTable
+from sevsim.testing import address_space
 
 
 @pytest.mark.parametrize("min_sev_asid", [1, 100, 300, 509, 510])
@@ -88,12 +89,12 @@ def test_launching_a_vm_reaches_no_other_vm(build, monkeypatch):
     elf = build("hello").read_bytes()
     host = Host(memory="256M", min_sev_asid=510)
     first = launched(host, elf)
-    work_of_first = calls[id(first.hv.space)]
+    work_of_first = calls[id(address_space(first))]
     others = [launched(host, elf) for _ in range(12)]
     calls.clear()
     last = launched(host, elf)
-    assert calls[id(last.hv.space)] == work_of_first > 0
-    assert set(calls) <= {id(last.hv.space), id(others[-1].hv.space)}
+    assert calls[id(address_space(last))] == work_of_first > 0
+    assert set(calls) <= {id(address_space(last)), id(address_space(others[-1]))}
     results = host.run([first, *others, last], timeout=120)
     assert all(r.exit_code == 0 and "Hello from a sevsim guest!" in r.console
                for r in results.values())

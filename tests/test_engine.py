@@ -24,7 +24,7 @@ from sevsim import Host
 from sevsim.errors import ConfigError
 from sevsim.hw.chips import TweakMode
 from sevsim.hw.engine import BLOCK, PAGE, EncryptionEngine, SlotCipher, TweakFunction
-from sevsim.testing import engine_on_one_core
+from sevsim.testing import engine_on_one_core, memory_controller
 
 MODES = [TweakMode.XE_WEAK, TweakMode.XEX_STRONG]
 ADDRESS_BITS = 52
@@ -645,11 +645,11 @@ def test_an_snp_guest_whose_policy_asks_for_xts_runs_under_an_xts_key(build) -> 
     vm = host.create_vm(mode="snp", memory="16M")
     vm.load(build("secret"))
     vm.launch(policy=0x30000 | 1 << 22)  # SMT allowed, reserved bit 17, MEM_AES_256_XTS
-    assert host.memory.engine.cipher(vm.hv.asid) is SlotCipher.AES256_XTS
+    assert memory_controller(host).engine.cipher(vm.hv.asid) is SlotCipher.AES256_XTS
     result = vm.run(timeout=20)
     assert result.exit_code == 0, result.console
     assert blocks_found(host.dram_dump(), secret_bytes()) == 0
     plain = host.create_vm(mode="snp", memory="16M")
     plain.load(build("secret"))
     plain.launch()
-    assert host.memory.engine.cipher(plain.hv.asid) is SlotCipher.AES128_TWEAK
+    assert memory_controller(host).engine.cipher(plain.hv.asid) is SlotCipher.AES128_TWEAK

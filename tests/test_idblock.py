@@ -22,6 +22,7 @@ from sevsim.attest.idblock import load_signing_key, make_id_block
 from sevsim.attest.snp_policy import Policy, validate_report
 from sevsim.cli.main import app
 from sevsim.errors import FirmwareError, IdBlockError
+from sevsim.testing import snp_context
 
 runner = CliRunner()
 
@@ -118,14 +119,14 @@ def test_the_python_api_launches_a_vm_without_an_author_key(build: Callable[...,
     vm = probe.create_vm(mode="snp", memory="16M")
     vm.load(elf)
     vm.launch()
-    digest = probe.firmware.snp_context(vm.hv.firmware_handle).launch_digest
+    digest = snp_context(probe.firmware, vm.hv.firmware_handle).launch_digest
     bundle = make_id_block(digest, p384(), family_id=b"a" * 16, svn=2)
     assert not bundle.author_key_enabled and bundle.author_key_digest == bytes(48)
     host = Host(chip="milan")
     guest = host.create_vm(mode="snp", memory="16M")
     guest.load(elf)
     guest.launch(id_block=bundle.id_block_bytes, id_auth=bundle.id_auth_bytes)
-    ctx = host.firmware.snp_context(guest.hv.firmware_handle)
+    ctx = snp_context(host.firmware, guest.hv.firmware_handle)
     assert ctx.id_key_digest == bundle.id_key_digest
     assert ctx.id_block == bundle.id_block
     other = Host(chip="milan").create_vm(mode="snp", memory="16M")

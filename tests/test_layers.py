@@ -13,7 +13,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "sevsim"
 
-EVERYTHING = {"abi", "hw", "firmware", "guest", "host", "attest", "errors", "inputs", "cli"}
+EVERYTHING = {"abi", "hw", "firmware", "guest", "host", "attest", "errors", "inputs", "cli",
+              "attacks"}
 
 ALLOWED: dict[str, set[str]] = {
     "abi": {"abi", "errors"},
@@ -23,6 +24,9 @@ ALLOWED: dict[str, set[str]] = {
     "host": {"abi", "hw", "firmware", "host", "errors", "inputs", "guest.kernel",
              "guest.standin"},
     "attest": {"abi", "attest", "errors", "inputs"},
+    # the untrusted side: a hypervisor's and a physical attacker's handles; guest.build only
+    # compiles the victims (the lab plays their owner), it gives no guest-side object
+    "attacks": {"abi", "hw", "firmware", "host", "attacks", "errors", "attest", "guest.build"},
     "cli": EVERYTHING,  # anything but testing
     "testing": EVERYTHING | {"testing"},
 }
@@ -119,3 +123,17 @@ def test_the_rule_checker_catches_a_violation(tmp_path: Path) -> None:
     top.write_text("from sevsim import testing, errors\nfrom .. import testing as t\n")
     assert sevsim_imports(top, tmp_path) == {"testing", "errors"}
     assert not allowed("testing", ALLOWED["cli"]) and allowed("host.vmm", ALLOWED["cli"])
+
+
+def test_attack_code_holds_only_its_actors_handles() -> None:
+    """An attack's own code (attacks/catalog/) reaches the system only through the toolkit and
+    the lab's victims: no guest software, no firmware or silicon internals, no host objects
+    beyond what the toolkit hands out. abi/ gives it the formats, attest/ the verifier a
+    forged report must fool."""
+    rules = {"abi", "errors", "attest", "attacks.framework", "attacks.lab", "attacks.toolkit",
+             "attacks.catalog"}
+    files = list((PACKAGE / "attacks" / "catalog").rglob("*.py"))
+    assert len(files) >= 2
+    violations = [f"{path.relative_to(PACKAGE)} imports sevsim.{name}"
+                  for path in files for name in sevsim_imports(path) if not allowed(name, rules)]
+    assert not violations, "\n".join(violations)

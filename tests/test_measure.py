@@ -29,7 +29,7 @@ from sevsim.errors import ConfigError, OvmfError
 from sevsim.guest.kernel import kernel_identity
 from sevsim.host.elf import parse_elf
 from sevsim.host.machine import Host
-from sevsim.testing import launch_digest
+from sevsim.testing import launch_digest, snp_context
 
 runner = CliRunner()
 
@@ -174,7 +174,7 @@ def test_snp_guest_digest_is_what_the_firmware_measured(build: Any, vcpus: int) 
     vm = host.create_vm(mode="snp", memory="16M", vcpus=vcpus)
     vm.load(elf)
     vm.launch()
-    measured = host.firmware.snp_context(vm.hv.firmware_handle).launch_digest
+    measured = snp_context(host.firmware, vm.hv.firmware_handle).launch_digest
     image = parse_elf(elf.read_bytes())
     assert m.guest_digest("snp", image, vm.memory_size, vcpus, kernel_identity()) == measured
     assert m.guest_digest("snp", image, vm.memory_size, vcpus + 1,
@@ -201,7 +201,7 @@ def test_cli_measures_a_sevsim_guest_as_it_launches(build: Any) -> None:
     vm = host.create_vm(mode="snp", memory="16M", vcpus=2)
     vm.load(elf)
     vm.launch()
-    measured = host.firmware.snp_context(vm.hv.firmware_handle).launch_digest
+    measured = snp_context(host.firmware, vm.hv.firmware_handle).launch_digest
     result = runner.invoke(app, ["measure", str(elf), "--mode", "snp", "--vcpus", "2",
                                  "--memory", "16M"])
     assert result.exit_code == 0, result.output

@@ -23,7 +23,7 @@ from sevsim.cli.common import EXIT_ERROR
 from sevsim.cli.main import app
 from sevsim.errors import FirmwareError, OvmfError, VmStateError
 from sevsim.host.machine import Host
-from sevsim.testing import host_frames
+from sevsim.testing import host_frames, snp_context
 
 runner = CliRunner()
 
@@ -117,7 +117,7 @@ def test_the_vmpck_never_reaches_host_visible_bytes(host: Host, ovmf_path: Path)
     try:
         guest.report(b"\x03" * 64)
         fw = host.firmware
-        keys = fw.snp_context(guest.vm.hv.firmware_handle).vmpcks
+        keys = snp_context(fw, guest.vm.hv.firmware_handle).vmpcks
         dram = host.dram_dump().tobytes()
         shared = b"".join(guest.vm.read_gpa(gpn * 4096, 4096) for gpn in range(
             (guest.vm.memory_size >> 12) - 8, guest.vm.memory_size >> 12))

@@ -22,6 +22,7 @@ from sevsim.host.hypervisor import HvVm
 from sevsim.host.vmm import VirtualMachine
 from sevsim.hw.cpu import GuestCpu, Vcpu
 from sevsim.hw.engine import PAGE
+from sevsim.testing import memory_controller
 
 SECRET = secret_bytes()
 
@@ -61,12 +62,12 @@ def test_host_writes_to_snp_private_pages_fault_and_change_nothing(build) -> Non
 def test_sev_and_sev_es_guests_are_unaffected_on_an_snp_host(build) -> None:
     host = Host()
     launched(host, build("hello")).run(timeout=10)
-    assert host.memory.rmp.enabled
+    assert memory_controller(host).rmp.enabled
     for mode in ("sev", "sev-es"):
         vm = launched(host, build("hello"), mode)
         vm.run(timeout=10)
         vm.write_gpa(BOOTINFO_GPA, b"\0" * 16)  # no RMP for them: SEV's integrity gap stays
-        assert not host.memory.rmp.assigned[frame_of(vm, BOOTINFO_GPA)]
+        assert not memory_controller(host).rmp.assigned[frame_of(vm, BOOTINFO_GPA)]
 
 
 def test_the_secret_is_in_no_host_visible_byte_under_snp(build) -> None:
@@ -76,7 +77,7 @@ def test_the_secret_is_in_no_host_visible_byte_under_snp(build) -> None:
     assert result.exit_code == 0
     shared = symbol(build("secret"), "shared_page")
     assert b"PUBLIC-MESSAGE-FOR-THE-HOST" in vm.read_gpa(shared, PAGE)
-    assert not host.memory.rmp.assigned[frame_of(vm, shared)]  # PSC made it the host's
+    assert not memory_controller(host).rmp.assigned[frame_of(vm, shared)]  # PSC made it the host's
     for name, view in (("host view", vm.host_view()), ("DRAM", host.dram_dump().tobytes())):
         assert blocks_found(view, SECRET) == 0, name
     # the plaintext is in the guest's own view
@@ -124,7 +125,7 @@ def test_a_psc_the_hypervisor_only_pretends_to_do_leaves_the_ghcb_unusable(build
     host.hypervisor.page_state_change = lambda hv, gfn, op: 0  # type: ignore[method-assign]
     with pytest.raises(GuestFault, match="guest write of 0x11000"):
         vm.run(timeout=10)
-    assert host.memory.rmp.assigned[frame_of(vm, GHCB_GPA)]
+    assert memory_controller(host).rmp.assigned[frame_of(vm, GHCB_GPA)]
     # the guest's zeroing of its "shared" GHCB did not reach the frame the RMP still gives it
     assert host.hypervisor.read_spa(frame_of(vm, GHCB_GPA) * PAGE, 16) != bytes(16)
 
@@ -180,7 +181,7 @@ def test_pvalidate_reports_double_validation_and_checks_ownership(build) -> None
     with pytest.raises(RmpInstructionError, match="FAIL_INPUT"):
         cpu.pvalidate(GHCB_GPA, 1, True)  # a shared page: the hypervisor's
     cpu.rmpadjust(heap, 1, PERM_READ)
-    assert host.memory.rmp.perms[frame_of(vm, heap)].tolist() == [15, PERM_READ, 0, 0]
+    assert memory_controller(host).rmp.perms[frame_of(vm, heap)].tolist() == [15, PERM_READ, 0, 0]
     with pytest.raises(GuestFault, match="outside SEV-SNP"):
         GuestCpu(launched(host, build("hello"), "sev-es").hv.vcpus[0]).pvalidate(heap, 1, True)
 
@@ -190,7 +191,7 @@ def test_the_kernel_terminates_when_a_page_was_already_validated(build) -> None:
     vm = launched(host, build("hello"))
     ghcb_frame = frame_of(vm, GHCB_GPA)
     # a page the kernel validates at boot, validated already behind its back
-    host.memory.rmp.validated[ghcb_frame] = True
+    memory_controller(host).rmp.validated[ghcb_frame] = True
     with pytest.raises(GuestFault, match=r"already validated"):
         vm.run(timeout=10)
     assert vm.hv.termination is not None
@@ -201,7 +202,7 @@ def test_the_kernel_terminates_when_a_page_was_already_validated(build) -> None:
 def test_rmpupdate_refuses_vmsa_and_firmware_pages_and_changes_nothing(build) -> None:
     host = Host()
     vm = launched(host, build("hello"))
-    rmp = host.memory.rmp
+    rmp = memory_controller(host).rmp
     vmsa = vm.hv.vcpus[0].vmsa_spa // PAGE  # type: ignore[operator]
     gctx = vm.hv.firmware_handle // PAGE
     state = (rmp.assigned.copy(), rmp.validated.copy(), rmp.asid.copy())
@@ -220,7 +221,7 @@ def test_rmpupdate_refuses_vmsa_and_firmware_pages_and_changes_nothing(build) ->
 def test_psmash_splits_a_2m_entry_and_rmpadjust_sets_vmpl_permissions() -> None:
     host = Host()
     host.firmware.snp_init()
-    rmp = host.memory.rmp
+    rmp = memory_controller(host).rmp
     frames = np.arange(4 * FRAMES_2M, 5 * FRAMES_2M)
     with pytest.raises(RmpInstructionError, match="FAIL_INPUT"):
         rmp.rmpupdate(frames[1:], 5, np.arange(1, FRAMES_2M), PAGE_2M)
@@ -245,7 +246,7 @@ def test_destroying_an_snp_vm_gives_every_page_back(build) -> None:
     vm.run(timeout=20)
     frames = np.concatenate((vm.hv.frames, vm.hv.vmsa_frames, [vm.hv.gctx_frame]))
     vm.destroy()
-    assert not host.memory.rmp.assigned[frames].any()
+    assert not memory_controller(host).rmp.assigned[frames].any()
     assert host.firmware.snp_platform_status().guest_count == 0
     again = launched(host, build("secret"), memory="32M")
     assert again.run(timeout=20).exit_code == 0

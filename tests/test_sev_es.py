@@ -67,7 +67,7 @@ from sevsim.hw.chips import PRESETS
 from sevsim.hw.cpu import Vcpu, VcpuState, VmExit
 from sevsim.hw.engine import PAGE, EncryptionEngine
 from sevsim.hw.memory import MemoryController
-from sevsim.testing import ghcb_answer
+from sevsim.testing import ghcb_answer, memory_controller, vcpu_engine
 
 SECRET = secret_bytes()
 PLANTED = SECRET[:8], SECRET[8:16]  # what tests/guests/plant.c keeps in R12 and R13
@@ -180,7 +180,8 @@ def test_sev_es_registers_are_in_no_host_visible_byte(build) -> None:
             except VmStateError as err:
                 refused.append(str(err))
         snapshots.append(host.hypervisor.read_spa(vcpu.vmsa_spa, PAGE))
-        plaintexts.append(host.memory.cells[vcpu.vmsa_spa:vcpu.vmsa_spa + PAGE].tobytes())
+        cells = memory_controller(host).cells
+        plaintexts.append(cells[vcpu.vmsa_spa:vcpu.vmsa_spa + PAGE].tobytes())
         if full_ghcb_exit(vcpu, exit):
             events.append(Ghcb.from_bytes(vm.read_gpa(vcpu.vmcb.ghcb_gpa, PAGE)))
         return original(hv, vcpu, exit)
@@ -334,7 +335,8 @@ def test_mapping_the_vmsa_frame_into_the_guest_leaks_nothing(build) -> None:
 
     hook_exits(host, remap)
     assert "registers kept: yes" in vm.run(timeout=10).console
-    assert host.memory.domain[vcpu.vmsa_spa // PAGE] == 0  # the frame's cells are DRAM bytes
+    # the frame's cells are DRAM bytes
+    assert memory_controller(host).domain[vcpu.vmsa_spa // PAGE] == 0
     assert seen[-1] == host.hypervisor.read_spa(vcpu.vmsa_spa, PAGE)
     assert not any(word in page for page in seen for word in PLANTED)
 
@@ -749,7 +751,7 @@ def test_boot_info_and_reset_state_agree_with_the_engine(build) -> None:
     vm.load(build("hello"))
     boot = BootInfo.from_bytes(vm.read_gpa(BOOTINFO_GPA, PAGE))
     assert boot.mode == "sev-es"
-    engine = vm.hv.vcpus[0].uc
+    engine = vcpu_engine(vm.hv.vcpus[0])
     state = reset_state().regs
     assert state["cr0"] == engine.reg_read(x86.UC_X86_REG_CR0)
     assert state["cr4"] == engine.reg_read(x86.UC_X86_REG_CR4)

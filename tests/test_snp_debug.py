@@ -26,6 +26,7 @@ from sevsim.errors import FirmwareError, RmpViolation
 from sevsim.firmware.snp import SnpPlatformState, SnpPlatformStatus, SnpStatusFlags
 from sevsim.host.debug import debug_read, debug_write
 from sevsim.hw.engine import PAGE
+from sevsim.testing import memory_controller
 
 SECRET = secret_bytes()
 POLICY = 0x30000  # SMT + reserved bit 17: no DEBUG
@@ -40,7 +41,7 @@ def host_page(host: Host, data: bytes = b"") -> int:
 
 
 def assign(host: Host, spa: int, asid: int, gpn: int) -> int:
-    host.memory.rmp.rmpupdate(np.array([spa // PAGE]), asid, np.array([gpn]))
+    memory_controller(host).rmp.rmpupdate(np.array([spa // PAGE]), asid, np.array([gpn]))
     return spa
 
 
@@ -66,11 +67,11 @@ def launched(policy: int, chip: str = "milan") -> tuple[Host, int, int, int]:
 
 def observable(host: Host, gctx: int) -> tuple:
     """What a refused command must leave as it was: statuses, RMP, domains, every DRAM byte."""
-    rmp = host.memory.rmp
+    rmp = memory_controller(host).rmp
     return (host.firmware.snp_platform_status(), host.firmware.snp_guest_status(gctx),
             rmp.assigned.tobytes(), rmp.asid.tobytes(), rmp.validated.tobytes(),
-            host.memory.domain.tobytes(),
-            hashlib.sha256(host.memory.dram_dump().tobytes()).digest())
+            memory_controller(host).domain.tobytes(),
+            hashlib.sha256(memory_controller(host).dram_dump().tobytes()).digest())
 
 
 def refused(host: Host, gctx: int, status: SevStatus, command: Callable[[], object]) -> None:
@@ -97,7 +98,7 @@ def test_snp_dbg_decrypt_and_encrypt_a_debug_guest_page() -> None:
     host.hypervisor.write_spa(bounce, patch)
     fw.snp_dbg_encrypt(gctx, bounce, page)
     assert host.hypervisor.read_spa(page, PAGE) != patch  # DRAM: ciphertext
-    assert host.memory.rmp.validated[page // PAGE]  # still the guest's validated page
+    assert memory_controller(host).rmp.validated[page // PAGE]  # still the guest's validated page
     host.hypervisor.write_spa(bounce, bytes(PAGE))
     fw.snp_dbg_decrypt(gctx, page, bounce)
     assert host.hypervisor.read_spa(bounce, PAGE) == patch
@@ -240,7 +241,8 @@ def test_snp_shutdown_waits_for_guests_and_keeps_the_rmp() -> None:
     fw.snp_shutdown()
     status = fw.snp_platform_status()
     assert status.state is SnpPlatformState.UNINIT and status.guest_count == 0
-    assert status.rmp_initialized and host.memory.rmp.enabled  # only a reset turns it off
+    # only a reset turns it off
+    assert status.rmp_initialized and memory_controller(host).rmp.enabled
     with pytest.raises(RmpViolation):
         host.hypervisor.write_spa(gctx, bytes(16))  # still a firmware page, still enforced
     for command in (fw.snp_shutdown, fw.snp_df_flush, lambda: fw.snp_page_reclaim(gctx),
@@ -263,7 +265,7 @@ def test_snp_shutdown_ex_x86_disables_snp_and_clears_the_rmp() -> None:
     fw.snp_decommission(gctx)
     fw.snp_df_flush()
     fw.snp_shutdown_ex(iommu_snp_shutdown=True, x86_snp_shutdown=True)
-    rmp = host.memory.rmp
+    rmp = memory_controller(host).rmp
     assert not rmp.enabled and not rmp.assigned.any()
     status = fw.snp_platform_status()
     assert status.state is SnpPlatformState.UNINIT and not status.rmp_initialized

@@ -29,6 +29,7 @@ from sevsim.host.hypervisor import HvVm
 from sevsim.host.migration import migrate
 from sevsim.hw.cpu import GuestCpu
 from sevsim.hw.engine import PAGE
+from sevsim.testing import memory_controller, snp_context
 
 POLICY = 0x30000  # SMT + reserved bit 17
 
@@ -60,7 +61,7 @@ def guest_page(host: Host, asid: int, gpn: int, data: bytes = b"") -> int:
     """A host page with `data`, assigned (RMPUPDATE) to `asid` at guest page `gpn`."""
     frame = int(host.hypervisor.allocate_host_pages(1)[0])
     host.hypervisor.write_spa(frame * PAGE, data.ljust(PAGE, b"\0"))
-    host.memory.rmp.rmpupdate(np.array([frame]), asid, np.array([gpn]))
+    memory_controller(host).rmp.rmpupdate(np.array([frame]), asid, np.array([gpn]))
     return frame * PAGE
 
 
@@ -90,8 +91,8 @@ def test_the_launch_digest_is_the_page_info_chain() -> None:
         [(1, 0x1000, code.ljust(PAGE, b"\0")), (1, 0x2000, data), (3, 0x3000, None),
          (4, 0x4000, None), (5, 0x5000, None), (6, 0x6000, None),
          (2, 0xFFFF_FFFF_F000, vmsa.to_bytes())])
-    assert fw.snp_context(gctx).launch_digest == expected
-    rmp = host.memory.rmp
+    assert snp_context(fw, gctx).launch_digest == expected
+    rmp = memory_controller(host).rmp
     assert rmp.validated[vmsa_spa // PAGE] and rmp.vmsa[vmsa_spa // PAGE]
     assert rmp.immutable[vmsa_spa // PAGE]
     fw.snp_launch_finish(gctx)
@@ -115,7 +116,7 @@ def test_the_vmm_launch_digest_covers_image_secrets_and_vmsas(build) -> None:
     pages += [(5, SNP_SECRETS_GPA, None), (6, SNP_CPUID_GPA, None)]
     pages += [(2, 0xFFFF_FFFF_F000, vmsa.to_bytes())] * 2
     fw = host.firmware
-    assert fw.snp_context(vm.hv.firmware_handle).launch_digest == independent_digest(pages)
+    assert snp_context(fw, vm.hv.firmware_handle).launch_digest == independent_digest(pages)
     assert vm.run(timeout=10).exit_code == 0
 
 
@@ -204,7 +205,7 @@ def test_snp_commands_check_platform_guest_and_page_state() -> None:
     fw.snp_activate(gctx, 1)
     with pytest.raises(FirmwareError, match="ACTIVE"):
         fw.snp_activate(gctx, 2)
-    digest = fw.snp_context(gctx).launch_digest
+    digest = snp_context(fw, gctx).launch_digest
     with pytest.raises(FirmwareError, match="INVALID_PARAM"):
         fw.snp_launch_update(gctx, page, 7)
     other = guest_page(host, 2, 0x11)  # assigned to another ASID
@@ -214,7 +215,7 @@ def test_snp_commands_check_platform_guest_and_page_state() -> None:
             fw.snp_launch_update(gctx, bad, 1)
     with pytest.raises(FirmwareError, match="INVALID_PARAM"):  # a VMSA without SNP enabled
         fw.snp_launch_update(gctx, guest_page(host, 1, 0x12, reset_state().to_bytes()), 2)
-    assert fw.snp_context(gctx).launch_digest == digest
+    assert snp_context(fw, gctx).launch_digest == digest
     fw.snp_launch_update(gctx, page, 1)
     with pytest.raises(FirmwareError, match="INVALID_PAGE_STATE"):
         fw.snp_launch_update(gctx, page, 1)  # validated already
@@ -235,9 +236,9 @@ def test_a_cpuid_page_claiming_what_the_chip_lacks_is_refused() -> None:
         spa = guest_page(host, 1, 0x20, lie)
         with pytest.raises(FirmwareError, match="INVALID_PARAM"):
             fw.snp_launch_update(gctx, spa, 6)
-        assert not host.memory.rmp.validated[spa // PAGE]
+        assert not memory_controller(host).rmp.validated[spa // PAGE]
         assert host.hypervisor.read_spa(spa, len(lie)) == lie  # still plaintext: untouched
-    assert fw.snp_context(gctx).launch_digest == bytes(48)
+    assert snp_context(fw, gctx).launch_digest == bytes(48)
     honest = cpuid_page((0x8000_001F, int(host.chip.features)))
     fw.snp_launch_update(gctx, guest_page(host, 1, 0x21, honest), 6)
 
@@ -314,7 +315,7 @@ def test_launch_finish_checks_the_id_block_and_its_signatures() -> None:
     fw.snp_launch_start(gctx, POLICY)
     fw.snp_activate(gctx, 1)
     fw.snp_launch_update(gctx, guest_page(host, 1, 1, b"image"), 1)
-    digest = fw.snp_context(gctx).launch_digest
+    digest = snp_context(fw, gctx).launch_digest
     id_key, author = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(
         ec.SECP384R1())
     block = IdBlock(digest, b"F" * 16, b"I" * 16, guest_svn=7, policy=POLICY)
@@ -343,7 +344,7 @@ def test_launch_finish_checks_the_id_block_and_its_signatures() -> None:
                              author_key_en=True)
     fw.snp_launch_finish(gctx, host_data=b"h" * 32, id_block=block.to_bytes(),
                          id_auth=auth.to_bytes(), author_key_en=True)
-    ctx = fw.snp_context(gctx)
+    ctx = snp_context(fw, gctx)
     assert ctx.id_block == block and ctx.host_data == b"h" * 32
     assert ctx.id_key_digest == SnpPublicKey.from_key(id_key.public_key()).digest()
     assert ctx.author_key_digest == SnpPublicKey.from_key(author.public_key()).digest()
@@ -357,7 +358,7 @@ def test_a_refused_vmm_launch_can_be_torn_down(build) -> None:
         vm.launch(policy=POLICY | 1 << 22)
     gctx = vm.hv.gctx_frame
     vm.destroy()
-    assert not host.memory.rmp.assigned[gctx]
+    assert not memory_controller(host).rmp.assigned[gctx]
     assert host.firmware.snp_platform_status().guest_count == 0
 
 
@@ -401,7 +402,7 @@ def test_the_vmm_passes_the_owners_id_block_and_host_data(build, tmp_path: Path)
     vm = probe.create_vm(mode="snp", memory="16M")
     vm.load(elf)
     vm.launch()
-    digest = probe.firmware.snp_context(vm.hv.firmware_handle).launch_digest
+    digest = snp_context(probe.firmware, vm.hv.firmware_handle).launch_digest
     id_key, author = (ec.generate_private_key(ec.SECP384R1()) for _ in range(2))
     block = IdBlock(digest, b"F" * 16, b"I" * 16, guest_svn=3, policy=POLICY)
     auth = IdAuthInfo.create(block, id_key, author).to_bytes()

@@ -26,6 +26,7 @@ from sevsim.firmware.snp_pki import (
 from sevsim.hw.chips import PRESETS
 from sevsim.hw.engine import EncryptionEngine
 from sevsim.hw.memory import MemoryController
+from sevsim.testing import sign_report
 
 MILAN_TCB = TcbVersion(3, 0, 8, 0x73)
 TURIN_TCB = TcbVersion(1, 0, 3, 0x48, fmc=2)
@@ -100,7 +101,7 @@ def test_signed_report_verifies_with_the_vcek_of_its_reported_tcb() -> None:
     report = AttestationReport(report_data=b"nonce".ljust(64, b"\0"),
                                reported_tcb=MILAN_TCB.to_int(), chip_id=fw.chip_id(),
                                cpuid_fam_id=0x19, cpuid_mod_id=0x01, cpuid_step=1)
-    signed = fw.sign_report(report.to_bytes(), MILAN_TCB)
+    signed = sign_report(fw, report.to_bytes(), MILAN_TCB)
     verify_report(signed, fw.vcek_public_key(MILAN_TCB))
     with pytest.raises(InvalidSignature):
         verify_report(signed, fw.vcek_public_key(TcbVersion(3, 0, 9, 0x73)))

@@ -21,6 +21,7 @@ from sevsim.guest.kernel import CERTS_GPA, MSG_REQ_GPA, MSG_RSP_GPA
 from sevsim.host.hypervisor import HvVm, Hypervisor
 from sevsim.host.vmm import VirtualMachine
 from sevsim.hw.engine import PAGE
+from sevsim.testing import memory_controller, snp_context
 
 NONCE = bytes(range(0x40, 0x80))
 
@@ -39,7 +40,7 @@ def snp_vm(host: Host, elf: Path, host_input: bytes = b"") -> VirtualMachine:
 
 
 def launch_digest(vm: VirtualMachine) -> bytes:
-    return vm.hypervisor.firmware.snp_context(vm.hv.firmware_handle).launch_digest
+    return snp_context(vm.hypervisor.firmware, vm.hv.firmware_handle).launch_digest
 
 
 @pytest.mark.parametrize(("chip", "version"), [("milan", 3), ("turin", 5)])
@@ -83,7 +84,7 @@ def test_every_field_sits_at_amds_offset(build: Callable[..., Path]) -> None:
         assert blob[offset:offset + size] == value, name
         assert getattr(report, name) in (value, int.from_bytes(value, "little")), name
     # the host carried sealed pages only: neither the key nor the plaintext request shows
-    vmpck0 = fw.snp_context(vm.hv.firmware_handle).vmpcks[0]
+    vmpck0 = snp_context(fw, vm.hv.firmware_handle).vmpcks[0]
     assert vmpck0 not in vm.host_view()
 
 
@@ -195,4 +196,4 @@ def test_the_planted_secret_stays_private_under_snp(build: Callable[..., Path],
     vm = snp_vm(host, build("secret"))
     vm.run(timeout=60)
     assert blocks_found(vm.host_view(), secret_bytes()) == 0
-    assert blocks_found(host.memory.dram_dump(), secret_bytes()) == 0
+    assert blocks_found(memory_controller(host).dram_dump(), secret_bytes()) == 0

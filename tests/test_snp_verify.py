@@ -42,6 +42,7 @@ from sevsim.firmware.snp_pki import (
     snp_vlek_ca_chain,
 )
 from sevsim.inputs import MAX_CERT_FILE
+from sevsim.testing import sign_report
 
 VECTORS = Path(__file__).resolve().parent / "data" / "snp"
 AMD_BUNDLES = Path(__file__).resolve().parent / "data" / "snp" / "roots"
@@ -289,7 +290,7 @@ def _resign(evidence: Evidence, **changes: object) -> bytes:
     valid signature, so only the field checks can catch the change."""
     fw = evidence.host.firmware
     report = replace(AttestationReport.from_bytes(evidence.report), **changes)
-    return fw.sign_report(report.to_bytes(), fw.tcb)
+    return sign_report(fw, report.to_bytes(), fw.tcb)
 
 
 def test_chip_id_and_tcb_mismatches_are_caught(milan: Evidence, turin: Evidence) -> None:
@@ -348,7 +349,7 @@ def test_vlek_signed_reports(build: Callable[..., Path], tmp_path: Path) -> None
                                                 trust="sevsim"))
     # a VLEK report naming a chip is refused
     report = AttestationReport.from_bytes(vm.outputs[0])
-    named = fw.sign_report(replace(report, chip_id=fw.chip_id()).to_bytes(), fw.tcb)
+    named = sign_report(fw, replace(report, chip_id=fw.chip_id()).to_bytes(), fw.tcb)
     assert failed(verify_report_chain(named, bundle, trust="sevsim")) == {"chip id"}
 
 

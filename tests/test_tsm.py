@@ -15,6 +15,7 @@ from sevsim.abi.snp_report import REPORT_SIZE, parse_cert_table, verify_report
 from sevsim.guest import tsm
 from sevsim.host.hypervisor import HvVm
 from sevsim.host.vmm import VirtualMachine
+from sevsim.testing import snp_context
 
 NONCE = bytes(range(0xA0, 0xE0))
 
@@ -65,7 +66,7 @@ def test_reports_cache_until_an_input_changes(build: Callable[..., Path], action
     report = verify_report(first, vcek)
     assert len(first) == REPORT_SIZE
     assert report.report_data == NONCE and report.vmpl == floor
-    assert report.measurement == firmware.snp_context(vm.hv.firmware_handle).launch_digest
+    assert report.measurement == snp_context(firmware, vm.hv.firmware_handle).launch_digest
     later = verify_report(changed, vcek)
     assert later.vmpl == 2 and later.report_data == NONCE
     assert later.report_id == report.report_id and changed != first

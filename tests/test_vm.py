@@ -20,7 +20,7 @@ from sevsim.errors import (
 )
 from sevsim.hw.cpu import VmExit
 from sevsim.hw.engine import PAGE
-from sevsim.testing import host_frames
+from sevsim.testing import host_frames, memory_controller, vcpu_engine
 
 SECRET = secret_bytes()
 
@@ -118,7 +118,7 @@ def test_xe_block_move_is_predictable_on_zen1(build) -> None:
     host.hypervisor.write_spa(spa, cipher[16:32])  # block 1's ciphertext into block 0
     console = vm.run(timeout=10).console
     assert f"page at 0x{page:x}" in console
-    tweak = host.memory.engine.tweak
+    tweak = memory_controller(host).engine.tweak
     expected = bytes(a ^ b ^ c for a, b, c in zip(b"BLOCK-ONE--16-B!", tweak(spa + 16),
                                                    tweak(spa), strict=True))
     assert _blocks(console)[0] == expected
@@ -143,7 +143,7 @@ def test_two_sev_vms_cannot_read_each_other(build) -> None:
         assert seen[:16] != SECRET[:16] and seen[16:32] != SECRET[16:32]
         spy.destroy()
     # the victim's own view is intact
-    assert victim.hv.vcpus[0].uc.mem_read(page, 32) == SECRET[:32]
+    assert vcpu_engine(victim.hv.vcpus[0]).mem_read(page, 32) == SECRET[:32]
 
 
 def test_sev_guest_sees_its_mode(build) -> None:

@@ -18,6 +18,7 @@ from sevsim.abi.svm import NPF_FETCH, NPF_RMP, NPF_VMPL, NPF_WRITE
 from sevsim.errors import GuestFault, RmpInstructionError
 from sevsim.host.vmm import VirtualMachine
 from sevsim.hw.engine import PAGE
+from sevsim.testing import memory_controller, snp_context
 
 SECRET = b"VMPL0-ONLY-SECRT"
 NONCE = bytes(range(0x80, 0xC0))
@@ -43,10 +44,10 @@ def test_vmpl1_gets_a_report_for_vmpl1_signed_by_the_vcek(build: Callable[..., P
     firmware = host.firmware
     report = verify_report(blob, firmware.vcek_public_key(firmware.tcb))
     assert report.vmpl == 1 and report.report_data == NONCE
-    assert report.measurement == firmware.snp_context(vm.hv.firmware_handle).launch_digest
+    assert report.measurement == snp_context(firmware, vm.hv.firmware_handle).launch_digest
     assert [v.vmpl for v in vm.hv.vcpus] == [0, 1]
     # VMPL1's secrets page holds VMPCK1-3 only: VMPCK0 never left VMPL0's page
-    vmpck0 = firmware.snp_context(vm.hv.firmware_handle).vmpcks[0]
+    vmpck0 = snp_context(firmware, vm.hv.firmware_handle).vmpcks[0]
     assert not blocks_found(host.dram_dump(), vmpck0)  # nor anywhere the host can see
 
 
@@ -90,7 +91,7 @@ def test_the_secret_page_stays_vmpl0s(build: Callable[..., Path]) -> None:
     host, vm = vmpl_vm(build, b"s")
     with pytest.raises(GuestFault):
         vm.run(timeout=30)
-    rmp = host.memory.rmp
+    rmp = memory_controller(host).rmp
     frames = np.flatnonzero(rmp.assigned & (rmp.asid == vm.hv.asid))
     vmsas = frames[rmp.vmsa[frames]]
     assert len(vmsas) >= 2  # the launch VMSA and the one VMPL0 built for VMPL1
@@ -100,7 +101,7 @@ def test_the_secret_page_stays_vmpl0s(build: Callable[..., Path]) -> None:
 def test_rmpadjust_rules() -> None:
     host = Host()
     host.firmware.snp_init()
-    rmp = host.memory.rmp
+    rmp = memory_controller(host).rmp
     frames = np.arange(0x3000, 0x3004)
     rmp.rmpupdate(frames, 7, np.arange(4))
     rmp.pvalidate(frames, True)

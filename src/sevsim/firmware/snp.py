@@ -261,7 +261,7 @@ class SnpFirmware(FirmwareCore):
         self._memory.rmp.set_firmware_page(frame)
         self._snp_guests[gctx] = SnpGuestContext(gctx)
 
-    def snp_context(self, gctx: int, command: str = "SNP command",
+    def _snp_context(self, gctx: int, command: str = "SNP command",
                     state: SnpGuestState | None = None) -> SnpGuestContext:
         """The context a GCTX page address names, in `state` if given."""
         self._require_snp(command)
@@ -278,7 +278,7 @@ class SnpFirmware(FirmwareCore):
     def snp_launch_start(self, gctx: int, policy: int, gosvw: bytes = bytes(16),
                          migration_agent: int = 0) -> None:
         """Check the guest policy against this platform; a fresh VEK and VMPCK0-3."""
-        ctx = self.snp_context(gctx, "SNP_LAUNCH_START", SnpGuestState.INIT)
+        ctx = self._snp_context(gctx, "SNP_LAUNCH_START", SnpGuestState.INIT)
         try:
             decoded = SnpPolicy.from_int(policy)
         except TcbFormatError as err:
@@ -289,7 +289,7 @@ class SnpFirmware(FirmwareCore):
         if refusal:
             raise FirmwareError(SevStatus.POLICY_FAILURE, f"SNP_LAUNCH_START: {refusal}")
         if migration_agent:
-            self.snp_context(migration_agent, "SNP_LAUNCH_START (migration agent)",
+            self._snp_context(migration_agent, "SNP_LAUNCH_START (migration agent)",
                              SnpGuestState.RUNNING)
         ctx.policy, ctx.gosvw = decoded, gosvw
         # AES-256-XTS takes two 256-bit keys; otherwise AES-128 with the address tweak
@@ -318,7 +318,7 @@ class SnpFirmware(FirmwareCore):
 
     def snp_activate(self, gctx: int, asid: int) -> None:
         """Bind the guest to an ASID from the SEV-ES/SNP range and load its key."""
-        ctx = self.snp_context(gctx, "SNP_ACTIVATE")
+        ctx = self._snp_context(gctx, "SNP_ACTIVATE")
         if ctx.state is SnpGuestState.INIT:
             raise FirmwareError(SevStatus.INVALID_GUEST_STATE,
                                 "SNP_ACTIVATE before SNP_LAUNCH_START")
@@ -331,7 +331,7 @@ class SnpFirmware(FirmwareCore):
     def snp_launch_update(self, gctx: int, spa: int, page_type: PageType) -> None:
         """Launch one page the hypervisor assigned to the guest (RMPUPDATE): encrypt it as its
         type says, validate it in the RMP and extend the launch digest with its PAGE_INFO."""
-        ctx = self.snp_context(gctx, "SNP_LAUNCH_UPDATE", SnpGuestState.LAUNCH)
+        ctx = self._snp_context(gctx, "SNP_LAUNCH_UPDATE", SnpGuestState.LAUNCH)
         if not ctx.asid:
             raise FirmwareError(SevStatus.INACTIVE, "SNP_ACTIVATE before SNP_LAUNCH_UPDATE")
         try:
@@ -376,7 +376,7 @@ class SnpFirmware(FirmwareCore):
         """End the launch: the guest may run. With an ID block (and its ID_AUTH_INFO) the
         author's expected launch digest and policy must be this guest's and the ID key's
         (and with AUTHOR_KEY_EN the author key's) ECDSA P-384 signature must verify."""
-        ctx = self.snp_context(gctx, "SNP_LAUNCH_FINISH", SnpGuestState.LAUNCH)
+        ctx = self._snp_context(gctx, "SNP_LAUNCH_FINISH", SnpGuestState.LAUNCH)
         if len(host_data) != 32:
             raise FirmwareError(SevStatus.INVALID_LENGTH, "HOST_DATA is 32 bytes")
         if not ctx.asid:
@@ -415,7 +415,7 @@ class SnpFirmware(FirmwareCore):
 
     def snp_guest_status(self, gctx: int) -> SnpGuestStatus:
         """SNP_GUEST_STATUS: the guest's policy, ASID and state."""
-        ctx = self.snp_context(gctx, "SNP_GUEST_STATUS")
+        ctx = self._snp_context(gctx, "SNP_GUEST_STATUS")
         return SnpGuestStatus(ctx.policy.to_int(), ctx.asid, ctx.state)
 
     # -- debug -------------------------------------------------------------------------------
@@ -445,7 +445,7 @@ class SnpFirmware(FirmwareCore):
     def _snp_debuggable(self, gctx: int, command: str) -> SnpGuestContext:
         """The checks both debug commands share: the policy's DEBUG bit, and the VEK in the
         memory controller (SNP_ACTIVATE). The launch state does not matter."""
-        ctx = self.snp_context(gctx, command)
+        ctx = self._snp_context(gctx, command)
         if PolicyFlags.DEBUG not in ctx.policy.flags:
             raise FirmwareError(SevStatus.POLICY_FAILURE,
                                 f"{command}: policy 0x{ctx.policy.to_int():x} does not allow "
@@ -483,7 +483,7 @@ class SnpFirmware(FirmwareCore):
     def snp_decommission(self, gctx: int) -> None:
         """Destroy the guest: its key leaves the slot, the ASID needs DF_FLUSH, and its pages
         (and the GCTX page) stay as the RMP says until the hypervisor reclaims them."""
-        ctx = self.snp_context(gctx, "SNP_DECOMMISSION")
+        ctx = self._snp_context(gctx, "SNP_DECOMMISSION")
         if ctx.asid:
             self._release_asid(ctx.asid)
         del self._snp_guests[gctx]

@@ -84,7 +84,7 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
         """Open a guest's message, act on it, and return the sealed response message. The
         firmware knows the sender's VMPL only by its key: VMPCKn speaks for VMPL n, so a
         report or key it asks for may name VMPL n or a less privileged one, never VMPL < n."""
-        ctx = self.snp_context(gctx, "SNP_GUEST_REQUEST", SnpGuestState.RUNNING)
+        ctx = self._snp_context(gctx, "SNP_GUEST_REQUEST", SnpGuestState.RUNNING)
         try:
             header = MessageHeader.from_bytes(request)
             if header.vmpck >= len(ctx.vmpcks):
@@ -113,7 +113,7 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
                             vmpck=header.vmpck, msg_version=header.msg_version)
 
     # -- reports -----------------------------------------------------------------------------
-    def attestation_report(self, ctx: SnpGuestContext, report_data: bytes, vmpl: int) -> bytes:
+    def _attestation_report(self, ctx: SnpGuestContext, report_data: bytes, vmpl: int) -> bytes:
         """The signed ATTESTATION_REPORT of a guest (0x4A0 bytes), as MSG_REPORT_REQ returns
         it: the guest's fixed report, with this request's REPORT_DATA and VMPL, signed."""
         state = (self.tcb, self.current_tcb, self.committed_tcb, self.smt_enabled,
@@ -127,7 +127,7 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
             if len(value) != size:
                 raise FirmwareError(SevStatus.INVALID_PARAM, f"{name} is not {size} bytes")
             blob[offset:offset + size] = value
-        return self.sign_report(blob, self.tcb)
+        return self._sign_report(blob, self.tcb)
 
     def _unsigned_report(self, ctx: SnpGuestContext) -> AttestationReport:
         generation = Generation(self.chip.product)
@@ -165,7 +165,7 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
     def _report(self, ctx: SnpGuestContext, request: ReportRequest, caller_vmpl: int) -> bytes:
         if request.vmpl < caller_vmpl:
             return ReportResponse(int(SevStatus.INVALID_PARAM)).to_bytes()
-        report = self.attestation_report(ctx, request.report_data, request.vmpl)
+        report = self._attestation_report(ctx, request.report_data, request.vmpl)
         return ReportResponse(0, report).to_bytes()
 
     # -- derived keys ------------------------------------------------------------------------

@@ -241,7 +241,7 @@ class SnpPki(PlatformPki):
                                  (GUID_ASK, ask.public_bytes(der)),
                                  (GUID_ARK, ark.public_bytes(der))])
 
-    def sign_report(self, unsigned: bytes | bytearray, tcb: TcbVersion) -> bytes:
+    def _sign_report(self, unsigned: bytes | bytearray, tcb: TcbVersion) -> bytes:
         """A report's 0x4A0 bytes signed with the VLEK once one is loaded, else the VCEK of
         `tcb`: ECDSA P-384 over SHA-384 of bytes 0x000-0x29F, R and S little-endian in their
         72-byte fields."""

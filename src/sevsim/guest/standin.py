@@ -22,6 +22,7 @@ from sevsim.abi.snp_guest_msg import (
     seal_message,
 )
 from sevsim.abi.snp_report import ReportResponse
+from sevsim.abi.svm import ExitCode
 from sevsim.errors import GuestFault, SnpFormatError
 from sevsim.guest.ghcb import GhcbClient
 from sevsim.hw.cpu import GuestCpu
@@ -37,7 +38,7 @@ class ReportingGuest:
     launch, which it takes for its GHCB protocol version, GHCB and message pages."""
 
     def __init__(self, cpu: GuestCpu, secrets_gpa: int, scratch_gpa: int) -> None:
-        self.cpu = cpu
+        self._cpu = cpu
         self.secrets_gpa = secrets_gpa
         self._version_gpa = scratch_gpa
         self._ghcb_gpa = scratch_gpa + PAGE
@@ -47,13 +48,26 @@ class ReportingGuest:
         self._ghcb = GhcbClient(self._ghcb_gpa, self._version_gpa)
         self._booted = False
 
+    def on_reset(self, cpu: GuestCpu) -> None:
+        """The image is launched, not executed: nothing boots on this vCPU."""
+        raise GuestFault("this VM's firmware is launched as measured content, not executed")
+
+    def on_syscall(self, cpu: GuestCpu) -> None:
+        """Never reached: no program runs (see `on_reset`)."""
+        self.on_reset(cpu)
+
+    def on_vc(self, cpu: GuestCpu, code: ExitCode, info1: int) -> bool:
+        """Never reached: no program runs (see `on_reset`)."""
+        self.on_reset(cpu)
+        return False
+
     def report(self, report_data: bytes, vmpl: int = 0) -> tuple[bytes, bytes]:
         """An ATTESTATION_REPORT carrying `report_data` (64 bytes) and the certificate table
         the hypervisor returns beside it (untrusted: a verifier checks the chain)."""
         if len(report_data) != 64:
             raise GuestFault(f"REPORT_DATA is 64 bytes, not {len(report_data)}")
         self._boot()
-        cpu = self.cpu
+        cpu = self._cpu
         secrets = SecretsPage.from_bytes(cpu.read(self.secrets_gpa, PAGE))
         key, seqno = secrets.vmpck[0], secrets.msg_seqno[0] + 1
         if not any(key):
@@ -90,7 +104,7 @@ class ReportingGuest:
         GHCB (MSR protocol, before a GHCB exists) and the message pages."""
         if self._booted:
             return
-        cpu, ghcb = self.cpu, self._ghcb
+        cpu, ghcb = self._cpu, self._ghcb
         cpu.set_c_bit(self.secrets_gpa, 1, private=True)
         cpu.pvalidate(self._version_gpa, 1, True)
         cpu.set_c_bit(self._version_gpa, 1, private=True, zero=True)

@@ -72,6 +72,7 @@ from sevsim.hw.memory import RAW, MemoryController
 from sevsim.hw.mmu import GuestAddressSpace
 from sevsim.hw.npt import NOT_PRESENT, NestedPageTable
 from sevsim.hw.quantum import DEFAULT_QUANTUM, Quantum, now_ns
+from sevsim.hw.rmp import RmpEntry
 
 _RESERVED_FRAMES = 256  # the host kernel's own first MiB
 _MAX_VCPUS = 64
@@ -82,6 +83,7 @@ _GUEST_MSRS = {0x10: 0, 0x1B: 0xFEE0_0900, 0xC000_0080: 0x500, 0xC001_0130: 0}
 IoHandler = Callable[["HvVm", int, int, bool, int], int | None]
 HypercallHandler = Callable[["HvVm", int, tuple[int, ...]], int | None]
 NpfHandler = Callable[["HvVm", Vcpu, int, int], bool]
+ExitObserver = Callable[["HvVm", Vcpu, VmExit], None]
 
 
 @dataclass
@@ -93,13 +95,14 @@ class HvVm:
     asid: int
     memory_size: int
     npt: NestedPageTable
-    space: GuestAddressSpace
+    _space: GuestAddressSpace  # the SoC's side of the VM's memory: not the hypervisor's to touch
     frames: np.ndarray
     vcpus: list[Vcpu] = field(default_factory=list)
     firmware_handle: int = 0
     io_handler: IoHandler | None = None
     hypercall_handler: HypercallHandler | None = None
     npf_handler: NpfHandler | None = None
+    exit_observer: ExitObserver | None = None  # sees every exit before KVM handles it
     shared_gpns: set[int] = field(default_factory=set)
     msrs: dict[int, int] = field(default_factory=lambda: dict(_GUEST_MSRS))
     vmsa_frames: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -119,7 +122,7 @@ class Hypervisor:
 
     def __init__(self, chip: ChipPreset, memory: MemoryController, firmware: SevFirmware) -> None:
         self.chip = chip
-        self.memory = memory
+        self._memory = memory
         self.firmware = firmware
         self.vms: dict[int, HvVm] = {}
         self._next_vm = 1
@@ -154,7 +157,7 @@ class Hypervisor:
             self._frame_used[frames] = False
             raise
         npt = NestedPageTable(max(memory_size + (1 << 30), gpa_limit))
-        space = GuestAddressSpace(self.memory, npt, asid, mode.encrypted,
+        space = GuestAddressSpace(self._memory, npt, asid, mode.encrypted,
                                   snp=mode is GuestMode.SNP)
         ram, vmsas = np.split(frames, [memory_size // PAGE])  # VMSAs: outside the guest's RAM
         vm = HvVm(self._next_vm, mode, asid, memory_size, npt, space, ram, vmsa_frames=vmsas)
@@ -174,7 +177,7 @@ class Hypervisor:
             return
         for vcpu in vm.vcpus:
             vcpu.state = VcpuState.STOPPED
-        vm.space.detach_all()
+        vm._space.detach_all()
         if vm.mode is GuestMode.SNP:
             self._decommission_snp(vm)
         elif vm.firmware_handle:
@@ -197,7 +200,7 @@ class Hypervisor:
         if vm.firmware_handle:
             self.firmware.snp_decommission(vm.firmware_handle)
             vm.firmware_handle = 0
-        rmp = self.memory.rmp
+        rmp = self._memory.rmp
         frames = np.concatenate((vm.frames, vm.vmsa_frames, vm.rom_frames)).astype(np.int64)
         if vm.gctx_frame >= 0:
             frames = np.append(frames, vm.gctx_frame)
@@ -215,7 +218,7 @@ class Hypervisor:
         if (frames == NOT_PRESENT).any():
             raise MemoryAccessError(f"VM {vm.vm_id}: GPA 0x{first * PAGE:x}+{npages} pages "
                                     "are not all mapped")
-        self.memory.rmp.rmpupdate(frames, vm.asid, np.arange(first, first + npages))
+        self._memory.rmp.rmpupdate(frames, vm.asid, np.arange(first, first + npages))
 
     def map_rom(self, vm: HvVm, gpa: int, npages: int) -> np.ndarray:
         """Back `npages` guest pages from `gpa` beyond RAM (QEMU's pflash below 4 GiB) with
@@ -243,7 +246,7 @@ class Hypervisor:
             frames = free[:count].copy()  # not a view that keeps the whole free list alive
         self._frame_used[frames] = True
         self._alloc_hint = int(frames[-1]) + 1 if frames.size else self._alloc_hint
-        self.memory.fill(frames, RAW)  # KVM hands out zeroed pages
+        self._memory.fill(frames, RAW)  # KVM hands out zeroed pages
         return frames
 
     def _free_run(self, count: int) -> np.ndarray | None:
@@ -291,11 +294,45 @@ class Hypervisor:
     # -- what the host can touch --------------------------------------------------------------
     def read_spa(self, spa: int, length: int) -> bytes:
         """Host-physical bytes as the hypervisor reads them: ciphertext in guests' private pages."""
-        return self.memory.read(spa, length)
+        return self._memory.read(spa, length)
 
     def write_spa(self, spa: int, data: bytes) -> None:
         """Write host-physical bytes; under SNP the RMP refuses guest and firmware frames."""
-        self.memory.write(spa, data)
+        self._memory.write(spa, data)
+
+    def dram_dump(self) -> np.ndarray:
+        """Every byte of DRAM as the host's key domain reads it (what a physical attacker
+        reading the modules gets too)."""
+        return self._memory.dram_dump()
+
+    @property
+    def memory_size(self) -> int:
+        """Bytes of host physical memory."""
+        return self._memory.size
+
+    def rmp_entry(self, spa: int) -> RmpEntry:
+        """The RMP entry of the frame holding `spa` (the host reads the table, never writes
+        it but through RMPUPDATE)."""
+        self._memory.check_range(spa, 1)
+        return self._memory.rmp.entry(spa // PAGE)
+
+    def rmpupdate(self, spa: int, asid: int = 0, gpa: int = 0) -> None:
+        """RMPUPDATE of one 4 KiB frame: assign it to `asid` at `gpa` (unvalidated), or with
+        asid 0 take it back; RmpInstructionError as the instruction fails."""
+        self._memory.check_range(spa, PAGE)
+        self._memory.rmp.rmpupdate(np.array([spa // PAGE]), asid,
+                                   np.array([gpa // PAGE]) if asid else None)
+
+    def private_pages(self, vm: HvVm) -> np.ndarray:
+        """Which of the VM's RAM pages it keeps private, as KVM tracks them from the guest's
+        page-state hypercalls and requests (the hypervisor never reads guest page tables)."""
+        return vm._space.c_bit[:vm.memory_size // PAGE].copy()
+
+    def set_private(self, vm: HvVm, first: int, stop: int) -> None:
+        """Before a VM first runs (an incoming migration): pages [first, stop) are private."""
+        if any(v.has_run for v in vm.vcpus):
+            raise VmStateError(f"VM {vm.vm_id} already runs: its page state is its own")
+        vm._space.set_c_bit(first, stop, private=True)
 
     def gpa_to_spa(self, vm: HvVm, gpa: int) -> int:
         """Where the VM's NPT maps a GPA (MemoryAccessError if it is unmapped)."""
@@ -331,20 +368,20 @@ class Hypervisor:
 
     def read_gpa(self, vm: HvVm, gpa: int, length: int) -> bytes:
         """Guest memory as the hypervisor reads it: through its NPT, outside the key domain."""
-        return b"".join(self.memory.read(spa, n) for _, spa, n in self._spa_runs(vm, gpa, length))
+        return b"".join(self._memory.read(spa, n) for _, spa, n in self._spa_runs(vm, gpa, length))
 
     def write_gpa(self, vm: HvVm, gpa: int, data: bytes) -> None:
         """Write guest memory as the hypervisor can: through its NPT, outside the key domain (the
         guest decrypts whatever lands in a private page)."""
         for offset, spa, n in self._spa_runs(vm, gpa, len(data)):
-            self.memory.write(spa, data[offset:offset + n])
+            self._memory.write(spa, data[offset:offset + n])
 
     def npt_map(self, vm: HvVm, gpa: int, spa: int, npages: int = 1) -> None:
         """Point `npages` guest pages from `gpa` at host pages from a page-aligned `spa`: the
         hypervisor may remap a guest's memory at any time."""
         if spa % PAGE:
             raise MemoryAccessError(f"SPA 0x{spa:x} is not page aligned")
-        self.memory.check_range(spa, npages * PAGE)
+        self._memory.check_range(spa, npages * PAGE)
         vm.npt.map(gpa, spa // PAGE, npages)
 
     def npt_unmap(self, vm: HvVm, gpa: int, npages: int = 1) -> None:
@@ -421,6 +458,8 @@ class Hypervisor:
 
     def handle_exit(self, vm: HvVm, vcpu: Vcpu, exit: VmExit) -> bool:
         """KVM's exit dispatch; False stops the vCPU."""
+        if vm.exit_observer is not None:
+            vm.exit_observer(vm, vcpu, exit)
         vmcb = vcpu.vmcb
         if exit.code is ExitCode.IOIO:
             port, size, is_in = ioio_decode(exit.info1)
@@ -668,9 +707,8 @@ class Hypervisor:
         if request != AP_CREATE or vmsa_gpa % PAGE or vm.npt.lookup(vmsa_gpa) is None:
             return False
         if apic_id == len(vm.vcpus) < _MAX_VCPUS:
-            vcpu = Vcpu(apic_id, vm.space, vm.mode, self.chip, vm.asid, self._on_exit(vm))
-            if vm.vcpus[0].guest is not None:
-                vcpu.attach_guest(vm.vcpus[0].guest)
+            vcpu = Vcpu(apic_id, vm._space, vm.mode, self.chip, vm.asid, self._on_exit(vm))
+            vcpu.share_guest(vm.vcpus[0])
             vm.vcpus.append(vcpu)
         elif apic_id < len(vm.vcpus) and vm.vcpus[apic_id].state is VcpuState.WAIT_FOR_SIPI:
             vcpu = vm.vcpus[apic_id]
@@ -691,9 +729,9 @@ class Hypervisor:
             if operation == PSC_PRIVATE:
                 self.rmp_assign(vm, gfn, 1)
             elif operation == PSC_SHARED:
-                self.memory.rmp.rmpupdate(np.array([frame]))
+                self._memory.rmp.rmpupdate(np.array([frame]))
             elif operation == PSC_PSMASH:
-                self.memory.rmp.psmash(int(frame))
+                self._memory.rmp.psmash(int(frame))
             else:
                 return _PSC_INVALID
         except RmpInstructionError as err:

@@ -71,15 +71,15 @@ class Host:
         size = parse_size(memory)
         entropy = Trng(seed, b"memory controller " + self.chip.name.encode())
         try:
-            self.memory = MemoryController(size, EncryptionEngine(self.chip.tweak,
-                                                                  entropy=entropy))
+            self._memory = MemoryController(size, EncryptionEngine(self.chip.tweak,
+                                                                   entropy=entropy))
         except MemoryError:
             raise ResourceExhausted(f"cannot allocate {size} bytes of host memory in this "
                                     "process; give the host less") from None
-        self.firmware = SevFirmware(self.chip, self.memory, seed=seed,
+        self.firmware = SevFirmware(self.chip, self._memory, seed=seed,
                                     vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
         self.firmware.init()  # the kernel's ccp driver initialises the platform at load
-        self.hypervisor = Hypervisor(self.chip, self.memory, self.firmware)
+        self.hypervisor = Hypervisor(self.chip, self._memory, self.firmware)
         self.hypervisor.quantum = quantum
 
     def create_vm(self, mode: str | GuestMode = "sev", memory: int | str = "64M",
@@ -128,4 +128,4 @@ class Host:
 
     def dram_dump(self) -> np.ndarray:
         """What a physical attacker reading the DIMMs gets."""
-        return self.memory.dram_dump()
+        return self.hypervisor.dram_dump()

@@ -19,7 +19,6 @@ the target has accepted the whole stream the source VM is destroyed.
 
 from __future__ import annotations
 
-import ctypes
 import struct
 from collections.abc import Callable, Iterator
 from enum import IntEnum
@@ -133,9 +132,9 @@ class _Sender:
 
     def records(self) -> Iterator[bytes]:
         yield self._start()
-        space = self.vm.hv.space
         ram = self.vm.memory_size // PAGE
-        yield _record(Record.C_BITS, np.packbits(space.c_bit[:ram]).tobytes())
+        c_bits = self.hypervisor.private_pages(self.vm.hv)
+        yield _record(Record.C_BITS, np.packbits(c_bits).tobytes())
         for gpn, count, private in self._runs(ram):
             gpa = gpn * PAGE
             if private:
@@ -147,7 +146,7 @@ class _Sender:
                               self.hypervisor.read_gpa(self.vm.hv, gpa, count * PAGE))
         for vcpu in self.vm.hv.vcpus:
             if vcpu.vmcb.save_area_readable:
-                yield _record(Record.VCPU, _vcpu_header(vcpu), bytes(vcpu.uc.context_save()))
+                yield _record(Record.VCPU, _vcpu_header(vcpu), vcpu.save_context())
             else:  # SEV-ES: the registers are in the VMSA, which only the firmware may move
                 assert vcpu.vmsa_spa is not None  # the hypervisor gives every ES vCPU one
                 packet = self.firmware.send_update_vmsa(self.handle, vcpu.vmsa_spa, PAGE)
@@ -263,7 +262,7 @@ class _Receiver:
         c_bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))[:ram].astype(bool)
         edges = np.flatnonzero(np.diff(np.concatenate(([0], c_bits, [0])).astype(np.int8)))
         for first, stop in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
-            vm.hv.space.set_c_bit(first, stop, private=True)
+            vm.hypervisor.set_private(vm.hv, first, stop)
         self.expected = Record.PAGES
 
     def _pages(self, payload: bytes) -> None:
@@ -303,12 +302,10 @@ class _Receiver:
         if (kind is Record.VMSA) == vcpu.vmcb.save_area_readable:
             raise MigrationError(f"a {kind.name} record for a {vm.mode} vCPU")
         if kind is Record.VCPU:
-            context = vcpu.uc.context_save()
-            if len(body) != context.size:
-                raise MigrationError(f"vCPU context of {len(body)} bytes, this engine's is "
-                                     f"{context.size}")
-            ctypes.memmove(context.context, body, context.size)
-            vcpu.uc.context_restore(context)
+            try:
+                vcpu.restore_context(body)
+            except VmStateError as err:
+                raise MigrationError(str(err)) from None
         else:
             assert vcpu.vmsa_spa is not None
             packet = TransportPacket(body[:PACKET_HEADER_SIZE], body[PACKET_HEADER_SIZE:])
@@ -339,7 +336,7 @@ class _Receiver:
         vm.console_bytes[:] = payload[pos:]
         kernel = GuestKernel()  # it finds everything it knows in the guest's memory
         for vcpu in vm.hv.vcpus:
-            vcpu.attach_guest(kernel)
+            vcpu.attach_guest(lambda _cpu: kernel)
         self.expected = Record.FINISH
 
     def _finish(self, payload: bytes) -> None:

@@ -10,6 +10,8 @@ MEASUREMENT a real VM of that configuration shows, and reports the guest asks fo
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from sevsim.abi.ovmf import (
     FOUR_GIB,
     KernelHashes,
@@ -21,6 +23,7 @@ from sevsim.abi.ovmf import (
     snp_launch_pages,
 )
 from sevsim.abi.snp_launch import PageType
+from sevsim.abi.snp_report import AttestationReport
 from sevsim.abi.vmsa import SEV_FEATURES_SNP
 from sevsim.errors import VmStateError
 from sevsim.guest.standin import SCRATCH_PAGES, ReportingGuest
@@ -80,20 +83,25 @@ def launch_ovmf(vm: VirtualMachine, ovmf: bytes | OvmfImage, *, vcpu_type: str |
     fw.snp_launch_finish(gctx, host_data, id_block, id_auth,
                          author_key_en=has_author_key(id_auth))
     vm.launched = True
-    return OvmfGuest(vm, image, fw.snp_context(gctx).launch_digest, secrets[0])
+    return OvmfGuest(vm, image, secrets[0])
 
 
 class OvmfGuest:
     """An OVMF image launched on the simulated SNP platform, and a guest standing in for the
     firmware that never runs, to ask for reports (sevsim.guest.standin)."""
 
-    def __init__(self, vm: VirtualMachine, image: OvmfImage, measurement: bytes,
-                 secrets_gpa: int) -> None:
+    def __init__(self, vm: VirtualMachine, image: OvmfImage, secrets_gpa: int) -> None:
         self.vm = vm
         self.image = image
-        self.measurement = measurement  # the firmware's launch digest: MEASUREMENT
         scratch = vm.memory_size - SCRATCH_PAGES * PAGE
-        self._guest = ReportingGuest(vm.hv.vcpus[0].guest_view, secrets_gpa, scratch)
+        self._guest = vm.hv.vcpus[0].attach_guest(
+            lambda cpu: ReportingGuest(cpu, secrets_gpa, scratch))
+
+    @cached_property
+    def measurement(self) -> bytes:
+        """The launch digest the firmware computed, as the guest learns it: from a report's
+        MEASUREMENT (the host has no command that returns an SNP guest's digest)."""
+        return AttestationReport.from_bytes(self.report()[0]).measurement
 
     def report(self, report_data: bytes = bytes(64), vmpl: int = 0) -> tuple[bytes, bytes]:
         """A signed ATTESTATION_REPORT and the hypervisor's certificate table beside it."""

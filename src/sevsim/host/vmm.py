@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
 from sevsim.abi.bootinfo import (
     SECRET_GPA,
     SNP_CPUID_GPA,
@@ -151,7 +149,7 @@ class VirtualMachine:
         self._measured_pages = [gpn for gpn, _ in pages]
         kernel = GuestKernel()
         for vcpu in self.hv.vcpus:
-            vcpu.attach_guest(kernel)
+            vcpu.attach_guest(lambda _cpu: kernel)
         self.image = parsed
 
     def launch(self, policy: int | None = None, owner: LaunchOwner | None = None, *,
@@ -263,8 +261,7 @@ class VirtualMachine:
             if vcpu.vmsa_spa is None:
                 raise VmStateError(f"vCPU {vcpu.index} has no VMSA page")
             hv.write_spa(vcpu.vmsa_spa, page)
-            hv.memory.rmp.rmpupdate(np.array([vcpu.vmsa_spa // PAGE]), self.asid,
-                                    np.array([VMSA_GPA // PAGE]))
+            hv.rmpupdate(vcpu.vmsa_spa, self.asid, VMSA_GPA)
             hv.firmware.snp_launch_update(gctx, vcpu.vmsa_spa, PageType.VMSA)
 
     def _spa_runs(self) -> list[tuple[int, int]]:

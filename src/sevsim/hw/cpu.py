@@ -16,6 +16,7 @@ exit on their own.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,6 +140,9 @@ class GuestSoftware(Protocol):
         ...
 
 
+G = TypeVar("G", bound=GuestSoftware)
+
+
 class VmsaSeals:
     """Integrity values of VMSA pages, in storage only the SoC reaches (the Secure Processor
     writes one at LAUNCH_UPDATE_VMSA, the CPU at every #VMEXIT, VMRUN compares)."""
@@ -184,10 +188,14 @@ class Vmcb:
         """Under SEV-ES and SNP the save area is the encrypted VMSA, not host memory."""
         return self._vcpu.mode in (GuestMode.NONE, GuestMode.SEV)
 
-    def _check(self, name: str) -> int:
+    def check_readable(self) -> None:
+        """VmStateError unless the save area is host memory (no SEV, plain SEV)."""
         if not self.save_area_readable:
             raise VmStateError(
                 f"{self._vcpu.mode.value}: guest registers are in the encrypted VMSA")
+
+    def _check(self, name: str) -> int:
+        self.check_readable()
         try:
             return REGISTERS[name]
         except KeyError:
@@ -195,11 +203,11 @@ class Vmcb:
 
     def read(self, name: str) -> int:
         """A guest register from the save area; VmStateError under SEV-ES and SNP."""
-        return int(self._vcpu.uc.reg_read(self._check(name)))
+        return int(self._vcpu._uc.reg_read(self._check(name)))
 
     def write(self, name: str, value: int) -> None:
         """Change a guest register in the save area (refused under SEV-ES and SNP, like `read`)."""
-        self._vcpu.uc.reg_write(self._check(name), value & (1 << 64) - 1)
+        self._vcpu._uc.reg_write(self._check(name), value & (1 << 64) - 1)
 
 
 @dataclass(frozen=True)
@@ -220,13 +228,14 @@ class Vcpu:
         self.index = index
         self.mode = mode
         self.chip = chip
-        self.space = space
-        self.exit_handler = exit_handler
-        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        self.uc.ctl_set_tcg_buffer_size(TB_CACHE_BYTES)  # type: ignore[attr-defined]  # py2 shim
+        self._space = space
+        self._exit_handler = exit_handler
+        self._uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self._uc.ctl_set_tcg_buffer_size(TB_CACHE_BYTES)  # type: ignore[attr-defined]  # py2 shim
         self.vmcb = Vmcb(self, asid)
         self.state = VcpuState.RUNNABLE if index == 0 else VcpuState.WAIT_FOR_SIPI
-        self.guest: GuestSoftware | None = None
+        self._guest: GuestSoftware | None = None
+        self._ran = False  # guest software is attached before the first VMRUN only
         self.es = mode in (GuestMode.SEV_ES, GuestMode.SNP)
         self.vmsa_spa: int | None = None  # SEV-ES: the VMCB's VMSA pointer, set by the host
         self.vmpl = 0  # SEV-SNP: the VMPL of the VMSA this vCPU runs (set by VMRUN)
@@ -239,22 +248,55 @@ class Vcpu:
         self._sev_features = 0
         self._seals = vmsa_seals(space.memory)
         self._view = GuestCpu(self)
-        self._slice = SliceTimer(self.uc)
-        space.attach(self.uc)
-        self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, x86.UC_X86_INS_IN)
-        self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, x86.UC_X86_INS_OUT)
-        self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
-        self.uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
-        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
-        self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
-        self.uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED
+        self._slice = SliceTimer(self._uc)
+        space.attach(self._uc)
+        self._uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, x86.UC_X86_INS_IN)
+        self._uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, x86.UC_X86_INS_OUT)
+        self._uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
+        self._uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
+        self._uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        self._uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        self._uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED
                          | UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped)
-        self.uc.hook_add(UC_HOOK_MEM_PROT, self._on_protection)
+        self._uc.hook_add(UC_HOOK_MEM_PROT, self._on_protection)
 
     # -- the hypervisor's controls ---------------------------------------------------------------
-    def attach_guest(self, guest: GuestSoftware) -> None:
-        """Install the guest software that handles this vCPU's resets, syscalls and #VC."""
-        self.guest = guest
+    def attach_guest(self, software: Callable[[GuestCpu], G]) -> G:
+        """Install the guest software that handles this vCPU's resets, syscalls and #VC: what
+        `software` makes of this vCPU as the guest sees it. Once only, before the vCPU first
+        runs: the software stands for code in the launched image, so nobody swaps it later."""
+        if self._guest is not None or self._ran:
+            raise VmStateError(f"vCPU {self.index} already runs its guest software")
+        guest = software(self._view)
+        self._guest = guest
+        return guest
+
+    @property
+    def has_run(self) -> bool:
+        """Whether a VMRUN has entered this vCPU yet."""
+        return self._ran
+
+    def save_context(self) -> bytes:
+        """The register state in the VMCB save area (plain SEV or no SEV; under SEV-ES and SNP
+        the registers are in the encrypted VMSA): what migration carries."""
+        self.vmcb.check_readable()
+        return bytes(self._uc.context_save())
+
+    def restore_context(self, context: bytes) -> None:
+        """Load what `save_context` returned (a migration's destination); VmStateError for a
+        context of another size."""
+        self.vmcb.check_readable()
+        saved = self._uc.context_save()
+        if len(context) != saved.size:
+            raise VmStateError(f"vCPU context of {len(context)} bytes, this engine's is "
+                               f"{saved.size}")
+        ctypes.memmove(saved.context, context, saved.size)
+        self._uc.context_restore(saved)
+
+    def share_guest(self, sibling: Vcpu) -> None:
+        """An AP the guest itself created runs the same guest software as `sibling`."""
+        if self._guest is None and sibling._guest is not None:
+            self._guest = sibling._guest
 
     def run_state(self) -> VcpuRunState:
         """What the hypervisor keeps about a vCPU besides its registers (for migration)."""
@@ -270,11 +312,6 @@ class Vcpu:
         for site in saved.msr_sites:  # re-arm the intercept on each RDMSR/WRMSR
             self.watch_msr_instructions(site, b"\x0f\x32")
 
-    @property
-    def guest_view(self) -> GuestCpu:
-        """This vCPU as software inside the VM sees it, for guest code the VMM attaches."""
-        return self._view
-
     def start(self) -> None:
         """INIT-SIPI: bring an application processor up from its reset state. The hypervisor
         sets no registers (under SEV-ES it cannot): the AP's guest kernel takes over."""
@@ -287,7 +324,7 @@ class Vcpu:
         """Take the vCPU off the CPU for good (VM shutdown)."""
         self.state = VcpuState.STOPPED
         self._stop_requested = True
-        self.uc.emu_stop()
+        self._uc.emu_stop()
 
     def run(self, quantum: Quantum | None, deadline_ns: int = 0, timeout: bool = False) -> None:
         """VMRUN: run until the quantum ends (None: no quantum), the deadline passes (`now_ns`
@@ -296,20 +333,21 @@ class Vcpu:
         `timeout` the deadline is the VM's end: an exit after it raises GuestTimeout."""
         if self.state is not VcpuState.RUNNABLE:
             return
+        self._ran = True
         self._slice.arm(quantum, deadline_ns, hard=timeout)
         if self.es:
             self._vmrun()
         if self._needs_reset:
             self._needs_reset = False
-            if self.guest is not None:
-                self.guest.on_reset(self._view)
+            if self._guest is not None:
+                self._guest.on_reset(self._view)
                 if self.state is not VcpuState.RUNNABLE:
                     return
         self._stop_requested = False
         self._pending = None
-        rip = self.uc.reg_read(x86.UC_X86_REG_RIP)
+        rip = self._uc.reg_read(x86.UC_X86_REG_RIP)
         try:
-            self.uc.emu_start(rip, _UNTIL)
+            self._uc.emu_start(rip, _UNTIL)
         except UcError as err:
             if self._pending is None:
                 self._pending = self._fault(f"{err} at RIP 0x{self._rip():x}")
@@ -320,7 +358,7 @@ class Vcpu:
             if self.es and self.state is VcpuState.RUNNABLE:
                 self._save_vmsa()  # the timer's exit: the next quantum's VMRUN checks it
             return
-        rip = self.uc.reg_read(x86.UC_X86_REG_RIP)
+        rip = self._uc.reg_read(x86.UC_X86_REG_RIP)
         if rip == _UNTIL:
             raise self._fault("guest jumped to the end of the address space")
         self.state = VcpuState.HALTED
@@ -354,7 +392,7 @@ class Vcpu:
         for site in (gpa + np.flatnonzero(pairs)).tolist():
             if site not in self._msr_sites:
                 self._msr_sites.add(site)
-                self.uc.hook_add(UC_HOOK_CODE, self._on_msr_site, None, site, site)
+                self._uc.hook_add(UC_HOOK_CODE, self._on_msr_site, None, site, site)
 
     # -- exits -----------------------------------------------------------------------------
     def _exit(self, exit: VmExit) -> bool:
@@ -364,10 +402,10 @@ class Vcpu:
         self.vmcb.exit_code, self.vmcb.exit_info1, self.vmcb.exit_info2 = (
             exit.code, exit.info1, exit.info2)
         if not self.es:
-            return self.exit_handler(self, exit)
+            return self._exit_handler(self, exit)
         self._save_vmsa()
         self.vmcb.ghcb_gpa = self._ghcb_msr
-        keep = self.exit_handler(self, exit)
+        keep = self._exit_handler(self, exit)
         if keep:
             self._vmrun()
             self._ghcb_msr = self.vmcb.ghcb_gpa & (1 << 64) - 1
@@ -375,9 +413,9 @@ class Vcpu:
 
     def _vc(self, code: ExitCode, info1: int) -> bool:
         """SEV-ES: an intercepted instruction raises #VC in the guest instead of exiting."""
-        if self.guest is None:
+        if self._guest is None:
             raise self._fault(f"#VC ({code.name}) with no guest kernel")
-        return self.guest.on_vc(self._view, code, info1)
+        return self._guest.on_vc(self._view, code, info1)
 
     def _fault(self, what: str) -> GuestFault:
         """An exception the guest cannot take: triple fault, SHUTDOWN intercept, VM stops."""
@@ -387,26 +425,26 @@ class Vcpu:
 
     def _guarded(self, action: Callable[[], _T]) -> _T | None:
         if self._pending is not None:  # the vCPU is already leaving: nothing more executes
-            self.uc.emu_stop()
+            self._uc.emu_stop()
             return None
         try:
             return action()
         except BaseException as err:  # carried out of Unicorn and re-raised by run()
             if self._pending is None:
                 self._pending = err
-            self.uc.emu_stop()
+            self._uc.emu_stop()
             return None
         finally:
             self._slice.check_deadline()
 
     def _rip(self) -> int:
-        return int(self.uc.reg_read(x86.UC_X86_REG_RIP))
+        return int(self._uc.reg_read(x86.UC_X86_REG_RIP))
 
     # -- SEV-ES world switch -----------------------------------------------------------------
     def _save_vmsa(self) -> None:
         """#VMEXIT under SEV-ES: registers into the VMSA under the VM key, and a new seal."""
         spa = self._vmsa_page()
-        uc = self.uc
+        uc = self._uc
         saved = iter(_SAVE_READER.read(uc))
         values = {name: next(saved) for name in (*_SAVED, *_X87)}
         values["efer"] = uc.reg_read(x86.UC_X86_REG_MSR, _MSR_EFER)
@@ -429,7 +467,7 @@ class Vcpu:
         integrity: the page must be tagged as a VMSA of this guest, which no host write can
         change (so a VMSA the guest built itself, tagged with RMPADJUST, runs too)."""
         spa = self._vmsa_page()
-        rmp, frame = self.space.memory.rmp, spa // PAGE
+        rmp, frame = self._space.memory.rmp, spa // PAGE
         if self.mode is GuestMode.SNP and not (
                 rmp.vmsa[frame] and rmp.asid[frame] == self.vmcb.asid):
             raise self._refuse(f"the RMP does not tag SPA 0x{spa:x} as a VMSA of "
@@ -443,8 +481,8 @@ class Vcpu:
 
     def _load_vmsa(self, vmsa: Vmsa) -> None:
         regs = vmsa.regs
-        current = {name: int(self.uc.reg_read(REGISTERS[name])) for name in _CONTROL[:3]}
-        current["efer"] = int(self.uc.reg_read(x86.UC_X86_REG_MSR, _MSR_EFER))
+        current = {name: int(self._uc.reg_read(REGISTERS[name])) for name in _CONTROL[:3]}
+        current["efer"] = int(self._uc.reg_read(x86.UC_X86_REG_MSR, _MSR_EFER))
         for name in _CONTROL:
             if regs.get(name, 0) != current[name]:
                 raise self._refuse(f"VMSA {name}=0x{regs.get(name, 0):x}: this vCPU runs "
@@ -457,10 +495,10 @@ class Vcpu:
         loaded += [(reg, int.from_bytes(vmsa.fpreg_xmm[16 * i:16 * i + 16], "little"))
                    for i, reg in enumerate(_XMM_IDS)]
         for reg, value in loaded:
-            self.uc.reg_write(reg, value)
+            self._uc.reg_write(reg, value)
         self._sev_features = regs.get("sev_features", 0)
         self.vmpl = regs.get("vmpl", 0)
-        self.space.set_vmpl(self.uc, self.vmpl)
+        self._space.set_vmpl(self._uc, self.vmpl)
 
     def _refuse(self, why: str) -> VmrunError:
         """VMRUN fails with SVM_EXIT_ERR: the vCPU never runs again."""
@@ -470,14 +508,14 @@ class Vcpu:
 
     def _vmsa_page(self) -> int:
         spa = self.vmsa_spa
-        memory = self.space.memory
+        memory = self._space.memory
         if spa is None or spa % PAGE or not 0 <= spa < memory.size:
             raise self._refuse(f"no valid VMSA page (VMSA pointer {spa})")
         return spa
 
     def _read_vmsa(self, spa: int) -> bytes:
         """The VMSA page as the SoC sees it through the VM's key."""
-        memory, asid = self.space.memory, self.vmcb.asid
+        memory, asid = self._space.memory, self.vmcb.asid
         if memory.domain[spa // PAGE] == asid:
             return memory.cells[spa:spa + PAGE].tobytes()
         if not memory.engine.has_key(asid):
@@ -486,7 +524,7 @@ class Vcpu:
         return memory.engine.decrypt_blocks(asid, spa, dram).tobytes()
 
     def _write_vmsa(self, spa: int, page: bytes) -> None:
-        memory, asid = self.space.memory, self.vmcb.asid
+        memory, asid = self._space.memory, self.vmcb.asid
         if memory.domain[spa // PAGE] == asid:
             memory.cells[spa:spa + PAGE] = np.frombuffer(page, dtype=np.uint8)
             return
@@ -523,7 +561,7 @@ class Vcpu:
         return 1
 
     def _on_syscall(self, uc: Uc, _ud: object) -> None:
-        guest = self.guest
+        guest = self._guest
         if guest is None:
             self._pending = self._pending or self._fault("SYSCALL with no guest kernel")
             uc.emu_stop()
@@ -545,7 +583,7 @@ class Vcpu:
     def _msr(self, write: bool) -> bool:
         """RDMSR/WRMSR: the MSRs the hardware answers itself, else an intercept (#VC under
         SEV-ES). False stops the vCPU."""
-        msr = int(self.uc.reg_read(x86.UC_X86_REG_RCX)) & 0xFFFF_FFFF
+        msr = int(self._uc.reg_read(x86.UC_X86_REG_RCX)) & 0xFFFF_FFFF
         if msr == MSR_SEV_STATUS and not write:
             self._set_edx_eax(self.sev_status())
             return True
@@ -554,16 +592,16 @@ class Vcpu:
                                      self._rip() + 2))
         if msr == MSR_GHCB:
             if write:
-                self._ghcb_msr = (int(self.uc.reg_read(x86.UC_X86_REG_RDX)) & 0xFFFF_FFFF) << 32 \
-                    | int(self.uc.reg_read(x86.UC_X86_REG_RAX)) & 0xFFFF_FFFF
+                self._ghcb_msr = (int(self._uc.reg_read(x86.UC_X86_REG_RDX)) & 0xFFFF_FFFF) << 32 \
+                    | int(self._uc.reg_read(x86.UC_X86_REG_RAX)) & 0xFFFF_FFFF
             else:
                 self._set_edx_eax(self._ghcb_msr)
             return True
         return self._vc(ExitCode.MSR, MSR_WRITE if write else MSR_READ)
 
     def _set_edx_eax(self, value: int) -> None:
-        self.uc.reg_write(x86.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
-        self.uc.reg_write(x86.UC_X86_REG_RDX, value >> 32)
+        self._uc.reg_write(x86.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
+        self._uc.reg_write(x86.UC_X86_REG_RDX, value >> 32)
 
     def sev_status(self) -> int:
         """SEV_STATUS as the hardware reports it to this guest; no hypervisor can change it."""
@@ -602,7 +640,7 @@ class Vcpu:
                      _ud: object) -> bool:
         info1 = (NPF_WRITE if access == UC_MEM_WRITE_UNMAPPED else 0) | (
             NPF_FETCH if access == UC_MEM_FETCH_UNMAPPED else 0)
-        rmp = self.space.rmp_fault(address)
+        rmp = self._space.rmp_fault(address)
         if rmp == RMP_NOT_VALIDATED:  # #VC in the guest, which cannot resume the access
             self._guarded(lambda: self._vc(ExitCode.PAGE_NOT_VALIDATED, address))
             self._pending = self._pending or self._fault(
@@ -647,25 +685,25 @@ class GuestCpu:
 
     def control_registers(self) -> dict[str, int]:
         """CR0, CR3, CR4 and EFER: what a VMSA for another VMPL or vCPU must repeat."""
-        uc = self._vcpu.uc
+        uc = self._vcpu._uc
         regs = {name: int(uc.reg_read(REGISTERS[name])) for name in ("cr0", "cr3", "cr4")}
         regs["efer"] = int(uc.reg_read(x86.UC_X86_REG_MSR, _MSR_EFER))
         return regs
 
     def reg(self, name: str) -> int:
         """One of this vCPU's registers by name (see `REGISTERS`), as the guest itself reads it."""
-        return int(self._vcpu.uc.reg_read(REGISTERS[name]))
+        return int(self._vcpu._uc.reg_read(REGISTERS[name]))
 
     def set_reg(self, name: str, value: int) -> None:
         """Set one of this vCPU's registers by name; the value is truncated to 64 bits."""
-        self._vcpu.uc.reg_write(REGISTERS[name], value & (1 << 64) - 1)
+        self._vcpu._uc.reg_write(REGISTERS[name], value & (1 << 64) - 1)
 
     def read(self, gpa: int, length: int) -> bytes:
         """Guest-physical read through this VM's own mapping (private pages in plaintext),
         with this VMPL's permissions."""
         self._check_vmpl(gpa, length, PERM_READ)
         try:
-            return bytes(self._vcpu.uc.mem_read(gpa, length))
+            return bytes(self._vcpu._uc.mem_read(gpa, length))
         except UcError as err:
             raise GuestFault(f"guest read of 0x{gpa:x}+{length}: {err}") from None
 
@@ -674,7 +712,7 @@ class GuestCpu:
         with this VMPL's permissions."""
         self._check_vmpl(gpa, len(data), PERM_WRITE)
         try:
-            self._vcpu.uc.mem_write(gpa, data)
+            self._vcpu._uc.mem_write(gpa, data)
         except UcError as err:
             raise GuestFault(f"guest write of 0x{gpa:x}+{len(data)}: {err}") from None
 
@@ -684,9 +722,9 @@ class GuestCpu:
         if not vcpu.vmpl or length <= 0:
             return
         first, stop = gpa // PAGE, (gpa + length - 1) // PAGE + 1
-        if stop > vcpu.space.npt.limit_pages:
+        if stop > vcpu._space.npt.limit_pages:
             return  # beyond guest memory: the access itself fails
-        perms = vcpu.space.vmpl_permissions(first, stop, vcpu.vmpl)
+        perms = vcpu._space.vmpl_permissions(first, stop, vcpu.vmpl)
         if (perms & needed != needed).any():
             bad = first + int(np.flatnonzero(perms & needed != needed)[0])
             raise GuestFault(f"vCPU {self.index}: #NPF: VMPL{vcpu.vmpl} may not "
@@ -696,7 +734,7 @@ class GuestCpu:
     def set_c_bit(self, gpa: int, npages: int, private: bool, zero: bool = False) -> None:
         """Mark pages private (C=1) or shared in the guest page tables."""
         first = gpa // PAGE
-        self._vcpu.space.set_c_bit(first, first + npages, private, zero)
+        self._vcpu._space.set_c_bit(first, first + npages, private, zero)
 
     def pvalidate(self, gpa: int, npages: int, validate: bool) -> np.ndarray:
         """PVALIDATE each 4 KiB page from `gpa` (SEV-SNP). Returns rFLAGS.CF per page: set
@@ -708,10 +746,10 @@ class GuestCpu:
             raise GuestFault(f"vCPU {self.index}: #UD: PVALIDATE outside SEV-SNP")
         if vcpu.vmpl:  # why an OS below an SVSM asks the SVSM to validate for it
             raise GuestFault(f"vCPU {self.index}: #GP: PVALIDATE at VMPL{vcpu.vmpl}")
-        if gpa % PAGE or npages < 1 or gpa // PAGE + npages > vcpu.space.npt.limit_pages:
+        if gpa % PAGE or npages < 1 or gpa // PAGE + npages > vcpu._space.npt.limit_pages:
             raise GuestFault(f"vCPU {self.index}: PVALIDATE of 0x{gpa:x}+{npages} pages")
-        frames = vcpu.space.own_frames(gpa // PAGE, gpa // PAGE + npages)
-        return vcpu.space.memory.rmp.pvalidate(frames, validate)
+        frames = vcpu._space.own_frames(gpa // PAGE, gpa // PAGE + npages)
+        return vcpu._space.memory.rmp.pvalidate(frames, validate)
 
     def rmpadjust(self, gpa: int, target_vmpl: int, perms: int, vmsa: bool = False) -> None:
         """RMPADJUST one 4 KiB page from this vCPU's VMPL: give `target_vmpl` `perms`, and
@@ -719,8 +757,8 @@ class GuestCpu:
         vcpu = self._vcpu
         if vcpu.mode is not GuestMode.SNP:
             raise GuestFault(f"vCPU {self.index}: #UD: RMPADJUST outside SEV-SNP")
-        frame = int(vcpu.space.own_frames(gpa // PAGE, gpa // PAGE + 1, vmsa_too=vmsa)[0])
-        vcpu.space.memory.rmp.rmpadjust(frame, vcpu.vmpl, target_vmpl, perms, vmsa)
+        frame = int(vcpu._space.own_frames(gpa // PAGE, gpa // PAGE + 1, vmsa_too=vmsa)[0])
+        vcpu._space.memory.rmp.rmpadjust(frame, vcpu.vmpl, target_vmpl, perms, vmsa)
 
     def mark_executable(self, gpa: int, length: int) -> None:
         """Guest page tables say this range holds code (the CPU decodes it)."""
@@ -778,5 +816,5 @@ class GuestCpu:
         """HLT with interrupts off: this vCPU is done."""
         self._vcpu.state = VcpuState.HALTED
         self._vcpu._stop_requested = True
-        self._vcpu.uc.emu_stop()
+        self._vcpu._uc.emu_stop()
         self._vcpu._exit(VmExit(ExitCode.HLT, 0, 0))

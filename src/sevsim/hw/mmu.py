@@ -51,7 +51,7 @@ class GuestAddressSpace:
         self._regions: dict[int, tuple[int, int]] = {}  # start gpn -> (stop gpn, kind)
         # frame + 1 of each directly mapped guest page, 0 if none (lazily backed, as the NPT)
         self._mapped_slot = lazy_zeros(npt.limit_pages * 8).view(np.int64)
-        npt.listeners.append(self.refresh)  # and the memory's reverse map finds us by frame
+        npt.subscribe(self.refresh)  # and the memory's reverse map finds us by frame
 
     # -- what the guest controls -------------------------------------------------------------
     def accessor_domain(self, gpn: int) -> int:
@@ -106,7 +106,7 @@ class GuestAddressSpace:
         self._unmap_span(0, self.npt.limit_pages)
         self.engines.clear()
         self._vmpl.clear()
-        self.npt.listeners.remove(self.refresh)
+        self.npt.unsubscribe(self.refresh)
         self.memory.reverse_map.remove(self)
 
     def release(self, first: int, stop: int) -> Callable[[], None]:

@@ -22,7 +22,7 @@ class NestedPageTable:
     def __init__(self, gpa_limit: int) -> None:
         self.limit_pages = gpa_limit // PAGE
         self._slots = lazy_zeros(self.limit_pages * 8).view(np.int64)
-        self.listeners: list[Callable[[int, int], None]] = []
+        self._listeners: list[Callable[[int, int], None]] = []
 
     def _range(self, gpa: int, npages: int) -> tuple[int, int]:
         if gpa % PAGE or npages < 1:
@@ -61,6 +61,15 @@ class NestedPageTable:
         frame = self.frame(gpa // PAGE)
         return None if frame == NOT_PRESENT else frame * PAGE + gpa % PAGE
 
+    def subscribe(self, listener: Callable[[int, int], None]) -> None:
+        """Call `listener(first, stop)` whenever entries [first, stop) change (the vCPUs'
+        mappings follow the table)."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[int, int], None]) -> None:
+        """Stop calling a listener `subscribe` added."""
+        self._listeners.remove(listener)
+
     def _changed(self, lo: int, hi: int) -> None:
-        for listener in self.listeners:
+        for listener in self._listeners:
             listener(lo, hi)

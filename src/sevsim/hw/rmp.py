@@ -16,6 +16,7 @@ it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,10 +30,26 @@ from sevsim.abi.rmp import (
 )
 from sevsim.errors import RmpInstructionError
 
+PAGE = 4096
+
 
 def rmp_failure(code: RmpResult, message: str) -> RmpInstructionError:
     """The typed error for an RMP instruction returning `code`."""
     return RmpInstructionError(code, f"{code.name}: {message}")
+
+
+@dataclass(frozen=True)
+class RmpEntry:
+    """One frame's RMP entry as the hypervisor reads it (the table is in host memory; only
+    RMPUPDATE, PSMASH and the firmware change it)."""
+
+    assigned: bool
+    asid: int
+    gpa: int
+    validated: bool
+    vmsa: bool
+    immutable: bool
+    page_size: int
 
 
 class Rmp:
@@ -55,6 +72,13 @@ class Rmp:
     def guest_owned(self, frames: np.ndarray) -> np.ndarray:
         """Frames a host write may not touch: assigned to a guest or to the firmware."""
         return self.assigned[frames]
+
+    def entry(self, frame: int) -> RmpEntry:
+        """A copy of the frame's entry."""
+        return RmpEntry(bool(self.assigned[frame]), int(self.asid[frame]),
+                        int(self.gpn[frame]) * PAGE, bool(self.validated[frame]),
+                        bool(self.vmsa[frame]), bool(self.immutable[frame]),
+                        int(self.page_size[frame]))
 
     def is_firmware(self, frame: int) -> bool:
         """Whether the firmware holds the frame (assigned to ASID 0), e.g. a guest context."""

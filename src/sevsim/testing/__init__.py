@@ -28,26 +28,37 @@ from sevsim.hw.memory import MemoryController
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
+    from unicorn import Uc
 
     from sevsim.abi.ghcb import Ghcb
     from sevsim.abi.sev_cert import SevCert, Signature
+    from sevsim.abi.snp_tcb import TcbVersion
     from sevsim.firmware.pki import PlatformPki
     from sevsim.firmware.snp import SnpFirmware
     from sevsim.host.machine import Host
     from sevsim.host.vmm import VirtualMachine
+    from sevsim.hw.cpu import GuestCpu, GuestSoftware, Vcpu
+    from sevsim.hw.mmu import GuestAddressSpace
 
 __all__ = [
     "GCTX",
     "FrameCount",
     "PlatformIdentity",
+    "address_space",
     "engine_on_one_core",
     "ghcb_answer",
+    "guest_cpu",
+    "guest_software",
     "host_frames",
     "launch_digest",
     "launched_snp_guest",
     "measured_spa_runs",
+    "memory_controller",
     "platform_identity",
     "secure_processor",
+    "sign_report",
+    "snp_context",
+    "vcpu_engine",
 ]
 
 GCTX = 0x5000  # the guest context page launched_snp_guest uses unless told otherwise
@@ -138,3 +149,40 @@ def engine_on_one_core() -> Iterator[None]:
         yield
     finally:
         engine._POOL = pool
+
+
+def memory_controller(host: Host) -> MemoryController:
+    """The SoC's memory controller: the cells that hold private pages in plaintext, the
+    engine's key slots and the RMP arrays, which no host-side object reaches."""
+    return host._memory
+
+
+def address_space(vm: VirtualMachine) -> GuestAddressSpace:
+    """The VM's guest-physical memory as its vCPUs map it (C-bits, plaintext mappings)."""
+    return vm.hv._space
+
+
+def vcpu_engine(vcpu: Vcpu) -> Uc:
+    """The Unicorn engine that is the vCPU: its registers whatever the mode."""
+    return vcpu._uc
+
+
+def guest_cpu(vcpu: Vcpu) -> GuestCpu:
+    """The vCPU as the guest's own software sees it (plaintext memory, registers)."""
+    return vcpu._view
+
+
+def guest_software(vcpu: Vcpu) -> GuestSoftware | None:
+    """The guest kernel (or stand-in) running on the vCPU."""
+    return vcpu._guest
+
+
+def snp_context(fw: SnpFirmware, gctx: int) -> SnpGuestContext:
+    """The firmware's context of an SNP guest: VEK, VMPCKs, policy, launch digest."""
+    return fw._snp_context(gctx)
+
+
+def sign_report(fw: SevFirmware, unsigned: bytes, tcb: TcbVersion) -> bytes:
+    """A report body signed with the firmware's VCEK for `tcb`, as only the firmware signs:
+    for verifier tests that need reports with chosen fields."""
+    return fw._sign_report(unsigned, tcb)

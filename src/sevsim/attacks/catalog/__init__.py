@@ -1,0 +1,10 @@
+"""The attack catalog (../shared/research/attacks.md §2), one module per entry, by id."""
+
+from __future__ import annotations
+
+from sevsim.attacks.catalog.a00_snooping import MemorySnooping
+from sevsim.attacks.framework import Attack
+
+ATTACKS: dict[str, Attack] = {attack.id: attack for attack in (
+    MemorySnooping(),
+)}

@@ -1,0 +1,117 @@
+"""The bench an attack runs on: a host for one setting, the victims, and their ground truth.
+
+The lab plays the guest owner and the referee: it builds each victim from C with a secret
+drawn from the lab's seed (the stand-in for data a guest receives at run time, e.g. a key from
+a key broker), launches it at the setting's protection level and keeps the secret and the
+honest result to itself. The attack gets the lab's attacker handles (`lab.hypervisor`,
+`lab.physical`) and the victims as the VMM holds them; `judge` compares its attempt with the
+truth afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
+from sevsim.attacks.framework import Attempt, Setting, Trace
+from sevsim.attacks.toolkit import HypervisorAttacker, PhysicalAttacker
+from sevsim.errors import ConfigError
+from sevsim.guest.build import build_guest
+from sevsim.host.machine import Host
+from sevsim.host.vmm import VirtualMachine
+
+VICTIMS = Path(__file__).resolve().parent / "victims"
+SECRET_BYTES = 32
+_BUILDS = Path(tempfile.gettempdir()) / "sevsim-victims"
+
+
+@dataclass(frozen=True)
+class Victim:
+    """A victim VM as the attacker knows it: the VMM's VM and the program's public layout
+    (symbol addresses from the binary, which is no secret)."""
+
+    vm: VirtualMachine
+    symbols: dict[str, int]
+
+    def symbol(self, name: str) -> int:
+        """The GPA of a global in the victim program."""
+        try:
+            return self.symbols[name]
+        except KeyError:
+            raise ConfigError(f"the victim program has no symbol {name!r}") from None
+
+
+class Lab:
+    """A host for `setting`, the attacker's handles on it, and the victims' ground truth."""
+
+    def __init__(self, setting: Setting, trace: Trace, seed: bytes = b"sevsim attack lab"
+                 ) -> None:
+        self.setting = setting
+        self.trace = trace
+        self.seed = seed
+        self._host = Host(chip=setting.chip, memory="256M", seed=seed)
+        self.hypervisor = HypervisorAttacker(self._host.hypervisor)
+        self.physical = PhysicalAttacker(self._host.hypervisor)
+        self.target: Victim | None = None  # the first victim: what the attack is judged on
+        self._secret = b""
+        self._honest: bytes | None = None
+
+    def victim(self, program: str, *, mode: str | None = None, vcpus: int = 1,
+               memory: str = "16M", honest: bytes | None = None, cflags: tuple[str, ...] = ()
+               ) -> Victim:
+        """Build `victims/<program>.c` with this lab's secret compiled in as SECRET_0..3
+        (four 64-bit words), load and launch it at the setting's mode (or `mode`). The first
+        victim is the target the attack is judged on; `honest` is what it reports when nobody
+        interferes, for attacks on its result. Later ones are the attacker's own VMs."""
+        secret = hashlib.shake_256(self.seed + program.encode()).digest(SECRET_BYTES)
+        words = [int.from_bytes(secret[i:i + 8], "little") for i in range(0, SECRET_BYTES, 8)]
+        flags = (*(f"-DSECRET_{i}=0x{w:016x}ULL" for i, w in enumerate(words)), *cflags)
+        elf = _build(program, flags)
+        vm = self._host.create_vm(mode or self.setting.mode, memory, vcpus)
+        vm.load(elf)
+        vm.launch()
+        victim = Victim(vm, _symbols(elf))
+        if self.target is None:
+            self.target, self._secret, self._honest = victim, secret, honest
+        return victim
+
+    def judge(self, attempt: Attempt) -> bool:
+        """Whether the attempt is the target's secret, or (for a target with an honest
+        result) the result the target actually reported and not the honest one."""
+        if self.target is None:
+            raise ConfigError("the attack launched no victim")
+        if self._honest is None:
+            return attempt.data == self._secret
+        reported = self.target.vm.console.encode()
+        return (attempt.data != self._honest and attempt.data in reported
+                and self._honest not in reported)
+
+
+def _build(program: str, cflags: tuple[str, ...]) -> Path:
+    """The victim's ELF, built once per program and flags (gcc is the slow part)."""
+    tag = hashlib.sha256("\0".join((program, *cflags)).encode()).hexdigest()[:16]
+    out = _BUILDS / f"{program}-{tag}.elf"
+    if not out.exists():
+        source = VICTIMS / f"{program}.c"
+        if not source.exists():
+            raise ConfigError(f"no victim program {program!r} in {VICTIMS}")
+        partial = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        build_guest([source], partial, cflags=cflags)
+        partial.replace(out)  # atomic: parallel matrix workers may build the same victim
+    return out
+
+
+def _symbols(elf: Path) -> dict[str, int]:
+    """Global data and function symbols of the victim, by name (the binary is public)."""
+    with elf.open("rb") as stream:
+        table = ELFFile(stream).get_section_by_name(".symtab")
+        if not isinstance(table, SymbolTableSection):
+            return {}
+        return {sym.name: sym["st_value"] for sym in table.iter_symbols()
+                if sym.name and sym["st_info"]["type"] in ("STT_OBJECT", "STT_FUNC")}

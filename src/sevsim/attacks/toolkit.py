@@ -1,0 +1,201 @@
+"""The attacker toolkit: the primitives of a malicious hypervisor and of a physical attacker.
+
+A `HypervisorAttacker` holds what KVM and QEMU hold on a real host and nothing more: DRAM
+through the memory controller as the host's key domain sees it, the nested page tables, the
+VMCBs, the GHCBs and other shared pages, and the Secure Processor's command interface. A
+`PhysicalAttacker` holds the DIMMs. Neither can reach the guest's software, the engine's key
+slots or the firmware's state: every primitive below goes through an interface a real
+attacker has (tests/test_boundary.py walks these handles too). Researchers write new attacks
+with these primitives; `sevsim.attacks.catalog` is the published ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sevsim.errors import MemoryAccessError
+from sevsim.firmware.sev import SevFirmware
+from sevsim.host.hypervisor import HvVm, Hypervisor
+from sevsim.host.vmm import VirtualMachine
+from sevsim.hw.cpu import Vcpu, Vmcb, VmExit
+from sevsim.hw.engine import PAGE
+from sevsim.hw.rmp import RmpEntry
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One #NPF the hypervisor saw: the page-aligned GPA (all it learns of the address) and
+    whether it was a write or a fetch, from EXITINFO1's error code."""
+
+    gpa: int
+    write: bool
+    fetch: bool
+
+
+@dataclass
+class FaultTrace:
+    """The ordered #NPFs of a page-fault trace (the controlled channel)."""
+
+    faults: list[Fault] = field(default_factory=list)
+
+    @property
+    def pages(self) -> list[int]:
+        """The faulting GPAs in order."""
+        return [fault.gpa for fault in self.faults]
+
+
+_NPF_WRITE, _NPF_FETCH = 1 << 1, 1 << 4  # #PF error-code bits in EXITINFO1
+
+
+class HypervisorAttacker:
+    """A malicious hypervisor: host-physical memory, NPTs, VMCBs, exits, firmware commands.
+
+    `victim` arguments are the VMM's VMs (`VirtualMachine`), which the hypervisor runs."""
+
+    def __init__(self, hypervisor: Hypervisor) -> None:
+        self.hypervisor = hypervisor
+
+    @property
+    def firmware(self) -> SevFirmware:
+        """The Secure Processor's command interface, as /dev/sev gives it to the host."""
+        return self.hypervisor.firmware
+
+    # -- host-physical memory ------------------------------------------------------------------
+    def read_spa(self, spa: int, length: int) -> bytes:
+        """DRAM bytes as the host reads them: ciphertext of private pages (or 0xFF where
+        ciphertext hiding is on), plaintext of shared and host pages."""
+        return self.hypervisor.read_spa(spa, length)
+
+    def write_spa(self, spa: int, data: bytes) -> None:
+        """Write DRAM bytes; the owner later decrypts whatever lands there. Under SNP the RMP
+        refuses guest and firmware frames (RmpViolation)."""
+        self.hypervisor.write_spa(spa, data)
+
+    def move_ciphertext(self, src_spa: int, dst_spa: int, length: int) -> bytes:
+        """Copy DRAM bytes from one SPA to another (a ciphertext block move); returns them."""
+        data = self.read_spa(src_spa, length)
+        self.write_spa(dst_spa, data)
+        return data
+
+    def dram_dump(self) -> np.ndarray:
+        """All of DRAM as the host reads it."""
+        return self.hypervisor.dram_dump()
+
+    def gpa_to_spa(self, victim: VirtualMachine, gpa: int) -> int:
+        """Where the victim's NPT maps `gpa`."""
+        return self.hypervisor.gpa_to_spa(victim.hv, gpa)
+
+    def read_gpa(self, victim: VirtualMachine, gpa: int, length: int) -> bytes:
+        """Guest memory through the NPT, as the host reads it."""
+        return victim.read_gpa(gpa, length)
+
+    def write_gpa(self, victim: VirtualMachine, gpa: int, data: bytes) -> None:
+        """Write guest memory through the NPT, as the host can."""
+        victim.write_gpa(gpa, data)
+
+    def rmp_entry(self, spa: int) -> RmpEntry:
+        """The RMP entry of the frame at `spa` (the table is readable host memory)."""
+        return self.hypervisor.rmp_entry(spa)
+
+    def rmpupdate(self, spa: int, asid: int = 0, gpa: int = 0) -> None:
+        """RMPUPDATE one frame (to a guest at `gpa`, or back to the host with asid 0)."""
+        self.hypervisor.rmpupdate(spa, asid, gpa)
+
+    def allocate_page(self) -> int:
+        """A fresh zeroed host page's SPA, for the attacker's own use."""
+        return int(self.hypervisor.allocate_host_pages(1)[0]) * PAGE
+
+    # -- nested page tables ----------------------------------------------------------------
+    def remap(self, victim: VirtualMachine, gpa: int, spa: int, npages: int = 1) -> None:
+        """Point the victim's guest pages from `gpa` at other host pages."""
+        self.hypervisor.npt_map(victim.hv, gpa, spa, npages)
+
+    def unmap(self, victim: VirtualMachine, gpa: int, npages: int = 1) -> None:
+        """Make guest pages not present: the next access exits with #NPF."""
+        self.hypervisor.npt_unmap(victim.hv, gpa, npages)
+
+    @contextmanager
+    def tracing_faults(self, victim: VirtualMachine, gpas: list[int],
+                       on_fault: Callable[[Fault], None] | None = None
+                       ) -> Iterator[FaultTrace]:
+        """The controlled channel: unmap the pages of `gpas`; each access faults, is
+        recorded, the faulting page is mapped back and every other traced page unmapped
+        again, so each change of page shows once, in order. `on_fault` runs at each fault
+        (a timing anchor for other primitives). Everything is mapped back at the end."""
+        hv, record = self.hypervisor, victim.hv
+        pages = sorted({gpa & ~(PAGE - 1) for gpa in gpas})
+        home = {gpa: hv.gpa_to_spa(record, gpa) for gpa in pages}
+        trace = FaultTrace()
+
+        def fault(vm: HvVm, vcpu: Vcpu, gpa: int, error: int) -> bool:
+            del vm, vcpu
+            page = gpa & ~(PAGE - 1)
+            if page not in home:
+                return False  # a fault the trace did not cause: the guest really faulted
+            event = Fault(page, bool(error & _NPF_WRITE), bool(error & _NPF_FETCH))
+            trace.faults.append(event)
+            for other in pages:
+                if other != page:
+                    hv.npt_unmap(record, other)
+            hv.npt_map(record, page, home[page])
+            if on_fault is not None:
+                on_fault(event)
+            return True
+
+        previous, record.npf_handler = record.npf_handler, fault
+        for page in pages:
+            hv.npt_unmap(record, page)
+        try:
+            yield trace
+        finally:
+            record.npf_handler = previous
+            for page in pages:
+                hv.npt_map(record, page, home[page])
+
+    # -- vCPUs -------------------------------------------------------------------------------
+    def vmcb(self, victim: VirtualMachine, vcpu: int = 0) -> Vmcb:
+        """The vCPU's VMCB: control fields always; the register save area under no SEV and
+        plain SEV (under SEV-ES and SNP reading it raises VmStateError)."""
+        return victim.hv.vcpus[vcpu].vmcb
+
+    def vmsa_ciphertext(self, victim: VirtualMachine, vcpu: int = 0) -> bytes:
+        """The DRAM bytes of the vCPU's VMSA page (SEV-ES and SNP): what CipherLeaks reads."""
+        spa = victim.hv.vcpus[vcpu].vmsa_spa
+        if spa is None:
+            raise MemoryAccessError(f"{victim.mode}: vCPU {vcpu} has no VMSA page")
+        return self.read_spa(spa, PAGE)
+
+    def on_exit(self, victim: VirtualMachine,
+                observer: Callable[[Vcpu, VmExit], None] | None) -> None:
+        """Call `observer(vcpu, exit)` at every #VMEXIT of the victim, before KVM handles it
+        (None to stop); the VMCB is the hypervisor's to read and write there."""
+        victim.hv.exit_observer = None if observer is None else (
+            lambda vm, vcpu, exit: observer(vcpu, exit))
+
+    def step(self, victim: VirtualMachine, vcpu: int = 0) -> int:
+        """Let the vCPU retire exactly one instruction, then exit (SEV-Step's APIC timer);
+        returns how many ran (0 once it has stopped)."""
+        return victim.hv.vcpus[vcpu].step()
+
+    def run_instructions(self, victim: VirtualMachine, count: int, vcpu: int = 0) -> int:
+        """Let the vCPU retire exactly `count` instructions (fewer if it stops)."""
+        return victim.hv.vcpus[vcpu].run_instructions(count)
+
+    def run(self, victim: VirtualMachine, timeout: float = 30.0) -> None:
+        """Run the victim until it stops (its fault, if any, is raised)."""
+        victim.run(timeout=timeout)
+
+
+class PhysicalAttacker:
+    """Someone with the DIMMs in hand: reads every cell; keys stay in the SoC."""
+
+    def __init__(self, hypervisor: Hypervisor) -> None:
+        self._hypervisor = hypervisor  # the bus the DIMMs hang off, not its software
+
+    def dram_dump(self) -> np.ndarray:
+        """Cold boot: every DRAM byte, copied out of the modules."""
+        return self._hypervisor.dram_dump()

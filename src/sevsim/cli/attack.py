@@ -1,0 +1,113 @@
+"""`sevsim attack list | run | matrix`: the published attacks, run against each protection level."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from sevsim.attacks.framework import FEATURES
+from sevsim.cli.common import err, fail
+from sevsim.errors import ConfigError, SevsimError
+
+attack_app = typer.Typer(help="Run the published SEV attacks against each protection level.",
+                         no_args_is_help=True)
+
+
+@attack_app.command("list")
+def list_attacks() -> None:
+    """The catalog: id, name, actor and the fix settings each attack is also run against."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sevsim.attacks.catalog import ATTACKS
+
+    table = Table("id", "attack", "actor", "fixes / features", "source")
+    for attack in ATTACKS.values():
+        table.add_row(attack.id, attack.name, attack.actor,
+                      ", ".join(s.label for s in attack.fixes), attack.source)
+    Console().print(table)
+
+
+@attack_app.command("run")
+def run(
+    name: Annotated[str, typer.Argument(help="Attack id, e.g. A5 (see `sevsim attack list`).")],
+    mode: Annotated[str, typer.Option(help="none | sev | sev-es | snp")] = "snp",
+    chip: Annotated[str, typer.Option(help="Chip preset (`sevsim chips`).")] = "milan",
+    feature: Annotated[list[str] | None, typer.Option(
+        help="A fix or opt-in feature to turn on, repeatable: " + ", ".join(FEATURES))
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="The outcome as JSON.")] = False,
+) -> None:
+    """Run one attack and narrate it: what the attacker did, saw and got."""
+    from sevsim.attacks.framework import MODES, Setting
+    from sevsim.attacks.runner import attack_named, run_attack
+
+    command = "sevsim attack run"
+    try:
+        attack = attack_named(name)
+        if mode not in MODES:
+            raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        unknown = sorted(set(feature or ()) - FEATURES.keys())
+        if unknown:
+            raise ConfigError(f"unknown feature {unknown[0]!r}; choose from "
+                              f"{', '.join(FEATURES)}")
+        outcome = run_attack(attack, Setting(mode, chip, frozenset(feature or ())))
+    except SevsimError as error:
+        raise fail(error, command) from None
+    if json_out:
+        sys.stdout.write(json.dumps(outcome.to_json(), indent=2, ensure_ascii=False) + "\n")
+        return
+    out = sys.stdout
+    out.write(f"{attack.id} {attack.name} — {attack.actor} — {outcome.setting.label}\n")
+    for step in outcome.trace:
+        out.write(f"  · {step}\n")
+    if outcome.verdict.name == "BROKEN":
+        out.write(f"BROKEN ✗: the attack got {outcome.evidence}\n")
+    elif outcome.verdict.name == "STOPPED":
+        got = f" (it got {outcome.evidence})" if outcome.evidence else ""
+        out.write(f"STOPPED ✓ by {outcome.stopped_by}{got}\n")
+    else:
+        out.write(f"n/a: {outcome.stopped_by}\n")
+
+
+@attack_app.command("matrix")
+def matrix(
+    json_out: Annotated[bool, typer.Option("--json", help="Every cell as a JSON document.")
+                        ] = False,
+    jobs: Annotated[int | None, typer.Option(help="Processes (default: every core).")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="Just these attack ids, repeatable.")
+                    ] = None,
+) -> None:
+    """Every attack against none, sev, sev-es and snp, and against its fixes: each cell
+    computed by running the attack."""
+    from sevsim.attacks.catalog import ATTACKS
+    from sevsim.attacks.framework import MODES
+    from sevsim.attacks.runner import attack_named, run_matrix
+
+    command = "sevsim attack matrix"
+    try:
+        chosen = [attack_named(n) for n in only] if only else list(ATTACKS.values())
+        outcomes = run_matrix(chosen, jobs)
+    except SevsimError as error:
+        raise fail(error, command) from None
+    if json_out:
+        doc = {"modes": list(MODES), "cells": [o.to_json() for o in outcomes]}
+        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "attack", *MODES, "fix / feature")
+    for attack in chosen:
+        mine = [o for o in outcomes if o.attack == attack.id]
+        by_mode = {o.setting.mode: o.verdict.value for o in mine
+                   if not o.setting.features and o.setting.chip == "milan"}
+        fixes = [f"{o.setting.label}: {o.verdict.value}" for o in mine
+                 if o.setting.features or o.setting.chip != "milan"]
+        table.add_row(attack.id, attack.name, *(by_mode.get(m, "") for m in MODES),
+                      "; ".join(fixes))
+    Console().print(table)
+    err.print(f"sevsim: {len(outcomes)} cells computed", highlight=False)
