@@ -22,6 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 
 from sevsim import Host
+from sevsim.attacks.framework import Setting, Trace
+from sevsim.attacks.lab import Lab
+from sevsim.attacks.runner import attack_named
+from sevsim.attacks.toolkit import HypervisorAttacker, PhysicalAttacker
 from sevsim.firmware.core import GuestContext
 from sevsim.firmware.snp import SnpGuestContext
 from sevsim.guest.kernel import GuestKernel
@@ -134,10 +138,22 @@ def inside_secrets(host: Host, vms: dict) -> list[bytes]:
 
 def test_no_public_path_from_the_host_side_reaches_inside(running_host) -> None:
     host, vms = running_host
-    roots = {"host": host, **{f"vm[{mode}]": vm for mode, vm in vms.items()}}
+    roots = {"host": host, **{f"vm[{mode}]": vm for mode, vm in vms.items()},
+             "hypervisor_attacker": HypervisorAttacker(host.hypervisor),
+             "physical_attacker": PhysicalAttacker(host.hypervisor)}
     secrets = inside_secrets(host, vms)
     assert len(secrets) == 5  # the SNP VM's VEK and four VMPCKs: the search has targets
     found = walk(roots, secrets, memory_controller(host).cells)
+    assert not found, "\n".join(found)
+
+
+def test_an_attack_lab_hands_out_only_attacker_handles() -> None:
+    """What an attack's code is given (the lab: its attacker handles and victims) after a
+    real attack ran in it."""
+    lab = Lab(Setting("snp"), Trace())
+    attack_named("A0").attempt(lab)
+    assert lab.target is not None and lab.target.vm.launched
+    found = walk({"lab": lab}, [], np.zeros(1, dtype=np.uint8))
     assert not found, "\n".join(found)
 
 

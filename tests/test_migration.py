@@ -36,7 +36,7 @@ from sevsim.hw.chips import PRESETS
 from sevsim.hw.cpu import REGISTERS, vmsa_seals
 from sevsim.hw.engine import PAGE, EncryptionEngine
 from sevsim.hw.memory import MemoryController
-from sevsim.testing import memory_controller, vcpu_engine
+from sevsim.testing import vcpu_engine
 
 SECRET = secret_bytes()
 NOSEND, DOMAIN, SEV, NODBG, ES = (int(f) for f in (
@@ -150,22 +150,22 @@ def test_pages_move_under_a_fresh_key_and_the_states_follow_the_spec(chips):
     status = target.fw.guest_status(incoming)
     assert (status.state, status.policy) == (GuestState.RUNNING, 0) and status.asid
     # the guest's view
-    assert memory_controller(target).cells[7 * PAGE:8 * PAGE].tobytes() == SECRET
-    assert blocks_found(memory_controller(target).dram_dump(), SECRET) == 0
+    assert target.memory.cells[7 * PAGE:8 * PAGE].tobytes() == SECRET
+    assert blocks_found(target.memory.dram_dump(), SECRET) == 0
     # a fresh VM key: the source's DRAM bytes moved to the target's SPA do not decrypt
-    assert (memory_controller(target).read(7 * PAGE, PAGE)
-            != memory_controller(source).read(2 * PAGE, PAGE))
+    assert (target.memory.read(7 * PAGE, PAGE)
+            != source.memory.read(2 * PAGE, PAGE))
 
 
 def test_debug_works_while_a_guest_is_sent_or_received():
     source, target = fresh_pair()
     handle, incoming = started(source, target)
     source.fw.dbg_decrypt(handle, 2 * PAGE, 20 * PAGE, 64)
-    assert memory_controller(source).read(20 * PAGE, 64) == SECRET[:64]
+    assert source.memory.read(20 * PAGE, 64) == SECRET[:64]
     target.fw.receive_update_data(incoming, source.fw.send_update_data(handle, 2 * PAGE, 64),
                                   5 * PAGE)
     target.fw.dbg_decrypt(incoming, 5 * PAGE, 20 * PAGE, 64)
-    assert memory_controller(target).read(20 * PAGE, 64) == SECRET[:64]
+    assert target.memory.read(20 * PAGE, 64) == SECRET[:64]
 
 
 @settings(max_examples=25, deadline=None)
@@ -190,7 +190,7 @@ def test_any_ranges_round_trip(platforms, pieces, where):
         target.fw.receive_update_data(incoming, packet, spa)
     target.fw.receive_finish(incoming, measure)
     for spa, data in expected:
-        assert memory_controller(target).cells[spa:spa + len(data)].tobytes() == data
+        assert target.memory.cells[spa:spa + len(data)].tobytes() == data
 
 
 # -- SEND_START's policy checks -------------------------------------------------------------------
@@ -410,7 +410,7 @@ def test_tampered_packets_are_refused_and_change_nothing():
     target.refused(SevStatus.INVALID_LENGTH, lambda: target.fw.receive_update_data(
         incoming, TransportPacket(packet.header[:51], packet.data), 3 * PAGE))
     target.fw.receive_update_data(incoming, packet, 3 * PAGE)  # the genuine one still goes in
-    assert memory_controller(target).cells[3 * PAGE:4 * PAGE].tobytes() == SECRET
+    assert target.memory.cells[3 * PAGE:4 * PAGE].tobytes() == SECRET
 
 
 def test_the_finish_measure_catches_dropped_replayed_and_reordered_packets():
@@ -474,9 +474,9 @@ def es_guest(platform: Platform, vmsa_spa: int) -> tuple[int, bytes]:
 def test_vmsa_pages_travel_sealed_for_the_next_vmrun():
     source, target = fresh_pair("milan", "genoa")
     handle, vmsa = es_guest(source, 4 * PAGE)
-    seals = vmsa_seals(memory_controller(source))
+    seals = vmsa_seals(source.memory)
     assert seals.check(1, 4 * PAGE, vmsa)
-    assert memory_controller(source).cells[4 * PAGE:5 * PAGE].tobytes() == vmsa
+    assert source.memory.cells[4 * PAGE:5 * PAGE].tobytes() == vmsa
 
     start = source.fw.send_start(handle, *target.certs())
     incoming = target.fw.receive_start(start.policy, source.pdh(), start.session)
@@ -488,17 +488,17 @@ def test_vmsa_pages_travel_sealed_for_the_next_vmrun():
     assert found_anywhere(packet.data, vmsa) == 0
     target.fw.receive_update_vmsa(incoming, packet, 9 * PAGE)
     target.fw.receive_finish(incoming, source.fw.send_finish(handle))
-    assert vmsa_seals(memory_controller(target)).check(1, 9 * PAGE, vmsa)
-    assert memory_controller(target).cells[9 * PAGE:10 * PAGE].tobytes() == vmsa
+    assert vmsa_seals(target.memory).check(1, 9 * PAGE, vmsa)
+    assert target.memory.cells[9 * PAGE:10 * PAGE].tobytes() == vmsa
 
 
 def test_a_vmsa_the_host_changed_is_not_sent_and_plain_guests_have_none():
     source, target = fresh_pair()
     handle, _ = es_guest(source, 4 * PAGE)
     source.fw.send_start(handle, *target.certs())
-    dram = bytearray(memory_controller(source).read(4 * PAGE, PAGE))
+    dram = bytearray(source.memory.read(4 * PAGE, PAGE))
     dram[0x170] ^= 1  # the host flips a bit of the encrypted save area (RIP's block)
-    memory_controller(source).write(4 * PAGE, bytes(dram))
+    source.memory.write(4 * PAGE, bytes(dram))
     source.refused(SevStatus.SECURE_DATA_INVALID,
                    lambda: source.fw.send_update_vmsa(handle, 4 * PAGE, PAGE))
     plain, incoming = started(source, target)

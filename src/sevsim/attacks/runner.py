@@ -63,7 +63,8 @@ def run_matrix(attacks: Iterable[Attack] | None = None, jobs: int | None = None,
                progress: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     """Every cell computed, on `jobs` processes (default: every core), in matrix order."""
     todo = cells(ATTACKS.values() if attacks is None else attacks)
-    jobs = jobs or os.cpu_count() or 1
+    if jobs is None:
+        jobs = os.cpu_count() or 1
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: need at least one")
     results: list[Outcome] = []
