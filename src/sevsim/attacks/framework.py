@@ -112,6 +112,9 @@ class Attack(ABC):
     actor: str  # "malicious hypervisor"
     source: str  # the paper or advisory
     fixes: tuple[Setting, ...] = ()  # the "fix / feature" cells: settings that stop it
+    # Firmware flaws the attack exploits (sevsim.attacks.lab.FIRMWARE_FLAWS): the lab runs
+    # firmware with them, except at settings with "fixed-firmware".
+    firmware_flaws: frozenset[str] = frozenset()
 
     def not_applicable(self, setting: Setting) -> str | None:
         """Why the attack has no meaning at this level (None: run it)."""

@@ -16,19 +16,45 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from sevsim.abi.policy import PolicyFlags
 from sevsim.attacks.framework import Attempt, Setting, Trace
 from sevsim.attacks.toolkit import HypervisorAttacker, PhysicalAttacker
+from sevsim.attest.idblock import make_id_block
+from sevsim.attest.measure import guest_digest
+from sevsim.attest.sev_owner import DEFAULT_POLICY, GuestOwner
 from sevsim.errors import ConfigError
 from sevsim.guest.build import build_guest
+from sevsim.guest.kernel import kernel_identity
+from sevsim.host.elf import parse_elf
 from sevsim.host.machine import Host
-from sevsim.host.vmm import VirtualMachine
+from sevsim.host.vmm import DEFAULT_SNP_POLICY, VirtualMachine
 
 VICTIMS = Path(__file__).resolve().parent / "victims"
 SECRET_BYTES = 32
 _BUILDS = Path(tempfile.gettempdir()) / "sevsim-victims"
+
+# Firmware flaws an attack may need (`Attack.firmware_flaws`), as the `Host` keyword that
+# runs firmware with that flaw. The lab runs the flawed firmware unless the setting has
+# "fixed-firmware", the catalog's "firmware with the published fix".
+FIRMWARE_FLAWS = {
+    "cve-2019-9836": "vulnerable_cve_2019_9836",  # LAUNCH_START's ECDH takes any point
+}
+
+
+@dataclass(frozen=True)
+class LaunchTerms:
+    """What the guest owner gives the VMM for a launch it will trust: under SEV and SEV-ES
+    the owner itself (it checks LAUNCH_MEASURE against its expected digest, then sends its
+    secret with LAUNCH_SECRET), under SNP an ID block signed for the expected digest, which
+    SNP_LAUNCH_FINISH checks. Pass them to `victim.vm.launch(...)`."""
+
+    owner: GuestOwner | None = None
+    id_block: bytes | None = None
+    id_auth: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -50,36 +76,65 @@ class Victim:
 class Lab:
     """A host for `setting`, the attacker's handles on it, and the victims' ground truth."""
 
-    def __init__(self, setting: Setting, trace: Trace, seed: bytes = b"sevsim attack lab"
-                 ) -> None:
+    def __init__(self, setting: Setting, trace: Trace, seed: bytes = b"sevsim attack lab",
+                 flaws: frozenset[str] = frozenset()) -> None:
+        """`flaws` are the firmware flaws the attack needs (`FIRMWARE_FLAWS`); the lab's
+        firmware has them unless the setting has "fixed-firmware"."""
+        unknown = flaws - FIRMWARE_FLAWS.keys()
+        if unknown:
+            raise ConfigError(f"no firmware flaw {', '.join(sorted(unknown))}")
         self.setting = setting
         self.trace = trace
         self.seed = seed
-        self._host = Host(chip=setting.chip, memory="256M", seed=seed)
+        self.flaws = frozenset() if setting.has("fixed-firmware") else flaws
+        self._host = Host(chip=setting.chip, memory="256M", seed=seed,
+                          **{FIRMWARE_FLAWS[flaw]: True for flaw in self.flaws})
         self.hypervisor = HypervisorAttacker(self._host.hypervisor)
         self.physical = PhysicalAttacker(self._host.hypervisor)
         self.target: Victim | None = None  # the first victim: what the attack is judged on
         self._secret = b""
         self._honest: bytes | None = None
+        self._launches: dict[int, tuple[bytes, Path, int]] = {}  # id(vm): secret, ELF, size
 
     def victim(self, program: str, *, mode: str | None = None, vcpus: int = 1,
-               memory: str = "16M", honest: bytes | None = None, cflags: tuple[str, ...] = ()
-               ) -> Victim:
+               memory: str = "16M", honest: bytes | None = None, cflags: tuple[str, ...] = (),
+               launch: bool = True) -> Victim:
         """Build `victims/<program>.c` with this lab's secret compiled in as SECRET_0..3
         (four 64-bit words), load and launch it at the setting's mode (or `mode`). The first
         victim is the target the attack is judged on; `honest` is what it reports when nobody
-        interferes, for attacks on its result. Later ones are the attacker's own VMs."""
+        interferes, for attacks on its result. Later ones are the attacker's own VMs.
+        `launch=False` only loads it: the attack's VMM launches it (`owner_terms`)."""
         secret = hashlib.shake_256(self.seed + program.encode()).digest(SECRET_BYTES)
         words = [int.from_bytes(secret[i:i + 8], "little") for i in range(0, SECRET_BYTES, 8)]
         flags = (*(f"-DSECRET_{i}=0x{w:016x}ULL" for i, w in enumerate(words)), *cflags)
         elf = _build(program, flags)
         vm = self._host.create_vm(mode or self.setting.mode, memory, vcpus)
         vm.load(elf)
-        vm.launch()
+        if launch:
+            vm.launch()
         victim = Victim(vm, _symbols(elf))
+        self._launches[id(vm)] = (secret, elf, vm.memory_size)
         if self.target is None:
             self.target, self._secret, self._honest = victim, secret, honest
         return victim
+
+    def owner_terms(self, victim: Victim) -> LaunchTerms:
+        """The guest owner's terms for launching `victim`: the digest it expects is computed
+        from the public image and the VM's shape (sevsim.attest.measure), its secret (SEV's
+        launch secret) is the victim's. A plain VM has no owner to attest to."""
+        secret, elf, size = self._launches[id(victim.vm)]
+        mode = victim.vm.mode
+        if mode == "none":
+            return LaunchTerms()
+        digest = guest_digest(mode, parse_elf(elf.read_bytes()), size,
+                              len(victim.vm.hv.vcpus), kernel_identity())
+        if mode == "snp":
+            id_key = ec.derive_private_key(int.from_bytes(
+                hashlib.sha384(self.seed + b" ID key").digest(), "big") >> 8, ec.SECP384R1())
+            bundle = make_id_block(digest, id_key, policy=DEFAULT_SNP_POLICY)
+            return LaunchTerms(id_block=bundle.id_block_bytes, id_auth=bundle.id_auth_bytes)
+        policy = DEFAULT_POLICY | (PolicyFlags.ES if mode == "sev-es" else 0)
+        return LaunchTerms(owner=GuestOwner(secret, digest, int(policy), trust="sevsim"))
 
     def judge(self, attempt: Attempt) -> bool:
         """Whether the attempt is the target's secret, or (for a target with an honest

@@ -152,9 +152,16 @@ class VirtualMachine:
             vcpu.attach_guest(lambda _cpu: kernel)
         self.image = parsed
 
+    @property
+    def measured_pages(self) -> list[int]:
+        """The GPAs of the image pages LAUNCH_UPDATE measures (boot info, segments), in
+        guest-physical order: the image is public, so is this list."""
+        return [gpn * PAGE for gpn in self._measured_pages]
+
     def launch(self, policy: int | None = None, owner: LaunchOwner | None = None, *,
                host_data: bytes = bytes(32), id_block: bytes | None = None,
-               id_auth: bytes | None = None) -> LaunchMeasurement | None:
+               id_auth: bytes | None = None, page_order: list[int] | None = None
+               ) -> LaunchMeasurement | None:
         """SEV: LAUNCH_START, ACTIVATE, LAUNCH_UPDATE_DATA over the image, MEASURE, FINISH.
 
         With a guest owner: it verifies the platform's chain (PDH_CERT_EXPORT) and opens a
@@ -162,18 +169,22 @@ class VirtualMachine:
         LAUNCH_SECRET at the secret page before LAUNCH_FINISH. The policy is the owner's
         unless given (a different one fails the session's policy MAC). SEV-SNP passes
         `host_data` and the owner's ID block and ID_AUTH_INFO (bytes as the firmware takes
-        them) to SNP_LAUNCH_FINISH, as QEMU's sev-snp-guest object does."""
+        them) to SNP_LAUNCH_FINISH, as QEMU's sev-snp-guest object does. `page_order` is the
+        order in which the VMM submits the measured pages to LAUNCH_UPDATE, by GPA (a
+        permutation of `measured_pages`; default guest-physical order): the VMM is the host's,
+        it may choose any order."""
         if self.image is None:
             raise VmStateError("load an image before launching")
         if self.launched:
             raise VmStateError("the VM is already launched")
         if owner is not None and not self.hv.mode.encrypted:
             raise VmStateError("a plain VM has no launch for a guest owner to attest")
+        order = self._launch_order(page_order)
         if self.hv.mode is GuestMode.SNP:
             if owner is not None:
                 raise VmStateError("SNP guests attest with reports, not the legacy owner flow")
             self._launch_snp(DEFAULT_SNP_POLICY if policy is None else policy, host_data,
-                             id_block, id_auth)
+                             id_block, id_auth, order)
             self.launched = True
             return None
         if policy is None:
@@ -190,7 +201,7 @@ class VirtualMachine:
                 handle = fw.launch_start(policy, godh, session)
             self.hv.firmware_handle = handle
             fw.activate(handle, self.asid)
-            for gpa, length in self._spa_runs():
+            for gpa, length in self._spa_runs(order):
                 fw.launch_update_data(handle, gpa, length)
             self._launch_vmsas(handle)
             self.measurement = fw.launch_measure(handle)
@@ -215,8 +226,18 @@ class VirtualMachine:
             self.hypervisor.write_spa(vcpu.vmsa_spa, page)
             self.hypervisor.firmware.launch_update_vmsa(handle, vcpu.vmsa_spa)
 
+    def _launch_order(self, page_order: list[int] | None) -> list[int]:
+        """The measured pages' GPNs in submission order; ConfigError unless `page_order` is a
+        permutation of the measured pages."""
+        if page_order is None:
+            return list(self._measured_pages)
+        if sorted(gpa // PAGE for gpa in page_order) != sorted(self._measured_pages) or any(
+                gpa % PAGE for gpa in page_order):
+            raise ConfigError("page_order must list each measured page's GPA exactly once")
+        return [gpa // PAGE for gpa in page_order]
+
     def _launch_snp(self, policy: int, host_data: bytes, id_block: bytes | None,
-                    id_auth: bytes | None) -> None:
+                    id_auth: bytes | None, order: list[int]) -> None:
         """SEV-SNP as QEMU and KVM do it: a GCTX page, SNP_LAUNCH_START and SNP_ACTIVATE; all
         RAM assigned to the guest (RMPUPDATE, unvalidated: the guest validates what it uses);
         SNP_LAUNCH_UPDATE for the image (NORMAL), the secrets page, the CPUID page (the
@@ -227,7 +248,7 @@ class VirtualMachine:
         hv.write_gpa(vm, SNP_CPUID_GPA, self.snp_cpuid_page())
         gctx = self.snp_launch_start(policy)
         hv.rmp_assign(vm, 0, self.memory_size // PAGE)
-        for gpn in self._measured_pages:
+        for gpn in order:
             fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, gpn * PAGE), PageType.NORMAL)
         fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, SNP_SECRETS_GPA), PageType.SECRETS)
         fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, SNP_CPUID_GPA), PageType.CPUID)
@@ -264,10 +285,10 @@ class VirtualMachine:
             hv.rmpupdate(vcpu.vmsa_spa, self.asid, VMSA_GPA)
             hv.firmware.snp_launch_update(gctx, vcpu.vmsa_spa, PageType.VMSA)
 
-    def _spa_runs(self) -> list[tuple[int, int]]:
-        """The measured pages as (SPA, length) runs, in guest-physical order."""
+    def _spa_runs(self, order: list[int]) -> list[tuple[int, int]]:
+        """The measured pages as (SPA, length) runs, in submission order."""
         runs: list[tuple[int, int]] = []
-        for gpn in self._measured_pages:
+        for gpn in order:
             spa = self.hypervisor.gpa_to_spa(self.hv, gpn * PAGE)
             if runs and runs[-1][0] + runs[-1][1] == spa:
                 runs[-1] = (runs[-1][0], runs[-1][1] + PAGE)
