@@ -21,6 +21,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from sevsim.abi.policy import PolicyFlags
+from sevsim.abi.snp_tcb import PolicyFlags as SnpPolicyFlags
 from sevsim.attacks.framework import Attempt, Setting, Trace
 from sevsim.attacks.toolkit import HypervisorAttacker, PhysicalAttacker
 from sevsim.attest.idblock import make_id_block
@@ -55,6 +56,7 @@ class LaunchTerms:
     owner: GuestOwner | None = None
     id_block: bytes | None = None
     id_auth: bytes | None = None
+    policy: int | None = None  # SNP: the policy the ID block names (None: the VMM's default)
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ class Lab:
         vm = self._host.create_vm(mode or self.setting.mode, memory, vcpus)
         vm.load(elf)
         if launch:
-            vm.launch()
+            vm.launch(policy=self._snp_policy() if vm.mode == "snp" else None)
         victim = Victim(vm, _symbols(elf))
         self._launches[id(vm)] = (secret, elf, vm.memory_size)
         if self.target is None:
@@ -131,10 +133,19 @@ class Lab:
         if mode == "snp":
             id_key = ec.derive_private_key(int.from_bytes(
                 hashlib.sha384(self.seed + b" ID key").digest(), "big") >> 8, ec.SECP384R1())
-            bundle = make_id_block(digest, id_key, policy=DEFAULT_SNP_POLICY)
-            return LaunchTerms(id_block=bundle.id_block_bytes, id_auth=bundle.id_auth_bytes)
+            bundle = make_id_block(digest, id_key, policy=self._snp_policy())
+            return LaunchTerms(id_block=bundle.id_block_bytes, id_auth=bundle.id_auth_bytes,
+                               policy=self._snp_policy())
         policy = DEFAULT_POLICY | (PolicyFlags.ES if mode == "sev-es" else 0)
         return LaunchTerms(owner=GuestOwner(secret, digest, int(policy), trust="sevsim"))
+
+    def _snp_policy(self) -> int:
+        """The SNP guest policy the lab's guest owners ask for: the VMM's default, plus the
+        bits the setting's features turn on ("page-move-disabled": PAGE_SWAP_DISABLE)."""
+        policy = DEFAULT_SNP_POLICY
+        if self.setting.has("page-move-disabled"):
+            policy |= SnpPolicyFlags.PAGE_SWAP_DISABLE
+        return int(policy)
 
     def judge(self, attempt: Attempt) -> bool:
         """Whether the attempt is the target's secret, or (for a target with an honest

@@ -105,6 +105,15 @@ class HypervisorAttacker:
         """RMPUPDATE one frame (to a guest at `gpa`, or back to the host with asid 0)."""
         self.hypervisor.rmpupdate(spa, asid, gpa)
 
+    def page_move(self, victim: VirtualMachine, gpa: int, dst_spa: int) -> int:
+        """Move the victim's SNP page at `gpa` to the free host page `dst_spa` (the firmware's
+        SNP_PAGE_MOVE re-encrypts it under the new address) and point the NPT there; returns
+        the page's old SPA, now the hypervisor's."""
+        src = self.gpa_to_spa(victim, gpa & ~(PAGE - 1))
+        self.firmware.snp_page_move(victim.hv.firmware_handle, src, dst_spa)
+        self.hypervisor.npt_map(victim.hv, gpa & ~(PAGE - 1), dst_spa)
+        return src
+
     def allocate_page(self) -> int:
         """A fresh zeroed host page's SPA, for the attacker's own use."""
         return int(self.hypervisor.allocate_host_pages(1)[0]) * PAGE

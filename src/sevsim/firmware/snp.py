@@ -442,6 +442,34 @@ class SnpFirmware(FirmwareCore):
         self._check_guest_page(ctx, dst, command, write=True)
         self._memory.write_domain(dst_spa, self._memory.read(src_spa, PAGE), ctx.asid)
 
+    # -- page moves ----------------------------------------------------------------------------
+    def snp_page_move(self, gctx: int, src_spa: int, dst_spa: int) -> None:
+        """SNP_PAGE_MOVE: move a running guest's 4 KiB page from `src_spa` to the hypervisor
+        page at `dst_spa` (the hypervisor compacting or migrating host memory). The firmware
+        decrypts the page with the VEK under the source address's tweak and encrypts it again
+        under the destination's; the destination's RMP entry takes the source's (same ASID,
+        GPA, validated state, VMPL permissions) and the source goes back to the hypervisor.
+        The hypervisor then points its NPT at the new page. Refused with POLICY_FAILURE when
+        the guest policy has PAGE_SWAP_DISABLE (bit 25, SNP ABI 1.58)."""
+        command = "SNP_PAGE_MOVE"
+        ctx = self._snp_context(gctx, command, SnpGuestState.RUNNING)
+        if PolicyFlags.PAGE_SWAP_DISABLE in ctx.policy.flags:
+            raise FirmwareError(SevStatus.POLICY_FAILURE,
+                                f"{command}: policy 0x{ctx.policy.to_int():x} disables page "
+                                "moves and swaps (PAGE_SWAP_DISABLE, bit 25)")
+        if not ctx.asid:
+            raise FirmwareError(SevStatus.INACTIVE, f"{command}: the guest is not activated")
+        src = self._page_frame(src_spa, command)
+        dst = self._page_frame(dst_spa, command)
+        self._check_guest_page(ctx, src, command, write=True)
+        if self._memory.rmp.page_size[src] != PAGE_4K:
+            raise FirmwareError(SevStatus.INVALID_PAGE_STATE,
+                                f"{command}: page 0x{src_spa:x} is part of a 2 MiB entry")
+        self._check_hypervisor_page(dst, command)  # the source is assigned: dst != src
+        plaintext = self._read_page_with_key(ctx.asid, src_spa)
+        self._memory.write_domain(dst_spa, plaintext, ctx.asid)
+        self._memory.rmp.move(src, dst)
+
     def _snp_debuggable(self, gctx: int, command: str) -> SnpGuestContext:
         """The checks both debug commands share: the policy's DEBUG bit, and the VEK in the
         memory controller (SNP_ACTIVATE). The launch state does not matter."""

@@ -179,6 +179,16 @@ class Rmp:
         self._clear_guest_state(np.array([frame]))
         self.changed(np.array([frame]))
 
+    def move(self, src: int, dst: int) -> None:
+        """SNP_PAGE_MOVE: `dst` takes `src`'s entry (ASID, GPA, validated state, VMPL
+        permissions, page size) and `src` becomes a hypervisor page."""
+        self.assigned[dst], self.asid[dst], self.gpn[dst] = True, self.asid[src], self.gpn[src]
+        self.validated[dst], self.page_size[dst] = self.validated[src], self.page_size[src]
+        self.vmsa[dst], self.immutable[dst] = False, False
+        self.perms[dst] = self.perms[src]
+        self.changed(np.array([dst]))
+        self.reclaim(src)
+
     def reclaim(self, frame: int) -> None:
         """SNP_PAGE_RECLAIM: the frame becomes an ordinary hypervisor page again."""
         self.assigned[frame], self.asid[frame], self.gpn[frame] = False, 0, 0

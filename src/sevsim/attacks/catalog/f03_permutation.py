@@ -39,7 +39,7 @@ class LaunchPermutation(Attack):
         lab.trace("LAUNCH_UPDATE in the expected content order: the lookup page's GPA first "
                   "(its SPA holds the settings), then the settings page's")
         terms = lab.owner_terms(victim)
-        vm.launch(owner=terms.owner, id_block=terms.id_block, id_auth=terms.id_auth,
+        vm.launch(terms.policy, terms.owner, id_block=terms.id_block, id_auth=terms.id_auth,
                   page_order=order)
         lab.trace("the guest owner's check of the launch digest passed; the VM runs")
         hv.run(vm)
