@@ -5,6 +5,7 @@ from __future__ import annotations
 from sevsim.attacks.framework import Attack, Attempt, Setting
 from sevsim.attacks.lab import Lab, Victim
 from sevsim.attacks.toolkit import HypervisorAttacker
+from sevsim.abi.status import SevStatus
 from sevsim.errors import FirmwareError
 
 BLOCK = 16
@@ -41,19 +42,25 @@ class Heracles(Attack):
         return "a plain VM's memory is plaintext" if setting.mode == "none" else None
 
     def attempt(self, lab: Lab) -> Attempt:
-        """Send 256 guess pages, let the victim store them, then compare."""
+        """Send 256 guess pages for the victim to store, then compare: through SNP page moves
+        where the firmware offers them for this guest, else by remapping its receive ring
+        onto the secret's page while it stores them (plain SEV and SEV-ES have no page move,
+        and no RMP to stop the remap)."""
         victim = lab.victim("keypad_echo")
-        victim.vm.host_input = b"".join(guess_page(g) for g in range(256))
-        lab.trace("sent 256 packets: packet g holds byte g at the start of every 16-byte record")
-        hv = lab.hypervisor
-        hv.run(victim.vm)
-        lab.trace(f"the victim says: {victim.vm.console.strip()!r}")
-        secret_gpa = victim.symbol("presses")
-        secret_spa = hv.gpa_to_spa(victim.vm, secret_gpa)
-        target = hv.read_spa(secret_spa, SECRET_BYTES * BLOCK)
-        lab.trace(f"ciphertext of the key press records at SPA 0x{secret_spa:x}: "
-                  f"{target[:BLOCK].hex()}…")
-        found = self._dictionary(lab, hv, victim, secret_spa, target)
+        vm, hv = victim.vm, lab.hypervisor
+        vm.host_input = b"".join(guess_page(g) for g in range(256))
+        lab.trace("queued 256 packets: packet g holds byte g at the start of every 16-byte "
+                  "record")
+        secret_spa = hv.gpa_to_spa(vm, victim.symbol("presses"))
+        if self._page_moves(lab, hv, victim):
+            hv.run(vm)
+            target = hv.read_spa(secret_spa, SECRET_BYTES * BLOCK)
+            lab.trace(f"ciphertext of the key press records at SPA 0x{secret_spa:x}: "
+                      f"{target[:BLOCK].hex()}…")
+            found = self._moved(lab, hv, victim, secret_spa, target)
+        else:
+            target, found = self._remapped(lab, hv, victim, secret_spa)
+        lab.trace(f"the victim says: {vm.console.strip()!r}")
         data = bytes(found.get(i, 0) for i in range(SECRET_BYTES))
         lab.trace(f"matched {len(found)} of {SECRET_BYTES} records")
         saw = ("0xFF: ciphertext hiding" if target == b"\xff" * len(target)
@@ -61,16 +68,29 @@ class Heracles(Attack):
         return Attempt(data, saw)
 
     @staticmethod
-    def _dictionary(lab: Lab, hv: HypervisorAttacker, victim: Victim, secret_spa: int,
-                    target: bytes) -> dict[int, int]:
+    def _page_moves(lab: Lab, hv: HypervisorAttacker, victim: Victim) -> bool:
+        """Whether the firmware moves this guest's pages: move the ring's first page away and
+        back. A firmware without SNP guests for it says so; any other refusal stops us."""
+        ring = victim.symbol("ring")
+        try:
+            home = hv.page_move(victim.vm, ring, hv.allocate_page())
+        except FirmwareError as refusal:
+            if refusal.status not in (SevStatus.INVALID_PLATFORM_STATE, SevStatus.INVALID_GUEST):
+                lab.trace(f"SNP_PAGE_MOVE refused: {refusal}")
+                raise
+            lab.trace(f"no SNP page move for this guest ({refusal.status.name}): remap instead")
+            return False
+        hv.page_move(victim.vm, ring, home)
+        lab.trace("SNP_PAGE_MOVE works for this guest (moved a ring page away and back)")
+        return True
+
+    @staticmethod
+    def _moved(lab: Lab, hv: HypervisorAttacker, victim: Victim, secret_spa: int,
+               target: bytes) -> dict[int, int]:
         """Move the secret's page away, then each guess page onto the secret's address and
         back, comparing what the firmware's re-encryption put there."""
         vm, ring = victim.vm, victim.symbol("ring")
-        try:
-            hv.page_move(vm, victim.symbol("presses"), hv.allocate_page())
-        except FirmwareError as refusal:
-            lab.trace(f"SNP_PAGE_MOVE refused: {refusal}")
-            raise
+        hv.page_move(vm, victim.symbol("presses"), hv.allocate_page())
         lab.trace(f"SNP_PAGE_MOVE: the records' page leaves SPA 0x{secret_spa:x}")
         found: dict[int, int] = {}
         for guess in range(256):
@@ -80,3 +100,38 @@ class Heracles(Attack):
             hv.page_move(vm, gpa, home)
         lab.trace("moved each of the 256 packets onto that SPA and back, comparing records")
         return found
+
+    @staticmethod
+    def _remapped(lab: Lab, hv: HypervisorAttacker, victim: Victim, secret_spa: int
+                  ) -> tuple[bytes, dict[int, int]]:
+        """Map the ring page the victim fills next onto the secret's SPA, so the victim itself
+        encrypts each packet there; at each exit, note the ciphertext by how many packets the
+        VMM has handed over. The last note before the first packet is the records'."""
+        vm, ring = victim.vm, victim.symbol("ring")
+        homes = [hv.gpa_to_spa(vm, ring + g * PAGE) for g in range(256)]
+        notes: dict[int, bytes] = {}
+        mapped: list[int] = []
+
+        def observe(vcpu: object, exit: object) -> None:
+            del vcpu, exit
+            given = 256 - len(vm.host_input) // PAGE
+            notes[given] = hv.read_spa(secret_spa, SECRET_BYTES * BLOCK)
+            if given < 256 and mapped != [given]:
+                for page in mapped:
+                    hv.remap(vm, ring + page * PAGE, homes[page])
+                hv.remap(vm, ring + given * PAGE, secret_spa)
+                mapped[:] = [given]
+
+        hv.on_exit(vm, observe)
+        try:
+            hv.run(vm)
+        finally:
+            hv.on_exit(vm, None)
+        lab.trace(f"remapped each ring page in turn onto SPA 0x{secret_spa:x} as the victim "
+                  "filled it, reading the ciphertext there at every exit")
+        target = notes.get(0, b"")
+        found: dict[int, int] = {}
+        for guess in range(256):
+            if guess + 1 in notes:
+                matches(target, notes[guess + 1], guess, found)
+        return target, found
