@@ -21,15 +21,18 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from sevsim.abi.policy import PolicyFlags
+from sevsim.abi.snp_tcb import Generation
 from sevsim.abi.snp_tcb import PolicyFlags as SnpPolicyFlags
 from sevsim.attacks.framework import Attempt, Setting, Trace
 from sevsim.attacks.toolkit import HypervisorAttacker, PhysicalAttacker
 from sevsim.attest.idblock import make_id_block
 from sevsim.attest.measure import guest_digest
 from sevsim.attest.sev_owner import DEFAULT_POLICY, GuestOwner
-from sevsim.errors import ConfigError
+from sevsim.attest.snp_policy import Policy, TcbMinimum, validate_report
+from sevsim.attest.snp_verify import CertBundle, verify_report_chain
+from sevsim.errors import AttestationError, ConfigError
+from sevsim.firmware.snp_guest import DEFAULT_TCB
 from sevsim.guest.build import build_guest
-from sevsim.guest.kernel import kernel_identity
 from sevsim.host.elf import parse_elf
 from sevsim.host.machine import Host
 from sevsim.host.vmm import DEFAULT_SNP_POLICY, VirtualMachine
@@ -43,6 +46,7 @@ _BUILDS = Path(tempfile.gettempdir()) / "sevsim-victims"
 # "fixed-firmware", the catalog's "firmware with the published fix".
 FIRMWARE_FLAWS = {
     "cve-2019-9836": "vulnerable_cve_2019_9836",  # LAUNCH_START's ECDH takes any point
+    "sp-code-exec": "vulnerable_sp_code_exec",  # Buhren et al. 2019: code runs on the AMD-SP
 }
 
 
@@ -100,12 +104,13 @@ class Lab:
 
     def victim(self, program: str, *, mode: str | None = None, vcpus: int = 1,
                memory: str = "16M", honest: bytes | None = None, cflags: tuple[str, ...] = (),
-               launch: bool = True) -> Victim:
+               launch: bool = True, policy: int | None = None) -> Victim:
         """Build `victims/<program>.c` with this lab's secret compiled in as SECRET_0..3
         (four 64-bit words), load and launch it at the setting's mode (or `mode`). The first
         victim is the target the attack is judged on; `honest` is what it reports when nobody
         interferes, for attacks on its result. Later ones are the attacker's own VMs.
-        `launch=False` only loads it: the attack's VMM launches it (`owner_terms`)."""
+        `launch=False` only loads it: the attack's VMM launches it (`owner_terms`). `policy`
+        is the guest owner's legacy SEV policy (SEV and SEV-ES; ES is added for SEV-ES)."""
         secret = hashlib.shake_256(self.seed + program.encode()).digest(SECRET_BYTES)
         words = [int.from_bytes(secret[i:i + 8], "little") for i in range(0, SECRET_BYTES, 8)]
         flags = (*(f"-DSECRET_{i}=0x{w:016x}ULL" for i, w in enumerate(words)), *cflags)
@@ -113,7 +118,8 @@ class Lab:
         vm = self._host.create_vm(mode or self.setting.mode, memory, vcpus)
         vm.load(elf)
         if launch:
-            vm.launch(policy=self._snp_policy() if vm.mode == "snp" else None)
+            vm.launch(policy=self._snp_policy() if vm.mode == "snp" else None if policy is None
+                      else policy | (PolicyFlags.ES if vm.mode == "sev-es" else 0))
         victim = Victim(vm, _symbols(elf))
         self._launches[id(vm)] = (secret, elf, vm.memory_size)
         if self.target is None:
@@ -129,7 +135,7 @@ class Lab:
         if mode == "none":
             return LaunchTerms()
         digest = guest_digest(mode, parse_elf(elf.read_bytes()), size,
-                              len(victim.vm.hv.vcpus), kernel_identity())
+                              len(victim.vm.hv.vcpus), victim.vm.kernel_id)
         if mode == "snp":
             id_key = ec.derive_private_key(int.from_bytes(
                 hashlib.sha384(self.seed + b" ID key").digest(), "big") >> 8, ec.SECP384R1())
@@ -138,6 +144,30 @@ class Lab:
                                policy=self._snp_policy())
         policy = DEFAULT_POLICY | (PolicyFlags.ES if mode == "sev-es" else 0)
         return LaunchTerms(owner=GuestOwner(secret, digest, int(policy), trust="sevsim"))
+
+    def release_secret(self, report: bytes, certificates: bytes) -> bytes:
+        """The target's key broker, the guest owner's relying party under SNP: it releases
+        the target's secret to a report that verifies with sevsim.attest (signature, the
+        VCEK's chain to sevsim's AMD root, the VCEK bound to the report's TCB) and passes its
+        policy: the target's expected launch digest, and at least the TCB of the firmware
+        with the published fixes. SnpVerificationError or AttestationError if not."""
+        if self.target is None:
+            raise ConfigError("the attack launched no victim")
+        vm = self.target.vm
+        _, elf, size = self._launches[id(vm)]
+        expected = guest_digest("snp", parse_elf(elf.read_bytes()), size, len(vm.hv.vcpus),
+                                vm.kernel_id)
+        verified = verify_report_chain(report, CertBundle.from_cert_table(certificates),
+                                       trust="sevsim").raise_for_failure()
+        fixed = DEFAULT_TCB[Generation(self._host.chip.product)]
+        policy = Policy(measurements=(expected,), tcb={"reported": TcbMinimum(
+            fixed.bootloader, fixed.tee, fixed.snp, fixed.microcode)})
+        result = validate_report(verified, policy)
+        if not result.ok:
+            raise AttestationError("the key broker refuses the report: " + "; ".join(
+                f"{c.name} {c.actual}, wants {c.expected}" for c in result.checks
+                if not c.passed))
+        return self._secret
 
     def _snp_policy(self) -> int:
         """The SNP guest policy the lab's guest owners ask for: the VMM's default, plus the

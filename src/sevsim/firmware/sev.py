@@ -6,6 +6,8 @@ it was: checks run first, effects after.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 from sevsim.abi.cpuid import SevFeatures
 from sevsim.abi.policy import PolicyFlags, SevPolicy
 from sevsim.abi.sev_cert import Algo, Curve, EcPublicKey
@@ -19,6 +21,7 @@ from sevsim.abi.sev_session import (
     measurement,
     open_packet,
 )
+from sevsim.abi.snp_tcb import TcbVersion
 from sevsim.abi.status import GuestState, PlatformState, PlatformStatus, SevStatus
 from sevsim.errors import FirmwareError, MemoryAccessError
 from sevsim.firmware.core import (
@@ -30,13 +33,53 @@ from sevsim.firmware.core import (
 from sevsim.firmware.es import EsLaunch
 from sevsim.firmware.snp_guest import SnpGuestRequests
 from sevsim.firmware.transport import GuestTransport
+from sevsim.hw.chips import ChipPreset
 from sevsim.hw.engine import BLOCK
+from sevsim.hw.memory import MemoryController
 
-__all__ = ["GuestStatus", "LaunchMeasurement", "PlatformStatus", "SevFirmware"]
+__all__ = ["GuestStatus", "LaunchMeasurement", "PlatformStatus", "SevFirmware", "SpKeyDump"]
+
+
+@dataclass(frozen=True)
+class SpKeyDump:
+    """What code running on a compromised Secure Processor copies out: the private keys the
+    firmware holds, as 48-byte big-endian P-384 scalars (the VCEK's only on SNP parts, for
+    the TCB the firmware runs, which is all it can derive)."""
+
+    cek: bytes
+    vcek: bytes | None
+    tcb: TcbVersion
 
 
 class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
     """The legacy SEV command set of one Secure Processor."""
+
+    def __init__(self, chip: ChipPreset, memory: MemoryController, *, seed: bytes | None = None,
+                 vulnerable_cve_2019_9836: bool = False,
+                 vulnerable_sp_code_exec: bool = False) -> None:
+        """`vulnerable_sp_code_exec`: firmware from before the fixes of Buhren et al. (CCS
+        2019), whose command parsing lets the host run code on the Secure Processor
+        (`sp_exploit`). On SNP parts such firmware is older, so it runs (and reports) a TCB
+        with a lower SNP firmware SVN than the fixed firmware's."""
+        super().__init__(chip, memory, seed=seed,
+                         vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
+        self.vulnerable_sp_code_exec = vulnerable_sp_code_exec
+        if vulnerable_sp_code_exec and self.current_tcb.snp:
+            old = replace(self.current_tcb, snp=self.current_tcb.snp - 1)
+            self.current_tcb = self.committed_tcb = self.tcb = old
+
+    def sp_exploit(self) -> SpKeyDump:
+        """The host's crafted command buffer for the parsing bug of Buhren et al.: firmware
+        with the bug runs the payload in it on the Secure Processor, which copies the keys
+        the firmware holds out to host memory. Fixed firmware refuses the malformed buffer
+        (INVALID_PARAM) and nothing happens."""
+        if not self.vulnerable_sp_code_exec:
+            raise FirmwareError(SevStatus.INVALID_PARAM,
+                                "the command buffer is malformed; this firmware checks it")
+        cek = self._cek.private_numbers().private_value.to_bytes(48, "big")
+        vcek = (self._vcek_key(self.tcb).private_numbers().private_value.to_bytes(48, "big")
+                if self.tcb.snp else None)
+        return SpKeyDump(cek, vcek, self.tcb)
 
     # -- platform ---------------------------------------------------------------------------
     def init(self) -> None:

@@ -53,12 +53,15 @@ class Host:
 
     def __init__(self, chip: str | ChipPreset = DEFAULT_CHIP, memory: int | str = "512M", *,
                  seed: bytes | None = None, vulnerable_cve_2019_9836: bool = False,
+                 vulnerable_sp_code_exec: bool = False,
                  quantum: Quantum = DEFAULT_QUANTUM, min_sev_asid: int | None = None) -> None:
         """`seed` makes the platform reproducible: the chip's secret, hence its CEK, PEK, PDH,
         VCEK and IDs, and every key and nonce the Secure Processor and the memory controller
         draw (VM keys, VMPCKs, tweaks), so the same VMs give the same dumps and reports.
         `vulnerable_cve_2019_9836` runs firmware that does not check the owner's ECDH point
-        (0.17 build 11 and earlier).
+        (0.17 build 11 and earlier); `vulnerable_sp_code_exec` runs firmware from before the
+        fixes of Buhren et al. (CCS 2019), whose command parsing lets the host run code on the
+        Secure Processor (an older firmware: under SNP, a lower TCB).
         `quantum` is what each vCPU runs before the next one when several share the host
         (a lone single-vCPU VM runs until it stops); quanta always end between two
         instructions, so they change the interleaving of vCPUs, never a program's result.
@@ -77,7 +80,8 @@ class Host:
             raise ResourceExhausted(f"cannot allocate {size} bytes of host memory in this "
                                     "process; give the host less") from None
         self.firmware = SevFirmware(self.chip, self._memory, seed=seed,
-                                    vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
+                                    vulnerable_cve_2019_9836=vulnerable_cve_2019_9836,
+                                    vulnerable_sp_code_exec=vulnerable_sp_code_exec)
         self.firmware.init()  # the kernel's ccp driver initialises the platform at load
         self.hypervisor = Hypervisor(self.chip, self._memory, self.firmware)
         self.hypervisor.quantum = quantum

@@ -153,6 +153,12 @@ class VirtualMachine:
         self.image = parsed
 
     @property
+    def kernel_id(self) -> bytes:
+        """The identity of the guest kernel this VMM boots, which the launch digest includes
+        (public: a guest owner computes the expected digest with it)."""
+        return kernel_identity()
+
+    @property
     def measured_pages(self) -> list[int]:
         """The GPAs of the image pages LAUNCH_UPDATE measures (boot info, segments), in
         guest-physical order: the image is public, so is this list."""
