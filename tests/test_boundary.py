@@ -26,6 +26,7 @@ from sevsim.attacks.framework import Setting, Trace
 from sevsim.attacks.lab import Lab
 from sevsim.attacks.runner import attack_named
 from sevsim.attacks.toolkit import HypervisorAttacker, PhysicalAttacker
+from sevsim.errors import FirmwareError
 from sevsim.firmware.core import GuestContext
 from sevsim.firmware.snp import SnpGuestContext
 from sevsim.guest.kernel import GuestKernel
@@ -215,8 +216,11 @@ PLATFORM_FACTS = {
     "chip", "tcb", "current_tcb", "committed_tcb", "generation", "smt_enabled", "sockets",
     "externally_owned", "snp_initialized", "vlek_loaded", "vulnerable_cve_2019_9836",
     "chip_id", "amd_certs", "vcek_certificate", "vcek_public_key", "certificate_table",
-    "seal_hashstick", "measurement_mac", "install_firmware",
+    "seal_hashstick", "measurement_mac", "install_firmware", "vulnerable_sp_code_exec",
 }
+# A firmware flaw's path (attack F2): only firmware built with the flaw answers it; the
+# firmware a Host runs by default refuses it (checked below).
+FLAW_PATHS = {"sp_exploit"}
 
 
 def test_the_secure_processor_answers_only_commands(running_host) -> None:
@@ -225,5 +229,7 @@ def test_the_secure_processor_answers_only_commands(running_host) -> None:
     returns a key."""
     host, _ = running_host
     public = {name for name, _ in public_values(host.firmware)}
-    assert public - SEV_COMMANDS - SNP_COMMANDS - PLATFORM_FACTS == set()
+    assert public - SEV_COMMANDS - SNP_COMMANDS - PLATFORM_FACTS - FLAW_PATHS == set()
+    with pytest.raises(FirmwareError):
+        host.firmware.sp_exploit()
     assert {"launch_start", "snp_launch_update", "dbg_decrypt"} <= public

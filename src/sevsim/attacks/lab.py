@@ -41,12 +41,12 @@ VICTIMS = Path(__file__).resolve().parent / "victims"
 SECRET_BYTES = 32
 _BUILDS = Path(tempfile.gettempdir()) / "sevsim-victims"
 
-# Firmware flaws an attack may need (`Attack.firmware_flaws`), as the `Host` keyword that
-# runs firmware with that flaw. The lab runs the flawed firmware unless the setting has
+# Firmware flaws an attack may need (`Attack.firmware_flaws`), each a `Host` keyword that
+# runs firmware with it. The lab runs the flawed firmware unless the setting has
 # "fixed-firmware", the catalog's "firmware with the published fix".
 FIRMWARE_FLAWS = {
-    "cve-2019-9836": "vulnerable_cve_2019_9836",  # LAUNCH_START's ECDH takes any point
-    "sp-code-exec": "vulnerable_sp_code_exec",  # Buhren et al. 2019: code runs on the AMD-SP
+    "cve-2019-9836": "LAUNCH_START's ECDH takes any point (Host vulnerable_cve_2019_9836)",
+    "sp-code-exec": "code runs on the AMD-SP, Buhren et al. 2019 (Host vulnerable_sp_code_exec)",
 }
 
 
@@ -94,7 +94,8 @@ class Lab:
         self.seed = seed
         self.flaws = frozenset() if setting.has("fixed-firmware") else flaws
         self._host = Host(chip=setting.chip, memory="256M", seed=seed,
-                          **{FIRMWARE_FLAWS[flaw]: True for flaw in self.flaws})
+                          vulnerable_cve_2019_9836="cve-2019-9836" in self.flaws,
+                          vulnerable_sp_code_exec="sp-code-exec" in self.flaws)
         self.hypervisor = HypervisorAttacker(self._host.hypervisor)
         self.physical = PhysicalAttacker(self._host.hypervisor)
         self.target: Victim | None = None  # the first victim: what the attack is judged on

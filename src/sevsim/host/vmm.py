@@ -291,10 +291,11 @@ class VirtualMachine:
             hv.rmpupdate(vcpu.vmsa_spa, self.asid, VMSA_GPA)
             hv.firmware.snp_launch_update(gctx, vcpu.vmsa_spa, PageType.VMSA)
 
-    def _spa_runs(self, order: list[int]) -> list[tuple[int, int]]:
-        """The measured pages as (SPA, length) runs, in submission order."""
+    def _spa_runs(self, order: list[int] | None = None) -> list[tuple[int, int]]:
+        """The measured pages as (SPA, length) runs, in submission order (default:
+        guest-physical)."""
         runs: list[tuple[int, int]] = []
-        for gpn in order:
+        for gpn in self._measured_pages if order is None else order:
             spa = self.hypervisor.gpa_to_spa(self.hv, gpn * PAGE)
             if runs and runs[-1][0] + runs[-1][1] == spa:
                 runs[-1] = (runs[-1][0], runs[-1][1] + PAGE)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from sevsim.abi.status import SevStatus
 from sevsim.attacks.framework import Attack, Attempt, Setting
 from sevsim.attacks.lab import Lab, Victim
 from sevsim.attacks.toolkit import HypervisorAttacker
-from sevsim.abi.status import SevStatus
 from sevsim.errors import FirmwareError
 
 BLOCK = 16

@@ -60,8 +60,9 @@ class SpFirmwareBug(Attack):
         hv = lab.hypervisor
         hv.run(victim.vm)
         dump = hv.firmware.sp_exploit()
+        vcek = f" and the VCEK of TCB {dump.tcb}" if dump.vcek else ""
         lab.trace("the crafted command buffer ran our code on the Secure Processor: it copied "
-                  f"out the CEK private key{' and the VCEK of TCB ' + str(dump.tcb) if dump.vcek else ''}")
+                  f"out the CEK private key{vcek}")
         try:
             return self._migrate(lab, hv, victim, _key(dump.cek))
         except FirmwareError as refusal:
@@ -88,7 +89,9 @@ class SpFirmwareBug(Attack):
                               CertChain(pek_cert, oca_cert, chain.cek).to_bytes(), ask + ark)
         lab.trace("SEND_START accepted our chain: our PEK carries a valid signature of this "
                   "platform's CEK, which AMD's ASK signed")
-        shared = pdh.exchange(ec.ECDH(), platform_pdh.to_key())
+        if not isinstance(platform_pdh.key, EcPublicKey):
+            raise FirmwareError(SevStatus.INVALID_CERTIFICATE, "the platform's PDH is not ECDH")
+        shared = pdh.exchange(ec.ECDH(), platform_pdh.key.to_key())
         keys: TransportKeys = Session.from_bytes(start.session).open(shared, start.policy)
         gpa = victim.symbol("secret")
         spa = hv.gpa_to_spa(victim.vm, gpa)
