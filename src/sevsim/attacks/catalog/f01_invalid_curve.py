@@ -56,19 +56,173 @@ P = 2**384 - 2**128 - 2**96 + 2**32 - 1  # P-384's field
 ORDER = int("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF"
             "581A0DB248B0A77AECEC196ACCC52973", 16)  # P-384's group order: the key is below
 LIMIT = 1 << 12  # the largest prime power solved offline (a guess per residue)
-MAX_GROUPS = 10  # residue groups of unknown relative sign, tried 2^(n-1) ways at the end
+MAX_GROUPS = 12  # residue groups of unknown relative sign, tried 2^(n-1) ways at the end
 Jacobian = tuple[int, int, int]
 INFINITY: Jacobian = (1, 1, 0)
 _ECDSA = ec.ECDSA(hashes.SHA256())
 
-# Curves y^2 = x^3 - 3x + b over P-384's field, as (b, number of points). First the nodal
-# cubic b = -2: its smooth points form the norm-1 torus of F_p^2, a cyclic group of order
-# p + 1 = 2^32 * 3^2 * 5 * 7 * 13 * 17 * 97 * 101 * 193 * 241 * 257 * 641 * 673 * 1163 * ...
-# Then curves whose points were counted offline with PARI/GP's ellsea (Schoof-Elkies-Atkin),
-# kept for the small primes dividing their orders. Public mathematics, not platform data.
-CURVES: tuple[tuple[int, int], ...] = (
-    (P - 2, P + 1),
-)
+# Curves y^2 = x^3 - 3x + b over P-384's field with known orders p + 1 - t, as (b, t). First
+# the nodal cubics: b = -2, whose smooth points form the norm-1 torus of F_p^2, a cyclic group
+# of order p + 1 = 2^32 * 3^2 * 5 * 7 * 13 * 17 * 97 * 101 * 193 * 241 * 257 * 641 * 673 * ...,
+# and b = 2, of order p - 1 (3 is a square mod p, -3 is not). Then, computed offline: curves
+# with complex multiplication by discriminants -D up to 2000 (a root j of the Hilbert class
+# polynomial mod p gives b^2 = 4(j - 1728)/j, Cornacchia's 4p = t^2 + D v^2 gives t, a point
+# times the order checks it) and random curves counted with PARI/GP's ellsea. Public
+# mathematics, kept for the small primes dividing the orders; no platform data.
+_TABLE = """
+ddbb8c5d63ebbd921e144b6cce0b0b8f62d94d985cf29eb97514051ea68072f68c3d9f5fef2153d042e6cf1b70c78869
+-1dced2b1f4406fd1a1cb1e2b60e34d4b5f836305df7e338d8
+224473a29c14426de1ebb49331f4f4709d26b267a30d61468aebfae1597f8d0873c2609f10deac2fbd1930e58f387796
++1dced2b1f4406fd1a1cb1e2b60e34d4b5f836305df7e338d8
+67ba7af628fb34f94c02b292b4da2d7264c0605fbca112689f92a868e6b6cdb9d9a74579a533afbb452aeaa262aac814
+-7f413375271a264197d2894652cf2384726d067cf7aac0f3
+98458509d704cb06b3fd4d6d4b25d28d9b3f9fa0435eed97606d5797194932452658ba855acc5044bad5155e9d5537eb
++7f413375271a264197d2894652cf2384726d067cf7aac0f3
+098adb5bda36759630fa0eb898e93b8584b517374b511fee955efdc2695e4b1605999fb34485a733636564e975aee250
++1dced2b1f4406fd1a1cb1e2b60e34d4b5f836305df7e338d8
+f67524a425c98a69cf05f1476716c47a7b4ae8c8b4aee0116aa1023d96a1b4e8fa66604bbb7a58cc9c9a9b178a511daf
+-1dced2b1f4406fd1a1cb1e2b60e34d4b5f836305df7e338d8
+b12882b6ffff40e6a1003cf18839450fa5cf8e0386dc1cd4c9d3032de64a9f52bed49680eeb959f3af39b470fc1ec7ac
+-174d57a071e5f105c77e46f5e1321a1d5ece84f245d6ee1d4
+4ed77d490000bf195effc30e77c6baf05a3071fc7923e32b362cfcd219b560ac412b697e1146a60c50c64b9003e13853
++174d57a071e5f105c77e46f5e1321a1d5ece84f245d6ee1d4
+dbb245993aa480d2a24c12075e3cdbe66fc35430c442960d491238b9675b9ef34e30fcb197d68d615630cb3f5c0c8b03
++1e8a7b8d5dbee48ef0037819b79b3862bf6e8fff2f50cc8b8
+244dba66c55b7f2d5db3edf8a1c32419903cabcf3bbd69f2b6edc74698a4610bb1cf034d6829729ea9cf34c1a3f374fc
+-1e8a7b8d5dbee48ef0037819b79b3862bf6e8fff2f50cc8b8
+a4c0964639ca74b3044abd2e598ffcafbbb606debdcd4e1a123953e0582ad230ec68fce63e9bd6ef2e8d282da1d48ff5
++12c4610932f5ecb9703d5833b7959c34d6775ad3ecf8842cc
+5b3f69b9c6358b4cfbb542d1a67003504449f9214232b1e5edc6ac1fa7d52dce13970318c1642910d172d7d35e2b700a
+-12c4610932f5ecb9703d5833b7959c34d6775ad3ecf8842cc
+c7d3e1e2d69e9db2300ccc691da2104e04f1972f1468186844e1cebb4b0eb71dff57d59ec61a6301ca1a2af16202f1e4
++19083886b74c9351f4e5f4017b9ed294d45b9098f71f966d9
+382c1e1d2961624dcff33396e25defb1fb0e68d0eb97e797bb1e3144b4f148e100a82a6039e59cfe35e5d50f9dfd0e1b
+-19083886b74c9351f4e5f4017b9ed294d45b9098f71f966d9
+3931e9b68cd2485b5fd625d67111274d5cd603fe8bee0522773765f8cbdefd486b7cbdcc1dcee4f5526ee929e737ecfb
++bb658f18d2ed46c704655c56abd483885ddcce99fd47ae69
+c6ce1649732db7a4a029da298eeed8b2a329fc017411fadd88c89a07342102b694834232e2311b0aad9116d718c81304
+-bb658f18d2ed46c704655c56abd483885ddcce99fd47ae69
+f8ee4c400426b713a4a14797692740ce4378369094e82fe41d84e59810ca1f70a45d274c5c8e32b539fe51fe5e74672f
++13d53e34d71fabc22e59a1fbbc3b64c80208fbd023193effb
+0711b3bffbd948ec5b5eb86896d8bf31bc87c96f6b17d01be27b1a67ef35e08e5ba2d8b2a371cd4ac601ae02a18b98d0
+-13d53e34d71fabc22e59a1fbbc3b64c80208fbd023193effb
+48224bd902a5a8d9c66d4ddfe524315e08141b394d9e4a651ed63c4c36eebb440a5ec8d4f4af2001ea42e366da5e8fe9
+-18bcdd404fea5d7f2bf6af9f1ac5478209abfd87399260573
+b7ddb426fd5a57263992b2201adbcea1f7ebe4c6b261b59ae129c3b3c91144baf5a1372a0b50dffe15bd1c9a25a17016
++18bcdd404fea5d7f2bf6af9f1ac5478209abfd87399260573
+94ecc2c053f7da73e517b590448a0d590fd1abd10f3ca733dec593cf19918a797da700f5d8e24dd4ef309f2cd75ced4d
++9e2407c53d15f3479dae43946411e044f98327e1f8af7988
+6b133d3fac08258c1ae84a6fbb75f2a6f02e542ef0c358cc213a6c30e66e75858258ff09271db22b10cf60d428a312b2
+-9e2407c53d15f3479dae43946411e044f98327e1f8af7988
+c965f6524c22b32401cfee3bb56273e1eceaf863ae4981f32110dd0894492df80312604378d97670a4b2973cdb5f8b54
+-93d14bb0c1dc685ee4b4422735febccbc69276452fb6abf9
+369a09adb3dd4cdbfe3011c44a9d8c1e1315079c51b67e0cdeef22f76bb6d206fced9fbb8726898f5b4d68c424a074ab
++93d14bb0c1dc685ee4b4422735febccbc69276452fb6abf9
+1b5d8cfa9c321328a6ee2bbef0faf04e0a31359670a9f0de1b26507f72794716206bad1ad0169f175da282bb83988b20
+-d1092934fc09bf7dacd210c39fd329f8349e4e26a917e9dc
+e4a2730563cdecd75911d4410f050fb1f5ceca698f560f21e4d9af808d86b8e8df9452e42fe960e8a25d7d457c6774df
++d1092934fc09bf7dacd210c39fd329f8349e4e26a917e9dc
+209983aa08af2dc3e9e75eda4af7a13df422e5d3a567b233990a13beb40892559ea41f7d64948fe9df04ec985cfff506
++150a09760799604bd4f72a0a02002d9a663bcb4436876e83b
+df667c55f750d23c1618a125b5085ec20bdd1a2c5a984dcc66f5ec414bf76da9615be0819b6b701620fb1368a3000af9
+-150a09760799604bd4f72a0a02002d9a663bcb4436876e83b
+e9e143ae1c8d29f147abeb75e72eae341c203f2b1143f87dd936b8264e9fec19713f9de0ee4b61381d46f104aa6c2982
++d4c744b54cabd7922061570e7deb14a0ad2f86b3dab66195
+161ebc51e372d60eb854148a18d151cbe3dfc0d4eebc078226c947d9b16013e58ec0621e11b49ec7e2b90efc5593d67d
+-d4c744b54cabd7922061570e7deb14a0ad2f86b3dab66195
+adadc2463f1f4e40a78e9307ad4f3948bbfde50587f78a5459a75fab259082c6481f77a4c01f012c023b29a689bef64e
++1764907c5878ab19e9c26b170d002960feecef33e3c89509c
+52523db9c0e0b1bf58716cf852b0c6b744021afa780875aba658a054da6f7d38b7e0885a3fe0fed3fdc4d65a764109b1
+-1764907c5878ab19e9c26b170d002960feecef33e3c89509c
+2f74f6f0f1426470a732d2886b76a9e3f36a6e9b4d212949548a3c142e6c56be707958923bc89f0cf72944f6038db354
+-8b804b175fa28a4db53eb62b5e09d3b9ef20ce5e96ff3fd3
+d08b090f0ebd9b8f58cd2d779489561c0c959164b2ded6b6ab75c3ebd193a9408f86a76cc43760f308d6bb0afc724cab
++8b804b175fa28a4db53eb62b5e09d3b9ef20ce5e96ff3fd3
+efce52ea73626cb10fe6b59e5374606219000ac99930c975bf3fc5c4c0c930d0466dd1651698352dfc78bb0529c9adf7
+-1e8b6b77487dd5a7e2a613ac08f2095c1d44cbd9fc9881e92
+1031ad158c9d934ef0194a61ac8b9f9de6fff53666cf368a40c03a3b3f36cf2eb9922e99e967cad2038744fbd6365208
++1e8b6b77487dd5a7e2a613ac08f2095c1d44cbd9fc9881e92
+ec3d05aa0a2d6728f42d09502b15faa718925857d1508d6cda94e7a62e6c66e3c46d8b3a4ee6ffbb100d418738099942
+-29a73f833c3d8302c4e521e8548498eb41ff6c6f1f1f15d5
+13c2fa55f5d298d70bd2f6afd4ea0558e76da7a82eaf7293256b1859d193991b3b9274c4b1190044eff2be79c7f666bd
++29a73f833c3d8302c4e521e8548498eb41ff6c6f1f1f15d5
+2c5f1583b97c0a227945cf8d3b26449d2169e7674735205d4c7ea0a380545bf73425c20f528b1a454e9c9b1e73e38dfd
++1f2dfa950508759282260d0762fc1ec752a4b4a138b6611c5
+d3a0ea7c4683f5dd86ba3072c4d9bb62de961898b8cadfa2b3815f5c7faba407cbda3defad74e5bab16364e28c1c7202
+-1f2dfa950508759282260d0762fc1ec752a4b4a138b6611c5
+62a5bcd4e267683364160653b2eafdcd6f7c7101a9581e07b6a20491028374bbf006fb23186bd89060cd6dc7cd223936
+-1e8a7b8d5dbee48ef0037819b79b3862bf6e8fff2f50cc8b8
+9d5a432b1d9897cc9be9f9ac4d15023290838efe56a7e1f8495dfb6efd7c8b430ff904dbe794276f9f32923932ddc6c9
++1e8a7b8d5dbee48ef0037819b79b3862bf6e8fff2f50cc8b8
+5b7a1b66b4018cfb5a3bc296c46c1f12f0bdecd313560110ff936cdf3240ec5fbcbfa0da7604c2a66471da4014d9e616
++1750649610d7143809f7566d26a08e77d047ec527bf5bd34f
+a485e4994bfe7304a5c43d693b93e0ed0f42132ceca9feef006c9320cdbf139f43405f2489fb3d599b8e25c0eb2619e9
+-1750649610d7143809f7566d26a08e77d047ec527bf5bd34f
+e447cf5a29a047872cdc85dc6cd40e2897ed2b5b02399d3550e1ffe0a63c2eb11c8e8f436c8da750601fbf2ddc68fb8a
++1fef8d8bb591feea1d5a12f69621841244e509c54f29bb856
+1bb830a5d65fb878d3237a23932bf1d76812d4a4fdc662caaf1e001f59c3d14de37170bb937258af9fe040d323970475
+-1fef8d8bb591feea1d5a12f69621841244e509c54f29bb856
+6ffdaf7d4e6577c9e33956395034f5369176ecb0fd308b7af59876cac394e59480bfa9465eff2d5fe95c44fcca88921d
++fe64d00d46b264dd1dc3850d216f786ff8996f41e07ee684
+90025082b19a88361cc6a9c6afcb0ac96e89134f02cf74850a6789353c6b1a6a7f4056b8a100d2a016a3bb0435776de2
+-fe64d00d46b264dd1dc3850d216f786ff8996f41e07ee684
+2c4d9bdcff3b9cc86c1f92a43acfd00d57c411c2425998756f83c9cba6929854ba2e8d6606bea28583fb9351f4580528
+-1b0bb0b8a7d27675a0fd0d0ba1a4a65a8ce1b8ae976d023e7
+d3b2642300c4633793e06d5bc5302ff2a83bee3dbda6678a907c3634596d67aa45d17298f9415d7a7c046caf0ba7fad7
++1b0bb0b8a7d27675a0fd0d0ba1a4a65a8ce1b8ae976d023e7
+a4f8540d8b61e3edbe7b0e45282681f4fb75e6ebb56e36ca1798b84a0fa584c4b242c0840c871a304fd7196dfa728df7
++12c4610932f5ecb9703d5833b7959c34d6775ad3ecf8842cc
+5b07abf2749e1c124184f1bad7d97e0b048a19144a91c935e86747b5f05a7b3a4dbd3f7af378e5cfb028e693058d7208
+-12c4610932f5ecb9703d5833b7959c34d6775ad3ecf8842cc
+6569407b16530a2d799bff032ba9bf0678369eec959148a0d757f8104af3e0989c0c86b7f6c354b3d9632b47e9c004cf
+-503cce6a3b558f4960f113f72df1a25bfad60d3214310533
+9a96bf84e9acf5d2866400fcd45640f987c961136a6eb75f28a807efb50c1f6663f37947093cab4c269cd4b9163ffb30
++503cce6a3b558f4960f113f72df1a25bfad60d3214310533
+2eb31c99092fe0e4fb507a45d0e303c7573edc8c2207c42e9604cb9a0daf484bfdb544a1e18a199ddc3f58711cd44656
++1cb42ce81ae1afdffcc4062dd54e30ee0234f19943a59b58e
+d14ce366f6d01f1b04af85ba2f1cfc38a8c12373ddf83bd169fb3465f250b7b3024abb5d1e75e66223c0a78fe32bb9a9
+-1cb42ce81ae1afdffcc4062dd54e30ee0234f19943a59b58e
+43abf7376df6342dbf809b7bdbd49192b961ba0da490b4992a7e655c8d34c9897c3af4d70ba7542fc47e5850aecec640
++9e2407c53d15f3479dae43946411e044f98327e1f8af7988
+bc5408c89209cbd2407f6484242b6e6d469e45f25b6f4b66d5819aa372cb367583c50b27f458abd03b81a7b0513139bf
+-9e2407c53d15f3479dae43946411e044f98327e1f8af7988
+c2d765428a78e7f965d40d7fe802cb62962ad940a353375f5846e4bfb4924b010286891f2b996736c56a446c96c100dc
++15f91e474395edb3a80fa627ada438d68b177f35203c6c8dc
+3d289abd758718069a2bf28017fd349d69d526bf5cacc8a0a7b91b404b6db4fdfd7976dfd46698c93a95bb94693eff23
+-15f91e474395edb3a80fa627ada438d68b177f35203c6c8dc
+78e510617311d8a3c2ce6f447ed4d57b1e2feb89414c343c1027c4d1c386bbc4cd613e30d8f16adf91b7584a2265b1f5
++171238b28f6b66574df24051586c0dd8f7ae476cde7fbad79
+9b810e766ec9d28663ca828dd5f4b3b2e4b06ce60741c7a87ce42c8218072e8c35bf992dc9e9c616612e7696a6cecc1b
++db62dc72a3c2bcbdaeb92a3b3fa85cef2082b6dc889edd20
+1a2b8f1ff1fd42a29755d4c13a902931cd447e35b8b6d8fe442e3d437204e52db2221a58008a05a6c4647159c324c985
++1bb11633bf4d40cad80e48dd735203503bfea34cc6944165e
+afbd67f9619699cfe1988ad9f06c144a025b413f8a9a021ea648a7dd06839eb905b6e6e307d4bedc51431193e6c3f339
++4ddc52295b970cee057669b792dc21f6f0de2a74066c191c
+8d88348a7eed8d14f06d3fef701966a0c381e88f38c0c8fd8712b8bc076f3787b9d179e06c0fd4f5f8130c4237730edf
++d25221915cf41fef3cf2cd1ef32b951e69e9ee931c16d908
+6a8ac4ba05805975ed2f89d94a2f20aaf3c64af775a89294c2cd789a380208a9ad45f23d3b1a11df587fd2803bab6c39
++36d9436f745440ee1ab2b0079356ac2aff67da71f9e92c9c
+4be03db0dc2574bdb94067edfe175330a11d459a2f978d8719999e3fa46d6753ec148cb48e73ca47ea90a8f0d66b829e
++c7459511a50169077b127f90fc8f2273749913035737e39c
+cf1822ffbc6887782b491044d5e341245c6e433715ba2bdd177219d30e7a269fd95bafc8f2a4d27bdcf4bb99f4bea973
+-1d34f174925141d25b6a128252876240c483220933b9cdbfe
+ffed9235288bc781ae66267594c9c9500925e4749b575bd13653f8dd9b1f282e4067c3584ee207f8da94e3e8ab73738f
+-1737e0e0c77c0cde9b6bc4ac4ecaabf8fffe8b70a205b95a4
+ef8acd128b4f2fc15f3f57ebf30b94fa82523e86feac7eb7dc38f519b91751dacdbd47d364be8049a372db8f6e405d93
+-14d4f30939ebaf96e90d8f81e75c1c0ad15b0fdce1b048f5f
+e8624fab5186ee32ee8d7ee9770348a05d300cb90706a045defc044a09325626e6b58de744ab6cce80877b6f71e1f6d2
+-3c65c876c5cd13a617d645a0ec073f16fa23ed13971c6939
+2d3d854e061b90303b08c6e33c7295782d6c797f8f7d9b782a1be9cd8697bbd0e2520e33e44c50556c71c4a66148a86f
+-196c3614ca1bb913ca421ac0f7770534c43ec4938e7795d55
+"""
+
+
+def _curves_table() -> tuple[tuple[int, int], ...]:
+    lines = _TABLE.split()
+    return tuple((int(b, 16), int(t, 16)) for b, t in zip(lines[::2], lines[1::2], strict=True))
+
+
+CURVES: tuple[tuple[int, int], ...] = ((P - 2, 0), (2, 2), *_curves_table())
 
 
 # -- arithmetic on any curve with a = -3 ---------------------------------------------------------
@@ -106,6 +260,23 @@ def add(p1: Jacobian, p2: Jacobian) -> Jacobian:
     v = u1 * hh % P
     x3 = (r * r - hhh - 2 * v) % P
     return x3, (r * (v - x3) - s1 * hhh) % P, h * z1 * z2 % P
+
+
+def add_affine(p1: Jacobian, x2: int, y2: int) -> Jacobian:
+    """P1 + (x2, y2), the second point affine (mixed addition: fewer multiplications)."""
+    x1, y1, z1 = p1
+    if z1 == 0:
+        return x2, y2, 1
+    z1z1 = z1 * z1 % P
+    u2, s2 = x2 * z1z1 % P, y2 * z1 * z1z1 % P
+    if x1 == u2:
+        return double(p1) if y1 == s2 else INFINITY
+    h, r = (u2 - x1) % P, (s2 - y1) % P
+    hh = h * h % P
+    hhh = h * hh % P
+    v = x1 * hh % P
+    x3 = (r * r - hhh - 2 * v) % P
+    return x3, (r * (v - x3) - y1 * hhh) % P, h * z1 % P
 
 
 def multiply(k: int, pt: Jacobian) -> Jacobian:
@@ -173,39 +344,31 @@ class InvalidCurve:
         """The prime powers below LIMIT dividing the order, each a residue to learn."""
         return factor_small(self.points)
 
-    @cached_property
-    def smooth(self) -> int:
-        """The largest divisor of the order made of primes below LIMIT (the whole 2-part)."""
-        part = 1
-        for q in self.small:
-            while self.points % (part * q) == 0:
-                part *= q
-        return part
-
-    @cached_property
-    def generator(self) -> Jacobian:
-        """A point of order exactly `smooth`: the cofactor times the first point, found by
-        x = 1, 2, ..., whose order has every small prime power in full."""
-        for x in range(1, 1 << 16):
+    def point_of_order(self, m: int) -> Jacobian | None:
+        """A point of order exactly m (a divisor of the order): the cofactor times points at
+        pseudo-random x (small x give special points on the node curves, roots of unity among
+        them). None when a few dozen points all fall short: the group is not cyclic there
+        (Z/q^a x Z/q^b, possible for q dividing p - 1) and no point has that order."""
+        primes = list(factor_small(m))  # m is made of primes below LIMIT
+        found = 0
+        for i in range(1 << 16):
+            x = int.from_bytes(hashlib.sha384(i.to_bytes(4, "big")).digest(), "big") % P
             rhs = (x * x * x - 3 * x + self.b) % P
             if rhs == 0 or pow(rhs, (P - 1) // 2, P) != 1:
                 continue
-            candidate = multiply(self.points // self.smooth, (x, pow(rhs, (P + 1) // 4, P), 1))
-            if all(multiply(self.smooth // q, candidate)[2] for q in self.small):
+            candidate = multiply(self.points // m, (x, pow(rhs, (P + 1) // 4, P), 1))
+            if all(multiply(m // q, candidate)[2] for q in primes):
                 return candidate
-        raise ValueError(f"no point of order {self.smooth} on the curve with b = {self.b:x}")
-
-    def point_of_order(self, m: int) -> Jacobian:
-        """A point of order exactly m, a divisor of `smooth`."""
-        if self.smooth % m:
-            raise ValueError(f"{m} does not divide the smooth part of the order")
-        return multiply(self.smooth // m, self.generator)
+            found += 1
+            if found == 40:
+                break
+        return None
 
 
 def curves() -> Iterator[InvalidCurve]:
     """The table's curves with their small prime powers."""
-    for b, points in CURVES:
-        yield InvalidCurve(b, points)
+    for b, trace in CURVES:
+        yield InvalidCurve(b, P + 1 - trace)
 
 
 # -- the attack ----------------------------------------------------------------------------------
@@ -270,9 +433,12 @@ def solve(opens: Callable[[bytes], bool], point: Jacobian, anchor: int, step: in
     """The t in 0..count-1 with X of (anchor + step*t) * point opening the session."""
     current, delta = multiply(anchor, point), multiply(step, point)
     batch: list[Jacobian] = []
+    if delta[2] == 0:  # step is a multiple of the order: one candidate
+        return 0 if opens(xs([current])[0]) else None
+    dx, dy = affine(delta)
     for _ in range(count):
         batch.append(current)
-        current = add(current, delta)
+        current = add_affine(current, dx, dy)
     for t, x in enumerate(xs(batch)):
         if opens(x):
             return t
@@ -292,6 +458,8 @@ def recover_key(oracle: PdhOracle, pdh: tuple[int, int], trace: Callable[[str], 
     while bits < two_adic(torus.points):  # the torus's 2-part, eight bits per point
         nxt = min(bits + 8, two_adic(torus.points))
         point = torus.point_of_order(1 << nxt)
+        if point is None:
+            return None
         t = solve(oracle.ask(point), point, known2, 1 << bits,
                   (1 << (nxt - bits)) if bits else (1 << (nxt - 1)) + 1)
         if t is None:
@@ -299,29 +467,28 @@ def recover_key(oracle: PdhOracle, pdh: tuple[int, int], trace: Callable[[str], 
         known2, bits = known2 + (t << bits), nxt
     trace(f"k mod 2^{bits} = 0x{known2:x} (up to sign), from four points on the node curve")
     groups: list[dict[int, int]] = [{1 << bits: known2}]
-    todo = sorted(((q ** e, q, curve) for curve in table for q, e in curve.small.items()),
-                  key=lambda item: item[0])
-    for power, prime, curve in todo:
+    pending = sorted(((q ** e, q, curve) for curve in table[1:] for q, e in curve.small.items()
+                      if q > 2), key=lambda item: item[0])
+    pending[:0] = [(q ** e, q, torus) for q, e in torus.small.items() if q > 2]
+    while pending and math.prod(m for group in groups for m in group) <= ORDER:
         moduli = [m for group in groups for m in group]
-        if math.prod(moduli) > ORDER:
+        pending = [item for item in pending if all(m % item[1] for m in moduli)]
+        step = _next_step(pending, groups)
+        if step is None:
             break
-        if any(m % prime == 0 for m in moduli):
+        power, curve, anchor_mod, anchor_value, group = step
+        point = curve.point_of_order(anchor_mod * power)
+        if point is None:  # that order is out of reach on this curve: try the next
+            pending = [item for item in pending if item[2] is not curve or item[0] != power]
             continue
-        anchored = [(anchor, group) for group in groups
-                    if (anchor := _anchor(group, curve)) is not None]
-        if anchored:
-            (anchor_mod, anchor_value), group = min(anchored, key=lambda a: a[0][0])
-            point = curve.point_of_order(anchor_mod * power)
-            t = solve(oracle.ask(point), point, anchor_value, anchor_mod, power)
-            if t is None:
-                return None
-            group[power] = (anchor_value + anchor_mod * t) % power
-        elif len(curve.small) > 1 and len(groups) < MAX_GROUPS:
-            point = curve.point_of_order(power)  # a new group: k mod q^e up to sign
-            t = solve(oracle.ask(point), point, 0, 1, power // 2 + 1)
-            if t is None:
-                return None
+        count = power if anchor_mod > 1 else power // 2 + 1  # unanchored: k and -k alike
+        t = solve(oracle.ask(point), point, anchor_value, anchor_mod, count)
+        if t is None:
+            return None
+        if group is None:
             groups.append({power: t})
+        else:
+            group[power] = (anchor_value + anchor_mod * t) % power
     modulus = math.prod(m for group in groups for m in group)
     trace(f"{oracle.queries} SEND_STARTs with off-curve points: the key modulo a "
           f"{modulus.bit_length()}-bit number, in {len(groups)} groups of unknown sign")
@@ -340,12 +507,32 @@ def recover_key(oracle: PdhOracle, pdh: tuple[int, int], trace: Callable[[str], 
     return None
 
 
+Step = tuple[int, "InvalidCurve", int, int, dict[int, int] | None]
+
+
+def _next_step(pending: list[tuple[int, int, InvalidCurve]], groups: list[dict[int, int]]
+               ) -> Step | None:
+    """The cheapest residue an anchor on its curve ties to a group; else, while groups may
+    be added, the cheapest one to start a new group with (one its curve can anchor more to).
+    (power, curve, anchor modulus, k mod it, group; the modulus 1 and no group for a start)."""
+    for power, _, curve in pending:
+        for group in groups:
+            anchor = _anchor(group, curve)
+            if anchor is not None:
+                return power, curve, anchor[0], anchor[1], group
+    if len(groups) < MAX_GROUPS:
+        for power, _, curve in pending:
+            if len(curve.small) > 2:
+                return power, curve, 1, 0, None
+    return None
+
+
 def _anchor(residues: dict[int, int], curve: InvalidCurve) -> tuple[int, int] | None:
-    """The smallest modulus g (a known prime power's part dividing the curve's smooth order)
+    """The smallest modulus g (a known prime power's part dividing the curve's order)
     with k mod g != -k mod g: (g, k mod g); None if the curve has none yet."""
     best: tuple[int, int] | None = None
     for modulus, value in residues.items():
-        g = math.gcd(modulus, curve.smooth)
+        g = math.gcd(modulus, curve.points)
         if g > 1 and 2 * value % g and (best is None or g < best[0]):
             best = (g, value % g)
     return best
