@@ -231,7 +231,6 @@ class PlatformPki(FirmwareCore):
 # -- P-384 affine arithmetic, as the vulnerable firmware did it ------------------------------------
 
 P384_P = 2**384 - 2**128 - 2**96 + 2**32 - 1
-P384_A = P384_P - 3
 Jacobian = tuple[int, int, int]  # (X, Y, Z) for the affine (X/Z^2, Y/Z^3); Z = 0 at infinity
 _INFINITY: Jacobian = (1, 1, 0)
 
