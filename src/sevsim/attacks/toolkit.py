@@ -29,11 +29,13 @@ from sevsim.hw.rmp import RmpEntry
 @dataclass(frozen=True)
 class Fault:
     """One #NPF the hypervisor saw: the page-aligned GPA (all it learns of the address) and
-    whether it was a write or a fetch, from EXITINFO1's error code."""
+    whether it was a write or a fetch, from EXITINFO1's error code; `rmp` when the page was
+    present but the SEV-SNP RMP check refused it (the error code's RMP bit)."""
 
     gpa: int
     write: bool
     fetch: bool
+    rmp: bool = False
 
 
 @dataclass
@@ -48,7 +50,7 @@ class FaultTrace:
         return [fault.gpa for fault in self.faults]
 
 
-_NPF_WRITE, _NPF_FETCH = 1 << 1, 1 << 4  # #PF error-code bits in EXITINFO1
+_NPF_WRITE, _NPF_FETCH, _NPF_RMP = 1 << 1, 1 << 4, 1 << 31  # error-code bits in EXITINFO1
 
 
 class HypervisorAttacker:
@@ -136,7 +138,8 @@ class HypervisorAttacker:
             page = gpa & ~(PAGE - 1)
             if page not in home:
                 return False  # a fault the trace did not cause: the guest really faulted
-            event = Fault(page, bool(error & _NPF_WRITE), bool(error & _NPF_FETCH))
+            event = Fault(page, bool(error & _NPF_WRITE), bool(error & _NPF_FETCH),
+                          bool(error & _NPF_RMP))
             trace.faults.append(event)
             for other in pages:
                 if other != page:

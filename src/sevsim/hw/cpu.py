@@ -638,6 +638,17 @@ class Vcpu:
 
     def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int,
                      _ud: object) -> bool:
+        # The hypervisor's answer to a #NPF is to resume the guest, which executes the access
+        # again: if the page is still not mapped (it remapped it somewhere the RMP refuses,
+        # say), that is a new #NPF, not a success.
+        while True:
+            resolved = self._npf(access, address)
+            if not resolved or self._space.mapped(address):
+                return resolved
+
+    def _npf(self, access: int, address: int) -> bool:
+        """One #NPF for an access to a page the vCPU does not map; whether the hypervisor
+        resolved it."""
         info1 = (NPF_WRITE if access == UC_MEM_WRITE_UNMAPPED else 0) | (
             NPF_FETCH if access == UC_MEM_FETCH_UNMAPPED else 0)
         rmp = self._space.rmp_fault(address)
@@ -646,8 +657,10 @@ class Vcpu:
             self._pending = self._pending or self._fault(
                 f"#VC page not validated at GPA 0x{address:x} (RIP 0x{self._rip():x})")
             return False
-        if rmp == RMP_NPF:
-            info1 |= NPF_RMP
+        if rmp == RMP_NPF:  # the walk found the page, the RMP check refused it
+            why = self._space.rmp_mismatch(address)
+            return self._nested_fault(info1 | NPF_RMP, address,
+                                      f"nested page fault, RMP check failed ({why}),")
         return self._nested_fault(info1, address, "nested page fault")
 
     def _on_protection(self, uc: Uc, access: int, address: int, size: int, value: int,

@@ -170,6 +170,31 @@ class GuestAddressSpace:
             return RMP_OK
         return int(self._rmp_check(gpn, gpn + 1)[0])
 
+    def mapped(self, gpa: int) -> bool:
+        """Whether the vCPUs map the guest page of `gpa` now (the NPT and, under SEV-SNP, the
+        RMP allow it)."""
+        gpn = gpa // PAGE
+        return any(start <= gpn < stop for start, (stop, _) in self._regions.items())
+
+    def rmp_mismatch(self, gpa: int) -> str:
+        """What the RMP says about the frame behind `gpa` when the nested walk refused it: why
+        the hardware set the RMP bit in the #NPF error code."""
+        spa = self.npt.lookup(gpa)
+        if spa is None:
+            return "not mapped"
+        rmp, frame = self.memory.rmp, spa // PAGE
+        if not self.c_bit[gpa // PAGE]:
+            return f"shared access to SPA 0x{spa & ~(PAGE - 1):x}, a guest-assigned frame"
+        if not rmp.assigned[frame]:
+            return f"SPA 0x{spa & ~(PAGE - 1):x} is not assigned to a guest"
+        owner, at = int(rmp.asid[frame]), int(rmp.gpn[frame]) * PAGE
+        wanted = (f"ASID {self.asid}" if owner != self.asid else "") + (
+            f"{' at ' if owner != self.asid else ''}GPA 0x{gpa & ~(PAGE - 1):x}"
+            if at != gpa & ~(PAGE - 1) else "")
+        return (f"the RMP entry of SPA 0x{spa & ~(PAGE - 1):x} gives it to ASID {owner} at "
+                f"GPA 0x{at:x}{' as a VMSA' if rmp.vmsa[frame] else ''}, not to "
+                f"{wanted or 'this access'}")
+
     def own_frames(self, first: int, stop: int, vmsa_too: bool = False) -> np.ndarray:
         """The frames behind guest pages [first, stop) for PVALIDATE's and RMPADJUST's
         nested walk; raises (FAIL_INPUT) unless every page is present and assigned to this

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from sevsim.attacks.catalog.a00_snooping import MemorySnooping
+from sevsim.attacks.catalog.a05_severed import Severed
+from sevsim.attacks.catalog.a06_io_oracle import IoOracle
 from sevsim.attacks.framework import Attack
 
 ATTACKS: dict[str, Attack] = {attack.id: attack for attack in (
     MemorySnooping(),
+    Severed(),
+    IoOracle(),
 )}
