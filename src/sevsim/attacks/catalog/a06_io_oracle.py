@@ -42,6 +42,7 @@ class IoOracle(Attack):
                           f"NPT now maps it to SPA 0x{target:x}")
 
         vm.host_input = b"W"
+        hv.step(vm)  # boot: the guest kernel validates its memory before the program runs
         with hv.tracing_faults(vm, [block], at_fault):
             hv.run(vm)
         data = hv.read_gpa(vm, bounce, SECRET_BYTES)
