@@ -95,12 +95,14 @@ class Lab:
 
 def _build(program: str, cflags: tuple[str, ...]) -> Path:
     """The victim's ELF, built once per program and flags (gcc is the slow part)."""
-    tag = hashlib.sha256("\0".join((program, *cflags)).encode()).hexdigest()[:16]
+    source = VICTIMS / f"{program}.c"
+    if not source.exists():
+        raise ConfigError(f"no victim program {program!r} in {VICTIMS}")
+    # the source is part of the key: an edited victim is rebuilt, not served from the cache
+    tag = hashlib.sha256("\0".join((program, *cflags)).encode() + b"\0"
+                         + source.read_bytes()).hexdigest()[:16]
     out = _BUILDS / f"{program}-{tag}.elf"
     if not out.exists():
-        source = VICTIMS / f"{program}.c"
-        if not source.exists():
-            raise ConfigError(f"no victim program {program!r} in {VICTIMS}")
         partial = out.with_name(f"{out.name}.{os.getpid()}.tmp")
         build_guest([source], partial, cflags=cflags)
         partial.replace(out)  # atomic: parallel matrix workers may build the same victim

@@ -165,6 +165,19 @@ class HypervisorAttacker:
         plain SEV (under SEV-ES and SNP reading it raises VmStateError)."""
         return victim.hv.vcpus[vcpu].vmcb
 
+    def set_asid(self, vm: VirtualMachine, asid: int, vcpu: int = 0) -> None:
+        """Write VMCB.ASID: the key slot (and TLB tag) the vCPU runs with from its next VMRUN.
+        KVM writes the VM's own; CrossLine writes another guest's into the attacker's VM."""
+        vm.hv.vcpus[vcpu].vmcb.asid = asid
+
+    def vmsa_pointer(self, vm: VirtualMachine, vcpu: int = 0) -> int | None:
+        """The VMCB's VMSA pointer (SEV-ES and SNP; None under no SEV and plain SEV)."""
+        return vm.hv.vcpus[vcpu].vmsa_spa
+
+    def set_vmsa_pointer(self, vm: VirtualMachine, spa: int, vcpu: int = 0) -> None:
+        """Point the VMCB at another VMSA page; the next VMRUN checks and loads that one."""
+        vm.hv.vcpus[vcpu].vmsa_spa = spa
+
     def vmsa_ciphertext(self, victim: VirtualMachine, vcpu: int = 0) -> bytes:
         """The DRAM bytes of the vCPU's VMSA page (SEV-ES and SNP): what CipherLeaks reads."""
         spa = victim.hv.vcpus[vcpu].vmsa_spa

@@ -244,7 +244,9 @@ class Vcpu:
         self._pending: BaseException | None = None
         self._msr_sites: set[int] = set()
         self._ghcb_msr = 0
-        self._vmsa_loaded = False  # the launch VMSA has been loaded by a first VMRUN
+        # SEV-ES: (SPA, page) of the VMSA as this engine last loaded or saved it: VMRUN loads a
+        # VMSA only when it is another page or was changed since (another vCPU ran it)
+        self._vmsa_image: tuple[int, bytes] | None = None
         self._sev_features = 0
         self._seals = vmsa_seals(space.memory)
         self._view = GuestCpu(self)
@@ -335,6 +337,7 @@ class Vcpu:
             return
         self._ran = True
         self._slice.arm(quantum, deadline_ns, hard=timeout)
+        self._space.run_as(self.vmcb.asid)
         if self.es:
             self._vmrun()
         if self._needs_reset:
@@ -402,11 +405,15 @@ class Vcpu:
         self.vmcb.exit_code, self.vmcb.exit_info1, self.vmcb.exit_info2 = (
             exit.code, exit.info1, exit.info2)
         if not self.es:
-            return self._exit_handler(self, exit)
+            keep = self._exit_handler(self, exit)
+            if keep:
+                self._space.run_as(self.vmcb.asid)
+            return keep
         self._save_vmsa()
         self.vmcb.ghcb_gpa = self._ghcb_msr
         keep = self._exit_handler(self, exit)
         if keep:
+            self._space.run_as(self.vmcb.asid)
             self._vmrun()
             self._ghcb_msr = self.vmcb.ghcb_gpa & (1 << 64) - 1
         return keep
@@ -459,11 +466,13 @@ class Vcpu:
                     fpreg_xmm=xmm).to_bytes()
         self._write_vmsa(spa, page)
         self._seals.seal(self.vmcb.asid, spa, page)
+        self._vmsa_image = (spa, page)
 
     def _vmrun(self) -> None:
         """VMRUN under SEV-ES: the VMSA must carry the seal the hardware last gave it. The
-        first VMRUN loads the launch VMSA into the engine; later ones find in it exactly the
-        state the engine kept, so there is nothing to load. Under SEV-SNP the RMP is the
+        first VMRUN loads the launch VMSA into the engine; later ones usually find in it
+        exactly the state the engine kept, so there is nothing to load, unless the VMCB now
+        points at another VMSA or another vCPU ran this one since. Under SEV-SNP the RMP is the
         integrity: the page must be tagged as a VMSA of this guest, which no host write can
         change (so a VMSA the guest built itself, tagged with RMPADJUST, runs too)."""
         spa = self._vmsa_page()
@@ -475,9 +484,9 @@ class Vcpu:
         page = self._read_vmsa(spa)
         if self.mode is not GuestMode.SNP and not self._seals.check(self.vmcb.asid, spa, page):
             raise self._refuse(f"the VMSA at SPA 0x{spa:x} fails its integrity check")
-        if not self._vmsa_loaded:
+        if self._vmsa_image != (spa, page):
             self._load_vmsa(Vmsa.from_bytes(page))
-            self._vmsa_loaded = True
+            self._vmsa_image = (spa, page)
 
     def _load_vmsa(self, vmsa: Vmsa) -> None:
         regs = vmsa.regs

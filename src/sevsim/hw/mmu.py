@@ -74,6 +74,19 @@ class GuestAddressSpace:
                              self.asid if self.encrypted and private else RAW)
         self.refresh(lo, hi)
 
+    # -- what the hypervisor controls --------------------------------------------------------
+    def run_as(self, asid: int) -> None:
+        """VMRUN with `asid` in the VMCB. The ASID is the hypervisor's to write, and it is what
+        the hardware goes by: the key slot that decrypts private pages and, under SEV-SNP, the
+        owner the RMP checks are made against. Another ASID than the VM's own re-derives
+        every mapping under it: its own private pages read as their decryption under that
+        key (garbage, hence "security by crash"), and another guest's pages mapped here read
+        as that guest sees them (CrossLine)."""
+        if asid == self.asid:
+            return
+        self.asid = asid
+        self.refresh(0, self.npt.limit_pages)
+
     # -- engines -----------------------------------------------------------------------------
     def attach(self, uc: Uc, vmpl: int = 0) -> None:
         """Map a vCPU engine (running at `vmpl`) onto what the VM maps now; it then follows

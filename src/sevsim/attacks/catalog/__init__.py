@@ -6,6 +6,7 @@ from sevsim.attacks.catalog.a00_snooping import MemorySnooping
 from sevsim.attacks.catalog.a05_severed import Severed
 from sevsim.attacks.catalog.a06_io_oracle import IoOracle
 from sevsim.attacks.catalog.a07_page_faults import PageFaultChannel
+from sevsim.attacks.catalog.a08_crossline import CrossLine
 from sevsim.attacks.catalog.a11_sev_step import SevStep
 from sevsim.attacks.framework import Attack
 
@@ -14,5 +15,6 @@ ATTACKS: dict[str, Attack] = {attack.id: attack for attack in (
     Severed(),
     IoOracle(),
     PageFaultChannel(),
+    CrossLine(),
     SevStep(),
 )}
