@@ -30,7 +30,7 @@ class Severed(Attack):
         lab.trace(f"the service answers from GPA 0x{response:x}; the secret's page GPA "
                   f"0x{secret:x} sits at SPA 0x{target:x}")
         vm.host_input = REQUEST * 2
-        remapped = []
+        remapped: list[bool] = []
 
         def after_first_answer(vcpu: Vcpu, exit: VmExit) -> None:
             del vcpu, exit

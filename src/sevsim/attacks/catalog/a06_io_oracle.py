@@ -47,7 +47,11 @@ class IoOracle(Attack):
             hv.run(vm)
         data = hv.read_gpa(vm, bounce, SECRET_BYTES)
         lab.trace(f"bounce page after the write: {data.hex()}")
-        why = (f"the RMP refused the remapped page (#NPF with the RMP bit at GPA "
-               f"0x{refused[0].gpa:x}); the bounce page got the block's own data {data[:16]!r}"
-               if refused else f"the bounce page holds {data[:16]!r}")
+        if refused:
+            entry = hv.rmp_entry(target)
+            why = (f"#NPF with the RMP bit at GPA 0x{refused[0].gpa:x}: the RMP entry of SPA "
+                   f"0x{target:x} gives it to ASID {entry.asid} at GPA 0x{entry.gpa:x} only; "
+                   f"the bounce page got the block's own data {data[:16]!r}")
+        else:
+            why = f"the bounce page holds {data[:16]!r}"
         return Attempt(data, why)
