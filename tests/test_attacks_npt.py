@@ -1,7 +1,7 @@
-"""Attacks through the nested page tables and the vCPU controls (attacks.md A5-A8, A11): each
+"""Attacks through the nested page tables and the vCPU controls (attacks.md A5-A9, A11): each
 runs at every protection level and its verdict is the catalog's (§3); the mechanisms they
-stand on (the key follows VMCB.ASID, a resumed access faults again, VMRUN's VMSA checks) are
-tested on their own."""
+stand on (the key follows VMCB.ASID, a resumed access faults again, VMRUN's VMSA checks, the
+ASID-tagged TLB and who flushes it) are tested on their own."""
 
 from __future__ import annotations
 
@@ -17,15 +17,17 @@ from sevsim.attacks.runner import run_attack
 from sevsim.errors import GuestFault, VmrunError
 from sevsim.host.hypervisor import HvVm
 from sevsim.hw.cpu import Vcpu
+from sevsim.hw.tlb import WINDOW_BASE, Tlb
 from sevsim.testing import vcpu_engine
 
 X, OK, NA = Verdict.BROKEN, Verdict.STOPPED, Verdict.NOT_APPLICABLE
 EXPECTED = {  # attacks.md §3: none, sev, sev-es, snp
     "A5": (X, X, X, OK), "A6": (X, X, X, OK), "A7": (X, X, X, X), "A8": (NA, X, X, OK),
-    "A11": (X, X, X, X),
+    "A9": (NA, X, X, OK), "A11": (X, X, X, X),
 }
 # what stops each attack where it is stopped: the mechanism, named
-STOPPED_BY = {"A5": "RMP check failed", "A6": "#NPF with the RMP bit", "A8": "RMP check failed"}
+STOPPED_BY = {"A5": "RMP check failed", "A6": "#NPF with the RMP bit", "A8": "RMP check failed",
+              "A9": "flushed the ASID"}
 
 
 @pytest.mark.parametrize("attack_id", sorted(EXPECTED))
@@ -38,7 +40,8 @@ def test_each_attack_gets_the_catalogs_verdict(attack_id: str, mode: str) -> Non
         assert len(bytes.fromhex(outcome.evidence)) == 32 and not outcome.stopped_by
     elif expected is OK:
         assert STOPPED_BY[attack_id] in outcome.stopped_by, outcome.stopped_by
-        assert "SPA 0x" in outcome.stopped_by  # where: the frame the RMP refused
+        if "RMP" in STOPPED_BY[attack_id]:
+            assert "SPA 0x" in outcome.stopped_by  # where: the frame the RMP refused
     else:
         assert "no memory encryption" in outcome.stopped_by
     if expected is not NA:
@@ -115,3 +118,30 @@ def test_a_resumed_access_to_a_page_still_refused_faults_again() -> None:
     with pytest.raises(GuestFault, match=r"RMP check failed .* gives it to ASID"):
         hv.run(vm)
     assert len(seen) == 2 and not seen[0] & NPF_RMP and seen[1] & NPF_RMP
+
+
+@pytest.mark.parametrize("mode", ["sev", "sev-es", "snp"])
+def test_with_kvms_flush_each_process_uses_its_own_translation(mode: str) -> None:
+    """The same two processes without the attacker: KVM flushes the ASID when the other vCPU
+    ran last, every window walk uses its own vCPU's page table, the key stays in the vault."""
+    lab = Lab(Setting(mode), Trace())
+    victim = lab.victim("tlb_tenants", vcpus=2)
+    lab.hypervisor.run(victim.vm)
+    assert victim.vm.outputs == [bytes(32)]
+    assert "key stored" in victim.vm.console
+
+
+def test_the_tlb_is_tagged_by_asid_and_flushed_by_whoever_may() -> None:
+    """Cached translations survive VMRUN for every vCPU of the ASID until a flush; SEV-SNP's
+    flush at a change of VMSA is the hardware's and nothing the host sets turns it off."""
+    tlb = Tlb()
+    tlb.fill(5, WINDOW_BASE, 0x123)
+    assert tlb.entries(5) == {WINDOW_BASE: 0x123} and tlb.entries(6) == {}
+    assert tlb.ran(5, 0x1000) is None and tlb.ran(5, 0x2000) == 0x1000
+    tlb.flush(5)
+    assert tlb.entries(5) == {}
+    lab = Lab(Setting("snp"), Trace())
+    victim = lab.victim("tlb_tenants", vcpus=2)
+    lab.hypervisor.skip_tlb_flush(victim.vm)
+    lab.hypervisor.run(victim.vm)
+    assert victim.vm.outputs == [bytes(32)]  # skipped by the host, flushed by the CPU

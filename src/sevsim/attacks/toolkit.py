@@ -170,6 +170,11 @@ class HypervisorAttacker:
         KVM writes the VM's own; CrossLine writes another guest's into the attacker's VM."""
         vm.hv.vcpus[vcpu].vmcb.asid = asid
 
+    def skip_tlb_flush(self, vm: VirtualMachine, skip: bool = True) -> None:
+        """Leave out the TLB flush KVM asks for when another vCPU of the VM ran last on the
+        CPU (TLB poisoning); SEV-SNP hardware flushes anyway when the VMSA changes."""
+        vm.hv.skip_tlb_flush = skip
+
     def vmsa_pointer(self, vm: VirtualMachine, vcpu: int = 0) -> int | None:
         """The VMCB's VMSA pointer (SEV-ES and SNP; None under no SEV and plain SEV)."""
         return vm.hv.vcpus[vcpu].vmsa_spa

@@ -134,6 +134,7 @@ SYS_TSM_MKDIR = 113
 SYS_TSM_RMDIR = 114
 SYS_TSM_WRITE = 115
 SYS_TSM_READ = 116
+SYS_MAP_WINDOW = 117
 _VMPL0_ONLY = {SYS_SET_SHARED, SYS_SET_PRIVATE, SYS_VCPU_START, SYS_VMPL_START}
 _BUSY_RETRY_S = 0.01  # Linux: SNP_REQ_RETRY_DELAY, while the hypervisor says BUSY ...
 _BUSY_GIVE_UP_S = 60.0  # ... for at most SNP_REQ_MAX_RETRY_DURATION
@@ -179,6 +180,7 @@ class GuestKernel:
             SYS_VMPL_START: self._vmpl_start, SYS_RMPADJUST: self._rmpadjust,
             SYS_TSM_MKDIR: self._tsm_mkdir, SYS_TSM_RMDIR: self._tsm_rmdir,
             SYS_TSM_WRITE: self._tsm_write, SYS_TSM_READ: self._tsm_read,
+            SYS_MAP_WINDOW: self._map_window,
         }
 
     # -- boot ---------------------------------------------------------------------------------
@@ -378,6 +380,17 @@ class GuestKernel:
             self.ghcb.psc(cpu, addr // PAGE, npages, PSC_PRIVATE)
             self._validate(cpu, addr, npages, True)
         cpu.set_c_bit(addr, npages, private=True)
+        return 0
+
+    def _map_window(self, cpu: GuestCpu, va: int, gpa: int, *_: int) -> int:
+        """Point a window page of the calling vCPU's process at one of the program's private
+        pages (its page table entry, then INVLPG)."""
+        if not self._pages(cpu, gpa, 1):
+            return -EINVAL
+        try:
+            cpu.map_window(va, gpa)
+        except GuestFault:
+            return -EINVAL
         return 0
 
     def _sev_status(self, cpu: GuestCpu, *_: int) -> int:

@@ -103,6 +103,7 @@ class HvVm:
     hypercall_handler: HypercallHandler | None = None
     npf_handler: NpfHandler | None = None
     exit_observer: ExitObserver | None = None  # sees every exit before KVM handles it
+    skip_tlb_flush: bool = False  # leave out KVM's flush when another vCPU of the ASID ran
     shared_gpns: set[int] = field(default_factory=set)
     msrs: dict[int, int] = field(default_factory=lambda: dict(_GUEST_MSRS))
     vmsa_frames: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -132,6 +133,7 @@ class Hypervisor:
         self._asids_in_use: set[int] = set()
         self._asids_to_flush: set[int] = set()
         self._plain_asid = chip.max_asid + 1  # unencrypted guests still get a TLB tag
+        self._last_vcpu: dict[int, Vcpu] = {}  # per ASID: the vCPU that ran with it last
         self.request_rate: tuple[float, int] | None = None  # guest requests per s, burst
         self.quantum: Quantum = DEFAULT_QUANTUM  # what each vCPU runs before the next one
 
@@ -433,6 +435,7 @@ class Hypervisor:
                             errors[late.vm_id] = GuestTimeout(
                                 f"VM {late.vm_id} still running after {timeout:g} s")
                     return errors
+                self._pre_run(vm, vcpu)
                 try:
                     vcpu.run(None if alone else self.quantum, deadline,
                              timeout=not pause_at_timeout)
@@ -443,6 +446,16 @@ class Hypervisor:
                     self.stop(vm)
                     errors[vm.vm_id] = GuestTimeout(
                         f"VM {vm.vm_id} still running after {timeout:g} s")
+
+    def _pre_run(self, vm: HvVm, vcpu: Vcpu) -> None:
+        """KVM's pre_sev_run: the vCPUs of a VM share its ASID, so when another one ran with
+        it last, TLB_CONTROL flushes the ASID's TLB entries at VMRUN (unless `skip_tlb_flush`:
+        the choice is the host's, short of SEV-SNP)."""
+        asid = vcpu.vmcb.asid
+        if self._last_vcpu.get(asid) is not vcpu:
+            self._last_vcpu[asid] = vcpu
+            if not vm.skip_tlb_flush:
+                vcpu.vmcb.tlb_control = True
 
     def stop(self, vm: HvVm) -> None:
         """Stop the VM's vCPUs for good; its memory and key stay until `destroy_vm`."""

@@ -40,6 +40,7 @@ from unicorn import (
     UC_MEM_WRITE_PROT,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
+    UC_PROT_ALL,
     Uc,
     UcError,
 )
@@ -62,9 +63,10 @@ from sevsim.abi.vmsa import GPRS, Segment, Vmsa
 from sevsim.errors import GuestFault, GuestTimeout, VmrunError, VmStateError
 from sevsim.hw.chips import ChipPreset, GuestMode
 from sevsim.hw.engine import PAGE
-from sevsim.hw.memory import MemoryController
+from sevsim.hw.memory import RAW, MemoryController
 from sevsim.hw.mmu import RMP_NOT_VALIDATED, RMP_NPF, GuestAddressSpace
 from sevsim.hw.quantum import Quantum, SliceTimer
+from sevsim.hw.tlb import WINDOW_BASE, WINDOW_PAGES, tlb_of
 from sevsim.hw.unicorn_c import RegisterReader
 
 REGISTERS: dict[str, int] = {
@@ -182,6 +184,7 @@ class Vmcb:
         self.exit_info1: int = 0
         self.exit_info2: int = 0
         self.ghcb_gpa: int = 0  # SEV-ES: the guest's GHCB MSR at VMGEXIT, loaded back at VMRUN
+        self.tlb_control = False  # TLB_CONTROL: flush this ASID's TLB entries at the next VMRUN
 
     @property
     def save_area_readable(self) -> bool:
@@ -249,6 +252,9 @@ class Vcpu:
         self._vmsa_image: tuple[int, bytes] | None = None
         self._sev_features = 0
         self._seals = vmsa_seals(space.memory)
+        self._tlb = tlb_of(space.memory)
+        self._windows: dict[int, int] = {}  # the guest's page table for its windows: VA -> GPA
+        self._window_map: dict[int, int] = {}  # what the engine maps there now: VA -> frame
         self._view = GuestCpu(self)
         self._slice = SliceTimer(self._uc)
         space.attach(self._uc)
@@ -340,6 +346,7 @@ class Vcpu:
         self._space.run_as(self.vmcb.asid)
         if self.es:
             self._vmrun()
+        self._tlb_enter()
         if self._needs_reset:
             self._needs_reset = False
             if self._guest is not None:
@@ -508,6 +515,49 @@ class Vcpu:
         self._sev_features = regs.get("sev_features", 0)
         self.vmpl = regs.get("vmpl", 0)
         self._space.set_vmpl(self._uc, self.vmpl)
+
+    # -- the TLB (guest windows) -----------------------------------------------------------
+    def _tlb_enter(self) -> None:
+        """VMRUN and the TLB: flush the ASID's entries if TLB_CONTROL asks, or, under SEV-SNP,
+        if another VMSA ran with this ASID last (the hardware does not leave that to the
+        host); then the engine sees the ASID's entries, and walks its own page table for the
+        windows that have none."""
+        asid = self.vmcb.asid
+        before = self._tlb.ran(asid, self.vmsa_spa)
+        if self.vmcb.tlb_control or (self.mode is GuestMode.SNP and before != self.vmsa_spa):
+            self._tlb.flush(asid)
+        self.vmcb.tlb_control = False
+        cached = self._tlb.entries(asid)
+        for va, gpa in self._windows.items():
+            frame = self._space.direct_frame(gpa)
+            if va not in cached and frame is not None:
+                self._tlb.fill(asid, va, frame)
+        self._show_windows(self._tlb.entries(asid))
+
+    def map_window(self, va: int, gpa: int) -> None:
+        """The guest points window `va` at its page `gpa` (its page table, then INVLPG: the
+        walk fills the TLB with this vCPU's translation)."""
+        frame = self._space.direct_frame(gpa)
+        if va % PAGE or not WINDOW_BASE <= va < WINDOW_BASE + WINDOW_PAGES * PAGE or (
+                frame is None):
+            raise GuestFault(f"vCPU {self.index}: window 0x{va:x} -> GPA 0x{gpa:x} refused")
+        self._windows[va] = gpa
+        self._tlb.fill(self.vmcb.asid, va, frame)
+        self._show_windows(self._tlb.entries(self.vmcb.asid))
+
+    def _show_windows(self, entries: dict[int, int]) -> None:
+        """Map the engine's windows as the TLB entries say (a frame the VM's ASID does not
+        hold directly stays unmapped: the access faults)."""
+        memory, space = self._space.memory, self._space
+        own = space.asid if space.encrypted else RAW
+        for va, frame in list(self._window_map.items()):
+            if entries.get(va) != frame:
+                self._uc.mem_unmap(va, PAGE)
+                del self._window_map[va]
+        for va, frame in entries.items():
+            if va not in self._window_map and memory.domain[frame] == own:
+                self._uc.mem_map_ptr(va, PAGE, UC_PROT_ALL, memory.frame_address(frame))
+                self._window_map[va] = frame
 
     def _refuse(self, why: str) -> VmrunError:
         """VMRUN fails with SVM_EXIT_ERR: the vCPU never runs again."""
@@ -781,6 +831,11 @@ class GuestCpu:
             raise GuestFault(f"vCPU {self.index}: #UD: RMPADJUST outside SEV-SNP")
         frame = int(vcpu._space.own_frames(gpa // PAGE, gpa // PAGE + 1, vmsa_too=vmsa)[0])
         vcpu._space.memory.rmp.rmpadjust(frame, vcpu.vmpl, target_vmpl, perms, vmsa)
+
+    def map_window(self, va: int, gpa: int) -> None:
+        """Point the window page `va` (from WINDOW_BASE) at the guest page `gpa`, for the
+        process on this vCPU; GuestFault if either is not usable."""
+        self._vcpu.map_window(va, gpa)
 
     def mark_executable(self, gpa: int, length: int) -> None:
         """Guest page tables say this range holds code (the CPU decodes it)."""

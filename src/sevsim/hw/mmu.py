@@ -183,6 +183,14 @@ class GuestAddressSpace:
             return RMP_OK
         return int(self._rmp_check(gpn, gpn + 1)[0])
 
+    def direct_frame(self, gpa: int) -> int | None:
+        """The frame the vCPUs map the guest page of `gpa` straight onto, if they do."""
+        gpn = gpa // PAGE
+        if not 0 <= gpn < self.npt.limit_pages:
+            return None
+        slot = int(self._mapped_slot[gpn])
+        return slot - 1 if slot else None
+
     def mapped(self, gpa: int) -> bool:
         """Whether the vCPUs map the guest page of `gpa` now (the NPT and, under SEV-SNP, the
         RMP allow it)."""

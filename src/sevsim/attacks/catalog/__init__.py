@@ -7,6 +7,7 @@ from sevsim.attacks.catalog.a05_severed import Severed
 from sevsim.attacks.catalog.a06_io_oracle import IoOracle
 from sevsim.attacks.catalog.a07_page_faults import PageFaultChannel
 from sevsim.attacks.catalog.a08_crossline import CrossLine
+from sevsim.attacks.catalog.a09_tlb_poisoning import TlbPoisoning
 from sevsim.attacks.catalog.a11_sev_step import SevStep
 from sevsim.attacks.framework import Attack
 
@@ -16,5 +17,6 @@ ATTACKS: dict[str, Attack] = {attack.id: attack for attack in (
     IoOracle(),
     PageFaultChannel(),
     CrossLine(),
+    TlbPoisoning(),
     SevStep(),
 )}

@@ -53,6 +53,7 @@ extern "C" {
 #define SYS_TSM_RMDIR 114
 #define SYS_TSM_WRITE 115
 #define SYS_TSM_READ 116
+#define SYS_MAP_WINDOW 117
 
 /* Error numbers returned (negated) by system calls. */
 #define SEV_EPERM 1
@@ -358,6 +359,18 @@ static inline long sev_host_input(void *buf, size_t len)
 static inline long sev_host_output(const void *buf, size_t len)
 {
     return sev_syscall2(SYS_HOST_OUTPUT, (long)buf, (long)len);
+}
+
+/* Window pages: guest-virtual pages above the program's memory that the process on one
+ * vCPU points at its own pages, as a page table does (SEV_WINDOW_PAGES of them). */
+#define SEV_WINDOW_BASE 0x7F0000000000UL
+#define SEV_WINDOW_PAGES 16
+
+/* Point the window page `window` (page aligned, from SEV_WINDOW_BASE) at the program's
+ * private page `page`, for the calling vCPU.  Returns 0 or -SEV_EINVAL. */
+static inline long sev_map_window(void *window, void *page)
+{
+    return sev_syscall2(SYS_MAP_WINDOW, (long)window, (long)page);
 }
 
 /* Stop the calling vCPU for good. */
