@@ -94,6 +94,33 @@ def test_vmrun_refuses_an_own_vmsa_under_another_asid(mode: str, why: str) -> No
         lab.hypervisor.step(own.vm)
 
 
+def test_vmrun_refuses_an_asid_without_a_key() -> None:
+    lab = Lab(Setting("sev"), Trace())
+    victim = lab.victim("secret_in_memory")
+    lab.hypervisor.step(victim.vm)
+    lab.hypervisor.set_asid(victim.vm, victim.vm.asid + 7)  # a slot nothing activated
+    with pytest.raises(VmrunError, match=f"ASID {victim.vm.asid + 7} has no key loaded"):
+        lab.hypervisor.step(victim.vm)
+
+
+def test_a_hypervisor_that_never_maps_the_page_livelocks_the_guest_into_a_fault() -> None:
+    lab = Lab(Setting("sev"), Trace())
+    victim = lab.victim("page_channel")
+    hv, vm = lab.hypervisor, victim.vm
+    hv.step(vm)
+    calls: list[int] = []
+
+    def handler(record: HvVm, vcpu: Vcpu, gpa: int, info1: int) -> bool:
+        calls.append(gpa)
+        return True  # "resolved", but the page stays unmapped
+
+    vm.hv.npf_handler = handler
+    hv.unmap(vm, victim.symbol("tick"))
+    with pytest.raises(GuestFault, match="1000 #NPFs at GPA"):
+        hv.run(vm)
+    assert set(calls) == {victim.symbol("tick")} and len(calls) == 1000
+
+
 def test_a_resumed_access_to_a_page_still_refused_faults_again() -> None:
     """The hypervisor answers a #NPF by remapping the page to a frame the RMP refuses at that
     GPA: the guest's access executes again and faults again, now with the RMP bit."""

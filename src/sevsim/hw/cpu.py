@@ -94,6 +94,7 @@ _XMM_IDS = tuple(getattr(x86, f"UC_X86_REG_XMM{i}") for i in range(16))
 # than the rest of the switch.
 _SAVE_READER = RegisterReader((*_SAVED_IDS, *_X87.values(), *_SELECTORS.values(),
                                *_BASES.values(), *_XMM_IDS))
+_NPF_RETRIES = 1000  # a guest the hypervisor keeps resuming into the same #NPF is livelocked
 _CONTROL = ("cr0", "cr3", "cr4", "efer")  # the mode the engine runs in; VMRUN cannot change it
 _EXCEPTIONS = {0: "#DE divide error", 1: "#DB", 3: "#BP breakpoint", 4: "#OF overflow",
                5: "#BR", 6: "#UD invalid opcode", 7: "#NM", 8: "#DF double fault",
@@ -343,7 +344,7 @@ class Vcpu:
             return
         self._ran = True
         self._slice.arm(quantum, deadline_ns, hard=timeout)
-        self._space.run_as(self.vmcb.asid)
+        self._enter_asid()
         if self.es:
             self._vmrun()
         self._tlb_enter()
@@ -414,13 +415,13 @@ class Vcpu:
         if not self.es:
             keep = self._exit_handler(self, exit)
             if keep:
-                self._space.run_as(self.vmcb.asid)
+                self._enter_asid()
             return keep
         self._save_vmsa()
         self.vmcb.ghcb_gpa = self._ghcb_msr
         keep = self._exit_handler(self, exit)
         if keep:
-            self._space.run_as(self.vmcb.asid)
+            self._enter_asid()
             self._vmrun()
             self._ghcb_msr = self.vmcb.ghcb_gpa & (1 << 64) - 1
         return keep
@@ -516,6 +517,14 @@ class Vcpu:
         self.vmpl = regs.get("vmpl", 0)
         self._space.set_vmpl(self._uc, self.vmpl)
 
+    def _enter_asid(self) -> None:
+        """VMRUN takes the ASID from the VMCB, whatever VM it belongs to: memory is decrypted
+        and RMP-checked as that ASID's. An encrypted guest's ASID must have a key loaded."""
+        asid, space = self.vmcb.asid, self._space
+        if asid != space.asid and space.encrypted and not space.memory.engine.has_key(asid):
+            raise self._refuse(f"ASID {asid} has no key loaded")
+        space.run_as(asid)
+
     # -- the TLB (guest windows) -----------------------------------------------------------
     def _tlb_enter(self) -> None:
         """VMRUN and the TLB: flush the ASID's entries if TLB_CONTROL asks, or, under SEV-SNP,
@@ -534,7 +543,7 @@ class Vcpu:
                 self._tlb.fill(asid, va, frame)
         self._show_windows(self._tlb.entries(asid))
 
-    def map_window(self, va: int, gpa: int) -> None:
+    def _map_window(self, va: int, gpa: int) -> None:
         """The guest points window `va` at its page `gpa` (its page table, then INVLPG: the
         walk fills the TLB with this vCPU's translation)."""
         frame = self._space.direct_frame(gpa)
@@ -700,10 +709,14 @@ class Vcpu:
         # The hypervisor's answer to a #NPF is to resume the guest, which executes the access
         # again: if the page is still not mapped (it remapped it somewhere the RMP refuses,
         # say), that is a new #NPF, not a success.
-        while True:
+        for _ in range(_NPF_RETRIES):
             resolved = self._npf(access, address)
             if not resolved or self._space.mapped(address):
                 return resolved
+        self._pending = self._pending or self._fault(
+            f"{_NPF_RETRIES} #NPFs at GPA 0x{address:x} the hypervisor answered without "
+            f"mapping the page (RIP 0x{self._rip():x})")
+        return False
 
     def _npf(self, access: int, address: int) -> bool:
         """One #NPF for an access to a page the vCPU does not map; whether the hypervisor
@@ -835,7 +848,7 @@ class GuestCpu:
     def map_window(self, va: int, gpa: int) -> None:
         """Point the window page `va` (from WINDOW_BASE) at the guest page `gpa`, for the
         process on this vCPU; GuestFault if either is not usable."""
-        self._vcpu.map_window(va, gpa)
+        self._vcpu._map_window(va, gpa)
 
     def mark_executable(self, gpa: int, length: int) -> None:
         """Guest page tables say this range holds code (the CPU decodes it)."""
