@@ -43,6 +43,8 @@ class CrossLine(Attack):
         steps = 0
         while not vm.outputs and steps < MAX_STEPS and hv.step(vm):
             steps += 1
+        if not vm.outputs:
+            return Attempt(b"", f"the victim gave no answer in {steps} instructions")
         lab.trace(f"the victim (ASID {vm.asid}) answered {vm.outputs[0][:15]!r}... after "
                   f"{steps} instructions; paused there")
         own = lab.victim("crossline_attacker")
