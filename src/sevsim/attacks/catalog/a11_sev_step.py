@@ -25,22 +25,27 @@ class SevStep(Attack):
               "for AMD-SEV, TCHES 2024")
 
     def attempt(self, lab: Lab) -> Attempt:
-        """Step the whole run, timestamp each fault in retired instructions, decode."""
+        """Step through the key's loop, timestamp each fault in retired instructions, decode
+        the two path lengths into bits; let the rest of the run go unstepped."""
         victim = lab.victim("step_channel")
         vm, hv = victim.vm, lab.hypervisor
         start, result = victim.symbol("start"), victim.symbol("result")
         retired = [hv.step(vm)]  # boot: the kernel validates its memory before tracing
         stamps: list[tuple[int, int]] = []  # (page, instruction count at the fault)
+        bits_seen = [0]  # `result` faults so far: one per bit
 
         def at_fault(fault: Fault) -> None:
             stamps.append((fault.gpa, retired[0]))
+            bits_seen[0] += fault.gpa == result
 
         with hv.tracing_faults(vm, [start, result], at_fault) as trace:
-            while retired[0] < MAX_STEPS:
+            # step until every bit of the (public) key length went by, then let it finish
+            while retired[0] < MAX_STEPS and bits_seen[0] < SECRET_BITS:
                 ran = hv.step(vm)
                 if not ran:
                     break
                 retired[0] += ran
+            hv.run(vm)
         lab.trace(f"stepped {retired[0]} instructions one by one; {len(trace.faults)} #NPFs "
                   "alternate start/result for every bit, whatever its value")
         gaps = [b[1] - a[1] for a, b in pairwise(stamps)
