@@ -9,6 +9,7 @@ import contextlib
 
 import pytest
 
+from sevsim import Host
 from sevsim.abi.svm import NPF_RMP
 from sevsim.attacks.catalog import ATTACKS
 from sevsim.attacks.framework import MODES, Attempt, Setting, Trace, Verdict
@@ -172,3 +173,14 @@ def test_the_tlb_is_tagged_by_asid_and_flushed_by_whoever_may() -> None:
     lab.hypervisor.skip_tlb_flush(victim.vm)
     lab.hypervisor.run(victim.vm)
     assert victim.vm.outputs == [bytes(32)]  # skipped by the host, flushed by the CPU
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_window_maps_only_the_programs_own_pages_inside_the_window_range(
+        build, mode: str) -> None:
+    """sev_map_window: -EINVAL below or beyond the window range, for an unaligned page or a
+    kernel page; a good window reaches the page it names."""
+    vm = Host().create_vm(mode, "16M")
+    vm.load(build("windows"))
+    vm.launch()
+    assert vm.run(timeout=30).console == "-22 -22 -22 -22 0 5eed\n"
