@@ -648,7 +648,10 @@ class Vcpu:
             return False
         if rmp == RMP_NPF:
             info1 |= NPF_RMP
-        return self._nested_fault(info1, address, "nested page fault")
+        resolved = self._nested_fault(info1, address, "nested page fault")
+        if resolved and access == UC_MEM_WRITE_UNMAPPED:
+            self._space.store_resumed(uc, address, size)
+        return resolved
 
     def _on_protection(self, uc: Uc, access: int, address: int, size: int, value: int,
                        _ud: object) -> bool:
