@@ -34,6 +34,7 @@ from sevsim.hw.chips import TweakMode
 from sevsim.hw.engine import PAGE, EncryptionEngine, TweakFunction
 from sevsim.hw.memory import MemoryController
 from sevsim.hw.rmp import Rmp
+from sevsim.testing import guest_cpu
 
 X, OK, NA = Verdict.BROKEN, Verdict.STOPPED, Verdict.NOT_APPLICABLE
 # attacks.md §3: none, sev, sev-es, snp; every fix setting must stop the attack
@@ -276,3 +277,27 @@ def test_a_stale_line_written_back_over_the_table_changes_the_entries() -> None:
         host.hypervisor.hold_cache(False)
         assert host.hypervisor.rmp_entry(base).assigned is flushes
         assert host.hypervisor.rmp_entry(base + 4 * PAGE).assigned  # outside the line
+
+
+def test_the_vcpus_report_their_stores_only_while_the_cache_is_held() -> None:
+    """The store hooks exist only inside a hold: a guest running outside one leaves no line
+    dirty; inside one, its instructions' stores and its kernel's own writes stay cached."""
+    lab = Lab(Setting("sev"), Trace(), flaws=frozenset({"vulnerable_cachewarp"}))
+    victim = lab.victim("lock_then_check", honest=b"access denied")
+    hv, vm = lab.hypervisor, victim.vm
+    hv.run_instructions(vm, 5)  # the guest boots and stores, with no hold: straight to DRAM
+    assert hv.invd() == 0
+    gpa = victim.symbol("locked")
+    spa = hv.gpa_to_spa(vm, gpa)
+    with hv.holding_cache():
+        before = hv.read_spa(spa, 16)
+        guest_cpu(vm.hv.vcpus[0]).write(gpa, (7).to_bytes(8, "little"))  # the kernel's write
+        assert hv.read_spa(spa, 16) != before
+        assert hv.invd() == 1
+        assert hv.read_spa(spa, 16) == before
+        hv.run_instructions(vm, 30)  # main stores the key and the lock
+        assert hv.read_spa(spa, 16) != before
+        assert hv.invd() >= 2
+        assert hv.read_spa(spa, 16) == before
+    hv.run_instructions(vm, 5)
+    assert hv.invd() == 0

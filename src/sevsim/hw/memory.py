@@ -221,20 +221,19 @@ class MemoryController:
             self.rmp.load(np.arange(first, stop),
                           np.frombuffer(raw, dtype=np.uint8).reshape(-1, RMP_ENTRY_SIZE))
 
-    def reserve_rmp_table(self) -> range:
-        """The BIOS reserves the top of DRAM for the RMP (RMP_BASE..RMP_END); returns its
-        frames, which the host must never hand out."""
+    def reserve_rmp_table(self) -> None:
+        """The BIOS reserves the top of DRAM for the RMP (RMP_BASE..RMP_END, `rmp.table_spa`
+        to the end), which the host must never hand out."""
         first = self.nframes - -(-rmp_table_size(self.nframes) // PAGE)
         if first <= 0:
             raise MemoryAccessError(f"{self.size} bytes of DRAM leave no room for an RMP")
         self.rmp.table_spa = first * PAGE
-        return range(first, self.nframes)
 
     def init_rmp_table(self) -> None:
         """SNP_INIT: the Secure Processor writes the table into its DRAM, beneath the cores'
-        caches (x86 accesses are blocked meanwhile): every entry the hypervisor's but those of
-        the table's own frames, which become firmware pages. A dirty line a core still holds
-        over the table keeps its stale bytes, to be written back later."""
+        caches (x86 accesses are blocked meanwhile): the table's own frames become firmware
+        pages, every other frame stays as it is (the hypervisor's). A dirty line a core still
+        holds over the table keeps its stale bytes, to be written back later."""
         table = self.rmp.table_spa
         if table is None:
             return
@@ -242,7 +241,7 @@ class MemoryController:
         self.rmp.set_firmware_pages(own)
         with self.cache.beneath(table, self.size - table):
             self.fill(own, RAW)
-            self._store_entries(own)
+            self._store_entries(self.rmp.in_use())
 
     def _store_entries(self, frames: np.ndarray) -> None:
         """Write entries through to the table's bytes (the table's frames are in no key

@@ -104,15 +104,18 @@ class GuestAddressSpace:
             self._hook_stores(uc, on)
 
     def _hook_stores(self, uc: Uc, on: bool) -> None:
-        if on and id(uc) not in self._store_hooks:
+        if on == (id(uc) in self._store_hooks):
+            return
+        if on:
             self._store_hooks[id(uc)] = uc.hook_add(UC_HOOK_MEM_WRITE, self._on_store)
-        elif not on and id(uc) in self._store_hooks:
+        else:
             uc.hook_del(self._store_hooks.pop(id(uc)))
-        uc.ctl(UC_CTL_TB_FLUSH, UC_CTL_IO_WRITE)  # code translated before has no hook
+        uc.ctl(UC_CTL_TB_FLUSH, UC_CTL_IO_WRITE)  # code translated before is without (with) it
 
-    def store_resumed(self, uc: Uc, address: int, size: int) -> None:
-        """A store that faulted resumes now that its page is mapped (Unicorn does not run
-        store hooks again for it): the held cache hears of it."""
+    def note_store(self, uc: Uc, address: int, size: int) -> None:
+        """A store the engine's hook does not see is about to land (one resumed after its
+        page fault, which Unicorn does not hook twice; the guest kernel's own writes): the
+        held cache hears of it."""
         if id(uc) in self._store_hooks:
             self._on_store(uc, 0, address, size, 0, None)
 

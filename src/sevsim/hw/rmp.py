@@ -211,6 +211,12 @@ class Rmp:
         self.changed(frames)
 
     # -- the table in DRAM ---------------------------------------------------------------------
+    def in_use(self) -> np.ndarray:
+        """The frames whose entry is not all zero (a zeroed table says the rest)."""
+        return np.flatnonzero(self.assigned | self.validated | self.vmsa | self.immutable
+                              | (self.page_size != 0) | (self.asid != 0) | (self.gpn != 0)
+                              | self.perms.any(axis=1))
+
     def encode(self, frames: np.ndarray) -> np.ndarray:
         """The 16-byte entries of `frames` as the table in DRAM holds them, one row each."""
         lo = (self.assigned[frames].astype(np.uint64) * RMP_ASSIGNED
