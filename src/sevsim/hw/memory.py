@@ -17,7 +17,9 @@ from typing import Protocol
 
 import numpy as np
 
+from sevsim.abi.rmp import RMP_ENTRY_SIZE, rmp_entry_offset, rmp_table_size
 from sevsim.errors import MemoryAccessError, RmpViolation
+from sevsim.hw.cache import WriteBackCache
 from sevsim.hw.engine import BLOCK, PAGE, EncryptionEngine
 from sevsim.hw.rmp import Rmp
 
@@ -55,6 +57,10 @@ class FrameWatcher(FrameMapper, Protocol):
 
     def rmp_changed(self, frames: np.ndarray) -> None:
         """RMP entries of these frames changed."""
+        ...
+
+    def watch_stores(self, on: bool) -> None:
+        """While the cache is held, tell it of every store the vCPUs make (`on`), or stop."""
         ...
 
 
@@ -99,6 +105,10 @@ class ReverseMap:
             found.update(self._granules.get(granule, {}))
         return list(found)
 
+    def all(self) -> list[FrameWatcher]:
+        """Every address space with entries."""
+        return list(self._held)
+
     def __len__(self) -> int:
         """Address spaces with entries."""
         return len(self._held)
@@ -121,6 +131,7 @@ class MemoryController:
         self.reverse_map = ReverseMap()  # the VMs' address spaces, found by frame
         self.rmp = Rmp(self.nframes)
         self.rmp.listeners.append(self._rmp_changed)
+        self.cache = WriteBackCache(self)
 
     # -- addresses -------------------------------------------------------------------------
     def check_range(self, spa: int, length: int) -> None:
@@ -154,7 +165,10 @@ class MemoryController:
                 frame = int(frames[owned][0])
                 raise RmpViolation(f"RMP violation: host write to SPA 0x{spa:x}+0x{length:x}: "
                                    f"frame 0x{frame:x} belongs to {self._rmp_owner(frame)}")
+        self.cache.store(spa, length)
         self.write_soc(spa, data)
+        if not self.cache.held:  # an unheld cache is as good as written back at once
+            self.dram_written(spa, length)
 
     def write_soc(self, spa: int, data: bytes) -> None:
         """A write of DRAM bytes from inside the SoC (the CPU storing a VMSA, a guest's access
@@ -180,6 +194,63 @@ class MemoryController:
             else:
                 self.engine.encrypt_pages(dom, start, self.cells[lo:hi], out[lo:hi])
         return out
+
+    # -- the caches and the RMP's home in DRAM ------------------------------------------------
+    def hold_cache(self, on: bool) -> None:
+        """Hold the cores' cache (no line leaves it on its own) or release it, which evicts
+        what is left dirty; the vCPUs report their stores to it while it is held."""
+        if on == self.cache.held:
+            return
+        if not on:
+            self.cache.write_back()
+        self.cache.held = on
+        for watcher in self.reverse_map.all():
+            watcher.watch_stores(on)
+
+    def dram_written(self, spa: int, length: int) -> None:
+        """A core's line reached DRAM at [spa, spa+length) (a write-back, unchecked): where
+        it covers RMP entries, the entries are what DRAM now holds."""
+        table = self.rmp.table_spa
+        if table is None or not self.rmp.enabled:
+            return
+        base = table + rmp_entry_offset(0)
+        first = max(0, (spa - base) // RMP_ENTRY_SIZE)
+        stop = min(self.nframes, -(-(spa + length - base) // RMP_ENTRY_SIZE))
+        if first < stop:
+            raw = self.read(base + first * RMP_ENTRY_SIZE, (stop - first) * RMP_ENTRY_SIZE)
+            self.rmp.load(np.arange(first, stop),
+                          np.frombuffer(raw, dtype=np.uint8).reshape(-1, RMP_ENTRY_SIZE))
+
+    def reserve_rmp_table(self) -> None:
+        """The BIOS reserves the top of DRAM for the RMP (RMP_BASE..RMP_END, `rmp.table_spa`
+        to the end), which the host must never hand out."""
+        first = self.nframes - -(-rmp_table_size(self.nframes) // PAGE)
+        if first <= 0:
+            raise MemoryAccessError(f"{self.size} bytes of DRAM leave no room for an RMP")
+        self.rmp.table_spa = first * PAGE
+
+    def init_rmp_table(self) -> None:
+        """SNP_INIT: the Secure Processor writes the table into its DRAM, beneath the cores'
+        caches (x86 accesses are blocked meanwhile): the table's own frames become firmware
+        pages, every other frame stays as it is (the hypervisor's). A dirty line a core still
+        holds over the table keeps its stale bytes, to be written back later."""
+        table = self.rmp.table_spa
+        if table is None:
+            return
+        own = np.arange(table // PAGE, self.nframes)
+        self.rmp.set_firmware_pages(own)
+        with self.cache.beneath(table, self.size - table):
+            self.fill(own, RAW)
+            self._store_entries(self.rmp.in_use())
+
+    def _store_entries(self, frames: np.ndarray) -> None:
+        """Write entries through to the table's bytes (the table's frames are in no key
+        domain: their cells are DRAM)."""
+        table = self.rmp.table_spa
+        if table is None or not frames.size:
+            return
+        offsets = table + rmp_entry_offset(0) + RMP_ENTRY_SIZE * frames.astype(np.int64)
+        self.cells[offsets[:, None] + np.arange(RMP_ENTRY_SIZE)] = self.rmp.encode(frames)
 
     # -- inside the SoC ----------------------------------------------------------------------
     @contextmanager
@@ -265,6 +336,8 @@ class MemoryController:
             watcher.host_wrote(spa, length)
 
     def _rmp_changed(self, frames: np.ndarray) -> None:
+        if self.rmp.enabled:
+            self._store_entries(frames)
         for watcher in self.reverse_map.watchers_of(frames):
             watcher.rmp_changed(frames)
 
