@@ -14,6 +14,8 @@ from sevsim.errors import FormatError
 
 PAGE_SIZE = 0x1000
 SEV_FEATURES_SNP = 1  # SEV_FEATURES bit 0: SNP active
+SEV_FEATURES_RESTRICTED_INJECTION = 1 << 3  # VMRUN injects no event but #HV from the VMCB
+SEV_FEATURES_ALTERNATE_INJECTION = 1 << 4  # events come from the guest's VMSA, not the VMCB
 SAVE_AREA_SIZE = 0x670
 
 SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs", "gdtr", "ldtr", "idtr", "tr")

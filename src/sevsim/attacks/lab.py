@@ -19,10 +19,11 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from sevsim.abi.vmsa import SEV_FEATURES_ALTERNATE_INJECTION, SEV_FEATURES_RESTRICTED_INJECTION
 from sevsim.attacks.framework import Attempt, Setting, Trace
 from sevsim.attacks.toolkit import HypervisorAttacker, PhysicalAttacker
 from sevsim.errors import ConfigError
-from sevsim.guest.build import build_guest
+from sevsim.guest.build import build_guest, sdk_dir
 from sevsim.host.machine import Host
 from sevsim.host.vmm import VirtualMachine
 
@@ -37,6 +38,15 @@ FIXED_BY = {
     "vulnerable_rmpocalypse": "fixed-firmware",
     "vulnerable_cachewarp": "invd-fixed-ucode",
 }
+
+# Features that are the guest owner's choices, out of the host's reach: SEV_FEATURES bits in
+# the measured launch VMSA of an SNP victim, and guest-kernel hardening options compiled into
+# the victim (crt0 turns them on before main; see sevsim.h's SEV_KOPT_*).
+SEV_FEATURE_BITS = {
+    "restricted-injection": SEV_FEATURES_RESTRICTED_INJECTION,
+    "alternate-injection": SEV_FEATURES_ALTERNATE_INJECTION,
+}
+KERNEL_OPTION_BITS = {"vc-insn-check": 1 << 0, "no-ia32-emulation": 1 << 1}
 
 
 @dataclass(frozen=True)
@@ -86,14 +96,21 @@ class Lab:
         """Build `victims/<program>.c` with this lab's secret compiled in as SECRET_0..3
         (four 64-bit words), load and launch it at the setting's mode (or `mode`). The first
         victim is the target the attack is judged on; `honest` is what it reports when nobody
-        interferes, for attacks on its result. Later ones are the attacker's own VMs."""
+        interferes, for attacks on its result. Later ones are the attacker's own VMs. The
+        setting's guest-owner features go in too: kernel hardening options as a build flag
+        (`KERNEL_OPTION_BITS`), SEV_FEATURES in an SNP victim's launch VMSA
+        (`SEV_FEATURE_BITS`)."""
         secret = hashlib.shake_256(self.seed + program.encode()).digest(SECRET_BYTES)
         words = [int.from_bytes(secret[i:i + 8], "little") for i in range(0, SECRET_BYTES, 8)]
-        flags = (*(f"-DSECRET_{i}=0x{w:016x}ULL" for i, w in enumerate(words)), *cflags)
+        options = sum(bit for name, bit in KERNEL_OPTION_BITS.items() if self.setting.has(name))
+        flags = (*(f"-DSECRET_{i}=0x{w:016x}ULL" for i, w in enumerate(words)),
+                 *((f"-DSEV_KERNEL_OPTIONS={options}",) if options else ()), *cflags)
         elf = _build(program, flags)
-        vm = self._host.create_vm(mode or self.setting.mode, memory, vcpus)
+        mode = mode or self.setting.mode
+        vm = self._host.create_vm(mode, memory, vcpus)
         vm.load(elf)
-        vm.launch()
+        vm.launch(sev_features=sum(bit for name, bit in SEV_FEATURE_BITS.items()
+                                   if self.setting.has(name)) if mode == "snp" else 0)
         victim = Victim(vm, _symbols(elf))
         if self.target is None:
             self.target, self._secret, self._honest = victim, secret, honest
@@ -112,13 +129,16 @@ class Lab:
 
 
 def _build(program: str, cflags: tuple[str, ...]) -> Path:
-    """The victim's ELF, built once per program and flags (gcc is the slow part)."""
-    tag = hashlib.sha256("\0".join((program, *cflags)).encode()).hexdigest()[:16]
+    """The victim's ELF, built once per program, flags and sources (gcc is the slow part)."""
+    source = VICTIMS / f"{program}.c"
+    if not source.exists():
+        raise ConfigError(f"no victim program {program!r} in {VICTIMS}")
+    sdk = sdk_dir()
+    sources = b"".join(path.read_bytes() for path in (
+        source, sdk / "include" / "sevsim.h", sdk / "crt0.S", sdk / "libsev.c", sdk / "guest.ld"))
+    tag = hashlib.sha256("\0".join((program, *cflags)).encode() + sources).hexdigest()[:16]
     out = _BUILDS / f"{program}-{tag}.elf"
     if not out.exists():
-        source = VICTIMS / f"{program}.c"
-        if not source.exists():
-            raise ConfigError(f"no victim program {program!r} in {VICTIMS}")
         partial = out.with_name(f"{out.name}.{os.getpid()}.tmp")
         build_guest([source], partial, cflags=cflags)
         partial.replace(out)  # atomic: parallel matrix workers may build the same victim

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sevsim.errors import MemoryAccessError
+from sevsim.abi.ghcb import Ghcb
+from sevsim.errors import ConfigError, MemoryAccessError
 from sevsim.firmware.sev import SevFirmware
 from sevsim.host.hypervisor import HvVm, Hypervisor
 from sevsim.host.vmm import VirtualMachine
@@ -193,10 +194,22 @@ class HypervisorAttacker:
 
     def vmsa_ciphertext(self, victim: VirtualMachine, vcpu: int = 0) -> bytes:
         """The DRAM bytes of the vCPU's VMSA page (SEV-ES and SNP): what CipherLeaks reads."""
+        return self.read_spa(self.vmsa_spa(victim, vcpu), PAGE)
+
+    def vmsa_spa(self, victim: VirtualMachine, vcpu: int = 0) -> int:
+        """Where the VMCB's VMSA pointer points (SEV-ES and SNP): the host allocated it."""
         spa = victim.hv.vcpus[vcpu].vmsa_spa
         if spa is None:
             raise MemoryAccessError(f"{victim.mode}: vCPU {vcpu} has no VMSA page")
-        return self.read_spa(spa, PAGE)
+        return spa
+
+    def ghcb(self, victim: VirtualMachine, vcpu: int = 0) -> Ghcb | None:
+        """The GHCB the vCPU's GHCB MSR names at its last VMGEXIT, as the shared page holds
+        it now (None when the MSR carries a GHCB MSR protocol request, not a page)."""
+        msr = victim.hv.vcpus[vcpu].vmcb.ghcb_gpa
+        if not msr or msr % PAGE:
+            return None
+        return Ghcb.from_bytes(victim.read_gpa(msr, PAGE))
 
     def on_exit(self, victim: VirtualMachine,
                 observer: Callable[[Vcpu, VmExit], None] | None) -> None:
@@ -204,6 +217,30 @@ class HypervisorAttacker:
         (None to stop); the VMCB is the hypervisor's to read and write there."""
         victim.hv.exit_observer = None if observer is None else (
             lambda vm, vcpu, exit: observer(vcpu, exit))
+
+    def inject_event(self, victim: VirtualMachine, vector: int, error_code: int = 0,
+                     vcpu: int = 0) -> None:
+        """EVENTINJ: the vCPU's next VMRUN delivers `vector` (with `error_code`; for #VC,
+        vector 29, the exit code its handler is to emulate) before the next instruction;
+        from an exit observer or fault callback, as soon as that exit returns. Under SNP
+        Restricted Injection that VMRUN fails (VmrunError) for anything but #HV (28), and
+        under Alternate Injection the field is ignored."""
+        victim.hv.vcpus[vcpu].vmcb.inject(vector, error_code)
+
+    def set_cpuid(self, leaf: int, registers: tuple[int, int, int, int]) -> None:
+        """KVM_SET_CPUID2: answer CPUID `leaf` with (EAX, EBX, ECX, EDX) in every VM created
+        from now on: at intercepts, through the GHCB, and in the CPUID page the VMM offers an
+        SNP guest at launch (which the firmware checks against the chip)."""
+        eax, ebx, ecx, edx = (value & 0xFFFF_FFFF for value in registers)
+        self.hypervisor.cpuid_overrides[leaf] = (eax, ebx, ecx, edx)
+
+    def host_cpuid(self, leaf: int) -> tuple[int, int, int, int]:
+        """CPUID as the host executes it on its own CPU (the SEV leaf 0x8000001F: features,
+        C-bit position, ASIDs); ConfigError for other leaves, which sevsim's host does
+        not model."""
+        if leaf != 0x8000_001F:
+            raise ConfigError(f"the host models CPUID 0x8000001F only, not 0x{leaf:x}")
+        return self.hypervisor.chip.leaf_8000001f().registers()
 
     def step(self, victim: VirtualMachine, vcpu: int = 0) -> int:
         """Let the vCPU retire exactly one instruction, then exit (SEV-Step's APIC timer);

@@ -546,7 +546,8 @@ class SnpFirmware(FirmwareCore):
 
     def _check_cpuid_page(self, page: bytes) -> None:
         """Minimal model of the firmware's CPUID check: the page may not claim SEV features
-        (Fn8000_001F EAX) the chip lacks, nor another family/model/stepping (Fn0000_0001
+        (Fn8000_001F EAX) the chip lacks, another C-bit position or physical address
+        reduction (Fn8000_001F EBX[11:0]), nor another family/model/stepping (Fn0000_0001
         EAX). Other leaves pass."""
         try:
             entries = parse_cpuid_page(page)
@@ -558,6 +559,12 @@ class SnpFirmware(FirmwareCore):
                 raise FirmwareError(SevStatus.INVALID_PARAM,
                                     f"CPUID page claims Fn8000_001F EAX 0x{eax:x}, the chip "
                                     f"has 0x{int(self.chip.features):x}")
+            chip_ebx = self.chip.leaf_8000001f().ebx & 0xFFF
+            if leaf == 0x8000_001F and entry.ebx & 0xFFF != chip_ebx:
+                raise FirmwareError(SevStatus.INVALID_PARAM,
+                                    f"CPUID page claims Fn8000_001F EBX[11:0] 0x"
+                                    f"{entry.ebx & 0xFFF:x} (C-bit {entry.ebx & 0x3F}), the "
+                                    f"chip has 0x{chip_ebx:x} (C-bit {self.chip.c_bit})")
             if leaf == 1 and eax != self.chip.signature:
                 raise FirmwareError(SevStatus.INVALID_PARAM,
                                     f"CPUID page claims signature 0x{eax:x}, the chip is "

@@ -136,6 +136,9 @@ class Hypervisor:
         self._plain_asid = chip.max_asid + 1  # unencrypted guests still get a TLB tag
         self.request_rate: tuple[float, int] | None = None  # guest requests per s, burst
         self.quantum: Quantum = DEFAULT_QUANTUM  # what each vCPU runs before the next one
+        # KVM_SET_CPUID2: leaves the VMM sets itself, answered instead of the chip's for the
+        # VMs it creates from now on (and put in their SNP CPUID pages)
+        self.cpuid_overrides: dict[int, tuple[int, int, int, int]] = {}
 
     # -- VM lifecycle -----------------------------------------------------------------------
     def create_vm(self, mode: GuestMode, memory_size: int, vcpus: int,
@@ -542,8 +545,12 @@ class Hypervisor:
         return result
 
     def cpuid(self, vm: HvVm, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
-        """The CPUID table the VMM configured: the chip's, with SEV bits for the VM's mode."""
+        """The CPUID table the VMM configured: the chip's, with SEV bits for the VM's mode,
+        unless `cpuid_overrides` has the leaf."""
         del subleaf
+        override = self.cpuid_overrides.get(leaf)
+        if override is not None:
+            return override
         vendor = b"AuthenticAMD"
         ebx, edx, ecx = (int.from_bytes(vendor[i:i + 4], "little") for i in (0, 4, 8))
         if leaf == 0:
@@ -630,7 +637,8 @@ class Hypervisor:
         """GHCB MSR protocol requests; an unknown one comes back unchanged, as from KVM."""
         code = msr_code(msr)
         if code == MsrCode.SEV_INFO_REQ:
-            msr = sev_info(PROTOCOL_MAX, PROTOCOL_MIN, self.chip.c_bit)
+            # the C-bit of the CPUID table the VM gets (KVM: its sev_enc_bit)
+            msr = sev_info(PROTOCOL_MAX, PROTOCOL_MIN, self.cpuid(vm, 0x8000_001F, 0)[1] & 0x3F)
         elif code == MsrCode.CPUID_REQ:
             function, reg = parse_cpuid_request(msr)
             msr = cpuid_response(self.cpuid(vm, function, 0)[reg])

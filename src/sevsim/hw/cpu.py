@@ -58,8 +58,14 @@ from sevsim.abi.svm import (
     ExitCode,
     ioio_info,
 )
-from sevsim.abi.vmsa import GPRS, Segment, Vmsa
-from sevsim.errors import GuestFault, GuestTimeout, VmrunError, VmStateError
+from sevsim.abi.vmsa import (
+    GPRS,
+    SEV_FEATURES_ALTERNATE_INJECTION,
+    SEV_FEATURES_RESTRICTED_INJECTION,
+    Segment,
+    Vmsa,
+)
+from sevsim.errors import ConfigError, GuestFault, GuestTimeout, VmrunError, VmStateError
 from sevsim.hw.chips import ChipPreset, GuestMode
 from sevsim.hw.engine import PAGE
 from sevsim.hw.memory import MemoryController
@@ -97,6 +103,9 @@ _EXCEPTIONS = {0: "#DE divide error", 1: "#DB", 3: "#BP breakpoint", 4: "#OF ove
                5: "#BR", 6: "#UD invalid opcode", 7: "#NM", 8: "#DF double fault",
                13: "#GP general protection", 14: "#PF page fault", 16: "#MF", 17: "#AC",
                18: "#MC", 19: "#XM SIMD exception"}
+_PTE_IGNORED = ((1 << 59) - 1) & ~((1 << 52) - 1)  # bits 52-58: software's, the MMU ignores them
+HV_VECTOR = 28  # #HV: the only event Restricted Injection lets the hypervisor inject
+VC_VECTOR = 29  # #VC: its error code is the exit code the guest's handler acts on
 
 
 class VcpuState(Enum):
@@ -118,6 +127,15 @@ class VmExit:
     info2: int = 0
 
 
+@dataclass(frozen=True)
+class Event:
+    """What EVENTINJ holds: a vector the CPU delivers to the guest at VMRUN, and its error
+    code (for #VC, the exit code the guest's handler is to emulate)."""
+
+    vector: int
+    error_code: int = 0
+
+
 ExitHandler = Callable[["Vcpu", VmExit], bool]
 _T = TypeVar("_T")
 
@@ -137,6 +155,11 @@ class GuestSoftware(Protocol):
         """#VC (SEV-ES): emulate the instruction that would have exited. `info1` is what the
         handler's instruction decoder finds (EXITINFO1: the IOIO operand, MSR read/write);
         the vCPU then moves past the instruction. False stops the vCPU."""
+        ...
+
+    def on_event(self, cpu: GuestCpu, vector: int, error_code: int) -> None:
+        """An event the hypervisor injected (EVENTINJ) arrives through the guest's IDT: the
+        handler for `vector` runs before the next instruction, with `error_code`."""
         ...
 
 
@@ -182,6 +205,16 @@ class Vmcb:
         self.exit_info1: int = 0
         self.exit_info2: int = 0
         self.ghcb_gpa: int = 0  # SEV-ES: the guest's GHCB MSR at VMGEXIT, loaded back at VMRUN
+        self.event_inj: Event | None = None  # EVENTINJ: delivered (and cleared) at VMRUN
+
+    def inject(self, vector: int, error_code: int = 0) -> None:
+        """Set EVENTINJ: the next VMRUN delivers `vector` to the guest before its next
+        instruction (from an exit handler: as soon as the exit returns to guest code).
+        Under SEV-SNP Restricted Injection that VMRUN refuses any vector but #HV."""
+        if not 0 <= vector < 256 or not 0 <= error_code < 1 << 64:
+            raise ConfigError(f"cannot inject vector {vector} with error code {error_code}")
+        self.event_inj = Event(vector, error_code)
+        self._vcpu.preempt()
 
     @property
     def save_area_readable(self) -> bool:
@@ -343,6 +376,10 @@ class Vcpu:
                 self._guest.on_reset(self._view)
                 if self.state is not VcpuState.RUNNABLE:
                     return
+        if self.vmcb.event_inj is not None:
+            self._inject(self.vmcb.event_inj)
+            if self.state is not VcpuState.RUNNABLE:
+                return
         self._stop_requested = False
         self._pending = None
         rip = self._uc.reg_read(x86.UC_X86_REG_RIP)
@@ -410,6 +447,20 @@ class Vcpu:
             self._vmrun()
             self._ghcb_msr = self.vmcb.ghcb_gpa & (1 << 64) - 1
         return keep
+
+    def _inject(self, event: Event) -> None:
+        """VMRUN with EVENTINJ set: SEV_FEATURES decide whether the hypervisor may inject
+        (Alternate Injection ignores the VMCB's field, Restricted Injection lets only #HV
+        through); otherwise the guest's handler for the vector runs."""
+        self.vmcb.event_inj = None
+        if self._sev_features & SEV_FEATURES_ALTERNATE_INJECTION:
+            return  # only the guest's own VMSA (written at a higher VMPL) injects events
+        if self._sev_features & SEV_FEATURES_RESTRICTED_INJECTION and event.vector != HV_VECTOR:
+            raise self._refuse(f"Restricted Injection: EVENTINJ holds vector {event.vector}, "
+                               f"only #HV ({HV_VECTOR}) may be injected")
+        if self._guest is None:
+            raise self._fault(f"injected vector {event.vector} with no guest kernel")
+        self._guest.on_event(self._view, event.vector, event.error_code)
 
     def _vc(self, code: ExitCode, info1: int) -> bool:
         """SEV-ES: an intercepted instruction raises #VC in the guest instead of exiting."""
@@ -739,6 +790,17 @@ class GuestCpu:
         """Mark pages private (C=1) or shared in the guest page tables."""
         first = gpa // PAGE
         self._vcpu._space.set_c_bit(first, first + npages, private, zero)
+
+    def set_pte_attributes(self, gpa: int, npages: int, attrs: int) -> None:
+        """Write attribute bits (above the 4 KiB offset) into the pages' table entries: the
+        MMU reads bit C (this chip's C-bit position) as "encrypted" and ignores bits 52-58;
+        any other bit would be part of the frame address, which would leave guest memory."""
+        c_bit = 1 << self._vcpu.chip.c_bit
+        stray = attrs & ~c_bit & ~_PTE_IGNORED
+        if stray:
+            raise GuestFault(f"vCPU {self.index}: #PF: attribute bits 0x{stray:x} of the "
+                             f"entry for GPA 0x{gpa:x} point outside guest memory")
+        self.set_c_bit(gpa, npages, private=bool(attrs & c_bit))
 
     def pvalidate(self, gpa: int, npages: int, validate: bool) -> np.ndarray:
         """PVALIDATE each 4 KiB page from `gpa` (SEV-SNP). Returns rFLAGS.CF per page: set

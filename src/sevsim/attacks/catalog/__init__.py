@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from sevsim.attacks.catalog.a00_snooping import MemorySnooping
+from sevsim.attacks.catalog.a02_vmcb_registers import VmcbRegisters
+from sevsim.attacks.catalog.a12_cbit_cpuid import CbitCpuid
+from sevsim.attacks.catalog.a13_wesee import WeSee
+from sevsim.attacks.catalog.a14_heckler import Heckler
 from sevsim.attacks.catalog.a15_cachewarp import CacheWarp
 from sevsim.attacks.catalog.a19_rmpocalypse import RmPocalypse
 from sevsim.attacks.framework import Attack
 
 ATTACKS: dict[str, Attack] = {attack.id: attack for attack in (
     MemorySnooping(),
+    VmcbRegisters(),
+    CbitCpuid(),
+    WeSee(),
+    Heckler(),
     CacheWarp(),
     RmPocalypse(),
 )}
