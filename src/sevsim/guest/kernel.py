@@ -409,12 +409,13 @@ class GuestKernel:
         """Turn hardening options on (never off); returns those now in effect."""
         if options & ~KERNEL_OPTIONS:
             return -EINVAL
-        now = self._options(cpu) | options
+        now = self.options(cpu) | options
         cpu.write(_OPTIONS_GPA, struct.pack("<Q", now))
         return now
 
     @staticmethod
-    def _options(cpu: GuestCpu) -> int:
+    def options(cpu: GuestCpu) -> int:
+        """The hardening options (KOPT_*) the program turned on."""
         return int(struct.unpack("<Q", cpu.read(_OPTIONS_GPA, 8))[0])
 
     def _sev_status(self, cpu: GuestCpu, *_: int) -> int:
@@ -804,7 +805,7 @@ class GuestKernel:
         except ValueError:
             code = None
         insn = _VC_INSNS.get(code) if code is not None else None
-        if self._options(cpu) & KOPT_VC_INSN_CHECK and (
+        if self.options(cpu) & KOPT_VC_INSN_CHECK and (
                 insn is None or cpu.read(rip, len(insn)) != insn):
             self.ghcb.terminate(cpu, TERM_SET_GENERAL, TERM_GENERAL_REQUEST,
                                 f"#VC with exit code 0x{error_code:x} at RIP 0x{rip:x}, "
@@ -817,23 +818,17 @@ class GuestKernel:
             cpu.set_reg("rip", rip + len(insn))
 
     def _int80(self, cpu: GuestCpu) -> None:
-        """int 0x80: the 32-bit system call path (number in EAX, result in RAX), unless the
-        program turned IA32 emulation off, when the gate is missing and the program dies."""
-        if self._options(cpu) & KOPT_NO_IA32_EMULATION:
+        """The int 0x80 gate: the 32-bit system calls (number in EAX, result in RAX), unless
+        the program turned IA32 emulation off: then there is no gate and the program dies."""
+        if self.options(cpu) & KOPT_NO_IA32_EMULATION:
             raise GuestFault(f"vCPU {cpu.index}: int 0x80 with IA32 emulation disabled: "
                              "no gate, SIGSEGV kills the program")
         nr = cpu.reg("rax") & 0xFFFF_FFFF
-        ebx = cpu.reg("rbx") & 0xFFFF_FFFF
-        if nr == 0:  # restart_syscall with nothing to restart
-            result: int | None = -EINTR
-        elif nr == 1:
-            result = self._exit(cpu, ebx)
-        elif nr == 20:  # getpid: the only process there is
-            result = 1
-        else:
-            result = -ENOSYS
-        if result is not None:
-            cpu.set_reg("rax", result)
+        if nr == 1:  # exit(EBX)
+            self._exit(cpu, cpu.reg("rbx") & 0xFFFF_FFFF)
+            return
+        # restart_syscall with nothing to restart; getpid of the only process there is
+        cpu.set_reg("rax", {0: -EINTR, 20: 1}.get(nr, -ENOSYS))
 
     # -- #VC (SEV-ES) --------------------------------------------------------------------------
     def on_vc(self, cpu: GuestCpu, code: ExitCode, info1: int) -> bool:
