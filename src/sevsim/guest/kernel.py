@@ -84,7 +84,7 @@ from sevsim.guest.ghcb import (
     encrypted_state,
     snp_active,
 )
-from sevsim.hw.cpu import HV_VECTOR, VC_VECTOR, GuestCpu
+from sevsim.hw.cpu import VC_VECTOR, GuestCpu
 
 PAGE = 4096
 MAX_VCPUS = 64
@@ -786,14 +786,13 @@ class GuestKernel:
     # -- injected events ----------------------------------------------------------------------
     def on_event(self, cpu: GuestCpu, vector: int, error_code: int) -> None:
         """An event from the hypervisor (EVENTINJ) through the IDT: #VC under SEV-ES, the
-        int 0x80 gate of the 32-bit system calls; #HV finds its doorbell empty, and any
-        other vector is a spurious interrupt with nothing to do."""
+        int 0x80 gate of the 32-bit system calls. #HV (vector 28) finds its doorbell page
+        empty, and any other vector is an interrupt no device of this guest raises: both
+        are acknowledged with nothing to do."""
         if vector == VC_VECTOR and encrypted_state(cpu):
             self._injected_vc(cpu, error_code)
         elif vector == IA32_SYSCALL_VECTOR:
             self._int80(cpu)
-        elif vector != HV_VECTOR:
-            return  # no device of this guest raises it: acknowledged and dropped
 
     def _injected_vc(self, cpu: GuestCpu, error_code: int) -> None:
         """#VC as the handler sees it: the exit code is all it is told. With
