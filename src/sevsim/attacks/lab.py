@@ -19,6 +19,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from sevsim.abi.vmsa import SEV_FEATURES_SNP, SEV_FEATURES_VMSA_REG_PROT
 from sevsim.attacks.framework import Attempt, Setting, Trace
 from sevsim.attacks.toolkit import HypervisorAttacker, PhysicalAttacker
 from sevsim.errors import ConfigError
@@ -27,6 +28,13 @@ from sevsim.host.machine import Host
 from sevsim.host.vmm import VirtualMachine
 
 VICTIMS = Path(__file__).resolve().parent / "victims"
+# How a feature reaches the machine: Host keywords (platform options KVM and the boot
+# firmware take) and the SEV_FEATURES an SNP guest's VMSAs launch with.
+_HOST_OPTIONS: dict[str, dict[str, bool]] = {
+    "ciphertext-hiding": {"ciphertext_hiding": True},
+    "alias-check": {"alias_check": True},
+}
+_SNP_GUEST_FEATURES = {"vmsa-reg-prot": SEV_FEATURES_VMSA_REG_PROT}
 SECRET_BYTES = 32
 _BUILDS = Path(tempfile.gettempdir()) / "sevsim-victims"
 
@@ -55,9 +63,11 @@ class Lab:
         self.setting = setting
         self.trace = trace
         self.seed = seed
-        self._host = Host(chip=setting.chip, memory="256M", seed=seed)
+        options = {key: value for feature in sorted(setting.features)
+                   for key, value in _HOST_OPTIONS.get(feature, {}).items()}
+        self._host = Host(chip=setting.chip, memory="256M", seed=seed, **options)
         self.hypervisor = HypervisorAttacker(self._host.hypervisor)
-        self.physical = PhysicalAttacker(self._host.hypervisor)
+        self.physical = PhysicalAttacker(self._host)
         self.target: Victim | None = None  # the first victim: what the attack is judged on
         self._secret = b""
         self._honest: bytes | None = None
@@ -75,7 +85,10 @@ class Lab:
         elf = _build(program, flags)
         vm = self._host.create_vm(mode or self.setting.mode, memory, vcpus)
         vm.load(elf)
-        vm.launch()
+        features = SEV_FEATURES_SNP
+        for feature in self.setting.features:
+            features |= _SNP_GUEST_FEATURES.get(feature, 0)
+        vm.launch(guest_features=features)
         victim = Victim(vm, _symbols(elf))
         if self.target is None:
             self.target, self._secret, self._honest = victim, secret, honest

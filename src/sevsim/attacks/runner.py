@@ -43,7 +43,7 @@ def run_attack(attack: Attack, setting: Setting, seed: bytes = b"sevsim attack l
 def render(data: bytes) -> str:
     """Data as the matrix shows it: text if it is printable, else hex."""
     text = data.decode("ascii", "replace")
-    if data and text.isprintable():
+    if data and data.isascii() and text.isprintable():
         return repr(text)
     return data.hex()
 

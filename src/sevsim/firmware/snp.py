@@ -179,19 +179,52 @@ class SnpFirmware(FirmwareCore):
         self._rmp_initialized = False  # SNP_INIT sets up the RMP once; only a reset clears it
         self._snp_guests: dict[int, SnpGuestContext] = {}
         self.smt_enabled = True  # the platform's configuration, as a guest policy sees it
+        self.alias_check = False  # boot firmware with the DRAM alias check (AMD-SB-3015)
         self.sockets = 1
 
     # -- platform ---------------------------------------------------------------------------
-    def snp_init(self) -> None:
+    def snp_init(self, ciphertext_hiding_asids: int = 0) -> None:
         """Initialise SNP: from here on the RMP is checked. After a plain SNP_SHUTDOWN the
-        table, enforced all along, carries on as it is."""
+        table, enforced all along, carries on as it is.
+
+        `ciphertext_hiding_asids` is SNP_INIT_EX's CIPHERTEXT_HIDING_EN with MAX_SNP_ASID:
+        host reads of memory the RMP assigns to SNP ASIDs 1..N return 0xFF (Genoa and later;
+        INVALID_PARAM on chips without it or for N outside the SEV-ES/SNP ASIDs). With
+        `alias_check` on (the AMD-SB-3015 fix) SNP_INIT first probes the DRAM map for
+        aliases and refuses with INVALID_CONFIG if a module maps two SPAs onto one cell."""
         if SevFeatures.SEV_SNP not in self.chip.features:
             raise FirmwareError(SevStatus.UNSUPPORTED, f"{self.chip.product} has no SEV-SNP")
         if self._snp_state is not SnpPlatformState.UNINIT:
             raise FirmwareError(SevStatus.INVALID_PLATFORM_STATE, "SNP is already initialised")
+        if ciphertext_hiding_asids and not (
+                self.chip.ciphertext_hiding and 0 < ciphertext_hiding_asids < self.chip.min_sev_asid):
+            raise FirmwareError(SevStatus.INVALID_PARAM, f"SNP_INIT_EX: ciphertext hiding for "
+                                f"{ciphertext_hiding_asids} ASIDs on {self.chip.product}")
+        if self.alias_check:
+            self._check_dram_aliases()
         self._snp_state = SnpPlatformState.INIT
         self._rmp_initialized = True
         self._memory.rmp.enabled = True
+        self._memory.hidden_asids = ciphertext_hiding_asids
+
+    def _check_dram_aliases(self) -> None:
+        """The boot-time alias check: write a marker through each SPA the memory map claims
+        above installed-looking memory and see whether it shows up lower down. sevsim's
+        modules can claim one extra address bit, so one probe of the top half suffices."""
+        memory = self._memory
+        half = memory.mapped_size // 2
+        if memory.mapped_size == memory.size or half % PAGE:
+            return  # nothing claimed beyond the cells: no alias to find
+        saved_low, saved_high = memory.read(0, 16), memory.read(half, 16)
+        marker = bytes(~b & 0xFF for b in saved_low)
+        memory.write(half, marker)
+        aliased = memory.read(0, 16) == marker
+        memory.write(half, saved_high)
+        memory.write_soc(0, saved_low)
+        if aliased:
+            raise FirmwareError(SevStatus.INVALID_CONFIG,
+                                f"SNP_INIT: DRAM alias check failed: SPA 0x{half:x} reaches the "
+                                "cells of SPA 0x0 (a module claims more memory than it has)")
 
     def snp_shutdown(self) -> None:
         """SNP_SHUTDOWN (0x82): SNP INIT back to UNINIT. As on hardware (Linux's
@@ -245,6 +278,10 @@ class SnpFirmware(FirmwareCore):
         flags = NO_STATUS_FLAGS
         if getattr(self, "vlek_loaded", False):  # SnpPki's, in the composed firmware
             flags |= SnpStatusFlags.VLEK_EN
+        if self.chip.ciphertext_hiding:
+            flags |= SnpStatusFlags.CIPHERTEXT_HIDING_CAP
+        if self._memory.hidden_asids:
+            flags |= SnpStatusFlags.CIPHERTEXT_HIDING_EN
         return SnpPlatformStatus(self.chip.api_major, self.chip.api_minor, self._snp_state,
                                  self._rmp_initialized, self.chip.build,
                                  len(self._snp_guests), self.current_tcb.to_int(),

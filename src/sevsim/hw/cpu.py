@@ -58,7 +58,14 @@ from sevsim.abi.svm import (
     ExitCode,
     ioio_info,
 )
-from sevsim.abi.vmsa import GPRS, Segment, Vmsa
+from sevsim.abi.vmsa import (
+    GPRS,
+    SEV_FEATURES_VMSA_REG_PROT,
+    Segment,
+    Vmsa,
+    protect_registers,
+    unprotect_registers,
+)
 from sevsim.errors import GuestFault, GuestTimeout, VmrunError, VmStateError
 from sevsim.hw.chips import ChipPreset, GuestMode
 from sevsim.hw.engine import PAGE
@@ -457,6 +464,9 @@ class Vcpu:
         xmm = b"".join(next(saved).to_bytes(16, "little") for _ in _XMM_IDS)
         page = Vmsa({k: int(v) for k, v in values.items() if v}, segments,
                     fpreg_xmm=xmm).to_bytes()
+        if self._sev_features & SEV_FEATURES_VMSA_REG_PROT:  # a fresh nonce every save
+            nonce = int.from_bytes(self._space.memory.entropy.random(8), "little")
+            page = protect_registers(page, nonce)
         self._write_vmsa(spa, page)
         self._seals.seal(self.vmcb.asid, spa, page)
 
@@ -476,7 +486,10 @@ class Vcpu:
         if self.mode is not GuestMode.SNP and not self._seals.check(self.vmcb.asid, spa, page):
             raise self._refuse(f"the VMSA at SPA 0x{spa:x} fails its integrity check")
         if not self._vmsa_loaded:
-            self._load_vmsa(Vmsa.from_bytes(page))
+            vmsa = Vmsa.from_bytes(page)
+            if vmsa.regs.get("sev_features", 0) & SEV_FEATURES_VMSA_REG_PROT:
+                vmsa = Vmsa.from_bytes(unprotect_registers(page))
+            self._load_vmsa(vmsa)
             self._vmsa_loaded = True
 
     def _load_vmsa(self, vmsa: Vmsa) -> None:
