@@ -215,7 +215,7 @@ PLATFORM_FACTS = {
     "chip", "tcb", "current_tcb", "committed_tcb", "generation", "smt_enabled", "sockets",
     "externally_owned", "snp_initialized", "vlek_loaded", "vulnerable_cve_2019_9836",
     "chip_id", "amd_certs", "vcek_certificate", "vcek_public_key", "certificate_table",
-    "seal_hashstick", "measurement_mac", "install_firmware",
+    "seal_hashstick", "measurement_mac", "install_firmware", "alias_check",
 }
 
 
