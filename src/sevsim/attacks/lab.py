@@ -35,6 +35,9 @@ _HOST_OPTIONS: dict[str, dict[str, bool]] = {
     "alias-check": {"alias_check": True},
 }
 _SNP_GUEST_FEATURES = {"vmsa-reg-prot": SEV_FEATURES_VMSA_REG_PROT}
+# Guest software options: a C macro every victim is built with (victims that lack the
+# option ignore it).
+_VICTIM_MACROS = {"fail-closed-checks": "-DFAIL_CLOSED_CHECKS"}
 SECRET_BYTES = 32
 _BUILDS = Path(tempfile.gettempdir()) / "sevsim-victims"
 
@@ -81,7 +84,10 @@ class Lab:
         interferes, for attacks on its result. Later ones are the attacker's own VMs."""
         secret = hashlib.shake_256(self.seed + program.encode()).digest(SECRET_BYTES)
         words = [int.from_bytes(secret[i:i + 8], "little") for i in range(0, SECRET_BYTES, 8)]
-        flags = (*(f"-DSECRET_{i}=0x{w:016x}ULL" for i, w in enumerate(words)), *cflags)
+        macros = tuple(_VICTIM_MACROS[f] for f in sorted(self.setting.features)
+                       if f in _VICTIM_MACROS)
+        flags = (*(f"-DSECRET_{i}=0x{w:016x}ULL" for i, w in enumerate(words)), *macros,
+                 *cflags)
         elf = _build(program, flags)
         vm = self._host.create_vm(mode or self.setting.mode, memory, vcpus)
         vm.load(elf)

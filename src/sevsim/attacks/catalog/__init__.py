@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from sevsim.attacks.catalog.a00_snooping import MemorySnooping
+from sevsim.attacks.catalog.a01_cold_boot import ColdBoot
+from sevsim.attacks.catalog.a03_replay import CiphertextReplay
+from sevsim.attacks.catalog.a04_block_move import BlockMove
+from sevsim.attacks.catalog.a10_cipherleaks import CipherLeaks
+from sevsim.attacks.catalog.a16_badram import BadRam
 from sevsim.attacks.framework import Attack
 
 ATTACKS: dict[str, Attack] = {attack.id: attack for attack in (
     MemorySnooping(),
+    ColdBoot(),
+    CiphertextReplay(),
+    BlockMove(),
+    CipherLeaks(),
+    BadRam(),
 )}
