@@ -196,8 +196,8 @@ class SnpFirmware(FirmwareCore):
             raise FirmwareError(SevStatus.UNSUPPORTED, f"{self.chip.product} has no SEV-SNP")
         if self._snp_state is not SnpPlatformState.UNINIT:
             raise FirmwareError(SevStatus.INVALID_PLATFORM_STATE, "SNP is already initialised")
-        if ciphertext_hiding_asids and not (
-                self.chip.ciphertext_hiding and 0 < ciphertext_hiding_asids < self.chip.min_sev_asid):
+        hidden = ciphertext_hiding_asids
+        if hidden and not (self.chip.ciphertext_hiding and 0 < hidden < self.chip.min_sev_asid):
             raise FirmwareError(SevStatus.INVALID_PARAM, f"SNP_INIT_EX: ciphertext hiding for "
                                 f"{ciphertext_hiding_asids} ASIDs on {self.chip.product}")
         if self.alias_check:

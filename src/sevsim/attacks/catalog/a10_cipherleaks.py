@@ -82,7 +82,8 @@ class CipherLeaks(Attack):
         data = value.to_bytes(KEY_BITS // 8, "little")
         lab.trace(f"decoded {len(bits) - unknown} of {KEY_BITS} key bits from the dictionary")
         if len(set(header)) == 1 and len(header) == 8:
-            saw = f"every VMSA read gave the same bytes ({header[0].hex()[:16]}…): ciphertext hiding"
+            saw = (f"every VMSA read gave the same bytes ({header[0].hex()[:16]}…): "
+                   "ciphertext hiding")
         elif unknown:
             saw = (f"{unknown} of {len(bits)} saves gave a ciphertext never seen before: the "
                    "saved registers do not encrypt deterministically (VMSA register protection)")
