@@ -29,11 +29,8 @@ from sevsim.host.vmm import VirtualMachine
 
 VICTIMS = Path(__file__).resolve().parent / "victims"
 # How a feature reaches the machine: Host keywords (platform options KVM and the boot
-# firmware take) and the SEV_FEATURES an SNP guest's VMSAs launch with.
-_HOST_OPTIONS: dict[str, dict[str, bool]] = {
-    "ciphertext-hiding": {"ciphertext_hiding": True},
-    "alias-check": {"alias_check": True},
-}
+# firmware take, in `Lab.__init__`), the SEV_FEATURES an SNP guest's VMSAs launch with, and
+# guest software options.
 _SNP_GUEST_FEATURES = {"vmsa-reg-prot": SEV_FEATURES_VMSA_REG_PROT}
 # Guest software options: a C macro every victim is built with (victims that lack the
 # option ignore it).
@@ -66,9 +63,9 @@ class Lab:
         self.setting = setting
         self.trace = trace
         self.seed = seed
-        options = {key: value for feature in sorted(setting.features)
-                   for key, value in _HOST_OPTIONS.get(feature, {}).items()}
-        self._host = Host(chip=setting.chip, memory="256M", seed=seed, **options)
+        self._host = Host(chip=setting.chip, memory="256M", seed=seed,
+                          ciphertext_hiding=setting.has("ciphertext-hiding"),
+                          alias_check=setting.has("alias-check"))
         self.hypervisor = HypervisorAttacker(self._host.hypervisor)
         self.physical = PhysicalAttacker(self._host)
         self.target: Victim | None = None  # the first victim: what the attack is judged on
