@@ -91,6 +91,9 @@ class Host:
         self.hypervisor = Hypervisor(self.chip, self._memory, self.firmware)
         self.hypervisor.quantum = quantum
         if ciphertext_hiding:
+            if self.chip.min_sev_asid == 1:
+                raise ConfigError("ciphertext hiding covers SNP ASIDs, and min_sev_asid 1 "
+                                  "leaves none")
             self.hypervisor.ciphertext_hiding_asids = self.chip.min_sev_asid - 1
 
     def create_vm(self, mode: str | GuestMode = "sev", memory: int | str = "64M",

@@ -171,27 +171,28 @@ class MemoryController:
     # -- the view from outside the key domain -------------------------------------------------
     def read(self, spa: int, length: int) -> bytes:
         """What the bus returns to the Secure Processor, DMA or a physical probe: DRAM bytes."""
-        return self._read(spa, length, host=False)
-
-    def read_host(self, spa: int, length: int) -> bytes:
-        """What the host's CPU cores read: DRAM bytes, or 0xFF in frames of SNP guests while
-        ciphertext hiding is on."""
-        return self._read(spa, length, host=True)
-
-    def _read(self, spa: int, length: int, host: bool) -> bytes:
         if self.alias_span and spa >= self.size:
-            return self._read(self._unalias(spa, length), length, host)
+            return self.read(self._unalias(spa, length), length)
         self.check_range(spa, length)
         if length == 0:
             return b""
         lo, hi = spa & ~(BLOCK - 1), (spa + length + BLOCK - 1) & ~(BLOCK - 1)
-        dram = self._dram_bytes(lo, hi)
-        if host and self.hidden_asids:
-            self._hide(lo, dram)
-        return dram[spa - lo:spa - lo + length].tobytes()
+        return self._dram_bytes(lo, hi)[spa - lo:spa - lo + length].tobytes()
+
+    def read_host(self, spa: int, length: int) -> bytes:
+        """What the host's CPU cores read: DRAM bytes, or 0xFF in frames of SNP guests while
+        ciphertext hiding is on."""
+        data = self.read(spa, length)
+        if not self.hidden_asids or not data:
+            return data
+        if self.alias_span and spa >= self.size:
+            spa = self._unalias(spa, length)
+        out = np.frombuffer(data, dtype=np.uint8).copy()
+        self._hide(spa, out)
+        return out.tobytes()
 
     def _hide(self, lo: int, dram: np.ndarray) -> None:
-        """Ciphertext hiding: DRAM bytes from `lo` become 0xFF in frames of hidden ASIDs."""
+        """Ciphertext hiding: DRAM bytes from SPA `lo` become 0xFF in frames of hidden ASIDs."""
         frames = np.arange(lo // PAGE, (lo + dram.size - 1) // PAGE + 1)
         asid = self.rmp.asid[frames]
         hidden = self.rmp.assigned[frames] & (asid >= 1) & (asid <= self.hidden_asids)
