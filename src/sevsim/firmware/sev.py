@@ -30,13 +30,22 @@ from sevsim.firmware.core import (
 from sevsim.firmware.es import EsLaunch
 from sevsim.firmware.snp_guest import SnpGuestRequests
 from sevsim.firmware.transport import GuestTransport
+from sevsim.hw.chips import ChipPreset
 from sevsim.hw.engine import BLOCK
+from sevsim.hw.memory import MemoryController
 
 __all__ = ["GuestStatus", "LaunchMeasurement", "PlatformStatus", "SevFirmware"]
 
 
 class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
     """The legacy SEV command set of one Secure Processor."""
+
+    def __init__(self, chip: ChipPreset, memory: MemoryController, *, seed: bytes | None = None,
+                 vulnerable_cve_2019_9836: bool = False, alias_check: bool = False) -> None:
+        """`alias_check`: boot firmware with the DRAM alias check (AMD-SB-3015), which
+        SNP_INIT then runs."""
+        super().__init__(chip, memory, seed=seed, vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
+        self._alias_check = alias_check
 
     # -- platform ---------------------------------------------------------------------------
     def init(self) -> None:

@@ -179,7 +179,7 @@ class SnpFirmware(FirmwareCore):
         self._rmp_initialized = False  # SNP_INIT sets up the RMP once; only a reset clears it
         self._snp_guests: dict[int, SnpGuestContext] = {}
         self.smt_enabled = True  # the platform's configuration, as a guest policy sees it
-        self.alias_check = False  # boot firmware with the DRAM alias check (AMD-SB-3015)
+        self._alias_check = False  # boot firmware with the DRAM alias check (AMD-SB-3015)
         self.sockets = 1
 
     # -- platform ---------------------------------------------------------------------------
@@ -200,12 +200,18 @@ class SnpFirmware(FirmwareCore):
         if hidden and not (self.chip.ciphertext_hiding and 0 < hidden < self.chip.min_sev_asid):
             raise FirmwareError(SevStatus.INVALID_PARAM, f"SNP_INIT_EX: ciphertext hiding for "
                                 f"{ciphertext_hiding_asids} ASIDs on {self.chip.product}")
-        if self.alias_check:
+        if self._alias_check:
             self._check_dram_aliases()
         self._snp_state = SnpPlatformState.INIT
         self._rmp_initialized = True
         self._memory.rmp.enabled = True
         self._memory.hidden_asids = ciphertext_hiding_asids
+
+    @property
+    def alias_check(self) -> bool:
+        """Whether this platform's boot firmware checks DRAM for aliases at SNP_INIT (a fact
+        of the firmware build, fixed when the machine boots)."""
+        return self._alias_check
 
     def _check_dram_aliases(self) -> None:
         """The boot-time alias check: write a marker through each SPA the memory map claims

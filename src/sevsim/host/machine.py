@@ -85,8 +85,8 @@ class Host:
             raise ResourceExhausted(f"cannot allocate {size} bytes of host memory in this "
                                     "process; give the host less") from None
         self.firmware = SevFirmware(self.chip, self._memory, seed=seed,
-                                    vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
-        self.firmware.alias_check = alias_check
+                                    vulnerable_cve_2019_9836=vulnerable_cve_2019_9836,
+                                    alias_check=alias_check)
         self.firmware.init()  # the kernel's ccp driver initialises the platform at load
         self.hypervisor = Hypervisor(self.chip, self._memory, self.firmware)
         self.hypervisor.quantum = quantum
