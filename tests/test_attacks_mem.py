@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from sevsim import Host
+from sevsim.abi.cpuid import SevStatusMsr
 from sevsim.abi.status import SevStatus
 from sevsim.abi.svm import SEVSIM_HC_HOST_INPUT
 from sevsim.abi.vmsa import (
@@ -221,9 +222,15 @@ def test_register_protection_changes_the_r12_block_at_every_exit(secret_elf: Pat
     assert len(set(masked)) == len(masked) > 1  # a fresh nonce every save
 
 
-def test_the_launch_vmsa_carries_the_feature_in_its_measured_sev_features() -> None:
+def test_the_guest_sees_register_protection_in_sev_status(secret_elf: Path) -> None:
     page = reset_state(SEV_FEATURES_SNP | SEV_FEATURES_VMSA_REG_PROT).to_bytes()
-    assert Vmsa.from_bytes(page).regs["sev_features"] == 0x4001
+    assert Vmsa.from_bytes(page).regs["sev_features"] == 0x4001  # measured at launch
+    for features in (SEV_FEATURES_SNP, SEV_FEATURES_SNP | SEV_FEATURES_VMSA_REG_PROT):
+        vm = _launched(Host("milan", "64M"), secret_elf, guest_features=features)
+        vm.run(timeout=30)
+        status = vm.hv.vcpus[0].sev_status()
+        assert bool(status & SevStatusMsr.VMSA_REG_PROT) == (features != SEV_FEATURES_SNP)
+        assert status & SevStatusMsr.SNP
 
 
 # -- DRAM aliasing and the alias check ---------------------------------------------------------

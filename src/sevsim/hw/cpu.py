@@ -621,7 +621,10 @@ class Vcpu:
         bits = {GuestMode.NONE: 0, GuestMode.SEV: SevStatusMsr.SEV,
                 GuestMode.SEV_ES: SevStatusMsr.SEV | SevStatusMsr.SEV_ES,
                 GuestMode.SNP: SevStatusMsr.SEV | SevStatusMsr.SEV_ES | SevStatusMsr.SNP}
-        return int(bits[self.mode])
+        status = int(bits[self.mode])
+        if self._sev_features & SEV_FEATURES_VMSA_REG_PROT:
+            status |= SevStatusMsr.VMSA_REG_PROT
+        return status
 
     def _on_invalid(self, uc: Uc, _ud: object) -> bool:
         rip = self._rip()
