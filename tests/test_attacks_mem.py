@@ -8,6 +8,7 @@ data it got, a failure the mechanism that stopped it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import pytest
 
 from sevsim import Host
 from sevsim.abi.cpuid import SevStatusMsr
+from sevsim.abi.snp_report import AttestationReport
+from sevsim.abi.snp_tcb import PlatformInfo, PolicyFlags, SnpPolicy
 from sevsim.abi.status import SevStatus
 from sevsim.abi.svm import SEVSIM_HC_HOST_INPUT
 from sevsim.abi.vmsa import (
@@ -290,3 +293,27 @@ def test_on_hypercall_sees_each_request_before_the_vmm_answers(tmp_path) -> None
     HypervisorAttacker(host.hypervisor).on_hypercall(vm, wrong_guess)
     assert "LOCKED OUT" in vm.run(timeout=30).console
     assert seen == [SEVSIM_HC_HOST_INPUT] * 3
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({}, PlatformInfo.SMT_EN),
+    ({"ciphertext_hiding": True, "alias_check": True},
+     PlatformInfo.SMT_EN | PlatformInfo.CIPHERTEXT_HIDING_EN | PlatformInfo.ALIAS_CHECK_COMPLETE),
+])
+def test_reports_tell_the_verifier_about_hiding_and_the_alias_check(
+        build: Callable[..., Path], options: dict[str, bool], expected: PlatformInfo) -> None:
+    host = Host("genoa", "64M", **options)
+    vm = _launched(host, build("report"))
+    vm.host_input = bytes(64)
+    vm.run(timeout=30)
+    report = AttestationReport.from_bytes(vm.outputs[0])
+    assert PlatformInfo.from_int(report.platform_info) == expected
+
+
+def test_a_policy_requiring_ciphertext_hiding_launches_only_where_it_is_on(
+        secret_elf: Path) -> None:
+    policy = int(SnpPolicy(PolicyFlags.SMT | PolicyFlags.CIPHERTEXT_HIDING).to_int())
+    hidden = Host("genoa", "64M", ciphertext_hiding=True)
+    _launched(hidden, secret_elf, policy=policy)
+    with pytest.raises(FirmwareError, match="has not enabled"):
+        _launched(Host("genoa", "64M"), secret_elf, policy=policy)

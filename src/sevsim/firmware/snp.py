@@ -353,7 +353,7 @@ class SnpFirmware(FirmwareCore):
             return f"policy requires AES-256-XTS, which {self.chip.product} lacks"
         if PolicyFlags.RAPL_DIS in flags:
             return "policy requires RAPL disabled; this platform keeps it enabled"
-        if PolicyFlags.CIPHERTEXT_HIDING in flags:
+        if PolicyFlags.CIPHERTEXT_HIDING in flags and not self._memory.hidden_asids:
             return "policy requires ciphertext hiding, which this platform has not enabled"
         if migration_agent and PolicyFlags.MIGRATE_MA not in flags:
             return "a migration agent was given, the policy does not allow one"
