@@ -114,6 +114,9 @@ class Attack(ABC):
     actor: str  # "malicious hypervisor"
     source: str  # the paper or advisory
     fixes: tuple[Setting, ...] = ()  # the "fix / feature" cells: settings that stop it
+    # flaws of the platform the attack was published against (`Host` keywords such as
+    # "vulnerable_rmpocalypse"): the lab's platform has them unless a feature fixes them
+    flaws: frozenset[str] = frozenset()
 
     def not_applicable(self, setting: Setting) -> str | None:
         """Why the attack has no meaning at this level (None: run it)."""

@@ -37,6 +37,14 @@ _SNP_GUEST_FEATURES = {"vmsa-reg-prot": SEV_FEATURES_VMSA_REG_PROT}
 _VICTIM_MACROS = {"fail-closed-checks": "-DFAIL_CLOSED_CHECKS"}
 SECRET_BYTES = 32
 _BUILDS = Path(tempfile.gettempdir()) / "sevsim-victims"
+# The platform flaws an attack may need (`Host` keywords) and the feature that fixes each: the
+# lab runs the firmware and microcode the attack was published against unless the setting has
+# the fix.
+FIXED_BY = {
+    "vulnerable_cve_2019_9836": "fixed-firmware",
+    "vulnerable_rmpocalypse": "fixed-firmware",
+    "vulnerable_cachewarp": "invd-fixed-ucode",
+}
 
 
 @dataclass(frozen=True)
@@ -58,12 +66,22 @@ class Victim:
 class Lab:
     """A host for `setting`, the attacker's handles on it, and the victims' ground truth."""
 
-    def __init__(self, setting: Setting, trace: Trace, seed: bytes = b"sevsim attack lab"
-                 ) -> None:
+    def __init__(self, setting: Setting, trace: Trace, seed: bytes = b"sevsim attack lab",
+                 flaws: frozenset[str] = frozenset()) -> None:
+        """`flaws`: the platform flaws the attack needs (keys of `FIXED_BY`); the host has
+        each one unless the setting has the feature that fixes it."""
         self.setting = setting
         self.trace = trace
         self.seed = seed
+        unknown = sorted(set(flaws) - FIXED_BY.keys())
+        if unknown:
+            raise ConfigError(f"unknown platform flaw {unknown[0]!r}; known: "
+                              f"{', '.join(FIXED_BY)}")
+        present = {flaw for flaw in flaws if not setting.has(FIXED_BY[flaw])}
         self._host = Host(chip=setting.chip, memory="256M", seed=seed,
+                          vulnerable_cve_2019_9836="vulnerable_cve_2019_9836" in present,
+                          vulnerable_cachewarp="vulnerable_cachewarp" in present,
+                          vulnerable_rmpocalypse="vulnerable_rmpocalypse" in present,
                           ciphertext_hiding=setting.has("ciphertext-hiding"),
                           alias_check=setting.has("alias-check"))
         self.hypervisor = HypervisorAttacker(self._host.hypervisor)

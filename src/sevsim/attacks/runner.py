@@ -26,7 +26,7 @@ def run_attack(attack: Attack, setting: Setting, seed: bytes = b"sevsim attack l
     if reason is not None:
         return Outcome(attack.id, setting, Verdict.NOT_APPLICABLE, "", reason, ())
     trace = Trace()
-    lab = Lab(setting, trace, seed)
+    lab = Lab(setting, trace, seed, flaws=attack.flaws)
     try:
         attempt = attack.attempt(lab)
     except SevsimError as stop:

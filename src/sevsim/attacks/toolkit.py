@@ -106,9 +106,38 @@ class HypervisorAttacker:
         """RMPUPDATE one frame (to a guest at `gpa`, or back to the host with asid 0)."""
         self.hypervisor.rmpupdate(spa, asid, gpa)
 
+    def rmp_table(self) -> tuple[int, int]:
+        """The RMP's DRAM range [RMP_BASE, RMP_END), as the BIOS set the MSRs; a frame's
+        entry is at RMP_BASE + abi.rmp.rmp_entry_offset(frame)."""
+        return self.hypervisor.rmp_table()
+
     def allocate_page(self) -> int:
         """A fresh zeroed host page's SPA, for the attacker's own use."""
         return int(self.hypervisor.allocate_host_pages(1)[0]) * PAGE
+
+    # -- the caches ---------------------------------------------------------------------------
+    @contextmanager
+    def holding_cache(self) -> Iterator[None]:
+        """Within the block the write-back cache keeps every line dirty until WBINVD or INVD:
+        the guest's stores and the host's own `write_spa`s stay in the cache, as over the few
+        instructions a real attack times (the simulator evicts nothing on its own). At the
+        end what is left is written back."""
+        self.hypervisor.hold_cache(True)
+        try:
+            yield
+        finally:
+            self.hypervisor.hold_cache(False)
+
+    def wbinvd(self) -> int:
+        """WBINVD: every dirty line is written back to DRAM (unchecked: the RMP checked the
+        store, not the write-back) and the cache emptied; returns how many lines went."""
+        return self.hypervisor.wbinvd()
+
+    def invd(self) -> int:
+        """INVD after clearing HWCR bit 4: the cache is emptied without write-back, so DRAM
+        keeps its older bytes (CacheWarp); fixed microcode and Zen 4+ write back instead.
+        Returns how many dirty lines there were."""
+        return self.hypervisor.invd()
 
     # -- nested page tables ----------------------------------------------------------------
     def remap(self, victim: VirtualMachine, gpa: int, spa: int, npages: int = 1) -> None:

@@ -171,6 +171,9 @@ class SnpFirmware(FirmwareCore):
     # SnpGuestRequests, the mixin that composes this one (firmware/snp_guest.py).
     current_tcb: TcbVersion
     tcb: TcbVersion
+    # Whether SNP_INIT flushes the cores' caches before it writes the RMP: the fix for
+    # RMPocalypse (CVE-2025-0033); the composed firmware's image decides (firmware/sev.py).
+    _rmp_init_flushes = True
 
     def __init__(self, chip: ChipPreset, memory: MemoryController, *, seed: bytes | None = None,
                  vulnerable_cve_2019_9836: bool = False) -> None:
@@ -184,7 +187,9 @@ class SnpFirmware(FirmwareCore):
 
     # -- platform ---------------------------------------------------------------------------
     def snp_init(self, ciphertext_hiding_asids: int = 0) -> None:
-        """Initialise SNP: from here on the RMP is checked. After a plain SNP_SHUTDOWN the
+        """Initialise SNP: the firmware writes the RMP into the DRAM the BIOS reserved for it
+        (fixed firmware first writes back every dirty cache line, so that none can land on the
+        table later), and from here on the RMP is checked. After a plain SNP_SHUTDOWN the
         table, enforced all along, carries on as it is.
 
         `ciphertext_hiding_asids` is SNP_INIT_EX's CIPHERTEXT_HIDING_EN with MAX_SNP_ASID:
@@ -202,6 +207,10 @@ class SnpFirmware(FirmwareCore):
                                 f"{ciphertext_hiding_asids} ASIDs on {self.chip.product}")
         if self._alias_check:
             self._check_dram_aliases()
+        if not self._rmp_initialized:
+            if self._rmp_init_flushes:
+                self._memory.cache.write_back()
+            self._memory.init_rmp_table()
         self._snp_state = SnpPlatformState.INIT
         self._rmp_initialized = True
         self._memory.rmp.enabled = True

@@ -128,6 +128,8 @@ class Hypervisor:
         self._next_vm = 1
         self._frame_used = np.zeros(memory.nframes, dtype=bool)
         self._frame_used[:_RESERVED_FRAMES] = True
+        if memory.rmp.table_spa is not None:  # the BIOS's RMP range is no host memory
+            self._frame_used[memory.rmp.table_spa // PAGE:] = True
         self._alloc_hint = _RESERVED_FRAMES  # next fit: where the last allocation ended
         self._asids_in_use: set[int] = set()
         self._asids_to_flush: set[int] = set()
@@ -324,6 +326,33 @@ class Hypervisor:
         self._memory.check_range(spa, PAGE)
         self._memory.rmp.rmpupdate(np.array([spa // PAGE]), asid,
                                    np.array([gpa // PAGE]) if asid else None)
+
+    def rmp_table(self) -> tuple[int, int]:
+        """The RMP's DRAM range as MSRs RMP_BASE and RMP_END give it (MemoryAccessError on a
+        host whose BIOS reserved none)."""
+        table = self._memory.rmp.table_spa
+        if table is None:
+            raise MemoryAccessError("this host's BIOS reserved no RMP (a chip without SEV-SNP)")
+        return table, self._memory.size
+
+    # -- the caches -----------------------------------------------------------------------------
+    def wbinvd(self) -> int:
+        """WBINVD: write every dirty cache line back to DRAM and empty the caches; returns
+        how many lines were dirty."""
+        return self._memory.cache.write_back()
+
+    def invd(self) -> int:
+        """INVD (with HWCR bit 4 cleared, as the host kernel may): empty the caches without
+        writing back, so the stores still in them are lost; on fixed microcode and on Zen 4
+        and later it writes back like WBINVD. Returns how many lines were dirty."""
+        return self._memory.cache.invalidate()
+
+    def hold_cache(self, on: bool) -> None:
+        """Model the write-back cache exactly (`on`: while held, a store stays in its dirty
+        line until WBINVD or INVD, as over a window of a few instructions on hardware) or
+        stop, which writes back what is left. Outside a hold every store reaches DRAM at
+        once (an eviction right away, which a real cache may also do)."""
+        self._memory.hold_cache(on)
 
     def private_pages(self, vm: HvVm) -> np.ndarray:
         """Which of the VM's RAM pages it keeps private, as KVM tracks them from the guest's

@@ -54,6 +54,7 @@ class Host:
     def __init__(self, chip: str | ChipPreset = DEFAULT_CHIP, memory: int | str = "512M", *,
                  seed: bytes | None = None, vulnerable_cve_2019_9836: bool = False,
                  quantum: Quantum = DEFAULT_QUANTUM, min_sev_asid: int | None = None,
+                 vulnerable_cachewarp: bool = False, vulnerable_rmpocalypse: bool = False,
                  ciphertext_hiding: bool = False, alias_check: bool = False) -> None:
         """`seed` makes the platform reproducible: the chip's secret, hence its CEK, PEK, PDH,
         VCEK and IDs, and every key and nonce the Secure Processor and the memory controller
@@ -66,6 +67,10 @@ class Host:
         `min_sev_asid` is the BIOS's "SEV-ES ASID Space Limit": SEV-ES and SNP guests get
         ASIDs 1..min_sev_asid-1, plain SEV guests min_sev_asid..max (CPUID 8000_001F EDX
         reports it); max + 1 gives every ASID to SEV-ES and SNP (509 SNP VMs on Milan).
+        `vulnerable_cachewarp` runs Zen 3 microcode from before the CacheWarp fix
+        (AMD-SB-3005): a host INVD drops dirty cache lines instead of writing them back (Zen 4
+        and later never do). `vulnerable_rmpocalypse` runs firmware from before the
+        RMPocalypse fix (AMD-SB-3020): SNP_INIT leaves dirty cache lines over the RMP.
         `ciphertext_hiding` (Genoa and later) has KVM ask SNP_INIT_EX to hide every SNP
         guest's ciphertext from host reads (kvm-amd's ciphertext_hiding_asids set to all the
         SEV-ES/SNP ASIDs). `alias_check` runs boot firmware with the AMD-SB-3015 DRAM alias
@@ -84,8 +89,13 @@ class Host:
         except MemoryError:
             raise ResourceExhausted(f"cannot allocate {size} bytes of host memory in this "
                                     "process; give the host less") from None
+        # Zen 4 and later write back on INVD whatever the microcode (CacheWarp's paper)
+        self._memory.cache.invd_writes_back = not vulnerable_cachewarp or self.chip.zen >= 4
+        if SevFeatures.SEV_SNP in self.chip.features:
+            self._memory.reserve_rmp_table()  # the BIOS sets RMP_BASE/RMP_END
         self.firmware = SevFirmware(self.chip, self._memory, seed=seed,
                                     vulnerable_cve_2019_9836=vulnerable_cve_2019_9836,
+                                    vulnerable_rmpocalypse=vulnerable_rmpocalypse,
                                     alias_check=alias_check)
         self.firmware.init()  # the kernel's ccp driver initialises the platform at load
         self.hypervisor = Hypervisor(self.chip, self._memory, self.firmware)

@@ -664,7 +664,10 @@ class Vcpu:
             return False
         if rmp == RMP_NPF:
             info1 |= NPF_RMP
-        return self._nested_fault(info1, address, "nested page fault")
+        resolved = self._nested_fault(info1, address, "nested page fault")
+        if resolved and access == UC_MEM_WRITE_UNMAPPED:
+            self._space.note_store(uc, address, size)
+        return resolved
 
     def _on_protection(self, uc: Uc, access: int, address: int, size: int, value: int,
                        _ud: object) -> bool:
@@ -727,6 +730,7 @@ class GuestCpu:
         """Guest-physical write through this VM's own mapping (private pages in plaintext),
         with this VMPL's permissions."""
         self._check_vmpl(gpa, len(data), PERM_WRITE)
+        self._vcpu._space.note_store(self._vcpu._uc, gpa, len(data))
         try:
             self._vcpu._uc.mem_write(gpa, data)
         except UcError as err:

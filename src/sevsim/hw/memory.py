@@ -26,7 +26,9 @@ from typing import Protocol
 
 import numpy as np
 
+from sevsim.abi.rmp import RMP_ENTRY_SIZE, rmp_entry_offset, rmp_table_size
 from sevsim.errors import MemoryAccessError, RmpViolation
+from sevsim.hw.cache import WriteBackCache
 from sevsim.hw.engine import BLOCK, PAGE, EncryptionEngine
 from sevsim.hw.rmp import Rmp
 from sevsim.hw.trng import Trng
@@ -66,6 +68,10 @@ class FrameWatcher(FrameMapper, Protocol):
 
     def rmp_changed(self, frames: np.ndarray) -> None:
         """RMP entries of these frames changed."""
+        ...
+
+    def watch_stores(self, on: bool) -> None:
+        """While the cache is held, tell it of every store the vCPUs make (`on`), or stop."""
         ...
 
 
@@ -110,6 +116,10 @@ class ReverseMap:
             found.update(self._granules.get(granule, {}))
         return list(found)
 
+    def all(self) -> list[FrameWatcher]:
+        """Every address space with entries."""
+        return list(self._held)
+
     def __len__(self) -> int:
         """Address spaces with entries."""
         return len(self._held)
@@ -137,6 +147,7 @@ class MemoryController:
         self.entropy = entropy or Trng()
         self.hidden_asids = 0  # ciphertext hiding: SNP ASIDs 1..hidden_asids (0: off)
         self.alias_span = 0  # BadRAM: bytes of SPA space above `size` that alias [0, size)
+        self.cache = WriteBackCache(self)
 
     # -- addresses -------------------------------------------------------------------------
     def check_range(self, spa: int, length: int) -> None:
@@ -205,8 +216,10 @@ class MemoryController:
         Under SNP the RMP refuses it on guest or firmware frames, and nothing changes. Through
         a BadRAM alias the RMP sees an SPA it has no entry for, and the write lands."""
         length = len(data)
-        if self.alias_span and spa >= self.size:
-            self.write_soc(self._unalias(spa, length), data)
+        if self.alias_span and spa >= self.size:  # no RMP entry to check: it lands
+            real = self._unalias(spa, length)
+            self.write_soc(real, data)
+            self.dram_written(real, length)
             return
         self.check_range(spa, length)
         if length and self.rmp.enabled:
@@ -216,7 +229,10 @@ class MemoryController:
                 frame = int(frames[owned][0])
                 raise RmpViolation(f"RMP violation: host write to SPA 0x{spa:x}+0x{length:x}: "
                                    f"frame 0x{frame:x} belongs to {self._rmp_owner(frame)}")
+        self.cache.store(spa, length)
         self.write_soc(spa, data)
+        if not self.cache.held:  # an unheld cache is as good as written back at once
+            self.dram_written(spa, length)
 
     def write_soc(self, spa: int, data: bytes) -> None:
         """A write of DRAM bytes from inside the SoC (the CPU storing a VMSA, a guest's access
@@ -246,6 +262,63 @@ class MemoryController:
         if host_read and self.hidden_asids:
             self._hide(0, out)
         return out
+
+    # -- the caches and the RMP's home in DRAM ------------------------------------------------
+    def hold_cache(self, on: bool) -> None:
+        """Hold the cores' cache (no line leaves it on its own) or release it, which evicts
+        what is left dirty; the vCPUs report their stores to it while it is held."""
+        if on == self.cache.held:
+            return
+        if not on:
+            self.cache.write_back()
+        self.cache.held = on
+        for watcher in self.reverse_map.all():
+            watcher.watch_stores(on)
+
+    def dram_written(self, spa: int, length: int) -> None:
+        """A core's line reached DRAM at [spa, spa+length) (a write-back, unchecked): where
+        it covers RMP entries, the entries are what DRAM now holds."""
+        table = self.rmp.table_spa
+        if table is None or not self.rmp.enabled:
+            return
+        base = table + rmp_entry_offset(0)
+        first = max(0, (spa - base) // RMP_ENTRY_SIZE)
+        stop = min(self.nframes, -(-(spa + length - base) // RMP_ENTRY_SIZE))
+        if first < stop:
+            raw = self.read(base + first * RMP_ENTRY_SIZE, (stop - first) * RMP_ENTRY_SIZE)
+            self.rmp.load(np.arange(first, stop),
+                          np.frombuffer(raw, dtype=np.uint8).reshape(-1, RMP_ENTRY_SIZE))
+
+    def reserve_rmp_table(self) -> None:
+        """The BIOS reserves the top of DRAM for the RMP (RMP_BASE..RMP_END, `rmp.table_spa`
+        to the end), which the host must never hand out."""
+        first = self.nframes - -(-rmp_table_size(self.nframes) // PAGE)
+        if first <= 0:
+            raise MemoryAccessError(f"{self.size} bytes of DRAM leave no room for an RMP")
+        self.rmp.table_spa = first * PAGE
+
+    def init_rmp_table(self) -> None:
+        """SNP_INIT: the Secure Processor writes the table into its DRAM, beneath the cores'
+        caches (x86 accesses are blocked meanwhile): the table's own frames become firmware
+        pages, every other frame stays as it is (the hypervisor's). A dirty line a core still
+        holds over the table keeps its stale bytes, to be written back later."""
+        table = self.rmp.table_spa
+        if table is None:
+            return
+        own = np.arange(table // PAGE, self.nframes)
+        self.rmp.set_firmware_pages(own)
+        with self.cache.beneath(table, self.size - table):
+            self.fill(own, RAW)
+            self._store_entries(self.rmp.in_use())
+
+    def _store_entries(self, frames: np.ndarray) -> None:
+        """Write entries through to the table's bytes (the table's frames are in no key
+        domain: their cells are DRAM)."""
+        table = self.rmp.table_spa
+        if table is None or not frames.size:
+            return
+        offsets = table + rmp_entry_offset(0) + RMP_ENTRY_SIZE * frames.astype(np.int64)
+        self.cells[offsets[:, None] + np.arange(RMP_ENTRY_SIZE)] = self.rmp.encode(frames)
 
     # -- inside the SoC ----------------------------------------------------------------------
     @contextmanager
@@ -331,6 +404,8 @@ class MemoryController:
             watcher.host_wrote(spa, length)
 
     def _rmp_changed(self, frames: np.ndarray) -> None:
+        if self.rmp.enabled:
+            self._store_entries(frames)
         for watcher in self.reverse_map.watchers_of(frames):
             watcher.rmp_changed(frames)
 

@@ -7,7 +7,9 @@ from sevsim.attacks.catalog.a01_cold_boot import ColdBoot
 from sevsim.attacks.catalog.a03_replay import CiphertextReplay
 from sevsim.attacks.catalog.a04_block_move import BlockMove
 from sevsim.attacks.catalog.a10_cipherleaks import CipherLeaks
+from sevsim.attacks.catalog.a15_cachewarp import CacheWarp
 from sevsim.attacks.catalog.a16_badram import BadRam
+from sevsim.attacks.catalog.a19_rmpocalypse import RmPocalypse
 from sevsim.attacks.framework import Attack
 
 ATTACKS: dict[str, Attack] = {attack.id: attack for attack in (
@@ -16,5 +18,7 @@ ATTACKS: dict[str, Attack] = {attack.id: attack for attack in (
     CiphertextReplay(),
     BlockMove(),
     CipherLeaks(),
+    CacheWarp(),
     BadRam(),
+    RmPocalypse(),
 )}
