@@ -29,6 +29,8 @@ def run_attack(attack: Attack, setting: Setting, seed: bytes = b"sevsim attack l
     lab = Lab(setting, trace, seed, flaws=attack.flaws)
     try:
         attempt = attack.attempt(lab)
+    except ConfigError:
+        raise  # a setting the lab cannot build (a mode the chip lacks) is no verdict
     except SevsimError as stop:
         trace(f"stopped: {stop}")
         return Outcome(attack.id, setting, Verdict.STOPPED, "",
