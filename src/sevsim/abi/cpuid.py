@@ -39,6 +39,7 @@ class SevStatusMsr(IntFlag):
     SEV = 1 << 0
     SEV_ES = 1 << 1
     SNP = 1 << 2
+    VMSA_REG_PROT = 1 << 16  # SEV_FEATURES bit 14, as SEV_STATUS reports it
 
 
 @dataclass(frozen=True)

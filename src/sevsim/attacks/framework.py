@@ -62,6 +62,8 @@ FEATURES = {
     "page-move-disabled": "firmware refuses SNP page moves and swaps for the guest",
     "invd-fixed-ucode": "microcode that makes a host INVD write back (CacheWarp fix)",
     "fixed-firmware": "firmware with the published fix for this attack",
+    "fail-closed-checks": "the guest grants only on the exact privileged value and refuses "
+                          "anything else (fault-injection hardening, as MCUboot's FIH does)",
 }
 
 

@@ -19,7 +19,12 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from sevsim.abi.vmsa import SEV_FEATURES_ALTERNATE_INJECTION, SEV_FEATURES_RESTRICTED_INJECTION
+from sevsim.abi.vmsa import (
+    SEV_FEATURES_ALTERNATE_INJECTION,
+    SEV_FEATURES_RESTRICTED_INJECTION,
+    SEV_FEATURES_SNP,
+    SEV_FEATURES_VMSA_REG_PROT,
+)
 from sevsim.attacks.framework import Attempt, Setting, Trace
 from sevsim.attacks.toolkit import HypervisorAttacker, PhysicalAttacker
 from sevsim.errors import ConfigError
@@ -28,6 +33,18 @@ from sevsim.host.machine import Host
 from sevsim.host.vmm import VirtualMachine
 
 VICTIMS = Path(__file__).resolve().parent / "victims"
+# How a feature reaches the machine: Host keywords (platform options KVM and the boot
+# firmware take, in `Lab.__init__`), the SEV_FEATURES an SNP guest's VMSAs launch with, and
+# guest software options.
+_SNP_GUEST_FEATURES = {"vmsa-reg-prot": SEV_FEATURES_VMSA_REG_PROT,
+                       "restricted-injection": SEV_FEATURES_RESTRICTED_INJECTION,
+                       "alternate-injection": SEV_FEATURES_ALTERNATE_INJECTION}
+# Guest software options: a C macro every victim is built with (victims that lack the
+# option ignore it).
+_VICTIM_MACROS = {"fail-closed-checks": "-DFAIL_CLOSED_CHECKS"}
+# Guest-kernel hardening options (sevsim.h's SEV_KOPT_* bits): built into the victim as
+# -DSEV_KERNEL_OPTIONS, which crt0 turns on before main, beyond the host's reach.
+_KERNEL_OPTIONS = {"vc-insn-check": 1 << 0, "no-ia32-emulation": 1 << 1}
 SECRET_BYTES = 32
 _BUILDS = Path(tempfile.gettempdir()) / "sevsim-victims"
 # The platform flaws an attack may need (`Host` keywords) and the feature that fixes each: the
@@ -38,16 +55,6 @@ FIXED_BY = {
     "vulnerable_rmpocalypse": "fixed-firmware",
     "vulnerable_cachewarp": "invd-fixed-ucode",
 }
-
-# Features that are the guest owner's choices, out of the host's reach: SEV_FEATURES bits in
-# the measured launch VMSA of an SNP victim, and guest-kernel hardening options compiled into
-# the victim (crt0 turns them on before main; see sevsim.h's SEV_KOPT_*).
-SEV_FEATURE_BITS = {
-    "restricted-injection": SEV_FEATURES_RESTRICTED_INJECTION,
-    "alternate-injection": SEV_FEATURES_ALTERNATE_INJECTION,
-}
-KERNEL_OPTION_BITS = {"vc-insn-check": 1 << 0, "no-ia32-emulation": 1 << 1}
-
 
 @dataclass(frozen=True)
 class Victim:
@@ -83,9 +90,11 @@ class Lab:
         self._host = Host(chip=setting.chip, memory="256M", seed=seed,
                           vulnerable_cve_2019_9836="vulnerable_cve_2019_9836" in present,
                           vulnerable_cachewarp="vulnerable_cachewarp" in present,
-                          vulnerable_rmpocalypse="vulnerable_rmpocalypse" in present)
+                          vulnerable_rmpocalypse="vulnerable_rmpocalypse" in present,
+                          ciphertext_hiding=setting.has("ciphertext-hiding"),
+                          alias_check=setting.has("alias-check"))
         self.hypervisor = HypervisorAttacker(self._host.hypervisor)
-        self.physical = PhysicalAttacker(self._host.hypervisor)
+        self.physical = PhysicalAttacker(self._host)
         self.target: Victim | None = None  # the first victim: what the attack is judged on
         self._secret = b""
         self._honest: bytes | None = None
@@ -97,20 +106,23 @@ class Lab:
         (four 64-bit words), load and launch it at the setting's mode (or `mode`). The first
         victim is the target the attack is judged on; `honest` is what it reports when nobody
         interferes, for attacks on its result. Later ones are the attacker's own VMs. The
-        setting's guest-owner features go in too: kernel hardening options as a build flag
-        (`KERNEL_OPTION_BITS`), SEV_FEATURES in an SNP victim's launch VMSA
-        (`SEV_FEATURE_BITS`)."""
+        setting's guest-owner features go in too: build flags (`_VICTIM_MACROS`, kernel
+        hardening options `_KERNEL_OPTIONS`) and SEV_FEATURES in an SNP victim's launch
+        VMSAs (`_SNP_GUEST_FEATURES`)."""
         secret = hashlib.shake_256(self.seed + program.encode()).digest(SECRET_BYTES)
         words = [int.from_bytes(secret[i:i + 8], "little") for i in range(0, SECRET_BYTES, 8)]
-        options = sum(bit for name, bit in KERNEL_OPTION_BITS.items() if self.setting.has(name))
-        flags = (*(f"-DSECRET_{i}=0x{w:016x}ULL" for i, w in enumerate(words)),
+        macros = tuple(_VICTIM_MACROS[f] for f in sorted(self.setting.features)
+                       if f in _VICTIM_MACROS)
+        options = sum(bit for name, bit in _KERNEL_OPTIONS.items() if self.setting.has(name))
+        flags = (*(f"-DSECRET_{i}=0x{w:016x}ULL" for i, w in enumerate(words)), *macros,
                  *((f"-DSEV_KERNEL_OPTIONS={options}",) if options else ()), *cflags)
         elf = _build(program, flags)
-        mode = mode or self.setting.mode
-        vm = self._host.create_vm(mode, memory, vcpus)
+        vm = self._host.create_vm(mode or self.setting.mode, memory, vcpus)
         vm.load(elf)
-        vm.launch(sev_features=sum(bit for name, bit in SEV_FEATURE_BITS.items()
-                                   if self.setting.has(name)) if mode == "snp" else 0)
+        features = SEV_FEATURES_SNP
+        for feature in self.setting.features:
+            features |= _SNP_GUEST_FEATURES.get(feature, 0)
+        vm.launch(guest_features=features)
         victim = Victim(vm, _symbols(elf))
         if self.target is None:
             self.target, self._secret, self._honest = victim, secret, honest

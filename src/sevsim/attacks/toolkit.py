@@ -21,6 +21,7 @@ from sevsim.abi.ghcb import Ghcb
 from sevsim.errors import ConfigError, MemoryAccessError
 from sevsim.firmware.sev import SevFirmware
 from sevsim.host.hypervisor import HvVm, Hypervisor
+from sevsim.host.machine import Host
 from sevsim.host.vmm import VirtualMachine
 from sevsim.hw.cpu import Vcpu, Vmcb, VmExit
 from sevsim.hw.engine import PAGE
@@ -211,6 +212,18 @@ class HypervisorAttacker:
             return None
         return Ghcb.from_bytes(victim.read_gpa(msr, PAGE))
 
+    def on_hypercall(self, victim: VirtualMachine, observer: Callable[[int], None]) -> None:
+        """Call `observer(nr)` at every hypercall the victim makes to its VMM (a VMMCALL, or
+        under SEV-ES and SNP the one the GHCB carries), before the VMM answers it: the moment
+        a guest asks for input, the host may act and queue the input it hands over."""
+        handler = victim.hv.hypercall_handler
+
+        def hooked(vm: HvVm, nr: int, args: tuple[int, ...]) -> int | None:
+            observer(nr)
+            return handler(vm, nr, args) if handler is not None else None
+
+        victim.hv.hypercall_handler = hooked
+
     def on_exit(self, victim: VirtualMachine,
                 observer: Callable[[Vcpu, VmExit], None] | None) -> None:
         """Call `observer(vcpu, exit)` at every #VMEXIT of the victim, before KVM handles it
@@ -257,11 +270,19 @@ class HypervisorAttacker:
 
 
 class PhysicalAttacker:
-    """Someone with the DIMMs in hand: reads every cell; keys stay in the SoC."""
+    """Someone with the machine in hand: the DIMMs' cells and their SPD chips; keys stay in
+    the SoC."""
 
-    def __init__(self, hypervisor: Hypervisor) -> None:
-        self._hypervisor = hypervisor  # the bus the DIMMs hang off, not its software
+    def __init__(self, host: Host) -> None:
+        self._host = host  # the machine the DIMMs sit in, not its software
 
     def dram_dump(self) -> np.ndarray:
-        """Cold boot: every DRAM byte, copied out of the modules."""
-        return self._hypervisor.dram_dump()
+        """Cold boot: every DRAM byte, copied out of the modules (ciphertext hiding is the
+        CPU's and does not apply to the cells)."""
+        return self._host.dram_dump()
+
+    def spd_alias(self) -> int:
+        """BadRAM: rewrite the modules' SPD to claim one more address bit and reboot, before
+        any VM runs; returns the offset at which each SPA's cells appear a second time. The
+        RMP has no entry there, so a colluding hypervisor writes guest cells unchecked."""
+        return self._host.spd_alias()

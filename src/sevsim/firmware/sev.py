@@ -46,11 +46,14 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
 
     def __init__(self, chip: ChipPreset, memory: MemoryController, *, seed: bytes | None = None,
                  vulnerable_cve_2019_9836: bool = False,
-                 vulnerable_rmpocalypse: bool = False) -> None:
+                 vulnerable_rmpocalypse: bool = False, alias_check: bool = False) -> None:
         """`vulnerable_rmpocalypse`: firmware from before the RMPocalypse fix (AMD-SB-3020),
-        whose SNP_INIT writes the RMP without flushing the cores' caches first."""
+        whose SNP_INIT writes the RMP without flushing the cores' caches first.
+        `alias_check`: boot firmware with the DRAM alias check (AMD-SB-3015), which SNP_INIT
+        then runs."""
         super().__init__(chip, memory, seed=seed, vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
         self._rmp_init_flushes = not vulnerable_rmpocalypse
+        self._alias_check = alias_check
 
     # -- platform ---------------------------------------------------------------------------
     def init(self) -> None:

@@ -139,6 +139,7 @@ class Hypervisor:
         # KVM_SET_CPUID2: leaves the VMM sets itself, answered instead of the chip's for the
         # VMs it creates from now on (and put in their SNP CPUID pages)
         self.cpuid_overrides: dict[int, tuple[int, int, int, int]] = {}
+        self.ciphertext_hiding_asids = 0  # kvm-amd's ciphertext_hiding_asids, for SNP_INIT_EX
 
     # -- VM lifecycle -----------------------------------------------------------------------
     def create_vm(self, mode: GuestMode, memory_size: int, vcpus: int,
@@ -154,7 +155,8 @@ class Hypervisor:
             raise ConfigError(f"vCPU count {vcpus} outside 1..{_MAX_VCPUS}")
         es = mode in (GuestMode.SEV_ES, GuestMode.SNP)
         if mode is GuestMode.SNP and not self.firmware.snp_initialized:
-            self.firmware.snp_init()  # KVM initialises SNP when its first SNP guest needs it
+            # KVM initialises SNP when its first SNP guest needs it
+            self.firmware.snp_init(self.ciphertext_hiding_asids)
         frames = self.allocate_host_pages(memory_size // PAGE + (vcpus if es else 0))
         try:
             asid = self._allocate_asid(mode)
@@ -299,16 +301,16 @@ class Hypervisor:
     # -- what the host can touch --------------------------------------------------------------
     def read_spa(self, spa: int, length: int) -> bytes:
         """Host-physical bytes as the hypervisor reads them: ciphertext in guests' private pages."""
-        return self._memory.read(spa, length)
+        return self._memory.read_host(spa, length)
 
     def write_spa(self, spa: int, data: bytes) -> None:
         """Write host-physical bytes; under SNP the RMP refuses guest and firmware frames."""
         self._memory.write(spa, data)
 
     def dram_dump(self) -> np.ndarray:
-        """Every byte of DRAM as the host's key domain reads it (what a physical attacker
-        reading the modules gets too)."""
-        return self._memory.dram_dump()
+        """Every byte of DRAM as the host's key domain reads it through the CPU: ciphertext of
+        private pages, 0xFF where ciphertext hiding is on."""
+        return self._memory.dram_dump(host_read=True)
 
     @property
     def memory_size(self) -> int:
@@ -400,7 +402,8 @@ class Hypervisor:
 
     def read_gpa(self, vm: HvVm, gpa: int, length: int) -> bytes:
         """Guest memory as the hypervisor reads it: through its NPT, outside the key domain."""
-        return b"".join(self._memory.read(spa, n) for _, spa, n in self._spa_runs(vm, gpa, length))
+        return b"".join(self._memory.read_host(spa, n)
+                        for _, spa, n in self._spa_runs(vm, gpa, length))
 
     def write_gpa(self, vm: HvVm, gpa: int, data: bytes) -> None:
         """Write guest memory as the hypervisor can: through its NPT, outside the key domain (the

@@ -62,8 +62,11 @@ from sevsim.abi.vmsa import (
     GPRS,
     SEV_FEATURES_ALTERNATE_INJECTION,
     SEV_FEATURES_RESTRICTED_INJECTION,
+    SEV_FEATURES_VMSA_REG_PROT,
     Segment,
     Vmsa,
+    protect_registers,
+    unprotect_registers,
 )
 from sevsim.errors import ConfigError, GuestFault, GuestTimeout, VmrunError, VmStateError
 from sevsim.hw.chips import ChipPreset, GuestMode
@@ -508,6 +511,9 @@ class Vcpu:
         xmm = b"".join(next(saved).to_bytes(16, "little") for _ in _XMM_IDS)
         page = Vmsa({k: int(v) for k, v in values.items() if v}, segments,
                     fpreg_xmm=xmm).to_bytes()
+        if self._sev_features & SEV_FEATURES_VMSA_REG_PROT:  # a fresh nonce every save
+            nonce = int.from_bytes(self._space.memory.entropy.random(8), "little")
+            page = protect_registers(page, nonce)
         self._write_vmsa(spa, page)
         self._seals.seal(self.vmcb.asid, spa, page)
 
@@ -527,7 +533,10 @@ class Vcpu:
         if self.mode is not GuestMode.SNP and not self._seals.check(self.vmcb.asid, spa, page):
             raise self._refuse(f"the VMSA at SPA 0x{spa:x} fails its integrity check")
         if not self._vmsa_loaded:
-            self._load_vmsa(Vmsa.from_bytes(page))
+            vmsa = Vmsa.from_bytes(page)
+            if vmsa.regs.get("sev_features", 0) & SEV_FEATURES_VMSA_REG_PROT:
+                vmsa = Vmsa.from_bytes(unprotect_registers(page))
+            self._load_vmsa(vmsa)
             self._vmsa_loaded = True
 
     def _load_vmsa(self, vmsa: Vmsa) -> None:
@@ -659,7 +668,10 @@ class Vcpu:
         bits = {GuestMode.NONE: 0, GuestMode.SEV: SevStatusMsr.SEV,
                 GuestMode.SEV_ES: SevStatusMsr.SEV | SevStatusMsr.SEV_ES,
                 GuestMode.SNP: SevStatusMsr.SEV | SevStatusMsr.SEV_ES | SevStatusMsr.SNP}
-        return int(bits[self.mode])
+        status = int(bits[self.mode])
+        if self._sev_features & SEV_FEATURES_VMSA_REG_PROT:
+            status |= SevStatusMsr.VMSA_REG_PROT
+        return status
 
     def _on_invalid(self, uc: Uc, _ud: object) -> bool:
         rip = self._rip()
