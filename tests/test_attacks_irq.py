@@ -304,3 +304,18 @@ def test_the_vmms_cpuid_table_answers_every_way_a_guest_asks() -> None:
     assert "C-bit 52" in victim.vm.console
     with pytest.raises(ConfigError, match="0x8000001F only"):
         lab.hypervisor.host_cpuid(1)
+
+
+@pytest.mark.parametrize(("mode", "c_bit"), [("sev-es", 52), ("snp", 51)])
+def test_a_lie_after_an_snp_launch_meets_the_cpuid_page(mode: str, c_bit: int) -> None:
+    """A lie told after launch reaches an SEV-ES guest through the GHCB; an SNP guest asks
+    the CPUID page the firmware checked at launch, so its secret page stays private."""
+    lab = Lab(Setting(mode), Trace())
+    victim = lab.victim("secret_page_cbit")
+    eax, ebx, ecx, edx = lab.hypervisor.host_cpuid(0x8000_001F)
+    lab.hypervisor.set_cpuid(0x8000_001F, (eax, ebx & ~0x3F | 52, ecx, edx))
+    victim.vm.run(timeout=30)
+    assert f"C-bit {c_bit}," in victim.vm.console
+    spa = lab.hypervisor.gpa_to_spa(victim.vm, victim.symbol("secret"))
+    leaked = lab.hypervisor.read_spa(spa, 32).hex() == _secret("secret_page_cbit")
+    assert leaked is (mode == "sev-es")

@@ -241,9 +241,10 @@ class HypervisorAttacker:
         victim.hv.vcpus[vcpu].vmcb.inject(vector, error_code)
 
     def set_cpuid(self, leaf: int, registers: tuple[int, int, int, int]) -> None:
-        """KVM_SET_CPUID2: answer CPUID `leaf` with (EAX, EBX, ECX, EDX) in every VM created
-        from now on: at intercepts, through the GHCB, and in the CPUID page the VMM offers an
-        SNP guest at launch (which the firmware checks against the chip)."""
+        """The VMM's CPUID table: from now on answer CPUID `leaf` with (EAX, EBX, ECX, EDX)
+        at intercepts and through the GHCB (and in SEV_INFO's C-bit for that leaf), and put
+        it in the CPUID page of SNP guests launched from now on (the firmware checks those
+        pages against the chip)."""
         eax, ebx, ecx, edx = (value & 0xFFFF_FFFF for value in registers)
         self.hypervisor.cpuid_overrides[leaf] = (eax, ebx, ecx, edx)
 

@@ -106,7 +106,7 @@ _EXCEPTIONS = {0: "#DE divide error", 1: "#DB", 3: "#BP breakpoint", 4: "#OF ove
                5: "#BR", 6: "#UD invalid opcode", 7: "#NM", 8: "#DF double fault",
                13: "#GP general protection", 14: "#PF page fault", 16: "#MF", 17: "#AC",
                18: "#MC", 19: "#XM SIMD exception"}
-_PTE_IGNORED = ((1 << 59) - 1) & ~((1 << 52) - 1)  # bits 52-58: software's, the MMU ignores them
+_PTE_ADDRESS = ((1 << 52) - 1) & ~0xFFF  # a page-table entry's frame address bits
 HV_VECTOR = 28  # #HV: the only event Restricted Injection lets the hypervisor inject
 VC_VECTOR = 29  # #VC: its error code is the exit code the guest's handler acts on
 
@@ -804,11 +804,12 @@ class GuestCpu:
         self._vcpu._space.set_c_bit(first, first + npages, private, zero)
 
     def set_pte_attributes(self, gpa: int, npages: int, attrs: int) -> None:
-        """Write attribute bits (above the 4 KiB offset) into the pages' table entries: the
-        MMU reads bit C (this chip's C-bit position) as "encrypted" and ignores bits 52-58;
-        any other bit would be part of the frame address, which would leave guest memory."""
+        """OR attribute bits into the pages' table entries: the MMU reads bit C (this chip's
+        C-bit position) as "encrypted"; the flags below bit 12 and the bits from 52 up
+        (software's, protection keys, NX) keep their usual meaning, and any other bit is
+        part of the frame address, which would leave guest memory."""
         c_bit = 1 << self._vcpu.chip.c_bit
-        stray = attrs & ~c_bit & ~_PTE_IGNORED
+        stray = attrs & _PTE_ADDRESS & ~c_bit
         if stray:
             raise GuestFault(f"vCPU {self.index}: #PF: attribute bits 0x{stray:x} of the "
                              f"entry for GPA 0x{gpa:x} point outside guest memory")

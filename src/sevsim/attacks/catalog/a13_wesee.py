@@ -47,6 +47,8 @@ class WeSee(Attack):
         def at_fault(fault: Fault) -> None:
             if fault.gpa == caller and pages[-1:] == [callee] and len(injected) < WORDS:
                 injected.append(fault.gpa)
+                lab.trace(f"fetch fault on 0x{caller:x} after 0x{callee:x}: injecting #VC "
+                          "with exit code VMMCALL")
                 hv.inject_event(vm, VC, ExitCode.VMMCALL)
             pages.append(fault.gpa)
 
