@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from sevsim.abi.cpuid import SevStatusMsr
 from sevsim.abi.status import SevStatus
 from sevsim.abi.svm import ExitCode
 from sevsim.abi.vmsa import (
@@ -151,6 +152,9 @@ def test_eventinj_takes_a_vector_and_a_64_bit_error_code(vector: int, error_code
 def test_restricted_injection_lets_only_hv_through(build: Callable[..., Path],
                                                    booted: Callable[..., VirtualMachine]) -> None:
     vm = booted("snp", build, SEV_FEATURES_RESTRICTED_INJECTION)
+    status = guest_cpu(vm.hv.vcpus[0]).sev_status()  # what the guest learns of it
+    assert status & SevStatusMsr.RESTRICTED_INJECTION and not (
+        status & SevStatusMsr.ALTERNATE_INJECTION)
     vmcb = vm.hv.vcpus[0].vmcb
     vmcb.inject(28)  # #HV: the guest's doorbell is empty, it goes on
     vm.run(timeout=30)
@@ -164,6 +168,7 @@ def test_restricted_injection_lets_only_hv_through(build: Callable[..., Path],
 def test_alternate_injection_ignores_the_vmcb(build: Callable[..., Path],
                                               booted: Callable[..., VirtualMachine]) -> None:
     vm = booted("snp", build, SEV_FEATURES_ALTERNATE_INJECTION)
+    assert guest_cpu(vm.hv.vcpus[0]).sev_status() & SevStatusMsr.ALTERNATE_INJECTION
     vm.hv.vcpus[0].vmcb.inject(29, ExitCode.VMMCALL)
     vm.run(timeout=30)
     assert "Hello" in vm.console and vm.hv.vcpus[0].vmcb.event_inj is None

@@ -669,8 +669,12 @@ class Vcpu:
                 GuestMode.SEV_ES: SevStatusMsr.SEV | SevStatusMsr.SEV_ES,
                 GuestMode.SNP: SevStatusMsr.SEV | SevStatusMsr.SEV_ES | SevStatusMsr.SNP}
         status = int(bits[self.mode])
-        if self._sev_features & SEV_FEATURES_VMSA_REG_PROT:
-            status |= SevStatusMsr.VMSA_REG_PROT
+        for feature, bit in ((SEV_FEATURES_VMSA_REG_PROT, SevStatusMsr.VMSA_REG_PROT),
+                             (SEV_FEATURES_RESTRICTED_INJECTION,
+                              SevStatusMsr.RESTRICTED_INJECTION),
+                             (SEV_FEATURES_ALTERNATE_INJECTION, SevStatusMsr.ALTERNATE_INJECTION)):
+            if self._sev_features & feature:
+                status |= bit
         return status
 
     def _on_invalid(self, uc: Uc, _ud: object) -> bool:
