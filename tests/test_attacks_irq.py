@@ -41,7 +41,7 @@ FIXES = {
     "A2": set(),
     "A12": set(),
     "A13": {"snp+vc-insn-check", "snp+restricted-injection", "snp+alternate-injection"},
-    "A14": {"snp+no-ia32-emulation", "snp+restricted-injection"},
+    "A14": {"snp+no-ia32-emulation", "snp+restricted-injection", "snp+alternate-injection"},
 }
 # what stops each attack at each level it fails at, and at each fix
 STOPPED_BY = {
@@ -57,6 +57,7 @@ STOPPED_BY = {
                                       "disabled",
     ("A14", "snp+restricted-injection"): "VmrunError: vCPU 0: VMRUN refused: Restricted "
                                          "Injection: EVENTINJ holds vector 128",
+    ("A14", "snp+alternate-injection"): "the victim still answered 'access denied'",
 }
 
 

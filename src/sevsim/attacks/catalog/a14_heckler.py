@@ -23,7 +23,8 @@ class Heckler(Attack):
     source = ("B. Schlüter et al., 'Heckler: Breaking Confidential VMs with Malicious "
               "Interrupts', USENIX Security 2024; CVE-2024-25744, AMD-SB-3008")
     fixes = (Setting("snp", features=frozenset({"no-ia32-emulation"})),
-             Setting("snp", features=frozenset({"restricted-injection"})))
+             Setting("snp", features=frozenset({"restricted-injection"})),
+             Setting("snp", features=frozenset({"alternate-injection"})))
 
     def not_applicable(self, setting: Setting) -> str | None:
         """Without encryption the hypervisor writes RAX in the VMCB directly (A2)."""
