@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from sevsim.abi.bootinfo import KernelOption
 from sevsim.abi.cpuid import SevStatusMsr
 from sevsim.abi.status import SevStatus
 from sevsim.abi.svm import ExitCode
@@ -28,7 +29,7 @@ from sevsim.attacks.framework import MODES, Setting, Trace, Verdict
 from sevsim.attacks.lab import SECRET_BYTES, Lab
 from sevsim.attacks.runner import run_attack
 from sevsim.errors import ConfigError, FirmwareError, GuestFault, VmrunError
-from sevsim.guest.kernel import EINTR, ENOSYS, KOPT_VC_INSN_CHECK, GuestKernel
+from sevsim.guest.kernel import EINTR, ENOSYS, GuestKernel
 from sevsim.host.machine import Host
 from sevsim.host.vmm import VirtualMachine
 from sevsim.testing import guest_cpu, guest_software
@@ -196,9 +197,9 @@ def test_an_injected_vc_emulates_its_exit_code_and_steps_over(
     assert cpu.reg("rbx") & 0x3F == 51 and cpu.reg("rip") == CODE_GPA + 2
     # with the check on, the same #VC at an instruction that is not CPUID ends the VM
     cpu.set_reg("rax", 117)  # SYS_KERNEL_OPTIONS, as the program's crt0 makes it
-    cpu.set_reg("rdi", KOPT_VC_INSN_CHECK)
+    cpu.set_reg("rdi", KernelOption.VC_INSN_CHECK)
     kernel.on_syscall(cpu)
-    assert kernel.options(cpu) == KOPT_VC_INSN_CHECK
+    assert kernel.options(cpu) == KernelOption.VC_INSN_CHECK
     cpu.write(CODE_GPA, b"\x90\x90")
     cpu.set_reg("rip", CODE_GPA)
     with pytest.raises(GuestFault, match="whose instruction does not cause that exit"):
@@ -253,7 +254,7 @@ def test_the_lab_builds_kernel_options_and_launches_sev_features() -> None:
     vcpu = victim.vm.hv.vcpus[0]
     for _ in range(40):  # the kernel boots, crt0 turns the option on
         lab.hypervisor.step(victim.vm)
-    assert _kernel(victim.vm).options(guest_cpu(vcpu)) == 2  # KOPT_NO_IA32_EMULATION
+    assert _kernel(victim.vm).options(guest_cpu(vcpu)) == KernelOption.NO_IA32_EMULATION
     lab.hypervisor.inject_event(victim.vm, 0x80)
     victim.vm.run(timeout=30)
     assert victim.vm.console.strip() == "access denied" and vcpu.vmcb.event_inj is None

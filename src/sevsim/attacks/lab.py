@@ -19,6 +19,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from sevsim.abi.bootinfo import KernelOption
 from sevsim.abi.vmsa import (
     SEV_FEATURES_ALTERNATE_INJECTION,
     SEV_FEATURES_RESTRICTED_INJECTION,
@@ -44,7 +45,8 @@ _SNP_GUEST_FEATURES = {"vmsa-reg-prot": SEV_FEATURES_VMSA_REG_PROT,
 _VICTIM_MACROS = {"fail-closed-checks": "-DFAIL_CLOSED_CHECKS"}
 # Guest-kernel hardening options (sevsim.h's SEV_KOPT_* bits): built into the victim as
 # -DSEV_KERNEL_OPTIONS, which crt0 turns on before main, beyond the host's reach.
-_KERNEL_OPTIONS = {"vc-insn-check": 1 << 0, "no-ia32-emulation": 1 << 1}
+_KERNEL_OPTIONS = {"vc-insn-check": KernelOption.VC_INSN_CHECK,
+                   "no-ia32-emulation": KernelOption.NO_IA32_EMULATION}
 SECRET_BYTES = 32
 _BUILDS = Path(tempfile.gettempdir()) / "sevsim-victims"
 # The platform flaws an attack may need (`Host` keywords) and the feature that fixes each: the

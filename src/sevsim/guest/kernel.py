@@ -29,7 +29,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from sevsim.abi.bootinfo import BOOTINFO_GPA, SNP_CPUID_GPA, SNP_SECRETS_GPA, BootInfo
+from sevsim.abi.bootinfo import (
+    BOOTINFO_GPA,
+    SNP_CPUID_GPA,
+    SNP_SECRETS_GPA,
+    BootInfo,
+    KernelOption,
+)
 from sevsim.abi.cpuid import parse_cpuid_page
 from sevsim.abi.ghcb import (
     AP_CREATE,
@@ -138,11 +144,7 @@ SYS_TSM_WRITE = 115
 SYS_TSM_READ = 116
 SYS_KERNEL_OPTIONS = 117
 SYS_SET_PTE_ATTRS = 118
-# Hardening options a program built for it turns on at start (SYS_KERNEL_OPTIONS), once and for
-# good: they live in the kernel's private state page, beyond the host's reach.
-KOPT_VC_INSN_CHECK = 1 << 0  # #VC: the instruction at RIP must be the one the exit code names
-KOPT_NO_IA32_EMULATION = 1 << 1  # no int 0x80 (Linux's ia32_emulation=0)
-KERNEL_OPTIONS = KOPT_VC_INSN_CHECK | KOPT_NO_IA32_EMULATION
+KERNEL_OPTIONS = int(KernelOption.VC_INSN_CHECK | KernelOption.NO_IA32_EMULATION)  # all there are
 IA32_SYSCALL_VECTOR = 0x80
 # What an injected #VC's handler emulates without decoding operands, and the instruction it
 # steps over afterwards (Linux's vc_handle_vmmcall / vc_handle_cpuid).
@@ -415,7 +417,7 @@ class GuestKernel:
 
     @staticmethod
     def options(cpu: GuestCpu) -> int:
-        """The hardening options (KOPT_*) the program turned on."""
+        """The hardening options (KernelOption) the program turned on."""
         return int(struct.unpack("<Q", cpu.read(_OPTIONS_GPA, 8))[0])
 
     def _sev_status(self, cpu: GuestCpu, *_: int) -> int:
@@ -796,7 +798,7 @@ class GuestKernel:
 
     def _injected_vc(self, cpu: GuestCpu, error_code: int) -> None:
         """#VC as the handler sees it: the exit code is all it is told. With
-        KOPT_VC_INSN_CHECK it first checks that the instruction at RIP is that exit's (the
+        KernelOption.VC_INSN_CHECK it first checks that the instruction at RIP is that exit's (the
         WeSee fix); without, it emulates what the exit code names and steps over it."""
         rip = cpu.reg("rip")
         try:
@@ -804,7 +806,7 @@ class GuestKernel:
         except ValueError:
             code = None
         insn = _VC_INSNS.get(code) if code is not None else None
-        if self.options(cpu) & KOPT_VC_INSN_CHECK and (
+        if self.options(cpu) & KernelOption.VC_INSN_CHECK and (
                 insn is None or cpu.read(rip, len(insn)) != insn):
             self.ghcb.terminate(cpu, TERM_SET_GENERAL, TERM_GENERAL_REQUEST,
                                 f"#VC with exit code 0x{error_code:x} at RIP 0x{rip:x}, "
@@ -819,7 +821,7 @@ class GuestKernel:
     def _int80(self, cpu: GuestCpu) -> None:
         """The int 0x80 gate: the 32-bit system calls (number in EAX, result in RAX), unless
         the program turned IA32 emulation off: then there is no gate and the program dies."""
-        if self.options(cpu) & KOPT_NO_IA32_EMULATION:
+        if self.options(cpu) & KernelOption.NO_IA32_EMULATION:
             raise GuestFault(f"vCPU {cpu.index}: int 0x80 with IA32 emulation disabled: "
                              "no gate, SIGSEGV kills the program")
         nr = cpu.reg("rax") & 0xFFFF_FFFF
