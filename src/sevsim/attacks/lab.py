@@ -19,17 +19,44 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from sevsim.abi.bootinfo import KernelOption
+from sevsim.abi.vmsa import (
+    SEV_FEATURES_ALTERNATE_INJECTION,
+    SEV_FEATURES_RESTRICTED_INJECTION,
+    SEV_FEATURES_SNP,
+    SEV_FEATURES_VMSA_REG_PROT,
+)
 from sevsim.attacks.framework import Attempt, Setting, Trace
 from sevsim.attacks.toolkit import HypervisorAttacker, PhysicalAttacker
 from sevsim.errors import ConfigError
-from sevsim.guest.build import build_guest
+from sevsim.guest.build import build_guest, sdk_dir
 from sevsim.host.machine import Host
 from sevsim.host.vmm import VirtualMachine
 
 VICTIMS = Path(__file__).resolve().parent / "victims"
+# How a feature reaches the machine: Host keywords (platform options KVM and the boot
+# firmware take, in `Lab.__init__`), the SEV_FEATURES an SNP guest's VMSAs launch with, and
+# guest software options.
+_SNP_GUEST_FEATURES = {"vmsa-reg-prot": SEV_FEATURES_VMSA_REG_PROT,
+                       "restricted-injection": SEV_FEATURES_RESTRICTED_INJECTION,
+                       "alternate-injection": SEV_FEATURES_ALTERNATE_INJECTION}
+# Guest software options: a C macro every victim is built with (victims that lack the
+# option ignore it).
+_VICTIM_MACROS = {"fail-closed-checks": "-DFAIL_CLOSED_CHECKS"}
+# Guest-kernel hardening options (sevsim.h's SEV_KOPT_* bits): built into the victim as
+# -DSEV_KERNEL_OPTIONS, which crt0 turns on before main, beyond the host's reach.
+_KERNEL_OPTIONS = {"vc-insn-check": KernelOption.VC_INSN_CHECK,
+                   "no-ia32-emulation": KernelOption.NO_IA32_EMULATION}
 SECRET_BYTES = 32
 _BUILDS = Path(tempfile.gettempdir()) / "sevsim-victims"
-
+# The platform flaws an attack may need (`Host` keywords) and the feature that fixes each: the
+# lab runs the firmware and microcode the attack was published against unless the setting has
+# the fix.
+FIXED_BY = {
+    "vulnerable_cve_2019_9836": "fixed-firmware",
+    "vulnerable_rmpocalypse": "fixed-firmware",
+    "vulnerable_cachewarp": "invd-fixed-ucode",
+}
 
 @dataclass(frozen=True)
 class Victim:
@@ -50,14 +77,26 @@ class Victim:
 class Lab:
     """A host for `setting`, the attacker's handles on it, and the victims' ground truth."""
 
-    def __init__(self, setting: Setting, trace: Trace, seed: bytes = b"sevsim attack lab"
-                 ) -> None:
+    def __init__(self, setting: Setting, trace: Trace, seed: bytes = b"sevsim attack lab",
+                 flaws: frozenset[str] = frozenset()) -> None:
+        """`flaws`: the platform flaws the attack needs (keys of `FIXED_BY`); the host has
+        each one unless the setting has the feature that fixes it."""
         self.setting = setting
         self.trace = trace
         self.seed = seed
-        self._host = Host(chip=setting.chip, memory="256M", seed=seed)
+        unknown = sorted(set(flaws) - FIXED_BY.keys())
+        if unknown:
+            raise ConfigError(f"unknown platform flaw {unknown[0]!r}; known: "
+                              f"{', '.join(FIXED_BY)}")
+        present = {flaw for flaw in flaws if not setting.has(FIXED_BY[flaw])}
+        self._host = Host(chip=setting.chip, memory="256M", seed=seed,
+                          vulnerable_cve_2019_9836="vulnerable_cve_2019_9836" in present,
+                          vulnerable_cachewarp="vulnerable_cachewarp" in present,
+                          vulnerable_rmpocalypse="vulnerable_rmpocalypse" in present,
+                          ciphertext_hiding=setting.has("ciphertext-hiding"),
+                          alias_check=setting.has("alias-check"))
         self.hypervisor = HypervisorAttacker(self._host.hypervisor)
-        self.physical = PhysicalAttacker(self._host.hypervisor)
+        self.physical = PhysicalAttacker(self._host)
         self.target: Victim | None = None  # the first victim: what the attack is judged on
         self._secret = b""
         self._honest: bytes | None = None
@@ -68,14 +107,24 @@ class Lab:
         """Build `victims/<program>.c` with this lab's secret compiled in as SECRET_0..3
         (four 64-bit words), load and launch it at the setting's mode (or `mode`). The first
         victim is the target the attack is judged on; `honest` is what it reports when nobody
-        interferes, for attacks on its result. Later ones are the attacker's own VMs."""
+        interferes, for attacks on its result. Later ones are the attacker's own VMs. The
+        setting's guest-owner features go in too: build flags (`_VICTIM_MACROS`, kernel
+        hardening options `_KERNEL_OPTIONS`) and SEV_FEATURES in an SNP victim's launch
+        VMSAs (`_SNP_GUEST_FEATURES`)."""
         secret = hashlib.shake_256(self.seed + program.encode()).digest(SECRET_BYTES)
         words = [int.from_bytes(secret[i:i + 8], "little") for i in range(0, SECRET_BYTES, 8)]
-        flags = (*(f"-DSECRET_{i}=0x{w:016x}ULL" for i, w in enumerate(words)), *cflags)
+        macros = tuple(_VICTIM_MACROS[f] for f in sorted(self.setting.features)
+                       if f in _VICTIM_MACROS)
+        options = sum(bit for name, bit in _KERNEL_OPTIONS.items() if self.setting.has(name))
+        flags = (*(f"-DSECRET_{i}=0x{w:016x}ULL" for i, w in enumerate(words)), *macros,
+                 *((f"-DSEV_KERNEL_OPTIONS={options}",) if options else ()), *cflags)
         elf = _build(program, flags)
         vm = self._host.create_vm(mode or self.setting.mode, memory, vcpus)
         vm.load(elf)
-        vm.launch()
+        features = SEV_FEATURES_SNP
+        for feature in self.setting.features:
+            features |= _SNP_GUEST_FEATURES.get(feature, 0)
+        vm.launch(guest_features=features)
         victim = Victim(vm, _symbols(elf))
         if self.target is None:
             self.target, self._secret, self._honest = victim, secret, honest
@@ -94,13 +143,14 @@ class Lab:
 
 
 def _build(program: str, cflags: tuple[str, ...]) -> Path:
-    """The victim's ELF, built once per program and flags (gcc is the slow part)."""
+    """The victim's ELF, built once per program, flags and sources (gcc is the slow part)."""
     source = VICTIMS / f"{program}.c"
     if not source.exists():
         raise ConfigError(f"no victim program {program!r} in {VICTIMS}")
-    # the source is part of the key: an edited victim is rebuilt, not served from the cache
-    tag = hashlib.sha256("\0".join((program, *cflags)).encode() + b"\0"
-                         + source.read_bytes()).hexdigest()[:16]
+    sdk = sdk_dir()
+    sources = b"".join(path.read_bytes() for path in (
+        source, sdk / "include" / "sevsim.h", sdk / "crt0.S", sdk / "libsev.c", sdk / "guest.ld"))
+    tag = hashlib.sha256("\0".join((program, *cflags)).encode() + sources).hexdigest()[:16]
     out = _BUILDS / f"{program}-{tag}.elf"
     if not out.exists():
         partial = out.with_name(f"{out.name}.{os.getpid()}.tmp")

@@ -6,6 +6,8 @@ it was: checks run first, effects after.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sevsim.abi.cpuid import SevFeatures
 from sevsim.abi.policy import PolicyFlags, SevPolicy
 from sevsim.abi.sev_cert import Algo, Curve, EcPublicKey
@@ -32,11 +34,26 @@ from sevsim.firmware.snp_guest import SnpGuestRequests
 from sevsim.firmware.transport import GuestTransport
 from sevsim.hw.engine import BLOCK
 
+if TYPE_CHECKING:
+    from sevsim.hw.chips import ChipPreset
+    from sevsim.hw.memory import MemoryController
+
 __all__ = ["GuestStatus", "LaunchMeasurement", "PlatformStatus", "SevFirmware"]
 
 
 class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
     """The legacy SEV command set of one Secure Processor."""
+
+    def __init__(self, chip: ChipPreset, memory: MemoryController, *, seed: bytes | None = None,
+                 vulnerable_cve_2019_9836: bool = False,
+                 vulnerable_rmpocalypse: bool = False, alias_check: bool = False) -> None:
+        """`vulnerable_rmpocalypse`: firmware from before the RMPocalypse fix (AMD-SB-3020),
+        whose SNP_INIT writes the RMP without flushing the cores' caches first.
+        `alias_check`: boot firmware with the DRAM alias check (AMD-SB-3015), which SNP_INIT
+        then runs."""
+        super().__init__(chip, memory, seed=seed, vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
+        self._rmp_init_flushes = not vulnerable_rmpocalypse
+        self._alias_check = alias_check
 
     # -- platform ---------------------------------------------------------------------------
     def init(self) -> None:

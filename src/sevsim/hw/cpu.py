@@ -59,8 +59,17 @@ from sevsim.abi.svm import (
     ExitCode,
     ioio_info,
 )
-from sevsim.abi.vmsa import GPRS, Segment, Vmsa
-from sevsim.errors import GuestFault, GuestTimeout, VmrunError, VmStateError
+from sevsim.abi.vmsa import (
+    GPRS,
+    SEV_FEATURES_ALTERNATE_INJECTION,
+    SEV_FEATURES_RESTRICTED_INJECTION,
+    SEV_FEATURES_VMSA_REG_PROT,
+    Segment,
+    Vmsa,
+    protect_registers,
+    unprotect_registers,
+)
+from sevsim.errors import ConfigError, GuestFault, GuestTimeout, VmrunError, VmStateError
 from sevsim.hw.chips import ChipPreset, GuestMode
 from sevsim.hw.engine import PAGE
 from sevsim.hw.memory import RAW, MemoryController
@@ -100,6 +109,9 @@ _EXCEPTIONS = {0: "#DE divide error", 1: "#DB", 3: "#BP breakpoint", 4: "#OF ove
                5: "#BR", 6: "#UD invalid opcode", 7: "#NM", 8: "#DF double fault",
                13: "#GP general protection", 14: "#PF page fault", 16: "#MF", 17: "#AC",
                18: "#MC", 19: "#XM SIMD exception"}
+_PTE_ADDRESS = ((1 << 52) - 1) & ~0xFFF  # a page-table entry's frame address bits
+HV_VECTOR = 28  # #HV: the only event Restricted Injection lets the hypervisor inject
+VC_VECTOR = 29  # #VC: its error code is the exit code the guest's handler acts on
 
 
 class VcpuState(Enum):
@@ -121,6 +133,15 @@ class VmExit:
     info2: int = 0
 
 
+@dataclass(frozen=True)
+class Event:
+    """What EVENTINJ holds: a vector the CPU delivers to the guest at VMRUN, and its error
+    code (for #VC, the exit code the guest's handler is to emulate)."""
+
+    vector: int
+    error_code: int = 0
+
+
 ExitHandler = Callable[["Vcpu", VmExit], bool]
 _T = TypeVar("_T")
 
@@ -140,6 +161,11 @@ class GuestSoftware(Protocol):
         """#VC (SEV-ES): emulate the instruction that would have exited. `info1` is what the
         handler's instruction decoder finds (EXITINFO1: the IOIO operand, MSR read/write);
         the vCPU then moves past the instruction. False stops the vCPU."""
+        ...
+
+    def on_event(self, cpu: GuestCpu, vector: int, error_code: int) -> None:
+        """An event the hypervisor injected (EVENTINJ) arrives through the guest's IDT: the
+        handler for `vector` runs before the next instruction, with `error_code`."""
         ...
 
 
@@ -186,6 +212,16 @@ class Vmcb:
         self.exit_info2: int = 0
         self.ghcb_gpa: int = 0  # SEV-ES: the guest's GHCB MSR at VMGEXIT, loaded back at VMRUN
         self.tlb_control = False  # TLB_CONTROL: flush this ASID's TLB entries at the next VMRUN
+        self.event_inj: Event | None = None  # EVENTINJ: delivered (and cleared) at VMRUN
+
+    def inject(self, vector: int, error_code: int = 0) -> None:
+        """Set EVENTINJ: the next VMRUN delivers `vector` to the guest before its next
+        instruction (from an exit handler: as soon as the exit returns to guest code).
+        Under SEV-SNP Restricted Injection that VMRUN refuses any vector but #HV."""
+        if not 0 <= vector < 256 or not 0 <= error_code < 1 << 64:
+            raise ConfigError(f"cannot inject vector {vector} with error code {error_code}")
+        self.event_inj = Event(vector, error_code)
+        self._vcpu.preempt()
 
     @property
     def save_area_readable(self) -> bool:
@@ -354,6 +390,10 @@ class Vcpu:
                 self._guest.on_reset(self._view)
                 if self.state is not VcpuState.RUNNABLE:
                     return
+        if self.vmcb.event_inj is not None:
+            self._inject(self.vmcb.event_inj)
+            if self.state is not VcpuState.RUNNABLE:
+                return
         self._stop_requested = False
         self._pending = None
         rip = self._uc.reg_read(x86.UC_X86_REG_RIP)
@@ -426,6 +466,20 @@ class Vcpu:
             self._ghcb_msr = self.vmcb.ghcb_gpa & (1 << 64) - 1
         return keep
 
+    def _inject(self, event: Event) -> None:
+        """VMRUN with EVENTINJ set: SEV_FEATURES decide whether the hypervisor may inject
+        (Alternate Injection ignores the VMCB's field, Restricted Injection lets only #HV
+        through); otherwise the guest's handler for the vector runs."""
+        self.vmcb.event_inj = None
+        if self._sev_features & SEV_FEATURES_ALTERNATE_INJECTION:
+            return  # only the guest's own VMSA (written at a higher VMPL) injects events
+        if self._sev_features & SEV_FEATURES_RESTRICTED_INJECTION and event.vector != HV_VECTOR:
+            raise self._refuse(f"Restricted Injection: EVENTINJ holds vector {event.vector}, "
+                               f"only #HV ({HV_VECTOR}) may be injected")
+        if self._guest is None:
+            raise self._fault(f"injected vector {event.vector} with no guest kernel")
+        self._guest.on_event(self._view, event.vector, event.error_code)
+
     def _vc(self, code: ExitCode, info1: int) -> bool:
         """SEV-ES: an intercepted instruction raises #VC in the guest instead of exiting."""
         if self._guest is None:
@@ -472,6 +526,9 @@ class Vcpu:
         xmm = b"".join(next(saved).to_bytes(16, "little") for _ in _XMM_IDS)
         page = Vmsa({k: int(v) for k, v in values.items() if v}, segments,
                     fpreg_xmm=xmm).to_bytes()
+        if self._sev_features & SEV_FEATURES_VMSA_REG_PROT:  # a fresh nonce every save
+            nonce = int.from_bytes(self._space.memory.entropy.random(8), "little")
+            page = protect_registers(page, nonce)
         self._write_vmsa(spa, page)
         self._seals.seal(self.vmcb.asid, spa, page)
         self._vmsa_image = (spa, page)
@@ -493,7 +550,10 @@ class Vcpu:
         if self.mode is not GuestMode.SNP and not self._seals.check(self.vmcb.asid, spa, page):
             raise self._refuse(f"the VMSA at SPA 0x{spa:x} fails its integrity check")
         if self._vmsa_image != (spa, page):
-            self._load_vmsa(Vmsa.from_bytes(page))
+            vmsa = Vmsa.from_bytes(page)
+            if vmsa.regs.get("sev_features", 0) & SEV_FEATURES_VMSA_REG_PROT:
+                vmsa = Vmsa.from_bytes(unprotect_registers(page))
+            self._load_vmsa(vmsa)
             self._vmsa_image = (spa, page)
 
     def _load_vmsa(self, vmsa: Vmsa) -> None:
@@ -676,7 +736,14 @@ class Vcpu:
         bits = {GuestMode.NONE: 0, GuestMode.SEV: SevStatusMsr.SEV,
                 GuestMode.SEV_ES: SevStatusMsr.SEV | SevStatusMsr.SEV_ES,
                 GuestMode.SNP: SevStatusMsr.SEV | SevStatusMsr.SEV_ES | SevStatusMsr.SNP}
-        return int(bits[self.mode])
+        status = int(bits[self.mode])
+        for feature, bit in ((SEV_FEATURES_VMSA_REG_PROT, SevStatusMsr.VMSA_REG_PROT),
+                             (SEV_FEATURES_RESTRICTED_INJECTION,
+                              SevStatusMsr.RESTRICTED_INJECTION),
+                             (SEV_FEATURES_ALTERNATE_INJECTION, SevStatusMsr.ALTERNATE_INJECTION)):
+            if self._sev_features & feature:
+                status |= bit
+        return status
 
     def _on_invalid(self, uc: Uc, _ud: object) -> bool:
         rip = self._rip()
@@ -710,9 +777,12 @@ class Vcpu:
         # again: if the page is still not mapped (it remapped it somewhere the RMP refuses,
         # say), that is a new #NPF, not a success.
         for _ in range(_NPF_RETRIES):
-            resolved = self._npf(access, address)
-            if not resolved or self._space.mapped(address):
-                return resolved
+            if not self._npf(access, address):
+                return False
+            if self._space.mapped(address):
+                if access == UC_MEM_WRITE_UNMAPPED:
+                    self._space.note_store(uc, address, size)
+                return True
         self._pending = self._pending or self._fault(
             f"{_NPF_RETRIES} #NPFs at GPA 0x{address:x} the hypervisor answered without "
             f"mapping the page (RIP 0x{self._rip():x})")
@@ -796,6 +866,7 @@ class GuestCpu:
         """Guest-physical write through this VM's own mapping (private pages in plaintext),
         with this VMPL's permissions."""
         self._check_vmpl(gpa, len(data), PERM_WRITE)
+        self._vcpu._space.note_store(self._vcpu._uc, gpa, len(data))
         try:
             self._vcpu._uc.mem_write(gpa, data)
         except UcError as err:
@@ -820,6 +891,18 @@ class GuestCpu:
         """Mark pages private (C=1) or shared in the guest page tables."""
         first = gpa // PAGE
         self._vcpu._space.set_c_bit(first, first + npages, private, zero)
+
+    def set_pte_attributes(self, gpa: int, npages: int, attrs: int) -> None:
+        """OR attribute bits into the pages' table entries: the MMU reads bit C (this chip's
+        C-bit position) as "encrypted"; the flags below bit 12 and the bits from 52 up
+        (software's, protection keys, NX) keep their usual meaning, and any other bit is
+        part of the frame address, which would leave guest memory."""
+        c_bit = 1 << self._vcpu.chip.c_bit
+        stray = attrs & _PTE_ADDRESS & ~c_bit
+        if stray:
+            raise GuestFault(f"vCPU {self.index}: #PF: attribute bits 0x{stray:x} of the "
+                             f"entry for GPA 0x{gpa:x} point outside guest memory")
+        self.set_c_bit(gpa, npages, private=bool(attrs & c_bit))
 
     def pvalidate(self, gpa: int, npages: int, validate: bool) -> np.ndarray:
         """PVALIDATE each 4 KiB page from `gpa` (SEV-SNP). Returns rFLAGS.CF per page: set

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sevsim.attacks.framework import Attack, Attempt, Setting
 from sevsim.attacks.lab import Lab, Victim
 from sevsim.attacks.toolkit import HypervisorAttacker
+from sevsim.errors import MemoryAccessError
 
 REQUEST = b"GET /   "  # the victim service reads 8-byte requests
 SECRET_BYTES = 32
@@ -60,8 +61,11 @@ class CrossLine(Attack):
                   f"page GPA 0x{victim.symbol('response'):x} onto the secret's SPA "
                   f"0x{target:x}")
         hv.set_asid(mine, vm.asid)
-        pointer = hv.vmsa_pointer(vm)
-        if pointer is None:  # plain SEV: the registers are in the VMCB save area
+        try:
+            pointer: int | None = hv.vmsa_spa(vm)
+        except MemoryAccessError:  # plain SEV: no VMSA, the registers are in the save area
+            pointer = None
+        if pointer is None:
             theirs, ours = hv.vmcb(vm), hv.vmcb(mine)
             for name in SAVE_AREA:
                 ours.write(name, theirs.read(name))
