@@ -256,13 +256,13 @@ class GuestAddressSpace:
             return f"shared access to SPA 0x{spa & ~(PAGE - 1):x}, a guest-assigned frame"
         if not rmp.assigned[frame]:
             return f"SPA 0x{spa & ~(PAGE - 1):x} is not assigned to a guest"
-        owner, at = int(rmp.asid[frame]), int(rmp.gpn[frame]) * PAGE
-        wanted = (f"ASID {self.asid}" if owner != self.asid else "") + (
-            f"{' at ' if owner != self.asid else ''}GPA 0x{gpa & ~(PAGE - 1):x}"
-            if at != gpa & ~(PAGE - 1) else "")
-        return (f"the RMP entry of SPA 0x{spa & ~(PAGE - 1):x} gives it to ASID {owner} at "
-                f"GPA 0x{at:x}{' as a VMSA' if rmp.vmsa[frame] else ''}, not to "
-                f"{wanted or 'this access'}")
+        owner, at, page = int(rmp.asid[frame]), int(rmp.gpn[frame]) * PAGE, gpa & ~(PAGE - 1)
+        entry = (f"the RMP entry of SPA 0x{spa & ~(PAGE - 1):x} gives it to ASID {owner} at "
+                 f"GPA 0x{at:x}")
+        if owner == self.asid and at == page:  # only the VMSA tag is wrong
+            return f"{entry} as a VMSA, which guest accesses may not use"
+        wanted = [f"ASID {self.asid}"] * (owner != self.asid) + [f"GPA 0x{page:x}"] * (at != page)
+        return f"{entry}, not to {' at '.join(wanted)}"
 
     def own_frames(self, first: int, stop: int, vmsa_too: bool = False) -> np.ndarray:
         """The frames behind guest pages [first, stop) for PVALIDATE's and RMPADJUST's
