@@ -141,7 +141,7 @@ def test_no_public_path_from_the_host_side_reaches_inside(running_host) -> None:
     host, vms = running_host
     roots = {"host": host, **{f"vm[{mode}]": vm for mode, vm in vms.items()},
              "hypervisor_attacker": HypervisorAttacker(host.hypervisor),
-             "physical_attacker": PhysicalAttacker(host.hypervisor)}
+             "physical_attacker": PhysicalAttacker(host)}
     secrets = inside_secrets(host, vms)
     assert len(secrets) == 5  # the SNP VM's VEK and four VMPCKs: the search has targets
     found = walk(roots, secrets, memory_controller(host).cells)
@@ -216,7 +216,8 @@ PLATFORM_FACTS = {
     "chip", "tcb", "current_tcb", "committed_tcb", "generation", "smt_enabled", "sockets",
     "externally_owned", "snp_initialized", "vlek_loaded", "vulnerable_cve_2019_9836",
     "chip_id", "amd_certs", "vcek_certificate", "vcek_public_key", "certificate_table",
-    "seal_hashstick", "measurement_mac", "install_firmware", "vulnerable_sp_code_exec",
+    "seal_hashstick", "measurement_mac", "install_firmware", "alias_check",
+    "vulnerable_sp_code_exec",
 }
 # A firmware flaw's path (attack F2): only firmware built with the flaw answers it; the
 # firmware a Host runs by default refuses it (checked below).

@@ -58,3 +58,9 @@ def test_bad_input_is_a_typed_error(args: tuple[str, ...], message: str) -> None
     assert ran.returncode != 0
     assert message in ran.stderr
     assert "Traceback" not in ran.stderr
+
+
+def test_a_mode_the_chip_lacks_is_an_error_not_a_verdict() -> None:
+    ran = sevsim("attack", "run", "A0", "--mode", "sev-es", "--chip", "naples")
+    assert ran.returncode != 0
+    assert "naples" in ran.stderr and "STOPPED" not in ran.stdout

@@ -294,7 +294,9 @@ def test_snp_platform_status_bytes(chip: str) -> None:
     assert (blob[0], blob[1]) == (host.chip.api_major, host.chip.api_minor)
     assert blob[2] == 1 and blob[3] == 1  # INIT; IS_RMP_INITIALIZED in bit 0
     assert struct.unpack_from("<I", blob, 0x04)[0] == host.chip.build
-    assert struct.unpack_from("<I", blob, 0x08)[0] == 0  # no VLEK, no masking, no CTH
+    # no VLEK, no masking, ciphertext hiding not enabled (but offered from Genoa on)
+    cap = SnpStatusFlags.CIPHERTEXT_HIDING_CAP if host.chip.ciphertext_hiding else 0
+    assert struct.unpack_from("<I", blob, 0x08)[0] == cap
     assert struct.unpack_from("<I", blob, 0x0C)[0] == 1  # one guest context
     assert blob[0x10:0x18] == fw.current_tcb.to_bytes() != bytes(8)
     assert blob[0x18:0x20] == reported.to_bytes() != fw.current_tcb.to_bytes()

@@ -65,10 +65,10 @@ def guest_page(host: Host, asid: int, gpn: int, data: bytes = b"") -> int:
     return frame * PAGE
 
 
-def cpuid_page(*entries: tuple[int, int]) -> bytes:
-    """An SNP CPUID page with (leaf, EAX) entries."""
-    body = b"".join(struct.pack("<IIQQIIII8x", leaf, 0, 0, 0, eax, 0, 0, 0)
-                    for leaf, eax in entries)
+def cpuid_page(*entries: tuple[int, int] | tuple[int, int, int]) -> bytes:
+    """An SNP CPUID page with (leaf, EAX) or (leaf, EAX, EBX) entries."""
+    body = b"".join(struct.pack("<IIQQIIII8x", leaf, 0, 0, 0, *regs, *(0,) * (4 - len(regs)))
+                    for leaf, *regs in entries)
     return struct.pack("<II8x", len(entries), 0) + body
 
 
@@ -80,7 +80,8 @@ def test_the_launch_digest_is_the_page_info_chain() -> None:
     code, data = b"\x90" * 100 + b"\xf4", b"some data".ljust(PAGE, b"\x01")
     vmsa = reset_state()
     vmsa.regs["sev_features"] = 1
-    cpuid = cpuid_page((1, host.chip.signature), (0x8000_001F, int(SevFeatures.SEV)))
+    cpuid = cpuid_page((1, host.chip.signature),
+                       (0x8000_001F, int(SevFeatures.SEV), host.chip.leaf_8000001f().ebx))
     plan = [(1, 0x1000, code), (1, 0x2000, data), (3, 0x3000, b"junk"), (4, 0x4000, b"x"),
             (5, 0x5000, b""), (6, 0x6000, cpuid)]
     for page_type, gpa, content in plan:
@@ -229,7 +230,9 @@ def test_a_cpuid_page_claiming_what_the_chip_lacks_is_refused() -> None:
     fw = host.firmware
     fw.snp_launch_start(gctx, POLICY)
     fw.snp_activate(gctx, 1)
-    lies = [cpuid_page((0x8000_001F, int(SevFeatures.SEV | SevFeatures.SECURE_TSC))),
+    ebx = host.chip.leaf_8000001f().ebx
+    lies = [cpuid_page((0x8000_001F, int(SevFeatures.SEV | SevFeatures.SECURE_TSC), ebx)),
+            cpuid_page((0x8000_001F, int(SevFeatures.SEV), ebx & ~0x3F | 47)),  # the C-bit
             cpuid_page((1, host.chip.signature + 1)),
             struct.pack("<II8x", 65, 0)]
     for lie in lies:
@@ -239,7 +242,7 @@ def test_a_cpuid_page_claiming_what_the_chip_lacks_is_refused() -> None:
         assert not memory_controller(host).rmp.validated[spa // PAGE]
         assert host.hypervisor.read_spa(spa, len(lie)) == lie  # still plaintext: untouched
     assert snp_context(fw, gctx).launch_digest == bytes(48)
-    honest = cpuid_page((0x8000_001F, int(host.chip.features)))
+    honest = cpuid_page((0x8000_001F, int(host.chip.features), ebx))
     fw.snp_launch_update(gctx, guest_page(host, 1, 0x21, honest), 6)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntFlag
 
 from sevsim.errors import FormatError
 
@@ -31,6 +32,14 @@ _SEGMENT = struct.Struct("<QQQQ")  # gpa, file size, memory size, flags (ELF p_f
 _IMAGE_OFFSET = 0x100
 _KERNEL_ID_OFFSET = 0x800
 MODES = ("none", "sev", "sev-es", "snp")
+
+
+class KernelOption(IntFlag):
+    """Hardening options a guest program turns on at start (the kernel's SYS_KERNEL_OPTIONS,
+    sevsim.h's SEV_KOPT_*), once and for good: they live in the kernel's private state."""
+
+    VC_INSN_CHECK = 1 << 0  # #VC: the instruction at RIP must be the one the exit code names
+    NO_IA32_EMULATION = 1 << 1  # no int 0x80 (Linux's ia32_emulation=0)
 
 
 @dataclass(frozen=True)

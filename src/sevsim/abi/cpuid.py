@@ -39,6 +39,9 @@ class SevStatusMsr(IntFlag):
     SEV = 1 << 0
     SEV_ES = 1 << 1
     SNP = 1 << 2
+    RESTRICTED_INJECTION = 1 << 5  # SEV_FEATURES bit 3 (Linux MSR_AMD64_SNP_RESTRICTED_INJ)
+    ALTERNATE_INJECTION = 1 << 6  # SEV_FEATURES bit 4 (MSR_AMD64_SNP_ALT_INJ)
+    VMSA_REG_PROT = 1 << 16  # SEV_FEATURES bit 14, as SEV_STATUS reports it
 
 
 @dataclass(frozen=True)

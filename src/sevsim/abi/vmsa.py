@@ -14,6 +14,12 @@ from sevsim.errors import FormatError
 
 PAGE_SIZE = 0x1000
 SEV_FEATURES_SNP = 1  # SEV_FEATURES bit 0: SNP active
+SEV_FEATURES_RESTRICTED_INJECTION = 1 << 3  # VMRUN injects no event but #HV from the VMCB
+SEV_FEATURES_ALTERNATE_INJECTION = 1 << 4  # events come from the guest's VMSA, not the VMCB
+# SEV_FEATURES bit 14, VmsaRegProt (SEV_STATUS bit 16, Linux MSR_AMD64_SNP_VMSA_REG_PROT_BIT):
+# at each save the CPU XORs the protected fields with a fresh nonce, which it stores at
+# register_protection_nonce, so saved registers no longer encrypt deterministically.
+SEV_FEATURES_VMSA_REG_PROT = 1 << 14
 SAVE_AREA_SIZE = 0x670
 
 SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs", "gdtr", "ldtr", "idtr", "tr")
@@ -34,7 +40,7 @@ _LAYOUT: tuple[tuple[str, int], ...] = (
     ("sysenter_esp", 8), ("sysenter_eip", 8), ("cr2", 8), ("reserved_0x248", 32),
     ("g_pat", 8), ("dbgctl", 8), ("br_from", 8), ("br_to", 8), ("last_excp_from", 8),
     ("last_excp_to", 8), ("reserved_0x298", 80), ("pkru", 4), ("tsc_aux", 4),
-    ("tsc_scale", 8), ("tsc_offset", 8), ("reserved_0x300", 8),
+    ("tsc_scale", 8), ("tsc_offset", 8), ("register_protection_nonce", 8),
     ("rcx", 8), ("rdx", 8), ("rbx", 8), ("reserved_0x320", 8), ("rbp", 8), ("rsi", 8),
     ("rdi", 8), ("r8", 8), ("r9", 8), ("r10", 8), ("r11", 8), ("r12", 8), ("r13", 8),
     ("r14", 8), ("r15", 8), ("reserved_0x380", 16),
@@ -141,6 +147,33 @@ class Vmsa(NamedTuple):
         x87, xmm, ymm = (bytes(data[OFFSETS[name][0]:OFFSETS[name][0] + length])
                          for name, length in _BLOBS.items())
         return cls(regs, {k: v for k, v in segments.items() if v != Segment()}, x87, xmm, ymm)
+
+
+# Fields VmsaRegProt masks, as 8-byte words: AMD lets a bitmap choose them; sevsim's covers
+# the registers a program computes with (GPRs, RIP, RFLAGS, CR2, XMM) and never the fields
+# the hypervisor must read or set in the clear (VMPL, exit information, SEV_FEATURES).
+_PROTECTED_WORDS = tuple(sorted(
+    [OFFSETS[name][0] for name in (*GPRS, "rip", "rflags", "cr2")]
+    + list(range(OFFSETS["fpreg_xmm"][0], OFFSETS["fpreg_xmm"][0] + 256, 8))))
+_NONCE_OFFSET = OFFSETS["register_protection_nonce"][0]
+
+
+def protect_registers(page: bytes, nonce: int) -> bytes:
+    """The page as VmsaRegProt stores it: `nonce` in register_protection_nonce and each
+    protected word XORed with it. Applying it again with nonce 0 after `unprotect_registers`
+    is the identity."""
+    out = bytearray(page)
+    struct.pack_into("<Q", out, _NONCE_OFFSET, nonce)
+    for offset in _PROTECTED_WORDS:
+        word = struct.unpack_from("<Q", out, offset)[0]
+        struct.pack_into("<Q", out, offset, word ^ nonce)
+    return bytes(out)
+
+
+def unprotect_registers(page: bytes) -> bytes:
+    """The registers in the clear from a VmsaRegProt page (its nonce cleared)."""
+    nonce = struct.unpack_from("<Q", page, _NONCE_OFFSET)[0]
+    return protect_registers(protect_registers(page, nonce), 0) if nonce else bytes(page)
 
 
 def reset_state(sev_features: int = 0) -> Vmsa:

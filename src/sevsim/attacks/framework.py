@@ -62,6 +62,8 @@ FEATURES = {
     "page-move-disabled": "firmware refuses SNP page moves and swaps for the guest",
     "invd-fixed-ucode": "microcode that makes a host INVD write back (CacheWarp fix)",
     "fixed-firmware": "firmware with the published fix for this attack",
+    "fail-closed-checks": "the guest grants only on the exact privileged value and refuses "
+                          "anything else (fault-injection hardening, as MCUboot's FIH does)",
 }
 
 
@@ -112,9 +114,9 @@ class Attack(ABC):
     actor: str  # "malicious hypervisor"
     source: str  # the paper or advisory
     fixes: tuple[Setting, ...] = ()  # the "fix / feature" cells: settings that stop it
-    # Firmware flaws the attack exploits (sevsim.attacks.lab.FIRMWARE_FLAWS): the lab runs
-    # firmware with them, except at settings with "fixed-firmware".
-    firmware_flaws: frozenset[str] = frozenset()
+    # flaws of the platform the attack was published against (`Host` keywords such as
+    # "vulnerable_rmpocalypse"): the lab's platform has them unless a feature fixes them
+    flaws: frozenset[str] = frozenset()
 
     def not_applicable(self, setting: Setting) -> str | None:
         """Why the attack has no meaning at this level (None: run it)."""

@@ -20,9 +20,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from sevsim.abi.bootinfo import KernelOption
 from sevsim.abi.policy import PolicyFlags
 from sevsim.abi.snp_tcb import Generation
 from sevsim.abi.snp_tcb import PolicyFlags as SnpPolicyFlags
+from sevsim.abi.vmsa import (
+    SEV_FEATURES_ALTERNATE_INJECTION,
+    SEV_FEATURES_RESTRICTED_INJECTION,
+    SEV_FEATURES_SNP,
+    SEV_FEATURES_VMSA_REG_PROT,
+)
 from sevsim.attacks.framework import Attempt, Setting, Trace
 from sevsim.attacks.toolkit import HypervisorAttacker, PhysicalAttacker
 from sevsim.attest.idblock import make_id_block
@@ -32,21 +39,35 @@ from sevsim.attest.snp_policy import Policy, TcbMinimum, validate_report
 from sevsim.attest.snp_verify import CertBundle, verify_report_chain
 from sevsim.errors import AttestationError, ConfigError
 from sevsim.firmware.snp_guest import DEFAULT_TCB
-from sevsim.guest.build import build_guest
+from sevsim.guest.build import build_guest, sdk_dir
 from sevsim.host.elf import parse_elf
 from sevsim.host.machine import Host
 from sevsim.host.vmm import DEFAULT_SNP_POLICY, VirtualMachine
 
 VICTIMS = Path(__file__).resolve().parent / "victims"
+# How a feature reaches the machine: Host keywords (platform options KVM and the boot
+# firmware take, in `Lab.__init__`), the SEV_FEATURES an SNP guest's VMSAs launch with, and
+# guest software options.
+_SNP_GUEST_FEATURES = {"vmsa-reg-prot": SEV_FEATURES_VMSA_REG_PROT,
+                       "restricted-injection": SEV_FEATURES_RESTRICTED_INJECTION,
+                       "alternate-injection": SEV_FEATURES_ALTERNATE_INJECTION}
+# Guest software options: a C macro every victim is built with (victims that lack the
+# option ignore it).
+_VICTIM_MACROS = {"fail-closed-checks": "-DFAIL_CLOSED_CHECKS"}
+# Guest-kernel hardening options (sevsim.h's SEV_KOPT_* bits): built into the victim as
+# -DSEV_KERNEL_OPTIONS, which crt0 turns on before main, beyond the host's reach.
+_KERNEL_OPTIONS = {"vc-insn-check": KernelOption.VC_INSN_CHECK,
+                   "no-ia32-emulation": KernelOption.NO_IA32_EMULATION}
 SECRET_BYTES = 32
 _BUILDS = Path(tempfile.gettempdir()) / "sevsim-victims"
-
-# Firmware flaws an attack may need (`Attack.firmware_flaws`), each a `Host` keyword that
-# runs firmware with it. The lab runs the flawed firmware unless the setting has
-# "fixed-firmware", the catalog's "firmware with the published fix".
-FIRMWARE_FLAWS = {
-    "cve-2019-9836": "LAUNCH_START's ECDH takes any point (Host vulnerable_cve_2019_9836)",
-    "sp-code-exec": "code runs on the AMD-SP, Buhren et al. 2019 (Host vulnerable_sp_code_exec)",
+# The platform flaws an attack may need (`Host` keywords) and the feature that fixes each: the
+# lab runs the firmware and microcode the attack was published against unless the setting has
+# the fix.
+FIXED_BY = {
+    "vulnerable_cve_2019_9836": "fixed-firmware",
+    "vulnerable_rmpocalypse": "fixed-firmware",
+    "vulnerable_cachewarp": "invd-fixed-ucode",
+    "vulnerable_sp_code_exec": "fixed-firmware",  # F2: Buhren et al.'s AMD-SP code execution
 }
 
 
@@ -84,20 +105,26 @@ class Lab:
 
     def __init__(self, setting: Setting, trace: Trace, seed: bytes = b"sevsim attack lab",
                  flaws: frozenset[str] = frozenset()) -> None:
-        """`flaws` are the firmware flaws the attack needs (`FIRMWARE_FLAWS`); the lab's
-        firmware has them unless the setting has "fixed-firmware"."""
-        unknown = flaws - FIRMWARE_FLAWS.keys()
-        if unknown:
-            raise ConfigError(f"no firmware flaw {', '.join(sorted(unknown))}")
+        """`flaws`: the platform flaws the attack needs (keys of `FIXED_BY`); the host has
+        each one unless the setting has the feature that fixes it."""
         self.setting = setting
         self.trace = trace
         self.seed = seed
-        self.flaws = frozenset() if setting.has("fixed-firmware") else flaws
+        unknown = sorted(set(flaws) - FIXED_BY.keys())
+        if unknown:
+            raise ConfigError(f"unknown platform flaw {unknown[0]!r}; known: "
+                              f"{', '.join(FIXED_BY)}")
+        present = {flaw for flaw in flaws if not setting.has(FIXED_BY[flaw])}
+        self.flaws = frozenset(present)  # the flaws this lab's platform has
         self._host = Host(chip=setting.chip, memory="256M", seed=seed,
-                          vulnerable_cve_2019_9836="cve-2019-9836" in self.flaws,
-                          vulnerable_sp_code_exec="sp-code-exec" in self.flaws)
+                          vulnerable_cve_2019_9836="vulnerable_cve_2019_9836" in present,
+                          vulnerable_cachewarp="vulnerable_cachewarp" in present,
+                          vulnerable_rmpocalypse="vulnerable_rmpocalypse" in present,
+                          vulnerable_sp_code_exec="vulnerable_sp_code_exec" in present,
+                          ciphertext_hiding=setting.has("ciphertext-hiding"),
+                          alias_check=setting.has("alias-check"))
         self.hypervisor = HypervisorAttacker(self._host.hypervisor)
-        self.physical = PhysicalAttacker(self._host.hypervisor)
+        self.physical = PhysicalAttacker(self._host)
         self.target: Victim | None = None  # the first victim: what the attack is judged on
         self._secret = b""
         self._honest: bytes | None = None
@@ -109,18 +136,31 @@ class Lab:
         """Build `victims/<program>.c` with this lab's secret compiled in as SECRET_0..3
         (four 64-bit words), load and launch it at the setting's mode (or `mode`). The first
         victim is the target the attack is judged on; `honest` is what it reports when nobody
-        interferes, for attacks on its result. Later ones are the attacker's own VMs.
-        `launch=False` only loads it: the attack's VMM launches it (`owner_terms`). `policy`
-        is the guest owner's legacy SEV policy (SEV and SEV-ES; ES is added for SEV-ES)."""
+        interferes, for attacks on its result. Later ones are the attacker's own VMs. The
+        setting's guest-owner features go in too: build flags (`_VICTIM_MACROS`, kernel
+        hardening options `_KERNEL_OPTIONS`) and SEV_FEATURES in an SNP victim's launch
+        VMSAs (`_SNP_GUEST_FEATURES`). `launch=False` only loads it: the attack's VMM
+        launches it (`owner_terms`). `policy` is the guest owner's legacy SEV policy (SEV
+        and SEV-ES; ES is added for SEV-ES)."""
         secret = hashlib.shake_256(self.seed + program.encode()).digest(SECRET_BYTES)
         words = [int.from_bytes(secret[i:i + 8], "little") for i in range(0, SECRET_BYTES, 8)]
-        flags = (*(f"-DSECRET_{i}=0x{w:016x}ULL" for i, w in enumerate(words)), *cflags)
+        macros = tuple(_VICTIM_MACROS[f] for f in sorted(self.setting.features)
+                       if f in _VICTIM_MACROS)
+        options = sum(bit for name, bit in _KERNEL_OPTIONS.items() if self.setting.has(name))
+        flags = (*(f"-DSECRET_{i}=0x{w:016x}ULL" for i, w in enumerate(words)), *macros,
+                 *((f"-DSEV_KERNEL_OPTIONS={options}",) if options else ()), *cflags)
         elf = _build(program, flags)
         vm = self._host.create_vm(mode or self.setting.mode, memory, vcpus)
         vm.load(elf)
         if launch:
-            vm.launch(policy=self._snp_policy() if vm.mode == "snp" else None if policy is None
-                      else policy | (PolicyFlags.ES if vm.mode == "sev-es" else 0))
+            features = SEV_FEATURES_SNP
+            for feature in self.setting.features:
+                features |= _SNP_GUEST_FEATURES.get(feature, 0)
+            if vm.mode == "snp":
+                policy = self._snp_policy()
+            elif policy is not None and vm.mode == "sev-es":
+                policy |= PolicyFlags.ES
+            vm.launch(policy=policy, guest_features=features)
         victim = Victim(vm, _symbols(elf))
         self._launches[id(vm)] = (secret, elf, vm.memory_size)
         if self.target is None:
@@ -191,13 +231,16 @@ class Lab:
 
 
 def _build(program: str, cflags: tuple[str, ...]) -> Path:
-    """The victim's ELF, built once per program and flags (gcc is the slow part)."""
-    tag = hashlib.sha256("\0".join((program, *cflags)).encode()).hexdigest()[:16]
+    """The victim's ELF, built once per program, flags and sources (gcc is the slow part)."""
+    source = VICTIMS / f"{program}.c"
+    if not source.exists():
+        raise ConfigError(f"no victim program {program!r} in {VICTIMS}")
+    sdk = sdk_dir()
+    sources = b"".join(path.read_bytes() for path in (
+        source, sdk / "include" / "sevsim.h", sdk / "crt0.S", sdk / "libsev.c", sdk / "guest.ld"))
+    tag = hashlib.sha256("\0".join((program, *cflags)).encode() + sources).hexdigest()[:16]
     out = _BUILDS / f"{program}-{tag}.elf"
     if not out.exists():
-        source = VICTIMS / f"{program}.c"
-        if not source.exists():
-            raise ConfigError(f"no victim program {program!r} in {VICTIMS}")
         partial = out.with_name(f"{out.name}.{os.getpid()}.tmp")
         build_guest([source], partial, cflags=cflags)
         partial.replace(out)  # atomic: parallel matrix workers may build the same victim

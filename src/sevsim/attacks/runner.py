@@ -26,9 +26,11 @@ def run_attack(attack: Attack, setting: Setting, seed: bytes = b"sevsim attack l
     if reason is not None:
         return Outcome(attack.id, setting, Verdict.NOT_APPLICABLE, "", reason, ())
     trace = Trace()
-    lab = Lab(setting, trace, seed, attack.firmware_flaws)
+    lab = Lab(setting, trace, seed, flaws=attack.flaws)
     try:
         attempt = attack.attempt(lab)
+    except ConfigError:
+        raise  # a setting the lab cannot build (a mode the chip lacks) is no verdict
     except SevsimError as stop:
         trace(f"stopped: {stop}")
         return Outcome(attack.id, setting, Verdict.STOPPED, "",
@@ -43,7 +45,7 @@ def run_attack(attack: Attack, setting: Setting, seed: bytes = b"sevsim attack l
 def render(data: bytes) -> str:
     """Data as the matrix shows it: text if it is printable, else hex."""
     text = data.decode("ascii", "replace")
-    if data and text.isprintable():
+    if data and data.isascii() and text.isprintable():
         return repr(text)
     return data.hex()
 

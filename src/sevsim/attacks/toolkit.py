@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sevsim.errors import MemoryAccessError
+from sevsim.abi.ghcb import Ghcb
+from sevsim.errors import ConfigError, MemoryAccessError
 from sevsim.firmware.sev import SevFirmware
 from sevsim.host.hypervisor import HvVm, Hypervisor
+from sevsim.host.machine import Host
 from sevsim.host.vmm import VirtualMachine
 from sevsim.hw.cpu import Vcpu, Vmcb, VmExit
 from sevsim.hw.engine import PAGE
@@ -29,11 +31,13 @@ from sevsim.hw.rmp import RmpEntry
 @dataclass(frozen=True)
 class Fault:
     """One #NPF the hypervisor saw: the page-aligned GPA (all it learns of the address) and
-    whether it was a write or a fetch, from EXITINFO1's error code."""
+    whether it was a write or a fetch, from EXITINFO1's error code; `rmp` when the page was
+    present but the SEV-SNP RMP check refused it (the error code's RMP bit)."""
 
     gpa: int
     write: bool
     fetch: bool
+    rmp: bool = False
 
 
 @dataclass
@@ -48,7 +52,7 @@ class FaultTrace:
         return [fault.gpa for fault in self.faults]
 
 
-_NPF_WRITE, _NPF_FETCH = 1 << 1, 1 << 4  # #PF error-code bits in EXITINFO1
+_NPF_WRITE, _NPF_FETCH, _NPF_RMP = 1 << 1, 1 << 4, 1 << 31  # error-code bits in EXITINFO1
 
 
 class HypervisorAttacker:
@@ -114,9 +118,38 @@ class HypervisorAttacker:
         self.hypervisor.npt_map(victim.hv, gpa & ~(PAGE - 1), dst_spa)
         return src
 
+    def rmp_table(self) -> tuple[int, int]:
+        """The RMP's DRAM range [RMP_BASE, RMP_END), as the BIOS set the MSRs; a frame's
+        entry is at RMP_BASE + abi.rmp.rmp_entry_offset(frame)."""
+        return self.hypervisor.rmp_table()
+
     def allocate_page(self) -> int:
         """A fresh zeroed host page's SPA, for the attacker's own use."""
         return int(self.hypervisor.allocate_host_pages(1)[0]) * PAGE
+
+    # -- the caches ---------------------------------------------------------------------------
+    @contextmanager
+    def holding_cache(self) -> Iterator[None]:
+        """Within the block the write-back cache keeps every line dirty until WBINVD or INVD:
+        the guest's stores and the host's own `write_spa`s stay in the cache, as over the few
+        instructions a real attack times (the simulator evicts nothing on its own). At the
+        end what is left is written back."""
+        self.hypervisor.hold_cache(True)
+        try:
+            yield
+        finally:
+            self.hypervisor.hold_cache(False)
+
+    def wbinvd(self) -> int:
+        """WBINVD: every dirty line is written back to DRAM (unchecked: the RMP checked the
+        store, not the write-back) and the cache emptied; returns how many lines went."""
+        return self.hypervisor.wbinvd()
+
+    def invd(self) -> int:
+        """INVD after clearing HWCR bit 4: the cache is emptied without write-back, so DRAM
+        keeps its older bytes (CacheWarp); fixed microcode and Zen 4+ write back instead.
+        Returns how many dirty lines there were."""
+        return self.hypervisor.invd()
 
     # -- nested page tables ----------------------------------------------------------------
     def remap(self, victim: VirtualMachine, gpa: int, spa: int, npages: int = 1) -> None:
@@ -145,7 +178,8 @@ class HypervisorAttacker:
             page = gpa & ~(PAGE - 1)
             if page not in home:
                 return False  # a fault the trace did not cause: the guest really faulted
-            event = Fault(page, bool(error & _NPF_WRITE), bool(error & _NPF_FETCH))
+            event = Fault(page, bool(error & _NPF_WRITE), bool(error & _NPF_FETCH),
+                          bool(error & _NPF_RMP))
             trace.faults.append(event)
             for other in pages:
                 if other != page:
@@ -171,12 +205,50 @@ class HypervisorAttacker:
         plain SEV (under SEV-ES and SNP reading it raises VmStateError)."""
         return victim.hv.vcpus[vcpu].vmcb
 
+    def set_asid(self, vm: VirtualMachine, asid: int, vcpu: int = 0) -> None:
+        """Write VMCB.ASID: the key slot (and TLB tag) the vCPU runs with from its next VMRUN.
+        KVM writes the VM's own; CrossLine writes another guest's into the attacker's VM."""
+        vm.hv.vcpus[vcpu].vmcb.asid = asid
+
+    def skip_tlb_flush(self, vm: VirtualMachine, skip: bool = True) -> None:
+        """Leave out the TLB flush KVM asks for when another vCPU of the VM ran last on the
+        CPU (TLB poisoning); SEV-SNP hardware flushes anyway when the VMSA changes."""
+        vm.hv.skip_tlb_flush = skip
+
+    def set_vmsa_pointer(self, vm: VirtualMachine, spa: int, vcpu: int = 0) -> None:
+        """Point the VMCB at another VMSA page; the next VMRUN checks and loads that one."""
+        vm.hv.vcpus[vcpu].vmsa_spa = spa
+
     def vmsa_ciphertext(self, victim: VirtualMachine, vcpu: int = 0) -> bytes:
         """The DRAM bytes of the vCPU's VMSA page (SEV-ES and SNP): what CipherLeaks reads."""
+        return self.read_spa(self.vmsa_spa(victim, vcpu), PAGE)
+
+    def vmsa_spa(self, victim: VirtualMachine, vcpu: int = 0) -> int:
+        """Where the VMCB's VMSA pointer points (SEV-ES and SNP): the host allocated it."""
         spa = victim.hv.vcpus[vcpu].vmsa_spa
         if spa is None:
             raise MemoryAccessError(f"{victim.mode}: vCPU {vcpu} has no VMSA page")
-        return self.read_spa(spa, PAGE)
+        return spa
+
+    def ghcb(self, victim: VirtualMachine, vcpu: int = 0) -> Ghcb | None:
+        """The GHCB the vCPU's GHCB MSR names at its last VMGEXIT, as the shared page holds
+        it now (None when the MSR carries a GHCB MSR protocol request, not a page)."""
+        msr = victim.hv.vcpus[vcpu].vmcb.ghcb_gpa
+        if not msr or msr % PAGE:
+            return None
+        return Ghcb.from_bytes(victim.read_gpa(msr, PAGE))
+
+    def on_hypercall(self, victim: VirtualMachine, observer: Callable[[int], None]) -> None:
+        """Call `observer(nr)` at every hypercall the victim makes to its VMM (a VMMCALL, or
+        under SEV-ES and SNP the one the GHCB carries), before the VMM answers it: the moment
+        a guest asks for input, the host may act and queue the input it hands over."""
+        handler = victim.hv.hypercall_handler
+
+        def hooked(vm: HvVm, nr: int, args: tuple[int, ...]) -> int | None:
+            observer(nr)
+            return handler(vm, nr, args) if handler is not None else None
+
+        victim.hv.hypercall_handler = hooked
 
     def on_exit(self, victim: VirtualMachine,
                 observer: Callable[[Vcpu, VmExit], None] | None) -> None:
@@ -184,6 +256,31 @@ class HypervisorAttacker:
         (None to stop); the VMCB is the hypervisor's to read and write there."""
         victim.hv.exit_observer = None if observer is None else (
             lambda vm, vcpu, exit: observer(vcpu, exit))
+
+    def inject_event(self, victim: VirtualMachine, vector: int, error_code: int = 0,
+                     vcpu: int = 0) -> None:
+        """EVENTINJ: the vCPU's next VMRUN delivers `vector` (with `error_code`; for #VC,
+        vector 29, the exit code its handler is to emulate) before the next instruction;
+        from an exit observer or fault callback, as soon as that exit returns. Under SNP
+        Restricted Injection that VMRUN fails (VmrunError) for anything but #HV (28), and
+        under Alternate Injection the field is ignored."""
+        victim.hv.vcpus[vcpu].vmcb.inject(vector, error_code)
+
+    def set_cpuid(self, leaf: int, registers: tuple[int, int, int, int]) -> None:
+        """The VMM's CPUID table: from now on answer CPUID `leaf` with (EAX, EBX, ECX, EDX)
+        at intercepts and through the GHCB (and in SEV_INFO's C-bit for that leaf), and put
+        it in the CPUID page of SNP guests launched from now on (the firmware checks those
+        pages against the chip)."""
+        eax, ebx, ecx, edx = (value & 0xFFFF_FFFF for value in registers)
+        self.hypervisor.cpuid_overrides[leaf] = (eax, ebx, ecx, edx)
+
+    def host_cpuid(self, leaf: int) -> tuple[int, int, int, int]:
+        """CPUID as the host executes it on its own CPU (the SEV leaf 0x8000001F: features,
+        C-bit position, ASIDs); ConfigError for other leaves, which sevsim's host does
+        not model."""
+        if leaf != 0x8000_001F:
+            raise ConfigError(f"the host models CPUID 0x8000001F only, not 0x{leaf:x}")
+        return self.hypervisor.chip.leaf_8000001f().registers()
 
     def step(self, victim: VirtualMachine, vcpu: int = 0) -> int:
         """Let the vCPU retire exactly one instruction, then exit (SEV-Step's APIC timer);
@@ -200,11 +297,19 @@ class HypervisorAttacker:
 
 
 class PhysicalAttacker:
-    """Someone with the DIMMs in hand: reads every cell; keys stay in the SoC."""
+    """Someone with the machine in hand: the DIMMs' cells and their SPD chips; keys stay in
+    the SoC."""
 
-    def __init__(self, hypervisor: Hypervisor) -> None:
-        self._hypervisor = hypervisor  # the bus the DIMMs hang off, not its software
+    def __init__(self, host: Host) -> None:
+        self._host = host  # the machine the DIMMs sit in, not its software
 
     def dram_dump(self) -> np.ndarray:
-        """Cold boot: every DRAM byte, copied out of the modules."""
-        return self._hypervisor.dram_dump()
+        """Cold boot: every DRAM byte, copied out of the modules (ciphertext hiding is the
+        CPU's and does not apply to the cells)."""
+        return self._host.dram_dump()
+
+    def spd_alias(self) -> int:
+        """BadRAM: rewrite the modules' SPD to claim one more address bit and reboot, before
+        any VM runs; returns the offset at which each SPA's cells appear a second time. The
+        RMP has no entry there, so a colluding hypervisor writes guest cells unchecked."""
+        return self._host.spd_alias()

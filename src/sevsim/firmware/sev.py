@@ -7,6 +7,7 @@ it was: checks run first, effects after.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from sevsim.abi.cpuid import SevFeatures
 from sevsim.abi.policy import PolicyFlags, SevPolicy
@@ -33,11 +34,14 @@ from sevsim.firmware.core import (
 from sevsim.firmware.es import EsLaunch
 from sevsim.firmware.snp_guest import SnpGuestRequests
 from sevsim.firmware.transport import GuestTransport
-from sevsim.hw.chips import ChipPreset
 from sevsim.hw.engine import BLOCK
-from sevsim.hw.memory import MemoryController
 
-__all__ = ["GuestStatus", "LaunchMeasurement", "PlatformStatus", "SevFirmware", "SpKeyDump"]
+if TYPE_CHECKING:
+    from sevsim.hw.chips import ChipPreset
+    from sevsim.hw.memory import MemoryController
+
+__all__ = ["GuestStatus", "LaunchMeasurement", "PlatformStatus", "SevFirmware",
+           "SpKeyDump"]
 
 
 @dataclass(frozen=True)
@@ -56,13 +60,18 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
 
     def __init__(self, chip: ChipPreset, memory: MemoryController, *, seed: bytes | None = None,
                  vulnerable_cve_2019_9836: bool = False,
+                 vulnerable_rmpocalypse: bool = False, alias_check: bool = False,
                  vulnerable_sp_code_exec: bool = False) -> None:
-        """`vulnerable_sp_code_exec`: firmware from before the fixes of Buhren et al. (CCS
-        2019), whose command parsing lets the host run code on the Secure Processor
-        (`sp_exploit`). On SNP parts such firmware is older, so it runs (and reports) a TCB
+        """`vulnerable_rmpocalypse`: firmware from before the RMPocalypse fix (AMD-SB-3020),
+        whose SNP_INIT writes the RMP without flushing the cores' caches first.
+        `alias_check`: boot firmware with the DRAM alias check (AMD-SB-3015), which SNP_INIT
+        then runs. `vulnerable_sp_code_exec`: firmware from before the fixes of Buhren et al.
+        (CCS 2019), whose command parsing lets the host run code on the Secure Processor
+        (`sp_exploit`); on SNP parts such firmware is older, so it runs (and reports) a TCB
         with a lower SNP firmware SVN than the fixed firmware's."""
-        super().__init__(chip, memory, seed=seed,
-                         vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
+        super().__init__(chip, memory, seed=seed, vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
+        self._rmp_init_flushes = not vulnerable_rmpocalypse
+        self._alias_check = alias_check
         self.vulnerable_sp_code_exec = vulnerable_sp_code_exec
         if vulnerable_sp_code_exec and self.current_tcb.snp:
             old = replace(self.current_tcb, snp=self.current_tcb.snp - 1)

@@ -171,6 +171,9 @@ class SnpFirmware(FirmwareCore):
     # SnpGuestRequests, the mixin that composes this one (firmware/snp_guest.py).
     current_tcb: TcbVersion
     tcb: TcbVersion
+    # Whether SNP_INIT flushes the cores' caches before it writes the RMP: the fix for
+    # RMPocalypse (CVE-2025-0033); the composed firmware's image decides (firmware/sev.py).
+    _rmp_init_flushes = True
 
     def __init__(self, chip: ChipPreset, memory: MemoryController, *, seed: bytes | None = None,
                  vulnerable_cve_2019_9836: bool = False) -> None:
@@ -179,19 +182,64 @@ class SnpFirmware(FirmwareCore):
         self._rmp_initialized = False  # SNP_INIT sets up the RMP once; only a reset clears it
         self._snp_guests: dict[int, SnpGuestContext] = {}
         self.smt_enabled = True  # the platform's configuration, as a guest policy sees it
+        self._alias_check = False  # boot firmware with the DRAM alias check (AMD-SB-3015)
         self.sockets = 1
 
     # -- platform ---------------------------------------------------------------------------
-    def snp_init(self) -> None:
-        """Initialise SNP: from here on the RMP is checked. After a plain SNP_SHUTDOWN the
-        table, enforced all along, carries on as it is."""
+    def snp_init(self, ciphertext_hiding_asids: int = 0) -> None:
+        """Initialise SNP: the firmware writes the RMP into the DRAM the BIOS reserved for it
+        (fixed firmware first writes back every dirty cache line, so that none can land on the
+        table later), and from here on the RMP is checked. After a plain SNP_SHUTDOWN the
+        table, enforced all along, carries on as it is.
+
+        `ciphertext_hiding_asids` is SNP_INIT_EX's CIPHERTEXT_HIDING_EN with MAX_SNP_ASID:
+        host reads of memory the RMP assigns to SNP ASIDs 1..N return 0xFF (Genoa and later;
+        INVALID_PARAM on chips without it or for N outside the SEV-ES/SNP ASIDs). With
+        `alias_check` on (the AMD-SB-3015 fix) SNP_INIT first probes the DRAM map for
+        aliases and refuses with INVALID_CONFIG if a module maps two SPAs onto one cell."""
         if SevFeatures.SEV_SNP not in self.chip.features:
             raise FirmwareError(SevStatus.UNSUPPORTED, f"{self.chip.product} has no SEV-SNP")
         if self._snp_state is not SnpPlatformState.UNINIT:
             raise FirmwareError(SevStatus.INVALID_PLATFORM_STATE, "SNP is already initialised")
+        hidden = ciphertext_hiding_asids
+        if hidden and not (self.chip.ciphertext_hiding and 0 < hidden < self.chip.min_sev_asid):
+            raise FirmwareError(SevStatus.INVALID_PARAM, f"SNP_INIT_EX: ciphertext hiding for "
+                                f"{ciphertext_hiding_asids} ASIDs on {self.chip.product}")
+        if self._alias_check:
+            self._check_dram_aliases()
+        if not self._rmp_initialized:
+            if self._rmp_init_flushes:
+                self._memory.cache.write_back()
+            self._memory.init_rmp_table()
         self._snp_state = SnpPlatformState.INIT
         self._rmp_initialized = True
         self._memory.rmp.enabled = True
+        self._memory.hidden_asids = ciphertext_hiding_asids
+
+    @property
+    def alias_check(self) -> bool:
+        """Whether this platform's boot firmware checks DRAM for aliases at SNP_INIT (a fact
+        of the firmware build, fixed when the machine boots)."""
+        return self._alias_check
+
+    def _check_dram_aliases(self) -> None:
+        """The boot-time alias check: write a marker through each SPA the memory map claims
+        above installed-looking memory and see whether it shows up lower down. sevsim's
+        modules can claim one extra address bit, so one probe of the top half suffices."""
+        memory = self._memory
+        half = memory.mapped_size // 2
+        if memory.mapped_size == memory.size or half % PAGE:
+            return  # nothing claimed beyond the cells: no alias to find
+        saved_low, saved_high = memory.read(0, 16), memory.read(half, 16)
+        marker = bytes(~b & 0xFF for b in saved_low)
+        memory.write(half, marker)
+        aliased = memory.read(0, 16) == marker
+        memory.write(half, saved_high)
+        memory.write_soc(0, saved_low)
+        if aliased:
+            raise FirmwareError(SevStatus.INVALID_CONFIG,
+                                f"SNP_INIT: DRAM alias check failed: SPA 0x{half:x} reaches the "
+                                "cells of SPA 0x0 (a module claims more memory than it has)")
 
     def snp_shutdown(self) -> None:
         """SNP_SHUTDOWN (0x82): SNP INIT back to UNINIT. As on hardware (Linux's
@@ -245,6 +293,10 @@ class SnpFirmware(FirmwareCore):
         flags = NO_STATUS_FLAGS
         if getattr(self, "vlek_loaded", False):  # SnpPki's, in the composed firmware
             flags |= SnpStatusFlags.VLEK_EN
+        if self.chip.ciphertext_hiding:
+            flags |= SnpStatusFlags.CIPHERTEXT_HIDING_CAP
+        if self._memory.hidden_asids:
+            flags |= SnpStatusFlags.CIPHERTEXT_HIDING_EN
         return SnpPlatformStatus(self.chip.api_major, self.chip.api_minor, self._snp_state,
                                  self._rmp_initialized, self.chip.build,
                                  len(self._snp_guests), self.current_tcb.to_int(),
@@ -310,7 +362,7 @@ class SnpFirmware(FirmwareCore):
             return f"policy requires AES-256-XTS, which {self.chip.product} lacks"
         if PolicyFlags.RAPL_DIS in flags:
             return "policy requires RAPL disabled; this platform keeps it enabled"
-        if PolicyFlags.CIPHERTEXT_HIDING in flags:
+        if PolicyFlags.CIPHERTEXT_HIDING in flags and not self._memory.hidden_asids:
             return "policy requires ciphertext hiding, which this platform has not enabled"
         if migration_agent and PolicyFlags.MIGRATE_MA not in flags:
             return "a migration agent was given, the policy does not allow one"
@@ -565,7 +617,8 @@ class SnpFirmware(FirmwareCore):
 
     def _check_cpuid_page(self, page: bytes) -> None:
         """Minimal model of the firmware's CPUID check: the page may not claim SEV features
-        (Fn8000_001F EAX) the chip lacks, nor another family/model/stepping (Fn0000_0001
+        (Fn8000_001F EAX) the chip lacks, another C-bit position or physical address
+        reduction (Fn8000_001F EBX[11:0]), nor another family/model/stepping (Fn0000_0001
         EAX). Other leaves pass."""
         try:
             entries = parse_cpuid_page(page)
@@ -577,6 +630,12 @@ class SnpFirmware(FirmwareCore):
                 raise FirmwareError(SevStatus.INVALID_PARAM,
                                     f"CPUID page claims Fn8000_001F EAX 0x{eax:x}, the chip "
                                     f"has 0x{int(self.chip.features):x}")
+            chip_ebx = self.chip.leaf_8000001f().ebx & 0xFFF
+            if leaf == 0x8000_001F and entry.ebx & 0xFFF != chip_ebx:
+                raise FirmwareError(SevStatus.INVALID_PARAM,
+                                    f"CPUID page claims Fn8000_001F EBX[11:0] 0x"
+                                    f"{entry.ebx & 0xFFF:x} (C-bit {entry.ebx & 0x3F}), the "
+                                    f"chip has 0x{chip_ebx:x} (C-bit {self.chip.c_bit})")
             if leaf == 1 and eax != self.chip.signature:
                 raise FirmwareError(SevStatus.INVALID_PARAM,
                                     f"CPUID page claims signature 0x{eax:x}, the chip is "

@@ -129,6 +129,16 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
             blob[offset:offset + size] = value
         return self._sign_report(blob, self.tcb)
 
+    def _platform_info(self) -> PlatformInfo:
+        """PLATFORM_INFO: SMT, ciphertext hiding as SNP_INIT_EX enabled it, and the DRAM
+        alias check when the boot firmware ran it (SNP_INIT only succeeds if it passed)."""
+        info = PlatformInfo.SMT_EN if self.smt_enabled else PlatformInfo(0)
+        if self._memory.hidden_asids:
+            info |= PlatformInfo.CIPHERTEXT_HIDING_EN
+        if self.alias_check:
+            info |= PlatformInfo.ALIAS_CHECK_COMPLETE
+        return info
+
     def _unsigned_report(self, ctx: SnpGuestContext) -> AttestationReport:
         generation = Generation(self.chip.product)
         tcb, current = self.tcb.to_int(), self.current_tcb.to_int()
@@ -140,7 +150,7 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
             family_id=block.family_id if block else bytes(16),
             image_id=block.image_id if block else bytes(16),
             current_tcb=current,
-            platform_info=int(PlatformInfo.SMT_EN) if self.smt_enabled else 0,
+            platform_info=int(self._platform_info()),
             signer_info=SignerInfo(author_key_en=any(ctx.author_key_digest),
                                    signing_key=SigningKey.VLEK if self.vlek_loaded
                                    else SigningKey.VCEK),

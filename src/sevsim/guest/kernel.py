@@ -29,7 +29,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from sevsim.abi.bootinfo import BOOTINFO_GPA, SNP_CPUID_GPA, SNP_SECRETS_GPA, BootInfo
+from sevsim.abi.bootinfo import (
+    BOOTINFO_GPA,
+    SNP_CPUID_GPA,
+    SNP_SECRETS_GPA,
+    BootInfo,
+    KernelOption,
+)
 from sevsim.abi.cpuid import parse_cpuid_page
 from sevsim.abi.ghcb import (
     AP_CREATE,
@@ -84,7 +90,7 @@ from sevsim.guest.ghcb import (
     encrypted_state,
     snp_active,
 )
-from sevsim.hw.cpu import GuestCpu
+from sevsim.hw.cpu import VC_VECTOR, GuestCpu
 
 PAGE = 4096
 MAX_VCPUS = 64
@@ -106,7 +112,9 @@ _MSG_SHARED, _HOST_IO_SHARED = 1, 2
 _AP_START = struct.Struct("<QQQQ")  # entry, stack top, RDI, RSI; entry 0: no request
 _AP_SLOTS_GPA = STATE_GPA + 0x100
 _CONTEXTS_GPA = STATE_GPA + 16  # u64: vCPUs started at a lower VMPL so far
+_OPTIONS_GPA = STATE_GPA + 24  # u64: the hardening options the program turned on
 EPERM = 1
+EINTR = 4
 EIO = 5
 EFAULT = 14
 ENODEV = 19
@@ -134,7 +142,16 @@ SYS_TSM_MKDIR = 113
 SYS_TSM_RMDIR = 114
 SYS_TSM_WRITE = 115
 SYS_TSM_READ = 116
-_VMPL0_ONLY = {SYS_SET_SHARED, SYS_SET_PRIVATE, SYS_VCPU_START, SYS_VMPL_START}
+SYS_KERNEL_OPTIONS = 117
+SYS_SET_PTE_ATTRS = 118
+SYS_MAP_WINDOW = 119
+KERNEL_OPTIONS = int(KernelOption.VC_INSN_CHECK | KernelOption.NO_IA32_EMULATION)  # all there are
+IA32_SYSCALL_VECTOR = 0x80
+# What an injected #VC's handler emulates without decoding operands, and the instruction it
+# steps over afterwards (Linux's vc_handle_vmmcall / vc_handle_cpuid).
+_VC_INSNS = {ExitCode.VMMCALL: b"\x0f\x01\xd9", ExitCode.CPUID: b"\x0f\xa2"}
+_VMPL0_ONLY = {SYS_SET_SHARED, SYS_SET_PRIVATE, SYS_VCPU_START, SYS_VMPL_START,
+               SYS_KERNEL_OPTIONS, SYS_SET_PTE_ATTRS}
 _BUSY_RETRY_S = 0.01  # Linux: SNP_REQ_RETRY_DELAY, while the hypervisor says BUSY ...
 _BUSY_GIVE_UP_S = 60.0  # ... for at most SNP_REQ_MAX_RETRY_DURATION
 _MAX_WRITE = 1 << 20
@@ -179,6 +196,8 @@ class GuestKernel:
             SYS_VMPL_START: self._vmpl_start, SYS_RMPADJUST: self._rmpadjust,
             SYS_TSM_MKDIR: self._tsm_mkdir, SYS_TSM_RMDIR: self._tsm_rmdir,
             SYS_TSM_WRITE: self._tsm_write, SYS_TSM_READ: self._tsm_read,
+            SYS_KERNEL_OPTIONS: self._kernel_options, SYS_SET_PTE_ATTRS: self._set_pte_attrs,
+            SYS_MAP_WINDOW: self._map_window,
         }
 
     # -- boot ---------------------------------------------------------------------------------
@@ -379,6 +398,40 @@ class GuestKernel:
             self._validate(cpu, addr, npages, True)
         cpu.set_c_bit(addr, npages, private=True)
         return 0
+
+    def _map_window(self, cpu: GuestCpu, va: int, gpa: int, *_: int) -> int:
+        """Point a window page of the calling vCPU's process at one of the program's private
+        pages (its page table entry, then INVLPG)."""
+        if not self._pages(cpu, gpa, 1):
+            return -EINVAL
+        try:
+            cpu.map_window(va, gpa)
+        except GuestFault:
+            return -EINVAL
+        return 0
+
+    def _set_pte_attrs(self, cpu: GuestCpu, addr: int, npages: int, attrs: int,
+                       *_: int) -> int:
+        """Write the program's own attribute bits into its pages' entries, as early firmware
+        builds page tables with the encryption mask it computed from CPUID Fn8000_001F; the
+        MMU decides what the bits mean (the kernel tells the hypervisor nothing)."""
+        if not self._pages(cpu, addr, npages):
+            return -EINVAL
+        cpu.set_pte_attributes(addr, npages, attrs)
+        return 0
+
+    def _kernel_options(self, cpu: GuestCpu, options: int, *_: int) -> int:
+        """Turn hardening options on (never off); returns those now in effect."""
+        if options & ~KERNEL_OPTIONS:
+            return -EINVAL
+        now = self.options(cpu) | options
+        cpu.write(_OPTIONS_GPA, struct.pack("<Q", now))
+        return now
+
+    @staticmethod
+    def options(cpu: GuestCpu) -> int:
+        """The hardening options (KernelOption) the program turned on."""
+        return int(struct.unpack("<Q", cpu.read(_OPTIONS_GPA, 8))[0])
 
     def _sev_status(self, cpu: GuestCpu, *_: int) -> int:
         return cpu.sev_status()
@@ -744,6 +797,52 @@ class GuestKernel:
             if entry.leaf == leaf:
                 return entry.registers
         return None
+
+    # -- injected events ----------------------------------------------------------------------
+    def on_event(self, cpu: GuestCpu, vector: int, error_code: int) -> None:
+        """An event from the hypervisor (EVENTINJ) through the IDT: #VC under SEV-ES, the
+        int 0x80 gate of the 32-bit system calls. #HV (vector 28) finds its doorbell page
+        empty, and any other vector is an interrupt no device of this guest raises: both
+        are acknowledged with nothing to do."""
+        if vector == VC_VECTOR and encrypted_state(cpu):
+            self._injected_vc(cpu, error_code)
+        elif vector == IA32_SYSCALL_VECTOR:
+            self._int80(cpu)
+
+    def _injected_vc(self, cpu: GuestCpu, error_code: int) -> None:
+        """#VC as the handler sees it: the exit code is all it is told. With
+        KernelOption.VC_INSN_CHECK it first checks that the instruction at RIP is that exit's (the
+        WeSee fix); without, it emulates what the exit code names and steps over it."""
+        rip = cpu.reg("rip")
+        try:
+            code: ExitCode | None = ExitCode(error_code)
+        except ValueError:
+            code = None
+        insn = _VC_INSNS.get(code) if code is not None else None
+        if self.options(cpu) & KernelOption.VC_INSN_CHECK and (
+                insn is None or cpu.read(rip, len(insn)) != insn):
+            self.ghcb.terminate(cpu, TERM_SET_GENERAL, TERM_GENERAL_REQUEST,
+                                f"#VC with exit code 0x{error_code:x} at RIP 0x{rip:x}, "
+                                "whose instruction does not cause that exit")
+        if code is None or insn is None:
+            self.ghcb.terminate(cpu, TERM_SET_GENERAL, TERM_GENERAL_REQUEST,
+                                f"#VC with exit code 0x{error_code:x} the handler cannot "
+                                "emulate")
+        if self.on_vc(cpu, code, 0):
+            cpu.set_reg("rip", rip + len(insn))
+
+    def _int80(self, cpu: GuestCpu) -> None:
+        """The int 0x80 gate: the 32-bit system calls (number in EAX, result in RAX), unless
+        the program turned IA32 emulation off: then there is no gate and the program dies."""
+        if self.options(cpu) & KernelOption.NO_IA32_EMULATION:
+            raise GuestFault(f"vCPU {cpu.index}: int 0x80 with IA32 emulation disabled: "
+                             "no gate, SIGSEGV kills the program")
+        nr = cpu.reg("rax") & 0xFFFF_FFFF
+        if nr == 1:  # exit(EBX)
+            self._exit(cpu, cpu.reg("rbx") & 0xFFFF_FFFF)
+            return
+        # restart_syscall with nothing to restart; getpid of the only process there is
+        cpu.set_reg("rax", {0: -EINTR, 20: 1}.get(nr, -ENOSYS))
 
     # -- #VC (SEV-ES) --------------------------------------------------------------------------
     def on_vc(self, cpu: GuestCpu, code: ExitCode, info1: int) -> bool:

@@ -61,6 +61,10 @@ class ReportingGuest:
         self.on_reset(cpu)
         return False
 
+    def on_event(self, cpu: GuestCpu, vector: int, error_code: int) -> None:
+        """Never reached: no program runs (see `on_reset`)."""
+        self.on_reset(cpu)
+
     def report(self, report_data: bytes, vmpl: int = 0) -> tuple[bytes, bytes]:
         """An ATTESTATION_REPORT carrying `report_data` (64 bytes) and the certificate table
         the hypervisor returns beside it (untrusted: a verifier checks the chain)."""

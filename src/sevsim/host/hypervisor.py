@@ -103,6 +103,7 @@ class HvVm:
     hypercall_handler: HypercallHandler | None = None
     npf_handler: NpfHandler | None = None
     exit_observer: ExitObserver | None = None  # sees every exit before KVM handles it
+    skip_tlb_flush: bool = False  # leave out KVM's flush when another vCPU of the ASID ran
     shared_gpns: set[int] = field(default_factory=set)
     msrs: dict[int, int] = field(default_factory=lambda: dict(_GUEST_MSRS))
     vmsa_frames: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -128,12 +129,19 @@ class Hypervisor:
         self._next_vm = 1
         self._frame_used = np.zeros(memory.nframes, dtype=bool)
         self._frame_used[:_RESERVED_FRAMES] = True
+        if memory.rmp.table_spa is not None:  # the BIOS's RMP range is no host memory
+            self._frame_used[memory.rmp.table_spa // PAGE:] = True
         self._alloc_hint = _RESERVED_FRAMES  # next fit: where the last allocation ended
         self._asids_in_use: set[int] = set()
         self._asids_to_flush: set[int] = set()
         self._plain_asid = chip.max_asid + 1  # unencrypted guests still get a TLB tag
+        self._last_vcpu: dict[int, Vcpu] = {}  # per ASID: the vCPU that ran with it last
         self.request_rate: tuple[float, int] | None = None  # guest requests per s, burst
         self.quantum: Quantum = DEFAULT_QUANTUM  # what each vCPU runs before the next one
+        # KVM_SET_CPUID2: leaves the VMM sets itself, answered instead of the chip's for the
+        # VMs it creates from now on (and put in their SNP CPUID pages)
+        self.cpuid_overrides: dict[int, tuple[int, int, int, int]] = {}
+        self.ciphertext_hiding_asids = 0  # kvm-amd's ciphertext_hiding_asids, for SNP_INIT_EX
 
     # -- VM lifecycle -----------------------------------------------------------------------
     def create_vm(self, mode: GuestMode, memory_size: int, vcpus: int,
@@ -149,7 +157,8 @@ class Hypervisor:
             raise ConfigError(f"vCPU count {vcpus} outside 1..{_MAX_VCPUS}")
         es = mode in (GuestMode.SEV_ES, GuestMode.SNP)
         if mode is GuestMode.SNP and not self.firmware.snp_initialized:
-            self.firmware.snp_init()  # KVM initialises SNP when its first SNP guest needs it
+            # KVM initialises SNP when its first SNP guest needs it
+            self.firmware.snp_init(self.ciphertext_hiding_asids)
         frames = self.allocate_host_pages(memory_size // PAGE + (vcpus if es else 0))
         try:
             asid = self._allocate_asid(mode)
@@ -294,16 +303,16 @@ class Hypervisor:
     # -- what the host can touch --------------------------------------------------------------
     def read_spa(self, spa: int, length: int) -> bytes:
         """Host-physical bytes as the hypervisor reads them: ciphertext in guests' private pages."""
-        return self._memory.read(spa, length)
+        return self._memory.read_host(spa, length)
 
     def write_spa(self, spa: int, data: bytes) -> None:
         """Write host-physical bytes; under SNP the RMP refuses guest and firmware frames."""
         self._memory.write(spa, data)
 
     def dram_dump(self) -> np.ndarray:
-        """Every byte of DRAM as the host's key domain reads it (what a physical attacker
-        reading the modules gets too)."""
-        return self._memory.dram_dump()
+        """Every byte of DRAM as the host's key domain reads it through the CPU: ciphertext of
+        private pages, 0xFF where ciphertext hiding is on."""
+        return self._memory.dram_dump(host_read=True)
 
     @property
     def memory_size(self) -> int:
@@ -322,6 +331,33 @@ class Hypervisor:
         self._memory.check_range(spa, PAGE)
         self._memory.rmp.rmpupdate(np.array([spa // PAGE]), asid,
                                    np.array([gpa // PAGE]) if asid else None)
+
+    def rmp_table(self) -> tuple[int, int]:
+        """The RMP's DRAM range as MSRs RMP_BASE and RMP_END give it (MemoryAccessError on a
+        host whose BIOS reserved none)."""
+        table = self._memory.rmp.table_spa
+        if table is None:
+            raise MemoryAccessError("this host's BIOS reserved no RMP (a chip without SEV-SNP)")
+        return table, self._memory.size
+
+    # -- the caches -----------------------------------------------------------------------------
+    def wbinvd(self) -> int:
+        """WBINVD: write every dirty cache line back to DRAM and empty the caches; returns
+        how many lines were dirty."""
+        return self._memory.cache.write_back()
+
+    def invd(self) -> int:
+        """INVD (with HWCR bit 4 cleared, as the host kernel may): empty the caches without
+        writing back, so the stores still in them are lost; on fixed microcode and on Zen 4
+        and later it writes back like WBINVD. Returns how many lines were dirty."""
+        return self._memory.cache.invalidate()
+
+    def hold_cache(self, on: bool) -> None:
+        """Model the write-back cache exactly (`on`: while held, a store stays in its dirty
+        line until WBINVD or INVD, as over a window of a few instructions on hardware) or
+        stop, which writes back what is left. Outside a hold every store reaches DRAM at
+        once (an eviction right away, which a real cache may also do)."""
+        self._memory.hold_cache(on)
 
     def private_pages(self, vm: HvVm) -> np.ndarray:
         """Which of the VM's RAM pages it keeps private, as KVM tracks them from the guest's
@@ -368,7 +404,8 @@ class Hypervisor:
 
     def read_gpa(self, vm: HvVm, gpa: int, length: int) -> bytes:
         """Guest memory as the hypervisor reads it: through its NPT, outside the key domain."""
-        return b"".join(self._memory.read(spa, n) for _, spa, n in self._spa_runs(vm, gpa, length))
+        return b"".join(self._memory.read_host(spa, n)
+                        for _, spa, n in self._spa_runs(vm, gpa, length))
 
     def write_gpa(self, vm: HvVm, gpa: int, data: bytes) -> None:
         """Write guest memory as the hypervisor can: through its NPT, outside the key domain (the
@@ -433,6 +470,7 @@ class Hypervisor:
                             errors[late.vm_id] = GuestTimeout(
                                 f"VM {late.vm_id} still running after {timeout:g} s")
                     return errors
+                self._pre_run(vm, vcpu)
                 try:
                     vcpu.run(None if alone else self.quantum, deadline,
                              timeout=not pause_at_timeout)
@@ -443,6 +481,16 @@ class Hypervisor:
                     self.stop(vm)
                     errors[vm.vm_id] = GuestTimeout(
                         f"VM {vm.vm_id} still running after {timeout:g} s")
+
+    def _pre_run(self, vm: HvVm, vcpu: Vcpu) -> None:
+        """KVM's pre_sev_run: the vCPUs of a VM share its ASID, so when another one ran with
+        it last, TLB_CONTROL flushes the ASID's TLB entries at VMRUN (unless `skip_tlb_flush`:
+        the choice is the host's, short of SEV-SNP)."""
+        asid = vcpu.vmcb.asid
+        if self._last_vcpu.get(asid) is not vcpu:
+            self._last_vcpu[asid] = vcpu
+            if not vm.skip_tlb_flush:
+                vcpu.vmcb.tlb_control = True
 
     def stop(self, vm: HvVm) -> None:
         """Stop the VM's vCPUs for good; its memory and key stay until `destroy_vm`."""
@@ -513,8 +561,12 @@ class Hypervisor:
         return result
 
     def cpuid(self, vm: HvVm, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
-        """The CPUID table the VMM configured: the chip's, with SEV bits for the VM's mode."""
+        """The CPUID table the VMM configured: the chip's, with SEV bits for the VM's mode,
+        unless `cpuid_overrides` has the leaf."""
         del subleaf
+        override = self.cpuid_overrides.get(leaf)
+        if override is not None:
+            return override
         vendor = b"AuthenticAMD"
         ebx, edx, ecx = (int.from_bytes(vendor[i:i + 4], "little") for i in (0, 4, 8))
         if leaf == 0:
@@ -601,7 +653,8 @@ class Hypervisor:
         """GHCB MSR protocol requests; an unknown one comes back unchanged, as from KVM."""
         code = msr_code(msr)
         if code == MsrCode.SEV_INFO_REQ:
-            msr = sev_info(PROTOCOL_MAX, PROTOCOL_MIN, self.chip.c_bit)
+            # the C-bit of the CPUID table the VM gets (KVM: its sev_enc_bit)
+            msr = sev_info(PROTOCOL_MAX, PROTOCOL_MIN, self.cpuid(vm, 0x8000_001F, 0)[1] & 0x3F)
         elif code == MsrCode.CPUID_REQ:
             function, reg = parse_cpuid_request(msr)
             msr = cpuid_response(self.cpuid(vm, function, 0)[reg])

@@ -9,7 +9,7 @@ import numpy as np
 from sevsim.abi.cpuid import SevFeatures
 from sevsim.abi.ovmf import FOUR_GIB, KernelHashes, OvmfImage, VmmType
 from sevsim.abi.vmsa import SEV_FEATURES_SNP
-from sevsim.errors import ConfigError, ResourceExhausted
+from sevsim.errors import ConfigError, ResourceExhausted, VmStateError
 from sevsim.firmware.sev import SevFirmware
 from sevsim.host.hypervisor import Hypervisor
 from sevsim.host.ovmf import OvmfGuest, launch_ovmf
@@ -53,8 +53,10 @@ class Host:
 
     def __init__(self, chip: str | ChipPreset = DEFAULT_CHIP, memory: int | str = "512M", *,
                  seed: bytes | None = None, vulnerable_cve_2019_9836: bool = False,
-                 vulnerable_sp_code_exec: bool = False,
-                 quantum: Quantum = DEFAULT_QUANTUM, min_sev_asid: int | None = None) -> None:
+                 quantum: Quantum = DEFAULT_QUANTUM, min_sev_asid: int | None = None,
+                 vulnerable_cachewarp: bool = False, vulnerable_rmpocalypse: bool = False,
+                 ciphertext_hiding: bool = False, alias_check: bool = False,
+                 vulnerable_sp_code_exec: bool = False) -> None:
         """`seed` makes the platform reproducible: the chip's secret, hence its CEK, PEK, PDH,
         VCEK and IDs, and every key and nonce the Secure Processor and the memory controller
         draw (VM keys, VMPCKs, tweaks), so the same VMs give the same dumps and reports.
@@ -67,24 +69,46 @@ class Host:
         instructions, so they change the interleaving of vCPUs, never a program's result.
         `min_sev_asid` is the BIOS's "SEV-ES ASID Space Limit": SEV-ES and SNP guests get
         ASIDs 1..min_sev_asid-1, plain SEV guests min_sev_asid..max (CPUID 8000_001F EDX
-        reports it); max + 1 gives every ASID to SEV-ES and SNP (509 SNP VMs on Milan)."""
+        reports it); max + 1 gives every ASID to SEV-ES and SNP (509 SNP VMs on Milan).
+        `vulnerable_cachewarp` runs Zen 3 microcode from before the CacheWarp fix
+        (AMD-SB-3005): a host INVD drops dirty cache lines instead of writing them back (Zen 4
+        and later never do). `vulnerable_rmpocalypse` runs firmware from before the
+        RMPocalypse fix (AMD-SB-3020): SNP_INIT leaves dirty cache lines over the RMP.
+        `ciphertext_hiding` (Genoa and later) has KVM ask SNP_INIT_EX to hide every SNP
+        guest's ciphertext from host reads (kvm-amd's ciphertext_hiding_asids set to all the
+        SEV-ES/SNP ASIDs). `alias_check` runs boot firmware with the AMD-SB-3015 DRAM alias
+        check, which makes SNP_INIT refuse a platform whose modules alias memory."""
         self.chip = chip_preset(chip)
         if min_sev_asid is not None:
             self.chip = _split_asids(self.chip, min_sev_asid)
         size = parse_size(memory)
         entropy = Trng(seed, b"memory controller " + self.chip.name.encode())
+        if ciphertext_hiding and not self.chip.ciphertext_hiding:
+            raise ConfigError(f"{self.chip.product} has no ciphertext hiding (Genoa and later)")
         try:
-            self._memory = MemoryController(size, EncryptionEngine(self.chip.tweak,
-                                                                   entropy=entropy))
+            self._memory = MemoryController(
+                size, EncryptionEngine(self.chip.tweak, entropy=entropy),
+                Trng(seed, b"soc nonces " + self.chip.name.encode()))
         except MemoryError:
             raise ResourceExhausted(f"cannot allocate {size} bytes of host memory in this "
                                     "process; give the host less") from None
+        # Zen 4 and later write back on INVD whatever the microcode (CacheWarp's paper)
+        self._memory.cache.invd_writes_back = not vulnerable_cachewarp or self.chip.zen >= 4
+        if SevFeatures.SEV_SNP in self.chip.features:
+            self._memory.reserve_rmp_table()  # the BIOS sets RMP_BASE/RMP_END
         self.firmware = SevFirmware(self.chip, self._memory, seed=seed,
                                     vulnerable_cve_2019_9836=vulnerable_cve_2019_9836,
+                                    vulnerable_rmpocalypse=vulnerable_rmpocalypse,
+                                    alias_check=alias_check,
                                     vulnerable_sp_code_exec=vulnerable_sp_code_exec)
         self.firmware.init()  # the kernel's ccp driver initialises the platform at load
         self.hypervisor = Hypervisor(self.chip, self._memory, self.firmware)
         self.hypervisor.quantum = quantum
+        if ciphertext_hiding:
+            if self.chip.min_sev_asid == 1:
+                raise ConfigError("ciphertext hiding covers SNP ASIDs, and min_sev_asid 1 "
+                                  "leaves none")
+            self.hypervisor.ciphertext_hiding_asids = self.chip.min_sev_asid - 1
 
     def create_vm(self, mode: str | GuestMode = "sev", memory: int | str = "64M",
                   vcpus: int = 1) -> VirtualMachine:
@@ -131,5 +155,14 @@ class Host:
         return {vm.hv.vm_id: vm.result(errors[vm.hv.vm_id]) for vm in vms}
 
     def dram_dump(self) -> np.ndarray:
-        """What a physical attacker reading the DIMMs gets."""
-        return self.hypervisor.dram_dump()
+        """What a physical attacker reading the DIMMs gets: the cells themselves (ciphertext
+        hiding is the CPU's, so a cold-boot dump sees ciphertext)."""
+        return self._memory.dram_dump()
+
+    def spd_alias(self) -> int:
+        """BadRAM: a physical attacker rewrites the DIMMs' SPD to claim one more address bit,
+        and the machine boots with it: from then on SPA s + the returned offset reaches the
+        cells of SPA s. The SPD is read at boot, so this comes before any VM (VmStateError)."""
+        if self.hypervisor.vms or self.firmware.snp_initialized:
+            raise VmStateError("the SPD is read at boot: alias the modules before any VM runs")
+        return self._memory.claim_extra_address_bit()

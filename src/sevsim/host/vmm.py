@@ -166,7 +166,8 @@ class VirtualMachine:
 
     def launch(self, policy: int | None = None, owner: LaunchOwner | None = None, *,
                host_data: bytes = bytes(32), id_block: bytes | None = None,
-               id_auth: bytes | None = None, page_order: list[int] | None = None
+               id_auth: bytes | None = None, guest_features: int = SEV_FEATURES_SNP,
+               page_order: list[int] | None = None
                ) -> LaunchMeasurement | None:
         """SEV: LAUNCH_START, ACTIVATE, LAUNCH_UPDATE_DATA over the image, MEASURE, FINISH.
 
@@ -175,8 +176,9 @@ class VirtualMachine:
         LAUNCH_SECRET at the secret page before LAUNCH_FINISH. The policy is the owner's
         unless given (a different one fails the session's policy MAC). SEV-SNP passes
         `host_data` and the owner's ID block and ID_AUTH_INFO (bytes as the firmware takes
-        them) to SNP_LAUNCH_FINISH, as QEMU's sev-snp-guest object does. `page_order` is the
-        order in which the VMM submits the measured pages to LAUNCH_UPDATE, by GPA (a
+        them) to SNP_LAUNCH_FINISH, as QEMU's sev-snp-guest object does, and launches its
+        vCPUs with `guest_features` as their VMSAs' SEV_FEATURES (measured). `page_order` is
+        the order in which the VMM submits the measured pages to LAUNCH_UPDATE, by GPA (a
         permutation of `measured_pages`; default guest-physical order): the VMM is the host's,
         it may choose any order."""
         if self.image is None:
@@ -190,7 +192,7 @@ class VirtualMachine:
             if owner is not None:
                 raise VmStateError("SNP guests attest with reports, not the legacy owner flow")
             self._launch_snp(DEFAULT_SNP_POLICY if policy is None else policy, host_data,
-                             id_block, id_auth, order)
+                             id_block, id_auth, guest_features, order)
             self.launched = True
             return None
         if policy is None:
@@ -243,7 +245,8 @@ class VirtualMachine:
         return [gpa // PAGE for gpa in page_order]
 
     def _launch_snp(self, policy: int, host_data: bytes, id_block: bytes | None,
-                    id_auth: bytes | None, order: list[int]) -> None:
+                    id_auth: bytes | None, guest_features: int = SEV_FEATURES_SNP,
+                    order: list[int] | None = None) -> None:
         """SEV-SNP as QEMU and KVM do it: a GCTX page, SNP_LAUNCH_START and SNP_ACTIVATE; all
         RAM assigned to the guest (RMPUPDATE, unvalidated: the guest validates what it uses);
         SNP_LAUNCH_UPDATE for the image (NORMAL), the secrets page, the CPUID page (the
@@ -254,11 +257,11 @@ class VirtualMachine:
         hv.write_gpa(vm, SNP_CPUID_GPA, self.snp_cpuid_page())
         gctx = self.snp_launch_start(policy)
         hv.rmp_assign(vm, 0, self.memory_size // PAGE)
-        for gpn in order:
+        for gpn in self._measured_pages if order is None else order:
             fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, gpn * PAGE), PageType.NORMAL)
         fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, SNP_SECRETS_GPA), PageType.SECRETS)
         fw.snp_launch_update(gctx, hv.gpa_to_spa(vm, SNP_CPUID_GPA), PageType.CPUID)
-        self.snp_launch_vmsas(gctx, [reset_state(SEV_FEATURES_SNP).to_bytes()] * len(vm.vcpus))
+        self.snp_launch_vmsas(gctx, [reset_state(guest_features).to_bytes()] * len(vm.vcpus))
         fw.snp_launch_finish(gctx, host_data, id_block, id_auth,
                              author_key_en=has_author_key(id_auth))
 

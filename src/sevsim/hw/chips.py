@@ -51,6 +51,7 @@ class ChipPreset:
     api_major: int
     api_minor: int
     build: int
+    ciphertext_hiding: bool = False  # SNP_INIT_EX may hide SNP guests' ciphertext from the host
 
     @property
     def signature(self) -> int:
@@ -107,9 +108,9 @@ PRESETS: dict[str, ChipPreset] = {
         ChipPreset("milan", "Milan", 3, 0x19, 0x01, 1, _ZEN3, 51, 5, 4, 509, 100,
                    TweakMode.XEX_STRONG, False, 1, 55, 29),
         ChipPreset("genoa", "Genoa", 4, 0x19, 0x11, 1, _ZEN4, 51, 6, 4, 1006, 100,
-                   TweakMode.XEX_STRONG, True, 1, 55, 40),
+                   TweakMode.XEX_STRONG, True, 1, 55, 40, ciphertext_hiding=True),
         ChipPreset("turin", "Turin", 5, 0x1A, 0x02, 1, _ZEN4, 51, 6, 4, 1006, 100,
-                   TweakMode.XEX_STRONG, True, 1, 58, 10),
+                   TweakMode.XEX_STRONG, True, 1, 58, 10, ciphertext_hiding=True),
     )
 }
 

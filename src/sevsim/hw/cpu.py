@@ -40,6 +40,7 @@ from unicorn import (
     UC_MEM_WRITE_PROT,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
+    UC_PROT_ALL,
     Uc,
     UcError,
 )
@@ -58,13 +59,23 @@ from sevsim.abi.svm import (
     ExitCode,
     ioio_info,
 )
-from sevsim.abi.vmsa import GPRS, Segment, Vmsa
-from sevsim.errors import GuestFault, GuestTimeout, VmrunError, VmStateError
+from sevsim.abi.vmsa import (
+    GPRS,
+    SEV_FEATURES_ALTERNATE_INJECTION,
+    SEV_FEATURES_RESTRICTED_INJECTION,
+    SEV_FEATURES_VMSA_REG_PROT,
+    Segment,
+    Vmsa,
+    protect_registers,
+    unprotect_registers,
+)
+from sevsim.errors import ConfigError, GuestFault, GuestTimeout, VmrunError, VmStateError
 from sevsim.hw.chips import ChipPreset, GuestMode
 from sevsim.hw.engine import PAGE
-from sevsim.hw.memory import MemoryController
+from sevsim.hw.memory import RAW, MemoryController
 from sevsim.hw.mmu import RMP_NOT_VALIDATED, RMP_NPF, GuestAddressSpace
 from sevsim.hw.quantum import Quantum, SliceTimer
+from sevsim.hw.tlb import WINDOW_BASE, WINDOW_PAGES, tlb_of
 from sevsim.hw.unicorn_c import RegisterReader
 
 REGISTERS: dict[str, int] = {
@@ -92,11 +103,15 @@ _XMM_IDS = tuple(getattr(x86, f"UC_X86_REG_XMM{i}") for i in range(16))
 # than the rest of the switch.
 _SAVE_READER = RegisterReader((*_SAVED_IDS, *_X87.values(), *_SELECTORS.values(),
                                *_BASES.values(), *_XMM_IDS))
+_NPF_RETRIES = 1000  # a guest the hypervisor keeps resuming into the same #NPF is livelocked
 _CONTROL = ("cr0", "cr3", "cr4", "efer")  # the mode the engine runs in; VMRUN cannot change it
 _EXCEPTIONS = {0: "#DE divide error", 1: "#DB", 3: "#BP breakpoint", 4: "#OF overflow",
                5: "#BR", 6: "#UD invalid opcode", 7: "#NM", 8: "#DF double fault",
                13: "#GP general protection", 14: "#PF page fault", 16: "#MF", 17: "#AC",
                18: "#MC", 19: "#XM SIMD exception"}
+_PTE_ADDRESS = ((1 << 52) - 1) & ~0xFFF  # a page-table entry's frame address bits
+HV_VECTOR = 28  # #HV: the only event Restricted Injection lets the hypervisor inject
+VC_VECTOR = 29  # #VC: its error code is the exit code the guest's handler acts on
 
 
 class VcpuState(Enum):
@@ -118,6 +133,15 @@ class VmExit:
     info2: int = 0
 
 
+@dataclass(frozen=True)
+class Event:
+    """What EVENTINJ holds: a vector the CPU delivers to the guest at VMRUN, and its error
+    code (for #VC, the exit code the guest's handler is to emulate)."""
+
+    vector: int
+    error_code: int = 0
+
+
 ExitHandler = Callable[["Vcpu", VmExit], bool]
 _T = TypeVar("_T")
 
@@ -137,6 +161,11 @@ class GuestSoftware(Protocol):
         """#VC (SEV-ES): emulate the instruction that would have exited. `info1` is what the
         handler's instruction decoder finds (EXITINFO1: the IOIO operand, MSR read/write);
         the vCPU then moves past the instruction. False stops the vCPU."""
+        ...
+
+    def on_event(self, cpu: GuestCpu, vector: int, error_code: int) -> None:
+        """An event the hypervisor injected (EVENTINJ) arrives through the guest's IDT: the
+        handler for `vector` runs before the next instruction, with `error_code`."""
         ...
 
 
@@ -182,6 +211,17 @@ class Vmcb:
         self.exit_info1: int = 0
         self.exit_info2: int = 0
         self.ghcb_gpa: int = 0  # SEV-ES: the guest's GHCB MSR at VMGEXIT, loaded back at VMRUN
+        self.tlb_control = False  # TLB_CONTROL: flush this ASID's TLB entries at the next VMRUN
+        self.event_inj: Event | None = None  # EVENTINJ: delivered (and cleared) at VMRUN
+
+    def inject(self, vector: int, error_code: int = 0) -> None:
+        """Set EVENTINJ: the next VMRUN delivers `vector` to the guest before its next
+        instruction (from an exit handler: as soon as the exit returns to guest code).
+        Under SEV-SNP Restricted Injection that VMRUN refuses any vector but #HV."""
+        if not 0 <= vector < 256 or not 0 <= error_code < 1 << 64:
+            raise ConfigError(f"cannot inject vector {vector} with error code {error_code}")
+        self.event_inj = Event(vector, error_code)
+        self._vcpu.preempt()
 
     @property
     def save_area_readable(self) -> bool:
@@ -244,9 +284,14 @@ class Vcpu:
         self._pending: BaseException | None = None
         self._msr_sites: set[int] = set()
         self._ghcb_msr = 0
-        self._vmsa_loaded = False  # the launch VMSA has been loaded by a first VMRUN
+        # SEV-ES: (SPA, page) of the VMSA as this engine last loaded or saved it: VMRUN loads a
+        # VMSA only when it is another page or was changed since (another vCPU ran it)
+        self._vmsa_image: tuple[int, bytes] | None = None
         self._sev_features = 0
         self._seals = vmsa_seals(space.memory)
+        self._tlb = tlb_of(space.memory)
+        self._windows: dict[int, int] = {}  # the guest's page table for its windows: VA -> GPA
+        self._window_map: dict[int, int] = {}  # what the engine maps there now: VA -> frame
         self._view = GuestCpu(self)
         self._slice = SliceTimer(self._uc)
         space.attach(self._uc)
@@ -335,14 +380,20 @@ class Vcpu:
             return
         self._ran = True
         self._slice.arm(quantum, deadline_ns, hard=timeout)
+        self._enter_asid()
         if self.es:
             self._vmrun()
+        self._tlb_enter()
         if self._needs_reset:
             self._needs_reset = False
             if self._guest is not None:
                 self._guest.on_reset(self._view)
                 if self.state is not VcpuState.RUNNABLE:
                     return
+        if self.vmcb.event_inj is not None:
+            self._inject(self.vmcb.event_inj)
+            if self.state is not VcpuState.RUNNABLE:
+                return
         self._stop_requested = False
         self._pending = None
         rip = self._uc.reg_read(x86.UC_X86_REG_RIP)
@@ -402,14 +453,32 @@ class Vcpu:
         self.vmcb.exit_code, self.vmcb.exit_info1, self.vmcb.exit_info2 = (
             exit.code, exit.info1, exit.info2)
         if not self.es:
-            return self._exit_handler(self, exit)
+            keep = self._exit_handler(self, exit)
+            if keep:
+                self._enter_asid()
+            return keep
         self._save_vmsa()
         self.vmcb.ghcb_gpa = self._ghcb_msr
         keep = self._exit_handler(self, exit)
         if keep:
+            self._enter_asid()
             self._vmrun()
             self._ghcb_msr = self.vmcb.ghcb_gpa & (1 << 64) - 1
         return keep
+
+    def _inject(self, event: Event) -> None:
+        """VMRUN with EVENTINJ set: SEV_FEATURES decide whether the hypervisor may inject
+        (Alternate Injection ignores the VMCB's field, Restricted Injection lets only #HV
+        through); otherwise the guest's handler for the vector runs."""
+        self.vmcb.event_inj = None
+        if self._sev_features & SEV_FEATURES_ALTERNATE_INJECTION:
+            return  # only the guest's own VMSA (written at a higher VMPL) injects events
+        if self._sev_features & SEV_FEATURES_RESTRICTED_INJECTION and event.vector != HV_VECTOR:
+            raise self._refuse(f"Restricted Injection: EVENTINJ holds vector {event.vector}, "
+                               f"only #HV ({HV_VECTOR}) may be injected")
+        if self._guest is None:
+            raise self._fault(f"injected vector {event.vector} with no guest kernel")
+        self._guest.on_event(self._view, event.vector, event.error_code)
 
     def _vc(self, code: ExitCode, info1: int) -> bool:
         """SEV-ES: an intercepted instruction raises #VC in the guest instead of exiting."""
@@ -457,13 +526,18 @@ class Vcpu:
         xmm = b"".join(next(saved).to_bytes(16, "little") for _ in _XMM_IDS)
         page = Vmsa({k: int(v) for k, v in values.items() if v}, segments,
                     fpreg_xmm=xmm).to_bytes()
+        if self._sev_features & SEV_FEATURES_VMSA_REG_PROT:  # a fresh nonce every save
+            nonce = int.from_bytes(self._space.memory.entropy.random(8), "little")
+            page = protect_registers(page, nonce)
         self._write_vmsa(spa, page)
         self._seals.seal(self.vmcb.asid, spa, page)
+        self._vmsa_image = (spa, page)
 
     def _vmrun(self) -> None:
         """VMRUN under SEV-ES: the VMSA must carry the seal the hardware last gave it. The
-        first VMRUN loads the launch VMSA into the engine; later ones find in it exactly the
-        state the engine kept, so there is nothing to load. Under SEV-SNP the RMP is the
+        first VMRUN loads the launch VMSA into the engine; later ones usually find in it
+        exactly the state the engine kept, so there is nothing to load, unless the VMCB now
+        points at another VMSA or another vCPU ran this one since. Under SEV-SNP the RMP is the
         integrity: the page must be tagged as a VMSA of this guest, which no host write can
         change (so a VMSA the guest built itself, tagged with RMPADJUST, runs too)."""
         spa = self._vmsa_page()
@@ -475,9 +549,12 @@ class Vcpu:
         page = self._read_vmsa(spa)
         if self.mode is not GuestMode.SNP and not self._seals.check(self.vmcb.asid, spa, page):
             raise self._refuse(f"the VMSA at SPA 0x{spa:x} fails its integrity check")
-        if not self._vmsa_loaded:
-            self._load_vmsa(Vmsa.from_bytes(page))
-            self._vmsa_loaded = True
+        if self._vmsa_image != (spa, page):
+            vmsa = Vmsa.from_bytes(page)
+            if vmsa.regs.get("sev_features", 0) & SEV_FEATURES_VMSA_REG_PROT:
+                vmsa = Vmsa.from_bytes(unprotect_registers(page))
+            self._load_vmsa(vmsa)
+            self._vmsa_image = (spa, page)
 
     def _load_vmsa(self, vmsa: Vmsa) -> None:
         regs = vmsa.regs
@@ -499,6 +576,57 @@ class Vcpu:
         self._sev_features = regs.get("sev_features", 0)
         self.vmpl = regs.get("vmpl", 0)
         self._space.set_vmpl(self._uc, self.vmpl)
+
+    def _enter_asid(self) -> None:
+        """VMRUN takes the ASID from the VMCB, whatever VM it belongs to: memory is decrypted
+        and RMP-checked as that ASID's. An encrypted guest's ASID must have a key loaded."""
+        asid, space = self.vmcb.asid, self._space
+        if asid != space.asid and space.encrypted and not space.memory.engine.has_key(asid):
+            raise self._refuse(f"ASID {asid} has no key loaded")
+        space.run_as(asid)
+
+    # -- the TLB (guest windows) -----------------------------------------------------------
+    def _tlb_enter(self) -> None:
+        """VMRUN and the TLB: flush the ASID's entries if TLB_CONTROL asks, or, under SEV-SNP,
+        if another VMSA ran with this ASID last (the hardware does not leave that to the
+        host); then the engine sees the ASID's entries, and walks its own page table for the
+        windows that have none."""
+        asid = self.vmcb.asid
+        before = self._tlb.ran(asid, self.vmsa_spa)
+        if self.vmcb.tlb_control or (self.mode is GuestMode.SNP and before != self.vmsa_spa):
+            self._tlb.flush(asid)
+        self.vmcb.tlb_control = False
+        cached = self._tlb.entries(asid)
+        for va, gpa in self._windows.items():
+            frame = self._space.direct_frame(gpa)
+            if va not in cached and frame is not None:
+                self._tlb.fill(asid, va, frame)
+        self._show_windows(self._tlb.entries(asid))
+
+    def _map_window(self, va: int, gpa: int) -> None:
+        """The guest points window `va` at its page `gpa` (its page table, then INVLPG: the
+        walk fills the TLB with this vCPU's translation)."""
+        frame = self._space.direct_frame(gpa)
+        if va % PAGE or not WINDOW_BASE <= va < WINDOW_BASE + WINDOW_PAGES * PAGE or (
+                frame is None):
+            raise GuestFault(f"vCPU {self.index}: window 0x{va:x} -> GPA 0x{gpa:x} refused")
+        self._windows[va] = gpa
+        self._tlb.fill(self.vmcb.asid, va, frame)
+        self._show_windows(self._tlb.entries(self.vmcb.asid))
+
+    def _show_windows(self, entries: dict[int, int]) -> None:
+        """Map the engine's windows as the TLB entries say (a frame the VM's ASID does not
+        hold directly stays unmapped: the access faults)."""
+        memory, space = self._space.memory, self._space
+        own = space.asid if space.encrypted else RAW
+        for va, frame in list(self._window_map.items()):
+            if entries.get(va) != frame:
+                self._uc.mem_unmap(va, PAGE)
+                del self._window_map[va]
+        for va, frame in entries.items():
+            if va not in self._window_map and memory.domain[frame] == own:
+                self._uc.mem_map_ptr(va, PAGE, UC_PROT_ALL, memory.frame_address(frame))
+                self._window_map[va] = frame
 
     def _refuse(self, why: str) -> VmrunError:
         """VMRUN fails with SVM_EXIT_ERR: the vCPU never runs again."""
@@ -608,7 +736,14 @@ class Vcpu:
         bits = {GuestMode.NONE: 0, GuestMode.SEV: SevStatusMsr.SEV,
                 GuestMode.SEV_ES: SevStatusMsr.SEV | SevStatusMsr.SEV_ES,
                 GuestMode.SNP: SevStatusMsr.SEV | SevStatusMsr.SEV_ES | SevStatusMsr.SNP}
-        return int(bits[self.mode])
+        status = int(bits[self.mode])
+        for feature, bit in ((SEV_FEATURES_VMSA_REG_PROT, SevStatusMsr.VMSA_REG_PROT),
+                             (SEV_FEATURES_RESTRICTED_INJECTION,
+                              SevStatusMsr.RESTRICTED_INJECTION),
+                             (SEV_FEATURES_ALTERNATE_INJECTION, SevStatusMsr.ALTERNATE_INJECTION)):
+            if self._sev_features & feature:
+                status |= bit
+        return status
 
     def _on_invalid(self, uc: Uc, _ud: object) -> bool:
         rip = self._rip()
@@ -638,6 +773,24 @@ class Vcpu:
 
     def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int,
                      _ud: object) -> bool:
+        # The hypervisor's answer to a #NPF is to resume the guest, which executes the access
+        # again: if the page is still not mapped (it remapped it somewhere the RMP refuses,
+        # say), that is a new #NPF, not a success.
+        for _ in range(_NPF_RETRIES):
+            if not self._npf(access, address):
+                return False
+            if self._space.mapped(address):
+                if access == UC_MEM_WRITE_UNMAPPED:
+                    self._space.note_store(uc, address, size)
+                return True
+        self._pending = self._pending or self._fault(
+            f"{_NPF_RETRIES} #NPFs at GPA 0x{address:x} the hypervisor answered without "
+            f"mapping the page (RIP 0x{self._rip():x})")
+        return False
+
+    def _npf(self, access: int, address: int) -> bool:
+        """One #NPF for an access to a page the vCPU does not map; whether the hypervisor
+        resolved it."""
         info1 = (NPF_WRITE if access == UC_MEM_WRITE_UNMAPPED else 0) | (
             NPF_FETCH if access == UC_MEM_FETCH_UNMAPPED else 0)
         rmp = self._space.rmp_fault(address)
@@ -646,8 +799,10 @@ class Vcpu:
             self._pending = self._pending or self._fault(
                 f"#VC page not validated at GPA 0x{address:x} (RIP 0x{self._rip():x})")
             return False
-        if rmp == RMP_NPF:
-            info1 |= NPF_RMP
+        if rmp == RMP_NPF:  # the walk found the page, the RMP check refused it
+            why = self._space.rmp_mismatch(address)
+            return self._nested_fault(info1 | NPF_RMP, address,
+                                      f"nested page fault, RMP check failed ({why}),")
         return self._nested_fault(info1, address, "nested page fault")
 
     def _on_protection(self, uc: Uc, access: int, address: int, size: int, value: int,
@@ -711,6 +866,7 @@ class GuestCpu:
         """Guest-physical write through this VM's own mapping (private pages in plaintext),
         with this VMPL's permissions."""
         self._check_vmpl(gpa, len(data), PERM_WRITE)
+        self._vcpu._space.note_store(self._vcpu._uc, gpa, len(data))
         try:
             self._vcpu._uc.mem_write(gpa, data)
         except UcError as err:
@@ -736,6 +892,18 @@ class GuestCpu:
         first = gpa // PAGE
         self._vcpu._space.set_c_bit(first, first + npages, private, zero)
 
+    def set_pte_attributes(self, gpa: int, npages: int, attrs: int) -> None:
+        """OR attribute bits into the pages' table entries: the MMU reads bit C (this chip's
+        C-bit position) as "encrypted"; the flags below bit 12 and the bits from 52 up
+        (software's, protection keys, NX) keep their usual meaning, and any other bit is
+        part of the frame address, which would leave guest memory."""
+        c_bit = 1 << self._vcpu.chip.c_bit
+        stray = attrs & _PTE_ADDRESS & ~c_bit
+        if stray:
+            raise GuestFault(f"vCPU {self.index}: #PF: attribute bits 0x{stray:x} of the "
+                             f"entry for GPA 0x{gpa:x} point outside guest memory")
+        self.set_c_bit(gpa, npages, private=bool(attrs & c_bit))
+
     def pvalidate(self, gpa: int, npages: int, validate: bool) -> np.ndarray:
         """PVALIDATE each 4 KiB page from `gpa` (SEV-SNP). Returns rFLAGS.CF per page: set
         where the page already was in that state (double validation); the kernel decides
@@ -759,6 +927,11 @@ class GuestCpu:
             raise GuestFault(f"vCPU {self.index}: #UD: RMPADJUST outside SEV-SNP")
         frame = int(vcpu._space.own_frames(gpa // PAGE, gpa // PAGE + 1, vmsa_too=vmsa)[0])
         vcpu._space.memory.rmp.rmpadjust(frame, vcpu.vmpl, target_vmpl, perms, vmsa)
+
+    def map_window(self, va: int, gpa: int) -> None:
+        """Point the window page `va` (from WINDOW_BASE) at the guest page `gpa`, for the
+        process on this vCPU; GuestFault if either is not usable."""
+        self._vcpu._map_window(va, gpa)
 
     def mark_executable(self, gpa: int, length: int) -> None:
         """Guest page tables say this range holds code (the CPU decodes it)."""

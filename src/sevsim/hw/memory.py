@@ -6,6 +6,15 @@ SoC sees through that ASID's key, and DRAM is its encryption. vCPUs map those ce
 directly, so guest code runs at full speed on plaintext, while every observer outside the
 key domain (hypervisor, DMA, a DRAM dump, another ASID) gets the ciphertext computed by the
 engine. Changing a frame's domain never changes what DRAM holds.
+
+Two things change what the host reads and where its accesses land, both off by default so the
+hot paths pay one integer test for them:
+- Ciphertext hiding (Genoa and later, enabled by SNP_INIT_EX): host reads of frames the RMP
+  assigns to an SNP guest (ASIDs 1..hidden_asids) return 0xFF instead of the ciphertext.
+- A BadRAM module (`alias_span`): the DIMM's SPD claims one more address bit than its cells
+  have, so the controller maps SPAs [size, 2 size) onto the same cells as [0, size). The RMP
+  is indexed by SPA and has no entry above installed memory, so host writes through the alias
+  are never checked against it.
 """
 
 from __future__ import annotations
@@ -17,12 +26,16 @@ from typing import Protocol
 
 import numpy as np
 
+from sevsim.abi.rmp import RMP_ENTRY_SIZE, rmp_entry_offset, rmp_table_size
 from sevsim.errors import MemoryAccessError, RmpViolation
+from sevsim.hw.cache import WriteBackCache
 from sevsim.hw.engine import BLOCK, PAGE, EncryptionEngine
 from sevsim.hw.rmp import Rmp
+from sevsim.hw.trng import Trng
 
 RAW = 0  # storage domain of frames whose cells hold the DRAM bytes themselves
 
+HIDDEN_BYTE = 0xFF  # what a host read of a hidden frame returns
 _FILL_CHUNK = 1 << 20  # zero DRAM a MiB at a time, skipping what is already zero
 GRANULE = 512  # frames per entry of the reverse map (2 MiB)
 
@@ -55,6 +68,10 @@ class FrameWatcher(FrameMapper, Protocol):
 
     def rmp_changed(self, frames: np.ndarray) -> None:
         """RMP entries of these frames changed."""
+        ...
+
+    def watch_stores(self, on: bool) -> None:
+        """While the cache is held, tell it of every store the vCPUs make (`on`), or stop."""
         ...
 
 
@@ -99,6 +116,10 @@ class ReverseMap:
             found.update(self._granules.get(granule, {}))
         return list(found)
 
+    def all(self) -> list[FrameWatcher]:
+        """Every address space with entries."""
+        return list(self._held)
+
     def __len__(self) -> int:
         """Address spaces with entries."""
         return len(self._held)
@@ -107,7 +128,9 @@ class ReverseMap:
 class MemoryController:
     """DRAM, the per-frame storage domains and the encryption engine in front of them."""
 
-    def __init__(self, size: int, engine: EncryptionEngine) -> None:
+    def __init__(self, size: int, engine: EncryptionEngine, entropy: Trng | None = None) -> None:
+        """`entropy` is the SoC's source for nonces drawn at world switches (VMSA register
+        protection)."""
         if size <= 0 or size % PAGE:
             raise MemoryAccessError(f"host memory size {size} is not a positive multiple of 4 KiB")
         self.size = size
@@ -121,6 +144,10 @@ class MemoryController:
         self.reverse_map = ReverseMap()  # the VMs' address spaces, found by frame
         self.rmp = Rmp(self.nframes)
         self.rmp.listeners.append(self._rmp_changed)
+        self.entropy = entropy or Trng()
+        self.hidden_asids = 0  # ciphertext hiding: SNP ASIDs 1..hidden_asids (0: off)
+        self.alias_span = 0  # BadRAM: bytes of SPA space above `size` that alias [0, size)
+        self.cache = WriteBackCache(self)
 
     # -- addresses -------------------------------------------------------------------------
     def check_range(self, spa: int, length: int) -> None:
@@ -129,23 +156,71 @@ class MemoryController:
             raise MemoryAccessError(
                 f"host physical range 0x{spa:x}+0x{length:x} outside DRAM (0x{self.size:x} bytes)")
 
+    @property
+    def mapped_size(self) -> int:
+        """The SPA space the controller maps: installed memory, plus the alias a BadRAM
+        module's SPD claims."""
+        return self.size + self.alias_span
+
+    def claim_extra_address_bit(self) -> int:
+        """BadRAM: the modules report twice their capacity, so from the next boot SPA
+        s + size reaches the cells of s; returns that offset."""
+        self.alias_span = self.size
+        return self.size
+
+    def _unalias(self, spa: int, length: int) -> int:
+        """The SPA in installed memory an access in the alias range lands on."""
+        if spa + length > self.mapped_size:
+            raise MemoryAccessError(f"host physical range 0x{spa:x}+0x{length:x} outside the "
+                                    f"aliased DRAM (0x{self.mapped_size:x} bytes)")
+        return spa - self.size
+
     def frame_address(self, frame: int) -> int:
         """Where a frame's cells live in this process, for mapping into a vCPU."""
         return self.cells.ctypes.data + frame * PAGE
 
     # -- the view from outside the key domain -------------------------------------------------
     def read(self, spa: int, length: int) -> bytes:
-        """What the bus returns to the hypervisor, DMA or a physical probe: DRAM bytes."""
+        """What the bus returns to the Secure Processor, DMA or a physical probe: DRAM bytes."""
+        if self.alias_span and spa >= self.size:
+            return self.read(self._unalias(spa, length), length)
         self.check_range(spa, length)
         if length == 0:
             return b""
         lo, hi = spa & ~(BLOCK - 1), (spa + length + BLOCK - 1) & ~(BLOCK - 1)
         return self._dram_bytes(lo, hi)[spa - lo:spa - lo + length].tobytes()
 
+    def read_host(self, spa: int, length: int) -> bytes:
+        """What the host's CPU cores read: DRAM bytes, or 0xFF in frames of SNP guests while
+        ciphertext hiding is on."""
+        data = self.read(spa, length)
+        if not self.hidden_asids or not data:
+            return data
+        if self.alias_span and spa >= self.size:
+            spa = self._unalias(spa, length)
+        out = np.frombuffer(data, dtype=np.uint8).copy()
+        self._hide(spa, out)
+        return out.tobytes()
+
+    def _hide(self, lo: int, dram: np.ndarray) -> None:
+        """Ciphertext hiding: DRAM bytes from SPA `lo` become 0xFF in frames of hidden ASIDs."""
+        frames = np.arange(lo // PAGE, (lo + dram.size - 1) // PAGE + 1)
+        asid = self.rmp.asid[frames]
+        hidden = self.rmp.assigned[frames] & (asid >= 1) & (asid <= self.hidden_asids)
+        for frame in frames[hidden].tolist():
+            a, b = max(frame * PAGE, lo), min((frame + 1) * PAGE, lo + dram.size)
+            dram[a - lo:b - lo] = HIDDEN_BYTE
+
     def write(self, spa: int, data: bytes) -> None:
         """A write of DRAM bytes from outside: the owner later decrypts whatever lands here.
-        Under SNP the RMP refuses it on guest or firmware frames, and nothing changes."""
+        Under SNP the RMP refuses it on guest or firmware frames, and nothing changes. Through
+        a BadRAM alias the RMP sees an SPA it has no entry for, and the write lands."""
         length = len(data)
+        if self.alias_span and spa >= self.size:  # no RMP entry to check: it lands
+            real = self._unalias(spa, length)
+            self.write_soc(real, data)
+            self.dram_written(real, length)
+            return
         self.check_range(spa, length)
         if length and self.rmp.enabled:
             frames = np.arange(spa // PAGE, (spa + length - 1) // PAGE + 1)
@@ -154,7 +229,10 @@ class MemoryController:
                 frame = int(frames[owned][0])
                 raise RmpViolation(f"RMP violation: host write to SPA 0x{spa:x}+0x{length:x}: "
                                    f"frame 0x{frame:x} belongs to {self._rmp_owner(frame)}")
+        self.cache.store(spa, length)
         self.write_soc(spa, data)
+        if not self.cache.held:  # an unheld cache is as good as written back at once
+            self.dram_written(spa, length)
 
     def write_soc(self, spa: int, data: bytes) -> None:
         """A write of DRAM bytes from inside the SoC (the CPU storing a VMSA, a guest's access
@@ -169,8 +247,10 @@ class MemoryController:
         self._store_dram(lo, dram)
         self._wrote(spa, length)
 
-    def dram_dump(self, out: np.ndarray | None = None) -> np.ndarray:
-        """Every byte of DRAM as a physical attacker reading the modules would see it."""
+    def dram_dump(self, out: np.ndarray | None = None, *, host_read: bool = False) -> np.ndarray:
+        """Every byte of DRAM as a physical attacker reading the modules would see it; with
+        `host_read`, as host software reading all of memory through the CPU sees it
+        (ciphertext hiding applies)."""
         if out is None:
             out = np.empty(self.size, dtype=np.uint8)
         for start, stop, dom in frame_runs(self.domain):
@@ -179,7 +259,66 @@ class MemoryController:
                 out[lo:hi] = self.cells[lo:hi]
             else:
                 self.engine.encrypt_pages(dom, start, self.cells[lo:hi], out[lo:hi])
+        if host_read and self.hidden_asids:
+            self._hide(0, out)
         return out
+
+    # -- the caches and the RMP's home in DRAM ------------------------------------------------
+    def hold_cache(self, on: bool) -> None:
+        """Hold the cores' cache (no line leaves it on its own) or release it, which evicts
+        what is left dirty; the vCPUs report their stores to it while it is held."""
+        if on == self.cache.held:
+            return
+        if not on:
+            self.cache.write_back()
+        self.cache.held = on
+        for watcher in self.reverse_map.all():
+            watcher.watch_stores(on)
+
+    def dram_written(self, spa: int, length: int) -> None:
+        """A core's line reached DRAM at [spa, spa+length) (a write-back, unchecked): where
+        it covers RMP entries, the entries are what DRAM now holds."""
+        table = self.rmp.table_spa
+        if table is None or not self.rmp.enabled:
+            return
+        base = table + rmp_entry_offset(0)
+        first = max(0, (spa - base) // RMP_ENTRY_SIZE)
+        stop = min(self.nframes, -(-(spa + length - base) // RMP_ENTRY_SIZE))
+        if first < stop:
+            raw = self.read(base + first * RMP_ENTRY_SIZE, (stop - first) * RMP_ENTRY_SIZE)
+            self.rmp.load(np.arange(first, stop),
+                          np.frombuffer(raw, dtype=np.uint8).reshape(-1, RMP_ENTRY_SIZE))
+
+    def reserve_rmp_table(self) -> None:
+        """The BIOS reserves the top of DRAM for the RMP (RMP_BASE..RMP_END, `rmp.table_spa`
+        to the end), which the host must never hand out."""
+        first = self.nframes - -(-rmp_table_size(self.nframes) // PAGE)
+        if first <= 0:
+            raise MemoryAccessError(f"{self.size} bytes of DRAM leave no room for an RMP")
+        self.rmp.table_spa = first * PAGE
+
+    def init_rmp_table(self) -> None:
+        """SNP_INIT: the Secure Processor writes the table into its DRAM, beneath the cores'
+        caches (x86 accesses are blocked meanwhile): the table's own frames become firmware
+        pages, every other frame stays as it is (the hypervisor's). A dirty line a core still
+        holds over the table keeps its stale bytes, to be written back later."""
+        table = self.rmp.table_spa
+        if table is None:
+            return
+        own = np.arange(table // PAGE, self.nframes)
+        self.rmp.set_firmware_pages(own)
+        with self.cache.beneath(table, self.size - table):
+            self.fill(own, RAW)
+            self._store_entries(self.rmp.in_use())
+
+    def _store_entries(self, frames: np.ndarray) -> None:
+        """Write entries through to the table's bytes (the table's frames are in no key
+        domain: their cells are DRAM)."""
+        table = self.rmp.table_spa
+        if table is None or not frames.size:
+            return
+        offsets = table + rmp_entry_offset(0) + RMP_ENTRY_SIZE * frames.astype(np.int64)
+        self.cells[offsets[:, None] + np.arange(RMP_ENTRY_SIZE)] = self.rmp.encode(frames)
 
     # -- inside the SoC ----------------------------------------------------------------------
     @contextmanager
@@ -265,6 +404,8 @@ class MemoryController:
             watcher.host_wrote(spa, length)
 
     def _rmp_changed(self, frames: np.ndarray) -> None:
+        if self.rmp.enabled:
+            self._store_entries(frames)
         for watcher in self.reverse_map.watchers_of(frames):
             watcher.rmp_changed(frames)
 

@@ -16,6 +16,9 @@ A vCPU running below VMPL0 sees the same mappings narrowed, page by page, to the
 VMPL0 gave its VMPL with RMPADJUST (Unicorn page protections on its engine only): reading,
 writing or executing beyond them stops at the engine, and the vCPU exits with #NPF (RMP and
 VMPL bits). Shared pages belong to no VMPL and stay open to all.
+
+While the cores' cache is held (hw/cache.py), each engine carries a store hook that tells the
+cache which lines the guest's stores dirty; at any other time no engine has one.
 """
 
 from __future__ import annotations
@@ -23,7 +26,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from unicorn import UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc
+from unicorn import (
+    UC_CTL_IO_WRITE,
+    UC_CTL_TB_FLUSH,
+    UC_HOOK_MEM_WRITE,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+    Uc,
+)
 
 from sevsim.abi.rmp import PERM_ALL, PERM_EXEC_SUPER, PERM_READ, PERM_WRITE, RmpResult
 from sevsim.hw.engine import BLOCK, PAGE
@@ -48,6 +60,7 @@ class GuestAddressSpace:
         self.c_bit = lazy_zeros(npt.limit_pages).view(bool)
         self.engines: list[Uc] = []
         self._vmpl: dict[int, int] = {}  # id(engine) -> the VMPL its vCPU runs at
+        self._store_hooks: dict[int, int] = {}  # id(engine) -> its store hook, cache held
         self._regions: dict[int, tuple[int, int]] = {}  # start gpn -> (stop gpn, kind)
         # frame + 1 of each directly mapped guest page, 0 if none (lazily backed, as the NPT)
         self._mapped_slot = lazy_zeros(npt.limit_pages * 8).view(np.int64)
@@ -74,6 +87,19 @@ class GuestAddressSpace:
                              self.asid if self.encrypted and private else RAW)
         self.refresh(lo, hi)
 
+    # -- what the hypervisor controls --------------------------------------------------------
+    def run_as(self, asid: int) -> None:
+        """VMRUN with `asid` in the VMCB. The ASID is the hypervisor's to write, and it is what
+        the hardware goes by: the key slot that decrypts private pages and, under SEV-SNP, the
+        owner the RMP checks are made against. Another ASID than the VM's own re-derives
+        every mapping under it: its own private pages read as their decryption under that
+        key (garbage, hence "security by crash"), and another guest's pages mapped here read
+        as that guest sees them (CrossLine)."""
+        if asid == self.asid:
+            return
+        self.asid = asid
+        self.refresh(0, self.npt.limit_pages)
+
     # -- engines -----------------------------------------------------------------------------
     def attach(self, uc: Uc, vmpl: int = 0) -> None:
         """Map a vCPU engine (running at `vmpl`) onto what the VM maps now; it then follows
@@ -82,6 +108,40 @@ class GuestAddressSpace:
         self._vmpl[id(uc)] = vmpl
         for start, (stop, kind) in sorted(self._regions.items()):
             self._map_into(uc, start, stop, kind)
+        if self.memory.cache.held:
+            self._hook_stores(uc, True)
+
+    def watch_stores(self, on: bool) -> None:
+        """The cache is held (`on`) or released: hook the engines' stores, or unhook them."""
+        for uc in self.engines:
+            self._hook_stores(uc, on)
+
+    def _hook_stores(self, uc: Uc, on: bool) -> None:
+        if on == (id(uc) in self._store_hooks):
+            return
+        if on:
+            self._store_hooks[id(uc)] = uc.hook_add(UC_HOOK_MEM_WRITE, self._on_store)
+        else:
+            uc.hook_del(self._store_hooks.pop(id(uc)))
+        uc.ctl(UC_CTL_TB_FLUSH, UC_CTL_IO_WRITE)  # code translated before is without (with) it
+
+    def note_store(self, uc: Uc, address: int, size: int) -> None:
+        """A store the engine's hook does not see is about to land (one resumed after its
+        page fault, which Unicorn does not hook twice; the guest kernel's own writes): the
+        held cache hears of it."""
+        if id(uc) in self._store_hooks:
+            self._on_store(uc, 0, address, size, 0, None)
+
+    def _on_store(self, uc: Uc, access: int, address: int, size: int, value: int,
+                  _ud: object) -> None:
+        """A guest store is about to land: its lines become dirty in the held cache."""
+        end = address + size
+        while address < end:
+            piece = min(end, (address // PAGE + 1) * PAGE) - address
+            spa = self.npt.lookup(address)
+            if spa is not None:
+                self.memory.cache.store(spa, piece)
+            address += piece
 
     def set_vmpl(self, uc: Uc, vmpl: int) -> None:
         """VMRUN loaded a VMSA of another VMPL into this engine: re-derive its protections."""
@@ -104,6 +164,7 @@ class GuestAddressSpace:
     def detach_all(self) -> None:
         """Unmap everything and release the pins (the VM is going away)."""
         self._unmap_span(0, self.npt.limit_pages)
+        self.watch_stores(False)
         self.engines.clear()
         self._vmpl.clear()
         self.npt.unsubscribe(self.refresh)
@@ -169,6 +230,39 @@ class GuestAddressSpace:
         if not self.snp or self.npt.lookup(gpa) is None:
             return RMP_OK
         return int(self._rmp_check(gpn, gpn + 1)[0])
+
+    def direct_frame(self, gpa: int) -> int | None:
+        """The frame the vCPUs map the guest page of `gpa` straight onto, if they do."""
+        gpn = gpa // PAGE
+        if not 0 <= gpn < self.npt.limit_pages:
+            return None
+        slot = int(self._mapped_slot[gpn])
+        return slot - 1 if slot else None
+
+    def mapped(self, gpa: int) -> bool:
+        """Whether the vCPUs map the guest page of `gpa` now (the NPT and, under SEV-SNP, the
+        RMP allow it)."""
+        gpn = gpa // PAGE
+        return any(start <= gpn < stop for start, (stop, _) in self._regions.items())
+
+    def rmp_mismatch(self, gpa: int) -> str:
+        """What the RMP says about the frame behind `gpa` when the nested walk refused it: why
+        the hardware set the RMP bit in the #NPF error code."""
+        spa = self.npt.lookup(gpa)
+        if spa is None:
+            return "not mapped"
+        rmp, frame = self.memory.rmp, spa // PAGE
+        if not self.c_bit[gpa // PAGE]:
+            return f"shared access to SPA 0x{spa & ~(PAGE - 1):x}, a guest-assigned frame"
+        if not rmp.assigned[frame]:
+            return f"SPA 0x{spa & ~(PAGE - 1):x} is not assigned to a guest"
+        owner, at, page = int(rmp.asid[frame]), int(rmp.gpn[frame]) * PAGE, gpa & ~(PAGE - 1)
+        entry = (f"the RMP entry of SPA 0x{spa & ~(PAGE - 1):x} gives it to ASID {owner} at "
+                 f"GPA 0x{at:x}")
+        if owner == self.asid and at == page:  # only the VMSA tag is wrong
+            return f"{entry} as a VMSA, which guest accesses may not use"
+        wanted = [f"ASID {self.asid}"] * (owner != self.asid) + [f"GPA 0x{page:x}"] * (at != page)
+        return f"{entry}, not to {' at '.join(wanted)}"
 
     def own_frames(self, first: int, stop: int, vmsa_too: bool = False) -> np.ndarray:
         """The frames behind guest pages [first, stop) for PVALIDATE's and RMPADJUST's

@@ -11,6 +11,11 @@ that map those frames), which re-derive their mappings for those frames.
 
 Checks are off until SNP_INIT turns the table on, so SEV, SEV-ES and plain VMs never pay for
 it.
+
+On a host whose BIOS reserved DRAM for the table (`table_spa`), the entries also live there,
+16 bytes each (abi/rmp.py): the memory controller writes every change through to those bytes,
+and a write that reaches those bytes changes the entries (`load`), which is what a stale cache
+line written back over the table does (RMPocalypse).
 """
 
 from __future__ import annotations
@@ -25,6 +30,15 @@ from sevsim.abi.rmp import (
     PAGE_2M,
     PAGE_4K,
     PERM_ALL,
+    RMP_ASID_BITS,
+    RMP_ASID_SHIFT,
+    RMP_ASSIGNED,
+    RMP_ENTRY_SIZE,
+    RMP_GPA_MASK,
+    RMP_IMMUTABLE,
+    RMP_PAGE_SIZE_SHIFT,
+    RMP_VALIDATED,
+    RMP_VMSA,
     VMPLS,
     RmpResult,
 )
@@ -67,6 +81,7 @@ class Rmp:
         self.page_size = np.zeros(nframes, dtype=np.uint8)
         self.perms = np.zeros((nframes, VMPLS), dtype=np.uint8)
         self.listeners: list[Callable[[np.ndarray], None]] = []
+        self.table_spa: int | None = None  # where the BIOS put the table in DRAM, if it did
 
     # -- queries ------------------------------------------------------------------------------
     def guest_owned(self, frames: np.ndarray) -> np.ndarray:
@@ -196,6 +211,49 @@ class Rmp:
         self.vmsa[frame] = False
         self._clear_guest_state(np.array([frame]))
         self.changed(np.array([frame]))
+
+    def set_firmware_pages(self, frames: np.ndarray) -> None:
+        """SNP_INIT: the table's own frames become firmware pages, out of the host's reach."""
+        self.assigned[frames], self.asid[frames], self.gpn[frames] = True, 0, 0
+        self.page_size[frames] = PAGE_4K
+        self.immutable[frames] = True
+        self._clear_guest_state(frames)
+        self.changed(frames)
+
+    # -- the table in DRAM ---------------------------------------------------------------------
+    def in_use(self) -> np.ndarray:
+        """The frames whose entry is not all zero (a zeroed table says the rest)."""
+        return np.flatnonzero(self.assigned | self.validated | self.vmsa | self.immutable
+                              | (self.page_size != 0) | (self.asid != 0) | (self.gpn != 0)
+                              | self.perms.any(axis=1))
+
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        """The 16-byte entries of `frames` as the table in DRAM holds them, one row each."""
+        lo = (self.assigned[frames].astype(np.uint64) * RMP_ASSIGNED
+              | self.page_size[frames].astype(np.uint64) << np.uint64(RMP_PAGE_SIZE_SHIFT)
+              | self.immutable[frames].astype(np.uint64) * RMP_IMMUTABLE
+              | (self.gpn[frames].astype(np.uint64) * PAGE) & np.uint64(RMP_GPA_MASK)
+              | self.asid[frames].astype(np.uint64) << np.uint64(RMP_ASID_SHIFT)
+              | self.vmsa[frames].astype(np.uint64) * np.uint64(RMP_VMSA)
+              | self.validated[frames].astype(np.uint64) * np.uint64(RMP_VALIDATED))
+        hi = np.zeros(len(frames), dtype=np.uint64)
+        hi.view(np.uint8).reshape(-1, 8)[:, :VMPLS] = self.perms[frames]
+        return np.stack((lo, hi), axis=1).astype("<u8").view(np.uint8).reshape(-1, RMP_ENTRY_SIZE)
+
+    def load(self, frames: np.ndarray, raw: np.ndarray) -> None:
+        """The table's bytes for `frames` (one 16-byte row each) changed in DRAM: the entries
+        are what those bytes now say."""
+        words = np.ascontiguousarray(raw, dtype=np.uint8).view("<u8").reshape(-1, 2)
+        lo = words[:, 0].astype(np.uint64)
+        self.assigned[frames] = (lo & np.uint64(RMP_ASSIGNED)) != 0
+        self.page_size[frames] = (lo >> np.uint64(RMP_PAGE_SIZE_SHIFT)) & np.uint64(1)
+        self.immutable[frames] = (lo & np.uint64(RMP_IMMUTABLE)) != 0
+        self.gpn[frames] = (lo & np.uint64(RMP_GPA_MASK)) // np.uint64(PAGE)
+        self.asid[frames] = (lo >> np.uint64(RMP_ASID_SHIFT)) & np.uint64((1 << RMP_ASID_BITS) - 1)
+        self.vmsa[frames] = (lo & np.uint64(RMP_VMSA)) != 0
+        self.validated[frames] = (lo & np.uint64(RMP_VALIDATED)) != 0
+        self.perms[frames] = words[:, 1].astype("<u8").view(np.uint8).reshape(-1, 8)[:, :VMPLS]
+        self.changed(frames)
 
     def changed(self, frames: np.ndarray) -> None:
         """Tell the listeners (the memory controller, hence the VMs mapping these frames) that

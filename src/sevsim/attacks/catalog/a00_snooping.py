@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sevsim.attacks.framework import Attack, Attempt
+from sevsim.attacks.framework import Attack, Attempt, Setting
 from sevsim.attacks.lab import Lab
 
 
@@ -13,6 +13,7 @@ class MemorySnooping(Attack):
     name = "memory snooping / DMA read"
     actor = "malicious hypervisor, DMA device"
     source = "baseline: AMD SEV-SNP white paper (2020), Table 1, 'VM memory' and 'DMA'"
+    fixes = (Setting("snp", "genoa", frozenset({"ciphertext-hiding"})),)
 
     def attempt(self, lab: Lab) -> Attempt:
         """Run the victim, find its secret's SPA through the NPT, read it."""

@@ -579,7 +579,7 @@ class InvalidCurvePdh(Attack):
               "advisory of 26 June 2019 (CVE-2019-9836)")
     fixes = (Setting("sev", features=frozenset({"fixed-firmware"})),
              Setting("sev-es", features=frozenset({"fixed-firmware"})))
-    firmware_flaws = frozenset({"cve-2019-9836"})
+    flaws = frozenset({"vulnerable_cve_2019_9836"})
 
     def not_applicable(self, setting: Setting) -> str | None:
         """Only the legacy SEV launch has a PDH session."""

@@ -46,7 +46,7 @@ class SpFirmwareBug(Attack):
     actor = "malicious host"
     source = ("R. Buhren, C. Werling, J.-P. Seifert, 'Insecure Until Proven Updated: "
               "Analyzing AMD SEV's Remote Attestation', ACM CCS 2019")
-    firmware_flaws = frozenset({"sp-code-exec"})
+    flaws = frozenset({"vulnerable_sp_code_exec"})
 
     def not_applicable(self, setting: Setting) -> str | None:
         """A plain VM has no keys in the Secure Processor to steal."""

@@ -8,10 +8,15 @@
  * __sev_ap_trampoline: the entry sev_vcpu_start() hands to SYS_VCPU_START.
  * The kernel starts the AP with RDI = arg, RSI = fn, RSP = stack_top; the
  * trampoline calls fn(arg) and then halts the vCPU.
+ *
+ * A program built with -DSEV_KERNEL_OPTIONS=<SEV_KOPT_* bits> turns those guest-kernel
+ * hardening options on before main (and exits with 126 if the kernel refuses them): the
+ * options are part of the measured image, so the host cannot take them away.
  */
 
 #define SYS_EXIT 60
 #define SYS_VCPU_HALT 105
+#define SYS_KERNEL_OPTIONS 117
 
     .section .text.start, "ax", @progbits
     .globl _start
@@ -19,6 +24,18 @@
 _start:
     xorl    %ebp, %ebp              /* outermost frame for debuggers/backtraces */
     andq    $-16, %rsp              /* SysV: RSP % 16 == 0 at the call */
+#ifdef SEV_KERNEL_OPTIONS
+    movq    %rdi, %r12              /* keep the vCPU index across the system call */
+    movl    $SEV_KERNEL_OPTIONS, %edi
+    movl    $SYS_KERNEL_OPTIONS, %eax
+    syscall
+    testq   %rax, %rax
+    jns     2f
+    movl    $126, %edi
+    movl    $SYS_EXIT, %eax
+    syscall
+2:  movq    %r12, %rdi
+#endif
     call    main
     movl    %eax, %edi              /* exit code = main's return value */
     movl    $SYS_EXIT, %eax

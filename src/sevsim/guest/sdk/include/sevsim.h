@@ -53,6 +53,13 @@ extern "C" {
 #define SYS_TSM_RMDIR 114
 #define SYS_TSM_WRITE 115
 #define SYS_TSM_READ 116
+#define SYS_KERNEL_OPTIONS 117
+#define SYS_SET_PTE_ATTRS 118
+#define SYS_MAP_WINDOW 119
+
+/* Hardening options of the guest kernel (sev_kernel_options). */
+#define SEV_KOPT_VC_INSN_CHECK (1UL << 0)     /* #VC: check the instruction matches the exit */
+#define SEV_KOPT_NO_IA32_EMULATION (1UL << 1) /* no int 0x80 (ia32_emulation=0) */
 
 /* Error numbers returned (negated) by system calls. */
 #define SEV_EPERM 1
@@ -348,6 +355,21 @@ static inline long sev_tsm_read(const char *path, void *buf, size_t len)
     return sev_syscall3(SYS_TSM_READ, (long)path, (long)buf, (long)len);
 }
 
+/* Turn guest-kernel hardening options on (SEV_KOPT_*), for good: a program built to run
+ * hardened calls this first.  Returns the options now in effect, or -SEV_EINVAL. */
+static inline long sev_kernel_options(unsigned long options)
+{
+    return sev_syscall1(SYS_KERNEL_OPTIONS, (long)options);
+}
+
+/* Write page-table attribute bits for npages pages from addr (page aligned, past the
+ * kernel's area), as early boot firmware does with the encryption mask it computed from
+ * CPUID Fn8000_001F EBX[5:0]: the MMU decides what they mean.  0 or -SEV_EINVAL. */
+static inline long sev_set_pte_attrs(void *addr, size_t npages, uint64_t attrs)
+{
+    return sev_syscall3(SYS_SET_PTE_ATTRS, (long)addr, (long)npages, (long)attrs);
+}
+
 /* Up to len bytes (at most a page) the VMM offers as input; untrusted.  Returns the count. */
 static inline long sev_host_input(void *buf, size_t len)
 {
@@ -358,6 +380,18 @@ static inline long sev_host_input(void *buf, size_t len)
 static inline long sev_host_output(const void *buf, size_t len)
 {
     return sev_syscall2(SYS_HOST_OUTPUT, (long)buf, (long)len);
+}
+
+/* Window pages: guest-virtual pages above the program's memory that the process on one
+ * vCPU points at its own pages, as a page table does (SEV_WINDOW_PAGES of them). */
+#define SEV_WINDOW_BASE 0x7F0000000000UL
+#define SEV_WINDOW_PAGES 16
+
+/* Point the window page `window` (page aligned, from SEV_WINDOW_BASE) at the program's
+ * private page `page`, for the calling vCPU.  Returns 0 or -SEV_EINVAL. */
+static inline long sev_map_window(void *window, void *page)
+{
+    return sev_syscall2(SYS_MAP_WINDOW, (long)window, (long)page);
 }
 
 /* Stop the calling vCPU for good. */
