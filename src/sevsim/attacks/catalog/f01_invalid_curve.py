@@ -67,8 +67,9 @@ _ECDSA = ec.ECDSA(hashes.SHA256())
 # and b = 2, of order p - 1 (3 is a square mod p, -3 is not). Then, computed offline: curves
 # with complex multiplication by discriminants -D up to 2000 (a root j of the Hilbert class
 # polynomial mod p gives b^2 = 4(j - 1728)/j, Cornacchia's 4p = t^2 + D v^2 gives t, a point
-# times the order checks it) and random curves counted with PARI/GP's ellsea. Public
-# mathematics, kept for the small primes dividing the orders; no platform data.
+# times the order checks it; tools/invalid_curves.py prints these) and random curves counted
+# with PARI/GP's ellsea. Public mathematics, kept for the small primes dividing the orders;
+# no platform data.
 _TABLE = """
 ddbb8c5d63ebbd921e144b6cce0b0b8f62d94d985cf29eb97514051ea68072f68c3d9f5fef2153d042e6cf1b70c78869
 -1dced2b1f4406fd1a1cb1e2b60e34d4b5f836305df7e338d8
