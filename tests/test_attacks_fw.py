@@ -189,15 +189,60 @@ def test_page_move_refusals_name_their_status_and_change_nothing(snp_secret) -> 
         assert (hv.read_spa(src, PAGE), hv.rmp_entry(src), hv.rmp_entry(dst)) == state
 
 
+def test_swap_out_seals_the_page_and_swap_in_brings_it_back_once(snp_secret) -> None:
+    host, hv, vm, gpa = snp_secret
+    fw = host.firmware
+    src = hv.gpa_to_spa(vm, gpa)
+    entry = hv.rmp_entry(src)
+    sealed_at, home = hv.allocate_page(), hv.allocate_page()
+    mdata = hv.swap_out(vm, gpa, sealed_at)
+    assert len(mdata) == 64 and not hv.rmp_entry(src).assigned
+    sealed = hv.read_spa(sealed_at, PAGE)
+    assert sealed not in (secret_bytes(), hv.read_spa(src, PAGE))  # neither plain nor the VEK's
+    hv.swap_in(vm, gpa, sealed_at, home, mdata)
+    assert memory_controller(host).cells[home:home + PAGE].tobytes() == secret_bytes()
+    back = hv.rmp_entry(home)
+    assert (back.assigned, back.asid, back.gpa, back.validated) == (
+        True, vm.asid, entry.gpa, entry.validated)
+    assert hv.gpa_to_spa(vm, gpa) == home
+    again = hv.allocate_page()
+    with pytest.raises(FirmwareError) as replayed:  # the same sealed page twice: a replay
+        fw.snp_page_swap_in(vm.hv.firmware_handle, sealed_at, again, mdata)
+    assert replayed.value.status is SevStatus.INVALID_MDATA_ENTRY
+    assert not hv.rmp_entry(again).assigned
+
+
+def test_swap_in_refuses_a_tampered_page_or_entry(snp_secret) -> None:
+    host, hv, vm, gpa = snp_secret
+    fw, gctx = host.firmware, vm.hv.firmware_handle
+    sealed_at, dst = hv.allocate_page(), hv.allocate_page()
+    mdata = hv.swap_out(vm, gpa, sealed_at)
+    moved = bytearray(mdata)
+    moved[28] ^= 0x10  # the GPA the page comes back at
+    for entry in (bytes(moved), mdata[:-1]):
+        with pytest.raises(FirmwareError) as refused:
+            fw.snp_page_swap_in(gctx, sealed_at, dst, entry)
+        assert refused.value.status is SevStatus.INVALID_MDATA_ENTRY
+    page = bytearray(hv.read_spa(sealed_at, PAGE))
+    page[100] ^= 1
+    hv.write_spa(sealed_at, bytes(page))
+    with pytest.raises(FirmwareError) as refused:
+        fw.snp_page_swap_in(gctx, sealed_at, dst, mdata)
+    assert refused.value.status is SevStatus.INVALID_MDATA_ENTRY
+    assert not hv.rmp_entry(dst).assigned
+
+
 def test_page_move_obeys_page_swap_disable(build: Callable[..., Path]) -> None:
     host = Host("milan", "64M", seed=b"no moves")
     vm = host.create_vm("snp", "16M")
     vm.load(build("secret"))
     vm.launch(policy=DEFAULT_SNP_POLICY | SnpPolicyFlags.PAGE_SWAP_DISABLE)
     hv = HypervisorAttacker(host.hypervisor)
-    with pytest.raises(FirmwareError) as refused:
-        hv.page_move(vm, 0x1000, hv.allocate_page())
-    assert refused.value.status is SevStatus.POLICY_FAILURE
+    for attempt in (lambda: hv.page_move(vm, 0x1000, hv.allocate_page()),
+                    lambda: hv.swap_out(vm, 0x1000, hv.allocate_page())):
+        with pytest.raises(FirmwareError) as refused:
+            attempt()
+        assert refused.value.status is SevStatus.POLICY_FAILURE
 
 
 def test_page_move_needs_an_snp_guest(build: Callable[..., Path]) -> None:

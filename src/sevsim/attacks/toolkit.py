@@ -118,6 +118,22 @@ class HypervisorAttacker:
         self.hypervisor.npt_map(victim.hv, gpa & ~(PAGE - 1), dst_spa)
         return src
 
+    def swap_out(self, victim: VirtualMachine, gpa: int, dst_spa: int) -> bytes:
+        """Swap the victim's SNP page at `gpa` out to the host page `dst_spa` (the firmware's
+        SNP_PAGE_SWAP_OUT seals it) and unmap it; returns its MDATA entry for `swap_in`."""
+        page = gpa & ~(PAGE - 1)
+        mdata = self.firmware.snp_page_swap_out(victim.hv.firmware_handle,
+                                                self.gpa_to_spa(victim, page), dst_spa)
+        self.hypervisor.npt_unmap(victim.hv, page)
+        return mdata
+
+    def swap_in(self, victim: VirtualMachine, gpa: int, src_spa: int, dst_spa: int,
+                mdata: bytes) -> None:
+        """Bring a swapped-out page back from `src_spa` into the free host page `dst_spa`
+        (SNP_PAGE_SWAP_IN) and map it at `gpa` again."""
+        self.firmware.snp_page_swap_in(victim.hv.firmware_handle, src_spa, dst_spa, mdata)
+        self.hypervisor.npt_map(victim.hv, gpa & ~(PAGE - 1), dst_spa)
+
     def rmp_table(self) -> tuple[int, int]:
         """The RMP's DRAM range [RMP_BASE, RMP_END), as the BIOS set the MSRs; a frame's
         entry is at RMP_BASE + abi.rmp.rmp_entry_offset(frame)."""

@@ -13,13 +13,16 @@ checks run first and a refused command (FirmwareError with AMD's status) changes
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum, IntFlag
 from typing import TYPE_CHECKING
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sevsim.abi.cpuid import SevFeatures, parse_cpuid_page
 from sevsim.abi.rmp import PAGE_4K
@@ -162,6 +165,45 @@ class SnpGuestContext:
     next_seqno: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     # unsigned reports by platform TCB state, built and checked once each
     report_templates: dict[tuple[object, ...], bytes] = field(default_factory=dict, repr=False)
+    # pages swapped out and not yet back, by sequence number: a swap-in is good once
+    swapped: set[int] = field(default_factory=set)
+    swap_count: int = 0
+
+
+_MDATA = struct.Struct("<12s16sQ?4sQ15x")
+
+
+@dataclass(frozen=True)
+class MdataEntry:
+    """The metadata of a swapped-out page, 64 bytes the hypervisor keeps for SNP_PAGE_SWAP_IN
+    (sevsim's layout of AMD's MDATA entry): the AES-GCM IV and tag of the page, and the RMP
+    state it had (GPA, validated, VMPL permissions), authenticated with it, and its sequence
+    number."""
+
+    iv: bytes
+    tag: bytes
+    gpa: int
+    validated: bool
+    perms: bytes
+    sequence: int
+
+    SIZE = _MDATA.size
+
+    def aad(self) -> bytes:
+        """What the tag covers besides the page: everything but the IV and the tag."""
+        return struct.pack("<Q?4sQ", self.gpa, self.validated, self.perms, self.sequence)
+
+    def to_bytes(self) -> bytes:
+        """The 64-byte entry."""
+        return _MDATA.pack(self.iv, self.tag, self.gpa, self.validated, self.perms,
+                           self.sequence)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> MdataEntry:
+        """Parse an entry; ValueError for a wrong length."""
+        if len(blob) != _MDATA.size:
+            raise ValueError(f"an MDATA entry is {_MDATA.size} bytes, not {len(blob)}")
+        return cls(*_MDATA.unpack(blob))
 
 
 class SnpFirmware(FirmwareCore):
@@ -504,6 +546,70 @@ class SnpFirmware(FirmwareCore):
         The hypervisor then points its NPT at the new page. Refused with POLICY_FAILURE when
         the guest policy has PAGE_SWAP_DISABLE (bit 25, SNP ABI 1.58)."""
         command = "SNP_PAGE_MOVE"
+        ctx = self._page_mover(gctx, command)
+        src = self._swappable_page(ctx, src_spa, command)
+        dst = self._page_frame(dst_spa, command)
+        self._check_hypervisor_page(dst, command)  # the source is assigned: dst != src
+        plaintext = self._read_page_with_key(ctx.asid, src_spa)
+        self._memory.write_domain(dst_spa, plaintext, ctx.asid)
+        self._memory.rmp.move(src, dst)
+
+    def snp_page_swap_out(self, gctx: int, src_spa: int, dst_spa: int) -> bytes:
+        """SNP_PAGE_SWAP_OUT: a running guest's 4 KiB page at `src_spa` leaves for the
+        hypervisor page at `dst_spa`, encrypted and authenticated (AES-256-GCM under a key
+        derived from the VEK, its RMP state in the tag), and goes back to the hypervisor.
+        Returns the page's MDATA entry, which SNP_PAGE_SWAP_IN needs. Refused with
+        POLICY_FAILURE when the policy has PAGE_SWAP_DISABLE."""
+        command = "SNP_PAGE_SWAP_OUT"
+        ctx = self._page_mover(gctx, command)
+        src = self._swappable_page(ctx, src_spa, command)
+        dst = self._page_frame(dst_spa, command)
+        self._check_hypervisor_page(dst, command)
+        rmp = self._memory.rmp
+        entry = MdataEntry(self._trng.random(12), b"", int(rmp.gpn[src]) * PAGE,
+                           bool(rmp.validated[src]), rmp.perms[src].tobytes(),
+                           ctx.swap_count + 1)
+        sealed = AESGCM(_swap_key(ctx)).encrypt(entry.iv, self._read_page_with_key(
+            ctx.asid, src_spa), entry.aad())
+        self._memory.write(dst_spa, sealed[:PAGE])
+        rmp.reclaim(src)
+        ctx.swap_count += 1
+        ctx.swapped.add(entry.sequence)
+        return replace(entry, tag=sealed[PAGE:]).to_bytes()
+
+    def snp_page_swap_in(self, gctx: int, src_spa: int, dst_spa: int, mdata: bytes) -> None:
+        """SNP_PAGE_SWAP_IN: the swapped-out page at `src_spa` comes back into the hypervisor
+        page at `dst_spa` under the VEK, with the RMP state its MDATA entry authenticates.
+        INVALID_MDATA_ENTRY for an entry this guest has not swapped out or already took back
+        (a replay), or a page or entry that fails the tag."""
+        command = "SNP_PAGE_SWAP_IN"
+        ctx = self._page_mover(gctx, command)
+        src = self._page_frame(src_spa, command)
+        dst = self._page_frame(dst_spa, command)
+        self._check_hypervisor_page(src, command)
+        self._check_hypervisor_page(dst, command)
+        try:
+            entry = MdataEntry.from_bytes(mdata)
+        except ValueError as err:
+            raise FirmwareError(SevStatus.INVALID_MDATA_ENTRY, f"{command}: {err}") from None
+        if entry.sequence not in ctx.swapped:
+            raise FirmwareError(SevStatus.INVALID_MDATA_ENTRY,
+                                f"{command}: no page of this guest is out under sequence "
+                                f"{entry.sequence} (never swapped out, or already back)")
+        try:
+            plaintext = AESGCM(_swap_key(ctx)).decrypt(
+                entry.iv, self._memory.read(src_spa, PAGE) + entry.tag, entry.aad())
+        except InvalidTag:
+            raise FirmwareError(SevStatus.INVALID_MDATA_ENTRY,
+                                f"{command}: the page or its MDATA entry fails the tag") from None
+        self._memory.write_domain(dst_spa, plaintext, ctx.asid)
+        self._memory.rmp.restore(dst, ctx.asid, entry.gpa // PAGE, entry.validated,
+                                 entry.perms)
+        ctx.swapped.discard(entry.sequence)
+
+    def _page_mover(self, gctx: int, command: str) -> SnpGuestContext:
+        """What page moves and swaps share: a running, activated guest whose policy lacks
+        PAGE_SWAP_DISABLE (bit 25, SNP ABI 1.58)."""
         ctx = self._snp_context(gctx, command, SnpGuestState.RUNNING)
         if PolicyFlags.PAGE_SWAP_DISABLE in ctx.policy.flags:
             raise FirmwareError(SevStatus.POLICY_FAILURE,
@@ -511,16 +617,16 @@ class SnpFirmware(FirmwareCore):
                                 "moves and swaps (PAGE_SWAP_DISABLE, bit 25)")
         if not ctx.asid:
             raise FirmwareError(SevStatus.INACTIVE, f"{command}: the guest is not activated")
-        src = self._page_frame(src_spa, command)
-        dst = self._page_frame(dst_spa, command)
-        self._check_guest_page(ctx, src, command, write=True)
-        if self._memory.rmp.page_size[src] != PAGE_4K:
+        return ctx
+
+    def _swappable_page(self, ctx: SnpGuestContext, spa: int, command: str) -> int:
+        """The frame of a 4 KiB page of the guest that is neither a VMSA nor immutable."""
+        frame = self._page_frame(spa, command)
+        self._check_guest_page(ctx, frame, command, write=True)
+        if self._memory.rmp.page_size[frame] != PAGE_4K:
             raise FirmwareError(SevStatus.INVALID_PAGE_STATE,
-                                f"{command}: page 0x{src_spa:x} is part of a 2 MiB entry")
-        self._check_hypervisor_page(dst, command)  # the source is assigned: dst != src
-        plaintext = self._read_page_with_key(ctx.asid, src_spa)
-        self._memory.write_domain(dst_spa, plaintext, ctx.asid)
-        self._memory.rmp.move(src, dst)
+                                f"{command}: page 0x{spa:x} is part of a 2 MiB entry")
+        return frame
 
     def _snp_debuggable(self, gctx: int, command: str) -> SnpGuestContext:
         """The checks both debug commands share: the policy's DEBUG bit, and the VEK in the
@@ -640,3 +746,8 @@ class SnpFirmware(FirmwareCore):
                 raise FirmwareError(SevStatus.INVALID_PARAM,
                                     f"CPUID page claims signature 0x{eax:x}, the chip is "
                                     f"0x{self.chip.signature:x}")
+
+
+def _swap_key(ctx: SnpGuestContext) -> bytes:
+    """The guest's AES-256-GCM key for swapped-out pages, derived from its VEK."""
+    return hmac.new(ctx.vek, b"sevsim page swap key", hashlib.sha256).digest()

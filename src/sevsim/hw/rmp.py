@@ -204,6 +204,14 @@ class Rmp:
         self.changed(np.array([dst]))
         self.reclaim(src)
 
+    def restore(self, frame: int, asid: int, gpn: int, validated: bool, perms: bytes) -> None:
+        """SNP_PAGE_SWAP_IN: a 4 KiB guest page with the RMP state it had when swapped out."""
+        self.assigned[frame], self.asid[frame], self.gpn[frame] = True, asid, gpn
+        self.validated[frame], self.page_size[frame] = validated, PAGE_4K
+        self.vmsa[frame], self.immutable[frame] = False, False
+        self.perms[frame] = np.frombuffer(perms, dtype=np.uint8)
+        self.changed(np.array([frame]))
+
     def reclaim(self, frame: int) -> None:
         """SNP_PAGE_RECLAIM: the frame becomes an ordinary hypervisor page again."""
         self.assigned[frame], self.asid[frame], self.gpn[frame] = False, 0, 0
