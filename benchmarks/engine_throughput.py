@@ -7,7 +7,7 @@ reference is `openssl speed -evp aes-128-ecb` on this machine, run between the e
 repetitions. AES-256-XTS (what an SNP guest's policy can ask for on Genoa and Turin: a 64-byte
 key, each 16-byte block its own XTS data unit) is compared with `openssl speed -evp aes-256-xts`
 the same way. For context: `cryptography`'s AES-128-ECB (OpenSSL too, like the engine's C loop
-in `sevsim.hw._xex`), a plain chunked copy of the same buffer (the memory-traffic floor of any
+in `src/sevsim/hw/_xex.c`), a plain chunked copy of the same buffer (the memory-traffic floor of any
 transform that reads one 256 MiB buffer and writes another), and the engine held to one core
 as `openssl speed` is (it normally shares large runs out between the host's cores).
 

@@ -1,8 +1,8 @@
 """The attacks that need a write-back cache (A15 CacheWarp, A19 RMPocalypse), and the cache
 and RMP-in-DRAM mechanisms they rest on.
 
-Each attack runs at every base mode and every fix setting through `run_attack` and must give
-attacks.md §3's cell; the mechanism tests pin down the cache's contract (held lines, WBINVD,
+Their verdicts at every mode and fix are checked in tests/test_attack_matrix.py; here are the
+attacks' own behaviour and the tests that pin down the cache's contract (held lines, WBINVD,
 INVD, the Secure Processor writing beneath the caches) and the RMP's home in DRAM.
 """
 
@@ -24,7 +24,7 @@ from sevsim.abi.rmp import (
     rmp_table_size,
 )
 from sevsim.attacks.catalog import ATTACKS
-from sevsim.attacks.framework import MODES, Setting, Trace, Verdict
+from sevsim.attacks.framework import Setting, Trace, Verdict
 from sevsim.attacks.lab import Lab
 from sevsim.attacks.runner import run_attack
 from sevsim.errors import ConfigError, RmpViolation
@@ -36,46 +36,7 @@ from sevsim.hw.memory import MemoryController
 from sevsim.hw.rmp import Rmp
 from sevsim.testing import guest_cpu
 
-X, OK, NA = Verdict.BROKEN, Verdict.STOPPED, Verdict.NOT_APPLICABLE
-# attacks.md §3: none, sev, sev-es, snp; every fix setting must stop the attack
-EXPECTED = {"A15": (NA, X, X, X), "A19": (NA, NA, NA, X)}
-FIXES = {
-    "A15": {"snp+invd-fixed-ucode", "snp@genoa"},
-    "A19": {"snp+fixed-firmware"},
-}
-
-
-# -- the attacks ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("attack_id", sorted(EXPECTED))
-@pytest.mark.parametrize("mode", MODES)
-def test_each_base_cell_is_the_catalogs(attack_id: str, mode: str) -> None:
-    outcome = run_attack(ATTACKS[attack_id], Setting(mode))
-    expected = EXPECTED[attack_id][MODES.index(mode)]
-    assert outcome.verdict is expected, (outcome.stopped_by, outcome.trace)
-    if expected is X:
-        assert outcome.evidence == "'access granted'"  # the victim's answer, changed
-        assert not outcome.stopped_by
-    elif expected is NA:
-        assert outcome.stopped_by and not outcome.trace
-
-
-@pytest.mark.parametrize("attack_id", sorted(EXPECTED))
-def test_each_fix_setting_stops_the_attack_and_names_how(attack_id: str) -> None:
-    attack = ATTACKS[attack_id]
-    assert {s.label for s in attack.fixes} == FIXES[attack_id]
-    for setting in attack.fixes:
-        outcome = run_attack(attack, setting)
-        assert outcome.verdict is OK, (setting.label, outcome.evidence, outcome.trace)
-        if attack_id == "A15":  # INVD wrote the lock back: the victim answered honestly
-            assert outcome.evidence == "'access denied'"
-            assert "INVD wrote the dirty line back" in outcome.stopped_by
-        else:  # the table stayed the firmware's: the host's write to it faulted
-            assert outcome.stopped_by.startswith("RmpViolation: RMP violation: host write")
-            assert "belongs to the firmware" in outcome.stopped_by
-
-
+X, OK = Verdict.BROKEN, Verdict.STOPPED
 def test_cachewarp_needs_the_invd_the_fix_removes() -> None:
     """The same attack with INVD made to write back (a fixed platform) gets nothing: the
     verdict comes from the cache, not from the mode."""

@@ -3,13 +3,11 @@ WeSee, A14 Heckler) and the mechanisms they rest on: event injection at VMRUN wi
 Restricted and Alternate Injection, the guest kernel's #VC and int 0x80 handlers and its
 hardening options, page-table attribute bits, the firmware's check of the CPUID page.
 
-Each attack runs at every base mode and every fix setting through `run_attack` and must give
-attacks.md §3's cell.
+The verdicts at every mode and fix are checked in tests/test_attack_matrix.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,8 +23,8 @@ from sevsim.abi.vmsa import (
     SEV_FEATURES_SNP,
 )
 from sevsim.attacks.catalog import ATTACKS
-from sevsim.attacks.framework import MODES, Setting, Trace, Verdict
-from sevsim.attacks.lab import SECRET_BYTES, Lab
+from sevsim.attacks.framework import Setting, Trace, Verdict
+from sevsim.attacks.lab import Lab, planted_secret
 from sevsim.attacks.runner import run_attack
 from sevsim.errors import ConfigError, FirmwareError, GuestFault, VmrunError
 from sevsim.guest.kernel import EINTR, ENOSYS, GuestKernel
@@ -34,75 +32,10 @@ from sevsim.host.machine import Host
 from sevsim.host.vmm import VirtualMachine
 from sevsim.testing import guest_cpu, guest_software
 
-X, OK, NA = Verdict.BROKEN, Verdict.STOPPED, Verdict.NOT_APPLICABLE
-# attacks.md §3: none, sev, sev-es, snp; every fix setting must stop the attack
-EXPECTED = {"A2": (X, X, OK, OK), "A12": (NA, X, X, OK), "A13": (NA, NA, X, X),
-            "A14": (NA, X, X, X)}
-FIXES = {
-    "A2": set(),
-    "A12": set(),
-    "A13": {"snp+vc-insn-check", "snp+restricted-injection", "snp+alternate-injection"},
-    "A14": {"snp+no-ia32-emulation", "snp+restricted-injection", "snp+alternate-injection"},
-}
-# what stops each attack at each level it fails at, and at each fix
-STOPPED_BY = {
-    ("A2", "sev-es"): "VmrunError: vCPU 0: VMRUN refused: the VMSA at SPA",
-    ("A2", "snp"): "RmpViolation: RMP violation: host write to SPA",
-    ("A12", "snp"): "FirmwareError: INVALID_PARAM (0x16): CPUID page claims Fn8000_001F EBX",
-    ("A13", "snp+vc-insn-check"): "GuestFault: vCPU 0: guest kernel terminated the VM: #VC "
-                                  "with exit code 0x81",
-    ("A13", "snp+restricted-injection"): "VmrunError: vCPU 0: VMRUN refused: Restricted "
-                                         "Injection: EVENTINJ holds vector 29",
-    ("A13", "snp+alternate-injection"): "0 of 4 injected #VC reached the GHCB",
-    ("A14", "snp+no-ia32-emulation"): "GuestFault: vCPU 0: int 0x80 with IA32 emulation "
-                                      "disabled",
-    ("A14", "snp+restricted-injection"): "VmrunError: vCPU 0: VMRUN refused: Restricted "
-                                         "Injection: EVENTINJ holds vector 128",
-    ("A14", "snp+alternate-injection"): "the victim still answered 'access denied'",
-}
-
-
-# the victims judged on a secret: the evidence of a broken cell is that secret
-VICTIMS = {"A2": "secret_in_registers", "A12": "secret_page_cbit", "A13": "secret_in_rax"}
-
-
-def _secret(program: str) -> str:
-    """The secret the lab's default seed plants in `program` (the referee's ground truth)."""
-    return hashlib.shake_256(b"sevsim attack lab" + program.encode()).hexdigest(SECRET_BYTES)
+X = Verdict.BROKEN
 
 
 # -- the attacks ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("attack_id", sorted(EXPECTED))
-@pytest.mark.parametrize("mode", MODES)
-def test_each_base_cell_is_the_catalogs(attack_id: str, mode: str) -> None:
-    outcome = run_attack(ATTACKS[attack_id], Setting(mode))
-    expected = EXPECTED[attack_id][MODES.index(mode)]
-    assert outcome.verdict is expected, (outcome.stopped_by, outcome.trace)
-    if expected is X:
-        assert not outcome.stopped_by
-        if attack_id in VICTIMS:
-            assert outcome.evidence == _secret(VICTIMS[attack_id])
-        else:
-            assert outcome.evidence == "'access granted'"  # the victim's answer, changed
-    elif expected is NA:
-        assert outcome.stopped_by and not outcome.trace
-    else:
-        assert outcome.stopped_by.startswith(STOPPED_BY[attack_id, mode]), outcome.stopped_by
-
-
-@pytest.mark.parametrize("attack_id", sorted(EXPECTED))
-def test_each_fix_setting_stops_the_attack_and_names_how(attack_id: str) -> None:
-    attack = ATTACKS[attack_id]
-    assert {s.label for s in attack.fixes} == FIXES[attack_id]
-    for setting in attack.fixes:
-        outcome = run_attack(attack, setting)
-        assert outcome.verdict is OK, (setting.label, outcome.evidence, outcome.trace)
-        assert outcome.stopped_by.startswith(STOPPED_BY[attack_id, setting.label]), (
-            outcome.stopped_by)
-
-
 def test_a2_reads_the_registers_where_the_save_area_is_readable() -> None:
     """Under plain SEV the trace shows the four registers; under SEV-ES the read is refused
     before the attacker turns to the VMSA."""
@@ -115,7 +48,7 @@ def test_a2_reads_the_registers_where_the_save_area_is_readable() -> None:
 def test_wesee_leaks_each_word_through_the_ghcb() -> None:
     outcome = run_attack(ATTACKS["A13"], Setting("sev-es"))
     leaks = [step for step in outcome.trace if "asks for 'hypercall' RAX=" in step]
-    words = bytes.fromhex(_secret("secret_in_rax"))
+    words = planted_secret("secret_in_rax")
     assert [step[-16:] for step in leaks] == [
         f"{int.from_bytes(words[i:i + 8], 'little'):016x}" for i in range(0, 32, 8)]
 
@@ -269,7 +202,7 @@ def test_an_honest_cpuid_maps_the_secret_page_private() -> None:
     victim.vm.run(timeout=30)
     assert "C-bit 51" in victim.vm.console
     spa = lab.hypervisor.gpa_to_spa(victim.vm, victim.symbol("secret"))
-    assert lab.hypervisor.read_spa(spa, 32).hex() != _secret("secret_page_cbit")
+    assert lab.hypervisor.read_spa(spa, 32).hex() != planted_secret("secret_page_cbit").hex()
 
 
 def test_pte_attribute_bits_the_mmu_does_not_ignore_leave_guest_memory(
@@ -324,5 +257,5 @@ def test_a_lie_after_an_snp_launch_meets_the_cpuid_page(mode: str, c_bit: int) -
     victim.vm.run(timeout=30)
     assert f"C-bit {c_bit}," in victim.vm.console
     spa = lab.hypervisor.gpa_to_spa(victim.vm, victim.symbol("secret"))
-    leaked = lab.hypervisor.read_spa(spa, 32).hex() == _secret("secret_page_cbit")
+    leaked = lab.hypervisor.read_spa(spa, 32).hex() == planted_secret("secret_page_cbit").hex()
     assert leaked is (mode == "sev-es")

@@ -24,6 +24,7 @@ from sevsim.abi.bootinfo import (
     launch_image,
     pack_secret,
 )
+from sevsim.abi.curve_a3 import P, raw_ecdh_x
 from sevsim.abi.sev_cert import SEV_CERT_SIZE, Algo, Curve, EcPublicKey, SevCert, Signature, Usage
 from sevsim.abi.sev_session import PacketHeader, Session, TransportKeys, seal_packet
 from sevsim.abi.status import GuestState, PlatformState, SevStatus
@@ -34,7 +35,6 @@ from sevsim.attest.sev_owner import (
     verify_measurement,
 )
 from sevsim.errors import FirmwareError, MeasurementError
-from sevsim.firmware.pki import P384_P, raw_ecdh_x
 from sevsim.firmware.sev import SevFirmware
 from sevsim.hw.chips import PRESETS, ChipPreset
 from sevsim.hw.engine import PAGE, EncryptionEngine
@@ -330,7 +330,7 @@ def godh_at(x: int, y: int) -> bytes:
 def order_two_point() -> tuple[int, int]:
     """(x, 0) lies on y^2 = x^3 - 3x + b' for b' = -(x^3 - 3x): a point of order 2 on a curve
     that shares P-384's a, not on P-384."""
-    return int.from_bytes(os.urandom(48), "big") % P384_P, 0
+    return int.from_bytes(os.urandom(48), "big") % P, 0
 
 
 def test_fixed_firmware_refuses_a_point_off_p384() -> None:

@@ -59,6 +59,7 @@ _VICTIM_MACROS = {"fail-closed-checks": "-DFAIL_CLOSED_CHECKS"}
 _KERNEL_OPTIONS = {"vc-insn-check": KernelOption.VC_INSN_CHECK,
                    "no-ia32-emulation": KernelOption.NO_IA32_EMULATION}
 SECRET_BYTES = 32
+DEFAULT_SEED = b"sevsim attack lab"  # the lab's platform and its victims' secrets derive from it
 _BUILDS = Path(tempfile.gettempdir()) / "sevsim-victims"
 # The platform flaws an attack may need (`Host` keywords) and the feature that fixes each: the
 # lab runs the firmware and microcode the attack was published against unless the setting has
@@ -103,7 +104,7 @@ class Victim:
 class Lab:
     """A host for `setting`, the attacker's handles on it, and the victims' ground truth."""
 
-    def __init__(self, setting: Setting, trace: Trace, seed: bytes = b"sevsim attack lab",
+    def __init__(self, setting: Setting, trace: Trace, seed: bytes = DEFAULT_SEED,
                  flaws: frozenset[str] = frozenset()) -> None:
         """`flaws`: the platform flaws the attack needs (keys of `FIXED_BY`); the host has
         each one unless the setting has the feature that fixes it."""
@@ -142,7 +143,7 @@ class Lab:
         VMSAs (`_SNP_GUEST_FEATURES`). `launch=False` only loads it: the attack's VMM
         launches it (`owner_terms`). `policy` is the guest owner's legacy SEV policy (SEV
         and SEV-ES; ES is added for SEV-ES)."""
-        secret = hashlib.shake_256(self.seed + program.encode()).digest(SECRET_BYTES)
+        secret = planted_secret(program, self.seed)
         words = [int.from_bytes(secret[i:i + 8], "little") for i in range(0, SECRET_BYTES, 8)]
         macros = tuple(_VICTIM_MACROS[f] for f in sorted(self.setting.features)
                        if f in _VICTIM_MACROS)
@@ -230,14 +231,22 @@ class Lab:
                 and self._honest not in reported)
 
 
+def planted_secret(program: str, seed: bytes = DEFAULT_SEED) -> bytes:
+    """The secret a lab with `seed` compiles into the victim `program`: the ground truth an
+    attack's evidence is judged against."""
+    return hashlib.shake_256(seed + program.encode()).digest(SECRET_BYTES)
+
+
 def _build(program: str, cflags: tuple[str, ...]) -> Path:
-    """The victim's ELF, built once per program, flags and sources (gcc is the slow part)."""
+    """The victim's ELF, built once per program, flags and sources (its own, the victims'
+    shared headers and the SDK: gcc is the slow part)."""
     source = VICTIMS / f"{program}.c"
     if not source.exists():
         raise ConfigError(f"no victim program {program!r} in {VICTIMS}")
     sdk = sdk_dir()
     sources = b"".join(path.read_bytes() for path in (
-        source, sdk / "include" / "sevsim.h", sdk / "crt0.S", sdk / "libsev.c", sdk / "guest.ld"))
+        source, *sorted(VICTIMS.glob("*.h")), sdk / "include" / "sevsim.h", sdk / "crt0.S",
+        sdk / "libsev.c", sdk / "guest.ld"))
     tag = hashlib.sha256("\0".join((program, *cflags)).encode() + sources).hexdigest()[:16]
     out = _BUILDS / f"{program}-{tag}.elf"
     if not out.exists():

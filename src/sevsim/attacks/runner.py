@@ -8,7 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from sevsim.attacks.catalog import ATTACKS
 from sevsim.attacks.framework import MODES, Attack, Outcome, Setting, Trace, Verdict
-from sevsim.attacks.lab import Lab
+from sevsim.attacks.lab import DEFAULT_SEED, Lab
 from sevsim.errors import ConfigError, SevsimError
 
 
@@ -20,7 +20,7 @@ def attack_named(name: str) -> Attack:
         raise ConfigError(f"no attack {name!r}; `sevsim attack list` names them") from None
 
 
-def run_attack(attack: Attack, setting: Setting, seed: bytes = b"sevsim attack lab") -> Outcome:
+def run_attack(attack: Attack, setting: Setting, seed: bytes = DEFAULT_SEED) -> Outcome:
     """Run one attack at one setting and judge it against the victim's ground truth."""
     reason = attack.not_applicable(setting)
     if reason is not None:

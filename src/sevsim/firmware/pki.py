@@ -16,6 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sevsim.abi.curve_a3 import raw_ecdh_x
 from sevsim.abi.sev_cert import (
     SEV_CERT_SIZE,
     Algo,
@@ -226,61 +227,3 @@ class PlatformPki(FirmwareCore):
             raise FirmwareError(SevStatus.INVALID_CERTIFICATE,
                                 "the GODH point is not on P-384") from None
         return self._pdh.exchange(ec.ECDH(), public)
-
-
-# -- P-384 affine arithmetic, as the vulnerable firmware did it ------------------------------------
-
-P384_P = 2**384 - 2**128 - 2**96 + 2**32 - 1
-Jacobian = tuple[int, int, int]  # (X, Y, Z) for the affine (X/Z^2, Y/Z^3); Z = 0 at infinity
-_INFINITY: Jacobian = (1, 1, 0)
-
-
-def _double(pt: Jacobian) -> Jacobian:
-    """2P in Jacobian coordinates for a = -3 (any b: the formulas never use it)."""
-    x, y, z = pt
-    if z == 0 or y == 0:
-        return _INFINITY
-    p = P384_P
-    zz = z * z % p
-    m = 3 * (x - zz) * (x + zz) % p
-    yy = y * y % p
-    s = 4 * x * yy % p
-    x3 = (m * m - 2 * s) % p
-    return x3, (m * (s - x3) - 8 * yy * yy) % p, 2 * y * z % p
-
-
-def _add(p1: Jacobian, p2: Jacobian) -> Jacobian:
-    """P1 + P2 in Jacobian coordinates, for the points of any curve with a = -3."""
-    x1, y1, z1 = p1
-    x2, y2, z2 = p2
-    if z1 == 0:
-        return p2
-    if z2 == 0:
-        return p1
-    p = P384_P
-    z1z1, z2z2 = z1 * z1 % p, z2 * z2 % p
-    u1, u2 = x1 * z2z2 % p, x2 * z1z1 % p
-    s1, s2 = y1 * z2 * z2z2 % p, y2 * z1 * z1z1 % p
-    if u1 == u2:
-        return _double(p1) if s1 == s2 else _INFINITY
-    h, r = (u2 - u1) % p, (s2 - s1) % p
-    hh = h * h % p
-    hhh = h * hh % p
-    v = u1 * hh % p
-    x3 = (r * r - hhh - 2 * v) % p
-    return x3, (r * (v - x3) - s1 * hhh) % p, h * z1 * z2 % p
-
-
-def raw_ecdh_x(scalar: int, x: int, y: int) -> bytes:
-    """X of scalar * (x, y) by double-and-add, without any check on the point; the point at
-    infinity gives an all-zero X (what an attacker modelling the firmware also assumes)."""
-    result = _INFINITY
-    addend: Jacobian = (x % P384_P, y % P384_P, 1)
-    while scalar:
-        if scalar & 1:
-            result = _add(result, addend)
-        addend = _double(addend)
-        scalar >>= 1
-    if result[2] == 0:
-        return bytes(48)
-    return (result[0] * pow(result[2], -2, P384_P) % P384_P).to_bytes(48, "big")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sevsim.abi.svm import SEVSIM_HC_HOST_INPUT
 from sevsim.attacks.framework import Attack, Attempt
-from sevsim.attacks.lab import Lab
+from sevsim.attacks.lab import Lab, Victim
 
 GRANTED = b"PIN OK: ACCESS GRANTED"
 LOCKED = b"LOCKED OUT"
@@ -33,26 +33,32 @@ class CiphertextReplay(Attack):
         gpa = victim.symbol("attempts_left")
         spa = lab.hypervisor.gpa_to_spa(victim.vm, gpa)
         lab.trace(f"the counter `attempts_left` (GPA 0x{gpa:x}) is at SPA 0x{spa:x}")
-        snapshot: list[bytes] = []
-        guesses = iter(range(100))
+        return replay_counter(lab, victim, spa, "at its SPA")
 
-        def before_guess(nr: int) -> None:
-            if nr != SEVSIM_HC_HOST_INPUT:
-                return
-            if not snapshot:
-                snapshot.append(lab.hypervisor.read_spa(spa, 16))
-                lab.trace(f"t0: the guest asks for its first guess; saved the counter's block "
-                          f"{snapshot[0].hex()}")
-            else:
-                lab.hypervisor.write_spa(spa, snapshot[0])
-            victim.vm.host_input = str(next(guesses, 0)).encode()
 
-        lab.hypervisor.on_hypercall(victim.vm, before_guess)
-        victim.vm.run(timeout=60)
-        console = victim.vm.console.encode()
-        tries = next(guesses, 100)
-        lab.trace(f"wrote the t0 block back before each of {tries - 1} later guesses")
-        if GRANTED in console:
-            return Attempt(GRANTED, "")
-        return Attempt(console.strip().splitlines()[-1] if console.strip() else b"",
-                       "the counter counted down: the replayed block did not take")
+def replay_counter(lab: Lab, victim: Victim, spa: int, where: str) -> Attempt:
+    """Guess PINs 0, 1, 2, ... on the PIN pad, writing the counter's block as it was at the
+    first guess back to `spa` (`where` says which address that is) before every later one."""
+    snapshot: list[bytes] = []
+    guesses = iter(range(100))
+
+    def before_guess(nr: int) -> None:
+        if nr != SEVSIM_HC_HOST_INPUT:
+            return
+        if not snapshot:
+            snapshot.append(lab.hypervisor.read_spa(spa, 16))
+            lab.trace(f"t0: the guest asks for its first guess; read the counter's block {where}: "
+                      f"{snapshot[0].hex()}")
+        else:
+            lab.hypervisor.write_spa(spa, snapshot[0])
+        victim.vm.host_input = str(next(guesses, 0)).encode()
+
+    lab.hypervisor.on_hypercall(victim.vm, before_guess)
+    victim.vm.run(timeout=60)
+    console = victim.vm.console.encode()
+    lab.trace(f"wrote the t0 block back {where} before each of {next(guesses, 100) - 1} later "
+              "guesses")
+    if GRANTED in console:
+        return Attempt(GRANTED, "")
+    return Attempt(console.strip().splitlines()[-1] if console.strip() else b"",
+                   f"the counter counted down: the block written back {where} did not take")

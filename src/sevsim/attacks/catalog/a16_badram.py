@@ -13,8 +13,7 @@ aliases when the platform runs it (`alias-check`) and refuses to initialise SNP
 
 from __future__ import annotations
 
-from sevsim.abi.svm import SEVSIM_HC_HOST_INPUT
-from sevsim.attacks.catalog.a03_replay import GRANTED, LOCKED
+from sevsim.attacks.catalog.a03_replay import LOCKED, replay_counter
 from sevsim.attacks.framework import Attack, Attempt, Setting
 from sevsim.attacks.lab import Lab
 
@@ -41,24 +40,4 @@ class BadRam(Attack):
         entry = lab.hypervisor.rmp_entry(spa)
         lab.trace(f"`attempts_left` (GPA 0x{gpa:x}) is at SPA 0x{spa:x} (RMP: assigned="
                   f"{entry.assigned}, ASID {entry.asid}); its alias 0x{alias:x} has no RMP entry")
-        snapshot: list[bytes] = []
-        guesses = iter(range(100))
-
-        def before_guess(nr: int) -> None:
-            if nr != SEVSIM_HC_HOST_INPUT:
-                return
-            if not snapshot:
-                snapshot.append(lab.hypervisor.read_spa(alias, 16))
-                lab.trace(f"t0: read the counter's block through the alias: {snapshot[0].hex()}")
-            else:
-                lab.hypervisor.write_spa(alias, snapshot[0])
-            victim.vm.host_input = str(next(guesses, 0)).encode()
-
-        lab.hypervisor.on_hypercall(victim.vm, before_guess)
-        victim.vm.run(timeout=60)
-        console = victim.vm.console.encode()
-        lab.trace("wrote the t0 block back through the alias before every later guess")
-        if GRANTED in console:
-            return Attempt(GRANTED, "")
-        return Attempt(console.strip().splitlines()[-1] if console.strip() else b"",
-                       "the counter counted down: the write through the alias did not take")
+        return replay_counter(lab, victim, alias, "through the alias")

@@ -27,6 +27,7 @@ from functools import cached_property
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sevsim.abi.curve_a3 import Jacobian, P, add_affine, affine, multiply, xs
 from sevsim.abi.sev_cert import (
     Algo,
     CertChain,
@@ -52,13 +53,14 @@ from sevsim.attacks.toolkit import HypervisorAttacker
 from sevsim.attest.sev_owner import GuestOwner as LaunchOwner
 from sevsim.errors import FirmwareError
 
-P = 2**384 - 2**128 - 2**96 + 2**32 - 1  # P-384's field
 ORDER = int("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF"
             "581A0DB248B0A77AECEC196ACCC52973", 16)  # P-384's group order: the key is below
 LIMIT = 1 << 12  # the largest prime power solved offline (a guess per residue)
+# Points tried for an order before taking the group for non-cyclic: in a cyclic group a point
+# falls short of a prime q's full power with odds 1/q, so twelve misses in a row at q = 2 are
+# 1 in 4096; each try costs a multiplication by the 384-bit cofactor.
+TRIES = 12
 MAX_GROUPS = 12  # residue groups of unknown relative sign, tried 2^(n-1) ways at the end
-Jacobian = tuple[int, int, int]
-INFINITY: Jacobian = (1, 1, 0)
 _ECDSA = ec.ECDSA(hashes.SHA256())
 
 # Curves y^2 = x^3 - 3x + b over P-384's field with known orders p + 1 - t, as (b, t). First
@@ -226,95 +228,6 @@ def _curves_table() -> tuple[tuple[int, int], ...]:
 CURVES: tuple[tuple[int, int], ...] = ((P - 2, 0), (2, 2), *_curves_table())
 
 
-# -- arithmetic on any curve with a = -3 ---------------------------------------------------------
-
-
-def double(pt: Jacobian) -> Jacobian:
-    """2P (Jacobian coordinates, a = -3)."""
-    x, y, z = pt
-    if z == 0 or y == 0:
-        return INFINITY
-    zz = z * z % P
-    m = 3 * (x - zz) * (x + zz) % P
-    yy = y * y % P
-    s = 4 * x * yy % P
-    x3 = (m * m - 2 * s) % P
-    return x3, (m * (s - x3) - 8 * yy * yy) % P, 2 * y * z % P
-
-
-def add(p1: Jacobian, p2: Jacobian) -> Jacobian:
-    """P1 + P2 (Jacobian coordinates, a = -3)."""
-    x1, y1, z1 = p1
-    x2, y2, z2 = p2
-    if z1 == 0:
-        return p2
-    if z2 == 0:
-        return p1
-    z1z1, z2z2 = z1 * z1 % P, z2 * z2 % P
-    u1, u2 = x1 * z2z2 % P, x2 * z1z1 % P
-    s1, s2 = y1 * z2 * z2z2 % P, y2 * z1 * z1z1 % P
-    if u1 == u2:
-        return double(p1) if s1 == s2 else INFINITY
-    h, r = (u2 - u1) % P, (s2 - s1) % P
-    hh = h * h % P
-    hhh = h * hh % P
-    v = u1 * hh % P
-    x3 = (r * r - hhh - 2 * v) % P
-    return x3, (r * (v - x3) - s1 * hhh) % P, h * z1 * z2 % P
-
-
-def add_affine(p1: Jacobian, x2: int, y2: int) -> Jacobian:
-    """P1 + (x2, y2), the second point affine (mixed addition: fewer multiplications)."""
-    x1, y1, z1 = p1
-    if z1 == 0:
-        return x2, y2, 1
-    z1z1 = z1 * z1 % P
-    u2, s2 = x2 * z1z1 % P, y2 * z1 * z1z1 % P
-    if x1 == u2:
-        return double(p1) if y1 == s2 else INFINITY
-    h, r = (u2 - x1) % P, (s2 - y1) % P
-    hh = h * h % P
-    hhh = h * hh % P
-    v = x1 * hh % P
-    x3 = (r * r - hhh - 2 * v) % P
-    return x3, (r * (v - x3) - y1 * hhh) % P, h * z1 % P
-
-
-def multiply(k: int, pt: Jacobian) -> Jacobian:
-    """The multiple k * pt, by double-and-add."""
-    result = INFINITY
-    while k:
-        if k & 1:
-            result = add(result, pt)
-        pt = double(pt)
-        k >>= 1
-    return result
-
-
-def xs(points: list[Jacobian]) -> list[bytes]:
-    """The affine X of each point as the firmware derives keys from it (48 bytes, zero at
-    infinity), with one inversion for all of them (Montgomery's trick)."""
-    prefix, acc = [], 1
-    for _, _, z in points:
-        prefix.append(acc)
-        acc = acc * (z or 1) % P
-    inverse = pow(acc, -1, P)
-    out = [b""] * len(points)
-    for i in range(len(points) - 1, -1, -1):
-        x, _, z = points[i]
-        zinv = inverse * prefix[i] % P
-        inverse = inverse * (z or 1) % P
-        out[i] = bytes(48) if z == 0 else (x * zinv * zinv % P).to_bytes(48, "big")
-    return out
-
-
-def affine(pt: Jacobian) -> tuple[int, int]:
-    """(x, y) of a finite point."""
-    x, y, z = pt
-    zinv = pow(z, -1, P)
-    return x * zinv * zinv % P, y * zinv * zinv * zinv % P
-
-
 def factor_small(n: int) -> dict[int, int]:
     """The primes below LIMIT dividing n, as {prime: exponent}, the exponent kept while the
     prime power stays below LIMIT (the offline guesses for a residue are that many)."""
@@ -345,23 +258,48 @@ class InvalidCurve:
         """The prime powers below LIMIT dividing the order, each a residue to learn."""
         return factor_small(self.points)
 
+    @cached_property
+    def smooth(self) -> int:
+        """The part of the order made of primes below LIMIT, whole: every order asked of
+        `point_of_order` divides it."""
+        part = 1
+        for q in factor_small(self.points):
+            while self.points % (part * q) == 0:
+                part *= q
+        return part
+
+    @cached_property
+    def _lifted(self) -> dict[int, Jacobian | None]:
+        return {}
+
+    def lifted(self, i: int) -> Jacobian | None:
+        """(order / smooth) times the curve's point at pseudo-random x number i, None where
+        that x is not on the curve (small x give special points on the node curves, roots of
+        unity among them). Kept: the long multiplication is paid once per point, and a point
+        of any order m dividing `smooth` is then a short one away."""
+        if i not in self._lifted:
+            x = int.from_bytes(hashlib.sha384(i.to_bytes(4, "big")).digest(), "big") % P
+            rhs = (x * x * x - 3 * x + self.b) % P
+            on_curve = rhs != 0 and pow(rhs, (P - 1) // 2, P) == 1
+            self._lifted[i] = (multiply(self.points // self.smooth,
+                                        (x, pow(rhs, (P + 1) // 4, P), 1)) if on_curve else None)
+        return self._lifted[i]
+
     def point_of_order(self, m: int) -> Jacobian | None:
-        """A point of order exactly m (a divisor of the order): the cofactor times points at
-        pseudo-random x (small x give special points on the node curves, roots of unity among
-        them). None when a few dozen points all fall short: the group is not cyclic there
+        """A point of order exactly m (a divisor of `smooth`): the cofactor times points at
+        pseudo-random x. None when TRIES points all fall short: the group is not cyclic there
         (Z/q^a x Z/q^b, possible for q dividing p - 1) and no point has that order."""
         primes = list(factor_small(m))  # m is made of primes below LIMIT
         found = 0
         for i in range(1 << 16):
-            x = int.from_bytes(hashlib.sha384(i.to_bytes(4, "big")).digest(), "big") % P
-            rhs = (x * x * x - 3 * x + self.b) % P
-            if rhs == 0 or pow(rhs, (P - 1) // 2, P) != 1:
+            lifted = self.lifted(i)
+            if lifted is None:
                 continue
-            candidate = multiply(self.points // m, (x, pow(rhs, (P + 1) // 4, P), 1))
+            candidate = multiply(self.smooth // m, lifted)
             if all(multiply(m // q, candidate)[2] for q in primes):
                 return candidate
             found += 1
-            if found == 40:
+            if found == TRIES:
                 break
         return None
 

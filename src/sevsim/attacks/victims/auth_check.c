@@ -2,7 +2,7 @@
  * `check_password`, alone on its page (as OpenSSH's mm_answer_authpassword is found by its
  * page). The password is derived from the secret, the client's guess is wrong: honestly the
  * victim always answers "access denied". */
-#include <sevsim.h>
+#include "secret.h"
 
 volatile uint64_t key[4];
 static const char guess[] = "guess";
@@ -17,10 +17,7 @@ __attribute__((noinline, aligned(4096))) int check_password(const char *given)
 
 __attribute__((noinline, aligned(4096))) int main(void)
 {
-    key[0] = SECRET_0;
-    key[1] = SECRET_1;
-    key[2] = SECRET_2;
-    key[3] = SECRET_3;
+    plant_secret(key);
     if (check_password(guess))
         sev_printf("access granted\n");
     else

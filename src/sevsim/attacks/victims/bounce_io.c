@@ -2,7 +2,7 @@
  * SWIOTLB does for a virtio disk). "W" writes the private block buffer out (private -> bounce
  * copy), "R" reads the bounce page in (bounce -> private). A 32-byte secret sits on another
  * private page. */
-#include <sevsim.h>
+#include "secret.h"
 
 volatile uint64_t secret[SEV_PAGE_SIZE / 8] SEV_PAGE_ALIGNED;
 volatile char block[SEV_PAGE_SIZE] SEV_PAGE_ALIGNED = "block 0 of /var/log/public.log\n";
@@ -12,10 +12,7 @@ volatile char bounce[SEV_PAGE_SIZE] SEV_PAGE_ALIGNED;
 
 int main(void)
 {
-    secret[0] = SECRET_0;
-    secret[1] = SECRET_1;
-    secret[2] = SECRET_2;
-    secret[3] = SECRET_3;
+    plant_secret(secret);
     if (sev_set_shared((void *)bounce, 1) != 0)
         return 1;
     char request;

@@ -2,17 +2,14 @@
  * requests, the guest locks its debug interface (`locked`, alone on its page, is 0 in the
  * launched image), then serves a request only if the interface is unlocked. Honestly it
  * always answers "access denied"; the secret is used so the program is the lab's victim. */
-#include <sevsim.h>
+#include "secret.h"
 
 volatile uint64_t locked SEV_PAGE_ALIGNED;
 volatile uint64_t key[4];
 
 int main(void)
 {
-    key[0] = SECRET_0;
-    key[1] = SECRET_1;
-    key[2] = SECRET_2;
-    key[3] = SECRET_3;
+    plant_secret(key);
     locked = 1;
     if (locked)
         sev_printf("access denied\n");

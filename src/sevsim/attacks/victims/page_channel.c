@@ -1,7 +1,7 @@
 /* A7 victim: secret-dependent memory accesses at page granularity (a table lookup, a branch
  * between two code paths): for each bit of its 32-byte secret it counts the bit on page
  * `zeros` or page `ones`, after a bookkeeping store on page `tick`. */
-#include <sevsim.h>
+#include "secret.h"
 
 volatile uint64_t secret[SEV_PAGE_SIZE / 8] SEV_PAGE_ALIGNED;
 volatile uint64_t tick[SEV_PAGE_SIZE / 8] SEV_PAGE_ALIGNED;
@@ -10,10 +10,7 @@ volatile uint64_t ones[SEV_PAGE_SIZE / 8] SEV_PAGE_ALIGNED;
 
 int main(void)
 {
-    secret[0] = SECRET_0;
-    secret[1] = SECRET_1;
-    secret[2] = SECRET_2;
-    secret[3] = SECRET_3;
+    plant_secret(secret);
     for (unsigned i = 0; i < 256; i++) {
         tick[0] = i;
         if ((secret[i / 64] >> (i % 64)) & 1)

@@ -2,7 +2,7 @@
  * static document, public) and keeps a 32-byte secret on another private page. The answer
  * is copied by the program's own code (as a web server copies a file into its socket buffer)
  * into an output buffer that the kernel hands out through its shared bounce page. */
-#include <sevsim.h>
+#include "secret.h"
 
 volatile uint64_t secret[SEV_PAGE_SIZE / 8] SEV_PAGE_ALIGNED;
 volatile char response[SEV_PAGE_SIZE] SEV_PAGE_ALIGNED =
@@ -13,10 +13,7 @@ volatile char response[SEV_PAGE_SIZE] SEV_PAGE_ALIGNED =
 
 int main(void)
 {
-    secret[0] = SECRET_0;
-    secret[1] = SECRET_1;
-    secret[2] = SECRET_2;
-    secret[3] = SECRET_3;
+    plant_secret(secret);
     char request[REQUEST];
     char answer[ANSWER];
     unsigned served = 0;

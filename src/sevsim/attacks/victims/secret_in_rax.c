@@ -2,7 +2,7 @@
  * empty function alone on its page (where a real program would call a library function); the
  * call is followed by a 3-byte NOP, alignment padding a compiler may emit. The words never sit
  * in host-readable memory: the host sees only which code page the vCPU fetches from. */
-#include <sevsim.h>
+#include "secret.h"
 
 volatile uint64_t key[4];
 
@@ -13,10 +13,7 @@ __attribute__((noinline, aligned(4096))) void checkpoint(void)
 
 __attribute__((noinline, aligned(4096))) int main(void)
 {
-    key[0] = SECRET_0;
-    key[1] = SECRET_1;
-    key[2] = SECRET_2;
-    key[3] = SECRET_3;
+    plant_secret(key);
     uint64_t sum = 0;
     for (unsigned i = 0; i < 4; i++) {
         uint64_t w = key[i];

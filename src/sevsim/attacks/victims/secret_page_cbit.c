@@ -1,7 +1,7 @@
 /* What early boot firmware did before the SNP CPUID page: learn the C-bit position from CPUID
  * Fn8000_001F EBX[5:0] (an instruction the hypervisor answers), build the page-table entry of
  * its private page with that bit as the encryption mask, and put its secret there. */
-#include <sevsim.h>
+#include "secret.h"
 
 volatile uint64_t secret[4] SEV_PAGE_ALIGNED;
 
@@ -14,10 +14,7 @@ int main(void)
         sev_printf("cannot map the secret page\n");
         return 1;
     }
-    secret[0] = SECRET_0;
-    secret[1] = SECRET_1;
-    secret[2] = SECRET_2;
-    secret[3] = SECRET_3;
+    plant_secret(secret);
     uint64_t h = 0xcbf29ce484222325ULL;
     for (unsigned i = 0; i < 4; i++)
         h = (h ^ secret[i]) * 0x100000001b3ULL;

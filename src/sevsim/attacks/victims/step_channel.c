@@ -2,7 +2,7 @@
  * paths of the secret-dependent branch run on the same code page and touch the same data
  * pages (`start` before, `result` after), so a page-fault trace looks the same for every
  * bit; only the number of instructions between the two stores differs. */
-#include <sevsim.h>
+#include "secret.h"
 
 volatile uint64_t secret[SEV_PAGE_SIZE / 8] SEV_PAGE_ALIGNED;
 volatile uint64_t start[SEV_PAGE_SIZE / 8] SEV_PAGE_ALIGNED;
@@ -10,10 +10,7 @@ volatile uint64_t result[SEV_PAGE_SIZE / 8] SEV_PAGE_ALIGNED;
 
 int main(void)
 {
-    secret[0] = SECRET_0;
-    secret[1] = SECRET_1;
-    secret[2] = SECRET_2;
-    secret[3] = SECRET_3;
+    plant_secret(secret);
     uint64_t acc = 1;
     for (unsigned i = 0; i < 256; i++) {
         start[0] = i;

@@ -3,7 +3,7 @@
  * Each points window page 0 of its own address space at a page of its own: the service at
  * its key vault, the tenant at its scratch page. The service stores its 32-byte key through
  * its window; the tenant reports what its scratch page holds (zeros, if isolation holds). */
-#include <sevsim.h>
+#include "secret.h"
 
 #define WINDOW ((volatile uint64_t *)SEV_WINDOW_BASE)
 
@@ -32,10 +32,7 @@ int main(void)
         return 2;
     while (!tenant_ready)
         sev_pause();
-    WINDOW[0] = SECRET_0; /* the service stores its key in its vault, through its window */
-    WINDOW[1] = SECRET_1;
-    WINDOW[2] = SECRET_2;
-    WINDOW[3] = SECRET_3;
+    plant_secret(WINDOW); /* the service stores its key in its vault, through its window */
     key_stored = 1;
     while (!tenant_done)
         sev_pause();
