@@ -286,8 +286,8 @@ def scratch() -> Path:
 def verify_bundle(bundle: CertBundle) -> CertBundle:
     """Verify the real Milan report and the chain alone: failures are results, and only
     raise_for_failure may raise (SnpVerificationError)."""
-    verify_certificate_chain(bundle, "Milan", at=VERIFY_AT)
-    verify_report_chain(MILAN_REPORT, bundle, at=VERIFY_AT).raise_for_failure()
+    verify_certificate_chain(bundle, "Milan", now=VERIFY_AT)
+    verify_report_chain(MILAN_REPORT, bundle, now=VERIFY_AT).raise_for_failure()
     return bundle
 
 

@@ -31,7 +31,7 @@ from sevsim.attest.snp_verify import (
     verify_certificate_chain,
     verify_report_chain,
 )
-from sevsim.errors import KdsFetchError, SnpFormatError, SnpVerificationError
+from sevsim.errors import ConfigError, KdsFetchError, SnpFormatError, SnpVerificationError
 from sevsim.firmware.amd_root import simulated_root
 from sevsim.firmware.kds import KeyDistribution, make_server
 from sevsim.firmware.snp_pki import (
@@ -96,6 +96,120 @@ def test_the_real_turin_vcek_chains_to_amds_turin_root() -> None:
     assert not verify_certificate_chain(bundle, "milan").ok  # wrong product's ARK
     assert not verify_certificate_chain(bundle, "turin", trust="sevsim").ok
 
+
+# -- old evidence: checking as of a given time --------------------------------------------
+
+AWS = VECTORS / "milan-v3-vlek"  # a real AWS report; its VLEK expired 2025-12-10T22:14:21Z
+VLEK_WINDOW = "valid from 2024-12-10T22:14:21Z to 2025-12-10T22:14:21Z"
+
+
+def _utc(*fields: int) -> datetime.datetime:
+    return datetime.datetime(*fields, tzinfo=datetime.UTC)
+
+
+def test_the_real_aws_vlek_report_verifies_as_of_a_time_its_vlek_was_valid() -> None:
+    blob, bundle = (AWS / "report.bin").read_bytes(), CertBundle.load(AWS)
+    then = verify_report_chain(blob, bundle, now=_utc(2025, 6, 1))
+    assert then.ok, then.failures
+    assert then.check("signing key").detail == "VLEK"
+    assert then.check("chip id").detail == "zero (VLEK of CN=cc-us-east-2.amazonaws.com)"
+    # today the VLEK has expired: the failure names it, its window and the time used
+    today = verify_report_chain(blob, bundle)
+    assert failed(today) == {"VLEK"}
+    detail = today.check("VLEK").detail
+    assert detail.startswith("VLEK of CN=cc-us-east-2.amazonaws.com has expired: " + VLEK_WINDOW)
+    assert "checked at 20" in detail
+    early = verify_report_chain(blob, bundle, now=_utc(2024, 12, 10, 22, 14, 20))
+    assert early.check("VLEK").detail == (
+        f"VLEK of CN=cc-us-east-2.amazonaws.com is not yet valid: {VLEK_WINDOW}, checked at "
+        "2024-12-10T22:14:20Z")
+    # the window's ends are inclusive; any zone names the same instant
+    assert verify_report_chain(blob, bundle, now=_utc(2025, 12, 10, 22, 14, 21)).ok
+    paris = datetime.timezone(datetime.timedelta(hours=1))
+    assert verify_report_chain(blob, bundle, now=datetime.datetime(
+        2025, 12, 10, 23, 14, 21, tzinfo=paris)).ok
+    assert not verify_report_chain(blob, bundle, now=datetime.datetime(
+        2025, 12, 10, 23, 14, 22, tzinfo=paris)).ok
+    # the signature still has to hold whatever the time
+    flipped = bytearray(blob)
+    flipped[OFFSETS["measurement"][0]] ^= 1
+    assert failed(verify_report_chain(bytes(flipped), bundle, now=_utc(2025, 6, 1))) == {
+        "signature"}
+    with pytest.raises(ConfigError, match="no time zone"):
+        verify_report_chain(blob, bundle, now=datetime.datetime(2025, 6, 1))
+
+
+def test_cli_verify_at_checks_old_evidence_as_of_then() -> None:
+    report = AWS / "report.bin"
+    ran = sevsim("verify", report, "--certs", AWS, "--at", "2025-06-01T00:00:00Z")
+    assert ran.returncode == 0, ran.stderr
+    assert "verified: report v3 to AMD Milan ARK" in ran.stdout
+    ran = sevsim("verify", report, "--certs", AWS)
+    assert ran.returncode == 1
+    assert f"VLEK: VLEK of CN=cc-us-east-2.amazonaws.com has expired: {VLEK_WINDOW}" in ran.stderr
+    ran = sevsim("verify", report, "--certs", AWS, "--at", "2024-06-01")  # no zone: UTC
+    assert ran.returncode == 1
+    assert f"is not yet valid: {VLEK_WINDOW}, checked at 2024-06-01T00:00:00Z" in ran.stderr
+    ran = sevsim("verify", report, "--certs", AWS, "--at", "2025-12-10T23:14:21+01:00")
+    assert ran.returncode == 0, ran.stderr
+    for bad in ("yesterday", "2025-13-01", "2025-06-01T25:00", "", "0001-01-01T00:00:00+01:00"):
+        ran = sevsim("verify", report, "--certs", AWS, "--at", bad)
+        assert ran.returncode == 2, (bad, ran.stderr)
+        assert "is not an ISO 8601 time" in ran.stderr, bad
+
+
+def _reissued(cert: x509.Certificate, issuer_key: rsa.RSAPrivateKey,
+              not_after: datetime.datetime) -> x509.Certificate:
+    """The same certificate (subject, key, extensions) with another end of validity."""
+    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
+               .serial_number(cert.serial_number).public_key(cert.public_key())
+               .not_valid_before(cert.not_valid_before_utc).not_valid_after(not_after))
+    for extension in cert.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    return builder.sign(issuer_key, hashes.SHA384(), rsa_padding=AMD_PSS)
+
+
+def test_every_certificate_is_checked_at_the_time_given(milan: Evidence) -> None:
+    bundle = CertBundle.from_cert_table(milan.table)
+    ask, ark = snp_ca_chain("Milan")
+    window = (f"valid from {ark.not_valid_before_utc:%Y-%m-%dT%H:%M:%S}Z to "
+              f"{ark.not_valid_after_utc:%Y-%m-%dT%H:%M:%S}Z")
+    before = ark.not_valid_before_utc - datetime.timedelta(seconds=1)
+    result = verify_report_chain(milan.report, bundle, trust="sevsim", now=before)
+    assert failed(result) == {"ARK"}
+    assert result.check("ARK").detail == (
+        f"ARK-Milan is not yet valid: {window}, checked at {before:%Y-%m-%dT%H:%M:%S}Z")
+    after = ark.not_valid_after_utc + datetime.timedelta(seconds=1)
+    assert verify_report_chain(milan.report, bundle, trust="sevsim", now=after).check(
+        "ARK").detail.startswith(f"ARK-Milan has expired: {window}")
+    # an ASK that ends before the ARK: in date until its own end, named after it
+    end = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+    short = replace(bundle, ask=_reissued(ask, simulated_root("milan").ark_key, end)
+                    .public_bytes(DER))
+    assert verify_report_chain(milan.report, short, trust="sevsim", now=end).ok
+    late = verify_report_chain(milan.report, short, trust="sevsim",
+                               now=end + datetime.timedelta(seconds=1))
+    assert failed(late) == {"ASK"}
+    assert late.check("ASK").detail == (
+        f"SEV-Milan has expired: valid from {ask.not_valid_before_utc:%Y-%m-%dT%H:%M:%S}Z to "
+        "2030-01-01T00:00:00Z, checked at 2030-01-01T00:00:01Z")
+    # the chain alone takes the same time
+    chain = replace(short, leaf=None)
+    assert verify_certificate_chain(chain, "milan", trust="sevsim", now=end).ok
+    assert failed(verify_certificate_chain(chain, "milan", trust="sevsim",
+                                           now=end + datetime.timedelta(seconds=1))) == {"ASK"}
+
+
+def test_a_cached_chain_is_served_only_inside_its_window(milan: Evidence) -> None:
+    bundle = CertBundle.from_cert_table(milan.table)
+    cache = ChainCache()
+    assert verify_report_chain(milan.report, bundle, trust="sevsim", cache=cache).ok
+    early = ISSUED - datetime.timedelta(seconds=1)  # before the chain was issued
+    result = verify_report_chain(milan.report, bundle, trust="sevsim", cache=cache, now=early)
+    assert not result.ok and cache.hits == 0
+    assert "is not yet valid" in result.failures[0].detail
+    assert verify_report_chain(milan.report, bundle, trust="sevsim", cache=cache, now=ISSUED).ok
+    assert cache.hits == 1
 
 @pytest.fixture(scope="module")
 def milan_a() -> tuple[bytes, CertBundle]:
@@ -339,9 +453,9 @@ def test_vlek_signed_reports(build: Callable[..., Path], tmp_path: Path) -> None
     assert ran.returncode == 0, ran.stderr
     # ...and only within the VLEK's validity: from issue, for a VCEK's 7 years
     end = ISSUED.replace(year=ISSUED.year + LEAF_YEARS)
-    assert verify_report_chain(vm.outputs[0], bundle, trust="sevsim", at=end).ok
+    assert verify_report_chain(vm.outputs[0], bundle, trust="sevsim", now=end).ok
     late = verify_report_chain(vm.outputs[0], bundle, trust="sevsim",
-                               at=end + datetime.timedelta(seconds=1))
+                               now=end + datetime.timedelta(seconds=1))
     assert failed(late) == {"VLEK"} and "expired" in late.check("VLEK").detail
     # the VCEK's ASK did not sign the VLEK
     ask = snp_ca_chain("Genoa")[0].public_bytes(DER)
@@ -368,16 +482,17 @@ def test_chain_cache_skips_the_chain_but_not_the_report(milan: Evidence) -> None
     assert not verify_report_chain(milan.report, bundle, trust="amd", cache=cache).ok
     # an expired chain is not served from the cache
     late = datetime.datetime(2070, 1, 1, tzinfo=datetime.UTC)
-    assert not verify_report_chain(milan.report, bundle, trust="sevsim", cache=cache, at=late).ok
+    assert not verify_report_chain(milan.report, bundle, trust="sevsim", cache=cache, now=late).ok
 
 
 # -- CRL ----------------------------------------------------------------------------------
 
 
 def _crl(product: str, revoked: list[int], key: rsa.RSAPrivateKey | None = None,
-         pss: bool = True, days: int = 7) -> bytes:
+         pss: bool = True, days: int = 7, now: datetime.datetime | None = None) -> bytes:
+    """A CRL issued a day before `now` (the clock's by default), next due `days` after it."""
     ark = snp_ca_chain(product)[1]
-    now = datetime.datetime.now(datetime.UTC)
+    now = now or datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateRevocationListBuilder().issuer_name(ark.subject)
                .last_update(now - datetime.timedelta(days=1))
                .next_update(now + datetime.timedelta(days=days)))
@@ -410,6 +525,33 @@ def test_crl_checks(milan: Evidence) -> None:
     ark = snp_ca_chain("Milan")[1]
     assert check_crl(_crl("Milan", [5]), ark, {"VCEK": 5}, datetime.datetime.now(
         datetime.UTC)) == (False, "revokes the VCEK (serial 0x5)")
+
+
+def test_the_crl_is_checked_at_the_time_given_each_time(milan: Evidence) -> None:
+    bundle = CertBundle.from_cert_table(milan.table)
+    then = datetime.datetime(2026, 3, 1, tzinfo=datetime.UTC)
+    crl = _crl("Milan", [], now=then)  # thisUpdate 2026-02-28, nextUpdate 2026-03-08
+    assert verify_report_chain(milan.report, bundle, trust="sevsim", crl=crl, now=then).ok
+    window = ("thisUpdate 2026-02-28T00:00:00Z, nextUpdate 2026-03-08T00:00:00Z, checked at "
+              "{}")
+    for now, state in ((datetime.datetime(2026, 2, 27, tzinfo=datetime.UTC), "is not yet valid"),
+                       (datetime.datetime(2026, 3, 9, tzinfo=datetime.UTC), "is stale")):
+        result = verify_report_chain(milan.report, bundle, trust="sevsim", crl=crl, now=now)
+        assert failed(result) == {"CRL"}
+        assert result.check("CRL").detail == (
+            f"{state} ({window.format(f'{now:%Y-%m-%dT%H:%M:%S}Z')})")
+    # a cached chain does not carry its CRL verdict over: another CRL or time is checked anew
+    cache = ChainCache()
+    assert verify_report_chain(milan.report, bundle, trust="sevsim", crl=crl, now=then,
+                               cache=cache).ok
+    revoking = _crl("Milan", [snp_ca_chain("Milan")[0].serial_number], now=then)
+    result = verify_report_chain(milan.report, bundle, trust="sevsim", crl=revoking, now=then,
+                                 cache=cache)
+    assert cache.hits == 1 and failed(result) == {"CRL"}
+    assert "revokes the ASK" in result.check("CRL").detail
+    stale = verify_report_chain(milan.report, bundle, trust="sevsim", crl=crl,
+                                now=then + datetime.timedelta(days=30), cache=cache)
+    assert cache.hits == 2 and "is stale" in stale.check("CRL").detail
 
 
 # -- KDS ----------------------------------------------------------------------------------

@@ -6,8 +6,12 @@ AMD's KDS bundles) by default, or sevsim's simulated ones (`roots/sevsim/snp/`) 
 caller asks for `trust="sevsim"`; a chain is never tried against the other set. The ARK is
 pinned by name and public key, not by bytes, so any correctly signed copy of it is accepted.
 
+Every certificate and the CRL must be valid at one time: the clock's, or the `now` the caller
+gives to check old evidence as of when it was produced (go-sev-guest's Options.Now).
+
 Every check is recorded by name whether it passes or fails, so a CLI can name each failing
-one; nothing here raises on bad input except `VerificationResult.raise_for_failure`.
+one; nothing here raises on bad input except `VerificationResult.raise_for_failure` (and a
+ConfigError for a bad argument: an unknown product, a `now` without a time zone).
 A `ChainCache` remembers chains that verified, so a relying party checking many reports from
 the same machines pays for the RSA-4096 chain once and then one ECDSA verification a report.
 """
@@ -256,14 +260,18 @@ class VerificationResult:
 class _VerifiedChain:
     leaf: SnpCertificate
     key: ec.EllipticCurvePublicKey
+    ark: x509.Certificate
+    ask: x509.Certificate
     checks: tuple[Check, ...]
+    not_before: datetime.datetime  # the window in which every certificate of the chain is valid
     not_after: datetime.datetime
 
 
 @dataclass
 class ChainCache:
     """Chains that verified, by (trust, product, ARK, ASK, leaf bytes). A hit skips the RSA
-    work (the chain cannot have changed: the key is its bytes) but not the validity period."""
+    work (the chain cannot have changed: the key is its bytes) but not the validity period:
+    the time checked must lie in every certificate's. A CRL check is never cached."""
 
     entries: dict[tuple[str, str, bytes, bytes, bytes], _VerifiedChain] = field(
         default_factory=dict)
@@ -283,13 +291,28 @@ class _Recorder:
         return passed
 
 
-def _validity(cert_from: datetime.datetime, cert_to: datetime.datetime,
-              at: datetime.datetime) -> str | None:
-    if at < cert_from:
-        return f"not valid before {cert_from:%Y-%m-%d %H:%M:%S}Z"
-    if at > cert_to:
-        return f"expired {cert_to:%Y-%m-%d %H:%M:%S}Z"
-    return None
+def _utc(when: datetime.datetime) -> str:
+    return f"{when.astimezone(datetime.UTC):%Y-%m-%dT%H:%M:%S}Z"
+
+
+def _validity(cert: str, not_before: datetime.datetime, not_after: datetime.datetime,
+              now: datetime.datetime) -> str | None:
+    """Why `cert` is not valid at `now`, naming its window and the time used; None if it is."""
+    if not_before <= now <= not_after:
+        return None
+    state = "is not yet valid" if now < not_before else "has expired"
+    return (f"{cert} {state}: valid from {_utc(not_before)} to {_utc(not_after)}, checked at "
+            f"{_utc(now)}")
+
+
+def _checking_time(now: datetime.datetime | None) -> datetime.datetime:
+    """The time every validity check uses: `now` (timezone-aware), or the clock's."""
+    if now is None:
+        return datetime.datetime.now(datetime.UTC)
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ConfigError(f"now={now.isoformat()} has no time zone; give an aware datetime "
+                          "(e.g. tzinfo=datetime.UTC)")
+    return now
 
 
 def _snp_time(text: str) -> datetime.datetime:
@@ -338,7 +361,7 @@ def _infer_generation(report: AttestationReport, product: str | Generation | Non
 
 
 def _verify_ca(rec: _Recorder, roots: SnpRoots, vlek: bool, bundle: CertBundle,
-               at: datetime.datetime) -> tuple[x509.Certificate, x509.Certificate] | None:
+               now: datetime.datetime) -> tuple[x509.Certificate, x509.Certificate] | None:
     """ARK pinned to the trust store; ASK/ASVK signed by it (RSA-PSS), a CA, in date."""
     product = roots.generation.value
     ark = roots.ark
@@ -359,7 +382,8 @@ def _verify_ca(rec: _Recorder, roots: SnpRoots, vlek: bool, bundle: CertBundle,
     except _CERT_ERRORS as error:
         rec.add("ARK", False, f"self-signature does not verify {str(error) or ''}".strip())
         return None
-    problem = _validity(ark.not_valid_before_utc, ark.not_valid_after_utc, at)
+    problem = _validity(common_name_x509(ark), ark.not_valid_before_utc,
+                        ark.not_valid_after_utc, now)
     if problem:
         rec.add("ARK", False, problem)
         return None
@@ -389,7 +413,7 @@ def _verify_ca(rec: _Recorder, roots: SnpRoots, vlek: bool, bundle: CertBundle,
     if common_name_x509(ask) != expected_cn:
         rec.add(role, False, f"CN {common_name_x509(ask)!r}, expected {expected_cn!r}")
         return None
-    problem = _validity(ask.not_valid_before_utc, ask.not_valid_after_utc, at)
+    problem = _validity(expected_cn, ask.not_valid_before_utc, ask.not_valid_after_utc, now)
     if problem:
         rec.add(role, False, problem)
         return None
@@ -424,7 +448,7 @@ def common_name_x509(cert: x509.Certificate) -> str:
 
 
 def _verify_leaf(rec: _Recorder, leaf: SnpCertificate, ask: x509.Certificate,
-                 generation: Generation, vlek: bool, at: datetime.datetime) -> bool:
+                 generation: Generation, vlek: bool, now: datetime.datetime) -> bool:
     role = "VLEK" if vlek else "VCEK"
     if leaf.is_vlek != vlek:
         return rec.add(role, False, f"the report is signed with the {role} but the "
@@ -442,8 +466,9 @@ def _verify_leaf(rec: _Recorder, leaf: SnpCertificate, ask: x509.Certificate,
     if leaf.amd.product_name.split("-")[0] != generation.value:
         return rec.add(role, False, f"productName {leaf.amd.product_name!r} is not "
                        f"{generation.value}")
-    problem = _validity(_snp_time(leaf.tbs.not_before.text), _snp_time(leaf.tbs.not_after.text),
-                        at)
+    name = f"{role} of {leaf.amd.csp_id}" if leaf.is_vlek else f"{role} ({leaf.amd.product_name})"
+    problem = _validity(name, _snp_time(leaf.tbs.not_before.text),
+                        _snp_time(leaf.tbs.not_after.text), now)
     if problem:
         return rec.add(role, False, problem)
     return rec.add(role, True, f"{leaf.amd.product_name}, signed by {common_name_x509(ask)}")
@@ -485,8 +510,9 @@ def _check_report_against_leaf(rec: _Recorder, report: AttestationReport,
 
 
 def check_crl(crl_der: bytes, ark: x509.Certificate, serials: dict[str, int],
-              at: datetime.datetime) -> tuple[bool, str]:
-    """A CRL signed by the ARK with RSASSA-PSS, in date, revoking none of `serials`."""
+              now: datetime.datetime) -> tuple[bool, str]:
+    """A CRL signed by the ARK with RSASSA-PSS, in date at `now` (thisUpdate to nextUpdate),
+    revoking none of `serials`."""
     try:
         crl = (x509.load_pem_x509_crl(crl_der) if crl_der.lstrip().startswith(b"-----")
                else x509.load_der_x509_crl(crl_der))
@@ -501,8 +527,13 @@ def check_crl(crl_der: bytes, ark: x509.Certificate, serials: dict[str, int],
     if crl.issuer != ark.subject or not isinstance(key, rsa.RSAPublicKey) \
             or not crl.is_signature_valid(key):
         return False, "is not signed by the ARK"
-    if crl.next_update_utc is not None and crl.next_update_utc < at:
-        return False, f"is stale (nextUpdate {crl.next_update_utc:%Y-%m-%d})"
+    window = (f"thisUpdate {_utc(crl.last_update_utc)}, nextUpdate "
+              f"{_utc(crl.next_update_utc) if crl.next_update_utc else 'none'}, checked at "
+              f"{_utc(now)}")
+    if now < crl.last_update_utc:
+        return False, f"is not yet valid ({window})"
+    if crl.next_update_utc is not None and crl.next_update_utc < now:
+        return False, f"is stale ({window})"
     for name, serial in serials.items():
         if crl.get_revoked_certificate_by_serial_number(serial) is not None:
             return False, f"revokes the {name} (serial 0x{serial:x})"
@@ -518,16 +549,18 @@ def verify_report_chain(
     kds: KdsClient | None = None,
     crl: bytes | None = None,
     check_revocation: bool = False,
-    at: datetime.datetime | None = None,
+    now: datetime.datetime | None = None,
     cache: ChainCache | None = None,
 ) -> VerificationResult:
     """Check everything an SNP report's signature rests on; see the module docstring.
 
     `certs` missing a leaf fetches the VCEK from `kds` (by CHIP_ID and REPORTED_TCB); missing
     an ASK takes the shipped one. `check_revocation` (or a `crl`) adds the CRL check, the CRL
-    fetched from `kds` when not given. `at` is the time certificates must be valid at (now)."""
+    fetched from `kds` when not given. `now` (timezone-aware; default the clock) is the time
+    every certificate and the CRL must be valid at, as go-sev-guest's Options.Now: evidence
+    checked as of when it was produced (ConfigError for a naive datetime)."""
     rec = _Recorder()
-    when = at or datetime.datetime.now(datetime.UTC)
+    when = _checking_time(now)
     certs = certs or CertBundle()
 
     def done(report: AttestationReport | None = None, generation: Generation | None = None,
@@ -598,10 +631,11 @@ def verify_report_chain(
 
     key_id = (trust, generation.value, certs.ark or b"", certs.ask or b"", leaf_der)
     cached = cache.entries.get(key_id) if cache is not None else None
-    if cached is not None and cache is not None and when <= cached.not_after:
+    if cached is not None and cache is not None and (
+            cached.not_before <= when <= cached.not_after):
         cache.hits += 1
         rec.checks.extend(cached.checks)
-        leaf, public_key = cached.leaf, cached.key
+        leaf, public_key, ark, ask = cached.leaf, cached.key, cached.ark, cached.ask
     else:
         chain = _verify_ca(rec, roots, vlek, certs, when)
         if chain is None:
@@ -613,20 +647,21 @@ def verify_report_chain(
         if not _verify_leaf(rec, leaf, ask, generation, vlek, when):
             return done(report, generation, leaf)
         public_key = leaf.tbs.public_key()
-        if check_revocation or crl is not None:
-            _crl_check(rec, crl, kds, generation, vlek, ark,
-                       {"ASVK" if vlek else "ASK": ask.serial_number, role: leaf.tbs.serial},
-                       when)
-            if not rec.checks[-1].passed:
-                return done(report, generation, leaf)
         if cache is not None:
-            not_after = min(ark.not_valid_after_utc, ask.not_valid_after_utc,
-                            _snp_time(leaf.tbs.not_after.text))
             cache.parsed[leaf_der] = leaf
+            checks = tuple(c for c in rec.checks
+                           if c.name not in ("report", "signing key", "product"))
             cache.entries[key_id] = _VerifiedChain(
-                leaf, public_key, tuple(c for c in rec.checks
-                                        if c.name not in ("report", "signing key", "product")),
-                not_after)
+                leaf, public_key, ark, ask, checks,
+                max(ark.not_valid_before_utc, ask.not_valid_before_utc,
+                    _snp_time(leaf.tbs.not_before.text)),
+                min(ark.not_valid_after_utc, ask.not_valid_after_utc,
+                    _snp_time(leaf.tbs.not_after.text)))
+    if check_revocation or crl is not None:  # each time: the CRL and `now` may differ
+        _crl_check(rec, crl, kds, generation, vlek, ark,
+                   {"ASVK" if vlek else "ASK": ask.serial_number, role: leaf.tbs.serial}, when)
+        if not rec.checks[-1].passed:
+            return done(report, generation, leaf)
     try:
         public_key.verify(report.signature_der(), bytes(report_bytes[:SIGNED_SIZE]),
                           ec.ECDSA(hashes.SHA384()))
@@ -639,7 +674,7 @@ def verify_report_chain(
 
 def _crl_check(rec: _Recorder, crl: bytes | None, kds: KdsClient | None,
                generation: Generation, vlek: bool, ark: x509.Certificate,
-               serials: dict[str, int], at: datetime.datetime) -> None:
+               serials: dict[str, int], now: datetime.datetime) -> None:
     if crl is None:
         if kds is None:
             rec.add("CRL", False, "revocation check asked for, but no CRL and no KDS given")
@@ -649,18 +684,19 @@ def _crl_check(rec: _Recorder, crl: bytes | None, kds: KdsClient | None,
         except KdsFetchError as error:
             rec.add("CRL", False, f"{type(error).__name__}: {error}")
             return
-    passed, detail = check_crl(crl, ark, serials, at)
+    passed, detail = check_crl(crl, ark, serials, now)
     rec.add("CRL", passed, detail)
 
 
 def verify_certificate_chain(certs: CertBundle, product: str | Generation, *,
                              trust: Trust = "amd", vlek: bool = False,
-                             at: datetime.datetime | None = None) -> VerificationResult:
+                             now: datetime.datetime | None = None) -> VerificationResult:
     """The chain alone (ARK, ASK or ASVK, and the leaf if given), without a report: for a
-    certificate fetched or cached before any report arrives."""
+    certificate fetched or cached before any report arrives; `now` as for
+    `verify_report_chain`."""
     rec = _Recorder()
     generation = product_generation(product)
-    when = at or datetime.datetime.now(datetime.UTC)
+    when = _checking_time(now)
     leaf = None
     chain = _verify_ca(rec, trusted_roots(trust, generation), vlek, certs, when)
     if chain is not None and certs.leaf is not None:
@@ -673,13 +709,14 @@ def verify_certificate_chain(certs: CertBundle, product: str | Generation, *,
     return VerificationResult(tuple(rec.checks), trust, None, generation, leaf)
 
 
-def verifier(certs: CertBundle, *, trust: Trust = "amd", product: str | None = None
-             ) -> Callable[[bytes], VerificationResult]:
-    """A function verifying many reports against one bundle with a shared chain cache."""
+def verifier(certs: CertBundle, *, trust: Trust = "amd", product: str | None = None,
+             now: datetime.datetime | None = None) -> Callable[[bytes], VerificationResult]:
+    """A function verifying many reports against one bundle with a shared chain cache, at
+    `now` if given (else at each call's clock time)."""
     chain_cache = ChainCache()
 
     def verify(report_bytes: bytes) -> VerificationResult:
         return verify_report_chain(report_bytes, certs, trust=trust, product=product,
-                                   cache=chain_cache)
+                                   cache=chain_cache, now=now)
 
     return verify

@@ -7,6 +7,7 @@ one named on stderr); 125 on input that cannot be read at all.
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 from typing import Annotated, cast
@@ -80,6 +81,10 @@ def verify(
         "--crl", help="Check the CRL (from --crl-file, or fetched from --kds).")] = False,
     crl_file: Annotated[Path | None, typer.Option(
         help="A CRL (DER or PEM) to check against; implies --crl.")] = None,
+    at: Annotated[str | None, typer.Option(
+        help="Check every certificate and the CRL as of this time, ISO 8601 (e.g. "
+             "2025-06-01T00:00:00Z; no zone means UTC), not now: old evidence as of when it "
+             "was produced.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")
                        ] = False,
 ) -> None:
@@ -98,6 +103,7 @@ def verify(
         raise typer.BadParameter(f"--trust must be one of {', '.join(TRUSTS)}")
     if certs is None and kds is None:
         raise typer.BadParameter("give --certs DIR|FILE, --kds URL, or both")
+    now = None if at is None else _instant(at)
     command = "sevsim verify"
     blob = load_report(read_input(report, command, MAX_REPORT_FILE, "a report"))
     crl_bytes = (read_input(crl_file, command, MAX_CERT_FILE, "a CRL")
@@ -119,7 +125,7 @@ def verify(
                   highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
     result = verify_report_chain(blob, bundle, trust=cast(Trust, trust), product=product,
-                                 kds=client, crl=crl_bytes, check_revocation=crl)
+                                 kds=client, crl=crl_bytes, check_revocation=crl, now=now)
     if as_json:
         print(json.dumps({"ok": result.ok, "trust": result.trust,
                           "product": result.generation.value if result.generation else None,
@@ -138,3 +144,14 @@ def verify(
                   f"to {'AMD' if trust == 'amd' else 'sevsim simulated'} "
                   f"{result.generation.value if result.generation else ''} ARK",
                   highlight=False)
+
+
+def _instant(text: str) -> datetime.datetime:
+    """`--at`: an ISO 8601 date or time; without a zone, UTC (the certificates' own zone)."""
+    try:
+        when = datetime.datetime.fromisoformat(text)
+        return (when.replace(tzinfo=datetime.UTC) if when.tzinfo is None
+                else when.astimezone(datetime.UTC))
+    except (ValueError, OverflowError):
+        raise typer.BadParameter(f"--at {text!r} is not an ISO 8601 time in years 1-9999, "
+                                 "e.g. 2025-06-01T00:00:00Z") from None
