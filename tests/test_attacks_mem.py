@@ -114,7 +114,7 @@ def _launched(host: Host, elf: Path, mode: str = "snp", **launch: int) -> Virtua
 
 
 def test_ciphertext_hiding_returns_ff_to_host_reads_of_snp_memory_only(secret_elf) -> None:
-    host = Host("genoa", "128M", seed=b"cth", ciphertext_hiding=True)
+    host = Host("genoa", "128M", seed=b"cth", platform="smt,ecc,alias-check,ciphertext-hiding")
     snp, sev_es = _launched(host, secret_elf), _launched(host, secret_elf, "sev-es")
     for vm in (snp, sev_es):
         vm.run(timeout=30)
@@ -135,7 +135,7 @@ def test_ciphertext_hiding_returns_ff_to_host_reads_of_snp_memory_only(secret_el
 
 def test_ciphertext_hiding_is_off_by_default_and_only_on_parts_that_have_it() -> None:
     with pytest.raises(ConfigError, match="Milan has no ciphertext hiding"):
-        Host("milan", "64M", ciphertext_hiding=True)
+        Host("milan", "64M", platform="ciphertext-hiding")
     genoa = Host("genoa", "64M")
     assert SnpStatusFlags.CIPHERTEXT_HIDING_EN not in genoa.firmware.snp_platform_status().flags
     milan = Host("milan", "64M")
@@ -204,16 +204,16 @@ def test_an_aliased_module_answers_at_two_spas_and_the_rmp_sees_only_one() -> No
 
 
 def test_the_alias_check_refuses_snp_init_on_aliased_modules_only() -> None:
-    checked = Host("milan", "64M", alias_check=True)
+    checked = Host("milan", "64M")  # the preset's firmware has the fix
     PhysicalAttacker(checked).spd_alias()
     with pytest.raises(FirmwareError) as refused:
         checked.create_vm("snp", "16M")
     assert refused.value.status is SevStatus.INVALID_CONFIG
     assert not checked.firmware.snp_initialized
-    unchecked = Host("milan", "64M")
+    unchecked = Host("milan", "64M", platform="smt,tsme,ecc")
     PhysicalAttacker(unchecked).spd_alias()
     unchecked.create_vm("snp", "16M")  # the platform without the fix comes up
-    clean = Host("milan", "64M", alias_check=True)
+    clean = Host("milan", "64M")
     clean.create_vm("snp", "16M")
     assert clean.firmware.snp_initialized
     assert memory_controller(clean).read(0, 16) == bytes(16)  # the probe left no trace
@@ -243,14 +243,14 @@ def test_on_hypercall_sees_each_request_before_the_vmm_answers(tmp_path) -> None
     assert seen == [SEVSIM_HC_HOST_INPUT] * 3
 
 
-@pytest.mark.parametrize(("options", "expected"), [
-    ({}, PlatformInfo.SMT_EN),
-    ({"ciphertext_hiding": True, "alias_check": True},
+@pytest.mark.parametrize(("platform", "expected"), [
+    ("smt", PlatformInfo.SMT_EN),
+    ("smt,ciphertext-hiding,alias-check",
      PlatformInfo.SMT_EN | PlatformInfo.CIPHERTEXT_HIDING_EN | PlatformInfo.ALIAS_CHECK_COMPLETE),
 ])
 def test_reports_tell_the_verifier_about_hiding_and_the_alias_check(
-        build: Callable[..., Path], options: dict[str, bool], expected: PlatformInfo) -> None:
-    host = Host("genoa", "64M", **options)
+        build: Callable[..., Path], platform: str, expected: PlatformInfo) -> None:
+    host = Host("genoa", "64M", platform=platform)
     vm = _launched(host, build("report"))
     vm.host_input = bytes(64)
     vm.run(timeout=30)
@@ -261,7 +261,7 @@ def test_reports_tell_the_verifier_about_hiding_and_the_alias_check(
 def test_a_policy_requiring_ciphertext_hiding_launches_only_where_it_is_on(
         secret_elf: Path) -> None:
     policy = int(SnpPolicy(PolicyFlags.SMT | PolicyFlags.CIPHERTEXT_HIDING).to_int())
-    hidden = Host("genoa", "64M", ciphertext_hiding=True)
+    hidden = Host("genoa", "64M", platform="smt,ecc,alias-check,ciphertext-hiding")
     _launched(hidden, secret_elf, policy=policy)
     with pytest.raises(FirmwareError, match="has not enabled"):
         _launched(Host("genoa", "64M"), secret_elf, policy=policy)

@@ -213,10 +213,10 @@ SNP_COMMANDS = {
 # (public certificates; a VLEK wrapped for this chip, as KDS hands it out); and the host's
 # own computations.
 PLATFORM_FACTS = {
-    "chip", "tcb", "current_tcb", "committed_tcb", "generation", "smt_enabled", "sockets",
+    "chip", "tcb", "current_tcb", "committed_tcb", "generation", "platform", "sockets",
     "externally_owned", "snp_initialized", "vlek_loaded", "vulnerable_cve_2019_9836",
     "chip_id", "amd_certs", "vcek_certificate", "vcek_public_key", "certificate_table",
-    "seal_hashstick", "measurement_mac", "install_firmware", "alias_check",
+    "seal_hashstick", "measurement_mac", "install_firmware",
     "vulnerable_sp_code_exec",
 }
 # A firmware flaw's path (attack F2): only firmware built with the flaw answers it; the

@@ -48,9 +48,9 @@ def independent_digest(pages: list[tuple[int, int, bytes | None]]) -> bytes:
     return digest
 
 
-def snp_host(chip: str = "milan") -> tuple[Host, int]:
+def snp_host(chip: str = "milan", platform: str | None = None) -> tuple[Host, int]:
     """A host with SNP initialised and one fresh guest context; returns its GCTX address."""
-    host = Host(chip=chip, memory="64M")
+    host = Host(chip=chip, memory="64M", platform=platform)
     host.firmware.snp_init()
     gctx = int(host.hypervisor.allocate_host_pages(1)[0]) * PAGE
     host.firmware.snp_gctx_create(gctx)
@@ -161,7 +161,7 @@ def test_launch_start_refuses_policies_the_platform_cannot_honour(
 
 
 def test_platform_facts_the_policy_checks() -> None:
-    host, gctx = snp_host("genoa")
+    host, gctx = snp_host("genoa", platform="ecc,rapl-disabled")
     fw = host.firmware
     fw.sockets = 2
     with pytest.raises(FirmwareError, match="single socket"):
@@ -169,9 +169,10 @@ def test_platform_facts_the_policy_checks() -> None:
     with pytest.raises(FirmwareError, match="migration agent") as err:
         fw.snp_launch_start(gctx, POLICY, migration_agent=gctx)
     assert err.value.status is SevStatus.POLICY_FAILURE
-    fw.smt_enabled = False
-    fw.snp_launch_start(gctx, 0x20000 | 1 << 22 | 1 << 19)  # no SMT needed, XTS on Genoa, debug
-    assert fw.snp_guest_status(gctx).policy == 0x20000 | 1 << 22 | 1 << 19
+    # SMT off and RAPL disabled: a policy without SMT, with RAPL_DIS (and XTS, debug) fits
+    policy = 0x20000 | 1 << 23 | 1 << 22 | 1 << 19
+    fw.snp_launch_start(gctx, policy)
+    assert fw.snp_guest_status(gctx).policy == policy
 
 
 def test_snp_commands_check_platform_guest_and_page_state() -> None:

@@ -50,9 +50,12 @@ def test_secret_invisible_to_host_under_sev_visible_without(chip: str, build) ->
             "SPA read": host.hypervisor.read_spa(host.hypervisor.gpa_to_spa(vm.hv, page), PAGE),
             "DRAM dump": host.dram_dump(),
         }
+        # TSME (Milan's default platform) keeps even a plain VM's cells encrypted in the
+        # modules, transparently to every read through the CPU
+        tsme = host.firmware.platform.tsme
         for name, view in views.items():
             found = blocks_found(view, SECRET)
-            if mode == "sev":
+            if mode == "sev" or (tsme and name == "DRAM dump"):
                 assert found == 0, f"{chip}: {found} secret blocks leaked through {name}"
             else:
                 assert found == len(SECRET) // 16, f"{chip}: plain VM secret missing in {name}"

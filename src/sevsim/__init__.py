@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from sevsim.host.machine import Host
     from sevsim.host.migration import Record as MigrationRecord
     from sevsim.host.migration import migrate
+    from sevsim.hw.chips import PlatformOptions
     from sevsim.hw.quantum import Quantum
 
 # public name -> (module, name there)
@@ -30,11 +31,12 @@ _LAZY = {
     "kernel_identity": ("sevsim.guest.kernel", "kernel_identity"),
     "migrate": ("sevsim.host.migration", "migrate"),
     "parse_elf": ("sevsim.host.elf", "parse_elf"),
+    "PlatformOptions": ("sevsim.hw.chips", "PlatformOptions"),
     "Quantum": ("sevsim.hw.quantum", "Quantum"),
 }
 
-__all__ = ["Host", "MigrationRecord", "Quantum", "SevsimError", "debug_read", "debug_write",
-           "kernel_identity", "migrate", "parse_elf"]
+__all__ = ["Host", "MigrationRecord", "PlatformOptions", "Quantum", "SevsimError", "debug_read",
+           "debug_write", "kernel_identity", "migrate", "parse_elf"]
 __version__ = "0.1.0"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -43,6 +43,7 @@ from sevsim.guest.build import build_guest, sdk_dir
 from sevsim.host.elf import parse_elf
 from sevsim.host.machine import Host
 from sevsim.host.vmm import DEFAULT_SNP_POLICY, VirtualMachine
+from sevsim.hw.chips import PlatformOptions, chip_preset
 
 VICTIMS = Path(__file__).resolve().parent / "victims"
 # How a feature reaches the machine: Host keywords (platform options KVM and the boot
@@ -70,6 +71,15 @@ FIXED_BY = {
     "vulnerable_cachewarp": "invd-fixed-ucode",
     "vulnerable_sp_code_exec": "fixed-firmware",  # F2: Buhren et al.'s AMD-SP code execution
 }
+
+
+def _lab_platform(setting: Setting) -> PlatformOptions:
+    """The platform the published attacks ran on: the chip's, without TSME (a cold boot of a
+    plain VM reads plaintext) and without the BadRAM alias check or ciphertext hiding unless
+    the setting turns them on as fixes."""
+    return replace(chip_preset(setting.chip).platform, tsme=False,
+                   ciphertext_hiding=setting.has("ciphertext-hiding"),
+                   alias_check=setting.has("alias-check"))
 
 
 @dataclass(frozen=True)
@@ -122,8 +132,7 @@ class Lab:
                           vulnerable_cachewarp="vulnerable_cachewarp" in present,
                           vulnerable_rmpocalypse="vulnerable_rmpocalypse" in present,
                           vulnerable_sp_code_exec="vulnerable_sp_code_exec" in present,
-                          ciphertext_hiding=setting.has("ciphertext-hiding"),
-                          alias_check=setting.has("alias-check"))
+                          platform=_lab_platform(setting))
         self.hypervisor = HypervisorAttacker(self._host.hypervisor)
         self.physical = PhysicalAttacker(self._host)
         self.target: Victim | None = None  # the first victim: what the attack is judged on

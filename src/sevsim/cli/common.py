@@ -39,7 +39,12 @@ if TYPE_CHECKING:
     import typer
     from rich.console import Console
 
+    from sevsim.hw.chips import PlatformOptions
+
 EXIT_TIMEOUT = 124  # as timeout(1)
+PLATFORM_HELP = ("The platform's settings, comma-separated, exactly these on: smt, tsme, ecc, "
+                 "rapl-disabled, ciphertext-hiding (Genoa and later), alias-check (or none). "
+                 "Default: the chip preset's (`sevsim chips`).")
 EXIT_ERROR = 125  # sevsim itself failed: bad input, firmware refusal, guest fault
 
 
@@ -121,6 +126,21 @@ def hex_int(text: str, what: str, bits: int) -> int:
     except ValueError:
         raise typer.BadParameter(f"{what} {text!r} is not hex (e.g. 0x3)") from None
     return check_range(value, what, 0, (1 << bits) - 1)
+
+
+def platform_option(text: str | None) -> PlatformOptions | None:
+    """`--platform`: the options named (None: the chip's defaults); an unknown name is a usage
+    error (exit 2). Whether the chip has them is the Host's to say (ConfigError, 125)."""
+    import typer
+
+    from sevsim.hw.chips import PlatformOptions
+
+    if text is None:
+        return None
+    try:
+        return PlatformOptions.parse(text)
+    except ConfigError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 def check_range(value: int, what: str, low: int, high: int) -> int:

@@ -20,11 +20,13 @@ from sevsim.cli.common import (
     MAX_ID_AUTH,
     MAX_ID_BLOCK,
     MAX_SECRET,
+    PLATFORM_HELP,
     check_seconds,
     err,
     fail,
     hex_bytes,
     hex_int,
+    platform_option,
     read_input,
     write_cert_table,
 )
@@ -96,6 +98,7 @@ def run(
     min_sev_asid: Annotated[int | None, typer.Option(
         help="The BIOS's SEV-ES ASID Space Limit: SEV-ES/SNP guests get ASIDs below it, SEV "
              "guests from it (CPUID 8000_001F EDX; default: the chip preset's).")] = None,
+    platform: Annotated[str | None, typer.Option(help=PLATFORM_HELP)] = None,
     report_data: Annotated[str | None, typer.Option(
         help="SNP: up to 64 bytes, hex, offered to the guest as host input "
              "(sev_host_input(); examples/report.c puts them in REPORT_DATA).")] = None,
@@ -135,9 +138,11 @@ def run(
         raise typer.BadParameter("--host-data, --id-block and --id-auth need --mode snp")
     block = read_input(id_block, command, MAX_ID_BLOCK, "an ID block") if id_block else None
     auth = read_input(id_auth, command, MAX_ID_AUTH, "an ID_AUTH_INFO") if id_auth else None
+    options = platform_option(platform)
     try:
         host = Host(chip=chip, memory=parse_size(memory) + (64 << 20),
-                    seed=None if seed is None else seed.encode(), min_sev_asid=min_sev_asid)
+                    seed=None if seed is None else seed.encode(), min_sev_asid=min_sev_asid,
+                    platform=options)
         vm = host.create_vm(mode=mode, memory=memory, vcpus=vcpus)
         err.print(f"sevsim: mode={vm.mode} chip={host.chip.name} asid={vm.asid}"
                   f"{'' if vm.hv.mode.encrypted else ' (unencrypted)'} memory={memory} "
@@ -221,15 +226,16 @@ def _owner(vm: VirtualMachine, image: bytes, secret: bytes, policy: int | None) 
 
 @app.command()
 def chips() -> None:
-    """The chip presets: CPUID signature, Fn8000_001F, ASIDs, modes, tweak."""
+    """The chip presets: CPUID signature, Fn8000_001F, ASIDs, modes, tweak, platform."""
     table = Table("chip", "signature", "C-bit", "max ASID", "min SEV ASID", "modes", "tweak",
-                  "API")
+                  "API", "platform (default)")
     for preset in PRESETS.values():
         table.add_row(preset.name, f"0x{preset.signature:08X}", str(preset.c_bit),
                       str(preset.max_asid), str(preset.min_sev_asid),
                       ", ".join(m.value for m in preset.modes if m is not GuestMode.NONE),
-                      preset.tweak.value, f"{preset.api_major}.{preset.api_minor}")
-    Console(width=max(120, Console().width)).print(table)
+                      preset.tweak.value, f"{preset.api_major}.{preset.api_minor}",
+                      str(preset.platform))
+    Console(width=max(140, Console().width)).print(table)
 
 
 def main() -> None:

@@ -14,6 +14,8 @@ from typing import Annotated
 
 import typer
 
+from sevsim.cli.common import PLATFORM_HELP
+
 COMMAND = "sevsim report"
 
 
@@ -53,6 +55,7 @@ def report(
     ] = None,
     vlek: Annotated[str | None, typer.Option(
         help="Sign with a VLEK for this cloud provider name instead of the VCEK.")] = None,
+    platform: Annotated[str | None, typer.Option(help=PLATFORM_HELP)] = None,
     memory: Annotated[str, typer.Option(help="Guest RAM (no effect on MEASUREMENT).")
                       ] = "64M",
 ) -> None:
@@ -68,12 +71,14 @@ def report(
         fail,
         hex_bytes,
         hex_int,
+        platform_option,
         read_input,
         write_cert_table,
     )
     from sevsim.errors import SevsimError
     from sevsim.host.machine import Host, parse_size
 
+    options = platform_option(platform)
     data = hex_bytes(report_data, "report data", at_most=64).ljust(64, b"\0")
     launch_host_data = hex_bytes(host_data, "host data", size=32) if host_data else bytes(32)
     if (kernel is None) and (initrd is not None or append is not None):
@@ -88,7 +93,7 @@ def report(
                                                    "an ID_AUTH_INFO")
     try:
         host = Host(chip=chip, memory=parse_size(memory) + (64 << 20),
-                    seed=None if seed is None else seed.encode())
+                    seed=None if seed is None else seed.encode(), platform=options)
         if vlek is not None:
             fw = host.firmware
             fw.snp_vlek_load(fw.seal_hashstick(vlek, fw.tcb))

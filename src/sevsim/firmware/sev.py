@@ -35,9 +35,10 @@ from sevsim.firmware.es import EsLaunch
 from sevsim.firmware.snp_guest import SnpGuestRequests
 from sevsim.firmware.transport import GuestTransport
 from sevsim.hw.engine import BLOCK
+from sevsim.hw.trng import Trng
 
 if TYPE_CHECKING:
-    from sevsim.hw.chips import ChipPreset
+    from sevsim.hw.chips import ChipPreset, PlatformOptions
     from sevsim.hw.memory import MemoryController
 
 __all__ = ["GuestStatus", "LaunchMeasurement", "PlatformStatus", "SevFirmware",
@@ -60,18 +61,22 @@ class SevFirmware(SnpGuestRequests, EsLaunch, GuestTransport, FirmwareCore):
 
     def __init__(self, chip: ChipPreset, memory: MemoryController, *, seed: bytes | None = None,
                  vulnerable_cve_2019_9836: bool = False,
-                 vulnerable_rmpocalypse: bool = False, alias_check: bool = False,
+                 vulnerable_rmpocalypse: bool = False, platform: PlatformOptions | None = None,
                  vulnerable_sp_code_exec: bool = False) -> None:
         """`vulnerable_rmpocalypse`: firmware from before the RMPocalypse fix (AMD-SB-3020),
         whose SNP_INIT writes the RMP without flushing the cores' caches first.
-        `alias_check`: boot firmware with the DRAM alias check (AMD-SB-3015), which SNP_INIT
-        then runs. `vulnerable_sp_code_exec`: firmware from before the fixes of Buhren et al.
-        (CCS 2019), whose command parsing lets the host run code on the Secure Processor
-        (`sp_exploit`); on SNP parts such firmware is older, so it runs (and reports) a TCB
-        with a lower SNP firmware SVN than the fixed firmware's."""
+        `platform`: how the BIOS set the machine up (the chip preset's by default), which
+        PLATFORM_INFO reports; with TSME the Secure Processor draws the TSME key at boot, and
+        with the alias check (AMD-SB-3015) SNP_INIT runs it. `vulnerable_sp_code_exec`:
+        firmware from before the fixes of Buhren et al. (CCS 2019), whose command parsing
+        lets the host run code on the Secure Processor (`sp_exploit`); on SNP parts such
+        firmware is older, so it runs (and reports) a TCB with a lower SNP firmware SVN than
+        the fixed firmware's."""
         super().__init__(chip, memory, seed=seed, vulnerable_cve_2019_9836=vulnerable_cve_2019_9836)
         self._rmp_init_flushes = not vulnerable_rmpocalypse
-        self._alias_check = alias_check
+        self._platform = chip.platform_options(platform)
+        if self._platform.tsme:
+            memory.enable_tsme(Trng(seed, b"tsme " + chip.name.encode()).random(16))
         self.vulnerable_sp_code_exec = vulnerable_sp_code_exec
         if vulnerable_sp_code_exec and self.current_tcb.snp:
             old = replace(self.current_tcb, snp=self.current_tcb.snp - 1)

@@ -43,7 +43,7 @@ from sevsim.hw.cpu import vmsa_seals
 from sevsim.hw.engine import PAGE
 
 if TYPE_CHECKING:
-    from sevsim.hw.chips import ChipPreset
+    from sevsim.hw.chips import ChipPreset, PlatformOptions
     from sevsim.hw.memory import MemoryController
 
 SECRETS_VERSION = 2  # the layout of spec-formats.md §7.3
@@ -223,8 +223,7 @@ class SnpFirmware(FirmwareCore):
         self._snp_state = SnpPlatformState.UNINIT
         self._rmp_initialized = False  # SNP_INIT sets up the RMP once; only a reset clears it
         self._snp_guests: dict[int, SnpGuestContext] = {}
-        self.smt_enabled = True  # the platform's configuration, as a guest policy sees it
-        self._alias_check = False  # boot firmware with the DRAM alias check (AMD-SB-3015)
+        self._platform = chip.platform  # BIOS and boot firmware settings (firmware/sev.py)
         self.sockets = 1
 
     # -- platform ---------------------------------------------------------------------------
@@ -236,9 +235,10 @@ class SnpFirmware(FirmwareCore):
 
         `ciphertext_hiding_asids` is SNP_INIT_EX's CIPHERTEXT_HIDING_EN with MAX_SNP_ASID:
         host reads of memory the RMP assigns to SNP ASIDs 1..N return 0xFF (Genoa and later;
-        INVALID_PARAM on chips without it or for N outside the SEV-ES/SNP ASIDs). With
-        `alias_check` on (the AMD-SB-3015 fix) SNP_INIT first probes the DRAM map for
-        aliases and refuses with INVALID_CONFIG if a module maps two SPAs onto one cell."""
+        INVALID_PARAM on chips without it or for N outside the SEV-ES/SNP ASIDs). On a
+        platform with the alias check (the AMD-SB-3015 fix) SNP_INIT first probes the DRAM
+        map for aliases and refuses with INVALID_CONFIG if a module maps two SPAs onto one
+        cell."""
         if SevFeatures.SEV_SNP not in self.chip.features:
             raise FirmwareError(SevStatus.UNSUPPORTED, f"{self.chip.product} has no SEV-SNP")
         if self._snp_state is not SnpPlatformState.UNINIT:
@@ -247,7 +247,7 @@ class SnpFirmware(FirmwareCore):
         if hidden and not (self.chip.ciphertext_hiding and 0 < hidden < self.chip.min_sev_asid):
             raise FirmwareError(SevStatus.INVALID_PARAM, f"SNP_INIT_EX: ciphertext hiding for "
                                 f"{ciphertext_hiding_asids} ASIDs on {self.chip.product}")
-        if self._alias_check:
+        if self._platform.alias_check:
             self._check_dram_aliases()
         if not self._rmp_initialized:
             if self._rmp_init_flushes:
@@ -259,10 +259,10 @@ class SnpFirmware(FirmwareCore):
         self._memory.hidden_asids = ciphertext_hiding_asids
 
     @property
-    def alias_check(self) -> bool:
-        """Whether this platform's boot firmware checks DRAM for aliases at SNP_INIT (a fact
-        of the firmware build, fixed when the machine boots)."""
-        return self._alias_check
+    def platform(self) -> PlatformOptions:
+        """How the platform was set up at boot (SMT, TSME, ECC, RAPL, the DRAM alias check of
+        the boot firmware): what PLATFORM_INFO reports, fixed until a reboot."""
+        return self._platform
 
     def _check_dram_aliases(self) -> None:
         """The boot-time alias check: write a marker through each SPA the memory map claims
@@ -396,13 +396,13 @@ class SnpFirmware(FirmwareCore):
         if (policy.abi_major, policy.abi_minor) > (self.chip.api_major, self.chip.api_minor):
             return (f"policy needs ABI {policy.abi_major}.{policy.abi_minor}, firmware is "
                     f"{self.chip.api_major}.{self.chip.api_minor}")
-        if PolicyFlags.SMT not in flags and self.smt_enabled:
+        if PolicyFlags.SMT not in flags and self._platform.smt:
             return "policy forbids SMT, which is enabled on this host"
         if PolicyFlags.SINGLE_SOCKET in flags and self.sockets > 1:
             return f"policy requires a single socket, this host has {self.sockets}"
         if PolicyFlags.MEM_AES_256_XTS in flags and not self.chip.xts256:
             return f"policy requires AES-256-XTS, which {self.chip.product} lacks"
-        if PolicyFlags.RAPL_DIS in flags:
+        if PolicyFlags.RAPL_DIS in flags and not self._platform.rapl_disabled:
             return "policy requires RAPL disabled; this platform keeps it enabled"
         if PolicyFlags.CIPHERTEXT_HIDING in flags and not self._memory.hidden_asids:
             return "policy requires ciphertext hiding, which this platform has not enabled"

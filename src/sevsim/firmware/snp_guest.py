@@ -116,8 +116,7 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
     def _attestation_report(self, ctx: SnpGuestContext, report_data: bytes, vmpl: int) -> bytes:
         """The signed ATTESTATION_REPORT of a guest (0x4A0 bytes), as MSG_REPORT_REQ returns
         it: the guest's fixed report, with this request's REPORT_DATA and VMPL, signed."""
-        state = (self.tcb, self.current_tcb, self.committed_tcb, self.smt_enabled,
-                 self.vlek_loaded)
+        state = (self.tcb, self.current_tcb, self.committed_tcb, self.vlek_loaded)
         templates = ctx.report_templates
         if state not in templates:
             templates[state] = self._unsigned_report(ctx).to_bytes()
@@ -130,13 +129,18 @@ class SnpGuestRequests(SnpPki, SnpFirmware):
         return self._sign_report(blob, self.tcb)
 
     def _platform_info(self) -> PlatformInfo:
-        """PLATFORM_INFO: SMT, ciphertext hiding as SNP_INIT_EX enabled it, and the DRAM
-        alias check when the boot firmware ran it (SNP_INIT only succeeds if it passed)."""
-        info = PlatformInfo.SMT_EN if self.smt_enabled else PlatformInfo(0)
-        if self._memory.hidden_asids:
-            info |= PlatformInfo.CIPHERTEXT_HIDING_EN
-        if self.alias_check:
-            info |= PlatformInfo.ALIAS_CHECK_COMPLETE
+        """PLATFORM_INFO: the platform's settings (SMT, TSME, ECC, RAPL disabled),
+        ciphertext hiding as SNP_INIT_EX enabled it, and the DRAM alias check when the boot
+        firmware ran it (SNP_INIT only succeeds if it passed)."""
+        platform = self.platform
+        info = PlatformInfo(0)
+        for on, bit in ((platform.smt, PlatformInfo.SMT_EN), (platform.tsme, PlatformInfo.TSME_EN),
+                        (platform.ecc, PlatformInfo.ECC_EN),
+                        (platform.rapl_disabled, PlatformInfo.RAPL_DIS),
+                        (bool(self._memory.hidden_asids), PlatformInfo.CIPHERTEXT_HIDING_EN),
+                        (platform.alias_check, PlatformInfo.ALIAS_CHECK_COMPLETE)):
+            if on:
+                info |= bit
         return info
 
     def _unsigned_report(self, ctx: SnpGuestContext) -> AttestationReport:

@@ -14,7 +14,13 @@ from sevsim.firmware.sev import SevFirmware
 from sevsim.host.hypervisor import Hypervisor
 from sevsim.host.ovmf import OvmfGuest, launch_ovmf
 from sevsim.host.vmm import DEFAULT_SNP_POLICY, RunResult, VirtualMachine
-from sevsim.hw.chips import DEFAULT_CHIP, ChipPreset, GuestMode, chip_preset
+from sevsim.hw.chips import (
+    DEFAULT_CHIP,
+    ChipPreset,
+    GuestMode,
+    PlatformOptions,
+    chip_preset,
+)
 from sevsim.hw.engine import EncryptionEngine
 from sevsim.hw.memory import MemoryController
 from sevsim.hw.quantum import DEFAULT_QUANTUM, Quantum
@@ -55,7 +61,7 @@ class Host:
                  seed: bytes | None = None, vulnerable_cve_2019_9836: bool = False,
                  quantum: Quantum = DEFAULT_QUANTUM, min_sev_asid: int | None = None,
                  vulnerable_cachewarp: bool = False, vulnerable_rmpocalypse: bool = False,
-                 ciphertext_hiding: bool = False, alias_check: bool = False,
+                 platform: PlatformOptions | str | None = None,
                  vulnerable_sp_code_exec: bool = False) -> None:
         """`seed` makes the platform reproducible: the chip's secret, hence its CEK, PEK, PDH,
         VCEK and IDs, and every key and nonce the Secure Processor and the memory controller
@@ -74,17 +80,23 @@ class Host:
         (AMD-SB-3005): a host INVD drops dirty cache lines instead of writing them back (Zen 4
         and later never do). `vulnerable_rmpocalypse` runs firmware from before the
         RMPocalypse fix (AMD-SB-3020): SNP_INIT leaves dirty cache lines over the RMP.
-        `ciphertext_hiding` (Genoa and later) has KVM ask SNP_INIT_EX to hide every SNP
-        guest's ciphertext from host reads (kvm-amd's ciphertext_hiding_asids set to all the
-        SEV-ES/SNP ASIDs). `alias_check` runs boot firmware with the AMD-SB-3015 DRAM alias
-        check, which makes SNP_INIT refuse a platform whose modules alias memory."""
+        `platform` is how the machine is set up (`PlatformOptions`, or a string such as
+        "smt,tsme,ecc"; default: the chip preset's, as real parts of its kind report): SMT,
+        TSME, ECC memory, RAPL disabled, the BadRAM fix's DRAM alias check in the boot
+        firmware (SNP_INIT then refuses modules that alias memory), and ciphertext hiding
+        (Genoa and later: KVM asks SNP_INIT_EX to hide every SNP guest's ciphertext from host
+        reads, kvm-amd's ciphertext_hiding_asids set to all the SEV-ES/SNP ASIDs). SNP reports
+        state them in PLATFORM_INFO; an unknown option or one the chip lacks is a
+        ConfigError."""
         self.chip = chip_preset(chip)
         if min_sev_asid is not None:
             self.chip = _split_asids(self.chip, min_sev_asid)
+        options = self.chip.platform_options(platform)
+        if options.ciphertext_hiding and self.chip.min_sev_asid == 1:
+            raise ConfigError("ciphertext hiding covers SNP ASIDs, and min_sev_asid 1 "
+                              "leaves none")
         size = parse_size(memory)
         entropy = Trng(seed, b"memory controller " + self.chip.name.encode())
-        if ciphertext_hiding and not self.chip.ciphertext_hiding:
-            raise ConfigError(f"{self.chip.product} has no ciphertext hiding (Genoa and later)")
         try:
             self._memory = MemoryController(
                 size, EncryptionEngine(self.chip.tweak, entropy=entropy),
@@ -99,15 +111,12 @@ class Host:
         self.firmware = SevFirmware(self.chip, self._memory, seed=seed,
                                     vulnerable_cve_2019_9836=vulnerable_cve_2019_9836,
                                     vulnerable_rmpocalypse=vulnerable_rmpocalypse,
-                                    alias_check=alias_check,
+                                    platform=options,
                                     vulnerable_sp_code_exec=vulnerable_sp_code_exec)
         self.firmware.init()  # the kernel's ccp driver initialises the platform at load
         self.hypervisor = Hypervisor(self.chip, self._memory, self.firmware)
         self.hypervisor.quantum = quantum
-        if ciphertext_hiding:
-            if self.chip.min_sev_asid == 1:
-                raise ConfigError("ciphertext hiding covers SNP ASIDs, and min_sev_asid 1 "
-                                  "leaves none")
+        if options.ciphertext_hiding:
             self.hypervisor.ciphertext_hiding_asids = self.chip.min_sev_asid - 1
 
     def create_vm(self, mode: str | GuestMode = "sev", memory: int | str = "64M",

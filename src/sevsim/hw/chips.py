@@ -30,6 +30,61 @@ class GuestMode(Enum):
         return self is not GuestMode.NONE
 
 
+# `PlatformOptions` fields by the names the CLI and `PlatformOptions.parse` take, and what each
+# one is on a real machine; every one has its PLATFORM_INFO bit in SNP reports.
+PLATFORM_OPTIONS = {
+    "smt": ("smt", "simultaneous multithreading on (BIOS); SNP_LAUNCH_START then refuses a "
+                   "policy without SMT allowed"),
+    "tsme": ("tsme", "transparent SME (BIOS): DRAM outside any guest's key is encrypted with a "
+                     "boot-time key, so a cold boot reads ciphertext of it too"),
+    "ecc": ("ecc", "ECC memory (the DIMMs)"),
+    "rapl-disabled": ("rapl_disabled", "RAPL power reporting disabled (BIOS), which a policy "
+                                       "with RAPL_DIS requires"),
+    "ciphertext-hiding": ("ciphertext_hiding", "KVM asks SNP_INIT_EX to hide every SNP guest's "
+                                               "ciphertext from host reads (Genoa and later)"),
+    "alias-check": ("alias_check", "boot firmware with the BadRAM fix (AMD-SB-3015): SNP_INIT "
+                                   "checks DRAM for aliases and refuses if it finds one"),
+}
+
+
+@dataclass(frozen=True)
+class PlatformOptions:
+    """How a host's platform is set up: the BIOS and boot-firmware settings an SNP report's
+    PLATFORM_INFO states (and KVM's ciphertext hiding). `PlatformOptions()` has all of them
+    off; each chip preset's `platform` is what real parts of its kind report (`Host` takes
+    that unless told otherwise)."""
+
+    smt: bool = False
+    tsme: bool = False
+    ecc: bool = False
+    rapl_disabled: bool = False
+    ciphertext_hiding: bool = False
+    alias_check: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, bool):
+                raise ConfigError(f"platform option {name} is {value!r}, not True or False")
+
+    @classmethod
+    def parse(cls, text: str) -> PlatformOptions:
+        """`"smt,tsme,ecc"`: exactly these on, the rest off (`"none"`: all off); ConfigError
+        naming an unknown option."""
+        names = [n.strip().lower() for n in text.split(",") if n.strip()]
+        if names == ["none"]:
+            return cls()
+        unknown = [n for n in names if n not in PLATFORM_OPTIONS]
+        if unknown or not names:
+            raise ConfigError(f"unknown platform option {unknown[0] if unknown else text!r}; "
+                              f"choose from {', '.join(PLATFORM_OPTIONS)} (or none)")
+        return cls(**{PLATFORM_OPTIONS[n][0]: True for n in names})
+
+    def __str__(self) -> str:
+        """The options that are on, as `parse` takes them."""
+        return ",".join(n for n, (field, _) in PLATFORM_OPTIONS.items()
+                        if getattr(self, field)) or "none"
+
+
 @dataclass(frozen=True)
 class ChipPreset:
     """One EPYC generation as the hypervisor and guests observe it."""
@@ -52,6 +107,7 @@ class ChipPreset:
     api_minor: int
     build: int
     ciphertext_hiding: bool = False  # SNP_INIT_EX may hide SNP guests' ciphertext from the host
+    platform: PlatformOptions = PlatformOptions(smt=True, ecc=True)  # a host's by default
 
     @property
     def signature(self) -> int:
@@ -84,6 +140,24 @@ class ChipPreset:
             return range(self.min_sev_asid, self.max_asid + 1)
         return range(1, self.min_sev_asid)
 
+    def platform_options(self, options: PlatformOptions | str | None = None
+                         ) -> PlatformOptions:
+        """`options` (or this preset's defaults for None; a string as `PlatformOptions.parse`
+        takes it), checked against the chip: ConfigError for a feature it lacks."""
+        if options is None:
+            return self.platform
+        if isinstance(options, str):
+            options = PlatformOptions.parse(options)
+        if not isinstance(options, PlatformOptions):
+            raise ConfigError(f"platform {options!r} is not PlatformOptions or a string such "
+                              "as 'smt,tsme,ecc'")
+        if options.ciphertext_hiding and not self.ciphertext_hiding:
+            raise ConfigError(f"{self.product} has no ciphertext hiding (Genoa and later)")
+        if options.alias_check and SevFeatures.SEV_SNP not in self.features:
+            raise ConfigError(f"{self.product} has no SEV-SNP, whose SNP_INIT runs the DRAM "
+                              "alias check (Milan and later)")
+        return options
+
     def with_asids(self, max_asid: int, min_sev_asid: int) -> ChipPreset:
         """The BIOS splits the ASID space between SEV-ES/SNP and plain SEV."""
         if not 1 <= min_sev_asid <= max_asid + 1:
@@ -97,6 +171,12 @@ _ZEN2 = _ZEN1 | _F.SEV_ES
 _ZEN3 = _ZEN2 | _F.SEV_SNP | _F.VMPL | _F.RMPQUERY | _F.VMPL_SSS | _F.V_TSC_AUX | _F.SME_COHERENT
 _ZEN4 = _ZEN3 | _F.SECURE_TSC | _F.DEBUG_SWAP
 
+# Platforms as real parts report them (PLATFORM_INFO of real reports): an AWS Milan on the
+# preset's firmware 1.55.29 reports 0x27 (SMT, TSME, ECC, alias check); an Azure Genoa on
+# 1.55.40 0x24 and a Turin ECC and no TSME, both with SMT turned off by the cloud, which
+# sevsim leaves on as the BIOS ships it (0x25). Firmware of these versions has the BadRAM fix.
+_SNP_PLATFORM = PlatformOptions(smt=True, ecc=True, alias_check=True)
+
 # Facts from spec-formats.md; ASID splits are BIOS settings, chosen so every mode has ASIDs.
 PRESETS: dict[str, ChipPreset] = {
     p.name: p
@@ -106,11 +186,14 @@ PRESETS: dict[str, ChipPreset] = {
         ChipPreset("rome", "Rome", 2, 0x17, 0x31, 0, _ZEN2, 47, 5, 0, 509, 100,
                    TweakMode.XEX_STRONG, False, 0, 24, 14),
         ChipPreset("milan", "Milan", 3, 0x19, 0x01, 1, _ZEN3, 51, 5, 4, 509, 100,
-                   TweakMode.XEX_STRONG, False, 1, 55, 29),
+                   TweakMode.XEX_STRONG, False, 1, 55, 29,
+                   platform=replace(_SNP_PLATFORM, tsme=True)),
         ChipPreset("genoa", "Genoa", 4, 0x19, 0x11, 1, _ZEN4, 51, 6, 4, 1006, 100,
-                   TweakMode.XEX_STRONG, True, 1, 55, 40, ciphertext_hiding=True),
+                   TweakMode.XEX_STRONG, True, 1, 55, 40, ciphertext_hiding=True,
+                   platform=_SNP_PLATFORM),
         ChipPreset("turin", "Turin", 5, 0x1A, 0x02, 1, _ZEN4, 51, 6, 4, 1006, 100,
-                   TweakMode.XEX_STRONG, True, 1, 58, 10, ciphertext_hiding=True),
+                   TweakMode.XEX_STRONG, True, 1, 58, 10, ciphertext_hiding=True,
+                   platform=_SNP_PLATFORM),
     )
 }
 

@@ -7,8 +7,11 @@ directly, so guest code runs at full speed on plaintext, while every observer ou
 key domain (hypervisor, DMA, a DRAM dump, another ASID) gets the ciphertext computed by the
 engine. Changing a frame's domain never changes what DRAM holds.
 
-Two things change what the host reads and where its accesses land, both off by default so the
+Three things change what the host reads and where its accesses land, all off by default so the
 hot paths pay one integer test for them:
+- TSME (a BIOS setting, `enable_tsme`): the modules hold domain-0 frames encrypted under a key
+  the Secure Processor draws at boot. Every access through the controller is decrypted
+  transparently, so only the modules themselves (`dram_dump()`, a cold boot) show it.
 - Ciphertext hiding (Genoa and later, enabled by SNP_INIT_EX): host reads of frames the RMP
   assigns to an SNP guest (ASIDs 1..hidden_asids) return 0xFF instead of the ciphertext.
 - A BadRAM module (`alias_span`): the DIMM's SPD claims one more address bit than its cells
@@ -34,6 +37,7 @@ from sevsim.hw.rmp import Rmp
 from sevsim.hw.trng import Trng
 
 RAW = 0  # storage domain of frames whose cells hold the DRAM bytes themselves
+TSME_SLOT = -1  # the engine slot of the TSME key: no ASID's, so no guest's domain uses it
 
 HIDDEN_BYTE = 0xFF  # what a host read of a hidden frame returns
 _FILL_CHUNK = 1 << 20  # zero DRAM a MiB at a time, skipping what is already zero
@@ -146,6 +150,7 @@ class MemoryController:
         self.rmp.listeners.append(self._rmp_changed)
         self.entropy = entropy or Trng()
         self.hidden_asids = 0  # ciphertext hiding: SNP ASIDs 1..hidden_asids (0: off)
+        self.tsme = False  # TSME: the modules hold domain-0 frames encrypted (enable_tsme)
         self.alias_span = 0  # BadRAM: bytes of SPA space above `size` that alias [0, size)
         self.cache = WriteBackCache(self)
 
@@ -247,15 +252,23 @@ class MemoryController:
         self._store_dram(lo, dram)
         self._wrote(spa, length)
 
+    def enable_tsme(self, key: bytes) -> None:
+        """TSME, as the BIOS turns it on at boot with the Secure Processor's `key`: from now
+        on the modules hold every domain-0 frame under it."""
+        self.engine.load_key(TSME_SLOT, key)
+        self.tsme = True
+
     def dram_dump(self, out: np.ndarray | None = None, *, host_read: bool = False) -> np.ndarray:
-        """Every byte of DRAM as a physical attacker reading the modules would see it; with
-        `host_read`, as host software reading all of memory through the CPU sees it
-        (ciphertext hiding applies)."""
+        """Every byte of DRAM as a physical attacker reading the modules would see it (TSME
+        applies); with `host_read`, as host software reading all of memory through the CPU
+        sees it (ciphertext hiding applies, TSME is transparent)."""
         if out is None:
             out = np.empty(self.size, dtype=np.uint8)
         for start, stop, dom in frame_runs(self.domain):
             lo, hi = start * PAGE, stop * PAGE
-            if dom == RAW:
+            if dom == RAW and self.tsme and not host_read:
+                self.engine.encrypt_pages(TSME_SLOT, start, self.cells[lo:hi], out[lo:hi])
+            elif dom == RAW:
                 out[lo:hi] = self.cells[lo:hi]
             else:
                 self.engine.encrypt_pages(dom, start, self.cells[lo:hi], out[lo:hi])
