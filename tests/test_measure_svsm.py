@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -128,6 +129,25 @@ def test_cli_equals_sev_snp_measure(monkeypatch: pytest.MonkeyPatch,
     typer_result = runner.invoke(app, ["measure", *args])
     assert typer_result.exit_code == 0, typer_result.output
     assert typer_result.stdout == out
+
+
+def test_the_fast_path_stays_light(files: dict[str, Path]) -> None:
+    """snp:svsm is measured before Typer loads, and pulls in neither cryptography nor the
+    simulator."""
+    heavy = ("typer", "click", "rich", "numpy", "unicorn", "cryptography", "sevsim.host",
+             "sevsim.firmware")
+    code = ("import atexit, sys\n"
+            f"atexit.register(lambda: print([m for m in sys.modules if m.startswith({heavy})]))\n"
+            "from sevsim.cli.fast import main\n"
+            "sys.argv[0] = 'sevsim'\n"
+            "main()")
+    done = subprocess.run([sys.executable, "-c", code, "measure", "--mode", "snp:svsm",
+                           "--ovmf", str(files["ovmf"]), "--svsm", str(files["svsm"]),
+                           "--vars-file", str(files["vars"]), "--vcpu-type", "EPYC-Milan"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    digest, imported = done.stdout.splitlines()
+    assert len(digest) == 96 and imported == "[]"
 
 
 def test_every_option_reaches_the_digest(snp_measure: ModuleType, ovmf_path: Path,
