@@ -327,7 +327,7 @@ def svsm_vmsa(eip: int, vcpu_sig: int) -> bytes:
     code = VmcbSegment(8, 0xC9B, 0xFFFFFFFF, 0)
     data = VmcbSegment(16, 0xC93, 0xFFFFFFFF, 0)
     regs = {**_KVM_RESET, "cr0": 0x11, "rip": eip, "rdx": vcpu_sig,
-            "sev_features": SEV_FEATURES_SNP, "vmpl": 0}
+            "sev_features": SEV_FEATURES_SNP}
     segments = {"es": data, "cs": code, "ss": data, "ds": data, "fs": data,
                 "gs": VmcbSegment(0, 0x93, 0xFFFF, 0), "gdtr": VmcbSegment(0, 0, 0xFFFF, 0),
                 "idtr": VmcbSegment(0, 0, 0xFFFF, 0), "ldtr": VmcbSegment(0, 0x82, 0xFFFF, 0),

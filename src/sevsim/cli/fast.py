@@ -132,8 +132,8 @@ def run(elf: Path | None, mode: str, ovmf: Path | None, vcpus: int, vcpu_type: s
             if (vars_size is None) == (vars_file is None):
                 raise UsageError("--mode snp:svsm needs exactly one of --vars-size N and "
                                  "--vars-file PATH")
-            if any(x is not None for x in ovmf_only[2:]) or vmm_type.lower() != "qemu" or (
-                    guest_features != "0x1"):
+            if any(x is not None for x in (kernel, initrd, append, snp_ovmf_hash)) or (
+                    vmm_type.lower() != "qemu" or guest_features != "0x1"):
                 raise UsageError("--vmm-type, --kernel, --initrd, --append, --guest-features "
                                  "and --snp-ovmf-hash do not apply to --mode snp:svsm (QEMU "
                                  "launches it, with the SVSM's own VMSAs)")

@@ -3,9 +3,9 @@ show, from sevsim's simulated platform: evidence for testing attestation service
 
 The image (with --svsm, an SVSM and the OVMF it runs) is launched as measured content through
 the simulated firmware (not executed), so MEASUREMENT equals what `sevsim measure` (and
-sev-snp-measure) compute; a guest standing in
-for the firmware asks for the report with VMPCK0 (sevsim.guest.standin). The report verifies
-with `sevsim verify --trust sevsim`, never against AMD's roots.
+sev-snp-measure) compute; a guest standing in for the firmware asks for the report with VMPCK0
+(sevsim.guest.standin). The report verifies with `sevsim verify --trust sevsim`, never
+against AMD's roots.
 """
 
 from __future__ import annotations
