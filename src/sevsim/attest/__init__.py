@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sevsim.attest.idblock import load_signing_key, make_id_block
     from sevsim.attest.kds_client import KdsClient
-    from sevsim.attest.measure import snp_ovmf_digest
+    from sevsim.attest.measure import snp_ovmf_digest, snp_svsm_digest
     from sevsim.attest.sev_chain import PlatformChain
     from sevsim.attest.sev_chain import verify as verify_sev_chain
     from sevsim.attest.sev_owner import GuestOwner, expected_launch_digest
@@ -34,6 +34,7 @@ _LAZY = {
     "make_id_block": ("idblock", "make_id_block"),
     "policy_for": ("snp_policy", "policy_for"),
     "snp_ovmf_digest": ("measure", "snp_ovmf_digest"),
+    "snp_svsm_digest": ("measure", "snp_svsm_digest"),
     "validate_report": ("snp_policy", "validate_report"),
     "verify_report_chain": ("snp_verify", "verify_report_chain"),
     "verify_sev_chain": ("sev_chain", "verify"),  # the legacy SEV platform chain
@@ -41,8 +42,8 @@ _LAZY = {
 
 __all__ = ["CertBundle", "ChainCache", "GuestOwner", "KdsClient", "PlatformChain", "Policy",
            "expected_launch_digest", "load_report", "load_signing_key", "make_id_block",
-           "policy_for", "snp_ovmf_digest", "validate_report", "verify_report_chain",
-           "verify_sev_chain"]
+           "policy_for", "snp_ovmf_digest", "snp_svsm_digest", "validate_report",
+           "verify_report_chain", "verify_sev_chain"]
 
 
 def __getattr__(name: str) -> Any:
