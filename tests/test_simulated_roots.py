@@ -24,7 +24,14 @@ import sevsim.attest
 from sevsim import Host
 from sevsim.abi.snp_report import GUID_ARK, GUID_ASK, GUID_VLEK, parse_cert_table
 from sevsim.abi.snp_tcb import TcbVersion
-from sevsim.firmware.amd_root import PRODUCTS, SNP_PRODUCTS
+from sevsim.errors import ConfigError
+from sevsim.firmware.amd_root import (
+    PRODUCTS,
+    SNP_PRODUCTS,
+    simulated_root,
+    simulated_x509,
+    x509_ca_certificates,
+)
 from sevsim.firmware.kds import KeyDistribution
 from sevsim.firmware.snp_pki import SnpPki
 from sevsim.hw.chips import PRESETS
@@ -92,6 +99,14 @@ def test_the_legacy_ark_and_ask_the_firmware_hands_out_are_the_shipped_files(
         product: str) -> None:
     ark, ask = Host(chip=product, memory="2M").firmware.amd_certs()
     assert (ark, ask) == (shipped(product, "ark.cert"), shipped(product, "ask.cert"))
+
+
+def test_products_without_snp_have_no_x509_roots() -> None:
+    key = simulated_root("rome").ark_key
+    with pytest.raises(ConfigError, match="rome"):
+        simulated_x509("rome")
+    with pytest.raises(ConfigError, match="SEV-SNP"):
+        x509_ca_certificates("rome", key, key, key)
 
 
 # -- in fresh processes -------------------------------------------------------------------------

@@ -207,6 +207,8 @@ def x509_ca_certificates(product: str, ark_key: rsa.RSAPrivateKey, ask_key: rsa.
     """An SNP product's ARK, ASK and ASVK as KDS serves AMD's (DER, by role): AMD's names,
     serials and extensions, 25 years from ISSUED, RSASSA-PSS SHA-384 with the explicit
     trailerField AMD's CA certificates carry, signed by the ARK."""
+    if product.lower() not in X509_SERIALS:
+        raise ConfigError(f"{product!r} has no SEV-SNP, hence no X.509 ARK/ASK/ASVK")
     name = product.capitalize()
     not_before = CertTime.utc(ISSUED.year, ISSUED.month, ISSUED.day)
     spki = {role: key.public_key().public_bytes(serialization.Encoding.DER,
@@ -224,11 +226,6 @@ def x509_ca_certificates(product: str, ark_key: rsa.RSAPrivateKey, ask_key: rsa.
             serial, pss_trailer=True)
         out[role] = encode_certificate(tbs, pss_sign(ark_key, tbs.to_der(), "sha384"))
     return out
-
-
-def pem(der: bytes) -> bytes:
-    """A certificate's PEM, as KDS, `--certs-out` and the trust store write it."""
-    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
 
 
 # -- what the firmware uses ----------------------------------------------------------------------
@@ -308,10 +305,15 @@ def regenerate(firmware_dir: Path, trust_dir: Path, products: tuple[str, ...] = 
             (trust_dir / "snp" / product).mkdir(parents=True, exist_ok=True)
             certs = x509_ca_certificates(product, keys["ark"], keys["ask"], asvk)
             for role, der in certs.items():
-                (trust_dir / "snp" / product / f"{role}.pem").write_bytes(pem(der))
+                (trust_dir / "snp" / product / f"{role}.pem").write_bytes(_pem(der))
 
 
 def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
+
+
+def _pem(der: bytes) -> bytes:
+    """A certificate's PEM, as KDS, `--certs-out` and the trust store write it."""
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
