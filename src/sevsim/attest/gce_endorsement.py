@@ -80,8 +80,11 @@ def common_name(cert: x509.Certificate, *, issuer: bool = False) -> str:
     about (a country is two letters); that says nothing about the certificate's validity."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Attribute's length", UserWarning)
-        names = (cert.issuer if issuer else cert.subject).get_attributes_for_oid(
-            NameOID.COMMON_NAME)
+        try:
+            names = (cert.issuer if issuer else cert.subject).get_attributes_for_oid(
+                NameOID.COMMON_NAME)
+        except ValueError:  # a name that does not decode
+            return "(unreadable name)"
     return str(names[0].value) if names else "(no CN)"
 
 
