@@ -422,6 +422,13 @@ def test_cli_usage(cli_outputs: Path, ovmf_path: Path, tmp_path: Path) -> None:
                                  str(tmp_path / "r.bin"), "--endorsement-out",
                                  str(tmp_path / "e")])
     assert result.exit_code == 2 and not (tmp_path / "r.bin").exists()
+    bare = tmp_path / "certs"  # the certificates alone: asked for, the endorsement is missing
+    bare.mkdir()
+    for name in ("vcek.pem", "ask.pem", "ark.pem"):
+        (bare / name).write_bytes((out / "certs" / name).read_bytes())
+    assert _verify(out, "--certs", str(bare))[0] == 0
+    status, output = _verify(out, "--certs", str(bare), "--vcpus", "2")
+    assert status == 1 and "endorsement: none given" in output
     (tmp_path / "root.pem").write_bytes(b"not a certificate")
     status, output = _verify(out, "--certs", str(out / "certs"), "--google-root",
                              str(tmp_path / "root.pem"))
