@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     )
     from sevsim.attest.idblock import load_signing_key, make_id_block
     from sevsim.attest.kds_client import KdsClient
-    from sevsim.attest.measure import snp_ovmf_digest
+    from sevsim.attest.measure import snp_ovmf_digest, snp_svsm_digest
     from sevsim.attest.sev_chain import PlatformChain
     from sevsim.attest.sev_chain import verify as verify_sev_chain
     from sevsim.attest.sev_owner import GuestOwner, expected_launch_digest
@@ -50,6 +50,7 @@ _LAZY = {
     "make_id_block": ("idblock", "make_id_block"),
     "policy_for": ("snp_policy", "policy_for"),
     "snp_ovmf_digest": ("measure", "snp_ovmf_digest"),
+    "snp_svsm_digest": ("measure", "snp_svsm_digest"),
     "validate_report": ("snp_policy", "validate_report"),
     "verify_report_chain": ("snp_verify", "verify_report_chain"),
     "verify_sev_chain": ("sev_chain", "verify"),  # the legacy SEV platform chain
@@ -59,8 +60,8 @@ __all__ = ["GUID_GCE_ENDORSEMENT", "CertBundle", "ChainCache", "GuestOwner", "Kd
            "LaunchEndorsement", "PlatformChain", "Policy", "endorsement_in_cert_table",
            "expected_launch_digest", "golden_measurements", "load_google_root", "load_report",
            "load_signing_key", "make_id_block", "policy_for", "simulated_google_root",
-           "snp_ovmf_digest", "validate_report", "verify_endorsement", "verify_report_chain",
-           "verify_sev_chain"]
+           "snp_ovmf_digest", "snp_svsm_digest", "validate_report", "verify_endorsement",
+           "verify_report_chain", "verify_sev_chain"]
 
 
 def __getattr__(name: str) -> Any:
