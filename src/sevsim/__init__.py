@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sevsim.errors import SevsimError
 
 if TYPE_CHECKING:
+    from sevsim.firmware.gce_endorser import simulated_endorser
     from sevsim.guest.kernel import kernel_identity
     from sevsim.host.debug import debug_read, debug_write
     from sevsim.host.elf import parse_elf
@@ -31,10 +32,11 @@ _LAZY = {
     "migrate": ("sevsim.host.migration", "migrate"),
     "parse_elf": ("sevsim.host.elf", "parse_elf"),
     "Quantum": ("sevsim.hw.quantum", "Quantum"),
+    "simulated_endorser": ("sevsim.firmware.gce_endorser", "simulated_endorser"),  # Google's
 }
 
 __all__ = ["Host", "MigrationRecord", "Quantum", "SevsimError", "debug_read", "debug_write",
-           "kernel_identity", "migrate", "parse_elf"]
+           "kernel_identity", "migrate", "parse_elf", "simulated_endorser"]
 __version__ = "0.1.0"
 
 

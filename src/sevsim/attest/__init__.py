@@ -11,6 +11,15 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sevsim.attest.gce_endorsement import (
+        GUID_GCE_ENDORSEMENT,
+        LaunchEndorsement,
+        endorsement_in_cert_table,
+        golden_measurements,
+        load_google_root,
+        simulated_google_root,
+        verify_endorsement,
+    )
     from sevsim.attest.idblock import load_signing_key, make_id_block
     from sevsim.attest.kds_client import KdsClient
     from sevsim.attest.measure import snp_ovmf_digest, snp_svsm_digest
@@ -22,6 +31,13 @@ if TYPE_CHECKING:
 
 # public name -> (module, name there)
 _LAZY = {
+    "GUID_GCE_ENDORSEMENT": ("gce_endorsement", "GUID_GCE_ENDORSEMENT"),
+    "LaunchEndorsement": ("gce_endorsement", "LaunchEndorsement"),
+    "endorsement_in_cert_table": ("gce_endorsement", "endorsement_in_cert_table"),
+    "golden_measurements": ("gce_endorsement", "golden_measurements"),
+    "load_google_root": ("gce_endorsement", "load_google_root"),
+    "simulated_google_root": ("gce_endorsement", "simulated_google_root"),
+    "verify_endorsement": ("gce_endorsement", "verify_endorsement"),
     "CertBundle": ("snp_verify", "CertBundle"),
     "ChainCache": ("snp_verify", "ChainCache"),
     "GuestOwner": ("sev_owner", "GuestOwner"),
@@ -40,9 +56,11 @@ _LAZY = {
     "verify_sev_chain": ("sev_chain", "verify"),  # the legacy SEV platform chain
 }
 
-__all__ = ["CertBundle", "ChainCache", "GuestOwner", "KdsClient", "PlatformChain", "Policy",
-           "expected_launch_digest", "load_report", "load_signing_key", "make_id_block",
-           "policy_for", "snp_ovmf_digest", "snp_svsm_digest", "validate_report",
+__all__ = ["GUID_GCE_ENDORSEMENT", "CertBundle", "ChainCache", "GuestOwner", "KdsClient",
+           "LaunchEndorsement", "PlatformChain", "Policy", "endorsement_in_cert_table",
+           "expected_launch_digest", "golden_measurements", "load_google_root", "load_report",
+           "load_signing_key", "make_id_block", "policy_for", "simulated_google_root",
+           "snp_ovmf_digest", "snp_svsm_digest", "validate_report", "verify_endorsement",
            "verify_report_chain", "verify_sev_chain"]
 
 

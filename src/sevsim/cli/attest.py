@@ -8,14 +8,16 @@ one named on stderr); 125 on input that cannot be read at all.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from sevsim.cli.common import (
+    ENDORSEMENT_FILE,
     EXIT_ERROR,
     MAX_CERT_FILE,
     MAX_REPORT_FILE,
@@ -25,6 +27,11 @@ from sevsim.cli.common import (
     read_input,
 )
 from sevsim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from sevsim.attest.snp_verify import Check
 
 EXIT_UNVERIFIED = 1
 out = Console(soft_wrap=True)
@@ -82,8 +89,23 @@ def verify(
         help="A CRL (DER or PEM) to check against; implies --crl.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")
                        ] = False,
+    endorsement: Annotated[Path | None, typer.Option(
+        help="A GCE launch endorsement (VMLaunchEndorsement) to check against MEASUREMENT "
+             "(default: the one in --certs, if any).")] = None,
+    vcpus: Annotated[int | None, typer.Option(
+        help="The VM's vCPU count: the endorsement's golden measurement for it must be "
+             "MEASUREMENT (default: any count it endorses).")] = None,
+    google_root: Annotated[Path | None, typer.Option(
+        help="Google's GCE TCB root (GCE-cc-tcb-root_1.crt) to check the endorsement's "
+             "signer against (default with --trust sevsim: sevsim's simulated one).")] = None,
 ) -> None:
-    """Verify an SNP report: signature, VCEK/VLEK -> ASK/ASVK -> ARK, TCB, chip id, CRL."""
+    """Verify an SNP report: signature, VCEK/VLEK -> ASK/ASVK -> ARK, TCB, chip id, CRL, and
+    a GCE launch endorsement when there is one."""
+    from sevsim.attest.gce_endorsement import (
+        endorsement_in_cert_table,
+        load_google_root,
+        simulated_google_root,
+    )
     from sevsim.attest.kds_client import KdsClient
     from sevsim.attest.snp_verify import (
         TRUSTS,
@@ -92,26 +114,37 @@ def verify(
         load_report,
         verify_report_chain,
     )
-    from sevsim.errors import SnpFormatError
+    from sevsim.errors import EndorsementFormatError, SnpFormatError
 
     if trust not in TRUSTS:
         raise typer.BadParameter(f"--trust must be one of {', '.join(TRUSTS)}")
     if certs is None and kds is None:
         raise typer.BadParameter("give --certs DIR|FILE, --kds URL, or both")
+    if endorsement is not None and google_root is None and trust != "sevsim":
+        raise typer.BadParameter("sevsim does not ship Google's GCE TCB root: give "
+                                 "--google-root GCE-cc-tcb-root_1.crt (or --trust sevsim)")
     command = "sevsim verify"
     blob = load_report(read_input(report, command, MAX_REPORT_FILE, "a report"))
+    given = (None if endorsement is None
+             else read_input(endorsement, command, MAX_CERT_FILE, "an endorsement"))
     crl_bytes = (read_input(crl_file, command, MAX_CERT_FILE, "a CRL")
                  if crl_file is not None else None)
     try:
         client = None if kds is None else KdsClient(kds, cache_dir=cache)
+        found = None  # a GCE launch endorsement beside the certificates
         if certs is None:
             bundle = CertBundle()
         elif certs.is_dir():
             bundle = CertBundle.from_directory(certs)
+            if (certs / ENDORSEMENT_FILE).is_file():
+                found = read_bounded(certs / ENDORSEMENT_FILE, MAX_CERT_FILE, "an endorsement")
         else:
-            bundle = CertBundle.from_cert_table(
-                read_bounded(certs, MAX_CERT_FILE, "a certificate table"), str(certs))
-    except (SnpFormatError, ConfigError) as error:
+            table = read_bounded(certs, MAX_CERT_FILE, "a certificate table")
+            bundle = CertBundle.from_cert_table(table, str(certs))
+            found = endorsement_in_cert_table(table)
+        root = (None if google_root is None else load_google_root(
+            read_input(google_root, command, MAX_CERT_FILE, "a root certificate")))
+    except (SnpFormatError, ConfigError, EndorsementFormatError) as error:
         raise fail(error, command) from None
     except OSError as error:
         err.print(f"[bold red]sevsim verify:[/] cannot read {error.filename or certs}: "
@@ -120,6 +153,16 @@ def verify(
         raise typer.Exit(EXIT_ERROR) from None
     result = verify_report_chain(blob, bundle, trust=cast(Trust, trust), product=product,
                                  kds=client, crl=crl_bytes, check_revocation=crl)
+    endorsed = given if given is not None else found
+    if root is None and trust == "sevsim":
+        root = simulated_google_root()
+    if endorsed is not None and root is None:
+        err.print("sevsim verify: note: the certificates hold a GCE launch endorsement; give "
+                  "--google-root to check it", highlight=False)
+    elif result.report is not None and (endorsed is not None or vcpus is not None
+                                        or google_root is not None):
+        result = replace(result, checks=(*result.checks, _endorsement_check(
+            endorsed, result.report.measurement, root, vcpus)))
     if as_json:
         print(json.dumps({"ok": result.ok, "trust": result.trust,
                           "product": result.generation.value if result.generation else None,
@@ -134,7 +177,27 @@ def verify(
     if not result.ok:
         raise typer.Exit(EXIT_UNVERIFIED)
     if not as_json:
+        endorsed_by = (", launch endorsed" if any(c.name == "endorsement" for c in result.checks)
+                       else "")
         out.print(f"verified: report v{result.report.version if result.report else '?'} "
                   f"to {'AMD' if trust == 'amd' else 'sevsim simulated'} "
-                  f"{result.generation.value if result.generation else ''} ARK",
+                  f"{result.generation.value if result.generation else ''} ARK{endorsed_by}",
                   highlight=False)
+
+
+def _endorsement_check(endorsement: bytes | None, measurement: bytes,
+                       root: x509.Certificate | None, vcpus: int | None) -> Check:
+    """The GCE launch endorsement as one more named check of `sevsim verify`."""
+    from sevsim.attest.gce_endorsement import verify_endorsement
+    from sevsim.attest.snp_verify import Check
+    from sevsim.errors import EndorsementError
+
+    if endorsement is None:
+        return Check("endorsement", False, "none given (--endorsement) and none among the "
+                     "certificates")
+    assert root is not None  # verify asks for --google-root unless it has sevsim's
+    try:
+        launch = verify_endorsement(endorsement, measurement, root=root, vcpus=vcpus)
+    except EndorsementError as error:
+        return Check("endorsement", False, str(error))
+    return Check("endorsement", True, launch.summary())

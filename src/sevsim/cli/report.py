@@ -5,7 +5,9 @@ The image (with --svsm, an SVSM and the OVMF it runs) is launched as measured co
 the simulated firmware (not executed), so MEASUREMENT equals what `sevsim measure` (and
 sev-snp-measure) compute; a guest standing in for the firmware asks for the report with VMPCK0
 (sevsim.guest.standin). The report verifies with `sevsim verify --trust sevsim`, never
-against AMD's roots.
+against AMD's roots. As GCE, the host also serves a launch endorsement of the image in the
+certificate table: the golden measurements for the vCPU counts Google endorses, signed by
+sevsim's simulated Google signer.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ def report(
         help="Up to 64 bytes, hex, for REPORT_DATA (zero-padded).")] = None,
     certs_out: Annotated[Path | None, typer.Option(
         help="Write the certificate table as vcek.pem (or vlek.pem), ask.pem (asvk.pem), "
-             "ark.pem into this directory.")] = None,
+             "ark.pem (and endorsement.binarypb) into this directory.")] = None,
+    cert_table_out: Annotated[Path | None, typer.Option(
+        help="Write the certificate table itself (the extended report's GUID table).")
+    ] = None,
+    endorsement_out: Annotated[Path | None, typer.Option(
+        help="GCE: write the launch endorsement (VMLaunchEndorsement) to this file.")] = None,
     vcpus: Annotated[int, typer.Option(help="Number of vCPUs (one VMSA each).")] = 1,
     vcpu_type: Annotated[str | None, typer.Option(
         help="QEMU vCPU model, as for `sevsim measure` (needed for QEMU).")] = None,
@@ -68,7 +75,9 @@ def report(
 ) -> None:
     """Launch an OVMF image (alone or run by an SVSM) on the simulated SNP platform and write
     the guest's report; MEASUREMENT goes to stderr."""
-    from sevsim.abi.ovmf import KernelHashes
+    from sevsim.abi.gce_endorsement import GCE_VMSA_COUNTS, GUID_GCE_ENDORSEMENT
+    from sevsim.abi.ovmf import KernelHashes, OvmfImage, VmmType
+    from sevsim.attest.gce_endorsement import golden_measurements
     from sevsim.cli.common import (
         MAX_ID_AUTH,
         MAX_ID_BLOCK,
@@ -82,6 +91,7 @@ def report(
         write_cert_table,
     )
     from sevsim.errors import SevsimError
+    from sevsim.firmware.gce_endorser import simulated_endorser
     from sevsim.host.machine import Host, parse_size
 
     data = hex_bytes(report_data, "report data", at_most=64).ljust(64, b"\0")
@@ -108,7 +118,17 @@ def report(
                                                      "an ID block")
     auth = None if id_auth is None else read_input(id_auth, COMMAND, MAX_ID_AUTH,
                                                    "an ID_AUTH_INFO")
+    gce = vmm_type.lower() == VmmType.GCE.value
+    if endorsement_out is not None and not gce:
+        raise typer.BadParameter("--endorsement-out comes with --vmm-type gce")
     try:
+        endorsement = None
+        if gce:  # Google's build pipeline measures the image, its signer endorses it
+            endorsement = simulated_endorser().endorse(
+                image, golden_measurements(OvmfImage.parse(image)))
+            if vcpus not in GCE_VMSA_COUNTS:
+                err.print(f"sevsim: note: no GCE machine type has {vcpus} vCPUs, so the "
+                          "endorsement has no golden measurement for this VM", highlight=False)
         host = Host(chip=chip, memory=parse_size(memory) + (64 << 20),
                     seed=None if seed is None else seed.encode())
         if vlek is not None:
@@ -128,11 +148,16 @@ def report(
                 kernel_hashes=hashes,
                 guest_features=hex_int(guest_features, "guest features", 64),
                 policy=launch_policy, host_data=launch_host_data, id_block=block,
-                id_auth=auth)
+                id_auth=auth, certificates=[] if endorsement is None else [
+                    (GUID_GCE_ENDORSEMENT, endorsement)])
         signed, table = guest.report(data, vmpl)
         err.print(f"sevsim: MEASUREMENT {guest.measurement.hex()}", highlight=False)
         output.write_bytes(signed)
         if certs_out is not None:
             write_cert_table(table, certs_out)
+        if cert_table_out is not None:
+            cert_table_out.write_bytes(table)
+        if endorsement_out is not None and endorsement is not None:
+            endorsement_out.write_bytes(endorsement)
     except (SevsimError, OSError) as error:
         raise fail(error, COMMAND) from None

@@ -74,8 +74,8 @@ def key_id(product: str, role: str) -> bytes:
 # -- deterministic key derivation ---------------------------------------------------------------
 
 
-def _stream(label: bytes) -> Callable[[int], bytes]:
-    """An HMAC-SHA256 counter-mode byte stream: the same label, the same bytes."""
+def _stream(label: bytes, seed: bytes) -> Callable[[int], bytes]:
+    """An HMAC-SHA256 counter-mode byte stream: the same seed and label, the same bytes."""
     counter = 0
 
     def take(n: int) -> bytes:
@@ -83,7 +83,7 @@ def _stream(label: bytes) -> Callable[[int], bytes]:
         out = b""
         while len(out) < n:
             counter += 1
-            out += hmac.new(SEED, label + counter.to_bytes(8, "big"), hashlib.sha256).digest()
+            out += hmac.new(seed, label + counter.to_bytes(8, "big"), hashlib.sha256).digest()
         return out[:n]
 
     return take
@@ -139,8 +139,14 @@ def _prime(take: Callable[[int], bytes], bits: int) -> int:
 
 def derive_key(product: str, role: str) -> rsa.RSAPrivateKey:
     """The simulated ARK or ASK key of a product, from SEED alone (seconds for 4096 bits)."""
-    take = _stream(f"{product}/{role}".encode())
-    half = key_bits(product) // 2
+    return derive_rsa_key(SEED, f"{product}/{role}".encode(), key_bits(product))
+
+
+def derive_rsa_key(seed: bytes, label: bytes, bits: int) -> rsa.RSAPrivateKey:
+    """An RSA key (e = 65537) that a published seed and a label fix: sevsim's simulated
+    vendor roots (this module's AMD ones, firmware.gce_endorser's Google one)."""
+    take = _stream(label, seed)
+    half = bits // 2
     p = _prime(take, half)
     q = _prime(take, half)
     while q == p:

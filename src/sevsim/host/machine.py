@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import uuid
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -128,7 +130,8 @@ class Host:
                     kernel_hashes: KernelHashes | None = None,
                     guest_features: int = SEV_FEATURES_SNP, policy: int = DEFAULT_SNP_POLICY,
                     host_data: bytes = bytes(32), id_block: bytes | None = None,
-                    id_auth: bytes | None = None) -> OvmfGuest:
+                    id_auth: bytes | None = None,
+                    certificates: Sequence[tuple[uuid.UUID, bytes]] = ()) -> OvmfGuest:
         """An SNP VM with `ovmf` launched as measured content (not executed), as a VMM
         would launch it; the keyword arguments are `sevsim.host.ovmf.launch_ovmf`'s. A refused
         launch leaves nothing behind."""
@@ -138,7 +141,8 @@ class Host:
             return launch_ovmf(vm, ovmf, vcpu_type=vcpu_type, vcpu_sig=vcpu_sig,
                                vmm_type=vmm_type, kernel_hashes=kernel_hashes,
                                guest_features=guest_features, policy=policy,
-                               host_data=host_data, id_block=id_block, id_auth=id_auth)
+                               host_data=host_data, id_block=id_block, id_auth=id_auth,
+                               certificates=certificates)
         except BaseException:
             vm.destroy()
             raise

@@ -12,6 +12,8 @@ MEASUREMENT a real VM of that configuration shows, and reports the guest asks fo
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from functools import cached_property
 
 from sevsim.abi.ovmf import (
@@ -28,13 +30,22 @@ from sevsim.abi.ovmf import (
     svsm_launch_pages,
 )
 from sevsim.abi.snp_launch import PageType
-from sevsim.abi.snp_report import AttestationReport
+from sevsim.abi.snp_report import (
+    GUID_ARK,
+    GUID_ASK,
+    GUID_VCEK,
+    GUID_VLEK,
+    AttestationReport,
+    build_cert_table,
+)
 from sevsim.abi.vmsa import SEV_FEATURES_SNP
-from sevsim.errors import VmStateError
+from sevsim.errors import ConfigError, VmStateError
 from sevsim.guest.standin import SCRATCH_PAGES, ReportingGuest
 from sevsim.host.vmm import DEFAULT_SNP_POLICY, VirtualMachine, has_author_key
 from sevsim.hw.chips import GuestMode
 from sevsim.hw.engine import PAGE
+
+AMD_CERT_GUIDS = {GUID_VCEK, GUID_VLEK, GUID_ASK, GUID_ARK}
 
 
 def launch_ovmf(vm: VirtualMachine, ovmf: bytes | OvmfImage, *, vcpu_type: str | None = None,
@@ -42,17 +53,24 @@ def launch_ovmf(vm: VirtualMachine, ovmf: bytes | OvmfImage, *, vcpu_type: str |
                 kernel_hashes: KernelHashes | None = None,
                 guest_features: int = SEV_FEATURES_SNP, policy: int = DEFAULT_SNP_POLICY,
                 host_data: bytes = bytes(32), id_block: bytes | None = None,
-                id_auth: bytes | None = None) -> OvmfGuest:
+                id_auth: bytes | None = None,
+                certificates: Sequence[tuple[uuid.UUID, bytes]] = ()) -> OvmfGuest:
     """Launch `ovmf` into a fresh SNP VM whose address space reaches 4 GiB (one VMSA per
-    vCPU of the VM). Every check on the image and the arguments comes first, so a refusal
-    leaves the VM untouched."""
+    vCPU of the VM). `certificates` are the VMM's own certificate-table entries, served after
+    the firmware's VCEK, ASK and ARK (a GCE host's launch endorsement). Every check on the
+    image and the arguments comes first, so a refusal leaves the VM untouched."""
     image = ovmf if isinstance(ovmf, OvmfImage) else OvmfImage.parse(ovmf)
+    build_cert_table(list(certificates))  # ReportFormatError: a GUID twice or all zero
+    if taken := {guid for guid, _ in certificates} & AMD_CERT_GUIDS:
+        raise ConfigError(f"the firmware serves {', '.join(map(str, taken))} itself")
     _check_vm(vm)
     vmm = VmmType.parse(vmm_type)
     sig = resolve_signature(vcpu_type, vcpu_sig, vmm)
     pages = list(snp_launch_pages(image, len(vm.hv.vcpus), sig, vmm, kernel_hashes,
                                   guest_features))
-    return _launch(vm, (image,), image, pages, policy, host_data, id_block, id_auth)
+    guest = _launch(vm, (image,), image, pages, policy, host_data, id_block, id_auth)
+    vm.hv.vmm_certs = list(certificates)
+    return guest
 
 
 def launch_svsm(vm: VirtualMachine, launch: SvsmLaunch, *, vcpu_type: str | None = None,
