@@ -171,7 +171,7 @@ def test_sevsim_kds_serve_serves_the_shipped_files(hash_seed: str) -> None:
 
 # -- published ----------------------------------------------------------------------------------
 
-_ROW = re.compile(r"^\| `(?P<file>(?:sev|snp)/[a-z]+/[a-z]+\.(?:cert|pem))` "
+_ROW = re.compile(r"^\| `(?P<file>(?:(?:sev|snp)/[a-z]+|gce)/[a-z]+\.(?:cert|pem))` "
                   r"\| `(?P<sha>[0-9a-f]{64})` \| (?:`(?P<der>[0-9a-f]{64})`|-) \|$", re.M)
 
 

@@ -46,8 +46,8 @@ from sevsim.abi.gce_endorsement import (
 )
 from sevsim.abi.snp_cert import Attribute, CertTime, Extension, Name, encode_name
 from sevsim.errors import ConfigError
-from sevsim.firmware.amd_root import derive_rsa_key, pss_sign
-from sevsim.firmware.snp_pki import CA_YEARS, ISSUED, LEAF_YEARS
+from sevsim.firmware.amd_root import CA_YEARS, ISSUED, derive_rsa_key, pss_sign
+from sevsim.firmware.snp_pki import LEAF_YEARS
 
 SEED = b"sevsim simulated Google TCB root key: not Google's, public, for simulation only"
 KEY_BITS = 4096
