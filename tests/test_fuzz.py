@@ -7,8 +7,9 @@ Inputs are real structures (AMD's reports and VCEKs from shared/data, and sevsim
 mutated by hypothesis — bytes changed, cut short, extended — format-aware variants (OVMF images
 built from drawn sections, policies with lines rewritten, certificates mutated inside their PEM)
 and arbitrary bytes. Beyond the SNP structures: OVMF images and the launch digests measured
-from what parses, validation policies and the checks they configure, and certificate bundles
-(directory or certificate table) run through chain and report verification. The default run
+from what parses, validation policies and the checks they configure, certificate bundles
+(directory or certificate table) run through chain and report verification, and GCE launch
+endorsements run through their verification. The default run
 takes 300 inputs per target; the test marked `fuzz` (`pytest -m fuzz`, run by .ci/run) takes
 FUZZ_EXAMPLES inputs spread over all of them, 100,000 unless set.
 """
@@ -25,7 +26,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ovmf_images import make_ovmf
+from sevsim.abi.gce_endorsement import GoldenMeasurement, LaunchEndorsement
 from sevsim.abi.ovmf import (
     OvmfError,
     OvmfImage,
@@ -62,10 +64,19 @@ from sevsim.abi.snp_report import (
     parse_cert_table,
 )
 from sevsim.abi.snp_tcb import Generation, PlatformInfo, SnpPolicy, TcbVersion
+from sevsim.attest.gce_endorsement import simulated_google_root, verify_endorsement
 from sevsim.attest.measure import sev_ovmf_digest, seves_ovmf_digest, snp_ovmf_digest
 from sevsim.attest.snp_policy import Policy, validate_report
 from sevsim.attest.snp_verify import CertBundle, verify_certificate_chain, verify_report_chain
-from sevsim.errors import ConfigError, PolicyError, SnpFormatError, SnpVerificationError
+from sevsim.errors import (
+    ConfigError,
+    EndorsementError,
+    EndorsementFormatError,
+    PolicyError,
+    SnpFormatError,
+    SnpVerificationError,
+)
+from sevsim.firmware.gce_endorser import simulated_endorser
 
 VECTORS = Path(__file__).resolve().parent / "data" / "snp"
 EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "examples" / "policy.toml"
@@ -316,6 +327,30 @@ def chain_pems(draw: st.DrawFn) -> bytes:
     return pem(ask, ark)
 
 
+# -- GCE launch endorsements --------------------------------------------------------------
+
+ENDORSED = bytes(range(48))  # the MEASUREMENT the seed endorses for 2 vCPUs
+ENDORSEMENT = simulated_endorser().endorse(b"uefi", {1: bytes(48), 2: ENDORSED})
+
+
+def verify_gce(blob: bytes) -> object:
+    return verify_endorsement(blob, ENDORSED, root=simulated_google_root(), vcpus=2)
+
+
+@st.composite
+def endorsement_inputs(draw: st.DrawFn) -> bytes:
+    """The seed with its golden measurement, or the signer certificate inside it, mutated and
+    wrapped again: the outer message parses, the inner checks run."""
+    parsed = LaunchEndorsement.from_bytes(ENDORSEMENT)
+    golden = parsed.serialized_uefi_golden
+    if draw(st.booleans()):
+        golden = draw(mutated((golden,)))
+    else:
+        fields = GoldenMeasurement.from_bytes(golden)
+        golden = replace(fields, cert=draw(mutated((fields.cert,)))).to_bytes()
+    return LaunchEndorsement(golden, parsed.signature).to_bytes()
+
+
 TARGETS: dict[str, Target] = {
     "attestation report": Target(AttestationReport.from_bytes,
                                  lambda r: r.to_bytes(),  # type: ignore[attr-defined]
@@ -353,6 +388,12 @@ TARGETS: dict[str, Target] = {
         lambda blob: verify_bundle(CertBundle.from_cert_table(blob)), None,
         (build_cert_table([(GUID_VCEK, VCEKS[1]), (GUID_ASK, ASK_DER), (GUID_ARK, ARK_DER)]),),
         BUNDLE_ERRORS),
+    "GCE launch endorsement": Target(verify_gce, None, (ENDORSEMENT,), (EndorsementError,),
+                                     endorsement_inputs()),
+    "GCE golden measurement": Target(
+        GoldenMeasurement.from_bytes, None,
+        (LaunchEndorsement.from_bytes(ENDORSEMENT).serialized_uefi_golden,),
+        (EndorsementFormatError,)),
 }
 
 

@@ -154,7 +154,8 @@ def test_cli_platform_option_errors(build: Callable[..., Path], tmp_path: Path) 
 def test_report_command_takes_the_platform(ovmf_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.bin"
     made = runner.invoke(app, ["report", "--ovmf", str(ovmf_path), "--vmm-type", "gce",
-                               "--chip", "genoa", "--platform", "smt,ecc,ciphertext-hiding", "-o", str(out)])
+                               "--chip", "genoa", "--platform", "smt,ecc,ciphertext-hiding",
+                               "-o", str(out)])
     assert made.exit_code == 0, made.output
     assert AttestationReport.from_bytes(out.read_bytes()).platform_info == 0x15
     lacking = runner.invoke(app, ["report", "--ovmf", str(ovmf_path), "--vmm-type", "gce",

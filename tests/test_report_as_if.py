@@ -176,9 +176,11 @@ def test_report_command_verify_and_validate(tmp_path: Path, ovmf_path: Path) -> 
     report = AttestationReport.from_bytes(out.read_bytes())
     assert report.measurement == digest
     assert report.report_data == b"\xc0\xff\xee" + bytes(61)
-    assert sorted(p.name for p in certs.iterdir()) == ["ark.pem", "ask.pem", "vcek.pem"]
+    assert sorted(p.name for p in certs.iterdir()) == [  # GCE: and the launch endorsement
+        "ark.pem", "ask.pem", "endorsement.binarypb", "vcek.pem"]
     ok = runner.invoke(app, ["verify", str(out), "--certs", str(certs), "--trust", "sevsim"])
     assert ok.exit_code == 0, ok.output
+    assert "ok   endorsement" in ok.output
     amd = runner.invoke(app, ["verify", str(out), "--certs", str(certs), "--trust", "amd"])
     assert amd.exit_code == 1
     policy = tmp_path / "policy.toml"

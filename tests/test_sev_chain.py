@@ -195,14 +195,20 @@ def test_shipped_simulated_keys_are_derived_from_the_published_seed(product: str
     rewrites every shipped file, and git shows no change)."""
     amd_root.regenerate(tmp_path / "keys", tmp_path / "certs", (product,))
     shipped = Path(amd_root.__file__).parent / "simulated_amd" / product
+    trust_store = Path(amd_root.__file__).parent.parent / "attest" / "roots" / "sevsim"
     for role in ("ark", "ask"):
         assert (tmp_path / "keys" / product / f"{role}.pem").read_bytes() == (
             shipped / f"{role}.pem").read_bytes()
-        assert (tmp_path / "certs" / product / f"{role}.cert").read_bytes() == getattr(
-            trusted_roots(product, "sevsim"), role).to_bytes()
-    if product in amd_root.SNP_PRODUCTS:  # and the ASVK that signs VLEKs
+        assert (tmp_path / "certs" / "sev" / product / f"{role}.cert").read_bytes() == (
+            trust_store / "sev" / product / f"{role}.cert").read_bytes()
+    if product in amd_root.SNP_PRODUCTS:  # the ASVK that signs VLEKs, and the X.509 roots
         assert (tmp_path / "keys" / product / "asvk.pem").read_bytes() == (
             shipped / "asvk.pem").read_bytes()
+        for role in ("ark", "ask", "asvk"):
+            assert (tmp_path / "certs" / "snp" / product / f"{role}.pem").read_bytes() == (
+                trust_store / "snp" / product / f"{role}.pem").read_bytes()
+    else:
+        assert not (tmp_path / "certs" / "snp").exists()
 
 
 @settings(max_examples=20, deadline=None)

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sevsim import Host
+from sevsim.abi.snp_cert import PSS
 from sevsim.abi.snp_report import GUID_VCEK, OFFSETS, AttestationReport, build_cert_table
 from sevsim.attest.kds_client import KdsClient, vcek_path
 from sevsim.attest.snp_verify import (
@@ -34,13 +35,7 @@ from sevsim.attest.snp_verify import (
 from sevsim.errors import ConfigError, KdsFetchError, SnpFormatError, SnpVerificationError
 from sevsim.firmware.amd_root import simulated_root
 from sevsim.firmware.kds import KeyDistribution, make_server
-from sevsim.firmware.snp_pki import (
-    AMD_PSS,
-    ISSUED,
-    LEAF_YEARS,
-    snp_ca_chain,
-    snp_vlek_ca_chain,
-)
+from sevsim.firmware.snp_pki import ISSUED, LEAF_YEARS, snp_ca_chain, snp_vlek_ca_chain
 from sevsim.inputs import MAX_CERT_FILE
 from sevsim.testing import sign_report
 
@@ -166,7 +161,7 @@ def _reissued(cert: x509.Certificate, issuer_key: rsa.RSAPrivateKey,
                .not_valid_before(cert.not_valid_before_utc).not_valid_after(not_after))
     for extension in cert.extensions:
         builder = builder.add_extension(extension.value, extension.critical)
-    return builder.sign(issuer_key, hashes.SHA384(), rsa_padding=AMD_PSS)
+    return builder.sign(issuer_key, hashes.SHA384(), rsa_padding=PSS)
 
 
 def test_every_certificate_is_checked_at_the_time_given(milan: Evidence) -> None:
@@ -501,7 +496,7 @@ def _crl(product: str, revoked: list[int], key: rsa.RSAPrivateKey | None = None,
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
     signer = key or simulated_root(product.lower()).ark_key
     return builder.sign(signer, hashes.SHA384(),
-                        rsa_padding=AMD_PSS if pss else padding.PKCS1v15()).public_bytes(DER)
+                        rsa_padding=PSS if pss else padding.PKCS1v15()).public_bytes(DER)
 
 
 def test_crl_checks(milan: Evidence) -> None:

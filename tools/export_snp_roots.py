@@ -1,10 +1,7 @@
-"""Write the SNP trust stores the verifier ships (src/sevsim/attest/roots/):
-
-- `amd/snp/<product>/{ark,ask,asvk}.pem`: AMD's real X.509 roots, split from the KDS bundles
-  in ../shared/data/amd-roots/snp/ (ASK or ASVK first, then the ARK);
-- `sevsim/snp/<product>/{ark,ask,asvk}.pem`: sevsim's simulated ones, issued by the firmware
-  from its shipped keys (firmware/snp_pki.py). Their RSA-PSS salts are random, so a rerun
-  changes signature bytes only; tests/test_snp_verify.py checks names, serials and keys.
+"""Write AMD's SNP trust store the verifier ships: `src/sevsim/attest/roots/amd/snp/<product>/
+{ark,ask,asvk}.pem`, AMD's real X.509 roots split from the KDS bundles in
+../shared/data/amd-roots/snp/ (ASK or ASVK first, then the ARK). sevsim's simulated ones
+(`roots/sevsim/`) are written by tools/derive_simulated_amd_roots.py.
 
     python tools/export_snp_roots.py [AMD_ROOTS_DIR]
 """
@@ -16,8 +13,6 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-
-from sevsim.firmware.snp_pki import snp_ca_chain, snp_vlek_ca_chain
 
 ROOTS = Path(__file__).resolve().parent.parent / "src" / "sevsim" / "attest" / "roots"
 AMD_BUNDLES = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "amd-roots"
@@ -39,15 +34,5 @@ def export_amd(bundles: Path, out: Path) -> None:
             (out / product / f"{role}.pem").write_bytes(cert.public_bytes(PEM))
 
 
-def export_sevsim(out: Path) -> None:
-    for product in PRODUCTS:
-        ask, ark = snp_ca_chain(product.capitalize())
-        asvk, _ = snp_vlek_ca_chain(product.capitalize())
-        (out / product).mkdir(parents=True, exist_ok=True)
-        for role, cert in (("ark", ark), ("ask", ask), ("asvk", asvk)):
-            (out / product / f"{role}.pem").write_bytes(cert.public_bytes(PEM))
-
-
 if __name__ == "__main__":
     export_amd(Path(sys.argv[1]) if len(sys.argv) > 1 else AMD_BUNDLES, ROOTS / "amd" / "snp")
-    export_sevsim(ROOTS / "sevsim" / "snp")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sevsim.errors import SevsimError
 
 if TYPE_CHECKING:
+    from sevsim.firmware.gce_endorser import simulated_endorser
     from sevsim.guest.kernel import kernel_identity
     from sevsim.host.debug import debug_read, debug_write
     from sevsim.host.elf import parse_elf
@@ -33,10 +34,11 @@ _LAZY = {
     "parse_elf": ("sevsim.host.elf", "parse_elf"),
     "PlatformOptions": ("sevsim.hw.chips", "PlatformOptions"),
     "Quantum": ("sevsim.hw.quantum", "Quantum"),
+    "simulated_endorser": ("sevsim.firmware.gce_endorser", "simulated_endorser"),  # Google's
 }
 
 __all__ = ["Host", "MigrationRecord", "PlatformOptions", "Quantum", "SevsimError", "debug_read",
-           "debug_write", "kernel_identity", "migrate", "parse_elf"]
+           "debug_write", "kernel_identity", "migrate", "parse_elf", "simulated_endorser"]
 __version__ = "0.1.0"
 
 

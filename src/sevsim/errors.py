@@ -61,6 +61,16 @@ class SnpCertFormatError(SnpFormatError):
     """A VCEK/VLEK certificate (or its DER) that does not parse the way AMD issues them."""
 
 
+class EndorsementFormatError(FormatError):
+    """Bytes that are not a well-formed GCE launch endorsement (VMLaunchEndorsement or its
+    VMGoldenMeasurement protobuf), or a digest or measurement of the wrong size; `field` names
+    the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
 class FirmwareError(SevsimError):
     """The Secure Processor refused a command with one of AMD's status codes.
 
@@ -145,6 +155,15 @@ class SnpVerificationError(AttestationError):
     def __init__(self, failures: list[tuple[str, str]]) -> None:
         self.failures = failures
         super().__init__("; ".join(f"{name}: {reason}" for name, reason in failures))
+
+
+class EndorsementError(AttestationError):
+    """A GCE launch endorsement that does not vouch for this report; `reason` names the check
+    that failed: format, signer, chain, signature, provenance, sev-snp or measurement."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {message}")
 
 
 class KdsFetchError(AttestationError):

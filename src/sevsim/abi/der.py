@@ -8,6 +8,8 @@ re-encodes to the same bytes proves the input was canonical DER.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sevsim.errors import SnpCertFormatError
 
 BOOLEAN = 0x01
@@ -80,6 +82,31 @@ def children(content: bytes) -> list[tuple[int, bytes]]:
         tag, value, pos = read(content, pos)
         out.append((tag, value))
     return out
+
+
+@dataclass(frozen=True)
+class Element:
+    """One element of a parsed DER tree: its tag, its content and, when it is constructed
+    (tag bit 0x20: SEQUENCE, SET, EXPLICIT tags), the elements inside it."""
+
+    tag: int
+    content: bytes
+    children: tuple[Element, ...] = ()
+
+
+def tree(blob: bytes) -> Element:
+    """`blob`, exactly one element, parsed down to its primitives: the structure two
+    encodings of the same kind of object can be compared by (tags, lengths, order)."""
+    tag, content, end = read(blob)
+    if end != len(blob):
+        raise SnpCertFormatError("DER", f"{len(blob) - end} bytes after the element")
+    return _element(tag, content)
+
+
+def _element(tag: int, content: bytes) -> Element:
+    if not tag & 0x20:
+        return Element(tag, content)
+    return Element(tag, content, tuple(_element(t, c) for t, c in children(content)))
 
 
 def sequence(*elements: bytes) -> bytes:

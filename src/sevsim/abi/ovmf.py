@@ -6,6 +6,10 @@ launch: SNP_SEC_MEM, SNP_SECRETS, CPUID, SVSM_CAA, SNP_KERNEL_HASHES), the SEV-E
 (where APs start) and the kernel-hashes table QEMU fills for direct boot. Each vCPU starts from
 a VMSA that depends on the VMM and the vCPU model's CPUID signature.
 
+An SVSM (coconut-svsm) image has the same format plus an SVSM_INFO entry (its entry point) and
+launches below OVMF and OVMF's variable store, with its own metadata sections and VMPL0 VMSAs
+(`SvsmLaunch`, `svsm_launch_pages`).
+
 Both ends need this: sevsim's VMM launches an image's pages in `snp_launch_pages` order through
 the simulated firmware, and a relying party (attest.measure) folds the same pages into the
 digest it expects. Facts (GUIDs, register values) follow OVMF (OvmfPkg/ResetVector, AmdSev),
@@ -54,6 +58,8 @@ FOOTER_TABLE_GUID = Guid("96b582de-1fb2-45f7-baea-a366c55a082d")
 SEV_METADATA_GUID = Guid("dc886566-984a-4798-a75e-5585a7bf67cc")
 SEV_ES_RESET_BLOCK_GUID = Guid("00f771de-1a7e-4fcb-890e-68c77e2fb44e")
 SEV_HASH_TABLE_RV_GUID = Guid("7255371f-3a3b-4b04-927b-1da6efa8d454")
+# An SVSM image's entry point, as an offset from its start (coconut-svsm's reset vector).
+SVSM_INFO_GUID = Guid("a789a612-0597-4c4b-a49f-cbb1fe9d1ddd")
 # QEMU's SEV hash table (target/i386/sev.c) read by OVMF's BlobVerifierLib/SevHashFinderLib.
 HASH_TABLE_HEADER_GUID = Guid("9438d606-4f22-4cc9-b479-a793d411fd21")
 HASH_CMDLINE_GUID = Guid("97d02dd8-bd20-4c94-aa78-e7714d36ab2a")
@@ -145,17 +151,19 @@ class MetadataSection(NamedTuple):  # tuples: cheap, as `sevsim measure` starts 
 
 
 class OvmfImage(NamedTuple):
-    """An OVMF image and what its footer table and SEV metadata say about launching it."""
+    """An OVMF image (or an SVSM image, in OVMF's format) and what its footer table and SEV
+    metadata say about launching it."""
 
     data: bytes
     table: dict[Guid, bytes]
     sections: tuple[MetadataSection, ...]
     has_sev_metadata: bool = True
+    end: int = FOUR_GIB  # where its flash ends: 4 GiB for OVMF, lower for an SVSM
 
     @property
     def gpa(self) -> int:
-        """Where the VMM maps the image: it ends at 4 GiB."""
-        return FOUR_GIB - len(self.data)
+        """Where the VMM maps the image: it ends at `end`."""
+        return self.end - len(self.data)
 
     @property
     def reset_eip(self) -> int:
@@ -174,17 +182,18 @@ class OvmfImage(NamedTuple):
         return any(s.type is kind for s in self.sections)
 
     @classmethod
-    def parse(cls, data: bytes) -> "OvmfImage":
+    def parse(cls, data: bytes, end: int = FOUR_GIB) -> "OvmfImage":
         """Parse the footer table and the SEV metadata (SEV and SEV-ES launches need only
-        the footer table, SNP needs the metadata); OvmfError for anything malformed."""
+        the footer table, SNP needs the metadata) of an image whose flash ends at `end`;
+        OvmfError for anything malformed."""
         data = bytes(data)
-        if not data or len(data) % PAGE_SIZE or len(data) > FOUR_GIB:
-            raise OvmfError(f"an OVMF image is whole 4 KiB pages below 4 GiB; this one is "
-                            f"{len(data)} bytes")
+        if not data or len(data) % PAGE_SIZE or len(data) > end:
+            raise OvmfError(f"an OVMF image is whole 4 KiB pages below GPA 0x{end:x}; this "
+                            f"one is {len(data)} bytes")
         table = _footer_table(data)
         if SEV_METADATA_GUID not in table:
-            return cls(data, table, (), has_sev_metadata=False)
-        return cls(data, table, _metadata(data, table))
+            return cls(data, table, (), has_sev_metadata=False, end=end)
+        return cls(data, table, _metadata(data, table), end=end)
 
 
 def _footer_table(data: bytes) -> dict[Guid, bytes]:
@@ -273,31 +282,57 @@ class KernelHashes(NamedTuple):
 # -- VMSAs ---------------------------------------------------------------------------------------
 
 
+# What KVM puts in every SEV-ES/SNP VMSA at reset: EFER.SVME, CR4.MCE, DR6/DR7, RFLAGS' fixed
+# bit, XCR0 x87, the PAT MSR's power-on value and MXCSR with all SIMD exceptions masked.
+_KVM_RESET = {"efer": 0x1000, "cr4": 0x40, "dr7": 0x400, "dr6": 0xFFFF0FF0, "rflags": 0x2,
+              "xcr0": 0x1, "g_pat": 0x0007040600070406, "mxcsr": 0x1F80}
+
+
+def _vmsa_page(regs: dict[str, int], segments: dict[str, VmcbSegment]) -> bytes:
+    try:
+        return Vmsa(regs={k: v for k, v in regs.items() if v}, segments=segments).to_bytes()
+    except ValueError as error:
+        raise OvmfError(str(error)) from None
+
+
 def ovmf_vmsa(eip: int, vcpu_sig: int, sev_features: int, vmm_type: VmmType | str) -> bytes:
     """The 4 KiB VMSA a vCPU starting at `eip` in real mode gets from the VMM: x86 reset state
     as KVM sets it (EFER.SVME, CR4.MCE, CS base from EIP's upper half), RDX the CPUID
     signature (EC2 and GCE: 0x600), and each VMM's segment attributes, PAT and FPU state."""
     vmm = VmmType.parse(vmm_type)
     cs_attr, ss_attr, tr_attr = 0x9B, 0x93, 0x8B
-    g_pat, rdx, mxcsr, fcw = 0x0007040600070406, vcpu_sig, 0x1F80, 0x37F
+    g_pat, rdx, mxcsr, fcw = _KVM_RESET["g_pat"], vcpu_sig, _KVM_RESET["mxcsr"], 0x37F
     if vmm is VmmType.EC2:
         cs_attr = 0x9A if eip == BSP_EIP else 0x9B
         ss_attr, tr_attr, rdx, mxcsr, fcw = 0x92, 0x83, 0x600, 0, 0
     elif vmm is VmmType.GCE:
         g_pat, rdx, mxcsr, fcw = 0x00070106, 0x600, 0, 0
     data = VmcbSegment(0, 0x93, 0xFFFF, 0)
-    regs = {"efer": 0x1000, "cr4": 0x40, "cr0": 0x10, "dr7": 0x400, "dr6": 0xFFFF0FF0,
-            "rflags": 0x2, "rip": eip & 0xFFFF, "g_pat": g_pat, "rdx": rdx,
-            "sev_features": sev_features, "xcr0": 0x1, "mxcsr": mxcsr, "x87_fcw": fcw}
+    regs = {**_KVM_RESET, "cr0": 0x10, "rip": eip & 0xFFFF, "g_pat": g_pat, "rdx": rdx,
+            "sev_features": sev_features, "mxcsr": mxcsr, "x87_fcw": fcw}
     segments = {"es": data, "cs": VmcbSegment(0xF000, cs_attr, 0xFFFF, eip & 0xFFFF0000),
                 "ss": VmcbSegment(0, ss_attr, 0xFFFF, 0), "ds": data, "fs": data, "gs": data,
                 "gdtr": VmcbSegment(0, 0, 0xFFFF, 0), "idtr": VmcbSegment(0, 0, 0xFFFF, 0),
                 "ldtr": VmcbSegment(0, 0x82, 0xFFFF, 0),
                 "tr": VmcbSegment(0, tr_attr, 0xFFFF, 0)}
-    try:
-        return Vmsa(regs={k: v for k, v in regs.items() if v}, segments=segments).to_bytes()
-    except ValueError as error:
-        raise OvmfError(str(error)) from None
+    return _vmsa_page(regs, segments)
+
+
+def svsm_vmsa(eip: int, vcpu_sig: int) -> bytes:
+    """The VMPL0 VMSA every vCPU of an SVSM launch starts from (coconut-svsm's QEMU): 32-bit
+    protected mode (CR0.PE) at the SVSM's entry, flat 4 GiB code (selector 8) and data (16)
+    segments, SEV_FEATURES SNP only, RDX the CPUID signature, KVM's reset state otherwise.
+    The x87 FCW stays 0, as in sev-snp-measure 0.0.13, the reference the tests compare with
+    (its SVSM save area names no FCW field)."""
+    code = VmcbSegment(8, 0xC9B, 0xFFFFFFFF, 0)
+    data = VmcbSegment(16, 0xC93, 0xFFFFFFFF, 0)
+    regs = {**_KVM_RESET, "cr0": 0x11, "rip": eip, "rdx": vcpu_sig,
+            "sev_features": SEV_FEATURES_SNP}
+    segments = {"es": data, "cs": code, "ss": data, "ds": data, "fs": data,
+                "gs": VmcbSegment(0, 0x93, 0xFFFF, 0), "gdtr": VmcbSegment(0, 0, 0xFFFF, 0),
+                "idtr": VmcbSegment(0, 0, 0xFFFF, 0), "ldtr": VmcbSegment(0, 0x82, 0xFFFF, 0),
+                "tr": VmcbSegment(0, 0x8B, 0xFFFF, 0)}
+    return _vmsa_page(regs, segments)
 
 
 def ovmf_vmsas(image: OvmfImage, vcpus: int, vcpu_sig: int, sev_features: int,
@@ -413,3 +448,63 @@ def _section_pages(image: OvmfImage, section: MetadataSection, hashes: KernelHas
         yield from _pages(PageType.NORMAL, section.gpa, section.size, region)
     else:  # SVSM_CAA, and SNP_KERNEL_HASHES without a kernel: zero pages
         yield from _pages(PageType.ZERO, section.gpa, section.size)
+
+
+# -- the SVSM launch -------------------------------------------------------------------------
+
+
+class SvsmLaunch(NamedTuple):
+    """An SVSM launch as coconut-svsm's QEMU lays it out below 4 GiB: the guest firmware
+    (`ovmf`, which the SVSM runs at a lower VMPL) ends at 4 GiB, its variable store
+    (`vars_size` bytes, never measured) lies below it, and the SVSM image below that."""
+
+    svsm: OvmfImage
+    ovmf: OvmfImage
+    vars_size: int
+
+    @classmethod
+    def parse(cls, svsm: bytes, ovmf: bytes | OvmfImage, vars_size: int) -> "SvsmLaunch":
+        """Place both images; OvmfError unless the SVSM image has a footer table with an
+        SVSM_INFO entry and SEV metadata, and the variable store is whole pages."""
+        if vars_size < 0 or vars_size % PAGE_SIZE:
+            raise OvmfError(f"an OVMF variable store is whole 4 KiB pages of flash; "
+                            f"{vars_size} bytes is not")
+        fw = ovmf if isinstance(ovmf, OvmfImage) else OvmfImage.parse(ovmf)
+        if vars_size > fw.gpa:
+            raise OvmfError(f"a {vars_size}-byte variable store does not fit below the "
+                            f"firmware at GPA 0x{fw.gpa:x}")
+        try:
+            image = OvmfImage.parse(svsm, end=fw.gpa - vars_size)
+        except OvmfError as error:
+            raise OvmfError(f"the SVSM image: {error}") from None
+        entry = image.table.get(SVSM_INFO_GUID)
+        if entry is None or len(entry) < 4:
+            raise OvmfError(f"not an SVSM image: its footer table has no SVSM_INFO entry "
+                            f"({SVSM_INFO_GUID}) giving its entry point")
+        if struct.unpack_from("<I", entry)[0] >= len(image.data):
+            raise OvmfError(f"the SVSM entry point 0x{struct.unpack_from('<I', entry)[0]:x} "
+                            f"is outside the {len(image.data)}-byte image")
+        if not image.has_sev_metadata:
+            raise OvmfError("the SVSM image carries no SEV metadata (no SEV_METADATA GUID in "
+                            "its footer table): it cannot launch as an SNP guest")
+        return cls(image, fw, vars_size)
+
+    @property
+    def entry(self) -> int:
+        """Where every vCPU starts: the SVSM_INFO offset into the image, as a GPA."""
+        return self.svsm.gpa + struct.unpack_from("<I", self.svsm.table[SVSM_INFO_GUID])[0]
+
+
+def svsm_launch_pages(launch: SvsmLaunch, vcpus: int, vcpu_sig: int) -> Iterator[LaunchPage]:
+    """Every page QEMU launches for an SVSM guest, in order: the firmware's image and the
+    SVSM's as NORMAL pages, the SVSM's metadata sections as QEMU launches them (the
+    firmware's own sections are the SVSM's business, not the VMM's), then one VMSA per vCPU,
+    all alike at the SVSM's entry."""
+    check_vcpus(vcpus)
+    vmsa = svsm_vmsa(launch.entry, vcpu_sig)
+    yield from image_pages(launch.ovmf)
+    yield from image_pages(launch.svsm)
+    for section in launch.svsm.sections:
+        yield from _section_pages(launch.svsm, section, None, VmmType.QEMU)
+    for _ in range(vcpus):
+        yield LaunchPage(PageType.VMSA, VMSA_GPA, vmsa)

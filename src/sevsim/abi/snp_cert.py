@@ -1,6 +1,8 @@
-"""VCEK and VLEK certificates as AMD's KDS issues them (spec-formats.md §5.1-5.2): X.509 v3,
-serial number 0, RSASSA-PSS (SHA-384, MGF1-SHA-384, salt 48) by the ASK or ASVK, AMD's
-distinguished-name order and only AMD's own extensions, in KDS's order.
+"""AMD's X.509 certificates as KDS issues them (spec-formats.md §5.1-5.2). VCEK and VLEK:
+X.509 v3, serial number 0, RSASSA-PSS (SHA-384, MGF1-SHA-384, salt 48) by the ASK or ASVK,
+AMD's distinguished-name order and only AMD's own extensions, in KDS's order. ARK, ASK and
+ASVK: the same names and signature algorithm, and the X.509 extensions AMD gives them, in
+AMD's order and encoding (`ca_extensions`).
 
 `cryptography` will not build a serial-0 certificate and warns when loading one, so the
 certificate is encoded and decoded with sevsim's DER layer (abi/der.py), and signatures are
@@ -10,6 +12,7 @@ back the input byte for byte, so what parses is exactly what sevsim can build.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
@@ -240,6 +243,46 @@ class AmdExtensions:
         return cls(tcb, product, values.get(HW_ID), text(CSP_ID), version)
 
 
+# -- the CA certificates' extensions (ARK, ASK, ASVK) ------------------------------------
+
+OID_SKI, OID_KEY_USAGE, OID_BASIC_CONSTRAINTS, OID_CRL_DP, OID_AKI = (
+    "2.5.29.14", "2.5.29.15", "2.5.29.19", "2.5.29.31", "2.5.29.35")
+# keyUsage as AMD encodes it: always one unused bit, so keyCertSign alone is 03 02 01 04 (the
+# minimal DER, 03 02 02 04, is what other CAs write); the ARK adds cRLSign: 03 02 01 06.
+KEY_USAGE_ARK = der.encode(der.BIT_STRING, b"\x01\x06")
+KEY_USAGE_SIGNER = der.encode(der.BIT_STRING, b"\x01\x04")
+_TRUE = der.encode(der.BOOLEAN, b"\xff")
+_URI = 0x86  # GeneralName uniformResourceIdentifier: [6] IMPLICIT IA5String
+
+
+def key_identifier(spki: bytes) -> bytes:
+    """RFC 5280 §4.2.1.2 method 1, as AMD's SKI and AKI: SHA-1 of the subjectPublicKey bits."""
+    parts = der.children(der.read_one(spki, der.SEQUENCE, "subjectPublicKeyInfo"))
+    if len(parts) != 2 or parts[1][0] != der.BIT_STRING or not parts[1][1] or parts[1][1][0]:
+        raise SnpCertFormatError("subjectPublicKeyInfo", "is not algorithm and key bits")
+    return hashlib.sha1(parts[1][1][1:]).digest()
+
+
+def ca_extensions(spki: bytes, crl_url: str, issuer_spki: bytes | None = None
+                  ) -> tuple[Extension, ...]:
+    """The extensions of AMD's ARK (`issuer_spki` None: self-signed) or of an ASK/ASVK under
+    the ARK whose key is `issuer_spki`, in the order and encoding of AMD's real ones: ARK
+    keyUsage, SKI, basicConstraints (CA), CRL distribution point; ASK/ASVK SKI, AKI,
+    basicConstraints (CA, pathLen 0), keyUsage, CRL distribution point."""
+    ski = Extension(OID_SKI, der.encode(der.OCTET_STRING, key_identifier(spki)))
+    uri = der.encode(_URI, crl_url.encode("ascii"))
+    crl = Extension(OID_CRL_DP, der.sequence(der.sequence(
+        der.encode(der.context(0), der.encode(der.context(0), uri)))))
+    if issuer_spki is None:
+        return (Extension(OID_KEY_USAGE, KEY_USAGE_ARK, critical=True), ski,
+                Extension(OID_BASIC_CONSTRAINTS, der.sequence(_TRUE), critical=True), crl)
+    aki = Extension(OID_AKI, der.sequence(der.encode(der.context(0, constructed=False),
+                                                     key_identifier(issuer_spki))))
+    return (ski, aki,
+            Extension(OID_BASIC_CONSTRAINTS, der.sequence(_TRUE, der.integer(0)), critical=True),
+            Extension(OID_KEY_USAGE, KEY_USAGE_SIGNER, critical=True), crl)
+
+
 # -- the certificate ----------------------------------------------------------------------
 
 
@@ -337,8 +380,7 @@ class SnpCertificate:
 
     def to_der(self) -> bytes:
         """The certificate's DER."""
-        return der.sequence(self.tbs.to_der(), self.tbs.signature_algorithm,
-                            der.encode(der.BIT_STRING, b"\0" + self.signature))
+        return encode_certificate(self.tbs, self.signature)
 
     @classmethod
     def from_der(cls, blob: bytes) -> SnpCertificate:
@@ -368,6 +410,12 @@ class SnpCertificate:
         if not isinstance(issuer, rsa.RSAPublicKey):
             raise InvalidSignature("an AMD issuer key is RSA")
         issuer.verify(self.signature, self.tbs.to_der(), PSS, hashes.SHA384())
+
+
+def encode_certificate(tbs: TbsCertificate, signature: bytes) -> bytes:
+    """A certificate's DER: the TBS, its signature algorithm again, the signature."""
+    return der.sequence(tbs.to_der(), tbs.signature_algorithm,
+                        der.encode(der.BIT_STRING, b"\0" + signature))
 
 
 def issue(tbs: TbsCertificate, signer: rsa.RSAPrivateKey) -> SnpCertificate:

@@ -11,9 +11,18 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sevsim.attest.gce_endorsement import (
+        GUID_GCE_ENDORSEMENT,
+        LaunchEndorsement,
+        endorsement_in_cert_table,
+        golden_measurements,
+        load_google_root,
+        simulated_google_root,
+        verify_endorsement,
+    )
     from sevsim.attest.idblock import load_signing_key, make_id_block
     from sevsim.attest.kds_client import KdsClient
-    from sevsim.attest.measure import snp_ovmf_digest
+    from sevsim.attest.measure import snp_ovmf_digest, snp_svsm_digest
     from sevsim.attest.sev_chain import PlatformChain
     from sevsim.attest.sev_chain import verify as verify_sev_chain
     from sevsim.attest.sev_owner import GuestOwner, expected_launch_digest
@@ -22,6 +31,13 @@ if TYPE_CHECKING:
 
 # public name -> (module, name there)
 _LAZY = {
+    "GUID_GCE_ENDORSEMENT": ("gce_endorsement", "GUID_GCE_ENDORSEMENT"),
+    "LaunchEndorsement": ("gce_endorsement", "LaunchEndorsement"),
+    "endorsement_in_cert_table": ("gce_endorsement", "endorsement_in_cert_table"),
+    "golden_measurements": ("gce_endorsement", "golden_measurements"),
+    "load_google_root": ("gce_endorsement", "load_google_root"),
+    "simulated_google_root": ("gce_endorsement", "simulated_google_root"),
+    "verify_endorsement": ("gce_endorsement", "verify_endorsement"),
     "CertBundle": ("snp_verify", "CertBundle"),
     "ChainCache": ("snp_verify", "ChainCache"),
     "GuestOwner": ("sev_owner", "GuestOwner"),
@@ -34,15 +50,18 @@ _LAZY = {
     "make_id_block": ("idblock", "make_id_block"),
     "policy_for": ("snp_policy", "policy_for"),
     "snp_ovmf_digest": ("measure", "snp_ovmf_digest"),
+    "snp_svsm_digest": ("measure", "snp_svsm_digest"),
     "validate_report": ("snp_policy", "validate_report"),
     "verify_report_chain": ("snp_verify", "verify_report_chain"),
     "verify_sev_chain": ("sev_chain", "verify"),  # the legacy SEV platform chain
 }
 
-__all__ = ["CertBundle", "ChainCache", "GuestOwner", "KdsClient", "PlatformChain", "Policy",
-           "expected_launch_digest", "load_report", "load_signing_key", "make_id_block",
-           "policy_for", "snp_ovmf_digest", "validate_report", "verify_report_chain",
-           "verify_sev_chain"]
+__all__ = ["GUID_GCE_ENDORSEMENT", "CertBundle", "ChainCache", "GuestOwner", "KdsClient",
+           "LaunchEndorsement", "PlatformChain", "Policy", "endorsement_in_cert_table",
+           "expected_launch_digest", "golden_measurements", "load_google_root", "load_report",
+           "load_signing_key", "make_id_block", "policy_for", "simulated_google_root",
+           "snp_ovmf_digest", "snp_svsm_digest", "validate_report", "verify_endorsement",
+           "verify_report_chain", "verify_sev_chain"]
 
 
 def __getattr__(name: str) -> Any:

@@ -4,7 +4,8 @@ A relying party compares MEASUREMENT (SNP) or LAUNCH_MEASURE's digest (SEV, SEV-
 the guest *should* have launched. Two kinds of guests:
 
 - OVMF firmware images carrying AMD's SEV metadata, as QEMU, EC2 and GCE launch them
-  (abi.ovmf: the image's layout and the pages a VMM launches, in order);
+  (abi.ovmf: the image's layout and the pages a VMM launches, in order), alone or run by an
+  SVSM (coconut-svsm) launched beneath them;
 - sevsim's own guests: the pages `abi.bootinfo.launch_image` lays out, plus (SNP) the secrets
   and CPUID pages and one VMSA per vCPU from `abi.vmsa.reset_state`, exactly as sevsim's VMM
   launches them.
@@ -27,11 +28,13 @@ from sevsim.abi.ovmf import (
     LaunchPage,
     OvmfError,
     OvmfImage,
+    SvsmLaunch,
     VmmType,
     image_pages,
     ovmf_vmsas,
     resolve_signature,
     snp_launch_pages,
+    svsm_launch_pages,
 )
 from sevsim.abi.snp_launch import (
     DIGEST_SIZE,
@@ -59,6 +62,7 @@ class Mode(Enum):
     SEV_ES = "sev-es"
     SNP = "snp"
     SNP_OVMF_HASH = "snp:ovmf-hash"  # only the OVMF image's part of the SNP digest
+    SNP_SVSM = "snp:svsm"  # OVMF run by an SVSM (snp_svsm_digest)
 
     @classmethod
     def parse(cls, name: str | Mode) -> Mode:
@@ -67,10 +71,11 @@ class Mode(Enum):
             return name
         key = name.lower().replace("_", "-")
         aliases = {"sev": cls.SEV, "sev-es": cls.SEV_ES, "seves": cls.SEV_ES, "es": cls.SEV_ES,
-                   "snp": cls.SNP, "sev-snp": cls.SNP, "snp:ovmf-hash": cls.SNP_OVMF_HASH}
+                   "snp": cls.SNP, "sev-snp": cls.SNP, "snp:ovmf-hash": cls.SNP_OVMF_HASH,
+                   "snp:svsm": cls.SNP_SVSM, "sev-snp:svsm": cls.SNP_SVSM}
         if key not in aliases:
             raise ConfigError(f"unknown mode {name!r}; one of snp, sev-es (seves), sev, "
-                              "snp:ovmf-hash")
+                              "snp:ovmf-hash, snp:svsm")
         return aliases[key]
 
 
@@ -113,6 +118,19 @@ def snp_ovmf_digest(ovmf: bytes | OvmfImage, vcpus: int, vcpu_type: str | None =
         raise ConfigError(f"an OVMF hash is {DIGEST_SIZE} bytes, not {len(ovmf_hash)}")
     image_page_count = len(image.data) // PAGE_SIZE  # the launch begins with them
     return _fold(islice(pages, image_page_count, None), ovmf_hash)
+
+
+def snp_svsm_digest(svsm: bytes, ovmf: bytes | OvmfImage, vcpus: int,
+                    vcpu_type: str | None = None, *, vars_size: int,
+                    vcpu_sig: int | None = None) -> bytes:
+    """The 48-byte SNP launch digest of an SVSM guest as QEMU launches it (sev-snp-measure
+    --mode snp:svsm): the OVMF image, the SVSM image below OVMF's `vars_size`-byte variable
+    store, the SVSM's metadata sections and one VMPL0 VMSA per vCPU at the SVSM's entry
+    (abi.ovmf.svsm_launch_pages)."""
+    _check_vcpus(vcpus, OVMF_MAX_VCPUS)
+    launch = SvsmLaunch.parse(svsm, ovmf, vars_size)
+    sig = resolve_signature(vcpu_type, vcpu_sig, VmmType.QEMU)
+    return _fold(svsm_launch_pages(launch, vcpus, sig))
 
 
 def snp_ovmf_hash(ovmf: bytes | OvmfImage) -> bytes:
@@ -165,6 +183,9 @@ def ovmf_digest(mode: Mode | str, ovmf: bytes | OvmfImage, vcpus: int = 1,
     chosen = Mode.parse(mode)
     if ovmf_hash is not None and chosen is not Mode.SNP:
         raise ConfigError("a precomputed OVMF hash finishes an SNP digest (--mode snp)")
+    if chosen is Mode.SNP_SVSM:
+        raise ConfigError("snp:svsm measures an SVSM image with the OVMF it runs: "
+                          "snp_svsm_digest")
     if chosen is Mode.SNP:
         return snp_ovmf_digest(ovmf, vcpus, vcpu_type, vcpu_sig=vcpu_sig, vmm_type=vmm_type,
                                kernel=kernel, initrd=initrd, append=append,
@@ -237,8 +258,8 @@ def guest_digest(mode: Mode | str, image: GuestImage, memory_size: int, vcpus: i
     from sevsim.attest.sev_owner import expected_launch_digest  # cryptography: not for OVMF
 
     chosen = Mode.parse(mode)
-    if chosen is Mode.SNP_OVMF_HASH:
-        raise ConfigError("snp:ovmf-hash measures OVMF images (--ovmf), not sevsim guests")
+    if chosen in (Mode.SNP_OVMF_HASH, Mode.SNP_SVSM):
+        raise ConfigError(f"{chosen.value} measures OVMF images (--ovmf), not sevsim guests")
     if chosen is Mode.SNP:
         return snp_guest_digest(image, memory_size, vcpus, kernel_id)
     _check_guest(memory_size, vcpus)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import datetime
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from sevsim.cli.common import (
+    ENDORSEMENT_FILE,
     EXIT_ERROR,
     MAX_CERT_FILE,
     MAX_REPORT_FILE,
@@ -26,6 +28,11 @@ from sevsim.cli.common import (
     read_input,
 )
 from sevsim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from sevsim.attest.snp_verify import Check
 
 EXIT_UNVERIFIED = 1
 out = Console(soft_wrap=True)
@@ -87,8 +94,23 @@ def verify(
              "was produced.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")
                        ] = False,
+    endorsement: Annotated[Path | None, typer.Option(
+        help="A GCE launch endorsement (VMLaunchEndorsement) to check against MEASUREMENT "
+             "(default: the one in --certs, if any).")] = None,
+    vcpus: Annotated[int | None, typer.Option(
+        help="The VM's vCPU count: the endorsement's golden measurement for it must be "
+             "MEASUREMENT (default: any count it endorses).")] = None,
+    google_root: Annotated[Path | None, typer.Option(
+        help="Google's GCE TCB root (GCE-cc-tcb-root_1.crt) to check the endorsement's "
+             "signer against (default with --trust sevsim: sevsim's simulated one).")] = None,
 ) -> None:
-    """Verify an SNP report: signature, VCEK/VLEK -> ASK/ASVK -> ARK, TCB, chip id, CRL."""
+    """Verify an SNP report: signature, VCEK/VLEK -> ASK/ASVK -> ARK, TCB, chip id, CRL, and
+    a GCE launch endorsement when there is one."""
+    from sevsim.attest.gce_endorsement import (
+        endorsement_in_cert_table,
+        load_google_root,
+        simulated_google_root,
+    )
     from sevsim.attest.kds_client import KdsClient
     from sevsim.attest.snp_verify import (
         TRUSTS,
@@ -97,27 +119,38 @@ def verify(
         load_report,
         verify_report_chain,
     )
-    from sevsim.errors import SnpFormatError
+    from sevsim.errors import EndorsementFormatError, SnpFormatError
 
     if trust not in TRUSTS:
         raise typer.BadParameter(f"--trust must be one of {', '.join(TRUSTS)}")
     if certs is None and kds is None:
         raise typer.BadParameter("give --certs DIR|FILE, --kds URL, or both")
+    if endorsement is not None and google_root is None and trust != "sevsim":
+        raise typer.BadParameter("sevsim does not ship Google's GCE TCB root: give "
+                                 "--google-root GCE-cc-tcb-root_1.crt (or --trust sevsim)")
     now = None if at is None else _instant(at)
     command = "sevsim verify"
     blob = load_report(read_input(report, command, MAX_REPORT_FILE, "a report"))
+    given = (None if endorsement is None
+             else read_input(endorsement, command, MAX_CERT_FILE, "an endorsement"))
     crl_bytes = (read_input(crl_file, command, MAX_CERT_FILE, "a CRL")
                  if crl_file is not None else None)
     try:
         client = None if kds is None else KdsClient(kds, cache_dir=cache)
+        found = None  # a GCE launch endorsement beside the certificates
         if certs is None:
             bundle = CertBundle()
         elif certs.is_dir():
             bundle = CertBundle.from_directory(certs)
+            if (certs / ENDORSEMENT_FILE).is_file():
+                found = read_bounded(certs / ENDORSEMENT_FILE, MAX_CERT_FILE, "an endorsement")
         else:
-            bundle = CertBundle.from_cert_table(
-                read_bounded(certs, MAX_CERT_FILE, "a certificate table"), str(certs))
-    except (SnpFormatError, ConfigError) as error:
+            table = read_bounded(certs, MAX_CERT_FILE, "a certificate table")
+            bundle = CertBundle.from_cert_table(table, str(certs))
+            found = endorsement_in_cert_table(table)
+        root = (None if google_root is None else load_google_root(
+            read_input(google_root, command, MAX_CERT_FILE, "a root certificate")))
+    except (SnpFormatError, ConfigError, EndorsementFormatError) as error:
         raise fail(error, command) from None
     except OSError as error:
         err.print(f"[bold red]sevsim verify:[/] cannot read {error.filename or certs}: "
@@ -126,6 +159,16 @@ def verify(
         raise typer.Exit(EXIT_ERROR) from None
     result = verify_report_chain(blob, bundle, trust=cast(Trust, trust), product=product,
                                  kds=client, crl=crl_bytes, check_revocation=crl, now=now)
+    endorsed = given if given is not None else found
+    if root is None and trust == "sevsim":
+        root = simulated_google_root()
+    if endorsed is not None and root is None:
+        err.print("sevsim verify: note: the certificates hold a GCE launch endorsement; give "
+                  "--google-root to check it", highlight=False)
+    elif result.report is not None and (endorsed is not None or vcpus is not None
+                                        or google_root is not None):
+        result = replace(result, checks=(*result.checks, _endorsement_check(
+            endorsed, result.report.measurement, root, vcpus, now)))
     if as_json:
         print(json.dumps({"ok": result.ok, "trust": result.trust,
                           "product": result.generation.value if result.generation else None,
@@ -140,9 +183,11 @@ def verify(
     if not result.ok:
         raise typer.Exit(EXIT_UNVERIFIED)
     if not as_json:
+        endorsed_by = (", launch endorsed" if any(c.name == "endorsement" for c in result.checks)
+                       else "")
         out.print(f"verified: report v{result.report.version if result.report else '?'} "
                   f"to {'AMD' if trust == 'amd' else 'sevsim simulated'} "
-                  f"{result.generation.value if result.generation else ''} ARK",
+                  f"{result.generation.value if result.generation else ''} ARK{endorsed_by}",
                   highlight=False)
 
 
@@ -155,3 +200,22 @@ def _instant(text: str) -> datetime.datetime:
     except (ValueError, OverflowError):
         raise typer.BadParameter(f"--at {text!r} is not an ISO 8601 time in years 1-9999, "
                                  "e.g. 2025-06-01T00:00:00Z") from None
+
+
+def _endorsement_check(endorsement: bytes | None, measurement: bytes,
+                       root: x509.Certificate | None, vcpus: int | None,
+                       now: datetime.datetime | None) -> Check:
+    """The GCE launch endorsement as one more named check of `sevsim verify`."""
+    from sevsim.attest.gce_endorsement import verify_endorsement
+    from sevsim.attest.snp_verify import Check
+    from sevsim.errors import EndorsementError
+
+    if endorsement is None:
+        return Check("endorsement", False, "none given (--endorsement) and none among the "
+                     "certificates")
+    assert root is not None  # verify asks for --google-root unless it has sevsim's
+    try:
+        launch = verify_endorsement(endorsement, measurement, root=root, vcpus=vcpus, at=now)
+    except EndorsementError as error:
+        return Check("endorsement", False, str(error))
+    return Check("endorsement", True, launch.summary())

@@ -232,11 +232,16 @@ def run_guarded(entry: Callable[[], object]) -> NoReturn:
     sys.exit(0)
 
 
+ENDORSEMENT_FILE = "endorsement.binarypb"  # gcetcbendorsement extract's name for it
+
+
 def write_cert_table(table: bytes, directory: Path) -> None:
     """The certificates of an extended report's GUID table as PEM files named as snpguest
-    and `sevsim verify --certs` expect (vcek/vlek, ask or asvk, ark)."""
+    and `sevsim verify --certs` expect (vcek/vlek, ask or asvk, ark), and a GCE launch
+    endorsement as ENDORSEMENT_FILE."""
     import ssl
 
+    from sevsim.abi.gce_endorsement import GUID_GCE_ENDORSEMENT
     from sevsim.abi.snp_report import GUID_ARK, GUID_ASK, GUID_VCEK, GUID_VLEK, parse_cert_table
 
     entries = dict(parse_cert_table(table))
@@ -246,3 +251,5 @@ def write_cert_table(table: bytes, directory: Path) -> None:
     for guid, name in names:
         if guid in entries:
             (directory / name).write_text(ssl.DER_cert_to_PEM_cert(entries[guid]))
+    if GUID_GCE_ENDORSEMENT in entries:
+        (directory / ENDORSEMENT_FILE).write_bytes(entries[GUID_GCE_ENDORSEMENT])

@@ -44,7 +44,7 @@ OPTIONS = (
     Option("elf", Path, None, "A sevsim guest ELF (instead of --ovmf): the digest sevsim's VMM "
            "launches.", positional=True),
     Option("mode", str, "snp", "snp | sev-es (seves) | sev | snp:ovmf-hash (the OVMF image's "
-           "part of the SNP digest only)"),
+           "part of the SNP digest only) | snp:svsm (OVMF run by an SVSM)"),
     Option("ovmf", Path, None, "An OVMF image with AMD SEV metadata (e.g. "
            "/usr/share/ovmf/OVMF.fd)."),
     Option("vcpus", int, 1, "Number of vCPUs (one VMSA each)."),
@@ -60,6 +60,12 @@ OPTIONS = (
            "active)."),
     Option("snp_ovmf_hash", str, None, "OVMF, SNP: the image's part of the digest, hex (from "
            "--mode snp:ovmf-hash, as vendors publish it), instead of hashing its pages."),
+    Option("svsm", Path, None, "snp:svsm: the SVSM image (coconut-svsm), launched below OVMF "
+           "and its variable store; every vCPU starts in it at VMPL0."),
+    Option("vars_size", int, None, "snp:svsm: size in bytes of OVMF's variable store (or "
+           "--vars-file)."),
+    Option("vars_file", Path, None, "snp:svsm: OVMF's variable store (OVMF_VARS.fd), whose "
+           "size counts (or --vars-size)."),
     Option("memory", str, "64M", "ELF: guest memory, as for `sevsim run`."),
 )
 
@@ -112,23 +118,40 @@ def _parser() -> "argparse.ArgumentParser":
 
 def run(elf: Path | None, mode: str, ovmf: Path | None, vcpus: int, vcpu_type: str | None,
         vcpu_sig: str | None, vmm_type: str, kernel: Path | None, initrd: Path | None,
-        append: str | None, guest_features: str, snp_ovmf_hash: str | None, memory: str) -> int:
+        append: str | None, guest_features: str, snp_ovmf_hash: str | None,
+        svsm: Path | None, vars_size: int | None, vars_file: Path | None, memory: str) -> int:
     """Print the digest (0) or a typed error on stderr (125); raise UsageError."""
     if (elf is None) == (ovmf is None):
         raise UsageError("give either a guest ELF or --ovmf PATH")
+    ovmf_only = (vcpu_type, vcpu_sig, kernel, initrd, append, snp_ovmf_hash)
+    svsm_only = (svsm, vars_size, vars_file)
     try:
-        if ovmf is not None:
+        if ovmf is not None and _is_svsm(mode):
+            if svsm is None:
+                raise UsageError("--mode snp:svsm needs the SVSM image: --svsm PATH")
+            if (vars_size is None) == (vars_file is None):
+                raise UsageError("--mode snp:svsm needs exactly one of --vars-size N and "
+                                 "--vars-file PATH")
+            if any(x is not None for x in (kernel, initrd, append, snp_ovmf_hash)) or (
+                    vmm_type.lower() != "qemu" or guest_features != "0x1"):
+                raise UsageError("--vmm-type, --kernel, --initrd, --append, --guest-features "
+                                 "and --snp-ovmf-hash do not apply to --mode snp:svsm (QEMU "
+                                 "launches it, with the SVSM's own VMSAs)")
+            digest = _svsm(_read(ovmf, MAX_OVMF, "an OVMF image"), svsm, vars_size, vars_file,
+                           vcpus, vcpu_type, vcpu_sig)
+        elif ovmf is not None:
+            if any(x is not None for x in svsm_only):
+                raise UsageError("--svsm, --vars-size and --vars-file are for --mode snp:svsm")
             digest = _ovmf(_read(ovmf, MAX_OVMF, "an OVMF image"), mode, vcpus, vcpu_type,
                            vcpu_sig, vmm_type, kernel, initrd, append, guest_features,
                            snp_ovmf_hash)
         else:
             assert elf is not None
-            ovmf_only = (vcpu_type, vcpu_sig, kernel, initrd, append, snp_ovmf_hash)
-            if any(x is not None for x in ovmf_only) or vmm_type != "qemu" or (
+            if any(x is not None for x in ovmf_only + svsm_only) or vmm_type != "qemu" or (
                     guest_features != "0x1"):
                 raise UsageError("--vcpu-type, --vcpu-sig, --vmm-type, --kernel, --initrd, "
-                                 "--append, --guest-features and --snp-ovmf-hash are for "
-                                 "--ovmf")
+                                 "--append, --guest-features, --snp-ovmf-hash, --svsm, "
+                                 "--vars-size and --vars-file are for --ovmf")
             digest = _elf(_read(elf, MAX_GUEST_ELF, "a guest ELF"), mode, vcpus, memory)
     except UsageError:  # a SevsimError too, but main() hands it to Typer
         raise
@@ -181,6 +204,27 @@ def _ovmf(image: bytes, mode: str, vcpus: int, vcpu_type: str | None, vcpu_sig: 
         initrd=None if initrd is None else _read(initrd, MAX_KERNEL, "an initrd"),
         append=append, guest_features=_hex_int(guest_features, "guest features", 64),
         ovmf_hash=None if snp_ovmf_hash is None else _hex_bytes(snp_ovmf_hash, "OVMF hash"))
+
+
+def _is_svsm(mode: str) -> bool:
+    from sevsim.attest.measure import Mode
+
+    return Mode.parse(mode) is Mode.SNP_SVSM
+
+
+def _svsm(ovmf: bytes, svsm: Path, vars_size: int | None, vars_file: Path | None,
+          vcpus: int, vcpu_type: str | None, vcpu_sig: str | None) -> bytes:
+    """OVMF run by an SVSM: the variable store counts only by its size, as sev-snp-measure's
+    --vars-file."""
+    from sevsim.attest.measure import snp_svsm_digest
+
+    image = _read(svsm, MAX_OVMF, "an SVSM image")
+    if vars_file is not None:
+        vars_size = len(_read(vars_file, MAX_OVMF, "an OVMF variable store"))
+    assert vars_size is not None
+    return snp_svsm_digest(
+        image, ovmf, vcpus, vcpu_type, vars_size=vars_size,
+        vcpu_sig=None if vcpu_sig is None else _hex_int(vcpu_sig, "vCPU signature", 32))
 
 
 def _elf(blob: bytes, mode: str, vcpus: int, memory: str) -> bytes:

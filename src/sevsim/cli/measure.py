@@ -20,7 +20,8 @@ from sevsim.cli import fast
 
 def measure(**options: Any) -> None:
     """Print the expected launch digest: of an OVMF image (--ovmf) as QEMU, EC2 or GCE
-    launch it, or of a sevsim guest ELF as `sevsim run` launches it."""
+    launch it, alone or run by an SVSM (--mode snp:svsm --svsm), or of a sevsim guest ELF as
+    `sevsim run` launches it."""
     try:
         status = fast.run(**options)
     except fast.UsageError as error:

@@ -1,20 +1,26 @@
-"""sevsim's simulated AMD: the ARK and ASK that every simulated chip of a product chains to.
+"""sevsim's simulated AMD: the ARK and ASK that every simulated chip of a product chains to,
+and the ASVK that signs VLEKs.
 
 These are NOT AMD's keys. They are derived from a fixed, published seed per product, so every
 simulated chip of a product chains to the same root and anyone can re-derive them: a chain
 that verifies to them proves only that sevsim's firmware made it (their key ids read
 "sevsimARK-<product>" and "sevsimASK-<product>"). The prime search runs in pure Python and
 takes seconds for a 4096-bit key, so the derived keys ship as package data
-(`simulated_amd/<product>/{ark,ask}.pem`); `tools/derive_simulated_amd_roots.py` derives them
-again, with the matching certificates for the verifier's trust store, and the tests check
-that the shipped files are exactly what the derivation gives.
+(`simulated_amd/<product>/{ark,ask,asvk}.pem`); `tools/derive_simulated_amd_roots.py` derives
+them again and writes their certificates into the verifier's sevsim trust store, and the tests
+check that the shipped files are exactly what the derivation gives.
 
-Signatures use RSA-PSS with a salt derived from the key and the message (still a valid PSS
-signature), so a certificate is the same bytes on every run.
+Each root has AMD's two certificate formats: the legacy 0x824-byte ARK/ASK (`amd_cert`) and,
+for SNP products, X.509 ARK/ASK/ASVK shaped like AMD's (`x509_ca_certificates`). Signatures
+use RSA-PSS with a salt derived from the key and the message (still a valid PSS signature)
+and every certificate is issued at one fixed instant, so a certificate is the same bytes on
+every run and on every machine: the files shipped and published (README) are the ones the
+firmware, KDS and `--certs-out` hand out.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import math
@@ -24,10 +30,18 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sevsim.abi.sev_cert import AmdCert, Usage
+from sevsim.abi.snp_cert import (
+    CertTime,
+    TbsCertificate,
+    amd_name,
+    ca_extensions,
+    encode_certificate,
+)
 from sevsim.errors import ConfigError
 
 SEED = b"sevsim simulated AMD root key: not AMD's, public, for simulation only"
@@ -35,6 +49,15 @@ PRODUCTS = ("naples", "rome", "milan", "genoa", "turin")
 SNP_PRODUCTS = ("milan", "genoa", "turin")  # these also have an ASVK, which signs VLEKs
 EXPONENT = 65537
 ROLES = {"ark": Usage.ARK, "ask": Usage.ASK}
+X509_ROLES = ("ark", "ask", "asvk")
+# AMD's X.509 serial numbers (spec-formats.md §5.1), the product in the third byte
+X509_SERIALS = {"milan": (0x10000, 0x10001, 0x10101), "genoa": (0x20000, 0x20002, 0x20101),
+                "turin": (0x30000, 0x30001, 0x30101)}
+# Every simulated certificate is issued at one fixed instant, so the same keys give the same
+# bytes. CAs live 25 years, as AMD's (Milan's ARK: 2020-10-22 to 2045-10-22).
+ISSUED = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+CA_YEARS = 25
+KDS_HOST = "https://kdsintf.amd.com"
 _MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
 
 
@@ -51,8 +74,8 @@ def key_id(product: str, role: str) -> bytes:
 # -- deterministic key derivation ---------------------------------------------------------------
 
 
-def _stream(label: bytes) -> Callable[[int], bytes]:
-    """An HMAC-SHA256 counter-mode byte stream: the same label, the same bytes."""
+def _stream(label: bytes, seed: bytes) -> Callable[[int], bytes]:
+    """An HMAC-SHA256 counter-mode byte stream: the same seed and label, the same bytes."""
     counter = 0
 
     def take(n: int) -> bytes:
@@ -60,7 +83,7 @@ def _stream(label: bytes) -> Callable[[int], bytes]:
         out = b""
         while len(out) < n:
             counter += 1
-            out += hmac.new(SEED, label + counter.to_bytes(8, "big"), hashlib.sha256).digest()
+            out += hmac.new(seed, label + counter.to_bytes(8, "big"), hashlib.sha256).digest()
         return out[:n]
 
     return take
@@ -116,8 +139,14 @@ def _prime(take: Callable[[int], bytes], bits: int) -> int:
 
 def derive_key(product: str, role: str) -> rsa.RSAPrivateKey:
     """The simulated ARK or ASK key of a product, from SEED alone (seconds for 4096 bits)."""
-    take = _stream(f"{product}/{role}".encode())
-    half = key_bits(product) // 2
+    return derive_rsa_key(SEED, f"{product}/{role}".encode(), key_bits(product))
+
+
+def derive_rsa_key(seed: bytes, label: bytes, bits: int) -> rsa.RSAPrivateKey:
+    """An RSA key (e = 65537) that a published seed and a label fix: sevsim's simulated
+    vendor roots (this module's AMD ones, firmware.gce_endorser's Google one)."""
+    take = _stream(label, seed)
+    half = bits // 2
     p = _prime(take, half)
     q = _prime(take, half)
     while q == p:
@@ -179,6 +208,32 @@ def amd_cert(product: str, role: str, key: rsa.RSAPublicKey, signer: rsa.RSAPriv
                    unsigned.exponent, unsigned.modulus, signature[::-1])
 
 
+def x509_ca_certificates(product: str, ark_key: rsa.RSAPrivateKey, ask_key: rsa.RSAPrivateKey,
+                         asvk_key: rsa.RSAPrivateKey) -> dict[str, bytes]:
+    """An SNP product's ARK, ASK and ASVK as KDS serves AMD's (DER, by role): AMD's names,
+    serials and extensions, 25 years from ISSUED, RSASSA-PSS SHA-384 with the explicit
+    trailerField AMD's CA certificates carry, signed by the ARK."""
+    if product.lower() not in X509_SERIALS:
+        raise ConfigError(f"{product!r} has no SEV-SNP, hence no X.509 ARK/ASK/ASVK")
+    name = product.capitalize()
+    not_before = CertTime.utc(ISSUED.year, ISSUED.month, ISSUED.day)
+    spki = {role: key.public_key().public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+            for role, key in (("ark", ark_key), ("ask", ask_key), ("asvk", asvk_key))}
+    subjects = {"ark": f"ARK-{name}", "ask": f"SEV-{name}", "asvk": f"SEV-VLEK-{name}"}
+    crl = {"ark": "vcek", "ask": "vcek", "asvk": "vlek"}
+    out = {}
+    for role, serial in zip(X509_ROLES, X509_SERIALS[product.lower()], strict=True):
+        tbs = TbsCertificate(
+            amd_name(subjects["ark"]), amd_name(subjects[role]), not_before,
+            not_before.plus_years(CA_YEARS), spki[role],
+            ca_extensions(spki[role], f"{KDS_HOST}/{crl[role]}/v1/{name}/crl",
+                          None if role == "ark" else spki["ark"]),
+            serial, pss_trailer=True)
+        out[role] = encode_certificate(tbs, pss_sign(ark_key, tbs.to_der(), "sha384"))
+    return out
+
+
 # -- what the firmware uses ----------------------------------------------------------------------
 
 
@@ -227,20 +282,36 @@ def simulated_root(product: str) -> SimulatedRoot:
     return build_root(product, _shipped_key(product, "ark"), _shipped_key(product, "ask"))
 
 
+@cache
+def simulated_x509(product: str) -> dict[str, bytes]:
+    """The simulated X.509 ARK, ASK and ASVK of an SNP product (DER, by role): the bytes the
+    sevsim trust store ships."""
+    root = simulated_root(product)
+    return x509_ca_certificates(root.product, root.ark_key, root.ask_key,
+                                simulated_asvk(root.product))
+
+
 def regenerate(firmware_dir: Path, trust_dir: Path, products: tuple[str, ...] = PRODUCTS) -> None:
     """Derive every product's keys from SEED; write the keys (firmware package data) and the
-    ARK/ASK certificates (the verifier's sevsim trust store)."""
+    certificates of the verifier's sevsim trust store `trust_dir`: the AMD-format ARK/ASK as
+    `sev/<product>/{ark,ask}.cert` and, for SNP products, the X.509 ARK/ASK/ASVK as
+    `snp/<product>/{ark,ask,asvk}.pem`."""
     for product in products:
         keys = {role: derive_key(product, role) for role in ROLES}
         root = build_root(product, keys["ark"], keys["ask"])
         (firmware_dir / product).mkdir(parents=True, exist_ok=True)
-        (trust_dir / product).mkdir(parents=True, exist_ok=True)
+        (trust_dir / "sev" / product).mkdir(parents=True, exist_ok=True)
         for role, key in keys.items():
             _write_key(firmware_dir / product / f"{role}.pem", key)
             cert = root.ark if role == "ark" else root.ask
-            (trust_dir / product / f"{role}.cert").write_bytes(cert.to_bytes())
+            (trust_dir / "sev" / product / f"{role}.cert").write_bytes(cert.to_bytes())
         if product in SNP_PRODUCTS:
-            _write_key(firmware_dir / product / "asvk.pem", derive_key(product, "asvk"))
+            asvk = derive_key(product, "asvk")
+            _write_key(firmware_dir / product / "asvk.pem", asvk)
+            (trust_dir / "snp" / product).mkdir(parents=True, exist_ok=True)
+            certs = x509_ca_certificates(product, keys["ark"], keys["ask"], asvk)
+            for role, der in certs.items():
+                (trust_dir / "snp" / product / f"{role}.pem").write_bytes(_pem(der))
 
 
 def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
@@ -248,3 +319,7 @@ def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
 
+
+def _pem(der: bytes) -> bytes:
+    """A certificate's PEM, as KDS, `--certs-out` and the trust store write it."""
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)

@@ -27,10 +27,11 @@ from urllib.parse import parse_qs, urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from sevsim.abi.snp_cert import PSS
 from sevsim.abi.snp_tcb import Generation, TcbVersion
 from sevsim.errors import ConfigError, SevsimError, TcbFormatError
 from sevsim.firmware.amd_root import simulated_root
-from sevsim.firmware.snp_pki import AMD_PSS, SnpPki, snp_ca_chain, snp_vlek_ca_chain
+from sevsim.firmware.snp_pki import SnpPki, snp_ca_chain, snp_vlek_ca_chain
 
 _SPLS = ("blSPL", "teeSPL", "snpSPL", "ucodeSPL")
 
@@ -101,7 +102,7 @@ def _crl(product: str) -> bytes:
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     crl = (x509.CertificateRevocationListBuilder().issuer_name(ark.subject)
            .last_update(now).next_update(now + datetime.timedelta(days=7))
-           .sign(ark_key, hashes.SHA384(), rsa_padding=AMD_PSS))
+           .sign(ark_key, hashes.SHA384(), rsa_padding=PSS))
     return crl.public_bytes(serialization.Encoding.DER)
 
 

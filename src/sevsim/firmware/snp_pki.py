@@ -3,24 +3,22 @@ sevsim's simulated AMD root for the chip's product (spec-formats.md §5).
 
 AMD derives a chip's VCEK inside the chip from a chip-unique secret and the TCB, and its key
 server derives the same key; sevsim does the same with its own KDF, so the same chip and TCB
-always give the same VCEK and a TCB change gives another. The ARK/ASK are the simulated root's
-RSA-4096 keys (firmware/amd_root.py) in AMD's X.509 form: RSASSA-PSS SHA-384, salt 48.
+always give the same VCEK and a TCB change gives another. The ARK/ASK/ASVK are the simulated
+root's certificates (firmware/amd_root.py), the same bytes as the sevsim trust store ships.
 """
 
 from __future__ import annotations
 
-import datetime
 import os
 from functools import cache
 from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.x509.oid import NameOID
 
 from sevsim.abi.sev_session import kdf
 from sevsim.abi.snp_cert import AmdExtensions, CertTime, SnpCertificate, vcek_tbs
@@ -36,93 +34,46 @@ from sevsim.abi.snp_report import (
 from sevsim.abi.snp_tcb import Generation, TcbVersion
 from sevsim.abi.status import SevStatus
 from sevsim.errors import FirmwareError
+from sevsim.firmware.amd_root import (
+    ISSUED,
+    pss_sign,
+    simulated_asvk,
+    simulated_root,
+    simulated_x509,
+)
 from sevsim.firmware.amd_root import SEED as AMD_SEED
-from sevsim.firmware.amd_root import pss_sign, simulated_asvk, simulated_root
 from sevsim.firmware.pki import P384_ORDER, PlatformPki
 
 if TYPE_CHECKING:
     from sevsim.hw.chips import ChipPreset
     from sevsim.hw.memory import MemoryController
 
-AMD_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)  # AMD: salt 48
-_SERIALS = {"Milan": (0x10000, 0x10001), "Genoa": (0x20000, 0x20002), "Turin": (0x30000, 0x30001)}
 _HASHSTICK_AAD = b"sevsim VLEK hashstick v1"
-_ASVK_SERIALS = {"Milan": 0x10101, "Genoa": 0x20101, "Turin": 0x30101}
-# Every simulated certificate is issued at one fixed instant, so the same seed gives the same
-# bytes. Lifetimes are AMD's: ARK/ASK/ASVK 25 years, VCEK 7 years from issue (KDS's real
-# certificates); VLEKs get the VCEK's 7 too, because AMD's 1-year VLEK lifetime would expire
-# a fixed-date certificate within a year and fail every verification after it.
-ISSUED = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
-CA_YEARS = 25
+# Leaves are issued at the CAs' instant (amd_root.ISSUED) and live 7 years, as KDS's real
+# VCEKs; VLEKs get the VCEK's 7 too, because AMD's 1-year VLEK lifetime would expire a
+# fixed-date certificate within a year and fail every verification after it.
 LEAF_YEARS = 7
 _LEAF_NOT_BEFORE = CertTime.utc(ISSUED.year, ISSUED.month, ISSUED.day)
-_KDS_HOST = "https://kdsintf.amd.com"
+# The RSASSA-PSS AlgorithmIdentifier of each product's real VCEK (tests/data/snp): Milan's
+# (2022-23) spell out trailerField, Genoa's (2025) and Turin's (2024) leave it out.
+_VCEK_PSS_TRAILER = {Generation.MILAN: True, Generation.GENOA: False, Generation.TURIN: False}
 
 
-def _amd_name(common_name: str) -> x509.Name:
-    """AMD's DN, in AMD's RDN order (C as PrintableString, the rest UTF8String)."""
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Engineering"),
-        x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
-        x509.NameAttribute(NameOID.LOCALITY_NAME, "Santa Clara"),
-        x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, "CA"),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Advanced Micro Devices"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
-
-
-def _ca(subject: x509.Name, issuer: x509.Name, serial: int, key: rsa.RSAPublicKey,
-        crl_path: str) -> x509.CertificateBuilder:
-    crl = x509.CRLDistributionPoints([x509.DistributionPoint(
-        [x509.UniformResourceIdentifier(f"{_KDS_HOST}/{crl_path}")], None, None, None)])
-    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-            .serial_number(serial).public_key(key).not_valid_before(ISSUED)
-            .not_valid_after(ISSUED.replace(year=ISSUED.year + CA_YEARS))
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
-            .add_extension(crl, critical=False))
-
-
-def _signing_ca(builder: x509.CertificateBuilder, ark: x509.Certificate,
-                ark_key: rsa.RSAPrivateKey) -> x509.Certificate:
-    """An ASK or ASVK: CA with path length 0, keyCertSign, under the ARK."""
-    ark_public = ark.public_key()
-    assert isinstance(ark_public, rsa.RSAPublicKey)
-    return (builder
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ark_public),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, False, False,
-                                         False), critical=True)
-            .sign(ark_key, hashes.SHA384(), rsa_padding=AMD_PSS))
+def _ca(product: str, role: str) -> x509.Certificate:
+    return x509.load_der_x509_certificate(simulated_x509(product.lower())[role])
 
 
 @cache
 def snp_ca_chain(product: str) -> tuple[x509.Certificate, x509.Certificate]:
-    """(ASK, ARK) of sevsim's simulated root for a product, X.509 as KDS serves them."""
-    root = simulated_root(product.lower())
-    ark_serial, ask_serial = _SERIALS[product]
-    ark_name = _amd_name(f"ARK-{product}")
-    ark = (_ca(ark_name, ark_name, ark_serial, root.ark_key.public_key(),
-               f"vcek/v1/{product}/crl")
-           .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                        False), critical=True)
-           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-           .sign(root.ark_key, hashes.SHA384(), rsa_padding=AMD_PSS))
-    ask = _signing_ca(_ca(_amd_name(f"SEV-{product}"), ark_name, ask_serial,
-                          root.ask_key.public_key(), f"vcek/v1/{product}/crl"),
-                      ark, root.ark_key)
-    return ask, ark
+    """(ASK, ARK) of sevsim's simulated root for a product, X.509 as KDS serves them: the
+    bytes of the sevsim trust store."""
+    return _ca(product, "ask"), _ca(product, "ark")
 
 
 @cache
 def snp_vlek_ca_chain(product: str) -> tuple[x509.Certificate, x509.Certificate]:
     """(ASVK, ARK): the ASVK signs VLEKs, which KDS issues to cloud providers."""
-    ark = snp_ca_chain(product)[1]
-    asvk = _signing_ca(_ca(_amd_name(f"SEV-VLEK-{product}"), ark.subject,
-                           _ASVK_SERIALS[product], simulated_asvk(product).public_key(),
-                           f"vlek/v1/{product}/crl"),
-                       ark, simulated_root(product.lower()).ark_key)
-    return asvk, ark
+    return _ca(product, "asvk"), _ca(product, "ark")
 
 
 def _vlek_key(product: str, csp_id: str, tcb: TcbVersion) -> ec.EllipticCurvePrivateKey:
@@ -223,7 +174,8 @@ class SnpPki(PlatformPki):
         amd = AmdExtensions(tcb, product_name, hw_id=self.chip_id()[:generation.hwid_size],
                             struct_version=1 if generation.turin_layout else 0)
         tbs = vcek_tbs(self.vcek_public_key(tcb), amd, f"SEV-{generation.value}",
-                       _LEAF_NOT_BEFORE, years=LEAF_YEARS)
+                       _LEAF_NOT_BEFORE, years=LEAF_YEARS,
+                       pss_trailer=_VCEK_PSS_TRAILER[generation])
         # deterministic PSS salt: the same chip and TCB give the same bytes, as KDS serves
         ask = simulated_root(generation.value.lower()).ask_key
         return SnpCertificate(tbs, pss_sign(ask, tbs.to_der(), "sha384")).to_der()
@@ -231,15 +183,12 @@ class SnpPki(PlatformPki):
     def certificate_table(self, tcb: TcbVersion) -> bytes:
         """What the extended guest request returns beside the report (the GUID table of
         spec-formats.md §1.3): the VCEK for `tcb`, then the ASK and ARK, DER each."""
-        der = serialization.Encoding.DER
+        ca = simulated_x509(self.generation.value.lower())
         if self._vlek is not None:  # the VLEK, its ASVK (under the ASK's GUID) and the ARK
-            asvk, ark = snp_vlek_ca_chain(self.generation.value)
-            return build_cert_table([(GUID_VLEK, self._vlek[1]), (GUID_ASK, asvk.public_bytes(der)),
-                                     (GUID_ARK, ark.public_bytes(der))])
-        ask, ark = snp_ca_chain(self.generation.value)
+            return build_cert_table([(GUID_VLEK, self._vlek[1]), (GUID_ASK, ca["asvk"]),
+                                     (GUID_ARK, ca["ark"])])
         return build_cert_table([(GUID_VCEK, self.vcek_certificate(tcb)),
-                                 (GUID_ASK, ask.public_bytes(der)),
-                                 (GUID_ARK, ark.public_bytes(der))])
+                                 (GUID_ASK, ca["ask"]), (GUID_ARK, ca["ark"])])
 
     def _sign_report(self, unsigned: bytes | bytearray, tcb: TcbVersion) -> bytes:
         """A report's 0x4A0 bytes signed with the VLEK once one is loaded, else the VCEK of

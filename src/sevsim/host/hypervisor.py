@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ from sevsim.abi.ghcb import (
     sev_info,
     unpack_psc,
 )
+from sevsim.abi.snp_report import build_cert_table, parse_cert_table
 from sevsim.abi.svm import (
     EVTINJ_TYPE_EXCEPTION,
     EVTINJ_VALID,
@@ -114,6 +116,9 @@ class HvVm:
     request_tokens: float = 0.0  # guest-request throttling: what the VM may still send now
     request_clock: float = 0.0
     busy_answers: int = 0  # guest requests answered BUSY
+    # the VMM's own certificate-table entries, after the firmware's (a GCE host's launch
+    # endorsement): KVM lets the VMM supply a VM's certificate data
+    vmm_certs: list[tuple[uuid.UUID, bytes]] = field(default_factory=list)
     stopped: bool = False
     destroyed: bool = False
 
@@ -828,6 +833,8 @@ class Hypervisor:
         certs = b""
         if data is not None:
             certs = self.firmware.certificate_table(self.firmware.tcb)
+            if vm.vmm_certs:
+                certs = build_cert_table(parse_cert_table(certs) + vm.vmm_certs)
             needed = -(-len(certs) // PAGE)
             if data[1] < needed:
                 return {**ok, "sw_exit_info_2": VMM_ERR_INVALID_LEN, "rbx": needed}

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import re
+import uuid
+from collections.abc import Sequence
 
 import numpy as np
 
 from sevsim.abi.cpuid import SevFeatures
-from sevsim.abi.ovmf import FOUR_GIB, KernelHashes, OvmfImage, VmmType
+from sevsim.abi.ovmf import FOUR_GIB, KernelHashes, OvmfImage, SvsmLaunch, VmmType
 from sevsim.abi.vmsa import SEV_FEATURES_SNP
 from sevsim.errors import ConfigError, ResourceExhausted, VmStateError
 from sevsim.firmware.sev import SevFirmware
 from sevsim.host.hypervisor import Hypervisor
-from sevsim.host.ovmf import OvmfGuest, launch_ovmf
+from sevsim.host.ovmf import OvmfGuest, launch_ovmf, launch_svsm
 from sevsim.host.vmm import DEFAULT_SNP_POLICY, RunResult, VirtualMachine
 from sevsim.hw.chips import (
     DEFAULT_CHIP,
@@ -137,7 +139,8 @@ class Host:
                     kernel_hashes: KernelHashes | None = None,
                     guest_features: int = SEV_FEATURES_SNP, policy: int = DEFAULT_SNP_POLICY,
                     host_data: bytes = bytes(32), id_block: bytes | None = None,
-                    id_auth: bytes | None = None) -> OvmfGuest:
+                    id_auth: bytes | None = None,
+                    certificates: Sequence[tuple[uuid.UUID, bytes]] = ()) -> OvmfGuest:
         """An SNP VM with `ovmf` launched as measured content (not executed), as a VMM
         would launch it; the keyword arguments are `sevsim.host.ovmf.launch_ovmf`'s. A refused
         launch leaves nothing behind."""
@@ -147,7 +150,28 @@ class Host:
             return launch_ovmf(vm, ovmf, vcpu_type=vcpu_type, vcpu_sig=vcpu_sig,
                                vmm_type=vmm_type, kernel_hashes=kernel_hashes,
                                guest_features=guest_features, policy=policy,
-                               host_data=host_data, id_block=id_block, id_auth=id_auth)
+                               host_data=host_data, id_block=id_block, id_auth=id_auth,
+                               certificates=certificates)
+        except BaseException:
+            vm.destroy()
+            raise
+
+    def launch_svsm(self, svsm: bytes, ovmf: bytes | OvmfImage, vars_size: int,
+                    vcpus: int = 1, memory: int | str = "64M", *, vcpu_type: str | None = None,
+                    vcpu_sig: int | None = None, policy: int = DEFAULT_SNP_POLICY,
+                    host_data: bytes = bytes(32), id_block: bytes | None = None,
+                    id_auth: bytes | None = None) -> OvmfGuest:
+        """An SNP VM with an SVSM and the OVMF it runs launched as measured content, as
+        QEMU launches them (`vars_size`: OVMF's variable store between them); the keyword
+        arguments are `sevsim.host.ovmf.launch_svsm`'s. A refused launch leaves nothing
+        behind."""
+        launch = SvsmLaunch.parse(svsm, ovmf, vars_size)
+        vm = VirtualMachine(self.hypervisor, self.hypervisor.create_vm(
+            GuestMode.SNP, parse_size(memory), vcpus, gpa_limit=FOUR_GIB))
+        try:
+            return launch_svsm(vm, launch, vcpu_type=vcpu_type, vcpu_sig=vcpu_sig,
+                               policy=policy, host_data=host_data, id_block=id_block,
+                               id_auth=id_auth)
         except BaseException:
             vm.destroy()
             raise
