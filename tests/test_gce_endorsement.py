@@ -343,6 +343,30 @@ def test_time_provenance_and_missing_sections(launched: tuple[bytes, bytes], ovm
     assert reason(LaunchEndorsement(no_cert, bytes(512)).to_bytes(), measurement) == "signer"
 
 
+def with_serial(cert: bytes, serial: int) -> bytes:
+    """`cert` with its TBS serial number replaced (the signature no longer covers it)."""
+    tbs, algorithm, signature = der.children(der.read_one(cert, der.SEQUENCE, "certificate"))
+    fields = der.children(tbs[1])
+    fields[1] = (der.INTEGER, der.read_one(der.integer(serial), der.INTEGER, "serial"))
+    body = b"".join(der.encode(tag, content) for tag, content in fields)
+    return der.sequence(der.encode(der.SEQUENCE, body), der.encode(*algorithm),
+                        der.encode(*signature))
+
+
+def test_a_serial_number_rfc_5280_forbids_is_refused(launched: tuple[bytes, bytes],
+                                                     ovmf: bytes, golden: dict[int, bytes]
+                                                     ) -> None:
+    """A zero serial (found by the fuzzer): `cryptography` only warns today; sevsim refuses
+    it as a signer and as a root, with a typed error."""
+    measurement = measurement_of(launched[0])
+    signer = simulated_endorser()
+    zero = Endorser(signer.key, with_serial(signer.cert, 0), signer.ca_bundle)
+    assert reason(zero.endorse(ovmf, golden), measurement) == "signer"
+    root = simulated_google_root().public_bytes(serialization.Encoding.DER)
+    with pytest.raises(EndorsementFormatError, match="not a certificate"):
+        load_google_root(with_serial(root, 0))
+    assert load_google_root(with_serial(root, 7)).serial_number == 7
+
 def test_the_vmm_cannot_shadow_the_firmwares_certificates(ovmf: bytes,
                                                           endorsement: bytes) -> None:
     host = Host(chip="milan", memory="192M", seed=b"gce endorsement")

@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 from sevsim.abi.gce_endorsement import (
@@ -53,11 +54,19 @@ def simulated_google_root() -> x509.Certificate:
 def load_google_root(blob: bytes) -> x509.Certificate:
     """A root certificate file, PEM or DER (e.g. Google's GCE-cc-tcb-root_1.crt)."""
     try:
+        return _strict(blob)
+    except (ValueError, CryptographyDeprecationWarning) as error:
+        raise EndorsementFormatError("root", f"not a certificate: {error}") from None
+
+
+def _strict(blob: bytes) -> x509.Certificate:
+    """A PEM or DER certificate; what `cryptography` only deprecates today (a serial number
+    that is not positive, which RFC 5280 forbids) is raised as its warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CryptographyDeprecationWarning)
         if b"-----BEGIN" in blob:
             return x509.load_pem_x509_certificate(blob)
         return x509.load_der_x509_certificate(blob)
-    except ValueError as error:
-        raise EndorsementFormatError("root", f"not a certificate: {error}") from None
 
 
 def endorsement_in_cert_table(table: bytes) -> bytes | None:
@@ -135,9 +144,9 @@ def verify_endorsement(endorsement: bytes, measurement: bytes, *, root: x509.Cer
     if not golden.cert:
         raise EndorsementError("signer", "the golden measurement has no signer certificate")
     try:
-        signer = x509.load_der_x509_certificate(golden.cert)
+        signer = _strict(golden.cert)
         key = signer.public_key()
-    except (ValueError, UnsupportedAlgorithm) as error:
+    except (ValueError, UnsupportedAlgorithm, CryptographyDeprecationWarning) as error:
         raise EndorsementError("signer", f"the signer certificate does not parse: {error}"
                                ) from None
     if not isinstance(key, rsa.RSAPublicKey):
