@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import threading
 import urllib.error
 import urllib.request
@@ -84,6 +85,11 @@ def test_cert_chain_is_ask_then_ark_and_the_crl_is_signed_by_the_ark(url: str) -
     ark_key = ark.public_key()
     assert isinstance(ark_key, rsa.RSAPublicKey)
     assert crl.is_signature_valid(ark_key) and len(list(crl)) == 0
+    # issued daily, at a midnight at least an hour past: a verifier that read its clock just
+    # before asking (CI saw one a second behind a CRL stamped on request) finds it valid
+    issued, now = crl.last_update_utc, datetime.datetime.now(datetime.UTC)
+    assert issued.time() == datetime.time(0) and issued <= now - datetime.timedelta(hours=1)
+    assert crl.next_update_utc == issued + datetime.timedelta(days=7)
 
 
 def test_bad_requests_get_http_errors(url: str, platforms: dict[str, SnpPki]) -> None:

@@ -96,12 +96,15 @@ def _tcb(query: str, generation: Generation) -> TcbVersion:
 
 
 def _crl(product: str) -> bytes:
-    """An empty CRL (no VCEK revoked) signed by the simulated ARK."""
+    """An empty CRL (no VCEK revoked) signed by the simulated ARK, issued daily: thisUpdate is
+    a midnight at least an hour ago, so a verifier whose clock was read before it asked (or
+    runs a little behind) never sees it as not yet valid."""
     ark_key = simulated_root(product.lower()).ark_key
     ark = snp_ca_chain(product)[1]
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    issued = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)).replace(
+        hour=0, minute=0, second=0, microsecond=0)
     crl = (x509.CertificateRevocationListBuilder().issuer_name(ark.subject)
-           .last_update(now).next_update(now + datetime.timedelta(days=7))
+           .last_update(issued).next_update(issued + datetime.timedelta(days=7))
            .sign(ark_key, hashes.SHA384(), rsa_padding=PSS))
     return crl.public_bytes(serialization.Encoding.DER)
 
