@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -90,3 +91,16 @@ def ovmf_path() -> Path:
 def snp_measure() -> ModuleType:
     """sev-snp-measure's calculation (a test-only dependency): the independent reference."""
     return pytest.importorskip("sevsnpmeasure.guest")
+
+
+def measure_entry_point(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                        args: list[str]) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of `sevsim measure ARGS` through the entry point, which
+    runs `measure` before importing Typer (sevsim.cli.fast)."""
+    from sevsim.cli import fast
+
+    monkeypatch.setattr(sys, "argv", ["sevsim", "measure", *args])
+    with pytest.raises(SystemExit) as exited:
+        fast.main()
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from conftest import measure_entry_point
 from ovmf_images import AMDSEV_SECTIONS, make_ovmf
 from sevsim.abi import ovmf
 from sevsim.attest import measure as m
@@ -318,18 +319,6 @@ def test_fuzzed_footers_fail_only_with_ovmf_error(data: st.DataObject) -> None:
 
 # -- the fast path: `sevsim` runs `measure` before importing Typer --------------------------------
 
-def _fast(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-          args: list[str]) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of `sevsim measure ARGS` through the entry point."""
-    from sevsim.cli import fast
-
-    monkeypatch.setattr(sys, "argv", ["sevsim", "measure", *args])
-    with pytest.raises(SystemExit) as exited:
-        fast.main()
-    out, err = capsys.readouterr()
-    return int(exited.value.code or 0), out, err
-
-
 @pytest.mark.parametrize("args", [
     ["--mode", "snp", "--vcpus", "4", "--vcpu-type", "EPYC-Milan"],
     ["--mode", "seves", "--vcpus", "2", "--vcpu-type", "EPYC-Rome"],
@@ -344,7 +333,7 @@ def test_fast_path_prints_the_typer_commands_digest(
         direct_boot: tuple[Path, Path, Path], args: list[str]) -> None:
     image, kernel, initrd = direct_boot
     argv = ["--ovmf", str(image), *(a.format(kernel=kernel, initrd=initrd) for a in args)]
-    status, out, err = _fast(monkeypatch, capsys, argv)
+    status, out, err = measure_entry_point(monkeypatch, capsys, argv)
     typer_result = runner.invoke(app, ["measure", *argv])
     assert (status, err) == (0, "") and typer_result.exit_code == 0
     assert out == typer_result.stdout and len(bytes.fromhex(out.strip())) in (32, 48)
@@ -354,7 +343,7 @@ def test_fast_path_measures_a_sevsim_guest(monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str],
                                            build: Any) -> None:
     argv = [str(build("hello")), "--mode", "sev-es", "--vcpus", "2", "--memory", "16M"]
-    status, out, _ = _fast(monkeypatch, capsys, argv)
+    status, out, _ = measure_entry_point(monkeypatch, capsys, argv)
     assert status == 0 and out == runner.invoke(app, ["measure", *argv]).stdout
 
 
@@ -373,7 +362,7 @@ def test_fast_path_bad_input_is_the_same_typed_error(
     files["ovmf"].write_bytes(make_ovmf(AMDSEV_SECTIONS[:4]))
     files["garbage"].write_bytes(bytes(0x10000))
     argv = [a.format(**files) for a in args]
-    status, out, err = _fast(monkeypatch, capsys, argv)
+    status, out, err = measure_entry_point(monkeypatch, capsys, argv)
     assert (status, out) == (EXIT_ERROR, "")
     assert err.startswith("sevsim measure: " + message.format(**files)), err
     assert err == runner.invoke(app, ["measure", *argv]).stderr
@@ -395,7 +384,7 @@ def test_fast_path_hands_usage_errors_and_help_to_typer(
     image = tmp_path / "ovmf.fd"
     image.write_bytes(make_ovmf(AMDSEV_SECTIONS[:4]))
     argv = [a.format(ovmf=image) for a in args]
-    code, out, err = _fast(monkeypatch, capsys, argv)
+    code, out, err = measure_entry_point(monkeypatch, capsys, argv)
     assert code == status == runner.invoke(app, ["measure", *argv]).exit_code
     assert "measure [OPTIONS] [elf]" in out + err and "Traceback" not in err
 
@@ -469,12 +458,14 @@ def _reference_from_hash(snp_measure: ModuleType, path: Path, ovmf_hash: bytes) 
 
 def test_cli_ovmf_hash_modes(monkeypatch: pytest.MonkeyPatch,
                              capsys: pytest.CaptureFixture[str], ovmf_path: Path) -> None:
-    status, out, _ = _fast(monkeypatch, capsys, ["--mode", "snp:ovmf-hash", "--ovmf",
+    status, out, _ = measure_entry_point(monkeypatch, capsys, ["--mode", "snp:ovmf-hash", "--ovmf",
                                                  str(ovmf_path)])
     assert status == 0 and out.strip() == m.snp_ovmf_hash(ovmf_path.read_bytes()).hex()
     args = ["--ovmf", str(ovmf_path), "--vcpus", "2", "--vcpu-type", "EPYC-Milan"]
-    status, finished, _ = _fast(monkeypatch, capsys, [*args, "--snp-ovmf-hash", out.strip()])
-    assert status == 0 and finished == _fast(monkeypatch, capsys, args)[1]
-    status, _, err = _fast(monkeypatch, capsys, [*args, "--snp-ovmf-hash", "00" * 47])
+    status, finished, _ = measure_entry_point(monkeypatch, capsys,
+                                              [*args, "--snp-ovmf-hash", out.strip()])
+    assert status == 0 and finished == measure_entry_point(monkeypatch, capsys, args)[1]
+    status, _, err = measure_entry_point(monkeypatch, capsys,
+                                         [*args, "--snp-ovmf-hash", "00" * 47])
     assert status == EXIT_ERROR and "48 bytes" in err
-    assert _fast(monkeypatch, capsys, [*args, "--snp-ovmf-hash", "zz"])[0] == 2
+    assert measure_entry_point(monkeypatch, capsys, [*args, "--snp-ovmf-hash", "zz"])[0] == 2

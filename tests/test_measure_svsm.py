@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from conftest import measure_entry_point
 from ovmf_images import AMDSEV_SECTIONS, SVSM_SECTIONS, make_ovmf, make_svsm
 from sevsim.abi import ovmf
 from sevsim.abi.snp_launch import VMSA_GPA, PageType
@@ -65,18 +66,6 @@ def _firmware(name: str, files: dict[str, Path], ovmf_path: Path) -> tuple[Path,
     return files["ovmf"], files["vars"]
 
 
-def _fast(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-          args: list[str]) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of `sevsim measure ARGS` through the entry point."""
-    from sevsim.cli import fast
-
-    monkeypatch.setattr(sys, "argv", ["sevsim", "measure", *args])
-    with pytest.raises(SystemExit) as exited:
-        fast.main()
-    out, err = capsys.readouterr()
-    return int(exited.value.code or 0), out, err
-
-
 def _reference_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                    args: list[str]) -> str:
     """sev-snp-measure's own command line, run in this process."""
@@ -114,7 +103,7 @@ def test_cli_equals_sev_snp_measure(monkeypatch: pytest.MonkeyPatch,
     for vcpus, vcpu in itertools.product((1, 2, 4), VCPU_CHOICES):
         args = ["--mode", "snp:svsm", "--ovmf", str(image), "--svsm", str(files[svsm]),
                 "--vcpus", str(vcpus), *vcpu, *vars_args]
-        status, out, err = _fast(monkeypatch, capsys, args)
+        status, out, err = measure_entry_point(monkeypatch, capsys, args)
         assert (status, err) == (0, ""), err
         assert out.strip() == _reference_cli(monkeypatch, capsys, args)
         sig = (int(vcpu[1], 16) if vcpu[0] == "--vcpu-sig"
@@ -233,7 +222,7 @@ def test_usage_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
                       files: dict[str, Path], args: list[str], message: str) -> None:
     argv = ["--ovmf", str(files["ovmf"]), "--vcpu-type", "EPYC",
             *(a.format(**files) for a in args)]
-    status, out, err = _fast(monkeypatch, capsys, argv)
+    status, out, err = measure_entry_point(monkeypatch, capsys, argv)
     typer_result = runner.invoke(app, ["measure", *argv], terminal_width=300)
     assert status == typer_result.exit_code == 2
     assert message in " ".join(typer_result.stderr.split()), typer_result.stderr
@@ -272,7 +261,7 @@ def test_bad_input_is_a_typed_error(monkeypatch: pytest.MonkeyPatch,
             *(a.format(**files) for a in args)]
     if "--vcpu-type" not in argv:
         argv += ["--vcpu-type", "EPYC"]
-    status, out, err = _fast(monkeypatch, capsys, argv)
+    status, out, err = measure_entry_point(monkeypatch, capsys, argv)
     assert (status, out) == (EXIT_ERROR, "")
     assert err.startswith("sevsim measure: " + message.format(**files)), err
     assert err == runner.invoke(app, ["measure", *argv]).stderr
@@ -281,7 +270,7 @@ def test_bad_input_is_a_typed_error(monkeypatch: pytest.MonkeyPatch,
 def test_qemu_needs_a_vcpu_signature(monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str],
                                      files: dict[str, Path]) -> None:
-    status, _, err = _fast(monkeypatch, capsys, [
+    status, _, err = measure_entry_point(monkeypatch, capsys, [
         "--mode", "snp:svsm", "--ovmf", str(files["ovmf"]), "--svsm", str(files["svsm"]),
         "--vars-size", "4096"])
     assert status == EXIT_ERROR and "signature in RDX" in err
@@ -354,7 +343,7 @@ def test_cli_report_equals_measure_and_the_reference(
     assert result.exit_code == 0, result.output
     measured = AttestationReport.from_bytes((tmp_path / "r.bin").read_bytes()).measurement
     assert f"MEASUREMENT {measured.hex()}" in result.stderr
-    status, out, _ = _fast(monkeypatch, capsys, ["--mode", "snp:svsm", *config])
+    status, out, _ = measure_entry_point(monkeypatch, capsys, ["--mode", "snp:svsm", *config])
     assert status == 0 and out.strip() == measured.hex()
     assert _reference_cli(monkeypatch, capsys, ["--mode", "snp:svsm", *config]) == (
         measured.hex())
