@@ -122,9 +122,13 @@ def members(obj: dict[str, Json], field: str, required: tuple[str, ...],
 def string(obj: dict[str, Json], name: str, field: str) -> str:
     """The string member `name` of `obj`."""
     value = obj[name]
+    where = f"{field}.{name}" if field else name
     if not isinstance(value, str):
-        raise KbsProtocolError(f"{field}.{name}" if field else name,
-                               f"is {_kind(value)}, not a string")
+        raise KbsProtocolError(where, f"is {_kind(value)}, not a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON's \ud800 escapes decode to lone surrogates
+        raise KbsProtocolError(where, "holds a lone UTF-16 surrogate") from None
     return value
 
 
@@ -156,7 +160,11 @@ def hash_report_data(hash_name: str, material: Json) -> bytes:
     if name not in HASH_ALGORITHMS:
         raise KbsProtocolError(SELECTED_HASH_ALGORITHM,
                                f"{hash_name!r} is not one of {HASH_ALGORITHMS}")
-    return _pad(hashlib.new(name, rfc8785.dumps(material)).digest())
+    try:
+        canonical = rfc8785.dumps(material)
+    except rfc8785.CanonicalizationError as err:  # a lone surrogate, a number JCS refuses
+        raise KbsProtocolError("runtime-data", f"has no RFC 8785 form: {err}") from None
+    return _pad(hashlib.new(name, canonical).digest())
 
 
 # -- messages -------------------------------------------------------------------------------
