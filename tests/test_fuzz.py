@@ -434,6 +434,16 @@ def json_inputs(draw: st.DrawFn, seeds: tuple[bytes, ...]) -> bytes:
     return json.dumps(doc).encode()
 
 
+@st.composite
+def jwe_header_inputs(draw: st.DrawFn) -> bytes:
+    """The seed JWE with its protected header (alg, enc, epk) mutated as JSON and re-encoded:
+    the header is base64url, so neither byte flips nor member swaps reach inside it."""
+    message = json.loads(KBS_SEEDS["jwe"][0])
+    protected = draw(json_inputs((base64.urlsafe_b64decode(message["protected"] + "=="),)))
+    message["protected"] = base64.urlsafe_b64encode(protected).rstrip(b"=").decode()
+    return json.dumps(message).encode()
+
+
 def kbs_target(parse: Callable[[bytes], object], seeds: str,
                errors: tuple[type[Exception], ...] = (KbsProtocolError,)) -> Target:
     return Target(parse, None, KBS_SEEDS[seeds], errors, json_inputs(KBS_SEEDS[seeds]))
@@ -502,8 +512,9 @@ TARGETS: dict[str, Target] = {
     "KBS runtime data": kbs_target(lambda blob: RuntimeData.from_json(blob).report_data(),
                                    "runtime"),
     "KBS SNP evidence": kbs_target(snp_evidence_round_trip, "snp"),
-    "KBS JWE (TEE side)": kbs_target(lambda blob: decrypt_jwe(KBS_KEY, load_json(blob, "jwe")),
-                                     "jwe", (KbsProtocolError, KbsCryptoError)),
+    "KBS JWE (TEE side)": Target(lambda blob: decrypt_jwe(KBS_KEY, load_json(blob, "jwe")),
+                                 None, KBS_SEEDS["jwe"], (KbsProtocolError, KbsCryptoError),
+                                 st.one_of(json_inputs(KBS_SEEDS["jwe"]), jwe_header_inputs())),
     "KBS token": Target(lambda blob: KBS_SIGNER.verify(blob.decode("utf-8", "surrogateescape"),
                                                        now=1_700_000_100),
                         None, KBS_SEEDS["token"], (KbsCryptoError,)),

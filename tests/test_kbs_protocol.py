@@ -239,6 +239,15 @@ def test_jwe_refusals(ec_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivat
         encrypt_to_tee(RsaPublicJwk(rsa_jwk(rsa_key).n, "AQAB", alg="RSA1_5"), SECRET)
 
 
+@pytest.mark.parametrize("curve", [ec.SECP384R1(), ec.SECP521R1()])
+def test_jwe_other_curves(curve: ec.EllipticCurve) -> None:
+    key = ec.generate_private_key(curve)
+    message = encrypt_to_tee(EcPublicJwk.from_key(key.public_key()), SECRET)
+    assert decrypt_jwe(key, message) == SECRET
+    with pytest.raises(KbsCryptoError):
+        decrypt_jwe(ec.generate_private_key(curve), message)
+
+
 def test_jwe_rsa_round_trip(rsa_key: rsa.RSAPrivateKey) -> None:
     message = encrypt_to_tee(rsa_jwk(rsa_key), SECRET)
     header = json.loads(base64.urlsafe_b64decode(message["protected"] + "=="))

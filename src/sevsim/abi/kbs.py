@@ -1,9 +1,11 @@
 """The messages of Trustee's key broker protocol (confidential-containers kbs-types), and how
 runtime data is bound into a TEE report's REPORT_DATA.
 
-Shapes follow kbs-types 0.16-0.18 (`src/lib.rs`: Request, Challenge, TeePubKey, RuntimeData,
-InitData, CompositeEvidence, Attestation) and Trustee's `kbs/docs/kbs_attestation_protocol.md`;
-member names and order are theirs (`to_json` emits them in that order). Parsing is stricter
+Shapes follow kbs-types (`src/lib.rs` of confidential-containers/kbs-types 0.16, read at
+0130f5d: Request, Challenge, TeePubKey, RuntimeData, InitData, CompositeEvidence, Attestation;
+Trustee pins 0.18, whose use in `kbs/src/attestation/backend.rs` matches) and Trustee's
+`kbs/docs/kbs_attestation_protocol.md`; member names and order are theirs (`to_json` emits
+them in that order). Parsing is stricter
 than serde's: unknown or duplicate members, wrong JSON types, non-canonical base64url and
 points off the curve are refused with `KbsProtocolError`, whose `field` is the JSON path of
 the culprit.
