@@ -139,6 +139,9 @@ def test_attestation_refusals_name_the_member(ec_key: ec.EllipticCurvePrivateKey
     ('{"version": 4, "tee": "snp", "extra-params": {}}', "version"),
     ('{"version": "0.4.0", "tee": "snp"}', "extra-params"),
     ("[" * 100_000, "request"),
+    ('{"version": "0.4.0", "tee": "snp", "extra-params": {"a": 1e400}}', "request"),
+    ('{"version": "0.4.0", "tee": "snp", "extra-params": [Infinity]}', "request"),
+    ('{"version": "0.4.0", "tee": "snp", "extra-params": ' + "9" * 5000 + "}", "request"),
 ])
 def test_request_refusals(text: str | bytes, field: str) -> None:
     with pytest.raises(KbsProtocolError) as info:
