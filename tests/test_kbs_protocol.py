@@ -134,7 +134,7 @@ def test_attestation_refusals_name_the_member(ec_key: ec.EllipticCurvePrivateKey
 
 @pytest.mark.parametrize(("text", "field"), [
     (b"\xff{}", "request"), ("[]", "request"), ("{", "request"), ("NaN", "request"),
-    ('{"version": "1", "version": "2", "tee": "snp", "extra-params": {}}', "request.version"),
+    ('{"version": "1", "version": "2", "tee": "snp", "extra-params": {}}', "request"),
     ('{"version": "0.4.0", "tee": "sev", "extra-params": {}}', "tee"),
     ('{"version": 4, "tee": "snp", "extra-params": {}}', "version"),
     ('{"version": "0.4.0", "tee": "snp"}', "extra-params"),
@@ -331,7 +331,7 @@ def test_token_interoperates_with_jwcrypto(ec_key: ec.EllipticCurvePrivateKey) -
 # -- SNP evidence in the virtee/sev serde shape ---------------------------------------------
 
 SNP_DATA = Path(__file__).resolve().parent / "data" / "snp"
-VECTORS = Path("/work/shared/data/vectors/snp")
+# every real report of shared/data/vectors (kept in tests/data/snp), and a VLEK-signed v3 one
 REAL_REPORTS = {
     "milan-v2-a": (SNP_DATA / "milan-v2-a" / "report.bin").read_bytes(),
     "milan-v2-b": bytes.fromhex((SNP_DATA / "milan-v2-b" / "report.hex").read_text().strip()),
@@ -377,19 +377,6 @@ def test_real_reports_round_trip_byte_for_byte(name: str) -> None:
     assert evidence["cert_chain"] == [{"cert_type": "VCEK", "data": list(VCEK_DER)},
                                       {"cert_type": {"OTHER": certs[1][0]}, "data": [
                                           101, 120, 116, 114, 97]}]
-
-
-def test_shared_vectors_round_trip() -> None:
-    """The real reports under shared/data/vectors, where this machine has them."""
-    found = sorted(VECTORS.glob("*/report.*")) if VECTORS.is_dir() else []
-    if not found:
-        pytest.skip(f"no reports under {VECTORS}")
-    for path in found:
-        report = path.read_bytes()
-        if path.suffix == ".hex":
-            report = bytes.fromhex(report.decode().strip())
-        again = snp_evidence_from_json(json.dumps(snp_evidence_to_json(report, None)))
-        assert again == SnpEvidence(report, [])
 
 
 def test_the_serde_spelling_of_a_v2_report() -> None:

@@ -61,7 +61,7 @@ def _no_duplicates(pairs: list[tuple[str, Json]]) -> dict[str, Json]:
     out: dict[str, Json] = {}
     for key, value in pairs:
         if key in out:
-            raise KbsProtocolError(key, "appears twice in one object")
+            raise KbsProtocolError("json", f"member {key!r} appears twice in one object")
         out[key] = value
     return out
 
@@ -96,9 +96,8 @@ def load_json(data: bytes | str | dict[str, Json], field: str) -> dict[str, Json
     try:
         value = json.loads(data, object_pairs_hook=_no_duplicates,
                            parse_constant=_refuse_constant, parse_float=_finite)
-    except KbsProtocolError as err:  # a duplicate member or a NaN, from the hooks above
-        raise KbsProtocolError(f"{field}.{err.field}" if err.field != "json" else field,
-                               str(err).partition(": ")[2]) from None
+    except KbsProtocolError as err:  # a duplicate member or a number, from the hooks above
+        raise KbsProtocolError(field, str(err).partition(": ")[2]) from None
     except (ValueError, RecursionError) as err:
         raise KbsProtocolError(field, f"is not JSON ({err})") from None
     return _object(value, field)
