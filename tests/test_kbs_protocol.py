@@ -20,6 +20,7 @@ from jwcrypto import jwk as jc_jwk
 from jwcrypto import jws as jc_jws
 from jwcrypto import jwt as jc_jwt
 
+from sevsim import Host
 from sevsim.abi.kbs import (
     Attestation,
     Challenge,
@@ -34,7 +35,12 @@ from sevsim.abi.kbs import (
     parse_jwk,
 )
 from sevsim.abi.kbs_snp import SnpEvidence, snp_evidence_from_json, snp_evidence_to_json
-from sevsim.abi.snp_report import GUID_VCEK, AttestationReport
+from sevsim.abi.snp_report import (
+    GUID_VCEK,
+    AttestationReport,
+    build_cert_table,
+    parse_cert_table,
+)
 from sevsim.abi.snp_tcb import TcbVersion
 from sevsim.errors import FormatError, KbsCryptoError, KbsProtocolError
 from sevsim.kbs.jose import TokenSigner, decrypt_jwe, encrypt_to_tee
@@ -517,3 +523,24 @@ def test_the_readme_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     namespace: dict[str, Any] = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["snp"].report == namespace["report"]
+
+
+@pytest.mark.parametrize("chip", ["milan", "genoa", "turin"])
+def test_a_sevsim_vms_report_and_certificate_table_round_trip(build: Callable[..., Path],
+                                                             chip: str) -> None:
+    """What a genuine sevsim SNP guest gets from an extended report request (examples/report.c)
+    becomes the attester's JSON and comes back as the same report and the same table."""
+    vm = Host(chip=chip, seed=b"kbs-" + chip.encode()).create_vm(mode="snp", memory="16M")
+    vm.load(build("report"))
+    vm.host_input = bytes(range(64))
+    vm.launch()
+    assert vm.run(timeout=60).exit_code == 0
+    report, table = vm.outputs[0], vm.outputs[1]
+    certs = [(str(guid), der) for guid, der in parse_cert_table(table)]
+    evidence = snp_evidence_from_json(json.dumps(snp_evidence_to_json(report, certs)))
+    assert evidence.report == report
+    assert build_cert_table([(uuid.UUID(guid), der) for guid, der in evidence.certs]) == table
+    sev = snp_evidence_to_json(report, certs)["attestation_report"]
+    assert (sev["current_tcb"]["fmc"] is None) == (chip != "turin")
+    assert {entry["cert_type"] for entry in snp_evidence_to_json(report, certs)["cert_chain"]
+            if isinstance(entry["cert_type"], str)} >= {"VCEK", "ASK", "ARK"}
