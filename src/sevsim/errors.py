@@ -189,3 +189,26 @@ class PolicyError(SevsimError, ValueError):
 class IdBlockError(SevsimError, ValueError):
     """An ID block cannot be made from these inputs: a key that is not a plain PEM ECDSA
     P-384 private key, a measurement or ID of the wrong size."""
+
+
+class KbsAdminAuthError(SevsimError):
+    """An administrator credential the key broker does not accept: a key file that is not
+    Ed25519, a token the admin key did not sign, expired, or living too long; `what` names it
+    (`admin-key`, `admin-token`)."""
+
+    def __init__(self, what: str, message: str) -> None:
+        self.what = what
+        super().__init__(f"{what}: {message}")
+
+
+class KbsRefusal(SevsimError):
+    """The key broker refused a request: `status` is the HTTP status, `reason` the stable
+    identifier its RFC 7807 problem document's `type` ends with (e.g. `nonce-used`),
+    `detail` what exactly was wrong. The server raises it to answer; the client
+    (`sevsim kbs attest|admin`) raises it from the problem document it received."""
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason} (HTTP {status}): {detail}")
