@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "sevsim"
 
 EVERYTHING = {"abi", "hw", "firmware", "guest", "host", "attest", "errors", "inputs", "cli",
-              "attacks"}
+              "attacks", "kbs"}
 
 ALLOWED: dict[str, set[str]] = {
     "abi": {"abi", "errors"},
@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "host": {"abi", "hw", "firmware", "host", "errors", "inputs", "guest.kernel",
              "guest.standin"},
     "attest": {"abi", "attest", "errors", "inputs"},
+    "kbs": {"abi", "attest", "errors", "inputs", "kbs"},
     # the untrusted side: a hypervisor's and a physical attacker's handles; guest.build only
     # compiles the victims (the lab plays their owner), it gives no guest-side object
     "attacks": {"abi", "hw", "firmware", "host", "attacks", "errors", "attest", "guest.build"},
