@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "host": {"abi", "hw", "firmware", "host", "errors", "inputs", "guest.kernel",
              "guest.standin"},
     "attest": {"abi", "attest", "errors", "inputs"},
+    "kbs": {"abi", "attest", "errors", "inputs", "kbs"},
     # the untrusted side: a hypervisor's and a physical attacker's handles; guest.build only
     # compiles the victims (the lab plays their owner), it gives no guest-side object
     "attacks": {"abi", "hw", "firmware", "host", "attacks", "errors", "attest", "guest.build"},

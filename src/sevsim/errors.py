@@ -212,3 +212,38 @@ class KbsRefusal(SevsimError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason} (HTTP {status}): {detail}")
+
+
+class KbsStoreError(SevsimError):
+    """The key broker's database refused or failed an operation; `reason` is a short stable
+    identifier a service can put in a problem document and the audit log: `database` (cannot
+    open, connect or migrate), `integrity` (a stored row that does not decrypt or parse),
+    and the subclasses' own."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {message}")
+
+
+class KbsStoreInputError(KbsStoreError, ValueError):
+    """A bad argument to the key broker's store (`invalid`): a malformed resource path or
+    policy id, an unknown policy kind or decision, a value too large. Nothing was written."""
+
+
+class KbsSecretKeyError(KbsStoreError):
+    """The operator's at-rest key is not the one this database was created with, or is not a
+    32-byte AES-256 key (`secret-key`). Raised on open, before any secret is read."""
+
+
+class KbsNotFoundError(KbsStoreError):
+    """No such session, resource or policy (`not-found`); `what` names which."""
+
+    def __init__(self, what: str, message: str) -> None:
+        self.what = what
+        super().__init__("not-found", message)
+
+
+class KbsSessionError(KbsStoreError):
+    """A session cannot do what was asked: its nonce was already used (`nonce-replayed`), it
+    expired (`session-expired`) or it is in the wrong state (`session-state`, e.g. a resource
+    asked for before attestation). Nothing changed."""
