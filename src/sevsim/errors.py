@@ -166,6 +166,17 @@ class EndorsementError(AttestationError):
         super().__init__(f"{reason}: {message}")
 
 
+class KbsEvidenceError(AttestationError):
+    """Evidence a key broker refuses; `reason` is a short stable identifier (format, product,
+    chain, signature, tcb, chip-id, revoked, crl, kds, report-data, policy) that problem
+    documents and the audit log carry, `detail` says what exactly was wrong."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
 class KdsFetchError(AttestationError):
     """A certificate or CRL could not be fetched from a KDS (HTTP error, network failure, or
     still rate limited after every retry); `status` is the HTTP status when there was one."""
