@@ -61,6 +61,8 @@ def serve(
     kds: Annotated[str | None, typer.Option(
         help="KDS base URL for VCEKs not in the evidence nor the offline store "
              "(e.g. https://kdsintf.amd.com or a `sevsim kds serve`).")] = None,
+    kds_cache: Annotated[Path | None, typer.Option(
+        help="Directory keeping KDS answers on disk (with --kds).")] = None,
     token_key: Annotated[Path | None, typer.Option(
         help="EC P-256 private key (PEM) signing attestation tokens; default: a fresh key "
              "per start (tokens then die with the process).")] = None,
@@ -73,16 +75,21 @@ def serve(
     Ctrl-C; every decision goes into the audit log."""
     import uvicorn
 
+    from sevsim.attest.kds_client import KdsClient
     from sevsim.kbs.admin import load_admin_public_key
     from sevsim.kbs.service import KbsConfig, create_app
     from sevsim.kbs.verifier import EvidenceConfig
 
     command = "sevsim kbs serve"
+    if trust not in ("amd", "sevsim"):
+        raise typer.BadParameter(f"--trust {trust!r}: amd or sevsim")
     try:
+        evidence = EvidenceConfig(
+            trust="sevsim" if trust == "sevsim" else "amd", vcek_store=vcek_dir,
+            kds=None if kds is None else KdsClient(base_url=kds, cache_dir=kds_cache))
         config = KbsConfig(
             db_url=db, secret_key=_secret_key(secret_key_file, command),
-            admin_key=load_admin_public_key(admin_key),
-            evidence=EvidenceConfig(trust=trust, vcek_dir=vcek_dir, kds_url=kds),
+            admin_key=load_admin_public_key(admin_key), evidence=evidence,
             token_key=None if token_key is None else _ec_key(token_key, command),
             nonce_lifetime_s=nonce_lifetime, token_lifetime_s=token_lifetime)
         app = create_app(config)
@@ -219,16 +226,17 @@ def set_resource_policy(
 @admin_app.command("resources")
 def resources(url: UrlOption, key: AdminKeyOption) -> None:
     """The stored secrets' paths, one a line."""
-    for path in _admin(url, key, "resources"):
-        print(path)
+    for resource in _admin(url, key, "resources"):
+        print(resource["path"])
 
 
 @admin_app.command("audit")
 def audit(url: UrlOption, key: AdminKeyOption,
-          limit: Annotated[int, typer.Option(help="How many records, newest first.")] = 100,
+          after: Annotated[int, typer.Option(help="Records with ids above this.")] = 0,
+          limit: Annotated[int, typer.Option(help="At most this many (1 to 10000).")] = 100,
           ) -> None:
-    """The audit log as JSON: every decision, allowed or refused and why."""
-    print(json.dumps(_admin(url, key, "audit", limit), indent=2))
+    """The audit log as JSON, oldest first: every decision, allowed or refused and why."""
+    print(json.dumps(_admin(url, key, "audit", after, limit), indent=2))
 
 
 # -- a client ------------------------------------------------------------------------------

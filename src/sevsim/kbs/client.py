@@ -112,15 +112,16 @@ class KbsClient:
         body = {"policy": base64.b64encode(text.encode()).decode()}
         self.admin("POST", "/resource-policy", token, json.dumps(body).encode())
 
-    def audit(self, token: str, limit: int = 100) -> list[dict[str, Any]]:
-        """The latest `limit` audit records, newest first."""
-        records: list[dict[str, Any]] = self.admin("GET", f"/audit?limit={limit}", token)
+    def audit(self, token: str, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Audit records with ids above `after`, oldest first, at most `limit`."""
+        records: list[dict[str, Any]] = self.admin(
+            "GET", f"/audit?after={after}&limit={limit}", token)
         return records
 
-    def resources(self, token: str) -> list[str]:
-        """The paths of the stored secrets."""
-        paths: list[str] = self.admin("GET", "/resources", token)
-        return paths
+    def resources(self, token: str) -> list[dict[str, Any]]:
+        """The stored secrets' paths and times (never the secrets)."""
+        listing: list[dict[str, Any]] = self.admin("GET", "/resources", token)
+        return listing
 
 
 def refusal_from(status: int, content_type: str, data: bytes) -> KbsRefusal:

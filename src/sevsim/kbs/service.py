@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import datetime
 import json
-import secrets
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,24 +34,29 @@ from starlette.exceptions import HTTPException
 from sevsim.abi.kbs import Attestation, Challenge
 from sevsim.abi.kbs import Request as KbsRequest
 from sevsim.abi.kbs_snp import snp_evidence_from_json
-from sevsim.attest.snp_policy import Policy, validate_report
+from sevsim.attest.snp_policy import Policy
 from sevsim.errors import (
     KbsAdminAuthError,
     KbsCryptoError,
     KbsEvidenceError,
+    KbsNotFoundError,
     KbsProtocolError,
     KbsRefusal,
+    KbsSessionError,
+    KbsStoreError,
+    KbsStoreInputError,
     PolicyError,
+    SevsimError,
 )
 from sevsim.kbs.admin import verify_admin_token
 from sevsim.kbs.client import ERRORS, PREFIX, PROBLEM, SESSION_COOKIE
 from sevsim.kbs.jose import TokenSigner, encrypt_to_tee
-from sevsim.kbs.policy import evaluate_resource_policy
-from sevsim.kbs.store import Store
+from sevsim.kbs.policy import ResourcePolicy
+from sevsim.kbs.store import PolicyKind, SessionRecord, Store, utc_now
+from sevsim.kbs.verifier import REASONS as EVIDENCE_REASONS
 from sevsim.kbs.verifier import EvidenceConfig, verify_snp_evidence
 
 MAX_BODY = 1 << 20  # a request body: evidence with a certificate chain is a few KiB
-DEFAULT_POLICY_ID = "default"
 SUPPORTED_TEE = "snp"
 
 # Every reason a request is refused: HTTP status and the problem document's title. The one
@@ -63,19 +68,22 @@ REASONS: dict[str, tuple[int, str]] = {
     "no-session": (401, "No kbs-session-id cookie: POST /kbs/v0/auth first"),
     "unknown-session": (401, "The kbs-session-id cookie names no session"),
     "nonce-expired": (401, "The session's nonce expired before the attestation arrived"),
-    "nonce-used": (401, "The session's nonce was already used by an attestation"),
+    "nonce-replayed": (401, "The session's nonce was already used by an attestation"),
     "nonce-mismatch": (401, "runtime-data carries a nonce other than this session's"),
-    "evidence": (401, "The evidence does not verify"),
+    **{f"evidence-{reason}": (401, f"The evidence fails the verifier's {reason} check")
+       for reason in EVIDENCE_REASONS if reason != "policy"},
     "attestation-policy": (403, "The evidence does not satisfy the attestation policy"),
     "no-token": (401, "No attested session cookie and no bearer token"),
     "token-invalid": (401, "The bearer token is not one this KBS issued, or has expired"),
-    "session-not-attested": (401, "The session has not attested (or its attestation expired)"),
+    "session-not-attested": (401, "The session has not attested"),
+    "session-expired": (401, "The session's attestation has expired: attest again"),
     "resource-policy": (403, "The resource policy does not release this resource"),
     "resource-not-found": (404, "No resource at this path"),
     "admin-auth": (401, "Admin endpoints need a valid admin token"),
     "policy-invalid": (400, "The policy does not parse"),
     "not-found": (404, "No such endpoint"),
     "method-not-allowed": (405, "The endpoint does not take this method"),
+    "store": (500, "The KBS's database failed; nothing was released"),
     "internal": (500, "The KBS failed; nothing was released"),
 }
 
@@ -96,10 +104,10 @@ def problem(refusal: KbsRefusal) -> JSONResponse:
 @dataclass(frozen=True)
 class KbsConfig:
     """What a KBS is started with: where its database is and the key its secrets are
-    encrypted under at rest, the admin's public key, how evidence is verified, and
-    lifetimes. `token_key` signs attestation tokens (ES256); None makes a fresh one at start,
-    so tokens do not outlive the process. `clock` (seconds since the epoch) is what nonces,
-    tokens and admin tokens are checked against."""
+    encrypted under at rest, the admin's public key, how evidence is verified (its `policy`
+    applies until the admin sets one), and lifetimes. `token_key` signs attestation tokens
+    (ES256); None makes a fresh one at start, so tokens do not outlive the process. `clock`
+    is what sessions and admin tokens are checked against."""
 
     db_url: str
     secret_key: bytes
@@ -108,7 +116,7 @@ class KbsConfig:
     token_key: ec.EllipticCurvePrivateKey | None = None
     nonce_lifetime_s: int = 300
     token_lifetime_s: int = 3600
-    clock: Callable[[], float] = time.time
+    clock: Callable[[], datetime.datetime] = utc_now
 
 
 @dataclass
@@ -128,13 +136,20 @@ class Broker:
 
     def __init__(self, config: KbsConfig) -> None:
         self.config = config
-        self.store = Store.open(config.db_url, config.secret_key)
+        self.store = Store.open(config.db_url, config.secret_key, config.clock)
         self.signer = TokenSigner(config.token_key or ec.generate_private_key(ec.SECP256R1()))
 
     def decide(self, decision: Decision, work: Callable[[], Response]) -> Response:
         """Run `work`; write the audit record (allowed, or refused and why) before answering."""
         try:
-            response = work()
+            try:
+                response = work()
+            except KbsStoreInputError as error:
+                raise refuse("malformed-request", str(error)) from None
+            except KbsStoreError as error:
+                raise refuse("store", str(error)) from None
+            except SevsimError as error:  # a typed error no step turned into a refusal
+                raise refuse("internal", f"{type(error).__name__}: {error}") from None
         except KbsRefusal as refusal:
             self.audit(decision, "refused", f"{refusal.reason}: {refusal.detail}")
             return problem(refusal)
@@ -143,9 +158,9 @@ class Broker:
 
     def audit(self, decision: Decision, outcome: str, reason: str) -> None:
         """One audit record."""
-        self.store.append_audit(session_id=decision.session, client=decision.client,
-                                action=decision.action, resource=decision.resource,
-                                decision=outcome, reason=reason, claims=decision.claims)
+        self.store.append_audit(decision.action, outcome, session_id=decision.session,
+                                client=decision.client, resource=decision.resource,
+                                reason=reason or None, claims=decision.claims)
 
     # -- the attestation protocol ----------------------------------------------------------
 
@@ -155,58 +170,66 @@ class Broker:
         if request.tee != SUPPORTED_TEE:
             raise refuse("unsupported-tee", f"tee {request.tee!r}; this KBS takes "
                          f"{SUPPORTED_TEE!r}")
-        nonce = base64.b64encode(secrets.token_bytes(32)).decode()
-        now = self.config.clock()
-        session = self.store.new_session(nonce=nonce, tee=request.tee, now=now,
-                                         lifetime_s=self.config.nonce_lifetime_s)
-        decision.session = session
-        response = JSONResponse(Challenge(nonce=nonce, extra_params={}).to_json())
-        response.set_cookie(SESSION_COOKIE, session, max_age=self.config.nonce_lifetime_s,
-                            path=PREFIX, httponly=True, samesite="strict")
+        session = self.store.new_session(request.tee, self.config.nonce_lifetime_s)
+        decision.session = session.id
+        response = JSONResponse(Challenge(nonce=session.nonce, extra_params={}).to_json())
+        response.set_cookie(SESSION_COOKIE, session.id, path=PREFIX, httponly=True,
+                            samesite="strict")
         return response
 
     def attest(self, session_id: str | None, body: bytes, decision: Decision) -> Response:
-        """Attestation -> token: the nonce is this session's, fresh and unused; the evidence
-        verifies and binds runtime-data; the attestation policy passes."""
+        """Attestation -> token. A well-formed message for this session's nonce takes the
+        nonce (once, whatever the verdict: sevsim.kbs.store); then the evidence must verify,
+        bind runtime-data and pass the attestation policy. A malformed message or another
+        session's nonce changes nothing."""
         if session_id is None:
             raise refuse("no-session", "the request carries no kbs-session-id cookie")
         decision.session = session_id
-        session = self.store.get_session(session_id)
-        if session is None:
-            raise refuse("unknown-session", "no session has this id")
+        session = self.session(session_id)
         attestation = parse(Attestation.from_json, body)
-        now = self.config.clock()
+        evidence = parse(snp_evidence_from_json, attestation.tee_evidence.primary)
         if attestation.runtime_data.nonce != session.nonce:
             raise refuse("nonce-mismatch", "runtime-data.nonce is not the nonce this "
                          "session was given")
-        if session.state != "new":
-            raise refuse("nonce-used", f"the session is {session.state}; a nonce attests once")
-        if now >= session.expires:
-            raise refuse("nonce-expired", f"the nonce expired {now - session.expires:.0f} s ago")
-        evidence = parse(snp_evidence_from_json, attestation.tee_evidence.primary)
-        expected = (attestation.runtime_data.report_data(),)
         try:
-            claims = verify_snp_evidence(evidence.report, evidence.certs, expected,
-                                         self.config.evidence)
+            self.store.consume_nonce(session_id)
+        except KbsSessionError as error:
+            raise refuse({"nonce-replayed": "nonce-replayed"}.get(error.reason,
+                                                                  "nonce-expired"),
+                         str(error)) from None
+        config = replace(self.config.evidence, policy=self.attestation_policy())
+        try:
+            claims = verify_snp_evidence(evidence.report, evidence.certs,
+                                         attestation.runtime_data.report_data(), config)
         except KbsEvidenceError as error:
-            raise refuse("evidence", f"{error.reason}: {error.detail}") from None
-        decision.claims = dict(claims)
-        failures = self.attestation_policy_failures(evidence.report)
-        if failures:
-            raise refuse("attestation-policy", "failed " + ", ".join(failures))
+            reason = ("attestation-policy" if error.reason == "policy"
+                      else f"evidence-{error.reason}")
+            raise refuse(reason, error.detail) from None
+        decision.claims = claims
         tee_pubkey = attestation.runtime_data.tee_pubkey.to_json()
-        if not self.store.attest_session(session_id, tee_pubkey=tee_pubkey,
-                                         claims=decision.claims, now=now):
-            raise refuse("nonce-used", "another attestation used this nonce first")
+        self.store.attest_session(session_id, tee_pubkey, claims,
+                                  lifetime_s=self.config.token_lifetime_s)
         token = self.signer.issue({"tee": SUPPORTED_TEE, "tee-pubkey": tee_pubkey,
-                                   "claims": decision.claims}, self.config.token_lifetime_s)
+                                   "claims": claims}, self.config.token_lifetime_s)
         return JSONResponse({"token": token})
 
-    def attestation_policy_failures(self, report: bytes) -> tuple[str, ...]:
-        """The checks of the stored attestation policy (`sevsim validate` TOML; none set:
-        validate's defaults, which refuse debug guests) that `report` fails."""
-        text = self.store.get_policy("attestation", DEFAULT_POLICY_ID) or ""
-        return validate_report(report, Policy.from_toml(text)).failed
+    def session(self, session_id: str) -> SessionRecord:
+        """The session the cookie names."""
+        try:
+            return self.store.get_session(session_id)
+        except KbsNotFoundError:
+            raise refuse("unknown-session", "no session has this id") from None
+
+    def attestation_policy(self) -> Policy:
+        """The admin's attestation policy, else the configured one."""
+        try:
+            text = self.store.get_policy(PolicyKind.ATTESTATION).text
+        except KbsNotFoundError:
+            return self.config.evidence.policy
+        try:
+            return Policy.from_toml(text)
+        except PolicyError as error:  # it parsed when it was set: the row was altered
+            raise refuse("store", f"the stored attestation policy fails: {error}") from None
 
     def resource(self, path: str, session_id: str | None, authorization: str | None,
                  decision: Decision) -> Response:
@@ -215,18 +238,20 @@ class Broker:
         decision.resource = path
         tee_pubkey, claims = self.attested(session_id, authorization, decision)
         decision.claims = claims
-        text = self.store.get_policy("resource", DEFAULT_POLICY_ID)
-        if text is None:
-            raise refuse("resource-policy", "no resource policy is set (default deny)")
         try:
-            verdict = evaluate_resource_policy(text, path, claims)
+            text = self.store.get_policy(PolicyKind.RESOURCE).text
+        except KbsNotFoundError:
+            raise refuse("resource-policy", "no resource policy is set (default deny)") from None
+        try:
+            verdict = ResourcePolicy.from_toml(text).decide(path, claims)
         except PolicyError as error:
-            raise refuse("resource-policy", f"the stored policy fails: {error}") from None
+            raise refuse("store", f"the stored resource policy fails: {error}") from None
         if not verdict.allowed:
             raise refuse("resource-policy", verdict.reason)
-        secret = self.store.get_resource(path)
-        if secret is None:
-            raise refuse("resource-not-found", path)
+        try:
+            secret = self.store.get_resource(path)
+        except KbsNotFoundError:
+            raise refuse("resource-not-found", f"no resource {path}") from None
         try:
             jwe = encrypt_to_tee(tee_pubkey, secret)
         except KbsCryptoError as error:
@@ -249,11 +274,14 @@ class Broker:
         if session_id is None:
             raise refuse("no-token", "send the kbs-session-id cookie or a bearer token")
         decision.session = session_id
-        session = self.store.get_session(session_id)
-        if session is None:
-            raise refuse("unknown-session", "no session has this id")
-        if session.state != "attested" or self.config.clock() >= session.expires:
-            raise refuse("session-not-attested", f"the session is {session.state}")
+        try:
+            session = self.store.attested_session(session_id)
+        except KbsNotFoundError:
+            raise refuse("unknown-session", "no session has this id") from None
+        except KbsSessionError as error:
+            raise refuse("session-expired" if error.reason == "session-expired"
+                         else "session-not-attested", str(error)) from None
+        assert session.tee_pubkey is not None and session.claims is not None  # attested
         return session.tee_pubkey, session.claims
 
     # -- admin -----------------------------------------------------------------------------
@@ -264,7 +292,8 @@ class Broker:
         if scheme.lower() != "bearer" or not token.strip():
             raise refuse("admin-auth", "no admin token (Authorization: Bearer <token>)")
         try:
-            verify_admin_token(self.config.admin_key, token.strip(), now=self.config.clock())
+            verify_admin_token(self.config.admin_key, token.strip(),
+                               now=self.config.clock().timestamp())
         except KbsAdminAuthError as error:
             raise refuse("admin-auth", str(error)) from None
 
@@ -274,27 +303,34 @@ class Broker:
         if doc.get("type", "toml") != "toml":
             raise refuse("policy-invalid", f"policy type {doc.get('type')!r}; this KBS "
                          "takes 'toml' (the `sevsim validate` format)")
-        policy_id = doc.get("policy_id", DEFAULT_POLICY_ID)
-        if policy_id != DEFAULT_POLICY_ID:
-            raise refuse("policy-invalid", f"policy_id {policy_id!r}; sessions are checked "
-                         f"against {DEFAULT_POLICY_ID!r}")
+        policy_id = doc.get("policy_id", "default")
+        if policy_id != "default":
+            raise refuse("policy-invalid", f"policy_id {policy_id!r}; every session is checked "
+                         "against 'default'")
         text = policy_text(doc)
         try:
             Policy.from_toml(text)
         except PolicyError as error:
             raise refuse("policy-invalid", str(error)) from None
-        self.store.set_policy("attestation", DEFAULT_POLICY_ID, text)
+        self.store.set_policy(PolicyKind.ATTESTATION, text)
         return Response(status_code=204)
 
     def set_resource_policy(self, body: bytes) -> Response:
         """Trustee's `{"policy": base64}`: sevsim.kbs.policy's TOML format."""
         text = policy_text(json_object(body))
         try:
-            evaluate_resource_policy(text, "check/only/syntax", {})
+            ResourcePolicy.from_toml(text)
         except PolicyError as error:
             raise refuse("policy-invalid", str(error)) from None
-        self.store.set_policy("resource", DEFAULT_POLICY_ID, text)
+        self.store.set_policy(PolicyKind.RESOURCE, text)
         return Response(status_code=204)
+
+
+def jsonable(records: list[Any]) -> list[dict[str, Any]]:
+    """Store records (dataclasses) as JSON objects, times in ISO 8601."""
+    def value(item: Any) -> Any:
+        return item.isoformat() if isinstance(item, datetime.datetime) else item
+    return [{k: value(v) for k, v in dataclasses.asdict(record).items()} for record in records]
 
 
 def parse(parser: Callable[[Any], Any], data: Any) -> Any:
@@ -404,15 +440,17 @@ def create_app(config: KbsConfig) -> FastAPI:
 
         def work(_: bytes, decision: Decision) -> Response:
             decision.resource = path
-            if not broker.store.delete_resource(path):
-                raise refuse("resource-not-found", path)
+            try:
+                broker.store.delete_resource(path)
+            except KbsNotFoundError:
+                raise refuse("resource-not-found", f"no resource {path}") from None
             return Response(status_code=204)
         return await handle(request, "delete-resource", work, body=False, admin=True)
 
     @app.get(PREFIX + "/resources")
     async def list_resources(request: Request) -> Response:
         return await handle(request, "list-resources",
-                            lambda _, d: JSONResponse(broker.store.list_resources()),
+                            lambda _, d: JSONResponse(jsonable(broker.store.list_resources())),
                             body=False, admin=True)
 
     @app.post(PREFIX + "/attestation-policy")
@@ -426,10 +464,9 @@ def create_app(config: KbsConfig) -> FastAPI:
                             lambda body, d: broker.set_resource_policy(body), admin=True)
 
     @app.get(PREFIX + "/audit")
-    async def list_audit(request: Request, limit: int = 100) -> Response:
-        return await handle(request, "list-audit",
-                            lambda _, d: JSONResponse(broker.store.list_audit(limit=limit)),
-                            body=False, admin=True)
+    async def list_audit(request: Request, after: int = 0, limit: int = 100) -> Response:
+        return await handle(request, "list-audit", lambda _, d: JSONResponse(jsonable(
+            broker.store.list_audit(after_id=after, limit=limit))), body=False, admin=True)
 
     @app.get(ERRORS + "{reason}")
     async def error_type(reason: str) -> Response:
