@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 import uvicorn
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sevsim import Host
@@ -201,7 +200,7 @@ def test_a_genuine_vm_gets_its_secret_as_a_jwe_only_its_key_opens(kbs: Kbs,
     # by the token alone, from another connection with no cookie
     jwe = kbs.client().resource(PATH, token)
     assert decrypt_jwe(key, jwe) == SECRET
-    with pytest.raises(Exception):  # noqa: B017, PT011 (any failure: another key cannot open it)
+    with pytest.raises(Exception):  # noqa: B017 (any failure: another key cannot open it)
         decrypt_jwe(tee_key(), jwe)
 
 
@@ -229,7 +228,15 @@ def test_a_nonce_from_another_session_is_refused(kbs: Kbs, evidence: Evidence) -
     nonce = first.auth()["nonce"]
     second.auth()
     refused(lambda: second.attest(attestation(evidence, nonce, key)), "nonce-mismatch")
+    assert last_decision(kbs, "attest")["reason"].startswith("nonce-mismatch")
     refused(lambda: second.resource(PATH), "session-not-attested")
+    # no session at all, or one the KBS never made
+    refused(lambda: kbs.client().attest(attestation(evidence, nonce, key)), "no-session")
+    stranger = kbs.client()
+    stranger.session = "00000000-0000-0000-0000-000000000000"
+    refused(lambda: stranger.attest(attestation(evidence, nonce, key)), "unknown-session")
+    # the first session is still good: neither attempt touched it
+    first.attest(attestation(evidence, nonce, key))
 
 
 def test_report_data_that_does_not_bind_the_key_is_refused(kbs: Kbs,
@@ -349,7 +356,7 @@ def test_the_commands_end_to_end(tmp_path: Path, evidence: Evidence) -> None:
          "--admin-key", tmp_path / "admin" / "admin.pub", "--port", str(port),
          "--trust", "sevsim"],
         env={**os.environ, "SEVSIM_KBS_SECRET_KEY": os.urandom(32).hex()},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         admin = ("--url", url, "--key", tmp_path / "admin" / "admin.pem")
         (tmp_path / "secret").write_bytes(SECRET)
@@ -372,9 +379,11 @@ def test_the_commands_end_to_end(tmp_path: Path, evidence: Evidence) -> None:
         ran = sevsim("kbs", "attest", "--url", url, "--tee-key", tmp_path / "tee.pem",
                      "--report", tmp_path / "report.bin", "--certs", table,
                      "--session", challenge["session"], "--nonce", challenge["nonce"],
-                     "--resource", PATH)
+                     "--resource", PATH, "--out", tmp_path / "got")
         assert ran.returncode == 0, ran.stderr
-        assert ran.stdout == SECRET
+        assert ran.stdout.count(b".") == 2  # the token, a JWT
+        assert (tmp_path / "got").read_bytes() == SECRET
+        assert (tmp_path / "got").stat().st_mode & 0o777 == 0o600
         # the same evidence again: refused, the problem printed, exit 1
         ran = sevsim("kbs", "attest", "--url", url, "--tee-key", tmp_path / "tee.pem",
                      "--report", tmp_path / "report.bin", "--certs", table,

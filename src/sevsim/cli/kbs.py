@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -160,13 +159,13 @@ def keygen(
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out / "admin.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(private)
+        _write_private(out / "admin.pem", private)
         (out / "admin.pub").write_bytes(public)
     except OSError as error:
         raise fail(ConfigError(f"cannot write {error.filename}: {error.strerror}"),
                    "sevsim kbs admin") from None
+    except ConfigError as error:
+        raise fail(error, "sevsim kbs admin") from None
     err.print(f"wrote {out / 'admin.pem'} and {out / 'admin.pub'}", highlight=False)
 
 
@@ -257,17 +256,20 @@ def attest(
         help="The session of an earlier challenge (with --nonce).")] = None,
     nonce: Annotated[str | None, typer.Option(help="That challenge's nonce.")] = None,
     resource: Annotated[str | None, typer.Option(
-        help="Then fetch repository/type/tag and write the decrypted secret to stdout.")
-    ] = None,
+        help="Then fetch repository/type/tag with the token (needs --out).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Where the decrypted resource goes (created with mode 0600).")] = None,
 ) -> None:
-    """Post SNP evidence to a KBS; print the token, or with --resource the secret (a
-    refusal: the problem document, exit 1)."""
+    """Post SNP evidence to a KBS and print the token; with --resource, also fetch a secret
+    and decrypt it into --out. A refusal prints the problem document and exits 1."""
     from sevsim.kbs.client import KbsClient
 
     command = "sevsim kbs attest"
     try:
         key = _tee_key(tee_key, command)
         client = KbsClient(url)
+        if (resource is None) != (out is None):
+            raise ConfigError("--resource and --out go together")
         if session is None or nonce is None:
             if session is not None or nonce is not None:
                 raise ConfigError("--session and --nonce go together")
@@ -280,10 +282,9 @@ def attest(
                               "report-data": runtime.report_data().hex()}, indent=2))
             return
         token = client.attest(_attestation(runtime, report, certs, command))
-        if resource is None:
-            print(token)
-        else:
-            _write_secret(client, key, resource, token)
+        print(token)
+        if resource is not None and out is not None:
+            _write_secret(client, key, resource, token, out)
     except KbsRefusal as refusal:
         raise _refused(refusal) from None
     except SevsimError as error:
@@ -298,23 +299,17 @@ def _tee_key(path: Path, command: str) -> ec.EllipticCurvePrivateKey:
     if path.exists():
         return _ec_key(path, command)
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(pem)
-    except OSError as error:
-        raise ConfigError(f"cannot write {path}: {error.strerror}") from None
+    _write_private(path, key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
     return key
 
 
 def _runtime_data(nonce: str, key: ec.EllipticCurvePrivateKey) -> Any:
     """runtime-data: the nonce and the TEE key's public JWK."""
-    from sevsim.abi.kbs import RuntimeData, parse_jwk
-    from sevsim.kbs.jose import public_jwk
+    from sevsim.abi.kbs import EcPublicJwk, RuntimeData
 
-    return RuntimeData(nonce=nonce, tee_pubkey=parse_jwk(public_jwk(key.public_key())))
+    return RuntimeData(nonce=nonce, tee_pubkey=EcPublicJwk.from_key(key.public_key()))
 
 
 def _attestation(runtime: Any, report: Path, certs: Path | None, command: str) -> Any:
@@ -330,15 +325,23 @@ def _attestation(runtime: Any, report: Path, certs: Path | None, command: str) -
               parse_cert_table(read_input(certs, command, MAX_CERT_FILE, "a cert table"))])
     evidence = snp_evidence_to_json(blob, table)
     return Attestation(runtime_data=runtime, init_data=None,
-                       tee_evidence=TeeEvidence(primary=evidence, additional=None)).to_json()
+                       tee_evidence=TeeEvidence(primary=evidence)).to_json()
 
 
 def _write_secret(client: KbsClient, key: ec.EllipticCurvePrivateKey, path: str,
-                  token: str) -> None:
-    """Fetch `path` by token and write its plaintext to stdout."""
+                  token: str, out: Path) -> None:
+    """Fetch `path` by token and write its plaintext to a new file only its owner reads."""
     from sevsim.kbs.jose import decrypt_jwe
 
     secret = decrypt_jwe(key, client.resource(path, token))
-    sys.stdout.flush()
-    sys.stdout.buffer.write(secret)
-    sys.stdout.buffer.flush()
+    _write_private(out, secret)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """A new file of mode 0600 (an existing one is not overwritten)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+    except OSError as error:
+        raise ConfigError(f"cannot write {path}: {error.strerror}") from None

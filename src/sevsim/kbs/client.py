@@ -14,6 +14,7 @@ import urllib.parse
 from http.cookies import SimpleCookie
 from typing import Any
 
+from sevsim.abi.kbs import KBS_PROTOCOL_VERSION
 from sevsim.errors import ConfigError, KbsRefusal
 
 SESSION_COOKIE = "kbs-session-id"
@@ -70,7 +71,7 @@ class KbsClient:
 
     def auth(self, tee: str = "snp") -> dict[str, Any]:
         """POST /auth: the Challenge (nonce, extra-params); keeps the session cookie."""
-        request = {"version": "0.1.1", "tee": tee, "extra-params": ""}
+        request = {"version": KBS_PROTOCOL_VERSION, "tee": tee, "extra-params": {}}
         challenge: dict[str, Any] = self.call("POST", "/auth", json.dumps(request).encode())
         return challenge
 

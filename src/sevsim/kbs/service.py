@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from sevsim.abi.kbs import Attestation, Challenge
+from sevsim.abi.kbs import Attestation, Challenge, parse_jwk
 from sevsim.abi.kbs import Request as KbsRequest
 from sevsim.abi.kbs_snp import snp_evidence_from_json
 from sevsim.attest.snp_policy import Policy
@@ -144,6 +144,8 @@ class Broker:
         try:
             try:
                 response = work()
+            except KbsRefusal:
+                raise
             except KbsStoreInputError as error:
                 raise refuse("malformed-request", str(error)) from None
             except KbsStoreError as error:
@@ -198,9 +200,11 @@ class Broker:
                                                                   "nonce-expired"),
                          str(error)) from None
         config = replace(self.config.evidence, policy=self.attestation_policy())
+        # either binding: the issue's (runtime-data's canonical JSON) or Trustee's current one
+        # (our challenges select no hash, so SHA-384)
+        bindings = (attestation.runtime_data.report_data(), attestation.report_data())
         try:
-            claims = verify_snp_evidence(evidence.report, evidence.certs,
-                                         attestation.runtime_data.report_data(), config)
+            claims = verify_snp_evidence(evidence.report, evidence.certs, bindings, config)
         except KbsEvidenceError as error:
             reason = ("attestation-policy" if error.reason == "policy"
                       else f"evidence-{error.reason}")
@@ -210,8 +214,13 @@ class Broker:
         self.store.attest_session(session_id, tee_pubkey, claims,
                                   lifetime_s=self.config.token_lifetime_s)
         token = self.signer.issue({"tee": SUPPORTED_TEE, "tee-pubkey": tee_pubkey,
-                                   "claims": claims}, self.config.token_lifetime_s)
+                                   "claims": claims}, self.config.token_lifetime_s,
+                                  now=self.now())
         return JSONResponse({"token": token})
+
+    def now(self) -> int:
+        """The configured clock in seconds since the epoch (what JWTs carry)."""
+        return int(self.config.clock().timestamp())
 
     def session(self, session_id: str) -> SessionRecord:
         """The session the cookie names."""
@@ -253,9 +262,9 @@ class Broker:
         except KbsNotFoundError:
             raise refuse("resource-not-found", f"no resource {path}") from None
         try:
-            jwe = encrypt_to_tee(tee_pubkey, secret)
-        except KbsCryptoError as error:
-            raise refuse("token-invalid", f"cannot encrypt to the TEE key: {error}") from None
+            jwe = encrypt_to_tee(parse_jwk(tee_pubkey), secret)
+        except (KbsCryptoError, KbsProtocolError) as error:  # it parsed at attestation
+            raise refuse("internal", f"cannot encrypt to the TEE key: {error}") from None
         return JSONResponse(jwe)
 
     def attested(self, session_id: str | None, authorization: str | None,
@@ -267,7 +276,7 @@ class Broker:
             if scheme.lower() != "bearer" or not token.strip():
                 raise refuse("token-invalid", "Authorization is not 'Bearer <token>'")
             try:
-                claims = self.signer.verify(token.strip())
+                claims = self.signer.verify(token.strip(), now=self.now())
             except KbsCryptoError as error:
                 raise refuse("token-invalid", str(error)) from None
             return claims["tee-pubkey"], claims["claims"]
@@ -292,8 +301,7 @@ class Broker:
         if scheme.lower() != "bearer" or not token.strip():
             raise refuse("admin-auth", "no admin token (Authorization: Bearer <token>)")
         try:
-            verify_admin_token(self.config.admin_key, token.strip(),
-                               now=self.config.clock().timestamp())
+            verify_admin_token(self.config.admin_key, token.strip(), now=self.now())
         except KbsAdminAuthError as error:
             raise refuse("admin-auth", str(error)) from None
 
