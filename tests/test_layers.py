@@ -28,7 +28,6 @@ ALLOWED: dict[str, set[str]] = {
     # the untrusted side: a hypervisor's and a physical attacker's handles; guest.build only
     # compiles the victims (the lab plays their owner), it gives no guest-side object
     "attacks": {"abi", "hw", "firmware", "host", "attacks", "errors", "attest", "guest.build"},
-    "kbs": {"abi", "attest", "errors", "inputs", "kbs"},
     "cli": EVERYTHING,  # anything but testing
     "testing": EVERYTHING | {"testing"},
 }
