@@ -28,6 +28,7 @@ from sevsim.abi.kbs import RuntimeData, parse_jwk
 from sevsim.abi.kbs_snp import snp_evidence_to_json
 from sevsim.abi.snp_report import AttestationReport, build_cert_table, parse_cert_table
 from sevsim.abi.snp_tcb import PolicyFlags
+from sevsim.cli.common import write_cert_table
 from sevsim.errors import KbsRefusal
 from sevsim.kbs.admin import generate_admin_key, issue_admin_token
 from sevsim.kbs.client import ERRORS, KbsClient
@@ -376,8 +377,9 @@ def test_the_commands_end_to_end(tmp_path: Path, evidence: Evidence) -> None:
             evidence.signed(bytes.fromhex(challenge["report-data"])))
         table = tmp_path / "certs.bin"
         table.write_bytes(build_cert_table([(uuid.UUID(g), d) for g, d in evidence.certs]))
+        write_cert_table(table.read_bytes(), tmp_path / "certs")  # as `sevsim run` writes
         ran = sevsim("kbs", "attest", "--url", url, "--tee-key", tmp_path / "tee.pem",
-                     "--report", tmp_path / "report.bin", "--certs", table,
+                     "--report", tmp_path / "report.bin", "--certs", tmp_path / "certs",
                      "--session", challenge["session"], "--nonce", challenge["nonce"],
                      "--resource", PATH, "--out", tmp_path / "got")
         assert ran.returncode == 0, ran.stderr

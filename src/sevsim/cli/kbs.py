@@ -250,8 +250,9 @@ def attest(
         help="The SNP report (0x4A0 bytes) to post. Without it: ask for a challenge and print "
              "the session, the nonce and the REPORT_DATA a report must carry.")] = None,
     certs: Annotated[Path | None, typer.Option(
-        help="The report's certificate table (binary, as `sevsim run --certs-out` or the "
-             "guest's extended report gives it).")] = None,
+        help="The report's certificates: a directory of vcek|vlek, ask|asvk and ark .pem or "
+             ".der files (`sevsim run --certs-out`, snpguest), or an extended report's binary "
+             "certificate table.")] = None,
     session: Annotated[str | None, typer.Option(
         help="The session of an earlier challenge (with --nonce).")] = None,
     nonce: Annotated[str | None, typer.Option(help="That challenge's nonce.")] = None,
@@ -317,15 +318,35 @@ def _attestation(runtime: Any, report: Path, certs: Path | None, command: str) -
     sends it."""
     from sevsim.abi.kbs import Attestation, TeeEvidence
     from sevsim.abi.kbs_snp import snp_evidence_to_json
-    from sevsim.abi.snp_report import parse_cert_table
 
     blob = read_input(report, command, MAX_REPORT_FILE, "an SNP report")
-    table = (None if certs is None else
-             [(str(guid), der) for guid, der in
-              parse_cert_table(read_input(certs, command, MAX_CERT_FILE, "a cert table"))])
+    table = None if certs is None else _cert_entries(certs, command)
     evidence = snp_evidence_to_json(blob, table)
     return Attestation(runtime_data=runtime, init_data=None,
                        tee_evidence=TeeEvidence(primary=evidence)).to_json()
+
+
+def _cert_entries(certs: Path, command: str) -> list[tuple[str, bytes]]:
+    """Certificate-table entries (GUID text, DER) from a directory of certificate files or
+    from a binary certificate table."""
+    from sevsim.abi.snp_report import GUID_ARK, GUID_ASK, GUID_VCEK, GUID_VLEK, parse_cert_table
+    from sevsim.attest.snp_verify import der_certificates
+
+    if not certs.is_dir():
+        table = read_input(certs, command, MAX_CERT_FILE, "a certificate table")
+        return [(str(guid), der) for guid, der in parse_cert_table(table)]
+    entries = []
+    for name, guid in (("vcek", GUID_VCEK), ("vlek", GUID_VLEK), ("ask", GUID_ASK),
+                       ("asvk", GUID_ASK), ("ark", GUID_ARK)):
+        for suffix in (".pem", ".der"):
+            path = certs / (name + suffix)
+            if path.is_file():
+                blob = read_input(path, command, MAX_CERT_FILE, "a certificate")
+                entries.append((str(guid), der_certificates(blob)[0]))
+                break
+    if not entries:
+        raise ConfigError(f"{certs} holds no vcek, vlek, ask, asvk or ark certificate")
+    return entries
 
 
 def _write_secret(client: KbsClient, key: ec.EllipticCurvePrivateKey, path: str,
