@@ -107,15 +107,15 @@ class UtcDateTime(sa.TypeDecorator[datetime.datetime]):
 
     def process_bind_param(self, value: datetime.datetime | None,
                            dialect: Dialect) -> datetime.datetime | None:
+        """To UTC; naive for SQLite."""
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise KbsStoreInputError("invalid", f"naive datetime {value}: give a time zone")
-        value = value.astimezone(datetime.UTC)
+        value = value.astimezone(datetime.UTC)  # Store._now refused naive ones
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime.datetime | None,
                              dialect: Dialect) -> datetime.datetime | None:
+        """Aware, in UTC."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -356,6 +356,12 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _now(self) -> datetime.datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise KbsStoreInputError("invalid", f"the clock gave {now} without a time zone")
+        return now
+
     @contextmanager
     def _transaction(self, write: bool = True) -> Iterator[Connection]:
         """One connection and one transaction, committed on leaving (rolled back on an
@@ -391,7 +397,7 @@ class Store:
             stored = connection.execute(sa.select(secret_key_check.c.digest)).scalar()
             if stored is None:
                 connection.execute(secret_key_check.insert().values(
-                    id=1, digest=self._key_digest, created=self._clock()))
+                    id=1, digest=self._key_digest, created=self._now()))
                 return
         if not hmac.compare_digest(stored, self._key_digest):
             raise KbsSecretKeyError("secret-key", "this is not the at-rest key the database "
@@ -405,7 +411,7 @@ class Store:
         _check(_TEE, tee, "TEE")
         if not isinstance(lifetime_s, int | float) or not 0 < lifetime_s < math.inf:
             raise KbsStoreInputError("invalid", f"bad session lifetime {lifetime_s!r}")
-        now = self._clock()
+        now = self._now()
         record = SessionRecord(str(uuid.uuid4()), base64.b64encode(os.urandom(32)).decode(),
                                tee, now, now + datetime.timedelta(seconds=lifetime_s),
                                SessionState.CHALLENGED, None, None, None)
@@ -430,7 +436,7 @@ class Store:
         conditional UPDATE); otherwise says why not and changes nothing."""
         if not isinstance(session_id, str) or len(session_id) > _SHORT_TEXT:
             raise KbsNotFoundError("session", f"no session {session_id!r}")
-        now = self._clock()
+        now = self._now()
         with self._transaction() as connection:
             row = connection.execute(
                 sessions.update()
@@ -463,7 +469,7 @@ class Store:
         resources will be encrypted to, the claims the verifier made, and, given
         `lifetime_s`, a new expiry that far from now (the token's lifetime)."""
         values: dict[str, Any] = {
-            "state": SessionState.ATTESTED.value, "attested_at": self._clock(),
+            "state": SessionState.ATTESTED.value, "attested_at": self._now(),
             "tee_pubkey": _json(tee_pubkey, "TEE public key"),
             "claims": _json(claims, "claims")}
         if lifetime_s is not None:
@@ -476,7 +482,7 @@ class Store:
         """An attested, unexpired session (what a resource request with the cookie needs):
         KbsNotFoundError, or KbsSessionError `session-expired` or `session-state`."""
         record = self.get_session(session_id)
-        if record.expires <= self._clock():
+        if record.expires <= self._now():
             raise KbsSessionError("session-expired", f"session {session_id} expired at "
                                                      f"{record.expires.isoformat()}")
         if record.state is not SessionState.ATTESTED:
@@ -488,7 +494,7 @@ class Store:
         """Removes sessions past their expiry (housekeeping); how many went."""
         with self._transaction() as connection:
             return connection.execute(sessions.delete().where(
-                sessions.c.expires <= self._clock())).rowcount
+                sessions.c.expires <= self._now())).rowcount
 
     # -- resources ---------------------------------------------------------------------------
 
@@ -500,7 +506,7 @@ class Store:
                                                 f"{MAX_KBS_RESOURCE}")
         nonce = os.urandom(12)
         ciphertext = self._aead.encrypt(nonce, secret, path.encode())
-        now = self._clock()
+        now = self._now()
         with self._transaction() as connection:
             insert = (postgresql.insert(resources) if connection.dialect.name == "postgresql"
                       else sqlite.insert(resources))
@@ -549,7 +555,7 @@ class Store:
         if not isinstance(text, str) or len(text.encode()) > MAX_POLICY_FILE:
             raise KbsStoreInputError("invalid", f"a policy is text of at most "
                                                 f"{MAX_POLICY_FILE} bytes")
-        now = self._clock()
+        now = self._now()
         with self._transaction() as connection:
             insert = (postgresql.insert(policies) if connection.dialect.name == "postgresql"
                       else sqlite.insert(policies))
@@ -600,7 +606,7 @@ class Store:
             if value is not None and (not isinstance(value, str) or len(value) > limit):
                 raise KbsStoreInputError("invalid", f"bad audit {name}: text of at most "
                                                     f"{limit} characters")
-        values = {"time": self._clock(), "session_id": session_id, "client": client,
+        values = {"time": self._now(), "session_id": session_id, "client": client,
                   "action": action, "resource": resource, "decision": verdict.value,
                   "reason": reason, "claims": _json(claims, "claims")}
         with self._transaction() as connection:
