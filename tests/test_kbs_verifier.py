@@ -262,6 +262,10 @@ def test_the_vcek_comes_from_an_offline_store(milan: Evidence, tmp_path: Path) -
         f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n")
     claims = verify_snp_evidence(milan.report, [], milan.report_data, config)
     assert claims["chip_id"] == milan.fw.chip_id().hex()
+    # each file parsed once (notes.txt never): a second attestation reads the index
+    assert len(config.store_index) == 3
+    assert verify_snp_evidence(milan.report, [], bytearray(milan.report_data), config) == claims
+    assert len(config.store_index) == 3
     with pytest.raises(ConfigError):
         verify_snp_evidence(milan.report, [], milan.report_data,
                             replace(SEVSIM, vcek_store=tmp_path / "absent"))

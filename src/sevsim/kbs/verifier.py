@@ -57,7 +57,9 @@ class EvidenceConfig:
     `kds` fetches the rest (its cache_dir keeps KDS answers on disk). `check_revocation`
     (or a `crl`) adds the CRL check; `now` checks old evidence as of when it was produced.
     `policy` is the owner's attestation policy: the default one still refuses debuggable,
-    migratable and non-VMPL0 guests. `cache` remembers verified chains across calls."""
+    migratable and non-VMPL0 guests. `cache` remembers verified chains across calls,
+    `store_index` the store's certificates by file (path, mtime, size), so each file is
+    parsed once and one added later is still found."""
 
     trust: Trust = "amd"
     policy: Policy = field(default_factory=Policy)
@@ -68,6 +70,8 @@ class EvidenceConfig:
     product: str | None = None
     now: datetime.datetime | None = None
     cache: ChainCache = field(default_factory=ChainCache, compare=False)
+    store_index: dict[tuple[Path, int, int], tuple[bytes, SnpCertificate] | None] = field(
+        default_factory=dict, compare=False, repr=False)
 
 
 def verify_snp_evidence(report: bytes, certs: list[tuple[str, bytes]],
@@ -78,14 +82,15 @@ def verify_snp_evidence(report: bytes, certs: list[tuple[str, bytes]],
 
     `certs` are the evidence's certificate-table entries as (GUID text, DER); entries of
     GUIDs other than the VCEK, VLEK, ASK/ASVK and ARK ones are ignored."""
-    expected = ((expected_report_data,) if isinstance(expected_report_data, bytes)
+    expected = ((bytes(expected_report_data),)
+                if isinstance(expected_report_data, bytes | bytearray)
                 else tuple(expected_report_data))
     if not expected or any(len(value) != REPORT_DATA_SIZE for value in expected):
         raise ConfigError(f"expected REPORT_DATA must be one or more {REPORT_DATA_SIZE}-byte "
                           "values")
     bundle = _evidence_bundle(certs)
     if bundle.leaf is None and config.vcek_store is not None:
-        bundle = replace(bundle, leaf=_stored_leaf(config.vcek_store, report, config.product))
+        bundle = replace(bundle, leaf=_stored_leaf(config, report))
     result = verify_report_chain(report, bundle, trust=config.trust, product=config.product,
                                  kds=config.kds, crl=config.crl,
                                  check_revocation=config.check_revocation, now=config.now,
@@ -137,30 +142,40 @@ def _evidence_bundle(certs: list[tuple[str, bytes]]) -> CertBundle:
         raise KbsEvidenceError("format", str(error)) from None
 
 
-def _stored_leaf(directory: Path, report_bytes: bytes, product: str | None) -> bytes | None:
+def _stored_leaf(config: EvidenceConfig, report_bytes: bytes) -> bytes | None:
     """The stored VCEK certified for this report's chip and reported TCB, or a stored VLEK
     of its product at that TCB; None when there is none (or the report does not parse: the
-    chain check names that). A certificate file that is not one is skipped, not fatal: the
+    chain check names that). A file that holds no VCEK or VLEK is skipped, not fatal: the
     store is the operator's, the evidence the attacker's."""
-    if not directory.is_dir():
+    directory = config.vcek_store
+    if directory is None or not directory.is_dir():
         raise ConfigError(f"VCEK store {directory} is not a directory")
     try:
         report = AttestationReport.from_bytes(report_bytes)
-        generation = report.generation if product is None else product_generation(product)
+        generation = (report.generation if config.product is None
+                      else product_generation(config.product))
         tcb = report.tcb("reported_tcb", generation)
     except (SnpFormatError, ConfigError):
         return None
     for path in sorted(directory.rglob("*")):
         if path.suffix.lower() not in _CERT_SUFFIXES or not path.is_file():
             continue
-        try:
-            ders = der_certificates(read_bounded(path, MAX_CERT_FILE, "a certificate file"))
-            cert = SnpCertificate.from_der(ders[0])
-        except (SnpFormatError, ConfigError):
-            continue
-        if _certifies(cert, report, generation, tcb):
-            return ders[0]
+        stat = path.stat()
+        key = (path, stat.st_mtime_ns, stat.st_size)
+        if key not in config.store_index:
+            config.store_index[key] = _load_leaf(path)
+        entry = config.store_index[key]
+        if entry is not None and _certifies(entry[1], report, generation, tcb):
+            return entry[0]
     return None
+
+
+def _load_leaf(path: Path) -> tuple[bytes, SnpCertificate] | None:
+    try:
+        der = der_certificates(read_bounded(path, MAX_CERT_FILE, "a certificate file"))[0]
+        return der, SnpCertificate.from_der(der)
+    except (SnpFormatError, ConfigError):
+        return None
 
 
 def _certifies(cert: SnpCertificate, report: AttestationReport, generation: Generation,
