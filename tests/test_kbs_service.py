@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sevsim import Host
@@ -29,11 +30,12 @@ from sevsim.abi.kbs_snp import snp_evidence_to_json
 from sevsim.abi.snp_report import AttestationReport, build_cert_table, parse_cert_table
 from sevsim.abi.snp_tcb import PolicyFlags
 from sevsim.cli.common import write_cert_table
-from sevsim.errors import KbsRefusal
+from sevsim.errors import ConfigError, KbsRefusal
 from sevsim.kbs.admin import generate_admin_key, issue_admin_token
 from sevsim.kbs.client import ERRORS, KbsClient
 from sevsim.kbs.jose import decrypt_jwe
 from sevsim.kbs.service import REASONS, KbsConfig, create_app
+from sevsim.kbs.store import Store
 from sevsim.kbs.verifier import EvidenceConfig
 from sevsim.testing import sign_report
 
@@ -402,3 +404,112 @@ def test_the_commands_end_to_end(tmp_path: Path, evidence: Evidence) -> None:
         server.terminate()
         server.wait(timeout=30)
     assert SECRET not in (tmp_path / "k.db").read_bytes()
+
+
+# -- load and crashes ------------------------------------------------------------------------
+
+def test_a_bounded_load_releases_only_to_passing_vms(kbs: Kbs, evidence: Evidence) -> None:
+    """8 clients, 4 VMs each, every other one debuggable: every passing VM gets the secret,
+    no failing one gets anything, and no request errs."""
+    debug = int(AttestationReport.from_bytes(evidence.report).policy | PolicyFlags.DEBUG)
+    outcomes: list[tuple[bool, bytes | str]] = []
+    lock = threading.Lock()
+
+    def vm(index: int) -> None:
+        client, key, good = kbs.client(), tee_key(), index % 2 == 0
+        message = attestation(evidence, client.auth()["nonce"], key,
+                              **({} if good else {"policy": debug}))
+        try:
+            client.attest(message)
+            got: bytes | str = decrypt_jwe(key, client.resource(PATH))
+        except KbsRefusal as refusal:
+            got = refusal.reason
+        with lock:
+            outcomes.append((good, got))
+
+    def client_loop(first: int) -> None:
+        for index in range(first, first + 4):
+            vm(index)
+
+    threads = [threading.Thread(target=client_loop, args=(4 * n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert len(outcomes) == 32
+    assert {got for good, got in outcomes if good} == {SECRET}
+    assert {got for good, got in outcomes if not good} == {"attestation-policy"}
+
+
+def serve(db: Path, admin_pub: Path, secret_key: str, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sevsim", "kbs", "serve", "--db", f"sqlite:///{db}",
+         "--admin-key", admin_pub, "--port", str(port), "--trust", "sevsim"],
+        env={**os.environ, "SEVSIM_KBS_SECRET_KEY": secret_key},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_until_up(url: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            KbsClient(url).request("GET", ERRORS + "store")
+            return
+        except ConfigError:  # not listening yet
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_sigkill_mid_requests_loses_no_acknowledged_secret_or_audit_record(
+        tmp_path: Path) -> None:
+    admin, key = generate_admin_key(), os.urandom(32).hex()
+    (tmp_path / "admin.pub").write_bytes(admin.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    url, db = f"http://127.0.0.1:{port}", tmp_path / "kbs.db"
+    server = serve(db, tmp_path / "admin.pub", key, port)
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+
+    def writer(n: int) -> None:
+        client = KbsClient(url, timeout=10)
+        for i in range(1000):
+            path = f"crash/w{n}/r{i}"
+            try:
+                client.set_resource(issue_admin_token(admin), path, b"secret of %b" % path.encode())
+            except ConfigError:  # the server died under it
+                return
+            with lock:
+                acknowledged.append(path)
+
+    try:
+        wait_until_up(url, server)
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        while len(acknowledged) < 40:
+            assert server.poll() is None
+            time.sleep(0.01)
+        server.kill()  # SIGKILL, requests in flight
+        server.wait(timeout=30)
+        for thread in threads:
+            thread.join(timeout=60)
+        server = serve(db, tmp_path / "admin.pub", key, port)
+        wait_until_up(url, server)
+        client = KbsClient(url)
+        stored = {r["path"] for r in client.resources(issue_admin_token(admin))}
+        assert set(acknowledged) <= stored
+        records = client.audit(issue_admin_token(admin), limit=10_000)
+        allowed = {r["resource"] for r in records
+                   if r["action"] == "set-resource" and r["decision"] == "allowed"}
+        assert set(acknowledged) <= allowed
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    with Store.open(f"sqlite:///{db}", bytes.fromhex(key)) as store:
+        for path in acknowledged:
+            assert store.get_resource(path) == b"secret of %b" % path.encode()
+
+

@@ -49,8 +49,8 @@ class KbsClient:
             answer = connection.getresponse()
             data = answer.read(MAX_ANSWER + 1)
             received = {k.lower(): v for k, v in answer.getheaders()}
-        except OSError as error:
-            raise ConfigError(f"KBS at {self.host}:{self.port}: {error}") from None
+        except (OSError, http.client.HTTPException) as error:  # refused, reset, cut short
+            raise ConfigError(f"KBS at {self.host}:{self.port}: {error!r}") from None
         finally:
             connection.close()
         cookie = SimpleCookie(received.get("set-cookie", ""))
