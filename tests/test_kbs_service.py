@@ -316,6 +316,7 @@ def test_admin_endpoints_refuse_without_a_valid_admin_token(kbs: Kbs) -> None:
     assert path not in paths(kbs)  # nothing changed
     record = last_decision(kbs, "set-resource")
     assert record["decision"] == "refused" and record["reason"].startswith("admin-auth")
+    assert record["resource"] == path
 
 
 def test_admin_sets_and_deletes_resources_and_rejects_bad_policies(kbs: Kbs) -> None:
