@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,24 @@ def free_socket() -> socket.socket:
     return sock
 
 
+@contextmanager
+def running(config: KbsConfig) -> Iterator[str]:
+    """The KBS on uvicorn in a thread, on a free 127.0.0.1 port: its URL."""
+    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
+    sock = free_socket()
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
 @pytest.fixture(scope="module")
 def kbs(tmp_path_factory: pytest.TempPathFactory, evidence: Evidence) -> Iterator[Kbs]:
     admin, clock = generate_admin_key(), Clock()
@@ -123,25 +142,20 @@ def kbs(tmp_path_factory: pytest.TempPathFactory, evidence: Evidence) -> Iterato
     config = KbsConfig(db_url=f"sqlite:///{db}", secret_key=os.urandom(32),
                        admin_key=admin.public_key(), evidence=EvidenceConfig(trust="sevsim"),
                        nonce_lifetime_s=60, token_lifetime_s=600, clock=clock)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
-    sock = free_socket()
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive()
-        time.sleep(0.01)
-    port = sock.getsockname()[1]
-    broker = Kbs(f"http://127.0.0.1:{port}", admin, clock)
+    with running(config) as url:
+        yield from serve_fixture(Kbs(url, admin, clock), evidence)
+    assert SECRET not in db.read_bytes()
+
+
+def serve_fixture(broker: Kbs, evidence: Evidence) -> Iterator[Kbs]:
+    """The module's KBS, with the secret, a resource policy releasing it to non-debug VMPL0
+    VMs, and an attestation policy naming the test VM's measurement."""
     client = broker.client()
     client.set_resource(broker.token(), PATH, SECRET)
     client.set_resource_policy(broker.token(), RESOURCE_POLICY)
     client.set_attestation_policy(
         broker.token(), f'[guest]\nmeasurements = ["{evidence.measurement.hex()}"]\n')
     yield broker
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
-    assert SECRET not in db.read_bytes()
 
 
 def tee_key() -> ec.EllipticCurvePrivateKey:
@@ -514,3 +528,26 @@ def test_sigkill_mid_requests_loses_no_acknowledged_secret_or_audit_record(
             assert store.get_resource(path) == b"secret of %b" % path.encode()
 
 
+
+
+# -- real evidence -----------------------------------------------------------------------------
+
+REAL = Path(__file__).resolve().parent / "data" / "snp" / "milan-v2-a"
+
+
+def test_a_real_milan_report_is_verified_to_amds_roots_over_http(tmp_path: Path) -> None:
+    """A real report and VCEK, posted by `sevsim kbs attest` to a KBS trusting AMD's roots:
+    genuine, so the only refusal is that its REPORT_DATA cannot bind this session (it was made
+    for another nonce long ago); one flipped bit makes it a signature failure instead."""
+    config = KbsConfig(db_url=f"sqlite:///{tmp_path}/kbs.db", secret_key=os.urandom(32),
+                       admin_key=generate_admin_key().public_key())
+    tampered = bytearray((REAL / "report.bin").read_bytes())
+    tampered[0x90] ^= 1  # a measurement bit
+    (tmp_path / "tampered.bin").write_bytes(tampered)
+    with running(config) as url:
+        for report, reason in ((REAL / "report.bin", "evidence-report-data"),
+                               (tmp_path / "tampered.bin", "evidence-signature")):
+            ran = sevsim("kbs", "attest", "--url", url, "--tee-key", tmp_path / "tee.pem",
+                         "--report", report, "--certs", REAL)
+            assert ran.returncode == 1, ran.stderr
+            assert json.loads(ran.stdout)["reason"] == reason
