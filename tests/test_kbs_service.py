@@ -35,7 +35,7 @@ from sevsim.errors import ConfigError, KbsRefusal
 from sevsim.kbs.admin import generate_admin_key, issue_admin_token
 from sevsim.kbs.client import ERRORS, KbsClient
 from sevsim.kbs.jose import decrypt_jwe
-from sevsim.kbs.service import REASONS, KbsConfig, create_app
+from sevsim.kbs.service import MAX_BODY, REASONS, KbsConfig, create_app
 from sevsim.kbs.store import Store
 from sevsim.kbs.verifier import EvidenceConfig
 from sevsim.testing import sign_report
@@ -229,6 +229,18 @@ def test_the_nonce_is_single_use(kbs: Kbs, evidence: Evidence) -> None:
     assert last_decision(kbs, "attest")["decision"] == "refused"
 
 
+def test_tokens_and_attested_sessions_expire(kbs: Kbs, evidence: Evidence) -> None:
+    client, key = kbs.client(), tee_key()
+    token = client.attest(attestation(evidence, client.auth()["nonce"], key))
+    kbs.clock.offset += 601  # past the 600 s token lifetime
+    try:
+        refused(lambda: kbs.client().resource(PATH, token), "token-invalid")
+        refused(lambda: client.resource(PATH), "session-expired")
+    finally:
+        kbs.clock.offset -= 601
+    assert decrypt_jwe(key, kbs.client().resource(PATH, token)) == SECRET
+
+
 def test_an_expired_nonce_is_refused(kbs: Kbs, evidence: Evidence) -> None:
     client, key = kbs.client(), tee_key()
     nonce = client.auth()["nonce"]
@@ -298,6 +310,9 @@ def test_malformed_json_is_refused_naming_the_field(kbs: Kbs, evidence: Evidence
     problem = refused(lambda: client.attest(message), "malformed-request")
     assert "tee-pubkey" in problem.detail
     refused(lambda: client.call("POST", "/attest", b"[1, 2"), "malformed-request")
+    refused(lambda: client.call("POST", "/attest", b" " * (MAX_BODY + 1)), "payload-too-large")
+    wrong_tee = json.dumps({"version": "0.4.0", "tee": "tdx", "extra-params": {}}).encode()
+    refused(lambda: kbs.client().call("POST", "/auth", wrong_tee), "unsupported-tee")
     # the session was not spent: the well-formed attestation still succeeds
     client.attest(attestation(evidence, nonce, tee_key()))
 
@@ -342,6 +357,16 @@ def test_admin_sets_and_deletes_resources_and_rejects_bad_policies(kbs: Kbs) -> 
     refused(lambda: client.delete_resource(kbs.token(), path), "resource-not-found")
     refused(lambda: client.set_attestation_policy(kbs.token(), "[guest]\nmeasurment = 1\n"),
             "policy-invalid")
+    refused(lambda: client.set_resource_policy(kbs.token(), "[[rules]]\nresource = []\n"),
+            "policy-invalid")
+    rego = json.dumps({"type": "rego", "policy_id": "default", "policy": ""}).encode()
+    refused(lambda: client.admin("POST", "/attestation-policy", kbs.token(), rego),
+            "policy-invalid")
+    other_id = json.dumps({"type": "toml", "policy_id": "other", "policy": ""}).encode()
+    refused(lambda: client.admin("POST", "/attestation-policy", kbs.token(), other_id),
+            "policy-invalid")
+    refused(lambda: client.set_resource(kbs.token(), "a/../b", b"x"), "malformed-request")
+    refused(lambda: client.set_resource(kbs.token(), "a/b/c d", b"x"), "malformed-request")
 
 
 def test_every_problem_type_is_served(kbs: Kbs) -> None:
