@@ -264,6 +264,13 @@ def test_a_nonce_from_another_session_is_refused(kbs: Kbs, evidence: Evidence) -
     stranger = kbs.client()
     stranger.session = "00000000-0000-0000-0000-000000000000"
     refused(lambda: stranger.attest(attestation(evidence, nonce, key)), "unknown-session")
+    stranger.session = "x" * 5000  # longer than anything the store keeps
+    refused(lambda: stranger.attest(attestation(evidence, nonce, key)), "unknown-session")
+    record = last_decision(kbs, "attest")
+    assert record["reason"].startswith("unknown-session") and len(record["session_id"]) == 255
+    long_path = "a" * 300 + "/b/c"
+    refused(lambda: kbs.client().resource(long_path), "no-token")
+    assert last_decision(kbs, "get-resource")["resource"] == long_path[:255]
     # the first session is still good: neither attempt touched it
     first.attest(attestation(evidence, nonce, key))
 

@@ -53,12 +53,13 @@ from sevsim.kbs.admin import verify_admin_token
 from sevsim.kbs.client import ERRORS, PREFIX, PROBLEM, SESSION_COOKIE
 from sevsim.kbs.jose import TokenSigner, encrypt_to_tee
 from sevsim.kbs.policy import ResourcePolicy
-from sevsim.kbs.store import PolicyKind, SessionRecord, Store, utc_now
+from sevsim.kbs.store import MAX_REASON, PolicyKind, SessionRecord, Store, utc_now
 from sevsim.kbs.verifier import REASONS as EVIDENCE_REASONS
 from sevsim.kbs.verifier import EvidenceConfig, verify_snp_evidence
 
 MAX_BODY = 1 << 20  # a request body: evidence with a certificate chain is a few KiB
 SUPPORTED_TEE = "snp"
+MAX_SHORT_TEXT = 255  # the store's limit on a session id, client address or resource path
 
 # Every reason a request is refused: HTTP status and the problem document's title. The one
 # place a reason is named; `type` is ERRORS + the key, and GET on it answers the title.
@@ -160,10 +161,13 @@ class Broker:
         return response
 
     def audit(self, entry: AuditEntry, outcome: str, reason: str) -> None:
-        """One audit record."""
-        self.store.append_audit(entry.action, outcome, session_id=entry.session,
-                                client=entry.client, resource=entry.resource,
-                                reason=reason or None, claims=entry.claims)
+        """One audit record. What a client chose (its cookie, a path, a detail quoting its
+        input) is cut to what the store takes: a refusal is recorded however long it is."""
+        def cut(text: str | None, limit: int = MAX_SHORT_TEXT) -> str | None:
+            return text[:limit] if text else None
+        self.store.append_audit(entry.action, outcome, session_id=cut(entry.session),
+                                client=cut(entry.client), resource=cut(entry.resource),
+                                reason=cut(reason, MAX_REASON), claims=entry.claims)
 
     # -- the attestation protocol ----------------------------------------------------------
 
