@@ -8,7 +8,6 @@ import base64
 import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -35,7 +34,7 @@ from sevsim.errors import ConfigError, KbsRefusal
 from sevsim.kbs.admin import generate_admin_key, issue_admin_token
 from sevsim.kbs.client import ERRORS, KbsClient
 from sevsim.kbs.jose import decrypt_jwe
-from sevsim.kbs.service import MAX_BODY, REASONS, KbsConfig, create_app
+from sevsim.kbs.service import MAX_BODY, REASONS, KbsConfig, create_app, listen
 from sevsim.kbs.store import Store
 from sevsim.kbs.verifier import EvidenceConfig
 from sevsim.testing import sign_report
@@ -111,17 +110,17 @@ class Kbs:
         return self.client().audit(self.token(), limit=10_000)[::-1]
 
 
-def free_socket() -> socket.socket:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock
+def free_port() -> int:
+    """A port free a moment ago, for a server in another process."""
+    with listen("127.0.0.1", 0) as sock:
+        return int(sock.getsockname()[1])
 
 
 @contextmanager
 def running(config: KbsConfig) -> Iterator[str]:
     """The KBS on uvicorn in a thread, on a free 127.0.0.1 port: its URL."""
     server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
-    sock = free_socket()
+    sock = listen("127.0.0.1", 0)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -397,9 +396,18 @@ def sevsim(*args: str | Path, env: dict[str, str] | None = None
 
 def test_the_commands_end_to_end(tmp_path: Path, evidence: Evidence) -> None:
     assert sevsim("kbs", "admin", "keygen", "-o", tmp_path / "admin").returncode == 0
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
+    again = sevsim("kbs", "admin", "keygen", "-o", tmp_path / "admin")  # never overwrites
+    assert again.returncode == 125 and b"admin.pem" in again.stderr
+    with listen("127.0.0.1", 0) as busy:
+        taken = sevsim("kbs", "serve", "--admin-key", tmp_path / "admin" / "admin.pub",
+                       "--db", f"sqlite:///{tmp_path}/unused.db", "--port",
+                       str(busy.getsockname()[1]),
+                       env={"SEVSIM_KBS_SECRET_KEY": os.urandom(32).hex()})
+    assert taken.returncode == 125 and b"cannot listen" in taken.stderr
+    keyless = sevsim("kbs", "serve", "--admin-key", tmp_path / "admin" / "admin.pem",
+                     "--db", f"sqlite:///{tmp_path}/unused.db")
+    assert keyless.returncode == 125 and b"at-rest key" in keyless.stderr
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "sevsim", "kbs", "serve", "--db", f"sqlite:///{tmp_path}/k.db",
@@ -512,9 +520,7 @@ def test_sigkill_mid_requests_loses_no_acknowledged_secret_or_audit_record(
     admin, key = generate_admin_key(), os.urandom(32).hex()
     (tmp_path / "admin.pub").write_bytes(admin.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     url, db = f"http://127.0.0.1:{port}", tmp_path / "kbs.db"
     server = serve(db, tmp_path / "admin.pub", key, port)
     acknowledged: list[str] = []

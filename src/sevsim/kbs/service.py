@@ -19,11 +19,13 @@ import binascii
 import dataclasses
 import datetime
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, Request
@@ -37,6 +39,7 @@ from sevsim.abi.kbs import Request as KbsRequest
 from sevsim.abi.kbs_snp import snp_evidence_from_json
 from sevsim.attest.snp_policy import Policy
 from sevsim.errors import (
+    ConfigError,
     KbsAdminAuthError,
     KbsCryptoError,
     KbsEvidenceError,
@@ -385,6 +388,30 @@ async def read_body(request: Request) -> bytes:
         if len(body) > MAX_BODY:
             raise refuse("payload-too-large", f"more than {MAX_BODY} bytes")
     return bytes(body)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on host:port (port 0: a free one; IPv6 addresses too), for
+    `serve`. ConfigError for a port outside 0..65535; OSError when the address cannot be
+    listened on (in use, not this machine's, no such host)."""
+    if not 0 <= port <= 0xFFFF:
+        raise ConfigError(f"port {port} is outside 0..65535")
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(app: FastAPI, sock: socket.socket) -> None:
+    """Serve `app` with uvicorn on a listening socket until interrupted (uvicorn.Server.run
+    in the calling thread; its `should_exit` stops it)."""
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 def create_app(config: KbsConfig) -> FastAPI:
