@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -35,10 +36,11 @@ from sevsim.kbs.admin import generate_admin_key, issue_admin_token
 from sevsim.kbs.client import ERRORS, KbsClient
 from sevsim.kbs.jose import decrypt_jwe
 from sevsim.kbs.service import MAX_BODY, REASONS, KbsConfig, create_app, listen
-from sevsim.kbs.store import Store
+from sevsim.kbs.store import Store, database_url
 from sevsim.kbs.verifier import EvidenceConfig
 from sevsim.testing import sign_report
 
+POSTGRES_URL = os.environ.get("SEVSIM_TEST_POSTGRES_URL")
 SECRET = b"planted-kbs-secret:" + os.urandom(8).hex().encode()
 PATH = "default/key/disk"
 RESOURCE_POLICY = """
@@ -134,16 +136,41 @@ def running(config: KbsConfig) -> Iterator[str]:
         sock.close()
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A new SQLite file, or a new schema in the PostgreSQL server .ci/run starts."""
+    if request.param == "sqlite":
+        db = tmp_path_factory.mktemp("kbs") / "kbs.db"
+        yield f"sqlite:///{db}"
+        assert SECRET not in db.read_bytes()
+        return
+    if not POSTGRES_URL:
+        if os.environ.get("CI"):
+            pytest.fail("SEVSIM_TEST_POSTGRES_URL is unset: .ci/run starts PostgreSQL and sets it")
+        pytest.skip("SEVSIM_TEST_POSTGRES_URL is unset (bash .ci/run sets it; or "
+                    "tools/postgres_test_server.sh start DIR prints one)")
+    schema = f"kbs_service_{uuid.uuid4().hex}"
+    admin = sa.create_engine(database_url(POSTGRES_URL))
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield database_url(POSTGRES_URL).update_query_dict(
+            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
 @pytest.fixture(scope="module")
-def kbs(tmp_path_factory: pytest.TempPathFactory, evidence: Evidence) -> Iterator[Kbs]:
+def kbs(db_url: str, evidence: Evidence) -> Iterator[Kbs]:
     admin, clock = generate_admin_key(), Clock()
-    db = tmp_path_factory.mktemp("kbs") / "kbs.db"
-    config = KbsConfig(db_url=f"sqlite:///{db}", secret_key=os.urandom(32),
+    config = KbsConfig(db_url=db_url, secret_key=os.urandom(32),
                        admin_key=admin.public_key(), evidence=EvidenceConfig(trust="sevsim"),
                        nonce_lifetime_s=60, token_lifetime_s=600, clock=clock)
     with running(config) as url:
         yield from serve_fixture(Kbs(url, admin, clock), evidence)
-    assert SECRET not in db.read_bytes()
 
 
 def serve_fixture(broker: Kbs, evidence: Evidence) -> Iterator[Kbs]:
@@ -266,7 +293,7 @@ def test_a_nonce_from_another_session_is_refused(kbs: Kbs, evidence: Evidence) -
     stranger.session = "x" * 5000  # longer than anything the store keeps
     refused(lambda: stranger.attest(attestation(evidence, nonce, key)), "unknown-session")
     record = last_decision(kbs, "attest")
-    assert record["reason"].startswith("unknown-session") and len(record["session_id"]) == 255
+    assert record["reason"].startswith("unknown-session") and len(record["session_id"]) == 64
     long_path = "a" * 300 + "/b/c"
     refused(lambda: kbs.client().resource(long_path), "no-token")
     assert last_decision(kbs, "get-resource")["resource"] == long_path[:255]

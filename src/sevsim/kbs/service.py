@@ -62,7 +62,8 @@ from sevsim.kbs.verifier import EvidenceConfig, verify_snp_evidence
 
 MAX_BODY = 1 << 20  # a request body: evidence with a certificate chain is a few KiB
 SUPPORTED_TEE = "snp"
-MAX_SHORT_TEXT = 255  # the store's limit on a session id, client address or resource path
+MAX_SHORT_TEXT = 255  # the store's limit on a client address or resource path
+MAX_SESSION_ID = 64  # the audit table's session_id column (the store's ids are 36-char UUIDs)
 
 # Every reason a request is refused: HTTP status and the problem document's title. The one
 # place a reason is named; `type` is ERRORS + the key, and GET on it answers the title.
@@ -168,7 +169,8 @@ class Broker:
         input) is cut to what the store takes: a refusal is recorded however long it is."""
         def cut(text: str | None, limit: int = MAX_SHORT_TEXT) -> str | None:
             return text[:limit] if text else None
-        self.store.append_audit(entry.action, outcome, session_id=cut(entry.session),
+        self.store.append_audit(entry.action, outcome,
+                                session_id=cut(entry.session, MAX_SESSION_ID),
                                 client=cut(entry.client), resource=cut(entry.resource),
                                 reason=cut(reason, MAX_REASON), claims=entry.claims)
 
