@@ -616,3 +616,33 @@ def test_a_real_milan_report_is_verified_to_amds_roots_over_http(tmp_path: Path)
                          "--report", report, "--certs", REAL)
             assert ran.returncode == 1, ran.stderr
             assert json.loads(ran.stdout)["reason"] == reason
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["serve", "--port", "70000"], ["ConfigError", "port"]),
+    (["serve", "--host", "not..a..host"], ["ConfigError", "not..a..host"]),
+    (["serve", "--db", "mysql://nowhere/kbs"], ["KbsStoreInputError", "mysql"]),
+    (["serve", "--admin-key", "{admin}/admin.pem"], ["KbsAdminAuthError", "not a PEM public key"]),
+    (["serve", "--admin-key", "/dev/null"], ["KbsAdminAuthError", "/dev/null"]),
+    (["admin", "audit", "--url", "http://127.0.0.1:9", "--key", "{admin}/admin.pem"],
+     ["ConfigError", "127.0.0.1:9"]),
+    (["admin", "audit", "--url", "ftp://x", "--key", "{admin}/admin.pem"],
+     ["ConfigError", "ftp://x"]),
+    (["attest", "--url", "http://127.0.0.1:9", "--tee-key", "{admin}/tee.pem"],
+     ["ConfigError", "127.0.0.1:9"]),
+    (["attest", "--url", "http://127.0.0.1:9", "--tee-key", "{admin}/admin.pem"],
+     ["ConfigError", "not an EC private key"]),
+])
+def test_bad_input_to_the_commands_is_one_typed_line(tmp_path: Path, args: list[str],
+                                                      words: list[str]) -> None:
+    """No traceback, exit 125, one line on stderr naming the problem."""
+    assert sevsim("kbs", "admin", "keygen", "-o", tmp_path).returncode == 0
+    args = [a.format(admin=tmp_path) for a in args]
+    if args[0] == "serve":
+        args = ["serve", "--admin-key", str(tmp_path / "admin.pub"),
+                "--db", f"sqlite:///{tmp_path}/kbs.db", *args[1:]]
+    done = sevsim("kbs", *args, env={"SEVSIM_KBS_SECRET_KEY": "00" * 32})
+    stderr = done.stderr.decode()
+    assert b"Traceback" not in done.stdout + done.stderr and done.returncode == 125, stderr
+    assert len(stderr.splitlines()) == 1, stderr
+    assert all(word in stderr for word in words), stderr

@@ -398,7 +398,11 @@ def listen(host: str, port: int) -> socket.socket:
     listened on (in use, not this machine's, no such host)."""
     if not 0 <= port <= 0xFFFF:
         raise ConfigError(f"port {port} is outside 0..65535")
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)[0]
+    except UnicodeError as error:  # a name IDNA cannot encode (an empty label: a..b)
+        raise ConfigError(f"cannot listen on {host}:{port}: {error}") from None
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
