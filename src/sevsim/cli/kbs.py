@@ -70,8 +70,10 @@ def serve(
     token_lifetime: Annotated[int, typer.Option(
         help="Seconds an attestation token (and an attested session) lasts.")] = 3600,
 ) -> None:
-    """Serve the KBS protocol (/kbs/v0/auth, attest, resource) and its admin API until
-    Ctrl-C; every decision goes into the audit log."""
+    """Serve the KBS protocol and its admin API until Ctrl-C.
+
+    /kbs/v0/auth, attest and resource for VMs, the admin endpoints for the holder of the admin
+    key; every decision goes into the audit log."""
     from sevsim.attest.kds_client import KdsClient
     from sevsim.kbs.admin import load_admin_public_key
     from sevsim.kbs.service import KbsConfig, create_app, listen
@@ -270,8 +272,10 @@ def attest(
     out: Annotated[Path | None, typer.Option(
         help="Where the decrypted resource goes (created with mode 0600).")] = None,
 ) -> None:
-    """Post SNP evidence to a KBS and print the token; with --resource, also fetch a secret
-    and decrypt it into --out. A refusal prints the problem document and exits 1."""
+    """Post SNP evidence to a KBS and print the token.
+
+    With --resource, also fetch a secret and decrypt it into --out. A refusal prints the
+    problem document and exits 1."""
     from sevsim.kbs.client import KbsClient
 
     command = "sevsim kbs attest"
