@@ -4,9 +4,11 @@ after the VM's attestation evidence verifies and passes the owner's policy.
 The wire formats live in `sevsim.abi.kbs` and `sevsim.abi.kbs_snp` (abi/, because the guest's
 attestation agent speaks them too); `sevsim.kbs.jose` encrypts resources to the TEE's key and
 signs attestation tokens; `sevsim.kbs.verifier` checks SNP evidence and `sevsim.kbs.policy`
-decides on attestation and resource policies. The names in `__all__` are the README's API;
-they load with their module on first use, so importing one part of the broker does not import
-the others.
+decides on attestation and resource policies; `sevsim.kbs.store` keeps sessions, secrets
+(encrypted at rest), policies and the audit log; `sevsim.kbs.service` is the HTTP API
+(`create_app(KbsConfig)`) and `sevsim.kbs.client` its client. The names in `__all__` are the
+README's API; they load with their module on first use, so importing one part of the broker
+does not import the others.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
         parse_jwk,
     )
     from sevsim.abi.kbs_snp import SnpEvidence, snp_evidence_from_json, snp_evidence_to_json
+    from sevsim.kbs.client import KbsClient
     from sevsim.kbs.jose import TokenSigner, decrypt_jwe, encrypt_to_tee
     from sevsim.kbs.policy import (
         Decision,
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
         evaluate_attestation_policy,
         evaluate_resource_policy,
     )
+    from sevsim.kbs.service import KbsConfig, create_app
+    from sevsim.kbs.store import Store
     from sevsim.kbs.verifier import EvidenceConfig, verify_snp_evidence
 
 # public name -> module that defines it
@@ -46,13 +51,16 @@ _LAZY = {
     **dict.fromkeys(("Decision", "ResourcePolicy", "evaluate_attestation_policy",
                      "evaluate_resource_policy"), "sevsim.kbs.policy"),
     **dict.fromkeys(("EvidenceConfig", "verify_snp_evidence"), "sevsim.kbs.verifier"),
+    **dict.fromkeys(("KbsConfig", "create_app"), "sevsim.kbs.service"),
+    "KbsClient": "sevsim.kbs.client",
+    "Store": "sevsim.kbs.store",
 }
 
 __all__ = ["Attestation", "Challenge", "Decision", "EcPublicJwk", "EvidenceConfig", "InitData",
-           "Request", "ResourcePolicy", "RsaPublicJwk", "RuntimeData", "SnpEvidence",
-           "TeeEvidence", "TokenSigner", "decrypt_jwe", "encrypt_to_tee",
-           "evaluate_attestation_policy", "evaluate_resource_policy", "parse_jwk",
-           "snp_evidence_from_json", "snp_evidence_to_json", "verify_snp_evidence"]
+           "KbsClient", "KbsConfig", "Request", "ResourcePolicy", "RsaPublicJwk", "RuntimeData",
+           "SnpEvidence", "Store", "TeeEvidence", "TokenSigner", "create_app", "decrypt_jwe",
+           "encrypt_to_tee", "evaluate_attestation_policy", "evaluate_resource_policy",
+           "parse_jwk", "snp_evidence_from_json", "snp_evidence_to_json", "verify_snp_evidence"]
 
 
 def __getattr__(name: str) -> Any:
