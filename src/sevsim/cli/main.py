@@ -115,6 +115,9 @@ def run(
         help="SNP: the owner's 0x60-byte ID block for SNP_LAUNCH_FINISH.")] = None,
     id_auth: Annotated[Path | None, typer.Option(
         help="SNP: the 0x1000-byte ID_AUTH_INFO signing the ID block.")] = None,
+    kbs: Annotated[str | None, typer.Option(
+        help="Give the guest a virtual NIC bridged to this key broker (http://HOST:PORT); "
+             "sev_kbs_get_resource() attests to it (examples/kbs_client.c).")] = None,
 ) -> None:
     """Run a guest program; its console goes to stdout and its exit code becomes ours."""
     from sevsim.attest.measure import guest_digest
@@ -144,6 +147,9 @@ def run(
                     seed=None if seed is None else seed.encode(), min_sev_asid=min_sev_asid,
                     platform=options)
         vm = host.create_vm(mode=mode, memory=memory, vcpus=vcpus)
+        if kbs is not None:
+            vm.attach_nic(kbs)
+            err.print(f"sevsim: virtual NIC bridged to {kbs}", highlight=False)
         err.print(f"sevsim: mode={vm.mode} chip={host.chip.name} asid={vm.asid}"
                   f"{'' if vm.hv.mode.encrypted else ' (unencrypted)'} memory={memory} "
                   f"vcpus={vcpus}", highlight=False)
