@@ -13,7 +13,6 @@ so the same agent runs over a socket in tests.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
 from sevsim.abi.kbs import (
+    KBS_PROTOCOL_VERSION,
     Attestation,
     Challenge,
     EcPublicJwk,
@@ -170,10 +170,6 @@ class HttpClient:
             self.cookies.update({name: morsel.value for name, morsel in jar.items()})
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def _json(response: Response, what: str) -> dict[str, object]:
     """The response's JSON object, or the KbsAgentError its status means."""
     if response.status in (401, 403):
@@ -228,23 +224,20 @@ def fetch_resource(client: HttpClient, prefix: str, path: str, evidence: Evidenc
                    keys: KeyStore) -> bytes:
     """The resource at `path` (repository/type/tag), attesting first."""
     try:
-        request = Request(version="0.1.1", tee="snp", extra_params={})
+        request = Request(version=KBS_PROTOCOL_VERSION, tee="snp", extra_params={})
         answer = client.request("POST", f"{prefix}/auth",
                                 json.dumps(request.to_json()).encode())
         challenge = Challenge.from_json(_json(answer, "auth"))
         private = ec.generate_private_key(ec.SECP256R1())
         keys.store(private.private_numbers().private_value.to_bytes(_SCALAR, "big"))
-        public = private.public_key().public_numbers()
-        jwk = EcPublicJwk(crv="P-256", x=_b64url(public.x.to_bytes(_SCALAR, "big")),
-                          y=_b64url(public.y.to_bytes(_SCALAR, "big")), alg=KEY_ALG)
-        del private
+        jwk = EcPublicJwk.from_key(private.public_key())
+        del private  # from here on the key exists only in the key store
         runtime = RuntimeData(nonce=challenge.nonce, tee_pubkey=jwk)
         report, table = evidence(runtime.report_data())
         certs = [(str(guid), der) for guid, der in parse_cert_table(table)] if table else None
         attestation = Attestation(runtime_data=runtime, init_data=None,
                                   tee_evidence=TeeEvidence(
-                                      primary=snp_evidence_to_json(report, certs),
-                                      additional={}))
+                                      primary=snp_evidence_to_json(report, certs)))
         token = _json(client.request("POST", f"{prefix}/attest",
                                      json.dumps(attestation.to_json()).encode()), "attest")
         if not isinstance(token.get("token"), str):

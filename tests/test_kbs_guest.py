@@ -1,0 +1,254 @@
+"""A sevsim SNP guest fetches a secret from a key broker over its virtual NIC, end to end:
+real sockets on 127.0.0.1, a real HTTP/1.1 server speaking Trustee's protocol, the report
+signed by the simulated Secure Processor and verified to sevsim's AMD root. Then the scans:
+the planted secret is nowhere the host can read (DRAM, shared pages, console, the wire, where
+the resource is a JWE), only in the program's private buffer."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from conftest import fnv1a64, symbol
+from kbs_test_server import TestKbs
+from sevsim import Host
+from sevsim.abi.kbs import EcPublicJwk
+from sevsim.abi.snp_tcb import PolicyFlags
+from sevsim.abi.svm import SEVSIM_HC_NIC_KICK, SEVSIM_HC_NIC_SETUP
+from sevsim.abi.vnic import NIC_PAGES, PAGE, counter_offset, pack_u32
+from sevsim.attest.measure import guest_digest
+from sevsim.errors import ConfigError, KbsAgentError
+from sevsim.guest import kbs_agent
+from sevsim.guest.kernel import KBS_KEY_GPA, NIC_GPA, kernel_identity
+from sevsim.host.elf import parse_elf
+from sevsim.host.vmm import DEFAULT_SNP_POLICY, VirtualMachine
+from sevsim.host.vnic import NIC_ERROR, GuestPhysical, VirtualNic, parse_kbs_url
+from sevsim.kbs.jose import decrypt_jwe, encrypt_to_tee
+from sevsim.testing import guest_cpu
+
+MEMORY = "16M"
+SECRET = os.urandom(48)  # planted: random, so any copy of it is a leak
+RESOURCE = "default/key/1"
+EACCES, ENOENT, EPERM, EINVAL, ENOSPC, ENODEV, ECONNREFUSED = 13, 2, 1, 22, 28, 19, 111
+
+
+def expected_measurement(elf: Path) -> bytes:
+    """The launch digest a guest owner computes from the ELF alone."""
+    return guest_digest("snp", parse_elf(elf.read_bytes()), 16 << 20, 1, kernel_identity())
+
+
+@pytest.fixture
+def kbs(build: Callable[..., Path]) -> Iterator[TestKbs]:
+    with TestKbs({RESOURCE: SECRET}, expected_measurement(build("kbs_client"))) as server:
+        yield server
+
+
+def snp_vm(host: Host, elf: Path, url: str | None, policy: int | None = None
+           ) -> VirtualMachine:
+    vm = host.create_vm(mode="snp", memory=MEMORY)
+    if url is not None:
+        vm.attach_nic(url)
+    vm.load(elf)
+    vm.launch(policy=policy)
+    return vm
+
+
+def leaked(haystack: bytes, secret: bytes = SECRET) -> bool:
+    """Whether any 16-byte piece of the secret occurs anywhere."""
+    return any(secret[i:i + 16] in haystack for i in range(0, len(secret) - 15, 8))
+
+
+def test_guest_gets_its_secret_and_the_host_sees_none_of_it(build: Callable[..., Path],
+                                                           kbs: TestKbs) -> None:
+    host = Host(chip="milan", memory="64M")
+    elf = build("kbs_client")
+    vm = snp_vm(host, elf, kbs.url)
+    result = vm.run(timeout=120)
+    assert result.exit_code == 0, result.console
+    assert f"got {len(SECRET)}-byte secret {RESOURCE}, fnv1a64 {fnv1a64(SECRET):016x}" \
+        in result.console
+    # the secret is in the program's private buffer, in plaintext as the guest sees it
+    cpu = guest_cpu(vm.hv.vcpus[0])
+    assert cpu.read(symbol(elf, "secret"), len(SECRET)) == SECRET
+    assert cpu.is_private(symbol(elf, "secret"), len(SECRET))
+    assert cpu.read(KBS_KEY_GPA, PAGE) == bytes(PAGE)  # the ephemeral key was wiped
+    # ... and nowhere the host reads: DRAM, the NIC's and every other shared page, console
+    assert not leaked(host.dram_dump().tobytes())
+    assert not leaked(vm.host_view())
+    shared = vm.shared_pages()
+    assert set(range(NIC_GPA, NIC_GPA + NIC_PAGES * PAGE, PAGE)) <= set(shared)
+    assert not leaked(b"".join(vm.read_gpa(gpa, PAGE) for gpa in shared))
+    assert not leaked(result.console.encode())
+    # the wire: HTTP/1.1, the resource as the very JWE the KBS sent, never the secret
+    assert vm.nic is not None
+    wire = bytes(vm.nic.sent + vm.nic.received)
+    assert not leaked(wire)
+    assert vm.nic.sent.startswith(b"POST /kbs/v0/auth HTTP/1.1\r\n")
+    [jwe] = kbs.log.released
+    assert jwe["ciphertext"].encode() in vm.nic.received
+    assert not kbs.log.refusals
+
+
+def test_the_protocol_messages_have_trustees_shapes(build: Callable[..., Path],
+                                                    kbs: TestKbs) -> None:
+    vm = snp_vm(Host(chip="genoa", memory="64M"), build("kbs_client"), kbs.url)
+    assert vm.run(timeout=120).exit_code == 0
+    (auth_path, auth), (attest_path, attest) = kbs.log.bodies
+    assert auth_path == "/kbs/v0/auth" and list(auth) == ["version", "tee", "extra-params"]
+    assert auth["tee"] == "snp"
+    assert attest_path == "/kbs/v0/attest"
+    assert list(attest) == ["init-data", "runtime-data", "tee-evidence"]
+    assert list(attest["runtime-data"]) == ["nonce", "tee-pubkey"]
+    pubkey = attest["runtime-data"]["tee-pubkey"]
+    assert pubkey["kty"] == "EC" and pubkey["crv"] == "P-256"
+    assert pubkey["alg"] == "ECDH-ES+A256KW"
+    assert list(attest["tee-evidence"]) == ["primary_evidence", "additional_evidence"]
+    assert set(attest["tee-evidence"]["primary_evidence"]) == {"attestation_report",
+                                                               "cert_chain"}
+
+
+def test_a_vm_whose_image_differs_by_one_byte_gets_nothing(build: Callable[..., Path],
+                                                           kbs: TestKbs) -> None:
+    image = build("kbs_client").read_bytes()
+    other = image.replace(b"kbs: got", b"kbs: Got")
+    assert sum(a != b for a, b in zip(image, other, strict=True)) == 1
+    vm = Host(chip="milan", memory="64M").create_vm(mode="snp", memory=MEMORY)
+    vm.attach_nic(kbs.url)
+    vm.load(other)
+    vm.launch()
+    result = vm.run(timeout=120)
+    assert result.exit_code == 1
+    assert f"({-EACCES})" in result.console
+    assert [name for _, name, _ in kbs.log.refusals] == ["AttestationFailed"]
+    assert "measurement" in kbs.log.refusals[0][2]
+    assert not kbs.log.released
+
+
+def test_a_debuggable_vm_gets_nothing(build: Callable[..., Path], kbs: TestKbs) -> None:
+    vm = snp_vm(Host(chip="milan", memory="64M"), build("kbs_client"), kbs.url,
+                policy=DEFAULT_SNP_POLICY | PolicyFlags.DEBUG)
+    result = vm.run(timeout=120)
+    assert result.exit_code == 1 and f"({-EACCES})" in result.console
+    assert kbs.log.refusals[0][2] == "debug policy"
+    assert not kbs.log.released
+
+
+def test_refusals_and_bad_calls_leave_the_program_running(build: Callable[..., Path],
+                                                          kbs: TestKbs) -> None:
+    host = Host(chip="milan", memory="64M")
+    elf = build("kbs_errors")
+    kbs.measurement = expected_measurement(elf)
+    result = snp_vm(host, elf, kbs.url).run(timeout=120)
+    lines = dict(line.split(" ", 1) for line in result.console.splitlines() if " " in line)
+    assert lines["set_shared"] == "0"
+    assert lines["shared"] == str(-EPERM)  # before any traffic
+    assert lines["path-two-parts"] == lines["path-dotdot"] == lines["path-empty"] \
+        == str(-EINVAL)
+    assert lines["small"] == str(-ENOSPC)
+    assert "small-touched" not in lines
+    assert lines["unknown"] == str(-ENOENT)
+    assert lines["good"] == str(len(SECRET))
+    assert result.console.endswith("survived\n")
+    assert not leaked(host.dram_dump().tobytes())
+
+
+@pytest.mark.parametrize(("mode", "nic"), [("snp", False), ("sev-es", True)])
+def test_no_nic_or_no_snp_is_enodev(build: Callable[..., Path], kbs: TestKbs, mode: str,
+                                    nic: bool) -> None:
+    vm = Host(chip="milan", memory="64M").create_vm(mode=mode, memory=MEMORY)
+    if nic:
+        vm.attach_nic(kbs.url)
+    vm.load(build("kbs_client"))
+    vm.launch()
+    result = vm.run(timeout=60)
+    assert result.exit_code == 1 and f"({-ENODEV})" in result.console
+    assert not kbs.log.bodies
+
+
+def test_nobody_listening_is_econnrefused(build: Callable[..., Path]) -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    vm = snp_vm(Host(chip="milan", memory="64M"), build("kbs_client"),
+                f"http://127.0.0.1:{port}")
+    result = vm.run(timeout=60)
+    assert result.exit_code == 1 and f"({-ECONNREFUSED})" in result.console
+
+
+class LyingNic(VirtualNic):
+    """A hostile device model: after the first kick, claims more RX slots than the ring has."""
+
+    def hypercall(self, mem: GuestPhysical, nr: int, args: tuple[int, ...]) -> int:
+        result = super().hypercall(mem, nr, args)
+        if self.ring_gpa is not None and self.connections:
+            mem.write_gpa(self.ring_gpa + counter_offset("rx_prod"), pack_u32(1000))
+        return result
+
+
+def test_a_lying_nic_breaks_the_link_not_the_guest(build: Callable[..., Path],
+                                                   kbs: TestKbs) -> None:
+    vm = snp_vm(Host(chip="milan", memory="64M"), build("kbs_client"), None)
+    vm.nic = LyingNic(kbs.url)
+    result = vm.run(timeout=60)
+    assert result.exit_code == 1 and f"({-ECONNREFUSED})" in result.console
+    assert not kbs.log.released
+
+
+def test_sevsim_run_kbs(build: Callable[..., Path], kbs: TestKbs) -> None:
+    ran = subprocess.run([sys.executable, "-m", "sevsim", "run", str(build("kbs_client")),
+                          "--mode", "snp", "--memory", MEMORY, "--kbs", kbs.url],
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert f"virtual NIC bridged to {kbs.url}" in ran.stderr
+    assert f"fnv1a64 {fnv1a64(SECRET):016x}" in ran.stdout
+    assert not leaked(ran.stdout.encode() + ran.stderr.encode())
+
+
+@pytest.mark.parametrize("url", ["https://127.0.0.1:1", "ftp://x", "http://", "http://h:99999",
+                                 "http://u@h/", "http://h/?q=1", "http://h/" + "a" * 2000])
+def test_bad_kbs_urls_are_config_errors(url: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_kbs_url(url)
+    assert parse_kbs_url("http://127.0.0.1:8080/x") == ("127.0.0.1", 8080)
+    assert parse_kbs_url("http://localhost") == ("localhost", 80)
+
+
+def test_nic_refuses_rings_of_the_wrong_size() -> None:
+    nic = VirtualNic("http://127.0.0.1:1")
+
+    class Memory:
+        def read_gpa(self, gpa: int, length: int) -> bytes:
+            return bytes(length)
+
+        def write_gpa(self, gpa: int, data: bytes) -> None:
+            raise AssertionError("nothing may be written")
+
+    assert nic.hypercall(Memory(), SEVSIM_HC_NIC_SETUP, (NIC_GPA, NIC_PAGES - 1)) == NIC_ERROR
+    assert nic.hypercall(Memory(), SEVSIM_HC_NIC_SETUP, (NIC_GPA + 1, NIC_PAGES)) == NIC_ERROR
+    assert nic.hypercall(Memory(), SEVSIM_HC_NIC_KICK, (0,)) == NIC_ERROR  # no rings yet
+
+
+# -- the guest's JWE decryption against the KBS's (sevsim.kbs.jose) ----------------------------
+
+def test_guest_decrypt_agrees_with_kbs_jose() -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    scalar = private.private_numbers().private_value.to_bytes(32, "big")
+    sealed = encrypt_to_tee(EcPublicJwk.from_key(private.public_key()), SECRET)
+    assert kbs_agent.decrypt_resource(sealed, scalar) == SECRET == decrypt_jwe(private, sealed)
+    for member in ("ciphertext", "tag", "iv", "encrypted_key", "protected"):
+        forged = dict(sealed)
+        value = forged[member]
+        forged[member] = value[:-2] + ("A" if value[-2] != "A" else "B") + value[-1]
+        with pytest.raises(KbsAgentError) as refused:
+            kbs_agent.decrypt_resource(forged, scalar)
+        assert refused.value.reason == "protocol"
+    other = ec.generate_private_key(ec.SECP256R1()).private_numbers().private_value
+    with pytest.raises(KbsAgentError):
+        kbs_agent.decrypt_resource(sealed, other.to_bytes(32, "big"))
