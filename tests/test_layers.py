@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "sevsim"
 
 EVERYTHING = {"abi", "hw", "firmware", "guest", "host", "attest", "errors", "inputs", "cli",
-              "attacks"}
+              "attacks", "kbs"}
 
 ALLOWED: dict[str, set[str]] = {
     "abi": {"abi", "errors"},
@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "host": {"abi", "hw", "firmware", "host", "errors", "inputs", "guest.kernel",
              "guest.standin"},
     "attest": {"abi", "attest", "errors", "inputs"},
+    "kbs": {"abi", "attest", "errors", "inputs", "kbs"},
     # the untrusted side: a hypervisor's and a physical attacker's handles; guest.build only
     # compiles the victims (the lab plays their owner), it gives no guest-side object
     "attacks": {"abi", "hw", "firmware", "host", "attacks", "errors", "attest", "guest.build"},
@@ -96,13 +97,14 @@ def test_only_tests_and_benchmarks_import_testing() -> None:
 
 ABI_MAY_IMPORT = {"__future__", "collections", "dataclasses", "datetime", "enum", "functools",
                   "hashlib", "hmac", "struct", "typing", "uuid", "cryptography", "google",
-                  "sevsim"}
+                  "sevsim", "base64", "json", "rfc8785"}
 
 
 def test_abi_imports_only_the_standard_library_and_cryptography() -> None:
     """abi/ holds AMD's formats and the protocol formulas both ends compute (KDFs, MACs); of
     sevsim it sees only errors (test_import_direction). Google's endorsement format is a
-    protobuf schema, so `google` (protobuf) is allowed too."""
+    protobuf schema, so `google` (protobuf) is allowed too; the key broker's messages are JSON
+    with base64url members whose RFC 8785 canonical form both ends hash (`rfc8785`)."""
     for path in (PACKAGE / "abi").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([node.module] if isinstance(node, ast.ImportFrom) and node.level == 0

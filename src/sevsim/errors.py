@@ -71,6 +71,21 @@ class EndorsementFormatError(FormatError):
         super().__init__(f"{field}: {message}")
 
 
+class KbsProtocolError(FormatError):
+    """A key-broker protocol message (Trustee's kbs-types JSON, a JWK, SNP evidence in the
+    virtee `sev` serde shape) that does not parse; `field` is the JSON path of the culprit
+    (e.g. "runtime-data.tee-pubkey.crv"), so the service can name it in a problem document."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class KbsCryptoError(SevsimError):
+    """A JOSE operation of the key broker failed: a JWE that does not decrypt under this key,
+    a token whose signature, algorithm or lifetime is wrong, a key of an unsupported type."""
+
+
 class FirmwareError(SevsimError):
     """The Secure Processor refused a command with one of AMD's status codes.
 

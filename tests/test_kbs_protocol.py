@@ -1,0 +1,309 @@
+"""The key broker's wire formats (Trustee's kbs-types messages, the SNP evidence JSON of
+guest-components' attester) and its JOSE (JWE to the TEE key, signed tokens), checked against
+the JSON of Trustee's protocol document, Trustee's own hashing vector, and jwcrypto as an
+independent JOSE implementation in both directions."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwcrypto import jwe as jc_jwe
+from jwcrypto import jwk as jc_jwk
+from jwcrypto import jws as jc_jws
+from jwcrypto import jwt as jc_jwt
+
+from sevsim.abi.kbs import (
+    Attestation,
+    Challenge,
+    EcPublicJwk,
+    InitData,
+    Request,
+    RsaPublicJwk,
+    RuntimeData,
+    TeeEvidence,
+    b64url_encode,
+    hash_report_data,
+    parse_jwk,
+)
+from sevsim.errors import FormatError, KbsCryptoError, KbsProtocolError
+from sevsim.kbs.jose import TokenSigner, decrypt_jwe, encrypt_to_tee
+
+SECRET = b"sevsim-kbs-planted-secret-\x00\x01\x02-4f1c9a"
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.derive_private_key(0x5EC5EC, ec.SECP256R1())
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 2048)
+
+
+def rsa_jwk(key: rsa.RSAPrivateKey) -> RsaPublicJwk:
+    numbers = key.public_key().public_numbers()
+    return RsaPublicJwk(b64url_encode(numbers.n.to_bytes(256, "big")),
+                        b64url_encode(numbers.e.to_bytes(3, "big")))
+
+
+# -- the protocol document's messages ---------------------------------------------------------
+
+def test_request_and_challenge_are_the_protocol_documents_json() -> None:
+    """The exact JSON of kbs_attestation_protocol.md parses and serialises back unchanged."""
+    request = {"version": "0.1.1", "tee": "snp", "extra-params": {}}
+    parsed = Request.from_json(json.dumps(request))
+    assert parsed == Request("0.1.1", "snp", {})
+    assert parsed.to_json() == request
+    assert list(parsed.to_json()) == ["version", "tee", "extra-params"]
+    challenge = {"nonce": "kt6Bq2DL8hqm+3bQkO0Tm8OY4A8=", "extra-params": {}}
+    assert Challenge.from_json(json.dumps(challenge).encode()).to_json() == challenge
+    assert Challenge.from_json(challenge).hash_algorithm() == "sha384"  # the default
+
+
+def test_attestation_is_the_protocol_documents_json(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    jwk = EcPublicJwk.from_key(ec_key.public_key())
+    doc = {"init-data": {"format": "toml", "body": "version = \"0.1.0\""},
+           "runtime-data": {"nonce": "n0nce",
+                            "tee-pubkey": {"kty": "EC", "crv": "P-256",
+                                           "alg": "ECDH-ES+A256KW", "x": jwk.x, "y": jwk.y}},
+           "tee-evidence": {"primary_evidence": {}, "additional_evidence": "{}"}}
+    parsed = Attestation.from_json(json.dumps(doc))
+    assert parsed.runtime_data == RuntimeData("n0nce", jwk)
+    assert parsed.init_data == InitData("toml", 'version = "0.1.0"')
+    assert parsed.tee_evidence == TeeEvidence({}, "{}")
+    assert parsed.to_json() == doc
+    assert list(parsed.to_json()) == ["init-data", "runtime-data", "tee-evidence"]
+    assert list(parsed.to_json()["runtime-data"]["tee-pubkey"]) == ["kty", "crv", "alg", "x",
+                                                                     "y"]
+    del doc["init-data"]  # optional; serde writes it back as null
+    assert Attestation.from_json(doc).to_json()["init-data"] is None
+
+
+def test_rsa_jwk_round_trips(rsa_key: rsa.RSAPrivateKey) -> None:
+    jwk = rsa_jwk(rsa_key)
+    assert parse_jwk(jwk.to_json()) == jwk
+    assert list(jwk.to_json()) == ["kty", "alg", "n", "e"]
+    assert jwk.numbers() == (rsa_key.public_key().public_numbers().n, 65537)
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda d: d.update(extra=1), "extra"),
+    (lambda d: d.pop("tee-evidence"), "tee-evidence"),
+    (lambda d: d.update({"runtime-data": []}), "runtime-data"),
+    (lambda d: d["runtime-data"].update(nonce=7), "runtime-data.nonce"),
+    (lambda d: d["runtime-data"]["tee-pubkey"].update(kty="OKP"), "runtime-data.tee-pubkey.kty"),
+    (lambda d: d["runtime-data"]["tee-pubkey"].update(crv="P-192"),
+     "runtime-data.tee-pubkey.crv"),
+    (lambda d: d["runtime-data"]["tee-pubkey"].update(alg="RSA-OAEP-256"),
+     "runtime-data.tee-pubkey.alg"),
+    (lambda d: d["runtime-data"]["tee-pubkey"].update(x="AAAA"), "runtime-data.tee-pubkey.x"),
+    (lambda d: d["runtime-data"]["tee-pubkey"].update(x=b64url_encode(bytes(31) + b"\1")),
+     "runtime-data.tee-pubkey.x"),  # right size, but (x, y) is off the curve
+    (lambda d: d["runtime-data"]["tee-pubkey"].update(y="a+b/"), "runtime-data.tee-pubkey.y"),
+    (lambda d: d["runtime-data"]["tee-pubkey"].update(kid="k"), "runtime-data.tee-pubkey.kid"),
+    (lambda d: d["runtime-data"]["tee-pubkey"].pop("alg"), "runtime-data.tee-pubkey.alg"),
+    (lambda d: d.update({"init-data": {"format": "yaml", "body": ""}}), "init-data.format"),
+    (lambda d: d["tee-evidence"].update(additional_evidence={}),
+     "tee-evidence.additional_evidence"),
+    (lambda d: d["tee-evidence"].update(additional_evidence="[1]"),
+     "tee-evidence.additional_evidence"),
+])
+def test_attestation_refusals_name_the_member(ec_key: ec.EllipticCurvePrivateKey, mutate,
+                                              field: str) -> None:
+    doc = {"runtime-data": RuntimeData("n", EcPublicJwk.from_key(ec_key.public_key())).to_json(),
+           "tee-evidence": {"primary_evidence": {}, "additional_evidence": ""}}
+    Attestation.from_json(doc)  # the unmutated document parses
+    mutate(doc)
+    with pytest.raises(KbsProtocolError) as info:
+        Attestation.from_json(json.dumps(doc))
+    assert info.value.field == field
+    assert isinstance(info.value, FormatError)
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    (b"\xff{}", "request"), ("[]", "request"), ("{", "request"), ("NaN", "request"),
+    ('{"version": "1", "version": "2", "tee": "snp", "extra-params": {}}', "request.version"),
+    ('{"version": "0.4.0", "tee": "sev", "extra-params": {}}', "tee"),
+    ('{"version": 4, "tee": "snp", "extra-params": {}}', "version"),
+    ('{"version": "0.4.0", "tee": "snp"}', "extra-params"),
+    ("[" * 100_000, "request"),
+])
+def test_request_refusals(text: str | bytes, field: str) -> None:
+    with pytest.raises(KbsProtocolError) as info:
+        Request.from_json(text)
+    assert info.value.field == field
+
+
+def test_jwk_refusals(rsa_key: rsa.RSAPrivateKey) -> None:
+    good = rsa_jwk(rsa_key).to_json()
+    for change, field in (({"n": b64url_encode(b"\0" + base64.urlsafe_b64decode(
+                              good["n"] + "=="))}, "n"),
+                          ({"n": b64url_encode((3 << 1020).to_bytes(128, "big"))}, "n"),
+                          ({"e": b64url_encode(b"\2")}, "e"),
+                          ({"alg": "RSA-OAEP"}, "alg"),
+                          ({"n": good["n"] + "="}, "n")):
+        with pytest.raises(KbsProtocolError) as info:
+            parse_jwk({**good, **change})
+        assert info.value.field == f"tee-pubkey.{field}"
+    with pytest.raises(KbsProtocolError) as info:
+        EcPublicJwk("P-256", "AA", "AA")  # constructing checks too
+    assert info.value.field == "x"
+
+
+def test_base64url_must_be_canonical(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    """A coordinate whose last character carries stray low bits decodes to the same bytes;
+    it must be refused, or two texts (two REPORT_DATA values) would name one key."""
+    jwk = EcPublicJwk.from_key(ec_key.public_key()).to_json()
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(jwk["x"][-1])
+    stray = jwk["x"][:-1] + alphabet[last ^ 1]  # 43 characters: the last has 2 unused bits
+    assert base64.urlsafe_b64decode(stray + "=") == base64.urlsafe_b64decode(jwk["x"] + "=")
+    with pytest.raises(KbsProtocolError, match="canonical"):
+        parse_jwk({**jwk, "x": stray})
+
+
+# -- REPORT_DATA bindings -------------------------------------------------------------------
+
+def test_hash_matches_trustees_vector() -> None:
+    """attestation-service's parse_runtimedata_json_binding case: SHA-384 of the JCS form."""
+    expected = bytes.fromhex("e71ce8e70d814ba6639c3612ebee0ff1f76f650f8dbb5e47157e0f3f525cd22c"
+                             "4597480a186427c813ca941da78870c3")
+    assert hash_report_data("SHA384", {"b": 1, "a": "test", "c": {"d": "e"}}) == \
+        expected + bytes(16)
+
+
+def test_runtime_data_binding(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    """SHA-384 of the canonical JSON, written out by hand here (sorted keys, no spaces)."""
+    jwk = EcPublicJwk.from_key(ec_key.public_key())
+    canonical = ('{"nonce":"n\\u0001\u00e9","tee-pubkey":{"alg":"ECDH-ES+A256KW",'
+                 f'"crv":"P-256","kty":"EC","x":"{jwk.x}","y":"{jwk.y}"}}}}').encode()
+    expected = hashlib.sha384(canonical).digest() + bytes(16)
+    assert RuntimeData("n\x01\u00e9", jwk).report_data() == expected
+    assert RuntimeData("n\x01\u00e8", jwk).report_data() != expected
+
+
+def test_trustee_binding_uses_the_selected_hash(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    jwk = EcPublicJwk.from_key(ec_key.public_key())
+    attestation = Attestation(RuntimeData("abc", jwk), None, TeeEvidence({"x": 1}, ""))
+    canonical = ('{"additional-evidence":"","nonce":"abc","tee-pubkey":{"alg":"ECDH-ES+A256KW",'
+                 f'"crv":"P-256","kty":"EC","x":"{jwk.x}","y":"{jwk.y}"}}}}').encode()
+    for name, size in (("sha256", 32), ("sha384", 48), ("sha512", 64)):
+        challenge = Challenge("abc", {"selected-hash-algorithm": name.upper()})
+        data = attestation.report_data(challenge.hash_algorithm())
+        assert data == hashlib.new(name, canonical).digest() + bytes(64 - size)
+    assert attestation.report_data() != RuntimeData("abc", jwk).report_data()
+    with pytest.raises(KbsProtocolError) as info:
+        Challenge.from_json({"nonce": "n", "extra-params": {"selected-hash-algorithm": "md5"}})
+    assert info.value.field == "extra-params.selected-hash-algorithm"
+
+
+# -- JWE to the TEE key ---------------------------------------------------------------------
+
+def test_jwe_ec_round_trip_and_shape(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    jwk = EcPublicJwk.from_key(ec_key.public_key())
+    message = encrypt_to_tee(jwk, SECRET)
+    assert list(message) == ["protected", "encrypted_key", "iv", "ciphertext", "tag"]
+    header = json.loads(base64.urlsafe_b64decode(message["protected"] + "=="))
+    assert (header["alg"], header["enc"], header["epk"]["crv"]) == ("ECDH-ES+A256KW",
+                                                                     "A256GCM", "P-256")
+    wire = json.dumps(message).encode()
+    assert SECRET not in wire and SECRET[:16] not in wire
+    assert b64url_encode(SECRET)[:16].encode() not in wire
+    assert decrypt_jwe(ec_key, message) == SECRET
+    assert encrypt_to_tee(jwk, SECRET)["ciphertext"] != message["ciphertext"]  # fresh key, iv
+
+
+def test_jwe_refusals(ec_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey) -> None:
+    message = encrypt_to_tee(EcPublicJwk.from_key(ec_key.public_key()), SECRET)
+    other = ec.derive_private_key(12345, ec.SECP256R1())
+    tag = base64.urlsafe_b64decode(message["tag"] + "==")
+    flipped = b64url_encode(bytes([tag[0] ^ 1]) + tag[1:])
+    for bad_key, bad in ((other, message), (rsa_key, message), (ec_key, {**message, "tag":
+                                                                          flipped}),
+                         (ec_key, {**message, "header": {}}), (ec_key, {"protected": "e30"})):
+        with pytest.raises(KbsCryptoError):
+            decrypt_jwe(bad_key, bad)
+    with pytest.raises(KbsCryptoError):
+        encrypt_to_tee(RsaPublicJwk(rsa_jwk(rsa_key).n, "AQAB", alg="RSA1_5"), SECRET)
+
+
+def test_jwe_rsa_round_trip(rsa_key: rsa.RSAPrivateKey) -> None:
+    message = encrypt_to_tee(rsa_jwk(rsa_key), SECRET)
+    header = json.loads(base64.urlsafe_b64decode(message["protected"] + "=="))
+    assert header == {"alg": "RSA-OAEP-256", "enc": "A256GCM"}
+    assert decrypt_jwe(rsa_key, message) == SECRET
+
+
+@pytest.mark.parametrize("kind", ["ec", "rsa"])
+def test_jwe_interoperates_with_jwcrypto(kind: str, ec_key: ec.EllipticCurvePrivateKey,
+                                         rsa_key: rsa.RSAPrivateKey) -> None:
+    """jwcrypto decrypts what we encrypt, and we decrypt what jwcrypto encrypts."""
+    private = ec_key if kind == "ec" else rsa_key
+    jwk = EcPublicJwk.from_key(ec_key.public_key()) if kind == "ec" else rsa_jwk(rsa_key)
+    theirs = jc_jwk.JWK.from_pyca(private)
+    ours = encrypt_to_tee(jwk, SECRET)
+    token = jc_jwe.JWE()
+    token.deserialize(json.dumps(ours), key=theirs)
+    assert token.payload == SECRET
+
+    made = jc_jwe.JWE(SECRET, json.dumps({"alg": jwk.alg, "enc": "A256GCM"}))
+    made.add_recipient(jc_jwk.JWK.from_pyca(private.public_key()))
+    # compact form: every header member protected, as Trustee's KBS sends them
+    flattened = dict(zip(("protected", "encrypted_key", "iv", "ciphertext", "tag"),
+                         made.serialize(compact=True).split("."), strict=True))
+    assert decrypt_jwe(private, flattened) == SECRET
+    with pytest.raises(KbsCryptoError):  # jwcrypto's JSON form leaves epk unprotected
+        decrypt_jwe(private, {**json.loads(made.serialize()), "header": {}})
+
+
+# -- attestation tokens ---------------------------------------------------------------------
+
+def test_token_issue_verify(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    signer = TokenSigner(ec_key)
+    token = signer.issue({"tee": "snp", "measurement": "ab" * 48}, 300, now=1_000_000)
+    claims = signer.verify(token, now=1_000_100)
+    assert claims == {"tee": "snp", "measurement": "ab" * 48, "iat": 1_000_000,
+                      "nbf": 1_000_000, "exp": 1_000_300}
+    with pytest.raises(KbsCryptoError, match="expired"):
+        signer.verify(token, now=1_000_301)
+    with pytest.raises(KbsCryptoError):
+        signer.verify(token, now=999_000)  # not yet valid
+    with pytest.raises(KbsCryptoError):
+        TokenSigner(ec.derive_private_key(99, ec.SECP256R1())).verify(token, now=1_000_100)
+    head, body, sig = token.split(".")
+    forged = json.loads(base64.urlsafe_b64decode(body + "=="))
+    forged["measurement"] = "cd" * 48
+    with pytest.raises(KbsCryptoError):
+        signer.verify(f"{head}.{b64url_encode(json.dumps(forged).encode())}.{sig}",
+                      now=1_000_100)
+    none = b64url_encode(b'{"alg":"none","typ":"JWT"}')
+    with pytest.raises(KbsCryptoError):
+        signer.verify(f"{none}.{body}.", now=1_000_100)
+    with pytest.raises(KbsCryptoError):
+        signer.issue({"exp": 1}, 60)
+    with pytest.raises(KbsCryptoError):
+        TokenSigner(ec.derive_private_key(5, ec.SECP384R1()))
+
+
+def test_token_interoperates_with_jwcrypto(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    signer = TokenSigner(ec_key)
+    public = jc_jwk.JWK(**signer.public_jwk())
+    assert public.thumbprint() == signer.public_jwk()["kid"]
+    token = signer.issue({"sub": "vm"}, 600)
+    checked = jc_jwt.JWT(jwt=token, key=public, algs=["ES256"])
+    assert json.loads(checked.claims)["sub"] == "vm"
+
+    theirs = jc_jwt.JWT(header={"alg": "ES256"},
+                        claims={"sub": "vm2", "iat": 10, "nbf": 10, "exp": 4_000_000_000})
+    theirs.make_signed_token(jc_jwk.JWK.from_pyca(ec_key))
+    assert signer.verify(theirs.serialize())["sub"] == "vm2"
+    other = jc_jws.JWS(b'{"sub": "x", "iat": 1, "nbf": 1, "exp": 4000000000}')
+    other.add_signature(jc_jwk.JWK.from_pyca(ec.derive_private_key(7, ec.SECP256R1())),
+                        protected={"alg": "ES256"})
+    with pytest.raises(KbsCryptoError):
+        signer.verify(other.serialize(compact=True))
