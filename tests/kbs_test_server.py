@@ -46,8 +46,8 @@ class KbsLog:
     released: list[dict[str, str]] = field(default_factory=list)  # JWEs sent
 
 
-class TestKbs:
-    """`with TestKbs(resources, measurement) as kbs:` serves at kbs.url."""
+class LoopbackKbs:
+    """`with LoopbackKbs(resources, measurement) as kbs:` serves at kbs.url."""
 
     def __init__(self, resources: dict[str, bytes], measurement: bytes) -> None:
         self.resources = resources
@@ -65,7 +65,7 @@ class TestKbs:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> TestKbs:
+    def __enter__(self) -> LoopbackKbs:
         self._thread.start()
         return self
 

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import fnv1a64, symbol
-from kbs_test_server import TestKbs
+from kbs_test_server import LoopbackKbs
 from sevsim import Host
 from sevsim.abi.kbs import EcPublicJwk
 from sevsim.abi.snp_tcb import PolicyFlags
@@ -45,8 +45,8 @@ def expected_measurement(elf: Path) -> bytes:
 
 
 @pytest.fixture
-def kbs(build: Callable[..., Path]) -> Iterator[TestKbs]:
-    with TestKbs({RESOURCE: SECRET}, expected_measurement(build("kbs_client"))) as server:
+def kbs(build: Callable[..., Path]) -> Iterator[LoopbackKbs]:
+    with LoopbackKbs({RESOURCE: SECRET}, expected_measurement(build("kbs_client"))) as server:
         yield server
 
 
@@ -66,7 +66,7 @@ def leaked(haystack: bytes, secret: bytes = SECRET) -> bool:
 
 
 def test_guest_gets_its_secret_and_the_host_sees_none_of_it(build: Callable[..., Path],
-                                                           kbs: TestKbs) -> None:
+                                                           kbs: LoopbackKbs) -> None:
     host = Host(chip="milan", memory="64M")
     elf = build("kbs_client")
     vm = snp_vm(host, elf, kbs.url)
@@ -97,7 +97,7 @@ def test_guest_gets_its_secret_and_the_host_sees_none_of_it(build: Callable[...,
 
 
 def test_the_protocol_messages_have_trustees_shapes(build: Callable[..., Path],
-                                                    kbs: TestKbs) -> None:
+                                                    kbs: LoopbackKbs) -> None:
     vm = snp_vm(Host(chip="genoa", memory="64M"), build("kbs_client"), kbs.url)
     assert vm.run(timeout=120).exit_code == 0
     (auth_path, auth), (attest_path, attest) = kbs.log.bodies
@@ -115,7 +115,7 @@ def test_the_protocol_messages_have_trustees_shapes(build: Callable[..., Path],
 
 
 def test_a_vm_whose_image_differs_by_one_byte_gets_nothing(build: Callable[..., Path],
-                                                           kbs: TestKbs) -> None:
+                                                           kbs: LoopbackKbs) -> None:
     image = build("kbs_client").read_bytes()
     other = image.replace(b"kbs: got", b"kbs: Got")
     assert sum(a != b for a, b in zip(image, other, strict=True)) == 1
@@ -131,7 +131,7 @@ def test_a_vm_whose_image_differs_by_one_byte_gets_nothing(build: Callable[..., 
     assert not kbs.log.released
 
 
-def test_a_debuggable_vm_gets_nothing(build: Callable[..., Path], kbs: TestKbs) -> None:
+def test_a_debuggable_vm_gets_nothing(build: Callable[..., Path], kbs: LoopbackKbs) -> None:
     vm = snp_vm(Host(chip="milan", memory="64M"), build("kbs_client"), kbs.url,
                 policy=DEFAULT_SNP_POLICY | PolicyFlags.DEBUG)
     result = vm.run(timeout=120)
@@ -141,7 +141,7 @@ def test_a_debuggable_vm_gets_nothing(build: Callable[..., Path], kbs: TestKbs) 
 
 
 def test_refusals_and_bad_calls_leave_the_program_running(build: Callable[..., Path],
-                                                          kbs: TestKbs) -> None:
+                                                          kbs: LoopbackKbs) -> None:
     host = Host(chip="milan", memory="64M")
     elf = build("kbs_errors")
     kbs.measurement = expected_measurement(elf)
@@ -160,7 +160,7 @@ def test_refusals_and_bad_calls_leave_the_program_running(build: Callable[..., P
 
 
 @pytest.mark.parametrize(("mode", "nic"), [("snp", False), ("sev-es", True)])
-def test_no_nic_or_no_snp_is_enodev(build: Callable[..., Path], kbs: TestKbs, mode: str,
+def test_no_nic_or_no_snp_is_enodev(build: Callable[..., Path], kbs: LoopbackKbs, mode: str,
                                     nic: bool) -> None:
     vm = Host(chip="milan", memory="64M").create_vm(mode=mode, memory=MEMORY)
     if nic:
@@ -193,7 +193,7 @@ class LyingNic(VirtualNic):
 
 
 def test_a_lying_nic_breaks_the_link_not_the_guest(build: Callable[..., Path],
-                                                   kbs: TestKbs) -> None:
+                                                   kbs: LoopbackKbs) -> None:
     vm = snp_vm(Host(chip="milan", memory="64M"), build("kbs_client"), None)
     vm.nic = LyingNic(kbs.url)
     result = vm.run(timeout=60)
@@ -201,7 +201,7 @@ def test_a_lying_nic_breaks_the_link_not_the_guest(build: Callable[..., Path],
     assert not kbs.log.released
 
 
-def test_sevsim_run_kbs(build: Callable[..., Path], kbs: TestKbs) -> None:
+def test_sevsim_run_kbs(build: Callable[..., Path], kbs: LoopbackKbs) -> None:
     ran = subprocess.run([sys.executable, "-m", "sevsim", "run", str(build("kbs_client")),
                           "--mode", "snp", "--memory", MEMORY, "--kbs", kbs.url],
                          capture_output=True, text=True, timeout=180, check=False)
