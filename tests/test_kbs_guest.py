@@ -6,6 +6,7 @@ the resource is a JWE), only in the program's private buffer."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import fnv1a64, symbol
-from kbs_test_server import LoopbackKbs
+from kbs_test_server import LoopbackKbs, Mitm
 from sevsim import Host
 from sevsim.abi.kbs import EcPublicJwk
 from sevsim.abi.snp_tcb import PolicyFlags
@@ -157,6 +158,54 @@ def test_refusals_and_bad_calls_leave_the_program_running(build: Callable[..., P
     assert lines["good"] == str(len(SECRET))
     assert result.console.endswith("survived\n")
     assert not leaked(host.dram_dump().tobytes())
+
+
+def test_a_host_swapping_in_its_own_key_gets_nothing(build: Callable[..., Path],
+                                                    kbs: LoopbackKbs) -> None:
+    """The host rewrites runtime-data's tee-pubkey to a key it holds, so that the KBS would
+    encrypt to it: the report's REPORT_DATA binds the guest's key, and the KBS refuses."""
+    host_key = EcPublicJwk.from_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+
+    def swap_key(path: str, body: bytes) -> bytes:
+        if path != "/kbs/v0/attest":
+            return body
+        doc = json.loads(body)
+        doc["runtime-data"]["tee-pubkey"] = host_key.to_json()
+        return json.dumps(doc).encode()
+
+    with Mitm(kbs.url, swap_key) as mitm:
+        result = snp_vm(Host(chip="milan", memory="64M"), build("kbs_client"), mitm.url
+                        ).run(timeout=120)
+    assert result.exit_code == 1 and f"({-EACCES})" in result.console
+    assert kbs.log.refusals == [(401, "AttestationFailed", "REPORT_DATA does not bind")]
+    assert not kbs.log.released
+
+
+def test_a_replayed_report_gets_nothing(build: Callable[..., Path], kbs: LoopbackKbs) -> None:
+    """The host records a genuine VM's evidence and sends it again for the next VM's fresh
+    nonce and key: the old report binds the old ones."""
+    recorded: list[object] = []
+
+    def record(path: str, body: bytes) -> bytes:
+        if path == "/kbs/v0/attest":
+            recorded.append(json.loads(body)["tee-evidence"])
+        return body
+
+    def replay(path: str, body: bytes) -> bytes:
+        if path != "/kbs/v0/attest":
+            return body
+        doc = json.loads(body)
+        doc["tee-evidence"] = recorded[0]
+        return json.dumps(doc).encode()
+
+    host = Host(chip="milan", memory="64M")
+    with Mitm(kbs.url, record) as mitm:
+        assert snp_vm(host, build("kbs_client"), mitm.url).run(timeout=120).exit_code == 0
+    with Mitm(kbs.url, replay) as mitm:
+        result = snp_vm(host, build("kbs_client"), mitm.url).run(timeout=120)
+    assert result.exit_code == 1 and f"({-EACCES})" in result.console
+    assert kbs.log.refusals == [(401, "AttestationFailed", "REPORT_DATA does not bind")]
+    assert len(kbs.log.released) == 1  # the genuine VM's, and only that
 
 
 @pytest.mark.parametrize(("mode", "nic"), [("snp", False), ("sev-es", True)])
