@@ -8,6 +8,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -29,6 +33,9 @@ from sevsim.abi.kbs import (
     hash_report_data,
     parse_jwk,
 )
+from sevsim.abi.kbs_snp import SnpEvidence, snp_evidence_from_json, snp_evidence_to_json
+from sevsim.abi.snp_report import GUID_VCEK, AttestationReport
+from sevsim.abi.snp_tcb import TcbVersion
 from sevsim.errors import FormatError, KbsCryptoError, KbsProtocolError
 from sevsim.kbs.jose import TokenSigner, decrypt_jwe, encrypt_to_tee
 
@@ -307,3 +314,196 @@ def test_token_interoperates_with_jwcrypto(ec_key: ec.EllipticCurvePrivateKey) -
                         protected={"alg": "ES256"})
     with pytest.raises(KbsCryptoError):
         signer.verify(other.serialize(compact=True))
+
+
+# -- SNP evidence in the virtee/sev serde shape ---------------------------------------------
+
+SNP_DATA = Path(__file__).resolve().parent / "data" / "snp"
+VECTORS = Path("/work/shared/data/vectors/snp")
+REAL_REPORTS = {
+    "milan-v2-a": (SNP_DATA / "milan-v2-a" / "report.bin").read_bytes(),
+    "milan-v2-b": bytes.fromhex((SNP_DATA / "milan-v2-b" / "report.hex").read_text().strip()),
+    "milan-v3-vlek": (SNP_DATA / "milan-v3-vlek" / "report.bin").read_bytes(),
+}
+VCEK_DER = (SNP_DATA / "milan-v2-b" / "vcek.der").read_bytes()
+SEV_MEMBERS = ["version", "guest_svn", "policy", "family_id", "image_id", "vmpl", "sig_algo",
+               "current_tcb", "plat_info", "key_info", "report_data", "measurement",
+               "host_data", "id_key_digest", "author_key_digest", "report_id", "report_id_ma",
+               "reported_tcb", "cpuid_fam_id", "cpuid_mod_id", "cpuid_step", "chip_id",
+               "committed_tcb", "current", "committed", "launch_tcb", "launch_mit_vector",
+               "current_mit_vector", "signature"]
+
+
+def made_report(version: int, family: int, model: int = 1, **changes: object) -> bytes:
+    """A sevsim report of a generation with every TCB and version field non-zero."""
+    turin = family == 0x1A
+    tcb = TcbVersion(2, 3, 4, 5, fmc=1 if turin else None).to_int()
+    fields: dict[str, object] = dict(
+        version=version, guest_svn=7, family_id=b"F" * 16, image_id=b"I" * 16, vmpl=1,
+        current_tcb=tcb, reported_tcb=tcb, committed_tcb=tcb, launch_tcb=tcb,
+        report_data=bytes(range(64)), measurement=bytes(range(48)), chip_id=b"C" * 64,
+        current_build=9, current_minor=58, current_major=1, committed_build=8,
+        committed_minor=57, committed_major=1, signature_r=3 << 380, signature_s=5)
+    if version >= 3:
+        fields.update(cpuid_fam_id=family, cpuid_mod_id=model, cpuid_step=2)
+    if version >= 5:
+        fields.update(launch_mit_vector=0x11, current_mit_vector=0x13)
+    fields.update(changes)
+    return AttestationReport(**fields).to_bytes()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", sorted(REAL_REPORTS))
+def test_real_reports_round_trip_byte_for_byte(name: str) -> None:
+    report = REAL_REPORTS[name]
+    certs = [(str(GUID_VCEK), VCEK_DER), ("0123abcd-0000-4000-8000-00000000beef", b"extra")]
+    evidence = snp_evidence_to_json(report, certs)
+    text = json.dumps(evidence, separators=(",", ":"))  # serde_json's compact spelling
+    parsed = snp_evidence_from_json(text.encode())
+    assert parsed == SnpEvidence(report, certs)
+    assert list(evidence) == ["attestation_report", "cert_chain"]
+    assert list(evidence["attestation_report"]) == SEV_MEMBERS
+    assert evidence["cert_chain"] == [{"cert_type": "VCEK", "data": list(VCEK_DER)},
+                                      {"cert_type": {"OTHER": certs[1][0]}, "data": [
+                                          101, 120, 116, 114, 97]}]
+
+
+def test_shared_vectors_round_trip() -> None:
+    """The real reports under shared/data/vectors, where this machine has them."""
+    found = sorted(VECTORS.glob("*/report.*")) if VECTORS.is_dir() else []
+    if not found:
+        pytest.skip(f"no reports under {VECTORS}")
+    for path in found:
+        report = path.read_bytes()
+        if path.suffix == ".hex":
+            report = bytes.fromhex(report.decode().strip())
+        again = snp_evidence_from_json(json.dumps(snp_evidence_to_json(report, None)))
+        assert again == SnpEvidence(report, [])
+
+
+def test_the_serde_spelling_of_a_v2_report() -> None:
+    """A Milan v2 report as the crate writes it: fmc null (legacy TCB layout), no CPUID bytes
+    and no mitigation vectors (null), versions as {major, minor, build}, R and S as 72-entry
+    little-endian arrays, the bitfields as plain numbers."""
+    report = REAL_REPORTS["milan-v2-a"]
+    parsed = AttestationReport.from_bytes(report)
+    out = snp_evidence_to_json(report, None)
+    text = json.dumps(out, separators=(",", ":"))
+    assert text.startswith('{"attestation_report":{"version":2,"guest_svn":')
+    assert text.endswith(',"cert_chain":null}')
+    sev = out["attestation_report"]
+    tcb = parsed.tcb("current_tcb")
+    assert sev["current_tcb"] == {"fmc": None, "bootloader": tcb.bootloader, "tee": tcb.tee,
+                                  "snp": tcb.snp, "microcode": tcb.microcode}
+    assert list(sev["current_tcb"]) == ["fmc", "bootloader", "tee", "snp", "microcode"]
+    assert (sev["cpuid_fam_id"], sev["cpuid_mod_id"], sev["cpuid_step"]) == (None,) * 3
+    assert (sev["launch_mit_vector"], sev["current_mit_vector"]) == (None, None)
+    assert sev["current"] == {"major": parsed.current_major, "minor": parsed.current_minor,
+                              "build": parsed.current_build}
+    assert bytes(sev["signature"]["r"]) == report[0x2A0:0x2E8]
+    assert bytes(sev["signature"]["s"]) == report[0x2E8:0x330]
+    assert sev["policy"] == int.from_bytes(report[8:16], "little")
+    assert sev["plat_info"] == int.from_bytes(report[0x40:0x48], "little")
+    assert sev["key_info"] == int.from_bytes(report[0x48:0x4C], "little")
+    assert bytes(sev["chip_id"]) == report[0x1A0:0x1E0]
+    assert bytes(sev["report_data"]) == report[0x50:0x90]
+
+
+@pytest.mark.parametrize(("version", "family", "model", "turin"), [
+    (3, 0x19, 0x01, False), (3, 0x19, 0x11, False), (5, 0x19, 0xA0, False),
+    (3, 0x1A, 0x02, True), (5, 0x1A, 0x11, True)])
+def test_generations_and_versions_round_trip(version: int, family: int, model: int,
+                                             turin: bool) -> None:
+    report = made_report(version, family, model)
+    sev = snp_evidence_to_json(report, [])["attestation_report"]
+    assert (sev["current_tcb"]["fmc"] is not None) == turin
+    assert sev["current_tcb"]["snp"] == 4 and sev["cpuid_fam_id"] == family
+    assert (sev["launch_mit_vector"] == 0x11) == (version >= 5)
+    assert snp_evidence_from_json(json.dumps({"attestation_report": sev,
+                                              "cert_chain": []})).report == report
+
+
+def test_a_turin_v2_report_is_known_by_its_chip_id() -> None:
+    report = made_report(2, 0x1A, chip_id=b"T" * 8 + bytes(56))
+    sev = snp_evidence_to_json(report, None)["attestation_report"]
+    assert sev["current_tcb"]["fmc"] == 1
+    assert snp_evidence_from_json({"attestation_report": sev}).report == report
+
+
+def test_an_older_crates_json_parses() -> None:
+    """sev before 6.1 wrote no mitigation vectors and no fmc: serde reads absent Options as
+    None, and so does this parser (only where null is what the version means)."""
+    sev = snp_evidence_to_json(REAL_REPORTS["milan-v3-vlek"], None)["attestation_report"]
+    older = {name: value for name, value in sev.items() if not name.endswith("_mit_vector")}
+    for tcb in ("current_tcb", "reported_tcb", "committed_tcb", "launch_tcb"):
+        older[tcb] = {k: v for k, v in sev[tcb].items() if k != "fmc"}
+    parsed = snp_evidence_from_json({"attestation_report": older, "cert_chain": None})
+    assert parsed.report == REAL_REPORTS["milan-v3-vlek"]
+
+
+def _mutated(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
+    evidence = snp_evidence_to_json(made_report(5, 0x1A), [(str(GUID_VCEK), b"der")])
+    change(evidence)
+    return evidence
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (lambda e: e.update(extra=1), "extra"),
+    (lambda e: e.pop("attestation_report"), "attestation_report"),
+    (lambda e: e["attestation_report"].pop("vmpl"), "attestation_report.vmpl"),
+    (lambda e: e["attestation_report"].update(bogus=0), "attestation_report.bogus"),
+    (lambda e: e["attestation_report"].update(vmpl=True), "attestation_report.vmpl"),
+    (lambda e: e["attestation_report"].update(vmpl=1.0), "attestation_report.vmpl"),
+    (lambda e: e["attestation_report"].update(version=1 << 32), "attestation_report.version"),
+    (lambda e: e["attestation_report"]["measurement"].append(0),
+     "attestation_report.measurement"),
+    (lambda e: e["attestation_report"]["host_data"].__setitem__(0, 256),
+     "attestation_report.host_data"),
+    (lambda e: e["attestation_report"]["current_tcb"].update(fmc=None),
+     "attestation_report.current_tcb.fmc"),
+    (lambda e: e["attestation_report"]["launch_tcb"].update(snp=300),
+     "attestation_report.launch_tcb.snp"),
+    (lambda e: e["attestation_report"].update(launch_mit_vector=None),
+     "attestation_report.launch_mit_vector"),
+    (lambda e: e["attestation_report"].update(cpuid_fam_id=0x17),
+     "attestation_report.cpuid_fam_id"),
+    (lambda e: e["attestation_report"]["current"].pop("build"),
+     "attestation_report.current.build"),
+    (lambda e: e["attestation_report"]["signature"]["r"].pop(),
+     "attestation_report.signature.r"),
+    (lambda e: e["attestation_report"].update(key_info=1 << 7), "attestation_report.key_info"),
+    # bytes 48-71 of R are zero in every report: the crate would carry them, the bytes cannot
+    (lambda e: e["attestation_report"]["signature"]["s"].__setitem__(60, 1),
+     "attestation_report"),
+    # v2 (no CPUID bytes): this CHIP_ID means the Milan layout, where fmc is null
+    (lambda e: e["attestation_report"].update(version=2), "attestation_report.current_tcb.fmc"),
+    (lambda e: e["attestation_report"].update(version=4), "attestation_report.launch_mit_vector"),
+    (lambda e: e["attestation_report"].update(policy=0), "attestation_report"),
+    (lambda e: e.update(cert_chain={}), "cert_chain"),
+    (lambda e: e["cert_chain"].append(e["cert_chain"][0]), "cert_chain"),
+    (lambda e: e["cert_chain"][0].update(cert_type="Empty"), "cert_chain[0].cert_type"),
+    (lambda e: e["cert_chain"][0].update(cert_type="vcek"), "cert_chain[0].cert_type"),
+    (lambda e: e["cert_chain"][0].update(cert_type={"OTHER": str(GUID_VCEK)}),
+     "cert_chain[0].cert_type.OTHER"),
+    (lambda e: e["cert_chain"][0].update(cert_type={"OTHER": "0123ABCD-0000-4000-8000-"
+                                                             "00000000BEEF"}),
+     "cert_chain[0].cert_type.OTHER"),
+    (lambda e: e["cert_chain"][0].update(cert_type={"OTHER": str(uuid.UUID(int=0))}),
+     "cert_chain[0].cert_type.OTHER"),
+    (lambda e: e["cert_chain"][0].update(data="MIIB"), "cert_chain[0].data"),
+])
+def test_snp_evidence_refusals_name_the_member(change: Callable[[dict[str, Any]], object],
+                                               field: str) -> None:
+    with pytest.raises(KbsProtocolError) as info:
+        snp_evidence_from_json(json.dumps(_mutated(change)))
+    assert info.value.field == field
+
+
+def test_snp_evidence_to_json_refusals() -> None:
+    report = bytearray(REAL_REPORTS["milan-v2-a"])
+    report[0x4C] = 1  # a reserved byte the JSON cannot carry
+    for bad, certs in ((bytes(report), None), (bytes(report[:-1]), None),
+                       (REAL_REPORTS["milan-v2-a"], [("VCEK", b"")]),
+                       (REAL_REPORTS["milan-v2-a"], [(str(GUID_VCEK), b""),
+                                                     (str(GUID_VCEK), b"")])):
+        with pytest.raises(KbsProtocolError):
+            snp_evidence_to_json(bad, certs)
