@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import fnv1a64, symbol
 from kbs_test_server import LoopbackKbs, Mitm
@@ -301,3 +303,104 @@ def test_guest_decrypt_agrees_with_kbs_jose() -> None:
     other = ec.generate_private_key(ec.SECP256R1()).private_numbers().private_value
     with pytest.raises(KbsAgentError):
         kbs_agent.decrypt_resource(sealed, other.to_bytes(32, "big"))
+
+
+# -- what a hostile host can feed the guest: only typed refusals come out --------------------
+
+REAL_REPORT = (Path(__file__).parent / "data" / "snp" / "milan-v2-a" / "report.bin").read_bytes()
+
+
+class ScriptedStream:
+    """A Stream whose far end answers with the given bytes, in pieces, then closes."""
+
+    def __init__(self, answers: list[bytes]) -> None:
+        self.answers = answers
+        self.sent = bytearray()
+
+    def connect(self) -> None:
+        pass
+
+    def send(self, data: bytes) -> None:
+        self.sent += data
+
+    def recv(self) -> bytes:
+        return self.answers.pop(0) if self.answers else b""
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryKeys:
+    def __init__(self) -> None:
+        self.scalar = b""
+
+    def store(self, scalar: bytes) -> None:
+        self.scalar = scalar
+
+    def load(self) -> bytes:
+        return self.scalar
+
+    def wipe(self) -> None:
+        self.scalar = b""
+
+
+def http_answer(status: int, doc: object, extra: bytes = b"") -> bytes:
+    body = json.dumps(doc).encode()
+    return (b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n%s\r\n" % (status, len(body), extra)
+            + body)
+
+
+GOOD_ANSWERS = [
+    http_answer(200, {"nonce": "bm9uY2U", "extra-params": {}},
+                b"Set-Cookie: kbs-session-id=abc; Path=/kbs\r\n"),
+    http_answer(200, {"token": "t"}),
+    http_answer(200, {"protected": "e30", "encrypted_key": "", "iv": "", "ciphertext": "",
+                      "tag": ""}),
+]
+
+
+@st.composite
+def hostile_answers(draw: st.DrawFn) -> list[bytes]:
+    answers = list(GOOD_ANSWERS)
+    which = draw(st.integers(0, len(answers) - 1))
+    blob = bytearray(answers[which])
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["poke", "cut", "insert"]))
+        at = draw(st.integers(0, len(blob)))
+        if kind == "poke" and at < len(blob):
+            blob[at] = draw(st.integers(0, 255))
+        elif kind == "cut":
+            del blob[at:]
+        else:
+            blob[at:at] = draw(st.binary(max_size=40))
+    answers[which] = bytes(blob)
+    pieces: list[bytes] = []
+    for answer in answers:
+        cut = draw(st.integers(0, len(answer)))
+        pieces += [answer[:cut], answer[cut:]]
+    return [p for p in pieces if p] if draw(st.booleans()) else draw(
+        st.lists(st.binary(max_size=300), max_size=4))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_answers())
+def test_hostile_answers_give_only_typed_refusals(answers: list[bytes]) -> None:
+    stream = ScriptedStream(answers)
+    keys = MemoryKeys()
+    client = kbs_agent.HttpClient(stream, "kbs")
+    with pytest.raises(KbsAgentError) as refused:
+        kbs_agent.fetch_resource(client, "/kbs/v0", RESOURCE,
+                                 lambda data: (REAL_REPORT, b""), keys)
+    assert refused.value.reason in {"network", "protocol", "refused", "not-found"}
+    assert keys.scalar == b""  # wiped on every way out
+
+
+def test_the_scripted_exchange_reaches_the_jwe() -> None:
+    """The unmutated script gets as far as opening the (empty) JWE: the fuzzing above starts
+    from answers the agent accepts up to the last step."""
+    stream = ScriptedStream(list(GOOD_ANSWERS))
+    with pytest.raises(KbsAgentError, match="JWE does not open"):
+        kbs_agent.fetch_resource(kbs_agent.HttpClient(stream, "kbs"), "/kbs/v0", RESOURCE,
+                                 lambda data: (REAL_REPORT, b""), MemoryKeys())
+    assert b"Cookie: kbs-session-id=abc" in stream.sent
+    assert stream.sent.count(b"Host: kbs") == 3
