@@ -8,8 +8,9 @@ mutated by hypothesis — bytes changed, cut short, extended — format-aware va
 built from drawn sections, policies with lines rewritten, certificates mutated inside their PEM)
 and arbitrary bytes. Beyond the SNP structures: OVMF images and the launch digests measured
 from what parses, validation policies and the checks they configure, certificate bundles
-(directory or certificate table) run through chain and report verification, and GCE launch
-endorsements run through their verification. The default run
+(directory or certificate table) run through chain and report verification, GCE launch
+endorsements run through their verification, the key broker's resource policies and the
+decisions they make, and reports run through the key broker's evidence verifier. The default run
 takes 300 inputs per target; the test marked `fuzz` (`pytest -m fuzz`, run by .ci/run) takes
 FUZZ_EXAMPLES inputs spread over all of them, 100,000 unless set.
 """
@@ -72,11 +73,14 @@ from sevsim.errors import (
     ConfigError,
     EndorsementError,
     EndorsementFormatError,
+    KbsEvidenceError,
     PolicyError,
     SnpFormatError,
     SnpVerificationError,
 )
 from sevsim.firmware.gce_endorser import simulated_endorser
+from sevsim.kbs.policy import ResourcePolicy
+from sevsim.kbs.verifier import EvidenceConfig, verify_snp_evidence
 
 VECTORS = Path(__file__).resolve().parent / "data" / "snp"
 EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "examples" / "policy.toml"
@@ -238,10 +242,12 @@ TOML_SECTIONS = ("report", "guest", "guest_policy", "platform", "tcb", "tcb.repo
 
 
 @st.composite
-def policy_inputs(draw: st.DrawFn) -> bytes:
+def policy_inputs(draw: st.DrawFn, seeds: tuple[bytes, ...] = POLICY_SEEDS,
+                  keys: tuple[str, ...] = TOML_KEYS,
+                  sections: tuple[str, ...] = TOML_SECTIONS) -> bytes:
     """A seed policy with lines given other values, keys or sections, dropped or repeated: it
     stays TOML often enough to reach the schema checks, which byte flips rarely do."""
-    lines = draw(st.sampled_from(POLICY_SEEDS)).decode().splitlines()
+    lines = draw(st.sampled_from(seeds)).decode().splitlines()
     for _ in range(draw(st.integers(1, 3))):
         action = draw(st.sampled_from(("value", "value", "value", "key", "drop", "repeat",
                                        "section")))
@@ -252,13 +258,13 @@ def policy_inputs(draw: st.DrawFn) -> bytes:
         if action == "value" and equals:
             lines[i] = f"{key}= {draw(st.sampled_from(TOML_VALUES))}"
         elif action == "key" and equals:
-            lines[i] = f"{draw(st.sampled_from(TOML_KEYS))} ={value}"
+            lines[i] = f"{draw(st.sampled_from(keys))} ={value}"
         elif action == "drop" and len(lines) > 1:
             del lines[i]
         elif action == "repeat":
             lines.insert(i, lines[i])
         elif action == "section":
-            lines[i] = f"[{draw(st.sampled_from(TOML_SECTIONS))}]"
+            lines[i] = f"[{draw(st.sampled_from(sections))}]"
     return "\n".join(lines).encode()
 
 
@@ -271,6 +277,34 @@ def validate_with(blob: bytes) -> Policy:
     return policy
 
 
+# -- KBS resource policies, and the decisions they make ------------------------------------------
+
+RESOURCE_POLICY_SEEDS = (b'''
+[[rules]]
+resources = ["prod/keys/*"]
+allow = true
+[rules.claims]
+measurement = ["ab", "cd"]
+policy_debug = false
+[rules.at_least]
+reported_tcb_snp = 8
+[[rules]]
+resources = ["dev/*/*"]
+''',)
+RESOURCE_KEYS = ("resources", "allow", "claims", "at_least", "rules", "measurement", "bogus")
+RESOURCE_SECTIONS = ("[rules]", "rules", "rules.claims", "rules.at_least", "rules.bogus",
+                     "bogus")
+
+
+def decide_with(blob: bytes) -> ResourcePolicy:
+    """Parse a resource policy (any bytes, as for validation policies) and decide paths."""
+    policy = ResourcePolicy.from_toml(blob.decode("utf-8", "surrogateescape"))
+    claims = {"measurement": "ab", "policy_debug": False, "reported_tcb_snp": 9}
+    for path in ("prod/keys/disk", "dev/a/b", "prod/keys", "prod/../keys", ""):
+        policy.decide(path, claims)
+    return policy
+
+
 # -- certificate bundles, through chain and report verification ----------------------------------
 
 MILAN = VECTORS / "milan-v2-b"
@@ -279,6 +313,14 @@ MILAN_CHAIN = tuple(x509.load_pem_x509_certificates((MILAN / "cert_chain.pem").r
 ASK_DER, ARK_DER = (cert.public_bytes(serialization.Encoding.DER) for cert in MILAN_CHAIN)
 VERIFY_AT = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)  # inside the real VCEKs' validity
 BUNDLE_ERRORS = (SnpFormatError, SnpVerificationError)
+KBS_EVIDENCE = EvidenceConfig(policy=Policy(vmpls=frozenset(range(4))), now=VERIFY_AT)
+
+
+def kbs_verify(blob: bytes) -> object:
+    """A report through the key broker's verifier with the real Milan chain, expecting the
+    REPORT_DATA it carries, so a mutation that keeps the signature reaches the policy."""
+    certs = [(str(GUID_VCEK), VCEKS[1]), (str(GUID_ASK), ASK_DER), (str(GUID_ARK), ARK_DER)]
+    return verify_snp_evidence(blob, certs, blob[0x50:0x90].ljust(64, b"\0"), KBS_EVIDENCE)
 
 
 def pem(*ders: bytes) -> bytes:
@@ -378,6 +420,10 @@ TARGETS: dict[str, Target] = {
         OVMF_ERRORS, ovmf_inputs()),
     "validation policy": Target(validate_with, None, POLICY_SEEDS, (PolicyError,),
                                 policy_inputs()),
+    "KBS resource policy": Target(decide_with, None, RESOURCE_POLICY_SEEDS, (PolicyError,),
+                                  policy_inputs(RESOURCE_POLICY_SEEDS, RESOURCE_KEYS,
+                                                RESOURCE_SECTIONS)),
+    "KBS evidence": Target(kbs_verify, None, (MILAN_REPORT,), (KbsEvidenceError,)),
     "cert bundle: leaf file": Target(
         lambda blob: verify_directory(vcek_pem=blob, cert_chain_pem=pem(ASK_DER, ARK_DER)),
         None, (VCEKS[1], pem(VCEKS[1])), BUNDLE_ERRORS, leaf_pems()),

@@ -193,6 +193,17 @@ class EndorsementError(AttestationError):
         super().__init__(f"{reason}: {message}")
 
 
+class KbsEvidenceError(AttestationError):
+    """Evidence a key broker refuses; `reason` is a short stable identifier (format, product,
+    chain, signature, tcb, chip-id, revoked, crl, kds, report-data, policy) that problem
+    documents and the audit log carry, `detail` says what exactly was wrong."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
 class KdsFetchError(AttestationError):
     """A certificate or CRL could not be fetched from a KDS (HTTP error, network failure, or
     still rate limited after every retry); `status` is the HTTP status when there was one."""
@@ -216,3 +227,61 @@ class PolicyError(SevsimError, ValueError):
 class IdBlockError(SevsimError, ValueError):
     """An ID block cannot be made from these inputs: a key that is not a plain PEM ECDSA
     P-384 private key, a measurement or ID of the wrong size."""
+
+
+class KbsAdminAuthError(SevsimError):
+    """An administrator credential the key broker does not accept: a key file that is not
+    Ed25519, a token the admin key did not sign, expired, or living too long; `what` names it
+    (`admin-key`, `admin-token`)."""
+
+    def __init__(self, what: str, message: str) -> None:
+        self.what = what
+        super().__init__(f"{what}: {message}")
+
+
+class KbsRefusal(SevsimError):
+    """The key broker refused a request: `status` is the HTTP status, `reason` the stable
+    identifier its RFC 7807 problem document's `type` ends with (e.g. `nonce-used`),
+    `detail` what exactly was wrong. The server raises it to answer; the client
+    (`sevsim kbs attest|admin`) raises it from the problem document it received."""
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason} (HTTP {status}): {detail}")
+
+
+class KbsStoreError(SevsimError):
+    """The key broker's database refused or failed an operation; `reason` is a short stable
+    identifier a service can put in a problem document and the audit log: `database` (cannot
+    open, connect or migrate), `integrity` (a stored row that does not decrypt or parse),
+    and the subclasses' own."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {message}")
+
+
+class KbsStoreInputError(KbsStoreError, ValueError):
+    """A bad argument to the key broker's store (`invalid`): a malformed resource path or
+    policy id, an unknown policy kind or decision, a value too large. Nothing was written."""
+
+
+class KbsSecretKeyError(KbsStoreError):
+    """The operator's at-rest key is not the one this database was created with, or is not a
+    32-byte AES-256 key (`secret-key`). Raised on open, before any secret is read."""
+
+
+class KbsNotFoundError(KbsStoreError):
+    """No such session, resource or policy (`not-found`); `what` names which."""
+
+    def __init__(self, what: str, message: str) -> None:
+        self.what = what
+        super().__init__("not-found", message)
+
+
+class KbsSessionError(KbsStoreError):
+    """A session cannot do what was asked: its nonce was already used (`nonce-replayed`), it
+    expired (`session-expired`) or it is in the wrong state (`session-state`, e.g. a resource
+    asked for before attestation). Nothing changed."""

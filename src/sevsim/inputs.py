@@ -18,7 +18,8 @@ from sevsim.errors import ConfigError
 # (an endless /dev/zero included) after reading one byte more.
 MAX_REPORT_FILE = 64 << 10  # 0x4A0 bytes, or as hex text with any whitespace
 MAX_CERT_FILE = 1 << 20  # a certificate, PEM bundle, CRL or extended report's table
-MAX_POLICY_FILE = 1 << 20  # a TOML validation policy
+MAX_POLICY_FILE = 1 << 20  # a TOML validation policy (also a key broker's stored policy)
+MAX_KBS_RESOURCE = 1 << 20  # a secret a key broker stores and releases
 MAX_KEY_FILE = 64 << 10  # a PEM private key
 MAX_SEV_CERT = 0x824  # a legacy SEV certificate (PDH, PEK, OCA, CEK, GODH)
 MAX_SESSION_FILE = 4096  # session.bin, tek_tik.bin

@@ -31,6 +31,7 @@ from sevsim.cli.common import (
     write_cert_table,
 )
 from sevsim.cli.debug import debug_app
+from sevsim.cli.kbs import kbs_app
 from sevsim.cli.kds import kds_app
 from sevsim.cli.measure import measure as measure_command
 from sevsim.cli.owner import owner_app
@@ -51,6 +52,7 @@ app.add_typer(guest_app, name="guest")
 app.add_typer(debug_app, name="debug")
 app.add_typer(owner_app, name="owner")
 app.add_typer(kds_app, name="kds")
+app.add_typer(kbs_app, name="kbs")
 app.add_typer(attack_app, name="attack")
 app.command("show")(attest_show)
 app.command("verify")(attest_verify)

@@ -1,0 +1,496 @@
+"""The key broker's HTTP API: Trustee's request-challenge-attestation-response protocol
+(confidential-containers/trustee, `kbs/docs/kbs_attestation_protocol.md`) on FastAPI.
+
+A VM asks for a nonce (`POST /kbs/v0/auth`, which also sets the `kbs-session-id` cookie),
+proves with SNP evidence whose REPORT_DATA binds that nonce and its ephemeral public key
+(`POST /kbs/v0/attest`, answered with a token the KBS signs), then fetches secrets
+(`GET /kbs/v0/resource/<repository>/<type>/<tag>`, by cookie or `Authorization: Bearer`),
+each one a JWE only the key in its runtime data opens. The operator sets policies and
+resources through admin endpoints that take a short-lived JWT signed by the admin's Ed25519
+key (sevsim.kbs.admin). Every refusal is an RFC 7807 problem document whose `type` names the
+reason (REASONS), and every decision, allowed or refused, goes into the audit log before the
+answer leaves.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from sevsim.abi.kbs import Attestation, Challenge, parse_jwk
+from sevsim.abi.kbs import Request as KbsRequest
+from sevsim.abi.kbs_snp import snp_evidence_from_json
+from sevsim.attest.snp_policy import Policy
+from sevsim.errors import (
+    KbsAdminAuthError,
+    KbsCryptoError,
+    KbsEvidenceError,
+    KbsNotFoundError,
+    KbsProtocolError,
+    KbsRefusal,
+    KbsSessionError,
+    KbsStoreError,
+    KbsStoreInputError,
+    PolicyError,
+    SevsimError,
+)
+from sevsim.kbs.admin import verify_admin_token
+from sevsim.kbs.client import ERRORS, PREFIX, PROBLEM, SESSION_COOKIE
+from sevsim.kbs.jose import TokenSigner, encrypt_to_tee
+from sevsim.kbs.policy import ResourcePolicy
+from sevsim.kbs.store import PolicyKind, SessionRecord, Store, utc_now
+from sevsim.kbs.verifier import REASONS as EVIDENCE_REASONS
+from sevsim.kbs.verifier import EvidenceConfig, verify_snp_evidence
+
+MAX_BODY = 1 << 20  # a request body: evidence with a certificate chain is a few KiB
+SUPPORTED_TEE = "snp"
+
+# Every reason a request is refused: HTTP status and the problem document's title. The one
+# place a reason is named; `type` is ERRORS + the key, and GET on it answers the title.
+REASONS: dict[str, tuple[int, str]] = {
+    "malformed-request": (400, "The request body is not the JSON the protocol defines"),
+    "unsupported-tee": (400, "This KBS attests SEV-SNP evidence only"),
+    "payload-too-large": (413, "The request body is larger than the KBS accepts"),
+    "no-session": (401, "No kbs-session-id cookie: POST /kbs/v0/auth first"),
+    "unknown-session": (401, "The kbs-session-id cookie names no session"),
+    "nonce-expired": (401, "The session's nonce expired before the attestation arrived"),
+    "nonce-replayed": (401, "The session's nonce was already used by an attestation"),
+    "nonce-mismatch": (401, "runtime-data carries a nonce other than this session's"),
+    **{f"evidence-{reason}": (401, f"The evidence fails the verifier's {reason} check")
+       for reason in EVIDENCE_REASONS if reason != "policy"},
+    "attestation-policy": (403, "The evidence does not satisfy the attestation policy"),
+    "no-token": (401, "No attested session cookie and no bearer token"),
+    "token-invalid": (401, "The bearer token is not one this KBS issued, or has expired"),
+    "session-not-attested": (401, "The session has not attested"),
+    "session-expired": (401, "The session's attestation has expired: attest again"),
+    "resource-policy": (403, "The resource policy does not release this resource"),
+    "resource-not-found": (404, "No resource at this path"),
+    "admin-auth": (401, "Admin endpoints need a valid admin token"),
+    "policy-invalid": (400, "The policy does not parse"),
+    "not-found": (404, "No such endpoint"),
+    "method-not-allowed": (405, "The endpoint does not take this method"),
+    "store": (500, "The KBS's database failed; nothing was released"),
+    "internal": (500, "The KBS failed; nothing was released"),
+}
+
+
+def refuse(reason: str, detail: str) -> KbsRefusal:
+    """The refusal for `reason` (a REASONS key) with its status."""
+    return KbsRefusal(REASONS[reason][0], reason, detail)
+
+
+def problem(refusal: KbsRefusal) -> JSONResponse:
+    """An RFC 7807 problem document for `refusal`."""
+    title = REASONS.get(refusal.reason, REASONS["internal"])[1]
+    return JSONResponse({"type": ERRORS + refusal.reason, "title": title,
+                         "status": refusal.status, "detail": refusal.detail},
+                        status_code=refusal.status, media_type=PROBLEM)
+
+
+@dataclass(frozen=True)
+class KbsConfig:
+    """What a KBS is started with: where its database is and the key its secrets are
+    encrypted under at rest, the admin's public key, how evidence is verified (its `policy`
+    applies until the admin sets one), and lifetimes. `token_key` signs attestation tokens
+    (ES256); None makes a fresh one at start, so tokens do not outlive the process. `clock`
+    is what sessions and admin tokens are checked against."""
+
+    db_url: str
+    secret_key: bytes
+    admin_key: Ed25519PublicKey
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    token_key: ec.EllipticCurvePrivateKey | None = None
+    nonce_lifetime_s: int = 300
+    token_lifetime_s: int = 3600
+    clock: Callable[[], datetime.datetime] = utc_now
+
+
+@dataclass
+class Decision:
+    """What the audit record of one request says, filled in as the request is handled."""
+
+    action: str
+    client: str
+    session: str | None = None
+    resource: str | None = None
+    claims: dict[str, Any] | None = None
+
+
+class Broker:
+    """The protocol's logic over one Store: each method handles one endpoint, returns the
+    answer's JSON (or bytes) or raises KbsRefusal; `decide` audits either outcome."""
+
+    def __init__(self, config: KbsConfig) -> None:
+        self.config = config
+        self.store = Store.open(config.db_url, config.secret_key, config.clock)
+        self.signer = TokenSigner(config.token_key or ec.generate_private_key(ec.SECP256R1()))
+
+    def decide(self, decision: Decision, work: Callable[[], Response]) -> Response:
+        """Run `work`; write the audit record (allowed, or refused and why) before answering."""
+        try:
+            try:
+                response = work()
+            except KbsRefusal:
+                raise
+            except KbsStoreInputError as error:
+                raise refuse("malformed-request", str(error)) from None
+            except KbsStoreError as error:
+                raise refuse("store", str(error)) from None
+            except SevsimError as error:  # a typed error no step turned into a refusal
+                raise refuse("internal", f"{type(error).__name__}: {error}") from None
+        except KbsRefusal as refusal:
+            self.audit(decision, "refused", f"{refusal.reason}: {refusal.detail}")
+            return problem(refusal)
+        self.audit(decision, "allowed", "")
+        return response
+
+    def audit(self, decision: Decision, outcome: str, reason: str) -> None:
+        """One audit record."""
+        self.store.append_audit(decision.action, outcome, session_id=decision.session,
+                                client=decision.client, resource=decision.resource,
+                                reason=reason or None, claims=decision.claims)
+
+    # -- the attestation protocol ----------------------------------------------------------
+
+    def auth(self, body: bytes, decision: Decision) -> Response:
+        """Request -> Challenge: a fresh nonce in a new session, named by the cookie."""
+        request = parse(KbsRequest.from_json, body)
+        if request.tee != SUPPORTED_TEE:
+            raise refuse("unsupported-tee", f"tee {request.tee!r}; this KBS takes "
+                         f"{SUPPORTED_TEE!r}")
+        session = self.store.new_session(request.tee, self.config.nonce_lifetime_s)
+        decision.session = session.id
+        response = JSONResponse(Challenge(nonce=session.nonce, extra_params={}).to_json())
+        response.set_cookie(SESSION_COOKIE, session.id, path=PREFIX, httponly=True,
+                            samesite="strict")
+        return response
+
+    def attest(self, session_id: str | None, body: bytes, decision: Decision) -> Response:
+        """Attestation -> token. A well-formed message for this session's nonce takes the
+        nonce (once, whatever the verdict: sevsim.kbs.store); then the evidence must verify,
+        bind runtime-data and pass the attestation policy. A malformed message or another
+        session's nonce changes nothing."""
+        if session_id is None:
+            raise refuse("no-session", "the request carries no kbs-session-id cookie")
+        decision.session = session_id
+        session = self.session(session_id)
+        attestation = parse(Attestation.from_json, body)
+        evidence = parse(snp_evidence_from_json, attestation.tee_evidence.primary)
+        if attestation.runtime_data.nonce != session.nonce:
+            raise refuse("nonce-mismatch", "runtime-data.nonce is not the nonce this "
+                         "session was given")
+        try:
+            self.store.consume_nonce(session_id)
+        except KbsSessionError as error:
+            raise refuse({"nonce-replayed": "nonce-replayed"}.get(error.reason,
+                                                                  "nonce-expired"),
+                         str(error)) from None
+        config = replace(self.config.evidence, policy=self.attestation_policy())
+        # either binding: the issue's (runtime-data's canonical JSON) or Trustee's current one
+        # (our challenges select no hash, so SHA-384)
+        bindings = (attestation.runtime_data.report_data(), attestation.report_data())
+        try:
+            claims = verify_snp_evidence(evidence.report, evidence.certs, bindings, config)
+        except KbsEvidenceError as error:
+            reason = ("attestation-policy" if error.reason == "policy"
+                      else f"evidence-{error.reason}")
+            raise refuse(reason, error.detail) from None
+        decision.claims = claims
+        tee_pubkey = attestation.runtime_data.tee_pubkey.to_json()
+        self.store.attest_session(session_id, tee_pubkey, claims,
+                                  lifetime_s=self.config.token_lifetime_s)
+        token = self.signer.issue({"tee": SUPPORTED_TEE, "tee-pubkey": tee_pubkey,
+                                   "claims": claims}, self.config.token_lifetime_s,
+                                  now=self.now())
+        return JSONResponse({"token": token})
+
+    def now(self) -> int:
+        """The configured clock in seconds since the epoch (what JWTs carry)."""
+        return int(self.config.clock().timestamp())
+
+    def session(self, session_id: str) -> SessionRecord:
+        """The session the cookie names."""
+        try:
+            return self.store.get_session(session_id)
+        except KbsNotFoundError:
+            raise refuse("unknown-session", "no session has this id") from None
+
+    def attestation_policy(self) -> Policy:
+        """The admin's attestation policy, else the configured one."""
+        try:
+            text = self.store.get_policy(PolicyKind.ATTESTATION).text
+        except KbsNotFoundError:
+            return self.config.evidence.policy
+        try:
+            return Policy.from_toml(text)
+        except PolicyError as error:  # it parsed when it was set: the row was altered
+            raise refuse("store", f"the stored attestation policy fails: {error}") from None
+
+    def resource(self, path: str, session_id: str | None, authorization: str | None,
+                 decision: Decision) -> Response:
+        """The secret at `path` as a JWE to the attested TEE key, if the resource policy
+        releases it for the attested claims."""
+        decision.resource = path
+        tee_pubkey, claims = self.attested(session_id, authorization, decision)
+        decision.claims = claims
+        try:
+            text = self.store.get_policy(PolicyKind.RESOURCE).text
+        except KbsNotFoundError:
+            raise refuse("resource-policy", "no resource policy is set (default deny)") from None
+        try:
+            verdict = ResourcePolicy.from_toml(text).decide(path, claims)
+        except PolicyError as error:
+            raise refuse("store", f"the stored resource policy fails: {error}") from None
+        if not verdict.allowed:
+            raise refuse("resource-policy", verdict.reason)
+        try:
+            secret = self.store.get_resource(path)
+        except KbsNotFoundError:
+            raise refuse("resource-not-found", f"no resource {path}") from None
+        try:
+            jwe = encrypt_to_tee(parse_jwk(tee_pubkey), secret)
+        except (KbsCryptoError, KbsProtocolError) as error:  # it parsed at attestation
+            raise refuse("internal", f"cannot encrypt to the TEE key: {error}") from None
+        return JSONResponse(jwe)
+
+    def attested(self, session_id: str | None, authorization: str | None,
+                 decision: Decision) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The TEE public key (JWK) and claims of the caller: from a bearer token this KBS
+        signed, else from the attested session of the cookie."""
+        if authorization is not None:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise refuse("token-invalid", "Authorization is not 'Bearer <token>'")
+            try:
+                claims = self.signer.verify(token.strip(), now=self.now())
+            except KbsCryptoError as error:
+                raise refuse("token-invalid", str(error)) from None
+            return claims["tee-pubkey"], claims["claims"]
+        if session_id is None:
+            raise refuse("no-token", "send the kbs-session-id cookie or a bearer token")
+        decision.session = session_id
+        try:
+            session = self.store.attested_session(session_id)
+        except KbsNotFoundError:
+            raise refuse("unknown-session", "no session has this id") from None
+        except KbsSessionError as error:
+            raise refuse("session-expired" if error.reason == "session-expired"
+                         else "session-not-attested", str(error)) from None
+        assert session.tee_pubkey is not None and session.claims is not None  # attested
+        return session.tee_pubkey, session.claims
+
+    # -- admin -----------------------------------------------------------------------------
+
+    def admin(self, authorization: str | None) -> None:
+        """Refuse unless `authorization` is 'Bearer <admin token>' valid now."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise refuse("admin-auth", "no admin token (Authorization: Bearer <token>)")
+        try:
+            verify_admin_token(self.config.admin_key, token.strip(), now=self.now())
+        except KbsAdminAuthError as error:
+            raise refuse("admin-auth", str(error)) from None
+
+    def set_attestation_policy(self, body: bytes) -> Response:
+        """Trustee's `{"type", "policy_id", "policy": base64}`, type `toml` (validate's)."""
+        doc = json_object(body)
+        if doc.get("type", "toml") != "toml":
+            raise refuse("policy-invalid", f"policy type {doc.get('type')!r}; this KBS "
+                         "takes 'toml' (the `sevsim validate` format)")
+        policy_id = doc.get("policy_id", "default")
+        if policy_id != "default":
+            raise refuse("policy-invalid", f"policy_id {policy_id!r}; every session is checked "
+                         "against 'default'")
+        text = policy_text(doc)
+        try:
+            Policy.from_toml(text)
+        except PolicyError as error:
+            raise refuse("policy-invalid", str(error)) from None
+        self.store.set_policy(PolicyKind.ATTESTATION, text)
+        return Response(status_code=204)
+
+    def set_resource_policy(self, body: bytes) -> Response:
+        """Trustee's `{"policy": base64}`: sevsim.kbs.policy's TOML format."""
+        text = policy_text(json_object(body))
+        try:
+            ResourcePolicy.from_toml(text)
+        except PolicyError as error:
+            raise refuse("policy-invalid", str(error)) from None
+        self.store.set_policy(PolicyKind.RESOURCE, text)
+        return Response(status_code=204)
+
+
+def jsonable(records: list[Any]) -> list[dict[str, Any]]:
+    """Store records (dataclasses) as JSON objects, times in ISO 8601."""
+    def value(item: Any) -> Any:
+        return item.isoformat() if isinstance(item, datetime.datetime) else item
+    return [{k: value(v) for k, v in dataclasses.asdict(record).items()} for record in records]
+
+
+def parse(parser: Callable[[Any], Any], data: Any) -> Any:
+    """`parser(data)`, a KbsProtocolError becoming a malformed-request refusal naming the
+    field."""
+    try:
+        return parser(data)
+    except KbsProtocolError as error:
+        raise refuse("malformed-request", str(error)) from None
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """An admin request's JSON object."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise refuse("malformed-request", f"not JSON: {error}") from None
+    if not isinstance(doc, dict):
+        raise refuse("malformed-request", "not a JSON object")
+    return doc
+
+
+def policy_text(doc: dict[str, Any]) -> str:
+    """The `policy` member: base64 of UTF-8 text."""
+    encoded = doc.get("policy")
+    if not isinstance(encoded, str):
+        raise refuse("malformed-request", "policy: a base64 string is required")
+    try:
+        return base64.b64decode(encoded, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as error:
+        raise refuse("malformed-request", f"policy: not base64 of UTF-8 text ({error})"
+                     ) from None
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, refused past MAX_BODY without reading the rest."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise refuse("payload-too-large", f"more than {MAX_BODY} bytes")
+    return bytes(body)
+
+
+def create_app(config: KbsConfig) -> FastAPI:
+    """The KBS as an ASGI app (run it with uvicorn): opens, and on first use creates and
+    migrates, the database at `config.db_url`."""
+    broker = Broker(config)
+    app = FastAPI(title="sevsim KBS", description=__doc__, openapi_url=None, docs_url=None,
+                  redoc_url=None)
+    app.state.broker = broker
+
+    async def handle(request: Request, action: str,
+                     work: Callable[[bytes, Decision], Response], *, body: bool = True,
+                     admin: bool = False) -> Response:
+        client = request.client.host if request.client else ""
+        decision = Decision(action=action, client=client)
+
+        def run(data: bytes) -> Response:
+            def step() -> Response:
+                if admin:
+                    broker.admin(request.headers.get("authorization"))
+                return work(data, decision)
+            return broker.decide(decision, step)
+
+        try:
+            data = await read_body(request) if body else b""
+        except KbsRefusal as refusal:
+            await run_in_threadpool(broker.audit, decision, "refused",
+                                    f"{refusal.reason}: {refusal.detail}")
+            return problem(refusal)
+        return await run_in_threadpool(run, data)
+
+    @app.post(PREFIX + "/auth")
+    async def auth(request: Request) -> Response:
+        return await handle(request, "auth", broker.auth)
+
+    @app.post(PREFIX + "/attest")
+    async def attest(request: Request) -> Response:
+        session = request.cookies.get(SESSION_COOKIE)
+        return await handle(request, "attest",
+                            lambda body, d: broker.attest(session, body, d))
+
+    @app.get(PREFIX + "/resource/{repository}/{kind}/{tag}")
+    async def get_resource(request: Request, repository: str, kind: str, tag: str) -> Response:
+        path = f"{repository}/{kind}/{tag}"
+        session, authorization = (request.cookies.get(SESSION_COOKIE),
+                                  request.headers.get("authorization"))
+        return await handle(request, "get-resource",
+                            lambda _, d: broker.resource(path, session, authorization, d),
+                            body=False)
+
+    @app.post(PREFIX + "/resource/{repository}/{kind}/{tag}")
+    async def set_resource(request: Request, repository: str, kind: str, tag: str) -> Response:
+        path = f"{repository}/{kind}/{tag}"
+
+        def work(body: bytes, decision: Decision) -> Response:
+            decision.resource = path
+            broker.store.put_resource(path, body)
+            return Response(status_code=204)
+        return await handle(request, "set-resource", work, admin=True)
+
+    @app.delete(PREFIX + "/resource/{repository}/{kind}/{tag}")
+    async def delete_resource(request: Request, repository: str, kind: str,
+                              tag: str) -> Response:
+        path = f"{repository}/{kind}/{tag}"
+
+        def work(_: bytes, decision: Decision) -> Response:
+            decision.resource = path
+            try:
+                broker.store.delete_resource(path)
+            except KbsNotFoundError:
+                raise refuse("resource-not-found", f"no resource {path}") from None
+            return Response(status_code=204)
+        return await handle(request, "delete-resource", work, body=False, admin=True)
+
+    @app.get(PREFIX + "/resources")
+    async def list_resources(request: Request) -> Response:
+        return await handle(request, "list-resources",
+                            lambda _, d: JSONResponse(jsonable(broker.store.list_resources())),
+                            body=False, admin=True)
+
+    @app.post(PREFIX + "/attestation-policy")
+    async def set_attestation_policy(request: Request) -> Response:
+        return await handle(request, "set-attestation-policy",
+                            lambda body, d: broker.set_attestation_policy(body), admin=True)
+
+    @app.post(PREFIX + "/resource-policy")
+    async def set_resource_policy(request: Request) -> Response:
+        return await handle(request, "set-resource-policy",
+                            lambda body, d: broker.set_resource_policy(body), admin=True)
+
+    @app.get(PREFIX + "/audit")
+    async def list_audit(request: Request, after: int = 0, limit: int = 100) -> Response:
+        return await handle(request, "list-audit", lambda _, d: JSONResponse(jsonable(
+            broker.store.list_audit(after_id=after, limit=limit))), body=False, admin=True)
+
+    @app.get(ERRORS + "{reason}")
+    async def error_type(reason: str) -> Response:
+        if reason not in REASONS:
+            return problem(refuse("not-found", f"no problem type {reason!r}"))
+        status, title = REASONS[reason]
+        return JSONResponse({"type": ERRORS + reason, "title": title, "status": status})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        reason = {404: "not-found", 405: "method-not-allowed"}.get(error.status_code,
+                                                                   "malformed-request")
+        return problem(KbsRefusal(error.status_code, reason, str(error.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> Response:
+        return problem(refuse("malformed-request", str(error.errors())))
+
+    return app

@@ -1,0 +1,515 @@
+"""The KBS over real HTTP: uvicorn on a free 127.0.0.1 port, a SQLite file, sevsim-made SNP
+reports. A genuine VM gets its secret, only as a JWE its own key opens; every bad request is
+refused with a problem document naming the reason, releases nothing, and is in the audit log."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sevsim import Host
+from sevsim.abi.kbs import RuntimeData, parse_jwk
+from sevsim.abi.kbs_snp import snp_evidence_to_json
+from sevsim.abi.snp_report import AttestationReport, build_cert_table, parse_cert_table
+from sevsim.abi.snp_tcb import PolicyFlags
+from sevsim.cli.common import write_cert_table
+from sevsim.errors import ConfigError, KbsRefusal
+from sevsim.kbs.admin import generate_admin_key, issue_admin_token
+from sevsim.kbs.client import ERRORS, KbsClient
+from sevsim.kbs.jose import decrypt_jwe
+from sevsim.kbs.service import REASONS, KbsConfig, create_app
+from sevsim.kbs.store import Store
+from sevsim.kbs.verifier import EvidenceConfig
+from sevsim.testing import sign_report
+
+SECRET = b"planted-kbs-secret:" + os.urandom(8).hex().encode()
+PATH = "default/key/disk"
+RESOURCE_POLICY = """
+[[rules]]
+resources = ["default/key/*"]
+[rules.claims]
+policy_debug = false
+vmpl = 0
+"""
+
+
+class Clock:
+    """The server's clock, which tests move forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> datetime.datetime:
+        return datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=self.offset)
+
+
+@dataclass
+class Evidence:
+    """A sevsim SNP VM's report and certificate table, and its firmware to sign variants."""
+
+    host: Host
+    report: bytes
+    certs: list[tuple[str, bytes]]
+
+    def signed(self, report_data: bytes, **changes: Any) -> bytes:
+        """The report with `report_data` (and other fields) changed, signed by the chip's
+        VCEK as the firmware would: only the binding and the policy can tell."""
+        fw = self.host.firmware
+        report = replace(AttestationReport.from_bytes(self.report), report_data=report_data,
+                         **changes)
+        return sign_report(fw, report.to_bytes(), fw.tcb)
+
+    @property
+    def measurement(self) -> bytes:
+        return AttestationReport.from_bytes(self.report).measurement
+
+
+@pytest.fixture(scope="module")
+def evidence(build: Callable[..., Path]) -> Evidence:
+    host = Host(chip="milan", seed=b"kbs-service")
+    vm = host.create_vm(mode="snp", memory="16M")
+    vm.load(build("report"))
+    vm.host_input = bytes(64)
+    vm.launch()
+    assert vm.run(timeout=60).exit_code == 0
+    certs = [(str(guid), der) for guid, der in parse_cert_table(vm.outputs[1])]
+    return Evidence(host, vm.outputs[0], certs)
+
+
+@dataclass
+class Kbs:
+    url: str
+    admin: ec.EllipticCurvePrivateKey | Any
+    clock: Clock
+
+    def token(self) -> str:
+        return issue_admin_token(self.admin, now=self.clock().timestamp())
+
+    def client(self) -> KbsClient:
+        return KbsClient(self.url)
+
+    def audit(self) -> list[dict[str, Any]]:
+        """The audit log, newest first."""
+        return self.client().audit(self.token(), limit=10_000)[::-1]
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@pytest.fixture(scope="module")
+def kbs(tmp_path_factory: pytest.TempPathFactory, evidence: Evidence) -> Iterator[Kbs]:
+    admin, clock = generate_admin_key(), Clock()
+    db = tmp_path_factory.mktemp("kbs") / "kbs.db"
+    config = KbsConfig(db_url=f"sqlite:///{db}", secret_key=os.urandom(32),
+                       admin_key=admin.public_key(), evidence=EvidenceConfig(trust="sevsim"),
+                       nonce_lifetime_s=60, token_lifetime_s=600, clock=clock)
+    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
+    sock = free_socket()
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive()
+        time.sleep(0.01)
+    port = sock.getsockname()[1]
+    broker = Kbs(f"http://127.0.0.1:{port}", admin, clock)
+    client = broker.client()
+    client.set_resource(broker.token(), PATH, SECRET)
+    client.set_resource_policy(broker.token(), RESOURCE_POLICY)
+    client.set_attestation_policy(
+        broker.token(), f'[guest]\nmeasurements = ["{evidence.measurement.hex()}"]\n')
+    yield broker
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+    assert SECRET not in db.read_bytes()
+
+
+def tee_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
+    """The public JWK, made here by hand from the key's numbers (RFC 7518 6.2.1)."""
+    numbers = key.public_key().public_numbers()
+
+    def b64(n: int) -> str:
+        return base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
+    return {"kty": "EC", "crv": "P-256", "alg": "ECDH-ES+A256KW", "x": b64(numbers.x),
+            "y": b64(numbers.y)}
+
+
+def attestation(evidence: Evidence, nonce: str, key: ec.EllipticCurvePrivateKey,
+                bind: RuntimeData | None = None, **changes: Any) -> dict[str, Any]:
+    """The Attestation message as Trustee's attester sends it: runtime-data with the nonce
+    and the key, SNP evidence whose REPORT_DATA binds `bind` (default: that runtime-data)."""
+    runtime = {"nonce": nonce, "tee-pubkey": jwk(key)}
+    bound = bind or RuntimeData(nonce=nonce, tee_pubkey=parse_jwk(jwk(key)))
+    report = evidence.signed(bound.report_data(), **changes)
+    return {"runtime-data": runtime,
+            "tee-evidence": {"primary_evidence": snp_evidence_to_json(report, evidence.certs),
+                             "additional_evidence": ""}}
+
+
+def refused(call: Callable[[], object], reason: str) -> KbsRefusal:
+    with pytest.raises(KbsRefusal) as caught:
+        call()
+    assert caught.value.reason == reason, caught.value
+    assert caught.value.status == REASONS[reason][0]
+    return caught.value
+
+
+def paths(kbs: Kbs) -> list[str]:
+    return [r["path"] for r in kbs.client().resources(kbs.token())]
+
+
+def last_decision(kbs: Kbs, action: str) -> dict[str, Any]:
+    return next(r for r in kbs.audit() if r["action"] == action)
+
+
+# -- the protocol, end to end ------------------------------------------------------------
+
+def test_a_genuine_vm_gets_its_secret_as_a_jwe_only_its_key_opens(kbs: Kbs,
+                                                                   evidence: Evidence) -> None:
+    client, key = kbs.client(), tee_key()
+    challenge = client.auth()
+    assert set(challenge) == {"nonce", "extra-params"} and client.session
+    token = client.attest(attestation(evidence, challenge["nonce"], key))
+    assert last_decision(kbs, "attest")["decision"] == "allowed"
+    jwe = client.resource(PATH)  # by the session cookie
+    assert SECRET not in json.dumps(jwe).encode()
+    assert decrypt_jwe(key, jwe) == SECRET
+    record = last_decision(kbs, "get-resource")
+    assert (record["decision"], record["resource"]) == ("allowed", PATH)
+    # by the token alone, from another connection with no cookie
+    jwe = kbs.client().resource(PATH, token)
+    assert decrypt_jwe(key, jwe) == SECRET
+    with pytest.raises(Exception):  # noqa: B017 (any failure: another key cannot open it)
+        decrypt_jwe(tee_key(), jwe)
+
+
+def test_the_nonce_is_single_use(kbs: Kbs, evidence: Evidence) -> None:
+    client, key = kbs.client(), tee_key()
+    message = attestation(evidence, client.auth()["nonce"], key)
+    client.attest(message)
+    refused(lambda: client.attest(message), "nonce-replayed")
+    assert last_decision(kbs, "attest")["decision"] == "refused"
+
+
+def test_an_expired_nonce_is_refused(kbs: Kbs, evidence: Evidence) -> None:
+    client, key = kbs.client(), tee_key()
+    nonce = client.auth()["nonce"]
+    kbs.clock.offset += 61
+    try:
+        refused(lambda: client.attest(attestation(evidence, nonce, key)), "nonce-expired")
+    finally:
+        kbs.clock.offset -= 61
+    assert last_decision(kbs, "attest")["reason"].startswith("nonce-expired")
+
+
+def test_a_nonce_from_another_session_is_refused(kbs: Kbs, evidence: Evidence) -> None:
+    first, second, key = kbs.client(), kbs.client(), tee_key()
+    nonce = first.auth()["nonce"]
+    second.auth()
+    refused(lambda: second.attest(attestation(evidence, nonce, key)), "nonce-mismatch")
+    assert last_decision(kbs, "attest")["reason"].startswith("nonce-mismatch")
+    refused(lambda: second.resource(PATH), "session-not-attested")
+    # no session at all, or one the KBS never made
+    refused(lambda: kbs.client().attest(attestation(evidence, nonce, key)), "no-session")
+    stranger = kbs.client()
+    stranger.session = "00000000-0000-0000-0000-000000000000"
+    refused(lambda: stranger.attest(attestation(evidence, nonce, key)), "unknown-session")
+    # the first session is still good: neither attempt touched it
+    first.attest(attestation(evidence, nonce, key))
+
+
+def test_report_data_that_does_not_bind_the_key_is_refused(kbs: Kbs,
+                                                          evidence: Evidence) -> None:
+    """A report made for another key (a replayed report, or a man in the middle swapping
+    runtime-data's key): the secret would go to a key the VM does not hold."""
+    client, key, other = kbs.client(), tee_key(), tee_key()
+    nonce = client.auth()["nonce"]
+    someone_else = RuntimeData(nonce=nonce, tee_pubkey=parse_jwk(jwk(other)))
+    problem = refused(lambda: client.attest(attestation(evidence, nonce, key, someone_else)),
+                      "evidence-report-data")
+    assert "does not bind" in problem.detail
+    refused(lambda: client.resource(PATH), "session-not-attested")
+
+
+@pytest.mark.parametrize(("change", "failed"), [
+    ({"measurement": bytes(48)}, "guest.measurements"),
+    ({"policy": "debug"}, "guest_policy.allow_debug"),
+])
+def test_reports_the_policy_refuses(kbs: Kbs, evidence: Evidence, change: dict[str, Any],
+                                    failed: str) -> None:
+    if change.get("policy") == "debug":
+        policy = AttestationReport.from_bytes(evidence.report).policy | PolicyFlags.DEBUG
+        change = {"policy": int(policy)}
+    client, key = kbs.client(), tee_key()
+    message = attestation(evidence, client.auth()["nonce"], key, **change)
+    problem = refused(lambda: client.attest(message), "attestation-policy")
+    assert failed in problem.detail
+    record = last_decision(kbs, "attest")
+    assert record["decision"] == "refused" and failed in record["reason"]
+    refused(lambda: client.resource(PATH), "session-not-attested")
+
+
+def test_malformed_json_is_refused_naming_the_field(kbs: Kbs, evidence: Evidence) -> None:
+    client = kbs.client()
+    status, headers, body = client.request("POST", "/kbs/v0/auth", b"{not json")
+    assert status == 400 and headers["content-type"] == "application/problem+json"
+    assert json.loads(body)["type"] == ERRORS + "malformed-request"
+    nonce = client.auth()["nonce"]
+    message = attestation(evidence, nonce, tee_key())
+    del message["runtime-data"]["tee-pubkey"]
+    problem = refused(lambda: client.attest(message), "malformed-request")
+    assert "tee-pubkey" in problem.detail
+    refused(lambda: client.call("POST", "/attest", b"[1, 2"), "malformed-request")
+    # the session was not spent: the well-formed attestation still succeeds
+    client.attest(attestation(evidence, nonce, tee_key()))
+
+
+def test_unknown_resources_and_bad_tokens(kbs: Kbs, evidence: Evidence) -> None:
+    client, key = kbs.client(), tee_key()
+    token = client.attest(attestation(evidence, client.auth()["nonce"], key))
+    refused(lambda: client.resource("default/key/nothing-here"), "resource-not-found")
+    refused(lambda: client.resource("other/key/disk"), "resource-policy")
+    # a token with a changed payload, or signed by another key
+    head, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["tee-pubkey"] = jwk(tee_key())
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    refused(lambda: kbs.client().resource(PATH, f"{head}.{forged}.{signature}"),
+            "token-invalid")
+    refused(lambda: kbs.client().resource(PATH), "no-token")
+    records = [r for r in kbs.audit() if r["action"] == "get-resource"][:4]
+    assert [r["decision"] for r in records] == ["refused"] * 4
+
+
+def test_admin_endpoints_refuse_without_a_valid_admin_token(kbs: Kbs) -> None:
+    client, path = kbs.client(), "default/key/planted-by-nobody"
+    other = generate_admin_key()
+    for token in ("", "not-a-jwt", issue_admin_token(other),
+                  issue_admin_token(kbs.admin, now=kbs.clock().timestamp() - 120)):
+        refused(lambda t=token: client.set_resource(t, path, b"x"), "admin-auth")  # type: ignore[misc]
+    status, _, body = client.request("POST", "/kbs/v0/resource/" + path, b"x")
+    assert status == 401 and json.loads(body)["type"] == ERRORS + "admin-auth"
+    assert path not in paths(kbs)  # nothing changed
+    record = last_decision(kbs, "set-resource")
+    assert record["decision"] == "refused" and record["reason"].startswith("admin-auth")
+
+
+def test_admin_sets_and_deletes_resources_and_rejects_bad_policies(kbs: Kbs) -> None:
+    client, path = kbs.client(), "default/key/temporary"
+    client.set_resource(kbs.token(), path, b"short-lived")
+    assert path in paths(kbs)
+    client.delete_resource(kbs.token(), path)
+    assert path not in paths(kbs)
+    refused(lambda: client.delete_resource(kbs.token(), path), "resource-not-found")
+    refused(lambda: client.set_attestation_policy(kbs.token(), "[guest]\nmeasurment = 1\n"),
+            "policy-invalid")
+
+
+def test_every_problem_type_is_served(kbs: Kbs) -> None:
+    client = kbs.client()
+    for reason, (status, title) in REASONS.items():
+        code, _, body = client.request("GET", ERRORS + reason)
+        assert code == 200 and json.loads(body) == {"type": ERRORS + reason, "title": title,
+                                                    "status": status}
+    code, _, body = client.request("GET", "/kbs/v0/nowhere")
+    assert code == 404 and json.loads(body)["type"] == ERRORS + "not-found"
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+def sevsim(*args: str | Path, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "sevsim", *map(str, args)],
+                          capture_output=True, timeout=120, check=False,
+                          env={**os.environ, **(env or {})})
+
+
+def test_the_commands_end_to_end(tmp_path: Path, evidence: Evidence) -> None:
+    assert sevsim("kbs", "admin", "keygen", "-o", tmp_path / "admin").returncode == 0
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sevsim", "kbs", "serve", "--db", f"sqlite:///{tmp_path}/k.db",
+         "--admin-key", tmp_path / "admin" / "admin.pub", "--port", str(port),
+         "--trust", "sevsim"],
+        env={**os.environ, "SEVSIM_KBS_SECRET_KEY": os.urandom(32).hex()},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        admin = ("--url", url, "--key", tmp_path / "admin" / "admin.pem")
+        (tmp_path / "secret").write_bytes(SECRET)
+        (tmp_path / "resource.toml").write_text(RESOURCE_POLICY)
+        deadline = time.monotonic() + 60
+        while sevsim("kbs", "admin", "set-resource", PATH, tmp_path / "secret",
+                     *admin).returncode != 0:
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        assert sevsim("kbs", "admin", "set-resource-policy", tmp_path / "resource.toml",
+                      *admin).returncode == 0
+        # the challenge: the session, the nonce, and the REPORT_DATA to put in a report
+        ran = sevsim("kbs", "attest", "--url", url, "--tee-key", tmp_path / "tee.pem")
+        assert ran.returncode == 0, ran.stderr
+        challenge = json.loads(ran.stdout)
+        (tmp_path / "report.bin").write_bytes(
+            evidence.signed(bytes.fromhex(challenge["report-data"])))
+        table = tmp_path / "certs.bin"
+        table.write_bytes(build_cert_table([(uuid.UUID(g), d) for g, d in evidence.certs]))
+        write_cert_table(table.read_bytes(), tmp_path / "certs")  # as `sevsim run` writes
+        ran = sevsim("kbs", "attest", "--url", url, "--tee-key", tmp_path / "tee.pem",
+                     "--report", tmp_path / "report.bin", "--certs", tmp_path / "certs",
+                     "--session", challenge["session"], "--nonce", challenge["nonce"],
+                     "--resource", PATH, "--out", tmp_path / "got")
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.count(b".") == 2  # the token, a JWT
+        assert (tmp_path / "got").read_bytes() == SECRET
+        assert (tmp_path / "got").stat().st_mode & 0o777 == 0o600
+        # the same evidence again: refused, the problem printed, exit 1
+        ran = sevsim("kbs", "attest", "--url", url, "--tee-key", tmp_path / "tee.pem",
+                     "--report", tmp_path / "report.bin", "--certs", table,
+                     "--session", challenge["session"], "--nonce", challenge["nonce"])
+        assert ran.returncode == 1 and json.loads(ran.stdout)["reason"] == "nonce-replayed"
+        ran = sevsim("kbs", "admin", "audit", *admin)
+        assert ran.returncode == 0, ran.stderr
+        decisions = {(r["action"], r["decision"]) for r in json.loads(ran.stdout)}
+        assert {("attest", "allowed"), ("attest", "refused"),
+                ("get-resource", "allowed")} <= decisions
+        ran = sevsim("kbs", "admin", "audit", "--url", url, "--key", tmp_path / "tee.pem")
+        assert ran.returncode == 125 and b"Ed25519" in ran.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert SECRET not in (tmp_path / "k.db").read_bytes()
+
+
+# -- load and crashes ------------------------------------------------------------------------
+
+def test_a_bounded_load_releases_only_to_passing_vms(kbs: Kbs, evidence: Evidence) -> None:
+    """8 clients, 4 VMs each, every other one debuggable: every passing VM gets the secret,
+    no failing one gets anything, and no request errs."""
+    debug = int(AttestationReport.from_bytes(evidence.report).policy | PolicyFlags.DEBUG)
+    outcomes: list[tuple[bool, bytes | str]] = []
+    lock = threading.Lock()
+
+    def vm(index: int) -> None:
+        client, key, good = kbs.client(), tee_key(), index % 2 == 0
+        message = attestation(evidence, client.auth()["nonce"], key,
+                              **({} if good else {"policy": debug}))
+        try:
+            client.attest(message)
+            got: bytes | str = decrypt_jwe(key, client.resource(PATH))
+        except KbsRefusal as refusal:
+            got = refusal.reason
+        with lock:
+            outcomes.append((good, got))
+
+    def client_loop(first: int) -> None:
+        for index in range(first, first + 4):
+            vm(index)
+
+    threads = [threading.Thread(target=client_loop, args=(4 * n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert len(outcomes) == 32
+    assert {got for good, got in outcomes if good} == {SECRET}
+    assert {got for good, got in outcomes if not good} == {"attestation-policy"}
+
+
+def serve(db: Path, admin_pub: Path, secret_key: str, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sevsim", "kbs", "serve", "--db", f"sqlite:///{db}",
+         "--admin-key", admin_pub, "--port", str(port), "--trust", "sevsim"],
+        env={**os.environ, "SEVSIM_KBS_SECRET_KEY": secret_key},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_until_up(url: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            KbsClient(url).request("GET", ERRORS + "store")
+            return
+        except ConfigError:  # not listening yet
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_sigkill_mid_requests_loses_no_acknowledged_secret_or_audit_record(
+        tmp_path: Path) -> None:
+    admin, key = generate_admin_key(), os.urandom(32).hex()
+    (tmp_path / "admin.pub").write_bytes(admin.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    url, db = f"http://127.0.0.1:{port}", tmp_path / "kbs.db"
+    server = serve(db, tmp_path / "admin.pub", key, port)
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+
+    def writer(n: int) -> None:
+        client = KbsClient(url, timeout=10)
+        for i in range(1000):
+            path = f"crash/w{n}/r{i}"
+            try:
+                client.set_resource(issue_admin_token(admin), path, b"secret of %b" % path.encode())
+            except ConfigError:  # the server died under it
+                return
+            with lock:
+                acknowledged.append(path)
+
+    try:
+        wait_until_up(url, server)
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        while len(acknowledged) < 40:
+            assert server.poll() is None
+            time.sleep(0.01)
+        server.kill()  # SIGKILL, requests in flight
+        server.wait(timeout=30)
+        for thread in threads:
+            thread.join(timeout=60)
+        server = serve(db, tmp_path / "admin.pub", key, port)
+        wait_until_up(url, server)
+        client = KbsClient(url)
+        stored = {r["path"] for r in client.resources(issue_admin_token(admin))}
+        assert set(acknowledged) <= stored
+        records = client.audit(issue_admin_token(admin), limit=10_000)
+        allowed = {r["resource"] for r in records
+                   if r["action"] == "set-resource" and r["decision"] == "allowed"}
+        assert set(acknowledged) <= allowed
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    with Store.open(f"sqlite:///{db}", bytes.fromhex(key)) as store:
+        for path in acknowledged:
+            assert store.get_resource(path) == b"secret of %b" % path.encode()
+
+
