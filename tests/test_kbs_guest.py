@@ -1,26 +1,34 @@
-"""A sevsim SNP guest fetches a secret from a key broker over its virtual NIC, end to end:
-real sockets on 127.0.0.1, a real HTTP/1.1 server speaking Trustee's protocol, the report
-signed by the simulated Secure Processor and verified to sevsim's AMD root. Then the scans:
-the planted secret is nowhere the host can read (DRAM, shared pages, console, the wire, where
-the resource is a JWE), only in the program's private buffer."""
+"""A sevsim SNP guest fetches a secret from the key broker over its virtual NIC, end to end:
+real sockets on 127.0.0.1, sevsim's KBS (uvicorn, a SQLite file) trusting sevsim's simulated
+AMD root, with an attestation policy naming the guest's measurement, the report signed by the
+simulated Secure Processor. Then the scans: the planted secret is nowhere the host can read
+(DRAM, shared pages, console, the wire, where the resource is a JWE), only in the program's
+private buffer."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import fnv1a64, symbol
-from kbs_test_server import LoopbackKbs, Mitm
+from kbs_mitm import Mitm
 from sevsim import Host
 from sevsim.abi.kbs import EcPublicJwk
 from sevsim.abi.snp_tcb import PolicyFlags
@@ -33,7 +41,11 @@ from sevsim.guest.kernel import KBS_KEY_GPA, NIC_GPA, kernel_identity
 from sevsim.host.elf import parse_elf
 from sevsim.host.vmm import DEFAULT_SNP_POLICY, VirtualMachine
 from sevsim.host.vnic import NIC_ERROR, GuestPhysical, VirtualNic, parse_kbs_url
+from sevsim.kbs.admin import generate_admin_key, issue_admin_token
+from sevsim.kbs.client import KbsClient
 from sevsim.kbs.jose import decrypt_jwe, encrypt_to_tee
+from sevsim.kbs.service import KbsConfig, create_app
+from sevsim.kbs.verifier import EvidenceConfig
 from sevsim.testing import guest_cpu
 
 MEMORY = "16M"
@@ -42,15 +54,107 @@ RESOURCE = "default/key/1"
 EACCES, ENOENT, EPERM, EINVAL, ENOSPC, ENODEV, ECONNREFUSED = 13, 2, 1, 22, 28, 19, 111
 
 
+RESOURCE_POLICY = """
+[[rules]]
+resources = ["default/key/*"]
+[rules.claims]
+policy_debug = false
+vmpl = 0
+"""
+
+
 def expected_measurement(elf: Path) -> bytes:
     """The launch digest a guest owner computes from the ELF alone."""
     return guest_digest("snp", parse_elf(elf.read_bytes()), 16 << 20, 1, kernel_identity())
 
 
+@dataclass
+class Kbs:
+    """sevsim's KBS on 127.0.0.1, and its admin's key."""
+
+    url: str
+    admin: Ed25519PrivateKey
+    db: Path
+
+    def client(self) -> KbsClient:
+        return KbsClient(self.url)
+
+    def token(self) -> str:
+        return issue_admin_token(self.admin)
+
+    def audit_since(self, mark: int) -> list[dict[str, Any]]:
+        """The decisions recorded after audit id `mark`, oldest first."""
+        return [r for r in self.client().audit(self.token(), after=mark, limit=10_000)]
+
+    def mark(self) -> int:
+        records = self.client().audit(self.token(), limit=10_000)
+        return max((r["id"] for r in records), default=0)
+
+
+@pytest.fixture(scope="module")
+def server(build: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Kbs]:
+    """One KBS for the module: the secret at RESOURCE, released to SNP VMs running
+    kbs_client.elf or kbs_errors.elf (by measurement), not debuggable, at VMPL0."""
+    admin = generate_admin_key()
+    db = tmp_path_factory.mktemp("kbs") / "kbs.db"
+    config = KbsConfig(db_url=f"sqlite:///{db}", secret_key=os.urandom(32),
+                       admin_key=admin.public_key(), evidence=EvidenceConfig(trust="sevsim"))
+    uv = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not uv.started:
+        assert thread.is_alive()
+        time.sleep(0.01)
+    kbs = Kbs(f"http://127.0.0.1:{sock.getsockname()[1]}", admin, db)
+    client = kbs.client()
+    client.set_resource(kbs.token(), RESOURCE, SECRET)
+    client.set_resource_policy(kbs.token(), RESOURCE_POLICY)
+    measurements = ", ".join(f'"{expected_measurement(build(name)).hex()}"'
+                             for name in ("kbs_client", "kbs_errors"))
+    client.set_attestation_policy(kbs.token(), f"[guest]\nmeasurements = [{measurements}]\n")
+    yield kbs
+    uv.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+    assert not leaked(db.read_bytes())
+
+
+@dataclass
+class Audited:
+    """The KBS, and what it decided since the test began."""
+
+    url: str
+    server: Kbs
+    since: int
+
+    def decisions(self) -> list[tuple[str, str, str]]:
+        """(action, decision, reason) of every protocol request (not the admin's reading the
+        audit log) since the test began."""
+        return [(r["action"], r["decision"], r["reason"] or "")
+                for r in self.server.audit_since(self.since)
+                if r["action"] in ("auth", "attest", "get-resource")]
+
+    def released(self) -> int:
+        return sum(1 for action, decision, _ in self.decisions()
+                   if (action, decision) == ("get-resource", "allowed"))
+
+    def refusals(self) -> list[str]:
+        """The reasons of the refused requests (the problem type's name)."""
+        return [reason.split(":")[0] for _, decision, reason in self.decisions()
+                if decision == "refused"]
+
+    def refusal_details(self) -> str:
+        """Every refused request's reason in full."""
+        return "\n".join(reason for _, decision, reason in self.decisions()
+                         if decision == "refused")
+
+
 @pytest.fixture
-def kbs(build: Callable[..., Path]) -> Iterator[LoopbackKbs]:
-    with LoopbackKbs({RESOURCE: SECRET}, expected_measurement(build("kbs_client"))) as server:
-        yield server
+def kbs(server: Kbs) -> Audited:
+    return Audited(server.url, server, server.mark())
 
 
 def snp_vm(host: Host, elf: Path, url: str | None, policy: int | None = None
@@ -69,7 +173,7 @@ def leaked(haystack: bytes, secret: bytes = SECRET) -> bool:
 
 
 def test_guest_gets_its_secret_and_the_host_sees_none_of_it(build: Callable[..., Path],
-                                                           kbs: LoopbackKbs) -> None:
+                                                           kbs: Audited) -> None:
     host = Host(chip="milan", memory="64M")
     elf = build("kbs_client")
     vm = snp_vm(host, elf, kbs.url)
@@ -94,16 +198,26 @@ def test_guest_gets_its_secret_and_the_host_sees_none_of_it(build: Callable[...,
     wire = bytes(vm.nic.sent + vm.nic.received)
     assert not leaked(wire)
     assert vm.nic.sent.startswith(b"POST /kbs/v0/auth HTTP/1.1\r\n")
-    [jwe] = kbs.log.released
-    assert jwe["ciphertext"].encode() in vm.nic.received
-    assert not kbs.log.refusals
+    jwe = json.loads(bytes(vm.nic.received).rsplit(b"\r\n\r\n", 1)[1])
+    assert list(jwe) == ["protected", "encrypted_key", "iv", "ciphertext", "tag"]
+    header = json.loads(base64.urlsafe_b64decode(jwe["protected"] + "==="))
+    assert (header["alg"], header["enc"]) == ("ECDH-ES+A256KW", "A256GCM")
+    assert kbs.released() == 1 and not kbs.refusals()
 
 
 def test_the_protocol_messages_have_trustees_shapes(build: Callable[..., Path],
-                                                    kbs: LoopbackKbs) -> None:
-    vm = snp_vm(Host(chip="genoa", memory="64M"), build("kbs_client"), kbs.url)
-    assert vm.run(timeout=120).exit_code == 0
-    (auth_path, auth), (attest_path, attest) = kbs.log.bodies
+                                                    kbs: Audited) -> None:
+    bodies: list[tuple[str, Any]] = []
+
+    def record(path: str, body: bytes) -> bytes:
+        bodies.append((path, json.loads(body) if body else None))
+        return body
+
+    with Mitm(kbs.url, record) as mitm:
+        vm = snp_vm(Host(chip="genoa", memory="64M"), build("kbs_client"), mitm.url)
+        assert vm.run(timeout=120).exit_code == 0
+    (auth_path, auth), (attest_path, attest), (resource_path, _) = bodies
+    assert resource_path == f"/kbs/v0/resource/{RESOURCE}"
     assert auth_path == "/kbs/v0/auth" and list(auth) == ["version", "tee", "extra-params"]
     assert auth["tee"] == "snp"
     assert attest_path == "/kbs/v0/attest"
@@ -118,7 +232,7 @@ def test_the_protocol_messages_have_trustees_shapes(build: Callable[..., Path],
 
 
 def test_a_vm_whose_image_differs_by_one_byte_gets_nothing(build: Callable[..., Path],
-                                                           kbs: LoopbackKbs) -> None:
+                                                           kbs: Audited) -> None:
     image = build("kbs_client").read_bytes()
     other = image.replace(b"kbs: got", b"kbs: Got")
     assert sum(a != b for a, b in zip(image, other, strict=True)) == 1
@@ -129,25 +243,25 @@ def test_a_vm_whose_image_differs_by_one_byte_gets_nothing(build: Callable[..., 
     result = vm.run(timeout=120)
     assert result.exit_code == 1
     assert f"({-EACCES})" in result.console
-    assert [name for _, name, _ in kbs.log.refusals] == ["AttestationFailed"]
-    assert "measurement" in kbs.log.refusals[0][2]
-    assert not kbs.log.released
+    assert kbs.refusals() == ["attestation-policy"]
+    assert "guest.measurements" in kbs.refusal_details()
+    assert not kbs.released()
 
 
-def test_a_debuggable_vm_gets_nothing(build: Callable[..., Path], kbs: LoopbackKbs) -> None:
+def test_a_debuggable_vm_gets_nothing(build: Callable[..., Path], kbs: Audited) -> None:
     vm = snp_vm(Host(chip="milan", memory="64M"), build("kbs_client"), kbs.url,
                 policy=DEFAULT_SNP_POLICY | PolicyFlags.DEBUG)
     result = vm.run(timeout=120)
     assert result.exit_code == 1 and f"({-EACCES})" in result.console
-    assert kbs.log.refusals[0][2] == "debug policy"
-    assert not kbs.log.released
+    assert kbs.refusals() == ["attestation-policy"]
+    assert "guest_policy.allow_debug" in kbs.refusal_details()
+    assert not kbs.released()
 
 
 def test_refusals_and_bad_calls_leave_the_program_running(build: Callable[..., Path],
-                                                          kbs: LoopbackKbs) -> None:
+                                                          kbs: Audited) -> None:
     host = Host(chip="milan", memory="64M")
     elf = build("kbs_errors")
-    kbs.measurement = expected_measurement(elf)
     result = snp_vm(host, elf, kbs.url).run(timeout=120)
     lines = dict(line.split(" ", 1) for line in result.console.splitlines() if " " in line)
     assert lines["set_shared"] == "0"
@@ -160,10 +274,12 @@ def test_refusals_and_bad_calls_leave_the_program_running(build: Callable[..., P
     assert lines["good"] == str(len(SECRET))
     assert result.console.endswith("survived\n")
     assert not leaked(host.dram_dump().tobytes())
+    assert kbs.refusals() == ["resource-not-found"]
+    assert kbs.released() == 2  # "small" (too long for the buffer, so dropped) and "good"
 
 
 def test_a_host_swapping_in_its_own_key_gets_nothing(build: Callable[..., Path],
-                                                    kbs: LoopbackKbs) -> None:
+                                                    kbs: Audited) -> None:
     """The host rewrites runtime-data's tee-pubkey to a key it holds, so that the KBS would
     encrypt to it: the report's REPORT_DATA binds the guest's key, and the KBS refuses."""
     host_key = EcPublicJwk.from_key(ec.generate_private_key(ec.SECP256R1()).public_key())
@@ -179,11 +295,11 @@ def test_a_host_swapping_in_its_own_key_gets_nothing(build: Callable[..., Path],
         result = snp_vm(Host(chip="milan", memory="64M"), build("kbs_client"), mitm.url
                         ).run(timeout=120)
     assert result.exit_code == 1 and f"({-EACCES})" in result.console
-    assert kbs.log.refusals == [(401, "AttestationFailed", "REPORT_DATA does not bind")]
-    assert not kbs.log.released
+    assert kbs.refusals() == ["evidence-report-data"]
+    assert not kbs.released()
 
 
-def test_a_replayed_report_gets_nothing(build: Callable[..., Path], kbs: LoopbackKbs) -> None:
+def test_a_replayed_report_gets_nothing(build: Callable[..., Path], kbs: Audited) -> None:
     """The host records a genuine VM's evidence and sends it again for the next VM's fresh
     nonce and key: the old report binds the old ones."""
     recorded: list[object] = []
@@ -206,12 +322,12 @@ def test_a_replayed_report_gets_nothing(build: Callable[..., Path], kbs: Loopbac
     with Mitm(kbs.url, replay) as mitm:
         result = snp_vm(host, build("kbs_client"), mitm.url).run(timeout=120)
     assert result.exit_code == 1 and f"({-EACCES})" in result.console
-    assert kbs.log.refusals == [(401, "AttestationFailed", "REPORT_DATA does not bind")]
-    assert len(kbs.log.released) == 1  # the genuine VM's, and only that
+    assert kbs.refusals() == ["evidence-report-data"]
+    assert kbs.released() == 1  # the genuine VM's, and only that
 
 
 @pytest.mark.parametrize(("mode", "nic"), [("snp", False), ("sev-es", True)])
-def test_no_nic_or_no_snp_is_enodev(build: Callable[..., Path], kbs: LoopbackKbs, mode: str,
+def test_no_nic_or_no_snp_is_enodev(build: Callable[..., Path], kbs: Audited, mode: str,
                                     nic: bool) -> None:
     vm = Host(chip="milan", memory="64M").create_vm(mode=mode, memory=MEMORY)
     if nic:
@@ -220,7 +336,7 @@ def test_no_nic_or_no_snp_is_enodev(build: Callable[..., Path], kbs: LoopbackKbs
     vm.launch()
     result = vm.run(timeout=60)
     assert result.exit_code == 1 and f"({-ENODEV})" in result.console
-    assert not kbs.log.bodies
+    assert not kbs.decisions()
 
 
 def test_nobody_listening_is_econnrefused(build: Callable[..., Path]) -> None:
@@ -244,15 +360,15 @@ class LyingNic(VirtualNic):
 
 
 def test_a_lying_nic_breaks_the_link_not_the_guest(build: Callable[..., Path],
-                                                   kbs: LoopbackKbs) -> None:
+                                                   kbs: Audited) -> None:
     vm = snp_vm(Host(chip="milan", memory="64M"), build("kbs_client"), None)
     vm.nic = LyingNic(kbs.url)
     result = vm.run(timeout=60)
     assert result.exit_code == 1 and f"({-ECONNREFUSED})" in result.console
-    assert not kbs.log.released
+    assert not kbs.released()
 
 
-def test_sevsim_run_kbs(build: Callable[..., Path], kbs: LoopbackKbs) -> None:
+def test_sevsim_run_kbs(build: Callable[..., Path], kbs: Audited) -> None:
     ran = subprocess.run([sys.executable, "-m", "sevsim", "run", str(build("kbs_client")),
                           "--mode", "snp", "--memory", MEMORY, "--kbs", kbs.url],
                          capture_output=True, text=True, timeout=180, check=False)

@@ -149,12 +149,12 @@ def run(
                     seed=None if seed is None else seed.encode(), min_sev_asid=min_sev_asid,
                     platform=options)
         vm = host.create_vm(mode=mode, memory=memory, vcpus=vcpus)
-        if kbs is not None:
-            vm.attach_nic(kbs)
-            err.print(f"sevsim: virtual NIC bridged to {kbs}", highlight=False)
         err.print(f"sevsim: mode={vm.mode} chip={host.chip.name} asid={vm.asid}"
                   f"{'' if vm.hv.mode.encrypted else ' (unencrypted)'} memory={memory} "
                   f"vcpus={vcpus}", highlight=False)
+        if kbs is not None:
+            vm.attach_nic(kbs)
+            err.print(f"sevsim: virtual NIC bridged to {kbs}", highlight=False)
         vm.load(image)
         vm.host_input = host_input.ljust(64, b"\0") if host_input else b""
         owner = None if secret_bytes is None else _owner(vm, image, secret_bytes, launch_policy)
