@@ -32,7 +32,7 @@ from kbs_mitm import Mitm
 from sevsim import Host
 from sevsim.abi.kbs import EcPublicJwk
 from sevsim.abi.snp_tcb import PolicyFlags
-from sevsim.abi.svm import SEVSIM_HC_NIC_KICK, SEVSIM_HC_NIC_SETUP
+from sevsim.abi.svm import SEVSIM_HC_NIC_CONNECT, SEVSIM_HC_NIC_KICK, SEVSIM_HC_NIC_SETUP
 from sevsim.abi.vnic import NIC_PAGES, PAGE, counter_offset, pack_u32
 from sevsim.attest.measure import guest_digest
 from sevsim.errors import ConfigError, KbsAgentError
@@ -520,3 +520,40 @@ def test_the_scripted_exchange_reaches_the_jwe() -> None:
                                  lambda data: (REAL_REPORT, b""), MemoryKeys())
     assert b"Cookie: kbs-session-id=abc" in stream.sent
     assert stream.sent.count(b"Host: kbs") == 3
+
+
+class RingMemory:
+    """Guest memory as the NIC reaches it: just the ring pages, at GPA 0."""
+
+    def __init__(self) -> None:
+        self.data = bytearray(NIC_PAGES * PAGE)
+
+    def read_gpa(self, gpa: int, length: int) -> bytes:
+        return bytes(self.data[gpa:gpa + length])
+
+    def write_gpa(self, gpa: int, data: bytes) -> None:
+        self.data[gpa:gpa + len(data)] = data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.integers(0, 0x30),  # the counters
+                                    st.sampled_from(range(PAGE, NIC_PAGES * PAGE, 2048)),
+                                    st.integers(0, NIC_PAGES * PAGE - 8)),
+                          st.binary(min_size=1, max_size=8)),
+                max_size=12))
+def test_a_hostile_guest_gets_only_answers_from_the_nic(pokes: list[tuple[int, bytes]]) -> None:
+    """Whatever a guest writes into its rings, the VMM's NIC answers each exit with a number
+    (NIC_ERROR, or the link flags) and sends no more than whole, valid slots."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        nic = VirtualNic(f"http://127.0.0.1:{listener.getsockname()[1]}", max_wait_ms=0)
+        memory = RingMemory()
+        assert nic.hypercall(memory, SEVSIM_HC_NIC_SETUP, (0, NIC_PAGES)) == 0
+        assert nic.hypercall(memory, SEVSIM_HC_NIC_CONNECT, ()) == 0
+        peer, _ = listener.accept()
+        with peer:
+            for offset, data in pokes:
+                memory.write_gpa(offset, data)
+            answer = nic.hypercall(memory, SEVSIM_HC_NIC_KICK, (0,))
+            assert answer == NIC_ERROR or 0 <= answer < 8
+            assert len(nic.sent) <= 16 * 2040
+        nic.close()

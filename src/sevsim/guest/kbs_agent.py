@@ -123,9 +123,12 @@ class HttpClient:
         if body is not None:
             head += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         try:
-            out = conn.send(h11.Request(method=method, target=target, headers=head))
-            out = (out or b"") + (conn.send(h11.Data(data=body)) or b"" if body else b"")
-            self.stream.send(out + (conn.send(h11.EndOfMessage()) or b""))
+            events: list[h11.Request | h11.Data | h11.EndOfMessage] = [
+                h11.Request(method=method, target=target, headers=head)]
+            if body:
+                events.append(h11.Data(data=body))
+            events.append(h11.EndOfMessage())
+            self.stream.send(b"".join(conn.send(event) or b"" for event in events))
             response = self._read(conn)
         except h11.ProtocolError as err:
             self._drop()
@@ -240,9 +243,12 @@ def fetch_resource(client: HttpClient, prefix: str, path: str, evidence: Evidenc
                                       primary=snp_evidence_to_json(report, certs)))
         token = _json(client.request("POST", f"{prefix}/attest",
                                      json.dumps(attestation.to_json()).encode()), "attest")
-        if not isinstance(token.get("token"), str):
+        bearer = token.get("token")
+        if not isinstance(bearer, str) or not bearer.isascii() or not bearer.isprintable():
             raise KbsAgentError("protocol", "attest: no token in the answer")
-        sealed = _json(client.request("GET", f"{prefix}/resource/{path}"), "resource")
+        sealed = _json(client.request("GET", f"{prefix}/resource/{path}",
+                                      headers=(("Authorization", f"Bearer {bearer}"),)),
+                       "resource")
         return decrypt_resource(sealed, keys.load())
     except FormatError as err:
         raise KbsAgentError("protocol", str(err)) from None
