@@ -10,7 +10,8 @@ and arbitrary bytes. Beyond the SNP structures: OVMF images and the launch diges
 from what parses, validation policies and the checks they configure, certificate bundles
 (directory or certificate table) run through chain and report verification, GCE launch
 endorsements run through their verification, the key broker's resource policies and the
-decisions they make, and reports run through the key broker's evidence verifier. The default run
+decisions they make, reports run through the key broker's evidence verifier, and the key
+broker's JSON messages (members replaced, dropped or added), JWEs and tokens. The default run
 takes 300 inputs per target; the test marked `fuzz` (`pytest -m fuzz`, run by .ci/run) takes
 FUZZ_EXAMPLES inputs spread over all of them, 100,000 unless set.
 """
@@ -22,6 +23,7 @@ import base64
 import contextlib
 import datetime
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -39,6 +41,16 @@ from hypothesis import strategies as st
 
 from ovmf_images import make_ovmf
 from sevsim.abi.gce_endorsement import GoldenMeasurement, LaunchEndorsement
+from sevsim.abi.kbs import (
+    Attestation,
+    Challenge,
+    EcPublicJwk,
+    Request,
+    RuntimeData,
+    TeeEvidence,
+    load_json,
+)
+from sevsim.abi.kbs_snp import snp_evidence_from_json, snp_evidence_to_json
 from sevsim.abi.ovmf import (
     OvmfError,
     OvmfImage,
@@ -73,12 +85,15 @@ from sevsim.errors import (
     ConfigError,
     EndorsementError,
     EndorsementFormatError,
+    KbsCryptoError,
     KbsEvidenceError,
+    KbsProtocolError,
     PolicyError,
     SnpFormatError,
     SnpVerificationError,
 )
 from sevsim.firmware.gce_endorser import simulated_endorser
+from sevsim.kbs.jose import TokenSigner, decrypt_jwe, encrypt_to_tee
 from sevsim.kbs.policy import ResourcePolicy
 from sevsim.kbs.verifier import EvidenceConfig, verify_snp_evidence
 
@@ -393,6 +408,106 @@ def endorsement_inputs(draw: st.DrawFn) -> bytes:
     return LaunchEndorsement(golden, parsed.signature).to_bytes()
 
 
+# -- key broker messages (JSON) ------------------------------------------------------------------
+
+KBS_KEY = ec.derive_private_key(0x4B42, ec.SECP256R1())
+KBS_JWK = EcPublicJwk.from_key(KBS_KEY.public_key())
+KBS_SIGNER = TokenSigner(KBS_KEY)
+JSON_VALUES = (None, True, 0, -1, 255, 256, 1 << 64, 1.5, 1e308, "", "snp", "P-256", "AA",
+               "\ud800", "0123abcd-0000-4000-8000-00000000beef", [], [0], [256], {},
+               {"OTHER": "x"}, {"kty": "EC"})
+
+
+def _json_seed(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def kbs_seeds() -> dict[str, tuple[bytes, ...]]:
+    runtime = RuntimeData("bm9uY2U", KBS_JWK)
+    attestation = Attestation(runtime, None, TeeEvidence({"x": [1]}, '{"sample": {}}'))
+    evidence = snp_evidence_to_json(_report_seeds()[3], [(str(GUID_VCEK), VCEKS[0][:64])])
+    return {
+        "request": (_json_seed(Request("0.4.0", "snp", {"supported-hash-algorithms":
+                                                        ["sha384"]}).to_json()),),
+        "challenge": (_json_seed(Challenge("n", {"selected-hash-algorithm": "sha512"})
+                                 .to_json()),),
+        "attestation": (_json_seed({**attestation.to_json(), "init-data": {
+            "format": "toml", "body": "a = 1"}}),),
+        "runtime": (_json_seed(runtime.to_json()),),
+        "snp": (*(_json_seed(snp_evidence_to_json(seed, None)) for seed in
+                  _report_seeds()[:2]), _json_seed(evidence)),
+        "jwe": (_json_seed(encrypt_to_tee(KBS_JWK, b"secret")),),
+        "token": (KBS_SIGNER.issue({"tee": "snp"}, 3600, now=1_700_000_000).encode(),),
+    }
+
+
+KBS_SEEDS = kbs_seeds()
+
+
+def _json_paths(value: object, path: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    out = [path]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _json_paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value[:8]):  # a few entries of a byte array suffice
+            out += _json_paths(item, (*path, index))
+    return out
+
+
+@st.composite
+def json_inputs(draw: st.DrawFn, seeds: tuple[bytes, ...]) -> bytes:
+    """A seed message with members replaced, dropped or added: it stays JSON, so it reaches
+    the member checks, which byte flips in JSON text rarely do."""
+    doc = json.loads(draw(st.sampled_from(seeds)))
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_json_paths(doc)))
+        if not path:
+            continue
+        parent = functools.reduce(lambda node, key: node[key], path[:-1], doc)
+        action = draw(st.sampled_from(("replace", "replace", "drop", "add")))
+        if action == "replace":
+            # a fresh copy: a shared list inserted twice would be mutated through both
+            parent[path[-1]] = json.loads(json.dumps(draw(st.sampled_from(JSON_VALUES))))
+        elif action == "drop":
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent[draw(st.sampled_from(("extra", "fmc", "OTHER", "kid")))] = 0
+    return json.dumps(doc).encode()
+
+
+@st.composite
+def jwe_header_inputs(draw: st.DrawFn) -> bytes:
+    """The seed JWE with its protected header (alg, enc, epk) mutated as JSON and re-encoded:
+    the header is base64url, so neither byte flips nor member swaps reach inside it."""
+    message = json.loads(KBS_SEEDS["jwe"][0])
+    protected = draw(json_inputs((base64.urlsafe_b64decode(message["protected"] + "=="),)))
+    message["protected"] = base64.urlsafe_b64encode(protected).rstrip(b"=").decode()
+    return json.dumps(message).encode()
+
+
+def kbs_target(parse: Callable[[bytes], object], seeds: str,
+               errors: tuple[type[Exception], ...] = (KbsProtocolError,)) -> Target:
+    return Target(parse, None, KBS_SEEDS[seeds], errors, json_inputs(KBS_SEEDS[seeds]))
+
+
+def snp_evidence_round_trip(blob: bytes) -> object:
+    """What parses turns back into JSON that parses to the same evidence."""
+    evidence = snp_evidence_from_json(blob)
+    assert snp_evidence_from_json(snp_evidence_to_json(evidence.report, evidence.certs)) == \
+        evidence
+    return evidence
+
+
+def attestation_and_bindings(blob: bytes) -> object:
+    attestation = Attestation.from_json(blob)
+    for name in ("sha256", "sha384", "sha512"):
+        assert len(attestation.report_data(name)) == 64
+    assert len(attestation.runtime_data.report_data()) == 64
+    assert Attestation.from_json(attestation.to_json()) == attestation
+    return attestation
+
+
 TARGETS: dict[str, Target] = {
     "attestation report": Target(AttestationReport.from_bytes,
                                  lambda r: r.to_bytes(),  # type: ignore[attr-defined]
@@ -436,6 +551,19 @@ TARGETS: dict[str, Target] = {
         BUNDLE_ERRORS),
     "GCE launch endorsement": Target(verify_gce, None, (ENDORSEMENT,), (EndorsementError,),
                                      endorsement_inputs()),
+    "KBS request": kbs_target(Request.from_json, "request"),
+    "KBS challenge": kbs_target(
+        lambda blob: Challenge.from_json(blob).hash_algorithm(), "challenge"),
+    "KBS attestation and REPORT_DATA": kbs_target(attestation_and_bindings, "attestation"),
+    "KBS runtime data": kbs_target(lambda blob: RuntimeData.from_json(blob).report_data(),
+                                   "runtime"),
+    "KBS SNP evidence": kbs_target(snp_evidence_round_trip, "snp"),
+    "KBS JWE (TEE side)": Target(lambda blob: decrypt_jwe(KBS_KEY, load_json(blob, "jwe")),
+                                 None, KBS_SEEDS["jwe"], (KbsProtocolError, KbsCryptoError),
+                                 st.one_of(json_inputs(KBS_SEEDS["jwe"]), jwe_header_inputs())),
+    "KBS token": Target(lambda blob: KBS_SIGNER.verify(blob.decode("utf-8", "surrogateescape"),
+                                                       now=1_700_000_100),
+                        None, KBS_SEEDS["token"], (KbsCryptoError,)),
     "GCE golden measurement": Target(
         GoldenMeasurement.from_bytes, None,
         (LaunchEndorsement.from_bytes(ENDORSEMENT).serialized_uefi_golden,),

@@ -239,6 +239,15 @@ def test_jwe_refusals(ec_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivat
         encrypt_to_tee(RsaPublicJwk(rsa_jwk(rsa_key).n, "AQAB", alg="RSA1_5"), SECRET)
 
 
+@pytest.mark.parametrize("curve", [ec.SECP384R1(), ec.SECP521R1()])
+def test_jwe_other_curves(curve: ec.EllipticCurve) -> None:
+    key = ec.generate_private_key(curve)
+    message = encrypt_to_tee(EcPublicJwk.from_key(key.public_key()), SECRET)
+    assert decrypt_jwe(key, message) == SECRET
+    with pytest.raises(KbsCryptoError):
+        decrypt_jwe(ec.generate_private_key(curve), message)
+
+
 def test_jwe_rsa_round_trip(rsa_key: rsa.RSAPrivateKey) -> None:
     message = encrypt_to_tee(rsa_jwk(rsa_key), SECRET)
     header = json.loads(base64.urlsafe_b64decode(message["protected"] + "=="))
@@ -507,3 +516,14 @@ def test_snp_evidence_to_json_refusals() -> None:
                                                      (str(GUID_VCEK), b"")])):
         with pytest.raises(KbsProtocolError):
             snp_evidence_to_json(bad, certs)
+
+
+def test_the_readme_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's key-broker example, run as written (its asserts are part of it)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Key broker (in progress): wire formats", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["snp"].report == namespace["report"]

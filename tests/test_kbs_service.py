@@ -8,13 +8,13 @@ import base64
 import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from sevsim.errors import ConfigError, KbsRefusal
 from sevsim.kbs.admin import generate_admin_key, issue_admin_token
 from sevsim.kbs.client import ERRORS, KbsClient
 from sevsim.kbs.jose import decrypt_jwe
-from sevsim.kbs.service import REASONS, KbsConfig, create_app
+from sevsim.kbs.service import MAX_BODY, REASONS, KbsConfig, create_app, listen
 from sevsim.kbs.store import Store
 from sevsim.kbs.verifier import EvidenceConfig
 from sevsim.testing import sign_report
@@ -110,10 +110,28 @@ class Kbs:
         return self.client().audit(self.token(), limit=10_000)[::-1]
 
 
-def free_socket() -> socket.socket:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock
+def free_port() -> int:
+    """A port free a moment ago, for a server in another process."""
+    with listen("127.0.0.1", 0) as sock:
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running(config: KbsConfig) -> Iterator[str]:
+    """The KBS on uvicorn in a thread, on a free 127.0.0.1 port: its URL."""
+    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
+    sock = listen("127.0.0.1", 0)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -123,25 +141,20 @@ def kbs(tmp_path_factory: pytest.TempPathFactory, evidence: Evidence) -> Iterato
     config = KbsConfig(db_url=f"sqlite:///{db}", secret_key=os.urandom(32),
                        admin_key=admin.public_key(), evidence=EvidenceConfig(trust="sevsim"),
                        nonce_lifetime_s=60, token_lifetime_s=600, clock=clock)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
-    sock = free_socket()
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive()
-        time.sleep(0.01)
-    port = sock.getsockname()[1]
-    broker = Kbs(f"http://127.0.0.1:{port}", admin, clock)
+    with running(config) as url:
+        yield from serve_fixture(Kbs(url, admin, clock), evidence)
+    assert SECRET not in db.read_bytes()
+
+
+def serve_fixture(broker: Kbs, evidence: Evidence) -> Iterator[Kbs]:
+    """The module's KBS, with the secret, a resource policy releasing it to non-debug VMPL0
+    VMs, and an attestation policy naming the test VM's measurement."""
     client = broker.client()
     client.set_resource(broker.token(), PATH, SECRET)
     client.set_resource_policy(broker.token(), RESOURCE_POLICY)
     client.set_attestation_policy(
         broker.token(), f'[guest]\nmeasurements = ["{evidence.measurement.hex()}"]\n')
     yield broker
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
-    assert SECRET not in db.read_bytes()
 
 
 def tee_key() -> ec.EllipticCurvePrivateKey:
@@ -215,6 +228,18 @@ def test_the_nonce_is_single_use(kbs: Kbs, evidence: Evidence) -> None:
     assert last_decision(kbs, "attest")["decision"] == "refused"
 
 
+def test_tokens_and_attested_sessions_expire(kbs: Kbs, evidence: Evidence) -> None:
+    client, key = kbs.client(), tee_key()
+    token = client.attest(attestation(evidence, client.auth()["nonce"], key))
+    kbs.clock.offset += 601  # past the 600 s token lifetime
+    try:
+        refused(lambda: kbs.client().resource(PATH, token), "token-invalid")
+        refused(lambda: client.resource(PATH), "session-expired")
+    finally:
+        kbs.clock.offset -= 601
+    assert decrypt_jwe(key, kbs.client().resource(PATH, token)) == SECRET
+
+
 def test_an_expired_nonce_is_refused(kbs: Kbs, evidence: Evidence) -> None:
     client, key = kbs.client(), tee_key()
     nonce = client.auth()["nonce"]
@@ -238,6 +263,13 @@ def test_a_nonce_from_another_session_is_refused(kbs: Kbs, evidence: Evidence) -
     stranger = kbs.client()
     stranger.session = "00000000-0000-0000-0000-000000000000"
     refused(lambda: stranger.attest(attestation(evidence, nonce, key)), "unknown-session")
+    stranger.session = "x" * 5000  # longer than anything the store keeps
+    refused(lambda: stranger.attest(attestation(evidence, nonce, key)), "unknown-session")
+    record = last_decision(kbs, "attest")
+    assert record["reason"].startswith("unknown-session") and len(record["session_id"]) == 255
+    long_path = "a" * 300 + "/b/c"
+    refused(lambda: kbs.client().resource(long_path), "no-token")
+    assert last_decision(kbs, "get-resource")["resource"] == long_path[:255]
     # the first session is still good: neither attempt touched it
     first.attest(attestation(evidence, nonce, key))
 
@@ -284,6 +316,9 @@ def test_malformed_json_is_refused_naming_the_field(kbs: Kbs, evidence: Evidence
     problem = refused(lambda: client.attest(message), "malformed-request")
     assert "tee-pubkey" in problem.detail
     refused(lambda: client.call("POST", "/attest", b"[1, 2"), "malformed-request")
+    refused(lambda: client.call("POST", "/attest", b" " * (MAX_BODY + 1)), "payload-too-large")
+    wrong_tee = json.dumps({"version": "0.4.0", "tee": "tdx", "extra-params": {}}).encode()
+    refused(lambda: kbs.client().call("POST", "/auth", wrong_tee), "unsupported-tee")
     # the session was not spent: the well-formed attestation still succeeds
     client.attest(attestation(evidence, nonce, tee_key()))
 
@@ -316,6 +351,7 @@ def test_admin_endpoints_refuse_without_a_valid_admin_token(kbs: Kbs) -> None:
     assert path not in paths(kbs)  # nothing changed
     record = last_decision(kbs, "set-resource")
     assert record["decision"] == "refused" and record["reason"].startswith("admin-auth")
+    assert record["resource"] == path
 
 
 def test_admin_sets_and_deletes_resources_and_rejects_bad_policies(kbs: Kbs) -> None:
@@ -327,6 +363,16 @@ def test_admin_sets_and_deletes_resources_and_rejects_bad_policies(kbs: Kbs) -> 
     refused(lambda: client.delete_resource(kbs.token(), path), "resource-not-found")
     refused(lambda: client.set_attestation_policy(kbs.token(), "[guest]\nmeasurment = 1\n"),
             "policy-invalid")
+    refused(lambda: client.set_resource_policy(kbs.token(), "[[rules]]\nresource = []\n"),
+            "policy-invalid")
+    rego = json.dumps({"type": "rego", "policy_id": "default", "policy": ""}).encode()
+    refused(lambda: client.admin("POST", "/attestation-policy", kbs.token(), rego),
+            "policy-invalid")
+    other_id = json.dumps({"type": "toml", "policy_id": "other", "policy": ""}).encode()
+    refused(lambda: client.admin("POST", "/attestation-policy", kbs.token(), other_id),
+            "policy-invalid")
+    refused(lambda: client.set_resource(kbs.token(), "a/../b", b"x"), "malformed-request")
+    refused(lambda: client.set_resource(kbs.token(), "a/b/c d", b"x"), "malformed-request")
 
 
 def test_every_problem_type_is_served(kbs: Kbs) -> None:
@@ -350,9 +396,18 @@ def sevsim(*args: str | Path, env: dict[str, str] | None = None
 
 def test_the_commands_end_to_end(tmp_path: Path, evidence: Evidence) -> None:
     assert sevsim("kbs", "admin", "keygen", "-o", tmp_path / "admin").returncode == 0
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
+    again = sevsim("kbs", "admin", "keygen", "-o", tmp_path / "admin")  # never overwrites
+    assert again.returncode == 125 and b"admin.pem" in again.stderr
+    with listen("127.0.0.1", 0) as busy:
+        taken = sevsim("kbs", "serve", "--admin-key", tmp_path / "admin" / "admin.pub",
+                       "--db", f"sqlite:///{tmp_path}/unused.db", "--port",
+                       str(busy.getsockname()[1]),
+                       env={"SEVSIM_KBS_SECRET_KEY": os.urandom(32).hex()})
+    assert taken.returncode == 125 and b"cannot listen" in taken.stderr
+    keyless = sevsim("kbs", "serve", "--admin-key", tmp_path / "admin" / "admin.pem",
+                     "--db", f"sqlite:///{tmp_path}/unused.db")
+    assert keyless.returncode == 125 and b"at-rest key" in keyless.stderr
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "sevsim", "kbs", "serve", "--db", f"sqlite:///{tmp_path}/k.db",
@@ -465,9 +520,7 @@ def test_sigkill_mid_requests_loses_no_acknowledged_secret_or_audit_record(
     admin, key = generate_admin_key(), os.urandom(32).hex()
     (tmp_path / "admin.pub").write_bytes(admin.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     url, db = f"http://127.0.0.1:{port}", tmp_path / "kbs.db"
     server = serve(db, tmp_path / "admin.pub", key, port)
     acknowledged: list[str] = []
@@ -513,3 +566,26 @@ def test_sigkill_mid_requests_loses_no_acknowledged_secret_or_audit_record(
             assert store.get_resource(path) == b"secret of %b" % path.encode()
 
 
+
+
+# -- real evidence -----------------------------------------------------------------------------
+
+REAL = Path(__file__).resolve().parent / "data" / "snp" / "milan-v2-a"
+
+
+def test_a_real_milan_report_is_verified_to_amds_roots_over_http(tmp_path: Path) -> None:
+    """A real report and VCEK, posted by `sevsim kbs attest` to a KBS trusting AMD's roots:
+    genuine, so the only refusal is that its REPORT_DATA cannot bind this session (it was made
+    for another nonce long ago); one flipped bit makes it a signature failure instead."""
+    config = KbsConfig(db_url=f"sqlite:///{tmp_path}/kbs.db", secret_key=os.urandom(32),
+                       admin_key=generate_admin_key().public_key())
+    tampered = bytearray((REAL / "report.bin").read_bytes())
+    tampered[0x90] ^= 1  # a measurement bit
+    (tmp_path / "tampered.bin").write_bytes(tampered)
+    with running(config) as url:
+        for report, reason in ((REAL / "report.bin", "evidence-report-data"),
+                               (tmp_path / "tampered.bin", "evidence-signature")):
+            ran = sevsim("kbs", "attest", "--url", url, "--tee-key", tmp_path / "tee.pem",
+                         "--report", report, "--certs", REAL)
+            assert ran.returncode == 1, ran.stderr
+            assert json.loads(ran.stdout)["reason"] == reason

@@ -174,18 +174,20 @@ def readme_imports() -> list[tuple[str, str]]:
 
 
 def test_readme_examples_import_the_public_surface() -> None:
-    """The README shows sevsim, sevsim.attest and sevsim.attacks as the API: every name its
-    examples import comes from one of them and is in its __all__ (and so resolves)."""
+    """The README shows sevsim, sevsim.attest, sevsim.attacks and sevsim.kbs as the API:
+    every name its examples import comes from one of them and is in its __all__ (and so
+    resolves)."""
     imports = readme_imports()
     assert len(imports) >= 10, imports  # the examples were found
     for module, name in imports:
-        assert module in ("sevsim", "sevsim.attest", "sevsim.attacks"), (module, name)
+        assert module in ("sevsim", "sevsim.attest", "sevsim.attacks", "sevsim.kbs"), (module,
+                                                                                       name)
         package = importlib.import_module(module)
         assert name in package.__all__, (module, name)
 
 
 @pytest.mark.parametrize("module", ["sevsim", "sevsim.attest", "sevsim.attacks",
-                                    "sevsim.testing"])
+                                    "sevsim.kbs", "sevsim.testing"])
 def test_every_exported_name_resolves(module: str) -> None:
     package = importlib.import_module(module)
     for name in package.__all__:

@@ -1,9 +1,11 @@
 """The messages of Trustee's key broker protocol (confidential-containers kbs-types), and how
 runtime data is bound into a TEE report's REPORT_DATA.
 
-Shapes follow kbs-types 0.16-0.18 (`src/lib.rs`: Request, Challenge, TeePubKey, RuntimeData,
-InitData, CompositeEvidence, Attestation) and Trustee's `kbs/docs/kbs_attestation_protocol.md`;
-member names and order are theirs (`to_json` emits them in that order). Parsing is stricter
+Shapes follow kbs-types (`src/lib.rs` of confidential-containers/kbs-types 0.16, read at
+0130f5d: Request, Challenge, TeePubKey, RuntimeData, InitData, CompositeEvidence, Attestation;
+Trustee pins 0.18, whose use in `kbs/src/attestation/backend.rs` matches) and Trustee's
+`kbs/docs/kbs_attestation_protocol.md`; member names and order are theirs (`to_json` emits
+them in that order). Parsing is stricter
 than serde's: unknown or duplicate members, wrong JSON types, non-canonical base64url and
 points off the curve are refused with `KbsProtocolError`, whose `field` is the JSON path of
 the culprit.
@@ -122,9 +124,13 @@ def members(obj: dict[str, Json], field: str, required: tuple[str, ...],
 def string(obj: dict[str, Json], name: str, field: str) -> str:
     """The string member `name` of `obj`."""
     value = obj[name]
+    where = f"{field}.{name}" if field else name
     if not isinstance(value, str):
-        raise KbsProtocolError(f"{field}.{name}" if field else name,
-                               f"is {_kind(value)}, not a string")
+        raise KbsProtocolError(where, f"is {_kind(value)}, not a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON's \ud800 escapes decode to lone surrogates
+        raise KbsProtocolError(where, "holds a lone UTF-16 surrogate") from None
     return value
 
 
@@ -156,7 +162,11 @@ def hash_report_data(hash_name: str, material: Json) -> bytes:
     if name not in HASH_ALGORITHMS:
         raise KbsProtocolError(SELECTED_HASH_ALGORITHM,
                                f"{hash_name!r} is not one of {HASH_ALGORITHMS}")
-    return _pad(hashlib.new(name, rfc8785.dumps(material)).digest())
+    try:
+        canonical = rfc8785.dumps(material)
+    except rfc8785.CanonicalizationError as err:  # a lone surrogate, a number JCS refuses
+        raise KbsProtocolError("runtime-data", f"has no RFC 8785 form: {err}") from None
+    return _pad(hashlib.new(name, canonical).digest())
 
 
 # -- messages -------------------------------------------------------------------------------

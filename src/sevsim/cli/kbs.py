@@ -72,11 +72,10 @@ def serve(
 ) -> None:
     """Serve the KBS protocol (/kbs/v0/auth, attest, resource) and its admin API until
     Ctrl-C; every decision goes into the audit log."""
-    import uvicorn
-
     from sevsim.attest.kds_client import KdsClient
     from sevsim.kbs.admin import load_admin_public_key
-    from sevsim.kbs.service import KbsConfig, create_app
+    from sevsim.kbs.service import KbsConfig, create_app, listen
+    from sevsim.kbs.service import serve as serve_app
     from sevsim.kbs.verifier import EvidenceConfig
 
     command = "sevsim kbs serve"
@@ -91,11 +90,21 @@ def serve(
             admin_key=load_admin_public_key(admin_key), evidence=evidence,
             token_key=None if token_key is None else _ec_key(token_key, command),
             nonce_lifetime_s=nonce_lifetime, token_lifetime_s=token_lifetime)
-        app = create_app(config)
+        sock = listen(host, port)
     except SevsimError as error:
         raise fail(error, command) from None
-    err.print(f"sevsim kbs: http://{host}:{port}/kbs/v0/ database {db}", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    except OSError as error:  # in use, not an address of this machine, no such host
+        raise fail(ConfigError(f"cannot listen on {host}:{port}: "
+                               f"{error.strerror or error}"), command) from None
+    try:
+        app = create_app(config)
+    except SevsimError as error:
+        sock.close()
+        raise fail(error, command) from None
+    address, bound = sock.getsockname()[:2]
+    shown = f"[{address}]" if ":" in address else address
+    err.print(f"sevsim kbs: http://{shown}:{bound}/kbs/v0/ database {db}", highlight=False)
+    serve_app(app, sock)
 
 
 def _secret_key(path: Path | None, command: str) -> bytes:

@@ -83,7 +83,7 @@ class KbsClient:
     def resource(self, path: str, token: str | None = None) -> dict[str, Any]:
         """GET /resource/<path>: the JWE, by bearer token if given, else by the cookie."""
         headers = {"Authorization": f"Bearer {token}"} if token else None
-        jwe: dict[str, Any] = self.call("GET", "/resource/" + path, headers=headers)
+        jwe: dict[str, Any] = self.call("GET", resource_url(path), headers=headers)
         return jwe
 
     # -- admin (each call with a fresh admin token) ----------------------------------------
@@ -96,11 +96,11 @@ class KbsClient:
 
     def set_resource(self, token: str, path: str, secret: bytes) -> None:
         """Store (or replace) the secret at repository/type/tag."""
-        self.admin("POST", "/resource/" + path, token, secret, "application/octet-stream")
+        self.admin("POST", resource_url(path), token, secret, "application/octet-stream")
 
     def delete_resource(self, token: str, path: str) -> None:
         """Delete the secret at repository/type/tag."""
-        self.admin("DELETE", "/resource/" + path, token)
+        self.admin("DELETE", resource_url(path), token)
 
     def set_attestation_policy(self, token: str, text: str) -> None:
         """The attestation policy (`sevsim validate` TOML) every attestation must pass."""
@@ -123,6 +123,11 @@ class KbsClient:
         """The stored secrets' paths and times (never the secrets)."""
         listing: list[dict[str, Any]] = self.admin("GET", "/resources", token)
         return listing
+
+
+def resource_url(path: str) -> str:
+    """The endpoint of resource `repository/type/tag`, each segment percent-encoded."""
+    return "/resource/" + urllib.parse.quote(path, safe="/")
 
 
 def refusal_from(status: int, content_type: str, data: bytes) -> KbsRefusal:

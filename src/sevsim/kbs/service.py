@@ -19,10 +19,13 @@ import binascii
 import dataclasses
 import datetime
 import json
-from collections.abc import Callable
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, Request
@@ -36,6 +39,7 @@ from sevsim.abi.kbs import Request as KbsRequest
 from sevsim.abi.kbs_snp import snp_evidence_from_json
 from sevsim.attest.snp_policy import Policy
 from sevsim.errors import (
+    ConfigError,
     KbsAdminAuthError,
     KbsCryptoError,
     KbsEvidenceError,
@@ -52,12 +56,13 @@ from sevsim.kbs.admin import verify_admin_token
 from sevsim.kbs.client import ERRORS, PREFIX, PROBLEM, SESSION_COOKIE
 from sevsim.kbs.jose import TokenSigner, encrypt_to_tee
 from sevsim.kbs.policy import ResourcePolicy
-from sevsim.kbs.store import PolicyKind, SessionRecord, Store, utc_now
+from sevsim.kbs.store import MAX_REASON, PolicyKind, SessionRecord, Store, utc_now
 from sevsim.kbs.verifier import REASONS as EVIDENCE_REASONS
 from sevsim.kbs.verifier import EvidenceConfig, verify_snp_evidence
 
 MAX_BODY = 1 << 20  # a request body: evidence with a certificate chain is a few KiB
 SUPPORTED_TEE = "snp"
+MAX_SHORT_TEXT = 255  # the store's limit on a session id, client address or resource path
 
 # Every reason a request is refused: HTTP status and the problem document's title. The one
 # place a reason is named; `type` is ERRORS + the key, and GET on it answers the title.
@@ -120,7 +125,7 @@ class KbsConfig:
 
 
 @dataclass
-class Decision:
+class AuditEntry:
     """What the audit record of one request says, filled in as the request is handled."""
 
     action: str
@@ -139,7 +144,7 @@ class Broker:
         self.store = Store.open(config.db_url, config.secret_key, config.clock)
         self.signer = TokenSigner(config.token_key or ec.generate_private_key(ec.SECP256R1()))
 
-    def decide(self, decision: Decision, work: Callable[[], Response]) -> Response:
+    def decide(self, entry: AuditEntry, work: Callable[[], Response]) -> Response:
         """Run `work`; write the audit record (allowed, or refused and why) before answering."""
         try:
             try:
@@ -153,40 +158,43 @@ class Broker:
             except SevsimError as error:  # a typed error no step turned into a refusal
                 raise refuse("internal", f"{type(error).__name__}: {error}") from None
         except KbsRefusal as refusal:
-            self.audit(decision, "refused", f"{refusal.reason}: {refusal.detail}")
+            self.audit(entry, "refused", f"{refusal.reason}: {refusal.detail}")
             return problem(refusal)
-        self.audit(decision, "allowed", "")
+        self.audit(entry, "allowed", "")
         return response
 
-    def audit(self, decision: Decision, outcome: str, reason: str) -> None:
-        """One audit record."""
-        self.store.append_audit(decision.action, outcome, session_id=decision.session,
-                                client=decision.client, resource=decision.resource,
-                                reason=reason or None, claims=decision.claims)
+    def audit(self, entry: AuditEntry, outcome: str, reason: str) -> None:
+        """One audit record. What a client chose (its cookie, a path, a detail quoting its
+        input) is cut to what the store takes: a refusal is recorded however long it is."""
+        def cut(text: str | None, limit: int = MAX_SHORT_TEXT) -> str | None:
+            return text[:limit] if text else None
+        self.store.append_audit(entry.action, outcome, session_id=cut(entry.session),
+                                client=cut(entry.client), resource=cut(entry.resource),
+                                reason=cut(reason, MAX_REASON), claims=entry.claims)
 
     # -- the attestation protocol ----------------------------------------------------------
 
-    def auth(self, body: bytes, decision: Decision) -> Response:
+    def auth(self, body: bytes, entry: AuditEntry) -> Response:
         """Request -> Challenge: a fresh nonce in a new session, named by the cookie."""
         request = parse(KbsRequest.from_json, body)
         if request.tee != SUPPORTED_TEE:
             raise refuse("unsupported-tee", f"tee {request.tee!r}; this KBS takes "
                          f"{SUPPORTED_TEE!r}")
         session = self.store.new_session(request.tee, self.config.nonce_lifetime_s)
-        decision.session = session.id
+        entry.session = session.id
         response = JSONResponse(Challenge(nonce=session.nonce, extra_params={}).to_json())
         response.set_cookie(SESSION_COOKIE, session.id, path=PREFIX, httponly=True,
                             samesite="strict")
         return response
 
-    def attest(self, session_id: str | None, body: bytes, decision: Decision) -> Response:
+    def attest(self, session_id: str | None, body: bytes, entry: AuditEntry) -> Response:
         """Attestation -> token. A well-formed message for this session's nonce takes the
         nonce (once, whatever the verdict: sevsim.kbs.store); then the evidence must verify,
         bind runtime-data and pass the attestation policy. A malformed message or another
         session's nonce changes nothing."""
         if session_id is None:
             raise refuse("no-session", "the request carries no kbs-session-id cookie")
-        decision.session = session_id
+        entry.session = session_id
         session = self.session(session_id)
         attestation = parse(Attestation.from_json, body)
         evidence = parse(snp_evidence_from_json, attestation.tee_evidence.primary)
@@ -209,7 +217,7 @@ class Broker:
             reason = ("attestation-policy" if error.reason == "policy"
                       else f"evidence-{error.reason}")
             raise refuse(reason, error.detail) from None
-        decision.claims = claims
+        entry.claims = claims
         tee_pubkey = attestation.runtime_data.tee_pubkey.to_json()
         self.store.attest_session(session_id, tee_pubkey, claims,
                                   lifetime_s=self.config.token_lifetime_s)
@@ -241,12 +249,11 @@ class Broker:
             raise refuse("store", f"the stored attestation policy fails: {error}") from None
 
     def resource(self, path: str, session_id: str | None, authorization: str | None,
-                 decision: Decision) -> Response:
+                 entry: AuditEntry) -> Response:
         """The secret at `path` as a JWE to the attested TEE key, if the resource policy
         releases it for the attested claims."""
-        decision.resource = path
-        tee_pubkey, claims = self.attested(session_id, authorization, decision)
-        decision.claims = claims
+        tee_pubkey, claims = self.attested(session_id, authorization, entry)
+        entry.claims = claims
         try:
             text = self.store.get_policy(PolicyKind.RESOURCE).text
         except KbsNotFoundError:
@@ -268,7 +275,7 @@ class Broker:
         return JSONResponse(jwe)
 
     def attested(self, session_id: str | None, authorization: str | None,
-                 decision: Decision) -> tuple[dict[str, Any], dict[str, Any]]:
+                 entry: AuditEntry) -> tuple[dict[str, Any], dict[str, Any]]:
         """The TEE public key (JWK) and claims of the caller: from a bearer token this KBS
         signed, else from the attested session of the cookie."""
         if authorization is not None:
@@ -282,7 +289,7 @@ class Broker:
             return claims["tee-pubkey"], claims["claims"]
         if session_id is None:
             raise refuse("no-token", "send the kbs-session-id cookie or a bearer token")
-        decision.session = session_id
+        entry.session = session_id
         try:
             session = self.store.attested_session(session_id)
         except KbsNotFoundError:
@@ -383,31 +390,61 @@ async def read_body(request: Request) -> bytes:
     return bytes(body)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on host:port (port 0: a free one; IPv6 addresses too), for
+    `serve`. ConfigError for a port outside 0..65535; OSError when the address cannot be
+    listened on (in use, not this machine's, no such host)."""
+    if not 0 <= port <= 0xFFFF:
+        raise ConfigError(f"port {port} is outside 0..65535")
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(app: FastAPI, sock: socket.socket) -> None:
+    """Serve `app` with uvicorn on a listening socket until interrupted (uvicorn.Server.run
+    in the calling thread; its `should_exit` stops it)."""
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
 def create_app(config: KbsConfig) -> FastAPI:
     """The KBS as an ASGI app (run it with uvicorn): opens, and on first use creates and
     migrates, the database at `config.db_url`."""
     broker = Broker(config)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        broker.store.close()
+
     app = FastAPI(title="sevsim KBS", description=__doc__, openapi_url=None, docs_url=None,
-                  redoc_url=None)
+                  redoc_url=None, lifespan=lifespan)
     app.state.broker = broker
 
     async def handle(request: Request, action: str,
-                     work: Callable[[bytes, Decision], Response], *, body: bool = True,
-                     admin: bool = False) -> Response:
+                     work: Callable[[bytes, AuditEntry], Response], *, body: bool = True,
+                     admin: bool = False, resource: str | None = None) -> Response:
         client = request.client.host if request.client else ""
-        decision = Decision(action=action, client=client)
+        entry = AuditEntry(action=action, client=client, resource=resource)
 
         def run(data: bytes) -> Response:
             def step() -> Response:
                 if admin:
                     broker.admin(request.headers.get("authorization"))
-                return work(data, decision)
-            return broker.decide(decision, step)
+                return work(data, entry)
+            return broker.decide(entry, step)
 
         try:
             data = await read_body(request) if body else b""
         except KbsRefusal as refusal:
-            await run_in_threadpool(broker.audit, decision, "refused",
+            await run_in_threadpool(broker.audit, entry, "refused",
                                     f"{refusal.reason}: {refusal.detail}")
             return problem(refusal)
         return await run_in_threadpool(run, data)
@@ -420,7 +457,7 @@ def create_app(config: KbsConfig) -> FastAPI:
     async def attest(request: Request) -> Response:
         session = request.cookies.get(SESSION_COOKIE)
         return await handle(request, "attest",
-                            lambda body, d: broker.attest(session, body, d))
+                            lambda body, entry: broker.attest(session, body, entry))
 
     @app.get(PREFIX + "/resource/{repository}/{kind}/{tag}")
     async def get_resource(request: Request, repository: str, kind: str, tag: str) -> Response:
@@ -428,52 +465,51 @@ def create_app(config: KbsConfig) -> FastAPI:
         session, authorization = (request.cookies.get(SESSION_COOKIE),
                                   request.headers.get("authorization"))
         return await handle(request, "get-resource",
-                            lambda _, d: broker.resource(path, session, authorization, d),
-                            body=False)
+                            lambda _, entry: broker.resource(path, session, authorization, entry),
+                            body=False, resource=path)
 
     @app.post(PREFIX + "/resource/{repository}/{kind}/{tag}")
     async def set_resource(request: Request, repository: str, kind: str, tag: str) -> Response:
         path = f"{repository}/{kind}/{tag}"
 
-        def work(body: bytes, decision: Decision) -> Response:
-            decision.resource = path
+        def work(body: bytes, _: AuditEntry) -> Response:
             broker.store.put_resource(path, body)
             return Response(status_code=204)
-        return await handle(request, "set-resource", work, admin=True)
+        return await handle(request, "set-resource", work, admin=True, resource=path)
 
     @app.delete(PREFIX + "/resource/{repository}/{kind}/{tag}")
     async def delete_resource(request: Request, repository: str, kind: str,
                               tag: str) -> Response:
         path = f"{repository}/{kind}/{tag}"
 
-        def work(_: bytes, decision: Decision) -> Response:
-            decision.resource = path
+        def work(_: bytes, __: AuditEntry) -> Response:
             try:
                 broker.store.delete_resource(path)
             except KbsNotFoundError:
                 raise refuse("resource-not-found", f"no resource {path}") from None
             return Response(status_code=204)
-        return await handle(request, "delete-resource", work, body=False, admin=True)
+        return await handle(request, "delete-resource", work, body=False, admin=True,
+                            resource=path)
 
     @app.get(PREFIX + "/resources")
     async def list_resources(request: Request) -> Response:
         return await handle(request, "list-resources",
-                            lambda _, d: JSONResponse(jsonable(broker.store.list_resources())),
+                            lambda _, __: JSONResponse(jsonable(broker.store.list_resources())),
                             body=False, admin=True)
 
     @app.post(PREFIX + "/attestation-policy")
     async def set_attestation_policy(request: Request) -> Response:
         return await handle(request, "set-attestation-policy",
-                            lambda body, d: broker.set_attestation_policy(body), admin=True)
+                            lambda body, _: broker.set_attestation_policy(body), admin=True)
 
     @app.post(PREFIX + "/resource-policy")
     async def set_resource_policy(request: Request) -> Response:
         return await handle(request, "set-resource-policy",
-                            lambda body, d: broker.set_resource_policy(body), admin=True)
+                            lambda body, _: broker.set_resource_policy(body), admin=True)
 
     @app.get(PREFIX + "/audit")
     async def list_audit(request: Request, after: int = 0, limit: int = 100) -> Response:
-        return await handle(request, "list-audit", lambda _, d: JSONResponse(jsonable(
+        return await handle(request, "list-audit", lambda _, __: JSONResponse(jsonable(
             broker.store.list_audit(after_id=after, limit=limit))), body=False, admin=True)
 
     @app.get(ERRORS + "{reason}")
@@ -488,6 +524,10 @@ def create_app(config: KbsConfig) -> FastAPI:
         reason = {404: "not-found", 405: "method-not-allowed"}.get(error.status_code,
                                                                    "malformed-request")
         return problem(KbsRefusal(error.status_code, reason, str(error.detail)))
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> Response:
+        return problem(refuse("internal", type(error).__name__))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> Response:
