@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 from ovmf_images import make_ovmf
 from sevsim.abi.gce_endorsement import GoldenMeasurement, LaunchEndorsement
 from sevsim.abi.kbs import (
+    KBS_PROTOCOL_VERSION,
     Attestation,
     Challenge,
     EcPublicJwk,
@@ -427,7 +428,7 @@ def kbs_seeds() -> dict[str, tuple[bytes, ...]]:
     attestation = Attestation(runtime, None, TeeEvidence({"x": [1]}, '{"sample": {}}'))
     evidence = snp_evidence_to_json(_report_seeds()[3], [(str(GUID_VCEK), VCEKS[0][:64])])
     return {
-        "request": (_json_seed(Request("0.4.0", "snp", {"supported-hash-algorithms":
+        "request": (_json_seed(Request(KBS_PROTOCOL_VERSION, "snp", {"supported-hash-algorithms":
                                                         ["sha384"]}).to_json()),),
         "challenge": (_json_seed(Challenge("n", {"selected-hash-algorithm": "sha512"})
                                  .to_json()),),

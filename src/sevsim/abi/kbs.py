@@ -61,7 +61,7 @@ def _no_duplicates(pairs: list[tuple[str, Json]]) -> dict[str, Json]:
     out: dict[str, Json] = {}
     for key, value in pairs:
         if key in out:
-            raise KbsProtocolError(key, "appears twice in one object")
+            raise KbsProtocolError("json", f"member {key!r} appears twice in one object")
         out[key] = value
     return out
 
@@ -70,9 +70,16 @@ def _refuse_constant(name: str) -> None:
     raise KbsProtocolError("json", f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if abs(value) == float("inf"):  # 1e400: Python reads inf, which has no JSON spelling
+        raise KbsProtocolError("json", f"{text} does not fit a double")
+    return value
+
+
 def load_json(data: bytes | str | dict[str, Json], field: str) -> dict[str, Json]:
-    """A JSON object from bytes, text or an already-parsed dict; strict JSON (no NaN, no
-    duplicate members) whose top level must be an object."""
+    """A JSON object from bytes, text or an already-parsed dict; strict JSON (no NaN or
+    infinity, no duplicate members) whose top level must be an object."""
     if isinstance(data, dict):
         return data
     if isinstance(data, bytes | bytearray):
@@ -88,10 +95,9 @@ def load_json(data: bytes | str | dict[str, Json], field: str) -> dict[str, Json
         raise KbsProtocolError(field, f"is {len(data)} characters, more than {MAX_MESSAGE}")
     try:
         value = json.loads(data, object_pairs_hook=_no_duplicates,
-                           parse_constant=_refuse_constant)
-    except KbsProtocolError as err:  # a duplicate member or a NaN, from the hooks above
-        raise KbsProtocolError(f"{field}.{err.field}" if err.field != "json" else field,
-                               str(err).partition(": ")[2]) from None
+                           parse_constant=_refuse_constant, parse_float=_finite)
+    except KbsProtocolError as err:  # a duplicate member or a number, from the hooks above
+        raise KbsProtocolError(field, str(err).partition(": ")[2]) from None
     except (ValueError, RecursionError) as err:
         raise KbsProtocolError(field, f"is not JSON ({err})") from None
     return _object(value, field)

@@ -14,7 +14,8 @@ import time
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from joserfc import jwe, jwt
+from joserfc import jwe as joserfc_jwe
+from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 from joserfc.jwt import JWTClaimsRegistry
@@ -48,21 +49,22 @@ def encrypt_to_tee(jwk: PublicJwk, plaintext: bytes) -> dict[str, str]:
         else:
             n, e = jwk.numbers()
             key = RSAKey.import_key(rsa.RSAPublicNumbers(e, n).public_key())
-        compact = jwe.encrypt_compact({"alg": alg, "enc": CONTENT_ENCRYPTION}, plaintext, key,
-                                      algorithms=[alg, CONTENT_ENCRYPTION])
+        compact = joserfc_jwe.encrypt_compact({"alg": alg, "enc": CONTENT_ENCRYPTION},
+                                              plaintext, key,
+                                              algorithms=[alg, CONTENT_ENCRYPTION])
     except (JoseError, KbsProtocolError, ValueError) as err:
         raise KbsCryptoError(f"cannot encrypt to this key: {err}") from None
     return dict(zip(JWE_MEMBERS, compact.split("."), strict=True))
 
 
 def decrypt_jwe(private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
-                jwe_json: dict[str, Any]) -> bytes:
+                jwe: dict[str, Any]) -> bytes:
     """The plaintext of a flattened JWE made for `private_key` (the TEE's side), in the form
     Trustee sends: the five members of JWE_MEMBERS, every header member protected, no `aad`.
     Only the algorithm its key type takes and A256GCM are accepted; anything else, a wrong
     key or a changed byte is a KbsCryptoError."""
-    if not isinstance(jwe_json, dict) or set(jwe_json) != set(JWE_MEMBERS) or \
-            not all(isinstance(value, str) and "." not in value for value in jwe_json.values()):
+    if not isinstance(jwe, dict) or set(jwe) != set(JWE_MEMBERS) or \
+            not all(isinstance(value, str) and "." not in value for value in jwe.values()):
         raise KbsCryptoError(f"a JWE from the KBS has exactly the string members {JWE_MEMBERS}")
     key: ECKey | RSAKey
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
@@ -73,9 +75,9 @@ def decrypt_jwe(private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
         raise KbsCryptoError(f"a {type(private_key).__name__} is not an EC or RSA private key")
     # The compact form authenticates the protected header exactly as sent (joserfc's JSON
     # path re-serialises it, which breaks the tag for any other spelling of the same header).
-    compact = ".".join(jwe_json[name] for name in JWE_MEMBERS)
+    compact = ".".join(jwe[name] for name in JWE_MEMBERS)
     try:
-        result = jwe.decrypt_compact(compact, key, algorithms=[alg, CONTENT_ENCRYPTION])
+        result = joserfc_jwe.decrypt_compact(compact, key, algorithms=[alg, CONTENT_ENCRYPTION])
     except (JoseError, ValueError, TypeError, KeyError) as err:
         raise KbsCryptoError(f"the JWE does not decrypt under this key: {err!r}") from None
     assert result.plaintext is not None
