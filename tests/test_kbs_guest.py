@@ -8,6 +8,7 @@ private buffer."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -33,9 +34,20 @@ from sevsim import Host
 from sevsim.abi.kbs import EcPublicJwk
 from sevsim.abi.snp_tcb import PolicyFlags
 from sevsim.abi.svm import SEVSIM_HC_NIC_CONNECT, SEVSIM_HC_NIC_KICK, SEVSIM_HC_NIC_SETUP
-from sevsim.abi.vnic import NIC_PAGES, PAGE, counter_offset, pack_u32
+from sevsim.abi.vnic import (
+    NIC_PAGES,
+    PAGE,
+    URL_OFFSET,
+    Control,
+    counter_offset,
+    pack_slot,
+    pack_u32,
+    pack_url,
+    parse_slot,
+    parse_url,
+)
 from sevsim.attest.measure import guest_digest
-from sevsim.errors import ConfigError, KbsAgentError
+from sevsim.errors import ConfigError, FormatError, KbsAgentError
 from sevsim.guest import kbs_agent
 from sevsim.guest.kernel import KBS_KEY_GPA, NIC_GPA, kernel_identity
 from sevsim.host.elf import parse_elf
@@ -557,3 +569,17 @@ def test_a_hostile_guest_gets_only_answers_from_the_nic(pokes: list[tuple[int, b
             assert answer == NIC_ERROR or 0 <= answer < 8
             assert len(nic.sent) <= 16 * 2040
         nic.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=PAGE + 16))
+def test_ring_parsers_return_or_raise_format_errors(blob: bytes) -> None:
+    """What the guest reads from its shared pages: parsed, or a FormatError, nothing else."""
+    with contextlib.suppress(FormatError):
+        Control.from_bytes(blob)
+    with contextlib.suppress(FormatError):
+        data, flags = parse_slot(blob)
+        assert parse_slot(pack_slot(data, flags)) == (data, flags)
+    with contextlib.suppress(FormatError):
+        url = parse_url(blob)
+        assert parse_url(bytes(URL_OFFSET - 2) + pack_url(url)) == url

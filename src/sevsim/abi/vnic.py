@@ -128,6 +128,9 @@ def pack_url(url: str) -> bytes:
 def parse_url(page: bytes) -> str:
     """The URL the host wrote into the control page; FormatError if it does not fit or is
     not printable ASCII."""
+    if len(page) < URL_OFFSET:
+        raise FormatError(f"NIC control page: {len(page)} bytes, the URL starts at "
+                          f"0x{URL_OFFSET:x}")
     (length,) = struct.unpack_from("<H", page, URL_OFFSET - 2)
     if length > URL_MAX or URL_OFFSET + length > len(page):
         raise FormatError(f"NIC URL: length {length}, the control page holds {URL_MAX}")
