@@ -583,3 +583,35 @@ def test_ring_parsers_return_or_raise_format_errors(blob: bytes) -> None:
     with contextlib.suppress(FormatError):
         url = parse_url(blob)
         assert parse_url(bytes(URL_OFFSET - 2) + pack_url(url)) == url
+
+
+@pytest.mark.parametrize("status", [200, 401])
+def test_deeply_nested_json_is_a_protocol_error(status: int) -> None:
+    body = b"[" * 200_000
+    answer = b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n" % (status, len(body)) + body
+    with pytest.raises(KbsAgentError) as refused:
+        kbs_agent.fetch_resource(kbs_agent.HttpClient(ScriptedStream([answer]), "kbs"),
+                                 "/kbs/v0", RESOURCE, lambda data: (REAL_REPORT, b""),
+                                 MemoryKeys())
+    assert refused.value.reason == ("protocol" if status == 200 else "refused")
+
+
+JWE_VALUES = st.one_of(st.text(max_size=40), st.integers(), st.none(), st.booleans(),
+                       st.lists(st.text(max_size=5), max_size=2),
+                       st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["protected", "encrypted_key", "iv", "ciphertext", "tag",
+                                        "aad", "header", "x"]), JWE_VALUES, max_size=7),
+       st.booleans())
+def test_forged_jwes_are_protocol_errors(forged: dict[str, object], start_real: bool) -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    scalar = private.private_numbers().private_value.to_bytes(32, "big")
+    jwe: dict[str, object] = dict(encrypt_to_tee(EcPublicJwk.from_key(private.public_key()),
+                                                 SECRET)) if start_real else {}
+    jwe.update(forged)
+    try:
+        assert kbs_agent.decrypt_resource(jwe, scalar) == SECRET
+    except KbsAgentError as err:
+        assert err.reason == "protocol"

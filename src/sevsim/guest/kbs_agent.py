@@ -107,7 +107,7 @@ class HttpClient:
     stream: Stream
     authority: str
     cookies: dict[str, str] = field(default_factory=dict)
-    _conn: h11.Connection | None = None
+    _conn: h11.Connection | None = field(default=None, init=False, repr=False)
 
     def request(self, method: str, target: str, body: bytes | None = None,
                 headers: tuple[tuple[str, str], ...] = ()) -> Response:
@@ -183,7 +183,7 @@ def _json(response: Response, what: str) -> dict[str, object]:
         raise KbsAgentError("protocol", f"{what}: HTTP {response.status} {_problem(response)}")
     try:
         value = json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         raise KbsAgentError("protocol", f"{what}: the body is not JSON") from None
     if not isinstance(value, dict):
         raise KbsAgentError("protocol", f"{what}: the body is not a JSON object")
@@ -194,7 +194,7 @@ def _problem(response: Response) -> str:
     """An RFC 7807 problem document's type, if the body is one."""
     try:
         doc = json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return ""
     return str(doc.get("type", "")) if isinstance(doc, dict) else ""
 
