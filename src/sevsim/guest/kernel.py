@@ -85,7 +85,7 @@ from sevsim.errors import (
     SevsimError,
     SnpFormatError,
 )
-from sevsim.guest import kbs_agent, tsm
+from sevsim.guest import tsm
 from sevsim.guest.ghcb import (
     TERM_GENERAL_REQUEST,
     TERM_PSC,
@@ -583,6 +583,8 @@ class GuestKernel:
         self._user_range(cpu, buf, length)
         if not cpu.is_private(buf, length):
             return -EPERM
+        from sevsim.guest import kbs_agent  # on first use: HTTP and JOSE cost every boot 60 ms
+
         self._kernel_shared(cpu, _NIC_SHARED, NIC_GPA, NIC_PAGES)
         stream = NicStream(cpu, NIC_GPA, time.monotonic() + _KBS_DEADLINE_S)
         try:
