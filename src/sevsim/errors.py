@@ -123,6 +123,18 @@ class GuestTimeout(SevsimError):
     """The guest did not stop within its time limit."""
 
 
+class KbsAgentError(SevsimError):
+    """The guest's attestation agent got no resource from the key broker. `reason` says why,
+    for the guest kernel's errno: "no-device" (no NIC, not SNP), "network" (connection or
+    link failure), "timeout", "protocol" (malformed HTTP, JSON or JWE), "refused" (401/403),
+    "not-found" (404), "report" (the Secure Processor gave no report)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
 class VmStateError(SevsimError):
     """A VM operation issued in the wrong lifecycle state (e.g. run before launch)."""
 

@@ -77,6 +77,15 @@ SEVSIM_HC_START_VCPU = 0x5E5000
 # blob follows. Untrusted both ways: only public bytes (nonces, reports) belong on it.
 SEVSIM_HC_HOST_INPUT = 0x5E5001
 SEVSIM_HC_HOST_OUTPUT = 0x5E5002
+# sevsim's virtual NIC (abi/vnic.py): SETUP registers the shared ring pages (RBX = GPA, RCX =
+# pages; the host writes the URL it bridges to), CONNECT opens the VMM's TCP connection,
+# KICK moves the TX slots to it and fills the RX slots from it, waiting up to RBX ms for
+# data when there is none (RAX = LinkFlag), CLOSE ends the connection. RAX = 0 on success,
+# all ones when the VMM has no NIC or refuses.
+SEVSIM_HC_NIC_SETUP = 0x5E5003
+SEVSIM_HC_NIC_CONNECT = 0x5E5004
+SEVSIM_HC_NIC_KICK = 0x5E5005
+SEVSIM_HC_NIC_CLOSE = 0x5E5006
 
 # Ports of the VMM's devices.
 SERIAL_PORT = 0x3F8

@@ -117,6 +117,9 @@ def run(
         help="SNP: the owner's 0x60-byte ID block for SNP_LAUNCH_FINISH.")] = None,
     id_auth: Annotated[Path | None, typer.Option(
         help="SNP: the 0x1000-byte ID_AUTH_INFO signing the ID block.")] = None,
+    kbs: Annotated[str | None, typer.Option(
+        help="Give the guest a virtual NIC bridged to this key broker (http://HOST:PORT); "
+             "sev_kbs_get_resource() attests to it (examples/kbs_client.c).")] = None,
 ) -> None:
     """Run a guest program; its console goes to stdout and its exit code becomes ours."""
     from sevsim.attest.measure import guest_digest
@@ -149,6 +152,9 @@ def run(
         err.print(f"sevsim: mode={vm.mode} chip={host.chip.name} asid={vm.asid}"
                   f"{'' if vm.hv.mode.encrypted else ' (unencrypted)'} memory={memory} "
                   f"vcpus={vcpus}", highlight=False)
+        if kbs is not None:
+            vm.attach_nic(kbs)
+            err.print(f"sevsim: virtual NIC bridged to {kbs}", highlight=False)
         vm.load(image)
         vm.host_input = host_input.ljust(64, b"\0") if host_input else b""
         owner = None if secret_bytes is None else _owner(vm, image, secret_bytes, launch_policy)

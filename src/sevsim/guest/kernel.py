@@ -23,6 +23,7 @@ for guest requests, through its own permissions, and never PVALIDATE or starting
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 import time
 from collections.abc import Callable
@@ -75,8 +76,10 @@ from sevsim.abi.svm import (
     ioio_info,
 )
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, Vmsa
+from sevsim.abi.vnic import NIC_PAGES
 from sevsim.errors import (
     GuestFault,
+    KbsAgentError,
     PageNotValidated,
     RmpInstructionError,
     SevsimError,
@@ -90,6 +93,7 @@ from sevsim.guest.ghcb import (
     encrypted_state,
     snp_active,
 )
+from sevsim.guest.vnic import NicStream
 from sevsim.hw.cpu import VC_VECTOR, GuestCpu
 
 PAGE = 4096
@@ -105,22 +109,29 @@ VMSAS_GPA = HOST_IO_GPA + PAGE  # SNP: the VMSA of lower-VMPL vCPU i at VMSAS_GP
 VMPL_SECRETS_GPA = VMSAS_GPA + MAX_VCPUS * PAGE  # ... and its copy of the secrets page
 TSM_GPA = VMPL_SECRETS_GPA + MAX_VCPUS * PAGE  # configfs-tsm report entries of VMPL v at
 TSM_AREA = tsm.SLOTS * tsm.SLOT_SIZE  # ... TSM_GPA + v * TSM_AREA (private)
-KERNEL_END = TSM_GPA + VMPLS * TSM_AREA  # programs may share or unshare from here
+NIC_GPA = TSM_GPA + VMPLS * TSM_AREA  # the virtual NIC's rings (shared on first use)
+KBS_KEY_GPA = NIC_GPA + NIC_PAGES * PAGE  # the attestation agent's private key (private)
+KERNEL_END = KBS_KEY_GPA + PAGE  # programs may share or unshare from here
 _VERSION_GPA = STATE_GPA  # u64: negotiated GHCB protocol version
 _SHARED_FLAGS_GPA = STATE_GPA + 8  # u64: which of the kernel's shared areas are shared yet
-_MSG_SHARED, _HOST_IO_SHARED = 1, 2
+_MSG_SHARED, _HOST_IO_SHARED, _NIC_SHARED = 1, 2, 4
 _AP_START = struct.Struct("<QQQQ")  # entry, stack top, RDI, RSI; entry 0: no request
 _AP_SLOTS_GPA = STATE_GPA + 0x100
 _CONTEXTS_GPA = STATE_GPA + 16  # u64: vCPUs started at a lower VMPL so far
 _OPTIONS_GPA = STATE_GPA + 24  # u64: the hardening options the program turned on
 EPERM = 1
+ENOENT = 2
 EINTR = 4
 EIO = 5
+EACCES = 13
 EFAULT = 14
 ENODEV = 19
 EINVAL = 22
 ENOSPC = 28
 ENOSYS = 38
+EPROTO = 71
+ETIMEDOUT = 110
+ECONNREFUSED = 111
 _CERT_ENTRY = struct.Struct("<16sII")  # certificate table entry: GUID, offset, length
 
 SYS_WRITE = 1
@@ -145,23 +156,29 @@ SYS_TSM_READ = 116
 SYS_KERNEL_OPTIONS = 117
 SYS_SET_PTE_ATTRS = 118
 SYS_MAP_WINDOW = 119
+SYS_KBS_RESOURCE = 120
 KERNEL_OPTIONS = int(KernelOption.VC_INSN_CHECK | KernelOption.NO_IA32_EMULATION)  # all there are
 IA32_SYSCALL_VECTOR = 0x80
 # What an injected #VC's handler emulates without decoding operands, and the instruction it
 # steps over afterwards (Linux's vc_handle_vmmcall / vc_handle_cpuid).
 _VC_INSNS = {ExitCode.VMMCALL: b"\x0f\x01\xd9", ExitCode.CPUID: b"\x0f\xa2"}
 _VMPL0_ONLY = {SYS_SET_SHARED, SYS_SET_PRIVATE, SYS_VCPU_START, SYS_VMPL_START,
-               SYS_KERNEL_OPTIONS, SYS_SET_PTE_ATTRS}
+               SYS_KERNEL_OPTIONS, SYS_SET_PTE_ATTRS, SYS_KBS_RESOURCE}
 _BUSY_RETRY_S = 0.01  # Linux: SNP_REQ_RETRY_DELAY, while the hypervisor says BUSY ...
 _BUSY_GIVE_UP_S = 60.0  # ... for at most SNP_REQ_MAX_RETRY_DURATION
 _MAX_WRITE = 1 << 20
+_KBS_DEADLINE_S = 30.0  # one whole attestation and fetch, network waits included
+_KBS_ERRNO = {"no-device": ENODEV, "network": ECONNREFUSED, "timeout": ETIMEDOUT,
+              "protocol": EPROTO, "refused": EACCES, "not-found": ENOENT, "report": EIO}
+_RESOURCE_PART = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 
 
 def kernel_identity() -> bytes:
     """SHA-384 of this kernel's sources: what the launch measurement binds the guest to."""
     here = Path(__file__).parent
     return hashlib.sha384(b"".join((here / name).read_bytes()
-                                   for name in ("kernel.py", "ghcb.py", "tsm.py"))).digest()
+                                   for name in ("kernel.py", "ghcb.py", "tsm.py", "vnic.py",
+                                                "kbs_agent.py"))).digest()
 
 
 def _runs(gpns: list[int]) -> list[tuple[int, int]]:
@@ -197,7 +214,7 @@ class GuestKernel:
             SYS_TSM_MKDIR: self._tsm_mkdir, SYS_TSM_RMDIR: self._tsm_rmdir,
             SYS_TSM_WRITE: self._tsm_write, SYS_TSM_READ: self._tsm_read,
             SYS_KERNEL_OPTIONS: self._kernel_options, SYS_SET_PTE_ATTRS: self._set_pte_attrs,
-            SYS_MAP_WINDOW: self._map_window,
+            SYS_MAP_WINDOW: self._map_window, SYS_KBS_RESOURCE: self._kbs_resource,
         }
 
     # -- boot ---------------------------------------------------------------------------------
@@ -546,6 +563,54 @@ class GuestKernel:
                 return -EIO
         return length
 
+    # -- the key broker -------------------------------------------------------------------------
+    def _kbs_resource(self, cpu: GuestCpu, path_ptr: int, buf: int, length: int,
+                      *_: int) -> int:
+        """Fetch a key broker resource (`repository/type/tag`) into the program's buffer,
+        which must be private: attest over the virtual NIC (kbs_agent), the ephemeral key in
+        the kernel's private key page, the JWE opened straight into `buf`. Returns the
+        secret's length, or -errno: ENOSPC when it does not fit (nothing is copied), EPERM
+        for a buffer the host could read, and the agent's failures (_KBS_ERRNO)."""
+        if not snp_active(cpu):
+            return -ENODEV
+        path = self._path(cpu, path_ptr)
+        if isinstance(path, int):
+            return path
+        parts = path.split(b"/")
+        if len(parts) != 3 or not all(_RESOURCE_PART.fullmatch(p) and p.strip(b".")
+                                      for p in parts):
+            return -EINVAL
+        self._user_range(cpu, buf, length)
+        if not cpu.is_private(buf, length):
+            return -EPERM
+        from sevsim.guest import kbs_agent  # on first use: HTTP and JOSE cost every boot 60 ms
+
+        self._kernel_shared(cpu, _NIC_SHARED, NIC_GPA, NIC_PAGES)
+        stream = NicStream(cpu, NIC_GPA, time.monotonic() + _KBS_DEADLINE_S)
+        try:
+            url = stream.setup()
+            authority, prefix = kbs_agent.base_path(url)
+            client = kbs_agent.HttpClient(stream, authority)
+            secret = kbs_agent.fetch_resource(client, prefix, path.decode(),
+                                              lambda data: self._kbs_evidence(cpu, data),
+                                              _PageKeyStore(cpu, KBS_KEY_GPA))
+        except KbsAgentError as err:
+            return -_KBS_ERRNO[err.reason]
+        finally:
+            stream.close()
+        if len(secret) > length:
+            return -ENOSPC
+        self._to_user(cpu, buf, secret)
+        return len(secret)
+
+    def _kbs_evidence(self, cpu: GuestCpu, data: bytes) -> tuple[bytes, bytes]:
+        """An extended report for the agent: the report and the host's certificate table."""
+        result = self._report(cpu, data, cpu.vmpl, CERTS_PAGES)
+        table = self._cert_table(cpu, CERTS_PAGES) if isinstance(result, bytes) else None
+        if not isinstance(result, bytes) or table is None:
+            raise KbsAgentError("report", "the Secure Processor gave no report")
+        return result, table
+
     # -- SEV-SNP guest requests ----------------------------------------------------------------
     @staticmethod
     def _secrets_gpa(cpu: GuestCpu) -> int:
@@ -892,3 +957,24 @@ class GuestKernel:
             raise GuestFault(f"vCPU {cpu.index}: #VC for exit code {code!r} the guest kernel "
                              "does not handle")
         return answer is not None
+
+
+class _PageKeyStore:
+    """The agent's private scalar in one of the kernel's private pages (ciphertext in DRAM),
+    wiped when the exchange ends."""
+
+    def __init__(self, cpu: GuestCpu, gpa: int) -> None:
+        self.cpu, self.gpa = cpu, gpa
+
+    def store(self, scalar: bytes) -> None:
+        """Write the scalar, length first."""
+        self.cpu.write(self.gpa, struct.pack("<H", len(scalar)) + scalar)
+
+    def load(self) -> bytes:
+        """The scalar written last."""
+        (size,) = struct.unpack("<H", self.cpu.read(self.gpa, 2))
+        return self.cpu.read(self.gpa + 2, min(size, PAGE - 2))
+
+    def wipe(self) -> None:
+        """Zero the page."""
+        self.cpu.write(self.gpa, bytes(PAGE))

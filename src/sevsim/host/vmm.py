@@ -37,6 +37,7 @@ from sevsim.firmware.sev import LaunchMeasurement
 from sevsim.guest.kernel import GuestKernel, kernel_identity
 from sevsim.host.elf import GuestImage, parse_elf
 from sevsim.host.hypervisor import HvVm, Hypervisor
+from sevsim.host.vnic import NIC_HYPERCALLS, VirtualNic
 from sevsim.hw.chips import GuestMode
 from sevsim.hw.cpu import VcpuState
 from sevsim.hw.engine import PAGE
@@ -94,6 +95,7 @@ class VirtualMachine:
         self.host_input = b""  # what the guest's sev_host_input() reads, consumed in order
         self.outputs: list[bytes] = []  # blobs the guest handed over with sev_host_output()
         self._output_part = bytearray()
+        self.nic: VirtualNic | None = None  # attach_nic: the guest's network device
         vm.io_handler = self._io
         vm.hypercall_handler = self._hypercall
 
@@ -335,8 +337,19 @@ class VirtualMachine:
         code = self.exit_code if self.exit_code is not None else 0
         return RunResult(code, self.console, error)
 
+    def attach_nic(self, url: str) -> VirtualNic:
+        """Give the guest a virtual NIC bridged to `url`'s host and port (http://, as
+        `sevsim run --kbs URL`); the guest learns the URL from the NIC. ConfigError for a
+        URL it cannot bridge to."""
+        if self.nic is not None:
+            self.nic.close()
+        self.nic = VirtualNic(url)
+        return self.nic
+
     def destroy(self) -> None:
         """Tear the VM down: its vCPUs stop, its key is released and its memory freed."""
+        if self.nic is not None:
+            self.nic.close()
         self.hypervisor.destroy_vm(self.hv)
 
     # -- the hypervisor's view -------------------------------------------------------------------
@@ -370,7 +383,10 @@ class VirtualMachine:
         return 0
 
     def _hypercall(self, vm: HvVm, nr: int, args: tuple[int, ...]) -> int | None:
-        """The host channel: input into, output out of, the guest's shared bounce page."""
+        """The host channel: input into, output out of, the guest's shared bounce page;
+        and the NIC's exits."""
+        if nr in NIC_HYPERCALLS:
+            return _HC_ERROR if self.nic is None else self.nic.hypercall(self, nr, args)
         gpa, length = args[0], args[1]
         if nr not in (SEVSIM_HC_HOST_INPUT, SEVSIM_HC_HOST_OUTPUT):
             return None

@@ -887,6 +887,14 @@ class GuestCpu:
                              f"{'write' if needed == PERM_WRITE else 'read'} GPA "
                              f"0x{bad * PAGE:x}")
 
+    def is_private(self, gpa: int, length: int) -> bool:
+        """Whether the guest page tables mark every page of [gpa, gpa + length) private
+        (C=1) in an encrypted VM: where a kernel may put what the host must not read."""
+        space = self._vcpu._space
+        first, stop = gpa // PAGE, -(-(gpa + length) // PAGE)
+        return bool(space.encrypted and 0 <= first <= stop <= space.c_bit.size
+                    and space.c_bit[first:stop].all())
+
     def set_c_bit(self, gpa: int, npages: int, private: bool, zero: bool = False) -> None:
         """Mark pages private (C=1) or shared in the guest page tables."""
         first = gpa // PAGE

@@ -56,6 +56,7 @@ extern "C" {
 #define SYS_KERNEL_OPTIONS 117
 #define SYS_SET_PTE_ATTRS 118
 #define SYS_MAP_WINDOW 119
+#define SYS_KBS_RESOURCE 120
 
 /* Hardening options of the guest kernel (sev_kernel_options). */
 #define SEV_KOPT_VC_INSN_CHECK (1UL << 0)     /* #VC: check the instruction matches the exit */
@@ -78,6 +79,9 @@ extern "C" {
 #define SEV_ENOSPC 28
 #define SEV_ERANGE 34
 #define SEV_ENAMETOOLONG 36
+#define SEV_EPROTO 71
+#define SEV_ETIMEDOUT 110
+#define SEV_ECONNREFUSED 111
 
 /* SEV-SNP guest requests: sizes of what the Secure Processor answers. */
 #define SEV_SNP_REPORT_DATA_SIZE 64
@@ -380,6 +384,22 @@ static inline long sev_host_input(void *buf, size_t len)
 static inline long sev_host_output(const void *buf, size_t len)
 {
     return sev_syscall2(SYS_HOST_OUTPUT, (long)buf, (long)len);
+}
+
+/* SEV-SNP, VMPL0: fetch a secret from a key broker (Trustee's KBS protocol) into buf.
+ * The guest kernel attests over the VMM's virtual NIC (`sevsim run --kbs URL`): it makes an
+ * ephemeral EC P-256 key pair in its private memory, binds the KBS's nonce and the public
+ * key into REPORT_DATA, posts the report, and opens the resource's JWE straight into buf.
+ * `path` is "repository/type/tag".  buf must be private memory (the kernel never puts a
+ * secret where the host reads).  Returns the secret's length, or -errno: SEV_EINVAL (a bad
+ * path), SEV_EPERM (buf is shared), SEV_ENOSPC (the secret is longer than len; nothing is
+ * copied), SEV_ENODEV (no NIC, or not SEV-SNP), SEV_ECONNREFUSED (no connection to the
+ * KBS), SEV_ETIMEDOUT, SEV_EPROTO (a malformed answer), SEV_EACCES (the KBS refused: the
+ * attestation or the resource policy failed), SEV_ENOENT (no such resource), SEV_EIO (no
+ * report). */
+static inline long sev_kbs_get_resource(const char *path, void *buf, size_t len)
+{
+    return sev_syscall3(SYS_KBS_RESOURCE, (long)path, (long)buf, (long)len);
 }
 
 /* Window pages: guest-virtual pages above the program's memory that the process on one
