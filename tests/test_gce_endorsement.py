@@ -343,10 +343,12 @@ def test_time_provenance_and_missing_sections(launched: tuple[bytes, bytes], ovm
     assert reason(LaunchEndorsement(no_cert, bytes(512)).to_bytes(), measurement) == "signer"
 
 
-def with_serial(cert: bytes, serial: int) -> bytes:
-    """`cert` with its TBS serial number replaced (the signature no longer covers it)."""
+def with_serial(cert: bytes, serial: int, version: int = 2) -> bytes:
+    """`cert` with its TBS serial number and version replaced (the signature no longer covers
+    them)."""
     tbs, algorithm, signature = der.children(der.read_one(cert, der.SEQUENCE, "certificate"))
     fields = der.children(tbs[1])
+    fields[0] = (fields[0][0], der.integer(version))
     fields[1] = (der.INTEGER, der.read_one(der.integer(serial), der.INTEGER, "serial"))
     body = b"".join(der.encode(tag, content) for tag, content in fields)
     return der.sequence(der.encode(der.SEQUENCE, body), der.encode(*algorithm),
@@ -366,6 +368,19 @@ def test_a_serial_number_rfc_5280_forbids_is_refused(launched: tuple[bytes, byte
     with pytest.raises(EndorsementFormatError, match="not a certificate"):
         load_google_root(with_serial(root, 0))
     assert load_google_root(with_serial(root, 7)).serial_number == 7
+
+
+def test_an_x509_version_that_does_not_exist_is_refused(launched: tuple[bytes, bytes],
+                                                        ovmf: bytes, golden: dict[int, bytes]
+                                                        ) -> None:
+    """Version 1 (X.509 v2, found by the fuzzer): `cryptography` raises its InvalidVersion,
+    which is no ValueError; sevsim refuses it with a typed error, as signer and as root."""
+    signer = simulated_endorser()
+    bad = Endorser(signer.key, with_serial(signer.cert, 2, version=1), signer.ca_bundle)
+    assert reason(bad.endorse(ovmf, golden), measurement_of(launched[0])) == "signer"
+    root = simulated_google_root().public_bytes(serialization.Encoding.DER)
+    with pytest.raises(EndorsementFormatError, match="version 1"):
+        load_google_root(with_serial(root, 7, version=1))
 
 def test_the_vmm_cannot_shadow_the_firmwares_certificates(ovmf: bytes,
                                                           endorsement: bytes) -> None:

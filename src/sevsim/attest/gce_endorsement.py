@@ -61,12 +61,16 @@ def load_google_root(blob: bytes) -> x509.Certificate:
 
 def _strict(blob: bytes) -> x509.Certificate:
     """A PEM or DER certificate; what `cryptography` only deprecates today (a serial number
-    that is not positive, which RFC 5280 forbids) is raised as its warning."""
+    that is not positive, which RFC 5280 forbids) is raised as its warning, and a bad version
+    number (its InvalidVersion is no ValueError) as a ValueError."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", CryptographyDeprecationWarning)
-        if b"-----BEGIN" in blob:
-            return x509.load_pem_x509_certificate(blob)
-        return x509.load_der_x509_certificate(blob)
+        try:
+            if b"-----BEGIN" in blob:
+                return x509.load_pem_x509_certificate(blob)
+            return x509.load_der_x509_certificate(blob)
+        except x509.InvalidVersion as error:
+            raise ValueError(f"X.509 version {error.parsed_version} is not 1 or 3") from None
 
 
 def endorsement_in_cert_table(table: bytes) -> bytes | None:
