@@ -24,6 +24,7 @@ from sevsim.inputs import (  # noqa: F401 (re-exported: the commands import them
     MAX_GUEST_ELF,
     MAX_ID_AUTH,
     MAX_ID_BLOCK,
+    MAX_KBS_RESOURCE,
     MAX_KERNEL,
     MAX_KEY_FILE,
     MAX_OVMF,

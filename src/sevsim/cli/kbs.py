@@ -12,6 +12,7 @@ import typer
 
 from sevsim.cli.common import (
     MAX_CERT_FILE,
+    MAX_KBS_RESOURCE,
     MAX_KEY_FILE,
     MAX_POLICY_FILE,
     MAX_REPORT_FILE,
@@ -33,7 +34,6 @@ admin_app = typer.Typer(help="Administer a KBS: keys, policies, secrets, the aud
 kbs_app.add_typer(admin_app, name="admin")
 
 SECRET_KEY_ENV = "SEVSIM_KBS_SECRET_KEY"  # 64 hex digits: the at-rest key, kept out of argv
-MAX_RESOURCE = 1 << 20  # a secret uploaded by `admin set-resource` (the server's body limit)
 EXIT_REFUSED = 1  # the KBS answered with a problem document
 
 UrlOption = Annotated[str, typer.Option("--url", help="The KBS, http://host:port.")]
@@ -203,7 +203,7 @@ def set_resource(
 ) -> None:
     """Store (or replace) a secret; it is encrypted at rest under the server's key."""
     _admin(url, key, "set_resource", path,
-           read_input(file, "sevsim kbs admin", MAX_RESOURCE, "a secret"))
+           read_input(file, "sevsim kbs admin", MAX_KBS_RESOURCE, "a secret"))
 
 
 @admin_app.command("delete-resource")
