@@ -56,14 +56,12 @@ from sevsim.kbs.admin import verify_admin_token
 from sevsim.kbs.client import ERRORS, PREFIX, PROBLEM, SESSION_COOKIE
 from sevsim.kbs.jose import TokenSigner, encrypt_to_tee
 from sevsim.kbs.policy import ResourcePolicy
-from sevsim.kbs.store import MAX_REASON, PolicyKind, SessionRecord, Store, utc_now
+from sevsim.kbs.store import MAX_AUDIT_TEXT, PolicyKind, SessionRecord, Store, utc_now
 from sevsim.kbs.verifier import REASONS as EVIDENCE_REASONS
 from sevsim.kbs.verifier import EvidenceConfig, verify_snp_evidence
 
 MAX_BODY = 1 << 20  # a request body: evidence with a certificate chain is a few KiB
 SUPPORTED_TEE = "snp"
-MAX_SHORT_TEXT = 255  # the store's limit on a client address or resource path
-MAX_SESSION_ID = 64  # the audit table's session_id column (the store's ids are 36-char UUIDs)
 
 # Every reason a request is refused: HTTP status and the problem document's title. The one
 # place a reason is named; `type` is ERRORS + the key, and GET on it answers the title.
@@ -167,12 +165,13 @@ class Broker:
     def audit(self, entry: AuditEntry, outcome: str, reason: str) -> None:
         """One audit record. What a client chose (its cookie, a path, a detail quoting its
         input) is cut to what the store takes: a refusal is recorded however long it is."""
-        def cut(text: str | None, limit: int = MAX_SHORT_TEXT) -> str | None:
-            return text[:limit] if text else None
+        def cut(text: str | None, member: str) -> str | None:
+            return text[:MAX_AUDIT_TEXT[member]] if text else None
         self.store.append_audit(entry.action, outcome,
-                                session_id=cut(entry.session, MAX_SESSION_ID),
-                                client=cut(entry.client), resource=cut(entry.resource),
-                                reason=cut(reason, MAX_REASON), claims=entry.claims)
+                                session_id=cut(entry.session, "session_id"),
+                                client=cut(entry.client, "client"),
+                                resource=cut(entry.resource, "resource"),
+                                reason=cut(reason, "reason"), claims=entry.claims)
 
     # -- the attestation protocol ----------------------------------------------------------
 
