@@ -76,6 +76,8 @@ REASONS: dict[str, tuple[int, str]] = {
     "nonce-mismatch": (401, "runtime-data carries a nonce other than this session's"),
     **{f"evidence-{reason}": (401, f"The evidence fails the verifier's {reason} check")
        for reason in EVIDENCE_REASONS if reason != "policy"},
+    "init-data": (401, "init-data is not a TOML initdata document whose digest is the "
+                  "report's HOST_DATA"),
     "attestation-policy": (403, "The evidence does not satisfy the attestation policy"),
     "no-token": (401, "No attested session cookie and no bearer token"),
     "token-invalid": (401, "The bearer token is not one this KBS issued, or has expired"),
@@ -191,8 +193,9 @@ class Broker:
     def attest(self, session_id: str | None, body: bytes, entry: AuditEntry) -> Response:
         """Attestation -> token. A well-formed message for this session's nonce takes the
         nonce (once, whatever the verdict: sevsim.kbs.store); then the evidence must verify,
-        bind runtime-data and pass the attestation policy. A malformed message or another
-        session's nonce changes nothing."""
+        bind runtime-data, pass the attestation policy and, if the message carries
+        init-data, hold its digest in HOST_DATA. A malformed message (init-data included) or
+        another session's nonce changes nothing."""
         if session_id is None:
             raise refuse("no-session", "the request carries no kbs-session-id cookie")
         entry.session = session_id
@@ -202,6 +205,7 @@ class Broker:
         if attestation.runtime_data.nonce != session.nonce:
             raise refuse("nonce-mismatch", "runtime-data.nonce is not the nonce this "
                          "session was given")
+        host_data = self.init_data_host_data(attestation)
         try:
             self.store.consume_nonce(session_id)
         except KbsSessionError as error:
@@ -219,6 +223,9 @@ class Broker:
                       else f"evidence-{error.reason}")
             raise refuse(reason, error.detail) from None
         entry.claims = claims
+        if host_data is not None and claims["host_data"] != host_data.hex():
+            raise refuse("init-data", f"the report's HOST_DATA {claims['host_data']} is not "
+                         f"the init-data's digest {host_data.hex()}")
         tee_pubkey = attestation.runtime_data.tee_pubkey.to_json()
         self.store.attest_session(session_id, tee_pubkey, claims,
                                   lifetime_s=self.config.token_lifetime_s)
@@ -226,6 +233,18 @@ class Broker:
                                    "claims": claims}, self.config.token_lifetime_s,
                                   now=self.now())
         return JSONResponse({"token": token})
+
+    @staticmethod
+    def init_data_host_data(attestation: Attestation) -> bytes | None:
+        """What HOST_DATA must be for the init-data the VM sent (None: it sent none, so
+        nothing is checked). Checked before the nonce is taken: a bad document is malformed
+        input and changes nothing."""
+        if attestation.init_data is None:
+            return None
+        try:
+            return attestation.init_data.host_data()
+        except KbsProtocolError as error:
+            raise refuse("init-data", str(error)) from None
 
     def now(self) -> int:
         """The configured clock in seconds since the epoch (what JWTs carry)."""
