@@ -46,6 +46,7 @@ from sevsim.abi.kbs import (
     Attestation,
     Challenge,
     EcPublicJwk,
+    InitData,
     Request,
     RuntimeData,
     TeeEvidence,
@@ -435,6 +436,8 @@ def kbs_seeds() -> dict[str, tuple[bytes, ...]]:
         "attestation": (_json_seed({**attestation.to_json(), "init-data": {
             "format": "toml", "body": "a = 1"}}),),
         "runtime": (_json_seed(runtime.to_json()),),
+        "init-data": (b'version = "0.1.0"\nalgorithm = "sha384"\n\n[data]\n"aa.toml" = """\n'
+                      b'[token_configs.kbs]\nurl = "http://127.0.0.1:8080"\n"""\n',),
         "snp": (*(_json_seed(snp_evidence_to_json(seed, None)) for seed in
                   _report_seeds()[:2]), _json_seed(evidence)),
         "jwe": (_json_seed(encrypt_to_tee(KBS_JWK, b"secret")),),
@@ -559,6 +562,9 @@ TARGETS: dict[str, Target] = {
     "KBS runtime data": kbs_target(lambda blob: RuntimeData.from_json(blob).report_data(),
                                    "runtime"),
     "KBS SNP evidence": kbs_target(snp_evidence_round_trip, "snp"),
+    "KBS init-data digest": Target(
+        lambda blob: InitData("toml", blob.decode("utf-8", "surrogateescape")).host_data(),
+        None, KBS_SEEDS["init-data"], (KbsProtocolError,)),
     "KBS JWE (TEE side)": Target(lambda blob: decrypt_jwe(KBS_KEY, load_json(blob, "jwe")),
                                  None, KBS_SEEDS["jwe"], (KbsProtocolError, KbsCryptoError),
                                  st.one_of(json_inputs(KBS_SEEDS["jwe"]), jwe_header_inputs())),

@@ -218,6 +218,68 @@ def test_trustee_binding_uses_the_selected_hash(ec_key: ec.EllipticCurvePrivateK
     assert info.value.field == "extra-params.selected-hash-algorithm"
 
 
+# An initdata document as guest-components' spec shows one (its comment and spacing are part
+# of the digested bytes).
+INITDATA = """# sevsim test init-data
+algorithm = "{algorithm}"
+version = "0.1.0"
+
+[data]
+"aa.toml" = '''
+[token_configs.kbs]
+url = "http://127.0.0.1:8080"
+'''
+"policy.rego" = "package agent_policy\\ndefault AllowRequestsFailingPolicy := true"
+"note" = "caf\u00e9"
+"""
+
+
+@pytest.mark.parametrize(("algorithm", "size"), [("sha256", 32), ("sha384", 48),
+                                                 ("sha512", 64)])
+def test_init_data_digest_and_host_data(algorithm: str, size: int) -> None:
+    """The digest is the algorithm over the body's UTF-8 bytes as sent; HOST_DATA is that
+    digest zero-padded or cut to 32 bytes."""
+    body = INITDATA.format(algorithm=algorithm)
+    init = InitData("toml", body)
+    digest = hashlib.new(algorithm, body.encode("utf-8")).digest()
+    assert init.digest() == digest and len(digest) == size
+    assert init.host_data() == digest[:32] and len(init.host_data()) == 32
+    # one byte changed, even in a comment: another digest
+    changed = InitData("toml", body.replace("# sevsim", "# Sevsim"))
+    assert changed.digest() != digest and changed.host_data() != init.host_data()
+    # the body goes over the wire as it is: the parsed message digests the same
+    parsed = InitData.from_json(json.dumps(init.to_json()))
+    assert parsed.host_data() == init.host_data()
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ("version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data\n", "init-data.body"),
+    ("version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n[data]\n", "init-data.body"),
+    ("version = \"0.1.0\"\nalgorithm = \"sha1\"\n[data]\n", "init-data.body.algorithm"),
+    ("version = \"0.1.0\"\nalgorithm = \"SHA384\"\n[data]\n", "init-data.body.algorithm"),
+    ("version = \"0.1.0\"\n[data]\n", "init-data.body.algorithm"),
+    ("version = 1\nalgorithm = \"sha256\"\n[data]\n", "init-data.body.version"),
+    ("version = \"0.1.0\"\nalgorithm = \"sha256\"\n", "init-data.body.data"),
+    ("version = \"0.1.0\"\nalgorithm = \"sha256\"\ndata = \"x\"\n", "init-data.body.data"),
+    ("version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\nn = 1\n", "init-data.body.data.n"),
+    ("version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\nx = \"\ud800\"\n",
+     "init-data.body"),
+])
+def test_init_data_refusals_name_the_member(body: str, field: str) -> None:
+    with pytest.raises(KbsProtocolError) as info:
+        InitData("toml", body).host_data()
+    assert info.value.field == field
+
+
+def test_init_data_digest_is_for_toml_only() -> None:
+    """kbs-types also names a json format; the initdata spec defines a digest for TOML only."""
+    init = InitData.from_json({"format": "json", "body": json.dumps(
+        {"version": "0.1.0", "algorithm": "sha256", "data": {}})})
+    with pytest.raises(KbsProtocolError) as info:
+        init.digest()
+    assert info.value.field == "init-data.format"
+
+
 # -- JWE to the TEE key ---------------------------------------------------------------------
 
 def test_jwe_ec_round_trip_and_shape(ec_key: ec.EllipticCurvePrivateKey) -> None:

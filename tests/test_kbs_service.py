@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sevsim import Host
-from sevsim.abi.kbs import RuntimeData, parse_jwk
+from sevsim.abi.kbs import InitData, RuntimeData, parse_jwk
 from sevsim.abi.kbs_snp import snp_evidence_to_json
 from sevsim.abi.snp_report import AttestationReport, build_cert_table, parse_cert_table
 from sevsim.abi.snp_tcb import PolicyFlags
@@ -410,6 +410,96 @@ def test_every_problem_type_is_served(kbs: Kbs) -> None:
                                                     "status": status}
     code, _, body = client.request("GET", "/kbs/v0/nowhere")
     assert code == 404 and json.loads(body)["type"] == ERRORS + "not-found"
+
+
+# -- init-data and HOST_DATA -------------------------------------------------------------------
+
+def initdata(algorithm: str, policy: str = "allow-all") -> InitData:
+    """An initdata document as guest-components writes one (spec version 0.1.0)."""
+    return InitData("toml", f'version = "0.1.0"\nalgorithm = "{algorithm}"\n\n[data]\n'
+                            f'"policy.rego" = \'\'\'\npackage agent_policy\n{policy}\n\'\'\'\n')
+
+
+def with_init_data(message: dict[str, Any], init: InitData) -> dict[str, Any]:
+    return {"init-data": init.to_json(), **message}
+
+
+@pytest.fixture(scope="module")
+def launched_with_init_data(build: Callable[..., Path]) -> tuple[Evidence, InitData]:
+    """A VM whose launch put an init-data digest (SHA-384, cut to 32 bytes) in HOST_DATA, as
+    the VMM does with SNP_LAUNCH_FINISH."""
+    init = initdata("sha384")
+    host = Host(chip="milan", seed=b"kbs-service-initdata")
+    vm = host.create_vm(mode="snp", memory="16M")
+    vm.load(build("report"))
+    vm.host_input = bytes(64)
+    vm.launch(host_data=init.host_data())
+    assert vm.run(timeout=60).exit_code == 0
+    certs = [(str(guid), der) for guid, der in parse_cert_table(vm.outputs[1])]
+    launched = Evidence(host, vm.outputs[0], certs)
+    assert AttestationReport.from_bytes(launched.report).host_data == init.host_data()
+    return launched, init
+
+
+def test_init_data_must_be_what_the_launch_put_in_host_data(
+        kbs: Kbs, evidence: Evidence,
+        launched_with_init_data: tuple[Evidence, InitData]) -> None:
+    launched, init = launched_with_init_data
+    assert launched.measurement == evidence.measurement  # HOST_DATA is not measured
+    client, key = kbs.client(), tee_key()
+    client.attest(with_init_data(attestation(launched, client.auth()["nonce"], key), init))
+    assert decrypt_jwe(key, client.resource(PATH)) == SECRET
+    # one byte of the body changed (a different agent policy): another digest, refused
+    changed = InitData("toml", init.body.replace("allow-all", "allow-any"))
+    assert len(changed.body) == len(init.body) and changed.host_data() != init.host_data()
+    client, key = kbs.client(), tee_key()
+    message = with_init_data(attestation(launched, client.auth()["nonce"], key), changed)
+    problem = refused(lambda: client.attest(message), "init-data")
+    assert init.host_data().hex() in problem.detail
+    record = last_decision(kbs, "attest")
+    assert record["decision"] == "refused" and record["reason"].startswith("init-data")
+    refused(lambda: client.resource(PATH), "session-not-attested")
+    # without init-data nothing is checked: HOST_DATA may hold anything
+    client, key = kbs.client(), tee_key()
+    client.attest(attestation(launched, client.auth()["nonce"], key))
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha384", "sha512"])
+def test_init_data_digests_of_each_algorithm(kbs: Kbs, evidence: Evidence,
+                                             algorithm: str) -> None:
+    """HOST_DATA as the firmware signs it for a launch with this init-data's digest: SHA-256
+    fills it exactly, SHA-384 and SHA-512 are cut to their first 32 bytes."""
+    init = initdata(algorithm)
+    client, key = kbs.client(), tee_key()
+    message = attestation(evidence, client.auth()["nonce"], key, host_data=init.host_data())
+    client.attest(with_init_data(message, init))
+    assert decrypt_jwe(key, client.resource(PATH)) == SECRET
+    other = initdata("sha256" if algorithm != "sha256" else "sha384")
+    client, key = kbs.client(), tee_key()
+    message = attestation(evidence, client.auth()["nonce"], key, host_data=init.host_data())
+    refused(lambda: client.attest(with_init_data(message, other)), "init-data")
+
+
+@pytest.mark.parametrize(("init", "field"), [
+    (InitData("json", '{"version": "0.1.0", "algorithm": "sha256", "data": {}}'),
+     "init-data.format"),
+    (InitData("toml", 'version = "0.1.0"\nalgorithm = "sha256"\n[data\n'), "init-data.body"),
+    (InitData("toml", 'version = "0.1.0"\nalgorithm = "md5"\n[data]\n'),
+     "init-data.body.algorithm"),
+    (InitData("toml", 'version = "0.1.0"\nalgorithm = "SHA256"\n[data]\n'),
+     "init-data.body.algorithm"),
+    (InitData("toml", 'algorithm = "sha256"\n[data]\n'), "init-data.body.version"),
+])
+def test_bad_init_data_is_refused_and_spends_nothing(kbs: Kbs, evidence: Evidence,
+                                                     init: InitData, field: str) -> None:
+    client, key = kbs.client(), tee_key()
+    nonce = client.auth()["nonce"]
+    message = attestation(evidence, nonce, key)
+    problem = refused(lambda: client.attest(with_init_data(message, init)), "init-data")
+    assert problem.detail.startswith(field + ":")
+    assert last_decision(kbs, "attest")["reason"].startswith("init-data")
+    refused(lambda: client.resource(PATH), "session-not-attested")
+    client.attest(message)  # a malformed document did not take the nonce
 
 
 # -- the commands ------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from sevsim.errors import (
 )
 from sevsim.inputs import MAX_KBS_RESOURCE
 from sevsim.kbs.store import (
+    MAX_AUDIT_TEXT,
     Decision,
     PolicyKind,
     SessionState,
@@ -329,6 +330,16 @@ def test_audit_log(store: Store, clock: Clock) -> None:
     assert store.list_audit(after_id=third.id) == []
 
 
+def test_audit_text_limits_are_the_columns(store: Store) -> None:
+    """Values exactly as long as MAX_AUDIT_TEXT allows are stored whole on both backends (the
+    limits are not above the columns: PostgreSQL enforces VARCHAR sizes, SQLite does not)."""
+    longest = {name: name[0] * limit for name, limit in MAX_AUDIT_TEXT.items()}
+    record = store.append_audit("auth", "refused", **longest)
+    assert (record.session_id, record.client, record.resource, record.reason) == (
+        longest["session_id"], longest["client"], longest["resource"], longest["reason"])
+    assert store.list_audit() == [record]
+
+
 BAD_CALLS: list[tuple[str, Callable[[Store], object]]] = [
     ("path with two parts", lambda s: s.put_resource("default/key", b"x")),
     ("path with ..", lambda s: s.put_resource("default/../a", b"x")),
@@ -347,6 +358,13 @@ BAD_CALLS: list[tuple[str, Callable[[Store], object]]] = [
     ("audit decision", lambda s: s.append_audit("auth", "maybe")),
     ("audit reason", lambda s: s.append_audit("auth", "refused", reason="r" * 5000)),
     ("audit client", lambda s: s.append_audit("auth", "refused", client=1234)),
+    # one character over the column's declared size (PostgreSQL would fail the insert)
+    ("audit session id", lambda s: s.append_audit(
+        "auth", "refused", session_id="s" * (MAX_AUDIT_TEXT["session_id"] + 1))),
+    ("audit client too long", lambda s: s.append_audit(
+        "auth", "refused", client="c" * (MAX_AUDIT_TEXT["client"] + 1))),
+    ("audit resource too long", lambda s: s.append_audit(
+        "auth", "refused", resource="r" * (MAX_AUDIT_TEXT["resource"] + 1))),
     ("audit claims not JSON", lambda s: s.append_audit("auth", "refused", claims={"a": {1j}})),
     ("audit claims NaN", lambda s: s.append_audit("auth", "refused", claims={"a": float("nan")})),
     ("audit claims a list", lambda s: s.append_audit("auth", "refused", claims=[1, 2])),

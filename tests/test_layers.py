@@ -97,14 +97,15 @@ def test_only_tests_and_benchmarks_import_testing() -> None:
 
 ABI_MAY_IMPORT = {"__future__", "collections", "dataclasses", "datetime", "enum", "functools",
                   "hashlib", "hmac", "struct", "typing", "uuid", "cryptography", "google",
-                  "sevsim", "base64", "json", "rfc8785"}
+                  "sevsim", "base64", "json", "rfc8785", "tomllib"}
 
 
 def test_abi_imports_only_the_standard_library_and_cryptography() -> None:
     """abi/ holds AMD's formats and the protocol formulas both ends compute (KDFs, MACs); of
     sevsim it sees only errors (test_import_direction). Google's endorsement format is a
     protobuf schema, so `google` (protobuf) is allowed too; the key broker's messages are JSON
-    with base64url members whose RFC 8785 canonical form both ends hash (`rfc8785`)."""
+    with base64url members whose RFC 8785 canonical form both ends hash (`rfc8785`), and their
+    init-data is a TOML document whose digest both ends compute (`tomllib`)."""
     for path in (PACKAGE / "abi").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([node.module] if isinstance(node, ast.ImportFrom) and node.level == 0

@@ -27,12 +27,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import tomllib
 from dataclasses import dataclass
 from typing import Any
 
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sevsim.abi.snp_report import OFFSETS
 from sevsim.errors import KbsProtocolError
 
 KBS_PROTOCOL_VERSION = "0.4.0"  # what Trustee's KBS accepts today (an exact semver match)
@@ -42,7 +44,8 @@ HASH_ALGORITHMS = ("sha256", "sha384", "sha512")  # kbs-types HashAlgorithm, low
 DEFAULT_HASH_ALGORITHM = "sha384"
 SELECTED_HASH_ALGORITHM = "selected-hash-algorithm"  # member of Challenge.extra_params
 REPORT_DATA_SIZE = 64
-INIT_DATA_FORMATS = ("toml", "json")
+INIT_DATA_FORMATS = ("toml", "json")  # what kbs-types names; the initdata spec's is toml
+HOST_DATA_SIZE = OFFSETS["host_data"][1]  # the SNP report's HOST_DATA, set at launch
 # JWK curve -> (coordinate size, cryptography curve); the key-wrap algorithms per key type
 EC_CURVES: dict[str, tuple[int, ec.EllipticCurve]] = {
     "P-256": (32, ec.SECP256R1()), "P-384": (48, ec.SECP384R1()), "P-521": (66, ec.SECP521R1())}
@@ -389,6 +392,41 @@ class InitData:
     def to_json(self) -> dict[str, Json]:
         """kbs-types' member order."""
         return {"format": self.format, "body": self.body}
+
+    def digest(self) -> bytes:
+        """The init-data digest (guest-components' initdata spec, as Trustee checks it): the
+        body is TOML with a string `version`, an `algorithm` (sha256, sha384 or sha512) and a
+        `[data]` table of strings; the digest is that algorithm over the body's UTF-8 bytes
+        exactly as sent, so whitespace and comments count. KbsProtocolError (`field` under
+        `init-data`) for another format, TOML that does not parse or lacks those members, or
+        another algorithm."""
+        if self.format != "toml":
+            raise KbsProtocolError("init-data.format", f"{self.format!r}: the initdata "
+                                   "digest is defined for 'toml' bodies only")
+        try:
+            raw = self.body.encode("utf-8")
+            doc = tomllib.loads(self.body)
+        except UnicodeEncodeError:
+            raise KbsProtocolError("init-data.body", "holds a lone UTF-16 surrogate") from None
+        except tomllib.TOMLDecodeError as err:
+            raise KbsProtocolError("init-data.body", f"is not TOML ({err})") from None
+        for name, kind in (("version", str), ("algorithm", str), ("data", dict)):
+            if not isinstance(doc.get(name), kind):
+                raise KbsProtocolError(f"init-data.body.{name}", "is missing or not a "
+                                       f"{'table' if kind is dict else 'string'}")
+        for key, value in doc["data"].items():
+            if not isinstance(value, str):
+                raise KbsProtocolError(f"init-data.body.data.{key}", "is not a string")
+        if doc["algorithm"] not in HASH_ALGORITHMS:
+            raise KbsProtocolError("init-data.body.algorithm", f"{doc['algorithm']!r} is not "
+                                   f"one of {HASH_ALGORITHMS}")
+        return hashlib.new(doc["algorithm"], raw).digest()
+
+    def host_data(self) -> bytes:
+        """What an SNP report's HOST_DATA holds for this init-data: the digest regularized
+        to 32 bytes as Trustee's verifier does (zero-padded if shorter, SHA-384 and SHA-512
+        cut to their first 32 bytes)."""
+        return self.digest()[:HOST_DATA_SIZE].ljust(HOST_DATA_SIZE, b"\0")
 
 
 @dataclass(frozen=True)

@@ -56,14 +56,12 @@ from sevsim.kbs.admin import verify_admin_token
 from sevsim.kbs.client import ERRORS, PREFIX, PROBLEM, SESSION_COOKIE
 from sevsim.kbs.jose import TokenSigner, encrypt_to_tee
 from sevsim.kbs.policy import ResourcePolicy
-from sevsim.kbs.store import MAX_REASON, PolicyKind, SessionRecord, Store, utc_now
+from sevsim.kbs.store import MAX_AUDIT_TEXT, PolicyKind, SessionRecord, Store, utc_now
 from sevsim.kbs.verifier import REASONS as EVIDENCE_REASONS
 from sevsim.kbs.verifier import EvidenceConfig, verify_snp_evidence
 
 MAX_BODY = 1 << 20  # a request body: evidence with a certificate chain is a few KiB
 SUPPORTED_TEE = "snp"
-MAX_SHORT_TEXT = 255  # the store's limit on a client address or resource path
-MAX_SESSION_ID = 64  # the audit table's session_id column (the store's ids are 36-char UUIDs)
 
 # Every reason a request is refused: HTTP status and the problem document's title. The one
 # place a reason is named; `type` is ERRORS + the key, and GET on it answers the title.
@@ -78,6 +76,8 @@ REASONS: dict[str, tuple[int, str]] = {
     "nonce-mismatch": (401, "runtime-data carries a nonce other than this session's"),
     **{f"evidence-{reason}": (401, f"The evidence fails the verifier's {reason} check")
        for reason in EVIDENCE_REASONS if reason != "policy"},
+    "init-data": (401, "init-data is not a TOML initdata document whose digest is the "
+                  "report's HOST_DATA"),
     "attestation-policy": (403, "The evidence does not satisfy the attestation policy"),
     "no-token": (401, "No attested session cookie and no bearer token"),
     "token-invalid": (401, "The bearer token is not one this KBS issued, or has expired"),
@@ -167,12 +167,13 @@ class Broker:
     def audit(self, entry: AuditEntry, outcome: str, reason: str) -> None:
         """One audit record. What a client chose (its cookie, a path, a detail quoting its
         input) is cut to what the store takes: a refusal is recorded however long it is."""
-        def cut(text: str | None, limit: int = MAX_SHORT_TEXT) -> str | None:
-            return text[:limit] if text else None
+        def cut(text: str | None, member: str) -> str | None:
+            return text[:MAX_AUDIT_TEXT[member]] if text else None
         self.store.append_audit(entry.action, outcome,
-                                session_id=cut(entry.session, MAX_SESSION_ID),
-                                client=cut(entry.client), resource=cut(entry.resource),
-                                reason=cut(reason, MAX_REASON), claims=entry.claims)
+                                session_id=cut(entry.session, "session_id"),
+                                client=cut(entry.client, "client"),
+                                resource=cut(entry.resource, "resource"),
+                                reason=cut(reason, "reason"), claims=entry.claims)
 
     # -- the attestation protocol ----------------------------------------------------------
 
@@ -192,8 +193,9 @@ class Broker:
     def attest(self, session_id: str | None, body: bytes, entry: AuditEntry) -> Response:
         """Attestation -> token. A well-formed message for this session's nonce takes the
         nonce (once, whatever the verdict: sevsim.kbs.store); then the evidence must verify,
-        bind runtime-data and pass the attestation policy. A malformed message or another
-        session's nonce changes nothing."""
+        bind runtime-data, pass the attestation policy and, if the message carries
+        init-data, hold its digest in HOST_DATA. A malformed message (init-data included) or
+        another session's nonce changes nothing."""
         if session_id is None:
             raise refuse("no-session", "the request carries no kbs-session-id cookie")
         entry.session = session_id
@@ -203,6 +205,7 @@ class Broker:
         if attestation.runtime_data.nonce != session.nonce:
             raise refuse("nonce-mismatch", "runtime-data.nonce is not the nonce this "
                          "session was given")
+        host_data = self.init_data_host_data(attestation)
         try:
             self.store.consume_nonce(session_id)
         except KbsSessionError as error:
@@ -220,6 +223,9 @@ class Broker:
                       else f"evidence-{error.reason}")
             raise refuse(reason, error.detail) from None
         entry.claims = claims
+        if host_data is not None and claims["host_data"] != host_data.hex():
+            raise refuse("init-data", f"the report's HOST_DATA {claims['host_data']} is not "
+                         f"the init-data's digest {host_data.hex()}")
         tee_pubkey = attestation.runtime_data.tee_pubkey.to_json()
         self.store.attest_session(session_id, tee_pubkey, claims,
                                   lifetime_s=self.config.token_lifetime_s)
@@ -227,6 +233,18 @@ class Broker:
                                    "claims": claims}, self.config.token_lifetime_s,
                                   now=self.now())
         return JSONResponse({"token": token})
+
+    @staticmethod
+    def init_data_host_data(attestation: Attestation) -> bytes | None:
+        """What HOST_DATA must be for the init-data the VM sent (None: it sent none, so
+        nothing is checked). Checked before the nonce is taken: a bad document is malformed
+        input and changes nothing."""
+        if attestation.init_data is None:
+            return None
+        try:
+            return attestation.init_data.host_data()
+        except KbsProtocolError as error:
+            raise refuse("init-data", str(error)) from None
 
     def now(self) -> int:
         """The configured clock in seconds since the epoch (what JWTs carry)."""

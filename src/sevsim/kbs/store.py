@@ -73,7 +73,6 @@ _RESOURCE_PATH = re.compile(rf"{_SEGMENT}/{_SEGMENT}/{_SEGMENT}")
 _POLICY_ID = re.compile(_SEGMENT)
 _TEE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _ACTION = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
-_SHORT_TEXT = 255  # session ids and client addresses
 
 
 JsonObject = dict[str, Any]
@@ -172,6 +171,21 @@ audit = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("claims", Json),
 )
+
+
+def _length(column: sa.Column[Any]) -> int:
+    """The characters a String column holds, as declared (PostgreSQL enforces it)."""
+    assert isinstance(column.type, sa.String) and column.type.length is not None
+    return column.type.length
+
+
+# The most characters each text member of an audit record may have: the columns' declared
+# sizes, so the store refuses a longer value itself (KbsStoreInputError), the same on every
+# backend, instead of PostgreSQL failing the insert; callers cut what a client chose to these.
+MAX_AUDIT_TEXT: dict[str, int] = {
+    **{name: _length(audit.c[name]) for name in ("session_id", "client", "resource")},
+    "reason": MAX_REASON}
+
 secret_key_check = sa.Table(
     "secret_key_check", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
@@ -444,7 +458,7 @@ class Store:
                  values: dict[str, Any]) -> SessionRecord:
         """Moves a session out of state `want` if it is in it and unexpired, atomically (one
         conditional UPDATE); otherwise says why not and changes nothing."""
-        if not isinstance(session_id, str) or len(session_id) > _SHORT_TEXT:
+        if not isinstance(session_id, str) or len(session_id) > _length(sessions.c.id):
             raise KbsNotFoundError("session", f"no session {session_id!r}")
         now = self._now()
         with self._transaction() as connection:
@@ -609,16 +623,15 @@ class Store:
         except ValueError:
             raise KbsStoreInputError("invalid", f"bad decision {decision!r}: allowed or "
                                                 "refused") from None
-        for name, value, limit in (("session id", session_id, _SHORT_TEXT),
-                                   ("client", client, _SHORT_TEXT),
-                                   ("resource", resource, _SHORT_TEXT),
-                                   ("reason", reason, MAX_REASON)):
+        texts = {"session_id": session_id, "client": client, "resource": resource,
+                 "reason": reason}
+        for name, value in texts.items():
+            limit = MAX_AUDIT_TEXT[name]
             if value is not None and (not isinstance(value, str) or len(value) > limit):
                 raise KbsStoreInputError("invalid", f"bad audit {name}: text of at most "
                                                     f"{limit} characters")
-        values = {"time": self._now(), "session_id": session_id, "client": client,
-                  "action": action, "resource": resource, "decision": verdict.value,
-                  "reason": reason, "claims": _json(claims, "claims")}
+        values = {"time": self._now(), **texts, "action": action,
+                  "decision": verdict.value, "claims": _json(claims, "claims")}
         with self._transaction() as connection:
             row = connection.execute(audit.insert().values(**values).returning(
                 *audit.c)).mappings().one()
