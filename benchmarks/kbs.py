@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -53,8 +52,7 @@ from sevsim.firmware.snp_pki import snp_ca_chain
 from sevsim.kbs.admin import generate_admin_key, issue_admin_token
 from sevsim.kbs.client import KbsClient
 from sevsim.kbs.jose import decrypt_jwe
-from sevsim.kbs.store import database_url
-from sevsim.testing import launched_snp_guest, secure_processor
+from sevsim.testing import launched_snp_guest, postgres_schema, secure_processor
 
 TARGET = 0.5
 MEASUREMENT = bytes(range(48))
@@ -224,17 +222,10 @@ def postgres() -> Iterator[str | None]:
     if not url:
         yield None
         return
-    schema = f"kbs_bench_{uuid.uuid4().hex}"
-    admin = sa.create_engine(database_url(url))
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
     try:
-        yield database_url(url).update_query_dict(
-            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+        with postgres_schema(url, "kbs_bench") as schema_url:
+            yield schema_url
     finally:
-        with admin.begin() as connection:
-            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
         if started is not None:
             subprocess.run(["bash", str(REPO / "tools" / "postgres_test_server.sh"), "stop",
                             str(started)], check=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 from collections.abc import Callable
@@ -104,3 +105,15 @@ def measure_entry_point(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
         fast.main()
     out, err = capsys.readouterr()
     return int(exited.value.code or 0), out, err
+
+
+def postgres_test_url() -> str:
+    """The PostgreSQL server `.ci/run` starts (SEVSIM_TEST_POSTGRES_URL): a test on that
+    backend skips without it, and fails under CI, where its absence is a broken set-up."""
+    url = os.environ.get("SEVSIM_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("SEVSIM_TEST_POSTGRES_URL is unset: .ci/run starts PostgreSQL and sets it")
+        pytest.skip("SEVSIM_TEST_POSTGRES_URL is unset (bash .ci/run sets it; or "
+                    "tools/postgres_test_server.sh start DIR prints one)")
+    return url

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from conftest import postgres_test_url
 from sevsim import Host
 from sevsim.abi.kbs import InitData, RuntimeData, parse_jwk
 from sevsim.abi.kbs_snp import snp_evidence_to_json
@@ -36,11 +36,10 @@ from sevsim.kbs.admin import generate_admin_key, issue_admin_token
 from sevsim.kbs.client import ERRORS, KbsClient
 from sevsim.kbs.jose import decrypt_jwe
 from sevsim.kbs.service import MAX_BODY, REASONS, KbsConfig, create_app, listen
-from sevsim.kbs.store import Store, database_url
+from sevsim.kbs.store import Store
 from sevsim.kbs.verifier import EvidenceConfig
-from sevsim.testing import sign_report
+from sevsim.testing import postgres_schema, sign_report
 
-POSTGRES_URL = os.environ.get("SEVSIM_TEST_POSTGRES_URL")
 SECRET = b"planted-kbs-secret:" + os.urandom(8).hex().encode()
 PATH = "default/key/disk"
 RESOURCE_POLICY = """
@@ -145,22 +144,8 @@ def db_url(request: pytest.FixtureRequest,
         yield f"sqlite:///{db}"
         assert SECRET not in db.read_bytes()
         return
-    if not POSTGRES_URL:
-        if os.environ.get("CI"):
-            pytest.fail("SEVSIM_TEST_POSTGRES_URL is unset: .ci/run starts PostgreSQL and sets it")
-        pytest.skip("SEVSIM_TEST_POSTGRES_URL is unset (bash .ci/run sets it; or "
-                    "tools/postgres_test_server.sh start DIR prints one)")
-    schema = f"kbs_service_{uuid.uuid4().hex}"
-    admin = sa.create_engine(database_url(POSTGRES_URL))
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    try:
-        yield database_url(POSTGRES_URL).update_query_dict(
-            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
+    with postgres_schema(postgres_test_url(), "kbs_service") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from conftest import postgres_test_url
 from sevsim.errors import (
     KbsNotFoundError,
     KbsSecretKeyError,
@@ -45,9 +45,9 @@ from sevsim.kbs.store import (
     metadata,
     migration_config,
 )
+from sevsim.testing import postgres_schema
 
 ROOT = Path(__file__).resolve().parent.parent
-POSTGRES_URL = os.environ.get("SEVSIM_TEST_POSTGRES_URL")
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 
@@ -71,22 +71,8 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'kbs.db'}"
         return
-    if not POSTGRES_URL:
-        if os.environ.get("CI"):
-            pytest.fail("SEVSIM_TEST_POSTGRES_URL is unset: .ci/run starts PostgreSQL and sets it")
-        pytest.skip("SEVSIM_TEST_POSTGRES_URL is unset (bash .ci/run sets it; or "
-                    "tools/postgres_test_server.sh start DIR prints one)")
-    schema = f"t_{uuid.uuid4().hex}"
-    admin = sa.create_engine(database_url(POSTGRES_URL))
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    try:
-        yield (database_url(POSTGRES_URL).update_query_dict(
-            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False))
-    finally:
-        with admin.begin() as connection:
-            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
+    with postgres_schema(postgres_test_url(), "t") as url:
+        yield url
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import base64
 import binascii
 import dataclasses
 import datetime
+import functools
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -92,6 +93,12 @@ REASONS: dict[str, tuple[int, str]] = {
     "store": (500, "The KBS's database failed; nothing was released"),
     "internal": (500, "The KBS failed; nothing was released"),
 }
+
+
+# the stored policies are read on every attestation and release but seldom change: each
+# text is parsed once (both results are frozen; a text that fails is not kept)
+attestation_policy_of = functools.lru_cache(maxsize=16)(Policy.from_toml)
+resource_policy_of = functools.lru_cache(maxsize=16)(ResourcePolicy.from_toml)
 
 
 def refuse(reason: str, detail: str) -> KbsRefusal:
@@ -264,7 +271,7 @@ class Broker:
         except KbsNotFoundError:
             return self.config.evidence.policy
         try:
-            return Policy.from_toml(text)
+            return attestation_policy_of(text)
         except PolicyError as error:  # it parsed when it was set: the row was altered
             raise refuse("store", f"the stored attestation policy fails: {error}") from None
 
@@ -279,7 +286,7 @@ class Broker:
         except KbsNotFoundError:
             raise refuse("resource-policy", "no resource policy is set (default deny)") from None
         try:
-            verdict = ResourcePolicy.from_toml(text).decide(path, claims)
+            verdict = resource_policy_of(text).decide(path, claims)
         except PolicyError as error:
             raise refuse("store", f"the stored resource policy fails: {error}") from None
         if not verdict.allowed:

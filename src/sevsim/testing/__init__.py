@@ -55,6 +55,7 @@ __all__ = [
     "measured_spa_runs",
     "memory_controller",
     "platform_identity",
+    "postgres_schema",
     "secure_processor",
     "sign_report",
     "snp_context",
@@ -138,6 +139,29 @@ def measured_spa_runs(vm: VirtualMachine) -> list[tuple[int, int]]:
     """The pages the VMM measures at launch as (SPA, length) runs in guest-physical order: what
     a test that drives LAUNCH_UPDATE_DATA itself (an owner's own session) hands the firmware."""
     return vm._spa_runs()
+
+
+@contextmanager
+def postgres_schema(url: str, prefix: str = "sevsim") -> Iterator[str]:
+    """`url` (a PostgreSQL server) narrowed to a new schema of its own, dropped on leaving:
+    key-broker tests and benchmarks share one server without seeing each other's tables."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from sevsim.kbs.store import database_url
+
+    schema = f"{prefix}_{uuid.uuid4().hex}"
+    admin = sa.create_engine(database_url(url))
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield database_url(url).update_query_dict(
+            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
 
 
 @contextmanager
