@@ -579,7 +579,7 @@ def test_snp_evidence_to_json_refusals() -> None:
 def test_the_readme_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's key-broker example, run as written (its asserts are part of it)."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### Key broker (in progress): wire formats", 1)[1]
+    section = readme.split("### Key broker: wire formats and JOSE", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     namespace: dict[str, Any] = {}
