@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +88,16 @@ class Kbs:
     admin: Ed25519PrivateKey
     db: Path
 
+    clients: list[KbsClient] = field(default_factory=list)
+
     def client(self) -> KbsClient:
-        return KbsClient(self.url)
+        """A new client session, its connection closed with the fixture's server."""
+        self.clients.append(KbsClient(self.url))
+        return self.clients[-1]
+
+    def close_clients(self) -> None:
+        for client in self.clients:
+            client.close()
 
     def token(self) -> str:
         return issue_admin_token(self.admin)
@@ -128,6 +136,7 @@ def server(build: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
                              for name in ("kbs_client", "kbs_errors"))
     client.set_attestation_policy(kbs.token(), f"[guest]\nmeasurements = [{measurements}]\n")
     yield kbs
+    kbs.close_clients()
     uv.should_exit = True
     thread.join(timeout=10)
     sock.close()

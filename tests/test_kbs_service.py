@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import datetime
+import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -15,9 +17,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import uvicorn
@@ -103,8 +105,16 @@ class Kbs:
     def token(self) -> str:
         return issue_admin_token(self.admin, now=self.clock().timestamp())
 
+    clients: list[KbsClient] = field(default_factory=list)
+
     def client(self) -> KbsClient:
-        return KbsClient(self.url)
+        """A new client session, its connection closed with the fixture's server."""
+        self.clients.append(KbsClient(self.url))
+        return self.clients[-1]
+
+    def close_clients(self) -> None:
+        for client in self.clients:
+            client.close()
 
     def audit(self) -> list[dict[str, Any]]:
         """The audit log, newest first."""
@@ -167,6 +177,7 @@ def serve_fixture(broker: Kbs, evidence: Evidence) -> Iterator[Kbs]:
     client.set_attestation_policy(
         broker.token(), f'[guest]\nmeasurements = ["{evidence.measurement.hex()}"]\n')
     yield broker
+    broker.close_clients()
 
 
 def tee_key() -> ec.EllipticCurvePrivateKey:
@@ -297,6 +308,7 @@ def test_report_data_that_does_not_bind_the_key_is_refused(kbs: Kbs,
                       "evidence-report-data")
     assert "does not bind" in problem.detail
     refused(lambda: client.resource(PATH), "session-not-attested")
+    refused(lambda: client.attest(attestation(evidence, nonce, key)), "nonce-replayed")
 
 
 @pytest.mark.parametrize(("change", "failed"), [
@@ -315,6 +327,9 @@ def test_reports_the_policy_refuses(kbs: Kbs, evidence: Evidence, change: dict[s
     record = last_decision(kbs, "attest")
     assert record["decision"] == "refused" and failed in record["reason"]
     refused(lambda: client.resource(PATH), "session-not-attested")
+    # the refused attempt spent the nonce: good evidence for it comes too late
+    refused(lambda: client.attest(attestation(evidence, message["runtime-data"]["nonce"], key)),
+            "nonce-replayed")
 
 
 def test_malformed_json_is_refused_naming_the_field(kbs: Kbs, evidence: Evidence) -> None:
@@ -610,11 +625,56 @@ def wait_until_up(url: str, server: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            KbsClient(url).request("GET", ERRORS + "store")
+            with KbsClient(url) as probe:
+                probe.request("GET", ERRORS + "store")
             return
         except ConfigError:  # not listening yet
             assert server.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
+
+
+class CountingHandler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 that answers every request with {} and records (connection, path); a path of
+    /close also ends the connection after answering, as a server's idle timeout would."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[tuple[int, str]]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.append((self.client_address[1], self.path))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+        self.wfile.flush()
+        if self.path.endswith("/close"):
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_client_keeps_its_connection_and_never_sends_a_request_twice() -> None:
+    """Requests share one connection; once the server closes it while idle, the next request
+    goes out once, on a new connection, and succeeds."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CountingHandler)
+    CountingHandler.seen = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with KbsClient(f"http://127.0.0.1:{server.server_address[1]}") as client:
+            for path in ("/a", "/b", "/close", "/c", "/d"):
+                client.call("POST", path, b"{}")
+                time.sleep(0.05)  # the server's end of /close arrives before /c is sent
+    finally:
+        server.shutdown()
+        server.server_close()
+    paths = [path for _, path in CountingHandler.seen]
+    assert paths == [f"/kbs/v0/{name}" for name in ("a", "b", "close", "c", "d")]
+    ports = [port for port, _ in CountingHandler.seen]
+    assert ports[0] == ports[1] == ports[2] != ports[3] == ports[4]
 
 
 def test_sigkill_mid_requests_loses_no_acknowledged_secret_or_audit_record(
@@ -629,15 +689,16 @@ def test_sigkill_mid_requests_loses_no_acknowledged_secret_or_audit_record(
     lock = threading.Lock()
 
     def writer(n: int) -> None:
-        client = KbsClient(url, timeout=10)
-        for i in range(1000):
-            path = f"crash/w{n}/r{i}"
-            try:
-                client.set_resource(issue_admin_token(admin), path, b"secret of %b" % path.encode())
-            except ConfigError:  # the server died under it
-                return
-            with lock:
-                acknowledged.append(path)
+        with KbsClient(url, timeout=10) as client:
+            for i in range(1000):
+                path = f"crash/w{n}/r{i}"
+                try:
+                    client.set_resource(issue_admin_token(admin), path,
+                                        b"secret of %b" % path.encode())
+                except ConfigError:  # the server died under it
+                    return
+                with lock:
+                    acknowledged.append(path)
 
     try:
         wait_until_up(url, server)
@@ -653,10 +714,10 @@ def test_sigkill_mid_requests_loses_no_acknowledged_secret_or_audit_record(
             thread.join(timeout=60)
         server = serve(db, tmp_path / "admin.pub", key, port)
         wait_until_up(url, server)
-        client = KbsClient(url)
-        stored = {r["path"] for r in client.resources(issue_admin_token(admin))}
+        with KbsClient(url) as client:
+            stored = {r["path"] for r in client.resources(issue_admin_token(admin))}
+            records = client.audit(issue_admin_token(admin), limit=10_000)
         assert set(acknowledged) <= stored
-        records = client.audit(issue_admin_token(admin), limit=10_000)
         allowed = {r["resource"] for r in records
                    if r["action"] == "set-resource" and r["decision"] == "allowed"}
         assert set(acknowledged) <= allowed

@@ -282,6 +282,7 @@ class KbsNotFoundError(KbsStoreError):
 
 
 class KbsSessionError(KbsStoreError):
-    """A session cannot do what was asked: its nonce was already used (`nonce-replayed`), it
-    expired (`session-expired`) or it is in the wrong state (`session-state`, e.g. a resource
-    asked for before attestation). Nothing changed."""
+    """A session cannot do what was asked: its nonce was already used (`nonce-replayed`), an
+    attempt carries another nonce (`nonce-mismatch`), it expired (`session-expired`) or it is
+    in the wrong state (`session-state`, e.g. a resource asked for before attestation).
+    Nothing changed."""

@@ -188,7 +188,8 @@ def _admin(url: str, key: Path, call: str, *args: Any) -> Any:
     command = "sevsim kbs admin"
     try:
         token = issue_admin_token(load_admin_private_key(key))
-        return getattr(KbsClient(url), call)(token, *args)
+        with KbsClient(url) as client:
+            return getattr(client, call)(token, *args)
     except KbsRefusal as refusal:
         raise _refused(refusal) from None
     except SevsimError as error:

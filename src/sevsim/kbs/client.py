@@ -1,5 +1,6 @@
 """A client of the KBS's HTTP API (`sevsim kbs attest|admin`, tests): the standard library's
-http.client, one session cookie, and problem documents turned back into KbsRefusal.
+http.client on one kept-alive connection, one session cookie, and problem documents turned
+back into KbsRefusal.
 
 It also holds the names both ends of the wire agree on (the cookie, the path prefix, where
 problem types live), so the server (sevsim.kbs.service) and its clients cannot drift apart.
@@ -10,6 +11,8 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import select
+import socket
 import urllib.parse
 from http.cookies import SimpleCookie
 from typing import Any
@@ -25,7 +28,9 @@ MAX_ANSWER = 16 << 20  # the longest answer read: an audit log page, a JWE of a 
 
 
 class KbsClient:
-    """One client session against the KBS at `url` (http://host:port)."""
+    """One client session against the KBS at `url` (http://host:port), on one HTTP/1.1
+    connection kept alive between requests (a new TCP connection per request would cost
+    more than the request); `close` it, or use it as a context manager."""
 
     def __init__(self, url: str, timeout: float = 60.0) -> None:
         parts = urllib.parse.urlsplit(url)
@@ -34,6 +39,19 @@ class KbsClient:
         self.host, self.port = parts.hostname, parts.port or 80
         self.timeout = timeout
         self.session: str | None = None  # the kbs-session-id cookie /auth set
+        self._connection: http.client.HTTPConnection | None = None
+
+    def __enter__(self) -> KbsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the connection (the next request opens another)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -43,20 +61,35 @@ class KbsClient:
             sent["Cookie"] = f"{SESSION_COOKIE}={self.session}"
         if body is not None:
             sent.setdefault("Content-Type", "application/json")
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            connection.request(method, path, body=body, headers=sent)
-            answer = connection.getresponse()
-            data = answer.read(MAX_ANSWER + 1)
-            received = {k.lower(): v for k, v in answer.getheaders()}
+            answer, data = self._exchange(method, path, body, sent)
         except (OSError, http.client.HTTPException) as error:  # refused, reset, cut short
+            self.close()
             raise ConfigError(f"KBS at {self.host}:{self.port}: {error!r}") from None
-        finally:
-            connection.close()
+        if answer.will_close or not answer.isclosed():  # not reusable: unread answer left
+            self.close()
+        if len(data) > MAX_ANSWER:
+            raise ConfigError(f"KBS at {self.host}:{self.port}: an answer longer than "
+                              f"{MAX_ANSWER} bytes")
+        received = {k.lower(): v for k, v in answer.getheaders()}
         cookie = SimpleCookie(received.get("set-cookie", ""))
         if SESSION_COOKIE in cookie:
             self.session = cookie[SESSION_COOKIE].value
         return answer.status, received, data
+
+    def _exchange(self, method: str, path: str, body: bytes | None,
+                  headers: dict[str, str]) -> tuple[http.client.HTTPResponse, bytes]:
+        """Sends on the kept-alive connection, or a new one if the server has closed it while
+        it was idle (uvicorn does after 5 s): found before sending, so no request is ever
+        sent twice."""
+        if self._connection is not None and closed_by_peer(self._connection.sock):
+            self.close()
+        if self._connection is None:
+            self._connection = http.client.HTTPConnection(self.host, self.port,
+                                                          timeout=self.timeout)
+        self._connection.request(method, path, body=body, headers=headers)
+        answer = self._connection.getresponse()
+        return answer, answer.read(MAX_ANSWER + 1)
 
     def call(self, method: str, path: str, body: bytes | None = None,
              headers: dict[str, str] | None = None) -> Any:
@@ -123,6 +156,16 @@ class KbsClient:
         """The stored secrets' paths and times (never the secrets)."""
         listing: list[dict[str, Any]] = self.admin("GET", "/resources", token)
         return listing
+
+
+def closed_by_peer(sock: socket.socket | None) -> bool:
+    """Whether an idle connection's socket is readable: between answers the server sends
+    nothing, so that is its end of the connection (or garbage, which ends it too)."""
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def resource_url(path: str) -> str:

@@ -23,7 +23,7 @@ import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -57,9 +57,9 @@ from sevsim.kbs.admin import verify_admin_token
 from sevsim.kbs.client import ERRORS, PREFIX, PROBLEM, SESSION_COOKIE
 from sevsim.kbs.jose import TokenSigner, encrypt_to_tee
 from sevsim.kbs.policy import ResourcePolicy
-from sevsim.kbs.store import MAX_AUDIT_TEXT, PolicyKind, SessionRecord, Store, utc_now
+from sevsim.kbs.store import MAX_AUDIT_TEXT, PolicyKind, Store, StoreTransaction, utc_now
 from sevsim.kbs.verifier import REASONS as EVIDENCE_REASONS
-from sevsim.kbs.verifier import EvidenceConfig, verify_snp_evidence
+from sevsim.kbs.verifier import EvidenceConfig, check_snp_evidence
 
 MAX_BODY = 1 << 20  # a request body: evidence with a certificate chain is a few KiB
 SUPPORTED_TEE = "snp"
@@ -134,29 +134,45 @@ class KbsConfig:
 
 @dataclass
 class AuditEntry:
-    """What the audit record of one request says, filled in as the request is handled."""
+    """What the audit record of one request says, filled in as the request is handled.
+    `claimed_nonce` is set once an attestation is well-formed: from then on, a refusal spends
+    that nonce of the session."""
 
     action: str
     client: str
     session: str | None = None
     resource: str | None = None
     claims: dict[str, Any] | None = None
+    claimed_nonce: str | None = None
+
+
+# What a request does to the database once it has been checked: run in one transaction with
+# the audit record of its outcome.
+Step = Callable[[StoreTransaction], Response]
 
 
 class Broker:
-    """The protocol's logic over one Store: each method handles one endpoint, returns the
-    answer's JSON (or bytes) or raises KbsRefusal; `decide` audits either outcome."""
+    """The protocol's logic over one Store. Each endpoint's method checks its request without
+    the database (parsing, signatures, the evidence) and returns the Step that uses it, or
+    raises KbsRefusal; `decide` runs the step and audits either outcome."""
 
     def __init__(self, config: KbsConfig) -> None:
         self.config = config
         self.store = Store.open(config.db_url, config.secret_key, config.clock)
         self.signer = TokenSigner(config.token_key or ec.generate_private_key(ec.SECP256R1()))
 
-    def decide(self, entry: AuditEntry, work: Callable[[], Response]) -> Response:
-        """Run `work`; write the audit record (allowed, or refused and why) before answering."""
+    def decide(self, entry: AuditEntry, work: Callable[[], Step]) -> Response:
+        """Run `work`, then its step and the audit record of the outcome in one transaction,
+        committed before the answer: the costly checks hold no database lock and a request
+        is one commit. A refusal at either stage leaves nothing of the step behind and is
+        recorded in a transaction of its own (`refused`)."""
         try:
             try:
-                response = work()
+                step = work()
+                with self.store.transaction() as tx:
+                    response = step(tx)
+                    self.audit(tx, entry, "allowed", "")
+                return response
             except KbsRefusal:
                 raise
             except KbsStoreInputError as error:
@@ -166,80 +182,93 @@ class Broker:
             except SevsimError as error:  # a typed error no step turned into a refusal
                 raise refuse("internal", f"{type(error).__name__}: {error}") from None
         except KbsRefusal as refusal:
-            self.audit(entry, "refused", f"{refusal.reason}: {refusal.detail}")
-            return problem(refusal)
-        self.audit(entry, "allowed", "")
-        return response
+            return self.refused(entry, refusal)
 
-    def audit(self, entry: AuditEntry, outcome: str, reason: str) -> None:
+    def refused(self, entry: AuditEntry, refusal: KbsRefusal) -> Response:
+        """The problem document for `refusal`, once it is in the audit log; an attestation
+        that claimed a nonce spends it in the same transaction (whatever the verdict, a nonce
+        serves one attempt), and a session that cannot be spent is the reason given."""
+        with self.store.transaction() as tx:
+            if entry.claimed_nonce is not None and entry.session is not None:
+                try:
+                    tx.consume_nonce(entry.session, entry.claimed_nonce)
+                except (KbsNotFoundError, KbsSessionError) as error:
+                    refusal = session_refusal(error)
+            self.audit(tx, entry, "refused", f"{refusal.reason}: {refusal.detail}")
+        return problem(refusal)
+
+    @staticmethod
+    def audit(tx: StoreTransaction, entry: AuditEntry, outcome: str, reason: str) -> None:
         """One audit record. What a client chose (its cookie, a path, a detail quoting its
         input) is cut to what the store takes: a refusal is recorded however long it is."""
         def cut(text: str | None, member: str) -> str | None:
             return text[:MAX_AUDIT_TEXT[member]] if text else None
-        self.store.append_audit(entry.action, outcome,
-                                session_id=cut(entry.session, "session_id"),
-                                client=cut(entry.client, "client"),
-                                resource=cut(entry.resource, "resource"),
-                                reason=cut(reason, "reason"), claims=entry.claims)
+        tx.append_audit(entry.action, outcome, session_id=cut(entry.session, "session_id"),
+                        client=cut(entry.client, "client"),
+                        resource=cut(entry.resource, "resource"),
+                        reason=cut(reason, "reason"), claims=entry.claims)
 
     # -- the attestation protocol ----------------------------------------------------------
 
-    def auth(self, body: bytes, entry: AuditEntry) -> Response:
+    def auth(self, body: bytes, entry: AuditEntry) -> Step:
         """Request -> Challenge: a fresh nonce in a new session, named by the cookie."""
         request = parse(KbsRequest.from_json, body)
         if request.tee != SUPPORTED_TEE:
             raise refuse("unsupported-tee", f"tee {request.tee!r}; this KBS takes "
                          f"{SUPPORTED_TEE!r}")
-        session = self.store.new_session(request.tee, self.config.nonce_lifetime_s)
-        entry.session = session.id
-        response = JSONResponse(Challenge(nonce=session.nonce, extra_params={}).to_json())
-        response.set_cookie(SESSION_COOKIE, session.id, path=PREFIX, httponly=True,
-                            samesite="strict")
-        return response
 
-    def attest(self, session_id: str | None, body: bytes, entry: AuditEntry) -> Response:
-        """Attestation -> token. A well-formed message for this session's nonce takes the
-        nonce (once, whatever the verdict: sevsim.kbs.store); then the evidence must verify,
-        bind runtime-data, pass the attestation policy and, if the message carries
-        init-data, hold its digest in HOST_DATA. A malformed message (init-data included) or
-        another session's nonce changes nothing."""
+        def step(tx: StoreTransaction) -> Response:
+            session = tx.new_session(request.tee, self.config.nonce_lifetime_s)
+            entry.session = session.id
+            response = JSONResponse(Challenge(nonce=session.nonce, extra_params={}).to_json())
+            response.set_cookie(SESSION_COOKIE, session.id, path=PREFIX, httponly=True,
+                                samesite="strict")
+            return response
+        return step
+
+    def attest(self, session_id: str | None, body: bytes, entry: AuditEntry) -> Step:
+        """Attestation -> token. A well-formed message takes its session's nonce (once,
+        whatever the verdict) if it is that session's nonce; the evidence must verify, bind
+        runtime-data, pass the attestation policy and, if the message carries init-data,
+        hold its digest in HOST_DATA. A malformed message (init-data included) or another
+        session's nonce changes nothing. The session's own problems (unknown, another nonce,
+        used, expired) are the reason given before the evidence's."""
         if session_id is None:
             raise refuse("no-session", "the request carries no kbs-session-id cookie")
         entry.session = session_id
-        session = self.session(session_id)
         attestation = parse(Attestation.from_json, body)
         evidence = parse(snp_evidence_from_json, attestation.tee_evidence.primary)
-        if attestation.runtime_data.nonce != session.nonce:
-            raise refuse("nonce-mismatch", "runtime-data.nonce is not the nonce this "
-                         "session was given")
         host_data = self.init_data_host_data(attestation)
-        try:
-            self.store.consume_nonce(session_id)
-        except KbsSessionError as error:
-            raise refuse({"nonce-replayed": "nonce-replayed"}.get(error.reason,
-                                                                  "nonce-expired"),
-                         str(error)) from None
-        config = replace(self.config.evidence, policy=self.attestation_policy())
+        nonce = entry.claimed_nonce = attestation.runtime_data.nonce
         # either binding: the issue's (runtime-data's canonical JSON) or Trustee's current one
         # (our challenges select no hash, so SHA-384)
         bindings = (attestation.runtime_data.report_data(), attestation.report_data())
         try:
-            claims = verify_snp_evidence(evidence.report, evidence.certs, bindings, config)
+            verified = check_snp_evidence(evidence.report, evidence.certs, bindings,
+                                          self.config.evidence)
         except KbsEvidenceError as error:
-            reason = ("attestation-policy" if error.reason == "policy"
-                      else f"evidence-{error.reason}")
-            raise refuse(reason, error.detail) from None
-        entry.claims = claims
-        if host_data is not None and claims["host_data"] != host_data.hex():
-            raise refuse("init-data", f"the report's HOST_DATA {claims['host_data']} is not "
-                         f"the init-data's digest {host_data.hex()}")
+            raise evidence_refusal(error) from None
         tee_pubkey = attestation.runtime_data.tee_pubkey.to_json()
-        self.store.attest_session(session_id, tee_pubkey, claims,
+
+        def step(tx: StoreTransaction) -> Response:
+            try:
+                tx.consume_nonce(session_id, nonce)
+                claims = verified.claims(self.attestation_policy(tx))
+                entry.claims = claims
+                if host_data is not None and claims["host_data"] != host_data.hex():
+                    raise refuse("init-data", f"the report's HOST_DATA {claims['host_data']} "
+                                 f"is not the init-data's digest {host_data.hex()}")
+                tx.attest_session(session_id, tee_pubkey, claims,
                                   lifetime_s=self.config.token_lifetime_s)
-        token = self.signer.issue({"tee": SUPPORTED_TEE, "tee-pubkey": tee_pubkey,
-                                   "claims": claims}, self.config.token_lifetime_s,
-                                  now=self.now())
-        return JSONResponse({"token": token})
+            except (KbsNotFoundError, KbsSessionError) as error:
+                raise session_refusal(error) from None
+            except KbsEvidenceError as error:
+                raise evidence_refusal(error) from None
+            token = self.signer.issue({"tee": SUPPORTED_TEE, "tee-pubkey": tee_pubkey,
+                                       "claims": claims}, self.config.token_lifetime_s,
+                                      now=self.now())
+            return JSONResponse({"token": token})
+        return step
 
     @staticmethod
     def init_data_host_data(attestation: Attestation) -> bytes | None:
@@ -257,17 +286,10 @@ class Broker:
         """The configured clock in seconds since the epoch (what JWTs carry)."""
         return int(self.config.clock().timestamp())
 
-    def session(self, session_id: str) -> SessionRecord:
-        """The session the cookie names."""
-        try:
-            return self.store.get_session(session_id)
-        except KbsNotFoundError:
-            raise refuse("unknown-session", "no session has this id") from None
-
-    def attestation_policy(self) -> Policy:
+    def attestation_policy(self, tx: StoreTransaction) -> Policy:
         """The admin's attestation policy, else the configured one."""
         try:
-            text = self.store.get_policy(PolicyKind.ATTESTATION).text
+            text = tx.get_policy(PolicyKind.ATTESTATION).text
         except KbsNotFoundError:
             return self.config.evidence.policy
         try:
@@ -276,49 +298,58 @@ class Broker:
             raise refuse("store", f"the stored attestation policy fails: {error}") from None
 
     def resource(self, path: str, session_id: str | None, authorization: str | None,
-                 entry: AuditEntry) -> Response:
+                 entry: AuditEntry) -> Step:
         """The secret at `path` as a JWE to the attested TEE key, if the resource policy
-        releases it for the attested claims."""
-        tee_pubkey, claims = self.attested(session_id, authorization, entry)
-        entry.claims = claims
-        try:
-            text = self.store.get_policy(PolicyKind.RESOURCE).text
-        except KbsNotFoundError:
-            raise refuse("resource-policy", "no resource policy is set (default deny)") from None
-        try:
-            verdict = resource_policy_of(text).decide(path, claims)
-        except PolicyError as error:
-            raise refuse("store", f"the stored resource policy fails: {error}") from None
-        if not verdict.allowed:
-            raise refuse("resource-policy", verdict.reason)
-        try:
-            secret = self.store.get_resource(path)
-        except KbsNotFoundError:
-            raise refuse("resource-not-found", f"no resource {path}") from None
-        try:
-            jwe = encrypt_to_tee(parse_jwk(tee_pubkey), secret)
-        except (KbsCryptoError, KbsProtocolError) as error:  # it parsed at attestation
-            raise refuse("internal", f"cannot encrypt to the TEE key: {error}") from None
-        return JSONResponse(jwe)
+        releases it for the attested claims (a bearer token's, else the cookie session's)."""
+        bearer = None if authorization is None else self.bearer(authorization)
+        if bearer is None:
+            if session_id is None:
+                raise refuse("no-token", "send the kbs-session-id cookie or a bearer token")
+            entry.session = session_id
 
-    def attested(self, session_id: str | None, authorization: str | None,
-                 entry: AuditEntry) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The TEE public key (JWK) and claims of the caller: from a bearer token this KBS
-        signed, else from the attested session of the cookie."""
-        if authorization is not None:
-            scheme, _, token = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise refuse("token-invalid", "Authorization is not 'Bearer <token>'")
+        def step(tx: StoreTransaction) -> Response:
+            tee_pubkey, claims = bearer or self.attested(tx, session_id)
+            entry.claims = claims
             try:
-                claims = self.signer.verify(token.strip(), now=self.now())
-            except KbsCryptoError as error:
-                raise refuse("token-invalid", str(error)) from None
-            return claims["tee-pubkey"], claims["claims"]
-        if session_id is None:
-            raise refuse("no-token", "send the kbs-session-id cookie or a bearer token")
-        entry.session = session_id
+                text = tx.get_policy(PolicyKind.RESOURCE).text
+            except KbsNotFoundError:
+                raise refuse("resource-policy", "no resource policy is set (default deny)"
+                             ) from None
+            try:
+                verdict = resource_policy_of(text).decide(path, claims)
+            except PolicyError as error:
+                raise refuse("store", f"the stored resource policy fails: {error}") from None
+            if not verdict.allowed:
+                raise refuse("resource-policy", verdict.reason)
+            try:
+                secret = tx.get_resource(path)
+            except KbsNotFoundError:
+                raise refuse("resource-not-found", f"no resource {path}") from None
+            try:
+                jwe = encrypt_to_tee(parse_jwk(tee_pubkey), secret)
+            except (KbsCryptoError, KbsProtocolError) as error:  # it parsed at attestation
+                raise refuse("internal", f"cannot encrypt to the TEE key: {error}") from None
+            return JSONResponse(jwe)
+        return step
+
+    def bearer(self, authorization: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The TEE public key (JWK) and claims of a bearer token this KBS signed."""
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise refuse("token-invalid", "Authorization is not 'Bearer <token>'")
         try:
-            session = self.store.attested_session(session_id)
+            claims = self.signer.verify(token.strip(), now=self.now())
+        except KbsCryptoError as error:
+            raise refuse("token-invalid", str(error)) from None
+        return claims["tee-pubkey"], claims["claims"]
+
+    @staticmethod
+    def attested(tx: StoreTransaction, session_id: str | None
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The TEE public key (JWK) and claims of the cookie's attested session."""
+        assert session_id is not None  # `resource` refused a request with neither
+        try:
+            session = tx.attested_session(session_id)
         except KbsNotFoundError:
             raise refuse("unknown-session", "no session has this id") from None
         except KbsSessionError as error:
@@ -339,7 +370,8 @@ class Broker:
         except KbsAdminAuthError as error:
             raise refuse("admin-auth", str(error)) from None
 
-    def set_attestation_policy(self, body: bytes) -> Response:
+    @staticmethod
+    def set_attestation_policy(body: bytes) -> Step:
         """Trustee's `{"type", "policy_id", "policy": base64}`, type `toml` (validate's)."""
         doc = json_object(body)
         if doc.get("type", "toml") != "toml":
@@ -354,18 +386,40 @@ class Broker:
             Policy.from_toml(text)
         except PolicyError as error:
             raise refuse("policy-invalid", str(error)) from None
-        self.store.set_policy(PolicyKind.ATTESTATION, text)
-        return Response(status_code=204)
+        return no_content(lambda tx: tx.set_policy(PolicyKind.ATTESTATION, text))
 
-    def set_resource_policy(self, body: bytes) -> Response:
+    @staticmethod
+    def set_resource_policy(body: bytes) -> Step:
         """Trustee's `{"policy": base64}`: sevsim.kbs.policy's TOML format."""
         text = policy_text(json_object(body))
         try:
             ResourcePolicy.from_toml(text)
         except PolicyError as error:
             raise refuse("policy-invalid", str(error)) from None
-        self.store.set_policy(PolicyKind.RESOURCE, text)
+        return no_content(lambda tx: tx.set_policy(PolicyKind.RESOURCE, text))
+
+
+def no_content(change: Callable[[StoreTransaction], object]) -> Step:
+    """The step that makes an admin's `change` and answers 204 No Content."""
+    def step(tx: StoreTransaction) -> Response:
+        change(tx)
         return Response(status_code=204)
+    return step
+
+
+def session_refusal(error: KbsNotFoundError | KbsSessionError) -> KbsRefusal:
+    """The refusal of an attestation whose session cannot take its nonce."""
+    if isinstance(error, KbsNotFoundError):
+        return refuse("unknown-session", "no session has this id")
+    reason = {"nonce-mismatch": "nonce-mismatch", "session-expired": "nonce-expired"}.get(
+        error.reason, "nonce-replayed")
+    return refuse(reason, str(error))
+
+
+def evidence_refusal(error: KbsEvidenceError) -> KbsRefusal:
+    """The refusal of evidence the verifier or the attestation policy turned down."""
+    reason = "attestation-policy" if error.reason == "policy" else f"evidence-{error.reason}"
+    return refuse(reason, error.detail)
 
 
 def jsonable(records: list[Any]) -> list[dict[str, Any]]:
@@ -460,24 +514,22 @@ def create_app(config: KbsConfig) -> FastAPI:
     app.state.broker = broker
 
     async def handle(request: Request, action: str,
-                     work: Callable[[bytes, AuditEntry], Response], *, body: bool = True,
+                     work: Callable[[bytes, AuditEntry], Step], *, body: bool = True,
                      admin: bool = False, resource: str | None = None) -> Response:
         client = request.client.host if request.client else ""
         entry = AuditEntry(action=action, client=client, resource=resource)
 
         def run(data: bytes) -> Response:
-            def step() -> Response:
+            def checked() -> Step:
                 if admin:
                     broker.admin(request.headers.get("authorization"))
                 return work(data, entry)
-            return broker.decide(entry, step)
+            return broker.decide(entry, checked)
 
         try:
             data = await read_body(request) if body else b""
         except KbsRefusal as refusal:
-            await run_in_threadpool(broker.audit, entry, "refused",
-                                    f"{refusal.reason}: {refusal.detail}")
-            return problem(refusal)
+            return await run_in_threadpool(broker.refused, entry, refusal)
         return await run_in_threadpool(run, data)
 
     @app.post(PREFIX + "/auth")
@@ -502,31 +554,27 @@ def create_app(config: KbsConfig) -> FastAPI:
     @app.post(PREFIX + "/resource/{repository}/{kind}/{tag}")
     async def set_resource(request: Request, repository: str, kind: str, tag: str) -> Response:
         path = f"{repository}/{kind}/{tag}"
-
-        def work(body: bytes, _: AuditEntry) -> Response:
-            broker.store.put_resource(path, body)
-            return Response(status_code=204)
-        return await handle(request, "set-resource", work, admin=True, resource=path)
+        return await handle(request, "set-resource", lambda body, _: no_content(
+            lambda tx: tx.put_resource(path, body)), admin=True, resource=path)
 
     @app.delete(PREFIX + "/resource/{repository}/{kind}/{tag}")
     async def delete_resource(request: Request, repository: str, kind: str,
                               tag: str) -> Response:
         path = f"{repository}/{kind}/{tag}"
 
-        def work(_: bytes, __: AuditEntry) -> Response:
+        def step(tx: StoreTransaction) -> Response:
             try:
-                broker.store.delete_resource(path)
+                tx.delete_resource(path)
             except KbsNotFoundError:
                 raise refuse("resource-not-found", f"no resource {path}") from None
             return Response(status_code=204)
-        return await handle(request, "delete-resource", work, body=False, admin=True,
-                            resource=path)
+        return await handle(request, "delete-resource", lambda _, __: step, body=False,
+                            admin=True, resource=path)
 
     @app.get(PREFIX + "/resources")
     async def list_resources(request: Request) -> Response:
-        return await handle(request, "list-resources",
-                            lambda _, __: JSONResponse(jsonable(broker.store.list_resources())),
-                            body=False, admin=True)
+        return await handle(request, "list-resources", lambda _, __: lambda tx: JSONResponse(
+            jsonable(tx.list_resources())), body=False, admin=True)
 
     @app.post(PREFIX + "/attestation-policy")
     async def set_attestation_policy(request: Request) -> Response:
@@ -540,8 +588,8 @@ def create_app(config: KbsConfig) -> FastAPI:
 
     @app.get(PREFIX + "/audit")
     async def list_audit(request: Request, after: int = 0, limit: int = 100) -> Response:
-        return await handle(request, "list-audit", lambda _, __: JSONResponse(jsonable(
-            broker.store.list_audit(after_id=after, limit=limit))), body=False, admin=True)
+        return await handle(request, "list-audit", lambda _, __: lambda tx: JSONResponse(
+            jsonable(tx.list_audit(after_id=after, limit=limit))), body=False, admin=True)
 
     @app.get(ERRORS + "{reason}")
     async def error_type(reason: str) -> Response:

@@ -335,97 +335,23 @@ def _audit(row: RowMapping) -> AuditRecord:
                        row["resource"], Decision(row["decision"]), row["reason"], row["claims"])
 
 
-class Store:
-    """The key broker's storage over one database URL (see `database_url`), with the
-    operator's 32-byte at-rest `secret_key`. Make one with `Store.open`, which migrates the
-    schema and checks the key; share it between threads; `close` it at the end."""
+class StoreOperations:
+    """What the store does with sessions, resources, policies and the audit log, written once
+    for `Store` (every call a transaction of its own) and `StoreTransaction` (every call in
+    the one transaction it was opened with)."""
 
-    def __init__(self, url: str, secret_key: bytes,
-                 clock: Callable[[], datetime.datetime] = utc_now) -> None:
-        if not isinstance(secret_key, bytes) or len(secret_key) != SECRET_KEY_SIZE:
-            raise KbsSecretKeyError("secret-key", f"the at-rest key must be {SECRET_KEY_SIZE} "
-                                                  "bytes (AES-256)")
-        self._aead = AESGCM(_derive(secret_key, b"resources v1"))
-        self._key_digest = _derive(secret_key, b"key check v1")
-        self._clock = clock
-        self.engine = make_engine(url)
-        # SQLite has one writer at a time: this process's writers queue here, handed the lock
-        # at once, instead of in SQLite's busy handler, which polls with sleeps of up to
-        # 100 ms (other processes still wait there, up to busy_timeout)
-        self._writers: AbstractContextManager[object] = (
-            threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext())
+    _aead: AESGCM
+    _clock: Callable[[], datetime.datetime]
 
-    @classmethod
-    def open(cls, url: str, secret_key: bytes,
-             clock: Callable[[], datetime.datetime] = utc_now) -> Store:
-        """A ready store: the database created if it is a new SQLite file, the schema brought
-        to the newest revision (`alembic upgrade head`), the at-rest key recorded on first
-        open and checked on every later one (`KbsSecretKeyError` if it differs)."""
-        store = cls(url, secret_key, clock)
-        try:
-            store.upgrade()
-            store.check_secret_key()
-        except BaseException:
-            store.close()
-            raise
-        return store
-
-    def close(self) -> None:
-        """Closes every pooled connection."""
-        self.engine.dispose()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _transaction(self, write: bool = True) -> AbstractContextManager[Connection]:
+        """The connection, in a transaction, an operation runs on."""
+        raise NotImplementedError
 
     def _now(self) -> datetime.datetime:
         now = self._clock()
         if now.tzinfo is None:
             raise KbsStoreInputError("invalid", f"the clock gave {now} without a time zone")
         return now
-
-    @contextmanager
-    def _transaction(self, write: bool = True) -> Iterator[Connection]:
-        """One connection and one transaction, committed on leaving (rolled back on an
-        error); a database failure becomes KbsStoreError("database")."""
-        try:
-            with self._writers if write else nullcontext(), self.engine.connect() as connection:
-                connection.execution_options(kbs_write=write)
-                with connection.begin():
-                    yield connection
-        except sa.exc.DBAPIError as error:
-            raise KbsStoreError("database", str(error.orig).strip() or str(error)) from None
-
-    # -- schema and key --------------------------------------------------------------------
-
-    def upgrade(self) -> None:
-        """`alembic upgrade head` in one transaction; concurrent openers wait for each other
-        (SQLite's write lock, a PostgreSQL advisory lock) and the later ones find it done."""
-        with self._transaction() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(
-                    POSTGRES_MIGRATION_LOCK)))
-            command.upgrade(migration_config(connection), "head")
-
-    def schema_revision(self) -> str | None:
-        """The Alembic revision the database is at (None before the first migration)."""
-        with self._transaction(write=False) as connection:
-            return MigrationContext.configure(connection).get_current_revision()
-
-    def check_secret_key(self) -> None:
-        """Records the key's digest on a database's first open; KbsSecretKeyError when a
-        later open brings another key."""
-        with self._transaction() as connection:
-            stored = connection.execute(sa.select(secret_key_check.c.digest)).scalar()
-            if stored is None:
-                connection.execute(secret_key_check.insert().values(
-                    id=1, digest=self._key_digest, created=self._now()))
-                return
-        if not hmac.compare_digest(stored, self._key_digest):
-            raise KbsSecretKeyError("secret-key", "this is not the at-rest key the database "
-                                                  "was created with")
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -454,22 +380,27 @@ class Store:
             raise KbsNotFoundError("session", f"no session {session_id!r}")
         return _session(row)
 
-    def _advance(self, session_id: str, want: SessionState,
-                 values: dict[str, Any]) -> SessionRecord:
-        """Moves a session out of state `want` if it is in it and unexpired, atomically (one
-        conditional UPDATE); otherwise says why not and changes nothing."""
+    def _advance(self, session_id: str, want: SessionState, values: dict[str, Any],
+                 nonce: str | None = None) -> SessionRecord:
+        """Moves a session out of state `want` if it is in it, unexpired and (given `nonce`)
+        holds that nonce, atomically (one conditional UPDATE); otherwise says why not and
+        changes nothing."""
         if not isinstance(session_id, str) or len(session_id) > _length(sessions.c.id):
             raise KbsNotFoundError("session", f"no session {session_id!r}")
         now = self._now()
+        conditions = [sessions.c.id == session_id, sessions.c.state == want.value,
+                      sessions.c.expires > now]
+        if nonce is not None:
+            conditions.append(sessions.c.nonce == nonce)
         with self._transaction() as connection:
-            row = connection.execute(
-                sessions.update()
-                .where(sessions.c.id == session_id, sessions.c.state == want.value,
-                       sessions.c.expires > now)
-                .values(**values).returning(*sessions.c)).mappings().one_or_none()
+            row = connection.execute(sessions.update().where(*conditions).values(
+                **values).returning(*sessions.c)).mappings().one_or_none()
         if row is not None:
             return _session(row)
         current = self.get_session(session_id)
+        if nonce is not None and not hmac.compare_digest(current.nonce, nonce):
+            raise KbsSessionError("nonce-mismatch", f"session {session_id} was given another "
+                                                    "nonce")
         if current.expires <= now:
             raise KbsSessionError("session-expired", f"session {session_id} expired at "
                                                      f"{current.expires.isoformat()}")
@@ -479,12 +410,14 @@ class Store:
         raise KbsSessionError("session-state", f"session {session_id} is {current.state}, "
                                                f"not {want}")
 
-    def consume_nonce(self, session_id: str) -> SessionRecord:
+    def consume_nonce(self, session_id: str, nonce: str | None = None) -> SessionRecord:
         """Takes a challenged session's nonce for one attestation attempt (the nonce is never
-        usable again, whatever the verdict): the session as it now is, with the nonce the
-        evidence must bind. KbsSessionError `nonce-replayed` or `session-expired`."""
+        usable again, whatever the verdict): the session as it now is. Given `nonce` (what the
+        attempt carries), only if it is the session's: another one changes nothing. Errors:
+        KbsNotFoundError, KbsSessionError `nonce-mismatch`, `nonce-replayed` or
+        `session-expired`."""
         return self._advance(session_id, SessionState.CHALLENGED,
-                             {"state": SessionState.CONSUMED.value})
+                             {"state": SessionState.CONSUMED.value}, nonce)
 
     def attest_session(self, session_id: str, tee_pubkey: Mapping[str, Any],
                        claims: Mapping[str, Any],
@@ -650,6 +583,113 @@ class Store:
         with self._transaction(write=False) as connection:
             rows = connection.execute(query).mappings().all()
         return [_audit(row) for row in rows]
+
+
+
+class Store(StoreOperations):
+    """The key broker's storage over one database URL (see `database_url`), with the
+    operator's 32-byte at-rest `secret_key`. Make one with `Store.open`, which migrates the
+    schema and checks the key; share it between threads; `close` it at the end. Each
+    operation called on it is a transaction of its own; `transaction()` runs several in one."""
+
+    def __init__(self, url: str, secret_key: bytes,
+                 clock: Callable[[], datetime.datetime] = utc_now) -> None:
+        if not isinstance(secret_key, bytes) or len(secret_key) != SECRET_KEY_SIZE:
+            raise KbsSecretKeyError("secret-key", f"the at-rest key must be {SECRET_KEY_SIZE} "
+                                                  "bytes (AES-256)")
+        self._aead = AESGCM(_derive(secret_key, b"resources v1"))
+        self._key_digest = _derive(secret_key, b"key check v1")
+        self._clock = clock
+        self.engine = make_engine(url)
+        # SQLite has one writer at a time: this process's writers queue here, handed the lock
+        # at once, instead of in SQLite's busy handler, which polls with sleeps of up to
+        # 100 ms (other processes still wait there, up to busy_timeout)
+        self._writers: AbstractContextManager[object] = (
+            threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext())
+
+    @classmethod
+    def open(cls, url: str, secret_key: bytes,
+             clock: Callable[[], datetime.datetime] = utc_now) -> Store:
+        """A ready store: the database created if it is a new SQLite file, the schema brought
+        to the newest revision (`alembic upgrade head`), the at-rest key recorded on first
+        open and checked on every later one (`KbsSecretKeyError` if it differs)."""
+        store = cls(url, secret_key, clock)
+        try:
+            store.upgrade()
+            store.check_secret_key()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Closes every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[StoreTransaction]:
+        """Several operations in one write transaction, committed together when the block
+        ends, or not at all if it raises (a KbsSessionError included): what one request of
+        the broker does is one commit, and all of it or none of it is in the database."""
+        with self._transaction() as connection:
+            yield StoreTransaction(self, connection)
+
+    @contextmanager
+    def _transaction(self, write: bool = True) -> Iterator[Connection]:
+        """One connection and one transaction, committed on leaving (rolled back on an
+        error); a database failure becomes KbsStoreError("database")."""
+        try:
+            with self._writers if write else nullcontext(), self.engine.connect() as connection:
+                connection.execution_options(kbs_write=write)
+                with connection.begin():
+                    yield connection
+        except sa.exc.DBAPIError as error:
+            raise KbsStoreError("database", str(error.orig).strip() or str(error)) from None
+
+    # -- schema and key --------------------------------------------------------------------
+
+    def upgrade(self) -> None:
+        """`alembic upgrade head` in one transaction; concurrent openers wait for each other
+        (SQLite's write lock, a PostgreSQL advisory lock) and the later ones find it done."""
+        with self._transaction() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(
+                    POSTGRES_MIGRATION_LOCK)))
+            command.upgrade(migration_config(connection), "head")
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at (None before the first migration)."""
+        with self._transaction(write=False) as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def check_secret_key(self) -> None:
+        """Records the key's digest on a database's first open; KbsSecretKeyError when a
+        later open brings another key."""
+        with self._transaction() as connection:
+            stored = connection.execute(sa.select(secret_key_check.c.digest)).scalar()
+            if stored is None:
+                connection.execute(secret_key_check.insert().values(
+                    id=1, digest=self._key_digest, created=self._now()))
+                return
+        if not hmac.compare_digest(stored, self._key_digest):
+            raise KbsSecretKeyError("secret-key", "this is not the at-rest key the database "
+                                                  "was created with")
+
+class StoreTransaction(StoreOperations):
+    """The store's operations inside one open write transaction (`Store.transaction`)."""
+
+    def __init__(self, store: Store, connection: Connection) -> None:
+        self._aead, self._clock = store._aead, store._clock
+        self._connection = connection
+
+    def _transaction(self, write: bool = True) -> AbstractContextManager[Connection]:
+        return nullcontext(self._connection)
 
 
 def _kind(kind: PolicyKind | str) -> PolicyKind:

@@ -74,6 +74,24 @@ class EvidenceConfig:
         default_factory=dict, compare=False, repr=False)
 
 
+@dataclass(frozen=True)
+class VerifiedEvidence:
+    """A genuine report bound to its session, not yet held against a policy: the policy is
+    applied apart (`claims`) so that a broker can read it in the transaction that records
+    the verdict, after the costly checks, which then hold no database lock."""
+
+    report: AttestationReport
+    generation: Generation
+    signer: str  # "VCEK" or "VLEK"
+
+    def claims(self, policy: Policy) -> Claims:
+        """The report's claims if it passes `policy`; KbsEvidenceError("policy") if not."""
+        decision = evaluate_attestation_policy(policy, self.report)
+        if not decision.allowed:
+            raise KbsEvidenceError("policy", decision.reason)
+        return claims_of(self.report, self.generation, self.signer)
+
+
 def verify_snp_evidence(report: bytes, certs: list[tuple[str, bytes]],
                         expected_report_data: bytes | tuple[bytes, ...],
                         config: EvidenceConfig) -> Claims:
@@ -82,6 +100,15 @@ def verify_snp_evidence(report: bytes, certs: list[tuple[str, bytes]],
 
     `certs` are the evidence's certificate-table entries as (GUID text, DER); entries of
     GUIDs other than the VCEK, VLEK, ASK/ASVK and ARK ones are ignored."""
+    return check_snp_evidence(report, certs, expected_report_data, config).claims(
+        config.policy)
+
+
+def check_snp_evidence(report: bytes, certs: list[tuple[str, bytes]],
+                       expected_report_data: bytes | tuple[bytes, ...],
+                       config: EvidenceConfig) -> VerifiedEvidence:
+    """`verify_snp_evidence` up to the policy, which it leaves out (`config.policy` unused):
+    the report is genuine and its REPORT_DATA one of `expected_report_data`."""
     expected = ((bytes(expected_report_data),)
                 if isinstance(expected_report_data, bytes | bytearray)
                 else tuple(expected_report_data))
@@ -102,12 +129,9 @@ def verify_snp_evidence(report: bytes, certs: list[tuple[str, bytes]],
         raise KbsEvidenceError("report-data", "REPORT_DATA "
                                f"{verified.report_data.hex()[:32]}... does not bind this "
                                "session's nonce and key")
-    decision = evaluate_attestation_policy(config.policy, verified)
-    if not decision.allowed:
-        raise KbsEvidenceError("policy", decision.reason)
     assert result.generation is not None and result.leaf is not None  # set when ok
-    return claims_of(verified, result.generation,
-                     "VLEK" if result.leaf.is_vlek else "VCEK")
+    return VerifiedEvidence(verified, result.generation,
+                            "VLEK" if result.leaf.is_vlek else "VCEK")
 
 
 def _verified_report(result: VerificationResult) -> AttestationReport:
