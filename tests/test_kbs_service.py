@@ -754,6 +754,68 @@ def test_a_real_milan_report_is_verified_to_amds_roots_over_http(tmp_path: Path)
             assert json.loads(ran.stdout)["reason"] == reason
 
 
+def test_a_real_milan_report_passes_a_matching_policy_in_the_evidence_check(
+        tmp_path: Path) -> None:
+    """`sevsim kbs admin check-evidence`: the real report and VCEK verify to AMD's roots and
+    pass an attestation policy naming their measurement, but not one naming another, nor
+    the default policy (the report is of a debuggable VM, which a matching policy allows); a
+    REPORT_DATA it does not carry, or one flipped bit, is refused. Only the admin may ask;
+    nothing is released and every answer is in the audit log."""
+    admin = generate_admin_key()
+    key_file = tmp_path / "admin.pem"
+    key_file.write_bytes(admin.private_bytes(serialization.Encoding.PEM,
+                                             serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+    real = AttestationReport.from_bytes((REAL / "report.bin").read_bytes())
+    tampered = bytearray((REAL / "report.bin").read_bytes())
+    tampered[0x90] ^= 1  # a measurement bit
+    (tmp_path / "tampered.bin").write_bytes(tampered)
+    config = KbsConfig(db_url=f"sqlite:///{tmp_path}/kbs.db", secret_key=os.urandom(32),
+                       admin_key=admin.public_key())
+    with running(config) as url:
+        def check(*extra: str | Path, report: Path = REAL / "report.bin"
+                  ) -> subprocess.CompletedProcess[bytes]:
+            return sevsim("kbs", "admin", "check-evidence", "--url", url, "--key", key_file,
+                          "--report", report, "--certs", REAL, *extra)
+
+        def set_policy(measurement: bytes) -> None:
+            (tmp_path / "policy.toml").write_text(
+                f'[guest]\nmeasurements = ["{measurement.hex()}"]\n'
+                "[guest_policy]\nallow_debug = true\n")
+            ran = sevsim("kbs", "admin", "set-attestation-policy", "--url", url, "--key",
+                         key_file, tmp_path / "policy.toml")
+            assert ran.returncode == 0, ran.stderr
+
+        default = check()
+        assert default.returncode == 1
+        assert "allow_debug" in json.loads(default.stdout)["detail"]
+        set_policy(real.measurement)
+        passed = check()
+        assert passed.returncode == 0, passed.stderr
+        claims = json.loads(passed.stdout)
+        assert claims["measurement"] == real.measurement.hex()
+        assert (claims["chip_id"], claims["signer"]) == (real.chip_id.hex(), "VCEK")
+        bound = check("--report-data", real.report_data.hex())
+        assert bound.returncode == 0, bound.stderr
+        for args, report, reason in (
+                (("--report-data", "00" * 64), REAL / "report.bin", "evidence-report-data"),
+                ((), tmp_path / "tampered.bin", "evidence-signature")):
+            ran = check(*args, report=report)
+            assert ran.returncode == 1 and json.loads(ran.stdout)["reason"] == reason
+        set_policy(bytes(48))
+        ran = check()
+        assert ran.returncode == 1
+        assert json.loads(ran.stdout)["reason"] == "attestation-policy"
+        with KbsClient(url) as client:
+            stranger = issue_admin_token(generate_admin_key())
+            refused(lambda: client.check_evidence(stranger, {}), "admin-auth")
+            records = client.audit(issue_admin_token(admin), limit=10_000)
+    checks = [r["decision"] for r in records if r["action"] == "check-evidence"]
+    assert checks == ["refused", "allowed", "allowed", "refused", "refused", "refused",
+                      "refused"]
+    assert not [r for r in records if r["action"] in ("attest", "get-resource")]
+
+
 @pytest.mark.parametrize(("args", "words"), [
     (["serve", "--port", "70000"], ["ConfigError", "port"]),
     (["serve", "--host", "not..a..host"], ["ConfigError", "not..a..host"]),

@@ -37,6 +37,10 @@ SECRET_KEY_ENV = "SEVSIM_KBS_SECRET_KEY"  # 64 hex digits: the at-rest key, kept
 EXIT_REFUSED = 1  # the KBS answered with a problem document
 
 UrlOption = Annotated[str, typer.Option("--url", help="The KBS, http://host:port.")]
+CertsOption = Annotated[Path | None, typer.Option(
+    help="The report's certificates: a directory of vcek|vlek, ask|asvk and ark .pem or .der "
+         "files (`sevsim run --certs-out`, snpguest), or an extended report's binary "
+         "certificate table.")]
 AdminKeyOption = Annotated[Path, typer.Option(
     "--key", help="The admin's Ed25519 private key (PEM, from `sevsim kbs admin keygen`).")]
 
@@ -250,6 +254,38 @@ def audit(url: UrlOption, key: AdminKeyOption,
     print(json.dumps(_admin(url, key, "audit", after, limit), indent=2))
 
 
+@admin_app.command("check-evidence")
+def check_evidence(
+    url: UrlOption, key: AdminKeyOption,
+    report: Annotated[Path, typer.Option(help="The SNP report (0x4A0 bytes).")],
+    certs: CertsOption = None,
+    report_data: Annotated[str | None, typer.Option(
+        help="128 hex digits REPORT_DATA must equal; default: not checked.")] = None,
+) -> None:
+    """Would this evidence pass? The KBS checks it as an attestation (its roots, VCEK
+    sources and attestation policy) but for no session, and releases nothing: for recorded
+    evidence, such as a real machine's report, which cannot bind a fresh nonce. Prints the
+    claims; a refusal prints the problem document and exits 1."""
+    command = "sevsim kbs admin"
+    try:
+        evidence = _evidence(report, certs, command)
+        expected = None if report_data is None else _report_data(report_data)
+    except SevsimError as error:
+        raise fail(error, command) from None
+    print(json.dumps(_admin(url, key, "check_evidence", evidence, expected), indent=2))
+
+
+def _report_data(text: str) -> bytes:
+    """REPORT_DATA from its 128 hex digits."""
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        value = b""
+    if len(value) != 64:
+        raise ConfigError(f"--report-data {text[:40]!r}: 128 hex digits (64 bytes)")
+    return value
+
+
 # -- a client ------------------------------------------------------------------------------
 
 @kbs_app.command("attest")
@@ -261,10 +297,7 @@ def attest(
     report: Annotated[Path | None, typer.Option(
         help="The SNP report (0x4A0 bytes) to post. Without it: ask for a challenge and print "
              "the session, the nonce and the REPORT_DATA a report must carry.")] = None,
-    certs: Annotated[Path | None, typer.Option(
-        help="The report's certificates: a directory of vcek|vlek, ask|asvk and ark .pem or "
-             ".der files (`sevsim run --certs-out`, snpguest), or an extended report's binary "
-             "certificate table.")] = None,
+    certs: CertsOption = None,
     session: Annotated[str | None, typer.Option(
         help="The session of an earlier challenge (with --nonce).")] = None,
     nonce: Annotated[str | None, typer.Option(help="That challenge's nonce.")] = None,
@@ -331,13 +364,19 @@ def _attestation(runtime: Any, report: Path, certs: Path | None, command: str) -
     """The Attestation message: runtime-data and the SNP evidence as Trustee's attester
     sends it."""
     from sevsim.abi.kbs import Attestation, TeeEvidence
+
+    return Attestation(runtime_data=runtime, init_data=None, tee_evidence=TeeEvidence(
+        primary=_evidence(report, certs, command))).to_json()
+
+
+def _evidence(report: Path, certs: Path | None, command: str) -> dict[str, Any]:
+    """The SNP evidence JSON of a report file and its certificates, as Trustee's attester
+    sends it."""
     from sevsim.abi.kbs_snp import snp_evidence_to_json
 
     blob = read_input(report, command, MAX_REPORT_FILE, "an SNP report")
     table = None if certs is None else _cert_entries(certs, command)
-    evidence = snp_evidence_to_json(blob, table)
-    return Attestation(runtime_data=runtime, init_data=None,
-                       tee_evidence=TeeEvidence(primary=evidence)).to_json()
+    return snp_evidence_to_json(blob, table)
 
 
 def _cert_entries(certs: Path, command: str) -> list[tuple[str, bytes]]:

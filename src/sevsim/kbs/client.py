@@ -146,6 +146,18 @@ class KbsClient:
         body = {"policy": base64.b64encode(text.encode()).decode()}
         self.admin("POST", "/resource-policy", token, json.dumps(body).encode())
 
+    def check_evidence(self, token: str, evidence: dict[str, Any],
+                       report_data: bytes | None = None) -> dict[str, Any]:
+        """The claims of SNP evidence (as /attest takes it) that verifies and passes the
+        attestation policy, bound to `report_data` if given; KbsRefusal otherwise. Nothing
+        is released."""
+        body: dict[str, Any] = {"tee": "snp", "evidence": evidence}
+        if report_data is not None:
+            body["report-data"] = report_data.hex()
+        answer: dict[str, Any] = self.admin("POST", "/evidence-check", token,
+                                            json.dumps(body).encode())
+        return dict(answer["claims"])
+
     def audit(self, token: str, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Audit records with ids above `after`, oldest first, at most `limit`."""
         records: list[dict[str, Any]] = self.admin(

@@ -59,7 +59,7 @@ from sevsim.kbs.jose import TokenSigner, encrypt_to_tee
 from sevsim.kbs.policy import ResourcePolicy
 from sevsim.kbs.store import MAX_AUDIT_TEXT, PolicyKind, Store, StoreTransaction, utc_now
 from sevsim.kbs.verifier import REASONS as EVIDENCE_REASONS
-from sevsim.kbs.verifier import EvidenceConfig, check_snp_evidence
+from sevsim.kbs.verifier import REPORT_DATA_SIZE, EvidenceConfig, check_snp_evidence
 
 MAX_BODY = 1 << 20  # a request body: evidence with a certificate chain is a few KiB
 SUPPORTED_TEE = "snp"
@@ -399,6 +399,42 @@ class Broker:
         return no_content(lambda tx: tx.set_policy(PolicyKind.RESOURCE, text))
 
 
+    def check_evidence(self, body: bytes, entry: AuditEntry) -> Step:
+        """The admin's "would this evidence pass?": `{"tee": "snp", "evidence": <SNP evidence
+        as /attest takes it>, "report-data": <128 hex digits, optional>}` checked as an
+        attestation is (the configured roots and VCEK sources, then the attestation policy)
+        but bound to no session and releasing nothing: recorded evidence, a real machine's
+        report for one, cannot bind a fresh nonce. Answers the claims, or the refusal an
+        attestation would get."""
+        doc = json_object(body)
+        if doc.get("tee") != SUPPORTED_TEE:
+            raise refuse("unsupported-tee", f"tee {doc.get('tee')!r}; this KBS takes "
+                         f"{SUPPORTED_TEE!r}")
+        evidence = parse(snp_evidence_from_json, doc.get("evidence"))
+        report_data = doc.get("report-data")
+        try:
+            expected = None if report_data is None else bytes.fromhex(report_data)
+        except (TypeError, ValueError):
+            expected = b""
+        if expected is not None and len(expected) != REPORT_DATA_SIZE:
+            raise refuse("malformed-request", f"report-data: {REPORT_DATA_SIZE * 2} hex "
+                         "digits, if given")
+        try:
+            verified = check_snp_evidence(evidence.report, evidence.certs, expected,
+                                          self.config.evidence)
+        except KbsEvidenceError as error:
+            raise evidence_refusal(error) from None
+
+        def step(tx: StoreTransaction) -> Response:
+            try:
+                claims = verified.claims(self.attestation_policy(tx))
+            except KbsEvidenceError as error:
+                raise evidence_refusal(error) from None
+            entry.claims = claims
+            return JSONResponse({"claims": claims})
+        return step
+
+
 def no_content(change: Callable[[StoreTransaction], object]) -> Step:
     """The step that makes an admin's `change` and answers 204 No Content."""
     def step(tx: StoreTransaction) -> Response:
@@ -585,6 +621,10 @@ def create_app(config: KbsConfig) -> FastAPI:
     async def set_resource_policy(request: Request) -> Response:
         return await handle(request, "set-resource-policy",
                             lambda body, _: broker.set_resource_policy(body), admin=True)
+
+    @app.post(PREFIX + "/evidence-check")
+    async def check_evidence(request: Request) -> Response:
+        return await handle(request, "check-evidence", broker.check_evidence, admin=True)
 
     @app.get(PREFIX + "/audit")
     async def list_audit(request: Request, after: int = 0, limit: int = 100) -> Response:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hmac
 import json
 import math
@@ -335,6 +336,31 @@ def _audit(row: RowMapping) -> AuditRecord:
                        row["resource"], Decision(row["decision"]), row["reason"], row["claims"])
 
 
+# The statements a broker runs on every request, built once: SQLAlchemy then finds each one's
+# compiled form by a cache key it keeps on the statement, instead of building a new
+# statement and its key per call. Values are bound by name at execution.
+_INSERT_SESSION = sessions.insert()
+_GET_SESSION = sessions.select().where(sessions.c.id == sa.bindparam("b_id"))
+_GET_POLICY = policies.select().where(policies.c.kind == sa.bindparam("b_kind"),
+                                      policies.c.id == sa.bindparam("b_id"))
+_GET_RESOURCE = sa.select(resources.c.nonce, resources.c.ciphertext).where(
+    resources.c.path == sa.bindparam("b_path"))
+_INSERT_AUDIT = audit.insert().returning(*audit.c)
+
+
+@functools.cache
+def _advance_statement(members: frozenset[str], with_nonce: bool) -> sa.Update:
+    """UPDATE sessions SET `members` WHERE the id, state and nonce (`with_nonce`) are the
+    bound ones and it has not expired, RETURNING the row."""
+    conditions = [sessions.c.id == sa.bindparam("b_id"),
+                  sessions.c.state == sa.bindparam("b_state"),
+                  sessions.c.expires > sa.bindparam("b_now")]
+    if with_nonce:
+        conditions.append(sessions.c.nonce == sa.bindparam("b_nonce"))
+    return sessions.update().where(*conditions).values(
+        {name: sa.bindparam(f"v_{name}") for name in sorted(members)}).returning(*sessions.c)
+
+
 class StoreOperations:
     """What the store does with sessions, resources, policies and the audit log, written once
     for `Store` (every call a transaction of its own) and `StoreTransaction` (every call in
@@ -366,16 +392,16 @@ class StoreOperations:
                                tee, now, now + datetime.timedelta(seconds=lifetime_s),
                                SessionState.CHALLENGED, None, None, None)
         with self._transaction() as connection:
-            connection.execute(sessions.insert().values(
-                id=record.id, nonce=record.nonce, tee=tee, created=record.created,
-                expires=record.expires, state=record.state.value))
+            connection.execute(_INSERT_SESSION, {
+                "id": record.id, "nonce": record.nonce, "tee": tee, "created": record.created,
+                "expires": record.expires, "state": record.state.value})
         return record
 
     def get_session(self, session_id: str) -> SessionRecord:
         """A session in whatever state (KbsNotFoundError if there is none)."""
         with self._transaction(write=False) as connection:
-            row = connection.execute(sessions.select().where(
-                sessions.c.id == session_id)).mappings().one_or_none()
+            row = connection.execute(_GET_SESSION, {"b_id": session_id}
+                                     ).mappings().one_or_none()
         if row is None:
             raise KbsNotFoundError("session", f"no session {session_id!r}")
         return _session(row)
@@ -388,13 +414,11 @@ class StoreOperations:
         if not isinstance(session_id, str) or len(session_id) > _length(sessions.c.id):
             raise KbsNotFoundError("session", f"no session {session_id!r}")
         now = self._now()
-        conditions = [sessions.c.id == session_id, sessions.c.state == want.value,
-                      sessions.c.expires > now]
-        if nonce is not None:
-            conditions.append(sessions.c.nonce == nonce)
+        statement = _advance_statement(frozenset(values), nonce is not None)
+        bound = {"b_id": session_id, "b_state": want.value, "b_now": now, "b_nonce": nonce,
+                 **{f"v_{name}": value for name, value in values.items()}}
         with self._transaction() as connection:
-            row = connection.execute(sessions.update().where(*conditions).values(
-                **values).returning(*sessions.c)).mappings().one_or_none()
+            row = connection.execute(statement, bound).mappings().one_or_none()
         if row is not None:
             return _session(row)
         current = self.get_session(session_id)
@@ -477,8 +501,7 @@ class StoreOperations:
         row was altered or moved to another path."""
         _check(_RESOURCE_PATH, path, "resource path")
         with self._transaction(write=False) as connection:
-            row = connection.execute(sa.select(resources.c.nonce, resources.c.ciphertext).where(
-                resources.c.path == path)).mappings().one_or_none()
+            row = connection.execute(_GET_RESOURCE, {"b_path": path}).mappings().one_or_none()
         if row is None:
             raise KbsNotFoundError("resource", f"no resource {path}")
         try:
@@ -526,9 +549,8 @@ class StoreOperations:
         kind = _kind(kind)
         _check(_POLICY_ID, policy_id, "policy id")
         with self._transaction(write=False) as connection:
-            row = connection.execute(policies.select().where(
-                policies.c.kind == kind.value, policies.c.id == policy_id,
-            )).mappings().one_or_none()
+            row = connection.execute(_GET_POLICY, {"b_kind": kind.value, "b_id": policy_id}
+                                     ).mappings().one_or_none()
         if row is None:
             raise KbsNotFoundError("policy", f"no {kind} policy {policy_id!r}")
         return _policy(row)
@@ -566,8 +588,7 @@ class StoreOperations:
         values = {"time": self._now(), **texts, "action": action,
                   "decision": verdict.value, "claims": _json(claims, "claims")}
         with self._transaction() as connection:
-            row = connection.execute(audit.insert().values(**values).returning(
-                *audit.c)).mappings().one()
+            row = connection.execute(_INSERT_AUDIT, values).mappings().one()
         return _audit(row)
 
     def list_audit(self, *, after_id: int = 0, limit: int = 100,
