@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from sevsim.abi.kbs import Attestation, Challenge, parse_jwk
@@ -537,7 +536,13 @@ def serve(app: FastAPI, sock: socket.socket) -> None:
 
 def create_app(config: KbsConfig) -> FastAPI:
     """The KBS as an ASGI app (run it with uvicorn): opens, and on first use creates and
-    migrates, the database at `config.db_url`."""
+    migrates, the database at `config.db_url`.
+
+    A request's work (JSON, signatures, the database) runs in the event loop's thread, one
+    request at a time per process, as a sync worker of gunicorn's does: the work is CPU-bound
+    and Python runs one thread at a time anyway, and handing each request to a thread pool
+    cost a third of the server's CPU (benchmarks/kbs.py). Concurrency comes from processes
+    (`sevsim kbs serve --workers`); a slow KDS fetch holds only its own worker."""
     broker = Broker(config)
 
     @asynccontextmanager
@@ -565,8 +570,8 @@ def create_app(config: KbsConfig) -> FastAPI:
         try:
             data = await read_body(request) if body else b""
         except KbsRefusal as refusal:
-            return await run_in_threadpool(broker.refused, entry, refusal)
-        return await run_in_threadpool(run, data)
+            return broker.refused(entry, refusal)
+        return run(data)
 
     @app.post(PREFIX + "/auth")
     async def auth(request: Request) -> Response:
