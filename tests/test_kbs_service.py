@@ -447,8 +447,14 @@ def test_init_data_must_be_what_the_launch_put_in_host_data(
     launched, init = launched_with_init_data
     assert launched.measurement == evidence.measurement  # HOST_DATA is not measured
     client, key = kbs.client(), tee_key()
-    client.attest(with_init_data(attestation(launched, client.auth()["nonce"], key), init))
+    token = client.attest(with_init_data(attestation(launched, client.auth()["nonce"], key),
+                                         init))
     assert decrypt_jwe(key, client.resource(PATH)) == SECRET
+    # the token and the audit record carry the init-data, as Trustee's tokens do
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))["claims"]
+    assert claims["init_data"] == init.digest().hex()
+    assert claims["init_data_claims"] == init.document()["data"] != {}
+    assert last_decision(kbs, "attest")["claims"]["init_data"] == init.digest().hex()
     # one byte of the body changed (a different agent policy): another digest, refused
     changed = InitData("toml", init.body.replace("allow-all", "allow-any"))
     assert len(changed.body) == len(init.body) and changed.host_data() != init.host_data()

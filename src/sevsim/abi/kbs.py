@@ -400,11 +400,16 @@ class InitData:
         exactly as sent, so whitespace and comments count. KbsProtocolError (`field` under
         `init-data`) for another format, TOML that does not parse or lacks those members, or
         another algorithm."""
+        return hashlib.new(self.document()["algorithm"], self.body.encode("utf-8")).digest()
+
+    def document(self) -> dict[str, Json]:
+        """The body parsed and checked as `digest` describes (its `data` table is what a
+        token's `init_data_claims` carry)."""
         if self.format != "toml":
             raise KbsProtocolError("init-data.format", f"{self.format!r}: the initdata "
                                    "digest is defined for 'toml' bodies only")
         try:
-            raw = self.body.encode("utf-8")
+            self.body.encode("utf-8")
             doc = tomllib.loads(self.body)
         except UnicodeEncodeError:
             raise KbsProtocolError("init-data.body", "holds a lone UTF-16 surrogate") from None
@@ -420,7 +425,7 @@ class InitData:
         if doc["algorithm"] not in HASH_ALGORITHMS:
             raise KbsProtocolError("init-data.body.algorithm", f"{doc['algorithm']!r} is not "
                                    f"one of {HASH_ALGORITHMS}")
-        return hashlib.new(doc["algorithm"], raw).digest()
+        return doc
 
     def host_data(self) -> bytes:
         """What an SNP report's HOST_DATA holds for this init-data: the digest regularized

@@ -237,7 +237,7 @@ class Broker:
         entry.session = session_id
         attestation = parse(Attestation.from_json, body)
         evidence = parse(snp_evidence_from_json, attestation.tee_evidence.primary)
-        host_data = self.init_data_host_data(attestation)
+        init_data = self.init_data_claims(attestation)
         nonce = entry.claimed_nonce = attestation.runtime_data.nonce
         # either binding: the issue's (runtime-data's canonical JSON) or Trustee's current one
         # (our challenges select no hash, so SHA-384)
@@ -254,9 +254,13 @@ class Broker:
                 tx.consume_nonce(session_id, nonce)
                 claims = verified.claims(self.attestation_policy(tx))
                 entry.claims = claims
-                if host_data is not None and claims["host_data"] != host_data.hex():
-                    raise refuse("init-data", f"the report's HOST_DATA {claims['host_data']} "
-                                 f"is not the init-data's digest {host_data.hex()}")
+                if init_data is not None:
+                    host_data, extra = init_data
+                    if claims["host_data"] != host_data.hex():
+                        raise refuse("init-data", f"the report's HOST_DATA "
+                                     f"{claims['host_data']} is not the init-data's digest "
+                                     f"{host_data.hex()}")
+                    claims = entry.claims = {**claims, **extra}
                 tx.attest_session(session_id, tee_pubkey, claims,
                                   lifetime_s=self.config.token_lifetime_s)
             except (KbsNotFoundError, KbsSessionError) as error:
@@ -270,14 +274,19 @@ class Broker:
         return step
 
     @staticmethod
-    def init_data_host_data(attestation: Attestation) -> bytes | None:
-        """What HOST_DATA must be for the init-data the VM sent (None: it sent none, so
-        nothing is checked). Checked before the nonce is taken: a bad document is malformed
-        input and changes nothing."""
+    def init_data_claims(attestation: Attestation) -> tuple[bytes, dict[str, Any]] | None:
+        """What HOST_DATA must be for the init-data the VM sent, and the claims it adds once
+        it matches, as Trustee's tokens carry them: `init_data` (the digest, hex) and
+        `init_data_claims` (its `[data]` table). None: it sent none, so nothing is checked.
+        Checked before the nonce is taken: a bad document is malformed input and changes
+        nothing."""
         if attestation.init_data is None:
             return None
         try:
-            return attestation.init_data.host_data()
+            document = attestation.init_data.document()
+            return attestation.init_data.host_data(), {
+                "init_data": attestation.init_data.digest().hex(),
+                "init_data_claims": document["data"]}
         except KbsProtocolError as error:
             raise refuse("init-data", str(error)) from None
 
