@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 from jwcrypto import jwe as jc_jwe
 from jwcrypto import jwk as jc_jwk
 from jwcrypto import jws as jc_jws
@@ -42,7 +44,8 @@ from sevsim.abi.snp_report import (
     parse_cert_table,
 )
 from sevsim.abi.snp_tcb import TcbVersion
-from sevsim.errors import FormatError, KbsCryptoError, KbsProtocolError
+from sevsim.errors import FormatError, KbsAdminAuthError, KbsCryptoError, KbsProtocolError
+from sevsim.kbs.admin import generate_admin_key, issue_admin_token, verify_admin_token
 from sevsim.kbs.jose import TokenSigner, decrypt_jwe, encrypt_to_tee
 
 SECRET = b"sevsim-kbs-planted-secret-\x00\x01\x02-4f1c9a"
@@ -394,6 +397,30 @@ def test_token_interoperates_with_jwcrypto(ec_key: ec.EllipticCurvePrivateKey) -
                         protected={"alg": "ES256"})
     with pytest.raises(KbsCryptoError):
         signer.verify(other.serialize(compact=True))
+
+
+def test_admin_tokens_as_trustees_client_signs_them_are_accepted() -> None:
+    """Trustee's kbs-client labels its Ed25519 admin JWTs "EdDSA" (RFC 8037): jwcrypto makes
+    one here; it verifies under the admin's key, with no deprecation warning (warnings are
+    errors in the suite), and not under another key; Ed448 is refused even if it claims the
+    same label."""
+    key, now = generate_admin_key(), int(time.time())
+
+    def eddsa_token(signer: Any) -> str:
+        token = jc_jwt.JWT(header={"alg": "EdDSA", "typ": "JWT"},
+                           claims={"iat": now, "exp": now + 60})
+        token.make_signed_token(jc_jwk.JWK.from_pyca(signer))
+        return str(token.serialize())
+
+    verify_admin_token(key.public_key(), eddsa_token(key))
+    verify_admin_token(key.public_key(), issue_admin_token(key))
+    for stranger in (generate_admin_key(), Ed448PrivateKey.generate()):
+        with pytest.raises(KbsAdminAuthError):
+            verify_admin_token(key.public_key(), eddsa_token(stranger))
+    unsigned = ".".join(base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+                        for part in ({"alg": "none"}, {"iat": now, "exp": now + 60})) + "."
+    with pytest.raises(KbsAdminAuthError):
+        verify_admin_token(key.public_key(), unsigned)
 
 
 # -- SNP evidence in the virtee/sev serde shape ---------------------------------------------

@@ -4,6 +4,8 @@ The operator keeps the private key and gives the server only the public key. Eac
 request carries a JWT (alg Ed25519) the administrator signed a moment before, with `iat` and `exp`
 at most `MAX_LIFETIME_S` apart, so a token that leaks (a proxy log, a shell history) is worth
 little: nothing long-lived ever crosses the wire, and the server holds no secret to steal.
+Tokens labelled "EdDSA", as Trustee's kbs-client signs them (RFC 8037), are accepted too: with
+the admin's key fixed to Ed25519, "EdDSA" names exactly the same signature.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
+from joserfc.jws import JWSAlgModel, JWSRegistry
 
 from sevsim.errors import KbsAdminAuthError
 from sevsim.inputs import MAX_KEY_FILE, read_bounded
@@ -25,6 +28,33 @@ DEFAULT_LIFETIME_S = 60
 MAX_LIFETIME_S = 300  # the longest an admin token may live: a leaked one soon expires
 CLOCK_SKEW_S = 30  # how far the admin's clock may run ahead of the server's
 ALGORITHM = "Ed25519"  # RFC 9864: fully specified (Trustee's "EdDSA" is deprecated)
+TRUSTEE_ALGORITHM = "EdDSA"
+
+
+class Ed25519AsEdDSA(JWSAlgModel):
+    """RFC 8037's "EdDSA" restricted to Ed25519 keys, for verifying only. RFC 9864 deprecates
+    the name because it leaves the curve open (joserfc warns on it); the admin's key here
+    is always Ed25519, so nothing is left open."""
+
+    name = TRUSTEE_ALGORITHM
+    description = "EdDSA with an Ed25519 key (verification of Trustee's admin tokens)"
+    key_type = "OKP"
+
+    def sign(self, msg: bytes, key: OKPKey) -> bytes:
+        """Never: sevsim's own tokens name Ed25519."""
+        raise NotImplementedError("sevsim signs admin tokens with alg Ed25519")
+
+    def verify(self, msg: bytes, sig: bytes, key: OKPKey) -> bool:
+        """The Ed25519 signature check, for an Ed25519 key only."""
+        return isinstance(key.get_op_key("verify"), Ed25519PublicKey) and (
+            JWSRegistry.algorithms[ALGORITHM].verify(msg, sig, key))
+
+
+class AdminTokenRegistry(JWSRegistry):
+    """The algorithms an admin token may name: Ed25519, and Trustee's "EdDSA"."""
+
+    algorithms = {  # noqa: RUF012 (joserfc's registries keep their algorithms here)
+        ALGORITHM: JWSRegistry.algorithms[ALGORITHM], TRUSTEE_ALGORITHM: Ed25519AsEdDSA()}
 
 
 def generate_admin_key() -> Ed25519PrivateKey:
@@ -76,7 +106,8 @@ def verify_admin_token(key: Ed25519PublicKey, token: str, now: float | None = No
     present, `exp - iat` at most MAX_LIFETIME_S, `iat` not in the future (beyond
     CLOCK_SKEW_S), `exp` not past. KbsAdminAuthError naming what failed otherwise."""
     try:
-        decoded = jwt.decode(token, OKPKey.import_key(key), algorithms=[ALGORITHM])
+        decoded = jwt.decode(token, OKPKey.import_key(key), registry=AdminTokenRegistry(
+            algorithms=[ALGORITHM, TRUSTEE_ALGORITHM]))
     except (JoseError, ValueError) as error:
         raise KbsAdminAuthError("admin-token", f"not a JWT the admin key signed "
                                 f"({type(error).__name__})") from None
