@@ -173,6 +173,34 @@ def test_concurrent_first_opens_migrate_once(url: str) -> None:
         store.close()
 
 
+def test_racing_first_key_checks_record_one_key(url: str) -> None:
+    """Eight openers that find the schema but no key record yet, all at once: one records
+    its key, the others find it (PostgreSQL takes no write lock at BEGIN, so a check-then-
+    insert would fail them on the duplicate row); a different key is still refused."""
+    with Store(url, KEY) as store:
+        store.upgrade()
+    barrier, errors = threading.Barrier(8), []
+
+    def check(key: bytes) -> None:
+        store = Store(url, key)
+        barrier.wait()
+        try:
+            store.check_secret_key()
+        except SevsimError as error:
+            errors.append(error)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=check, args=(KEY,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with pytest.raises(KbsSecretKeyError):
+        Store.open(url, bytes(32))
+
+
 @pytest.mark.parametrize(("given", "backend_name"), [
     ("sqlite:////tmp/kbs.db", "sqlite"), ("sqlite+pysqlite:///kbs.db", "sqlite"),
     ("postgresql://u:p@127.0.0.1/kbs", "postgresql"),

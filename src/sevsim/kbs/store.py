@@ -489,8 +489,7 @@ class StoreOperations:
         ciphertext = self._aead.encrypt(nonce, secret, path.encode())
         now = self._now()
         with self._transaction() as connection:
-            insert = (postgresql.insert(resources) if connection.dialect.name == "postgresql"
-                      else sqlite.insert(resources))
+            insert = upsert(connection, resources)
             connection.execute(insert.values(
                 path=path, nonce=nonce, ciphertext=ciphertext, created=now, updated=now,
             ).on_conflict_do_update(index_elements=[resources.c.path], set_={
@@ -537,8 +536,7 @@ class StoreOperations:
                                                 f"{MAX_POLICY_FILE} bytes")
         now = self._now()
         with self._transaction() as connection:
-            insert = (postgresql.insert(policies) if connection.dialect.name == "postgresql"
-                      else sqlite.insert(policies))
+            insert = upsert(connection, policies)
             connection.execute(insert.values(
                 kind=kind.value, id=policy_id, text=text, updated=now,
             ).on_conflict_do_update(index_elements=[policies.c.kind, policies.c.id],
@@ -693,11 +691,12 @@ class Store(StoreOperations):
         """Records the key's digest on a database's first open; KbsSecretKeyError when a
         later open brings another key."""
         with self._transaction() as connection:
-            stored = connection.execute(sa.select(secret_key_check.c.digest)).scalar()
-            if stored is None:
-                connection.execute(secret_key_check.insert().values(
-                    id=1, digest=self._key_digest, created=self._now()))
-                return
+            # first opens racing on PostgreSQL (no write lock at BEGIN there): one inserts,
+            # the others wait for its commit and then find its digest
+            connection.execute(upsert(connection, secret_key_check).values(
+                id=1, digest=self._key_digest, created=self._now(),
+            ).on_conflict_do_nothing(index_elements=[secret_key_check.c.id]))
+            stored = connection.execute(sa.select(secret_key_check.c.digest)).scalar_one()
         if not hmac.compare_digest(stored, self._key_digest):
             raise KbsSecretKeyError("secret-key", "this is not the at-rest key the database "
                                                   "was created with")
@@ -711,6 +710,13 @@ class StoreTransaction(StoreOperations):
 
     def _transaction(self, write: bool = True) -> AbstractContextManager[Connection]:
         return nullcontext(self._connection)
+
+
+def upsert(connection: Connection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    """INSERT into `table` in the connection's dialect, which has ON CONFLICT."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 def _kind(kind: PolicyKind | str) -> PolicyKind:
