@@ -402,6 +402,37 @@ def test_admin_sets_and_deletes_resources_and_rejects_bad_policies(kbs: Kbs) -> 
     refused(lambda: client.set_resource(kbs.token(), "a/b/c d", b"x"), "malformed-request")
 
 
+def test_a_rego_resource_policy_posted_as_trustee_does_decides_releases(
+        kbs: Kbs, evidence: Evidence) -> None:
+    """Trustee's client sends URL-safe base64 without padding; the module releases the
+    secret to this measurement under the `default` repository only."""
+    text = ("package policy\ndefault allow := false\nallow if {\n"
+            f'    input.measurement == "{evidence.measurement.hex()}"\n'
+            '    split(data["resource-path"], "/")[1] == "default"\n}\n')
+    text += "#" * ((1 - len(text.encode())) % 3)  # a length that needs "==" when padded
+    encoded = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    admin, token = kbs.client(), kbs.token()
+    for bad in (encoded + "=", " " + encoded):  # neither exact form is
+        body = json.dumps({"policy": bad}).encode()
+        refused(lambda body=body: admin.admin("POST", "/resource-policy", token, body),
+                "malformed-request")
+    try:
+        admin.admin("POST", "/resource-policy", token,
+                    json.dumps({"policy": encoded}).encode())
+        client, key = kbs.client(), tee_key()
+        client.attest(attestation(evidence, client.auth()["nonce"], key))
+        assert decrypt_jwe(key, client.resource(PATH)) == SECRET
+        assert last_decision(kbs, "get-resource")["decision"] == "allowed"
+        refusal = refused(lambda: client.resource("other/key/disk"), "resource-policy")
+        assert "data.policy.allow is false" in str(refusal), refusal
+        bad_module = base64.b64encode(b"package policy\nallow if {\n").decode()
+        refused(lambda: admin.admin("POST", "/resource-policy", token,
+                                    json.dumps({"policy": bad_module}).encode()),
+                "policy-invalid")
+    finally:
+        admin.set_resource_policy(kbs.token(), RESOURCE_POLICY)
+
+
 def test_every_problem_type_is_served(kbs: Kbs) -> None:
     client = kbs.client()
     for reason, (status, title) in REASONS.items():

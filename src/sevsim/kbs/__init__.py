@@ -33,9 +33,11 @@ if TYPE_CHECKING:
     from sevsim.kbs.jose import TokenSigner, decrypt_jwe, encrypt_to_tee
     from sevsim.kbs.policy import (
         Decision,
+        RegoResourcePolicy,
         ResourcePolicy,
         evaluate_attestation_policy,
         evaluate_resource_policy,
+        parse_resource_policy,
     )
     from sevsim.kbs.service import KbsConfig, create_app
     from sevsim.kbs.store import Store
@@ -48,8 +50,9 @@ _LAZY = {
     **dict.fromkeys(("SnpEvidence", "snp_evidence_from_json", "snp_evidence_to_json"),
                     "sevsim.abi.kbs_snp"),
     **dict.fromkeys(("TokenSigner", "decrypt_jwe", "encrypt_to_tee"), "sevsim.kbs.jose"),
-    **dict.fromkeys(("Decision", "ResourcePolicy", "evaluate_attestation_policy",
-                     "evaluate_resource_policy"), "sevsim.kbs.policy"),
+    **dict.fromkeys(("Decision", "RegoResourcePolicy", "ResourcePolicy",
+                     "evaluate_attestation_policy", "evaluate_resource_policy",
+                     "parse_resource_policy"), "sevsim.kbs.policy"),
     **dict.fromkeys(("EvidenceConfig", "verify_snp_evidence"), "sevsim.kbs.verifier"),
     **dict.fromkeys(("KbsConfig", "create_app"), "sevsim.kbs.service"),
     "KbsClient": "sevsim.kbs.client",
@@ -57,10 +60,11 @@ _LAZY = {
 }
 
 __all__ = ["Attestation", "Challenge", "Decision", "EcPublicJwk", "EvidenceConfig", "InitData",
-           "KbsClient", "KbsConfig", "Request", "ResourcePolicy", "RsaPublicJwk", "RuntimeData",
-           "SnpEvidence", "Store", "TeeEvidence", "TokenSigner", "create_app", "decrypt_jwe",
-           "encrypt_to_tee", "evaluate_attestation_policy", "evaluate_resource_policy",
-           "parse_jwk", "snp_evidence_from_json", "snp_evidence_to_json", "verify_snp_evidence"]
+           "KbsClient", "KbsConfig", "RegoResourcePolicy", "Request", "ResourcePolicy",
+           "RsaPublicJwk", "RuntimeData", "SnpEvidence", "Store", "TeeEvidence", "TokenSigner",
+           "create_app", "decrypt_jwe", "encrypt_to_tee", "evaluate_attestation_policy",
+           "evaluate_resource_policy", "parse_jwk", "parse_resource_policy",
+           "snp_evidence_from_json", "snp_evidence_to_json", "verify_snp_evidence"]
 
 
 def __getattr__(name: str) -> Any:

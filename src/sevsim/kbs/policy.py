@@ -19,14 +19,36 @@ that silently widens a rule releases secrets:
 
 The first rule whose `resources` match the path decides: allowed when `allow` is true and
 every condition holds. No rule matching is a refusal.
+
+A resource policy may instead be a Rego module, as Trustee's KBS takes: text whose first line
+that is not blank and not a `#` comment starts with `package ` is Rego (such a line is not valid
+TOML), anything else is the TOML format; `parse_resource_policy` is the one place that decides.
+The module must be `package policy`; the KBS asks for `data.policy.allow` and releases only when
+it is exactly `true` (undefined, false, any other value or an evaluation error is a refusal).
+`data` is `{"plugin": "resource", "resource-path": "/repository/type/tag", "query": {}}`, with
+Trustee's leading slash, and `input` is the requester's claims, the flat dict of
+`sevsim.kbs.verifier.claims_of` (not Trustee's nested token), e.g.:
+
+    package policy
+    default allow := false
+    allow if {
+        input.measurement == "5f2c..."
+        split(data["resource-path"], "/")[1] == "prod"
+    }
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import re
+import threading
 import tomllib
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Protocol
+
+import regopy
 
 from sevsim.abi.snp_report import AttestationReport
 from sevsim.attest.snp_policy import Policy, validate_report
@@ -123,15 +145,123 @@ class ResourcePolicy:
         return Decision(False, f"no rule names {path} (default deny)")
 
 
+class ResourceDecider(Protocol):
+    """What the KBS needs of a resource policy in either language."""
+
+    def decide(self, path: str, claims: dict[str, Any]) -> Decision:
+        """Whether a requester with these claims may have the resource at `path`."""
+        ...
+
+
+@dataclass(frozen=True)
+class RegoResourcePolicy:
+    """A Trustee-style Rego module, `package policy`, deciding by `data.policy.allow`."""
+
+    text: str
+
+    @classmethod
+    def from_rego(cls, text: str) -> RegoResourcePolicy:
+        """Refuse, with PolicyError naming the line, a module that does not compile or is not
+        `package policy`: Trustee would query a package it does not have and deny everything."""
+        line, first = _first_line(text)
+        if not re.fullmatch(r"package\s+policy\s*(#.*)?", first):
+            raise PolicyError(f"rego:{line}", f"{first!r}: the module must be "
+                              "`package policy` (the KBS queries data.policy.allow)")
+        _compiled(text, "/repository/type/tag")
+        return cls(text)
+
+    def decide(self, path: str, claims: dict[str, Any]) -> Decision:
+        """Evaluate `data.policy.allow`; only exactly `true` allows, and an evaluation error is
+        a refusal, never an exception, since the request must get an answer."""
+        if not is_resource_path(path):
+            return Decision(False, f"{path!r} is not a resource path repository/type/tag")
+        try:
+            compiled = _compiled(self.text, "/" + path)
+            document = regopy.Input(claims)
+            with compiled.lock:
+                compiled.interpreter.set_input(document)
+                output = compiled.interpreter.query_bundle_entrypoint(compiled.bundle,
+                                                                      _ENTRYPOINT)
+                ok = output.ok()
+                results = [result.expressions for result in output.results]
+        except (regopy.RegoError, TypeError, ValueError) as error:
+            return Decision(False, f"data.policy.allow did not evaluate: {error}")
+        if not ok:
+            return Decision(False, "data.policy.allow did not evaluate (a Rego evaluation "
+                            "error, such as conflicting values)")
+        if results in ([], [[]]):
+            return Decision(False, f"data.policy.allow is undefined for {path} (default deny)")
+        value = results[0][0] if len(results) == 1 and len(results[0]) == 1 else results
+        if value is True:  # `is`, because 1 == True in Python
+            return Decision(True, f"data.policy.allow is true for {path}")
+        return Decision(False, f"data.policy.allow is {json.dumps(value)}, not true, "
+                        f"for {path}")
+
+
+def parse_resource_policy(text: str) -> ResourcePolicy | RegoResourcePolicy:
+    """The stored text names its language itself (see the module docstring), so the policy
+    table needs no column for it: Rego when its first line is a `package` clause."""
+    if _first_line(text)[1].startswith("package "):
+        return RegoResourcePolicy.from_rego(text)
+    return ResourcePolicy.from_toml(text)
+
+
 def evaluate_resource_policy(text: str, path: str, claims: dict[str, Any]) -> Decision:
-    """The resource policy's TOML text on one request: PolicyError if the policy is bad."""
-    return ResourcePolicy.from_toml(text).decide(path, claims)
+    """The resource policy's text, TOML or Rego, on one request: PolicyError if it is bad."""
+    return parse_resource_policy(text).decide(path, claims)
 
 
 def is_resource_path(path: str) -> bool:
     """Three non-empty segments, none of them `.` or `..`: repository/type/tag."""
     parts = path.split("/")
     return len(parts) == 3 and all(part not in ("", ".", "..") for part in parts)
+
+
+_ENTRYPOINT = "policy/allow"
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """An interpreter holding the module and one path's data, and its built bundle."""
+
+    interpreter: regopy.Interpreter
+    bundle: regopy.Bundle
+    lock: threading.Lock  # rego-cpp's interpreter is not thread-safe: it crashes if shared
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(text: str, resource_path: str) -> _Compiled:
+    """Compile once per (policy, path): a fresh interpreter costs milliseconds, a query of a
+    built bundle a tenth of one, and `data` holds the path, so each path has its own."""
+    interpreter = regopy.Interpreter()
+    interpreter.log_level = regopy.LogLevel.NONE  # errors become PolicyError, not stderr
+    try:
+        interpreter.add_module("policy", text)
+        interpreter.add_data({"plugin": "resource", "resource-path": resource_path,
+                              "query": {}})
+        bundle = interpreter.build(None, [_ENTRYPOINT])
+    except regopy.RegoError as error:
+        raise PolicyError(*_rego_error(text, str(error))) from None
+    return _Compiled(interpreter, bundle, threading.Lock())
+
+
+def _rego_error(text: str, message: str) -> tuple[str, str]:
+    """rego-cpp's first error as (`rego:LINE`, message), from its `(error N:policy|OFFSET|LEN
+    (errormsg N:TEXT)` s-expression; the whole message when it has another shape."""
+    found = re.search(r"\(error \d+:[^|]*\|(\d+)\|\d+\s+\(errormsg (\d+):", message)
+    if found is None:
+        return "rego", message.strip()
+    line = text.encode()[:int(found[1])].count(b"\n") + 1
+    start = found.end()
+    return f"rego:{line}", message[start:start + int(found[2])]
+
+
+def _first_line(text: str) -> tuple[int, str]:
+    """The first line that is neither blank nor a `#` comment, and its number (0, "" if none)."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            return number, line.strip()
+    return 0, ""
 
 
 def _known(section: str, table: dict[str, Any], known: tuple[str, ...]) -> None:

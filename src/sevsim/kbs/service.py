@@ -15,7 +15,6 @@ answer leaves.
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import datetime
 import functools
@@ -55,7 +54,7 @@ from sevsim.errors import (
 from sevsim.kbs.admin import verify_admin_token
 from sevsim.kbs.client import ERRORS, PREFIX, PROBLEM, SESSION_COOKIE
 from sevsim.kbs.jose import TokenSigner, encrypt_to_tee
-from sevsim.kbs.policy import ResourcePolicy
+from sevsim.kbs.policy import parse_resource_policy
 from sevsim.kbs.store import MAX_AUDIT_TEXT, PolicyKind, Store, StoreTransaction, utc_now
 from sevsim.kbs.verifier import REASONS as EVIDENCE_REASONS
 from sevsim.kbs.verifier import REPORT_DATA_SIZE, EvidenceConfig, check_snp_evidence
@@ -97,7 +96,7 @@ REASONS: dict[str, tuple[int, str]] = {
 # the stored policies are read on every attestation and release but seldom change: each
 # text is parsed once (both results are frozen; a text that fails is not kept)
 attestation_policy_of = functools.lru_cache(maxsize=16)(Policy.from_toml)
-resource_policy_of = functools.lru_cache(maxsize=16)(ResourcePolicy.from_toml)
+resource_policy_of = functools.lru_cache(maxsize=16)(parse_resource_policy)
 
 
 def refuse(reason: str, detail: str) -> KbsRefusal:
@@ -398,10 +397,10 @@ class Broker:
 
     @staticmethod
     def set_resource_policy(body: bytes) -> Step:
-        """Trustee's `{"policy": base64}`: sevsim.kbs.policy's TOML format."""
+        """Trustee's `{"policy": base64}`: sevsim.kbs.policy's TOML format or a Rego module."""
         text = policy_text(json_object(body))
         try:
-            ResourcePolicy.from_toml(text)
+            parse_resource_policy(text)
         except PolicyError as error:
             raise refuse("policy-invalid", str(error)) from None
         return no_content(lambda tx: tx.set_policy(PolicyKind.RESOURCE, text))
@@ -494,13 +493,28 @@ def json_object(body: bytes) -> dict[str, Any]:
 
 
 def policy_text(doc: dict[str, Any]) -> str:
-    """The `policy` member: base64 of UTF-8 text."""
+    """The `policy` member: base64 of UTF-8 text, either exactly standard base64 or exactly
+    URL-safe base64 without padding (what Trustee's client sends); each must re-encode to
+    itself, so no stray byte or padding form slips through."""
     encoded = doc.get("policy")
     if not isinstance(encoded, str):
         raise refuse("malformed-request", "policy: a base64 string is required")
+    try:  # binascii.Error is a ValueError, as is the error for a non-ASCII str
+        raw = base64.b64decode(encoded, validate=True)
+        standard = base64.b64encode(raw).decode() == encoded
+    except ValueError:
+        standard = False
+    if not standard:
+        try:
+            raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            if base64.urlsafe_b64encode(raw).decode().rstrip("=") != encoded:
+                raise ValueError("not canonical")
+        except ValueError:
+            raise refuse("malformed-request", "policy: neither standard base64 nor URL-safe "
+                         "base64 without padding") from None
     try:
-        return base64.b64decode(encoded, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError) as error:
+        return raw.decode()
+    except UnicodeDecodeError as error:
         raise refuse("malformed-request", f"policy: not base64 of UTF-8 text ({error})"
                      ) from None
 
