@@ -12,7 +12,6 @@ import datetime
 import http.server
 import os
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -527,20 +526,6 @@ def test_a_bad_rego_policy_is_a_policy_error(text: str, key: str, words: str) ->
 def test_a_rego_allow_that_is_not_true_is_a_refusal(body: str, words: str) -> None:
     decision = evaluate_resource_policy(f"package policy\n{body}\n", "a/b/c", CLAIMS)
     assert not decision.allowed and words in decision.reason, decision
-
-
-def test_a_rego_decision_costs_well_under_a_millisecond(milan: Evidence) -> None:
-    """Compiled once per (policy, path): a request only sets input and queries the bundle."""
-    claims = verify_snp_evidence(milan.report, milan.certs, milan.report_data, SEVSIM)
-    policy = RegoResourcePolicy.from_rego(TRUSTEE_DEFAULT)
-    assert policy.decide("default/key/1", claims).allowed  # compiles for this path
-    rounds = 200
-    start = time.perf_counter()
-    for _ in range(rounds):
-        policy.decide("default/key/1", claims)
-    per_decision = (time.perf_counter() - start) / rounds
-    print(f"rego decision: {per_decision * 1e3:.3f} ms over {len(claims)} claims")
-    assert per_decision < 0.002  # loose for slow CI machines; 0.3-0.6 ms measured
 
 
 def test_attestation_policy_text_is_checked_strictly(milan: Evidence) -> None:
