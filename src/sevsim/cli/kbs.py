@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from sevsim.cli.common import (
+    EXIT_ERROR,
     MAX_CERT_FILE,
     MAX_KBS_RESOURCE,
     MAX_KEY_FILE,
@@ -73,6 +74,10 @@ def serve(
         help="Seconds a challenge nonce may wait for its attestation.")] = 300,
     token_lifetime: Annotated[int, typer.Option(
         help="Seconds an attestation token (and an attested session) lasts.")] = 3600,
+    workers: Annotated[int, typer.Option(
+        help="Worker processes serving the one port, for attestation throughput on several "
+             "cores; 0: one per core (os.cpu_count()). They share one token key (--token-key "
+             "or one made at start). 1 serves in this process.")] = 1,
 ) -> None:
     """Serve the KBS protocol and its admin API until Ctrl-C.
 
@@ -83,11 +88,13 @@ def serve(
     from sevsim.kbs.service import KbsConfig, create_app, listen
     from sevsim.kbs.service import serve as serve_app
     from sevsim.kbs.verifier import EvidenceConfig
+    from sevsim.kbs.workers import serve_workers, worker_config, worker_count
 
     command = "sevsim kbs serve"
     if trust not in ("amd", "sevsim"):
         raise typer.BadParameter(f"--trust {trust!r}: amd or sevsim")
     try:
+        processes = worker_count(workers)
         evidence = EvidenceConfig(
             trust="sevsim" if trust == "sevsim" else "amd", vcek_store=vcek_dir,
             kds=None if kds is None else KdsClient(base_url=kds, cache_dir=kds_cache))
@@ -102,15 +109,27 @@ def serve(
     except OSError as error:  # in use, not an address of this machine, no such host
         raise fail(ConfigError(f"cannot listen on {host}:{port}: "
                                f"{error.strerror or error}"), command) from None
-    try:
-        app = create_app(config)
+    try:  # either way the store is opened here, so a bad URL or key fails before serving
+        if processes == 1:
+            app = create_app(config)
+        else:
+            config = worker_config(config)
     except SevsimError as error:
         sock.close()
         raise fail(error, command) from None
     address, bound = sock.getsockname()[:2]
     shown = f"[{address}]" if ":" in address else address
     err.print(f"sevsim kbs: http://{shown}:{bound}/kbs/v0/ database {db}", highlight=False)
-    serve_app(app, sock)
+    if processes == 1:
+        serve_app(app, sock)
+        return
+    try:
+        died = serve_workers(config, sock, processes)
+    except SevsimError as error:
+        raise fail(error, command) from None
+    if died is not None:
+        err.print(f"{command}: {died}; the other workers were stopped", highlight=False)
+        raise typer.Exit(EXIT_ERROR)
 
 
 def _secret_key(path: Path | None, command: str) -> bytes:

@@ -6,7 +6,8 @@ attestation agent speaks them too); `sevsim.kbs.jose` encrypts resources to the 
 signs attestation tokens; `sevsim.kbs.verifier` checks SNP evidence and `sevsim.kbs.policy`
 decides on attestation and resource policies; `sevsim.kbs.store` keeps sessions, secrets
 (encrypted at rest), policies and the audit log; `sevsim.kbs.service` is the HTTP API
-(`create_app(KbsConfig)`) and `sevsim.kbs.client` its client. The names in `__all__` are the
+(`create_app(KbsConfig)`), `sevsim.kbs.workers` runs it in several processes (`sevsim kbs
+serve --workers`) and `sevsim.kbs.client` is its client. The names in `__all__` are the
 README's API; they load with their module on first use, so importing one part of the broker
 does not import the others.
 """
