@@ -1,8 +1,9 @@
 """Key broker: attestations per second over HTTP against the raw verify rate, SQLite and PostgreSQL.
 
-The KBS is `sevsim kbs serve` (uvicorn, its own process) on 127.0.0.1 with sevsim's roots and
-an attestation policy naming the guests' measurement. N concurrent clients (threads here) each
-run Trustee's flow in a loop: POST /kbs/v0/auth, a fresh EC P-256 TEE key, a report from the
+The KBS is `sevsim kbs serve --workers 0` (uvicorn, one worker process per core) on 127.0.0.1
+with sevsim's roots and an attestation policy naming the guests' measurement. N concurrent
+clients (threads here) each run Trustee's flow in a loop: POST /kbs/v0/auth, a fresh EC P-256
+TEE key, a report from the
 Secure Processor binding the nonce and the key (a real SNP_GUEST_REQUEST sealed with the
 client's own guest context's VMPCK), POST /kbs/v0/attest. One attestation is auth + attest,
 timed from the first byte sent to the token; every 10th also fetches the secret and opens the
@@ -141,7 +142,7 @@ def kbs_server(db: str, workdir: Path) -> Iterator[Server]:
     log = open(workdir / "serve.log", "w+b")  # noqa: SIM115 (closed below)
     process = subprocess.Popen(
         [sys.executable, "-m", "sevsim", "kbs", "serve", "--admin-key", str(public), "--db", db,
-         "--secret-key-file", str(key), "--port", "0", "--trust", "sevsim"],
+         "--secret-key-file", str(key), "--port", "0", "--trust", "sevsim", "--workers", "0"],
         stdout=subprocess.DEVNULL, stderr=log, cwd=workdir)
     try:
         url = None

@@ -594,6 +594,34 @@ def test_kds_fetch_and_cache(milan: Evidence, kds_server: http.server.ThreadingH
     assert failed(result) == {"VCEK"} and "KdsFetchError" in result.check("VCEK").detail
 
 
+def test_kds_clients_sharing_a_cache_write_it_at_once(
+        milan: Evidence, kds_server: http.server.ThreadingHTTPServer, tmp_path: Path) -> None:
+    """Eight clients (as a KBS's worker processes would be) fetch the same VCEK into one cache
+    directory at the same moment: each writes a file of its own and renames it, so every
+    fetch succeeds, the entry is whole, and no temporary file is left."""
+    report = AttestationReport.from_bytes(milan.report)
+    path = vcek_path(report.generation, report.chip_id, report.tcb("reported_tcb"))
+    cache, barrier, bodies, errors = tmp_path / "kds-cache", threading.Barrier(8), [], []
+
+    def fetch() -> None:
+        client = KdsClient(_url(kds_server), cache_dir=cache)
+        barrier.wait()
+        try:
+            bodies.append(client.get(path))
+        except KdsFetchError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=fetch) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(set(bodies)) == 1
+    entries = [entry for entry in cache.rglob("*") if entry.is_file()]
+    assert [entry.read_bytes() for entry in entries] == bodies[:1]
+    assert not [entry for entry in entries if entry.name.endswith(".tmp")]
+
+
 def test_kds_unknown_chip_is_an_http_error(kds_server: http.server.ThreadingHTTPServer,
                                            turin: Evidence) -> None:
     client = KdsClient(_url(kds_server))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import hashlib
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -94,9 +95,17 @@ class KdsClient:
         if cached is not None:
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(".tmp")
-                tmp.write_bytes(body)
-                tmp.replace(cached)  # atomic: a concurrent reader never sees half a certificate
+                # a name of its own per writer (threads, worker processes sharing the cache),
+                # then an atomic rename: no reader sees half a certificate, no writer another's
+                tmp = tempfile.NamedTemporaryFile(dir=cached.parent, prefix=cached.name,  # noqa: SIM115 (kept past the block for the rename)
+                                                  suffix=".tmp", delete=False)
+                try:
+                    with tmp:
+                        tmp.write(body)
+                    Path(tmp.name).replace(cached)
+                except OSError:
+                    Path(tmp.name).unlink(missing_ok=True)
+                    raise
             except OSError as error:
                 raise KdsFetchError(path, f"cannot cache the answer in {cached.parent}: "
                                     f"{error.strerror}") from None
