@@ -120,9 +120,9 @@ def kbs_serve(tmp_path: Path, db: str, workers: int = 2) -> Iterator[Server]:
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         server = Server(process, url, pids, log, admin)
-        client = KbsClient(url)
-        client.set_resource(server.token(), PATH, SECRET)
-        client.set_resource_policy(server.token(), RESOURCE_POLICY)
+        with KbsClient(url) as client:
+            client.set_resource(server.token(), PATH, SECRET)
+            client.set_resource_policy(server.token(), RESOURCE_POLICY)
         yield server
     finally:
         with suppress(ProcessLookupError):
@@ -149,26 +149,27 @@ def only(server: Server, worker: int) -> Iterator[None]:
 
 def released(server: Server, evidence: Evidence, issuer: int, verifier: int) -> bytes:
     """The secret, by a token that worker `issuer` signed, fetched from worker `verifier`."""
-    client, key = KbsClient(server.url), tee_key()
-    with only(server, issuer):
+    key = tee_key()
+    with only(server, issuer), KbsClient(server.url) as client:
         token = client.attest(attestation(evidence, client.auth()["nonce"], key))
-    with only(server, verifier):
-        return decrypt_jwe(key, KbsClient(server.url).resource(PATH, token))
+    with only(server, verifier), KbsClient(server.url) as client:
+        return decrypt_jwe(key, client.resource(PATH, token))
 
 
 def test_two_workers_serve_share_the_token_key_and_stop_on_sigterm(
         tmp_path: Path, db: str, evidence: Evidence) -> None:
     with kbs_serve(tmp_path, db) as server:
         assert len(server.workers) == 2
-        admin = KbsClient(server.url)
-        admin.set_attestation_policy(
-            server.token(), f'[guest]\nmeasurements = ["{evidence.measurement.hex()}"]\n')
+        with KbsClient(server.url) as admin:
+            admin.set_attestation_policy(
+                server.token(), f'[guest]\nmeasurements = ["{evidence.measurement.hex()}"]\n')
         first, second = server.workers
         # each worker alone attests and releases: two processes really serve, and a token
         # one signed is good at the other, both ways
         assert released(server, evidence, first, second) == SECRET
         assert released(server, evidence, second, first) == SECRET
-        audit = KbsClient(server.url).audit(server.token(), limit=10_000)
+        with KbsClient(server.url) as admin:
+            audit = admin.audit(server.token(), limit=10_000)
         decisions = [(r["action"], r["decision"]) for r in audit]
         assert decisions.count(("attest", "allowed")) == 2
         assert decisions.count(("get-resource", "allowed")) == 2
