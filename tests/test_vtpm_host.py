@@ -11,6 +11,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from sevsim.abi import tpm2
 from sevsim.abi.tpm2 import Alg
 from sevsim.attest.tpm_quote import ak_public_key, verify_quote
 from sevsim.errors import QuoteError, TpmError, TpmFormatError, VtpmError
+from sevsim.host import vtpm as vtpm_module
 from sevsim.host.vtpm import Vtpm
 
 pytestmark = pytest.mark.skipif(
@@ -238,6 +240,36 @@ def test_tpm2_checkquote_accepts_sevsims_quote(vtpm: Vtpm, tmp_path: Path) -> No
     assert checkquote(tmp_path, ak, attest, signature, NONCE, other).returncode != 0
 
 
+VECTOR = Path(__file__).resolve().parent / "data" / "tpm" / "swtpm-quote"
+
+
+def test_checked_in_swtpm_quote_verifies_with_both() -> None:
+    """The recorded swtpm quote (tests/data/tpm/README.md): sevsim parses the responses back
+    to the recorded files, and sevsim and tpm2_checkquote both accept it."""
+    attest, signature = tpm2.parse_quote_response((VECTOR / "quote.response").read_bytes())
+    assert attest == (VECTOR / "quote.attest").read_bytes()
+    assert signature == (VECTOR / "quote.signature").read_bytes()
+    values = tpm2.parse_pcr_read_response((VECTOR / "pcr_read.response").read_bytes()).values
+    nonce = (VECTOR / "nonce.bin").read_bytes()
+    ak = (VECTOR / "ak.public").read_bytes()
+    fields = verify_quote(ak, attest, signature, nonce, values)
+    assert fields.pcr_select == {Alg.SHA256: (0, 16, 23), Alg.SHA384: (16,)}
+    expected16 = hashlib.sha256(bytes(32) + hashlib.sha256(b"sevsim test vector").digest())
+    assert values[Alg.SHA256][16] == expected16.digest()
+    pcrs = b"".join(values[alg][pcr] for alg, pcrs in SELECTION.items() for pcr in pcrs)
+    assert pcrs == (VECTOR / "pcrs.bin").read_bytes()
+    def checkquote(nonce: bytes) -> subprocess.CompletedProcess[str]:
+        # -u takes the raw TPMT_PUBLIC too (tpm2-tools' "tss" public format)
+        return subprocess.run(
+            ["tpm2_checkquote", "-u", str(VECTOR / "ak.public"),
+             "-m", str(VECTOR / "quote.attest"), "-s", str(VECTOR / "quote.signature"),
+             "-f", str(VECTOR / "pcrs.bin"), "-l", "sha256:0,16,23+sha384:16", "-g", "sha256",
+             "-q", nonce.hex()], capture_output=True, text=True, timeout=30)
+
+    assert checkquote(nonce).returncode == 0, checkquote(nonce).stderr
+    assert "nonce" in checkquote(nonce[::-1]).stderr
+
+
 # --- the process: state, faults, cleanup ----------------------------------------------------
 
 def test_state_dir_survives_and_sockets_do_not(tmp_path: Path) -> None:
@@ -268,6 +300,14 @@ def test_swtpm_failing_to_start(tmp_path: Path) -> None:
     assert set(Path("/tmp").glob("sevsim-vtpm-*")) == before
 
 
+def test_state_dir_that_cannot_be_made(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_bytes(b"")
+    before = set(Path("/tmp").glob("sevsim-vtpm-*"))
+    with pytest.raises(VtpmError, match="cannot make its state directory"):
+        Vtpm(tmp_path / "a-file" / "tpm")
+    assert set(Path("/tmp").glob("sevsim-vtpm-*")) == before
+
+
 def test_swtpm_killed_mid_run() -> None:
     with Vtpm() as v:
         extend(v, 16, b"before the kill")
@@ -278,6 +318,32 @@ def test_swtpm_killed_mid_run() -> None:
     assert not v.runtime.exists()
     with pytest.raises(VtpmError, match="already stopped"):
         v.transmit(tpm2.get_random_command(8))
+
+
+HUNG_SWTPM = """#!{python}
+import signal, socket, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+paths = [a.split("path=")[1] for a in sys.argv if a.startswith("type=unixio,path=")]
+listeners = []
+for path in paths:
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.listen()
+    listeners.append(s)
+time.sleep(60)
+"""
+
+
+def test_hung_swtpm_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A swtpm that ignores CMD_SHUTDOWN and SIGTERM still goes, by SIGKILL."""
+    monkeypatch.setattr(vtpm_module, "STOP_TIMEOUT", 0.2)
+    fake = tmp_path / "swtpm"
+    fake.write_text(HUNG_SWTPM.format(python=sys.executable))
+    fake.chmod(0o755)
+    with Vtpm(swtpm=str(fake)) as v:
+        pass
+    assert v.proc.returncode == -signal.SIGKILL
+    assert not v.runtime.exists()
 
 
 def test_forgotten_vtpm_is_stopped_by_its_finalizer() -> None:

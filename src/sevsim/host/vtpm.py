@@ -48,14 +48,12 @@ def _stop(proc: subprocess.Popen[bytes], ctrl_path: str, runtime: str) -> None:
                 s.recv(4)
         except OSError:
             pass  # the control channel is gone or hung: signals below
-        for signal_it in (None, proc.terminate, proc.kill):
-            if signal_it is not None:
-                signal_it()
+        for escalate in (proc.terminate, proc.kill):
             try:
                 proc.wait(STOP_TIMEOUT)
                 break
             except subprocess.TimeoutExpired:
-                continue
+                escalate()
     proc.wait()  # reaps a process that had died on its own, too
     shutil.rmtree(runtime, ignore_errors=True)
 
@@ -75,9 +73,14 @@ class Vtpm:
         if program is None:
             raise VtpmError(f"{swtpm}: not found on PATH (Debian: apt-get install swtpm)")
         self.program = program
+        if state_dir is not None:
+            try:
+                Path(state_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise VtpmError(f"{program}: cannot make its state directory: {e}") from e
         self.runtime = Path(tempfile.mkdtemp(prefix="sevsim-vtpm-"))  # short: sun_path limit
         self.state_dir = Path(state_dir) if state_dir is not None else self.runtime / "state"
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(exist_ok=True)
         self.socket_path = str(self.runtime / "tpm.sock")
         self.ctrl_path = self.socket_path + ".ctrl"  # where tss2's swtpm TCTI looks for it
         self.log_path = self.runtime / "swtpm.log"
