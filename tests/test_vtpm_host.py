@@ -290,6 +290,17 @@ def test_swtpm_missing_from_path() -> None:
         Vtpm(swtpm="sevsim-no-such-swtpm")
 
 
+def test_second_swtpm_on_a_locked_state_dir_fails_to_start(tmp_path: Path) -> None:
+    """A real start failure: swtpm locks its state directory, so one VM's TPM state cannot
+    be run twice."""
+    with Vtpm(tmp_path / "tpm") as first:
+        before = set(Path("/tmp").glob("sevsim-vtpm-*"))
+        with pytest.raises(VtpmError, match=r"swtpm: exited with status 1 at start: .*lock"):
+            Vtpm(tmp_path / "tpm")
+        assert set(Path("/tmp").glob("sevsim-vtpm-*")) == before
+        assert len(first.get_random(8)) == 8  # the first one is untouched
+
+
 def test_swtpm_failing_to_start(tmp_path: Path) -> None:
     fake = tmp_path / "swtpm"
     fake.write_text("#!/bin/sh\necho 'swtpm: cannot open TPM state' >&2\nexit 3\n")
@@ -343,6 +354,14 @@ def test_hung_swtpm_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     with Vtpm(swtpm=str(fake)) as v:
         pass
     assert v.proc.returncode == -signal.SIGKILL
+    assert not v.runtime.exists()
+
+
+def test_an_exception_inside_the_with_block_stops_swtpm() -> None:
+    with pytest.raises(RuntimeError, match="a failing test"), Vtpm() as v:
+        extend(v, 16, b"then something fails")
+        raise RuntimeError("a failing test")
+    assert v.pid not in swtpm_children() and v.proc.returncode == 0
     assert not v.runtime.exists()
 
 
@@ -429,6 +448,21 @@ PARSERS = [tpm2.parse_attest, tpm2.parse_signature, tpm2.parse_ecc_public,
 def test_parsers_raise_only_typed_errors(data: bytes, which: object) -> None:
     with contextlib.suppress(TpmFormatError, TpmError):
         which(data)  # type: ignore[operator]
+
+
+@settings(max_examples=300, deadline=None)
+@given(number=st.integers(-2**40, 2**40), which=st.sampled_from([
+    tpm2.startup_command, tpm2.get_random_command, tpm2.flush_context_command,
+    lambda n: tpm2.pcr_extend_command(n, {Alg.SHA256: bytes(32)}),
+    lambda n: tpm2.pcr_read_command({n: [0]}), lambda n: tpm2.pcr_read_command({Alg.SHA1: [n]}),
+    lambda n: tpm2.quote_command(n, b"", {}),
+    lambda n: tpm2.create_primary_command(tpm2.ecc_ak_template(), n)]))
+def test_builders_refuse_numbers_out_of_range_typed(number: int, which: object) -> None:
+    try:
+        command = which(number)  # type: ignore[operator]
+    except TpmFormatError:
+        return
+    assert int.from_bytes(command[2:6], "big") == len(command)
 
 
 @settings(max_examples=300, deadline=None)

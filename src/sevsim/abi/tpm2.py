@@ -31,7 +31,6 @@ TPM_RH_OWNER = 0x40000001
 TPM_RH_ENDORSEMENT = 0x4000000B
 HEADER_SIZE = 10
 PCR_SELECT_MIN = 3  # PC Client TPMs have 24 PCRs: sizeofSelect is 3 bytes
-MAX_COMMAND_SIZE = 4096  # libtpms's TPM_BUFFER_MAX: a bigger buffer is no TPM command
 
 
 class Alg(IntEnum):
@@ -191,6 +190,15 @@ class _Reader:
             raise TpmFormatError(self.what, f"{len(self.data) - self.pos} trailing bytes")
 
 
+def _pack(field: str, fmt: str, *values: int) -> bytes:
+    """struct.pack for caller-given numbers: one out of its field's range is a
+    TpmFormatError naming the field, not a struct.error."""
+    try:
+        return struct.pack(fmt, *values)
+    except struct.error as e:
+        raise TpmFormatError(field, f"{values}: {e}") from None
+
+
 def _tpm2b(data: bytes) -> bytes:
     if len(data) > 0xFFFF:
         raise TpmFormatError("TPM2B", f"{len(data)} bytes do not fit a 16-bit size")
@@ -199,7 +207,7 @@ def _tpm2b(data: bytes) -> bytes:
 
 def _command(cc: Cc, handles: Sequence[int], params: bytes, password: bytes | None) -> bytes:
     """Header, handles, an optional TPM_RS_PW authorization area, parameters."""
-    body = b"".join(struct.pack(">I", h) for h in handles)
+    body = b"".join(_pack(f"{cc.name}.handle", ">I", h) for h in handles)
     if password is None:
         tag = TPM_ST_NO_SESSIONS
     else:
@@ -250,7 +258,7 @@ def marshal_pcr_selection(selection: PcrSelection) -> bytes:
         bitmap = bytearray(max(PCR_SELECT_MIN, (max(pcrs, default=0) >> 3) + 1))
         for p in pcrs:
             bitmap[p >> 3] |= 1 << (p & 7)
-        out += struct.pack(">HB", alg, len(bitmap)) + bytes(bitmap)
+        out += _pack("TPMS_PCR_SELECTION.hash", ">HB", alg, len(bitmap)) + bytes(bitmap)
     return out
 
 
@@ -273,7 +281,7 @@ def _pcr_selection(r: _Reader, field: str) -> dict[int, tuple[int, ...]]:
 
 def startup_command(su: Su = Su.CLEAR) -> bytes:
     """TPM2_Startup: swtpm --flags startup-clear has sent one already."""
-    return _command(Cc.Startup, [], struct.pack(">H", su), None)
+    return _command(Cc.Startup, [], _pack("startupType", ">H", su), None)
 
 
 def parse_startup_response(data: bytes) -> None:
@@ -283,9 +291,7 @@ def parse_startup_response(data: bytes) -> None:
 
 def get_random_command(count: int) -> bytes:
     """TPM2_GetRandom of `count` bytes (the TPM may return fewer)."""
-    if not 0 <= count <= 0xFFFF:
-        raise TpmFormatError("bytesRequested", f"{count} is not a UINT16")
-    return _command(Cc.GetRandom, [], struct.pack(">H", count), None)
+    return _command(Cc.GetRandom, [], _pack("bytesRequested", ">H", count), None)
 
 
 def parse_get_random_response(data: bytes) -> bytes:
@@ -299,7 +305,7 @@ def parse_get_random_response(data: bytes) -> bytes:
 def flush_context_command(handle: int) -> bytes:
     """TPM2_FlushContext: flushHandle is a parameter, not a handle-area entry (Part 3
     §28.4)."""
-    return _command(Cc.FlushContext, [], struct.pack(">I", handle), None)
+    return _command(Cc.FlushContext, [], _pack("flushHandle", ">I", handle), None)
 
 
 def parse_flush_context_response(data: bytes) -> None:
