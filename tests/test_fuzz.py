@@ -79,10 +79,18 @@ from sevsim.abi.snp_report import (
     parse_cert_table,
 )
 from sevsim.abi.snp_tcb import Generation, PlatformInfo, SnpPolicy, TcbVersion
+from sevsim.abi.tpm2 import (
+    marshal_signature,
+    parse_ecc_public,
+    parse_pcr_read_response,
+    parse_quote_response,
+    parse_signature,
+)
 from sevsim.attest.gce_endorsement import simulated_google_root, verify_endorsement
 from sevsim.attest.measure import sev_ovmf_digest, seves_ovmf_digest, snp_ovmf_digest
 from sevsim.attest.snp_policy import Policy, validate_report
 from sevsim.attest.snp_verify import CertBundle, verify_certificate_chain, verify_report_chain
+from sevsim.attest.tpm_quote import verify_quote
 from sevsim.errors import (
     ConfigError,
     EndorsementError,
@@ -91,8 +99,11 @@ from sevsim.errors import (
     KbsEvidenceError,
     KbsProtocolError,
     PolicyError,
+    QuoteError,
     SnpFormatError,
     SnpVerificationError,
+    TpmError,
+    TpmFormatError,
 )
 from sevsim.firmware.gce_endorser import simulated_endorser
 from sevsim.kbs.jose import TokenSigner, decrypt_jwe, encrypt_to_tee
@@ -102,6 +113,7 @@ from sevsim.kbs.verifier import EvidenceConfig, verify_snp_evidence
 VECTORS = Path(__file__).resolve().parent / "data" / "snp"
 EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "examples" / "policy.toml"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100000"))
+TPM = Path(__file__).resolve().parent / "data" / "tpm" / "swtpm-quote"  # swtpm's own bytes
 
 
 @dataclass(frozen=True)
@@ -571,6 +583,23 @@ TARGETS: dict[str, Target] = {
     "KBS token": Target(lambda blob: KBS_SIGNER.verify(blob.decode("utf-8", "surrogateescape"),
                                                        now=1_700_000_100),
                         None, KBS_SEEDS["token"], (KbsCryptoError,)),
+    "TPM quote through verify_quote": Target(
+        lambda blob: verify_quote((TPM / "ak.public").read_bytes(), blob,
+                                  (TPM / "quote.signature").read_bytes(),
+                                  (TPM / "nonce.bin").read_bytes(),
+                                  parse_pcr_read_response((TPM / "pcr_read.response")
+                                                          .read_bytes()).values),
+        None, ((TPM / "quote.attest").read_bytes(),), (QuoteError,)),
+    "TPMT_SIGNATURE": Target(parse_signature, marshal_signature,  # type: ignore[arg-type]
+                             ((TPM / "quote.signature").read_bytes(),), (TpmFormatError,)),
+    "TPMT_PUBLIC (ECC)": Target(parse_ecc_public, None, ((TPM / "ak.public").read_bytes(),),
+                                (TpmFormatError,)),
+    "TPM2_Quote response": Target(parse_quote_response, None,
+                                  ((TPM / "quote.response").read_bytes(),),
+                                  (TpmFormatError, TpmError)),
+    "TPM2_PCR_Read response": Target(parse_pcr_read_response, None,
+                                     ((TPM / "pcr_read.response").read_bytes(),),
+                                     (TpmFormatError, TpmError)),
     "GCE golden measurement": Target(
         GoldenMeasurement.from_bytes, None,
         (LaunchEndorsement.from_bytes(ENDORSEMENT).serialized_uefi_golden,),

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from sevsim.host.machine import Host
     from sevsim.host.migration import Record as MigrationRecord
     from sevsim.host.migration import migrate
+    from sevsim.host.vtpm import Vtpm
     from sevsim.hw.chips import PlatformOptions
     from sevsim.hw.quantum import Quantum
 
@@ -34,11 +35,13 @@ _LAZY = {
     "parse_elf": ("sevsim.host.elf", "parse_elf"),
     "PlatformOptions": ("sevsim.hw.chips", "PlatformOptions"),
     "Quantum": ("sevsim.hw.quantum", "Quantum"),
+    "Vtpm": ("sevsim.host.vtpm", "Vtpm"),  # the host-provided vTPM (a swtpm process)
     "simulated_endorser": ("sevsim.firmware.gce_endorser", "simulated_endorser"),  # Google's
 }
 
-__all__ = ["Host", "MigrationRecord", "PlatformOptions", "Quantum", "SevsimError", "debug_read",
-           "debug_write", "kernel_identity", "migrate", "parse_elf", "simulated_endorser"]
+__all__ = ["Host", "MigrationRecord", "PlatformOptions", "Quantum", "SevsimError", "Vtpm",
+           "debug_read", "debug_write", "kernel_identity", "migrate", "parse_elf",
+           "simulated_endorser"]
 __version__ = "0.1.0"
 
 

@@ -286,3 +286,38 @@ class KbsSessionError(KbsStoreError):
     attempt carries another nonce (`nonce-mismatch`), it expired (`session-expired`) or it is
     in the wrong state (`session-state`, e.g. a resource asked for before attestation).
     Nothing changed."""
+
+
+class TpmFormatError(FormatError):
+    """Bytes that are not a well-formed TPM 2.0 command, response or structure (TPMS_ATTEST,
+    TPMT_SIGNATURE, TPMT_PUBLIC...); `field` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class TpmError(SevsimError):
+    """The TPM refused a command: `rc` is the TPM_RC value of its response and `name` the
+    TCG name of the code (with the handle, session or parameter it blames, for format-one
+    codes), so a caller can tell TPM_RC_INITIALIZE from TPM_RC_AUTH_FAIL."""
+
+    def __init__(self, rc: int, name: str, command: str) -> None:
+        self.rc = rc
+        self.name = name
+        self.command = command
+        super().__init__(f"{command}: {name} (0x{rc:03X})")
+
+
+class VtpmError(SevsimError):
+    """The host's vTPM process (swtpm) is missing from PATH, failed to start, died or stopped
+    answering; the message names the program and what happened to it."""
+
+
+class QuoteError(AttestationError):
+    """A TPM quote does not verify: wrong signature, nonce, PCR selection or PCR digest;
+    `reason` is a short word for which check failed ("signature", "nonce", "pcrs", "format")."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {message}")

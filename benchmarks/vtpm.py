@@ -1,0 +1,89 @@
+"""The host-provided vTPM's costs: quote latency through sevsim vs the bare swtpm socket.
+
+sevsim's side is `Vtpm.quote` (TPM2_Quote marshalled, sent on a fresh unix-socket connection,
+the response parsed into TPMS_ATTEST and TPMT_SIGNATURE), then `verify_quote`. The reference
+is the same command bytes written to the same swtpm on one already-open connection and the
+response read back: the TPM's own work with no sevsim code around it. Also reported: the
+swtpm start and stop a VM with a vTPM adds (Vtpm() and close(), CMD_SHUTDOWN included). No
+target: issue 14 asks for the figures.
+
+    python benchmarks/vtpm.py [--quick] [--reps N]
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+
+from harness import BenchmarkError, median, parse_args, print_table, run, spread_row
+from sevsim import Vtpm
+from sevsim.abi import tpm2
+from sevsim.attest import verify_quote
+
+SELECTION = {tpm2.Alg.SHA256: [0, 4, 7, 8, 9], tpm2.Alg.SHA384: [0, 4, 7]}
+NONCE = bytes(range(32))
+
+
+def bare_round_trip(conn: socket.socket, command: bytes) -> bytes:
+    conn.sendall(command)
+    response = b""
+    while len(response) < 10 or len(response) < int.from_bytes(response[2:6], "big"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            raise BenchmarkError("swtpm closed the connection")
+        response += chunk
+    return response
+
+
+def main() -> int:
+    args = parse_args(__doc__.splitlines()[0], default_reps=5)
+    if shutil.which("swtpm") is None:
+        raise BenchmarkError("swtpm is not installed (apt-get install swtpm)")
+    count = 20 if args.quick else 200
+    ms: dict[str, list[float]] = {"start": [], "stop": [], "sevsim": [], "bare": [],
+                                  "verify": []}
+    for _ in range(args.reps):
+        start = time.perf_counter()
+        tpm = Vtpm()
+        ms["start"].append(1e3 * (time.perf_counter() - start))
+        try:
+            ak = tpm.create_ak()
+            tpm.quote(ak.handle, NONCE, SELECTION)  # libtpms self-tests ECDSA on first use
+            command = tpm2.quote_command(ak.handle, NONCE, SELECTION)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.connect(tpm.socket_path)
+                start = time.perf_counter()
+                for _ in range(count):
+                    response = bare_round_trip(conn, command)
+                ms["bare"].append(1e3 * (time.perf_counter() - start) / count)
+            if rc := tpm2.response_code(response):
+                raise BenchmarkError(f"bare TPM2_Quote: {tpm2.rc_name(rc)}")
+            start = time.perf_counter()
+            for _ in range(count):
+                attest, signature = tpm.quote(ak.handle, NONCE, SELECTION)
+            ms["sevsim"].append(1e3 * (time.perf_counter() - start) / count)
+            values = tpm.pcr_read(SELECTION)
+            start = time.perf_counter()
+            for _ in range(count):
+                verify_quote(ak.public, attest, signature, NONCE, values)
+            ms["verify"].append(1e3 * (time.perf_counter() - start) / count)
+        finally:
+            start = time.perf_counter()
+            tpm.close()
+            ms["stop"].append(1e3 * (time.perf_counter() - start))
+    print(f"vTPM: {count} quotes over {sum(map(len, SELECTION.values()))} PCRs per repetition, "
+          f"{args.reps} repetition(s)")
+    print_table("milliseconds (lower is better)", ["", "median", "min", "max"], [
+        spread_row("Vtpm.quote (sevsim: marshal, connect, swtpm, parse)", ms["sevsim"]),
+        spread_row("TPM2_Quote on an open swtpm socket (bare)", ms["bare"]),
+        spread_row("verify_quote (ECDSA P-256 + PCR digest)", ms["verify"]),
+        spread_row("swtpm start (Vtpm())", ms["start"]),
+        spread_row("swtpm stop (close: CMD_SHUTDOWN)", ms["stop"])])
+    print(f"\nRATIO sevsim quote / bare quote = {median(ms['sevsim']) / median(ms['bare']):.2f} "
+          "(reported, no target)")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

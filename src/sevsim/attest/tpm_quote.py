@@ -1,0 +1,95 @@
+"""Verify a TPM 2.0 quote as a relying party: the AK's ECDSA signature over the TPMS_ATTEST,
+the nonce, and the PCR digest recomputed from claimed values. (qualifiedSigner is the AK's
+qualified name, which depends on its parent chain: the signature is what binds the AK.)
+
+It works on bytes alone (TPMT_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE), so the same check applies
+to a host's swtpm, an SNP-bound vTPM, or a physical TPM's quote made with tpm2_quote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from sevsim.abi import tpm2
+from sevsim.errors import QuoteError, TpmFormatError
+
+_CURVES: dict[int, ec.EllipticCurve] = {tpm2.TPM_ECC_NIST_P256: ec.SECP256R1()}
+_HASHES: dict[int, hashes.HashAlgorithm] = {tpm2.Alg.SHA256: hashes.SHA256(),
+                                            tpm2.Alg.SHA384: hashes.SHA384()}
+
+
+def ak_public_key(public: bytes) -> ec.EllipticCurvePublicKey:
+    """The `cryptography` key of an ECC TPMT_PUBLIC (to check signatures or write PEM)."""
+    try:
+        fields = tpm2.parse_ecc_public(public)
+    except TpmFormatError as e:
+        raise QuoteError("format", f"AK public: {e}") from e
+    if fields.curve not in _CURVES:
+        raise QuoteError("format", f"AK curve 0x{fields.curve:04X} is not supported")
+    try:
+        return ec.EllipticCurvePublicNumbers(int.from_bytes(fields.x, "big"),
+                                             int.from_bytes(fields.y, "big"),
+                                             _CURVES[fields.curve]).public_key()
+    except ValueError as e:
+        raise QuoteError("format", f"AK public point: {e}") from e
+
+
+def pcr_digest(selection: Mapping[int, tuple[int, ...]],
+               pcr_values: Mapping[int, Mapping[int, bytes]], hash_alg: int) -> bytes:
+    """The quote's pcrDigest: the hash of the selected PCR values concatenated in selection
+    order (banks as listed, PCRs ascending within a bank)."""
+    if hash_alg not in tpm2.HASH_NAMES:
+        raise QuoteError("format", f"hash algorithm 0x{hash_alg:04X}")
+    h = hashlib.new(tpm2.HASH_NAMES[hash_alg])
+    for alg, pcrs in selection.items():
+        for pcr in pcrs:
+            h.update(pcr_values[alg][pcr])
+    return h.digest()
+
+
+def verify_quote(ak_public: bytes, attest: bytes, signature: bytes, nonce: bytes,
+                 pcr_values: Mapping[int, Mapping[int, bytes]]) -> tpm2.QuoteAttest:
+    """Accept a quote or raise QuoteError naming the failed check.
+
+    `ak_public` is the AK's TPMT_PUBLIC, `pcr_values` the values the quote must cover
+    (hash algorithm -> PCR -> value): the quote's selection must be exactly these PCRs.
+    Returns the parsed TPMS_ATTEST.
+    """
+    key = ak_public_key(ak_public)
+    try:
+        sig = tpm2.parse_signature(signature)
+        fields = tpm2.parse_attest(attest)
+    except TpmFormatError as e:
+        raise QuoteError("format", str(e)) from e
+    if sig.hash_alg not in _HASHES:
+        raise QuoteError("signature", f"hash algorithm 0x{sig.hash_alg:04X}")
+    der = encode_dss_signature(int.from_bytes(sig.r, "big"), int.from_bytes(sig.s, "big"))
+    try:
+        key.verify(der, attest, ec.ECDSA(_HASHES[sig.hash_alg]))
+    except InvalidSignature:
+        raise QuoteError("signature", "the AK's signature over TPMS_ATTEST does not "
+                                      "verify") from None
+    if not hmac.compare_digest(fields.extra_data, nonce):
+        raise QuoteError("nonce", f"quote is over nonce {fields.extra_data.hex()}, "
+                                  f"expected {nonce.hex()}")
+    claimed = {alg: tuple(sorted(v)) for alg, v in pcr_values.items() if v}
+    quoted = {alg: pcrs for alg, pcrs in fields.pcr_select.items() if pcrs}
+    if quoted != claimed:
+        raise QuoteError("pcrs", f"quote selects {_show(quoted)}, values given "
+                                 f"for {_show(claimed)}")
+    if fields.pcr_digest != pcr_digest(fields.pcr_select, pcr_values, sig.hash_alg):
+        raise QuoteError("pcrs", "pcrDigest does not match the given PCR values")
+    return fields
+
+
+def _show(selection: Mapping[int, tuple[int, ...]]) -> str:
+    names = {int(a): a.name.lower() for a in tpm2.Alg}
+    return "+".join(f"{names.get(alg, hex(alg))}:{','.join(map(str, pcrs))}"
+                    for alg, pcrs in selection.items()) or "nothing"
