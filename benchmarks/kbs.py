@@ -309,7 +309,8 @@ def main() -> int:
                          f"{median([r.client_cpu for r in runs]) * 1e3:.2f}",
                          f"{1e3 / median(raws):.2f}"])
     print(f"key broker: {clients} concurrent clients x {per_client} attestations (auth + "
-          f"attest), {args.reps} repetition(s), sevsim kbs serve on 127.0.0.1")
+          f"attest), {args.reps} repetition(s), sevsim kbs serve --workers 0 ({os.cpu_count()} "
+          "worker processes) on 127.0.0.1")
     print_table("attestations per second (higher is better), latency of one (ms), CPU ms per "
                 "attestation: the server's processes, the clients, one raw verification",
                 ["", "KBS/s", "raw verify/s", "p50 ms", "p99 ms", "server CPU", "client CPU",
