@@ -79,6 +79,7 @@ from sevsim.abi.snp_report import (
     parse_cert_table,
 )
 from sevsim.abi.snp_tcb import Generation, PlatformInfo, SnpPolicy, TcbVersion
+from sevsim.abi.tcg_eventlog import ConfidentialTechnology, EventLog, gce_boot, grub_command
 from sevsim.attest.gce_endorsement import simulated_google_root, verify_endorsement
 from sevsim.attest.measure import sev_ovmf_digest, seves_ovmf_digest, snp_ovmf_digest
 from sevsim.attest.snp_policy import Policy, validate_report
@@ -87,6 +88,7 @@ from sevsim.errors import (
     ConfigError,
     EndorsementError,
     EndorsementFormatError,
+    EventLogError,
     KbsCryptoError,
     KbsEvidenceError,
     KbsProtocolError,
@@ -123,6 +125,14 @@ def _report_seeds() -> tuple[bytes, ...]:
         seeds.append(AttestationReport(version=version, cpuid_fam_id=0x1A if version == 5
                                        else 0x19).to_bytes())
     return tuple(seeds)
+
+
+def _event_log_seed() -> bytes:
+    log = gce_boot(ConfidentialTechnology.AMD_SEV_SNP, secure_boot={"SecureBoot": b"\x01"},
+                   program=b"\x7fELF", program_path="\\prog.elf", cmdline="quiet",
+                   files=[("/boot/vmlinuz", b"kernel")])
+    log.measure(grub_command("insmod tpm"))
+    return log.to_bytes()
 
 
 def _id_auth_seed() -> bytes:
@@ -575,6 +585,8 @@ TARGETS: dict[str, Target] = {
         GoldenMeasurement.from_bytes, None,
         (LaunchEndorsement.from_bytes(ENDORSEMENT).serialized_uefi_golden,),
         (EndorsementFormatError,)),
+    "TCG event log": Target(EventLog.from_bytes, lambda log: log.to_bytes(),  # type: ignore[attr-defined]
+                            (_event_log_seed(),), (EventLogError,)),
 }
 
 

@@ -71,6 +71,15 @@ class EndorsementFormatError(FormatError):
         super().__init__(f"{field}: {message}")
 
 
+class EventLogError(FormatError):
+    """Bytes that are not a well-formed TCG PC Client crypto-agile event log; `offset` is where
+    in the log the culprit starts, as a reader of a hex dump needs it."""
+
+    def __init__(self, offset: int, message: str) -> None:
+        self.offset = offset
+        super().__init__(f"event log offset {offset:#x}: {message}")
+
+
 class KbsProtocolError(FormatError):
     """A key-broker protocol message (Trustee's kbs-types JSON, a JWK, SNP evidence in the
     virtee `sev` serde shape) that does not parse; `field` is the JSON path of the culprit
