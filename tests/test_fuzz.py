@@ -79,6 +79,7 @@ from sevsim.abi.snp_report import (
     parse_cert_table,
 )
 from sevsim.abi.snp_tcb import Generation, PlatformInfo, SnpPolicy, TcbVersion
+from sevsim.abi.tcg_eventlog import ConfidentialTechnology, EventLog, gce_boot, grub_command
 from sevsim.abi.tpm2 import (
     marshal_signature,
     parse_ecc_public,
@@ -95,6 +96,7 @@ from sevsim.errors import (
     ConfigError,
     EndorsementError,
     EndorsementFormatError,
+    EventLogError,
     KbsCryptoError,
     KbsEvidenceError,
     KbsProtocolError,
@@ -135,6 +137,14 @@ def _report_seeds() -> tuple[bytes, ...]:
         seeds.append(AttestationReport(version=version, cpuid_fam_id=0x1A if version == 5
                                        else 0x19).to_bytes())
     return tuple(seeds)
+
+
+def _event_log_seed() -> bytes:
+    log = gce_boot(ConfidentialTechnology.AMD_SEV_SNP, secure_boot={"SecureBoot": b"\x01"},
+                   program=b"\x7fELF", program_path="\\prog.elf", cmdline="quiet",
+                   files=[("/boot/vmlinuz", b"kernel")])
+    log.measure(grub_command("insmod tpm"))
+    return log.to_bytes()
 
 
 def _id_auth_seed() -> bytes:
@@ -604,6 +614,8 @@ TARGETS: dict[str, Target] = {
         GoldenMeasurement.from_bytes, None,
         (LaunchEndorsement.from_bytes(ENDORSEMENT).serialized_uefi_golden,),
         (EndorsementFormatError,)),
+    "TCG event log": Target(EventLog.from_bytes, lambda log: log.to_bytes(),  # type: ignore[attr-defined]
+                            (_event_log_seed(),), (EventLogError,)),
 }
 
 

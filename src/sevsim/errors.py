@@ -71,6 +71,17 @@ class EndorsementFormatError(FormatError):
         super().__init__(f"{field}: {message}")
 
 
+class EventLogError(FormatError):
+    """Bytes that are not a well-formed TCG PC Client crypto-agile event log, or an event that
+    could not be one; `offset` is where in the log the culprit starts, as a reader of a hex dump
+    needs it (None for an event refused before it had bytes)."""
+
+    def __init__(self, offset: int | None, message: str) -> None:
+        self.offset = offset
+        where = "event log" if offset is None else f"event log offset {offset:#x}"
+        super().__init__(f"{where}: {message}")
+
+
 class KbsProtocolError(FormatError):
     """A key-broker protocol message (Trustee's kbs-types JSON, a JWK, SNP evidence in the
     virtee `sev` serde shape) that does not parse; `field` is the JSON path of the culprit
