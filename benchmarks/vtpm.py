@@ -21,7 +21,7 @@ from sevsim import Vtpm
 from sevsim.abi import tpm2
 from sevsim.attest import verify_quote
 
-SELECTION = {tpm2.Alg.SHA256: [0, 4, 7, 8, 9], tpm2.Alg.SHA384: [0, 4, 7]}
+SELECTION = {tpm2.HashAlg.SHA256: [0, 4, 7, 8, 9], tpm2.HashAlg.SHA384: [0, 4, 7]}
 NONCE = bytes(range(32))
 
 

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sevsim.abi import tpm2
-from sevsim.abi.tpm2 import Alg
+from sevsim.abi.tpm2 import Alg, HashAlg
 from sevsim.attest.tpm_quote import ak_public_key, verify_quote
 from sevsim.errors import QuoteError, TpmError, TpmFormatError, VtpmError
 from sevsim.host import vtpm as vtpm_module
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs Debian's swtpm and tpm2-tools (.ci/run installs them)")
 
 NONCE = bytes.fromhex("5eb51a7e00c0ffee5eb51a7e00c0ffee")
-SELECTION = {Alg.SHA256: [0, 16, 23], Alg.SHA384: [16]}
+SELECTION = {HashAlg.SHA256: [0, 16, 23], HashAlg.SHA384: [16]}
 
 
 def swtpm_children() -> set[int]:
@@ -72,7 +72,7 @@ def vtpm() -> Iterator[Vtpm]:
 
 
 def extend(v: Vtpm, pcr: int, data: bytes) -> dict[int, bytes]:
-    digests = {Alg.SHA256: hashlib.sha256(data).digest(), Alg.SHA384: hashlib.sha384(data).digest()}
+    digests = {alg: alg.hash(data) for alg in (HashAlg.SHA256, HashAlg.SHA384)}
     v.pcr_extend(pcr, digests)
     return digests
 
@@ -88,15 +88,15 @@ def test_extend_pcr16_and_read_back(vtpm: Vtpm) -> None:
     first = extend(vtpm, 16, b"first event")
     second = extend(vtpm, 16, b"second event")
     expected = {}
-    for alg, name in ((Alg.SHA256, "sha256"), (Alg.SHA384, "sha384")):
-        value = bytes(tpm2.DIGEST_SIZES[alg])
+    for alg, name in ((HashAlg.SHA256, "sha256"), (HashAlg.SHA384, "sha384")):
+        value = bytes(alg.digest_size)
         for digests in (first, second):
             value = hashlib.new(name, value + digests[alg]).digest()
         expected[alg] = value
-    values = vtpm.pcr_read({Alg.SHA256: [16, 23], Alg.SHA384: [16]})
-    assert values[Alg.SHA256][16] == expected[Alg.SHA256]
-    assert values[Alg.SHA384][16] == expected[Alg.SHA384]
-    assert values[Alg.SHA256][23] == bytes(32)  # untouched
+    values = vtpm.pcr_read({HashAlg.SHA256: [16, 23], HashAlg.SHA384: [16]})
+    assert values[HashAlg.SHA256][16] == expected[HashAlg.SHA256]
+    assert values[HashAlg.SHA384][16] == expected[HashAlg.SHA384]
+    assert values[HashAlg.SHA256][23] == bytes(32)  # untouched
 
 
 def test_tpm2_pcrread_sees_what_sevsim_extended(vtpm: Vtpm, tmp_path: Path) -> None:
@@ -104,9 +104,9 @@ def test_tpm2_pcrread_sees_what_sevsim_extended(vtpm: Vtpm, tmp_path: Path) -> N
     out = tmp_path / "pcrs.bin"
     subprocess.run(["tpm2_pcrread", "-T", vtpm.tcti, "sha256:16+sha384:16", "-o", str(out)],
                    check=True, capture_output=True, timeout=30)
-    values = vtpm.pcr_read({Alg.SHA256: [16], Alg.SHA384: [16]})
-    assert out.read_bytes() == values[Alg.SHA256][16] + values[Alg.SHA384][16]
-    assert values[Alg.SHA256][16] != bytes(32)
+    values = vtpm.pcr_read({HashAlg.SHA256: [16], HashAlg.SHA384: [16]})
+    assert out.read_bytes() == values[HashAlg.SHA256][16] + values[HashAlg.SHA384][16]
+    assert values[HashAlg.SHA256][16] != bytes(32)
 
 
 def test_get_random_and_startup_twice(vtpm: Vtpm) -> None:
@@ -124,7 +124,7 @@ def test_ak_template_is_what_tpm2_tools_makes(vtpm: Vtpm, tmp_path: Path) -> Non
     ak = vtpm.create_ak()
     fields = tpm2.parse_ecc_public(ak.public)
     assert fields.attributes == 0x00050072 == tpm2.AK_ATTRIBUTES
-    assert (fields.scheme, fields.scheme_hash, fields.curve) == (Alg.ECDSA, Alg.SHA256, 3)
+    assert (fields.scheme, fields.scheme_hash, fields.curve) == (Alg.ECDSA, HashAlg.SHA256, 3)
     assert ak.name == tpm2.object_name(ak.public)
     tpm2.parse_flush_context_response(vtpm.execute(tpm2.flush_context_command(ak.handle)))
     ctx, pub = tmp_path / "ak.ctx", tmp_path / "ak.pub"
@@ -151,7 +151,7 @@ def test_flushed_ak_is_gone(vtpm: Vtpm) -> None:
 
 
 def test_extend_with_wrong_password_is_refused(vtpm: Vtpm) -> None:
-    command = tpm2.pcr_extend_command(16, {Alg.SHA256: bytes(32)}, password=b"wrong")
+    command = tpm2.pcr_extend_command(16, {HashAlg.SHA256: bytes(32)}, password=b"wrong")
     with pytest.raises(TpmError) as e:
         tpm2.parse_pcr_extend_response(vtpm.execute(command))
     assert e.value.name == "TPM_RC_BAD_AUTH (session 1)", e.value.name  # PCRs are noDA
@@ -166,7 +166,7 @@ def test_quote_verifies_and_tampering_is_refused(vtpm: Vtpm) -> None:
     values = vtpm.pcr_read(SELECTION)
     fields = verify_quote(ak.public, attest, signature, NONCE, values)
     assert fields.extra_data == NONCE
-    assert fields.pcr_select == {Alg.SHA256: (0, 16, 23), Alg.SHA384: (16,)}
+    assert fields.pcr_select == {HashAlg.SHA256: (0, 16, 23), HashAlg.SHA384: (16,)}
 
     flipped = bytes([NONCE[0] ^ 1]) + NONCE[1:]
     with pytest.raises(QuoteError) as e:
@@ -174,12 +174,12 @@ def test_quote_verifies_and_tampering_is_refused(vtpm: Vtpm) -> None:
     assert e.value.reason == "nonce"
 
     other_value = {alg: dict(v) for alg, v in values.items()}
-    other_value[Alg.SHA256][16] = hashlib.sha256(b"another program").digest()
+    other_value[HashAlg.SHA256][16] = hashlib.sha256(b"another program").digest()
     with pytest.raises(QuoteError) as e:
         verify_quote(ak.public, attest, signature, NONCE, other_value)
     assert e.value.reason == "pcrs"
 
-    other_pcrs = vtpm.pcr_read({Alg.SHA256: [0, 16], Alg.SHA384: [16]})
+    other_pcrs = vtpm.pcr_read({HashAlg.SHA256: [0, 16], HashAlg.SHA384: [16]})
     with pytest.raises(QuoteError) as e:
         verify_quote(ak.public, attest, signature, NONCE, other_pcrs)
     assert e.value.reason == "pcrs"
@@ -217,8 +217,8 @@ def checkquote(tmp_path: Path, ak: tpm2.Primary, attest: bytes, signature: bytes
     (tmp_path / "pcrs.bin").write_bytes(b"".join(values[alg][pcr]
                                                  for alg, pcrs in selection.items()
                                                  for pcr in pcrs))
-    banks = {Alg.SHA256: "sha256", Alg.SHA384: "sha384"}
-    pcr_list = "+".join(f"{banks[Alg(alg)]}:{','.join(map(str, pcrs))}"
+    banks = {HashAlg.SHA256: "sha256", HashAlg.SHA384: "sha384"}
+    pcr_list = "+".join(f"{banks[HashAlg(alg)]}:{','.join(map(str, pcrs))}"
                         for alg, pcrs in selection.items())
     return subprocess.run(
         ["tpm2_checkquote", "-u", str(tmp_path / "ak.pem"), "-m", str(tmp_path / "quote.msg"),
@@ -236,7 +236,7 @@ def test_tpm2_checkquote_accepts_sevsims_quote(vtpm: Vtpm, tmp_path: Path) -> No
     # the oracle can fail: another nonce, another PCR value
     assert checkquote(tmp_path, ak, attest, signature, NONCE[::-1], values).returncode != 0
     other = {alg: dict(v) for alg, v in values.items()}
-    other[Alg.SHA384][16] = bytes(48)
+    other[HashAlg.SHA384][16] = bytes(48)
     assert checkquote(tmp_path, ak, attest, signature, NONCE, other).returncode != 0
 
 
@@ -253,9 +253,9 @@ def test_checked_in_swtpm_quote_verifies_with_both() -> None:
     nonce = (VECTOR / "nonce.bin").read_bytes()
     ak = (VECTOR / "ak.public").read_bytes()
     fields = verify_quote(ak, attest, signature, nonce, values)
-    assert fields.pcr_select == {Alg.SHA256: (0, 16, 23), Alg.SHA384: (16,)}
+    assert fields.pcr_select == {HashAlg.SHA256: (0, 16, 23), HashAlg.SHA384: (16,)}
     expected16 = hashlib.sha256(bytes(32) + hashlib.sha256(b"sevsim test vector").digest())
-    assert values[Alg.SHA256][16] == expected16.digest()
+    assert values[HashAlg.SHA256][16] == expected16.digest()
     pcrs = b"".join(values[alg][pcr] for alg, pcrs in SELECTION.items() for pcr in pcrs)
     assert pcrs == (VECTOR / "pcrs.bin").read_bytes()
     def checkquote(nonce: bytes) -> subprocess.CompletedProcess[str]:
@@ -415,9 +415,9 @@ def test_command_bytes() -> None:
     assert tpm2.startup_command().hex() == "80010000000c000001440000"
     assert tpm2.get_random_command(16).hex() == "80010000000c0000017b0010"
     assert tpm2.flush_context_command(0x80000000).hex() == "80010000000e0000016580000000"
-    assert tpm2.pcr_read_command({Alg.SHA256: [16]}).hex() == (
+    assert tpm2.pcr_read_command({HashAlg.SHA256: [16]}).hex() == (
         "8001000000140000017e" "00000001" "000b" "03" "000001")
-    assert tpm2.pcr_extend_command(16, {Alg.SHA256: bytes(32)}).hex() == (
+    assert tpm2.pcr_extend_command(16, {HashAlg.SHA256: bytes(32)}).hex() == (
         "80020000004100000182" "00000010" "00000009" "40000009" "0000" "00" "0000"
         "00000001" "000b" + "00" * 32)
     assert tpm2.ecc_ak_template().hex() == (
@@ -453,8 +453,8 @@ def test_parsers_raise_only_typed_errors(data: bytes, which: object) -> None:
 @settings(max_examples=300, deadline=None)
 @given(number=st.integers(-2**40, 2**40), which=st.sampled_from([
     tpm2.startup_command, tpm2.get_random_command, tpm2.flush_context_command,
-    lambda n: tpm2.pcr_extend_command(n, {Alg.SHA256: bytes(32)}),
-    lambda n: tpm2.pcr_read_command({n: [0]}), lambda n: tpm2.pcr_read_command({Alg.SHA1: [n]}),
+    lambda n: tpm2.pcr_extend_command(n, {HashAlg.SHA256: bytes(32)}),
+    lambda n: tpm2.pcr_read_command({n: [0]}), lambda n: tpm2.pcr_read_command({HashAlg.SHA1: [n]}),
     lambda n: tpm2.quote_command(n, b"", {}),
     lambda n: tpm2.create_primary_command(tpm2.ecc_ak_template(), n)]))
 def test_builders_refuse_numbers_out_of_range_typed(number: int, which: object) -> None:

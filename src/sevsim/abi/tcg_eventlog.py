@@ -12,37 +12,14 @@ below give the events Google's Shielded-VM firmware and GRUB log, each with its 
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
+from sevsim.abi.tpm2 import HashAlg
 from sevsim.errors import EventLogError
-
-
-class HashAlg(IntEnum):
-    """TPM_ALG_ID of the hash algorithms a PCR bank can use (TPM 2.0 Library, Part 2, 6.3)."""
-
-    SHA1 = 0x0004
-    SHA256 = 0x000B
-    SHA384 = 0x000C
-    SHA512 = 0x000D
-
-    @property
-    def hashlib_name(self) -> str:
-        """The name hashlib (and tpm2-tools' YAML) gives the algorithm."""
-        return self.name.lower()
-
-    @property
-    def digest_size(self) -> int:
-        """The digest size a TPMT_HA of this algorithm carries."""
-        return hashlib.new(self.hashlib_name).digest_size
-
-    def hash(self, data: bytes) -> bytes:
-        """The digest of `data`, as the bank's PCR extend takes it."""
-        return hashlib.new(self.hashlib_name, data).digest()
 
 
 class EventType(IntEnum):

@@ -33,13 +33,40 @@ HEADER_SIZE = 10
 PCR_SELECT_MIN = 3  # PC Client TPMs have 24 PCRs: sizeofSelect is 3 bytes
 
 
-class Alg(IntEnum):
-    """TPM_ALG_ID values this module speaks."""
+class HashAlg(IntEnum):
+    """TPM_ALG_ID of the hash algorithms a PCR bank can use (TPM 2.0 Library, Part 2, 6.3)."""
 
     SHA1 = 0x0004
     SHA256 = 0x000B
     SHA384 = 0x000C
     SHA512 = 0x000D
+
+    @property
+    def hashlib_name(self) -> str:
+        """The name hashlib (and tpm2-tools' YAML) gives the algorithm."""
+        return self.name.lower()
+
+    @property
+    def digest_size(self) -> int:
+        """The digest size a TPMT_HA of this algorithm carries."""
+        return hashlib.new(self.hashlib_name).digest_size
+
+    def hash(self, data: bytes) -> bytes:
+        """The digest of `data`, as the bank's PCR extend takes it."""
+        return hashlib.new(self.hashlib_name, data).digest()
+
+    @classmethod
+    def lookup(cls, alg: int) -> HashAlg | None:
+        """The hash algorithm a TPM_ALG_ID names, or None for any other value."""
+        try:
+            return cls(alg)
+        except ValueError:
+            return None
+
+
+class Alg(IntEnum):
+    """The other TPM_ALG_ID values this module speaks."""
+
     NULL = 0x0010
     ECDSA = 0x0018
     ECC = 0x0023
@@ -81,9 +108,6 @@ AK_ATTRIBUTES = (ObjectAttr.FIXED_TPM | ObjectAttr.FIXED_PARENT
                  | ObjectAttr.SENSITIVE_DATA_ORIGIN | ObjectAttr.USER_WITH_AUTH
                  | ObjectAttr.RESTRICTED | ObjectAttr.SIGN)
 TPM_ECC_NIST_P256 = 0x0003
-DIGEST_SIZES: dict[int, int] = {Alg.SHA1: 20, Alg.SHA256: 32, Alg.SHA384: 48, Alg.SHA512: 64}
-HASH_NAMES: dict[int, str] = {Alg.SHA1: "sha1", Alg.SHA256: "sha256", Alg.SHA384: "sha384",
-                              Alg.SHA512: "sha512"}  # hashlib's names
 
 # Format-zero codes (Part 2 §6.6.3): RC_VER1 errors and RC_WARN warnings
 _FMT0 = {
@@ -319,7 +343,7 @@ def pcr_extend_command(pcr: int, digests: Mapping[int, bytes], password: bytes =
     """Extend one PCR in each bank given: TPML_DIGEST_VALUES of TPMT_HA (hashAlg, digest)."""
     params = struct.pack(">I", len(digests))
     for alg, digest in digests.items():
-        if DIGEST_SIZES.get(alg) != len(digest):
+        if (hash_alg := HashAlg.lookup(alg)) is None or hash_alg.digest_size != len(digest):
             raise TpmFormatError("TPMT_HA.digest",
                                  f"{len(digest)} bytes for hash algorithm 0x{alg:04X}")
         params += struct.pack(">H", alg) + digest
@@ -368,8 +392,8 @@ def parse_pcr_read_response(data: bytes) -> PcrRead:
 def ecc_ak_template() -> bytes:
     """TPMT_PUBLIC of an ECC P-256 attestation key: restricted, sign, ECDSA-SHA256, no
     symmetric, no KDF, empty unique (the TPM derives the key from the hierarchy seed)."""
-    return (struct.pack(">HHI", Alg.ECC, Alg.SHA256, AK_ATTRIBUTES) + _tpm2b(b"")
-            + struct.pack(">HHHHH", Alg.NULL, Alg.ECDSA, Alg.SHA256, TPM_ECC_NIST_P256,
+    return (struct.pack(">HHI", Alg.ECC, HashAlg.SHA256, AK_ATTRIBUTES) + _tpm2b(b"")
+            + struct.pack(">HHHHH", Alg.NULL, Alg.ECDSA, HashAlg.SHA256, TPM_ECC_NIST_P256,
                           Alg.NULL)
             + _tpm2b(b"") + _tpm2b(b""))
 
@@ -444,9 +468,9 @@ def object_name(public: bytes) -> bytes:
     """An object's Name: nameAlg followed by the nameAlg digest of its TPMT_PUBLIC."""
     name_alg = _Reader(public, "TPMT_PUBLIC").take(4, "type+nameAlg")[2:]
     alg = int.from_bytes(name_alg, "big")
-    if alg not in HASH_NAMES:
+    if (hash_alg := HashAlg.lookup(alg)) is None:
         raise TpmFormatError("TPMT_PUBLIC.nameAlg", f"0x{alg:04X} is no hash algorithm")
-    return name_alg + hashlib.new(HASH_NAMES[alg], public).digest()
+    return name_alg + hash_alg.hash(public)
 
 
 # --- TPM2_Quote, TPMS_ATTEST, TPMT_SIGNATURE -----------------------------------------------

@@ -21,8 +21,8 @@ from sevsim.abi import tpm2
 from sevsim.errors import QuoteError, TpmFormatError
 
 _CURVES: dict[int, ec.EllipticCurve] = {tpm2.TPM_ECC_NIST_P256: ec.SECP256R1()}
-_HASHES: dict[int, hashes.HashAlgorithm] = {tpm2.Alg.SHA256: hashes.SHA256(),
-                                            tpm2.Alg.SHA384: hashes.SHA384()}
+_HASHES: dict[int, hashes.HashAlgorithm] = {tpm2.HashAlg.SHA256: hashes.SHA256(),
+                                            tpm2.HashAlg.SHA384: hashes.SHA384()}
 
 
 def ak_public_key(public: bytes) -> ec.EllipticCurvePublicKey:
@@ -45,9 +45,9 @@ def pcr_digest(selection: Mapping[int, tuple[int, ...]],
                pcr_values: Mapping[int, Mapping[int, bytes]], hash_alg: int) -> bytes:
     """The quote's pcrDigest: the hash of the selected PCR values concatenated in selection
     order (banks as listed, PCRs ascending within a bank)."""
-    if hash_alg not in tpm2.HASH_NAMES:
+    if (algorithm := tpm2.HashAlg.lookup(hash_alg)) is None:
         raise QuoteError("format", f"hash algorithm 0x{hash_alg:04X}")
-    h = hashlib.new(tpm2.HASH_NAMES[hash_alg])
+    h = hashlib.new(algorithm.hashlib_name)
     for alg, pcrs in selection.items():
         for pcr in pcrs:
             h.update(pcr_values[alg][pcr])
@@ -90,6 +90,9 @@ def verify_quote(ak_public: bytes, attest: bytes, signature: bytes, nonce: bytes
 
 
 def _show(selection: Mapping[int, tuple[int, ...]]) -> str:
-    names = {int(a): a.name.lower() for a in tpm2.Alg}
-    return "+".join(f"{names.get(alg, hex(alg))}:{','.join(map(str, pcrs))}"
+    return "+".join(f"{_bank_name(alg)}:{','.join(map(str, pcrs))}"
                     for alg, pcrs in selection.items()) or "nothing"
+
+
+def _bank_name(alg: int) -> str:
+    return hash_alg.hashlib_name if (hash_alg := tpm2.HashAlg.lookup(alg)) else hex(alg)
