@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sevsim.errors import SevsimError
 
 if TYPE_CHECKING:
+    from sevsim.abi.tcg_eventlog import ConfidentialTechnology, EventLog, gce_boot
     from sevsim.firmware.gce_endorser import simulated_endorser
     from sevsim.guest.kernel import kernel_identity
     from sevsim.host.debug import debug_read, debug_write
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
 # public name -> (module, name there)
 _LAZY = {
+    "ConfidentialTechnology": ("sevsim.abi.tcg_eventlog", "ConfidentialTechnology"),
+    "EventLog": ("sevsim.abi.tcg_eventlog", "EventLog"),  # a TCG crypto-agile event log
+    "gce_boot": ("sevsim.abi.tcg_eventlog", "gce_boot"),  # the log a GCE VM's boot writes
     "Host": ("sevsim.host.machine", "Host"),
     "MigrationRecord": ("sevsim.host.migration", "Record"),  # the kinds of a migration stream
     "debug_read": ("sevsim.host.debug", "debug_read"),
@@ -39,9 +43,9 @@ _LAZY = {
     "simulated_endorser": ("sevsim.firmware.gce_endorser", "simulated_endorser"),  # Google's
 }
 
-__all__ = ["Host", "MigrationRecord", "PlatformOptions", "Quantum", "SevsimError", "Vtpm",
-           "debug_read", "debug_write", "kernel_identity", "migrate", "parse_elf",
-           "simulated_endorser"]
+__all__ = ["ConfidentialTechnology", "EventLog", "Host", "MigrationRecord", "PlatformOptions",
+           "Quantum", "SevsimError", "Vtpm", "debug_read", "debug_write", "gce_boot",
+           "kernel_identity", "migrate", "parse_elf", "simulated_endorser"]
 __version__ = "0.1.0"
 
 
