@@ -87,7 +87,6 @@ from sevsim.errors import (
     SnpFormatError,
 )
 from sevsim.guest import tsm
-from sevsim.guest.secure_boot import BootMedium, boot_check
 from sevsim.guest.ghcb import (
     TERM_GENERAL_REQUEST,
     TERM_PSC,
@@ -95,6 +94,7 @@ from sevsim.guest.ghcb import (
     encrypted_state,
     snp_active,
 )
+from sevsim.guest.secure_boot import BootMedium, boot_check
 from sevsim.guest.vnic import NicStream
 from sevsim.hw.cpu import VC_VECTOR, GuestCpu
 

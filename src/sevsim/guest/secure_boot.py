@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -41,21 +39,11 @@ from sevsim.abi.tcg_eventlog import (
     efi_variable_driver_config,
     separator,
 )
-from sevsim.errors import (
-    FormatError,
-    ImageSignatureError,
-    SecureBootConfigError,
-    SignatureListError,
-)
-from sevsim.inputs import MAX_CERT_FILE, read_bounded
+from sevsim.errors import FormatError, ImageSignatureError, SignatureListError
 
-__all__ = ["SEVSIM_OWNER_GUID", "BootMedium", "SecureBootConfig", "SecureBootOutcome",
-           "Verdict", "VerdictStatus", "boot_check", "check", "load_config",
-           "pcr7_measurements"]
+__all__ = ["BootMedium", "SecureBootOutcome", "Verdict", "VerdictStatus", "boot_check",
+           "check", "loaded_mismatch", "pcr7_measurements"]
 
-# The SignatureOwner of the entries sevsim writes (a fixed GUID of its own, as a vendor's).
-SEVSIM_OWNER_GUID = uuid.UUID("5e5b1a7e-0c0f-4d3e-9a51-7365767369ab")
-SECURE_BOOT_ENABLED = b"\x01"  # the SecureBoot variable's one byte (UEFI 2.10, 3.3)
 _OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
 _OID_DATA = "1.2.840.113549.1.7.1"
 _OID_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
@@ -102,98 +90,6 @@ class SecureBootOutcome:
 
     verdict: Verdict
     measurements: tuple[Measurement, ...]
-
-
-@dataclass(frozen=True)
-class SecureBootConfig:
-    """A VM's secure-boot keys: db (trusted signers), dbx (revoked certificates and SHA-256
-    hashes of revoked programs), PK and KEK (measured; sevsim's guests do not update db)."""
-
-    db: tuple[x509.Certificate, ...]
-    dbx_certs: tuple[x509.Certificate, ...] = ()
-    dbx_hashes: tuple[bytes, ...] = ()
-    pk: tuple[x509.Certificate, ...] = ()
-    kek: tuple[x509.Certificate, ...] = ()
-    owner: uuid.UUID = SEVSIM_OWNER_GUID
-
-    @classmethod
-    def from_dir(cls, directory: str | Path) -> SecureBootConfig:
-        """DIR/db/ (required), DIR/dbx/, DIR/PK/, DIR/KEK/: certificates in PEM (one or more
-        a file) or DER; in dbx/ also *.sha256 files of hex SHA-256 hashes, one a line
-        (`sha256sum` output works). SecureBootConfigError names a file that is neither."""
-        root = Path(directory)
-        if not (root / "db").is_dir():
-            raise SecureBootConfigError(str(root / "db"), "no such directory: a secure-boot "
-                                        "directory holds the trusted certificates in db/")
-        dbx_files = _files(root / "dbx")
-        return cls(db=_certificates(_files(root / "db")),
-                   dbx_certs=_certificates(f for f in dbx_files if f.suffix != ".sha256"),
-                   dbx_hashes=tuple(h for f in dbx_files if f.suffix == ".sha256"
-                                    for h in _hashes(f)),
-                   pk=_certificates(_files(root / "PK")),
-                   kek=_certificates(_files(root / "KEK")))
-
-    def variables(self) -> dict[str, bytes]:
-        """The UEFI variables as firmware stores them: SecureBoot enabled, and PK, KEK, db and
-        dbx as EFI_SIGNATURE_LISTs (empty when unset), in the order EDK2 measures them."""
-        def x509_list(certs: Iterable[x509.Certificate]) -> bytes:
-            return efi_siglist.build(efi_siglist.x509(self.owner, c.public_bytes(
-                serialization.Encoding.DER)) for c in certs)
-
-        dbx = x509_list(self.dbx_certs) + efi_siglist.build(
-            efi_siglist.sha256(self.owner, h) for h in self.dbx_hashes)
-        values = {"SecureBoot": SECURE_BOOT_ENABLED, "PK": x509_list(self.pk),
-                  "KEK": x509_list(self.kek), "db": x509_list(self.db), "dbx": dbx}
-        return {name: values[name] for name in SECURE_BOOT_VARIABLES}
-
-
-def load_config(config: SecureBootConfig | str | Path) -> SecureBootConfig:
-    """A config as given, or loaded from its directory."""
-    return config if isinstance(config, SecureBootConfig) else SecureBootConfig.from_dir(config)
-
-
-def _files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_file()) if directory.is_dir() else []
-
-
-def _certificates(paths: Iterable[Path]) -> tuple[x509.Certificate, ...]:
-    certs: list[x509.Certificate] = []
-    for path in paths:
-        blob = _read(path, "a certificate")
-        try:
-            if b"-----BEGIN" in blob:
-                certs.extend(x509.load_pem_x509_certificates(blob))
-            else:
-                certs.append(x509.load_der_x509_certificate(blob))
-        except ValueError as err:
-            raise SecureBootConfigError(str(path), f"not a PEM or DER X.509 certificate: "
-                                        f"{err}") from None
-    return tuple(certs)
-
-
-def _hashes(path: Path) -> list[bytes]:
-    out = []
-    for number, line in enumerate(_read(path, "a hash list").decode("ascii", "replace")
-                                  .splitlines(), 1):
-        if not line.strip():
-            continue
-        word = line.split()[0]
-        try:
-            digest = bytes.fromhex(word)
-        except ValueError:
-            digest = b""
-        if len(digest) != 32:
-            raise SecureBootConfigError(str(path), f"line {number}: {word[:80]!r} is not a "
-                                        "SHA-256 hash in hex (64 digits)")
-        out.append(digest)
-    return out
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return read_bounded(path, MAX_CERT_FILE, what)
-    except (OSError, ValueError) as err:
-        raise SecureBootConfigError(str(path), str(err)) from None
 
 
 # -- the check ------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from sevsim.abi.ovmf import FOUR_GIB, KernelHashes, OvmfImage, SvsmLaunch, VmmTy
 from sevsim.abi.vmsa import SEV_FEATURES_SNP
 from sevsim.errors import ConfigError, ResourceExhausted, VmStateError
 from sevsim.firmware.sev import SevFirmware
-from sevsim.guest.secure_boot import SecureBootConfig, load_config
 from sevsim.host.hypervisor import Hypervisor
 from sevsim.host.ovmf import OvmfGuest, launch_ovmf, launch_svsm
+from sevsim.host.secure_boot import SecureBootConfig, load_config
 from sevsim.host.vmm import DEFAULT_SNP_POLICY, RunResult, VirtualMachine
 from sevsim.hw.chips import (
     DEFAULT_CHIP,

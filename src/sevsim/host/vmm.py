@@ -35,9 +35,10 @@ from sevsim.errors import (
 )
 from sevsim.firmware.sev import LaunchMeasurement
 from sevsim.guest.kernel import GuestKernel, kernel_identity
-from sevsim.guest.secure_boot import BootMedium, SecureBootConfig, SecureBootOutcome
+from sevsim.guest.secure_boot import BootMedium, SecureBootOutcome
 from sevsim.host.elf import GuestImage, parse_elf
 from sevsim.host.hypervisor import HvVm, Hypervisor
+from sevsim.host.secure_boot import SecureBootConfig
 from sevsim.host.vnic import NIC_HYPERCALLS, VirtualNic
 from sevsim.hw.chips import GuestMode
 from sevsim.hw.cpu import VcpuState
