@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -39,10 +40,10 @@ from sevsim.abi.tcg_eventlog import (
     efi_variable_driver_config,
     separator,
 )
-from sevsim.errors import FormatError, ImageSignatureError, SignatureListError
+from sevsim.errors import ImageSignatureError, SignatureListError
 
 __all__ = ["BootMedium", "SecureBootOutcome", "Verdict", "VerdictStatus", "boot_check",
-           "check", "loaded_mismatch", "pcr7_measurements"]
+           "check", "load_certificate", "loaded_mismatch", "pcr7_measurements"]
 
 _OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
 _OID_DATA = "1.2.840.113549.1.7.1"
@@ -126,10 +127,9 @@ def _parse_signed_data(blob: bytes) -> _SignerInfo:
     if at < len(signed) and signed[at][0] == der.context(0):
         for tag, content in der.children(signed[at][1]):
             try:
-                certificates.append(x509.load_der_x509_certificate(der.encode(tag, content)))
+                certificates.append(load_certificate(der.encode(tag, content)))
             except ValueError as err:
-                raise ImageSignatureError("PKCS#7", f"a certificate does not parse: {err}"
-                                          ) from None
+                raise ImageSignatureError("PKCS#7", f"a certificate: {err}") from None
         at += 1
     if at < len(signed) and signed[at][0] == der.context(1):  # CRLs: none are used
         at += 1
@@ -189,6 +189,20 @@ def _identifies(signer: _SignerInfo, cert: x509.Certificate) -> bool:
     return cert.issuer.public_bytes() == signer.issuer and cert.serial_number == signer.serial
 
 
+def load_certificate(blob: bytes) -> x509.Certificate:
+    """An X.509 certificate from DER whose version and names parse, or ValueError:
+    cryptography raises InvalidVersion (no ValueError) for the one and reads names only when
+    first asked (KeyError, TypeError, ValueError or a warning, wherever that happens)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an attribute of a length X.509 forbids: a warning
+        try:
+            cert = x509.load_der_x509_certificate(blob)
+            cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
+        except (KeyError, TypeError, Warning, x509.InvalidVersion) as err:
+            raise ValueError(f"malformed certificate ({type(err).__name__}: {err})") from None
+    return cert
+
+
 def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
@@ -200,7 +214,7 @@ def _x509_entries(entries: list[SignatureData]) -> list[tuple[SignatureData, x50
     for entry in entries:
         if entry.signature_type == EFI_CERT_X509_GUID:
             try:
-                out.append((entry, x509.load_der_x509_certificate(entry.data)))
+                out.append((entry, load_certificate(entry.data)))
             except ValueError:
                 continue
     return out
@@ -241,7 +255,7 @@ def check(program: bytes, variables: Mapping[str, bytes]) -> Verdict:
                            f"{signer.serial:#x}) is neither in db nor in the signature's "
                            "certificates")
         why = _signature_verifies(signer, signer_cert, content)
-    except (FormatError, IndexError) as err:  # ImageSignatureError, DER the der module refuses
+    except (ValueError, IndexError) as err:  # FormatError (the trailer, DER), too few elements
         return Verdict(VerdictStatus.BAD_SIGNATURE, f"PKCS#7: {err}")
     if why:
         return Verdict(VerdictStatus.BAD_SIGNATURE, why)

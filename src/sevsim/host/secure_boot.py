@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from sevsim.abi import efi_siglist
 from sevsim.abi.tcg_eventlog import SECURE_BOOT_VARIABLES
 from sevsim.errors import SecureBootConfigError
+from sevsim.guest.secure_boot import load_certificate
 from sevsim.inputs import MAX_CERT_FILE, read_bounded
 
 __all__ = ["SECURE_BOOT_ENABLED", "SEVSIM_OWNER_GUID", "SecureBootConfig", "load_config"]
@@ -86,11 +87,11 @@ def _certificates(paths: Iterable[Path]) -> tuple[x509.Certificate, ...]:
     for path in paths:
         blob = _read(path, "a certificate")
         try:
-            if b"-----BEGIN" in blob:
-                certs.extend(x509.load_pem_x509_certificates(blob))
-            else:
-                certs.append(x509.load_der_x509_certificate(blob))
-        except ValueError as err:
+            ders = ([c.public_bytes(serialization.Encoding.DER)
+                     for c in x509.load_pem_x509_certificates(blob)]
+                    if b"-----BEGIN" in blob else [blob])
+            certs.extend(load_certificate(d) for d in ders)
+        except (ValueError, x509.InvalidVersion) as err:
             raise SecureBootConfigError(str(path), f"not a PEM or DER X.509 certificate: "
                                         f"{err}") from None
     return tuple(certs)
