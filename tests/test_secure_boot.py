@@ -416,6 +416,22 @@ def test_vm_refuses_untrusted_revoked_and_tampered_programs(keys, hello: bytes,
         assert HELLO not in result.console
 
 
+def test_vm_refuses_a_program_the_host_changed_after_loading(keys, hello: bytes,
+                                                             sb_dir: Path) -> None:
+    """The host patches the signed program in guest memory before the launch: the file is
+    still signed, but what would run is not what was signed."""
+    vm = Host(memory="96M").create_vm("sev-es", memory="16M", secure_boot=sb_dir)
+    vm.load(sign_program(hello, keys["signer"].key_pem, keys["signer"].cert_pem))
+    assert vm.image is not None
+    text = next(s for s in vm.image.segments if s.flags & 1)
+    vm.write_gpa(text.gpa + 16, bytes([text.data[16] ^ 0xFF]))
+    vm.launch()
+    with pytest.raises(SecureBootViolation, match="not the signed file: segment at"):
+        vm.run(timeout=60)
+    assert vm.result().secure_boot is not None
+    assert vm.result().secure_boot.verdict.status is VerdictStatus.BAD_SIGNATURE
+
+
 def test_host_run_reports_the_refusal_in_the_result(keys, hello: bytes, sb_dir: Path) -> None:
     host = Host(memory="96M")
     signed_vm = host.create_vm("sev", memory="16M", secure_boot=SecureBootConfig.from_dir(sb_dir))

@@ -94,7 +94,7 @@ from sevsim.guest.ghcb import (
     encrypted_state,
     snp_active,
 )
-from sevsim.guest.secure_boot import BootMedium, boot_check
+from sevsim.guest.secure_boot import BootMedium, SecureBootOutcome, boot_check
 from sevsim.guest.vnic import NicStream
 from sevsim.hw.cpu import VC_VECTOR, GuestCpu
 
@@ -207,6 +207,7 @@ class GuestKernel:
         the program (None: secure boot is off)."""
         self.boot: BootInfo | None = None
         self.secure_boot = secure_boot
+        self.secure_boot_outcome: SecureBootOutcome | None = None  # measured boot: PCR 7
         self.ghcb = GhcbClient(GHCB_GPA, _VERSION_GPA)
         self._handlers: dict[int, Callable[..., int | None]] = {
             SYS_WRITE: self._write, SYS_EXIT: self._exit, SYS_SET_SHARED: self._set_shared,
@@ -291,8 +292,10 @@ class GuestKernel:
 
     def _secure_boot(self, cpu: GuestCpu, medium: BootMedium, boot: BootInfo) -> None:
         """The firmware's secure-boot check of the program, its verdict on the console; a
-        refused program never runs: the kernel ends the VM (SecureBootViolation)."""
-        verdict = boot_check(medium, boot.entry, boot.segments, cpu.read).verdict
+        refused program never runs: the kernel ends the VM (SecureBootViolation). The outcome
+        stays for measured boot, which extends PCR 7 with its measurements in order."""
+        self.secure_boot_outcome = boot_check(medium, boot.entry, boot.segments, cpu.read)
+        verdict = self.secure_boot_outcome.verdict
         self._console(cpu, f"secure boot: {verdict}\n".encode())
         if verdict.ok:
             return
