@@ -497,3 +497,8 @@ def test_cli_sign_and_run_with_secure_boot(keys, build: Callable[..., Path], sb_
     mismatched = sevsim("guest", "sign", elf, "--key", key, "--cert", sb_dir / "PK" / "pk.pem")
     assert mismatched.returncode == 125 and "ImageSignatureError" in mismatched.stderr
     assert module_signature.split(elf.read_bytes()) is None  # refused: the ELF is unchanged
+    in_place = tmp_path / "copy.elf"
+    in_place.write_bytes(elf.read_bytes())
+    assert sevsim("guest", "sign", in_place, "--key", key, "--cert", cert).returncode == 0
+    assert in_place.read_bytes().startswith(elf.read_bytes())
+    assert check(in_place.read_bytes(), variables([keys["signer"]])).ok

@@ -79,7 +79,13 @@ def load_config(config: SecureBootConfig | str | Path) -> SecureBootConfig:
 
 
 def _files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_file()) if directory.is_dir() else []
+    """The files of one of the directory's parts, none when it is absent."""
+    if not directory.is_dir():
+        return []
+    try:
+        return sorted(p for p in directory.iterdir() if p.is_file())
+    except OSError as err:
+        raise SecureBootConfigError(str(directory), f"cannot list it: {err.strerror}") from None
 
 
 def _certificates(paths: Iterable[Path]) -> tuple[x509.Certificate, ...]:
