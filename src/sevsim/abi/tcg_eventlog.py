@@ -402,12 +402,13 @@ def grub_file(path: str, contents: bytes) -> Measurement:
 def gce_boot(technology: ConfidentialTechnology, *, secure_boot: Mapping[str, bytes],
              program: bytes, program_path: str, cmdline: str,
              files: Iterable[tuple[str, bytes]] = (), firmware_version: int = 2,
-             load_address: int = 0x100000) -> EventLog:
+             load_address: int = 0x100000, spec_id: SpecIdEvent | None = None) -> EventLog:
     """A log in the order a GCE Confidential VM's firmware and GRUB write it: PCR 0's S-CRTM
     version and NonHostInfo, PCR 7's Secure Boot variables, the separators of PCRs 0-7, the
     program in PCR 4, then the command line (PCR 8) and files (PCR 9). `secure_boot` maps each
-    of SecureBoot, PK, KEK, db, dbx to its value (an empty value when unset)."""
-    log = EventLog()
+    of SecureBoot, PK, KEK, db, dbx to its value (an empty value when unset); `spec_id` names
+    the banks (default GCE's three)."""
+    log = EventLog(spec_id)
     log.measure(s_crtm_version(firmware_version))
     log.measure(nonhost_info(technology))
     for name in SECURE_BOOT_VARIABLES:
