@@ -75,8 +75,8 @@ from sevsim.abi.svm import (
     ioio_decode,
     ioio_info,
 )
-from sevsim.abi.vmsa import SEV_FEATURES_SNP, Vmsa
 from sevsim.abi.tpm_channel import framing_error
+from sevsim.abi.vmsa import SEV_FEATURES_SNP, Vmsa
 from sevsim.abi.vnic import NIC_PAGES
 from sevsim.errors import (
     GuestFault,

@@ -121,12 +121,14 @@ def measured_boot(channel: TpmChannel, load_address: int, limit: int) -> bytes:
         cmdline = channel.boot_read(BootItem.CMDLINE, PAGE)
         if not cmdline.isascii():
             raise ChannelError("the command line is not ASCII")
-        log = gce_boot(technology(channel.cpu.sev_status()), secure_boot=secure_boot_variables(), program=program,
+        log = gce_boot(technology(channel.cpu.sev_status()),
+                       secure_boot=secure_boot_variables(), program=program,
                        program_path=PROGRAM_PATH, cmdline=cmdline.decode(),
                        load_address=load_address, spec_id=SpecIdEvent(banks=BANKS))
         for event in log.events:
+            digests = {int(alg): digest for alg, digest in event.digests.items()}
             tpm2.parse_pcr_extend_response(channel.execute(
-                tpm2.pcr_extend_command(event.pcr, event.digests)))
+                tpm2.pcr_extend_command(event.pcr, digests)))
         raw = log.to_bytes()
         channel.hand_over_log(raw)
     except (ChannelError, TpmError, TpmFormatError) as err:

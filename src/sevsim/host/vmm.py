@@ -19,13 +19,13 @@ from sevsim.abi.cpuid import CpuidEntry, pack_cpuid_page
 from sevsim.abi.policy import PolicyFlags
 from sevsim.abi.snp_idblock import IdAuthInfo
 from sevsim.abi.snp_launch import VMSA_GPA, PageType
-from sevsim.abi.tpm_channel import BootItem
 from sevsim.abi.svm import (
     DEBUG_EXIT_PORT,
     SERIAL_PORT,
     SEVSIM_HC_HOST_INPUT,
     SEVSIM_HC_HOST_OUTPUT,
 )
+from sevsim.abi.tpm_channel import BootItem
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, reset_state
 from sevsim.errors import (
     ConfigError,
@@ -127,14 +127,19 @@ class VirtualMachine:
         return self.console_bytes.decode("utf-8", "replace")
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def load(self, image: str | Path | bytes) -> None:
+    def load(self, image: str | Path | bytes, *, cmdline: str | None = None) -> None:
         """Copy a guest ELF and its boot info into guest memory (still unencrypted). A path is
-        read bounded by the largest guest there can be; ImageError when it is longer."""
+        read bounded by the largest guest there can be; ImageError when it is longer.
+        `cmdline` is the command line a vTPM's measured boot logs in PCR 8 (default: the
+        file's name, empty for bytes); ConfigError unless it is printable ASCII."""
         if self.image is not None:
             raise VmStateError("an image is already loaded")
-        cmdline = ""
+        if cmdline is None:
+            cmdline = Path(image).name if isinstance(image, (str, Path)) else ""
+        if not (cmdline.isascii() and cmdline.isprintable()) or len(cmdline) > PAGE:
+            raise ConfigError(f"command line {cmdline[:40]!r}: printable ASCII, at most "
+                              f"{PAGE} characters")
         if isinstance(image, (str, Path)):
-            cmdline = Path(image).name
             try:
                 blob = read_bounded(image, MAX_GUEST_ELF, "a guest ELF")
             except ConfigError as err:  # too long to be a guest (a symlink to /dev/zero)
