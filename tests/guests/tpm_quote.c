@@ -1,11 +1,12 @@
 /* The vTPM from C: extend PCR 16 in both banks, read it back, create an attestation key and
- * quote PCRs 0, 4, 7, 8 and 16 over the host's nonce; hand the host the AK's public area,
- * the quote and the event log (sev_host_output, in that order).  A secret made at run time
+ * quote PCRs 0, 4, 7, 8 and 16 (SHA-256) and 0 and 16 (SHA-384) over the host's nonce; hand
+ * the host the AK's public area, the quote and the event log (sev_host_output, in order).  A secret made at run time
  * sits right after a raw command in the same page: it must never reach the host.
  * Prints "tpm ok" and exits 0, or the first failure and exits 1. */
 #include <sevsim.h>
 
 #define PCRS ((1U << 0) | (1U << 4) | (1U << 7) | (1U << 8) | (1U << 16))
+#define PCRS_384 ((1U << 0) | (1U << 16)) /* tpm2_checkquote 5.4 takes at most 7 PCRs */
 
 /* A raw TPM2_GetRandom(8) followed by the secret, in one page of private memory. */
 static struct {
@@ -27,7 +28,7 @@ int main(void)
 {
     uint8_t nonce[32], digest[48], value[48], pub[256], attest[512], sig[256];
     size_t attest_len = sizeof(attest), sig_len = sizeof(sig);
-    struct sev_tpm_bank banks[2] = {{SEV_TPM_ALG_SHA256, PCRS}, {SEV_TPM_ALG_SHA384, PCRS}};
+    struct sev_tpm_bank banks[2] = {{SEV_TPM_ALG_SHA256, PCRS}, {SEV_TPM_ALG_SHA384, PCRS_384}};
     uint32_t ak;
     long nonce_len, ret, pub_len, log_len;
     static volatile uint64_t seed = 0x7E57AB1E5EC2E7ULL; /* volatile: computed at run time */
