@@ -25,7 +25,7 @@ from sevsim.abi.svm import (
 from sevsim.abi.tcg_eventlog import ConfidentialTechnology, SpecIdEvent, gce_boot
 from sevsim.abi.tpm2 import RETRY_CODES, HashAlg, response_code
 from sevsim.abi.tpm_channel import PAGE, PROBE, BootItem, framing_error
-from sevsim.errors import GuestFault, TpmError, TpmFormatError
+from sevsim.errors import GuestFault, SevsimError, TpmError, TpmFormatError
 from sevsim.hw.cpu import GuestCpu
 
 BANKS = (HashAlg.SHA256, HashAlg.SHA384)
@@ -33,7 +33,7 @@ PROGRAM_PATH = "\\EFI\\sevsim\\program.elf"  # where the boot loader's log says 
 _RETRIES = 10
 
 
-class ChannelError(Exception):
+class ChannelError(SevsimError):
     """The VMM refused a channel call or answered with bytes that are no TPM response."""
 
 
