@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
 from typer.testing import CliRunner
 
 from sevsim import Host
@@ -318,3 +319,24 @@ def test_tpm2_tools_are_the_oracle() -> None:
     """The checks above lean on tpm2-tools; CI installs them, so their absence fails."""
     for tool in ("tpm2_checkquote", "tpm2_eventlog", "swtpm"):
         assert subprocess.run(["which", tool], capture_output=True).returncode == 0, tool
+
+
+def test_a_host_offering_another_program_file_stops_the_boot(build: Callable[..., Path]) -> None:
+    """PCR 4 names the program that runs: the kernel measures the host's file only if its
+    loadable segments are the launched ones."""
+    program = build("tpm_quote").read_bytes()
+    with build("tpm_quote").open("rb") as fh:
+        text = next(s for s in ELFFile(fh).iter_segments()
+                    if s["p_type"] == "PT_LOAD" and s["p_flags"] & 1)
+        flip_at = text["p_offset"] + text["p_filesz"] // 2
+    flipped = bytearray(program)
+    flipped[flip_at] ^= 1
+    for offered, why in ((build("hello").read_bytes(), "entry|segments"),
+                         (bytes(flipped), "differs from the launched bytes"),
+                         (b"MZ not an ELF", "not an ELF file")):
+        vm = booted(build, "sev-es")
+        assert vm.vtpm is not None
+        vm.vtpm.boot_items[BootItem.PROGRAM] = offered
+        with pytest.raises(GuestFault, match=f"program file the host offered: .*({why})"):
+            vm.run(timeout=60)
+        assert vm.console == "" and vm.vtpm.tpm.stopped

@@ -290,8 +290,7 @@ class GuestKernel:
             cpu.vmmcall(KVM_HC_MAP_GPA_RANGE, GHCB_GPA, boot.nvcpus, 0)
         if TpmChannel.present(cpu):
             self._kernel_shared(cpu, _TPM_SHARED, TPM_GPA, 1)
-            self.event_log = measured_boot(TpmChannel(cpu, TPM_GPA), boot.segments[0].gpa,
-                                           boot.ram_size)
+            self.event_log = measured_boot(TpmChannel(cpu, TPM_GPA), boot)
         self._enter(cpu, boot.entry, boot.stack_top, cpu.index, 0)
 
     def _start_ap(self, cpu: GuestCpu) -> None:

@@ -6,16 +6,21 @@ before it is trusted. Measured boot does what a GCE Confidential VM's firmware a
 before the OS runs: TPM2_Startup(CLEAR), then one event per measurement in GCE's order
 (tcg_eventlog.gce_boot), each extended into the SHA-256 and SHA-384 banks as it is logged.
 The program and its command line come from the host (as a boot loader reads them from the
-host's disk), so they are measured exactly as received; a verifier compares PCR 4 with the
-program it expects.
+host's disk); the program file is measured only after its loadable segments were found to be
+exactly what was launched into memory, so PCR 4 names the program that runs.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Mapping
 
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
 from sevsim.abi import tpm2
+from sevsim.abi.bootinfo import BootInfo
 from sevsim.abi.cpuid import SevStatusMsr
 from sevsim.abi.svm import (
     SEVSIM_HC_TPM_BOOT_READ,
@@ -111,20 +116,44 @@ def technology(sev_status: int) -> ConfidentialTechnology:
     return ConfidentialTechnology.NONE
 
 
-def measured_boot(channel: TpmChannel, load_address: int, limit: int) -> bytes:
+def launched_mismatch(program: bytes, boot: BootInfo, cpu: GuestCpu) -> str | None:
+    """Why the ELF file the host offered is not the program launched into memory (entry,
+    PT_LOAD segments and their file bytes), or None when it is."""
+    try:
+        elf = ELFFile(io.BytesIO(program))
+        entry = elf.header["e_entry"]
+        loads = sorted((seg["p_paddr"] or seg["p_vaddr"], seg["p_filesz"], seg["p_memsz"],
+                        seg["p_flags"], seg.data()) for seg in elf.iter_segments()
+                       if seg["p_type"] == "PT_LOAD" and seg["p_memsz"])
+    except (ELFError, ValueError, KeyError, EOFError) as err:  # what pyelftools raises
+        return f"not an ELF file: {err}"
+    if entry != boot.entry:
+        return f"entry 0x{entry:x}, the launched program's is 0x{boot.entry:x}"
+    launched = [(s.gpa, s.filesz, s.memsz, s.flags) for s in boot.segments]
+    if [load[:4] for load in loads] != launched:
+        return "its loadable segments are not the launched program's"
+    for gpa, filesz, _, _, data in loads:
+        if data != cpu.read(gpa, filesz):
+            return f"the segment at 0x{gpa:x} differs from the launched bytes"
+    return None
+
+
+def measured_boot(channel: TpmChannel, boot: BootInfo) -> bytes:
     """TPM2_Startup(CLEAR), then GCE's boot events (PCRs 0, 7, separators, 4, 8) measured
     into the SHA-256 and SHA-384 banks and logged; returns the event log. GuestFault when
     the TPM refuses or the channel fails: firmware that cannot measure does not boot on."""
     try:
         tpm2.parse_startup_response(channel.execute(tpm2.startup_command(tpm2.Su.CLEAR)))
-        program = channel.boot_read(BootItem.PROGRAM, limit)
+        program = channel.boot_read(BootItem.PROGRAM, boot.ram_size)
+        if (mismatch := launched_mismatch(program, boot, channel.cpu)) is not None:
+            raise ChannelError(f"the program file the host offered: {mismatch}")
         cmdline = channel.boot_read(BootItem.CMDLINE, PAGE)
         if not cmdline.isascii():
             raise ChannelError("the command line is not ASCII")
         log = gce_boot(technology(channel.cpu.sev_status()),
                        secure_boot=secure_boot_variables(), program=program,
                        program_path=PROGRAM_PATH, cmdline=cmdline.decode(),
-                       load_address=load_address, spec_id=SpecIdEvent(banks=BANKS))
+                       load_address=boot.segments[0].gpa, spec_id=SpecIdEvent(banks=BANKS))
         for event in log.events:
             digests = {int(alg): digest for alg, digest in event.digests.items()}
             tpm2.parse_pcr_extend_response(channel.execute(
