@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from sevsim import Host
@@ -340,3 +342,36 @@ def test_a_host_offering_another_program_file_stops_the_boot(build: Callable[...
         with pytest.raises(GuestFault, match=f"program file the host offered: .*({why})"):
             vm.run(timeout=60)
         assert vm.console == "" and vm.vtpm.tpm.stopped
+
+
+@pytest.fixture(scope="module")
+def device_vm(build: Callable[..., Path]) -> Iterator[VirtualMachine]:
+    vm = Host(seed=b"vtpm fuzz").create_vm(mode="none", memory="16M", vtpm=True)
+    vm.load(build("hello"))
+    yield vm
+    vm.destroy()
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(nr=st.sampled_from([SEVSIM_HC_TPM_TRANSMIT, SEVSIM_HC_TPM_BOOT_READ,
+                           SEVSIM_HC_TPM_EVENT_LOG]),
+       gpa=st.one_of(st.just(0x200000), st.integers(0, (1 << 64) - 1)),
+       length=st.one_of(st.integers(0, 5000), st.integers(0, (1 << 64) - 1)),
+       third=st.integers(0, (1 << 64) - 1), body=st.binary(max_size=64))
+def test_any_hypercall_gets_a_number_never_an_exception(
+        device_vm: VirtualMachine, nr: int, gpa: int, length: int, third: int,
+        body: bytes) -> None:
+    """Whatever the guest puts in its registers and page: CHANNEL_ERROR, a length, or 0; a
+    framed command of arbitrary bytes gets a framed TPM response from swtpm itself."""
+    device = device_vm.vtpm
+    assert device is not None
+    command = b"\x80\x01" + (10 + len(body)).to_bytes(4, "big") + b"\0\0\x01\x7b" + body
+    device_vm.write_gpa(0x200000, body)
+    answer = device.hypercall(device_vm, nr, (gpa, length, third))
+    assert isinstance(answer, int) and 0 <= answer <= CHANNEL_ERROR
+    device_vm.write_gpa(0x200000, command)
+    framed = device.hypercall(device_vm, SEVSIM_HC_TPM_TRANSMIT, (0x200000, len(command), 0))
+    assert 10 <= framed <= 4096
+    response = device_vm.read_gpa(0x200000, framed)
+    assert int.from_bytes(response[2:6], "big") == framed
