@@ -375,3 +375,13 @@ def test_any_hypercall_gets_a_number_never_an_exception(
     assert 10 <= framed <= 4096
     response = device_vm.read_gpa(0x200000, framed)
     assert int.from_bytes(response[2:6], "big") == framed
+
+
+def test_a_refused_timeout_leaves_the_vm_and_its_vtpm_as_they_were(
+        build: Callable[..., Path]) -> None:
+    vm = booted(build, "sev")
+    assert vm.vtpm is not None
+    with pytest.raises(ConfigError):
+        vm.run(timeout=float("nan"))
+    assert not vm.vtpm.tpm.stopped and not vm.finished
+    assert "tpm ok" in vm.run(timeout=120).console and vm.vtpm.tpm.stopped

@@ -199,6 +199,8 @@ class Host:
             vm.check_runnable()
         try:
             errors = self.hypervisor.run_all([vm.hv for vm in vms], timeout)
+        except (ConfigError, VmStateError):
+            raise  # refused before anything ran
         except BaseException:
             for vm in vms:
                 self.hypervisor.stop(vm.hv)

@@ -331,6 +331,8 @@ class VirtualMachine:
         self.check_runnable()
         try:
             self.hypervisor.run(self.hv, timeout)
+        except (ConfigError, VmStateError):
+            raise  # refused before anything ran: the VM is as it was
         except BaseException:
             self.hypervisor.stop(self.hv)
             self.stop_vtpm()

@@ -443,7 +443,8 @@ struct sev_tpm_bank {
 /* TPM2_PCR_Extend of one bank of PCR `pcr` with `digest` (32 bytes for SHA-256, 48 for
  * SHA-384).  Returns 0. */
 long sev_tpm_pcr_extend(unsigned pcr, uint16_t alg, const void *digest);
-/* TPM2_PCR_Read of one PCR in one bank into digest.  Returns the digest's length. */
+/* TPM2_PCR_Read of one PCR in one bank into digest.  Returns the digest's length, or
+ * -SEV_ENOENT when the TPM has no such bank. */
 long sev_tpm_pcr_read(unsigned pcr, uint16_t alg, void *digest, size_t cap);
 /* TPM2_CreatePrimary of an attestation key in the endorsement hierarchy: ECC P-256,
  * restricted, ECDSA-SHA256.  *handle gets its transient handle, pub its TPMT_PUBLIC
