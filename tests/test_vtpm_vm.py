@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from sevsim import Host
+from sevsim import Host, migrate
 from sevsim.abi import tpm2
 from sevsim.abi.svm import (
     SEVSIM_HC_TPM_BOOT_READ,
@@ -40,6 +40,7 @@ from sevsim.attest import replay_event_log, verify_quote
 from sevsim.cli.main import app
 from sevsim.errors import ConfigError, GuestFault, QuoteError, VtpmError
 from sevsim.guest.kernel import TPM_GPA
+from sevsim.host.migration import MigrationError
 from sevsim.host.vmm import VirtualMachine
 from sevsim.host.vtpm import Vtpm
 from test_tcg_eventlog import by_name, listed_events, listed_pcrs, tpm2_eventlog
@@ -385,3 +386,12 @@ def test_a_refused_timeout_leaves_the_vm_and_its_vtpm_as_they_were(
         vm.run(timeout=float("nan"))
     assert not vm.vtpm.tpm.stopped and not vm.finished
     assert "tpm ok" in vm.run(timeout=120).console and vm.vtpm.tpm.stopped
+
+
+def test_a_vm_with_a_vtpm_does_not_migrate(build: Callable[..., Path]) -> None:
+    vm = booted(build, "sev")
+    target = Host(seed=b"vtpm target")
+    with pytest.raises(MigrationError, match="the VM has a vTPM"):
+        migrate(vm, target)
+    assert not target.hypervisor.vms
+    assert "tpm ok" in vm.run(timeout=120).console  # the source VM runs on, TPM and all
