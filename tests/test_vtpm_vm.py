@@ -150,9 +150,20 @@ def test_guest_quote_verifies_and_the_log_replays_to_the_tpms_pcrs(
 def test_planted_secret_never_reaches_the_host(build: Callable[..., Path], mode: str,
                                                tmp_path: Path) -> None:
     vm = booted(build, mode, vtpm_state=tmp_path / "state")
+    assert vm.vtpm is not None
+    wire: list[bytes] = []  # every command and response swtpm saw
+    real = vm.vtpm.tpm.transmit
+
+    def recorded(command: bytes) -> bytes:
+        wire.append(command)
+        wire.append(real(command))
+        return wire[-1]
+
+    vm.vtpm.tpm.transmit = recorded  # type: ignore[method-assign]
     result = vm.run(timeout=120)
     assert "tpm ok" in result.console
     secret = planted_secret()
+    assert len(wire) > 40 and all(secret[:16] not in blob for blob in wire)
     assert secret not in vm.host_view()  # private pages are ciphertext to the host
     assert TPM_GPA in vm.shared_pages()
     for gpa in vm.shared_pages():
@@ -316,6 +327,9 @@ def test_cli_run_with_vtpm_writes_the_event_log(build: Callable[..., Path],
     assert any(state.iterdir()) and swtpm_children() == before
     refused = CliRunner().invoke(app, ["run", str(build("hello")), "--event-log", str(log)])
     assert refused.exit_code != 0 and "need --vtpm" in refused.output
+    missing = CliRunner().invoke(app, ["run", str(build("hello")), "--vtpm"],
+                                 env={"PATH": str(tmp_path)})
+    assert missing.exit_code == 125 and "swtpm: not found on PATH" in missing.output
 
 
 def test_tpm2_tools_are_the_oracle() -> None:
