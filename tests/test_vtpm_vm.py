@@ -409,3 +409,24 @@ def test_a_vm_with_a_vtpm_does_not_migrate(build: Callable[..., Path]) -> None:
         migrate(vm, target)
     assert not target.hypervisor.vms
     assert "tpm ok" in vm.run(timeout=120).console  # the source VM runs on, TPM and all
+
+
+def test_host_run_stops_every_vm_when_one_vtpm_dies(build: Callable[..., Path],
+                                                    swtpm_gone: list[Vtpm]) -> None:
+    host = Host(seed=b"vtpm vm")
+    vms = [booted(build, mode, host) for mode in ("sev-es", "sev")]
+    tpms = [vm.vtpm.tpm for vm in vms if vm.vtpm is not None]
+    swtpm_gone.extend(tpms)
+    victim = tpms[0]
+    real = victim.transmit
+
+    def die(command: bytes) -> bytes:
+        if vms[0].vtpm is not None and vms[0].vtpm.event_log:
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.proc.wait(5)
+        return real(command)
+
+    victim.transmit = die  # type: ignore[method-assign]
+    with pytest.raises(VtpmError, match=rf"pid {victim.pid}\) killed by signal 9"):
+        host.run(vms, timeout=120)
+    assert all(vm.finished for vm in vms)
