@@ -7,7 +7,8 @@ under SEV-ES through the GHCB, from its #VC handler (ghcb.py).
 
 Below the program it keeps a state page (application-processor start requests, the GHCB
 protocol version), one GHCB page per vCPU, and the shared pages it talks to the Secure
-Processor (SNP guest messages) and the VMM's host channel through, made shared on first use.
+Processor (SNP guest messages), the VMM's host channel and its vTPM through, made shared on
+first use. With a vTPM it measures the boot before the program runs (tpm.py).
 Application processors start from their reset state in every mode: the boot vCPU writes
 what an AP should run into the state page and asks the hypervisor only to kick it, so a
 hypervisor that cannot set registers (SEV-ES) can still start one, and one that kicks an AP
