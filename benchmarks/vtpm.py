@@ -4,8 +4,12 @@ sevsim's side is `Vtpm.quote` (TPM2_Quote marshalled, sent on a fresh unix-socke
 the response parsed into TPMS_ATTEST and TPMT_SIGNATURE), then `verify_quote`. The reference
 is the same command bytes written to the same swtpm on one already-open connection and the
 response read back: the TPM's own work with no sevsim code around it. Also reported: the
-swtpm start and stop a VM with a vTPM adds (Vtpm() and close(), CMD_SHUTDOWN included). No
-target: issue 14 asks for the figures.
+swtpm start and stop a VM with a vTPM adds (Vtpm() and close(), CMD_SHUTDOWN included), and
+the boot-time overhead of the vTPM: examples/hello.c in an SEV-SNP VM created with
+`vtpm=True` (swtpm started, the guest kernel's TPM2_Startup, measured boot of 14 events into
+two banks through the GHCB, the event log handed over, TPM2_Shutdown(STATE) and swtpm stopped
+at the end) against the same VM without one, create + load + launch + run + destroy,
+interleaved on one Host. No target: issue 14 asks for the figures.
 
     python benchmarks/vtpm.py [--quick] [--reps N]
 """
@@ -14,10 +18,12 @@ from __future__ import annotations
 
 import shutil
 import socket
+import tempfile
 import time
+from pathlib import Path
 
-from harness import BenchmarkError, median, parse_args, print_table, run, spread_row
-from sevsim import Vtpm
+from harness import REPO, BenchmarkError, median, parse_args, print_table, run, spread_row
+from sevsim import Host, Vtpm
 from sevsim.abi import tpm2
 from sevsim.attest import verify_quote
 
@@ -34,6 +40,47 @@ def bare_round_trip(conn: socket.socket, command: bytes) -> bytes:
             raise BenchmarkError("swtpm closed the connection")
         response += chunk
     return response
+
+
+def boot_once(host: Host, elf: bytes, vtpm: bool) -> float:
+    """Seconds from create_vm to destroy of one SNP VM running hello.c."""
+    start = time.perf_counter()
+    vm = host.create_vm(mode="snp", memory="16M", vtpm=vtpm)
+    try:
+        vm.load(elf, cmdline="hello.elf")
+        vm.launch()
+        result = vm.run(timeout=120)
+    finally:
+        vm.destroy()
+    elapsed = time.perf_counter() - start
+    if result.exit_code != 0 or "snp=1" not in result.console:
+        raise BenchmarkError(f"hello.c (vtpm={vtpm}) exited {result.exit_code}:\n"
+                             f"{result.console}")
+    if vtpm != bool(result.event_log):
+        raise BenchmarkError(f"vtpm={vtpm} but the run gave {len(result.event_log)} bytes "
+                             "of event log")
+    return elapsed
+
+
+def boot_overhead(reps: int) -> None:
+    """The same guest with and without a vTPM, interleaved; prints the table and ratio."""
+    from sevsim.guest.build import build_guest
+
+    with tempfile.TemporaryDirectory() as tmp:
+        elf = build_guest([REPO / "examples" / "hello.c"], Path(tmp) / "hello.elf").read_bytes()
+    host = Host()
+    boot_once(host, elf, True)  # warm-up: imports, libtpms self-tests in a first swtpm
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for rep in range(max(reps, 3)):
+        for vtpm in (True, False) if rep % 2 == 0 else (False, True):
+            times[vtpm].append(boot_once(host, elf, vtpm))
+    print_table("\nboot of examples/hello.c in an SNP VM, create to destroy: milliseconds",
+                ["", "median", "min", "max"], [
+                    spread_row("with a vTPM (swtpm, measured boot)",
+                               [1e3 * t for t in times[True]]),
+                    spread_row("without", [1e3 * t for t in times[False]])])
+    print(f"\nRATIO boot with vTPM / without = "
+          f"{median(times[True]) / median(times[False]):.2f} (reported, no target)")
 
 
 def main() -> int:
@@ -82,6 +129,7 @@ def main() -> int:
         spread_row("swtpm stop (close: CMD_SHUTDOWN)", ms["stop"])])
     print(f"\nRATIO sevsim quote / bare quote = {median(ms['sevsim']) / median(ms['bare']):.2f} "
           "(reported, no target)")
+    boot_overhead(args.reps)
     return 0
 
 

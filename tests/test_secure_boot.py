@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -23,15 +24,17 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sevsim import Host, SecureBootConfig, parse_elf, sign_program
-from sevsim.abi import efi_siglist, module_signature
+from sevsim import EventLog, Host, SecureBootConfig, Vtpm, parse_elf, sign_program
+from sevsim.abi import efi_siglist, module_signature, tpm2
 from sevsim.abi.bootinfo import Segment
 from sevsim.abi.tcg_eventlog import (
     EFI_IMAGE_SECURITY_DATABASE_GUID,
     SECURE_BOOT_VARIABLES,
     EventType,
+    replay,
     uefi_variable_data,
 )
+from sevsim.abi.tpm2 import HashAlg
 from sevsim.errors import (
     ImageSignatureError,
     SecureBootConfigError,
@@ -502,3 +505,47 @@ def test_cli_sign_and_run_with_secure_boot(keys, build: Callable[..., Path], sb_
     assert sevsim("guest", "sign", in_place, "--key", key, "--cert", cert).returncode == 0
     assert in_place.read_bytes().startswith(elf.read_bytes())
     assert check(in_place.read_bytes(), variables([keys["signer"]])).ok
+
+
+def measured(program: bytes, sb_dir: Path, state: Path) -> tuple[Any, dict[int, dict[int, bytes]]]:
+    """Run `program` in an SNP VM with secure boot and a vTPM; the result and the PCRs 0-15
+    the TPM holds after the boot (resumed from the state the VM's stop saved)."""
+    vm = Host(memory="96M").create_vm("snp", memory="16M", secure_boot=sb_dir, vtpm=True,
+                                      vtpm_state=state)
+    vm.load(program)
+    vm.launch()
+    try:
+        result = vm.run(timeout=60)
+    except SecureBootViolation as err:
+        result = vm.result(err)
+    selection = {HashAlg.SHA256: list(range(10)), HashAlg.SHA384: [4, 7]}
+    with Vtpm(state, startup=False) as tpm:
+        tpm2.parse_startup_response(tpm.execute(tpm2.startup_command(tpm2.Su.STATE)))
+        return result, tpm.pcr_read(selection)
+
+
+def test_measured_boot_records_the_verdict_in_pcr7(keys, hello: bytes, sb_dir: Path,
+                                                   tmp_path: Path) -> None:
+    """With a vTPM, PCR 7's logged events are the secure-boot outcome's measurements (the
+    VM's real variables, then the db entry that verified the program), the TPM holds what
+    the log replays to, and a refused program is logged as never loaded: no authority in
+    PCR 7, nothing in PCR 4."""
+    signed = sign_program(hello, keys["signer"].key_pem, keys["signer"].cert_pem)
+    ran, ran_pcrs = measured(signed, sb_dir, tmp_path / "signed")
+    refused, refused_pcrs = measured(hello, sb_dir, tmp_path / "unsigned")
+    assert ran.error is None and isinstance(refused.error, SecureBootViolation)
+    for result, pcrs in ((ran, ran_pcrs), (refused, refused_pcrs)):
+        log = EventLog.from_bytes(result.event_log)
+        assert [(e.pcr, e.event_type, e.data) for e in log.events if e.pcr == 7] == [
+            (m.pcr, m.event_type, m.data) for m in result.secure_boot.measurements]
+        replayed = replay(log)
+        for alg, values in pcrs.items():
+            for pcr, value in values.items():
+                assert replayed[alg].get(pcr, bytes(alg.digest_size)) == value, (alg, pcr)
+    assert ran.secure_boot.measurements[-1].event_type == EventType.EV_EFI_VARIABLE_AUTHORITY
+    loaded = EventType.EV_EFI_BOOT_SERVICES_APPLICATION
+    assert loaded in {e.event_type for e in EventLog.from_bytes(ran.event_log).events}
+    assert loaded not in {e.event_type for e in EventLog.from_bytes(refused.event_log).events}
+    assert refused_pcrs[HashAlg.SHA256][4] != ran_pcrs[HashAlg.SHA256][4]
+    assert refused_pcrs[HashAlg.SHA256][7] != ran_pcrs[HashAlg.SHA256][7]
+    assert refused_pcrs[HashAlg.SHA256][0] == ran_pcrs[HashAlg.SHA256][0]  # both SNP

@@ -86,6 +86,14 @@ SEVSIM_HC_NIC_SETUP = 0x5E5003
 SEVSIM_HC_NIC_CONNECT = 0x5E5004
 SEVSIM_HC_NIC_KICK = 0x5E5005
 SEVSIM_HC_NIC_CLOSE = 0x5E5006
+# sevsim's vTPM command channel (abi/tpm_channel.py): TRANSMIT sends the command in the shared
+# page at RBX (RCX bytes; 0 probes for the device) to the VMM's vTPM and puts its response
+# there (RAX = response length); BOOT_READ copies part RDX.. of boot item RCX (the program,
+# its command line) into the page; EVENT_LOG hands the VMM the measured boot's event log,
+# RCX bytes a page at a time, RDX = 1 while more follows. RAX all ones: refused.
+SEVSIM_HC_TPM_TRANSMIT = 0x5E5010
+SEVSIM_HC_TPM_BOOT_READ = 0x5E5011
+SEVSIM_HC_TPM_EVENT_LOG = 0x5E5012
 
 # Ports of the VMM's devices.
 SERIAL_PORT = 0x3F8

@@ -409,21 +409,41 @@ def grub_file(path: str, contents: bytes) -> Measurement:
     return Measurement(GRUB_BINARY_PCR, EventType.EV_IPL, f"{path}\x00".encode(), contents)
 
 
+def secure_boot_measurements(secure_boot: Mapping[str, bytes], authority: bytes | None = None
+                             ) -> tuple[list[Measurement], list[Measurement]]:
+    """PCR 7's events on either side of its separator (PFP 3.3.4.8): before it, the Secure
+    Boot variables SecureBoot, PK, KEK, db and dbx as EDK2 measures them at start (an empty
+    value when unset); after it, the db entry (EFI_SIGNATURE_DATA) that authorised the image
+    the firmware loaded, when secure boot let one run."""
+    config = [efi_variable_driver_config(name, secure_boot.get(name, b""))
+              for name in SECURE_BOOT_VARIABLES]
+    return config, [] if authority is None else [efi_variable_authority(authority, "db")]
+
+
 def gce_boot(technology: ConfidentialTechnology, *, secure_boot: Mapping[str, bytes],
-             program: bytes, program_path: str, cmdline: str,
+             program: bytes | None, program_path: str, cmdline: str,
              files: Iterable[tuple[str, bytes]] = (), firmware_version: int = 2,
-             load_address: int = 0x100000) -> EventLog:
+             load_address: int = 0x100000, spec_id: SpecIdEvent | None = None,
+             authority: bytes | None = None) -> EventLog:
     """A log in the order a GCE Confidential VM's firmware and GRUB write it: PCR 0's S-CRTM
     version and NonHostInfo, PCR 7's Secure Boot variables, the separators of PCRs 0-7, the
-    program in PCR 4, then the command line (PCR 8) and files (PCR 9). `secure_boot` maps each
-    of SecureBoot, PK, KEK, db, dbx to its value (an empty value when unset)."""
-    log = EventLog()
+    db entry that authorised the program (`authority`, with secure boot on), the program in
+    PCR 4, then the command line (PCR 8) and files (PCR 9). `secure_boot` maps each of
+    SecureBoot, PK, KEK, db, dbx to its value; `program` None is a boot that loaded nothing
+    (secure boot refused it): the log ends after PCR 7. `spec_id` names the banks (default
+    GCE's three)."""
+    log = EventLog(spec_id)
     log.measure(s_crtm_version(firmware_version))
     log.measure(nonhost_info(technology))
-    for name in SECURE_BOOT_VARIABLES:
-        log.measure(efi_variable_driver_config(name, secure_boot.get(name, b"")))
+    config, authorised = secure_boot_measurements(secure_boot, authority)
+    for m in config:
+        log.measure(m)
     for pcr in range(8):
         log.measure(separator(pcr))
+    for m in authorised:
+        log.measure(m)
+    if program is None:
+        return log
     log.measure(boot_services_application(program, program_path, load_address))
     log.measure(kernel_cmdline(cmdline))
     for path, contents in files:

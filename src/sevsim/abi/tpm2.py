@@ -77,6 +77,7 @@ class Cc(IntEnum):
 
     CreatePrimary = 0x0131
     Startup = 0x0144
+    Shutdown = 0x0145
     Quote = 0x0158
     FlushContext = 0x0165
     GetRandom = 0x017B
@@ -311,6 +312,16 @@ def startup_command(su: Su = Su.CLEAR) -> bytes:
 def parse_startup_response(data: bytes) -> None:
     """Nothing comes back but the code."""
     _response(data, Cc.Startup)[1].end()
+
+
+def shutdown_command(su: Su = Su.STATE) -> bytes:
+    """TPM2_Shutdown: STATE saves what a TPM2_Startup(STATE) resumes (PCRs included)."""
+    return _command(Cc.Shutdown, [], _pack("shutdownType", ">H", su), None)
+
+
+def parse_shutdown_response(data: bytes) -> None:
+    """Nothing comes back but the code."""
+    _response(data, Cc.Shutdown)[1].end()
 
 
 def get_random_command(count: int) -> bytes:

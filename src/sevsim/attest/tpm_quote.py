@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from sevsim.abi import tpm2
+from sevsim.abi.tcg_eventlog import EventLog, replay
 from sevsim.errors import QuoteError, TpmFormatError
 
 _CURVES: dict[int, ec.EllipticCurve] = {tpm2.TPM_ECC_NIST_P256: ec.SECP256R1()}
@@ -39,6 +40,13 @@ def ak_public_key(public: bytes) -> ec.EllipticCurvePublicKey:
                                              _CURVES[fields.curve]).public_key()
     except ValueError as e:
         raise QuoteError("format", f"AK public point: {e}") from e
+
+
+def replay_event_log(raw: bytes) -> dict[int, dict[int, bytes]]:
+    """The PCR values (hash algorithm -> PCR -> value) a TCG crypto-agile event log extends to
+    from reset, for the PCRs it touches: what a quote over those PCRs must match. The log is
+    parsed strictly (EventLogError at the culprit's offset)."""
+    return {int(alg): values for alg, values in replay(EventLog.from_bytes(raw)).items()}
 
 
 def pcr_digest(selection: Mapping[int, tuple[int, ...]],

@@ -156,6 +156,14 @@ def run(
         help="Secure boot with the keys in this directory (db/, dbx/, optional PK/, KEK/): "
              "the guest's firmware refuses a program db does not trust or dbx revokes.")
     ] = None,
+    vtpm: Annotated[bool, typer.Option(
+        "--vtpm", help="Give the guest a TPM (one swtpm, stopped with the VM); the guest "
+                       "kernel measures the boot into it.")] = False,
+    vtpm_state: Annotated[Path | None, typer.Option(
+        help="With --vtpm: keep the TPM's state in this directory (default: temporary).")
+    ] = None,
+    event_log: Annotated[Path | None, typer.Option(
+        help="With --vtpm: write the measured boot's TCG event log here.")] = None,
 ) -> None:
     """Run a guest program; its console goes to stdout and its exit code becomes ours."""
     from sevsim.attest.measure import guest_digest
@@ -179,19 +187,25 @@ def run(
         raise typer.BadParameter("--host-data, --id-block and --id-auth need --mode snp")
     block = read_input(id_block, command, MAX_ID_BLOCK, "an ID block") if id_block else None
     auth = read_input(id_auth, command, MAX_ID_AUTH, "an ID_AUTH_INFO") if id_auth else None
+    if not vtpm and (vtpm_state is not None or event_log is not None):
+        raise typer.BadParameter("--vtpm-state and --event-log need --vtpm")
     options = platform_option(platform)
     try:
         host = Host(chip=chip, memory=parse_size(memory) + (64 << 20),
                     seed=None if seed is None else seed.encode(), min_sev_asid=min_sev_asid,
                     platform=options)
-        vm = host.create_vm(mode=mode, memory=memory, vcpus=vcpus, secure_boot=secure_boot)
+        vm = host.create_vm(mode=mode, memory=memory, vcpus=vcpus, secure_boot=secure_boot,
+                            vtpm=vtpm, vtpm_state=vtpm_state)
         err.print(f"sevsim: mode={vm.mode} chip={host.chip.name} asid={vm.asid}"
                   f"{'' if vm.hv.mode.encrypted else ' (unencrypted)'} memory={memory} "
                   f"vcpus={vcpus}", highlight=False)
+        if vm.vtpm is not None:
+            err.print(f"sevsim: vTPM {vm.vtpm.tpm.program} (pid {vm.vtpm.tpm.pid}), state in "
+                      f"{vm.vtpm.state_dir}", highlight=False)
         if kbs is not None:
             vm.attach_nic(kbs)
             err.print(f"sevsim: virtual NIC bridged to {kbs}", highlight=False)
-        vm.load(image)
+        vm.load(image, cmdline=elf.name)
         vm.host_input = host_input.ljust(64, b"\0") if host_input else b""
         owner = None if secret_bytes is None else _owner(vm, image, secret_bytes, launch_policy)
         measurement = vm.launch(policy=launch_policy, owner=owner, host_data=launch_host_data,
@@ -216,6 +230,8 @@ def run(
             sys.stdout.flush()
             if dump_host_view is not None:
                 dump_host_view.write_bytes(vm.host_view())
+            if event_log is not None and vm.vtpm is not None:
+                event_log.write_bytes(vm.vtpm.event_log)
         _write_outputs(vm.outputs, report_out, certs_out)
     except SevsimError as error:
         raise fail(error) from None

@@ -7,7 +7,8 @@ under SEV-ES through the GHCB, from its #VC handler (ghcb.py).
 
 Below the program it keeps a state page (application-processor start requests, the GHCB
 protocol version), one GHCB page per vCPU, and the shared pages it talks to the Secure
-Processor (SNP guest messages) and the VMM's host channel through, made shared on first use.
+Processor (SNP guest messages), the VMM's host channel and its vTPM through, made shared on
+first use. With a vTPM it measures the boot before the program runs (tpm.py).
 Application processors start from their reset state in every mode: the boot vCPU writes
 what an AP should run into the state page and asks the hypervisor only to kick it, so a
 hypervisor that cannot set registers (SEV-ES) can still start one, and one that kicks an AP
@@ -75,6 +76,7 @@ from sevsim.abi.svm import (
     ioio_decode,
     ioio_info,
 )
+from sevsim.abi.tpm_channel import framing_error
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, Vmsa
 from sevsim.abi.vnic import NIC_PAGES
 from sevsim.errors import (
@@ -94,7 +96,8 @@ from sevsim.guest.ghcb import (
     encrypted_state,
     snp_active,
 )
-from sevsim.guest.secure_boot import BootMedium, SecureBootOutcome, boot_check
+from sevsim.guest.secure_boot import BootMedium, SecureBootOutcome, Verdict, boot_check
+from sevsim.guest.tpm import SECURE_BOOT_OFF, ChannelError, TpmChannel, measured_boot
 from sevsim.guest.vnic import NicStream
 from sevsim.hw.cpu import VC_VECTOR, GuestCpu
 
@@ -113,10 +116,11 @@ TSM_GPA = VMPL_SECRETS_GPA + MAX_VCPUS * PAGE  # configfs-tsm report entries of 
 TSM_AREA = tsm.SLOTS * tsm.SLOT_SIZE  # ... TSM_GPA + v * TSM_AREA (private)
 NIC_GPA = TSM_GPA + VMPLS * TSM_AREA  # the virtual NIC's rings (shared on first use)
 KBS_KEY_GPA = NIC_GPA + NIC_PAGES * PAGE  # the attestation agent's private key (private)
-KERNEL_END = KBS_KEY_GPA + PAGE  # programs may share or unshare from here
+TPM_GPA = KBS_KEY_GPA + PAGE  # the vTPM command channel's page (shared on first use)
+KERNEL_END = TPM_GPA + PAGE  # programs may share or unshare from here
 _VERSION_GPA = STATE_GPA  # u64: negotiated GHCB protocol version
 _SHARED_FLAGS_GPA = STATE_GPA + 8  # u64: which of the kernel's shared areas are shared yet
-_MSG_SHARED, _HOST_IO_SHARED, _NIC_SHARED = 1, 2, 4
+_MSG_SHARED, _HOST_IO_SHARED, _NIC_SHARED, _TPM_SHARED = 1, 2, 4, 8
 _AP_START = struct.Struct("<QQQQ")  # entry, stack top, RDI, RSI; entry 0: no request
 _AP_SLOTS_GPA = STATE_GPA + 0x100
 _CONTEXTS_GPA = STATE_GPA + 16  # u64: vCPUs started at a lower VMPL so far
@@ -159,13 +163,16 @@ SYS_KERNEL_OPTIONS = 117
 SYS_SET_PTE_ATTRS = 118
 SYS_MAP_WINDOW = 119
 SYS_KBS_RESOURCE = 120
+SYS_TPM_TRANSMIT = 130
+SYS_TPM_EVENT_LOG = 131
 KERNEL_OPTIONS = int(KernelOption.VC_INSN_CHECK | KernelOption.NO_IA32_EMULATION)  # all there are
 IA32_SYSCALL_VECTOR = 0x80
 # What an injected #VC's handler emulates without decoding operands, and the instruction it
 # steps over afterwards (Linux's vc_handle_vmmcall / vc_handle_cpuid).
 _VC_INSNS = {ExitCode.VMMCALL: b"\x0f\x01\xd9", ExitCode.CPUID: b"\x0f\xa2"}
 _VMPL0_ONLY = {SYS_SET_SHARED, SYS_SET_PRIVATE, SYS_VCPU_START, SYS_VMPL_START,
-               SYS_KERNEL_OPTIONS, SYS_SET_PTE_ATTRS, SYS_KBS_RESOURCE}
+               SYS_KERNEL_OPTIONS, SYS_SET_PTE_ATTRS, SYS_KBS_RESOURCE, SYS_TPM_TRANSMIT,
+               SYS_TPM_EVENT_LOG}
 _BUSY_RETRY_S = 0.01  # Linux: SNP_REQ_RETRY_DELAY, while the hypervisor says BUSY ...
 _BUSY_GIVE_UP_S = 60.0  # ... for at most SNP_REQ_MAX_RETRY_DURATION
 _MAX_WRITE = 1 << 20
@@ -180,7 +187,8 @@ def kernel_identity() -> bytes:
     here = Path(__file__).parent
     return hashlib.sha384(b"".join((here / name).read_bytes()
                                    for name in ("kernel.py", "ghcb.py", "tsm.py", "vnic.py",
-                                                "kbs_agent.py", "secure_boot.py"))).digest()
+                                                "kbs_agent.py", "secure_boot.py",
+                                                "tpm.py"))).digest()
 
 
 def _runs(gpns: list[int]) -> list[tuple[int, int]]:
@@ -209,6 +217,7 @@ class GuestKernel:
         self.secure_boot = secure_boot
         self.secure_boot_outcome: SecureBootOutcome | None = None  # measured boot: PCR 7
         self.ghcb = GhcbClient(GHCB_GPA, _VERSION_GPA)
+        self.event_log: bytes | None = None  # the measured boot's, when the VM has a vTPM
         self._handlers: dict[int, Callable[..., int | None]] = {
             SYS_WRITE: self._write, SYS_EXIT: self._exit, SYS_SET_SHARED: self._set_shared,
             SYS_SET_PRIVATE: self._set_private, SYS_SEV_STATUS: self._sev_status,
@@ -221,6 +230,7 @@ class GuestKernel:
             SYS_TSM_WRITE: self._tsm_write, SYS_TSM_READ: self._tsm_read,
             SYS_KERNEL_OPTIONS: self._kernel_options, SYS_SET_PTE_ATTRS: self._set_pte_attrs,
             SYS_MAP_WINDOW: self._map_window, SYS_KBS_RESOURCE: self._kbs_resource,
+            SYS_TPM_TRANSMIT: self._tpm_transmit, SYS_TPM_EVENT_LOG: self._tpm_event_log,
         }
 
     # -- boot ---------------------------------------------------------------------------------
@@ -286,19 +296,25 @@ class GuestKernel:
             cpu.set_c_bit(GHCB_GPA, boot.nvcpus, private=False, zero=True)
             self.ghcb.register(cpu)
             cpu.vmmcall(KVM_HC_MAP_GPA_RANGE, GHCB_GPA, boot.nvcpus, 0)
+        verdict = None
         if self.secure_boot is not None:
-            self._secure_boot(cpu, self.secure_boot, boot)
+            self.secure_boot_outcome = boot_check(self.secure_boot, boot.entry, boot.segments,
+                                                  cpu.read)
+            verdict = self.secure_boot_outcome.verdict
+            self._console(cpu, f"secure boot: {verdict}\n".encode())
+        if TpmChannel.present(cpu):  # measured before a refusal too: PCR 7 records it
+            self._kernel_shared(cpu, _TPM_SHARED, TPM_GPA, 1)
+            self.event_log = measured_boot(
+                TpmChannel(cpu, TPM_GPA), boot,
+                SECURE_BOOT_OFF if self.secure_boot is None else self.secure_boot.variables,
+                verdict)
+        if verdict is not None and not verdict.ok:
+            self._refuse(cpu, verdict)
         self._enter(cpu, boot.entry, boot.stack_top, cpu.index, 0)
 
-    def _secure_boot(self, cpu: GuestCpu, medium: BootMedium, boot: BootInfo) -> None:
-        """The firmware's secure-boot check of the program, its verdict on the console; a
-        refused program never runs: the kernel ends the VM (SecureBootViolation). The outcome
-        stays for measured boot, which extends PCR 7 with its measurements in order."""
-        self.secure_boot_outcome = boot_check(medium, boot.entry, boot.segments, cpu.read)
-        verdict = self.secure_boot_outcome.verdict
-        self._console(cpu, f"secure boot: {verdict}\n".encode())
-        if verdict.ok:
-            return
+    def _refuse(self, cpu: GuestCpu, verdict: Verdict) -> None:
+        """A program secure boot refused never runs: the kernel ends the VM
+        (SecureBootViolation), asking the hypervisor to terminate it under SEV-ES/SNP."""
         why = f"secure boot refused the program: {verdict}"
         if encrypted_state(cpu):
             self.ghcb.terminate(cpu, TERM_SET_GENERAL, TERM_GENERAL_REQUEST, why,
@@ -636,6 +652,41 @@ class GuestKernel:
         if not isinstance(result, bytes) or table is None:
             raise KbsAgentError("report", "the Secure Processor gave no report")
         return result, table
+
+    # -- the vTPM ------------------------------------------------------------------------------
+    def _tpm_transmit(self, cpu: GuestCpu, cmd: int, length: int, rsp: int, capacity: int,
+                      *_: int) -> int:
+        """One TPM 2.0 command from the program, its response into `rsp`; returns the
+        response's length. -EINVAL for a command the channel cannot frame (its length and
+        its header's commandSize must agree), -ENOSPC when the response does not fit in
+        `capacity` (the TPM has run the command), -ENODEV without a vTPM, -EIO when the VMM
+        refuses or answers with something that is no response."""
+        if self.event_log is None:
+            return -ENODEV
+        if length > PAGE:
+            return -EINVAL
+        command = self._from_user(cpu, cmd, length)
+        if framing_error(command) is not None:
+            return -EINVAL
+        self._user_range(cpu, rsp, min(capacity, PAGE))
+        try:
+            response = TpmChannel(cpu, TPM_GPA).transmit(command)
+        except ChannelError:
+            return -EIO
+        if len(response) > capacity:
+            return -ENOSPC
+        self._to_user(cpu, rsp, response)
+        return len(response)
+
+    def _tpm_event_log(self, cpu: GuestCpu, buf: int, capacity: int, *_: int) -> int:
+        """The measured boot's event log into `buf`; returns its length, -ENOSPC (nothing
+        copied) when it is longer than `capacity`, -ENODEV without a vTPM."""
+        if self.event_log is None:
+            return -ENODEV
+        if len(self.event_log) > capacity:
+            return -ENOSPC
+        self._to_user(cpu, buf, self.event_log)
+        return len(self.event_log)
 
     # -- SEV-SNP guest requests ----------------------------------------------------------------
     @staticmethod

@@ -33,17 +33,11 @@ from elftools.elf.elffile import ELFFile
 from sevsim.abi import der, efi_siglist, module_signature
 from sevsim.abi.bootinfo import Segment
 from sevsim.abi.efi_siglist import EFI_CERT_SHA256_GUID, EFI_CERT_X509_GUID, SignatureData
-from sevsim.abi.tcg_eventlog import (
-    SECURE_BOOT_VARIABLES,
-    Measurement,
-    efi_variable_authority,
-    efi_variable_driver_config,
-    separator,
-)
+from sevsim.abi.tcg_eventlog import Measurement, secure_boot_measurements, separator
 from sevsim.errors import ImageSignatureError, SignatureListError
 
-__all__ = ["BootMedium", "SecureBootOutcome", "Verdict", "VerdictStatus", "boot_check",
-           "check", "load_certificate", "loaded_mismatch", "pcr7_measurements"]
+__all__ = ["BootMedium", "SecureBootOutcome", "Verdict", "VerdictStatus", "authority",
+           "boot_check", "check", "load_certificate", "loaded_mismatch", "pcr7_measurements"]
 
 _OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
 _OID_DATA = "1.2.840.113549.1.7.1"
@@ -277,14 +271,15 @@ def check(program: bytes, variables: Mapping[str, bytes]) -> Verdict:
 def pcr7_measurements(variables: Mapping[str, bytes], verdict: Verdict) -> list[Measurement]:
     """PCR 7 as EDK2 measures it around this check (PFP 3.3.4.8): EV_EFI_VARIABLE_DRIVER_CONFIG
     of SecureBoot, PK, KEK, db and dbx with their values, the separator, then, for a program
-    it let run, EV_EFI_VARIABLE_AUTHORITY with the db entry that verified it. Measured boot
-    extends PCR 7 with these, in this order."""
-    events = [efi_variable_driver_config(name, variables.get(name, b""))
-              for name in SECURE_BOOT_VARIABLES]
-    events.append(separator(7))
-    if verdict.ok and verdict.authority is not None:
-        events.append(efi_variable_authority(verdict.authority.to_bytes(), "db"))
-    return events
+    it let run, EV_EFI_VARIABLE_AUTHORITY with the db entry that verified it: the PCR 7 events
+    of the measured boot's log, in order."""
+    config, authorised = secure_boot_measurements(variables, authority(verdict))
+    return [*config, separator(7), *authorised]
+
+
+def authority(verdict: Verdict) -> bytes | None:
+    """The EFI_SIGNATURE_DATA PCR 7 logs as the authority of a program allowed to run."""
+    return verdict.authority.to_bytes() if verdict.ok and verdict.authority else None
 
 
 def loaded_mismatch(program: bytes, entry: int, segments: Sequence[Segment],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Sequence
@@ -125,19 +126,33 @@ class Host:
 
     def create_vm(self, mode: str | GuestMode = "sev", memory: int | str = "64M",
                   vcpus: int = 1, *,
-                  secure_boot: SecureBootConfig | str | Path | None = None) -> VirtualMachine:
+                  secure_boot: SecureBootConfig | str | Path | None = None,
+                  vtpm: bool = False,
+                  vtpm_state: str | os.PathLike[str] | None = None) -> VirtualMachine:
         """A new VM (`mode` none, sev, sev-es or snp; `memory` in bytes or as "64M"), ready to
         load and launch. `secure_boot` (a SecureBootConfig or its directory) turns secure
-        boot on: the guest's firmware runs only a program db trusts and dbx does not revoke."""
+        boot on: the guest's firmware runs only a program db trusts and dbx does not revoke.
+        With `vtpm` the VMM starts a swtpm for it (its NV state in `vtpm_state`, temporary
+        when None), which the guest kernel measures its boot into and which stops with the
+        VM; VtpmError, and no VM, when swtpm cannot start."""
         config = None if secure_boot is None else load_config(secure_boot)
         try:
             guest_mode = GuestMode(mode)
         except ValueError:
             raise ConfigError(f"unknown mode {mode!r}; choose one of "
                               f"{', '.join(m.value for m in GuestMode)}") from None
-        return VirtualMachine(self.hypervisor,
-                              self.hypervisor.create_vm(guest_mode, parse_size(memory), vcpus),
-                              config)
+        if vtpm_state is not None and not vtpm:
+            raise ConfigError("vtpm_state is the state of a vTPM: pass vtpm=True too")
+        vm = VirtualMachine(self.hypervisor,
+                            self.hypervisor.create_vm(guest_mode, parse_size(memory), vcpus),
+                            config)
+        if vtpm:
+            try:
+                vm.attach_vtpm(vtpm_state)
+            except BaseException:
+                vm.destroy()
+                raise
+        return vm
 
     def launch_ovmf(self, ovmf: bytes | OvmfImage, vcpus: int = 1, memory: int | str = "64M", *,
                     vcpu_type: str | None = None, vcpu_sig: int | None = None,
@@ -190,8 +205,16 @@ class Host:
         """
         for vm in vms:
             vm.check_runnable()
-        errors = self.hypervisor.run_all([vm.hv for vm in vms], timeout)
-        return {vm.hv.vm_id: vm.result(errors[vm.hv.vm_id]) for vm in vms}
+        try:
+            errors = self.hypervisor.run_all([vm.hv for vm in vms], timeout)
+        except (ConfigError, VmStateError):
+            raise  # refused before anything ran
+        except BaseException:
+            for vm in vms:
+                self.hypervisor.stop(vm.hv)
+                vm.stop_vtpm()
+            raise
+        return {vm.hv.vm_id: vm.result(vm.stop_vtpm() or errors[vm.hv.vm_id]) for vm in vms}
 
     def dram_dump(self) -> np.ndarray:
         """What a physical attacker reading the DIMMs gets: the cells themselves (ciphertext

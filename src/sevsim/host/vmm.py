@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +25,7 @@ from sevsim.abi.svm import (
     SEVSIM_HC_HOST_INPUT,
     SEVSIM_HC_HOST_OUTPUT,
 )
+from sevsim.abi.tpm_channel import BootItem
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, reset_state
 from sevsim.errors import (
     ConfigError,
@@ -40,6 +42,7 @@ from sevsim.host.elf import GuestImage, parse_elf
 from sevsim.host.hypervisor import HvVm, Hypervisor
 from sevsim.host.secure_boot import SecureBootConfig
 from sevsim.host.vnic import NIC_HYPERCALLS, VirtualNic
+from sevsim.host.vtpm_device import TPM_HYPERCALLS, VtpmDevice
 from sevsim.hw.chips import GuestMode
 from sevsim.hw.cpu import VcpuState
 from sevsim.hw.engine import PAGE
@@ -82,6 +85,7 @@ class RunResult:
     console: str
     error: SevsimError | None = None  # set by Host.run for a VM that faulted or timed out
     secure_boot: SecureBootOutcome | None = None
+    event_log: bytes = b""  # with a vTPM: the measured boot's TCG event log, as the guest gave it
 
 
 class VirtualMachine:
@@ -105,6 +109,8 @@ class VirtualMachine:
         self.outputs: list[bytes] = []  # blobs the guest handed over with sev_host_output()
         self._output_part = bytearray()
         self.nic: VirtualNic | None = None  # attach_nic: the guest's network device
+        self.vtpm: VtpmDevice | None = None  # attach_vtpm: the guest's TPM
+        self._boot_files: dict[BootItem, bytes] = {}
         vm.io_handler = self._io
         vm.hypercall_handler = self._hypercall
 
@@ -130,11 +136,18 @@ class VirtualMachine:
         return self.console_bytes.decode("utf-8", "replace")
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def load(self, image: str | Path | bytes) -> None:
+    def load(self, image: str | Path | bytes, *, cmdline: str | None = None) -> None:
         """Copy a guest ELF and its boot info into guest memory (still unencrypted). A path is
-        read bounded by the largest guest there can be; ImageError when it is longer."""
+        read bounded by the largest guest there can be; ImageError when it is longer.
+        `cmdline` is the command line a vTPM's measured boot logs in PCR 8 (default: the
+        file's name, empty for bytes); ConfigError unless it is printable ASCII."""
         if self.image is not None:
             raise VmStateError("an image is already loaded")
+        if cmdline is None:
+            cmdline = Path(image).name if isinstance(image, (str, Path)) else ""
+        if not (cmdline.isascii() and cmdline.isprintable()) or len(cmdline) > PAGE:
+            raise ConfigError(f"command line {cmdline[:40]!r}: printable ASCII, at most "
+                              f"{PAGE} characters")
         if isinstance(image, (str, Path)):
             try:
                 blob = read_bounded(image, MAX_GUEST_ELF, "a guest ELF")
@@ -158,6 +171,9 @@ class VirtualMachine:
                 run = []
             run.append((gpn, page))
         self._measured_pages = [gpn for gpn, _ in pages]
+        self._boot_files = {BootItem.PROGRAM: blob, BootItem.CMDLINE: cmdline.encode()}
+        if self.vtpm is not None:
+            self.vtpm.boot_items.update(self._boot_files)
         kernel = GuestKernel(None if self.secure_boot is None else BootMedium(
             self.secure_boot.variables(), blob, self._secure_boot_report))
         for vcpu in self.hv.vcpus:
@@ -322,9 +338,21 @@ class VirtualMachine:
         return runs
 
     def run(self, timeout: float = 60.0) -> RunResult:
-        """Run until the guest exits or halts; GuestFault / GuestTimeout stop it and raise."""
+        """Run until the guest exits or halts; GuestFault / GuestTimeout stop it and raise,
+        and so does VtpmError when its vTPM dies. The VM's vTPM stops with it, whatever
+        ended the run."""
         self.check_runnable()
-        self.hypervisor.run(self.hv, timeout)
+        try:
+            self.hypervisor.run(self.hv, timeout)
+        except (ConfigError, VmStateError):
+            raise  # refused before anything ran: the VM is as it was
+        except BaseException:
+            self.hypervisor.stop(self.hv)
+            self.stop_vtpm()
+            raise
+        failure = self.stop_vtpm()
+        if failure is not None:
+            raise failure
         return self.result()
 
     def run_for(self, seconds: float) -> bool:
@@ -348,7 +376,23 @@ class VirtualMachine:
     def result(self, error: SevsimError | None = None) -> RunResult:
         """The VM's RunResult as it stands, carrying `error` if the run ended in one."""
         code = self.exit_code if self.exit_code is not None else 0
-        return RunResult(code, self.console, error, self.secure_boot_outcome)
+        log = self.vtpm.event_log if self.vtpm is not None else b""
+        return RunResult(code, self.console, error, self.secure_boot_outcome, log)
+
+    def attach_vtpm(self, state_dir: str | os.PathLike[str] | None = None) -> VtpmDevice:
+        """Give the guest a TPM: a swtpm of its own, its NV state in `state_dir` (temporary
+        when None), started now and stopped with the VM. VtpmError when swtpm is missing or
+        does not start; VmStateError once the VM runs or when it has one already."""
+        if self.vtpm is not None or self.launched:
+            raise VmStateError("a vTPM is attached before launch, once")
+        self.vtpm = VtpmDevice(state_dir)
+        self.vtpm.boot_items.update(self._boot_files)
+        return self.vtpm
+
+    def stop_vtpm(self) -> SevsimError | None:
+        """Stop the vTPM, if any (TPM2_Shutdown(STATE) first, so its state directory keeps
+        the PCRs); the VtpmError when swtpm had died on its own."""
+        return self.vtpm.stop() if self.vtpm is not None else None
 
     def attach_nic(self, url: str) -> VirtualNic:
         """Give the guest a virtual NIC bridged to `url`'s host and port (http://, as
@@ -363,6 +407,7 @@ class VirtualMachine:
         """Tear the VM down: its vCPUs stop, its key is released and its memory freed."""
         if self.nic is not None:
             self.nic.close()
+        self.stop_vtpm()
         self.hypervisor.destroy_vm(self.hv)
 
     # -- the hypervisor's view -------------------------------------------------------------------
@@ -400,6 +445,8 @@ class VirtualMachine:
         and the NIC's exits."""
         if nr in NIC_HYPERCALLS:
             return _HC_ERROR if self.nic is None else self.nic.hypercall(self, nr, args)
+        if nr in TPM_HYPERCALLS:
+            return _HC_ERROR if self.vtpm is None else self.vtpm.hypercall(self, nr, args)
         gpa, length = args[0], args[1]
         if nr not in (SEVSIM_HC_HOST_INPUT, SEVSIM_HC_HOST_OUTPUT):
             return None

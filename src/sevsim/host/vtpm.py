@@ -64,11 +64,13 @@ class Vtpm:
     own client for the commands of sevsim.abi.tpm2. They raise TpmError for a refusal.
 
     `state_dir` keeps the TPM's NV state across restarts (created if missing); without it the
-    state is temporary and deleted with the sockets.
+    state is temporary and deleted with the sockets. With `startup` swtpm sends itself
+    TPM2_Startup(CLEAR); without, the TPM waits for one, as a machine's firmware sends it
+    (and may resume a state saved by TPM2_Shutdown(STATE) with TPM2_Startup(STATE)).
     """
 
     def __init__(self, state_dir: str | os.PathLike[str] | None = None,
-                 swtpm: str = "swtpm") -> None:
+                 swtpm: str = "swtpm", *, startup: bool = True) -> None:
         program = shutil.which(swtpm)
         if program is None:
             raise VtpmError(f"{swtpm}: not found on PATH (Debian: apt-get install swtpm)")
@@ -90,7 +92,7 @@ class Vtpm:
                     [program, "socket", "--tpm2", "--tpmstate", f"dir={self.state_dir}",
                      "--server", f"type=unixio,path={self.socket_path}",
                      "--ctrl", f"type=unixio,path={self.ctrl_path}",
-                     "--flags", "not-need-init,startup-clear"],
+                     "--flags", "not-need-init,startup-clear" if startup else "not-need-init"],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             except OSError as e:
                 shutil.rmtree(self.runtime, ignore_errors=True)
@@ -131,6 +133,17 @@ class Vtpm:
         except OSError:
             text = ""
         return text[-500:] or "no output"
+
+    @property
+    def stopped(self) -> bool:
+        """Whether `close()` has run (swtpm stopped, sockets removed)."""
+        return not self._finalizer.alive
+
+    def died(self) -> VtpmError | None:
+        """A VtpmError saying how swtpm ended if it ended on its own (killed, crashed)."""
+        if self.stopped or self.proc.poll() is None:
+            return None
+        return self._dead("it is no longer running")
 
     def _dead(self, what: str) -> VtpmError:
         code = self.proc.poll()

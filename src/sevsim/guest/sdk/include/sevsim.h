@@ -57,6 +57,8 @@ extern "C" {
 #define SYS_SET_PTE_ATTRS 118
 #define SYS_MAP_WINDOW 119
 #define SYS_KBS_RESOURCE 120
+#define SYS_TPM_TRANSMIT 130
+#define SYS_TPM_EVENT_LOG 131
 
 /* Hardening options of the guest kernel (sev_kernel_options). */
 #define SEV_KOPT_VC_INSN_CHECK (1UL << 0)     /* #VC: check the instruction matches the exit */
@@ -401,6 +403,61 @@ static inline long sev_kbs_get_resource(const char *path, void *buf, size_t len)
 {
     return sev_syscall3(SYS_KBS_RESOURCE, (long)path, (long)buf, (long)len);
 }
+
+/* ------------------------------------------------------------------------ */
+/* The vTPM (`sevsim run --vtpm`): TPM 2.0 commands through the guest kernel  */
+/* ------------------------------------------------------------------------ */
+
+#define SEV_TPM_BUFFER_SIZE 4096 /* the longest command or response */
+#define SEV_TPM_ALG_SHA256 0x000B
+#define SEV_TPM_ALG_SHA384 0x000C
+/* The helpers below return -errno for the kernel's refusals and -(SEV_TPM_RC_BASE + rc) when
+ * the TPM answers with a non-zero TPM_RC (SEV_TPM_RC(ret) recovers it). */
+#define SEV_TPM_RC_BASE 0x10000L
+#define SEV_TPM_IS_RC(ret) ((ret) <= -SEV_TPM_RC_BASE)
+#define SEV_TPM_RC(ret) ((uint32_t)(-(ret) - SEV_TPM_RC_BASE))
+
+/* VMPL0, with a vTPM: send one whole TPM 2.0 command (len bytes; its header's commandSize
+ * must say len) and put the response in rsp.  Returns the response's length, or -errno:
+ * SEV_EINVAL (len and the header disagree, or more than SEV_TPM_BUFFER_SIZE), SEV_ENOSPC
+ * (the response is longer than cap; the TPM ran the command), SEV_ENODEV (no vTPM),
+ * SEV_EIO (the VMM refused).  The host sees the command and the response. */
+static inline long sev_tpm_transmit(const void *cmd, size_t len, void *rsp, size_t cap)
+{
+    return sev_syscall5(SYS_TPM_TRANSMIT, (long)cmd, (long)len, (long)rsp, (long)cap, 0);
+}
+
+/* The TCG crypto-agile event log of the measured boot (SHA-256 and SHA-384 banks) into buf.
+ * Returns its length, or -SEV_ENOSPC (nothing copied) / -SEV_ENODEV (no vTPM). */
+static inline long sev_tpm_event_log(void *buf, size_t cap)
+{
+    return sev_syscall2(SYS_TPM_EVENT_LOG, (long)buf, (long)cap);
+}
+
+/* One bank of a PCR selection: a hash algorithm and a bitmap of PCRs 0..23. */
+struct sev_tpm_bank {
+    uint16_t alg;
+    uint32_t pcrs;
+};
+
+/* TPM2_PCR_Extend of one bank of PCR `pcr` with `digest` (32 bytes for SHA-256, 48 for
+ * SHA-384).  Returns 0. */
+long sev_tpm_pcr_extend(unsigned pcr, uint16_t alg, const void *digest);
+/* TPM2_PCR_Read of one PCR in one bank into digest.  Returns the digest's length, or
+ * -SEV_ENOENT when the TPM has no such bank. */
+long sev_tpm_pcr_read(unsigned pcr, uint16_t alg, void *digest, size_t cap);
+/* TPM2_CreatePrimary of an attestation key in the endorsement hierarchy: ECC P-256,
+ * restricted, ECDSA-SHA256.  *handle gets its transient handle, pub its TPMT_PUBLIC
+ * (what a verifier needs).  Returns the TPMT_PUBLIC's length. */
+long sev_tpm_create_ak(uint32_t *handle, void *pub, size_t cap);
+/* TPM2_Quote with key `ak` over the PCRs of `banks`, qualifyingData = nonce (at most 64
+ * bytes).  *attest_len and *sig_len are the buffers' sizes in and the TPMS_ATTEST's and
+ * TPMT_SIGNATURE's lengths out.  Returns 0. */
+long sev_tpm_quote(uint32_t ak, const void *nonce, size_t nonce_len,
+                   const struct sev_tpm_bank *banks, unsigned nbanks, void *attest,
+                   size_t *attest_len, void *sig, size_t *sig_len);
+/* TPM2_FlushContext: unload a transient object (an AK).  Returns 0. */
+long sev_tpm_flush(uint32_t handle);
 
 /* Window pages: guest-virtual pages above the program's memory that the process on one
  * vCPU points at its own pages, as a page table does (SEV_WINDOW_PAGES of them). */
