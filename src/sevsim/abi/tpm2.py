@@ -77,6 +77,7 @@ class Cc(IntEnum):
 
     CreatePrimary = 0x0131
     Startup = 0x0144
+    Shutdown = 0x0145
     Quote = 0x0158
     FlushContext = 0x0165
     GetRandom = 0x017B
@@ -304,13 +305,25 @@ def _pcr_selection(r: _Reader, field: str) -> dict[int, tuple[int, ...]]:
 # --- TPM2_Startup, TPM2_GetRandom, TPM2_FlushContext ---------------------------------------
 
 def startup_command(su: Su = Su.CLEAR) -> bytes:
-    """TPM2_Startup: swtpm --flags startup-clear has sent one already."""
+    """TPM2_Startup: swtpm --flags startup-clear has sent one already; TPM_SU_STATE resumes
+    what a TPM2_Shutdown(TPM_SU_STATE) saved."""
     return _command(Cc.Startup, [], _pack("startupType", ">H", su), None)
 
 
 def parse_startup_response(data: bytes) -> None:
     """Nothing comes back but the code."""
     _response(data, Cc.Startup)[1].end()
+
+
+def shutdown_command(su: Su = Su.STATE) -> bytes:
+    """TPM2_Shutdown: with TPM_SU_STATE the TPM saves its state (PCRs 0-15 among it) for a
+    TPM2_Startup(TPM_SU_STATE) to resume."""
+    return _command(Cc.Shutdown, [], _pack("shutdownType", ">H", su), None)
+
+
+def parse_shutdown_response(data: bytes) -> None:
+    """Nothing comes back but the code."""
+    _response(data, Cc.Shutdown)[1].end()
 
 
 def get_random_command(count: int) -> bytes:

@@ -26,7 +26,7 @@ from types import TracebackType
 
 from sevsim.abi import tpm2
 from sevsim.abi.tpm2 import RETRY_CODES, response_code
-from sevsim.errors import TpmFormatError, VtpmError
+from sevsim.errors import TpmError, TpmFormatError, VtpmError
 
 CMD_SHUTDOWN = 3  # swtpm control channel (swtpm_ioctls.h): save state and exit
 START_TIMEOUT = 10.0
@@ -64,11 +64,15 @@ class Vtpm:
     own client for the commands of sevsim.abi.tpm2. They raise TpmError for a refusal.
 
     `state_dir` keeps the TPM's NV state across restarts (created if missing); without it the
-    state is temporary and deleted with the sockets.
+    state is temporary and deleted with the sockets. swtpm starts the TPM with
+    TPM2_Startup(CLEAR), which resets every PCR; `resume=True` sends TPM2_Startup(STATE)
+    instead, which gives back PCRs 0-15 as the last TPM2_Shutdown(STATE) (`shutdown()`) saved
+    them, as a machine resuming from suspend (PCR 16 and 23 reset, as the PC Client profile
+    says). A state without such a shutdown is a VtpmError: there is nothing to resume.
     """
 
     def __init__(self, state_dir: str | os.PathLike[str] | None = None,
-                 swtpm: str = "swtpm") -> None:
+                 swtpm: str = "swtpm", *, resume: bool = False) -> None:
         program = shutil.which(swtpm)
         if program is None:
             raise VtpmError(f"{swtpm}: not found on PATH (Debian: apt-get install swtpm)")
@@ -90,7 +94,7 @@ class Vtpm:
                     [program, "socket", "--tpm2", "--tpmstate", f"dir={self.state_dir}",
                      "--server", f"type=unixio,path={self.socket_path}",
                      "--ctrl", f"type=unixio,path={self.ctrl_path}",
-                     "--flags", "not-need-init,startup-clear"],
+                     "--flags", "not-need-init" if resume else "not-need-init,startup-clear"],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             except OSError as e:
                 shutil.rmtree(self.runtime, ignore_errors=True)
@@ -99,9 +103,18 @@ class Vtpm:
                                            str(self.runtime))
         try:
             self._wait_ready()
+            if resume:
+                self._resume()
         except BaseException:
             self._finalizer()
             raise
+
+    def _resume(self) -> None:
+        try:
+            tpm2.parse_startup_response(self.execute(tpm2.startup_command(tpm2.Su.STATE)))
+        except TpmError as e:
+            raise VtpmError(f"{self.program}: no state to resume in {self.state_dir} (it was "
+                            f"not shut down with TPM2_Shutdown(STATE)): {e}") from None
 
     @property
     def pid(self) -> int:
@@ -201,6 +214,11 @@ class Vtpm:
         """(TPMS_ATTEST, TPMT_SIGNATURE) over `selection`, qualified by `nonce`."""
         return tpm2.parse_quote_response(
             self.execute(tpm2.quote_command(key, nonce, selection)))
+
+    def shutdown(self, su: tpm2.Su = tpm2.Su.STATE) -> None:
+        """TPM2_Shutdown: with STATE (the default) the state directory keeps PCRs 0-15 for a
+        later Vtpm(state_dir, resume=True). The TPM accepts no command after it but Startup."""
+        tpm2.parse_shutdown_response(self.execute(tpm2.shutdown_command(su)))
 
     def flush(self, handle: int) -> None:
         """Unload a transient object (an AK) from the TPM."""
