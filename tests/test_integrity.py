@@ -5,6 +5,7 @@ boot), re-learning on request; end to end against a real swtpm's quote."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -113,13 +114,18 @@ def test_baseline_json_round_trip_and_refusals() -> None:
         assert info.value.key == key, (key, info.value)
 
 
-@settings(max_examples=200, deadline=None)
-@given(data=st.text(max_size=200))
-def test_baseline_parser_raises_only_policy_errors(data: str) -> None:
-    try:
-        IntegrityBaseline.from_json(data)
-    except PolicyError:
-        pass
+BASELINE_JSON = BASELINE.to_json()
+
+
+@settings(max_examples=300, deadline=None)
+@given(position=st.integers(0, len(BASELINE_JSON) - 1), text=st.text(max_size=3))
+def test_edited_baselines_give_only_policy_errors(position: int, text: str) -> None:
+    """Any edit of a baseline's text is a PolicyError or a baseline that is still
+    self-consistent (its values what its events extend to), never another exception."""
+    edited = BASELINE_JSON[:position] + text + BASELINE_JSON[position + 1:]
+    with contextlib.suppress(PolicyError):
+        baseline = IntegrityBaseline.from_json(edited)
+        assert IntegrityBaseline.from_json(baseline.to_json()) == baseline
 
 
 def test_no_shared_bank_cannot_be_compared() -> None:
@@ -176,7 +182,7 @@ def test_learn_then_check_quoted_boots(tmp_path: Path) -> None:
 
     # evidence that does not verify is refused before anything is compared or re-learned
     learned = baseline.read_text()
-    forged = first[:-1] + [changed[-1]]  # boot 1's quote, boot 2's log
+    forged = [*first[:-1], changed[-1]]  # boot 1's quote, boot 2's log
     refused = sevsim("integrity", "check", "--baseline", baseline, *forged, "--relearn")
     assert refused.returncode == 1 and "FAIL replay:" in refused.stderr
     assert baseline.read_text() == learned

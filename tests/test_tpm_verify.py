@@ -213,6 +213,7 @@ def test_expectation_json() -> None:
     for text, key in [("[]", "$"), ('{"secureboot": true}', "secureboot"),
                       ('{"pcrs": {"md5": {}}}', "pcrs.md5"),
                       ('{"pcrs": {"sha256": {"24": "00"}}}', "pcrs.sha256.24"),
+                      ('{"pcrs": {"sha256": {"\u00b2": "00"}}}', "pcrs.sha256.\u00b2"),
                       ('{"pcrs": {"sha256": {"4": "00"}}}', "pcrs.sha256.4"),
                       ('{"program_sha256": "xyz"}', "program_sha256"),
                       ('{"technology": "TDX"}', "technology"),

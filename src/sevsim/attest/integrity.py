@@ -218,7 +218,8 @@ class IntegrityBaseline:
         values: dict[HashAlg, dict[int, bytes]] = {}
         for alg in banks:
             bank = pcrs[alg.hashlib_name]
-            if not isinstance(bank, dict) or not all(k.isdigit() and int(k) < 24 for k in bank):
+            if not isinstance(bank, dict) or not all(
+                    k.isascii() and k.isdigit() and int(k) < 24 for k in bank):
                 raise PolicyError(f"pcrs.{alg.hashlib_name}", "PCR numbers to hex values")
             values[alg] = {int(k): hex_value(v, f"pcrs.{alg.hashlib_name}.{k}", alg.digest_size)
                            for k, v in bank.items()}

@@ -152,8 +152,10 @@ def describe(event: Event) -> str:
             _, variable, value = parse_uefi_variable_data(event.data)
             return f"{name} {variable}={value[:8].hex() or 'empty'}"
         if event.event_type == EventType.EV_EFI_BOOT_SERVICES_APPLICATION:
-            digest = next(iter(event.digests.values()), b"")  # the data does not cover it
-            return f"{name} {image_load_path(event.data)} {digest[:8].hex()}"
+            # the data does not cover the image: its digest says which program it was
+            alg = HashAlg.SHA256 if HashAlg.SHA256 in event.digests else next(iter(event.digests))
+            return (f"{name} {image_load_path(event.data)} "
+                    f"{alg.hashlib_name}:{event.digests[alg][:8].hex()}")
     except EventLogError:
         pass  # a description, not a check: say what the type is
     if event.event_type in (EventType.EV_IPL, EventType.EV_S_CRTM_VERSION):
@@ -199,7 +201,7 @@ class BootExpectation:
             pcrs[alg] = {}
             for pcr, value in values.items():
                 where = f"pcrs.{bank}.{pcr}"
-                if not (str(pcr).isdigit() and int(pcr) < 24):
+                if not (pcr.isascii() and pcr.isdigit() and int(pcr) < 24):
                     raise PolicyError(where, "a PCR number, 0..23")
                 pcrs[alg][int(pcr)] = hex_value(value, where, alg.digest_size)
         program = doc.get("program_sha256")
