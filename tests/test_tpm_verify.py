@@ -179,6 +179,11 @@ def test_wrong_ak_or_changed_quote(evidence: Evidence) -> None:
     attest[-1] ^= 1  # the pcrDigest's last byte
     assert refused(evidence, attest=bytes(attest)).reason == "signature"
     assert refused(evidence, ak=b"\x00\x23").reason == "format"
+    fields = tpm2.parse_ecc_public(evidence.ak)
+    unrestricted = bytearray(evidence.ak)
+    unrestricted[4:8] = (fields.attributes & ~tpm2.ObjectAttr.RESTRICTED).to_bytes(4, "big")
+    error = refused(evidence, ak=bytes(unrestricted))
+    assert error.reason == "ak" and "0x00040072" in str(error), error
 
 
 def test_log_that_the_tpm_did_not_measure(evidence: Evidence) -> None:
@@ -238,9 +243,9 @@ def mutate(data: bytes, position: int, value: int, cut: int) -> bytes:
 def test_mutated_evidence_gives_only_quote_errors(evidence: Evidence, which: str,
                                                   position: int, value: int, cut: int) -> None:
     """Any change to any byte of the evidence (or a cut) gives a QuoteError and no other
-    exception; the only changes accepted are to bytes no digest covers (the Spec ID header's
-    platform fields, a boot application's load address), which leave what was verified as
-    it was."""
+    exception; the only changes accepted are to bytes nothing signed or measured covers (the
+    Spec ID header's platform fields, a boot application's load address, the AK's nameAlg),
+    which leave what was verified as it was."""
     original = verify_boot(evidence.ak, evidence.attest, evidence.signature, NONCE,
                            evidence.log)
     changed = dataclasses.replace(evidence, **{which: mutate(getattr(evidence, which),
@@ -249,7 +254,7 @@ def test_mutated_evidence_gives_only_quote_errors(evidence: Evidence, which: str
         boot = verify_boot(changed.ak, changed.attest, changed.signature, NONCE, changed.log)
     except QuoteError:
         return
-    assert which == "log"
+    assert which in ("log", "ak")
     assert (boot.pcrs, boot.facts, boot.quote) == (original.pcrs, original.facts,
                                                    original.quote)
 
@@ -407,3 +412,25 @@ def test_tpm_verify_exit_statuses(evidence: Evidence, tmp_path: Path) -> None:
     assert endless.returncode == 125 and "ConfigError" in endless.stderr
     usage = sevsim("tpm", "verify", "--event-log", args[-1], "--nonce", NONCE.hex())
     assert usage.returncode == 2
+
+
+def test_tpm_verify_of_a_quote_over_some_pcrs(tmp_path: Path) -> None:
+    partial = quote_boot(boot_log(), {HashAlg.SHA256: [0, 4, 7], HashAlg.SHA384: [0]})
+    args = [*write_evidence(tmp_path, partial), "--nonce", NONCE.hex()]
+    everything = sevsim("tpm", "verify", *args)
+    assert everything.returncode == 1
+    assert "FAIL pcr-selection:" in everything.stderr and "PCR 1," in everything.stderr
+    some = sevsim("tpm", "verify", *args, "--pcrs", "sha256:0,4,7")
+    assert some.returncode == 0, some.stderr
+    assert "technology AMD_SEV_SNP, secure boot on" in some.stderr
+    more = sevsim("tpm", "verify", *args, "--pcrs", "sha256:0,4,7,8")
+    assert more.returncode == 1 and "sha256 PCR 8 must be covered" in more.stderr
+    assert sevsim("tpm", "verify", *args, "--pcrs", "sha256:0-7").returncode == 2
+
+
+def test_tpm_quote_to_a_socket_nobody_listens_on(tmp_path: Path) -> None:
+    done = sevsim("tpm", "quote", "--tcti", f"swtpm:path={tmp_path / 'none.sock'}",
+                  "--nonce", "00", "--pcrs", "sha256:0", "-o", tmp_path / "q")
+    assert done.returncode == 125, done.stderr
+    assert f"VtpmError: swtpm:path={tmp_path / 'none.sock'}: TPM channel failed" in done.stderr
+    assert not (tmp_path / "q").exists()

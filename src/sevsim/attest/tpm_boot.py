@@ -11,6 +11,7 @@ log). Every refusal is a QuoteError whose `reason` names the check:
 | reason | what |
 |---|---|
 | format | the AK, TPMS_ATTEST or TPMT_SIGNATURE does not parse |
+| ak | the AK is not a restricted, fixedTPM signing key, so its signature proves nothing |
 | event-log | the event log does not parse, or an event's data does not match its digest |
 | signature | the AK did not sign this TPMS_ATTEST (another AK, a changed quote) |
 | nonce | the quote is over another nonce (a replayed quote) |

@@ -9,6 +9,7 @@ vTPM that cannot be reached.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -150,11 +151,12 @@ def _refused(error: QuoteError, command: str, as_json: bool) -> typer.Exit:
 
 
 def _verified(evidence: tuple[bytes, bytes, bytes, bytes], log: bytes, command: str, as_json: bool,
-              expected: BootExpectation | None = None) -> VerifiedBoot:
+              expected: BootExpectation | None = None,
+              required: Mapping[int, Sequence[int]] | None = None) -> VerifiedBoot:
     from sevsim.attest.tpm_boot import verify_boot
 
     try:
-        return verify_boot(*evidence, log, expected)
+        return verify_boot(*evidence, log, expected, required)
     except QuoteError as error:
         raise _refused(error, command, as_json) from None
 
@@ -166,6 +168,9 @@ def verify(
     quote_file: QuoteOption = None,
     signature: SignatureOption = None,
     nonce: NonceOption = None,
+    pcrs: Annotated[str | None, typer.Option(
+        help="The PCRs the quote must cover, e.g. sha256:0,4,7 (default: every PCR the log "
+             "extends); events of other PCRs are then not used.")] = None,
     expect: Annotated[Path | None, typer.Option(
         help="Expected values, JSON: {\"pcrs\": {\"sha256\": {\"4\": HEX}}, \"program_sha256\": "
              "HEX, \"technology\": \"AMD_SEV_SNP\", \"secure_boot\": true}, keys optional.")
@@ -174,9 +179,19 @@ def verify(
 ) -> None:
     """Verify a quote and the event log together: signature, nonce, PCR selection, the log
     replayed to the quote's digest, and the expected values."""
-    from sevsim.attest.tpm_boot import BootExpectation, bank_name, describe, show_selection
+    from sevsim.attest.tpm_boot import (
+        BootExpectation,
+        bank_name,
+        describe,
+        parse_selection,
+        show_selection,
+    )
 
     command = "sevsim tpm verify"
+    try:
+        required = None if pcrs is None else parse_selection(pcrs)
+    except PolicyError as error:
+        raise typer.BadParameter(f"--pcrs: {error}") from None
     evidence = _evidence(ak, quote_file, signature, nonce, command, required=True)
     assert evidence is not None
     log = read_input(event_log, command, MAX_EVENT_LOG, "an event log")
@@ -190,7 +205,7 @@ def verify(
                        ) from None
         except PolicyError as error:
             raise fail(error, command) from None
-    boot = _verified(evidence, log, command, as_json, expected)
+    boot = _verified(evidence, log, command, as_json, expected, required)
     facts = boot.facts
     if as_json:
         out.print(json.dumps({
