@@ -318,7 +318,8 @@ def test_tpm_quote_files_are_what_tpm2_checkquote_accepts(booted_state: Path,
     done = sevsim("tpm", "quote", "--state", booted_state, "--nonce", NONCE.hex(),
                   "--pcrs", "sha256:0,4,7+sha384:0", "-o", out)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["ak.pem", "ak.pub", "pcrs", "quote.msg",
+    assert sorted(p.name for p in out.iterdir()) == ["ak.pem", "ak.pub", "pcrs",
+                                                      "pcrs.serialized", "quote.msg",
                                                       "quote.sig"]
     log = boot_log()
     assert (out / "pcrs").read_bytes() == b"".join(
@@ -334,12 +335,40 @@ def test_tpm_quote_files_are_what_tpm2_checkquote_accepts(booted_state: Path,
     for key in ("ak.pem", "ak.pub"):
         assert checkquote(key, NONCE).returncode == 0, checkquote(key, NONCE).stderr
         assert checkquote(key, NONCE[::-1]).returncode != 0
-    assert done.stdout.startswith("tpm2_checkquote -u ")
+    printed = done.stdout.split()
+    assert printed[0] == "tpm2_checkquote"
+    assert subprocess.run(printed, capture_output=True, timeout=30).returncode == 0
     # the state was shut down again, so it can be quoted (resumed) once more
     again = sevsim("tpm", "quote", "--state", booted_state, "--nonce", "01",
                    "--pcrs", "sha256:4", "-o", tmp_path / "q2")
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "q2" / "pcrs").read_bytes() == log.pcrs[HashAlg.SHA256][4]
+
+
+def test_tpm2_checkquote_reads_the_serialized_pcrs_of_many_pcrs(booted_state: Path,
+                                                                 tmp_path: Path) -> None:
+    """Its "values" reader fails from 8 PCRs on (tpm2-tools 5.4, its own tpm2_quote -F values
+    output too); the serialized file carries the selection and any number of PCRs."""
+    out = tmp_path / "q"
+    selection = "sha256:0,1,2,3,4,5,6,7,8,9+sha384:0,4,7"
+    done = sevsim("tpm", "quote", "--state", booted_state, "--nonce", NONCE.hex(),
+                  "--pcrs", selection, "-o", out)
+    assert done.returncode == 0, done.stderr
+
+    def checkquote(nonce: bytes) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["tpm2_checkquote", "-u", str(out / "ak.pem"), "-m",
+                               str(out / "quote.msg"), "-s", str(out / "quote.sig"), "-f",
+                               str(out / "pcrs.serialized"), "-g", "sha256",
+                               "-q", nonce.hex()], capture_output=True, text=True, timeout=30)
+
+    ok = checkquote(NONCE)
+    assert ok.returncode == 0, ok.stderr
+    assert f"9 : 0x{boot_log().pcrs[HashAlg.SHA256][9].hex().upper()}" in ok.stdout
+    assert checkquote(NONCE[::-1]).returncode != 0
+    verified = sevsim("tpm", "verify", "--ak", out / "ak.pub", "--quote", out / "quote.msg",
+                      "--signature", out / "quote.sig", "--nonce", NONCE.hex(),
+                      "--event-log", booted_state.parent / "eventlog.bin")
+    assert verified.returncode == 0, verified.stderr
 
 
 def test_tpm_quote_over_a_running_swtpm(tmp_path: Path) -> None:
@@ -410,6 +439,8 @@ def test_tpm_verify_exit_statuses(evidence: Evidence, tmp_path: Path) -> None:
     assert missing.returncode == 125 and "cannot read" in missing.stderr
     endless = sevsim("tpm", "verify", *args[:-1], "/dev/zero", "--nonce", NONCE.hex())
     assert endless.returncode == 125 and "ConfigError" in endless.stderr
+    endless = sevsim("tpm", "verify", "--ak", "/dev/zero", *args[2:], "--nonce", NONCE.hex())
+    assert endless.returncode == 125 and "the most a TPMT_PUBLIC can be" in endless.stderr
     usage = sevsim("tpm", "verify", "--event-log", args[-1], "--nonce", NONCE.hex())
     assert usage.returncode == 2
 

@@ -9,6 +9,7 @@ vTPM that cannot be reached.
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from sevsim.abi import tpm2
 from sevsim.cli.common import (
     EXIT_ERROR,
     MAX_EVENT_LOG,
@@ -71,7 +73,7 @@ def quote(
     tpm2_checkquote and `sevsim tpm verify` read."""
     from cryptography.hazmat.primitives import serialization
 
-    from sevsim.attest.tpm_boot import parse_selection, show_selection
+    from sevsim.attest.tpm_boot import parse_selection
     from sevsim.attest.tpm_quote import ak_public_key
     from sevsim.host.vtpm import Vtpm, VtpmSocket
 
@@ -88,8 +90,10 @@ def quote(
     try:
         if state is not None:
             with Vtpm(state, resume=True) as tpm:
-                ak_public, attest, signature, values = _quote(tpm, qualifying, selection)
-                tpm.shutdown()  # the state keeps the boot's PCRs for the next quote
+                try:
+                    ak_public, attest, signature, values = _quote(tpm, qualifying, selection)
+                finally:  # the state keeps the boot's PCRs for the next quote, whatever failed
+                    tpm.shutdown()
         else:
             assert tcti is not None
             ak_public, attest, signature, values = _quote(
@@ -101,7 +105,8 @@ def quote(
         for name, data in (("ak.pub", ak_public), ("ak.pem", pem), ("quote.msg", attest),
                            ("quote.sig", signature),
                            ("pcrs", b"".join(values[alg][pcr] for alg, pcrs_ in
-                                             selection.items() for pcr in pcrs_))):
+                                             selection.items() for pcr in pcrs_)),
+                           ("pcrs.serialized", tpm2_tools_serialized(selection, values))):
             (output / name).write_bytes(data)
     except SevsimError as error:
         raise fail(error, command) from None
@@ -110,8 +115,40 @@ def quote(
                   markup=False, highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
     out.print(f"tpm2_checkquote -u {output / 'ak.pub'} -m {output / 'quote.msg'} "
-              f"-s {output / 'quote.sig'} -f {output / 'pcrs'} -l {show_selection(selection)} "
-              f"-g sha256 -q {qualifying.hex()}", markup=False)
+              f"-s {output / 'quote.sig'} -f {output / 'pcrs.serialized'} -g sha256 "
+              f"-q {qualifying.hex()}", markup=False)
+
+
+# tpm2-tools' "serialized" PCR file (lib/pcr.c pcr_fwrite_serialized): its C structures as
+# x86-64 lays them out in memory, little-endian. TPML_PCR_SELECTION is a count and 16
+# TPMS_PCR_SELECTIONs (hash, sizeofSelect, 4 select bytes, 1 byte of padding); then the
+# number of TPML_DIGESTs, each a count and 8 TPM2B_DIGESTs (size, 64-byte buffer), filled in
+# selection order 8 at a time, as TPM2_PCR_Read returns them.
+_SERIALIZED_BANKS = 16
+_SERIALIZED_SELECT = 4
+_SERIALIZED_DIGESTS = 8
+_SERIALIZED_DIGEST_SIZE = 64
+
+
+def tpm2_tools_serialized(selection: Mapping[int, Sequence[int]],
+                          values: Mapping[int, Mapping[int, bytes]]) -> bytes:
+    """The PCR values in the file format tpm2_quote -o writes and tpm2_checkquote -f reads
+    by default; unlike its "values" format, tpm2-tools 5.4 reads it right for 8 PCRs or more."""
+    header = struct.pack("<I", len(selection))
+    for alg, pcrs in selection.items():
+        bitmap = sum(1 << p for p in pcrs).to_bytes(_SERIALIZED_SELECT, "little")
+        header += struct.pack("<HB4sx", alg, tpm2.PCR_SELECT_MIN, bitmap)
+    header = header.ljust(4 + 8 * _SERIALIZED_BANKS, b"\0")
+    digests = [values[alg][pcr] for alg, pcrs in selection.items() for pcr in pcrs]
+    groups = [digests[i:i + _SERIALIZED_DIGESTS]
+              for i in range(0, len(digests), _SERIALIZED_DIGESTS)]
+    body = b"".join(
+        struct.pack("<I", len(group))
+        + b"".join(struct.pack("<H", len(d)) + d.ljust(_SERIALIZED_DIGEST_SIZE, b"\0")
+                   for d in group).ljust(_SERIALIZED_DIGESTS * (2 + _SERIALIZED_DIGEST_SIZE),
+                                         b"\0")
+        for group in groups)
+    return header + struct.pack("<I", len(groups)) + body
 
 
 def _quote(tpm: VtpmSocket, nonce: bytes, selection: dict[int, tuple[int, ...]]
