@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from sevsim import ConfidentialTechnology, EventLog, Vtpm, gce_boot
 from sevsim.abi.tpm2 import HashAlg
-from sevsim.attest import IntegrityBaseline
+from sevsim.attest import IntegrityBaseline, verify_boot
 from sevsim.errors import PolicyError
 
 PROGRAM = b"\x7fELF" + bytes(range(200)) * 5
@@ -134,6 +134,23 @@ def test_no_shared_bank_cannot_be_compared() -> None:
     sha1_only = EventLog(SpecIdEvent(banks=(HashAlg.SHA1,)))
     with pytest.raises(PolicyError, match="none shared"):
         IntegrityBaseline.learn(EventLog(SpecIdEvent(banks=(HashAlg.SHA256,)))).check(sha1_only)
+
+
+VECTOR = Path(__file__).resolve().parent / "data" / "tpm" / "swtpm-boot"
+
+
+def test_the_recorded_boot_vector_verifies_without_swtpm() -> None:
+    """tests/data/tpm/swtpm-boot (its README): the log is still what gce_boot writes, and
+    swtpm's recorded quote of it verifies; the fuzzing starts from these bytes."""
+    log = gce_boot(ConfidentialTechnology.AMD_SEV_SNP, secure_boot={"SecureBoot": b"\x01"},
+                   program=b"sevsim test program", program_path="\\EFI\\sevsim\\prog.elf",
+                   cmdline="console=ttyS0")
+    assert (VECTOR / "eventlog.bin").read_bytes() == log.to_bytes()
+    ak, attest, signature, nonce, raw = ((VECTOR / name).read_bytes() for name in (
+        "ak.public", "quote.attest", "quote.signature", "nonce.bin", "eventlog.bin"))
+    boot = verify_boot(ak, attest, signature, nonce, raw)
+    assert boot.pcrs[HashAlg.SHA256][4] == log.pcrs[HashAlg.SHA256][4]
+    assert IntegrityBaseline.learn(boot.log).check(log).passed
 
 
 # --- the command line, end to end with a real swtpm -----------------------------------------
