@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sevsim import ConfidentialTechnology, EventLog, Vtpm, gce_boot
+from sevsim.abi.tcg_eventlog import EventType
 from sevsim.abi.tpm2 import HashAlg
 from sevsim.attest import IntegrityBaseline, verify_boot
 from sevsim.errors import PolicyError
@@ -82,9 +83,11 @@ def test_a_changed_command_line_is_late_boot_and_missing_events_are_named() -> N
 
 def test_phases_split_at_each_pcrs_separator() -> None:
     phases = {(e.pcr, e.event_type, e.phase.value) for e in BASELINE.events}
-    assert (0, 0x11, "early") in phases and (7, 0x80000001, "early") in phases
-    assert (4, 0x4, "early") in phases  # PCR4's separator closes its early boot
-    assert (4, 0x80000003, "late") in phases and (8, 0xD, "late") in phases
+    assert (0, EventType.EV_NONHOST_INFO, "early") in phases
+    assert (7, EventType.EV_EFI_VARIABLE_DRIVER_CONFIG, "early") in phases
+    assert (4, EventType.EV_SEPARATOR, "early") in phases  # closes PCR4's early boot
+    assert (4, EventType.EV_EFI_BOOT_SERVICES_APPLICATION, "late") in phases
+    assert (8, EventType.EV_IPL, "late") in phases
 
 
 def test_relearn_accepts_the_new_boot() -> None:
@@ -165,7 +168,7 @@ def quoted_boot(directory: Path, log: EventLog) -> list[str]:
     directory.mkdir()
     with Vtpm() as tpm:
         for event in log.events:
-            if event.event_type != 0x3:
+            if event.event_type != EventType.EV_NO_ACTION:
                 tpm.pcr_extend(event.pcr, {alg: event.digests[alg]
                                            for alg in (HashAlg.SHA256, HashAlg.SHA384)})
         ak = tpm.create_ak()

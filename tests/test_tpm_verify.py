@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from sevsim import ConfidentialTechnology, EventLog, Vtpm, gce_boot
 from sevsim.abi import tpm2
+from sevsim.abi.tcg_eventlog import EventType
 from sevsim.abi.tpm2 import HashAlg
 from sevsim.attest import BootExpectation, verify_boot
 from sevsim.errors import PolicyError, QuoteError, VtpmError
@@ -48,7 +49,7 @@ def boot_log(technology: ConfidentialTechnology = ConfidentialTechnology.AMD_SEV
 def measure(tpm: Vtpm, log: EventLog) -> None:
     """What a measured boot's TPM driver does: extend each event's digests."""
     for event in log.events:
-        if event.event_type != 0x3:  # EV_NO_ACTION extends nothing
+        if event.event_type != EventType.EV_NO_ACTION:  # extends nothing
             tpm.pcr_extend(event.pcr, {alg: event.digests[alg] for alg in TPM_BANKS})
 
 
@@ -143,7 +144,7 @@ def test_event_data_that_is_not_what_its_digest_covers(evidence: Evidence) -> No
     sev_evidence = quote_boot(sev)
     forged = EventLog()
     for event in sev.events:
-        if event.event_type == 0x11:  # EV_NONHOST_INFO
+        if event.event_type == EventType.EV_NONHOST_INFO:
             snp = boot_log().events[1].data
             event = dataclasses.replace(event, data=snp)
         forged.append(event)

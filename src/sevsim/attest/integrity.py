@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sevsim.abi.tcg_eventlog import Event, EventLog, EventType, extend, replay
+from sevsim.abi.tcg_eventlog import PCR_COUNT, Event, EventLog, EventType, extend, replay
 from sevsim.abi.tpm2 import HashAlg
 from sevsim.attest.tpm_boot import bank_named, describe, hex_value
 from sevsim.errors import PolicyError
@@ -199,8 +199,8 @@ class IntegrityBaseline:
                                                            "description"}:
                 raise PolicyError(where, "an object of pcr, phase, type, digests, description")
             pcr, kind, text_ = item["pcr"], item["type"], item["description"]
-            if type(pcr) is not int or not 0 <= pcr < 24:
-                raise PolicyError(f"{where}.pcr", "a PCR number, 0..23")
+            if type(pcr) is not int or not 0 <= pcr < PCR_COUNT:
+                raise PolicyError(f"{where}.pcr", f"a PCR number, 0..{PCR_COUNT - 1}")
             if type(kind) is not int or not 0 <= kind <= 0xFFFFFFFF:
                 raise PolicyError(f"{where}.type", "an event type, a 32-bit number")
             if item["phase"] not in {p.value for p in Phase} or not isinstance(text_, str):
@@ -219,7 +219,7 @@ class IntegrityBaseline:
         for alg in banks:
             bank = pcrs[alg.hashlib_name]
             if not isinstance(bank, dict) or not all(
-                    k.isascii() and k.isdigit() and int(k) < 24 for k in bank):
+                    k.isascii() and k.isdigit() and int(k) < PCR_COUNT for k in bank):
                 raise PolicyError(f"pcrs.{alg.hashlib_name}", "PCR numbers to hex values")
             values[alg] = {int(k): hex_value(v, f"pcrs.{alg.hashlib_name}.{k}", alg.digest_size)
                            for k, v in bank.items()}

@@ -30,6 +30,7 @@ from typing import Any
 
 from sevsim.abi import tpm2
 from sevsim.abi.tcg_eventlog import (
+    PCR_COUNT,
     ConfidentialTechnology,
     Event,
     EventLog,
@@ -62,16 +63,15 @@ def parse_selection(text: str) -> dict[int, tuple[int, ...]]:
     selection: dict[int, tuple[int, ...]] = {}
     for part in text.split("+"):
         bank, _, pcrs = part.partition(":")
-        alg = HashAlg.__members__.get(bank.strip().upper())
-        if alg is None or alg in selection:
-            raise PolicyError(part, "not a bank (sha1, sha256, sha384, sha512), or one given "
-                                    "twice")
+        alg = bank_named(bank.strip(), part)
+        if alg in selection:
+            raise PolicyError(part, f"the {bank} bank is given twice")
         try:
             indices = tuple(sorted({int(p) for p in pcrs.split(",")}))
         except ValueError:
             raise PolicyError(part, "PCRs are decimal numbers separated by commas") from None
-        if not all(0 <= p < 24 for p in indices):
-            raise PolicyError(part, "a PC Client TPM has PCRs 0..23")
+        if not all(0 <= p < PCR_COUNT for p in indices):
+            raise PolicyError(part, f"a PC Client TPM has PCRs 0..{PCR_COUNT - 1}")
         selection[alg] = indices
     return selection
 
@@ -99,7 +99,7 @@ class BootFacts:
     programs: tuple[bytes, ...]
 
     @classmethod
-    def of(cls, log: EventLog, pcrs: Collection[int] = range(24)) -> BootFacts:
+    def of(cls, log: EventLog, pcrs: Collection[int] = range(PCR_COUNT)) -> BootFacts:
         """The facts of `log`'s events in `pcrs`; an event whose data does not hash to its
         digests, or does not parse, is a QuoteError("event-log") naming it."""
         technology = secure_boot = None
@@ -202,8 +202,8 @@ class BootExpectation:
             pcrs[alg] = {}
             for pcr, value in values.items():
                 where = f"pcrs.{bank}.{pcr}"
-                if not (pcr.isascii() and pcr.isdigit() and int(pcr) < 24):
-                    raise PolicyError(where, "a PCR number, 0..23")
+                if not (pcr.isascii() and pcr.isdigit() and int(pcr) < PCR_COUNT):
+                    raise PolicyError(where, f"a PCR number, 0..{PCR_COUNT - 1}")
                 pcrs[alg][int(pcr)] = hex_value(value, where, alg.digest_size)
         program = doc.get("program_sha256")
         technology = doc.get("technology")
