@@ -61,7 +61,8 @@ def quote(
     pcrs: Annotated[str, typer.Option(
         help="PCRs to quote, as tpm2-tools writes them: sha256:0,4,7+sha384:0.")],
     output: Annotated[Path, typer.Option(
-        "-o", "--output", help="Directory for ak.pub, ak.pem, quote.msg, quote.sig, pcrs.")],
+        "-o", "--output", help="Directory for ak.pub, ak.pem, quote.msg, quote.sig, pcrs "
+                                "and pcrs.serialized.")],
     state: Annotated[Path | None, typer.Option(
         help="A vTPM state directory: run swtpm on it, resuming the PCRs its last "
              "TPM2_Shutdown(STATE) saved, and shut it down that way again.")] = None,
