@@ -10,10 +10,11 @@ and arbitrary bytes. Beyond the SNP structures: OVMF images and the launch diges
 from what parses, validation policies and the checks they configure, certificate bundles
 (directory or certificate table) run through chain and report verification, GCE launch
 endorsements run through their verification, the key broker's resource policies and the
-decisions they make, reports run through the key broker's evidence verifier, and the key
-broker's JSON messages (members replaced, dropped or added), JWEs and tokens. The default run
-takes 300 inputs per target; the test marked `fuzz` (`pytest -m fuzz`, run by .ci/run) takes
-FUZZ_EXAMPLES inputs spread over all of them, 100,000 unless set.
+decisions they make, reports run through the key broker's evidence verifier, the key
+broker's JSON messages (members replaced, dropped or added), JWEs and tokens, UEFI signature
+lists, and signed programs through the secure-boot check (which must return a verdict). The
+default run takes 300 inputs per target; the test marked `fuzz` (`pytest -m fuzz`, run by
+.ci/run) takes FUZZ_EXAMPLES inputs spread over all of them, 100,000 unless set.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs7
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ovmf_images import make_ovmf
+from sevsim.abi import efi_siglist, module_signature
 from sevsim.abi.gce_endorsement import GoldenMeasurement, LaunchEndorsement
 from sevsim.abi.kbs import (
     KBS_PROTOCOL_VERSION,
@@ -104,12 +107,16 @@ from sevsim.errors import (
     KbsProtocolError,
     PolicyError,
     QuoteError,
+    SignatureListError,
     SnpFormatError,
     SnpVerificationError,
     TpmError,
     TpmFormatError,
 )
 from sevsim.firmware.gce_endorser import simulated_endorser
+from sevsim.guest import secure_boot
+from sevsim.guest.signing import sign_program
+from sevsim.host.secure_boot import SecureBootConfig
 from sevsim.kbs.jose import TokenSigner, decrypt_jwe, encrypt_to_tee
 from sevsim.kbs.policy import ResourcePolicy
 from sevsim.kbs.verifier import EvidenceConfig, verify_snp_evidence
@@ -148,6 +155,37 @@ def _event_log_seed() -> bytes:
                    files=[("/boot/vmlinuz", b"kernel")])
     log.measure(grub_command("insmod tpm"))
     return log.to_bytes()
+
+
+def _signer() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A fixed ECDSA key and its self-signed certificate: the db of the secure-boot target."""
+    key = ec.derive_private_key(11, ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "fuzz signer")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(42)
+            .not_valid_before(datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC))
+            .not_valid_after(datetime.datetime(2035, 1, 1, tzinfo=datetime.UTC))
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+SB_KEY, SB_CERT = _signer()
+SB_VARIABLES = SecureBootConfig(db=(SB_CERT,), dbx_hashes=(bytes(32),)).variables()
+SB_PROGRAM = b"\x7fELF" + bytes(range(60))
+
+
+def _signed_program_seeds() -> tuple[bytes, ...]:
+    """The program signed as `sevsim guest sign` signs (no attributes) and with signed
+    attributes (messageDigest...), as `openssl cms -sign` signs."""
+    with_attributes = (pkcs7.PKCS7SignatureBuilder().set_data(SB_PROGRAM)
+                       .add_signer(SB_CERT, SB_KEY, hashes.SHA256())
+                       .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature,
+                                                          pkcs7.PKCS7Options.Binary]))
+    key_pem = SB_KEY.private_bytes(serialization.Encoding.PEM,
+                                   serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption())
+    return (sign_program(SB_PROGRAM, key_pem, SB_CERT.public_bytes(serialization.Encoding.PEM)),
+            module_signature.append(SB_PROGRAM, with_attributes))
 
 
 def _id_auth_seed() -> bytes:
@@ -617,6 +655,12 @@ TARGETS: dict[str, Target] = {
         GoldenMeasurement.from_bytes, None,
         (LaunchEndorsement.from_bytes(ENDORSEMENT).serialized_uefi_golden,),
         (EndorsementFormatError,)),
+    "EFI signature list": Target(efi_siglist.parse, None,
+                                 (SB_VARIABLES["db"] + SB_VARIABLES["dbx"],),
+                                 (SignatureListError,)),
+    # the firmware's check returns a verdict for any file: nothing may escape it
+    "signed program through secure boot": Target(
+        lambda blob: secure_boot.check(blob, SB_VARIABLES), None, _signed_program_seeds(), ()),
     "TCG event log": Target(EventLog.from_bytes, lambda log: log.to_bytes(),  # type: ignore[attr-defined]
                             (_event_log_seed(),), (EventLogError,)),
     "boot event log through verify_boot": Target(
@@ -660,7 +704,11 @@ FOUND = (pytest.param("validation policy", b"[report]\nsigning_keys = [[1]]",
                       id="ARK version 99 (InvalidVersion)"),
          pytest.param("cert bundle: certificate table",
                       _ark_replaced(b"\x06\x03\x55\x04\x0b", b"\x06\x03\x55\x04\x06"),
-                      id="ARK OU=Engineering as a country (UserWarning)"))
+                      id="ARK OU=Engineering as a country (UserWarning)"),
+         pytest.param("signed program through secure boot",
+                      _signed_program_seeds()[0].replace(b"\xa0\x03\x02\x01\x02",
+                                                         b"\xa0\x03\x02\x01\x01", 1),
+                      id="signer certificate of X.509 version 1 (InvalidVersion)"))
 
 
 def check(name: str, blob: bytes) -> None:

@@ -16,11 +16,13 @@ if TYPE_CHECKING:
     from sevsim.abi.tcg_eventlog import ConfidentialTechnology, EventLog, gce_boot
     from sevsim.firmware.gce_endorser import simulated_endorser
     from sevsim.guest.kernel import kernel_identity
+    from sevsim.guest.signing import sign_program
     from sevsim.host.debug import debug_read, debug_write
     from sevsim.host.elf import parse_elf
     from sevsim.host.machine import Host
     from sevsim.host.migration import Record as MigrationRecord
     from sevsim.host.migration import migrate
+    from sevsim.host.secure_boot import SecureBootConfig
     from sevsim.host.vtpm import Vtpm
     from sevsim.hw.chips import PlatformOptions
     from sevsim.hw.quantum import Quantum
@@ -39,13 +41,16 @@ _LAZY = {
     "parse_elf": ("sevsim.host.elf", "parse_elf"),
     "PlatformOptions": ("sevsim.hw.chips", "PlatformOptions"),
     "Quantum": ("sevsim.hw.quantum", "Quantum"),
+    "SecureBootConfig": ("sevsim.host.secure_boot", "SecureBootConfig"),  # a VM's db/dbx
+    "sign_program": ("sevsim.guest.signing", "sign_program"),  # `sevsim guest sign`
     "Vtpm": ("sevsim.host.vtpm", "Vtpm"),  # the host-provided vTPM (a swtpm process)
     "simulated_endorser": ("sevsim.firmware.gce_endorser", "simulated_endorser"),  # Google's
 }
 
 __all__ = ["ConfidentialTechnology", "EventLog", "Host", "MigrationRecord", "PlatformOptions",
-           "Quantum", "SevsimError", "Vtpm", "debug_read", "debug_write", "gce_boot",
-           "kernel_identity", "migrate", "parse_elf", "simulated_endorser"]
+           "Quantum", "SecureBootConfig", "SevsimError", "Vtpm", "debug_read", "debug_write",
+           "gce_boot", "kernel_identity", "migrate", "parse_elf", "sign_program",
+           "simulated_endorser"]
 __version__ = "0.1.0"
 
 

@@ -334,3 +334,39 @@ class QuoteError(AttestationError):
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
         super().__init__(f"{reason}: {message}")
+
+
+class SignatureListError(FormatError):
+    """Bytes that are not a well-formed UEFI signature database (a run of EFI_SIGNATURE_LIST,
+    UEFI 2.10 32.4.1), or values that cannot make one; `offset` is where the culprit starts
+    (None before there are bytes) and `field` names it (e.g. "SignatureSize")."""
+
+    def __init__(self, offset: int | None, field: str, message: str) -> None:
+        self.offset = offset
+        self.field = field
+        where = "" if offset is None else f" at offset {offset:#x}"
+        super().__init__(f"signature list{where}: {field}: {message}")
+
+
+class ImageSignatureError(FormatError):
+    """A signed guest program whose appended signature (Linux's module_signature trailer and
+    its PKCS#7 SignedData) does not parse, or a key and certificate that cannot sign one;
+    `field` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class SecureBootConfigError(ConfigError):
+    """A secure-boot directory that cannot be loaded: a missing db/, a file that is neither a
+    certificate (PEM or DER) nor, in dbx/, a SHA-256 hash list; `path` names the file."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+class SecureBootViolation(GuestFault):
+    """Secure boot refused the guest program before it ran (unsigned, bad signature, untrusted
+    signer, revoked); the run result's `secure_boot` carries the verdict."""

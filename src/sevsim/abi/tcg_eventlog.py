@@ -392,6 +392,16 @@ def efi_variable_driver_config(name: str, value: bytes) -> Measurement:
     return Measurement(7, EventType.EV_EFI_VARIABLE_DRIVER_CONFIG, data, data)
 
 
+def efi_variable_authority(signature_data: bytes, name: str = "db") -> Measurement:
+    """EV_EFI_VARIABLE_AUTHORITY in PCR 7 (PFP 3.3.4.8, 10.4.4.6): the UEFI_VARIABLE_DATA of
+    the variable whose entry authorised a loaded image, its value the EFI_SIGNATURE_DATA of
+    that entry (owner GUID and certificate); EDK2 logs each such entry once per boot."""
+    if name not in SECURE_BOOT_VARIABLES:
+        raise EventLogError(None, f"{name!r}: not one of {sorted(SECURE_BOOT_VARIABLES)}")
+    data = uefi_variable_data(SECURE_BOOT_VARIABLES[name], name, signature_data)
+    return Measurement(7, EventType.EV_EFI_VARIABLE_AUTHORITY, data, data)
+
+
 def file_path_device_path(path: str) -> bytes:
     """An EFI device path of one File Path media node (type 4, subtype 4, NUL-terminated UTF-16
     path) and the End of Hardware node (0x7F, 0xFF), per UEFI 2.10 10.3.5.4 and 10.3.1."""

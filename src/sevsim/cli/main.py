@@ -16,9 +16,11 @@ from sevsim.cli.attest import show as attest_show
 from sevsim.cli.attest import verify as attest_verify
 from sevsim.cli.common import (
     EXIT_ERROR,
+    MAX_CERT_FILE,
     MAX_GUEST_ELF,
     MAX_ID_AUTH,
     MAX_ID_BLOCK,
+    MAX_KEY_FILE,
     MAX_SECRET,
     PLATFORM_HELP,
     check_seconds,
@@ -47,7 +49,8 @@ if TYPE_CHECKING:
     from sevsim.host.vmm import VirtualMachine
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
-guest_app = typer.Typer(help="Guest programs: build C sources against the sevsim SDK.",
+guest_app = typer.Typer(help="Guest programs: build C sources against the sevsim SDK, sign "
+                             "them for secure boot.",
                         no_args_is_help=True)
 app.add_typer(guest_app, name="guest")
 app.add_typer(debug_app, name="debug")
@@ -80,6 +83,35 @@ def guest_build(
     except SevsimError as error:
         raise fail(error) from None
     err.print(f"built {built}", highlight=False)
+
+
+@guest_app.command("sign")
+def guest_sign(
+    elf: Annotated[Path, typer.Argument(help="Guest ELF to sign.")],
+    key: Annotated[Path, typer.Option(help="Signing key: an RSA or ECDSA private key, PEM.")],
+    cert: Annotated[Path, typer.Option(help="The key's X.509 certificate, PEM or DER.")],
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Signed ELF to write (default: sign ELF in place).")] = None,
+) -> None:
+    """Append a PKCS#7 signature to a guest ELF, as Linux signs kernel modules."""
+    from sevsim.guest.signing import sign_program
+
+    command = "sevsim guest sign"
+    program = read_input(elf, command, MAX_GUEST_ELF, "a guest ELF")
+    key_pem = read_input(key, command, MAX_KEY_FILE, "a private key")
+    cert_bytes = read_input(cert, command, MAX_CERT_FILE, "a certificate")
+    try:
+        signed = sign_program(program, key_pem, cert_bytes)
+    except SevsimError as error:
+        raise fail(error, command) from None
+    target = output or elf
+    try:
+        target.write_bytes(signed)
+    except OSError as error:
+        err.print(f"[bold red]{command}:[/] cannot write {target}: {error.strerror}",
+                  highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    err.print(f"signed {target}", highlight=False)
 
 
 @app.command()
@@ -123,6 +155,10 @@ def run(
     kbs: Annotated[str | None, typer.Option(
         help="Give the guest a virtual NIC bridged to this key broker (http://HOST:PORT); "
              "sev_kbs_get_resource() attests to it (examples/kbs_client.c).")] = None,
+    secure_boot: Annotated[Path | None, typer.Option(
+        help="Secure boot with the keys in this directory (db/, dbx/, optional PK/, KEK/): "
+             "the guest's firmware refuses a program db does not trust or dbx revokes.")
+    ] = None,
 ) -> None:
     """Run a guest program; its console goes to stdout and its exit code becomes ours."""
     from sevsim.attest.measure import guest_digest
@@ -151,7 +187,7 @@ def run(
         host = Host(chip=chip, memory=parse_size(memory) + (64 << 20),
                     seed=None if seed is None else seed.encode(), min_sev_asid=min_sev_asid,
                     platform=options)
-        vm = host.create_vm(mode=mode, memory=memory, vcpus=vcpus)
+        vm = host.create_vm(mode=mode, memory=memory, vcpus=vcpus, secure_boot=secure_boot)
         err.print(f"sevsim: mode={vm.mode} chip={host.chip.name} asid={vm.asid}"
                   f"{'' if vm.hv.mode.encrypted else ' (unencrypted)'} memory={memory} "
                   f"vcpus={vcpus}", highlight=False)

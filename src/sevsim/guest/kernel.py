@@ -82,6 +82,7 @@ from sevsim.errors import (
     KbsAgentError,
     PageNotValidated,
     RmpInstructionError,
+    SecureBootViolation,
     SevsimError,
     SnpFormatError,
 )
@@ -93,6 +94,7 @@ from sevsim.guest.ghcb import (
     encrypted_state,
     snp_active,
 )
+from sevsim.guest.secure_boot import BootMedium, SecureBootOutcome, boot_check
 from sevsim.guest.vnic import NicStream
 from sevsim.hw.cpu import VC_VECTOR, GuestCpu
 
@@ -178,7 +180,7 @@ def kernel_identity() -> bytes:
     here = Path(__file__).parent
     return hashlib.sha384(b"".join((here / name).read_bytes()
                                    for name in ("kernel.py", "ghcb.py", "tsm.py", "vnic.py",
-                                                "kbs_agent.py"))).digest()
+                                                "kbs_agent.py", "secure_boot.py"))).digest()
 
 
 def _runs(gpns: list[int]) -> list[tuple[int, int]]:
@@ -200,8 +202,12 @@ class _BadAddress(SevsimError):
 class GuestKernel:
     """One kernel instance per VM, shared by its vCPUs."""
 
-    def __init__(self) -> None:
+    def __init__(self, secure_boot: BootMedium | None = None) -> None:
+        """`secure_boot`: the variables and program file the firmware checks before it runs
+        the program (None: secure boot is off)."""
         self.boot: BootInfo | None = None
+        self.secure_boot = secure_boot
+        self.secure_boot_outcome: SecureBootOutcome | None = None  # measured boot: PCR 7
         self.ghcb = GhcbClient(GHCB_GPA, _VERSION_GPA)
         self._handlers: dict[int, Callable[..., int | None]] = {
             SYS_WRITE: self._write, SYS_EXIT: self._exit, SYS_SET_SHARED: self._set_shared,
@@ -280,7 +286,24 @@ class GuestKernel:
             cpu.set_c_bit(GHCB_GPA, boot.nvcpus, private=False, zero=True)
             self.ghcb.register(cpu)
             cpu.vmmcall(KVM_HC_MAP_GPA_RANGE, GHCB_GPA, boot.nvcpus, 0)
+        if self.secure_boot is not None:
+            self._secure_boot(cpu, self.secure_boot, boot)
         self._enter(cpu, boot.entry, boot.stack_top, cpu.index, 0)
+
+    def _secure_boot(self, cpu: GuestCpu, medium: BootMedium, boot: BootInfo) -> None:
+        """The firmware's secure-boot check of the program, its verdict on the console; a
+        refused program never runs: the kernel ends the VM (SecureBootViolation). The outcome
+        stays for measured boot, which extends PCR 7 with its measurements in order."""
+        self.secure_boot_outcome = boot_check(medium, boot.entry, boot.segments, cpu.read)
+        verdict = self.secure_boot_outcome.verdict
+        self._console(cpu, f"secure boot: {verdict}\n".encode())
+        if verdict.ok:
+            return
+        why = f"secure boot refused the program: {verdict}"
+        if encrypted_state(cpu):
+            self.ghcb.terminate(cpu, TERM_SET_GENERAL, TERM_GENERAL_REQUEST, why,
+                                SecureBootViolation)
+        raise SecureBootViolation(why)
 
     def _start_ap(self, cpu: GuestCpu) -> None:
         """Run the start request the boot vCPU left for this AP, once; halt if there is none."""
@@ -352,17 +375,20 @@ class GuestKernel:
     def _write(self, cpu: GuestCpu, buf: int, length: int, *_: int) -> int:
         if length > _MAX_WRITE:
             return -EINVAL
-        data = self._from_user(cpu, buf, length)
+        self._console(cpu, self._from_user(cpu, buf, length))
+        return length
+
+    def _console(self, cpu: GuestCpu, data: bytes) -> None:
+        """Bytes to the serial console, until the hypervisor stops taking them."""
         if encrypted_state(cpu):  # REP OUTSB through the GHCB's shared buffer
             size = self.ghcb.scratch(cpu)[1]
-            for start in range(0, length, size):
+            for start in range(0, len(data), size):
                 if not self._outs(cpu, SERIAL_PORT, data[start:start + size]):
                     break
-            return length
+            return
         for byte in data:
             if not cpu.out(SERIAL_PORT, byte):
                 break
-        return length
 
     def _outs(self, cpu: GuestCpu, port: int, data: bytes) -> bool:
         scratch, _ = self.ghcb.scratch(cpu)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from sevsim.errors import ConfigError, ResourceExhausted, VmStateError
 from sevsim.firmware.sev import SevFirmware
 from sevsim.host.hypervisor import Hypervisor
 from sevsim.host.ovmf import OvmfGuest, launch_ovmf, launch_svsm
+from sevsim.host.secure_boot import SecureBootConfig, load_config
 from sevsim.host.vmm import DEFAULT_SNP_POLICY, RunResult, VirtualMachine
 from sevsim.hw.chips import (
     DEFAULT_CHIP,
@@ -122,16 +124,20 @@ class Host:
             self.hypervisor.ciphertext_hiding_asids = self.chip.min_sev_asid - 1
 
     def create_vm(self, mode: str | GuestMode = "sev", memory: int | str = "64M",
-                  vcpus: int = 1) -> VirtualMachine:
+                  vcpus: int = 1, *,
+                  secure_boot: SecureBootConfig | str | Path | None = None) -> VirtualMachine:
         """A new VM (`mode` none, sev, sev-es or snp; `memory` in bytes or as "64M"), ready to
-        load and launch."""
+        load and launch. `secure_boot` (a SecureBootConfig or its directory) turns secure
+        boot on: the guest's firmware runs only a program db trusts and dbx does not revoke."""
+        config = None if secure_boot is None else load_config(secure_boot)
         try:
             guest_mode = GuestMode(mode)
         except ValueError:
             raise ConfigError(f"unknown mode {mode!r}; choose one of "
                               f"{', '.join(m.value for m in GuestMode)}") from None
         return VirtualMachine(self.hypervisor,
-                              self.hypervisor.create_vm(guest_mode, parse_size(memory), vcpus))
+                              self.hypervisor.create_vm(guest_mode, parse_size(memory), vcpus),
+                              config)
 
     def launch_ovmf(self, ovmf: bytes | OvmfImage, vcpus: int = 1, memory: int | str = "64M", *,
                     vcpu_type: str | None = None, vcpu_sig: int | None = None,

@@ -35,8 +35,10 @@ from sevsim.errors import (
 )
 from sevsim.firmware.sev import LaunchMeasurement
 from sevsim.guest.kernel import GuestKernel, kernel_identity
+from sevsim.guest.secure_boot import BootMedium, SecureBootOutcome
 from sevsim.host.elf import GuestImage, parse_elf
 from sevsim.host.hypervisor import HvVm, Hypervisor
+from sevsim.host.secure_boot import SecureBootConfig
 from sevsim.host.vnic import NIC_HYPERCALLS, VirtualNic
 from sevsim.hw.chips import GuestMode
 from sevsim.hw.cpu import VcpuState
@@ -73,18 +75,25 @@ class LaunchOwner(Protocol):
 @dataclass(frozen=True)
 class RunResult:
     """How a run ended: what the guest wrote to the debug-exit port (0 if it halted without),
-    its console output, and the fault or timeout that stopped it, if any."""
+    its console output, the fault or timeout that stopped it, if any, and with secure boot
+    the firmware's verdict on the program and its PCR 7 measurements."""
 
     exit_code: int
     console: str
     error: SevsimError | None = None  # set by Host.run for a VM that faulted or timed out
+    secure_boot: SecureBootOutcome | None = None
 
 
 class VirtualMachine:
     """One guest as its VMM sees it: the API users drive (load, launch, run, inspect)."""
 
-    def __init__(self, hypervisor: Hypervisor, vm: HvVm) -> None:
+    def __init__(self, hypervisor: Hypervisor, vm: HvVm,
+                 secure_boot: SecureBootConfig | None = None) -> None:
+        """`secure_boot`: the keys the guest's firmware checks the program against before it
+        runs it (None: secure boot off)."""
         self.hypervisor = hypervisor
+        self.secure_boot = secure_boot
+        self.secure_boot_outcome: SecureBootOutcome | None = None  # reported at boot
         self.hv = vm
         self.console_bytes = bytearray()
         self.exit_code: int | None = None
@@ -149,10 +158,14 @@ class VirtualMachine:
                 run = []
             run.append((gpn, page))
         self._measured_pages = [gpn for gpn, _ in pages]
-        kernel = GuestKernel()
+        kernel = GuestKernel(None if self.secure_boot is None else BootMedium(
+            self.secure_boot.variables(), blob, self._secure_boot_report))
         for vcpu in self.hv.vcpus:
             vcpu.attach_guest(lambda _cpu: kernel)
         self.image = parsed
+
+    def _secure_boot_report(self, outcome: SecureBootOutcome) -> None:
+        self.secure_boot_outcome = outcome
 
     @property
     def kernel_id(self) -> bytes:
@@ -335,7 +348,7 @@ class VirtualMachine:
     def result(self, error: SevsimError | None = None) -> RunResult:
         """The VM's RunResult as it stands, carrying `error` if the run ended in one."""
         code = self.exit_code if self.exit_code is not None else 0
-        return RunResult(code, self.console, error)
+        return RunResult(code, self.console, error, self.secure_boot_outcome)
 
     def attach_nic(self, url: str) -> VirtualNic:
         """Give the guest a virtual NIC bridged to `url`'s host and port (http://, as
