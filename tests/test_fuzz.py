@@ -91,9 +91,11 @@ from sevsim.abi.tpm2 import (
     parse_signature,
 )
 from sevsim.attest.gce_endorsement import simulated_google_root, verify_endorsement
+from sevsim.attest.integrity import IntegrityBaseline
 from sevsim.attest.measure import sev_ovmf_digest, seves_ovmf_digest, snp_ovmf_digest
 from sevsim.attest.snp_policy import Policy, validate_report
 from sevsim.attest.snp_verify import CertBundle, verify_certificate_chain, verify_report_chain
+from sevsim.attest.tpm_boot import verify_boot
 from sevsim.attest.tpm_quote import verify_quote
 from sevsim.errors import (
     ConfigError,
@@ -123,6 +125,7 @@ VECTORS = Path(__file__).resolve().parent / "data" / "snp"
 EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "examples" / "policy.toml"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100000"))
 TPM = Path(__file__).resolve().parent / "data" / "tpm" / "swtpm-quote"  # swtpm's own bytes
+BOOT = TPM.parent / "swtpm-boot"  # a boot log and swtpm's quote of what it measured
 
 
 @dataclass(frozen=True)
@@ -660,6 +663,17 @@ TARGETS: dict[str, Target] = {
         lambda blob: secure_boot.check(blob, SB_VARIABLES), None, _signed_program_seeds(), ()),
     "TCG event log": Target(EventLog.from_bytes, lambda log: log.to_bytes(),  # type: ignore[attr-defined]
                             (_event_log_seed(),), (EventLogError,)),
+    "boot event log through verify_boot": Target(
+        lambda blob: verify_boot((BOOT / "ak.public").read_bytes(),
+                                 (BOOT / "quote.attest").read_bytes(),
+                                 (BOOT / "quote.signature").read_bytes(),
+                                 (BOOT / "nonce.bin").read_bytes(), blob),
+        None, ((BOOT / "eventlog.bin").read_bytes(),), (QuoteError,)),
+    "integrity baseline and check": Target(
+        lambda blob: IntegrityBaseline.from_json(blob.decode("utf-8", "surrogateescape")).check(
+            EventLog.from_bytes((BOOT / "eventlog.bin").read_bytes())),
+        None, (IntegrityBaseline.learn(EventLog.from_bytes(
+            (BOOT / "eventlog.bin").read_bytes())).to_json().encode(),), (PolicyError,)),
 }
 
 

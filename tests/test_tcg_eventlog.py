@@ -31,8 +31,11 @@ from sevsim.abi.tcg_eventlog import (
     gce_boot,
     grub_command,
     grub_file,
+    image_load_path,
     kernel_cmdline,
     nonhost_info,
+    parse_nonhost_info,
+    parse_uefi_variable_data,
     replay,
     s_crtm_version,
     separator,
@@ -261,3 +264,34 @@ def test_random_logs_round_trip_and_replay_as_tpm2_eventlog_does(
     assert listed_events(yaml)[1:] == [(m.pcr, EventType(m.event_type).name) for m in events]
     expected = {name: values for name, values in by_name(replay(log)).items() if values}
     assert {name: values for name, values in listed_pcrs(yaml).items() if values} == expected
+
+
+def test_event_data_parsers_read_what_the_constructors_write() -> None:
+    for technology in ConfidentialTechnology:
+        assert parse_nonhost_info(nonhost_info(technology).data) is technology
+    data = efi_variable_driver_config("db", b"\x01\x02").data
+    assert parse_uefi_variable_data(data) == (EFI_IMAGE_SECURITY_DATABASE_GUID, "db",
+                                              b"\x01\x02")
+    image = boot_services_application(PROGRAM, "\\EFI\\BOOT\\BOOTX64.EFI", 0x100000)
+    assert image_load_path(image.data) == "\\EFI\\BOOT\\BOOTX64.EFI"
+
+
+@pytest.mark.parametrize(("parse", "data", "message"), [
+    (parse_nonhost_info, GCE_NONHOST_INFO_SIGNATURE + bytes(15), "not GCE's 32-byte"),
+    (parse_nonhost_info, GCE_NONHOST_INFO_SIGNATURE + b"\x09" + bytes(15), "technology 9"),
+    (parse_uefi_variable_data, bytes(31), "the header alone is 32"),
+    (parse_uefi_variable_data, uefi_variable_data(EFI_GLOBAL_VARIABLE, "PK", b"x") + b"y",
+     "the event holds"),
+    (parse_uefi_variable_data, uefi_variable_data(EFI_GLOBAL_VARIABLE, "PK", b"")[:32]
+     + b"\x00\xd8", "UEFI_VARIABLE_DATA says"),
+    (parse_uefi_variable_data, uefi_variable_data(EFI_GLOBAL_VARIABLE, "P", b"")[:-2]
+     + b"\x00\xd8", "name is not UTF-16"),
+    (image_load_path, bytes(31), "UEFI_IMAGE_LOAD_EVENT of 31 bytes"),
+    (image_load_path, boot_services_application(b"", "p", 0).data[:-1], "not one File Path"),
+    (image_load_path, boot_services_application(b"", "p", 0).data[:-4] + bytes(4),
+     "does not end"),
+])
+def test_event_data_parsers_refuse_what_is_not_one(parse: object, data: bytes,
+                                                   message: str) -> None:
+    with pytest.raises(EventLogError, match=message):
+        parse(data)  # type: ignore[operator]

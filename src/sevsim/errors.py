@@ -327,7 +327,9 @@ class VtpmError(SevsimError):
 
 class QuoteError(AttestationError):
     """A TPM quote does not verify: wrong signature, nonce, PCR selection or PCR digest;
-    `reason` is a short word for which check failed ("signature", "nonce", "pcrs", "format")."""
+    `reason` is a short word for which check failed ("signature", "nonce", "pcrs", "format",
+    "ak" for a key that is no restricted signing key; with an event log, verify_boot's
+    "event-log", "pcr-selection", "replay" and "expected")."""
 
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason

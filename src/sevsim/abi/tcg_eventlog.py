@@ -337,6 +337,18 @@ def nonhost_info(technology: ConfidentialTechnology) -> Measurement:
     return Measurement(0, EventType.EV_NONHOST_INFO, data, data)
 
 
+def parse_nonhost_info(data: bytes) -> ConfidentialTechnology:
+    """The confidential technology a GCE NonHostInfo event's data names; data of another
+    shape, or a technology byte go-tpm-tools does not define, is an EventLogError."""
+    if len(data) != GCE_NONHOST_INFO_SIZE or not data.startswith(GCE_NONHOST_INFO_SIGNATURE):
+        raise EventLogError(None, f"{len(data)}-byte NonHostInfo {data[:16]!r}: not GCE's "
+                                  f"{GCE_NONHOST_INFO_SIZE}-byte event")
+    technology = data[len(GCE_NONHOST_INFO_SIGNATURE)]
+    if technology not in ConfidentialTechnology.__members__.values():
+        raise EventLogError(None, f"NonHostInfo names confidential technology {technology}")
+    return ConfidentialTechnology(technology)
+
+
 def separator(pcr: int, *, error: bool = False) -> Measurement:
     """EV_SEPARATOR closing the pre-OS measurements of PCRs 0-7 (PFP 3.3.2.2); the digest is
     of the four data bytes."""
@@ -349,6 +361,25 @@ def uefi_variable_data(guid: uuid.UUID, name: str, value: bytes) -> bytes:
     length in UTF-16 characters and the value's in bytes, the name without NUL, the value."""
     encoded = name.encode("utf-16-le")
     return _UEFI_VARIABLE_DATA.pack(guid.bytes_le, len(encoded) // 2, len(value)) + encoded + value
+
+
+def parse_uefi_variable_data(data: bytes) -> tuple[uuid.UUID, str, bytes]:
+    """(VariableName GUID, name, value) of a UEFI_VARIABLE_DATA, as uefi_variable_data writes
+    it; an event whose data is not one is an EventLogError (no offset: the caller has the
+    event, not the log)."""
+    if len(data) < _UEFI_VARIABLE_DATA.size:
+        raise EventLogError(None, f"UEFI_VARIABLE_DATA of {len(data)} bytes, the header "
+                                  f"alone is {_UEFI_VARIABLE_DATA.size}")
+    guid, name_chars, value_size = _UEFI_VARIABLE_DATA.unpack_from(data)
+    name_end = _UEFI_VARIABLE_DATA.size + 2 * name_chars
+    if name_end + value_size != len(data):
+        raise EventLogError(None, f"UEFI_VARIABLE_DATA says {name_chars} name characters and "
+                                  f"{value_size} value bytes, the event holds {len(data)} bytes")
+    try:
+        name = data[_UEFI_VARIABLE_DATA.size:name_end].decode("utf-16-le")
+    except UnicodeDecodeError as e:
+        raise EventLogError(None, f"UEFI_VARIABLE_DATA name is not UTF-16: {e.reason}") from None
+    return uuid.UUID(bytes_le=guid), name, data[name_end:]
 
 
 def efi_variable_driver_config(name: str, value: bytes) -> Measurement:
@@ -388,6 +419,24 @@ def boot_services_application(image: bytes, path: str, location: int,
     data = _UEFI_IMAGE_LOAD_EVENT.pack(location, len(image), link_time_address,
                                        len(device_path)) + device_path
     return Measurement(4, EventType.EV_EFI_BOOT_SERVICES_APPLICATION, data, image)
+
+
+def image_load_path(data: bytes) -> str:
+    """The file path of a UEFI_IMAGE_LOAD_EVENT whose device path is one File Path node, as
+    boot_services_application writes it; anything else is an EventLogError."""
+    if len(data) < _UEFI_IMAGE_LOAD_EVENT.size:
+        raise EventLogError(None, f"UEFI_IMAGE_LOAD_EVENT of {len(data)} bytes")
+    *_, path_size = _UEFI_IMAGE_LOAD_EVENT.unpack_from(data)
+    path = data[_UEFI_IMAGE_LOAD_EVENT.size:]
+    if len(path) != path_size or path_size < 8 or path[:2] != b"\x04\x04":
+        raise EventLogError(None, "the image's device path is not one File Path node")
+    node_size = int.from_bytes(path[2:4], "little")
+    if path[node_size:] != bytes([0x7F, 0xFF, 4, 0]):
+        raise EventLogError(None, "the image's device path does not end after its File Path")
+    try:
+        return path[4:node_size].decode("utf-16-le").removesuffix("\x00")
+    except UnicodeDecodeError as e:
+        raise EventLogError(None, f"the image's file path is not UTF-16: {e.reason}") from None
 
 
 def grub_command(command: str, prefix: str = "grub_cmd: ") -> Measurement:

@@ -305,7 +305,8 @@ def _pcr_selection(r: _Reader, field: str) -> dict[int, tuple[int, ...]]:
 # --- TPM2_Startup, TPM2_GetRandom, TPM2_FlushContext ---------------------------------------
 
 def startup_command(su: Su = Su.CLEAR) -> bytes:
-    """TPM2_Startup: swtpm --flags startup-clear has sent one already."""
+    """TPM2_Startup: swtpm --flags startup-clear has sent one already; TPM_SU_STATE resumes
+    what a TPM2_Shutdown(TPM_SU_STATE) saved."""
     return _command(Cc.Startup, [], _pack("startupType", ">H", su), None)
 
 
@@ -315,7 +316,8 @@ def parse_startup_response(data: bytes) -> None:
 
 
 def shutdown_command(su: Su = Su.STATE) -> bytes:
-    """TPM2_Shutdown: STATE saves what a TPM2_Startup(STATE) resumes (PCRs included)."""
+    """TPM2_Shutdown: with TPM_SU_STATE the TPM saves its state (PCRs 0-15 among it) for a
+    TPM2_Startup(TPM_SU_STATE) to resume."""
     return _command(Cc.Shutdown, [], _pack("shutdownType", ">H", su), None)
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         verify_endorsement,
     )
     from sevsim.attest.idblock import load_signing_key, make_id_block
+    from sevsim.attest.integrity import IntegrityBaseline, IntegrityReport
     from sevsim.attest.kds_client import KdsClient
     from sevsim.attest.measure import snp_ovmf_digest, snp_svsm_digest
     from sevsim.attest.sev_chain import PlatformChain
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from sevsim.attest.sev_owner import GuestOwner, expected_launch_digest
     from sevsim.attest.snp_policy import Policy, policy_for, validate_report
     from sevsim.attest.snp_verify import CertBundle, ChainCache, load_report, verify_report_chain
+    from sevsim.attest.tpm_boot import BootExpectation, VerifiedBoot, verify_boot
     from sevsim.attest.tpm_quote import ak_public_key, replay_event_log, verify_quote
 
 # public name -> (module, name there)
@@ -58,16 +60,21 @@ _LAZY = {
     "ak_public_key": ("tpm_quote", "ak_public_key"),
     "verify_quote": ("tpm_quote", "verify_quote"),  # a TPM 2.0 quote (vTPM attestation)
     "replay_event_log": ("tpm_quote", "replay_event_log"),  # a measured boot's PCRs
+    "BootExpectation": ("tpm_boot", "BootExpectation"),
+    "VerifiedBoot": ("tpm_boot", "VerifiedBoot"),
+    "verify_boot": ("tpm_boot", "verify_boot"),  # AK + quote + event log together
+    "IntegrityBaseline": ("integrity", "IntegrityBaseline"),  # GCE-style integrity monitoring
+    "IntegrityReport": ("integrity", "IntegrityReport"),
 }
 
-__all__ = ["GUID_GCE_ENDORSEMENT", "CertBundle", "ChainCache", "GuestOwner", "KdsClient",
-           "LaunchEndorsement", "PlatformChain", "Policy", "ak_public_key",
-           "endorsement_in_cert_table",
-           "expected_launch_digest", "golden_measurements", "load_google_root", "load_report",
-           "load_signing_key", "make_id_block", "policy_for", "replay_event_log",
-           "simulated_google_root",
-           "snp_ovmf_digest", "snp_svsm_digest", "validate_report", "verify_endorsement",
-           "verify_quote", "verify_report_chain", "verify_sev_chain"]
+__all__ = ["GUID_GCE_ENDORSEMENT", "BootExpectation", "CertBundle", "ChainCache", "GuestOwner",
+           "IntegrityBaseline", "IntegrityReport", "KdsClient", "LaunchEndorsement",
+           "PlatformChain", "Policy", "VerifiedBoot", "ak_public_key",
+           "endorsement_in_cert_table", "expected_launch_digest", "golden_measurements",
+           "load_google_root", "load_report", "load_signing_key", "make_id_block", "policy_for",
+           "replay_event_log", "simulated_google_root", "snp_ovmf_digest", "snp_svsm_digest",
+           "validate_report", "verify_boot", "verify_endorsement", "verify_quote",
+           "verify_report_chain", "verify_sev_chain"]
 
 
 def __getattr__(name: str) -> Any:

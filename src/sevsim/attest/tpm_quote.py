@@ -21,6 +21,10 @@ from sevsim.abi import tpm2
 from sevsim.abi.tcg_eventlog import EventLog, replay
 from sevsim.errors import QuoteError, TpmFormatError
 
+# What makes a quote's signature mean "this TPM said so": the TPM signs a TPMS_ATTEST that
+# starts with TPM_GENERATED_VALUE only with a restricted key, and refuses to sign outside data
+# that starts with it (Part 1, "Restricted signing keys"); fixedTPM keeps the key in the TPM.
+AK_REQUIRED = tpm2.ObjectAttr.FIXED_TPM | tpm2.ObjectAttr.RESTRICTED | tpm2.ObjectAttr.SIGN
 _CURVES: dict[int, ec.EllipticCurve] = {tpm2.TPM_ECC_NIST_P256: ec.SECP256R1()}
 _HASHES: dict[int, hashes.HashAlgorithm] = {tpm2.HashAlg.SHA256: hashes.SHA256(),
                                             tpm2.HashAlg.SHA384: hashes.SHA384()}
@@ -66,11 +70,17 @@ def verify_quote(ak_public: bytes, attest: bytes, signature: bytes, nonce: bytes
                  pcr_values: Mapping[int, Mapping[int, bytes]]) -> tpm2.QuoteAttest:
     """Accept a quote or raise QuoteError naming the failed check.
 
-    `ak_public` is the AK's TPMT_PUBLIC, `pcr_values` the values the quote must cover
+    `ak_public` is the AK's TPMT_PUBLIC (a restricted, fixedTPM signing key: reason "ak"
+    otherwise), `pcr_values` the values the quote must cover
     (hash algorithm -> PCR -> value): the quote's selection must be exactly these PCRs.
     Returns the parsed TPMS_ATTEST.
     """
     key = ak_public_key(ak_public)
+    attributes = tpm2.parse_ecc_public(ak_public).attributes
+    if attributes & AK_REQUIRED != AK_REQUIRED:
+        raise QuoteError("ak", f"objectAttributes 0x{attributes:08X} lack fixedTPM, restricted "
+                               "or sign: only a restricted signing key that never leaves the "
+                               "TPM refuses to sign data that looks like a TPM's quote")
     try:
         sig = tpm2.parse_signature(signature)
         fields = tpm2.parse_attest(attest)

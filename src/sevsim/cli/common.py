@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 from sevsim.errors import ConfigError, GuestTimeout, SevsimError
 from sevsim.inputs import (  # noqa: F401 (re-exported: the commands import them from here)
     MAX_CERT_FILE,
+    MAX_EVENT_LOG,
     MAX_GUEST_ELF,
     MAX_ID_AUTH,
     MAX_ID_BLOCK,
@@ -33,6 +34,7 @@ from sevsim.inputs import (  # noqa: F401 (re-exported: the commands import them
     MAX_SECRET,
     MAX_SESSION_FILE,
     MAX_SEV_CERT,
+    MAX_TPM_STRUCT,
     read_bounded,
 )
 

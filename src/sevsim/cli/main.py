@@ -38,6 +38,7 @@ from sevsim.cli.kds import kds_app
 from sevsim.cli.measure import measure as measure_command
 from sevsim.cli.owner import owner_app
 from sevsim.cli.report import report as report_command
+from sevsim.cli.tpm import integrity_app, tpm_app
 from sevsim.cli.validate import idblock as idblock_command
 from sevsim.cli.validate import validate as validate_command
 from sevsim.errors import ConfigError, SevsimError, VmStateError
@@ -57,6 +58,8 @@ app.add_typer(owner_app, name="owner")
 app.add_typer(kds_app, name="kds")
 app.add_typer(kbs_app, name="kbs")
 app.add_typer(attack_app, name="attack")
+app.add_typer(tpm_app, name="tpm")
+app.add_typer(integrity_app, name="integrity")
 app.command("show")(attest_show)
 app.command("verify")(attest_verify)
 app.command("measure")(measure_command)
