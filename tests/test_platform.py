@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import blocks_found, secret_bytes
+from conftest import blocks_found, secret_bytes, symbol
 from sevsim import Host, PlatformOptions
 from sevsim.abi.snp_report import AttestationReport
 from sevsim.abi.snp_tcb import PlatformInfo, PolicyFlags, SnpPolicy
@@ -180,6 +180,7 @@ def test_tsme_encrypts_what_the_modules_hold_and_nothing_software_reads(
     hypervisor reads plaintext either way, and an SEV VM's pages are its own key's
     ciphertext either way (TSME's key is a separate one)."""
     dumps = {}
+    secret_page = symbol(build("secret"), "secret_page")
     for tsme in (False, True):
         platform = replace(PRESETS[chip].platform, tsme=tsme)
         host = Host(chip, "64M", seed=b"tsme", platform=platform)
@@ -189,7 +190,7 @@ def test_tsme_encrypts_what_the_modules_hold_and_nothing_software_reads(
             vm.launch()
             assert vm.run(timeout=30).exit_code == 0
         dram = host.dram_dump()
-        spa = {name: host.hypervisor.gpa_to_spa(vm.hv, 0x404000)
+        spa = {name: host.hypervisor.gpa_to_spa(vm.hv, secret_page)
                for name, vm in (("plain", plain), ("sev", sev))}
         assert blocks_found(host.hypervisor.dram_dump(), SECRET) == len(SECRET) // 16
         assert blocks_found(dram, SECRET) == (0 if tsme else len(SECRET) // 16)
