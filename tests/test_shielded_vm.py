@@ -117,7 +117,9 @@ def lab(build: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) ->
     (root / "sb" / "dbx").mkdir()
     shutil.copy(cert, root / "sb" / "db" / "signer.pem")
     unsigned = build("hello")
-    signed, rebuilt = root / "hello.signed.elf", root / "hello-O0.signed.elf"
+    # the rebuilt program keeps the file name: PCR 8's command line (the name) stays the same
+    signed, rebuilt = root / "hello.signed.elf", root / "v2" / "hello.signed.elf"
+    rebuilt.parent.mkdir()
     ok(sevsim("guest", "sign", unsigned, "--key", key, "--cert", cert, "-o", signed))
     ok(sevsim("guest", "sign", build("hello", "-O0"), "--key", key, "--cert", cert,
               "-o", rebuilt))
@@ -219,6 +221,14 @@ def test_signed_program_boots_and_its_quote_verifies(lab: Lab, boot_name: str, t
         [log.pcrs[HashAlg.SHA256][p] for p in range(9)] + [bytes(32)]  # PCR 9: no files yet
         + [log.pcrs[HashAlg.SHA384][p] for p in (0, 4, 7)])
 
+    # tpm2_eventlog reads the log (secure boot's db entry included) and replays it alike
+    replayed = subprocess.run(["tpm2_eventlog", str(boot.log)], capture_output=True, text=True,
+                              timeout=30)
+    assert replayed.returncode == 0, replayed.stderr
+    assert "EV_EFI_VARIABLE_AUTHORITY" in replayed.stdout
+    assert f"4  : 0x{pcr4.hex()}" in replayed.stdout.split("pcrs:")[-1]
+    assert f"7  : 0x{log.pcrs[HashAlg.SHA384][7].hex()}" in replayed.stdout.split("sha384:")[-1]
+
     verified = ok(sevsim("tpm", "verify", *q.verify_args(boot.log), "--expect",
                          expectation(lab, technology)))
     assert f"sha256:4  {pcr4.hex()}" in verified.stdout
@@ -273,14 +283,17 @@ def test_unsigned_program_is_refused_and_logged_as_never_loaded(lab: Lab) -> Non
 
 # --- 1c: integrity monitoring of later boots --------------------------------------------------
 
-def test_a_changed_program_fails_late_boot_in_pcr4(baseline: Path, rebuilt: Boot) -> None:
+def test_a_changed_program_fails_late_boot_in_pcr4(lab: Lab, baseline: Path,
+                                                   rebuilt: Boot) -> None:
     ok(rebuilt.run)
     done = sevsim("integrity", "check", "--baseline", baseline, "--event-log", rebuilt.log)
     assert done.returncode == 1, done.stderr
-    lines = done.stdout.splitlines()
-    assert lines[0] == "pass early boot" and lines[1] == "FAIL late boot"
-    assert lines[2].strip().startswith(
-        "PCR4 event 0: EV_EFI_BOOT_SERVICES_APPLICATION"), lines
+    first, second, change = done.stdout.splitlines()
+    assert (first, second) == ("pass early boot", "FAIL late boot")
+    was, now = (f"EV_EFI_BOOT_SERVICES_APPLICATION \\EFI\\sevsim\\program.elf sha256:"
+                f"{hashlib.sha256(p.read_bytes()).hexdigest()[:16]}"
+                for p in (lab.signed, lab.rebuilt))
+    assert change.strip() == f"PCR4 event 0: {was} became {now}"
 
 
 def test_secure_boot_off_fails_early_boot_in_pcr7(lab: Lab, baseline: Path) -> None:
@@ -291,11 +304,15 @@ def test_secure_boot_off_fails_early_boot_in_pcr7(lab: Lab, baseline: Path) -> N
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
     assert not report["early_boot"]["passed"]
-    first = report["early_boot"]["changes"][0]
-    assert first["pcr"] == 7
+    assert [c["pcr"] for c in report["early_boot"]["changes"]] == [7]
+    # late boot misses the db entry that verified the program: nothing verified it
+    assert [c["pcr"] for c in report["late_boot"]["changes"]] == [7]
     text = sevsim("integrity", "check", "--baseline", baseline, "--event-log", off.log)
-    assert "PCR7 event 0: EV_EFI_VARIABLE_DRIVER_CONFIG SecureBoot=01 became " \
-        "EV_EFI_VARIABLE_DRIVER_CONFIG SecureBoot=00" in text.stdout
+    assert text.stdout.splitlines()[:2] == [
+        "FAIL early boot", "     PCR7 event 0: EV_EFI_VARIABLE_DRIVER_CONFIG SecureBoot=01 "
+        "became EV_EFI_VARIABLE_DRIVER_CONFIG SecureBoot=00"]
+    assert text.stdout.splitlines()[3].strip().startswith(
+        "PCR7 event 0: EV_EFI_VARIABLE_AUTHORITY db=")
 
 
 def test_another_mode_fails_early_boot_in_pcr0(baseline: Path, sev: Boot) -> None:
