@@ -99,8 +99,8 @@ def certificate(name: str) -> x509.Certificate:
 
 
 def test_another_db_and_signer_are_named_apart() -> None:
-    """Signature lists and their entries all start with the same GUIDs: a changed db is named
-    by its digests, and the db entry that verified the program by its certificate's subject."""
+    """Signature lists and their entries all start with the same GUIDs: a changed db, and
+    another db entry verifying the program, are named by the values' digests."""
     def signed_boot(cert: x509.Certificate) -> EventLog:
         return gce_boot(ConfidentialTechnology.AMD_SEV_SNP,
                         secure_boot=SecureBootConfig(db=(cert,)).variables(), program=PROGRAM,
@@ -114,9 +114,8 @@ def test_another_db_and_signer_are_named_apart() -> None:
     assert db.pcr == 7 and db.baseline != db.actual
     assert str(db.baseline).startswith("EV_EFI_VARIABLE_DRIVER_CONFIG db=sha256:")
     (signer,) = report.late
-    assert signer.pcr == 7
-    assert "EV_EFI_VARIABLE_AUTHORITY db=CN=old signer sha256:" in str(signer.baseline)
-    assert "EV_EFI_VARIABLE_AUTHORITY db=CN=new signer sha256:" in str(signer.actual)
+    assert signer.pcr == 7 and signer.baseline != signer.actual
+    assert str(signer.actual).startswith("EV_EFI_VARIABLE_AUTHORITY db=sha256:")
 
 
 def test_phases_split_at_each_pcrs_separator() -> None:

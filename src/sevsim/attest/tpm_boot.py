@@ -29,8 +29,6 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography import x509
-
 from sevsim.abi import tpm2
 from sevsim.abi.tcg_eventlog import (
     PCR_COUNT,
@@ -154,7 +152,7 @@ def describe(event: Event) -> str:
         if event.event_type in (EventType.EV_EFI_VARIABLE_DRIVER_CONFIG,
                                 EventType.EV_EFI_VARIABLE_AUTHORITY):
             _, variable, value = parse_uefi_variable_data(event.data)
-            return f"{name} {variable}={_variable_value(event.event_type, value)}"
+            return f"{name} {variable}={_variable_value(value)}"
         if event.event_type == EventType.EV_EFI_BOOT_SERVICES_APPLICATION:
             # the data does not cover the image: its digest says which program it was
             alg = HashAlg.SHA256 if HashAlg.SHA256 in event.digests else next(iter(event.digests))
@@ -169,20 +167,13 @@ def describe(event: Event) -> str:
     return name
 
 
-def _variable_value(event_type: int, value: bytes) -> str:
+def _variable_value(value: bytes) -> str:
     """A Secure Boot variable's value in a few characters that differ when it does: short
-    values in hex (SecureBoot=01), longer ones by digest, since signature lists and entries
-    all start with the same GUIDs; an authority's certificate by its subject."""
+    values in hex (SecureBoot=01), longer ones by digest, since signature lists and their
+    entries all start with the same GUIDs."""
     if len(value) <= 8:
         return value.hex() or "empty"
-    digest = f"sha256:{hashlib.sha256(value).hexdigest()[:16]}"
-    if event_type == EventType.EV_EFI_VARIABLE_AUTHORITY:  # EFI_SIGNATURE_DATA: owner, data
-        try:
-            subject = x509.load_der_x509_certificate(value[16:]).subject.rfc4514_string()
-        except ValueError:
-            return digest
-        return f"{subject} {digest}"
-    return digest
+    return f"sha256:{hashlib.sha256(value).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)
