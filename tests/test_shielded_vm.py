@@ -182,7 +182,7 @@ def expectation(lab: Lab, technology: str) -> Path:
     return path
 
 
-# --- 1a: a signed program boots, its quote verifies ------------------------------------------
+# --- a signed program boots, its quote verifies ------------------------------------------
 
 @pytest.mark.parametrize(("boot_name", "technology"), [("snp", "AMD_SEV_SNP"),
                                                       ("sev", "AMD_SEV")])
@@ -262,7 +262,7 @@ def test_integrity_learn_writes_the_boots_baseline(baseline: Path, snp: Boot) ->
     assert same.stdout.splitlines() == ["pass early boot", "pass late boot"]
 
 
-# --- 1b: an unsigned program is refused ------------------------------------------------------
+# --- an unsigned program is refused ------------------------------------------------------
 
 def test_unsigned_program_is_refused_and_logged_as_never_loaded(lab: Lab) -> None:
     refused = lab.boot("unsigned", lab.unsigned, "snp")
@@ -279,9 +279,14 @@ def test_unsigned_program_is_refused_and_logged_as_never_loaded(lab: Lab) -> Non
     q = quote(lab, refused, "unsigned-quote")
     verified = ok(sevsim("tpm", "verify", *q.verify_args(refused.log)))
     assert "secure boot on" in verified.stderr
+    expected = sevsim("tpm", "verify", *q.verify_args(refused.log), "--expect",
+                      expectation(lab, "AMD_SEV_SNP"))
+    assert expected.returncode == 1
+    assert "FAIL expected: PCR 4 EV_EFI_BOOT_SERVICES_APPLICATION: no boot application" \
+        in expected.stderr
 
 
-# --- 1c: integrity monitoring of later boots --------------------------------------------------
+# --- integrity monitoring of later boots --------------------------------------------------
 
 def test_a_changed_program_fails_late_boot_in_pcr4(lab: Lab, baseline: Path,
                                                    rebuilt: Boot) -> None:
@@ -337,7 +342,7 @@ def test_relearn_makes_the_changed_program_the_baseline(lab: Lab, baseline: Path
                   lab.root / "snp" / "boot.log").returncode == 1  # the old program now fails
 
 
-# --- 1d: evidence that is not this boot's, now ----------------------------------------------
+# --- evidence that is not this boot's, now ----------------------------------------------
 
 def test_replayed_nonce_is_refused(snp: Boot, snp_quote: Quote) -> None:
     fresh = "00" * 16
