@@ -124,14 +124,16 @@ def lab(build: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) ->
     ok(sevsim("guest", "sign", build("hello", "-O0"), "--key", key, "--cert", cert,
               "-o", rebuilt))
 
-    def boot(name: str, program: Path, mode: str, secure_boot: bool = True) -> Boot:
-        state, log = root / name / "vtpm", root / name / "boot.log"
+    def boot(name: str, program: Path, mode: str, secure_boot: bool = True,
+             state: Path | None = None) -> Boot:
+        """A VM named `name`, or a reboot of the VM whose vTPM `state` is."""
+        vtpm, log = state or root / name / "vtpm", root / name / "boot.log"
         log.parent.mkdir()
         args: list[str | Path] = ["run", program, "--mode", mode, "--memory", "16M", "--vtpm",
-                                  "--vtpm-state", state, "--event-log", log]
+                                  "--vtpm-state", vtpm, "--event-log", log]
         if secure_boot:
             args += ["--secure-boot", root / "sb"]
-        return Boot(state, log, sevsim(*args))
+        return Boot(vtpm, log, sevsim(*args))
 
     yield Lab(root, signed, unsigned, rebuilt, boot)
     assert swtpm_using(root) == []
@@ -284,6 +286,15 @@ def test_unsigned_program_is_refused_and_logged_as_never_loaded(lab: Lab) -> Non
     assert expected.returncode == 1
     assert "FAIL expected: PCR 4 EV_EFI_BOOT_SERVICES_APPLICATION: no boot application" \
         in expected.stderr
+
+    # the same VM rebooted with the signed program: the same vTPM (its AK), this boot's PCRs
+    reboot = lab.boot("unsigned-then-signed", lab.signed, "snp", state=refused.state)
+    ok(reboot.run)
+    again = quote(lab, reboot, "reboot-quote")
+    assert (again.directory / "ak.pub").read_bytes() == (q.directory / "ak.pub").read_bytes()
+    ok(sevsim("tpm", "verify", *again.verify_args(reboot.log), "--expect",
+              expectation(lab, "AMD_SEV_SNP")))
+    assert sevsim("tpm", "verify", *again.verify_args(refused.log)).returncode == 1
 
 
 # --- integrity monitoring of later boots --------------------------------------------------
