@@ -6,17 +6,25 @@ boot), re-learning on request; end to end against a real swtpm's quote."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sevsim import ConfidentialTechnology, EventLog, Vtpm, gce_boot
+from sevsim import ConfidentialTechnology, EventLog, SecureBootConfig, Vtpm, gce_boot
+from sevsim.abi import efi_siglist
 from sevsim.abi.tcg_eventlog import EventType
 from sevsim.abi.tpm2 import HashAlg
 from sevsim.attest import IntegrityBaseline, verify_boot
@@ -79,6 +87,35 @@ def test_a_changed_command_line_is_late_boot_and_missing_events_are_named() -> N
     (missing,) = BASELINE.check(shorter).late
     assert missing.actual is None and str(missing).endswith("is missing")
     assert BASELINE.check(shorter).early_passed
+
+
+def certificate(name: str) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+
+
+def test_another_db_and_signer_are_named_apart() -> None:
+    """Signature lists and their entries all start with the same GUIDs: a changed db, and
+    another db entry verifying the program, are named by the values' digests."""
+    def signed_boot(cert: x509.Certificate) -> EventLog:
+        return gce_boot(ConfidentialTechnology.AMD_SEV_SNP,
+                        secure_boot=SecureBootConfig(db=(cert,)).variables(), program=PROGRAM,
+                        program_path="\\EFI\\sevsim\\prog.elf", cmdline="console=ttyS0",
+                        authority=efi_siglist.x509(
+                            uuid.UUID(int=1), cert.public_bytes(Encoding.DER)).to_bytes())
+
+    old, new = signed_boot(certificate("old signer")), signed_boot(certificate("new signer"))
+    report = IntegrityBaseline.learn(old).check(new)
+    (db,) = report.early
+    assert db.pcr == 7 and db.baseline != db.actual
+    assert str(db.baseline).startswith("EV_EFI_VARIABLE_DRIVER_CONFIG db=sha256:")
+    (signer,) = report.late
+    assert signer.pcr == 7 and signer.baseline != signer.actual
+    assert str(signer.actual).startswith("EV_EFI_VARIABLE_AUTHORITY db=sha256:")
 
 
 def test_phases_split_at_each_pcrs_separator() -> None:

@@ -22,6 +22,7 @@ log). Every refusal is a QuoteError whose `reason` names the check:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from collections.abc import Collection, Mapping, Sequence
@@ -151,7 +152,7 @@ def describe(event: Event) -> str:
         if event.event_type in (EventType.EV_EFI_VARIABLE_DRIVER_CONFIG,
                                 EventType.EV_EFI_VARIABLE_AUTHORITY):
             _, variable, value = parse_uefi_variable_data(event.data)
-            return f"{name} {variable}={value[:8].hex() or 'empty'}"
+            return f"{name} {variable}={_variable_value(value)}"
         if event.event_type == EventType.EV_EFI_BOOT_SERVICES_APPLICATION:
             # the data does not cover the image: its digest says which program it was
             alg = HashAlg.SHA256 if HashAlg.SHA256 in event.digests else next(iter(event.digests))
@@ -164,6 +165,15 @@ def describe(event: Event) -> str:
                                  else "utf-8", "replace").rstrip("\x00")
         return f"{name} {text[:60]!r}"
     return name
+
+
+def _variable_value(value: bytes) -> str:
+    """A Secure Boot variable's value in a few characters that differ when it does: short
+    values in hex (SecureBoot=01), longer ones by digest, since signature lists and their
+    entries all start with the same GUIDs."""
+    if len(value) <= 8:
+        return value.hex() or "empty"
+    return f"sha256:{hashlib.sha256(value).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)
