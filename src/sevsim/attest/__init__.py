@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sevsim.attest.sev_owner import GuestOwner, expected_launch_digest
     from sevsim.attest.snp_policy import Policy, policy_for, validate_report
     from sevsim.attest.snp_verify import CertBundle, ChainCache, load_report, verify_report_chain
+    from sevsim.attest.svsm_vtpm import VerifiedVtpm, verify_vtpm_evidence
     from sevsim.attest.tpm_quote import ak_public_key, verify_quote
 
 # public name -> (module, name there)
@@ -57,15 +58,18 @@ _LAZY = {
     "verify_sev_chain": ("sev_chain", "verify"),  # the legacy SEV platform chain
     "ak_public_key": ("tpm_quote", "ak_public_key"),
     "verify_quote": ("tpm_quote", "verify_quote"),  # a TPM 2.0 quote (vTPM attestation)
+    "VerifiedVtpm": ("svsm_vtpm", "VerifiedVtpm"),
+    "verify_vtpm_evidence": ("svsm_vtpm", "verify_vtpm_evidence"),  # the SNP-bound vTPM
 }
 
 __all__ = ["GUID_GCE_ENDORSEMENT", "CertBundle", "ChainCache", "GuestOwner", "KdsClient",
-           "LaunchEndorsement", "PlatformChain", "Policy", "ak_public_key",
+           "LaunchEndorsement", "PlatformChain", "Policy", "VerifiedVtpm", "ak_public_key",
            "endorsement_in_cert_table",
            "expected_launch_digest", "golden_measurements", "load_google_root", "load_report",
            "load_signing_key", "make_id_block", "policy_for", "simulated_google_root",
            "snp_ovmf_digest", "snp_svsm_digest", "validate_report", "verify_endorsement",
-           "verify_quote", "verify_report_chain", "verify_sev_chain"]
+           "verify_quote", "verify_report_chain", "verify_sev_chain",
+           "verify_vtpm_evidence"]
 
 
 def __getattr__(name: str) -> Any:
