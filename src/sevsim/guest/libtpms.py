@@ -77,7 +77,7 @@ class _Library:
         try:
             self.lib = ctypes.CDLL(path)
         except OSError as e:
-            raise LibtpmsError("dlopen", 0, f"{path}: {e} (Debian: apt-get install "
+            raise LibtpmsError("dlopen", 0, f"{e} (Debian: apt-get install "
                                             "libtpms0)") from None
         self.libc = ctypes.CDLL(None)
         self.libc.malloc.restype = ctypes.c_void_p

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sevsim.abi.svsm_vtpm import VtpmEvidence
-from sevsim.abi.tpm2 import HashAlg
+from sevsim.abi.tpm2 import HashAlg, PcrSelection
 from sevsim.attacks.framework import Attack, Attempt
 from sevsim.attacks.lab import GOLDEN_CMDLINE, VTPM_PCR, Lab
 from sevsim.errors import QuoteError
@@ -37,7 +37,7 @@ class ForgedPcrs(Attack):
         hv.run(victim.vm)
         lab.trace(f"booted the victim with {CMDLINE.decode()!r}; it printed "
                   f"{victim.vm.console.strip()!r}")
-        selection = {HashAlg.SHA256: [VTPM_PCR]}
+        selection: PcrSelection = {HashAlg.SHA256: [VTPM_PCR]}
         with Vtpm() as forged:
             forged.pcr_extend(VTPM_PCR, {HashAlg.SHA256: HashAlg.SHA256.hash(GOLDEN_CMDLINE)})
             ak = forged.create_ak()
