@@ -19,7 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 from sevsim.abi import tpm2
 from sevsim.errors import LibtpmsError
@@ -113,10 +113,10 @@ class _Library:
         if result != TPM_SUCCESS:
             raise LibtpmsError(call, result, "failed")
 
-    # The callbacks run inside libtpms calls, under the lock, for the active engine. An
-    # exception must not cross into C: it becomes TPM_FAIL, which libtpms reports.
-    def _load(self, data: ctypes._Pointer[ctypes.c_void_p],
-              length: ctypes._Pointer[ctypes.c_uint32], _tpm: int, name: bytes) -> int:
+    # The callbacks run inside libtpms calls, under the lock, for the active engine (pointer
+    # arguments are ctypes pointers, typed Any). An exception must not cross into C: it
+    # becomes TPM_FAIL, which libtpms reports.
+    def _load(self, data: Any, length: Any, _tpm: int, name: bytes) -> int:
         try:
             blob = self.active.store.load(name.decode()) if self.active else None
         except Exception:  # any: an exception must not unwind through C
@@ -150,12 +150,12 @@ class _Library:
         return TPM_SUCCESS
 
     @staticmethod
-    def _locality(locality: ctypes._Pointer[ctypes.c_uint32], _tpm: int) -> int:
+    def _locality(locality: Any, _tpm: int) -> int:
         locality[0] = 0
         return TPM_SUCCESS
 
     @staticmethod
-    def _presence(present: ctypes._Pointer[ctypes.c_ubyte], _tpm: int) -> int:
+    def _presence(present: Any, _tpm: int) -> int:
         present[0] = 0
         return TPM_SUCCESS
 

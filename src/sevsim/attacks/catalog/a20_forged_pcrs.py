@@ -7,7 +7,6 @@ from sevsim.abi.tpm2 import HashAlg, PcrSelection
 from sevsim.attacks.framework import Attack, Attempt
 from sevsim.attacks.lab import GOLDEN_CMDLINE, VTPM_PCR, Lab
 from sevsim.errors import QuoteError
-from sevsim.host.vtpm import Vtpm
 
 # The command line the host boots the victim with: a root shell instead of the approved boot
 CMDLINE = b"console=ttyS0 init=/bin/sh"
@@ -38,7 +37,7 @@ class ForgedPcrs(Attack):
         lab.trace(f"booted the victim with {CMDLINE.decode()!r}; it printed "
                   f"{victim.vm.console.strip()!r}")
         selection: PcrSelection = {HashAlg.SHA256: [VTPM_PCR]}
-        with Vtpm() as forged:
+        with hv.vtpm() as forged:
             forged.pcr_extend(VTPM_PCR, {HashAlg.SHA256: HashAlg.SHA256.hash(GOLDEN_CMDLINE)})
             ak = forged.create_ak()
             attest, signature = forged.quote(ak.handle, nonce, selection)
