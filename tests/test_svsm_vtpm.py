@@ -18,7 +18,7 @@ from sevsim.abi.tcg_eventlog import EventLog, kernel_cmdline
 from sevsim.abi.tpm2 import HashAlg
 from sevsim.attacks.lab import VICTIMS
 from sevsim.attest import CertBundle, Policy, verify_quote, verify_vtpm_evidence
-from sevsim.errors import QuoteError, SnpVerificationError, TpmFormatError
+from sevsim.errors import LibtpmsError, QuoteError, SnpVerificationError, TpmFormatError
 from sevsim.guest.build import build_guest
 from sevsim.guest.kernel import VTPM_GPA, GuestKernel
 from sevsim.guest.libtpms import PERMANENT, VOLATILE, TpmEngine
@@ -217,6 +217,29 @@ def test_engines_swap_the_one_library_and_keep_loaded_objects() -> None:
     # a malformed command gets a TPM response code, not an exception
     response = ea.execute(b"\x80\x01\x00\x00\x00\x0c\x00\x00\x01\x44\xff\xff")
     assert tpm2.response_code(response) != 0
+
+
+class FailingStore(DictStore):
+    """A store whose volatile-state writes fail (memory the TPM can no longer write)."""
+
+    def store(self, name: str, data: bytes) -> None:
+        if name == VOLATILE:
+            raise TpmFormatError("libtpms blob", "refused")
+        super().store(name, data)
+
+
+def test_a_tpm_whose_state_cannot_be_saved_stops_for_good() -> None:
+    """No resuming later from an older volatile state (a PCR rollback): the TPM is lost, and
+    the library goes on serving the others."""
+    doomed, other = TpmEngine(FailingStore()), TpmEngine(DictStore())
+    tpm2.parse_pcr_extend_response(doomed.execute(tpm2.pcr_extend_command(
+        0, {SHA256: b"\1" * 32})))
+    read = tpm2.parse_pcr_read_response(other.execute(tpm2.pcr_read_command({SHA256: [0]})))
+    assert read.values == {SHA256: {0: bytes(32)}}
+    with pytest.raises(LibtpmsError, match="could not be saved") as caught:
+        doomed.execute(tpm2.pcr_read_command({SHA256: [0]}))
+    assert caught.value.call == "TPMLIB_VolatileAll_Store"
+    other.execute(tpm2.pcr_read_command({SHA256: [0]}))
 
 
 def test_missing_libtpms_is_a_typed_error(tmp_path: Path) -> None:

@@ -82,6 +82,7 @@ from sevsim.abi.vnic import NIC_PAGES
 from sevsim.errors import (
     GuestFault,
     KbsAgentError,
+    LibtpmsError,
     PageNotValidated,
     RmpInstructionError,
     SevsimError,
@@ -792,6 +793,8 @@ class GuestKernel:
         data = self._from_user(cpu, data_ptr, length)
         try:
             self._vtpm(cpu).extend(cpu, pcr, {tpm2.HashAlg.SHA256: hashlib.sha256(data).digest()})
+        except LibtpmsError:
+            return -EIO
         except svsm_vtpm.FAILURES:
             return -EINVAL
         return 0

@@ -22,7 +22,7 @@ import threading
 from typing import Any, Protocol
 
 from sevsim.abi import tpm2
-from sevsim.errors import LibtpmsError
+from sevsim.errors import LibtpmsError, SevsimError
 
 TPMLIB_TPM_VERSION_2 = 1  # enum TPMLIB_TPMVersion
 TPM_SUCCESS = 0
@@ -160,7 +160,9 @@ class _Library:
         return TPM_SUCCESS
 
     def suspend(self) -> None:
-        """Save the active engine's volatile state into its store and terminate the TPM."""
+        """Save the active engine's volatile state into its store and terminate the TPM. If
+        the save fails, that engine is lost for good rather than later resuming from an older
+        volatile state (a rollback of its PCRs); the library is free again either way."""
         engine, self.active = self.active, None
         if engine is None:
             return
@@ -170,6 +172,8 @@ class _Library:
             self.check("TPMLIB_VolatileAll_Store", self.lib.TPMLIB_VolatileAll_Store(
                 ctypes.byref(buf), ctypes.byref(size)))
             engine.store.store(VOLATILE, ctypes.string_at(buf, size.value))
+        except SevsimError as e:
+            engine.lost = f"its volatile state could not be saved: {e}"
         finally:
             self.active = None
             self.libc.free(buf)
@@ -218,6 +222,7 @@ class TpmEngine:
 
     def __init__(self, store: NvStore) -> None:
         self.store = store
+        self.lost = ""  # why this TPM may not run again (its state could not be saved)
         with _LOCK:
             _library()  # a missing libtpms fails here, not at the first command
 
@@ -225,6 +230,7 @@ class TpmEngine:
         """One command's whole response."""
         with _LOCK:
             lib = _library()
+            self._check_lost()
             if lib.active is not self:
                 lib.suspend()
                 if not lib.resume(self):
@@ -246,3 +252,8 @@ class TpmEngine:
             lib = _library()
             if lib.active is self:
                 lib.suspend()
+        self._check_lost()
+
+    def _check_lost(self) -> None:
+        if self.lost:
+            raise LibtpmsError("TPMLIB_VolatileAll_Store", 0, self.lost)
