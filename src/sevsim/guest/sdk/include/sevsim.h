@@ -411,8 +411,8 @@ static inline long sev_kbs_get_resource(const char *path, void *buf, size_t len)
  * (VMPL0) whose REPORT_DATA is SHA-512(nonce || AK TPMT_PUBLIC), the AK's TPMT_PUBLIC, a
  * quote of the SHA-256 PCRs set in pcr_mask over the same nonce, and their values (layout:
  * sevsim.abi.svsm_vtpm).  Returns 0 / the evidence's size, or -errno: SEV_ENODEV (not
- * SEV-SNP), SEV_EINVAL (a bad PCR, mask or nonce), SEV_ERANGE (buf too small), SEV_EIO (the
- * TPM or the report failed). */
+ * SEV-SNP), SEV_EPERM (below VMPL0), SEV_EINVAL (a bad PCR, mask or nonce), SEV_ERANGE (buf
+ * too small), SEV_EIO (the TPM or the report failed). */
 static inline long sev_vtpm_extend(unsigned pcr, const void *data, size_t len)
 {
     return sev_syscall3(SYS_VTPM_EXTEND, (long)pcr, (long)data, (long)len);
