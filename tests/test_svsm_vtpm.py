@@ -4,11 +4,13 @@ into an SNP report, and the relying party's verifier naming each refusal."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,7 +19,13 @@ from sevsim.abi.svsm_vtpm import NONCE_MAX, VtpmEvidence, report_data
 from sevsim.abi.tcg_eventlog import EventLog, kernel_cmdline
 from sevsim.abi.tpm2 import HashAlg
 from sevsim.attacks.lab import VICTIMS
-from sevsim.attest import CertBundle, Policy, verify_quote, verify_vtpm_evidence
+from sevsim.attest import (
+    CertBundle,
+    Policy,
+    ak_public_key,
+    verify_quote,
+    verify_vtpm_evidence,
+)
 from sevsim.errors import LibtpmsError, QuoteError, SnpVerificationError, TpmFormatError
 from sevsim.guest.build import build_guest
 from sevsim.guest.kernel import VTPM_GPA, GuestKernel
@@ -99,6 +107,28 @@ def test_evidence_verifies_end_to_end(host: Host, evidence: bytes) -> None:
     assert verified.pcrs == pcr8(CMDLINE)
     fields = tpm2.parse_ecc_public(verified.ak_public)
     assert fields.attributes == tpm2.AK_ATTRIBUTES  # a restricted signing key of the TPM's
+
+
+@pytest.mark.skipif(shutil.which("tpm2_checkquote") is None, reason="needs tpm2-tools")
+def test_tpm2_checkquote_accepts_the_in_vm_quote(evidence: bytes, tmp_path: Path) -> None:
+    """The oracle: tpm2-tools checks the libtpms-at-VMPL0 quote like any TPM's."""
+    genuine = VtpmEvidence.from_bytes(evidence)
+    (tmp_path / "ak.pem").write_bytes(ak_public_key(genuine.ak_public).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "quote.msg").write_bytes(genuine.attest)
+    (tmp_path / "quote.sig").write_bytes(genuine.signature)
+
+    def checkquote(nonce: bytes, pcr: bytes) -> int:
+        (tmp_path / "pcrs.bin").write_bytes(pcr)
+        return subprocess.run(
+            ["tpm2_checkquote", "-u", str(tmp_path / "ak.pem"), "-m",
+             str(tmp_path / "quote.msg"), "-s", str(tmp_path / "quote.sig"), "-f",
+             str(tmp_path / "pcrs.bin"), "-l", "sha256:8", "-g", "sha256", "-q", nonce.hex()],
+            capture_output=True, timeout=30).returncode
+
+    assert checkquote(NONCE, pcr8(CMDLINE)[SHA256][8]) == 0
+    assert checkquote(NONCE[::-1], pcr8(CMDLINE)[SHA256][8]) != 0
+    assert checkquote(NONCE, pcr8(b"init=/bin/sh")[SHA256][8]) != 0
 
 
 def test_the_report_policy_applies(host: Host, evidence: bytes) -> None:
