@@ -7,6 +7,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ from sevsim.abi import tpm2
 from sevsim.abi.svsm_vtpm import NONCE_MAX, VtpmEvidence, report_data
 from sevsim.abi.tcg_eventlog import EventLog, kernel_cmdline
 from sevsim.abi.tpm2 import HashAlg
-from sevsim.attacks.lab import VICTIMS
+from sevsim.attacks import ATTACKS, Setting, Verdict, run_attack
+from sevsim.attacks.lab import VICTIMS, planted_secret
 from sevsim.attest import (
     CertBundle,
     Policy,
@@ -284,6 +286,24 @@ def test_missing_libtpms_is_a_typed_error(tmp_path: Path) -> None:
     assert out.startswith("refused dlopen dlopen: /nonexistent/libtpms.so.0: cannot open")
 
 
+def test_system_calls_refuse_bad_arguments_and_lower_vmpls(host: Host,
+                                                           build: Callable[..., Path]) -> None:
+    vm = host.create_vm(mode="snp", memory="16M", vcpus=2)
+    vm.load(build("vtpm_calls"))
+    vm.launch()
+    vm.host_input = NONCE
+    result = vm.run(timeout=120)
+    assert result.exit_code == 0, result.console
+    lines = dict(line.rsplit(" ", 1) for line in result.console.splitlines())
+    assert lines == {"extend pcr 24": "-22", "extend bad pointer": "-14", "no nonce": "-22",
+                     "long nonce": "-22", "no pcrs": "-22", "pcr 24": "-22",
+                     "small buffer": "-34", "extend": "0",
+                     "evidence": str(len(vm.outputs[0])), "vmpl1 extend": "-1"}
+    # the refused calls changed nothing: PCR 8 holds the one good extend, PCR 9 nothing
+    got = verify_vtpm_evidence(vm.outputs[0], NONCE, certs(host), trust="sevsim").pcrs
+    assert got == {SHA256: {8: pcr8(b"x")[SHA256][8], 9: bytes(32)}}
+
+
 def test_outside_snp_there_is_no_svsm_vtpm(host: Host, elf: Path) -> None:
     vm = booted(host, elf, mode="sev-es")
     assert "no SNP-bound vTPM" in vm.console and not vm.outputs
@@ -315,3 +335,17 @@ def test_store_refuses_oversized_blobs(host: Host, elf: Path) -> None:
         nv.load("savestate")
     assert nv.load(PERMANENT) == before  # the refused write changed nothing
 
+
+
+def test_forged_pcrs_fool_only_the_host_provided_vtpm() -> None:
+    """A20's two SNP refusals: the forged quote beside the victim's report (ak-not-bound),
+    then passed off as the bound AK's (signature); below SNP the owner's secret is released."""
+    attack = ATTACKS["A20"]
+    broken = run_attack(attack, Setting("sev-es"))
+    assert broken.verdict is Verdict.BROKEN
+    assert broken.evidence == planted_secret("measured_boot").hex()
+    stopped = run_attack(attack, Setting("snp"))
+    assert stopped.verdict is Verdict.STOPPED
+    assert stopped.stopped_by.startswith("QuoteError: signature:")
+    assert any("ak-not-bound" in step for step in stopped.trace)
+    assert any("'vTPM evidence: " in step for step in stopped.trace)
