@@ -8,8 +8,9 @@ swtpm start and stop a VM with a vTPM adds (Vtpm() and close(), CMD_SHUTDOWN inc
 
 Side by side, the SNP-bound vTPM: the same TPM2_Quote run by the guest kernel's libtpms at
 VMPL0 of a booted SNP VM, its state in private guest memory (`SvsmVtpm.execute`); the same
-with a second VM's TPM in between every quote (each quote then swaps the one libtpms' state
-out to one VM's memory and in from the other's). No target: issue 14 asks for the
+with a second VM's TPM in between every quote (each quote then terminates the one libtpms
+and resumes the TPM from its VM's memory). Every in-VM command also writes the TPM's volatile
+state back to guest memory. No target: issue 14 asks for the
 figures.
 
     python benchmarks/vtpm.py [--quick] [--reps N]

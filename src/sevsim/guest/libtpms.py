@@ -3,12 +3,15 @@ the VM's trust domain rather than in a host process.
 
 libtpms keeps one TPM per process: one set of globals, one set of NVRAM callbacks. Each
 `TpmEngine` therefore owns only its state, and the module lends the library to one engine at
-a time under a process-wide lock: before an engine's command runs, the engine that had the
-library saves its volatile state into its own NV store (TPMLIB_VolatileAll_Store) and the
-library is terminated; then the new engine's state is brought in (its permanent state
-through the NVRAM load callback, its volatile state the same way) and TPMLIB_MainInit runs.
-The callbacks write only to the active engine's store, so no engine's state ever lands in
-another's. Consecutive commands from one engine swap nothing.
+a time under a process-wide lock. The store always holds the engine's whole state: libtpms
+writes its permanent state through the NVRAM store callback whenever it changes, and after
+every command the engine saves the volatile state (TPMLIB_VolatileAll_Store: PCRs, loaded
+objects, sessions) there too. Handing the library to another engine is then only
+TPMLIB_Terminate, then the other's state brought in (permanent and volatile state through the
+NVRAM load callback) and TPMLIB_MainInit. The callbacks reach only the active engine's
+store, so no engine's state lands in another's; consecutive commands from one engine swap
+nothing; and a new engine over the same store (a guest kernel after a migration) resumes
+exactly where the last command left the TPM.
 
 The library is found as libtpms.so.0 (Debian's libtpms0); missing, or a TPMLIB_* call failing,
 is a LibtpmsError naming the call.
@@ -159,24 +162,25 @@ class _Library:
         present[0] = 0
         return TPM_SUCCESS
 
-    def suspend(self) -> None:
-        """Save the active engine's volatile state into its store and terminate the TPM. If
-        the save fails, that engine is lost for good rather than later resuming from an older
-        volatile state (a rollback of its PCRs); the library is free again either way."""
-        engine, self.active = self.active, None
-        if engine is None:
-            return
+    def save(self, engine: TpmEngine) -> None:
+        """Write the active engine's volatile state into its store. If that fails, the
+        engine is lost for good rather than later resuming from an older volatile state (a
+        rollback of its PCRs), and the library is released."""
         buf, size = ctypes.c_void_p(), ctypes.c_uint32()
         try:
-            self.active = engine  # the store callback may run during the save
             self.check("TPMLIB_VolatileAll_Store", self.lib.TPMLIB_VolatileAll_Store(
                 ctypes.byref(buf), ctypes.byref(size)))
             engine.store.store(VOLATILE, ctypes.string_at(buf, size.value))
         except SevsimError as e:
             engine.lost = f"its volatile state could not be saved: {e}"
+            self.release()
         finally:
-            self.active = None
             self.libc.free(buf)
+
+    def release(self) -> None:
+        """Terminate the active engine's TPM (its state is in its store already)."""
+        if self.active is not None:
+            self.active = None
             self.lib.TPMLIB_Terminate()
 
     def resume(self, engine: TpmEngine) -> bool:
@@ -232,10 +236,13 @@ class TpmEngine:
             lib = _library()
             self._check_lost()
             if lib.active is not self:
-                lib.suspend()
+                lib.release()
                 if not lib.resume(self):
                     tpm2.parse_startup_response(lib.process(tpm2.startup_command()))
-            return lib.process(command)
+            response = lib.process(command)
+            lib.save(self)
+            self._check_lost()
+            return response
 
     def execute(self, command: bytes) -> bytes:
         """`transmit`, sent again while the TPM answers a retry warning."""
@@ -244,15 +251,6 @@ class TpmEngine:
             if tpm2.response_code(response) not in tpm2.RETRY_CODES:
                 break
         return response
-
-    def suspend(self) -> None:
-        """Save this TPM's volatile state to its store and give the library up (a VM that
-        stops, or migrates, calls this; another engine's command does it too)."""
-        with _LOCK:
-            lib = _library()
-            if lib.active is self:
-                lib.suspend()
-        self._check_lost()
 
     def _check_lost(self) -> None:
         if self.lost:

@@ -1,9 +1,10 @@
 """The SNP-bound vTPM: a TPM 2.0 (libtpms) that the guest kernel runs at VMPL0, as Coconut
 SVSM runs its vTPM, so the host has no process, file or socket that holds its state.
 
-Its NV state (seeds, NV indices, and the volatile state saved whenever another VM's TPM takes
-the library) lives in private guest memory at the area the kernel gives it, written through
-the vCPU's guest-physical view: the host reads only ciphertext there. Its attestation key is
+Its whole state (seeds and NV indices, and the volatile state saved after every command:
+PCRs, loaded objects) lives in private guest memory at the area the kernel gives it, written
+through the vCPU's guest-physical view: the host reads only ciphertext there, and a kernel
+that finds the area after a migration resumes the same TPM. Its attestation key is
 bound into an SNP report requested at VMPL0 (sevsim.abi.svsm_vtpm.report_data), so a quote
 verifies against the report only if this TPM made it.
 """
@@ -117,11 +118,6 @@ class SvsmVtpm:
             tpm2.parse_flush_context_response(self.execute(
                 cpu, tpm2.flush_context_command(ak.handle)))
         return VtpmEvidence(made, ak.public, attest, signature, pcrs)
-
-    def suspend(self, cpu: GuestCpu) -> None:
-        """Save the TPM's volatile state into guest memory and free the library."""
-        self.nv.cpu = cpu
-        self.engine.suspend()
 
 
 def pcr_mask(mask: int) -> dict[int, Sequence[int]]:
