@@ -5,9 +5,10 @@ The binding follows Coconut SVSM's attestation protocol (AMD's "Secure VM Servic
 SEV-SNP Guests", 58019 rev. 1.00, SVSM_ATTEST_SERVICES; coconut-svsm/svsm
 kernel/src/protocols/attest.rs): the monitor at VMPL0 asks the Secure Processor for a report
 whose REPORT_DATA is SHA-512(nonce || manifest), the manifest being the service's public
-description. SVSM's vTPM manifest is its endorsement key's TPMT_PUBLIC; sevsim's is the
-attestation key's TPMT_PUBLIC, the key that signs quotes, so one report binds the quotes
-directly (no credential activation round trip). The nonce is the relying party's, the same
+description. SVSM's vTPM service (GUID c476f1eb-0123-45a5-9641-b4e7dde5bfe3) has its
+endorsement key's TPMT_PUBLIC as manifest; sevsim's is the attestation key's TPMT_PUBLIC,
+the key that signs quotes, so one report binds the quotes directly (no credential activation
+round trip). The nonce is the relying party's, the same
 one the quote carries as qualifyingData.
 
 Evidence layout (big-endian, as TPM structures are): the 0x4A0-byte report, then the AK's
@@ -27,7 +28,6 @@ from sevsim.abi.tpm2 import HashAlg
 from sevsim.errors import TpmFormatError
 
 NONCE_MAX = 64  # TPM2B_DATA: qualifyingData holds at most a SHA-512 digest
-SERVICE_GUID = "c476f1eb-0123-45a5-9641-b4e7dde5bfe3"  # SVSM's vTPM service
 
 
 def report_data(nonce: bytes, manifest: bytes) -> bytes:
