@@ -238,7 +238,11 @@ class TpmEngine:
             if lib.active is not self:
                 lib.release()
                 if not lib.resume(self):
-                    tpm2.parse_startup_response(lib.process(tpm2.startup_command()))
+                    try:
+                        tpm2.parse_startup_response(lib.process(tpm2.startup_command()))
+                    except SevsimError:
+                        lib.release()  # the next command starts it again, from its store
+                        raise
             response = lib.process(command)
             lib.save(self)
             self._check_lost()
