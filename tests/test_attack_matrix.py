@@ -24,7 +24,8 @@ EXPECTED = {
     "A7": (X, X, X, X), "A8": (NA, X, X, OK), "A9": (NA, X, X, OK), "A10": (NA, NA, X, X),
     "A11": (X, X, X, X), "A12": (NA, X, X, OK), "A13": (NA, NA, X, X),
     "A14": (NA, X, X, X), "A15": (NA, X, X, X), "A16": (X, X, X, X), "A17": (NA, X, X, X),
-    "A19": (NA, NA, NA, X), "F1": (NA, X, X, NA), "F2": (NA, X, X, OK), "F3": (NA, X, X, OK),
+    "A19": (NA, NA, NA, X), "A20": (X, X, X, OK), "F1": (NA, X, X, NA),
+    "F2": (NA, X, X, OK), "F3": (NA, X, X, OK),
 }
 # §3's fix column: the settings each attack names as its fix or feature, every one of which
 # must stop it ("(✓fix)", the Zen 2 tweak, Genoa's ciphertext hiding, the guest's options)
@@ -47,7 +48,8 @@ SECRET_IN = {"A0": "secret_in_memory", "A1": "secret_in_memory", "A2": "secret_i
              "A5": "response_service", "A6": "bounce_io", "A7": "page_channel",
              "A8": "response_service", "A9": "tlb_tenants", "A10": "ladder",
              "A11": "step_channel", "A12": "secret_page_cbit", "A13": "secret_in_rax",
-             "A17": "keypad_echo", "F1": "launch_secret", "F2": "secret_in_memory"}
+             "A17": "keypad_echo", "A20": "measured_boot", "F1": "launch_secret",
+             "F2": "secret_in_memory"}
 ANSWER = {"A3": "'PIN OK: ACCESS GRANTED'", "A4": ": access granted'",
           "A14": "'access granted'", "A15": "'access granted'",
           "A16": "'PIN OK: ACCESS GRANTED'", "A19": "'access granted'",
@@ -90,6 +92,7 @@ STOPPED_BY: dict[tuple[str, str], tuple[str, ...]] = {
     ("A16", "snp+alias-check"): ("DRAM alias check failed",),
     ("A19", "snp+fixed-firmware"): ("^RmpViolation: RMP violation: host write",
                                     "belongs to the firmware"),
+    ("A20", "snp"): ("^QuoteError: signature: the AK's signature over TPMS_ATTEST",),
     ("F1", "sev+fixed-firmware"): ("INVALID_CERTIFICATE", "not on P-384"),
     ("F1", "sev-es+fixed-firmware"): ("INVALID_CERTIFICATE", "not on P-384"),
 }

@@ -370,3 +370,14 @@ class SecureBootConfigError(ConfigError):
 class SecureBootViolation(GuestFault):
     """Secure boot refused the guest program before it ran (unsigned, bad signature, untrusted
     signer, revoked); the run result's `secure_boot` carries the verdict."""
+
+
+class LibtpmsError(SevsimError):
+    """The in-VM TPM engine cannot run: libtpms is not installed, or one of its library calls
+    failed; `call` names the TPMLIB_* function and `result` its TPM_RESULT (0 if none)."""
+
+    def __init__(self, call: str, result: int, message: str) -> None:
+        self.call = call
+        self.result = result
+        super().__init__(f"{call}: {message}" + (f" (TPM_RESULT 0x{result:X})" if result
+                                                  else ""))

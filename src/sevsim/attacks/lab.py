@@ -24,6 +24,8 @@ from sevsim.abi.bootinfo import KernelOption
 from sevsim.abi.policy import PolicyFlags
 from sevsim.abi.snp_tcb import Generation
 from sevsim.abi.snp_tcb import PolicyFlags as SnpPolicyFlags
+from sevsim.abi.svsm_vtpm import VtpmEvidence
+from sevsim.abi.tpm2 import HashAlg
 from sevsim.abi.vmsa import (
     SEV_FEATURES_ALTERNATE_INJECTION,
     SEV_FEATURES_RESTRICTED_INJECTION,
@@ -37,6 +39,8 @@ from sevsim.attest.measure import guest_digest
 from sevsim.attest.sev_owner import DEFAULT_POLICY, GuestOwner
 from sevsim.attest.snp_policy import Policy, TcbMinimum, validate_report
 from sevsim.attest.snp_verify import CertBundle, verify_report_chain
+from sevsim.attest.svsm_vtpm import verify_vtpm_evidence
+from sevsim.attest.tpm_quote import verify_quote
 from sevsim.errors import AttestationError, ConfigError
 from sevsim.firmware.snp_guest import DEFAULT_TCB
 from sevsim.guest.build import build_guest, sdk_dir
@@ -60,6 +64,10 @@ _VICTIM_MACROS = {"fail-closed-checks": "-DFAIL_CLOSED_CHECKS"}
 _KERNEL_OPTIONS = {"vc-insn-check": KernelOption.VC_INSN_CHECK,
                    "no-ia32-emulation": KernelOption.NO_IA32_EMULATION}
 SECRET_BYTES = 32
+# The boot the guest owner approves: the kernel command line its vTPM quote must show in PCR 8
+# (its golden value, as integrity monitoring learns it), and the fresh nonces it asks for.
+GOLDEN_CMDLINE = b"console=ttyS0 ro"
+VTPM_PCR = 8
 DEFAULT_SEED = b"sevsim attack lab"  # the lab's platform and its victims' secrets derive from it
 _BUILDS = Path(tempfile.gettempdir()) / "sevsim-victims"
 # The platform flaws an attack may need (`Host` keywords) and the feature that fixes each: the
@@ -139,6 +147,8 @@ class Lab:
         self._secret = b""
         self._honest: bytes | None = None
         self._launches: dict[int, tuple[bytes, Path, int]] = {}  # id(vm): secret, ELF, size
+        self._nonces = 0
+        self._nonce = b""
 
     def victim(self, program: str, *, mode: str | None = None, vcpus: int = 1,
                memory: str = "16M", honest: bytes | None = None, cflags: tuple[str, ...] = (),
@@ -210,14 +220,54 @@ class Lab:
                                 vm.kernel_id)
         verified = verify_report_chain(report, CertBundle.from_cert_table(certificates),
                                        trust="sevsim").raise_for_failure()
-        fixed = DEFAULT_TCB[Generation(self._host.chip.product)]
-        policy = Policy(measurements=(expected,), tcb={"reported": TcbMinimum(
-            fixed.bootloader, fixed.tee, fixed.snp, fixed.microcode)})
-        result = validate_report(verified, policy)
+        result = validate_report(verified, self._owner_policy(expected))
         if not result.ok:
             raise AttestationError("the key broker refuses the report: " + "; ".join(
                 f"{c.name} {c.actual}, wants {c.expected}" for c in result.checks
                 if not c.passed))
+        return self._secret
+
+    def _owner_policy(self, measurement: bytes) -> Policy:
+        """The target's expected launch digest, and at least the TCB of the firmware with
+        the published fixes."""
+        fixed = DEFAULT_TCB[Generation(self._host.chip.product)]
+        return Policy(measurements=(measurement,), tcb={"reported": TcbMinimum(
+            fixed.bootloader, fixed.tee, fixed.snp, fixed.microcode)})
+
+    def vtpm_nonce(self) -> bytes:
+        """A fresh nonce for a vTPM quote (drawn from the lab's seed: runs repeat exactly);
+        `release_secret_to_vtpm` accepts only the last one issued."""
+        self._nonces += 1
+        self._nonce = hashlib.sha256(self.seed + b" vTPM nonce %d" % self._nonces).digest()
+        return self._nonce
+
+    def golden_pcrs(self) -> dict[int, dict[int, bytes]]:
+        """The PCR values of the approved boot: GOLDEN_CMDLINE measured into PCR 8."""
+        measured = HashAlg.SHA256.hash(bytes(32) + HashAlg.SHA256.hash(GOLDEN_CMDLINE))
+        return {HashAlg.SHA256: {VTPM_PCR: measured}}
+
+    def release_secret_to_vtpm(self, ak_public: bytes, attest: bytes, signature: bytes,
+                               report: bytes = b"", certificates: bytes = b"") -> bytes:
+        """The target's relying party for a vTPM quote over the last nonce and the golden
+        PCRs. Under SNP it trusts only the SNP-bound vTPM: the report (chain, the target's
+        launch digest, TCB) must bind the AK that signed the quote (verify_vtpm_evidence).
+        Below SNP the vTPM is the platform's (swtpm on the host, its AK vouched for by the
+        provider, as a cloud's shielded-VM API does): the quote must verify with the AK the
+        platform presents. QuoteError or SnpVerificationError if not."""
+        if self.target is None or not self._nonce:
+            raise ConfigError("the attack launched no victim or asked for no nonce")
+        golden = self.golden_pcrs()
+        if self.target.vm.mode != "snp":
+            verify_quote(ak_public, attest, signature, self._nonce, golden)
+            return self._secret
+        vm = self.target.vm
+        _, elf, size = self._launches[id(vm)]
+        expected = guest_digest("snp", parse_elf(elf.read_bytes()), size, len(vm.hv.vcpus),
+                                vm.kernel_id)
+        verify_vtpm_evidence(VtpmEvidence(report, ak_public, attest, signature, golden),
+                             self._nonce, CertBundle.from_cert_table(certificates),
+                             trust="sevsim", policy=self._owner_policy(expected),
+                             expected_pcrs=golden)
         return self._secret
 
     def _snp_policy(self) -> int:

@@ -23,6 +23,7 @@ from sevsim.firmware.sev import SevFirmware
 from sevsim.host.hypervisor import HvVm, Hypervisor
 from sevsim.host.machine import Host
 from sevsim.host.vmm import VirtualMachine
+from sevsim.host.vtpm import Vtpm
 from sevsim.hw.cpu import Vcpu, Vmcb, VmExit
 from sevsim.hw.engine import PAGE
 from sevsim.hw.rmp import RmpEntry
@@ -62,6 +63,12 @@ class HypervisorAttacker:
 
     def __init__(self, hypervisor: Hypervisor) -> None:
         self.hypervisor = hypervisor
+
+    @staticmethod
+    def vtpm() -> Vtpm:
+        """A fresh host-provided vTPM (swtpm), as the VMM starts one per VM: the host owns its
+        process and state outright. Use as a context manager."""
+        return Vtpm()
 
     @property
     def firmware(self) -> SevFirmware:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sevsim.attest.sev_owner import GuestOwner, expected_launch_digest
     from sevsim.attest.snp_policy import Policy, policy_for, validate_report
     from sevsim.attest.snp_verify import CertBundle, ChainCache, load_report, verify_report_chain
+    from sevsim.attest.svsm_vtpm import VerifiedVtpm, verify_vtpm_evidence
     from sevsim.attest.tpm_boot import BootExpectation, VerifiedBoot, verify_boot
     from sevsim.attest.tpm_quote import ak_public_key, replay_event_log, verify_quote
 
@@ -65,16 +66,18 @@ _LAZY = {
     "verify_boot": ("tpm_boot", "verify_boot"),  # AK + quote + event log together
     "IntegrityBaseline": ("integrity", "IntegrityBaseline"),  # GCE-style integrity monitoring
     "IntegrityReport": ("integrity", "IntegrityReport"),
+    "VerifiedVtpm": ("svsm_vtpm", "VerifiedVtpm"),
+    "verify_vtpm_evidence": ("svsm_vtpm", "verify_vtpm_evidence"),  # the SNP-bound vTPM
 }
 
 __all__ = ["GUID_GCE_ENDORSEMENT", "BootExpectation", "CertBundle", "ChainCache", "GuestOwner",
            "IntegrityBaseline", "IntegrityReport", "KdsClient", "LaunchEndorsement",
-           "PlatformChain", "Policy", "VerifiedBoot", "ak_public_key",
+           "PlatformChain", "Policy", "VerifiedBoot", "VerifiedVtpm", "ak_public_key",
            "endorsement_in_cert_table", "expected_launch_digest", "golden_measurements",
            "load_google_root", "load_report", "load_signing_key", "make_id_block", "policy_for",
            "replay_event_log", "simulated_google_root", "snp_ovmf_digest", "snp_svsm_digest",
            "validate_report", "verify_boot", "verify_endorsement", "verify_quote",
-           "verify_report_chain", "verify_sev_chain"]
+           "verify_report_chain", "verify_sev_chain", "verify_vtpm_evidence"]
 
 
 def __getattr__(name: str) -> Any:

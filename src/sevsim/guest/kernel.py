@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from sevsim.abi import tpm2
 from sevsim.abi.bootinfo import (
     BOOTINFO_GPA,
     SNP_CPUID_GPA,
@@ -76,19 +77,21 @@ from sevsim.abi.svm import (
     ioio_decode,
     ioio_info,
 )
+from sevsim.abi.svsm_vtpm import NONCE_MAX
 from sevsim.abi.tpm_channel import framing_error
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, Vmsa
 from sevsim.abi.vnic import NIC_PAGES
 from sevsim.errors import (
     GuestFault,
     KbsAgentError,
+    LibtpmsError,
     PageNotValidated,
     RmpInstructionError,
     SecureBootViolation,
     SevsimError,
     SnpFormatError,
 )
-from sevsim.guest import tsm
+from sevsim.guest import svsm_vtpm, tsm
 from sevsim.guest.ghcb import (
     TERM_GENERAL_REQUEST,
     TERM_PSC,
@@ -117,7 +120,8 @@ TSM_AREA = tsm.SLOTS * tsm.SLOT_SIZE  # ... TSM_GPA + v * TSM_AREA (private)
 NIC_GPA = TSM_GPA + VMPLS * TSM_AREA  # the virtual NIC's rings (shared on first use)
 KBS_KEY_GPA = NIC_GPA + NIC_PAGES * PAGE  # the attestation agent's private key (private)
 TPM_GPA = KBS_KEY_GPA + PAGE  # the vTPM command channel's page (shared on first use)
-KERNEL_END = TPM_GPA + PAGE  # programs may share or unshare from here
+VTPM_GPA = TPM_GPA + PAGE  # the SNP-bound vTPM's NV state (private)
+KERNEL_END = VTPM_GPA + svsm_vtpm.NV_PAGES * PAGE  # programs may share or unshare from here
 _VERSION_GPA = STATE_GPA  # u64: negotiated GHCB protocol version
 _SHARED_FLAGS_GPA = STATE_GPA + 8  # u64: which of the kernel's shared areas are shared yet
 _MSG_SHARED, _HOST_IO_SHARED, _NIC_SHARED, _TPM_SHARED = 1, 2, 4, 8
@@ -134,6 +138,7 @@ EFAULT = 14
 ENODEV = 19
 EINVAL = 22
 ENOSPC = 28
+ERANGE = 34
 ENOSYS = 38
 EPROTO = 71
 ETIMEDOUT = 110
@@ -165,6 +170,8 @@ SYS_MAP_WINDOW = 119
 SYS_KBS_RESOURCE = 120
 SYS_TPM_TRANSMIT = 130
 SYS_TPM_EVENT_LOG = 131
+SYS_VTPM_EXTEND = 132  # the SNP-bound vTPM (svsm_vtpm.py)
+SYS_VTPM_EVIDENCE = 133
 KERNEL_OPTIONS = int(KernelOption.VC_INSN_CHECK | KernelOption.NO_IA32_EMULATION)  # all there are
 IA32_SYSCALL_VECTOR = 0x80
 # What an injected #VC's handler emulates without decoding operands, and the instruction it
@@ -172,7 +179,7 @@ IA32_SYSCALL_VECTOR = 0x80
 _VC_INSNS = {ExitCode.VMMCALL: b"\x0f\x01\xd9", ExitCode.CPUID: b"\x0f\xa2"}
 _VMPL0_ONLY = {SYS_SET_SHARED, SYS_SET_PRIVATE, SYS_VCPU_START, SYS_VMPL_START,
                SYS_KERNEL_OPTIONS, SYS_SET_PTE_ATTRS, SYS_KBS_RESOURCE, SYS_TPM_TRANSMIT,
-               SYS_TPM_EVENT_LOG}
+               SYS_TPM_EVENT_LOG, SYS_VTPM_EXTEND, SYS_VTPM_EVIDENCE}
 _BUSY_RETRY_S = 0.01  # Linux: SNP_REQ_RETRY_DELAY, while the hypervisor says BUSY ...
 _BUSY_GIVE_UP_S = 60.0  # ... for at most SNP_REQ_MAX_RETRY_DURATION
 _MAX_WRITE = 1 << 20
@@ -188,7 +195,8 @@ def kernel_identity() -> bytes:
     return hashlib.sha384(b"".join((here / name).read_bytes()
                                    for name in ("kernel.py", "ghcb.py", "tsm.py", "vnic.py",
                                                 "kbs_agent.py", "secure_boot.py",
-                                                "tpm.py"))).digest()
+                                                "tpm.py", "svsm_vtpm.py",
+                                                "libtpms.py"))).digest()
 
 
 def _runs(gpns: list[int]) -> list[tuple[int, int]]:
@@ -231,7 +239,9 @@ class GuestKernel:
             SYS_KERNEL_OPTIONS: self._kernel_options, SYS_SET_PTE_ATTRS: self._set_pte_attrs,
             SYS_MAP_WINDOW: self._map_window, SYS_KBS_RESOURCE: self._kbs_resource,
             SYS_TPM_TRANSMIT: self._tpm_transmit, SYS_TPM_EVENT_LOG: self._tpm_event_log,
+            SYS_VTPM_EXTEND: self._vtpm_extend, SYS_VTPM_EVIDENCE: self._vtpm_evidence,
         }
+        self.vtpm: svsm_vtpm.SvsmVtpm | None = None  # made on first use, state in VTPM_GPA
 
     # -- boot ---------------------------------------------------------------------------------
     def _read_boot_info(self, cpu: GuestCpu) -> BootInfo:
@@ -843,6 +853,50 @@ class GuestKernel:
             return -EIO
         self._to_user(cpu, out_ptr, response.derived_key)
         return 0
+
+    # -- the SNP-bound vTPM ----------------------------------------------------------------------
+    def _vtpm(self, cpu: GuestCpu) -> svsm_vtpm.SvsmVtpm:
+        if self.vtpm is None:
+            self.vtpm = svsm_vtpm.SvsmVtpm(cpu, VTPM_GPA)
+        return self.vtpm
+
+    def _vtpm_extend(self, cpu: GuestCpu, pcr: int, data_ptr: int, length: int, *_: int) -> int:
+        """Measure `length` bytes into SHA-256 PCR `pcr` of the in-VM TPM (SNP only)."""
+        if not snp_active(cpu):
+            return -ENODEV
+        if length > _MAX_WRITE:
+            return -EINVAL
+        data = self._from_user(cpu, data_ptr, length)
+        try:
+            self._vtpm(cpu).extend(cpu, pcr, {tpm2.HashAlg.SHA256: hashlib.sha256(data).digest()})
+        except LibtpmsError:
+            return -EIO
+        except svsm_vtpm.FAILURES:
+            return -EINVAL
+        return 0
+
+    def _vtpm_evidence(self, cpu: GuestCpu, nonce_ptr: int, nonce_len: int, mask: int,
+                       out_ptr: int, out_len: int) -> int:
+        """The in-VM TPM's evidence for a nonce (report binding its AK, the AK, a quote of the
+        SHA-256 PCRs in `mask`) into the program's buffer; its size, or -ERANGE with none."""
+        if not snp_active(cpu):
+            return -ENODEV
+        if not 0 < nonce_len <= NONCE_MAX or not 0 < mask < 1 << svsm_vtpm.SHA256_PCRS:
+            return -EINVAL
+        nonce = self._from_user(cpu, nonce_ptr, nonce_len)
+        self._user_range(cpu, out_ptr, out_len)
+        try:
+            made = self._vtpm(cpu).evidence(cpu, nonce, svsm_vtpm.pcr_mask(mask),
+                                            lambda data: self._report(cpu, data, 0, None))
+        except svsm_vtpm.FAILURES:
+            return -EIO
+        if isinstance(made, int):
+            return made
+        blob = made.to_bytes()
+        if len(blob) > out_len:
+            return -ERANGE
+        self._to_user(cpu, out_ptr, blob)
+        return len(blob)
 
     # -- configfs-tsm reports ------------------------------------------------------------------
     @staticmethod

@@ -21,6 +21,7 @@ from sevsim.attacks.catalog.a15_cachewarp import CacheWarp
 from sevsim.attacks.catalog.a16_badram import BadRam
 from sevsim.attacks.catalog.a17_heracles import Heracles
 from sevsim.attacks.catalog.a19_rmpocalypse import RmPocalypse
+from sevsim.attacks.catalog.a20_forged_pcrs import ForgedPcrs
 from sevsim.attacks.catalog.f01_invalid_curve import InvalidCurvePdh
 from sevsim.attacks.catalog.f02_sp_firmware import SpFirmwareBug
 from sevsim.attacks.catalog.f03_permutation import LaunchPermutation
@@ -46,6 +47,7 @@ ATTACKS: dict[str, Attack] = {attack.id: attack for attack in (
     BadRam(),
     RmPocalypse(),
     Heracles(),
+    ForgedPcrs(),
     InvalidCurvePdh(),
     SpFirmwareBug(),
     LaunchPermutation(),

@@ -59,6 +59,8 @@ extern "C" {
 #define SYS_KBS_RESOURCE 120
 #define SYS_TPM_TRANSMIT 130
 #define SYS_TPM_EVENT_LOG 131
+#define SYS_VTPM_EXTEND 132
+#define SYS_VTPM_EVIDENCE 133
 
 /* Hardening options of the guest kernel (sev_kernel_options). */
 #define SEV_KOPT_VC_INSN_CHECK (1UL << 0)     /* #VC: check the instruction matches the exit */
@@ -458,6 +460,27 @@ long sev_tpm_quote(uint32_t ak, const void *nonce, size_t nonce_len,
                    size_t *attest_len, void *sig, size_t *sig_len);
 /* TPM2_FlushContext: unload a transient object (an AK).  Returns 0. */
 long sev_tpm_flush(uint32_t handle);
+
+/* The SNP-bound vTPM: a TPM 2.0 the guest kernel runs at VMPL0 with its state in private
+ * memory, which the host can neither read nor forge (SEV-SNP only; VMPL0 callers).
+ * sev_vtpm_extend measures len bytes: SHA-256 of them is extended into SHA-256 PCR `pcr`.
+ * sev_vtpm_evidence writes the evidence for a 1..64-byte nonce into buf: an SNP report
+ * (VMPL0) whose REPORT_DATA is SHA-512(nonce || AK TPMT_PUBLIC), the AK's TPMT_PUBLIC, a
+ * quote of the SHA-256 PCRs set in pcr_mask over the same nonce, and their values (layout:
+ * sevsim.abi.svsm_vtpm).  Returns 0 / the evidence's size, or -errno: SEV_ENODEV (not
+ * SEV-SNP), SEV_EPERM (below VMPL0), SEV_EINVAL (a bad PCR, mask or nonce), SEV_ERANGE (buf
+ * too small), SEV_EIO (the TPM or the report failed). */
+static inline long sev_vtpm_extend(unsigned pcr, const void *data, size_t len)
+{
+    return sev_syscall3(SYS_VTPM_EXTEND, (long)pcr, (long)data, (long)len);
+}
+
+static inline long sev_vtpm_evidence(const void *nonce, size_t nonce_len, unsigned pcr_mask,
+                                     void *buf, size_t len)
+{
+    return sev_syscall5(SYS_VTPM_EVIDENCE, (long)nonce, (long)nonce_len, (long)pcr_mask,
+                        (long)buf, (long)len);
+}
 
 /* Window pages: guest-virtual pages above the program's memory that the process on one
  * vCPU points at its own pages, as a page table does (SEV_WINDOW_PAGES of them). */
