@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import os
+import select
+import signal
 import types
 
 import numpy as np
@@ -561,6 +563,32 @@ def test_xts_large_runs_shared_between_cores_match_one_core():
         assert shared[lo:lo + PAGE].tobytes() == expected
     assert np.array_equal(engine.decrypt_pages(1, frame, shared), plain)
     assert np.array_equal(engine.decrypt_blocks(1, frame * PAGE, shared), plain)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no worker pool")
+def test_a_forked_child_shares_large_runs_out_too():
+    """The attack matrix forks workers after the parent used the pool: a child inherits the
+    pool without its threads, so it needs one of its own or its first large run waits forever."""
+    engine = make_engine(TweakMode.XEX_STRONG, keys={1: xts_key()})
+    plain = rand((engine_module.PARALLEL_PAGES + 3) * PAGE, 11)
+    cipher = engine.encrypt_pages(1, 0x777, plain)  # the parent's pool has started its threads
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the same run must come back, and soon
+        os.close(reader)
+        ok = np.array_equal(engine.encrypt_pages(1, 0x777, plain), cipher)
+        os.write(writer, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(writer)
+    try:
+        ready, _, _ = select.select([reader], [], [], 60)
+        answer = os.read(reader, 1) if ready else b""
+    finally:
+        os.close(reader)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert answer == b"1", "the forked child's large run did not finish"
 
 
 @settings(max_examples=30, deadline=None)

@@ -47,7 +47,25 @@ _BLOCKS_PER_PAGE = PAGE // BLOCK
 _ADDRESS_WIDTH = 64  # SPAs are 64-bit: tweak constants beyond bit 63 are never used
 PARALLEL_PAGES = 1024  # runs of 4 MiB and more are shared out between the host's cores
 _WORKERS = min(os.cpu_count() or 1, 8)
-_POOL = ThreadPoolExecutor(_WORKERS, thread_name_prefix="sevsim-engine") if _WORKERS > 1 else None
+
+
+def _new_pool() -> ThreadPoolExecutor | None:
+    if _WORKERS < 2:
+        return None
+    return ThreadPoolExecutor(_WORKERS, thread_name_prefix="sevsim-engine")
+
+
+_POOL = _new_pool()
+
+
+def _pool_for_forked_child() -> None:
+    """A forked child (the attack matrix's workers) inherits the pool without its threads:
+    work handed to it would wait forever, so the child gets a pool of its own."""
+    global _POOL
+    _POOL = _new_pool()
+
+
+os.register_at_fork(after_in_child=_pool_for_forked_child)
 _ZERO_TWEAK = np.zeros(2, dtype=np.uint64)
 AES128_KEY_BYTES = 16  # AES-128 with the chip's SPA tweak (XE or XEX)
 XTS256_KEY_BYTES = 64  # AES-256-XTS: K1 (data key) || K2 (tweak key)
