@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sevsim import Host
+from sevsim import Host, migrate
 from sevsim.abi.tcg_eventlog import EventLog, EventType, replay
 from sevsim.abi.tpm2 import HashAlg
 from sevsim.abi.tpm_channel import (
@@ -28,6 +28,7 @@ from sevsim.attest import replay_event_log
 from sevsim.cli.main import app
 from sevsim.errors import ConfigError, GuestFault
 from sevsim.guest.tpm import BOOT_FILE_DIR
+from sevsim.host.migration import MigrationError
 from sevsim.host.vmm import RunResult, VirtualMachine
 from sevsim.host.vtpm import Vtpm
 from test_tcg_eventlog import by_name, listed_events, listed_pcrs, tpm2_eventlog
@@ -191,3 +192,16 @@ def test_cli_boot_file(build: Callable[..., Path], tmp_path: Path) -> None:
     missing = CliRunner().invoke(app, ["run", str(build("boot_files")),
                                        "--boot-file", str(tmp_path / "absent")])
     assert missing.exit_code == 125 and "cannot read" in missing.output
+
+
+def test_a_vm_with_boot_files_does_not_migrate(build: Callable[..., Path]) -> None:
+    """The kernel keeps the files it read outside the memory the stream carries: moved, the
+    program would find none, so the VM stays and runs on where it is."""
+    vm = Host(seed=b"boot files").create_vm(mode="sev", memory="16M")
+    vm.load(build("boot_files"), files=[("initrd.img", INITRD)])
+    vm.launch()
+    target = Host(seed=b"boot files target")
+    with pytest.raises(MigrationError, match="boot data files"):
+        migrate(vm, target)
+    assert not target.hypervisor.vms
+    assert vm.run(timeout=60).exit_code == 1 and vm.outputs == [b"initrd.img\0" + INITRD]
