@@ -27,6 +27,8 @@ from sevsim.abi.tpm_channel import (
 from sevsim.attest import replay_event_log
 from sevsim.cli.main import app
 from sevsim.errors import ConfigError, GuestFault
+from sevsim.guest.build import sdk_dir
+from sevsim.guest.kernel import SYS_BOOT_FILE
 from sevsim.guest.tpm import BOOT_FILE_DIR
 from sevsim.host.migration import MigrationError
 from sevsim.host.vmm import RunResult, VirtualMachine
@@ -205,3 +207,13 @@ def test_a_vm_with_boot_files_does_not_migrate(build: Callable[..., Path]) -> No
         migrate(vm, target)
     assert not target.hypervisor.vms
     assert vm.run(timeout=60).exit_code == 1 and vm.outputs == [b"initrd.img\0" + INITRD]
+
+
+def test_the_sdk_header_states_the_channel_s_limits() -> None:
+    """sevsim.h repeats the limits for C programs; this keeps the two in step."""
+    header = (sdk_dir() / "include" / "sevsim.h").read_text()
+    defined = dict(re.findall(r"^#define (SEV_BOOT_\w+|SYS_BOOT_FILE) +(\S+)", header, re.M))
+    assert defined == {"SYS_BOOT_FILE": str(SYS_BOOT_FILE),
+                       "SEV_BOOT_FILES_MAX": str(MAX_BOOT_FILES),
+                       "SEV_BOOT_FILE_SIZE_MAX": str(MAX_BOOT_FILE_SIZE),
+                       "SEV_BOOT_FILE_NAME_MAX": str(MAX_BOOT_FILE_NAME + 1)}

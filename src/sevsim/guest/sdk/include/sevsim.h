@@ -409,9 +409,9 @@ static inline long sev_kbs_get_resource(const char *path, void *buf, size_t len)
 /* Boot data files (`sevsim run --boot-file`), as GRUB loads an initrd        */
 /* ------------------------------------------------------------------------ */
 
-#define SEV_BOOT_FILES_MAX 16             /* files a VM boots with */
-#define SEV_BOOT_FILE_SIZE_MAX (1L << 20) /* bytes in one */
-#define SEV_BOOT_FILE_NAME_MAX 129        /* a name with its NUL */
+#define SEV_BOOT_FILES_MAX 16          /* files a VM boots with */
+#define SEV_BOOT_FILE_SIZE_MAX 1048576 /* bytes in one (1 MiB) */
+#define SEV_BOOT_FILE_NAME_MAX 129     /* a name with its NUL */
 /* Boot data file `index` (0, 1, ... in the order the host gave them): its name with a NUL
  * into name, its bytes into data.  The kernel read them once at boot into its private memory
  * and, with a vTPM, measured exactly these bytes into PCR 9.  Returns the data's length, or
