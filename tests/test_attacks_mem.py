@@ -16,7 +16,11 @@ from sevsim.abi.cpuid import SevStatusMsr
 from sevsim.abi.snp_report import AttestationReport
 from sevsim.abi.snp_tcb import PlatformInfo, PolicyFlags, SnpPolicy
 from sevsim.abi.status import SevStatus
-from sevsim.abi.svm import SEVSIM_HC_HOST_INPUT, SEVSIM_HC_TPM_TRANSMIT
+from sevsim.abi.svm import (
+    SEVSIM_HC_HOST_INPUT,
+    SEVSIM_HC_TPM_BOOT_READ,
+    SEVSIM_HC_TPM_TRANSMIT,
+)
 from sevsim.abi.vmsa import (
     OFFSETS,
     SEV_FEATURES_SNP,
@@ -240,7 +244,8 @@ def test_on_hypercall_sees_each_request_before_the_vmm_answers(tmp_path) -> None
 
     HypervisorAttacker(host.hypervisor).on_hypercall(vm, wrong_guess)
     assert "LOCKED OUT" in vm.run(timeout=30).console
-    assert seen == [SEVSIM_HC_TPM_TRANSMIT] + [SEVSIM_HC_HOST_INPUT] * 3  # the boot's TPM probe
+    # the boot's TPM probe and its question for boot files first
+    assert seen == [SEVSIM_HC_TPM_TRANSMIT, SEVSIM_HC_TPM_BOOT_READ] + [SEVSIM_HC_HOST_INPUT] * 3
 
 
 @pytest.mark.parametrize(("platform", "expected"), [

@@ -300,14 +300,13 @@ def test_channel_refuses_what_it_cannot_frame(build: Callable[..., Path]) -> Non
         vm.write_gpa(page, tpm2.get_random_command(8)[:6] + b"\0\0\0\0")  # size 12, 10 sent
         assert device.hypercall(vm, SEVSIM_HC_TPM_TRANSMIT, (page, 10, 0)) == CHANNEL_ERROR
         assert device.hypercall(vm, SEVSIM_HC_TPM_TRANSMIT, (page + 1, 12, 0)) == CHANNEL_ERROR
-        assert device.hypercall(vm, SEVSIM_HC_TPM_BOOT_READ, (page, 7, 0)) == CHANNEL_ERROR
+        assert vm.boot_disk.hypercall(vm, (page, 7, 0)) == CHANNEL_ERROR
         assert device.commands == 0  # none of them reached swtpm
         garbage = b"\x12\x34" + (12).to_bytes(4, "big") + b"\xde\xad\xbe\xef\0\0"
         vm.write_gpa(page, garbage)
         length = device.hypercall(vm, SEVSIM_HC_TPM_TRANSMIT, (page, 12, 0))
         assert length == 10 and tpm2.response_code(vm.read_gpa(page, 10)) != 0
-        assert device.hypercall(vm, SEVSIM_HC_TPM_BOOT_READ,
-                                (page, BootItem.CMDLINE, 0)) == len("hello.elf")
+        assert vm.boot_disk.hypercall(vm, (page, BootItem.CMDLINE, 0)) == len("hello.elf")
     finally:
         vm.destroy()
     assert device.tpm.stopped
@@ -353,7 +352,7 @@ def test_a_host_offering_another_program_file_stops_the_boot(build: Callable[...
                          (b"MZ not an ELF", "not an ELF file")):
         vm = booted(build, "sev-es")
         assert vm.vtpm is not None
-        vm.vtpm.boot_items[BootItem.PROGRAM] = offered
+        vm.boot_disk.program = offered
         with pytest.raises(GuestFault, match=f"program file the host offered: .*({why})"):
             vm.run(timeout=60)
         assert vm.console == "" and vm.vtpm.tpm.stopped
@@ -383,7 +382,10 @@ def test_any_hypercall_gets_a_number_never_an_exception(
     assert device is not None
     command = b"\x80\x01" + (10 + len(body)).to_bytes(4, "big") + b"\0\0\x01\x7b" + body
     device_vm.write_gpa(0x200000, body)
-    answer = device.hypercall(device_vm, nr, (gpa, length, third))
+    if nr == SEVSIM_HC_TPM_BOOT_READ:  # the VM's boot disk serves it, vTPM or not
+        answer = device_vm.boot_disk.hypercall(device_vm, (gpa, length, third))
+    else:
+        answer = device.hypercall(device_vm, nr, (gpa, length, third))
     assert isinstance(answer, int) and 0 <= answer <= CHANNEL_ERROR
     device_vm.write_gpa(0x200000, command)
     framed = device.hypercall(device_vm, SEVSIM_HC_TPM_TRANSMIT, (0x200000, len(command), 0))

@@ -17,16 +17,24 @@ Hypercalls (abi/svm.py), RAX = number, arguments in RBX, RCX, RDX:
                            command it can frame goes to the TPM as it is, so a malformed one
                            gets the TPM's own response code (TPM_RC_BAD_TAG, TPM_RC_COMMAND_CODE,
                            ...). A vTPM process that died stops the VM with VtpmError.
-  SEVSIM_HC_TPM_BOOT_READ  RBX = page GPA, RCX = boot item (BootItem), RDX = offset: the VMM
-                           copies up to a page of the item from that offset into the page;
-                           RAX = bytes copied, 0 past the end. What a boot loader reads from
-                           the host's disk: untrusted, measured as it is.
+  SEVSIM_HC_TPM_BOOT_READ  RBX = page GPA, RCX = boot_arg(BootItem, file index), RDX = offset:
+                           the VMM copies up to a page of the item from that offset into the
+                           page; RAX = bytes copied, 0 past the end. What a boot loader reads
+                           from the host's disk: untrusted, measured as it is. Served with or
+                           without a vTPM (a VM without one still boots its files unmeasured).
+                           FILE_COUNT copies nothing: RAX = the number of data files. A file
+                           index past the last reads as empty (a name is never empty).
   SEVSIM_HC_TPM_EVENT_LOG  RBX = page GPA, RCX = length (<= a page), RDX = 1 while more of the
                            log follows: the guest hands over the measured boot's event log
                            (public, as /sys/kernel/security/tpm0/binary_bios_measurements is).
 
 RAX = CHANNEL_ERROR (all ones) for a call the VMM refuses: no vTPM, a bad address or length,
 an unknown boot item.
+
+Boot data files (what GRUB loads besides the kernel: an initrd, a configuration file) are at
+most MAX_BOOT_FILES, each at most MAX_BOOT_FILE_SIZE bytes, named by 1..MAX_BOOT_FILE_NAME
+printable ASCII characters other than '/' (boot_file_name_error); the guest checks what it
+reads against the same limits, as it trusts nothing the host offers.
 """
 
 from __future__ import annotations
@@ -48,6 +56,34 @@ class BootItem(IntEnum):
 
     PROGRAM = 0  # the guest program's ELF file, measured into PCR 4
     CMDLINE = 1  # its command line (ASCII), measured into PCR 8
+    FILE_COUNT = 2  # how many data files follow (in RAX; nothing copied)
+    FILE_NAME = 3  # data file i's name (ASCII), in the log's PCR 9 event
+    FILE_DATA = 4  # data file i's contents, measured into PCR 9
+
+
+MAX_BOOT_FILES = 16
+MAX_BOOT_FILE_SIZE = 1 << 20
+MAX_BOOT_FILE_NAME = 128
+_INDEX_SHIFT = 8  # RCX = item | index << 8
+
+
+def boot_arg(item: BootItem, index: int = 0) -> int:
+    """RCX of a SEVSIM_HC_TPM_BOOT_READ: the item and, for FILE_NAME / FILE_DATA, the file."""
+    return item | index << _INDEX_SHIFT
+
+
+def split_boot_arg(arg: int) -> tuple[int, int]:
+    """The item number and file index RCX names (boot_arg's inverse)."""
+    return arg & ((1 << _INDEX_SHIFT) - 1), arg >> _INDEX_SHIFT
+
+
+def boot_file_name_error(name: str) -> str | None:
+    """Why `name` cannot name a boot file, or None."""
+    if not 0 < len(name) <= MAX_BOOT_FILE_NAME:
+        return f"{len(name)} characters, a name has 1..{MAX_BOOT_FILE_NAME}"
+    if not (name.isascii() and name.isprintable()) or "/" in name:
+        return "printable ASCII other than '/' only"
+    return None
 
 
 def framing_error(message: bytes) -> str | None:

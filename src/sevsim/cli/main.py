@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sevsim.abi.policy import PolicyFlags
+from sevsim.abi.tpm_channel import MAX_BOOT_FILE_SIZE, MAX_BOOT_FILES
 from sevsim.cli.attack import attack_app
 from sevsim.cli.attest import show as attest_show
 from sevsim.cli.attest import verify as attest_verify
@@ -167,10 +168,17 @@ def run(
     ] = None,
     event_log: Annotated[Path | None, typer.Option(
         help="With --vtpm: write the measured boot's TCG event log here.")] = None,
+    boot_file: Annotated[list[str] | None, typer.Option(
+        "--boot-file", metavar="[NAME=]PATH",
+        help="A boot data file (repeatable, in order; named by its file name or NAME): the "
+             "guest kernel reads it as GRUB an initrd, measures it into PCR 9 with --vtpm and "
+             f"gives it to the program (sev_boot_file). At most {MAX_BOOT_FILES}, of "
+             f"{MAX_BOOT_FILE_SIZE >> 20} MiB each.")] = None,
 ) -> None:
     """Run a guest program; its console goes to stdout and its exit code becomes ours."""
     from sevsim.attest.measure import guest_digest
     from sevsim.guest.kernel import kernel_identity
+    from sevsim.host.boot_disk import boot_files
     from sevsim.host.machine import Host, parse_size
 
     command = "sevsim"
@@ -193,7 +201,11 @@ def run(
     if not vtpm and (vtpm_state is not None or event_log is not None):
         raise typer.BadParameter("--vtpm-state and --event-log need --vtpm")
     options = platform_option(platform)
+    named = [spec.split("=", 1) if "=" in spec else (Path(spec).name, spec)
+             for spec in boot_file or ()]
     try:
+        files = boot_files([(name, read_input(Path(path), command, MAX_BOOT_FILE_SIZE,
+                                              "a boot file")) for name, path in named])
         host = Host(chip=chip, memory=parse_size(memory) + (64 << 20),
                     seed=None if seed is None else seed.encode(), min_sev_asid=min_sev_asid,
                     platform=options)
@@ -208,7 +220,7 @@ def run(
         if kbs is not None:
             vm.attach_nic(kbs)
             err.print(f"sevsim: virtual NIC bridged to {kbs}", highlight=False)
-        vm.load(image, cmdline=elf.name)
+        vm.load(image, cmdline=elf.name, files=files)
         vm.host_input = host_input.ljust(64, b"\0") if host_input else b""
         owner = None if secret_bytes is None else _owner(vm, image, secret_bytes, launch_policy)
         measurement = vm.launch(policy=launch_policy, owner=owner, host_data=launch_host_data,

@@ -172,6 +172,7 @@ SYS_TPM_TRANSMIT = 130
 SYS_TPM_EVENT_LOG = 131
 SYS_VTPM_EXTEND = 132  # the SNP-bound vTPM (svsm_vtpm.py)
 SYS_VTPM_EVIDENCE = 133
+SYS_BOOT_FILE = 134
 KERNEL_OPTIONS = int(KernelOption.VC_INSN_CHECK | KernelOption.NO_IA32_EMULATION)  # all there are
 IA32_SYSCALL_VECTOR = 0x80
 # What an injected #VC's handler emulates without decoding operands, and the instruction it
@@ -226,6 +227,7 @@ class GuestKernel:
         self.secure_boot_outcome: SecureBootOutcome | None = None  # measured boot: PCR 7
         self.ghcb = GhcbClient(GHCB_GPA, _VERSION_GPA)
         self.event_log: bytes | None = None  # the measured boot's, when the VM has a vTPM
+        self.boot_files: list[tuple[str, bytes]] = []  # read once at boot, PCR 9's bytes
         self._handlers: dict[int, Callable[..., int | None]] = {
             SYS_WRITE: self._write, SYS_EXIT: self._exit, SYS_SET_SHARED: self._set_shared,
             SYS_SET_PRIVATE: self._set_private, SYS_SEV_STATUS: self._sev_status,
@@ -240,6 +242,7 @@ class GuestKernel:
             SYS_MAP_WINDOW: self._map_window, SYS_KBS_RESOURCE: self._kbs_resource,
             SYS_TPM_TRANSMIT: self._tpm_transmit, SYS_TPM_EVENT_LOG: self._tpm_event_log,
             SYS_VTPM_EXTEND: self._vtpm_extend, SYS_VTPM_EVIDENCE: self._vtpm_evidence,
+            SYS_BOOT_FILE: self._boot_file,
         }
         self.vtpm: svsm_vtpm.SvsmVtpm | None = None  # made on first use, state in VTPM_GPA
 
@@ -312,12 +315,19 @@ class GuestKernel:
                                                   cpu.read)
             verdict = self.secure_boot_outcome.verdict
             self._console(cpu, f"secure boot: {verdict}\n".encode())
-        if TpmChannel.present(cpu):  # measured before a refusal too: PCR 7 records it
-            self._kernel_shared(cpu, _TPM_SHARED, TPM_GPA, 1)
+        channel, vtpm = TpmChannel(cpu, TPM_GPA), TpmChannel.present(cpu)
+        try:
+            count = channel.file_count()
+            if vtpm or count:
+                self._kernel_shared(cpu, _TPM_SHARED, TPM_GPA, 1)
+            self.boot_files = channel.boot_files(count)  # with or without a vTPM
+        except ChannelError as err:
+            raise GuestFault(f"guest kernel: boot files: {err}") from None
+        if vtpm:  # measured before a refusal too: PCR 7 records it
             self.event_log = measured_boot(
-                TpmChannel(cpu, TPM_GPA), boot,
+                channel, boot,
                 SECURE_BOOT_OFF if self.secure_boot is None else self.secure_boot.variables,
-                verdict)
+                verdict, self.boot_files)
         if verdict is not None and not verdict.ok:
             self._refuse(cpu, verdict)
         self._enter(cpu, boot.entry, boot.stack_top, cpu.index, 0)
@@ -697,6 +707,21 @@ class GuestKernel:
             return -ENOSPC
         self._to_user(cpu, buf, self.event_log)
         return len(self.event_log)
+
+    def _boot_file(self, cpu: GuestCpu, index: int, name_buf: int, name_cap: int,
+                   data_buf: int, data_cap: int) -> int:
+        """Boot data file `index`: its name (NUL-terminated) into `name_buf`, its bytes (those
+        PCR 9 measured) into `data_buf`; returns their length. -ENOENT past the last file,
+        -ENOSPC (nothing copied) when either does not fit."""
+        if index >= len(self.boot_files):
+            return -ENOENT
+        name, data = self.boot_files[index]
+        if len(name) + 1 > name_cap or len(data) > data_cap:
+            return -ENOSPC
+        self._user_range(cpu, data_buf, len(data))
+        self._to_user(cpu, name_buf, name.encode() + b"\0")
+        self._to_user(cpu, data_buf, data)
+        return len(data)
 
     # -- SEV-SNP guest requests ----------------------------------------------------------------
     @staticmethod

@@ -7,7 +7,9 @@ before the OS runs: TPM2_Startup(CLEAR), then one event per measurement in GCE's
 (tcg_eventlog.gce_boot), each extended into the SHA-256 and SHA-384 banks as it is logged.
 The program and its command line come from the host (as a boot loader reads them from the
 host's disk); the program file is measured only after its loadable segments were found to be
-exactly what was launched into memory, so PCR 4 names the program that runs.
+exactly what was launched into memory, so PCR 4 names the program that runs. Boot data files
+(an initrd's part) are read once into the kernel's private memory, and those very bytes are
+what PCR 9 measures and what the program reads (sev_boot_file): never read twice from the host.
 """
 
 from __future__ import annotations
@@ -29,13 +31,25 @@ from sevsim.abi.svm import (
 )
 from sevsim.abi.tcg_eventlog import ConfidentialTechnology, SpecIdEvent, gce_boot
 from sevsim.abi.tpm2 import RETRY_CODES, HashAlg, response_code
-from sevsim.abi.tpm_channel import PAGE, PROBE, BootItem, framing_error
+from sevsim.abi.tpm_channel import (
+    CHANNEL_ERROR,
+    MAX_BOOT_FILE_NAME,
+    MAX_BOOT_FILE_SIZE,
+    MAX_BOOT_FILES,
+    PAGE,
+    PROBE,
+    BootItem,
+    boot_arg,
+    boot_file_name_error,
+    framing_error,
+)
 from sevsim.errors import GuestFault, SevsimError, TpmError, TpmFormatError
 from sevsim.guest.secure_boot import Verdict, authority
 from sevsim.hw.cpu import GuestCpu
 
 BANKS = (HashAlg.SHA256, HashAlg.SHA384)
 PROGRAM_PATH = "\\EFI\\sevsim\\program.elf"  # where the boot loader's log says it came from
+BOOT_FILE_DIR = "/boot/"  # GRUB's PCR 9 events name a data file by this path and its name
 _RETRIES = 10
 
 
@@ -77,16 +91,37 @@ class TpmChannel:
             time.sleep(0.001)
         return response
 
-    def boot_read(self, item: BootItem, limit: int) -> bytes:
-        """A whole boot item from the host, at most `limit` bytes (ChannelError past it)."""
+    def boot_read(self, item: BootItem, limit: int, index: int = 0) -> bytes:
+        """A whole boot item (of data file `index`) from the host, at most `limit` bytes
+        (ChannelError past it)."""
         data = bytearray()
         while True:
-            got = self.cpu.vmmcall(SEVSIM_HC_TPM_BOOT_READ, self.gpa, item, len(data))
+            got = self.cpu.vmmcall(SEVSIM_HC_TPM_BOOT_READ, self.gpa, boot_arg(item, index),
+                                   len(data))
             if got > PAGE or len(data) + got > limit:
                 raise ChannelError(f"boot item {item.name}: the VMM answered 0x{got:x}")
             if not got:
                 return bytes(data)
             data += self.cpu.read(self.gpa, got)
+
+    def file_count(self) -> int:
+        """How many data files the host offers (the call touches no memory)."""
+        count = self.cpu.vmmcall(SEVSIM_HC_TPM_BOOT_READ, self.gpa, BootItem.FILE_COUNT, 0)
+        if count == CHANNEL_ERROR or count > MAX_BOOT_FILES:
+            raise ChannelError(f"boot files: the VMM answered 0x{count:x}")
+        return count
+
+    def boot_files(self, count: int) -> list[tuple[str, bytes]]:
+        """The host's `count` data files, each read once, checked against the channel's
+        limits (ChannelError otherwise)."""
+        files = []
+        for index in range(count):
+            raw = self.boot_read(BootItem.FILE_NAME, MAX_BOOT_FILE_NAME, index)
+            name = raw.decode("ascii", "replace")
+            if (why := boot_file_name_error(name)) is not None:
+                raise ChannelError(f"boot file {index}'s name: {why}")
+            files.append((name, self.boot_read(BootItem.FILE_DATA, MAX_BOOT_FILE_SIZE, index)))
+        return files
 
     def hand_over_log(self, log: bytes) -> None:
         """Give the VMM the event log, a page at a time (it is public)."""
@@ -137,8 +172,10 @@ def launched_mismatch(program: bytes, boot: BootInfo, cpu: GuestCpu) -> str | No
 
 def measured_boot(channel: TpmChannel, boot: BootInfo,
                   secure_boot: Mapping[str, bytes] = SECURE_BOOT_OFF,
-                  verdict: Verdict | None = None) -> bytes:
-    """TPM2_Startup(CLEAR), then GCE's boot events (PCRs 0, 7, separators, 4, 8) measured
+                  verdict: Verdict | None = None,
+                  files: list[tuple[str, bytes]] | None = None) -> bytes:
+    """TPM2_Startup(CLEAR), then GCE's boot events (PCRs 0, 7, separators, 4, 8, and 9 for
+    each of the data files `files` the kernel read, as GRUB names them at BOOT_FILE_DIR) measured
     into the SHA-256 and SHA-384 banks and logged; returns the event log. PCR 7 holds the
     Secure Boot variables and, when secure boot (`verdict`) let the program run, the db entry
     that verified it; a program it refused is not measured, as firmware does not load it.
@@ -158,6 +195,7 @@ def measured_boot(channel: TpmChannel, boot: BootInfo,
             cmdline = raw_cmdline.decode()
         log = gce_boot(technology(channel.cpu.sev_status()), secure_boot=secure_boot,
                        program=program, program_path=PROGRAM_PATH, cmdline=cmdline,
+                       files=[(BOOT_FILE_DIR + name, data) for name, data in files or ()],
                        load_address=boot.segments[0].gpa, spec_id=SpecIdEvent(banks=BANKS),
                        authority=None if verdict is None else authority(verdict))
         for event in log.events:

@@ -79,10 +79,15 @@ def migrate(vm: VirtualMachine, target: Host, *, tap: Tap | None = None) -> Virt
     `tap` sees every record of the stream and returns what the target gets (to record the
     stream, or to tamper with it). On any refusal the target's half-built VM is destroyed,
     the source VM stays (paused, runnable if the send had not finished) and the error is
-    raised. A VM with a vTPM is refused: the stream does not carry the TPM's state."""
+    raised. A VM with a vTPM is refused: the stream does not carry the TPM's state; so is
+    one with boot data files, which its kernel keeps outside the guest memory the stream
+    carries."""
     if vm.vtpm is not None:
         raise MigrationError("the VM has a vTPM, whose state the migration stream does not "
                              "carry (yet): it stays where it is")
+    if vm.boot_disk.files:
+        raise MigrationError("the VM has boot data files, which its kernel keeps where the "
+                             "migration stream does not reach (yet): it stays where it is")
     sender = _Sender(vm, target)
     receiver = _Receiver(target)
     try:

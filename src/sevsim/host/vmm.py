@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,8 +25,8 @@ from sevsim.abi.svm import (
     SERIAL_PORT,
     SEVSIM_HC_HOST_INPUT,
     SEVSIM_HC_HOST_OUTPUT,
+    SEVSIM_HC_TPM_BOOT_READ,
 )
-from sevsim.abi.tpm_channel import BootItem
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, reset_state
 from sevsim.errors import (
     ConfigError,
@@ -38,6 +39,7 @@ from sevsim.errors import (
 from sevsim.firmware.sev import LaunchMeasurement
 from sevsim.guest.kernel import GuestKernel, kernel_identity
 from sevsim.guest.secure_boot import BootMedium, SecureBootOutcome
+from sevsim.host.boot_disk import BootDisk, BootFile, boot_files
 from sevsim.host.elf import GuestImage, parse_elf
 from sevsim.host.hypervisor import HvVm, Hypervisor
 from sevsim.host.secure_boot import SecureBootConfig
@@ -110,7 +112,7 @@ class VirtualMachine:
         self._output_part = bytearray()
         self.nic: VirtualNic | None = None  # attach_nic: the guest's network device
         self.vtpm: VtpmDevice | None = None  # attach_vtpm: the guest's TPM
-        self._boot_files: dict[BootItem, bytes] = {}
+        self.boot_disk = BootDisk()  # what the guest's boot loader reads from the host
         vm.io_handler = self._io
         vm.hypercall_handler = self._hypercall
 
@@ -136,11 +138,16 @@ class VirtualMachine:
         return self.console_bytes.decode("utf-8", "replace")
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def load(self, image: str | Path | bytes, *, cmdline: str | None = None) -> None:
+    def load(self, image: str | Path | bytes, *, cmdline: str | None = None,
+             files: Sequence[BootFile] = ()) -> None:
         """Copy a guest ELF and its boot info into guest memory (still unencrypted). A path is
         read bounded by the largest guest there can be; ImageError when it is longer.
         `cmdline` is the command line a vTPM's measured boot logs in PCR 8 (default: the
-        file's name, empty for bytes); ConfigError unless it is printable ASCII."""
+        file's name, empty for bytes); ConfigError unless it is printable ASCII. `files` are
+        the boot data files ((name, bytes) or paths, named by their file names) the guest
+        kernel reads, measures into PCR 9 with a vTPM and keeps for the program
+        (sev_boot_file); ConfigError past the limits of abi/tpm_channel.py. Nothing changes
+        when it raises."""
         if self.image is not None:
             raise VmStateError("an image is already loaded")
         if cmdline is None:
@@ -148,6 +155,7 @@ class VirtualMachine:
         if not (cmdline.isascii() and cmdline.isprintable()) or len(cmdline) > PAGE:
             raise ConfigError(f"command line {cmdline[:40]!r}: printable ASCII, at most "
                               f"{PAGE} characters")
+        data_files = boot_files(files)
         if isinstance(image, (str, Path)):
             try:
                 blob = read_bounded(image, MAX_GUEST_ELF, "a guest ELF")
@@ -171,9 +179,8 @@ class VirtualMachine:
                 run = []
             run.append((gpn, page))
         self._measured_pages = [gpn for gpn, _ in pages]
-        self._boot_files = {BootItem.PROGRAM: blob, BootItem.CMDLINE: cmdline.encode()}
-        if self.vtpm is not None:
-            self.vtpm.boot_items.update(self._boot_files)
+        self.boot_disk.program, self.boot_disk.cmdline = blob, cmdline.encode()
+        self.boot_disk.files = data_files
         kernel = GuestKernel(None if self.secure_boot is None else BootMedium(
             self.secure_boot.variables(), blob, self._secure_boot_report))
         for vcpu in self.hv.vcpus:
@@ -386,7 +393,6 @@ class VirtualMachine:
         if self.vtpm is not None or self.launched:
             raise VmStateError("a vTPM is attached before launch, once")
         self.vtpm = VtpmDevice(state_dir)
-        self.vtpm.boot_items.update(self._boot_files)
         return self.vtpm
 
     def stop_vtpm(self) -> SevsimError | None:
@@ -445,6 +451,8 @@ class VirtualMachine:
         and the NIC's exits."""
         if nr in NIC_HYPERCALLS:
             return _HC_ERROR if self.nic is None else self.nic.hypercall(self, nr, args)
+        if nr == SEVSIM_HC_TPM_BOOT_READ:
+            return self.boot_disk.hypercall(self, args)
         if nr in TPM_HYPERCALLS:
             return _HC_ERROR if self.vtpm is None else self.vtpm.hypercall(self, nr, args)
         gpa, length = args[0], args[1]

@@ -1,11 +1,11 @@
 """UNTRUSTED: the VMM's TPM device, one swtpm per VM (host/vtpm.py) behind the guest's command
 channel (abi/tpm_channel.py), as QEMU's tpm-crb device and its swtpm chardev are.
 
-The device serves the guest's exits and nothing else; it also plays the host's disk for the
-guest's boot loader (the program file and its command line, which the guest measures) and
-keeps the event log the guest hands over. Stopping it sends TPM2_Shutdown(TPM_SU_STATE), as
-an orderly OS shutdown does, so the state directory keeps the PCRs a later
-TPM2_Startup(TPM_SU_STATE) resumes; then swtpm is stopped and its sockets removed.
+The device serves the guest's exits and nothing else and keeps the event log the guest hands
+over (the host's disk the boot loader measures from is the VM's: host/boot_disk.py).
+Stopping it sends TPM2_Shutdown(TPM_SU_STATE), as an orderly OS shutdown does, so the state
+directory keeps the PCRs a later TPM2_Startup(TPM_SU_STATE) resumes; then swtpm is stopped
+and its sockets removed.
 """
 
 from __future__ import annotations
@@ -14,23 +14,18 @@ import os
 from typing import Protocol
 
 from sevsim.abi import tpm2
-from sevsim.abi.svm import (
-    SEVSIM_HC_TPM_BOOT_READ,
-    SEVSIM_HC_TPM_EVENT_LOG,
-    SEVSIM_HC_TPM_TRANSMIT,
-)
+from sevsim.abi.svm import SEVSIM_HC_TPM_EVENT_LOG, SEVSIM_HC_TPM_TRANSMIT
 from sevsim.abi.tpm_channel import (
     BUFFER_SIZE,
     CHANNEL_ERROR,
     PAGE,
     PROBE,
-    BootItem,
     framing_error,
 )
 from sevsim.errors import MemoryAccessError, TpmError, TpmFormatError, VtpmError
 from sevsim.host.vtpm import Vtpm
 
-TPM_HYPERCALLS = (SEVSIM_HC_TPM_TRANSMIT, SEVSIM_HC_TPM_BOOT_READ, SEVSIM_HC_TPM_EVENT_LOG)
+TPM_HYPERCALLS = (SEVSIM_HC_TPM_TRANSMIT, SEVSIM_HC_TPM_EVENT_LOG)
 MAX_EVENT_LOG = 1 << 20  # what the device keeps of a guest's log
 
 
@@ -53,7 +48,6 @@ class VtpmDevice:
     def __init__(self, state_dir: str | os.PathLike[str] | None = None,
                  swtpm: str = "swtpm") -> None:
         self.tpm = Vtpm(state_dir, swtpm, startup=False)
-        self.boot_items: dict[BootItem, bytes] = {item: b"" for item in BootItem}
         self.event_log = b""  # the log the guest handed over last, as it sent it
         self._log_part = bytearray()
         self.commands = 0  # TPM commands the guest sent
@@ -66,15 +60,13 @@ class VtpmDevice:
     def hypercall(self, mem: GuestPhysical, nr: int, args: tuple[int, ...]) -> int:
         """Serve one SEVSIM_HC_TPM_* exit; CHANNEL_ERROR for what the device refuses.
         VtpmError (the VM must stop) when swtpm is gone."""
-        gpa, length, third = args[0], args[1], args[2]
+        gpa, length, more = args[0], args[1], args[2]
         if gpa % PAGE:
             return CHANNEL_ERROR
         try:
             if nr == SEVSIM_HC_TPM_TRANSMIT:
                 return self._transmit(mem, gpa, length)
-            if nr == SEVSIM_HC_TPM_BOOT_READ:
-                return self._boot_read(mem, gpa, length, third)
-            return self._event_log(mem, gpa, length, bool(third))
+            return self._event_log(mem, gpa, length, bool(more))
         except MemoryAccessError:  # a page the host may not touch
             return CHANNEL_ERROR
 
@@ -93,15 +85,6 @@ class VtpmDevice:
                             f"{len(response)}-byte response the channel cannot carry")
         mem.write_gpa(gpa, response)
         return len(response)
-
-    def _boot_read(self, mem: GuestPhysical, gpa: int, item: int, offset: int) -> int:
-        try:
-            data = self.boot_items[BootItem(item)]
-        except ValueError:
-            return CHANNEL_ERROR
-        chunk = data[offset:offset + PAGE]
-        mem.write_gpa(gpa, chunk)
-        return len(chunk)
 
     def _event_log(self, mem: GuestPhysical, gpa: int, length: int, more: bool) -> int:
         if length > PAGE or len(self._log_part) + length > MAX_EVENT_LOG:

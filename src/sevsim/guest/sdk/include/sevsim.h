@@ -61,6 +61,7 @@ extern "C" {
 #define SYS_TPM_EVENT_LOG 131
 #define SYS_VTPM_EXTEND 132
 #define SYS_VTPM_EVIDENCE 133
+#define SYS_BOOT_FILE 134
 
 /* Hardening options of the guest kernel (sev_kernel_options). */
 #define SEV_KOPT_VC_INSN_CHECK (1UL << 0)     /* #VC: check the instruction matches the exit */
@@ -404,6 +405,24 @@ static inline long sev_host_output(const void *buf, size_t len)
 static inline long sev_kbs_get_resource(const char *path, void *buf, size_t len)
 {
     return sev_syscall3(SYS_KBS_RESOURCE, (long)path, (long)buf, (long)len);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Boot data files (`sevsim run --boot-file`), as GRUB loads an initrd        */
+/* ------------------------------------------------------------------------ */
+
+#define SEV_BOOT_FILES_MAX 16          /* files a VM boots with */
+#define SEV_BOOT_FILE_SIZE_MAX 1048576 /* bytes in one (1 MiB) */
+#define SEV_BOOT_FILE_NAME_MAX 129     /* a name with its NUL */
+/* Boot data file `index` (0, 1, ... in the order the host gave them): its name with a NUL
+ * into name, its bytes into data.  The kernel read them once at boot into its private memory
+ * and, with a vTPM, measured exactly these bytes into PCR 9.  Returns the data's length, or
+ * -SEV_ENOENT past the last file, -SEV_ENOSPC (nothing copied) when either does not fit. */
+static inline long sev_boot_file(unsigned long index, char *name, size_t name_cap, void *data,
+                                 size_t data_cap)
+{
+    return sev_syscall5(SYS_BOOT_FILE, (long)index, (long)name, (long)name_cap, (long)data,
+                        (long)data_cap);
 }
 
 /* ------------------------------------------------------------------------ */
