@@ -20,13 +20,14 @@ Hypercalls (abi/svm.py), RAX = number, arguments in RBX, RCX, RDX:
   SEVSIM_HC_TPM_BOOT_READ  RBX = page GPA, RCX = boot item (BootItem), RDX = offset: the VMM
                            copies up to a page of the item from that offset into the page;
                            RAX = bytes copied, 0 past the end. What a boot loader reads from
-                           the host's disk: untrusted, measured as it is.
+                           the host's disk: untrusted, measured as it is. Served without a
+                           vTPM too: an SNP guest measures its boot into its own vTPM.
   SEVSIM_HC_TPM_EVENT_LOG  RBX = page GPA, RCX = length (<= a page), RDX = 1 while more of the
                            log follows: the guest hands over the measured boot's event log
                            (public, as /sys/kernel/security/tpm0/binary_bios_measurements is).
 
-RAX = CHANNEL_ERROR (all ones) for a call the VMM refuses: no vTPM, a bad address or length,
-an unknown boot item.
+RAX = CHANNEL_ERROR (all ones) for a call the VMM refuses: no vTPM (but for boot reads), a bad
+address or length, an unknown boot item.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from sevsim.abi.svm import (
     SERIAL_PORT,
     SEVSIM_HC_HOST_INPUT,
     SEVSIM_HC_HOST_OUTPUT,
+    SEVSIM_HC_TPM_BOOT_READ,
 )
 from sevsim.abi.tpm_channel import BootItem
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, reset_state
@@ -42,7 +43,7 @@ from sevsim.host.elf import GuestImage, parse_elf
 from sevsim.host.hypervisor import HvVm, Hypervisor
 from sevsim.host.secure_boot import SecureBootConfig
 from sevsim.host.vnic import NIC_HYPERCALLS, VirtualNic
-from sevsim.host.vtpm_device import TPM_HYPERCALLS, VtpmDevice
+from sevsim.host.vtpm_device import TPM_HYPERCALLS, VtpmDevice, boot_read
 from sevsim.hw.chips import GuestMode
 from sevsim.hw.cpu import VcpuState
 from sevsim.hw.engine import PAGE
@@ -446,7 +447,10 @@ class VirtualMachine:
         if nr in NIC_HYPERCALLS:
             return _HC_ERROR if self.nic is None else self.nic.hypercall(self, nr, args)
         if nr in TPM_HYPERCALLS:
-            return _HC_ERROR if self.vtpm is None else self.vtpm.hypercall(self, nr, args)
+            if self.vtpm is not None:
+                return self.vtpm.hypercall(self, nr, args)
+            return (boot_read(self, self._boot_files, args) if nr == SEVSIM_HC_TPM_BOOT_READ
+                    else _HC_ERROR)
         gpa, length = args[0], args[1]
         if nr not in (SEVSIM_HC_HOST_INPUT, SEVSIM_HC_HOST_OUTPUT):
             return None

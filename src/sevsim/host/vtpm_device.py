@@ -11,6 +11,7 @@ TPM2_Startup(TPM_SU_STATE) resumes; then swtpm is stopped and its sockets remove
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Protocol
 
 from sevsim.abi import tpm2
@@ -46,6 +47,20 @@ class GuestPhysical(Protocol):
         ...
 
 
+def boot_read(mem: GuestPhysical, items: Mapping[BootItem, bytes], args: tuple[int, ...]) -> int:
+    """Serve SEVSIM_HC_TPM_BOOT_READ from `items` (CHANNEL_ERROR for what is refused). The VMM
+    serves it with or without a vTPM: an SNP guest measures its boot into its own vTPM."""
+    gpa, item, offset = args[0], args[1], args[2]
+    if gpa % PAGE or item not in set(BootItem):
+        return CHANNEL_ERROR
+    chunk = items.get(BootItem(item), b"")[offset:offset + PAGE]
+    try:
+        mem.write_gpa(gpa, chunk)
+    except MemoryAccessError:  # a page the host may not touch
+        return CHANNEL_ERROR
+    return len(chunk)
+
+
 class VtpmDevice:
     """One VM's TPM: a swtpm waiting for the guest's TPM2_Startup, state in `state_dir`
     (a temporary directory when None). VtpmError when swtpm is missing or does not start."""
@@ -66,14 +81,14 @@ class VtpmDevice:
     def hypercall(self, mem: GuestPhysical, nr: int, args: tuple[int, ...]) -> int:
         """Serve one SEVSIM_HC_TPM_* exit; CHANNEL_ERROR for what the device refuses.
         VtpmError (the VM must stop) when swtpm is gone."""
+        if nr == SEVSIM_HC_TPM_BOOT_READ:
+            return boot_read(mem, self.boot_items, args)
         gpa, length, third = args[0], args[1], args[2]
         if gpa % PAGE:
             return CHANNEL_ERROR
         try:
             if nr == SEVSIM_HC_TPM_TRANSMIT:
                 return self._transmit(mem, gpa, length)
-            if nr == SEVSIM_HC_TPM_BOOT_READ:
-                return self._boot_read(mem, gpa, length, third)
             return self._event_log(mem, gpa, length, bool(third))
         except MemoryAccessError:  # a page the host may not touch
             return CHANNEL_ERROR
@@ -93,15 +108,6 @@ class VtpmDevice:
                             f"{len(response)}-byte response the channel cannot carry")
         mem.write_gpa(gpa, response)
         return len(response)
-
-    def _boot_read(self, mem: GuestPhysical, gpa: int, item: int, offset: int) -> int:
-        try:
-            data = self.boot_items[BootItem(item)]
-        except ValueError:
-            return CHANNEL_ERROR
-        chunk = data[offset:offset + PAGE]
-        mem.write_gpa(gpa, chunk)
-        return len(chunk)
 
     def _event_log(self, mem: GuestPhysical, gpa: int, length: int, more: bool) -> int:
         if length > PAGE or len(self._log_part) + length > MAX_EVENT_LOG:
