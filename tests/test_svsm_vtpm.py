@@ -367,7 +367,8 @@ def test_system_calls_refuse_bad_arguments_and_lower_vmpls(host: Host,
     assert lines == {"extend pcr 24": "-22", "extend bad pointer": "-14", "no nonce": "-22",
                      "long nonce": "-22", "no pcrs": "-22", "pcr 24": "-22",
                      "small buffer": "-34", "extend": "0",
-                     "evidence": str(len(vm.outputs[0])), "vmpl1 extend": "-1"}
+                     "evidence": str(len(vm.outputs[0])), "vmpl1 extend": "-1",
+                     "log small buffer": "-28", "vmpl1 log": "-1"}
     # the refused calls changed nothing: PCR 8 holds the one good extend, PCR 9 nothing
     got = verify_vtpm_evidence(vm.outputs[0], NONCE, certs(host), trust="sevsim").pcrs
     assert got == {SHA256: {8: pcr8(b"x", "vtpm_calls")[SHA256][8], 9: bytes(32)}}

@@ -917,7 +917,8 @@ class GuestKernel:
 
     def _vtpm_event_log(self, cpu: GuestCpu, buf: int, capacity: int, *_: int) -> int:
         """The event log of the boot the SNP-bound vTPM measured, as `_tpm_event_log` gives
-        the host vTPM's (the same log when both exist); -ENODEV outside SNP."""
+        the host vTPM's (the same log when both exist); -ENODEV outside SNP, and in a kernel
+        that resumed a migrated VM (the log is not kept in guest memory)."""
         return self._log_to_user(cpu, self.vtpm_event_log, buf, capacity)
 
     # -- configfs-tsm reports ------------------------------------------------------------------
