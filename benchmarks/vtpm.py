@@ -9,7 +9,8 @@ the boot-time overhead of the vTPM: examples/hello.c in an SEV-SNP VM created wi
 `vtpm=True` (swtpm started, the guest kernel's TPM2_Startup, measured boot of 14 events into
 two banks through the GHCB, the event log handed over, TPM2_Shutdown(STATE) and swtpm stopped
 at the end) against the same VM without one, create + load + launch + run + destroy,
-interleaved on one Host.
+interleaved on one Host. Both measure the boot into the SNP-bound vTPM as well, so the
+difference is the host vTPM's alone.
 
 Side by side, the SNP-bound vTPM: the same TPM2_Quote run by the guest kernel's libtpms at
 VMPL0 of a booted SNP VM, its state in private guest memory (`SvsmVtpm.execute`); the same

@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 
 from sevsim.abi import tpm2
 from sevsim.abi.svsm_vtpm import NONCE_MAX, VtpmEvidence, report_data
-from sevsim.abi.tcg_eventlog import EventLog, kernel_cmdline
+from sevsim.abi.tcg_eventlog import ConfidentialTechnology, EventLog, kernel_cmdline, replay
 from sevsim.abi.tpm2 import HashAlg
 from sevsim.attacks import ATTACKS, Setting, Verdict, run_attack
 from sevsim.attacks.lab import VICTIMS, planted_secret
 from sevsim.attest import (
+    BootExpectation,
     CertBundle,
     Policy,
     ak_public_key,
@@ -83,14 +84,17 @@ def certs(host: Host) -> CertBundle:
     return CertBundle.from_cert_table(host.firmware.certificate_table(host.firmware.tcb))
 
 
-def pcr8(cmdline: bytes) -> dict[int, dict[int, bytes]]:
-    return {SHA256: {8: SHA256.hash(bytes(32) + SHA256.hash(cmdline))}}
-
-
-def event_log(cmdline: bytes) -> bytes:
+def event_log(cmdline: bytes, guest: str = "measured_boot") -> bytes:
+    """PCR 8's events: the boot's command line (the kernel measures the file's name, the
+    default), then what the program measured."""
     log = EventLog()
+    log.measure(kernel_cmdline(f"{guest}.elf"))
     log.measure(kernel_cmdline(cmdline.decode()))
     return log.to_bytes()
+
+
+def pcr8(cmdline: bytes, guest: str = "measured_boot") -> dict[int, dict[int, bytes]]:
+    return {SHA256: {8: replay(EventLog.from_bytes(event_log(cmdline, guest)))[SHA256][8]}}
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +113,67 @@ def test_evidence_verifies_end_to_end(host: Host, evidence: bytes) -> None:
     assert verified.pcrs == pcr8(CMDLINE)
     fields = tpm2.parse_ecc_public(verified.ak_public)
     assert fields.attributes == tpm2.AK_ATTRIBUTES  # a restricted signing key of the TPM's
+
+
+def boot_evidence(host: Host, guest: Path, cmdline: str | None = None,
+                  vtpm: bool = False) -> tuple[bytes, bytes, bytes]:
+    """An SNP VM running the vtpm_boot guest: its evidence over the boot PCRs, the boot's
+    event log the program read, and the log the host's vTPM handed over (b"" without one)."""
+    vm = host.create_vm(mode="snp", memory="16M", vtpm=vtpm)
+    vm.load(guest, cmdline=cmdline)
+    vm.launch()
+    vm.host_input = NONCE
+    result = vm.run(timeout=120)
+    vm.destroy()
+    assert result.exit_code == 0, result.console
+    evidence, log = vm.outputs
+    return evidence, log, result.event_log
+
+
+def snp_boot(guest: Path, program: bytes | None = None) -> BootExpectation:
+    return BootExpectation(program_sha256=hashlib.sha256(program or guest.read_bytes()).digest(),
+                           technology=ConfidentialTechnology.AMD_SEV_SNP, secure_boot=False)
+
+
+def test_the_boot_is_measured_into_the_snp_bound_vtpm(host: Host,
+                                                      build: Callable[..., Path]) -> None:
+    guest = build("vtpm_boot")
+    evidence, log, host_log = boot_evidence(host, guest)
+    assert host_log == b""  # no host vTPM: the program hands the log over itself
+    verified = verify_vtpm_evidence(evidence, NONCE, certs(host), trust="sevsim",
+                                    event_log=log, expected=snp_boot(guest))
+    assert verified.boot is not None
+    assert verified.boot.facts.technology is ConfidentialTechnology.AMD_SEV_SNP
+    assert verified.boot.facts.programs == (hashlib.sha256(guest.read_bytes()).digest(),)
+    # the quoted PCRs are the replayed ones, and the boot's PCR 8 names its command line
+    assert verified.pcrs[SHA256] == verified.boot.pcrs[SHA256]
+    only_boot = EventLog()
+    only_boot.measure(kernel_cmdline("vtpm_boot.elf"))
+    assert verified.pcrs[SHA256][8] == replay(only_boot)[SHA256][8]
+    # a wrong program is refused naming PCR 4; the expectation needs the log
+    with pytest.raises(QuoteError, match="PCR 4") as caught:
+        verify_vtpm_evidence(evidence, NONCE, certs(host), trust="sevsim", event_log=log,
+                             expected=snp_boot(guest, b"another program"))
+    assert caught.value.reason == "expected"
+    with pytest.raises(QuoteError, match="PCR 0"):
+        verify_vtpm_evidence(evidence, NONCE, certs(host), trust="sevsim", event_log=log,
+                             expected=BootExpectation(
+                                 technology=ConfidentialTechnology.AMD_SEV_ES))
+    assert refusal(host, evidence, expected=snp_boot(guest)) == "event-log"
+    # a log of another boot (another command line) does not replay to this quote
+    _, other_log, _ = boot_evidence(host, guest, cmdline="init=/bin/sh")
+    assert other_log != log
+    assert refusal(host, evidence, event_log=other_log) == "replay"
+
+
+def test_both_vtpms_measure_the_same_boot(host: Host, build: Callable[..., Path]) -> None:
+    """With a host vTPM too, the one log describes both: what the host was handed is what the
+    program read, and it verifies against the SNP-bound vTPM's quote."""
+    guest = build("vtpm_boot")
+    evidence, log, host_log = boot_evidence(host, guest, vtpm=True)
+    assert log == host_log
+    verify_vtpm_evidence(evidence, NONCE, certs(host), trust="sevsim", event_log=host_log,
+                         expected=snp_boot(guest))
 
 
 @pytest.mark.skipif(shutil.which("tpm2_checkquote") is None, reason="needs tpm2-tools")
@@ -151,9 +216,11 @@ def refusal(host: Host, evidence: bytes | VtpmEvidence, nonce: bytes = NONCE,
 
 
 def swtpm_quote(nonce: bytes, cmdline: bytes) -> tuple[bytes, bytes, bytes]:
-    """A host's swtpm with `cmdline` measured into PCR 8: AK public, attest, signature."""
+    """A host's swtpm with PCR 8's events replayed into it (the boot's, then `cmdline`): AK
+    public, attest, signature."""
     with Vtpm() as forged:
-        forged.pcr_extend(8, {SHA256: SHA256.hash(cmdline)})
+        for event in EventLog.from_bytes(event_log(cmdline)).events:
+            forged.pcr_extend(8, {SHA256: event.digests[SHA256]})
         ak = forged.create_ak()
         attest, signature = forged.quote(ak.handle, nonce, {SHA256: [8]})
     return ak.public, attest, signature
@@ -176,7 +243,7 @@ def test_each_refusal_is_named(host: Host, evidence: bytes) -> None:
     assert refusal(host, evidence, expected_pcrs=pcr8(b"init=/bin/sh")) == "pcrs"
     assert refusal(host, evidence, expected_pcrs={SHA256: {7: bytes(32)}}) == "pcrs"
     # an event log of another boot, and one that does not parse
-    assert refusal(host, evidence, event_log=event_log(b"init=/bin/sh")) == "event-log"
+    assert refusal(host, evidence, event_log=event_log(b"init=/bin/sh")) == "replay"
     assert refusal(host, evidence, event_log=event_log(CMDLINE)[:-3]) == "event-log"
     # evidence that does not parse
     assert refusal(host, evidence[:-1]) == "format"
@@ -300,10 +367,11 @@ def test_system_calls_refuse_bad_arguments_and_lower_vmpls(host: Host,
     assert lines == {"extend pcr 24": "-22", "extend bad pointer": "-14", "no nonce": "-22",
                      "long nonce": "-22", "no pcrs": "-22", "pcr 24": "-22",
                      "small buffer": "-34", "extend": "0",
-                     "evidence": str(len(vm.outputs[0])), "vmpl1 extend": "-1"}
+                     "evidence": str(len(vm.outputs[0])), "vmpl1 extend": "-1",
+                     "log small buffer": "-28", "vmpl1 log": "-1"}
     # the refused calls changed nothing: PCR 8 holds the one good extend, PCR 9 nothing
     got = verify_vtpm_evidence(vm.outputs[0], NONCE, certs(host), trust="sevsim").pcrs
-    assert got == {SHA256: {8: pcr8(b"x")[SHA256][8], 9: bytes(32)}}
+    assert got == {SHA256: {8: pcr8(b"x", "vtpm_calls")[SHA256][8], 9: bytes(32)}}
 
 
 def test_outside_snp_there_is_no_svsm_vtpm(host: Host, elf: Path) -> None:

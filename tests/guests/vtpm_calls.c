@@ -12,6 +12,7 @@ static void at_vmpl1(void *arg)
 {
     (void)arg;
     sev_printf("vmpl1 extend %ld\n", sev_vtpm_extend(8, "x", 1));
+    sev_printf("vmpl1 log %ld\n", sev_vtpm_event_log(evidence, sizeof evidence));
     sev_exit(0);
 }
 
@@ -34,6 +35,7 @@ int main(void)
     sev_printf("pcr 24 %ld\n", sev_vtpm_evidence(nonce, 32, 1U << 24, evidence,
                                                  sizeof evidence));
     sev_printf("small buffer %ld\n", sev_vtpm_evidence(nonce, 32, 1U << 8, evidence, 100));
+    sev_printf("log small buffer %ld\n", sev_vtpm_event_log(evidence, 16));
     sev_printf("extend %ld\n", sev_vtpm_extend(8, "x", 1));
     long size = sev_vtpm_evidence(nonce, 32, (1U << 8) | (1U << 9), evidence, sizeof evidence);
     sev_printf("evidence %ld\n", size);

@@ -1,14 +1,20 @@
 """Verify the SNP-bound vTPM's evidence as a relying party: the SNP report and its chain, the
 report's binding of the attestation key and the nonce (REPORT_DATA = SHA-512(nonce || AK
-TPMT_PUBLIC), sevsim.abi.svsm_vtpm), the quote made with that key, and optionally an event
-log that must replay to the quoted PCRs and the PCR values the relying party expects.
+TPMT_PUBLIC), sevsim.abi.svsm_vtpm), the quote made with that key, and optionally the boot's
+event log (the guest kernel measures GCE's boot events into this vTPM before the program runs;
+the program hands the log over) and the PCR values the relying party expects.
+
+The log is checked as a host vTPM's is, by tpm_boot.verify_boot with the evidence's AK and
+quote: the quote must cover every PCR the log extends, the log must replay to its pcrDigest,
+and a BootExpectation's program (PCR4), technology (PCR0) and Secure Boot state (PCR7) are
+read from the log's events (reasons "pcr-selection", "replay", "event-log", "expected").
 
 The order makes each failure name its cause: a quote not signed by the evidence's AK is
 "signature", one over another nonce "nonce", claimed PCR values that are not what was quoted
 "pcrs"; a quote that verifies with an AK the report does not bind is "ak-not-bound"; a report
 requested below VMPL0 (where a guest OS, not the monitor, could bind a key of its choosing)
-"vmpl"; a log that does not replay to the quote "event-log"; quoted values other than the
-expected ones "pcrs". The report's own failures are SnpVerificationError with its checks.
+"vmpl"; then the log's checks; quoted values other than the expected ones "pcrs". The report's
+own failures are SnpVerificationError with its checks.
 """
 
 from __future__ import annotations
@@ -20,31 +26,34 @@ from dataclasses import dataclass
 from sevsim.abi import tpm2
 from sevsim.abi.snp_report import AttestationReport
 from sevsim.abi.svsm_vtpm import VtpmEvidence, report_data
-from sevsim.abi.tcg_eventlog import EventLog, replay
 from sevsim.attest.snp_policy import Policy, validate_report
 from sevsim.attest.snp_verify import CertBundle, Trust, verify_report_chain
+from sevsim.attest.tpm_boot import BootExpectation, VerifiedBoot, verify_boot
 from sevsim.attest.tpm_quote import verify_quote
-from sevsim.errors import EventLogError, QuoteError, SnpVerificationError, TpmFormatError
+from sevsim.errors import QuoteError, SnpVerificationError, TpmFormatError
 
 
 @dataclass(frozen=True)
 class VerifiedVtpm:
     """Evidence that passed: the report, the AK it binds, the quote and the quoted PCR values
-    (hash algorithm -> PCR -> value)."""
+    (hash algorithm -> PCR -> value); with an event log, the boot it attests."""
 
     report: AttestationReport
     ak_public: bytes
     quote: tpm2.QuoteAttest
     pcrs: Mapping[int, Mapping[int, bytes]]
+    boot: VerifiedBoot | None = None
 
 
 def verify_vtpm_evidence(evidence: bytes | VtpmEvidence, nonce: bytes,
                          certs: CertBundle | None = None, *, trust: Trust = "amd",
                          policy: Policy | None = None, event_log: bytes | None = None,
+                         expected: BootExpectation | None = None,
                          expected_pcrs: Mapping[int, Mapping[int, bytes]] | None = None
                          ) -> VerifiedVtpm:
     """Accept the evidence for `nonce` or raise: SnpVerificationError for the report (chain,
-    signature, and `policy` if given), QuoteError naming the vTPM check that failed."""
+    signature, and `policy` if given), QuoteError naming the vTPM check that failed.
+    `expected` (what the boot must have been) is read from `event_log`, so it needs one."""
     if not isinstance(evidence, VtpmEvidence):
         try:
             evidence = VtpmEvidence.from_bytes(evidence)
@@ -65,8 +74,13 @@ def verify_vtpm_evidence(evidence: bytes | VtpmEvidence, nonce: bytes,
         raise QuoteError("ak-not-bound", "REPORT_DATA is not SHA-512(nonce || AK "
                                          "TPMT_PUBLIC): this report does not vouch for the "
                                          "AK that signed the quote")
+    boot = None
     if event_log is not None:
-        _check_event_log(event_log, evidence.pcrs)
+        boot = verify_boot(evidence.ak_public, evidence.attest, evidence.signature, nonce,
+                           event_log, expected)
+    elif expected is not None:
+        raise QuoteError("event-log", "the expected boot is read from its event log, and "
+                                      "none was given")
     for alg, bank in (expected_pcrs or {}).items():
         for pcr, value in bank.items():
             quoted = evidence.pcrs.get(alg, {}).get(pcr)
@@ -75,22 +89,5 @@ def verify_vtpm_evidence(evidence: bytes | VtpmEvidence, nonce: bytes,
             if not hmac.compare_digest(quoted, value):
                 raise QuoteError("pcrs", f"PCR {pcr} of bank 0x{alg:04X} is {quoted.hex()}, "
                                          f"expected {value.hex()}")
-    return VerifiedVtpm(report, evidence.ak_public, quote, evidence.pcrs)
+    return VerifiedVtpm(report, evidence.ak_public, quote, evidence.pcrs, boot)
 
-
-def _check_event_log(raw: bytes, quoted: Mapping[int, Mapping[int, bytes]]) -> None:
-    """Every quoted PCR must be what the log replays to (zeros for one it never touches)."""
-    try:
-        replayed = replay(EventLog.from_bytes(raw))
-    except EventLogError as e:
-        raise QuoteError("event-log", str(e)) from e
-    for alg, bank in quoted.items():
-        hash_alg = tpm2.HashAlg(alg)
-        if hash_alg not in replayed:
-            raise QuoteError("event-log", f"the log has no {hash_alg.name} bank")
-        for pcr, value in bank.items():
-            expected = replayed[hash_alg].get(pcr, bytes(hash_alg.digest_size))
-            if not hmac.compare_digest(expected, value):
-                raise QuoteError("event-log", f"{hash_alg.name} PCR {pcr}: the log replays "
-                                              f"to {expected.hex()}, the quote has "
-                                              f"{value.hex()}")

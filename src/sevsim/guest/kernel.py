@@ -8,7 +8,8 @@ under SEV-ES through the GHCB, from its #VC handler (ghcb.py).
 Below the program it keeps a state page (application-processor start requests, the GHCB
 protocol version), one GHCB page per vCPU, and the shared pages it talks to the Secure
 Processor (SNP guest messages), the VMM's host channel and its vTPM through, made shared on
-first use. With a vTPM it measures the boot before the program runs (tpm.py).
+first use. With a vTPM, and under SEV-SNP into its SNP-bound vTPM too, it measures the boot
+before the program runs (tpm.py).
 Application processors start from their reset state in every mode: the boot vCPU writes
 what an AP should run into the state page and asks the hypervisor only to kick it, so a
 hypervisor that cannot set registers (SEV-ES) can still start one, and one that kicks an AP
@@ -100,7 +101,7 @@ from sevsim.guest.ghcb import (
     snp_active,
 )
 from sevsim.guest.secure_boot import BootMedium, SecureBootOutcome, Verdict, boot_check
-from sevsim.guest.tpm import SECURE_BOOT_OFF, ChannelError, TpmChannel, measured_boot
+from sevsim.guest.tpm import SECURE_BOOT_OFF, ChannelError, Tpm, TpmChannel, measured_boot
 from sevsim.guest.vnic import NicStream
 from sevsim.hw.cpu import VC_VECTOR, GuestCpu
 
@@ -173,6 +174,7 @@ SYS_TPM_EVENT_LOG = 131
 SYS_VTPM_EXTEND = 132  # the SNP-bound vTPM (svsm_vtpm.py)
 SYS_VTPM_EVIDENCE = 133
 SYS_BOOT_FILE = 134
+SYS_VTPM_EVENT_LOG = 135
 KERNEL_OPTIONS = int(KernelOption.VC_INSN_CHECK | KernelOption.NO_IA32_EMULATION)  # all there are
 IA32_SYSCALL_VECTOR = 0x80
 # What an injected #VC's handler emulates without decoding operands, and the instruction it
@@ -180,7 +182,7 @@ IA32_SYSCALL_VECTOR = 0x80
 _VC_INSNS = {ExitCode.VMMCALL: b"\x0f\x01\xd9", ExitCode.CPUID: b"\x0f\xa2"}
 _VMPL0_ONLY = {SYS_SET_SHARED, SYS_SET_PRIVATE, SYS_VCPU_START, SYS_VMPL_START,
                SYS_KERNEL_OPTIONS, SYS_SET_PTE_ATTRS, SYS_KBS_RESOURCE, SYS_TPM_TRANSMIT,
-               SYS_TPM_EVENT_LOG, SYS_VTPM_EXTEND, SYS_VTPM_EVIDENCE}
+               SYS_TPM_EVENT_LOG, SYS_VTPM_EXTEND, SYS_VTPM_EVIDENCE, SYS_VTPM_EVENT_LOG}
 _BUSY_RETRY_S = 0.01  # Linux: SNP_REQ_RETRY_DELAY, while the hypervisor says BUSY ...
 _BUSY_GIVE_UP_S = 60.0  # ... for at most SNP_REQ_MAX_RETRY_DURATION
 _MAX_WRITE = 1 << 20
@@ -243,8 +245,12 @@ class GuestKernel:
             SYS_TPM_TRANSMIT: self._tpm_transmit, SYS_TPM_EVENT_LOG: self._tpm_event_log,
             SYS_VTPM_EXTEND: self._vtpm_extend, SYS_VTPM_EVIDENCE: self._vtpm_evidence,
             SYS_BOOT_FILE: self._boot_file,
+            SYS_VTPM_EVENT_LOG: self._vtpm_event_log,
         }
-        self.vtpm: svsm_vtpm.SvsmVtpm | None = None  # made on first use, state in VTPM_GPA
+        # under SNP: made at boot (or, in a kernel that resumes a migrated VM, on first use),
+        # state in VTPM_GPA; the boot's event log it measured
+        self.vtpm: svsm_vtpm.SvsmVtpm | None = None
+        self.vtpm_event_log: bytes | None = None
 
     # -- boot ---------------------------------------------------------------------------------
     def _read_boot_info(self, cpu: GuestCpu) -> BootInfo:
@@ -315,19 +321,25 @@ class GuestKernel:
                                                   cpu.read)
             verdict = self.secure_boot_outcome.verdict
             self._console(cpu, f"secure boot: {verdict}\n".encode())
-        channel, vtpm = TpmChannel(cpu, TPM_GPA), TpmChannel.present(cpu)
+        channel, host_vtpm = TpmChannel(cpu, TPM_GPA), TpmChannel.present(cpu)
         try:
             count = channel.file_count()
-            if vtpm or count:
+            if host_vtpm or snp or count:
                 self._kernel_shared(cpu, _TPM_SHARED, TPM_GPA, 1)
             self.boot_files = channel.boot_files(count)  # with or without a vTPM
         except ChannelError as err:
             raise GuestFault(f"guest kernel: boot files: {err}") from None
-        if vtpm:  # measured before a refusal too: PCR 7 records it
-            self.event_log = measured_boot(
+        if host_vtpm or snp:  # measured before a refusal too: PCR 7 records it
+            tpms: list[Tpm] = [channel] if host_vtpm else []
+            if snp:  # the SNP-bound vTPM measures the same boot (one log for both)
+                self.vtpm = svsm_vtpm.SvsmVtpm(cpu, VTPM_GPA)
+                tpms.append(svsm_vtpm.OnCpu(self.vtpm, cpu))
+            log = measured_boot(
                 channel, boot,
                 SECURE_BOOT_OFF if self.secure_boot is None else self.secure_boot.variables,
-                verdict, self.boot_files)
+                verdict, self.boot_files, tpms)
+            self.event_log = log if host_vtpm else None
+            self.vtpm_event_log = log if snp else None
         if verdict is not None and not verdict.ok:
             self._refuse(cpu, verdict)
         self._enter(cpu, boot.entry, boot.stack_top, cpu.index, 0)
@@ -701,12 +713,15 @@ class GuestKernel:
     def _tpm_event_log(self, cpu: GuestCpu, buf: int, capacity: int, *_: int) -> int:
         """The measured boot's event log into `buf`; returns its length, -ENOSPC (nothing
         copied) when it is longer than `capacity`, -ENODEV without a vTPM."""
-        if self.event_log is None:
+        return self._log_to_user(cpu, self.event_log, buf, capacity)
+
+    def _log_to_user(self, cpu: GuestCpu, log: bytes | None, buf: int, capacity: int) -> int:
+        if log is None:
             return -ENODEV
-        if len(self.event_log) > capacity:
+        if len(log) > capacity:
             return -ENOSPC
-        self._to_user(cpu, buf, self.event_log)
-        return len(self.event_log)
+        self._to_user(cpu, buf, log)
+        return len(log)
 
     def _boot_file(self, cpu: GuestCpu, index: int, name_buf: int, name_cap: int,
                    data_buf: int, data_cap: int) -> int:
@@ -922,6 +937,12 @@ class GuestKernel:
             return -ERANGE
         self._to_user(cpu, out_ptr, blob)
         return len(blob)
+
+    def _vtpm_event_log(self, cpu: GuestCpu, buf: int, capacity: int, *_: int) -> int:
+        """The event log of the boot the SNP-bound vTPM measured, as `_tpm_event_log` gives
+        the host vTPM's (the same log when both exist); -ENODEV outside SNP, and in a kernel
+        that resumed a migrated VM (the log is not kept in guest memory)."""
+        return self._log_to_user(cpu, self.vtpm_event_log, buf, capacity)
 
     # -- configfs-tsm reports ------------------------------------------------------------------
     @staticmethod

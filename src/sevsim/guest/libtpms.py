@@ -219,10 +219,15 @@ def _library() -> _Library:
     return _LIBRARY
 
 
+def _is_startup(command: bytes) -> bool:
+    return command[6:10] == int(tpm2.Cc.Startup).to_bytes(4, "big")
+
+
 class TpmEngine:
     """One TPM 2.0 whose whole state lives in `store`; `execute` runs a command on it. The
     first command of a TPM that has no volatile state yet is preceded by TPM2_Startup(CLEAR)
-    (a TPM without permanent state is manufactured first, with fresh seeds)."""
+    unless it is a TPM2_Startup itself, as measured boot's first command is (a TPM without
+    permanent state is manufactured first, with fresh seeds)."""
 
     def __init__(self, store: NvStore) -> None:
         self.store = store
@@ -237,7 +242,7 @@ class TpmEngine:
             self._check_lost()
             if lib.active is not self:
                 lib.release()
-                if not lib.resume(self):
+                if not lib.resume(self) and not _is_startup(command):
                     try:
                         tpm2.parse_startup_response(lib.process(tpm2.startup_command()))
                     except SevsimError:

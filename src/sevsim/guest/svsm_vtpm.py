@@ -120,6 +120,18 @@ class SvsmVtpm:
         return VtpmEvidence(made, ak.public, attest, signature, pcrs)
 
 
+class OnCpu:
+    """The vTPM as measured boot drives it (guest/tpm.py's Tpm): commands on one vCPU."""
+
+    def __init__(self, vtpm: SvsmVtpm, cpu: GuestCpu) -> None:
+        self.vtpm = vtpm
+        self.cpu = cpu
+
+    def execute(self, command: bytes) -> bytes:
+        """Run one command on `cpu`."""
+        return self.vtpm.execute(self.cpu, command)
+
+
 def pcr_mask(mask: int) -> dict[int, Sequence[int]]:
     """The SHA-256 PCRs a 24-bit mask selects (the system call's PCR argument)."""
     return {tpm2.HashAlg.SHA256: [p for p in range(SHA256_PCRS) if mask >> p & 1]}

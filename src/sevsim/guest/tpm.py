@@ -5,6 +5,8 @@ shared page of the kernel's, a command in, a response back, each framed and chec
 before it is trusted. Measured boot does what a GCE Confidential VM's firmware and GRUB do
 before the OS runs: TPM2_Startup(CLEAR), then one event per measurement in GCE's order
 (tcg_eventlog.gce_boot), each extended into the SHA-256 and SHA-384 banks as it is logged.
+It drives any `Tpm`: the host's vTPM through the channel, and under SEV-SNP the SNP-bound
+vTPM too, so both measure the same events and the one log describes either.
 The program and its command line come from the host (as a boot loader reads them from the
 host's disk); the program file is measured only after its loadable segments were found to be
 exactly what was launched into memory, so PCR 4 names the program that runs. Boot data files
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -43,7 +46,7 @@ from sevsim.abi.tpm_channel import (
     boot_file_name_error,
     framing_error,
 )
-from sevsim.errors import GuestFault, SevsimError, TpmError, TpmFormatError
+from sevsim.errors import GuestFault, LibtpmsError, SevsimError, TpmError, TpmFormatError
 from sevsim.guest.secure_boot import Verdict, authority
 from sevsim.hw.cpu import GuestCpu
 
@@ -51,6 +54,14 @@ BANKS = (HashAlg.SHA256, HashAlg.SHA384)
 PROGRAM_PATH = "\\EFI\\sevsim\\program.elf"  # where the boot loader's log says it came from
 BOOT_FILE_DIR = "/boot/"  # GRUB's PCR 9 events name a data file by this path and its name
 _RETRIES = 10
+
+
+class Tpm(Protocol):
+    """What measured boot drives: a TPM 2.0 that answers a command with its response."""
+
+    def execute(self, command: bytes) -> bytes:
+        """Run one command; its response."""
+        ...
 
 
 class ChannelError(SevsimError):
@@ -173,16 +184,21 @@ def launched_mismatch(program: bytes, boot: BootInfo, cpu: GuestCpu) -> str | No
 def measured_boot(channel: TpmChannel, boot: BootInfo,
                   secure_boot: Mapping[str, bytes] = SECURE_BOOT_OFF,
                   verdict: Verdict | None = None,
-                  files: list[tuple[str, bytes]] | None = None) -> bytes:
+                  files: list[tuple[str, bytes]] | None = None,
+                  tpms: Sequence[Tpm] | None = None) -> bytes:
     """TPM2_Startup(CLEAR), then GCE's boot events (PCRs 0, 7, separators, 4, 8, and 9 for
     each of the data files `files` the kernel read, as GRUB names them at BOOT_FILE_DIR) measured
-    into the SHA-256 and SHA-384 banks and logged; returns the event log. PCR 7 holds the
+    into the SHA-256 and SHA-384 banks of each of `tpms` (default: the channel's vTPM) and
+    logged; returns the event log, handed to the host when its vTPM measured it. The boot
+    files come through `channel` either way. PCR 7 holds the
     Secure Boot variables and, when secure boot (`verdict`) let the program run, the db entry
     that verified it; a program it refused is not measured, as firmware does not load it.
     GuestFault when the TPM refuses or the channel fails: firmware that cannot measure does
     not boot on."""
+    tpms = (channel,) if tpms is None else tpms
     try:
-        tpm2.parse_startup_response(channel.execute(tpm2.startup_command(tpm2.Su.CLEAR)))
+        for tpm in tpms:
+            tpm2.parse_startup_response(tpm.execute(tpm2.startup_command(tpm2.Su.CLEAR)))
         program: bytes | None = None
         cmdline = ""
         if verdict is None or verdict.ok:
@@ -200,10 +216,12 @@ def measured_boot(channel: TpmChannel, boot: BootInfo,
                        authority=None if verdict is None else authority(verdict))
         for event in log.events:
             digests = {int(alg): digest for alg, digest in event.digests.items()}
-            tpm2.parse_pcr_extend_response(channel.execute(
-                tpm2.pcr_extend_command(event.pcr, digests)))
+            for tpm in tpms:
+                tpm2.parse_pcr_extend_response(tpm.execute(
+                    tpm2.pcr_extend_command(event.pcr, digests)))
         raw = log.to_bytes()
-        channel.hand_over_log(raw)
-    except (ChannelError, TpmError, TpmFormatError) as err:
+        if channel in tpms:
+            channel.hand_over_log(raw)
+    except (ChannelError, TpmError, TpmFormatError, LibtpmsError) as err:
         raise GuestFault(f"guest kernel: measured boot failed: {err}") from None
     return raw

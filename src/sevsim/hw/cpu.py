@@ -37,6 +37,7 @@ from unicorn import (
     UC_HOOK_MEM_WRITE_UNMAPPED,
     UC_MEM_FETCH_PROT,
     UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_READ_UNMAPPED,
     UC_MEM_WRITE_PROT,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
@@ -788,6 +789,18 @@ class Vcpu:
             f"mapping the page (RIP 0x{self._rip():x})")
         return False
 
+    def fault_in(self, gpa: int, length: int) -> None:
+        """The #NPF (or #VC) that the guest software's own read of [gpa, gpa + length) takes
+        where this vCPU maps no guest page, as an instruction's would (the kernel reads the
+        program's memory at boot): returns once the hypervisor mapped them, else raises."""
+        stop = min((gpa + length - 1) // PAGE + 1, self._space.npt.limit_pages)
+        for gpn in range(max(gpa, 0) // PAGE, stop):
+            if not self._space.mapped(gpn * PAGE) and not self._on_unmapped(
+                    self._uc, UC_MEM_READ_UNMAPPED, gpn * PAGE, 1, 0, None):
+                pending, self._pending = self._pending, None
+                if pending is not None:
+                    raise pending
+
     def _npf(self, access: int, address: int) -> bool:
         """One #NPF for an access to a page the vCPU does not map; whether the hypervisor
         resolved it."""
@@ -857,6 +870,10 @@ class GuestCpu:
         """Guest-physical read through this VM's own mapping (private pages in plaintext),
         with this VMPL's permissions."""
         self._check_vmpl(gpa, length, PERM_READ)
+        try:
+            return bytes(self._vcpu._uc.mem_read(gpa, length))
+        except UcError:
+            self._vcpu.fault_in(gpa, length)
         try:
             return bytes(self._vcpu._uc.mem_read(gpa, length))
         except UcError as err:

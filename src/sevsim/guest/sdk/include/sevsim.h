@@ -62,6 +62,7 @@ extern "C" {
 #define SYS_VTPM_EXTEND 132
 #define SYS_VTPM_EVIDENCE 133
 #define SYS_BOOT_FILE 134
+#define SYS_VTPM_EVENT_LOG 135
 
 /* Hardening options of the guest kernel (sev_kernel_options). */
 #define SEV_KOPT_VC_INSN_CHECK (1UL << 0)     /* #VC: check the instruction matches the exit */
@@ -499,6 +500,15 @@ static inline long sev_vtpm_evidence(const void *nonce, size_t nonce_len, unsign
 {
     return sev_syscall5(SYS_VTPM_EVIDENCE, (long)nonce, (long)nonce_len, (long)pcr_mask,
                         (long)buf, (long)len);
+}
+
+/* The event log of the boot the kernel measured into the SNP-bound vTPM before the program
+ * ran (GCE's events, as sev_tpm_event_log's: the same log when the VM has both vTPMs) into
+ * buf. It is public: hand it to the relying party with the evidence.  Returns its length, or
+ * -SEV_ENOSPC (nothing copied) / -SEV_ENODEV (not SEV-SNP) / -SEV_EPERM (below VMPL0). */
+static inline long sev_vtpm_event_log(void *buf, size_t cap)
+{
+    return sev_syscall2(SYS_VTPM_EVENT_LOG, (long)buf, (long)cap);
 }
 
 /* Window pages: guest-virtual pages above the program's memory that the process on one
