@@ -79,6 +79,7 @@ from sevsim.abi.svm import (
     ioio_info,
 )
 from sevsim.abi.svsm_vtpm import NONCE_MAX
+from sevsim.abi.tcg_eventlog import EventLog
 from sevsim.abi.tpm_channel import framing_error
 from sevsim.abi.vmsa import SEV_FEATURES_SNP, Vmsa
 from sevsim.abi.vnic import NIC_PAGES
@@ -101,7 +102,13 @@ from sevsim.guest.ghcb import (
     snp_active,
 )
 from sevsim.guest.secure_boot import BootMedium, SecureBootOutcome, Verdict, boot_check
-from sevsim.guest.tpm import SECURE_BOOT_OFF, ChannelError, Tpm, TpmChannel, measured_boot
+from sevsim.guest.tpm import (
+    SECURE_BOOT_OFF,
+    ChannelError,
+    TpmChannel,
+    extend_log,
+    measured_boot,
+)
 from sevsim.guest.vnic import NicStream
 from sevsim.hw.cpu import VC_VECTOR, GuestCpu
 
@@ -330,14 +337,13 @@ class GuestKernel:
         except ChannelError as err:
             raise GuestFault(f"guest kernel: boot files: {err}") from None
         if host_vtpm or snp:  # measured before a refusal too: PCR 7 records it
-            tpms: list[Tpm] = [channel] if host_vtpm else []
-            if snp:  # the SNP-bound vTPM measures the same boot (one log for both)
-                self.vtpm = svsm_vtpm.SvsmVtpm(cpu, VTPM_GPA)
-                tpms.append(svsm_vtpm.OnCpu(self.vtpm, cpu))
+            # The SNP-bound vTPM gets the same boot (one log for both), extended into it when
+            # a program first uses it: nothing but this kernel can extend it before then, and
+            # an SNP VM that never asks pays for no TPM (libtpms draws its own random seeds).
             log = measured_boot(
                 channel, boot,
                 SECURE_BOOT_OFF if self.secure_boot is None else self.secure_boot.variables,
-                verdict, self.boot_files, tpms)
+                verdict, self.boot_files, [channel] if host_vtpm else [])
             self.event_log = log if host_vtpm else None
             self.vtpm_event_log = log if snp else None
         if verdict is not None and not verdict.ok:
@@ -896,8 +902,13 @@ class GuestKernel:
 
     # -- the SNP-bound vTPM ----------------------------------------------------------------------
     def _vtpm(self, cpu: GuestCpu) -> svsm_vtpm.SvsmVtpm:
+        """The SNP-bound vTPM, made on first use with the boot's measurements extended into it
+        (a kernel that resumed a migrated VM resumes the TPM from guest memory instead)."""
         if self.vtpm is None:
-            self.vtpm = svsm_vtpm.SvsmVtpm(cpu, VTPM_GPA)
+            vtpm = svsm_vtpm.SvsmVtpm(cpu, VTPM_GPA)
+            if self.vtpm_event_log is not None:
+                extend_log([svsm_vtpm.OnCpu(vtpm, cpu)], EventLog.from_bytes(self.vtpm_event_log))
+            self.vtpm = vtpm
         return self.vtpm
 
     def _vtpm_extend(self, cpu: GuestCpu, pcr: int, data_ptr: int, length: int, *_: int) -> int:

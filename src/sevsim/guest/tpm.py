@@ -32,7 +32,7 @@ from sevsim.abi.svm import (
     SEVSIM_HC_TPM_EVENT_LOG,
     SEVSIM_HC_TPM_TRANSMIT,
 )
-from sevsim.abi.tcg_eventlog import ConfidentialTechnology, SpecIdEvent, gce_boot
+from sevsim.abi.tcg_eventlog import ConfidentialTechnology, EventLog, SpecIdEvent, gce_boot
 from sevsim.abi.tpm2 import RETRY_CODES, HashAlg, response_code
 from sevsim.abi.tpm_channel import (
     CHANNEL_ERROR,
@@ -181,6 +181,18 @@ def launched_mismatch(program: bytes, boot: BootInfo, cpu: GuestCpu) -> str | No
     return None
 
 
+def extend_log(tpms: Sequence[Tpm], log: EventLog) -> None:
+    """TPM2_Startup(CLEAR), then every event of `log` extended into each of `tpms`: what
+    measuring the boot leaves in a TPM. TpmError/TpmFormatError/LibtpmsError when one refuses."""
+    for tpm in tpms:
+        tpm2.parse_startup_response(tpm.execute(tpm2.startup_command(tpm2.Su.CLEAR)))
+    for event in log.events:
+        digests = {int(alg): digest for alg, digest in event.digests.items()}
+        for tpm in tpms:
+            tpm2.parse_pcr_extend_response(tpm.execute(tpm2.pcr_extend_command(event.pcr,
+                                                                               digests)))
+
+
 def measured_boot(channel: TpmChannel, boot: BootInfo,
                   secure_boot: Mapping[str, bytes] = SECURE_BOOT_OFF,
                   verdict: Verdict | None = None,
@@ -197,8 +209,6 @@ def measured_boot(channel: TpmChannel, boot: BootInfo,
     not boot on."""
     tpms = (channel,) if tpms is None else tpms
     try:
-        for tpm in tpms:
-            tpm2.parse_startup_response(tpm.execute(tpm2.startup_command(tpm2.Su.CLEAR)))
         program: bytes | None = None
         cmdline = ""
         if verdict is None or verdict.ok:
@@ -214,11 +224,7 @@ def measured_boot(channel: TpmChannel, boot: BootInfo,
                        files=[(BOOT_FILE_DIR + name, data) for name, data in files or ()],
                        load_address=boot.segments[0].gpa, spec_id=SpecIdEvent(banks=BANKS),
                        authority=None if verdict is None else authority(verdict))
-        for event in log.events:
-            digests = {int(alg): digest for alg, digest in event.digests.items()}
-            for tpm in tpms:
-                tpm2.parse_pcr_extend_response(tpm.execute(
-                    tpm2.pcr_extend_command(event.pcr, digests)))
+        extend_log(tpms, log)
         raw = log.to_bytes()
         if channel in tpms:
             channel.hand_over_log(raw)
