@@ -173,6 +173,35 @@ def test_concurrent_first_opens_migrate_once(url: str) -> None:
         store.close()
 
 
+def test_a_first_open_waits_while_another_connection_holds_a_new_sqlite_file(
+        tmp_path: Path) -> None:
+    """A new SQLite file is in rollback-journal mode until the first opener switches it to
+    WAL, which needs the file alone: an opener that meets another connection's write waits
+    for it (SQLite answers that pragma "locked" at once, not after its busy timeout)."""
+    path = tmp_path / "kbs.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE early (x)")
+    opened: list[object] = []
+    opener = threading.Thread(target=lambda: opened.append(_open_or_error(f"sqlite:///{path}")))
+    opener.start()
+    opener.join(0.3)
+    assert opener.is_alive() and opened == []  # waiting for the write, not refused
+    holder.execute("COMMIT")
+    holder.close()
+    opener.join()
+    assert len(opened) == 1 and isinstance(opened[0], Store), opened
+    assert opened[0].schema_revision() == "0001"
+    opened[0].close()
+
+
+def _open_or_error(url: str) -> Store | SevsimError:
+    try:
+        return Store.open(url, KEY)
+    except SevsimError as error:
+        return error
+
+
 def test_racing_first_key_checks_record_one_key(url: str) -> None:
     """Eight openers that find the schema but no key record yet, all at once: one records
     its key, the others find it (PostgreSQL takes no write lock at BEGIN, so a check-then-

@@ -34,7 +34,9 @@ import json
 import math
 import os
 import re
+import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -68,6 +70,7 @@ SECRET_KEY_SIZE = 32  # AES-256
 MAX_JSON = 1 << 20  # claims or a TEE key, as JSON text
 MAX_REASON = 4096
 POSTGRES_MIGRATION_LOCK = 0x5E75_1B5  # pg_advisory_xact_lock key: one migrator at a time
+SQLITE_BUSY_TIMEOUT = 30.0  # seconds a connection waits for another writer
 
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"  # no "." or "..", nothing a URL must escape
 _RESOURCE_PATH = re.compile(rf"{_SEGMENT}/{_SEGMENT}/{_SEGMENT}")
@@ -277,14 +280,15 @@ def make_engine(url: str) -> Engine:
     parsed = database_url(url)
     if parsed.get_backend_name() == "postgresql":
         return sa.create_engine(parsed, pool_pre_ping=True)
-    engine = sa.create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT,
+                                                    "check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
     def connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
-            cursor.execute(f"PRAGMA {pragma}")
+        _enter_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -293,6 +297,21 @@ def make_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def _enter_wal(cursor: Any) -> None:
+    """PRAGMA journal_mode=WAL, waiting as long as the busy timeout: a new database's switch
+    to WAL needs it alone, and SQLite answers "locked" at once, without its busy handler,
+    while another connection (a server starting beside this one) holds it."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _derive(secret_key: bytes, label: bytes) -> bytes:
