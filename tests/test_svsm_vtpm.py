@@ -411,12 +411,12 @@ def test_store_refuses_oversized_blobs(host: Host, elf: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def boot_files(host: Host, build: Callable[..., Path],
-               tmp_path_factory: pytest.TempPathFactory) -> Path:
+def boot_files(build: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two vtpm_boot VMs' evidence and event logs, the certificates and an expectation, as
     files: evidence and boot.log of the first, other.* of one booted with another command
-    line."""
-    guest, out = build("vtpm_boot"), tmp_path_factory.mktemp("tpm-verify")
+    line. A host of their own: the module's is full of the other tests' VMs."""
+    host, guest = Host(chip="milan", memory="64M"), build("vtpm_boot")
+    out = tmp_path_factory.mktemp("tpm-verify")
     for name, cmdline in (("", None), ("other.", "init=/bin/sh")):
         evidence, log, _ = boot_evidence(host, guest, cmdline)
         (out / f"{name}evidence").write_bytes(evidence)
