@@ -4,6 +4,7 @@ into an SNP report, and the relying party's verifier naming each refusal."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
+from typer.testing import CliRunner, Result
 
 from sevsim.abi import tpm2
 from sevsim.abi.svsm_vtpm import NONCE_MAX, VtpmEvidence, report_data
@@ -29,6 +31,7 @@ from sevsim.attest import (
     verify_quote,
     verify_vtpm_evidence,
 )
+from sevsim.cli.main import app
 from sevsim.errors import LibtpmsError, QuoteError, SnpVerificationError, TpmFormatError
 from sevsim.guest.build import build_guest
 from sevsim.guest.kernel import VTPM_GPA, GuestKernel
@@ -405,6 +408,72 @@ def test_store_refuses_oversized_blobs(host: Host, elf: Path) -> None:
         nv.load("savestate")
     assert nv.load(PERMANENT) == before  # the refused write changed nothing
 
+
+
+@pytest.fixture(scope="module")
+def boot_files(build: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two vtpm_boot VMs' evidence and event logs, the certificates and an expectation, as
+    files: evidence and boot.log of the first, other.* of one booted with another command
+    line. A host of their own: the module's is full of the other tests' VMs."""
+    host, guest = Host(chip="milan", memory="64M"), build("vtpm_boot")
+    out = tmp_path_factory.mktemp("tpm-verify")
+    for name, cmdline in (("", None), ("other.", "init=/bin/sh")):
+        evidence, log, _ = boot_evidence(host, guest, cmdline)
+        (out / f"{name}evidence").write_bytes(evidence)
+        (out / f"{name}boot.log").write_bytes(log)
+    (out / "certs").write_bytes(host.firmware.certificate_table(host.firmware.tcb))
+    (out / "expect.json").write_text(json.dumps({
+        "program_sha256": hashlib.sha256(guest.read_bytes()).hexdigest(),
+        "technology": "AMD_SEV_SNP", "secure_boot": False}))
+    return out
+
+
+def tpm_verify(files: Path, *args: str | Path, evidence: str = "evidence",
+               nonce: bytes = NONCE) -> Result:
+    return CliRunner().invoke(app, ["tpm", "verify", "--evidence", str(files / evidence),
+                                    "--nonce", nonce.hex(), "--certs", str(files / "certs"),
+                                    "--trust", "sevsim", *map(str, args)])
+
+
+def test_tpm_verify_checks_snp_bound_evidence(boot_files: Path) -> None:
+    """`sevsim tpm verify --evidence`: issue 14's refusals, each with its reason."""
+    log, expect = boot_files / "boot.log", boot_files / "expect.json"
+    done = tpm_verify(boot_files, "--event-log", log, "--expect", expect)
+    assert done.exit_code == 0, done.output
+    genuine = VtpmEvidence.from_bytes((boot_files / "evidence").read_bytes())
+    assert f"sha256:8  {genuine.pcrs[SHA256][8].hex()}" in done.stdout
+    assert "binds the AK and nonce" in done.stderr and "expectations met" in done.stderr
+    as_json = json.loads(tpm_verify(boot_files, "--json").stdout)
+    assert as_json["ok"] and as_json["vmpl"] == 0 and as_json["nonce"] == NONCE.hex()
+    assert as_json["ak_public"] == genuine.ak_public.hex()
+
+    def reason(*args: str | Path, **kwargs: str | bytes) -> str:
+        refused = tpm_verify(boot_files, "--json", *args, **kwargs)  # type: ignore[arg-type]
+        assert refused.exit_code == 1, refused.output
+        result = json.loads(refused.stdout)
+        assert f"FAIL {result['message']}" in refused.stderr
+        return str(result["reason"])
+
+    assert reason(nonce=hashlib.sha256(b"fresh").digest()) == "nonce"  # a replayed nonce
+    # another VM's report, for the same nonce but its own AK, beside this quote
+    other = VtpmEvidence.from_bytes((boot_files / "other.evidence").read_bytes())
+    (boot_files / "swapped").write_bytes(VtpmEvidence(
+        other.report, genuine.ak_public, genuine.attest, genuine.signature,
+        genuine.pcrs).to_bytes())
+    assert reason(evidence="swapped") == "ak-not-bound"
+    (boot_files / "corrupt.log").write_bytes(log.read_bytes()[:-3])
+    assert reason("--event-log", boot_files / "corrupt.log") == "event-log"
+    assert reason("--event-log", boot_files / "other.boot.log") == "replay"
+    assert reason("--expect", expect) == "event-log"  # the expected boot needs its log
+    (boot_files / "policy.toml").write_text(f'[guest]\nmeasurements = ["{"00" * 48}"]\n')
+    assert reason("--policy", boot_files / "policy.toml") == "report"
+    assert tpm_verify(boot_files, "--trust", "amd").exit_code == 1
+    # input that cannot be read is no verdict: 125; options that do not go together: 2
+    (boot_files / "short").write_bytes(genuine.report)
+    assert reason(evidence="short") == "format"
+    assert tpm_verify(boot_files, evidence="missing").exit_code == 125
+    assert tpm_verify(boot_files, "--certs", boot_files / "boot.log").exit_code == 125
+    assert tpm_verify(boot_files, "--ak", boot_files / "evidence").exit_code == 2
 
 
 def test_forged_pcrs_fool_only_the_host_provided_vtpm() -> None:

@@ -32,10 +32,16 @@ from sevsim.errors import ConfigError
 if TYPE_CHECKING:
     from cryptography import x509
 
-    from sevsim.attest.snp_verify import Check
+    from sevsim.attest.snp_verify import CertBundle, Check
 
 EXIT_UNVERIFIED = 1
 out = Console(soft_wrap=True)
+CertsOption = Annotated[Path | None, typer.Option(
+    help="A directory (vcek.pem/vcek.der or vlek.*, ask.pem/asvk.pem, ark.pem, "
+         "cert_chain.pem) or an extended report's certificate table file.")]
+TrustOption = Annotated[str, typer.Option(
+    help="amd: AMD's real roots (default). sevsim: sevsim's simulated roots, for reports "
+         "from sevsim's platform.")]
 
 
 def show(
@@ -70,15 +76,11 @@ def show(
 
 def verify(
     report: Annotated[Path, typer.Argument(help="The report: 0x4A0 bytes, or hex text.")],
-    certs: Annotated[Path | None, typer.Option(
-        help="A directory (vcek.pem/vcek.der or vlek.*, ask.pem/asvk.pem, ark.pem, "
-             "cert_chain.pem) or an extended report's certificate table file.")] = None,
+    certs: CertsOption = None,
     product: Annotated[str | None, typer.Option(
         help="milan | genoa | turin (default: from the report's CPUID; needed for some v2 "
              "reports).")] = None,
-    trust: Annotated[str, typer.Option(
-        help="amd: AMD's real roots (default). sevsim: sevsim's simulated roots, for reports "
-             "from sevsim's platform.")] = "amd",
+    trust: TrustOption = "amd",
     kds: Annotated[str | None, typer.Option(
         help="KDS base URL to fetch missing certificates and the CRL from, e.g. "
              "https://kdsintf.amd.com or a `sevsim kds serve` URL.")] = None,
@@ -106,20 +108,10 @@ def verify(
 ) -> None:
     """Verify an SNP report: signature, VCEK/VLEK -> ASK/ASVK -> ARK, TCB, chip id, CRL, and
     a GCE launch endorsement when there is one."""
-    from sevsim.attest.gce_endorsement import (
-        endorsement_in_cert_table,
-        load_google_root,
-        simulated_google_root,
-    )
+    from sevsim.attest.gce_endorsement import load_google_root, simulated_google_root
     from sevsim.attest.kds_client import KdsClient
-    from sevsim.attest.snp_verify import (
-        TRUSTS,
-        CertBundle,
-        Trust,
-        load_report,
-        verify_report_chain,
-    )
-    from sevsim.errors import EndorsementFormatError, SnpFormatError
+    from sevsim.attest.snp_verify import TRUSTS, Trust, load_report, verify_report_chain
+    from sevsim.errors import EndorsementFormatError
 
     if trust not in TRUSTS:
         raise typer.BadParameter(f"--trust must be one of {', '.join(TRUSTS)}")
@@ -135,28 +127,13 @@ def verify(
              else read_input(endorsement, command, MAX_CERT_FILE, "an endorsement"))
     crl_bytes = (read_input(crl_file, command, MAX_CERT_FILE, "a CRL")
                  if crl_file is not None else None)
+    bundle, found = load_certs(certs, command)
     try:
         client = None if kds is None else KdsClient(kds, cache_dir=cache)
-        found = None  # a GCE launch endorsement beside the certificates
-        if certs is None:
-            bundle = CertBundle()
-        elif certs.is_dir():
-            bundle = CertBundle.from_directory(certs)
-            if (certs / ENDORSEMENT_FILE).is_file():
-                found = read_bounded(certs / ENDORSEMENT_FILE, MAX_CERT_FILE, "an endorsement")
-        else:
-            table = read_bounded(certs, MAX_CERT_FILE, "a certificate table")
-            bundle = CertBundle.from_cert_table(table, str(certs))
-            found = endorsement_in_cert_table(table)
         root = (None if google_root is None else load_google_root(
             read_input(google_root, command, MAX_CERT_FILE, "a root certificate")))
-    except (SnpFormatError, ConfigError, EndorsementFormatError) as error:
+    except (ConfigError, EndorsementFormatError) as error:
         raise fail(error, command) from None
-    except OSError as error:
-        err.print(f"[bold red]sevsim verify:[/] cannot read {error.filename or certs}: "
-                  f"{error.strerror}",
-                  highlight=False)
-        raise typer.Exit(EXIT_ERROR) from None
     result = verify_report_chain(blob, bundle, trust=cast(Trust, trust), product=product,
                                  kds=client, crl=crl_bytes, check_revocation=crl, now=now)
     endorsed = given if given is not None else found
@@ -189,6 +166,30 @@ def verify(
                   f"to {'AMD' if trust == 'amd' else 'sevsim simulated'} "
                   f"{result.generation.value if result.generation else ''} ARK{endorsed_by}",
                   highlight=False)
+
+
+def load_certs(certs: Path | None, command: str) -> tuple[CertBundle, bytes | None]:
+    """`--certs` as a bundle (none given: an empty one) and the GCE launch endorsement beside
+    the certificates, if any; exit 125 naming what cannot be read."""
+    from sevsim.attest.gce_endorsement import endorsement_in_cert_table
+    from sevsim.attest.snp_verify import CertBundle
+    from sevsim.errors import EndorsementFormatError, SnpFormatError
+
+    try:
+        if certs is None:
+            return CertBundle(), None
+        if certs.is_dir():
+            found = (read_bounded(certs / ENDORSEMENT_FILE, MAX_CERT_FILE, "an endorsement")
+                     if (certs / ENDORSEMENT_FILE).is_file() else None)
+            return CertBundle.from_directory(certs), found
+        table = read_bounded(certs, MAX_CERT_FILE, "a certificate table")
+        return CertBundle.from_cert_table(table, str(certs)), endorsement_in_cert_table(table)
+    except (SnpFormatError, ConfigError, EndorsementFormatError) as error:
+        raise fail(error, command) from None
+    except OSError as error:
+        err.print(f"[bold red]{command}:[/] cannot read {error.filename or certs}: "
+                  f"{error.strerror}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
 
 
 def _instant(text: str) -> datetime.datetime:

@@ -12,12 +12,13 @@ import json
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
 
 from sevsim.abi import tpm2
+from sevsim.cli.attest import CertsOption, TrustOption, load_certs
 from sevsim.cli.common import (
     EXIT_ERROR,
     MAX_EVENT_LOG,
@@ -28,13 +29,14 @@ from sevsim.cli.common import (
     hex_bytes,
     read_input,
 )
-from sevsim.errors import PolicyError, QuoteError, SevsimError
+from sevsim.errors import PolicyError, QuoteError, SevsimError, SnpVerificationError
 
 if TYPE_CHECKING:
     from sevsim.attest.tpm_boot import BootExpectation, VerifiedBoot
     from sevsim.host.vtpm import VtpmSocket
 
 EXIT_FAILED = 1
+MAX_VTPM_EVIDENCE = 16 << 10  # a report and three TPM structures, each far below 4 KiB
 MAX_NONCE = 64  # qualifyingData is a TPM2B_DATA: at most the largest digest, SHA-512's
 TCTI_PREFIX = "swtpm:path="
 out = Console(soft_wrap=True, highlight=False)
@@ -180,11 +182,15 @@ def _evidence(ak: Path | None, quote_file: Path | None, signature: Path | None,
             hex_bytes(nonce, "--nonce", at_most=MAX_NONCE))
 
 
-def _refused(error: QuoteError, command: str, as_json: bool) -> typer.Exit:
+def _refused(error: QuoteError | SnpVerificationError, command: str, as_json: bool
+             ) -> typer.Exit:
+    """FAIL with the reason (a QuoteError's; "report" for an SNP report that does not verify)."""
+    reason = error.reason if isinstance(error, QuoteError) else "report"
+    message = str(error) if isinstance(error, QuoteError) else f"report: {error}"
     if as_json:
-        out.print(json.dumps({"ok": False, "reason": error.reason, "message": str(error)}),
+        out.print(json.dumps({"ok": False, "reason": reason, "message": message}),
                   markup=False)
-    err.print(f"{command}: FAIL {error}", markup=False, highlight=False)
+    err.print(f"{command}: FAIL {message}", markup=False, highlight=False)
     return typer.Exit(EXIT_FAILED)
 
 
@@ -201,7 +207,9 @@ def _verified(evidence: tuple[bytes, bytes, bytes, bytes], log: bytes, command: 
 
 @tpm_app.command("verify")
 def verify(
-    event_log: LogOption,
+    event_log: Annotated[Path | None, typer.Option(
+        "--event-log", help="The TCG event log (binary_bios_measurements); optional with "
+                            "--evidence.")] = None,
     ak: AkOption = None,
     quote_file: QuoteOption = None,
     signature: SignatureOption = None,
@@ -214,9 +222,19 @@ def verify(
              "HEX, \"technology\": \"AMD_SEV_SNP\", \"secure_boot\": true}, keys optional.")
     ] = None,
     as_json: JsonOption = False,
+    snp_evidence: Annotated[Path | None, typer.Option(
+        "--evidence", help="The SNP-bound vTPM's evidence (SNP report binding the AK, AK, "
+                           "quote, PCR values), instead of --ak, --quote and --signature.")
+    ] = None,
+    certs: CertsOption = None,
+    trust: TrustOption = "amd",
+    policy: Annotated[Path | None, typer.Option(
+        help="With --evidence: a validation policy (TOML, as `sevsim validate`) the SNP "
+             "report must meet.")] = None,
 ) -> None:
     """Verify a quote and the event log together: signature, nonce, PCR selection, the log
-    replayed to the quote's digest, and the expected values."""
+    replayed to the quote's digest, and the expected values. With --evidence, the SNP report
+    first: its chain (--certs, --trust), --policy, and its binding of the AK and nonce."""
     from sevsim.attest.tpm_boot import (
         BootExpectation,
         bank_name,
@@ -230,9 +248,13 @@ def verify(
         required = None if pcrs is None else parse_selection(pcrs)
     except PolicyError as error:
         raise typer.BadParameter(f"--pcrs: {error}") from None
-    evidence = _evidence(ak, quote_file, signature, nonce, command, required=True)
-    assert evidence is not None
-    log = read_input(event_log, command, MAX_EVENT_LOG, "an event log")
+    if snp_evidence is None and (certs is not None or policy is not None):
+        raise typer.BadParameter("--certs and --policy go with --evidence")
+    if snp_evidence is not None and any(x is not None for x in (ak, quote_file, signature,
+                                                                 pcrs)):
+        raise typer.BadParameter("--evidence replaces --ak, --quote, --signature and --pcrs")
+    if snp_evidence is None and event_log is None:
+        raise typer.BadParameter("--event-log is needed with --ak, --quote and --signature")
     expected = None
     if expect is not None:
         text = read_input(expect, command, MAX_POLICY_FILE, "an expectation")
@@ -243,6 +265,13 @@ def verify(
                        ) from None
         except PolicyError as error:
             raise fail(error, command) from None
+    if snp_evidence is not None:
+        _verify_snp(snp_evidence, hex_bytes(nonce, "--nonce", at_most=MAX_NONCE), event_log,
+                    expected, certs, trust, policy, command, as_json)
+        return
+    evidence = _evidence(ak, quote_file, signature, nonce, command, required=True)
+    assert evidence is not None and event_log is not None
+    log = read_input(event_log, command, MAX_EVENT_LOG, "an event log")
     boot = _verified(evidence, log, command, as_json, expected, required)
     facts = boot.facts
     if as_json:
@@ -264,6 +293,65 @@ def verify(
     err.print(f"{command}: verified: quote over {show_selection(boot.quote.pcr_select)}, "
               f"nonce {boot.quote.extra_data.hex()}, {len(boot.log.events)} events replayed; "
               f"technology {technology}, secure boot {secure_boot}"
+              f"{', expectations met' if expected else ''}", markup=False, highlight=False)
+
+
+def _verify_snp(path: Path, nonce: bytes, event_log: Path | None,
+                expected: BootExpectation | None, certs: Path | None, trust: str,
+                policy: Path | None, command: str, as_json: bool) -> None:
+    """`tpm verify --evidence`: verify_vtpm_evidence, then print as for a host's vTPM."""
+    from sevsim.attest.snp_policy import Policy
+    from sevsim.attest.snp_verify import TRUSTS, Trust
+    from sevsim.attest.svsm_vtpm import verify_vtpm_evidence
+    from sevsim.attest.tpm_boot import BootExpectation, bank_name, show_selection
+
+    if trust not in TRUSTS:
+        raise typer.BadParameter(f"--trust must be one of {', '.join(TRUSTS)}")
+    if not nonce:
+        raise typer.BadParameter("--evidence needs --nonce")
+    blob = read_input(path, command, MAX_VTPM_EVIDENCE, "vTPM evidence")
+    log = (None if event_log is None
+           else read_input(event_log, command, MAX_EVENT_LOG, "an event log"))
+    report_policy = None
+    if policy is not None:
+        text = read_input(policy, command, MAX_POLICY_FILE, "a validation policy")
+        try:
+            report_policy = Policy.from_toml(text.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise fail(ValueError(f"{policy}: not UTF-8 text ({error.reason})"), command
+                       ) from None
+        except SevsimError as error:
+            raise fail(error, command) from None
+    bundle, _ = load_certs(certs, command)
+    # PCR values alone need no log; what the boot was (program, technology, Secure Boot) does
+    boot_facts = (expected if expected is not None and (
+        log is not None or expected != BootExpectation(pcrs=expected.pcrs)) else None)
+    try:
+        verified = verify_vtpm_evidence(
+            blob, nonce, bundle, trust=cast(Trust, trust), policy=report_policy,
+            event_log=log, expected=boot_facts,
+            expected_pcrs=None if expected is None else expected.pcrs)
+    except (QuoteError, SnpVerificationError) as error:
+        raise _refused(error, command, as_json) from None
+    report, boot = verified.report, verified.boot
+    if as_json:
+        out.print(json.dumps({
+            "ok": True, "nonce": verified.quote.extra_data.hex(),
+            "measurement": report.measurement.hex(), "vmpl": report.vmpl,
+            "ak_public": verified.ak_public.hex(),
+            "pcrs": {bank_name(alg): {str(p): v.hex() for p, v in values.items()}
+                     for alg, values in verified.pcrs.items()},
+            "events": None if boot is None else len(boot.log.events)}, indent=2),
+            markup=False)
+        return
+    for alg, values in verified.pcrs.items():
+        for pcr, value in values.items():
+            out.print(f"{bank_name(alg)}:{pcr:<2} {value.hex()}", markup=False)
+    replayed = "" if boot is None else f", {len(boot.log.events)} events replayed"
+    err.print(f"{command}: verified: SNP report (VMPL{report.vmpl}, measurement "
+              f"{report.measurement.hex()}) binds the AK and nonce; quote over "
+              f"{show_selection(verified.quote.pcr_select)}, nonce "
+              f"{verified.quote.extra_data.hex()}{replayed}"
               f"{', expectations met' if expected else ''}", markup=False, highlight=False)
 
 
