@@ -9,12 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +24,7 @@ from sevsim.abi.tcg_eventlog import EventType
 from sevsim.abi.tpm2 import HashAlg
 from sevsim.attest import BootExpectation, verify_boot
 from sevsim.errors import PolicyError, QuoteError, VtpmError
+from test_vtpm_host import no_orphan_swtpm  # noqa: F401 (autouse: no swtpm outlives a test)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("swtpm") is None or shutil.which("tpm2_checkquote") is None,
@@ -83,31 +81,6 @@ def refused(evidence: Evidence, nonce: bytes = NONCE, expected: BootExpectation 
     with pytest.raises(QuoteError) as info:
         verify_boot(e.ak, e.attest, e.signature, nonce, e.log, expected)
     return info.value
-
-
-def swtpm_children() -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                line = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if line[line.index("(") + 1:line.rindex(")")] == "swtpm" and int(
-                    line[line.rindex(")") + 2:].split()[1]) == os.getpid():
-                found.add(int(entry.name))
-    return found
-
-
-@pytest.fixture(autouse=True)
-def no_orphan_swtpm() -> Iterator[None]:
-    before = swtpm_children()
-    yield
-    left = swtpm_children() - before
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    assert not left, f"swtpm processes left running: {sorted(left)}"
 
 
 # --- verify_boot ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from sevsim.abi import tpm2
-from sevsim.abi.tcg_eventlog import EventLog, replay
+from sevsim.abi.tcg_eventlog import EventLog
 from sevsim.errors import QuoteError, TpmFormatError
 
 # What makes a quote's signature mean "this TPM said so": the TPM signs a TPMS_ATTEST that
@@ -50,7 +50,7 @@ def replay_event_log(raw: bytes) -> dict[int, dict[int, bytes]]:
     """The PCR values (hash algorithm -> PCR -> value) a TCG crypto-agile event log extends to
     from reset, for the PCRs it touches: what a quote over those PCRs must match. The log is
     parsed strictly (EventLogError at the culprit's offset)."""
-    return {int(alg): values for alg, values in replay(EventLog.from_bytes(raw)).items()}
+    return {int(alg): values for alg, values in EventLog.from_bytes(raw).pcrs.items()}
 
 
 def pcr_digest(selection: Mapping[int, tuple[int, ...]],

@@ -100,6 +100,15 @@ def read_input(path: Path, command: str, limit: int, what: str) -> bytes:
         raise fail(error, command) from None
 
 
+def read_text(path: Path, command: str, limit: int, what: str) -> str:
+    """A UTF-8 text file (a policy, an expectation, a baseline), or exit 125 naming it."""
+    data = read_input(path, command, limit, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise fail(ValueError(f"{path}: not UTF-8 text ({error.reason})"), command) from None
+
+
 def hex_bytes(text: str | None, what: str, size: int | None = None,
               at_most: int | None = None) -> bytes:
     """A hex option's bytes ('0x' allowed; none given: b''), exactly `size` or at most

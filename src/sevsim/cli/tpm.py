@@ -28,6 +28,7 @@ from sevsim.cli.common import (
     fail,
     hex_bytes,
     read_input,
+    read_text,
 )
 from sevsim.errors import PolicyError, QuoteError, SevsimError, SnpVerificationError
 
@@ -257,12 +258,9 @@ def verify(
         raise typer.BadParameter("--event-log is needed with --ak, --quote and --signature")
     expected = None
     if expect is not None:
-        text = read_input(expect, command, MAX_POLICY_FILE, "an expectation")
+        text = read_text(expect, command, MAX_POLICY_FILE, "an expectation")
         try:
-            expected = BootExpectation.from_json(text.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            raise fail(ValueError(f"{expect}: not UTF-8 text ({error.reason})"), command
-                       ) from None
+            expected = BootExpectation.from_json(text)
         except PolicyError as error:
             raise fail(error, command) from None
     if snp_evidence is not None:
@@ -314,12 +312,9 @@ def _verify_snp(path: Path, nonce: bytes, event_log: Path | None,
            else read_input(event_log, command, MAX_EVENT_LOG, "an event log"))
     report_policy = None
     if policy is not None:
-        text = read_input(policy, command, MAX_POLICY_FILE, "a validation policy")
+        text = read_text(policy, command, MAX_POLICY_FILE, "a validation policy")
         try:
-            report_policy = Policy.from_toml(text.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            raise fail(ValueError(f"{policy}: not UTF-8 text ({error.reason})"), command
-                       ) from None
+            report_policy = Policy.from_toml(text)
         except SevsimError as error:
             raise fail(error, command) from None
     bundle, _ = load_certs(certs, command)
@@ -408,17 +403,15 @@ def check(
 
     command = "sevsim integrity check"
     evidence = _evidence(ak, quote_file, signature, nonce, command, required=False)
-    text = read_input(baseline, command, MAX_POLICY_FILE, "a baseline")
+    text = read_text(baseline, command, MAX_POLICY_FILE, "a baseline")
     raw = read_input(event_log, command, MAX_EVENT_LOG, "an event log")
     try:
-        learned = IntegrityBaseline.from_json(text.decode("utf-8"))
+        learned = IntegrityBaseline.from_json(text)
         log = (_verified(evidence, raw, command, as_json).log if evidence is not None
                else EventLog.from_bytes(raw))
         report = learned.check(log)
         if relearn:
             baseline.write_text(IntegrityBaseline.learn(log).to_json() + "\n")
-    except UnicodeDecodeError as error:
-        raise fail(ValueError(f"{baseline}: not UTF-8 text ({error.reason})"), command) from None
     except SevsimError as error:
         raise fail(error, command) from None
     except OSError as error:

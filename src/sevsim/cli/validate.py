@@ -25,6 +25,7 @@ from sevsim.cli.common import (
     hex_bytes,
     hex_int,
     read_input,
+    read_text,
 )
 from sevsim.errors import SevsimError
 
@@ -59,11 +60,9 @@ def validate(
 
     command = "sevsim validate"
     blob = read_report(report, command)
-    text = read_input(policy, command, MAX_POLICY_FILE, "a validation policy")
+    text = read_text(policy, command, MAX_POLICY_FILE, "a validation policy")
     try:
-        result = validate_report(blob, Policy.from_toml(text.decode("utf-8")))
-    except UnicodeDecodeError as error:
-        raise fail(ValueError(f"{policy}: not UTF-8 text ({error.reason})"), command) from None
+        result = validate_report(blob, Policy.from_toml(text))
     except SevsimError as error:
         raise fail(error, command) from None
     if as_json:
