@@ -1,0 +1,232 @@
+"""The command pages (docs/commands/, docs/guides/shielded-vm.md) against the real `sevsim`.
+
+Three checks, so that the pages cannot drift from the app:
+
+- every `sevsim …` command line in a fenced block of those pages (a line starting with
+  `sevsim ` or `$ sevsim `, with its `\\` continuation lines) names a real command and real
+  options: it is parsed against the Typer app with click's `make_context`, not run. Shell
+  syntax after the command (`; echo $?`, `&&`, `|`, `>`, a `# comment`) is cut off first;
+- every top-level command has its page, docs/commands/<command>.md, and every subcommand a
+  heading on that page naming `sevsim <command> <subcommand>`;
+- a console block right after the line `<!-- checked -->` is run: each `$ sevsim …` line in
+  it, from the repository's root, with stdout and stderr together (as a terminal shows
+  them), and its output must be the lines that follow it on the page. A line that is just
+  `…` there stands for any number of lines (output trimmed on the page). The command must
+  exit 0 unless its line ends with a comment `# exit N`. Mark only examples whose output is
+  deterministic and whose inputs are in the repository (or the ovmf package: those skip
+  without it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import typer
+
+from sevsim.cli.main import app
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = ROOT / "docs" / "commands"
+PAGES = sorted(COMMANDS.glob("*.md")) + [ROOT / "docs" / "guides" / "shielded-vm.md"]
+CHECKED = "<!-- checked -->"
+SHELL_STOPS = {";", "&&", "||", "|", ">", ">>", "<", "2>", "&", ")"}
+FENCE = re.compile(r"^(`{3,})(\w*)\s*$")
+EXIT = re.compile(r"#.*\bexit (\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced block of a page: where it starts, its language, its lines, if marked."""
+
+    page: Path
+    line: int
+    language: str
+    lines: tuple[str, ...]
+    checked: bool
+
+
+def blocks(page: Path) -> list[Block]:
+    """The fenced blocks of `page`, each marked checked if `<!-- checked -->` precedes it."""
+    found: list[Block] = []
+    lines = page.read_text(encoding="utf-8").splitlines()
+    index = 0
+    while index < len(lines):
+        opening = FENCE.match(lines[index])
+        if not opening:
+            index += 1
+            continue
+        start = index
+        index += 1
+        body: list[str] = []
+        while index < len(lines) and lines[index].strip() != opening.group(1):
+            body.append(lines[index])
+            index += 1
+        previous = next((text.strip() for text in reversed(lines[:start]) if text.strip()), "")
+        found.append(Block(page, start + 1, opening.group(2), tuple(body),
+                           previous == CHECKED))
+        index += 1
+    return found
+
+
+def command_lines(block: Block) -> list[str]:
+    """The `sevsim …` command lines of a block, continuation lines joined."""
+    found: list[str] = []
+    lines = list(block.lines)
+    index = 0
+    while index < len(lines):
+        text = lines[index].strip()
+        text = text[2:] if text.startswith("$ ") else text
+        index += 1
+        if not text.startswith("sevsim "):
+            continue
+        while text.endswith("\\") and index < len(lines):
+            text = text[:-1] + " " + lines[index].strip()
+            index += 1
+        found.append(text)
+    return found
+
+
+def argv(command: str) -> list[str]:
+    """The words `sevsim` gets from a shell command line, the shell's own syntax cut off."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    words: list[str] = []
+    for word in lexer:
+        if word in SHELL_STOPS:
+            break
+        words.append(word)
+    assert words[0] == "sevsim", command
+    return words[1:]
+
+
+def parse(words: list[str]) -> str:
+    """Parse `sevsim WORDS` as the app would, without running it; return the command's path."""
+    command = typer.main.get_command(app)
+    path = ["sevsim"]
+    rest = list(words)
+    while hasattr(command, "commands"):
+        assert rest, f"`{' '.join(path)}` needs a subcommand"
+        name = rest.pop(0)
+        assert name in command.commands, f"`{' '.join(path)}` has no command {name!r}"
+        command = command.commands[name]
+        path.append(name)
+    # raises click's UsageError (unknown option, missing or malformed value) like the app
+    command.make_context(" ".join(path), rest)
+    return " ".join(path)
+
+
+def usage_error(words: list[str]) -> bool:
+    """Whether `sevsim WORDS` is a usage error (click's, exit status 2)."""
+    try:
+        parse(words)
+    except Exception as error:  # noqa: BLE001 - click's UsageError, which typer vendors
+        return getattr(error, "exit_code", None) == 2
+    return False
+
+
+def all_command_lines() -> list[tuple[str, str]]:
+    return [(f"{block.page.relative_to(ROOT)}:{block.line}", line)
+            for page in PAGES for block in blocks(page) for line in command_lines(block)]
+
+
+def test_the_pages_exist() -> None:
+    assert (COMMANDS / "index.md").is_file()
+    assert PAGES[-1].is_file()
+    assert len(all_command_lines()) > 100
+
+
+@pytest.mark.parametrize(("where", "line"), all_command_lines())
+def test_every_command_line_parses(where: str, line: str) -> None:
+    """A line the page says is a usage error (`# exit 2`) must be one."""
+    expected = EXIT.search(line)
+    if expected and expected.group(1) == "2":
+        assert usage_error(argv(line)), f"{where}: `{line}` parses"
+    else:
+        parse(argv(line))
+
+
+def test_a_wrong_command_line_does_not_parse() -> None:
+    """The check above can fail: an unknown command, option or value is refused."""
+    for line in ("sevsim run hello.elf --frob 1", "sevsim guest sign hello.elf --key k.pem",
+                 "sevsim run hello.elf --vcpus two", "sevsim kbs admin keygen --out",
+                 "sevsim show a.bin b.bin"):
+        assert usage_error(argv(line)), line
+    for line in ("sevsim frobnicate", "sevsim tpm"):
+        with pytest.raises(AssertionError):
+            parse(argv(line))
+
+
+def test_every_command_has_a_page() -> None:
+    root = typer.main.get_command(app)
+    for name, command in root.commands.items():
+        page = COMMANDS / f"{name}.md"
+        assert page.is_file(), f"`sevsim {name}` has no page {page.relative_to(ROOT)}"
+        headings = [text for text in page.read_text(encoding="utf-8").splitlines()
+                    if text.startswith("#")]
+        subcommands = list(getattr(command, "commands", {}).items())
+        while subcommands:
+            sub, inner = subcommands.pop(0)
+            if hasattr(inner, "commands"):  # `kbs admin …`: a heading per leaf command
+                subcommands += [(f"{sub} {leaf}", c) for leaf, c in inner.commands.items()]
+                continue
+            assert any(f"sevsim {name} {sub}" in text for text in headings), \
+                f"{page.relative_to(ROOT)} has no heading for `sevsim {name} {sub}`"
+
+
+def checked_examples() -> list[tuple[str, str, list[str]]]:
+    """(where, command line, the output lines the page shows) of every checked block."""
+    found: list[tuple[str, str, list[str]]] = []
+    for page in PAGES:
+        for block in blocks(page):
+            if not block.checked:
+                continue
+            current: tuple[str, list[str]] | None = None
+            for text in block.lines:
+                if text.startswith("$ "):
+                    if current:
+                        found.append((f"{page.relative_to(ROOT)}:{block.line}", *current))
+                    current = (text[2:], [])
+                else:
+                    assert current, f"{page}:{block.line}: output before a command"
+                    current[1].append(text)
+            assert current, f"{page}:{block.line}: a checked block without a command"
+            found.append((f"{page.relative_to(ROOT)}:{block.line}", *current))
+    return found
+
+
+def output_pattern(shown: list[str]) -> re.Pattern[str]:
+    """The output a page shows as a regex: its lines exactly, a `…` line any lines."""
+    parts = ["(?:.*\n)*?" if text.strip() == "…" else re.escape(text.rstrip()) + r"[ \t]*\n"
+             for text in shown]
+    return re.compile("".join(parts))
+
+
+def test_there_are_checked_examples() -> None:
+    assert len(checked_examples()) >= 8
+
+
+@pytest.mark.parametrize(("where", "line", "shown"), checked_examples())
+def test_checked_example_prints_what_the_page_shows(where: str, line: str,
+                                                     shown: list[str]) -> None:
+    words = argv(line)
+    parse(words)
+    if any(word.startswith("/usr/share/ovmf/") for word in words) and not Path(
+            "/usr/share/ovmf/OVMF.fd").is_file():
+        pytest.skip("Debian's ovmf package is not installed")
+    expected = EXIT.search(line)
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    ran = subprocess.run([sys.executable, "-m", "sevsim", *words], cwd=ROOT, env={
+        **env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=300, check=False)
+    assert ran.returncode == (int(expected.group(1)) if expected else 0), ran.stdout
+    output = "\n".join(text.rstrip() for text in ran.stdout.splitlines()) + "\n"
+    assert output_pattern(shown).fullmatch(output), \
+        f"{where}: `{line}` printed\n{output}"
