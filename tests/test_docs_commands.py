@@ -2,15 +2,15 @@
 
 Three checks, so that the pages cannot drift from the app:
 
-- every `sevsim …` command line in a fenced block of those pages (a line starting with
-  `sevsim ` or `$ sevsim `, with its `\\` continuation lines) names a real command and real
+- every `sevsim …` command line in a shell block of those pages (`$ sevsim …` in a `console`
+  block, `sevsim …` in an `sh` block, with its `\\` continuation lines) names a real command and real
   options: it is parsed against the Typer app with click's `make_context`, not run. Shell
   syntax after the command (`; echo $?`, `&&`, `|`, `>`, a `# comment`) is cut off first;
 - every top-level command has its page, docs/commands/<command>.md, and every subcommand a
   heading on that page naming `sevsim <command> <subcommand>`;
 - a console block right after the line `<!-- checked -->` is run: each `$ sevsim …` line in
-  it, from the repository's root, with stdout and stderr together (as a terminal shows
-  them), and its output must be the lines that follow it on the page. A line that is just
+  it, from the repository's root, with stdout and stderr together (as an 80-column terminal
+  shows them), and its output must be the lines that follow it on the page. A line that is just
   `…` there stands for any number of lines (output trimmed on the page). The command must
   exit 0 unless its line ends with a comment `# exit N`. Mark only examples whose output is
   deterministic and whose inputs are in the repository (or the ovmf package: those skip
@@ -76,14 +76,19 @@ def blocks(page: Path) -> list[Block]:
 
 
 def command_lines(block: Block) -> list[str]:
-    """The `sevsim …` command lines of a block, continuation lines joined."""
+    """The `sevsim …` command lines of a console block, continuation lines joined."""
     found: list[str] = []
+    if block.language not in ("console", "sh", "bash", "shell"):
+        return found
     lines = list(block.lines)
     index = 0
     while index < len(lines):
         text = lines[index].strip()
-        text = text[2:] if text.startswith("$ ") else text
         index += 1
+        if block.language == "console":  # commands after the prompt, the rest is output
+            if not text.startswith("$ "):
+                continue
+            text = text[2:]
         if not text.startswith("sevsim "):
             continue
         while text.endswith("\\") and index < len(lines):
@@ -130,6 +135,51 @@ def usage_error(words: list[str]) -> bool:
     except Exception as error:  # noqa: BLE001 - click's UsageError, which typer vendors
         return getattr(error, "exit_code", None) == 2
     return False
+
+
+def synopses(block: Block) -> list[str]:
+    """The `sevsim …` synopses of a `text` block, indented continuation lines joined."""
+    found: list[str] = []
+    if block.language != "text":
+        return found
+    for text in block.lines:
+        if text.startswith("sevsim "):
+            found.append(text)
+        elif text.startswith(" ") and found:
+            found[-1] += " " + text.strip()
+    return found
+
+
+def synopsis_problems(synopsis: str) -> list[str]:
+    """What a synopsis names that the app lacks: its command path, or an option."""
+    command = typer.main.get_command(app)
+    words = synopsis.split()[1:]
+    path = ["sevsim"]
+    while hasattr(command, "commands") and words and words[0] in command.commands:
+        command = command.commands[words.pop(0)]
+        path.append(command.name or "")
+    if hasattr(command, "commands"):
+        return [f"`{' '.join(path)}` needs a subcommand"]
+    known = {name for param in command.params
+             for name in [*param.opts, *getattr(param, "secondary_opts", [])]}
+    named = re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", " ".join(words))
+    return [f"`{' '.join(path)}` has no option {name}" for name in named if name not in known]
+
+
+def all_synopses() -> list[tuple[str, str]]:
+    return [(f"{block.page.relative_to(ROOT)}:{block.line}", line)
+            for page in PAGES for block in blocks(page) for line in synopses(block)]
+
+
+@pytest.mark.parametrize(("where", "synopsis"), all_synopses())
+def test_every_synopsis_names_real_options(where: str, synopsis: str) -> None:
+    assert not synopsis_problems(synopsis), where
+
+
+def test_a_wrong_synopsis_is_caught() -> None:
+    assert synopsis_problems("sevsim run ELF [--frob N]") == ["`sevsim run` has no option --frob"]
+    assert synopsis_problems("sevsim kbs admin") == ["`sevsim kbs admin` needs a subcommand"]
+    assert not synopsis_problems("sevsim guest sign ELF --key K --cert C [-o OUT]")
 
 
 def all_command_lines() -> list[tuple[str, str]]:
@@ -222,9 +272,10 @@ def test_checked_example_prints_what_the_page_shows(where: str, line: str,
             "/usr/share/ovmf/OVMF.fd").is_file():
         pytest.skip("Debian's ovmf package is not installed")
     expected = EXIT.search(line)
-    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    # an 80-column terminal, whatever runs the test: rich sizes tables to it
     ran = subprocess.run([sys.executable, "-m", "sevsim", *words], cwd=ROOT, env={
-        **env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        **os.environ, "COLUMNS": "80", "LINES": "25", "PYTHONUNBUFFERED": "1"},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, timeout=300, check=False)
     assert ran.returncode == (int(expected.group(1)) if expected else 0), ran.stdout
     output = "\n".join(text.rstrip() for text in ran.stdout.splitlines()) + "\n"
