@@ -1,20 +1,23 @@
 """The command pages (docs/commands/, docs/guides/shielded-vm.md) against the real `sevsim`.
 
-Three checks, so that the pages cannot drift from the app:
+Four checks, so that the pages cannot drift from the app:
 
 - every `sevsim …` command line in a shell block of those pages (`$ sevsim …` in a `console`
-  block, `sevsim …` in an `sh` block, with its `\\` continuation lines) names a real command and real
-  options: it is parsed against the Typer app with click's `make_context`, not run. Shell
-  syntax after the command (`; echo $?`, `&&`, `|`, `>`, a `# comment`) is cut off first;
+  block, `sevsim …` in an `sh` block, with its `\\` continuation lines) names a real command
+  and real options: it is parsed against the Typer app with click's `make_context`, not run.
+  Shell syntax after the command (`; echo $?`, `&&`, `|`, `>`, a `# comment`) is cut off
+  first. A line whose comment ends in `exit 2` shows a usage error, and must not parse;
+- every synopsis (a `sevsim …` line in a `text` block, with its indented continuation lines)
+  names a real command, and only options that command has;
 - every top-level command has its page, docs/commands/<command>.md, and every subcommand a
   heading on that page naming `sevsim <command> <subcommand>`;
 - a console block right after the line `<!-- checked -->` is run: each `$ sevsim …` line in
   it, from the repository's root, with stdout and stderr together (as an 80-column terminal
-  shows them), and its output must be the lines that follow it on the page. A line that is just
-  `…` there stands for any number of lines (output trimmed on the page). The command must
-  exit 0 unless its line ends with a comment `# exit N`. Mark only examples whose output is
-  deterministic and whose inputs are in the repository (or the ovmf package: those skip
-  without it).
+  shows them), and its output must be the lines that follow it on the page. A line that is
+  just `…` there stands for any number of lines (output trimmed on the page). The command
+  must exit 0 unless its line ends with a comment ending in `exit N`. Mark only examples
+  whose output is deterministic and whose inputs are in the repository (or the ovmf package:
+  those skip without it).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from sevsim.cli.main import app
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ROOT / "docs" / "commands"
-PAGES = sorted(COMMANDS.glob("*.md")) + [ROOT / "docs" / "guides" / "shielded-vm.md"]
+PAGES = [*sorted(COMMANDS.glob("*.md")), ROOT / "docs" / "guides" / "shielded-vm.md"]
 CHECKED = "<!-- checked -->"
 SHELL_STOPS = {";", "&&", "||", "|", ">", ">>", "<", "2>", "&", ")"}
 FENCE = re.compile(r"^(`{3,})(\w*)\s*$")
@@ -132,7 +135,7 @@ def usage_error(words: list[str]) -> bool:
     """Whether `sevsim WORDS` is a usage error (click's, exit status 2)."""
     try:
         parse(words)
-    except Exception as error:  # noqa: BLE001 - click's UsageError, which typer vendors
+    except Exception as error:  # click's UsageError, which typer vendors as a private module
         return getattr(error, "exit_code", None) == 2
     return False
 
@@ -216,7 +219,7 @@ def test_a_wrong_command_line_does_not_parse() -> None:
 
 def test_every_command_has_a_page() -> None:
     root = typer.main.get_command(app)
-    for name, command in root.commands.items():
+    for name, command in getattr(root, "commands", {}).items():
         page = COMMANDS / f"{name}.md"
         assert page.is_file(), f"`sevsim {name}` has no page {page.relative_to(ROOT)}"
         headings = [text for text in page.read_text(encoding="utf-8").splitlines()
