@@ -1,6 +1,6 @@
 """The command pages (docs/commands/, docs/guides/shielded-vm.md) against the real `sevsim`.
 
-Four checks, so that the pages cannot drift from the app:
+Five checks, so that the pages cannot drift from the app:
 
 - every `sevsim …` command line in a shell block of those pages (`$ sevsim …` in a `console`
   block, `sevsim …` in an `sh` block, with its `\\` continuation lines) names a real command
@@ -9,8 +9,9 @@ Four checks, so that the pages cannot drift from the app:
   first. A line whose comment ends in `exit 2` shows a usage error, and must not parse;
 - every synopsis (a `sevsim …` line in a `text` block, with its indented continuation lines)
   names a real command, and only options that command has;
-- every top-level command has its page, docs/commands/<command>.md, and every subcommand a
-  heading on that page naming `sevsim <command> <subcommand>`;
+- every top-level command has its page, docs/commands/<command>.md, every subcommand a
+  heading on that page naming `sevsim <command> <subcommand>`, and every option of those
+  commands is named on the page;
 - a console block right after the line `<!-- checked -->` is run: each `$ sevsim …` line in
   it, from the repository's root, with stdout and stderr together (as an 80-column terminal
   shows them), and its output must be the lines that follow it on the page. A line that is
@@ -29,6 +30,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -232,6 +234,28 @@ def test_every_command_has_a_page() -> None:
                 continue
             assert any(f"sevsim {name} {sub}" in text for text in headings), \
                 f"{page.relative_to(ROOT)} has no heading for `sevsim {name} {sub}`"
+
+
+def leaf_commands(command: Any, path: list[str]) -> list[tuple[str, Any]]:
+    """(`sevsim …` path, command) of every runnable command under `command`."""
+    if not hasattr(command, "commands"):
+        return [(" ".join(path), command)]
+    return [leaf for name, inner in command.commands.items()
+            for leaf in leaf_commands(inner, [*path, name])]
+
+
+def test_every_option_is_on_its_page() -> None:
+    """Each option of a command is named (as a whole word) on its command's page."""
+    root = typer.main.get_command(app)
+    for name, command in getattr(root, "commands", {}).items():
+        text = (COMMANDS / f"{name}.md").read_text(encoding="utf-8")
+        for path, leaf in leaf_commands(command, ["sevsim", name]):
+            for param in leaf.params:
+                if param.param_type_name != "option":
+                    continue
+                for option in [*param.opts, *param.secondary_opts]:
+                    assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), \
+                        f"docs/commands/{name}.md does not name `{path} {option}`"
 
 
 def checked_examples() -> list[tuple[str, str, list[str]]]:
