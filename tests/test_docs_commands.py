@@ -121,8 +121,8 @@ def argv(command: str) -> list[str]:
     return words[1:]
 
 
-def parse(words: list[str]) -> str:
-    """Parse `sevsim WORDS` as the app would, without running it; return the command's path."""
+def parse(words: list[str]) -> None:
+    """Parse `sevsim WORDS` as the app would, without running it."""
     command = typer.main.get_command(app)
     path = ["sevsim"]
     rest = list(words)
@@ -134,7 +134,6 @@ def parse(words: list[str]) -> str:
         path.append(name)
     # raises click's UsageError (unknown option, missing or malformed value) like the app
     command.make_context(" ".join(path), rest)
-    return " ".join(path)
 
 
 def usage_error(words: list[str]) -> bool:
