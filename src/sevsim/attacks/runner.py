@@ -86,3 +86,8 @@ def run_matrix(attacks: Iterable[Attack] | None = None, jobs: int | None = None,
             if progress is not None:
                 progress(outcome)
     return results
+
+
+def matrix_document(outcomes: Iterable[Outcome]) -> dict[str, object]:
+    """The matrix as `sevsim attack matrix --json` prints it: the modes and every cell."""
+    return {"modes": list(MODES), "cells": [o.to_json() for o in outcomes]}

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from sevsim.attacks.framework import FEATURES
 from sevsim.cli.common import err, fail
 from sevsim.errors import ConfigError, SevsimError
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 attack_app = typer.Typer(help="Run the published SEV attacks against each protection level.",
                          no_args_is_help=True)
@@ -84,8 +87,7 @@ def matrix(
     """Every attack against none, sev, sev-es and snp, and against its fixes: each cell
     computed by running the attack."""
     from sevsim.attacks.catalog import ATTACKS
-    from sevsim.attacks.framework import MODES
-    from sevsim.attacks.runner import attack_named, run_matrix
+    from sevsim.attacks.runner import attack_named, matrix_document, run_matrix
 
     command = "sevsim attack matrix"
     try:
@@ -94,20 +96,30 @@ def matrix(
     except SevsimError as error:
         raise fail(error, command) from None
     if json_out:
-        doc = {"modes": list(MODES), "cells": [o.to_json() for o in outcomes]}
-        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(matrix_document(outcomes), indent=2, ensure_ascii=False)
+                         + "\n")
         return
     from rich.console import Console
+
+    cells = [o.to_json() for o in outcomes]
+    Console().print(matrix_table([(a.id, a.name) for a in chosen], cells))
+    err.print(f"sevsim: {len(outcomes)} cells computed", highlight=False)
+
+
+def matrix_table(attacks: list[tuple[str, str]], cells: list[dict[str, Any]]) -> Table:
+    """The matrix as `sevsim attack matrix` prints it: a row per (id, name) of `attacks`, a
+    column per mode on Milan, the other chips and fixes last; `cells` as `matrix --json`
+    lists them (`sevsim demo` prints its document's with it)."""
     from rich.table import Table
 
+    from sevsim.attacks.framework import MODES, Setting
+
     table = Table("id", "attack", *MODES, "fix / feature")
-    for attack in chosen:
-        mine = [o for o in outcomes if o.attack == attack.id]
-        by_mode = {o.setting.mode: o.verdict.value for o in mine
-                   if not o.setting.features and o.setting.chip == "milan"}
-        fixes = [f"{o.setting.label}: {o.verdict.value}" for o in mine
-                 if o.setting.features or o.setting.chip != "milan"]
-        table.add_row(attack.id, attack.name, *(by_mode.get(m, "") for m in MODES),
-                      "; ".join(fixes))
-    Console().print(table)
-    err.print(f"sevsim: {len(outcomes)} cells computed", highlight=False)
+    for attack_id, name in attacks:
+        mine = [c for c in cells if c["attack"] == attack_id]
+        by_mode = {c["mode"]: c["verdict"] for c in mine
+                   if not c["features"] and c["chip"] == "milan"}
+        fixes = [f"{Setting(c['mode'], c['chip'], frozenset(c['features'])).label}: "
+                 f"{c['verdict']}" for c in mine if c["features"] or c["chip"] != "milan"]
+        table.add_row(attack_id, name, *(by_mode.get(m, "") for m in MODES), "; ".join(fixes))
+    return table

@@ -34,6 +34,7 @@ from sevsim.cli.common import (
     write_cert_table,
 )
 from sevsim.cli.debug import debug_app
+from sevsim.cli.demo import demo as demo_command
 from sevsim.cli.kbs import kbs_app
 from sevsim.cli.kds import kds_app
 from sevsim.cli.measure import measure as measure_command
@@ -67,6 +68,7 @@ app.command("measure")(measure_command)
 app.command("report")(report_command)
 app.command("validate")(validate_command)
 app.command("idblock")(idblock_command)
+app.command("demo")(demo_command)
 
 
 @guest_app.command("build")

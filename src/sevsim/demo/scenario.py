@@ -29,21 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, load_der_public_key
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from sevsim.abi.snp_cert import SnpCertificate, common_name
 from sevsim.abi.snp_report import AttestationReport
 from sevsim.abi.snp_tcb import PolicyFlags
 from sevsim.abi.svsm_vtpm import VtpmEvidence
-from sevsim.abi.tcg_eventlog import EventLog, EventType
+from sevsim.abi.tcg_eventlog import ConfidentialTechnology, EventLog, EventType
 from sevsim.abi.tpm2 import HashAlg
 from sevsim.attacks.catalog import ATTACKS
-from sevsim.attacks.framework import MODES, Outcome
-from sevsim.attacks.runner import cells, run_matrix
+from sevsim.attacks.framework import Outcome
+from sevsim.attacks.runner import cells, matrix_document, run_matrix
 from sevsim.attest.measure import guest_digest
 from sevsim.attest.snp_policy import Policy, validate_report
 from sevsim.attest.snp_verify import (
@@ -214,7 +214,7 @@ def search_dram(host: Host, vms: list[VirtualMachine], secret: bytes) -> list[bo
 def attacks_document(outcomes: list[Outcome]) -> dict[str, Any]:
     """What `sevsim attack matrix --json` prints, with the catalog's rows."""
     chosen = {o.attack for o in outcomes}
-    return {"modes": list(MODES), "cells": [o.to_json() for o in outcomes],
+    return {**matrix_document(outcomes),
             "attacks": [{"id": a.id, "name": a.name, "actor": a.actor, "source": a.source}
                         for a in ATTACKS.values() if a.id in chosen]}
 
@@ -312,6 +312,7 @@ def vtpm_document(evidence: bytes, event_log: bytes, nonce: bytes, certs: CertBu
             evidence, nonce, certs, trust="sevsim",
             policy=Policy(measurements=(expected_measurement,)), event_log=event_log,
             expected=BootExpectation(program_sha256=hashlib.sha256(program).digest(),
+                                     technology=ConfidentialTechnology.AMD_SEV_SNP,
                                      secure_boot=False))
     except SevsimError as error:
         checks.append({"name": getattr(error, "reason", type(error).__name__), "ok": False,
@@ -325,8 +326,8 @@ def vtpm_document(evidence: bytes, event_log: bytes, nonce: bytes, certs: CertBu
                     "detail": "REPORT_DATA = SHA-512(nonce || AK TPMT_PUBLIC), VMPL0"},
                    {"name": "event-log", "ok": True,
                     "detail": f"{len(log.events)} events replay to the quoted PCRs"},
-                   {"name": "expected", "ok": True, "detail": "PCR 4 holds the program, "
-                    f"technology {verified.boot.facts.technology.name if verified.boot else '?'}"}]
+                   {"name": "expected", "ok": True, "detail": "PCR 4: the program's SHA-256, "
+                    "PCR 0: AMD SEV-SNP, PCR 7: secure boot off"}]
         pcrs = verified.pcrs
     sha256 = pcrs[HashAlg.SHA256]
     return {"events": events,
