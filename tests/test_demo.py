@@ -26,7 +26,7 @@ from sevsim.attest import CertBundle, verify_report_chain
 from sevsim.attest.measure import guest_digest
 from sevsim.attest.snp_verify import der_certificates
 from sevsim.cli.main import app
-from sevsim.demo import scenario
+from sevsim.demo import broker, scenario
 from sevsim.demo.scenario import PROGRAMS, failed_expectations, run_demo, secret_page
 from sevsim.guest.build import build_guest
 from sevsim.guest.kernel import kernel_identity
@@ -187,7 +187,7 @@ def test_the_vtpm_pcrs_replay_from_its_events(demo_document: Document) -> None:
 def test_the_broker_releases_to_the_snp_tenant_only(demo_document: Document,
                                                     attested_elf: Path) -> None:
     kbs = demo_document["kbs"]
-    assert kbs["resource"] == scenario.RESOURCE
+    assert kbs["resource"] == broker.RESOURCE
     attempts = {a["tenant"]: a for a in kbs["attempts"]}
     assert list(attempts) == ["snp", "one-byte twin", "debuggable twin"]
     genuine, twin, debuggable = attempts.values()
@@ -215,15 +215,15 @@ def test_a_broker_with_another_secret_does_not_match(tmp_path: Path,
     image = attested_elf.read_bytes()
     expected = guest_digest("snp", parse_elf(image), 16 << 20, 1, kernel_identity())
     host = Host(chip="milan", memory="64M", seed=b"match")
-    with scenario.key_broker(b"the broker's 32-byte secret ....", expected, tmp_path) as kbs:
+    with broker.key_broker(b"the broker's 32-byte secret ....", expected, tmp_path) as kbs:
         mark = kbs.last_audit_id()
-        run = scenario.run_attested(host, image, kbs.url, bytes(64))
+        run = broker.run_attested(host, image, kbs.url, bytes(64))
         decisions = kbs.decisions_after(mark)
     assert run.exit_code == 0, run.console
     where = symbol(attested_elf, "secret")
-    right = scenario.kbs_attempt("snp", run, image, 0x30000,
+    right = broker.kbs_attempt("snp", run, image, 0x30000,
                                  b"the broker's 32-byte secret ....", where, decisions)
-    wrong = scenario.kbs_attempt("snp", run, image, 0x30000,
+    wrong = broker.kbs_attempt("snp", run, image, 0x30000,
                                  b"another 32-byte secret ..........", where, decisions)
     assert right["released"] and right["secret_matches"]
     assert not wrong["secret_matches"]
