@@ -260,6 +260,8 @@ def test_sevsim_demo_exit_1_names_the_failed_expectation(demo_document: Document
     (["--seed", "xyz"], 2, "not hex"),
     (["--jobs", "0"], 125, "--jobs 0"),
     (["--jobs", "two"], 2, "--jobs"),
+    (["--json", "/nonexistent/demo.json"], 125, "cannot write a file there"),
+    (["--json", "/"], 125, "cannot write a file there"),
 ])
 def test_bad_flags(args: list[str], status: int, words: str) -> None:
     result = CliRunner().invoke(app, ["demo", *args])

@@ -53,6 +53,9 @@ def demo(
             raise ConfigError(f"--seed is {len(chosen)} bytes; give 1 to {MAX_SEED}")
         if jobs is not None and jobs < 1:
             raise ConfigError(f"--jobs {jobs}: need at least one")
+        if json_file is not None and (json_file.is_dir()
+                                      or not os.access(json_file.parent, os.W_OK)):
+            raise ConfigError(f"--json {json_file}: cannot write a file there")
         console = Console()
         console.print(f"[bold]sevsim demo[/] --seed {chosen.hex()}", highlight=False)
         with Progress("{task.description}", BarColumn(), MofNCompleteColumn(),
