@@ -27,6 +27,7 @@ from sevsim.attest.measure import guest_digest
 from sevsim.attest.snp_verify import der_certificates
 from sevsim.cli.main import app
 from sevsim.demo import broker, scenario
+from sevsim.demo import evidence as evidence_doc
 from sevsim.demo.scenario import PROGRAMS, failed_expectations, run_demo, secret_page
 from sevsim.guest.build import build_guest
 from sevsim.guest.kernel import kernel_identity
@@ -206,10 +207,11 @@ def test_the_broker_releases_to_the_snp_tenant_only(demo_document: Document,
         assert attempt["reason"].startswith(f"attestation-policy: {rule}:"), attempt["reason"]
 
 
-def test_a_broker_with_another_secret_does_not_match(tmp_path: Path,
-                                                     attested_elf: Path) -> None:
-    """secret_matches compares the guest's buffer with the broker's resource: a broker that
-    releases something else is no match, and the genuine one is."""
+def test_checks_of_one_tenant_fail_as_they_should(tmp_path: Path, attested_elf: Path) -> None:
+    """One SNP tenant against a broker, its evidence checked by the demo's code: the right
+    inputs pass; another resource is no match (secret_matches compares the guest's buffer
+    with the broker's resource), another nonce fails the quote, another expected
+    measurement fails the report."""
     from sevsim import Host
 
     image = attested_elf.read_bytes()
@@ -227,6 +229,26 @@ def test_a_broker_with_another_secret_does_not_match(tmp_path: Path,
                                  b"another 32-byte secret ..........", where, decisions)
     assert right["released"] and right["secret_matches"]
     assert not wrong["secret_matches"]
+    report, table, evidence, event_log = run.outputs
+    certs = CertBundle.from_cert_table(table)
+    good = evidence_doc.vtpm_document(evidence, event_log, bytes(32), certs, expected, image)
+    assert good["quote"]["ok"]
+    assert [c["name"] for c in good["quote"]["checks"]] == [
+        "report", "quote", "ak-bound", "event-log", "expected"]
+    replayed = evidence_doc.vtpm_document(evidence, event_log, b"\1" * 32, certs, expected,
+                                          image)
+    assert not replayed["quote"]["ok"]
+    assert [(c["name"], c["ok"]) for c in replayed["quote"]["checks"]] == [
+        ("report", True), ("quote", False)]
+    assert "nonce" in replayed["quote"]["checks"][-1]["detail"]
+    other_program = evidence_doc.vtpm_document(evidence, event_log, bytes(32), certs, expected,
+                                               image + b"\0")
+    assert other_program["quote"]["checks"][-1]["name"] == "expected"
+    assert not other_program["quote"]["checks"][-1]["ok"]
+    assert evidence_doc.attestation_document(report, certs, expected, bytes(64))["verdict"] \
+        == "ok"
+    wrong_digest = evidence_doc.attestation_document(report, certs, bytes(48), bytes(64))
+    assert wrong_digest["verdict"] == "failed: guest.measurements"
 
 
 def test_expectations_name_what_failed(demo_document: Document) -> None:

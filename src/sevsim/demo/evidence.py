@@ -27,7 +27,7 @@ from sevsim.attest.snp_verify import (
 )
 from sevsim.attest.svsm_vtpm import verify_vtpm_evidence
 from sevsim.attest.tpm_boot import BootExpectation
-from sevsim.errors import SevsimError
+from sevsim.errors import QuoteError, SnpVerificationError
 
 
 def b64(data: bytes) -> str:
@@ -109,6 +109,20 @@ def attestation_document(report: bytes, certs: CertBundle, expected: bytes,
             "verdict": "ok" if not failures else "failed: " + ", ".join(failures)}
 
 
+# verify_vtpm_evidence's checks in its order: name, what passing means, QuoteError reasons
+VTPM_CHECKS = (
+    ("report", "VCEK signature and chain to the ARK, measurement as expected", ()),
+    ("quote", "signed by the AK, over the nonce, for the PCR values given",
+     ("format", "ak", "signature", "nonce", "pcrs")),
+    ("ak-bound", "REPORT_DATA = SHA-512(nonce || AK TPMT_PUBLIC), at VMPL0",
+     ("vmpl", "ak-not-bound")),
+    ("event-log", "the boot's event log replays to the quoted PCRs",
+     ("event-log", "pcr-selection", "replay")),
+    ("expected", "PCR 4: the program's SHA-256, PCR 0: AMD SEV-SNP, PCR 7: secure boot off",
+     ("expected",)),
+)
+
+
 def vtpm_document(evidence: bytes, event_log: bytes, nonce: bytes, certs: CertBundle,
                   expected_measurement: bytes, program: bytes) -> dict[str, Any]:
     """The SNP-bound vTPM's boot, checked with `verify_vtpm_evidence`: the report binds the
@@ -119,7 +133,6 @@ def vtpm_document(evidence: bytes, event_log: bytes, nonce: bytes, certs: CertBu
     events = [{"pcr": e.pcr, "type": _event_type(e.event_type),
                "digest": e.digests[HashAlg.SHA256].hex(),
                "description": _describe(e.data)} for e in log.events]
-    checks: list[dict[str, Any]] = []
     try:
         verified = verify_vtpm_evidence(
             evidence, nonce, certs, trust="sevsim",
@@ -127,21 +140,20 @@ def vtpm_document(evidence: bytes, event_log: bytes, nonce: bytes, certs: CertBu
             expected=BootExpectation(program_sha256=hashlib.sha256(program).digest(),
                                      technology=ConfidentialTechnology.AMD_SEV_SNP,
                                      secure_boot=False))
-    except SevsimError as error:
-        checks.append({"name": getattr(error, "reason", type(error).__name__), "ok": False,
-                       "detail": str(error)})
-        pcrs = VtpmEvidence.from_bytes(evidence).pcrs
+    except SnpVerificationError as error:
+        failed: tuple[str, str] | None = ("report", str(error))
+    except QuoteError as error:
+        failed = (next((name for name, _, reasons in VTPM_CHECKS if error.reason in reasons),
+                       "quote"), str(error))
     else:
-        checks += [{"name": "report", "ok": True, "detail": "VCEK signature and chain, "
-                    "measurement as expected"},
-                   {"name": "quote", "ok": True, "detail": "signed by the AK, over the nonce"},
-                   {"name": "ak-bound", "ok": True,
-                    "detail": "REPORT_DATA = SHA-512(nonce || AK TPMT_PUBLIC), VMPL0"},
-                   {"name": "event-log", "ok": True,
-                    "detail": f"{len(log.events)} events replay to the quoted PCRs"},
-                   {"name": "expected", "ok": True, "detail": "PCR 4: the program's SHA-256, "
-                    "PCR 0: AMD SEV-SNP, PCR 7: secure boot off"}]
-        pcrs = verified.pcrs
+        failed = None
+    checks = []
+    for name, detail, _ in VTPM_CHECKS:  # in the order the verifier makes them
+        if failed is not None and failed[0] == name:
+            checks.append({"name": name, "ok": False, "detail": failed[1]})
+            break
+        checks.append({"name": name, "ok": True, "detail": detail})
+    pcrs = verified.pcrs if failed is None else VtpmEvidence.from_bytes(evidence).pcrs
     sha256 = pcrs[HashAlg.SHA256]
     return {"events": events,
             "pcrs": {"sha256": {str(pcr): value.hex() for pcr, value in sorted(sha256.items())}},
