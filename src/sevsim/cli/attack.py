@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated
 
 import typer
 
 from sevsim.attacks.framework import FEATURES
-from sevsim.cli.common import err, fail
+from sevsim.cli.common import err, fail, print_json, progress
+from sevsim.cli.options import JsonOption
 from sevsim.errors import ConfigError, SevsimError
 
 attack_app = typer.Typer(help="Run the published SEV attacks against each protection level.",
@@ -17,13 +17,17 @@ attack_app = typer.Typer(help="Run the published SEV attacks against each protec
 
 
 @attack_app.command("list")
-def list_attacks() -> None:
+def list_attacks(json_out: JsonOption = False) -> None:
     """The catalog: id, name, actor and the fix settings each attack is also run against."""
     from rich.console import Console
     from rich.table import Table
 
     from sevsim.attacks.catalog import ATTACKS
 
+    if json_out:
+        print_json([{"id": a.id, "name": a.name, "actor": a.actor, "source": a.source,
+                     "fixes": [s.label for s in a.fixes]} for a in ATTACKS.values()])
+        return
     table = Table("id", "attack", "actor", "fixes / features", "source")
     for attack in ATTACKS.values():
         table.add_row(attack.id, attack.name, attack.actor,
@@ -39,7 +43,7 @@ def run(
     feature: Annotated[list[str] | None, typer.Option(
         help="A fix or opt-in feature to turn on, repeatable: " + ", ".join(FEATURES))
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="The outcome as JSON.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Run one attack and narrate it: what the attacker did, saw and got."""
     from sevsim.attacks.framework import MODES, Setting
@@ -58,7 +62,7 @@ def run(
     except SevsimError as error:
         raise fail(error, command) from None
     if json_out:
-        sys.stdout.write(json.dumps(outcome.to_json(), indent=2, ensure_ascii=False) + "\n")
+        print_json(outcome.to_json())
         return
     out = sys.stdout
     out.write(f"{attack.id} {attack.name} — {attack.actor} — {outcome.setting.label}\n")
@@ -75,8 +79,7 @@ def run(
 
 @attack_app.command("matrix")
 def matrix(
-    json_out: Annotated[bool, typer.Option("--json", help="Every cell as a JSON document.")
-                        ] = False,
+    json_out: JsonOption = False,
     jobs: Annotated[int | None, typer.Option(help="Processes (default: every core).")] = None,
     only: Annotated[list[str] | None, typer.Option(help="Just these attack ids, repeatable.")
                     ] = None,
@@ -85,17 +88,18 @@ def matrix(
     computed by running the attack."""
     from sevsim.attacks.catalog import ATTACKS
     from sevsim.attacks.framework import MODES
-    from sevsim.attacks.runner import attack_named, run_matrix
+    from sevsim.attacks.runner import attack_named, cells, run_matrix
 
     command = "sevsim attack matrix"
     try:
         chosen = [attack_named(n) for n in only] if only else list(ATTACKS.values())
-        outcomes = run_matrix(chosen, jobs)
+        with progress("attack matrix", len(cells(chosen))) as advance:
+            outcomes = run_matrix(chosen, jobs, lambda o: advance(
+                f"{o.attack} {o.setting.label} {o.verdict.value}"))
     except SevsimError as error:
         raise fail(error, command) from None
     if json_out:
-        doc = {"modes": list(MODES), "cells": [o.to_json() for o in outcomes]}
-        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        print_json({"modes": list(MODES), "cells": [o.to_json() for o in outcomes]})
         return
     from rich.console import Console
     from rich.table import Table

@@ -19,8 +19,10 @@ from sevsim.cli.common import (
     MAX_REPORT_FILE,
     err,
     fail,
+    print_json,
     read_input,
 )
+from sevsim.cli.options import JsonOption
 from sevsim.errors import ConfigError, KbsRefusal, SevsimError
 
 if TYPE_CHECKING:
@@ -258,9 +260,13 @@ def set_resource_policy(
 
 
 @admin_app.command("resources")
-def resources(url: UrlOption, key: AdminKeyOption) -> None:
-    """The stored secrets' paths, one a line."""
-    for resource in _admin(url, key, "resources"):
+def resources(url: UrlOption, key: AdminKeyOption, json_out: JsonOption = False) -> None:
+    """The stored secrets' paths, one a line (with --json, every stored field of each)."""
+    stored = _admin(url, key, "resources")
+    if json_out:
+        print_json(stored)
+        return
+    for resource in stored:
         print(resource["path"])
 
 
