@@ -28,8 +28,10 @@ def render_catalog() -> str:
     for attack in ATTACKS.values():
         module = inspect.getmodule(type(attack))
         about = inspect.cleandoc(module.__doc__ or "") if module is not None else ""
-        summary, _, details = about.partition("\n")
-        fixes = ", ".join(f"`{setting.label}`" for setting in attack.fixes) or "none"
+        about = about.removeprefix(f"{attack.id}: ")  # the heading already names it
+        about = about[:1].upper() + about[1:]
+        fixes = (", ".join(f"`{setting.label}`" for setting in attack.fixes)
+                 or "no fix in the catalog")
         flaws = ", ".join(f"`{flaw}`" for flaw in sorted(attack.flaws))
         parts += [
             f"### {attack.id}: {attack.name}",
@@ -42,9 +44,7 @@ def render_catalog() -> str:
             *([f"| the lab's platform has | {flaws} |"] if flaws else []),
             f"| class | `{type(attack).__module__}.{type(attack).__name__}` |",
             "",
-            summary.split(": ", 1)[-1] if summary.startswith(attack.id) else summary,
-            "",
-            details.strip(),
+            about,
             "",
         ]
     return "\n".join(parts)
