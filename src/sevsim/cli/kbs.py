@@ -251,7 +251,7 @@ def set_attestation_policy(
 
 @admin_app.command("set-resource-policy")
 def set_resource_policy(
-    file: Annotated[Path, typer.Argument(help="A resource policy (TOML or Rego, see the README).")],
+    file: Annotated[Path, typer.Argument(help="A resource policy (TOML or Rego: docs/kbs.md).")],
     url: UrlOption, key: AdminKeyOption,
 ) -> None:
     """Set the policy that decides, per resource path, which attested claims get it."""
