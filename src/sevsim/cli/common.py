@@ -31,6 +31,7 @@ from sevsim.inputs import (  # noqa: F401 (re-exported: the commands import them
     MAX_OVMF,
     MAX_POLICY_FILE,
     MAX_REPORT_FILE,
+    MAX_RUN_DOCUMENT,
     MAX_SECRET,
     MAX_SESSION_FILE,
     MAX_SEV_CERT,

@@ -40,6 +40,7 @@ from sevsim.cli.kds import kds_app
 from sevsim.cli.measure import measure as measure_command
 from sevsim.cli.owner import owner_app
 from sevsim.cli.report import report as report_command
+from sevsim.cli.report_html import report_html as report_html_command
 from sevsim.cli.tpm import integrity_app, tpm_app
 from sevsim.cli.validate import idblock as idblock_command
 from sevsim.cli.validate import validate as validate_command
@@ -66,6 +67,7 @@ app.command("show")(attest_show)
 app.command("verify")(attest_verify)
 app.command("measure")(measure_command)
 app.command("report")(report_command)
+app.command("report-html")(report_html_command)
 app.command("validate")(validate_command)
 app.command("idblock")(idblock_command)
 
