@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import html
+import itertools
 import json
 import math
 import struct
@@ -79,7 +80,7 @@ def entropies(page: bytes, block: int = ENTROPY_BLOCK) -> list[float]:
 def ramp(fraction: float) -> tuple[int, int, int]:
     """The colour scale at `fraction` (0..1) of the most entropy a block can have."""
     fraction = min(max(fraction, 0.0), 1.0)
-    for (low, c0), (high, c1) in zip(RAMP, RAMP[1:], strict=False):
+    for (low, c0), (high, c1) in itertools.pairwise(RAMP):
         if fraction <= high:
             t = (fraction - low) / (high - low)
             r, g, b = (round(a + (z - a) * t) for a, z in zip(c0, c1, strict=True))
@@ -101,6 +102,7 @@ def entropy_map(page: bytes, block: int = ENTROPY_BLOCK) -> bytes:
 
 
 def data_uri(png_bytes: bytes) -> str:
+    """A PNG inline in the page: the report fetches nothing."""
     return "data:image/png;base64," + base64.b64encode(png_bytes).decode("ascii")
 
 
@@ -310,8 +312,10 @@ def _page(tenant: int, page: Mapping[str, Any]) -> str:
             + _figure(entropy_map(data), f"entropy, mean {mean:.2f}",
                       f"{page['label']}: {who} view, entropy", "entropy")
             + "</div></div>")
-    verdict = ('<span class="badge bad">host reads the guest\'s plaintext</span>' if same
-               else '<span class="badge good">host reads other bytes</span>')
+    # neutral: a page the guest shares is meant to be read; whether the secret leaked is
+    # the tenant's verdict, searched in everything the host reads
+    verdict = ('<span class="badge same">the host reads what the guest reads</span>' if same
+               else '<span class="badge other">the host reads other bytes</span>')
     return (f'<div class="page" id="tenant-{tenant}-{esc(page["label"])}"><h4>page '
             f"<code>{esc(page['label'])}</code> <small>{esc(where)}</small> {verdict}</h4>"
             f'<div class="views">{"".join(views)}</div></div>')
@@ -594,6 +598,8 @@ section h2 a { color: var(--muted); text-decoration: none; }
   font-size: 0.82em; font-weight: 600; }
 .badge.good { color: var(--good); background: var(--good-bg); }
 .badge.bad { color: var(--bad); background: var(--bad-bg); }
+.badge.same, .badge.other { color: var(--na); background: var(--na-bg); }
+.badge.other { color: var(--accent); }
 .views { display: flex; flex-wrap: wrap; gap: 1.5em; }
 .view h5 { margin: 0.3em 0; color: var(--muted); font-weight: 500; }
 .pics { display: flex; gap: 0.75em; }
