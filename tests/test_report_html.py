@@ -6,6 +6,7 @@ trace one click away, and nothing from the document running as markup."""
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import re
@@ -90,11 +91,23 @@ def _tenant(mode: str, build: Callable[..., Path]) -> dict[str, Any]:
                 "vmsa": None}}
 
 
+SHORT = {"2.5.4.3": "CN", "2.5.4.6": "C", "2.5.4.7": "L", "2.5.4.8": "ST", "2.5.4.10": "O",
+         "2.5.4.11": "OU"}
+
+
 def _name(cert: x509.Certificate | SnpCertificate) -> tuple[str, str]:
+    """Subject and issuer as RFC 4514 strings (the VCEK through sevsim's DER layer: serial 0)."""
     if isinstance(cert, x509.Certificate):
         return cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
-    return tuple(", ".join(f"{a.value}" for a in reversed(name))  # type: ignore[return-value]
-                 for name in (cert.tbs.subject, cert.tbs.issuer))
+    subject, issuer = (",".join(f"{SHORT.get(a.oid, a.oid)}={a.value}" for a in reversed(name))
+                       for name in (cert.tbs.subject, cert.tbs.issuer))
+    return subject, issuer
+
+
+def _iso(text: str) -> str:
+    """A DER UTCTime (YYMMDDHHMMSSZ) as ISO 8601."""
+    when = datetime.datetime.strptime(text, "%y%m%d%H%M%SZ").replace(tzinfo=datetime.UTC)
+    return when.isoformat()
 
 
 def _key(key: object) -> str:
@@ -143,8 +156,8 @@ def _attestation(build: Callable[..., Path]) -> dict[str, Any]:
             serial, start, end = (hex(cert.serial_number), cert.not_valid_before_utc.isoformat(),
                                   cert.not_valid_after_utc.isoformat())
         else:
-            serial, start, end = (hex(cert.tbs.serial), cert.tbs.not_before.text,
-                                  cert.tbs.not_after.text)
+            serial, start, end = (hex(cert.tbs.serial), _iso(cert.tbs.not_before.text),
+                                  _iso(cert.tbs.not_after.text))
         chain.append({"role": role, "subject": subject, "issuer": issuer, "serial": serial,
                       "not_before": start, "not_after": end, "key": _key(key),
                       "signed_by": signer, "ok": checks[role].passed,
@@ -180,15 +193,17 @@ def _vtpm(build: Callable[..., Path]) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def demo_document(build: Callable[..., Path]) -> dict[str, Any]:
     """A run's document built from real mechanisms, cheaply (the demo's own fixture replaces
-    it): a two-attack matrix, a plain and an SEV tenant, a verified SNP report, a replayed
+    it): a three-attack matrix, a plain and an SEV tenant, a verified SNP report, a replayed
     event log, and how long each took."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    matrix = sevsim("attack", "matrix", "--json", "--only", "A3", "--only", "A20", "--jobs", "1")
+    # A16 for a cell in the fixes column (snp + alias-check)
+    matrix = sevsim("attack", "matrix", "--json", "--only", "A3", "--only", "A20", "--only",
+                    "A16", "--jobs", "1")
     assert matrix.returncode == 0, matrix.stderr
     attacks = json.loads(matrix.stdout)
     attacks["attacks"] = [{"id": a.id, "name": a.name, "actor": a.actor, "source": a.source}
-                          for a in (ATTACKS["A3"], ATTACKS["A20"])]
+                          for a in (ATTACKS["A3"], ATTACKS["A20"], ATTACKS["A16"])]
     timings["attacks"] = time.perf_counter() - start
     tenants = []
     for mode in ("none", "sev"):
@@ -335,8 +350,12 @@ def test_the_page_shows_what_the_run_computed(demo_document: dict[str, Any]) -> 
     assert b"".join(pictures[8][3]) == secret  # the SEV tenant's first picture is that page
     # the guest's shared page is the one page the host reads as the guest does
     assert page.count("the host reads what the guest reads") == 3  # none: both; sev: shared
-    assert page.count('class="cell broken"') == sum(
-        c["verdict"] == "✗" for c in demo_document["attacks"]["cells"])
+    cells = demo_document["attacks"]["cells"]
+    assert page.count('class="cell broken"') == sum(c["verdict"] == "✗" for c in cells)
+    row = re.search(r"<tr><td><code>A16</code>.*?</tr>", page)[0]
+    fixes = re.findall(r"<td>(.*?)</td>", row)[-1]  # the last column: the fix settings
+    assert "alias-check" in fixes and 'class="cell stopped"' in fixes
+
     assert "verdict: ok" in page and page.count("verified</span>") == 3
 
 

@@ -34,6 +34,7 @@ REPORT_SIZE = 0x4A0  # an SNP ATTESTATION_REPORT
 PAGE_WIDTH = 64  # a page drawn as 64 x 64 pixels, one byte each
 ENTROPY_BLOCK = 64  # bytes per entropy cell: one row of the byte image
 MODES = ("none", "sev", "sev-es", "snp")
+MODE_NAMES = {"none": "plain VM", "sev": "SEV", "sev-es": "SEV-ES", "snp": "SEV-SNP"}
 REGISTERS = ("rip", "rsp", "rax", "rbx", "rcx", "rdx", "cr3")
 VERDICTS = {"✗": ("broken", "broken"), "✓": ("stopped", "stopped"), "n/a": ("na", "n/a")}
 # the entropy colour scale (a viridis-like ramp): low entropy dark blue, the most yellow
@@ -355,7 +356,7 @@ def _tenants(document: Mapping[str, Any]) -> str:
         console = (f"<details><summary>guest console</summary><pre>{esc(tenant['console'])}"
                    "</pre></details>")
         cards.append(f'<article class="card tenant" id="tenant-{i}"><h3>'
-                     f'<span class="mode">{esc(tenant["mode"])}</span> ASID '
+                     f'<span class="mode">{esc(MODE_NAMES[tenant["mode"]])}</span> ASID '
                      f"{esc(tenant['asid'])}</h3><p>{flags}</p>{pages}{registers}{console}"
                      "</article>")
     secret = (f"<p>The planted secret begins <code>{esc(document['secret'][:32])}</code>…; "
@@ -502,10 +503,10 @@ def _summary(document: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """The strip under the header: (label, value, good/bad/neutral) per section present."""
     items = []
     if "tenants" in document:
-        leaking = [t["mode"] for t in document["tenants"]
+        leaking = [MODE_NAMES[t["mode"]] for t in document["tenants"]
                    if t["secret_in_host_view"] or t["secret_in_dram_dump"]]
         items.append(("secret visible to the host",
-                      ", ".join(leaking) if leaking else "in no tenant",
+                      "in the " + ", ".join(leaking) if leaking else "in no tenant",
                       "bad" if leaking else "good"))
     if "attacks" in document:
         counts = Counter(VERDICTS[c["verdict"]][1] for c in document["attacks"]["cells"])
