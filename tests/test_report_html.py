@@ -359,6 +359,28 @@ def test_the_page_shows_what_the_run_computed(demo_document: dict[str, Any]) -> 
     assert "verdict: ok" in page and page.count("verified</span>") == 3
 
 
+def test_the_key_broker_and_quote_sections(demo_document: dict[str, Any]) -> None:
+    """The sections this file's run has no mechanism for here (the demo's run fills them):
+    drawn from their shape, a refusal with its reason, a failed quote check as failed."""
+    document = json.loads(json.dumps(demo_document))
+    measurement = base64.b64decode(document["attestation"]["report"])[0x90:0xC0].hex()
+    document["kbs"] = {"resource": "default/demo/key", "attempts": [
+        {"tenant": "snp", "measurement": measurement, "policy": "0x30000", "released": True,
+         "reason": "", "secret_matches": True},
+        {"tenant": "debuggable twin", "measurement": measurement, "policy": "0xb0000",
+         "released": False, "reason": "policy: DEBUG <allowed>", "secret_matches": False}]}
+    document["vtpm"]["quote"] = {"ok": False, "checks": [
+        {"name": "signature", "ok": True, "detail": "RSASSA by the AK"},
+        {"name": "pcr digest", "ok": False, "detail": "PCR 4 differs"}]}
+    page = render_html(document)
+    assert page.count(">released<") == 1 and page.count(">refused<") == 1
+    assert "policy: DEBUG &lt;allowed&gt;" in page and "1 released · 1 refused" in page
+    assert "vTPM quote" in page and ">rejected<" in page and "PCR 4 differs" in page
+    document["kbs"]["attempts"][0]["released"] = "yes"
+    with pytest.raises(DemoDocumentError, match=r"kbs.attempts\[0\].released"):
+        render_html(document)
+
+
 def test_document_strings_are_text_not_markup(demo_document: dict[str, Any]) -> None:
     planted = json.loads(json.dumps(demo_document))
     planted["attacks"]["cells"][0]["trace"][0] = "<script>window.pwned = 1</script>"
