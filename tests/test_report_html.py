@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -311,6 +313,42 @@ def test_a_bare_matrix_is_an_attacks_only_run(demo_document: dict[str, Any]) -> 
     assert set(document) == {"schema", "attacks"}
     page = render_html(document)
     assert 'id="attacks"' in page and 'id="tenants"' not in page
+    assert "0 cells" in render_html({"modes": ["sev"], "cells": []})
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield path
+    children = (value.items() if isinstance(value, dict)
+                else enumerate(value[:2]) if isinstance(value, list) else ())
+    for key, child in children:
+        yield from _paths(child, (*path, key))
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_change_renders_or_is_refused_with_a_typed_error(
+        demo_document: dict[str, Any], data: st.DataObject) -> None:
+    """Whatever one value of a real document becomes, the page is drawn or the document is
+    refused with DemoDocumentError: never another exception."""
+    document = json.loads(json.dumps(demo_document))
+    path = data.draw(st.sampled_from(list(_paths(document))[1:]))
+    parent = document
+    for key in path[:-1]:
+        parent = parent[key]
+    if data.draw(st.booleans()) and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = data.draw(JSON)
+    try:
+        page = render_html(document)
+    except DemoDocumentError:
+        return
+    assert page.startswith("<!DOCTYPE html>") and page.endswith("</html>\n")
 
 
 def test_the_command_writes_the_page_and_refuses_bad_input(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import html
-import itertools
 import json
 import math
 import struct
@@ -26,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sevsim.errors import DemoDocumentError
+from sevsim.errors import ConfigError, DemoDocumentError
 
 SCHEMA = "sevsim.demo/1"
 PAGE = 4096
@@ -37,9 +36,9 @@ MODES = ("none", "sev", "sev-es", "snp")
 MODE_NAMES = {"none": "plain VM", "sev": "SEV", "sev-es": "SEV-ES", "snp": "SEV-SNP"}
 REGISTERS = ("rip", "rsp", "rax", "rbx", "rcx", "rdx", "cr3")
 VERDICTS = {"✗": ("broken", "broken"), "✓": ("stopped", "stopped"), "n/a": ("na", "n/a")}
-# the entropy colour scale (a viridis-like ramp): low entropy dark blue, the most yellow
-RAMP = ((0.0, (13, 8, 135)), (0.25, (84, 2, 163)), (0.5, (185, 50, 137)),
-        (0.75, (244, 136, 73)), (1.0, (240, 249, 33)))
+# the entropy colour scale, evenly spaced stops (viridis-like): no entropy dark blue, the
+# most a block can have yellow
+RAMP = ((13, 8, 135), (84, 2, 163), (185, 50, 137), (244, 136, 73), (240, 249, 33))
 
 
 # -- pictures ------------------------------------------------------------------------------------
@@ -47,7 +46,7 @@ def png(rows: Sequence[bytes], colour: bool) -> bytes:
     """A PNG of 8-bit greyscale (or RGB) `rows`, each row's pixels as bytes: the format any
     browser decodes, written without an imaging library."""
     if not rows or not rows[0]:
-        raise DemoDocumentError("picture", "a picture needs at least one pixel")
+        raise ConfigError("a picture needs at least one pixel")
     width = len(rows[0]) // (3 if colour else 1)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -80,13 +79,11 @@ def entropies(page: bytes, block: int = ENTROPY_BLOCK) -> list[float]:
 
 def ramp(fraction: float) -> tuple[int, int, int]:
     """The colour scale at `fraction` (0..1) of the most entropy a block can have."""
-    fraction = min(max(fraction, 0.0), 1.0)
-    for (low, c0), (high, c1) in itertools.pairwise(RAMP):
-        if fraction <= high:
-            t = (fraction - low) / (high - low)
-            r, g, b = (round(a + (z - a) * t) for a, z in zip(c0, c1, strict=True))
-            return r, g, b
-    return RAMP[-1][1]
+    position = min(max(fraction, 0.0), 1.0) * (len(RAMP) - 1)
+    stop = min(int(position), len(RAMP) - 2)
+    t = position - stop
+    r, g, b = (round(a + (z - a) * t) for a, z in zip(RAMP[stop], RAMP[stop + 1], strict=True))
+    return r, g, b
 
 
 def entropy_map(page: bytes, block: int = ENTROPY_BLOCK) -> bytes:
@@ -95,11 +92,9 @@ def entropy_map(page: bytes, block: int = ENTROPY_BLOCK) -> bytes:
     top = math.log2(block)
     colours = [ramp(h / top) for h in entropies(page, block)]
     per_row = 8
-    rows = [bytes(v for c in colours[i:i + per_row] for v in c)
-            for i in range(0, len(colours), per_row)]
-    if len(rows[-1]) != len(rows[0]):
-        rows[-1] += bytes(len(rows[0]) - len(rows[-1]))
-    return png(rows, colour=True)
+    colours += [(0, 0, 0)] * (-len(colours) % per_row)  # a last row filled with black
+    return png([bytes(v for c in colours[i:i + per_row] for v in c)
+                for i in range(0, len(colours), per_row)], colour=True)
 
 
 def data_uri(png_bytes: bytes) -> str:
@@ -372,7 +367,9 @@ def _cell_label(cell: Mapping[str, Any]) -> str:
 def _attacks(document: Mapping[str, Any]) -> str:
     attacks = document["attacks"]
     names = {a["id"]: a for a in attacks.get("attacks", [])}
-    chip = document.get("chip") or Counter(c["chip"] for c in attacks["cells"]).most_common(1)[0][0]
+    # the run's chip; a bare matrix names none: its cells' most common one
+    chips = Counter(c["chip"] for c in attacks["cells"]).most_common(1)
+    chip = document.get("chip") or (chips[0][0] if chips else "")
     order: list[str] = []
     for cell in attacks["cells"]:
         if cell["attack"] not in order:
