@@ -370,6 +370,9 @@ def test_the_command_writes_the_page_and_refuses_bad_input(
     assert "DemoDocumentError: document.tenants[0].pages[0].host: holds 100 bytes" in (
         sevsim("report-html", broken, "-o", tmp_path / "never.html").stderr)
     assert not (tmp_path / "never.html").exists()
+    unwritable = sevsim("report-html", bare, "-o", tmp_path / "no" / "such" / "dir.html")
+    assert unwritable.returncode == 125 and unwritable.stderr.count("\n") == 1
+    assert "cannot write" in unwritable.stderr and "Traceback" not in unwritable.stderr
     assert sevsim("report-html", bare).returncode == 2  # no -o: a usage error
 
 
