@@ -15,6 +15,7 @@ from sevsim.errors import SevsimError
 
 def report_html(
     run: Annotated[Path, typer.Argument(
+        metavar="RUN.json",
         help="The run's JSON document: `sevsim demo --json`, or `sevsim attack matrix "
              "--json` for an attacks-only page.")],
     output: Annotated[Path, typer.Option(
