@@ -30,7 +30,8 @@ ALLOWED: dict[str, set[str]] = {
     # the untrusted side: a hypervisor's and a physical attacker's handles; guest.build only
     # compiles the victims (the lab plays their owner), it gives no guest-side object
     "attacks": {"abi", "hw", "firmware", "host", "attacks", "errors", "attest", "guest.build"},
-    "cli": EVERYTHING | {"demo"},  # anything but testing (which the demo uses itself)
+    "cli": EVERYTHING | {"demo"},  # anything but testing (the demo, which shows the guest's
+    #                                 view through it, runs from here)
     "testing": EVERYTHING | {"testing"},
     "demo": EVERYTHING | {"demo", "testing"},
 }

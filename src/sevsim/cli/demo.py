@@ -59,7 +59,8 @@ def demo(
         console = Console()
         console.print(f"[bold]sevsim demo[/] --seed {chosen.hex()}", highlight=False)
         with Progress("{task.description}", BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, transient=False) as bars:
+                      TimeElapsedColumn(), console=err.console,
+                      disable=not err.console.is_terminal) as bars:
             tasks: dict[str, Any] = {}
 
             def progress(step: str, done: int, total: int) -> None:
