@@ -309,7 +309,11 @@ def test_sevsim_demo_reproduces_the_document(demo_document: Document, tmp_path: 
 
 
 def test_another_seed_gives_another_document(demo_document: Document) -> None:
-    other = run_demo(b"another seed", jobs=2)
+    seen: dict[str, tuple[int, int]] = {}
+    other = run_demo(b"another seed", jobs=2,
+                     progress=lambda step, done, total: seen.__setitem__(step, (done, total)))
+    assert seen == {"tenants": (4, 4), "attacks": (len(cells(ATTACKS.values())),) * 2,
+                    "kbs": (3, 3)}  # every bar ends full
     assert failed_expectations(other) == []
     assert other["secret"] != demo_document["secret"]
     assert other["attestation"]["report"] != demo_document["attestation"]["report"]
