@@ -28,6 +28,7 @@ from sevsim.attest.snp_verify import der_certificates
 from sevsim.cli.main import app
 from sevsim.demo import broker, scenario
 from sevsim.demo import evidence as evidence_doc
+from sevsim.demo.html import render_html
 from sevsim.demo.scenario import PROGRAMS, failed_expectations, run_demo, secret_page
 from sevsim.guest.build import build_guest
 from sevsim.guest.kernel import kernel_identity
@@ -58,8 +59,8 @@ def attested_elf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_document_has_the_schemas_keys_in_order(demo_document: Document) -> None:
-    assert list(demo_document) == ["schema", "seed", "chip", "secret", "tenants", "attacks",
-                                   "attestation", "vtpm", "kbs", "timings"]
+    assert list(demo_document) == ["schema", "seed", "chip", "platform", "secret", "tenants",
+                                   "attacks", "attestation", "vtpm", "kbs", "timings"]
     assert demo_document["schema"] == "sevsim.demo/1"
     assert demo_document["seed"] == DEMO_SEED.hex() and demo_document["chip"] == "milan"
     assert [t["mode"] for t in demo_document["tenants"]] == ["none", "sev", "sev-es", "snp"]
@@ -83,6 +84,9 @@ def test_the_secret_is_in_the_plain_tenants_host_view_only(demo_document: Docume
     plain = by_mode["none"]["pages"][0]
     assert page(plain["host"]) == secret
     assert by_mode["none"]["secret_in_host_view"]
+    # the DIMMs hold the plain tenant's plaintext unless TSME (Milan's default) encrypts them
+    tsme = "tsme" in demo_document["platform"].split(",")
+    assert by_mode["none"]["secret_in_dram_dump"] is not tsme
     for mode in ("sev", "sev-es", "snp"):
         tenant = by_mode[mode]
         host = b"".join(page(p["host"]) for p in tenant["pages"])
@@ -284,6 +288,7 @@ def test_sevsim_demo_exit_1_names_the_failed_expectation(demo_document: Document
     (["--jobs", "two"], 2, "--jobs"),
     (["--json", "/nonexistent/demo.json"], 125, "cannot write a file there"),
     (["--json", "/"], 125, "cannot write a file there"),
+    (["--html", "/nonexistent/report.html"], 125, "cannot write a file there"),
 ])
 def test_bad_flags(args: list[str], status: int, words: str) -> None:
     result = CliRunner().invoke(app, ["demo", *args])
@@ -292,17 +297,18 @@ def test_bad_flags(args: list[str], status: int, words: str) -> None:
 
 
 def test_sevsim_demo_reproduces_the_document(demo_document: Document, tmp_path: Path) -> None:
-    """The command, as a user runs it, with the fixture's seed: exit 0, and its --json file
-    is the fixture's document but for the timings."""
-    out = tmp_path / "demo.json"
+    """The command, as a user runs it, with the fixture's seed: exit 0, its --json file is
+    the fixture's document but for the timings, and its --html file the report of that file."""
+    out, report = tmp_path / "demo.json", tmp_path / "report.html"
     ran = subprocess.run([sys.executable, "-m", "sevsim", "demo", "--seed", DEMO_SEED.hex(),
-                          "--jobs", "2", "--json", str(out)],
+                          "--jobs", "2", "--json", str(out), "--html", str(report)],
                          capture_output=True, text=True, timeout=300, check=False)
     assert ran.returncode == 0, ran.stderr
     assert "every expectation held" in ran.stdout
     for shown in ("Certificate chain", "one-byte twin", "debuggable twin", "A20"):
         assert shown in ran.stdout
     again = json.loads(out.read_text(encoding="utf-8"))
+    assert report.read_text(encoding="utf-8") == render_html(again)
     assert list(again) == list(demo_document)
     assert set(again.pop("timings")) == set(demo_document["timings"])
     assert again == {k: v for k, v in demo_document.items() if k != "timings"}

@@ -6,35 +6,23 @@ trace one click away, and nothing from the document running as markup."""
 from __future__ import annotations
 
 import base64
-import datetime
+import html
 import json
 import os
 import re
-import ssl
 import struct
 import subprocess
 import sys
-import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import blocks_found, secret_bytes
-from sevsim import Host
-from sevsim.abi.snp_cert import SnpCertificate
-from sevsim.abi.snp_report import GUID_ARK, GUID_ASK, GUID_VCEK, parse_cert_table
-from sevsim.abi.tcg_eventlog import ConfidentialTechnology, EventLog, EventType, gce_boot, replay
-from sevsim.abi.tpm2 import HashAlg
 from sevsim.attacks.catalog import ATTACKS
-from sevsim.attest.measure import guest_digest
-from sevsim.attest.snp_verify import CertBundle, VerificationResult, verify_report_chain
 from sevsim.demo.html import (
     PAGE,
     SCHEMA,
@@ -47,182 +35,15 @@ from sevsim.demo.html import (
     validate_document,
 )
 from sevsim.errors import DemoDocumentError
-from sevsim.guest.kernel import kernel_identity
-from sevsim.hw.cpu import REGISTERS as UC_REGISTERS
-from sevsim.testing import guest_cpu, vcpu_engine
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "images" / "report.png"
-NONCE = bytes(range(0x20, 0x60))
-REGISTERS = ("rip", "rsp", "rax", "rbx", "rcx", "rdx", "cr3")
 
 
 def sevsim(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sevsim", *map(str, args)],
                           capture_output=True, text=True, timeout=300, check=False)
-
-
-# -- a run's document, from real mechanisms ----------------------------------------------------
-def _tenant(mode: str, build: Callable[..., Path]) -> dict[str, Any]:
-    """examples/secret.c in a VM: its secret and shared pages as the vCPU and the hypervisor
-    read them, where the secret shows up, and the registers the host reads from the VMCB."""
-    host = Host(chip="milan", memory="64M", seed=b"report-html")
-    vm = host.create_vm(mode=mode, memory="16M")
-    vm.load(build("secret"))
-    vm.launch()
-    result = vm.run(timeout=60)
-    assert result.exit_code == 0, result.console
-    secret_gpa = int(re.search(r"secret page at 0x([0-9a-f]+)", result.console)[1], 16)
-    shared_gpa = next(gpa for gpa in vm.shared_pages()  # the page the program shares
-                      if b"PUBLIC-MESSAGE-FOR-THE-HOST" in vm.read_gpa(gpa, PAGE))
-    vcpu = vm.hv.vcpus[0]
-    pages = []
-    for label, gpa in (("secret", secret_gpa), ("shared", shared_gpa)):
-        pages.append({"label": label, "gpa": gpa,
-                      "spa": host.hypervisor.gpa_to_spa(vm.hv, gpa),
-                      "guest": base64.b64encode(guest_cpu(vcpu).read(gpa, PAGE)).decode(),
-                      "host": base64.b64encode(vm.read_gpa(gpa, PAGE)).decode()})
-    engine = vcpu_engine(vcpu)
-    return {"mode": mode, "asid": vm.asid, "console": result.console, "pages": pages,
-            "secret_in_host_view": blocks_found(vm.host_view(), secret_bytes()) > 0,
-            "secret_in_dram_dump": blocks_found(host.dram_dump(), secret_bytes()) > 0,
-            "registers": {
-                "where": "VMCB",
-                "host": {r: hex(vcpu.vmcb.read(r)) for r in REGISTERS},
-                "guest": {r: hex(engine.reg_read(UC_REGISTERS[r])) for r in REGISTERS},
-                "vmsa": None}}
-
-
-SHORT = {"2.5.4.3": "CN", "2.5.4.6": "C", "2.5.4.7": "L", "2.5.4.8": "ST", "2.5.4.10": "O",
-         "2.5.4.11": "OU"}
-
-
-def _name(cert: x509.Certificate | SnpCertificate) -> tuple[str, str]:
-    """Subject and issuer as RFC 4514 strings (the VCEK through sevsim's DER layer: serial 0)."""
-    if isinstance(cert, x509.Certificate):
-        return cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
-    subject, issuer = (",".join(f"{SHORT.get(a.oid, a.oid)}={a.value}" for a in reversed(name))
-                       for name in (cert.tbs.subject, cert.tbs.issuer))
-    return subject, issuer
-
-
-def _iso(text: str) -> str:
-    """A DER UTCTime (YYMMDDHHMMSSZ) as ISO 8601."""
-    when = datetime.datetime.strptime(text, "%y%m%d%H%M%SZ").replace(tzinfo=datetime.UTC)
-    return when.isoformat()
-
-
-def _key(key: object) -> str:
-    if isinstance(key, rsa.RSAPublicKey):
-        return f"RSA-{key.key_size}"
-    assert isinstance(key, ec.EllipticCurvePublicKey)
-    return f"EC {key.curve.name}"
-
-
-def _attestation(build: Callable[..., Path]) -> dict[str, Any]:
-    """examples/report.c in an SNP VM; its report and certificate table verified against
-    sevsim's simulated ARK, the measurement against the digest computed from the ELF."""
-    host = Host(chip="milan", seed=b"report-html")
-    elf = build("report")
-    vm = host.create_vm(mode="snp", memory="16M")
-    vm.load(elf)
-    vm.host_input = NONCE
-    vm.launch()
-    assert vm.run(timeout=60).exit_code == 0
-    blob, table = vm.outputs[0], vm.outputs[1]
-    result: VerificationResult = verify_report_chain(blob, CertBundle.from_cert_table(table),
-                                                     trust="sevsim")
-    report = result.report
-    assert report is not None and result.leaf is not None
-    assert vm.image is not None
-    expected = guest_digest("snp", vm.image, vm.memory_size, 1, kernel_identity())
-    checks = {c.name: c for c in result.checks}
-    fields = [{"name": "measurement", "value": report.measurement.hex(),
-               "check": f"equals the launch digest computed from the ELF ({expected.hex()[:16]}…)",
-               "ok": report.measurement == expected},
-              {"name": "report_data", "value": report.report_data.hex(),
-               "check": "equals the verifier's nonce", "ok": report.report_data == NONCE}]
-    fields += [{"name": name, "value": checks[name].detail, "check": f"the verifier's {name} check",
-                "ok": checks[name].passed}
-               for name in ("report", "signature", "reported TCB", "chip id")]
-    entries = dict(parse_cert_table(table))
-    ark = x509.load_der_x509_certificate(entries[GUID_ARK])
-    ask = x509.load_der_x509_certificate(entries[GUID_ASK])
-    chain = []
-    for role, cert, der, signer, key in (
-            ("ARK", ark, entries[GUID_ARK], "ARK", ark.public_key()),
-            ("ASK", ask, entries[GUID_ASK], "ARK", ask.public_key()),
-            ("VCEK", result.leaf, entries[GUID_VCEK], "ASK", result.leaf.tbs.public_key())):
-        subject, issuer = _name(cert)
-        if isinstance(cert, x509.Certificate):
-            serial, start, end = (hex(cert.serial_number), cert.not_valid_before_utc.isoformat(),
-                                  cert.not_valid_after_utc.isoformat())
-        else:
-            serial, start, end = (hex(cert.tbs.serial), _iso(cert.tbs.not_before.text),
-                                  _iso(cert.tbs.not_after.text))
-        chain.append({"role": role, "subject": subject, "issuer": issuer, "serial": serial,
-                      "not_before": start, "not_after": end, "key": _key(key),
-                      "signed_by": signer, "ok": checks[role].passed,
-                      "pem": ssl.DER_cert_to_PEM_cert(der)})
-    failed = [c.name for c in result.checks if not c.passed]
-    return {"report": base64.b64encode(blob).decode(), "fields": fields, "chain": chain,
-            "verdict": "ok" if result.ok else "failed: " + ", ".join(failed)}
-
-
-def _vtpm(build: Callable[..., Path]) -> dict[str, Any]:
-    """The event log a GCE SNP VM's boot of examples/report.c writes, parsed back from its
-    bytes and replayed into PCRs."""
-    log = gce_boot(ConfidentialTechnology.AMD_SEV_SNP,
-                   secure_boot={"SecureBoot": b"\x00", "PK": b"", "KEK": b"", "db": b"",
-                                "dbx": b""},
-                   program=build("report").read_bytes(), program_path="\\EFI\\sevsim\\report.elf",
-                   cmdline="console=ttyS0")
-    parsed = EventLog.from_bytes(log.to_bytes())
-
-    def describe(data: bytes) -> str:
-        text = data.decode("latin-1")
-        printable = "".join(ch if ch.isprintable() else "." for ch in text)
-        return printable[:64] if sum(ch.isalnum() for ch in text) > len(text) // 2 else (
-            f"{len(data)} bytes")
-
-    events = [{"pcr": e.pcr, "type": EventType(e.event_type).name,
-               "digest": e.digests[HashAlg.SHA256].hex(), "description": describe(e.data)}
-              for e in parsed.events]
-    pcrs = replay(parsed)[HashAlg.SHA256]
-    return {"events": events, "pcrs": {"sha256": {str(i): v.hex() for i, v in pcrs.items()}}}
-
-
-@pytest.fixture(scope="session")
-def demo_document(build: Callable[..., Path]) -> dict[str, Any]:
-    """A run's document built from real mechanisms, cheaply (the demo's own fixture replaces
-    it): a three-attack matrix, a plain and an SEV tenant, a verified SNP report, a replayed
-    event log, and how long each took."""
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    # A16 for a cell in the fixes column (snp + alias-check)
-    matrix = sevsim("attack", "matrix", "--json", "--only", "A3", "--only", "A20", "--only",
-                    "A16", "--jobs", "1")
-    assert matrix.returncode == 0, matrix.stderr
-    attacks = json.loads(matrix.stdout)
-    attacks["attacks"] = [{"id": a.id, "name": a.name, "actor": a.actor, "source": a.source}
-                          for a in (ATTACKS["A3"], ATTACKS["A20"], ATTACKS["A16"])]
-    timings["attacks"] = time.perf_counter() - start
-    tenants = []
-    for mode in ("none", "sev"):
-        begin = time.perf_counter()
-        tenants.append(_tenant(mode, build))
-        timings[f"tenant {mode}"] = time.perf_counter() - begin
-    begin = time.perf_counter()
-    attestation = _attestation(build)
-    timings["attestation"] = time.perf_counter() - begin
-    begin = time.perf_counter()
-    vtpm = _vtpm(build)
-    timings["vtpm"] = time.perf_counter() - begin
-    return {"schema": SCHEMA, "seed": b"report-html".hex(), "chip": "milan",
-            "secret": secret_bytes()[:32].hex(), "tenants": tenants, "attacks": attacks,
-            "attestation": attestation, "vtpm": vtpm,
-            "timings": {"total_s": time.perf_counter() - start, **timings}}
 
 
 # -- pictures ------------------------------------------------------------------------------------
@@ -419,22 +240,23 @@ def expected_pictures(document: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 
 def test_the_key_broker_and_quote_sections(demo_document: dict[str, Any]) -> None:
-    """The sections this file's run has no mechanism for here (the demo's run fills them):
-    drawn from their shape, a refusal with its reason, a failed quote check as failed."""
+    """The broker's attempts as the run made them (released, or refused with the broker's own
+    reason), and a quote check that failed drawn as failed."""
     document = json.loads(json.dumps(demo_document))
-    measurement = base64.b64decode(document["attestation"]["report"])[0x90:0xC0].hex()
-    document["kbs"] = {"resource": "default/demo/key", "attempts": [
-        {"tenant": "snp", "measurement": measurement, "policy": "0x30000", "released": True,
-         "reason": "", "secret_matches": True},
-        {"tenant": "debuggable twin", "measurement": measurement, "policy": "0xb0000",
-         "released": False, "reason": "policy: DEBUG <allowed>", "secret_matches": False}]}
-    document["vtpm"]["quote"] = {"ok": False, "checks": [
-        {"name": "signature", "ok": True, "detail": "RSASSA by the AK"},
-        {"name": "pcr digest", "ok": False, "detail": "PCR 4 differs"}]}
+    attempts = document["kbs"]["attempts"]
+    released = sum(a["released"] for a in attempts)
+    assert released == 1 and len(attempts) == 3  # the tenant; not its two twins
     page = render_html(document)
-    assert page.count(">released<") == 1 and page.count(">refused<") == 1
-    assert "policy: DEBUG &lt;allowed&gt;" in page and "1 released · 1 refused" in page
-    assert "vTPM quote" in page and ">rejected<" in page and "PCR 4 differs" in page
+    assert page.count(">released<") == released
+    assert page.count(">refused<") == len(attempts) - released
+    assert f"{released} released · {len(attempts) - released} refused" in page
+    for attempt in attempts:
+        assert html.escape(attempt["reason"], quote=False) in page
+    assert "vTPM quote" in page and ">rejected<" not in page
+    document["vtpm"]["quote"]["ok"] = False
+    document["vtpm"]["quote"]["checks"][-1] |= {"ok": False, "detail": "PCR 4 differs"}
+    page = render_html(document)
+    assert ">rejected<" in page and "PCR 4 differs" in page
     document["kbs"]["attempts"][0]["released"] = "yes"
     with pytest.raises(DemoDocumentError, match=r"kbs.attempts\[0\].released"):
         render_html(document)

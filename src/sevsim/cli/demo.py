@@ -34,6 +34,9 @@ def demo(
     json_file: Annotated[Path | None, typer.Option(
         "--json", help="Also write the JSON document (schema sevsim.demo/1) to this file.")
     ] = None,
+    html_file: Annotated[Path | None, typer.Option(
+        "--html", help="Also write the run as one self-contained HTML report (as "
+                       "`sevsim report-html` makes from the JSON).")] = None,
     jobs: Annotated[int | None, typer.Option(
         help="Processes for the attack matrix (default: every core).")] = None,
 ) -> None:
@@ -44,6 +47,7 @@ def demo(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from sevsim.demo.html import render_html
     from sevsim.demo.scenario import failed_expectations, run_demo
 
     command = "sevsim demo"
@@ -53,9 +57,9 @@ def demo(
             raise ConfigError(f"--seed is {len(chosen)} bytes; give 1 to {MAX_SEED}")
         if jobs is not None and jobs < 1:
             raise ConfigError(f"--jobs {jobs}: need at least one")
-        if json_file is not None and (json_file.is_dir()
-                                      or not os.access(json_file.parent, os.W_OK)):
-            raise ConfigError(f"--json {json_file}: cannot write a file there")
+        for flag, path in (("--json", json_file), ("--html", html_file)):
+            if path is not None and (path.is_dir() or not os.access(path.parent, os.W_OK)):
+                raise ConfigError(f"{flag} {path}: cannot write a file there")
         console = Console()
         console.print(f"[bold]sevsim demo[/] --seed {chosen.hex()}", highlight=False)
         with Progress("{task.description}", BarColumn(), MofNCompleteColumn(),
@@ -71,12 +75,15 @@ def demo(
             document = run_demo(chosen, jobs=jobs, progress=progress)
     except SevsimError as error:
         raise fail(error, command) from None
-    if json_file is not None:
+    outputs = {json_file: lambda: json.dumps(document, indent=2, ensure_ascii=False) + "\n",
+               html_file: lambda: render_html(document)}
+    for path, text in outputs.items():
+        if path is None:
+            continue
         try:
-            json_file.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n",
-                                 encoding="utf-8")
+            path.write_text(text(), encoding="utf-8")
         except OSError as error:
-            err.print(f"[bold red]{command}:[/] cannot write {json_file}: {error.strerror}",
+            err.print(f"[bold red]{command}:[/] cannot write {path}: {error.strerror}",
                       highlight=False)
             raise typer.Exit(EXIT_ERROR) from None
     show(console, document)
@@ -91,7 +98,10 @@ def demo(
 
 def show(console: Console, document: dict[str, Any]) -> None:
     """Each step's table, from the document."""
-    for section, render in (("tenants", _memory), ("tenants", _registers),
+    def memory(console: Console, tenants: list[dict[str, Any]]) -> None:
+        _memory(console, tenants, document.get("platform", ""))
+
+    for section, render in (("tenants", memory), ("tenants", _registers),
                             ("attacks", _matrix), ("attestation", _attestation),
                             ("vtpm", _vtpm), ("kbs", _kbs)):
         if section in document:
@@ -109,8 +119,10 @@ def _yes(flag: bool, bad: bool) -> str:
     return f"[red]{word}[/]" if flag == bad else f"[green]{word}[/]"
 
 
-def _memory(console: Console, tenants: list[dict[str, Any]]) -> None:
+def _memory(console: Console, tenants: list[dict[str, Any]], platform: str) -> None:
     from rich.table import Table
+
+    from sevsim.demo.html import TSME_NOTE
 
     table = Table(title="The secret page: what the guest sees, what the host reads",
                   show_lines=True)
@@ -126,6 +138,8 @@ def _memory(console: Console, tenants: list[dict[str, Any]]) -> None:
     table.add_row("secret in DRAM dump", *(_yes(t["secret_in_dram_dump"], True)
                                            for t in tenants))
     console.print(table)
+    if "tsme" in platform.split(","):
+        console.print(TSME_NOTE, style="dim", highlight=False)
 
 
 def _registers(console: Console, tenants: list[dict[str, Any]]) -> None:

@@ -35,6 +35,9 @@ ENTROPY_BLOCK = 64  # bytes per entropy cell: one row of the byte image
 MODES = ("none", "sev", "sev-es", "snp")
 MODE_NAMES = {"none": "plain VM", "sev": "SEV", "sev-es": "SEV-ES", "snp": "SEV-SNP"}
 REGISTERS = ("rip", "rsp", "rax", "rbx", "rcx", "rdx", "cr3")
+TSME_NOTE = ("TSME is on (the platform's default): the DIMMs hold every page encrypted, the "
+             "plain VM's too, so a DRAM dump shows no plaintext; the hypervisor still reads "
+             "the plain VM's pages in the clear through the CPU.")
 VERDICTS = {"✗": ("broken", "broken"), "✓": ("stopped", "stopped"), "n/a": ("na", "n/a")}
 # the entropy colour scale, evenly spaced stops (viridis-like): no entropy dark blue, the
 # most a block can have yellow
@@ -230,9 +233,10 @@ _KBS = _fields({"resource": _text, "attempts": _list(_fields(
     {"tenant": _text, "measurement": _hex, "policy": _text, "released": _flag,
      "reason": _text, "secret_matches": _flag}))})
 _DOCUMENT = _fields({"schema": _text},
-                    {"seed": _hex, "chip": _text, "secret": _hex, "tenants": _list(_TENANT),
-                     "attacks": _ATTACKS, "attestation": _ATTESTATION, "vtpm": _VTPM,
-                     "kbs": _KBS, "timings": _mapping(_seconds)})
+                    {"seed": _hex, "chip": _text, "platform": _text, "secret": _hex,
+                     "tenants": _list(_TENANT), "attacks": _ATTACKS,
+                     "attestation": _ATTESTATION, "vtpm": _VTPM, "kbs": _KBS,
+                     "timings": _mapping(_seconds)})
 
 
 def validate_document(document: Any) -> dict[str, Any]:
@@ -356,6 +360,8 @@ def _tenants(document: Mapping[str, Any]) -> str:
                      "</article>")
     secret = (f"<p>The planted secret begins <code>{esc(document['secret'][:32])}</code>…; "
               "each tenant keeps it in private memory.</p>" if "secret" in document else "")
+    if "tsme" in document.get("platform", "").split(","):
+        secret += f"<p>{esc(TSME_NOTE)}</p>"
     return _section("tenants", "Tenants: the guest's view and the host's",
                     secret + _legend() + "".join(cards))
 

@@ -41,6 +41,7 @@ from sevsim.guest.kernel import kernel_identity
 from sevsim.host.elf import parse_elf
 from sevsim.host.machine import Host
 from sevsim.host.vmm import DEFAULT_SNP_POLICY, VirtualMachine
+from sevsim.hw.chips import PRESETS
 from sevsim.testing import guest_cpu
 
 SCHEMA = "sevsim.demo/1"
@@ -261,7 +262,8 @@ def run_demo(seed: bytes, *, jobs: int | None = None,
         vtpm = vtpm_document(evidence, event_log, report_data[:32], certs, expected, image)
         lap("attestation", mark)
     timings["total_s"] = round(time.perf_counter() - started, 3)
-    return {"schema": SCHEMA, "seed": seed.hex(), "chip": CHIP, "secret": secret.hex(),
+    return {"schema": SCHEMA, "seed": seed.hex(), "chip": CHIP,
+            "platform": str(PRESETS[CHIP].platform), "secret": secret.hex(),
             "tenants": tenants, "attacks": attacks_document(outcomes),
             "attestation": attestation, "vtpm": vtpm,
             "kbs": {"resource": RESOURCE, "attempts": attempts},
