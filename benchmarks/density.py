@@ -30,6 +30,15 @@ import time
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
 from unicorn import x86_const as x86
 
@@ -71,19 +80,23 @@ def side_sevsim(elf: bytes, count: int, batch: int) -> dict[str, object]:
     start_rss = rss_mib()
     host = Host(memory=host_bytes, min_sev_asid=510)
     vms, rates = [], []
-    for first in range(0, count, batch):
-        seconds = []  # each VM's own: a batch's median shrugs off a moment of machine load
-        for _ in range(min(batch, count - first)):
-            start = time.perf_counter()
-            vm = host.create_vm("snp", memory=VM_MEMORY)
-            vm.load(elf)
-            vm.launch()
-            seconds.append(time.perf_counter() - start)
-            vms.append(vm)
-        rates.append(1 / median(seconds))
-    start = time.perf_counter()
-    results = host.run(vms, timeout=3600)
-    run_s = time.perf_counter() - start
+    with progress() as bar:  # outside the timed spans
+        launching = bar.add_task("SNP VMs launched", total=count)
+        for first in range(0, count, batch):
+            seconds = []  # each VM's own: a batch's median shrugs off a moment of machine load
+            for _ in range(min(batch, count - first)):
+                start = time.perf_counter()
+                vm = host.create_vm("snp", memory=VM_MEMORY)
+                vm.load(elf)
+                vm.launch()
+                seconds.append(time.perf_counter() - start)
+                vms.append(vm)
+                bar.advance(launching)
+            rates.append(1 / median(seconds))
+        bar.add_task(f"running all {count} at once", total=None)
+        start = time.perf_counter()
+        results = host.run(vms, timeout=3600)
+        run_s = time.perf_counter() - start
     bad = [f"VM {vm_id}: exit {r.exit_code}, {r.error!r}, console {r.console!r}"
            for vm_id, r in results.items()
            if r.exit_code != 0 or GREETING not in r.console or "snp=1" not in r.console]
@@ -136,12 +149,23 @@ def _address(view: memoryview) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(view))
 
 
+def progress() -> Progress:
+    """The sevsim side's progress on a terminal (the parent's: the child's stderr is then
+    the terminal itself); nothing in logs."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=True,
+                    disable=not sys.stderr.isatty())
+
+
 def child(side: str, elf_path: str, count: int, extra: int) -> dict[str, object]:
     """One side in a process of its own, so RSS growth is that side's alone."""
     out = subprocess.run([sys.executable, __file__, "--side", side, elf_path, str(count),
-                          str(extra)], capture_output=True, text=True, check=False)
+                          str(extra)], stdout=subprocess.PIPE,
+                         stderr=None if sys.stderr.isatty() else subprocess.PIPE, text=True,
+                         check=False)
     if out.returncode:
-        raise BenchmarkError(f"{side} side failed:\n{out.stderr}")
+        raise BenchmarkError(f"{side} side failed" + (f":\n{out.stderr}" if out.stderr else ""))
     return json.loads(out.stdout)
 
 

@@ -21,7 +21,9 @@
  */
 #include <sevsim.h>
 
+#ifndef SECRET_SEED /* -DSECRET_SEED=0x...ULL plants another secret (sevsim demo --seed) */
 #define SECRET_SEED 0x5EC12E75EED0F00DULL
+#endif
 #define SECRET_MULT 0x2545F4914F6CDD1DULL
 #define FNV64_BASIS 0xcbf29ce484222325ULL
 #define FNV64_PRIME 0x100000001b3ULL

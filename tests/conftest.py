@@ -117,3 +117,15 @@ def postgres_test_url() -> str:
         pytest.skip("SEVSIM_TEST_POSTGRES_URL is unset (bash .ci/run sets it; or "
                     "tools/postgres_test_server.sh start DIR prints one)")
     return url
+
+
+DEMO_SEED = bytes.fromhex("5e75e11ade30")  # the seed of the session's demo run
+
+
+@pytest.fixture(scope="session")
+def demo_document() -> dict[str, object]:
+    """The document of one full `sevsim demo` run (run_demo, seed DEMO_SEED, matrix on two
+    processes): tests of the demo and of its HTML report read it."""
+    from sevsim.demo.scenario import run_demo
+
+    return run_demo(DEMO_SEED, jobs=2)

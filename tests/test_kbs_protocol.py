@@ -603,14 +603,14 @@ def test_snp_evidence_to_json_refusals() -> None:
             snp_evidence_to_json(bad, certs)
 
 
-def test_the_readme_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's key-broker example, run as written (its asserts are part of it)."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### Key broker: wire formats and JOSE", 1)[1]
+def test_the_documented_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key-broker page's wire-format example, run as written (its asserts are part of it)."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "kbs.md").read_text()
+    section = page.split("## Wire formats and JOSE in Python", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     namespace: dict[str, Any] = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/kbs.md", "exec"), namespace)
     assert namespace["snp"].report == namespace["report"]
 
 

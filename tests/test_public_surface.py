@@ -161,9 +161,12 @@ def test_the_seam_is_the_only_exemption() -> None:
     assert set(everything) - set(scanned_files()) == set(SEAM.rglob("*.py"))
 
 
-def readme_imports() -> list[tuple[str, str]]:
-    """(module, name) of every sevsim import in the README's Python examples."""
-    blocks = re.findall(r"^```python\n(.*?)^```", (REPO / "README.md").read_text(), re.M | re.S)
+def documented_imports() -> list[tuple[str, str]]:
+    """(module, name) of every sevsim import in the Python examples of README.md and of every
+    page under docs/."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    blocks = [block for page in pages
+              for block in re.findall(r"^```python\n(.*?)^```", page.read_text(), re.M | re.S)]
     found = []
     for block in blocks:
         for node in ast.walk(ast.parse(block)):
@@ -175,11 +178,11 @@ def readme_imports() -> list[tuple[str, str]]:
     return found
 
 
-def test_readme_examples_import_the_public_surface() -> None:
-    """The README shows sevsim, sevsim.attest, sevsim.attacks and sevsim.kbs as the API:
-    every name its examples import comes from one of them and is in its __all__ (and so
-    resolves)."""
-    imports = readme_imports()
+def test_documented_examples_import_the_public_surface() -> None:
+    """The README and the site show sevsim, sevsim.attest, sevsim.attacks and sevsim.kbs as
+    the API: every name their examples import comes from one of them and is in its __all__
+    (and so resolves)."""
+    imports = documented_imports()
     assert len(imports) >= 10, imports  # the examples were found
     for module, name in imports:
         assert module in ("sevsim", "sevsim.attest", "sevsim.attacks", "sevsim.kbs"), (module,

@@ -1,9 +1,9 @@
 """sevsim's simulated AMD roots are published bytes, as AMD's are: every output that carries
 an ARK, ASK or ASVK (the extended report's certificate table, `sevsim run --certs-out`,
 `sevsim kds serve`, `sevsim owner export`) carries exactly the files the sevsim trust store
-ships, in this process and in fresh ones, and README.md lists each file's SHA-256. A
-verifier that pins sevsim's ARK by its hash (as verifiers pin AMD's) therefore accepts every
-sevsim report."""
+ships, in this process and in fresh ones, and docs/simulated-roots.md lists each file's
+SHA-256. A verifier that pins sevsim's ARK by its hash (as verifiers pin AMD's) therefore
+accepts every sevsim report."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from sevsim.hw.engine import EncryptionEngine
 from sevsim.hw.memory import MemoryController
 
 TRUST_STORE = Path(sevsim.attest.__file__).parent / "roots" / "sevsim"
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOTS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "simulated-roots.md"
 TCB = TcbVersion(3, 0, 8, 0x73)
 TURIN_TCB = TcbVersion(1, 0, 3, 0x48, fmc=2)
 
@@ -175,10 +175,11 @@ _ROW = re.compile(r"^\| `(?P<file>(?:(?:sev|snp)/[a-z]+|gce)/[a-z]+\.(?:cert|pem
                   r"\| `(?P<sha>[0-9a-f]{64})` \| (?:`(?P<der>[0-9a-f]{64})`|-) \|$", re.M)
 
 
-def test_the_readme_publishes_every_shipped_root_and_its_sha256() -> None:
-    """The README's table has one row per shipped file: the file's SHA-256 and, for X.509,
-    the certificate's (the DER's, which verifiers pin); none missing, none stale."""
-    rows = {m["file"]: (m["sha"], m["der"]) for m in _ROW.finditer(README.read_text())}
+def test_the_docs_publish_every_shipped_root_and_its_sha256() -> None:
+    """The table of docs/simulated-roots.md has one row per shipped file: the file's SHA-256
+    and, for X.509, the certificate's (the DER's, which verifiers pin); none missing, none stale."""
+    rows = {m["file"]: (m["sha"], m["der"])
+            for m in _ROW.finditer(ROOTS_PAGE.read_text())}
     files = sorted(p.relative_to(TRUST_STORE).as_posix() for p in TRUST_STORE.rglob("*.*"))
     assert sorted(rows) == files
     for name, (sha, der_sha) in rows.items():

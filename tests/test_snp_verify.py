@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import http.server
+import os
 import subprocess
 import sys
 import threading
@@ -45,9 +46,11 @@ NONCE = bytes(range(0x40, 0x80))
 DER = serialization.Encoding.DER
 
 
-def sevsim(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def sevsim(*args: str | Path, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sevsim", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def failed(result: VerificationResult) -> set[str]:
@@ -642,12 +645,18 @@ def test_kds_429_backs_off_honouring_retry_after(
         waits.append(seconds)
         time.sleep(seconds)
 
-    client = KdsClient(_url(kds_server), sleep=sleep, backoff=0.1)
+    heard: list[str] = []
+    client = KdsClient(_url(kds_server), sleep=sleep, backoff=0.1, on_request=heard.append)
     result = verify_report_chain(milan.report, None, trust="sevsim", kds=client)
     assert result.ok, result.failures
     assert waits, "the server rate-limits at one request every 2 s: a 429 was expected"
     assert all(wait >= 1.0 for wait in waits)  # Retry-After (>= 1 s), not the 0.1 s backoff
     assert client.requests == 2 + len(waits)
+    # what a command's progress shows: every request sent, and every wait at the time it is
+    assert [h for h in heard if h.startswith("GET ")] == [h for h in heard if "/vcek/" in h]
+    assert len(heard) == client.requests + len(waits)
+    assert [h for h in heard if h.startswith("rate limited")] == [
+        f"rate limited (HTTP 429): waiting {wait:g} s" for wait in waits]
     impatient = KdsClient(_url(kds_server), retries=0)
     with pytest.raises(KdsFetchError) as raised:
         for _ in range(3):
@@ -660,9 +669,12 @@ def test_cli_kds_cache_and_crl(milan: Evidence, kds_server: http.server.Threadin
     (tmp_path / "report.bin").write_bytes(milan.report)
     args = ("verify", tmp_path / "report.bin", "--kds", _url(kds_server), "--cache",
             tmp_path / "cache", "--trust", "sevsim", "--crl")
-    ran = sevsim(*args)
+    # stderr as a terminal: the bar shows the fetches (at least the last), stdout as always
+    ran = sevsim(*args, env={"FORCE_COLOR": "1", "COLUMNS": "200"})
     assert ran.returncode == 0, ran.stderr
     assert "CRL" in ran.stdout
+    assert f"KDS {_url(kds_server)}" in ran.stderr
+    assert f"GET {_url(kds_server)}/vcek/v1/Milan/" in ran.stderr
     kds_server.shutdown()
     kds_server.server_close()
     assert sevsim(*args).returncode == 0  # from the cache alone

@@ -3,7 +3,7 @@ file that ships them: the keys (src/sevsim/firmware/simulated_amd/) and their ce
 the verifier's sevsim trust store (src/sevsim/attest/roots/sevsim/: sev/<product>/*.cert in
 AMD's legacy format, snp/<product>/*.pem in X.509). This is the one writer of those files.
 Takes about half a minute (pure-Python prime search); `git status` should then show no change,
-and the SHA-256 of each certificate is the one README.md lists.
+and the SHA-256 of each certificate is the one docs/simulated-roots.md lists.
 
     python tools/derive_simulated_amd_roots.py [PRODUCT...]
 """

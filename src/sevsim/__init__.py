@@ -1,8 +1,8 @@
 """sevsim: AMD SEV confidential VMs in software.
 
-The names in `__all__` are what the README's examples use. All but `SevsimError` load on first
-use: the relying party's tools (`sevsim.attest`, `sevsim measure`) start without numpy, Unicorn
-or the firmware.
+The names in `__all__` are what the documentation's examples (docs/) use. All but
+`SevsimError` load on first use: the relying party's tools (`sevsim.attest`, `sevsim measure`)
+start without numpy, Unicorn or the firmware.
 """
 
 from __future__ import annotations

@@ -92,6 +92,17 @@ class KbsProtocolError(FormatError):
         super().__init__(f"{field}: {message}")
 
 
+class DemoDocumentError(FormatError):
+    """A demo run's JSON document (`sevsim demo --json`, or `sevsim attack matrix --json`)
+    that `sevsim report-html` cannot render: not JSON, not an object, an unknown schema, a
+    section of the wrong shape; `field` is the JSON path of the culprit (e.g.
+    "tenants[1].pages[0].host")."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
 class KbsCryptoError(SevsimError):
     """A JOSE operation of the key broker failed: a JWE that does not decrypt under this key,
     a token whose signature, algorithm or lifetime is wrong, a key of an unsupported type."""

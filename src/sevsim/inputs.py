@@ -31,6 +31,7 @@ MAX_KERNEL = 1 << 30  # a directly booted kernel or initrd: what QEMU loads belo
 MAX_GUEST_ELF = 256 << 20  # a sevsim guest program (loaded into the VM's RAM at 4 MiB)
 MAX_TPM_STRUCT = 64 << 10  # a TPMT_PUBLIC, TPMS_ATTEST or TPMT_SIGNATURE (TPM2B sizes are 16-bit)
 MAX_EVENT_LOG = 16 << 20  # a TCG event log (Linux's binary_bios_measurements: tens of KiB)
+MAX_RUN_DOCUMENT = 64 << 20  # `sevsim demo --json`: pages as base64, the full attack matrix
 
 
 def read_bounded(path: str | os.PathLike[str], limit: int, what: str) -> bytes:

@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError
 from sevsim.errors import EndorsementFormatError
 
 GUID_GCE_ENDORSEMENT = uuid.UUID("9f4116cd-c503-4f5a-8f6f-fb68882f4ce2")  # gce-tcb-verifier
+"""The certificate-table GUID under which a GCE host hands the guest its launch endorsement."""
 GCE_UEFI_FAMILY_ID = uuid.UUID("f73a6949-e8f3-473b-9553-e40e056fa3a2")  # all GCE SNP UEFIs
 # The VMSA counts Google endorses: 1 (APs created later) and every n2d machine type's vCPUs.
 GCE_VMSA_COUNTS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 224, 240)

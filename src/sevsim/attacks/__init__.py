@@ -4,7 +4,7 @@
 has one module per published attack, each with its victim program in `victims/`; `lab` runs
 a victim for the guest owner and keeps its ground truth; `runner` runs an attack at a
 setting and judges the outcome against that truth. The names in `__all__` are what the
-README's examples use; they load on first use, so the CLI starts without the simulator.
+documentation's examples use; they load on first use, so the CLI starts without the simulator.
 """
 
 from __future__ import annotations

@@ -50,7 +50,6 @@ class Setting:
         return self.mode + chip + "".join(f"+{f}" for f in sorted(self.features))
 
 
-# Fixes and opt-in features an attack can be run against: what each turns on.
 FEATURES = {
     "ciphertext-hiding": "host reads of SNP-private memory return 0xFF (Genoa and later)",
     "vmsa-reg-prot": "SNP VMSA register protection: saved registers XORed with a fresh nonce",
@@ -65,6 +64,7 @@ FEATURES = {
     "fail-closed-checks": "the guest grants only on the exact privileged value and refuses "
                           "anything else (fault-injection hardening, as MCUboot's FIH does)",
 }
+"""The fixes and opt-in features a `Setting` can turn on, by name, with what each turns on."""
 
 
 @dataclass(frozen=True)

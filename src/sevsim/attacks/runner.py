@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 
 from sevsim.attacks.catalog import ATTACKS
 from sevsim.attacks.framework import MODES, Attack, Outcome, Setting, Trace, Verdict
@@ -57,28 +58,36 @@ def cells(attacks: Iterable[Attack]) -> list[tuple[str, Setting]]:
             for setting in (*(Setting(mode) for mode in MODES), *attack.fixes)]
 
 
-def _run_cell(cell: tuple[str, Setting]) -> Outcome:
-    return run_attack(ATTACKS[cell[0]], cell[1])
+def _run_cell(cell: tuple[str, Setting], seed: bytes) -> Outcome:
+    return run_attack(ATTACKS[cell[0]], cell[1], seed)
 
 
 def run_matrix(attacks: Iterable[Attack] | None = None, jobs: int | None = None,
-               progress: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Every cell computed, on `jobs` processes (default: every core), in matrix order."""
+               progress: Callable[[Outcome], None] | None = None,
+               seed: bytes = DEFAULT_SEED) -> list[Outcome]:
+    """Every cell computed, on `jobs` processes (default: every core), in matrix order; the
+    labs draw their platforms and victims' secrets from `seed`."""
     todo = cells(ATTACKS.values() if attacks is None else attacks)
     if jobs is None:
         jobs = os.cpu_count() or 1
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: need at least one")
     results: list[Outcome] = []
+    run_cell = partial(_run_cell, seed=seed)
     if jobs == 1:
         for cell in todo:
-            results.append(_run_cell(cell))
+            results.append(run_cell(cell))
             if progress is not None:
                 progress(results[-1])
         return results
     with ProcessPoolExecutor(jobs) as pool:
-        for outcome in pool.map(_run_cell, todo):
+        for outcome in pool.map(run_cell, todo):
             results.append(outcome)
             if progress is not None:
                 progress(outcome)
     return results
+
+
+def matrix_document(outcomes: Iterable[Outcome]) -> dict[str, object]:
+    """The matrix as `sevsim attack matrix --json` prints it: the modes and every cell."""
+    return {"modes": list(MODES), "cells": [o.to_json() for o in outcomes]}

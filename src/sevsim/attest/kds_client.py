@@ -56,7 +56,8 @@ def _retry_after(value: str | None) -> float | None:
 @dataclass
 class KdsClient:
     """Fetches from `base_url` through an optional on-disk cache. `requests` counts the HTTP
-    requests actually sent (429s included), so callers and tests can see the cache work."""
+    requests actually sent (429s included), so callers and tests can see the cache work;
+    `on_request` hears of each one, and of each wait a 429 imposes (a command's progress)."""
 
     base_url: str = AMD_KDS
     cache_dir: Path | None = None
@@ -65,6 +66,7 @@ class KdsClient:
     max_wait: float = 60.0
     timeout: float = 30.0
     sleep: Callable[[float], None] = time.sleep
+    on_request: Callable[[str], None] | None = None
     requests: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -128,6 +130,8 @@ class KdsClient:
         wait = self.backoff
         for attempt in range(self.retries + 1):
             self.requests += 1
+            if self.on_request is not None:
+                self.on_request(f"GET {url}")
             try:
                 with urllib.request.urlopen(url, timeout=self.timeout) as answer:
                     return read_stream(answer, MAX_CERT_FILE, "a certificate or CRL",
@@ -142,8 +146,11 @@ class KdsClient:
                 if attempt == self.retries:
                     raise KdsFetchError(url, f"still rate limited (HTTP 429) after "
                                         f"{self.retries} retries", 429) from None
-                delay = _retry_after(error.headers.get("Retry-After"))
-                self.sleep(min(self.max_wait, max(delay or 0.0, wait)))
+                delay = min(self.max_wait, max(_retry_after(error.headers.get("Retry-After"))
+                                               or 0.0, wait))
+                if self.on_request is not None:
+                    self.on_request(f"rate limited (HTTP 429): waiting {delay:g} s")
+                self.sleep(delay)
                 wait = min(self.max_wait, wait * 2)
             except (urllib.error.URLError, OSError) as error:
                 reason = getattr(error, "reason", error)

@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from sevsim.attacks.framework import FEATURES
-from sevsim.cli.common import err, fail
+from sevsim.cli.common import err, fail, print_json, progress
+from sevsim.cli.options import JsonOption
 from sevsim.errors import ConfigError, SevsimError
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 attack_app = typer.Typer(help="Run the published SEV attacks against each protection level.",
                          no_args_is_help=True)
 
 
 @attack_app.command("list")
-def list_attacks() -> None:
+def list_attacks(json_out: JsonOption = False) -> None:
     """The catalog: id, name, actor and the fix settings each attack is also run against."""
     from rich.console import Console
     from rich.table import Table
 
     from sevsim.attacks.catalog import ATTACKS
 
+    if json_out:
+        print_json([{"id": a.id, "name": a.name, "actor": a.actor, "source": a.source,
+                     "fixes": [s.label for s in a.fixes]} for a in ATTACKS.values()])
+        return
     table = Table("id", "attack", "actor", "fixes / features", "source")
     for attack in ATTACKS.values():
         table.add_row(attack.id, attack.name, attack.actor,
@@ -39,7 +46,7 @@ def run(
     feature: Annotated[list[str] | None, typer.Option(
         help="A fix or opt-in feature to turn on, repeatable: " + ", ".join(FEATURES))
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="The outcome as JSON.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Run one attack and narrate it: what the attacker did, saw and got."""
     from sevsim.attacks.framework import MODES, Setting
@@ -58,7 +65,7 @@ def run(
     except SevsimError as error:
         raise fail(error, command) from None
     if json_out:
-        sys.stdout.write(json.dumps(outcome.to_json(), indent=2, ensure_ascii=False) + "\n")
+        print_json(outcome.to_json())
         return
     out = sys.stdout
     out.write(f"{attack.id} {attack.name} — {attack.actor} — {outcome.setting.label}\n")
@@ -75,8 +82,7 @@ def run(
 
 @attack_app.command("matrix")
 def matrix(
-    json_out: Annotated[bool, typer.Option("--json", help="Every cell as a JSON document.")
-                        ] = False,
+    json_out: JsonOption = False,
     jobs: Annotated[int | None, typer.Option(help="Processes (default: every core).")] = None,
     only: Annotated[list[str] | None, typer.Option(help="Just these attack ids, repeatable.")
                     ] = None,
@@ -84,30 +90,40 @@ def matrix(
     """Every attack against none, sev, sev-es and snp, and against its fixes: each cell
     computed by running the attack."""
     from sevsim.attacks.catalog import ATTACKS
-    from sevsim.attacks.framework import MODES
-    from sevsim.attacks.runner import attack_named, run_matrix
+    from sevsim.attacks.runner import attack_named, cells, matrix_document, run_matrix
 
     command = "sevsim attack matrix"
     try:
         chosen = [attack_named(n) for n in only] if only else list(ATTACKS.values())
-        outcomes = run_matrix(chosen, jobs)
+        with progress("attack matrix", len(cells(chosen))) as advance:
+            outcomes = run_matrix(chosen, jobs, lambda o: advance(
+                f"{o.attack} {o.setting.label} {o.verdict.value}"))
     except SevsimError as error:
         raise fail(error, command) from None
     if json_out:
-        doc = {"modes": list(MODES), "cells": [o.to_json() for o in outcomes]}
-        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        print_json(matrix_document(outcomes))
         return
     from rich.console import Console
+
+    Console().print(matrix_table([(a.id, a.name) for a in chosen],
+                                 [o.to_json() for o in outcomes]))
+    err.print(f"sevsim: {len(outcomes)} cells computed", highlight=False)
+
+
+def matrix_table(attacks: list[tuple[str, str]], cells: list[dict[str, Any]]) -> Table:
+    """The matrix as `sevsim attack matrix` prints it: a row per (id, name) of `attacks`, a
+    column per mode on Milan, the other chips and fixes last; `cells` as `matrix --json`
+    lists them (`sevsim demo` prints its document's with it)."""
     from rich.table import Table
 
+    from sevsim.attacks.framework import MODES, Setting
+
     table = Table("id", "attack", *MODES, "fix / feature")
-    for attack in chosen:
-        mine = [o for o in outcomes if o.attack == attack.id]
-        by_mode = {o.setting.mode: o.verdict.value for o in mine
-                   if not o.setting.features and o.setting.chip == "milan"}
-        fixes = [f"{o.setting.label}: {o.verdict.value}" for o in mine
-                 if o.setting.features or o.setting.chip != "milan"]
-        table.add_row(attack.id, attack.name, *(by_mode.get(m, "") for m in MODES),
-                      "; ".join(fixes))
-    Console().print(table)
-    err.print(f"sevsim: {len(outcomes)} cells computed", highlight=False)
+    for attack_id, name in attacks:
+        mine = [c for c in cells if c["attack"] == attack_id]
+        by_mode = {c["mode"]: c["verdict"] for c in mine
+                   if not c["features"] and c["chip"] == "milan"}
+        fixes = [f"{Setting(c['mode'], c['chip'], frozenset(c['features'])).label}: "
+                 f"{c['verdict']}" for c in mine if c["features"] or c["chip"] != "milan"]
+        table.add_row(attack_id, name, *(by_mode.get(m, "") for m in MODES), "; ".join(fixes))
+    return table

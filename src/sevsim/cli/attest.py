@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
@@ -24,6 +25,7 @@ from sevsim.cli.common import (
     MAX_REPORT_FILE,
     err,
     fail,
+    progress,
     read_bounded,
     read_input,
 )
@@ -128,14 +130,17 @@ def verify(
     crl_bytes = (read_input(crl_file, command, MAX_CERT_FILE, "a CRL")
                  if crl_file is not None else None)
     bundle, found = load_certs(certs, command)
-    try:
-        client = None if kds is None else KdsClient(kds, cache_dir=cache)
-        root = (None if google_root is None else load_google_root(
-            read_input(google_root, command, MAX_CERT_FILE, "a root certificate")))
-    except (ConfigError, EndorsementFormatError) as error:
-        raise fail(error, command) from None
-    result = verify_report_chain(blob, bundle, trust=cast(Trust, trust), product=product,
-                                 kds=client, crl=crl_bytes, check_revocation=crl, now=now)
+    fetching = progress(f"KDS {kds}", None) if kds is not None else nullcontext(None)
+    with fetching as fetched:
+        try:
+            client = None if kds is None else KdsClient(kds, cache_dir=cache,
+                                                        on_request=fetched)
+            root = (None if google_root is None else load_google_root(
+                read_input(google_root, command, MAX_CERT_FILE, "a root certificate")))
+        except (ConfigError, EndorsementFormatError) as error:
+            raise fail(error, command) from None
+        result = verify_report_chain(blob, bundle, trust=cast(Trust, trust), product=product,
+                                     kds=client, crl=crl_bytes, check_revocation=crl, now=now)
     endorsed = given if given is not None else found
     if root is None and trust == "sevsim":
         root = simulated_google_root()

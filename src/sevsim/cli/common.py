@@ -14,7 +14,7 @@ import io
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
@@ -31,6 +31,7 @@ from sevsim.inputs import (  # noqa: F401 (re-exported: the commands import them
     MAX_OVMF,
     MAX_POLICY_FILE,
     MAX_REPORT_FILE,
+    MAX_RUN_DOCUMENT,
     MAX_SECRET,
     MAX_SESSION_FILE,
     MAX_SEV_CERT,
@@ -78,6 +79,34 @@ def print_error(error: Exception, command: str = "sevsim", status: int = EXIT_ER
     message = " ".join(str(error).split())  # one line, whatever the message holds
     print(f"{command}: {type(error).__name__}: {message}", file=sys.stderr)
     return EXIT_TIMEOUT if isinstance(error, GuestTimeout) else status
+
+
+def print_json(document: object) -> None:
+    """One JSON document on stdout: what scripts read of a command that reports."""
+    import json
+
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int | None) -> Iterator[Callable[[str], None]]:
+    """A progress bar on stderr while long work runs; call what it yields once per step done,
+    with what the step was. Only on a terminal: pipes, logs and --json readers get nothing."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("[dim]{task.fields[step]}")]
+    with Progress(*columns, console=err.console, transient=True,
+                  disable=not err.console.is_terminal) as bar:
+        task = bar.add_task(description, total=total, step="")
+        yield lambda step: bar.update(task, advance=1, step=step)
 
 
 def fail(error: Exception, command: str = "sevsim", status: int = EXIT_ERROR) -> typer.Exit:

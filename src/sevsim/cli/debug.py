@@ -11,6 +11,7 @@ import typer
 
 from sevsim.abi.policy import PolicyFlags
 from sevsim.abi.snp_tcb import PolicyFlags as SnpPolicyFlags
+from sevsim.cli.options import JsonOption
 from sevsim.hw.chips import DEFAULT_CHIP, PRESETS
 
 debug_app = typer.Typer(help="Debug your own VM: read its memory through the firmware "
@@ -56,6 +57,7 @@ def read(
     chip: Annotated[str, typer.Option(help=f"{' | '.join(PRESETS)}")] = DEFAULT_CHIP,
     memory: Annotated[str, typer.Option(help="Guest memory, e.g. 64M or 1G.")] = "64M",
     timeout: Annotated[float, typer.Option(help="Seconds before the VM is stopped.")] = 60.0,
+    json_out: JsonOption = False,
 ) -> None:
     """Launch and run a guest with a debug-allowing policy, then hexdump its memory.
 
@@ -70,6 +72,7 @@ def read(
         err,
         fail,
         hex_int,
+        print_json,
         read_input,
     )
     from sevsim.errors import FirmwareError, GuestFault, GuestTimeout, SevsimError
@@ -108,6 +111,10 @@ def read(
                     "e.g. --policy 0")
             err.print(f"sevsim: policy 0x{policy_value:x} {hint}", highlight=False)
         raise fail(error) from None
+    if json_out:
+        print_json({"mode": mode, "policy": f"0x{policy_value:x}", "gpa": f"0x{address:x}",
+                    "length": count, "data": data.hex()})
+        return
     sys.stdout.write(hexdump(data, address) + "\n")
 
 

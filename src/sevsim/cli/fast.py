@@ -67,6 +67,7 @@ OPTIONS = (
     Option("vars_file", Path, None, "snp:svsm: OVMF's variable store (OVMF_VARS.fd), whose "
            "size counts (or --vars-size)."),
     Option("memory", str, "64M", "ELF: guest memory, as for `sevsim run`."),
+    Option("json", bool, False, "Print {\"mode\", \"digest\"} as JSON instead of the bare hex."),
 )
 
 
@@ -110,6 +111,8 @@ def _parser() -> "argparse.ArgumentParser":
         if option.positional:
             parser.add_argument(option.name, type=option.type, nargs="?",
                                 default=option.default)
+        elif option.type is bool:
+            parser.add_argument("--" + option.name, dest=option.name, action="store_true")
         else:
             parser.add_argument("--" + option.name.replace("_", "-"), dest=option.name,
                                 type=option.type, default=option.default)
@@ -119,7 +122,8 @@ def _parser() -> "argparse.ArgumentParser":
 def run(elf: Path | None, mode: str, ovmf: Path | None, vcpus: int, vcpu_type: str | None,
         vcpu_sig: str | None, vmm_type: str, kernel: Path | None, initrd: Path | None,
         append: str | None, guest_features: str, snp_ovmf_hash: str | None,
-        svsm: Path | None, vars_size: int | None, vars_file: Path | None, memory: str) -> int:
+        svsm: Path | None, vars_size: int | None, vars_file: Path | None, memory: str,
+        json: bool = False) -> int:
     """Print the digest (0) or a typed error on stderr (125); raise UsageError."""
     if (elf is None) == (ovmf is None):
         raise UsageError("give either a guest ELF or --ovmf PATH")
@@ -159,7 +163,12 @@ def run(elf: Path | None, mode: str, ovmf: Path | None, vcpus: int, vcpu_type: s
         return _fail(str(error))
     except SevsimError as error:
         return _fail(f"{type(error).__name__}: {error}")
-    print(digest.hex())
+    if json:
+        from sevsim.cli.common import print_json
+
+        print_json({"mode": mode, "digest": digest.hex()})
+    else:
+        print(digest.hex())
     return 0
 
 

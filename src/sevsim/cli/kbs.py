@@ -19,8 +19,10 @@ from sevsim.cli.common import (
     MAX_REPORT_FILE,
     err,
     fail,
+    print_json,
     read_input,
 )
+from sevsim.cli.options import JsonOption
 from sevsim.errors import ConfigError, KbsRefusal, SevsimError
 
 if TYPE_CHECKING:
@@ -249,7 +251,7 @@ def set_attestation_policy(
 
 @admin_app.command("set-resource-policy")
 def set_resource_policy(
-    file: Annotated[Path, typer.Argument(help="A resource policy (TOML or Rego, see the README).")],
+    file: Annotated[Path, typer.Argument(help="A resource policy (TOML or Rego: docs/kbs.md).")],
     url: UrlOption, key: AdminKeyOption,
 ) -> None:
     """Set the policy that decides, per resource path, which attested claims get it."""
@@ -258,9 +260,13 @@ def set_resource_policy(
 
 
 @admin_app.command("resources")
-def resources(url: UrlOption, key: AdminKeyOption) -> None:
-    """The stored secrets' paths, one a line."""
-    for resource in _admin(url, key, "resources"):
+def resources(url: UrlOption, key: AdminKeyOption, json_out: JsonOption = False) -> None:
+    """The stored secrets' paths, one a line (with --json, every stored field of each)."""
+    stored = _admin(url, key, "resources")
+    if json_out:
+        print_json(stored)
+        return
+    for resource in stored:
         print(resource["path"])
 
 

@@ -30,15 +30,18 @@ from sevsim.cli.common import (
     hex_bytes,
     hex_int,
     platform_option,
+    print_json,
     read_input,
     write_cert_table,
 )
 from sevsim.cli.debug import debug_app
+from sevsim.cli.demo import demo as demo_command
 from sevsim.cli.kbs import kbs_app
 from sevsim.cli.kds import kds_app
 from sevsim.cli.measure import measure as measure_command
 from sevsim.cli.owner import owner_app
 from sevsim.cli.report import report as report_command
+from sevsim.cli.report_html import report_html as report_html_command
 from sevsim.cli.tpm import integrity_app, tpm_app
 from sevsim.cli.validate import idblock as idblock_command
 from sevsim.cli.validate import validate as validate_command
@@ -47,7 +50,7 @@ from sevsim.hw.chips import DEFAULT_CHIP, PRESETS, GuestMode
 
 if TYPE_CHECKING:
     from sevsim.attest.sev_owner import GuestOwner
-    from sevsim.host.vmm import VirtualMachine
+    from sevsim.host.vmm import RunResult, VirtualMachine
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 guest_app = typer.Typer(help="Guest programs: build C sources against the sevsim SDK, sign "
@@ -65,8 +68,10 @@ app.command("show")(attest_show)
 app.command("verify")(attest_verify)
 app.command("measure")(measure_command)
 app.command("report")(report_command)
+app.command("report-html")(report_html_command)
 app.command("validate")(validate_command)
 app.command("idblock")(idblock_command)
+app.command("demo")(demo_command)
 
 
 @guest_app.command("build")
@@ -174,6 +179,9 @@ def run(
              "guest kernel reads it as GRUB an initrd, measures it into PCR 9 with --vtpm and "
              f"gives it to the program (sev_boot_file). At most {MAX_BOOT_FILES}, of "
              f"{MAX_BOOT_FILE_SIZE >> 20} MiB each.")] = None,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the run as JSON on stdout (console, exit code, measurements, "
+                       "secure-boot verdict, error) instead of the console.")] = False,
 ) -> None:
     """Run a guest program; its console goes to stdout and its exit code becomes ours."""
     from sevsim.attest.measure import guest_digest
@@ -227,12 +235,18 @@ def run(
                                 id_block=block, id_auth=auth)
         if measurement is not None:
             err.print(f"sevsim: launch measurement {measurement.measure.hex()}", highlight=False)
+        digest = None
         if vm.hv.mode is GuestMode.SNP:
             # the host has no command that returns an SNP digest; it computes what the firmware
             # did from what it launched (tests/test_measure.py checks the two agree)
             assert vm.image is not None  # loaded above
             digest = guest_digest("snp", vm.image, vm.memory_size, vcpus, kernel_identity())
             err.print(f"sevsim: SNP launch digest {digest.hex()}", highlight=False)
+        summary = {"mode": vm.mode, "chip": host.chip.name, "asid": vm.asid,
+                   "encrypted": vm.hv.mode.encrypted, "memory": memory, "vcpus": vcpus,
+                   "launch_measurement": None if measurement is None else
+                   measurement.measure.hex(),
+                   "snp_launch_digest": None if digest is None else digest.hex()}
         if owner is not None and owner.chain is not None:
             err.print(f"sevsim: owner verified the chain to sevsim's simulated "
                       f"{owner.chain.product.capitalize()} ARK and the measurement against "
@@ -240,14 +254,21 @@ def run(
                       "secret", highlight=False)
         try:
             result = vm.run(timeout=timeout)
+        except SevsimError as error:
+            if json_out:
+                print_json(_run_json(summary, vm, None, error))
+            raise
         finally:
-            sys.stdout.write(vm.console)
-            sys.stdout.flush()
+            if not json_out:
+                sys.stdout.write(vm.console)
+                sys.stdout.flush()
             if dump_host_view is not None:
                 dump_host_view.write_bytes(vm.host_view())
             if event_log is not None and vm.vtpm is not None:
                 event_log.write_bytes(vm.vtpm.event_log)
         _write_outputs(vm.outputs, report_out, certs_out)
+        if json_out:
+            print_json(_run_json(summary, vm, result, None))
     except SevsimError as error:
         raise fail(error) from None
     except OSError as error:
@@ -255,6 +276,20 @@ def run(
                   highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
     raise typer.Exit(result.exit_code & 0xFF)
+
+
+def _run_json(summary: dict[str, object], vm: VirtualMachine, result: RunResult | None,
+              error: SevsimError | None) -> dict[str, object]:
+    """`sevsim run --json`: the launch, then how the run ended, whether or not it faulted."""
+    outcome = vm.secure_boot_outcome
+    return {**summary,
+            "exit_code": None if result is None else result.exit_code,
+            "console": vm.console,
+            "secure_boot": None if outcome is None else {
+                "status": outcome.verdict.status.value,
+                "signer": outcome.verdict.signer},
+            "error": None if error is None else {"type": type(error).__name__,
+                                                 "message": str(error)}}
 
 
 def _write_outputs(outputs: list[bytes], report_out: Path | None,
@@ -300,8 +335,16 @@ def _owner(vm: VirtualMachine, image: bytes, secret: bytes, policy: int | None) 
 
 
 @app.command()
-def chips() -> None:
+def chips(json_out: Annotated[bool, typer.Option("--json", help="The presets as JSON.")
+                              ] = False) -> None:
     """The chip presets: CPUID signature, Fn8000_001F, ASIDs, modes, tweak, platform."""
+    if json_out:
+        print_json([{"chip": p.name, "signature": f"0x{p.signature:08X}", "c_bit": p.c_bit,
+                     "max_asid": p.max_asid, "min_sev_asid": p.min_sev_asid,
+                     "modes": [m.value for m in p.modes if m is not GuestMode.NONE],
+                     "tweak": p.tweak.value, "api": f"{p.api_major}.{p.api_minor}",
+                     "platform": str(p.platform)} for p in PRESETS.values()])
+        return
     table = Table("chip", "signature", "C-bit", "max ASID", "min SEV ASID", "modes", "tweak",
                   "API", "platform (default)")
     for preset in PRESETS.values():

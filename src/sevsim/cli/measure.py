@@ -31,10 +31,14 @@ def measure(**options: Any) -> None:
 
 
 def _parameter(option: fast.Option) -> inspect.Parameter:
-    info = typer.Argument if option.positional else typer.Option
+    if option.positional:
+        default = typer.Argument(option.default, help=option.help)
+    elif option.type is bool:  # a flag: --json, not --json/--no-json
+        default = typer.Option(option.default, f"--{option.name}", help=option.help)
+    else:
+        default = typer.Option(option.default, help=option.help)
     return inspect.Parameter(
-        option.name, inspect.Parameter.KEYWORD_ONLY,
-        default=info(option.default, help=option.help),
+        option.name, inspect.Parameter.KEYWORD_ONLY, default=default,
         annotation=option.type if option.default is not None else option.type | None)
 
 

@@ -30,6 +30,7 @@ from sevsim.cli.common import (
     read_input,
     read_text,
 )
+from sevsim.cli.options import JsonOption
 from sevsim.errors import PolicyError, QuoteError, SevsimError, SnpVerificationError
 
 if TYPE_CHECKING:
@@ -55,7 +56,6 @@ NonceOption = Annotated[str | None, typer.Option(
     "--nonce", help="The nonce the quote must be over, hex.")]
 LogOption = Annotated[Path, typer.Option(
     "--event-log", help="The TCG event log (binary_bios_measurements).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="The result as JSON on stdout.")]
 
 
 @tpm_app.command("quote")

@@ -24,9 +24,11 @@ from sevsim.cli.common import (
     fail,
     hex_bytes,
     hex_int,
+    print_json,
     read_input,
     read_text,
 )
+from sevsim.cli.options import JsonOption
 from sevsim.errors import SevsimError
 
 EXIT_UNTRUSTED = 1
@@ -95,6 +97,7 @@ def idblock(
     svn: Annotated[int, typer.Option(help="GUEST_SVN.", min=0, max=0xFFFFFFFF)] = 0,
     policy: Annotated[str, typer.Option(help="The guest policy the launch must use, hex.")
                       ] = "0x30000",
+    json_out: JsonOption = False,
 ) -> None:
     """Sign an ID block and ID_AUTH_INFO for SNP_LAUNCH_FINISH; print them as base64 for
     QEMU's sev-snp-guest id-block/id-auth properties."""
@@ -121,12 +124,15 @@ def idblock(
         err.print(f"[bold red]{command}:[/] cannot write {error.filename}: {error.strerror}",
                   highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
-    out.print(f"id-block: {bundle.id_block_b64}", markup=False)
-    out.print(f"id-auth: {bundle.id_auth_b64}", markup=False)
-    out.print(f"author-key-enabled: {'on' if bundle.author_key_enabled else 'off'}",
-              markup=False)
-    out.print(f"id-key-digest: {bundle.id_key_digest.hex()}", markup=False)
-    out.print(f"author-key-digest: {bundle.author_key_digest.hex()}", markup=False)
+    printed = {"id-block": bundle.id_block_b64, "id-auth": bundle.id_auth_b64,
+               "author-key-enabled": "on" if bundle.author_key_enabled else "off",
+               "id-key-digest": bundle.id_key_digest.hex(),
+               "author-key-digest": bundle.author_key_digest.hex()}
+    if json_out:
+        print_json(printed)
+    else:
+        for name, value in printed.items():
+            out.print(f"{name}: {value}", markup=False)
     err.print(f"{command}: wrote {output / 'id_block.bin'} and {output / 'id_auth.bin'}",
               highlight=False)
 

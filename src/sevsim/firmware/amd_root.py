@@ -14,8 +14,8 @@ Each root has AMD's two certificate formats: the legacy 0x824-byte ARK/ASK (`amd
 for SNP products, X.509 ARK/ASK/ASVK shaped like AMD's (`x509_ca_certificates`). Signatures
 use RSA-PSS with a salt derived from the key and the message (still a valid PSS signature)
 and every certificate is issued at one fixed instant, so a certificate is the same bytes on
-every run and on every machine: the files shipped and published (README) are the ones the
-firmware, KDS and `--certs-out` hand out.
+every run and on every machine: the files shipped and published (docs/simulated-roots.md) are
+the ones the firmware, KDS and `--certs-out` hand out.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ decides on attestation and resource policies; `sevsim.kbs.store` keeps sessions,
 (encrypted at rest), policies and the audit log; `sevsim.kbs.service` is the HTTP API
 (`create_app(KbsConfig)`), `sevsim.kbs.workers` runs it in several processes (`sevsim kbs
 serve --workers`) and `sevsim.kbs.client` is its client. The names in `__all__` are the
-README's API; they load with their module on first use, so importing one part of the broker
+documented API; they load with their module on first use, so importing one part of the broker
 does not import the others.
 """
 

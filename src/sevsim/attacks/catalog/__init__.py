@@ -52,3 +52,4 @@ ATTACKS: dict[str, Attack] = {attack.id: attack for attack in (
     SpFirmwareBug(),
     LaunchPermutation(),
 )}
+"""Every attack of the catalog by its id ("A0" ... "F3"), in the order the matrix lists them."""

@@ -1,0 +1,1 @@
+../../../examples/secret.c
