@@ -7,8 +7,9 @@ Five checks, so that the pages cannot drift from the app:
   and real options: it is parsed against the Typer app with click's `make_context`, not run.
   Shell syntax after the command (`; echo $?`, `&&`, `|`, `>`, a `# comment`) is cut off
   first. A line whose comment ends in `exit 2` shows a usage error, and must not parse;
-- every synopsis (a `sevsim …` line in a `text` block, with its indented continuation lines)
-  names a real command, and only options that command has;
+- every synopsis (a `sevsim …` line in a `text` block, with its indented continuation lines,
+  or one with an optional `[--option …]` in a shell block) names a real command, and only
+  options that command has;
 - every top-level command has its page, docs/commands/<command>.md, every subcommand a
   heading on that page naming `sevsim <command> <subcommand>`, and every option of those
   commands is named on the page;
@@ -47,6 +48,8 @@ FENCE = re.compile(r"^(`{3,})(\w*)\s*$")
 # the OVMF image the pages' `sevsim measure` examples launch: Debian 12's ovmf 2022.11-6+deb12u2
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
 OVMF_SHA256 = "7b456907dd0786d415999e801a1ac4637b8ed4d7cf5378cfc6edbe5e574dd773"
+SHELLS = ("console", "sh", "bash", "shell")
+SYNOPSIS = re.compile(r" \[-")  # `[--option …]`: a synopsis, not a command line
 EXIT = re.compile(r"#.*\bexit (\d+)\s*$")
 
 
@@ -87,7 +90,7 @@ def blocks(page: Path) -> list[Block]:
 def command_lines(block: Block) -> list[str]:
     """The `sevsim …` command lines of a console block, continuation lines joined."""
     found: list[str] = []
-    if block.language not in ("console", "sh", "bash", "shell"):
+    if block.language not in SHELLS:
         return found
     lines = list(block.lines)
     index = 0
@@ -98,7 +101,7 @@ def command_lines(block: Block) -> list[str]:
             if not text.startswith("$ "):
                 continue
             text = text[2:]
-        if not text.startswith("sevsim "):
+        if not text.startswith("sevsim ") or SYNOPSIS.search(text):
             continue
         while text.endswith("\\") and index < len(lines):
             text = text[:-1] + " " + lines[index].strip()
@@ -148,13 +151,15 @@ def usage_error(words: list[str]) -> bool:
 def synopses(block: Block) -> list[str]:
     """The `sevsim …` synopses of a `text` block, indented continuation lines joined."""
     found: list[str] = []
-    if block.language != "text":
-        return found
-    for text in block.lines:
-        if text.startswith("sevsim "):
-            found.append(text)
-        elif text.startswith(" ") and found:
-            found[-1] += " " + text.strip()
+    if block.language == "text":
+        for text in block.lines:
+            if text.startswith("sevsim "):
+                found.append(text)
+            elif text.startswith(" ") and found:
+                found[-1] += " " + text.strip()
+    elif block.language in SHELLS:
+        found = [text for text in block.lines
+                 if text.startswith("sevsim ") and SYNOPSIS.search(text)]
     return found
 
 
