@@ -109,6 +109,25 @@ def progress(description: str, total: int | None) -> Iterator[Callable[[str], No
         yield lambda step: bar.update(task, advance=1, step=step)
 
 
+@contextlib.contextmanager
+def until_stopped() -> Iterator[None]:
+    """Run a server until SIGTERM or Ctrl-C, either a clean stop: a service manager's stop
+    (SIGTERM) is no crash, so it ends as Ctrl-C does, by KeyboardInterrupt, which ends the
+    block quietly (the command then exits 0). uvicorn handles both signals itself and raises
+    them again once it has drained its connections, which reaches the handler here."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def fail(error: Exception, command: str = "sevsim", status: int = EXIT_ERROR) -> typer.Exit:
     """Print a typed error on stderr; the exit to raise (124 for a guest timeout)."""
     import typer

@@ -21,6 +21,7 @@ from sevsim.cli.common import (
     fail,
     print_json,
     read_input,
+    until_stopped,
 )
 from sevsim.cli.options import JsonOption
 from sevsim.errors import ConfigError, KbsRefusal, SevsimError
@@ -123,7 +124,8 @@ def serve(
     shown = f"[{address}]" if ":" in address else address
     err.print(f"sevsim kbs: http://{shown}:{bound}/kbs/v0/ database {db}", highlight=False)
     if processes == 1:
-        serve_app(app, sock)
+        with until_stopped():
+            serve_app(app, sock)
         return
     try:
         died = serve_workers(config, sock, processes)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sevsim.cli.common import err, fail
+from sevsim.cli.common import err, fail, until_stopped
 from sevsim.errors import ConfigError, SevsimError
 
 kds_app = typer.Typer(help="A key distribution server (AMD KDS's URLs) for simulated chips.",
@@ -53,8 +53,7 @@ def serve(
         hwid = platform.chip_id()[:platform.generation.hwid_size].hex()
         err.print(f"  chip {hwid}", highlight=False)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        with until_stopped():
+            server.serve_forever()
     finally:
         server.server_close()
